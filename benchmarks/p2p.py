@@ -1,0 +1,71 @@
+"""P2P throughput: pair interactions per second (per core), f32/f64, each ISA module, 1 and all
+threads, potential and potential+gradient, against a plain numpy direct sum in the same run.
+
+    python benchmarks/p2p.py [--n 20000] [--quick]
+"""
+import argparse
+import time
+
+import numpy as np
+
+from aotfmm import _kernels, _threads
+from aotfmm.direct import _p2p_all
+
+
+def best_time(func, repeat):
+    best = np.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        func()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def numpy_rate(n, repeat):
+    """Pairs/s of a blocked float64 numpy direct sum (potential only), single call."""
+    rng = np.random.default_rng(1)
+    src, trg, q = rng.random((n, 3)), rng.random((2000, 3)), rng.standard_normal(n)
+
+    def run():
+        d = trg[:, None, :] - src[None, :, :]
+        r = np.sqrt(np.einsum("tsk,tsk->ts", d, d))
+        with np.errstate(divide="ignore"):
+            inv = np.where(r > 0, 1.0 / r, 0.0)
+        return inv @ q
+    return trg.shape[0] * n / best_time(run, repeat)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=20000, help="sources = targets")
+    parser.add_argument("--quick", action="store_true", help="smaller n, one repeat")
+    args = parser.parse_args()
+    n, repeat = (5000, 1) if args.quick else (args.n, 3)
+    rng = np.random.default_rng(0)
+    ncpu = _threads.cpu_count()
+    ref = numpy_rate(n, repeat)
+    print(f"n = {n} sources = targets (uniform cube); CPUs = {ncpu}; active ISA = {_kernels.ISA}")
+    print(f"numpy float64 reference (potential, 1 call): {ref:.3g} pairs/s")
+    print(f"{'isa':10} {'dtype':8} {'output':8} {'threads':>7} {'pairs/s':>10} "
+          f"{'per core':>10} {'speed-up':>8} {'vs numpy':>8}")
+    for isa in _kernels.runnable_isas():
+        module = _kernels.load(isa)
+        for dtype in (np.float64, np.float32):
+            xyz = rng.random((3, n)).astype(dtype)
+            q = rng.standard_normal(n).astype(dtype)
+            for output in ("pot", "potgrad"):
+                pot = np.zeros(n, dtype)
+                grad = np.zeros((3, n), dtype) if output == "potgrad" else None
+                one = None
+                for threads in sorted({1, ncpu}):
+                    t = best_time(lambda: _p2p_all(xyz, q, xyz, pot, grad, threads, module),
+                                  repeat)
+                    rate = n * n / t
+                    one = rate if threads == 1 else one
+                    print(f"{isa:10} {np.dtype(dtype).name:8} {output:8} {threads:7d} "
+                          f"{rate:10.3g} {rate / threads:10.3g} {rate / one:8.2f} "
+                          f"{rate / ref:8.1f}")
+
+
+if __name__ == "__main__":
+    main()

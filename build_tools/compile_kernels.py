@@ -1,0 +1,153 @@
+"""Compile aotfmm's Numba kernels ahead of time into a native object file (build time only).
+
+CMake calls this script once per ISA variant::
+
+    python build_tools/compile_kernels.py object --isa x86-64-v3 --module _kernels_x86_64_v3 \
+        --output build/_kernels_x86_64_v3.o
+
+and once at configure time to learn how to build numba's small C runtime that the object needs::
+
+    python build_tools/compile_kernels.py mixin-info      # JSON: sources, defines, include dirs
+
+Every kernel family in ``kernels/`` is expanded over float32/float64 from its ``SIGNATURES`` and
+``LOCALS`` tables (see ``kernels/__init__.py``) and compiled with the GIL released, fast-math
+without ``nnan``/``ninf``, the numpy error model and no bounds checks. We drive
+``numba.pycc.compiler.ModuleCompiler`` directly instead of ``numba.pycc.CC`` because ``CC`` wants
+to run setuptools itself; see ``../shared/design/aot-build.md`` for what that requires.
+"""
+import argparse
+import importlib
+import json
+import os
+import sys
+import warnings
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+#: ISA variant -> LLVM cpu name ("" is the architecture's generic model).
+ISAS = {"generic": "", "x86-64-v3": "x86-64-v3", "x86-64-v4": "x86-64-v4"}
+
+#: float-type placeholder -> (numba type name, symbol suffix)
+FLOATS = (("float32", "_f32"), ("float64", "_f64"))
+
+
+def module_name(isa):
+    """Extension module name for an ISA variant: ``_kernels_x86_64_v3`` and so on."""
+    return "_kernels_" + isa.replace("-", "_")
+
+
+def load_families():
+    """Import the kernel family modules listed in ``kernels.FAMILIES``."""
+    sys.path.insert(0, ROOT)
+    try:
+        kernels = importlib.import_module("kernels")
+        return kernels, [importlib.import_module("kernels." + f) for f in kernels.FAMILIES]
+    finally:
+        sys.path.remove(ROOT)
+
+
+def expand(family):
+    """Yield ``(symbol, signature string, python function, locals dict)`` for one family."""
+    for name, sig in family.SIGNATURES.items():
+        func = getattr(family, name)
+        local_types = family.LOCALS.get(name, {})
+        variants = FLOATS if "{F}" in sig else ((None, ""),)
+        for ftype, suffix in variants:
+            def sub(text, ftype=ftype):
+                return text.replace("{F}", ftype) if ftype else text
+            yield (name + suffix, sub(sig), func,
+                   {var: sub(t) for var, t in local_types.items()})
+
+
+def export_table():
+    """All exported symbols and their signatures, as ``{symbol: signature string}``."""
+    _, families = load_families()
+    return {sym: sig for fam in families for sym, sig, _, _ in expand(fam)}
+
+
+def compile_object(isa, name, output):
+    """Compile every kernel for one ISA into the object file ``output``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numba.pycc's pending-deprecation warning
+        from numba.core import sigutils, typing
+        from numba.core.types import __dict__ as numba_types
+        import numba.pycc.compiler as pycc_compiler
+    kernels, families = load_families()
+
+    entries, locals_by_func = [], {}
+    for fam in families:
+        for sym, sig, func, local_types in expand(fam):
+            args, ret = sigutils.normalize_signature(sig)
+            entries.append(pycc_compiler.ExportEntry(sym, typing.signature(ret, *args), func))
+            resolved = {var: numba_types[t] for var, t in local_types.items()}
+            # One python function serves both float types: key the locals by (function, args).
+            locals_by_func[(func, tuple(args))] = resolved
+
+    original = pycc_compiler.compile_extra
+
+    def compile_extra(typingctx, targetctx, func, args, return_type, flags, locals, **kws):
+        flags.release_gil = True
+        flags.fastmath = set(kernels.FASTMATH)
+        flags.error_model = "numpy"
+        flags.boundscheck = False
+        locals = dict(locals, **locals_by_func.get((func, tuple(args)), {}))
+        return original(typingctx, targetctx, func, args, return_type, flags, locals, **kws)
+
+    pycc_compiler.compile_extra = compile_extra
+    try:
+        compiler = pycc_compiler.ModuleCompiler(entries, name, use_nrt=True, cpu_name=ISAS[isa])
+        # Without this the module imports but every call segfaults (aot-build.md).
+        compiler.external_init_function = "pycc_init_" + name
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        compiler.write_native_object(output, wrap=True)
+    finally:
+        pycc_compiler.compile_extra = original
+
+
+def mixin_info():
+    """Sources, macros and include dirs of numba's C runtime, asked from the installed numba."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from numba.pycc.cc import CC
+        import numba
+        import numpy
+    cc = CC("_aotfmm_probe")
+    cc.use_nrt = True
+    defines = [(k, v) for k, v in cc._get_mixin_defines() if k != "PYCC_MODULE_NAME"]
+    return {
+        "sources": [os.path.normpath(s) for s in cc._get_mixin_sources()],
+        "defines": [f"{k}={v}" for k, v in defines],
+        "include_dirs": [os.path.dirname(numba.__file__), numpy.get_include()],
+        "numba_version": numba.__version__,
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    obj = sub.add_parser("object", help="compile the kernels for one ISA into an object file")
+    obj.add_argument("--isa", choices=sorted(ISAS), required=True)
+    obj.add_argument("--module", help="extension module name (default from --isa)")
+    obj.add_argument("--output", required=True)
+    info = sub.add_parser("mixin-info", help="print numba's C runtime build info as JSON")
+    info.add_argument("--cmake", action="store_true", help="print CMake set() lines instead")
+    sub.add_parser("exports", help="print the exported symbols and signatures as JSON")
+    args = parser.parse_args(argv)
+
+    if args.command == "object":
+        compile_object(args.isa, args.module or module_name(args.isa), args.output)
+    elif args.command == "mixin-info":
+        info = mixin_info()
+        if args.cmake:
+            for key in ("sources", "defines", "include_dirs"):
+                items = ";".join(p.replace("\\", "/") for p in info[key])
+                print(f'set(NUMBA_MIXIN_{key.upper()} "{items}")')
+        else:
+            print(json.dumps(info, indent=1))
+    else:
+        print(json.dumps(export_table(), indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""Numba sources of aotfmm's compiled kernels (build-time only).
+
+Nothing here is imported at run time: ``build_tools/compile_kernels.py`` reads each family module
+listed in :data:`FAMILIES`, expands its ``SIGNATURES`` and ``LOCALS`` tables over the float types
+and compiles everything ahead of time into one extension module per ISA (``aotfmm._kernels_<isa>``).
+
+Conventions (see ``../shared/design/style.md``):
+
+* a family module defines plain Python functions and two tables:
+
+  - ``SIGNATURES``: ``{name: "void({F}[:, ::1], ...)"}``; ``{F}`` is replaced by ``float32`` and
+    ``float64`` and the exported symbol gets the suffix ``_f32``/``_f64``. A signature without
+    ``{F}`` is exported once under its own name.
+  - ``LOCALS``: ``{name: {"var": "{F}"}}`` pins accumulators and constants to the float type so
+    that float32 kernels stay float32.
+
+* kernels take arrays and scalars only, write into caller-allocated buffers (IN/OUT is stated in
+  each docstring), never allocate in inner loops, never call ``np.dot`` and raise nothing: the
+  Python front end validates every argument before the call.
+* every kernel is compiled with the GIL released and with the fast-math flags in
+  :data:`FASTMATH`, which deliberately exclude ``nnan``/``ninf`` so ``r2 > 0`` guards survive.
+"""
+
+#: Fast-math flags for every kernel: no ``nnan``/``ninf`` (they let LLVM delete ``r2 > 0`` guards).
+FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+
+#: Operator families, in the order they are compiled.
+FAMILIES = ("p2p",)
