@@ -255,6 +255,12 @@ def test_cpu_feature_check():
     assert _kernels.missing_features("x86-64-v3", features) == ()
     assert _kernels.missing_features("x86-64-v4", features) == _kernels.REQUIRES["x86-64-v4"][8:]
     assert _kernels.missing_features("generic", {}) == ()
+    # numpy < 2.4 does not report BMI/BMI2/LZCNT/MOVBE: implied by AVX2
+    old_numpy = {f: True for f in ("AVX", "AVX2", "FMA3", "F16C")}
+    assert _kernels.missing_features("x86-64-v3", old_numpy) == ()
+    assert _kernels.missing_features("x86-64-v3", dict(old_numpy, AVX2=False)) != ()
+    # numpy >= 2.4's own verdict on the level wins
+    assert _kernels.missing_features("x86-64-v3", dict(features, X86_V3=False)) == ("X86_V3",)
 
 
 def test_show_config_reports_isa_and_threads(capsys):

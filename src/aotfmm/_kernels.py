@@ -42,10 +42,21 @@ def built_isas():
     return tuple(i for i in ISAS if importlib.util.find_spec(f"{__package__}.{module_name(i)}"))
 
 
+#: numpy's own verdict on a whole level, where this numpy version reports it (numpy >= 2.4).
+_LEVEL_KEYS = {"x86-64-v3": "X86_V3", "x86-64-v4": "X86_V4"}
+#: Flags older numpy does not report; every CPU with AVX2 (Haswell, Excavator and later) has them.
+_IMPLIED_BY_AVX2 = frozenset({"BMI", "BMI2", "LZCNT", "MOVBE"})
+
+
 def missing_features(isa, features=None):
     """CPU features ``isa`` needs that this CPU lacks (empty tuple: it can run it)."""
     features = cpu_features() if features is None else features
-    return tuple(f for f in REQUIRES[isa] if not features.get(f, False))
+    missing = [f for f in REQUIRES[isa]
+               if not features.get(f, f in _IMPLIED_BY_AVX2 and features.get("AVX2", False))]
+    level = _LEVEL_KEYS.get(isa)
+    if level in features and not features[level] and not missing:
+        missing.append(level)
+    return tuple(missing)
 
 
 def runnable_isas():
