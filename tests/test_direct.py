@@ -206,7 +206,7 @@ def test_kernel_releases_the_gil(rng):
     q = rng.standard_normal(n)
     pot = np.zeros(n)
     kernel = _kernels.get("p2p_pot", np.float64)
-    offsets = np.array([0, n], dtype=np.int64)
+    start, end = np.array([0], dtype=np.int64), np.array([n], dtype=np.int64)
     lst = np.array([0, 1], dtype=np.int64)
     index = np.zeros(1, dtype=np.int64)
     done = threading.Event()
@@ -214,7 +214,7 @@ def test_kernel_releases_the_gil(rng):
 
     def call():
         started.set()
-        kernel(xyz, q, xyz, offsets, offsets, lst, index, 0, 1, pot)
+        kernel(xyz, q, xyz, start, end, start, end, lst, index, index, 0, 1, pot)
         done.set()
 
     worker = threading.Thread(target=call)

@@ -108,20 +108,34 @@ def _p2p_all(src_xyz, charges, trg_xyz, pot, grad, threads, module=None):
         threads = 1
     trg_offsets = _threads.split(n_trg, threads * _CHUNKS_PER_THREAD)
     n_chunks = len(trg_offsets) - 1
-    src_offsets = np.array([0, n_src], dtype=np.int64)
+    trg_start, trg_end = trg_offsets[:-1].copy(), trg_offsets[1:].copy()
+    src_start, src_end = np.zeros(1, np.int64), np.array([n_src], dtype=np.int64)
     list_offsets = np.arange(n_chunks + 1, dtype=np.int64)
     list_index = np.zeros(n_chunks, dtype=np.int64)
+    boxes = np.arange(n_chunks, dtype=np.int64)
+    p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_offsets,
+        list_index, boxes, pot, grad, threads, module)
+
+
+def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_offsets,
+        list_index, boxes, pot, grad, threads, module=None, cost=None):
+    """Run the P2P kernel over the target boxes ``boxes`` on the thread pool (trusted input).
+
+    ``grad`` None: potential only. ``cost``: per-box work estimates for load balancing.
+    """
     dt = pot.dtype
     if grad is None:
         kernel = _kernels.get("p2p_pot", dt, module)
 
-        def work(b0, b1):
-            kernel(src_xyz, charges, trg_xyz, trg_offsets, src_offsets, list_offsets,
-                   list_index, b0, b1, pot)
+        def work(i0, i1):
+            kernel(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end,
+                   list_offsets, list_index, boxes, i0, i1, pot)
     else:
         kernel = _kernels.get("p2p_potgrad", dt, module)
 
-        def work(b0, b1):
-            kernel(src_xyz, charges, trg_xyz, trg_offsets, src_offsets, list_offsets,
-                   list_index, b0, b1, pot, grad)
-    _threads.run(work, np.arange(n_chunks + 1), threads)
+        def work(i0, i1):
+            kernel(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end,
+                   list_offsets, list_index, boxes, i0, i1, pot, grad)
+    n = len(boxes)
+    bounds = np.arange(n + 1) if cost is None else _threads.split(cost, threads * _CHUNKS_PER_THREAD)
+    _threads.run(work, bounds, threads)

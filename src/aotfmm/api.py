@@ -1,0 +1,177 @@
+"""Public FMM API: the :class:`Fmm` plan (build tree and operators once, evaluate many charge
+vectors) and the one-call :func:`laplace`."""
+import numbers
+import time
+import warnings
+
+import numpy as np
+
+from . import _threads
+from ._validation import (as_bool, as_points, check_integer, frame, power_of_two_scale,
+                          resolve_dtype, to_soa, _as_real_array, _check_finite)
+
+__all__ = ["Fmm", "laplace"]
+
+#: Smallest eps each dtype can honour (relative L2 error of potentials and gradients).
+EPS_FLOOR = {"float32": 1e-5, "float64": 1e-10}
+
+
+def _check_eps(eps, dtype):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a float, got {eps!r}")
+    eps = float(eps)
+    if not (0.0 < eps < 1.0) or not np.isfinite(eps):
+        raise ValueError(f"eps must be in (0, 1), got {eps!r}")
+    floor = EPS_FLOOR[dtype.name]
+    if eps < floor:
+        hint = "; use dtype=float64" if dtype == np.float32 else ""
+        raise ValueError(f"eps={eps:g} is below what {dtype.name} can reach "
+                         f"(smallest supported: {floor:g}){hint}")
+    return eps
+
+
+def _as_charge_matrix(name, charges, n):
+    """Charges (n,) or (n, k) -> float64 (k, n) C array, and whether the input was 1-D."""
+    arr = _as_real_array(name, charges)
+    if arr.ndim == 1 and arr.shape[0] == n:
+        one = True
+        arr = arr[None, :]
+    elif arr.ndim == 2 and arr.shape[0] == n and arr.shape[1] >= 1:
+        one = False
+        arr = arr.T
+    else:
+        raise ValueError(f"{name} must have shape ({n},) or ({n}, k) to match the {n} sources, "
+                         f"got {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    _check_finite(name, arr)
+    return arr, one
+
+
+class Fmm:
+    """A reusable FMM plan for the Laplace kernel 1/(4 pi r) in 3D.
+
+    Builds the adaptive octree, its interaction lists and the translation operators once; then
+    :meth:`evaluate` computes potentials (and gradients) for any number of charge vectors.
+
+    Parameters
+    ----------
+    sources : array_like of shape (n_sources, 3)
+    targets : array_like of shape (n_targets, 3), optional
+        Evaluation points; default: the sources (self-interaction excluded).
+    eps : float, default 1e-6
+        Requested relative L2 accuracy of potentials and gradients; picks the expansion order,
+        the leaf size and the M2L compression from a measured table.
+    p : int, optional
+        Expansion order (surface points per cube edge), overriding the one ``eps`` picks.
+    ncrit : int, optional
+        Maximum points (sources + targets) per leaf; default from the table.
+    dtype : {None, float32, float64}
+        Precision; None: float32 if the points are float32, else float64.
+    threads : int, optional
+        Threads; default ``$AOTFMM_NUM_THREADS`` or all CPUs available.
+    cache_dir : str or path, optional
+        Operator cache directory (default: ``$AOTFMM_CACHE_DIR`` or the user cache dir).
+
+    Attributes
+    ----------
+    stats : dict
+        Tree depth, number of boxes and leaves, list sizes, p, memory.
+    timings : dict
+        Seconds per setup phase and per operator of the last :meth:`evaluate`.
+    """
+
+    def __init__(self, sources, targets=None, *, eps=1e-6, p=None, ncrit=None, dtype=None,
+                 threads=None, cache_dir=None):
+        from . import evaluate
+        t0 = time.perf_counter()
+        self.dtype = resolve_dtype(dtype, sources, targets)
+        self.eps = _check_eps(eps, self.dtype)
+        self.threads = _threads.resolve_threads(threads)
+        p = check_integer("p", p, lo=evaluate.P_MIN, hi=evaluate.P_MAX, allow_none=True)
+        ncrit = check_integer("ncrit", ncrit, lo=1, allow_none=True)
+        src = as_points("sources", sources)
+        trg = src if targets is None else as_points("targets", targets)
+        self.n_sources, self.n_targets = src.shape[0], trg.shape[0]
+        self._center, self._scale = frame(src, trg)
+        src_xyz = to_soa(src, self._center, self._scale, np.float64)
+        trg_xyz = src_xyz if targets is None else to_soa(trg, self._center, self._scale,
+                                                        np.float64)
+        self._core = evaluate.Plan(src_xyz, trg_xyz, eps=self.eps, p=p, ncrit=ncrit,
+                                   dtype=self.dtype, threads=self.threads, cache_dir=cache_dir)
+        self.p = self._core.p
+        self.ncrit = self._core.ncrit
+        self.timings = dict(self._core.setup_timings, setup_total=time.perf_counter() - t0)
+
+    @property
+    def stats(self):
+        return dict(self._core.stats, n_sources=self.n_sources, n_targets=self.n_targets,
+                    eps=self.eps, dtype=self.dtype.name, threads=self.threads)
+
+    def evaluate(self, charges, *, gradient=False):
+        """Potentials (and gradients) at the targets for one or several charge vectors.
+
+        Parameters
+        ----------
+        charges : array_like of shape (n_sources,) or (n_sources, k)
+        gradient : bool, default False
+
+        Returns
+        -------
+        pot : ndarray of shape (n_targets,) or (n_targets, k)
+        grad : ndarray of shape (n_targets, 3) or (n_targets, k, 3), if ``gradient``
+        """
+        gradient = as_bool("gradient", gradient)
+        q, one = _as_charge_matrix("charges", charges, self.n_sources)
+        t0 = time.perf_counter()
+        k = q.shape[0]
+        pot = np.zeros((k, self.n_targets), dtype=self.dtype)
+        grad = np.zeros((k, 3, self.n_targets), dtype=self.dtype) if gradient else None
+        timings = {}
+        for col in range(k):
+            if not self.n_sources or not self.n_targets:
+                break
+            qmax = np.abs(q[col]).max()
+            if qmax == 0.0:
+                continue
+            qscale = power_of_two_scale(qmax)
+            pc, gc, tcol = self._core.evaluate(q[col] / qscale, gradient)
+            for name, sec in tcol.items():
+                timings[name] = timings.get(name, 0.0) + sec
+            pot[col] = _rescale(pc, qscale / self._scale, "potential")
+            if gradient:
+                grad[col] = _rescale(gc, qscale / self._scale ** 2, "gradient")
+        timings["evaluate_total"] = time.perf_counter() - t0
+        self.timings = {k_: v for k_, v in self.timings.items() if not k_.startswith("eval:")}
+        self.timings.update({f"eval:{k_}": v for k_, v in timings.items()})
+        pot_out = pot[0] if one else np.ascontiguousarray(pot.T)
+        if not gradient:
+            return pot_out
+        grad_out = np.ascontiguousarray(grad[0].T) if one else np.ascontiguousarray(
+            grad.transpose(2, 0, 1))
+        return pot_out, grad_out
+
+    def __repr__(self):
+        return (f"Fmm(n_sources={self.n_sources}, n_targets={self.n_targets}, p={self.p}, "
+                f"ncrit={self.ncrit}, eps={self.eps:g}, dtype={self.dtype.name}, "
+                f"threads={self.threads})")
+
+
+def _rescale(values, factor, what):
+    with np.errstate(over="ignore"):
+        out = (values.astype(np.float64, copy=False) * factor).astype(values.dtype, copy=False)
+    if not np.isfinite(out).all():
+        raise FloatingPointError(f"the {what} overflows {values.dtype}")
+    return out
+
+
+def laplace(sources, charges, targets=None, *, eps=1e-6, gradient=False, dtype=None,
+            threads=None):
+    """Potentials (and gradients) of point charges by the FMM, in one call.
+
+    Same conventions as :func:`aotfmm.direct` (kernel 1/(4 pi r), coincident pairs excluded,
+    results in the caller's order); see :class:`Fmm` for the parameters. Use :class:`Fmm`
+    directly to evaluate several charge vectors on the same points.
+    """
+    plan = Fmm(sources, targets, eps=eps, dtype=resolve_dtype(dtype, sources, charges, targets),
+               threads=threads)
+    return plan.evaluate(charges, gradient=gradient)
