@@ -275,3 +275,10 @@ def test_thread_count_environment_variable():
     out = _run("import aotfmm, numpy as np; aotfmm.direct(np.zeros((2, 3)), [1, 1])",
                AOTFMM_NUM_THREADS="zero")
     assert out.returncode != 0 and "AOTFMM_NUM_THREADS must be a positive integer" in out.stderr
+
+
+def test_float64_keeps_exact_differences_far_from_the_origin():
+    # found by the hostile suite: centring the frame rounded the spacing 1 away near 2**53
+    src = np.array([[-2.0**53, 1, 1], [0, 1, 1], [1, 1, 1]])
+    pot = aotfmm.direct(src, [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(pot, direct_reference(src, [1.0, 1.0, 1.0], src)[0], rtol=1e-15)

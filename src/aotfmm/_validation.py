@@ -96,11 +96,14 @@ def power_of_two_scale(max_abs):
     return float(np.ldexp(1.0, int(exponent) - (1 if mantissa == 0.5 else 0)))
 
 
-def frame(*point_arrays):
+def frame(*point_arrays, center=True):
     """Center and power-of-two scale that map all points into [-1, 1]^3.
 
     Working in that frame keeps huge (1e300) and tiny (1e-300) coordinates from overflowing or
     underflowing ``r**2``, and lets float32 keep the digits of points far from the origin.
+    With ``center=False`` the center is 0 and only the (exact) power-of-two scaling is applied:
+    coordinate differences then stay exactly as in the input, which float64 direct sums want
+    (centering rounds when the extent dwarfs the spacing, e.g. points 1 apart near 2**53).
     Returns ``(center (3,), scale)``.
     """
     nonempty = [p for p in point_arrays if p.shape[0]]
@@ -108,9 +111,11 @@ def frame(*point_arrays):
         return np.zeros(3), 1.0
     lo = np.min([p.min(axis=0) for p in nonempty], axis=0)
     hi = np.max([p.max(axis=0) for p in nonempty], axis=0)
-    center = 0.5 * lo + 0.5 * hi  # no overflow for |coordinates| near the float64 maximum
+    if not center:
+        return np.zeros(3), power_of_two_scale(max(np.abs(lo).max(), np.abs(hi).max()))
+    mid = 0.5 * lo + 0.5 * hi  # no overflow for |coordinates| near the float64 maximum
     half = np.max(0.5 * hi - 0.5 * lo)
-    return center, power_of_two_scale(half)
+    return mid, power_of_two_scale(half)
 
 
 def to_soa(points, center, scale, dtype):

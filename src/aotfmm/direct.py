@@ -78,7 +78,8 @@ def _direct(src, q, trg, gradient, dt, threads, module=None):
     pot = np.zeros(n_trg, dtype=dt)
     grad = np.zeros((3, n_trg), dtype=dt)
     if n_trg and src.shape[0]:
-        center, scale = frame(src, trg)
+        # float64: exact power-of-two scaling only; float32: also centre, to keep its digits.
+        center, scale = frame(src, trg, center=dt == np.float32)
         src_xyz = to_soa(src, center, scale, dt)
         trg_xyz = to_soa(trg, center, scale, dt) if trg is not src else src_xyz
         qscale = power_of_two_scale(np.abs(q).max())

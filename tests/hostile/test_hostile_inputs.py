@@ -1,0 +1,125 @@
+"""Hostile inputs for every public entry point: each case must give a correct result or raise
+ValueError / TypeError / FloatingPointError: never crash, hang or return garbage.
+
+Collected only through tests/test_hostile.py, which runs this file in a subprocess so that a
+segfault in compiled code fails a test instead of killing the test run.
+"""
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
+
+import aotfmm
+from conftest import direct_reference
+
+ALLOWED = (ValueError, TypeError, FloatingPointError)
+SETTINGS = settings(max_examples=int(__import__("os").environ.get("AOTFMM_HOSTILE_EXAMPLES", 700)),
+                    deadline=None, derandomize=True, database=None,
+                    suppress_health_check=list(HealthCheck))
+
+DTYPES = [np.float64, np.float64, np.float64, np.float32, np.float32, np.float16, np.int64, np.int8, np.uint16, np.bool_,
+          np.complex128, np.object_, np.str_]
+GOOD_DTYPES = [np.float64, np.float64, np.float32, np.float16, np.int64, np.int8]
+SPECIAL = [0.0, -0.0, 1.0, 1e-300, -1e-300, 1e300, -1e300, 5e-324, np.nan, np.inf, -np.inf]
+
+
+def _point_shapes(n):
+    return [(n, 3), (n, 3), (n, 3), (3, n), (n,), (n, 3, 1), (n, 4), ()]
+
+
+def _charge_shapes(n):
+    return [(n,), (n,), (n,), (n, 1), (n, 2), (n + 1,), (max(n - 1, 0),), (1, n), ()]
+
+
+@st.composite
+def arrays(draw, n=None, charges=False):
+    """Arrays of many dtypes, shapes (mostly the right ones), values and memory layouts."""
+    well_formed = draw(st.booleans())  # half the cases: right shape, real dtype, finite values
+    dtype = draw(st.sampled_from(GOOD_DTYPES if well_formed else DTYPES))
+    if n is None:
+        n = draw(st.sampled_from([0, 1, 2, 3, 5, 17, 40]))
+    shapes = _charge_shapes(n) if charges else _point_shapes(n)
+    shape = shapes[0] if well_formed else draw(st.sampled_from(shapes))
+    if dtype is np.object_:
+        return np.empty(shape, dtype=object)
+    if dtype is np.str_:
+        return np.full(shape, "1.5")
+    if np.dtype(dtype).kind == "f" or dtype is np.complex128:
+        special = SPECIAL[:8] if well_formed else SPECIAL
+        values = st.one_of(st.floats(-4, 4, allow_nan=False, width=16 if dtype is np.float16
+                                     else 64), st.sampled_from(special))
+        arr = draw(hnp.arrays(np.float64, shape, elements=values))
+        with np.errstate(over="ignore", under="ignore"):
+            arr = arr.astype(dtype)
+    else:
+        arr = draw(hnp.arrays(dtype, shape))
+    layout = draw(st.sampled_from(["c", "f", "strided", "list"]))
+    if layout == "f":
+        arr = np.asfortranarray(arr)
+    elif layout == "strided" and arr.ndim >= 1:
+        arr = np.repeat(arr, 2, axis=0)[::2]
+    elif layout == "list":
+        return arr.tolist()
+    return arr
+
+
+def _is_valid_points(a):
+    a = np.asarray(a) if not isinstance(a, np.ndarray) else a
+    return (a.dtype.kind in "iuf" and a.ndim == 2 and a.shape[1] == 3
+            and np.isfinite(a.astype(np.float64)).all())
+
+
+def _check(result, n_trg, gradient, k=None):
+    pot, grad = result if gradient else (result, None)
+    shape = (n_trg,) if k is None else (n_trg, k)
+    assert pot.shape == shape and np.isfinite(pot).all()
+    if gradient:
+        assert grad.shape == shape + (3,) and np.isfinite(grad).all()
+
+
+def _compare(src, q, trg, result, gradient, rtol):
+    src = np.asarray(src, dtype=np.float64)
+    trg = src if trg is None else np.asarray(trg, dtype=np.float64)
+    spread = np.ptp(np.vstack([src, trg]), axis=0).max() if len(src) and len(trg) else 0
+    if not (1e-100 < spread < 1e100) or len(src) > 60:
+        return  # the reference itself over/underflows there
+    ref_pot, ref_grad = direct_reference(src, np.asarray(q, dtype=np.float64), trg)
+    pot = result[0] if gradient else result
+    scale = np.abs(ref_pot).max() + 1e-300
+    assert np.allclose(pot, ref_pot, rtol=rtol, atol=rtol * scale)
+
+
+def call_or_raise(func, *args, **kwargs):
+    """Run ``func``; return its result or None if it raised an allowed exception."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return func(*args, **kwargs)
+        except ALLOWED as exc:
+            assert str(exc), "exceptions must carry a message"
+            return None
+
+
+@SETTINGS
+@given(data=st.data(), gradient=st.booleans(),
+       dtype=st.sampled_from([None, np.float32, np.float64, "float64", np.int32, "complex64",
+                              "garbage"]),
+       threads=st.sampled_from([None, 1, 2, 0, -1, 2.5, True, "2"]))
+def test_direct(data, gradient, dtype, threads):
+    src = data.draw(arrays())
+    n = np.shape(src)[0] if np.ndim(src) else 0
+    q = data.draw(arrays(n=n, charges=True))
+    trg = data.draw(st.one_of(st.none(), arrays()))
+    result = call_or_raise(aotfmm.direct, src, q, trg, gradient=gradient, dtype=dtype,
+                           threads=threads)
+    if result is None:
+        return
+    # it returned: then the input was valid, and the result must be right
+    assert _is_valid_points(src) and (trg is None or _is_valid_points(trg))
+    n_trg = np.shape(src if trg is None else trg)[0]
+    _check(result, n_trg, gradient)
+    pot = result[0] if gradient else result
+    if pot.dtype == np.float64:
+        _compare(src, q, trg, result, gradient, rtol=1e-9)
