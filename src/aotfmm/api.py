@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 
 from . import _threads
+from .direct import _rescale
 from ._validation import (as_bool, as_points, check_integer, frame, power_of_two_scale,
                           resolve_dtype, to_soa, _as_real_array, _check_finite)
 
@@ -150,18 +151,38 @@ class Fmm:
             grad.transpose(2, 0, 1))
         return pot_out, grad_out
 
+    def report(self, file=None):
+        """A readable table of the plan: tree, list sizes, per-operator times and memory.
+
+        Printed to ``file`` (default stdout); pass ``file=False`` to only return the text.
+        """
+        st = self.stats
+        lines = [repr(self),
+                 f"tree: {st['levels']} levels, {st['boxes']} boxes, {st['leaves']} leaves; "
+                 f"surface points {st['n_surf']}, M2L rank {st['m2l_rank']}",
+                 "list sizes (mean / max): " + ", ".join(
+                     f"{k.upper()} {v['mean']:.1f} / {v['max']}"
+                     for k, v in st["list_sizes"].items())]
+        setup = {k: v for k, v in self.timings.items() if not k.startswith("eval:")}
+        evals = {k[5:]: v for k, v in self.timings.items() if k.startswith("eval:")}
+        lines.append("setup: " + ", ".join(f"{k} {v:.3f} s" for k, v in setup.items()))
+        if evals:
+            total = evals.pop("evaluate_total")
+            lines.append(f"last evaluate: {total:.3f} s")
+            lines.append(f"  {'operator':10} {'seconds':>9} {'share':>6}")
+            for name, sec in sorted(evals.items(), key=lambda kv: -kv[1]):
+                lines.append(f"  {name:10} {sec:9.4f} {sec / total:6.1%}")
+        mem = st["memory_bytes"]
+        lines.append("memory: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in mem.items()))
+        text = "\n".join(lines)
+        if file is not False:
+            print(text, file=file)
+        return text
+
     def __repr__(self):
         return (f"Fmm(n_sources={self.n_sources}, n_targets={self.n_targets}, p={self.p}, "
                 f"ncrit={self.ncrit}, eps={self.eps:g}, dtype={self.dtype.name}, "
                 f"threads={self.threads})")
-
-
-def _rescale(values, factor, what):
-    with np.errstate(over="ignore"):
-        out = (values.astype(np.float64, copy=False) * factor).astype(values.dtype, copy=False)
-    if not np.isfinite(out).all():
-        raise FloatingPointError(f"the {what} overflows {values.dtype}")
-    return out
 
 
 def laplace(sources, charges, targets=None, *, eps=1e-6, gradient=False, dtype=None,
@@ -172,6 +193,8 @@ def laplace(sources, charges, targets=None, *, eps=1e-6, gradient=False, dtype=N
     results in the caller's order); see :class:`Fmm` for the parameters. Use :class:`Fmm`
     directly to evaluate several charge vectors on the same points.
     """
-    plan = Fmm(sources, targets, eps=eps, dtype=resolve_dtype(dtype, sources, charges, targets),
-               threads=threads)
+    dt = resolve_dtype(dtype, sources, charges, targets)
+    src = as_points("sources", sources)
+    _as_charge_matrix("charges", charges, src.shape[0])  # fail before building anything
+    plan = Fmm(src, targets, eps=eps, dtype=dt, threads=threads)
     return plan.evaluate(charges, gradient=gradient)

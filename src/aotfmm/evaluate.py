@@ -1,0 +1,284 @@
+"""The FMM driver: tree + lists + operators -> potentials and gradients (internal, trusted input).
+
+:class:`Plan` does all geometry-only work once (tree, lists, operators, the filtered and
+re-grouped interaction lists, sorted coordinates); :meth:`Plan.evaluate` runs the passes for one
+charge vector:
+
+    P2M (leaves) -> M2M (up to level 2) -> per level from 2 down: L2L, M2L (V), P2L (X)
+    -> at the leaves: L2P, M2P (W), P2P (U, plus W/X pairs cheaper done directly)
+
+Coordinates arrive in the frame of :func:`aotfmm._validation.frame` (inside [-1, 1]^3) as float64
+(3, n); results leave in the caller's point order, still in that frame (the API rescales).
+"""
+import time
+
+import numpy as np
+
+from . import expansions, _threads
+from .direct import p2p
+from .lists import build_lists
+from .operators import P_MAX, P_MIN, get_operators
+from .tree import build_tree
+
+__all__ = ["Plan", "P_MIN", "P_MAX", "choose_parameters"]
+
+#: eps -> (p, ncrit), measured with benchmarks/accuracy.py: the smallest p whose relative L2
+#: error of potential and gradient stays below eps on uniform, sphere and clustered points.
+_EPS_TABLE = (  # (largest eps served, p, ncrit)
+    (1e-2, 3, 32),
+    (1e-3, 4, 48),
+    (1e-4, 5, 64),
+    (1e-5, 6, 96),
+    (1e-6, 7, 128),
+    (1e-7, 8, 160),
+    (1e-8, 9, 192),
+    (1e-9, 10, 224),
+    (1e-10, 12, 256),
+)
+
+
+def choose_parameters(eps, p=None, ncrit=None):
+    """(p, ncrit) for an accuracy target; explicit values win."""
+    row = next((r for r in _EPS_TABLE if eps >= r[0]), _EPS_TABLE[-1])
+    p = row[1] if p is None else p
+    if ncrit is None:
+        # keep the leaf size in proportion to the surface size when p is forced
+        ncrit = row[2] if p == row[1] else max(16, int(round(row[2] * (p / row[1]) ** 2)))
+    return p, ncrit
+
+
+def _pairs(offsets, index):
+    """CSR -> (row, column) pair arrays."""
+    rows = np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
+    return rows, index
+
+
+def _csr(rows, cols, n_rows, extra=None):
+    """(row, column[, extra]) pairs -> CSR over all n_rows rows, stable in the input order."""
+    order = np.argsort(rows, kind="stable")
+    offsets = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n_rows), out=offsets[1:])
+    cols = np.ascontiguousarray(cols[order], dtype=np.int64)
+    if extra is None:
+        return offsets, cols
+    return offsets, cols, np.ascontiguousarray(extra[order], dtype=np.int64)
+
+
+def _rows(offsets, boxes):
+    """Sub-CSR of the given rows (boxes) of a CSR over all boxes: (row offsets, index positions)."""
+    counts = offsets[boxes + 1] - offsets[boxes]
+    row_offsets = np.zeros(len(boxes) + 1, dtype=np.int64)
+    np.cumsum(counts, out=row_offsets[1:])
+    positions = np.repeat(offsets[boxes] - row_offsets[:-1], counts) + np.arange(
+        row_offsets[-1], dtype=np.int64)
+    return row_offsets, positions
+
+
+class Plan:
+    """Everything that depends on the points only; see the module docstring."""
+
+    def __init__(self, src_xyz, trg_xyz, *, eps, p=None, ncrit=None, dtype=np.float64,
+                 threads=1, cache_dir=None):
+        timings = {}
+        t = time.perf_counter()
+        dt = np.dtype(dtype)
+        self.dtype, self.threads = dt, threads
+        self.p, self.ncrit = choose_parameters(eps, p, ncrit)
+        self.same = trg_xyz is src_xyz
+
+        tree = build_tree(src_xyz, trg_xyz, self.ncrit, threads=threads)
+        timings["tree"], t = time.perf_counter() - t, time.perf_counter()
+        lists = build_lists(tree, threads=threads)
+        timings["lists"], t = time.perf_counter() - t, time.perf_counter()
+        ops = get_operators(self.p, dt, cache_dir=cache_dir)
+        timings["operators"], t = time.perf_counter() - t, time.perf_counter()
+        self.tree, self.ops = tree, ops
+
+        self.src = np.ascontiguousarray(src_xyz[:, tree.src_perm], dtype=dt)
+        self.trg = self.src if self.same else np.ascontiguousarray(trg_xyz[:, tree.trg_perm],
+                                                                   dtype=dt)
+        self.centers = np.ascontiguousarray(tree.centers, dtype=dt)
+        self.half_widths = np.ascontiguousarray(tree.root_half / 2.0 ** tree.levels, dtype=dt)
+        self._setup_passes(tree, lists, ops.n_surf)
+        timings["setup_passes"] = time.perf_counter() - t
+        self.setup_timings = timings
+        self.stats = self._stats(tree, lists)
+
+    # ------------------------------------------------------------------ setup
+    def _setup_passes(self, tree, lists, n_surf):
+        n_boxes = len(tree.keys)
+        n_src = tree.src_end - tree.src_start
+        n_trg = tree.trg_end - tree.trg_start
+        has_src, has_trg = n_src > 0, n_trg > 0
+        levels = tree.levels
+        leaves = tree.leaves
+        self.n_boxes = n_boxes
+
+        # Upward: P2M at leaves holding sources; M2M for parents at levels >= 2 (only levels >= 2
+        # ever send multipoles: V lists start at level 2, W boxes are at least that deep).
+        self.p2m_boxes = leaves[has_src[leaves] & (levels[leaves] >= 2)]
+        self.m2m_levels = []
+        for lev in range(tree.n_levels - 2, 1, -1):
+            parents = np.arange(tree.level_offsets[lev], tree.level_offsets[lev + 1])
+            parents = parents[~tree.is_leaf[parents] & has_src[parents]]
+            if len(parents):
+                children = tree.children[parents].copy()
+                children[children >= 0] = np.where(has_src[children[children >= 0]],
+                                                   children[children >= 0], -1)
+                self.m2m_levels.append((parents, np.ascontiguousarray(children)))
+
+        # W and X pairs: far ones through the expansions, near-cheap ones directly (P2P).
+        w_rows, w_cols = _pairs(lists.w_offsets, lists.w_index)
+        keep = has_trg[w_rows] & has_src[w_cols]
+        w_rows, w_cols = w_rows[keep], w_cols[keep]
+        w_direct = n_src[w_cols] < n_surf  # M2P costs n_surf per target, P2P n_src(A)
+        x_rows, x_cols = _pairs(lists.x_offsets, lists.x_index)
+        keep = has_trg[x_rows] & has_src[x_cols]
+        x_rows, x_cols = x_rows[keep], x_cols[keep]
+        # P2L costs n_src(A) * n_surf, P2P n_src(A) * n_trg(B); a non-leaf B's target range
+        # overlaps its leaves' P2P rows, so only leaves may take X pairs directly.
+        x_direct = tree.is_leaf[x_rows] & (n_trg[x_rows] < n_surf) | (levels[x_rows] < 2)
+
+        u_rows, u_cols = _pairs(lists.u_offsets, lists.u_index)
+        keep = has_trg[u_rows] & has_src[u_cols]
+        near_rows = np.concatenate([u_rows[keep], w_rows[w_direct], x_rows[x_direct]])
+        near_cols = np.concatenate([u_cols[keep], w_cols[w_direct], x_cols[x_direct]])
+        self.near_offsets, self.near_index = _csr(near_rows, near_cols, n_boxes)
+        self.near_boxes = np.unique(near_rows)
+        work = np.add.reduceat(n_src[self.near_index], self.near_offsets[self.near_boxes]) \
+            if len(self.near_boxes) else np.zeros(0)
+        self.near_cost = n_trg[self.near_boxes] * (work + 1)
+
+        self.m2p_boxes, m2p_rows, m2p_cols = self._grouped(w_rows[~w_direct], w_cols[~w_direct])
+        self.m2p_offsets, self.m2p_index = m2p_rows, m2p_cols
+        xr, xc = x_rows[~x_direct], x_cols[~x_direct]
+
+        # Downward, per level from 2: targets with a local expansion are boxes at level >= 2
+        # that hold targets; every one of them gets L2L from its parent (level >= 3), M2L from
+        # its V list and P2L from its far X list.
+        v_rows, v_cols = _pairs(lists.v_offsets, lists.v_index)
+        keep = has_trg[v_rows] & has_src[v_cols]
+        v_rows, v_cols, v_tr = v_rows[keep], v_cols[keep], lists.v_transfer[keep]
+        self.down_levels = []
+        for lev in range(2, tree.n_levels):
+            lo, hi = tree.level_offsets[lev], tree.level_offsets[lev + 1]
+            entry = {}
+            if lev >= 3:
+                parents = np.arange(tree.level_offsets[lev - 1], lo)
+                parents = parents[~tree.is_leaf[parents] & has_trg[parents]]
+                children = tree.children[parents].copy()
+                children[children >= 0] = np.where(has_trg[children[children >= 0]],
+                                                    children[children >= 0], -1)
+                entry["l2l"] = (parents, np.ascontiguousarray(children))
+            sel = (v_rows >= lo) & (v_rows < hi)
+            if sel.any():
+                boxes, offsets, index, transfer = self._grouped(v_rows[sel], v_cols[sel],
+                                                                v_tr[sel])
+                entry["m2l"] = expansions.m2l_plan(self.ops, boxes, offsets, index, transfer,
+                                                   n_boxes, threads=self.threads)
+            sel = (xr >= lo) & (xr < hi)
+            if sel.any():
+                entry["p2l"] = self._grouped(xr[sel], xc[sel])
+            self.down_levels.append(entry)
+        self.l2p_boxes = leaves[has_trg[leaves] & (levels[leaves] >= 2)]
+
+    @staticmethod
+    def _grouped(rows, cols, extra=None):
+        """Pairs -> (unique target boxes, CSR offsets over them, cols[, extra]) sorted by target."""
+        order = np.argsort(rows, kind="stable")
+        rows, cols = rows[order], cols[order]
+        boxes, counts = np.unique(rows, return_counts=True)
+        offsets = np.zeros(len(boxes) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        out = (boxes.astype(np.int64), offsets, np.ascontiguousarray(cols, dtype=np.int64))
+        if extra is not None:
+            out += (np.ascontiguousarray(extra[order], dtype=np.int64),)
+        return out
+
+    def _stats(self, tree, lists):
+        def sizes(offsets, rows):
+            n = np.diff(offsets)[rows] if len(rows) else np.zeros(1, np.int64)
+            return {"mean": float(n.mean()), "max": int(n.max())}
+        all_boxes = np.arange(len(tree.keys))
+        arrays = [self.src, self.centers, self.half_widths, self.near_index]
+        if not self.same:
+            arrays.append(self.trg)
+        n_surf = self.ops.n_surf
+        return {
+            "p": self.p, "ncrit": self.ncrit, "n_surf": n_surf,
+            "levels": int(tree.n_levels), "boxes": int(len(tree.keys)),
+            "leaves": int(len(tree.leaves)),
+            "list_sizes": {"u": sizes(lists.u_offsets, tree.leaves),
+                           "v": sizes(lists.v_offsets, all_boxes),
+                           "w": sizes(lists.w_offsets, tree.leaves),
+                           "x": sizes(lists.x_offsets, all_boxes)},
+            "m2l_rank": int(self.ops.m2l_rank),
+            "memory_bytes": {"operators": int(self.ops.nbytes),
+                             "expansions": int(2 * len(tree.keys) * n_surf * self.dtype.itemsize),
+                             "points_and_lists": int(sum(a.nbytes for a in arrays))},
+        }
+
+    # ------------------------------------------------------------------ evaluate
+    def evaluate(self, charges, gradient):
+        """charges: (n_sources,) float64 in the caller's order. Returns (pot, grad, timings)."""
+        tree, ops, dt, threads = self.tree, self.ops, self.dtype, self.threads
+        timings = {}
+        t = time.perf_counter()
+
+        def tick(name):
+            nonlocal t
+            now = time.perf_counter()
+            timings[name] = timings.get(name, 0.0) + now - t
+            t = now
+
+        q = np.ascontiguousarray(charges[tree.src_perm], dtype=dt)
+        n_trg = self.trg.shape[1]
+        pot = np.zeros(n_trg, dtype=dt)
+        grad = np.zeros((3, n_trg), dtype=dt) if gradient else None
+        shape = (self.n_boxes, ops.n_surf)
+        equiv = np.zeros(shape, dtype=dt)
+        local = np.zeros(shape, dtype=dt)
+        c, h = self.centers, self.half_widths
+        tick("prepare")
+
+        if len(self.p2m_boxes):
+            expansions.p2m(ops, self.src, q, self.p2m_boxes, tree.src_start, tree.src_end, c, h,
+                           equiv, threads=threads)
+        tick("p2m")
+        for parents, children in self.m2m_levels:
+            expansions.m2m(ops, equiv, parents, children)
+        tick("m2m")
+        for entry in self.down_levels:
+            if "l2l" in entry:
+                expansions.l2l(ops, local, *entry["l2l"])
+                tick("l2l")
+            if "m2l" in entry:
+                expansions.m2l(ops, equiv, local, entry["m2l"], threads=threads)
+                tick("m2l")
+            if "p2l" in entry:
+                boxes, offsets, index = entry["p2l"]
+                expansions.p2l(ops, self.src, q, tree.src_start, tree.src_end, boxes, offsets,
+                               index, c, h, local, threads=threads)
+                tick("p2l")
+        if len(self.l2p_boxes):
+            expansions.l2p(ops, local, self.trg, tree.trg_start, tree.trg_end, self.l2p_boxes,
+                           c, h, pot, grad, threads=threads)
+        tick("l2p")
+        if len(self.m2p_boxes):
+            expansions.m2p(ops, equiv, self.trg, tree.trg_start, tree.trg_end, self.m2p_boxes,
+                           self.m2p_offsets, self.m2p_index, c, h, pot, grad, threads=threads)
+        tick("m2p")
+        if len(self.near_boxes):
+            p2p(self.src, q, self.trg, tree.src_start, tree.src_end, tree.trg_start,
+                tree.trg_end, self.near_offsets, self.near_index, self.near_boxes, pot, grad,
+                threads, cost=self.near_cost)
+        tick("p2p")
+
+        out_pot = np.empty_like(pot)
+        out_pot[tree.trg_perm] = pot
+        out_grad = None
+        if gradient:
+            out_grad = np.empty_like(grad)
+            out_grad[:, tree.trg_perm] = grad
+        tick("unsort")
+        return out_pot, out_grad, timings
