@@ -29,7 +29,8 @@ Matrices (float64 build, cast to the run dtype when stored in :class:`Operators`
 * ``m2m`` (8, n_surf, n_surf): parent_equiv += m2m[c] @ child_equiv for the child in octant c
   (octant c has centre offset ``OCTANT_SIGNS[c] * h_parent / 2``, see :mod:`aotfmm._geometry`).
 * ``l2l`` (8, n_surf, n_surf): child_local += l2l[c] @ parent_local.
-* M2L (SVD variant, :mod:`aotfmm._m2l_svd`): ``m2l_v`` (n_surf, k), ``m2l_c`` (316, k, k),
+* M2L (SVD variant, :mod:`aotfmm._m2l_svd`): ``m2l_v`` (n_surf, k), ``m2l_u`` (n_surf, k)
+  (check-side basis, kept for tests and reporting), ``m2l_c`` (316, k, k),
   ``m2l_dc2e_u`` (n_surf, k): local[B] += m2l_dc2e_u @ m2l_c[t] @ m2l_v.T @ equiv[S] for the
   transfer vector t = S_ijk - B_ijk.
 """
@@ -96,8 +97,10 @@ class Operators:
     m2m: np.ndarray
     l2l: np.ndarray
     m2l_v: np.ndarray
+    m2l_u: np.ndarray
     m2l_c: np.ndarray
     m2l_dc2e_u: np.ndarray
+    m2l_sigma: np.ndarray        # (n_surf,) float64 singular values of the stacked K_t
     key: dict = dataclasses.field(repr=False)
     source: str = "built"        # "built" or "cache"
     seconds: float = 0.0         # build or load time
@@ -108,8 +111,8 @@ class Operators:
         return sum(getattr(self, f).nbytes for f in _ARRAY_FIELDS)
 
 
-_ARRAY_FIELDS = ("uc2e_a", "uc2e_b", "dc2e_a", "dc2e_b", "m2m", "l2l", "m2l_v", "m2l_c",
-                 "m2l_dc2e_u")
+_ARRAY_FIELDS = ("uc2e_a", "uc2e_b", "dc2e_a", "dc2e_b", "m2m", "l2l", "m2l_v", "m2l_u",
+                 "m2l_c", "m2l_dc2e_u")
 
 
 def _pinv_factors(a, cutoff):
@@ -142,7 +145,7 @@ def build_operators(p, radii=DEFAULT_RADII, pinv_cutoff=1e-9, m2l_tol=1e-7, m2l_
         raise ValueError(f"unknown M2L method {method!r}; expected one of {M2L_METHODS}")
     m2l = _m2l_svd.build(s, r_dc, r_ue, dc2e, m2l_tol, m2l_rank)
     return dict(surface=s, uc2e_a=uc2e_a, uc2e_b=uc2e_b, dc2e_a=dc2e_a, dc2e_b=dc2e_b,
-                m2m=m2m, l2l=l2l, m2l_v=m2l["m2l_v"], m2l_c=m2l["m2l_c"],
+                m2m=m2m, l2l=l2l, m2l_v=m2l["m2l_v"], m2l_u=m2l["m2l_u"], m2l_c=m2l["m2l_c"],
                 m2l_dc2e_u=m2l["m2l_dc2e_u"], m2l_sigma=m2l["m2l_sigma"])
 
 
@@ -191,6 +194,12 @@ def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_c
     radii = DEFAULT_RADII if radii is None else tuple(float(r) for r in radii)
     if len(radii) != 4 or not all(r > 0 for r in radii):
         raise ValueError(f"radii must be 4 positive numbers, got {radii!r}")
+    r_ue, r_uc, r_de, r_dc = radii
+    if not (r_ue < r_uc and r_dc < r_de and r_ue >= 1 and r_dc >= 1 and r_ue + r_dc < 4
+            and r_uc <= 3 and r_de <= 3):
+        raise ValueError("radii must satisfy 1 <= r_up_equiv < r_up_check <= 3, "
+                         f"1 <= r_down_check < r_down_equiv <= 3 and r_up_equiv + r_down_check "
+                         f"< 4, got {radii!r}")
     key = {"kernel": "laplace", "p": p, "r_up_equiv": radii[0], "r_up_check": radii[1],
            "r_down_equiv": radii[2], "r_down_check": radii[3], "pinv_cutoff": pinv_cutoff,
            "m2l_method": method, "m2l_tol": m2l_tol,
@@ -212,4 +221,5 @@ def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_c
         pinv_cutoff=pinv_cutoff, m2l_method=method, m2l_tol=m2l_tol,
         m2l_rank=arrays["m2l_c"].shape[1],
         **{f: np.ascontiguousarray(arrays[f]) for f in _ARRAY_FIELDS},
+        m2l_sigma=arrays["m2l_sigma"],
         key=key, source=source, seconds=seconds)
