@@ -51,7 +51,7 @@ def test_damaged_file_is_rebuilt_with_warning(tmp_path, damage):
     elif damage == "flip":  # flip bytes inside the largest dataset (Fletcher-32 catches it)
         import h5py
         with h5py.File(path, "r") as f:
-            off = f["m2l_c"].id.get_offset() or f["m2l_c"].id.get_chunk_info(0).byte_offset
+            off = f["m2l_a"].id.get_offset() or f["m2l_a"].id.get_chunk_info(0).byte_offset
         for i in range(8):
             data[off + 100 + i] ^= 0xFF
     elif damage == "garbage":
@@ -133,7 +133,7 @@ def test_concurrent_builders_never_corrupt(tmp_path):
     """Several processes building the same file at once: every result and the file are valid."""
     code = ("import sys, numpy as np; from aotfmm.operators import get_operators;"
             "o = get_operators(4, np.float64, cache_dir=sys.argv[1]);"
-            "print(o.source, float(np.abs(o.m2l_c).sum()))")
+            "print(o.source, float(np.abs(o.m2l_a).sum()))")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)],
                               stdout=subprocess.PIPE, text=True) for _ in range(3)]
     outs = [p.communicate(timeout=120)[0].split() for p in procs]
@@ -141,5 +141,5 @@ def test_concurrent_builders_never_corrupt(tmp_path):
     assert len({o[1] for o in outs}) == 1
     ops = get_operators(4, np.float64, cache_dir=tmp_path)
     assert ops.source == "cache"
-    assert float(np.abs(ops.m2l_c).sum()) == float(outs[0][1])
+    assert float(np.abs(ops.m2l_a).sum()) == float(outs[0][1])
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]

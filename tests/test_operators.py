@@ -234,16 +234,17 @@ def test_m2l_all_transfer_vectors(p, dt, rng):
 
 @pytest.mark.parametrize("p", P_ALL)
 def test_m2l_compression_error_all_vectors(p):
-    """||K_t - U C_t V^T||_F <= 2 tol sigma_stack for each of the 316 t, K_t rebuilt here.
+    """||K_t - U C_t V^T||_F <= 3 tol sigma_stack for each of the 316 t, K_t rebuilt here.
 
-    U, V are truncations of the SVDs of the two stacks of all K_t at tol * sigma_stack, so the
-    2-norm error is at most sigma_k(fat) + sigma_k(tall) <= 2 tol sigma_stack; we check the
+    U, V are truncations of the SVDs of the two stacks of all K_t at tol * sigma_stack and C_t is
+    truncated at the same level, so the 2-norm error is at most 3 tol sigma_stack; we check the
     (larger) Frobenius norm. sigma_stack, stored by the build, is checked against
     max_t ||K_t||_2 <= sigma_stack <= sqrt(sum_t ||K_t||_F^2).
     """
     ops = get_operators(p, np.float64)
     s, tol = ops.surface, ops.m2l_tol
-    uc, v = ops.m2l_u @ ops.m2l_c, ops.m2l_v.T
+    c = np.stack([ops.m2l_core(t) for t in range(316)])
+    uc, v = ops.m2l_u @ c, ops.m2l_v.T
     tv = _geometry.TRANSFER_VECTORS
     errs, fro = [], []
     for b0 in range(0, len(tv), 16):
@@ -257,7 +258,7 @@ def test_m2l_compression_error_all_vectors(p):
     sigma = ops.m2l_sigma[0]
     nearest = np.linalg.norm(transfer_k(s, _geometry.TRANSFER_VECTORS[0]), 2)
     assert nearest * (1 - 1e-9) <= sigma <= np.sqrt((fro ** 2).sum())
-    assert errs.max() <= 2 * tol * sigma
+    assert errs.max() <= 3 * tol * sigma
     assert c_rank_ok(ops)
 
 

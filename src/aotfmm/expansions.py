@@ -191,7 +191,7 @@ def m2l_plan(ops, target_boxes, v_offsets, v_index, v_transfer, n_boxes, threads
 
 
 def m2l(ops, equiv, local, plan, threads=1):
-    """local[target] += DC2E_1 U C_t V^T equiv[source] for every V-list pair of the plan."""
+    """local[target] += DC2E_1 U a_t^T b_t V^T equiv[source] for every V-list pair of the plan."""
     if len(plan.pair_source) == 0:
         return
     dt = ops.dtype
@@ -201,10 +201,12 @@ def m2l(ops, equiv, local, plan, threads=1):
     z = np.zeros((n_t, k), dtype=dt)
     gather = _kernels.get("m2l_gather", dt)
     scatter = _kernels.get("m2l_scatter", dt)
-    c = ops.m2l_c
+    a, b, offs = ops.m2l_a, ops.m2l_b, ops.m2l_offsets
+    r_max = int(np.diff(offs).max())
 
     def work(j0, j1):
         buf = np.empty((plan.max_pairs, k), dtype=dt)
+        mid = np.empty((plan.max_pairs, r_max), dtype=dt)
         out = np.empty((plan.max_pairs, k), dtype=dt)
         for j in range(j0, j1):
             for t in range(_geometry.N_TRANSFER):
@@ -213,7 +215,9 @@ def m2l(ops, equiv, local, plan, threads=1):
                 if m == 0:
                     continue
                 gather(mc, plan.pair_source, i0, i1, buf)
-                np.matmul(buf[:m], c[t].T, out=out[:m])
+                r0, r1 = offs[t], offs[t + 1]
+                np.matmul(buf[:m], b[r0:r1].T, out=mid[:m, :r1 - r0])   # C_t = a_t^T b_t
+                np.matmul(mid[:m, :r1 - r0], a[r0:r1], out=out[:m])
                 scatter(out, plan.pair_target, i0, i1, z)
 
     n_chunks = plan.segments.shape[0]

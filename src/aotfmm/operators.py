@@ -30,8 +30,9 @@ Matrices (float64 build, cast to the run dtype when stored in :class:`Operators`
   (octant c has centre offset ``OCTANT_SIGNS[c] * h_parent / 2``, see :mod:`aotfmm._geometry`).
 * ``l2l`` (8, n_surf, n_surf): child_local += l2l[c] @ parent_local.
 * M2L (SVD variant, :mod:`aotfmm._m2l_svd`): ``m2l_v`` (n_surf, k), ``m2l_u`` (n_surf, k)
-  (check-side basis, kept for tests and reporting), ``m2l_c`` (316, k, k),
-  ``m2l_dc2e_u`` (n_surf, k): local[B] += m2l_dc2e_u @ m2l_c[t] @ m2l_v.T @ equiv[S] for the
+  (check-side basis, kept for tests and reporting), per-t factors ``m2l_a``, ``m2l_b`` (R, k)
+  with rows ``m2l_offsets[t]:m2l_offsets[t+1]`` for t (C_t = a_t^T b_t, see :meth:`m2l_core`),
+  ``m2l_dc2e_u`` (n_surf, k): local[B] += m2l_dc2e_u @ C_t @ m2l_v.T @ equiv[S] for the
   transfer vector t = S_ijk - B_ijk.
 """
 import dataclasses
@@ -98,12 +99,19 @@ class Operators:
     l2l: np.ndarray
     m2l_v: np.ndarray
     m2l_u: np.ndarray
-    m2l_c: np.ndarray
+    m2l_a: np.ndarray
+    m2l_b: np.ndarray
+    m2l_offsets: np.ndarray      # (317,) int64
     m2l_dc2e_u: np.ndarray
     m2l_sigma: np.ndarray        # (n_surf,) float64 singular values of the stacked K_t
     key: dict = dataclasses.field(repr=False)
     source: str = "built"        # "built" or "cache"
     seconds: float = 0.0         # build or load time
+
+    def m2l_core(self, t):
+        """C_t (k, k) of transfer vector row ``t``, rebuilt from its factors."""
+        r0, r1 = self.m2l_offsets[t], self.m2l_offsets[t + 1]
+        return self.m2l_a[r0:r1].T @ self.m2l_b[r0:r1]
 
     @property
     def nbytes(self):
@@ -112,7 +120,7 @@ class Operators:
 
 
 _ARRAY_FIELDS = ("uc2e_a", "uc2e_b", "dc2e_a", "dc2e_b", "m2m", "l2l", "m2l_v", "m2l_u",
-                 "m2l_c", "m2l_dc2e_u")
+                 "m2l_a", "m2l_b", "m2l_offsets", "m2l_dc2e_u")
 
 
 def _pinv_factors(a, cutoff):
@@ -145,8 +153,7 @@ def build_operators(p, radii=DEFAULT_RADII, pinv_cutoff=1e-9, m2l_tol=1e-7, m2l_
         raise ValueError(f"unknown M2L method {method!r}; expected one of {M2L_METHODS}")
     m2l = _m2l_svd.build(s, r_dc, r_ue, dc2e, m2l_tol, m2l_rank)
     return dict(surface=s, uc2e_a=uc2e_a, uc2e_b=uc2e_b, dc2e_a=dc2e_a, dc2e_b=dc2e_b,
-                m2m=m2m, l2l=l2l, m2l_v=m2l["m2l_v"], m2l_u=m2l["m2l_u"], m2l_c=m2l["m2l_c"],
-                m2l_dc2e_u=m2l["m2l_dc2e_u"], m2l_sigma=m2l["m2l_sigma"])
+                m2m=m2m, l2l=l2l, **m2l)
 
 
 def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_cutoff=None,
@@ -207,7 +214,8 @@ def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_c
 
     def build():
         ops = build_operators(p, radii, pinv_cutoff, m2l_tol, m2l_rank, method)
-        out = {k: (v if k in ("surface", "m2l_sigma") else v.astype(dt)) for k, v in ops.items()}
+        out = {k: (v if k in ("surface", "m2l_sigma", "m2l_offsets") else v.astype(dt))
+               for k, v in ops.items()}
         return out
 
     t0 = time.perf_counter()
@@ -219,7 +227,7 @@ def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_c
         surface_soa=np.ascontiguousarray(s.T, dtype=dt),
         r_up_equiv=radii[0], r_up_check=radii[1], r_down_equiv=radii[2], r_down_check=radii[3],
         pinv_cutoff=pinv_cutoff, m2l_method=method, m2l_tol=m2l_tol,
-        m2l_rank=arrays["m2l_c"].shape[1],
+        m2l_rank=arrays["m2l_v"].shape[1],
         **{f: np.ascontiguousarray(arrays[f]) for f in _ARRAY_FIELDS},
         m2l_sigma=arrays["m2l_sigma"],
         key=key, source=source, seconds=seconds)
