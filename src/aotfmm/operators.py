@@ -1,0 +1,233 @@
+"""KIFMM translation operators for the Laplace kernel: build (float64), cache, hand out.
+
+:func:`get_operators` returns an :class:`Operators` (frozen dataclass) for an expansion order
+``p`` and a run dtype, loading it from the HDF5 cache (:mod:`aotfmm.cache`) or building it.
+Applying the operators to a tree's boxes is :mod:`aotfmm.expansions`' job.
+
+Scaling convention (Laplace, G homogeneous of degree -1)
+--------------------------------------------------------
+All matrices are built once for the *reference box*: half-width 1, centred at the origin. For a
+box of half-width ``h`` the kernel matrix between its surfaces is ``K_h = K_1 / h``, so
+
+* check -> equivalent: ``UC2E_h = h * UC2E_1`` and ``DC2E_h = h * DC2E_1``. P2M and P2L therefore
+  multiply the check potentials (computed with the true coordinates) by ``h * UC2E_1`` or
+  ``h * DC2E_1``; :mod:`aotfmm.expansions` applies the factor ``h`` per box.
+* M2M, L2L and M2L map equivalent densities to equivalent densities and are scale invariant:
+  ``UC2E_2h K(parent check, child equiv) = UC2E_1 K_1(...)`` and so on. The same matrices serve
+  every level; no factor is applied.
+* L2P and M2P evaluate ``sum_j G(x, y_j) density_j`` with the true coordinates
+  ``y_j = c + h * radius * surface_j``: no factor either.
+
+Equivalent densities are therefore true charges sitting on the equivalent surface points.
+
+Matrices (float64 build, cast to the run dtype when stored in :class:`Operators`):
+
+* ``uc2e_a`` (n_surf, r), ``uc2e_b`` (r, n_surf): UC2E_1 = uc2e_a @ uc2e_b = V Sigma^-1 U^T,
+  pseudo-inverse of K(r_up_check S, r_up_equiv S) with singular values below
+  ``pinv_cutoff * sigma_max`` dropped; kept as two factors (applied one after the other).
+* ``dc2e_a``, ``dc2e_b``: the same for K(r_down_check S, r_down_equiv S).
+* ``m2m`` (8, n_surf, n_surf): parent_equiv += m2m[c] @ child_equiv for the child in octant c
+  (octant c has centre offset ``OCTANT_SIGNS[c] * h_parent / 2``, see :mod:`aotfmm._geometry`).
+* ``l2l`` (8, n_surf, n_surf): child_local += l2l[c] @ parent_local.
+* M2L (SVD variant, :mod:`aotfmm._m2l_svd`): ``m2l_v`` (n_surf, k), ``m2l_u`` (n_surf, k)
+  (check-side basis, kept for tests and reporting), per-t factors ``m2l_a``, ``m2l_b`` (R, k)
+  with rows ``m2l_offsets[t]:m2l_offsets[t+1]`` for t (C_t = a_t^T b_t, see :meth:`m2l_core`),
+  ``m2l_dc2e_u`` (n_surf, k): local[B] += m2l_dc2e_u @ C_t @ m2l_v.T @ equiv[S] for the
+  transfer vector t = S_ijk - B_ijk.
+"""
+import dataclasses
+import time
+
+import numpy as np
+
+from . import _geometry, _m2l_svd, cache
+from .surfaces import DEFAULT_RADII, kernel_matrix, n_surf, surface
+
+__all__ = ["Operators", "get_operators", "build_operators", "default_m2l_tol",
+           "default_pinv_cutoff", "P_MIN", "P_MAX"]
+
+P_MIN, P_MAX = 2, 16
+
+#: Default relative SVD cutoff of the check-to-equivalent pseudo-inverses, per dtype. In float32
+#: a smaller cutoff makes equivalent densities large and oscillating, and their float32 sums
+#: lose the digits (measured in tests/benchmarks: 1e-8 keeps float32 at ~2e-7 for every p).
+_PINV_CUTOFF = {"float32": 1e-7, "float64": 1e-9}
+
+#: Methods of M2L this module can build.
+M2L_METHODS = ("svd",)
+
+
+def default_pinv_cutoff(dtype):
+    return _PINV_CUTOFF[np.dtype(dtype).name]
+
+
+#: M2L compression tolerance per p: about the worst-case error of one expansion of order p at
+#: the V-list distance (3 half-widths), so compression does not dominate (accuracy table in
+#: benchmarks/operators.py). The resulting rank saturates with the tolerance, not with p.
+_M2L_TOL = {2: 1e-2, 3: 1e-3, 4: 1e-4, 5: 1e-5, 6: 1e-6, 7: 3e-7, 8: 1e-7, 9: 3e-8, 10: 1e-8}
+
+
+def default_m2l_tol(p, dtype):
+    """M2L compression tolerance matched to the accuracy of order ``p`` (and of ``dtype``)."""
+    tol = _M2L_TOL.get(p, 3e-9)
+    if np.dtype(dtype) == np.float32:
+        tol = max(tol, 1e-7)
+    return tol
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Operators:
+    """Precomputed operators of order ``p`` for one run dtype (see the module docstring)."""
+    p: int
+    dtype: np.dtype
+    n_surf: int
+    surface: np.ndarray          # (n_surf, 3) float64, unit surface
+    surface_soa: np.ndarray      # (3, n_surf) run dtype, C-contiguous (for kernels)
+    r_up_equiv: float
+    r_up_check: float
+    r_down_equiv: float
+    r_down_check: float
+    pinv_cutoff: float
+    m2l_method: str
+    m2l_tol: float
+    m2l_rank: int
+    uc2e_a: np.ndarray
+    uc2e_b: np.ndarray
+    dc2e_a: np.ndarray
+    dc2e_b: np.ndarray
+    m2m: np.ndarray
+    l2l: np.ndarray
+    m2l_v: np.ndarray
+    m2l_u: np.ndarray
+    m2l_a: np.ndarray
+    m2l_b: np.ndarray
+    m2l_offsets: np.ndarray      # (317,) int64
+    m2l_dc2e_u: np.ndarray
+    m2l_sigma: np.ndarray        # (n_surf,) float64 singular values of the stacked K_t
+    key: dict = dataclasses.field(repr=False)
+    source: str = "built"        # "built" or "cache"
+    seconds: float = 0.0         # build or load time
+
+    def m2l_core(self, t):
+        """C_t (k, k) of transfer vector row ``t``, rebuilt from its factors."""
+        r0, r1 = self.m2l_offsets[t], self.m2l_offsets[t + 1]
+        return self.m2l_a[r0:r1].T @ self.m2l_b[r0:r1]
+
+    @property
+    def nbytes(self):
+        """Bytes held by the operator matrices."""
+        return sum(getattr(self, f).nbytes for f in _ARRAY_FIELDS)
+
+
+_ARRAY_FIELDS = ("uc2e_a", "uc2e_b", "dc2e_a", "dc2e_b", "m2m", "l2l", "m2l_v", "m2l_u",
+                 "m2l_a", "m2l_b", "m2l_offsets", "m2l_dc2e_u")
+
+
+def _pinv_factors(a, cutoff):
+    """Pseudo-inverse of ``a`` as two factors (V Sigma^-1, U^T), singular values below
+    ``cutoff * sigma_max`` dropped."""
+    u, s, vt = np.linalg.svd(a)
+    keep = s > cutoff * s[0]
+    return np.ascontiguousarray(vt[keep].T / s[keep]), np.ascontiguousarray(u[:, keep].T)
+
+
+def build_operators(p, radii=DEFAULT_RADII, pinv_cutoff=1e-9, m2l_tol=1e-7, m2l_rank=None,
+                    method="svd"):
+    """Build every operator of order ``p`` in float64 (no cache). Returns a dict of arrays."""
+    r_ue, r_uc, r_de, r_dc = (float(r) for r in radii)
+    s = surface(p)
+    uc2e_a, uc2e_b = _pinv_factors(kernel_matrix(r_uc * s, r_ue * s), pinv_cutoff)
+    dc2e_a, dc2e_b = _pinv_factors(kernel_matrix(r_dc * s, r_de * s), pinv_cutoff)
+    uc2e = uc2e_a @ uc2e_b
+    dc2e = dc2e_a @ dc2e_b
+    n = len(s)
+    m2m = np.empty((8, n, n))
+    l2l = np.empty((8, n, n))
+    for c, sign in enumerate(_geometry.OCTANT_SIGNS):
+        child = 0.5 * sign
+        # parent half-width 1, child half-width 1/2: UC2E_1 K(parent check, child equiv).
+        m2m[c] = uc2e @ kernel_matrix(r_uc * s, child + 0.5 * r_ue * s)
+        # DC2E of the child (half-width 1/2) = 0.5 * DC2E_1.
+        l2l[c] = 0.5 * dc2e @ kernel_matrix(child + 0.5 * r_dc * s, r_de * s)
+    if method != "svd":
+        raise ValueError(f"unknown M2L method {method!r}; expected one of {M2L_METHODS}")
+    m2l = _m2l_svd.build(s, r_dc, r_ue, dc2e, m2l_tol, m2l_rank)
+    return dict(surface=s, uc2e_a=uc2e_a, uc2e_b=uc2e_b, dc2e_a=dc2e_a, dc2e_b=dc2e_b,
+                m2m=m2m, l2l=l2l, **m2l)
+
+
+def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_cutoff=None,
+                  radii=None, m2l_rank=None):
+    """Operators of order ``p`` for run dtype ``dtype``, from the cache or built (and cached).
+
+    Parameters
+    ----------
+    p : int in [2, 16]
+        Expansion order: surfaces have ``6 (p - 1)^2 + 2`` points.
+    dtype : float32 or float64
+        Run dtype; matrices are computed in float64 and cast.
+    m2l_tol : float, optional
+        Relative SVD cutoff of the M2L compression; default :func:`default_m2l_tol`.
+    cache_dir : path, False or None
+        Cache directory; None: ``$AOTFMM_CACHE_DIR`` or the user cache dir; False: no cache.
+    method : {"svd", None}
+        M2L variant (only "svd" for now).
+    pinv_cutoff : float, optional
+        Relative SVD cutoff of UC2E/DC2E; default :func:`default_pinv_cutoff`.
+    radii : 4 floats, optional
+        (r_up_equiv, r_up_check, r_down_equiv, r_down_check); default (1.05, 2.95, 2.95, 1.05).
+    m2l_rank : int, optional
+        Force the M2L rank instead of choosing it from ``m2l_tol``.
+
+    Returns
+    -------
+    Operators
+    """
+    if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or not P_MIN <= p <= P_MAX:
+        raise ValueError(f"p must be an integer in [{P_MIN}, {P_MAX}], got {p!r}")
+    p = int(p)
+    dt = np.dtype(dtype)
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dt}")
+    method = "svd" if method is None else method
+    if method not in M2L_METHODS:
+        raise ValueError(f"method must be one of {M2L_METHODS}, got {method!r}")
+    m2l_tol = default_m2l_tol(p, dt) if m2l_tol is None else float(m2l_tol)
+    if not 0.0 <= m2l_tol < 1.0:
+        raise ValueError(f"m2l_tol must be in [0, 1), got {m2l_tol}")
+    pinv_cutoff = default_pinv_cutoff(dt) if pinv_cutoff is None else float(pinv_cutoff)
+    if not 0.0 <= pinv_cutoff < 1.0:
+        raise ValueError(f"pinv_cutoff must be in [0, 1), got {pinv_cutoff}")
+    radii = DEFAULT_RADII if radii is None else tuple(float(r) for r in radii)
+    if len(radii) != 4 or not all(r > 0 for r in radii):
+        raise ValueError(f"radii must be 4 positive numbers, got {radii!r}")
+    r_ue, r_uc, r_de, r_dc = radii
+    if not (r_ue < r_uc and r_dc < r_de and r_ue >= 1 and r_dc >= 1 and r_ue + r_dc < 4
+            and r_uc <= 3 and r_de <= 3):
+        raise ValueError("radii must satisfy 1 <= r_up_equiv < r_up_check <= 3, "
+                         f"1 <= r_down_check < r_down_equiv <= 3 and r_up_equiv + r_down_check "
+                         f"< 4, got {radii!r}")
+    key = {"kernel": "laplace", "p": p, "r_up_equiv": radii[0], "r_up_check": radii[1],
+           "r_down_equiv": radii[2], "r_down_check": radii[3], "pinv_cutoff": pinv_cutoff,
+           "m2l_method": method, "m2l_tol": m2l_tol,
+           "m2l_rank": -1 if m2l_rank is None else int(m2l_rank), "dtype": dt.name}
+
+    def build():
+        ops = build_operators(p, radii, pinv_cutoff, m2l_tol, m2l_rank, method)
+        out = {k: (v if k in ("surface", "m2l_sigma", "m2l_offsets") else v.astype(dt))
+               for k, v in ops.items()}
+        return out
+
+    t0 = time.perf_counter()
+    arrays, source = cache.load_or_build(key, build, cache_dir)
+    seconds = time.perf_counter() - t0
+    s = arrays["surface"]
+    return Operators(
+        p=p, dtype=dt, n_surf=n_surf(p), surface=s,
+        surface_soa=np.ascontiguousarray(s.T, dtype=dt),
+        r_up_equiv=radii[0], r_up_check=radii[1], r_down_equiv=radii[2], r_down_check=radii[3],
+        pinv_cutoff=pinv_cutoff, m2l_method=method, m2l_tol=m2l_tol,
+        m2l_rank=arrays["m2l_v"].shape[1],
+        **{f: np.ascontiguousarray(arrays[f]) for f in _ARRAY_FIELDS},
+        m2l_sigma=arrays["m2l_sigma"],
+        key=key, source=source, seconds=seconds)

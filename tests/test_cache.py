@@ -1,0 +1,145 @@
+"""The HDF5 operator cache: round trip, corruption, key sensitivity, unwritable dirs, races."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from aotfmm import cache
+from aotfmm.operators import _ARRAY_FIELDS, build_operators, get_operators
+
+P = 3  # small and fast; the cache does not care about p
+
+
+def same(a, b):
+    for f in _ARRAY_FIELDS:
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+
+
+def test_round_trip_equals_fresh_build(tmp_path):
+    first = get_operators(P, np.float64, cache_dir=tmp_path)
+    assert first.source == "built"
+    again = get_operators(P, np.float64, cache_dir=tmp_path)
+    assert again.source == "cache"
+    same(first, again)
+    fresh = build_operators(P, pinv_cutoff=first.pinv_cutoff, m2l_tol=first.m2l_tol)
+    for f in _ARRAY_FIELDS:
+        np.testing.assert_array_equal(getattr(again, f), fresh[f])
+    f32 = get_operators(P, np.float32, cache_dir=tmp_path)
+    assert f32.m2m.dtype == np.float32 and f32.source == "built"
+    assert get_operators(P, np.float32, cache_dir=tmp_path).source == "cache"
+
+
+def test_env_var_is_the_default_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("AOTFMM_CACHE_DIR", str(tmp_path / "env"))
+    ops = get_operators(P, np.float64)
+    assert os.path.exists(cache.cache_path(ops.key, tmp_path / "env"))
+
+
+def _path(tmp_path):
+    ops = get_operators(P, np.float64, cache_dir=tmp_path)
+    return cache.cache_path(ops.key, tmp_path), ops
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "empty"])
+def test_damaged_file_is_rebuilt_with_warning(tmp_path, damage):
+    path, good = _path(tmp_path)
+    data = bytearray(open(path, "rb").read())
+    if damage == "truncate":
+        data = data[:len(data) // 2]
+    elif damage == "flip":  # flip bytes inside the largest dataset (Fletcher-32 catches it)
+        import h5py
+        with h5py.File(path, "r") as f:
+            off = f["m2l_a"].id.get_offset() or f["m2l_a"].id.get_chunk_info(0).byte_offset
+        for i in range(8):
+            data[off + 100 + i] ^= 0xFF
+    elif damage == "garbage":
+        data = bytearray(b"not an hdf5 file" * 100)
+    else:
+        data = bytearray()
+    open(path, "wb").write(bytes(data))
+    with pytest.warns(cache.CacheWarning, match="rebuilding"):
+        ops = get_operators(P, np.float64, cache_dir=tmp_path)
+    assert ops.source == "built"
+    same(ops, good)
+    assert get_operators(P, np.float64, cache_dir=tmp_path).source == "cache"  # repaired
+
+
+def test_mismatched_file_is_rebuilt(tmp_path):
+    """A valid file of another key sitting under this key's name is not trusted."""
+    path, good = _path(tmp_path)
+    other = get_operators(P, np.float64, cache_dir=tmp_path, m2l_tol=1e-2)
+    os.replace(cache.cache_path(other.key, tmp_path), path)
+    with pytest.warns(cache.CacheWarning, match="rebuilding"):
+        ops = get_operators(P, np.float64, cache_dir=tmp_path)
+    same(ops, good)
+
+
+@pytest.mark.parametrize("change", [
+    dict(p=4), dict(dtype=np.float32), dict(m2l_tol=1e-5), dict(pinv_cutoff=1e-10),
+    dict(radii=(1.05, 2.9, 2.95, 1.05)), dict(radii=(1.1, 2.95, 2.95, 1.05)),
+    dict(radii=(1.05, 2.95, 2.9, 1.05)), dict(radii=(1.05, 2.95, 2.95, 1.1)),
+    dict(m2l_rank=5)])
+def test_every_key_field_changes_the_file(tmp_path, change):
+    base = dict(p=P, dtype=np.float64)
+    a = get_operators(**base, cache_dir=tmp_path)
+    b = get_operators(**dict(base, **change), cache_dir=tmp_path)
+    assert cache.cache_path(a.key, tmp_path) != cache.cache_path(b.key, tmp_path)
+    assert b.source == "built"
+
+
+def test_format_version_and_method_are_in_the_hash(monkeypatch):
+    key = get_operators(P, np.float64).key
+    h = cache.key_hash(key)
+    assert cache.key_hash(dict(key, m2l_method="fft")) != h
+    monkeypatch.setattr(cache, "FORMAT_VERSION", cache.FORMAT_VERSION + 1)
+    assert cache.key_hash(key) != h
+
+
+def test_unwritable_dir_computes_in_memory(tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.warns(cache.CacheWarning, match="memory only"):
+        ops = get_operators(P, np.float64, cache_dir=blocker / "sub")
+    assert ops.source == "memory"
+
+    # a read-only directory (simulated: we may be root, for whom chmod does not bite)
+    def deny(*a, **k):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(cache.tempfile, "mkstemp", deny)
+    with pytest.warns(cache.CacheWarning, match="memory only"):
+        ops2 = get_operators(P, np.float64, cache_dir=tmp_path / "ro")
+    assert ops2.source == "memory"
+    same(ops, ops2)
+
+
+@pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else True,
+                    reason="root ignores directory permissions")
+def test_read_only_dir_really(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    get_operators(P, np.float64, cache_dir=ro)  # a valid file, then lock the directory
+    ro.chmod(0o555)
+    try:
+        assert get_operators(P, np.float64, cache_dir=ro).source == "cache"
+        with pytest.warns(cache.CacheWarning):
+            assert get_operators(P, np.float32, cache_dir=ro).source == "memory"
+    finally:
+        ro.chmod(0o755)
+
+
+def test_concurrent_builders_never_corrupt(tmp_path):
+    """Several processes building the same file at once: every result and the file are valid."""
+    code = ("import sys, numpy as np; from aotfmm.operators import get_operators;"
+            "o = get_operators(4, np.float64, cache_dir=sys.argv[1]);"
+            "print(o.source, float(np.abs(o.m2l_a).sum()))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=120)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert len({o[1] for o in outs}) == 1
+    ops = get_operators(4, np.float64, cache_dir=tmp_path)
+    assert ops.source == "cache"
+    assert float(np.abs(ops.m2l_a).sum()) == float(outs[0][1])
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
