@@ -35,6 +35,8 @@ SIGNATURES = {
     # IN box_end, IN fill, IN offsets, OUT counts, OUT out, OUT transfer -> status
     "lists_v": "i8(i8[:, ::1], i8[::1], i8[:, ::1], i8[:, ::1], i8[::1], i8[::1], i8, i8, i8,"
                " i8[::1], i8[::1], i8[::1], i8[::1])",
+    # IN offsets, IN index, INOUT cursor, OUT out
+    "csr_transpose": "void(i8[::1], i8[::1], i8[::1], i8[::1])",
 }
 
 LOCALS = {}
@@ -265,3 +267,16 @@ def lists_v(col, parent, children, ijk, levels, lookup, box_start, box_end, fill
         if not fill:
             counts[b] = n
     return 0
+
+
+def csr_transpose(offsets, index, cursor, out):
+    """Transpose a CSR relation: row r lists c  ->  row c lists r (rows come out ascending).
+
+    cursor[c] must start at the transposed offset of row c; it ends at the offset of row c + 1.
+    """
+    for r in range(offsets.size - 1):
+        for k in range(offsets[r], offsets[r + 1]):
+            c = index[k]
+            out[cursor[c]] = r
+            cursor[c] += 1
+    return None

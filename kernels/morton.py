@@ -18,7 +18,10 @@ LOCALS = {}
 
 
 def morton_encode_points(xyz, origin, scale, depth, start, end, codes):
-    """codes[i] = interleave(clamp(floor((xyz[:, i] - origin) * scale), 0, 2**depth - 1)), start <= i < end."""
+    """codes[i] = interleave(clamp(floor((xyz[:, i] - origin) * scale), 0, 2**depth - 1)).
+
+    For start <= i < end.
+    """
     top = (1 << depth) - 1
     for i in range(start, end):
         code = 0

@@ -81,7 +81,7 @@ def brute_tree(src, trg, same, ncrit, max_level, center, half):
 # Brute-force lists from box geometry (centers and half-widths), O(n_boxes^2).
 
 def geometry_relations(tree):
-    """adj[i, j]: closed cubes of boxes i, j intersect; desc[i, j]: j is a strict descendant of i."""
+    """adj[i, j]: closed cubes of boxes i, j intersect; desc[i, j]: j strictly inside i."""
     c = tree.centers
     h = tree.root_half / 2.0 ** tree.levels
     tol = 1e-9 * tree.root_half

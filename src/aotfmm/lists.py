@@ -104,11 +104,11 @@ def _two_pass(kernel, args, n_boxes, threads, with_transfer=False):
 
 def _transpose(offsets, index, n_boxes):
     """CSR of the transposed relation; rows come out sorted when the input rows are."""
-    rows = np.repeat(np.arange(n_boxes, dtype=_i8), np.diff(offsets))
-    order = np.argsort(index, kind="stable")
     t_offsets = np.zeros(n_boxes + 1, dtype=_i8)
     np.cumsum(np.bincount(index, minlength=n_boxes), out=t_offsets[1:])
-    return t_offsets, rows[order]
+    t_index = np.empty(index.size, dtype=_i8)
+    _kernels.kernels.csr_transpose(offsets, index, t_offsets[:-1].copy(), t_index)
+    return t_offsets, t_index
 
 
 def build_lists(tree, threads=1):
@@ -117,13 +117,15 @@ def build_lists(tree, threads=1):
     Parameters
     ----------
     tree : Octree
-    threads : int
+    threads : int or None
+        Threads for the list kernels (None: ``_threads.default_threads()``).
 
     Returns
     -------
     Lists
     """
     k = _kernels.kernels
+    threads = _threads.resolve_threads(threads)
     timings = {}
     n = tree.n_boxes
     depth = _i8(tree.n_levels - 1)

@@ -193,7 +193,8 @@ def build_tree(src_xyz, trg_xyz, ncrit, max_level=None, threads=1):
         it is at ``max_level`` or all its points fall in one cell of level ``max_level``.
     max_level : int, optional
         Deepest level, at most :data:`MAX_LEVEL` (the default).
-    threads : int
+    threads : int or None
+        Threads for the point codes and sorts (None: ``_threads.default_threads()``).
 
     Returns
     -------
@@ -206,6 +207,7 @@ def build_tree(src_xyz, trg_xyz, ncrit, max_level=None, threads=1):
             or not 0 <= max_level <= MAX_LEVEL):
         raise ValueError(f"max_level must be an integer in [0, {MAX_LEVEL}], got {max_level!r}")
     ncrit, max_level = int(ncrit), int(max_level)
+    threads = _threads.resolve_threads(threads)
     same = trg_xyz is src_xyz
     timings = {}
 
@@ -214,12 +216,19 @@ def build_tree(src_xyz, trg_xyz, ncrit, max_level=None, threads=1):
     origin = center - half
     timings["keys"] = time.perf_counter() - t0
 
-    s_codes, s_perm, t_sort = _sorted_codes(src_xyz, origin, half, threads)
     if same:
+        s_codes, s_perm, t_sort = _sorted_codes(src_xyz, origin, half, threads)
         t_codes, t_perm = s_codes, s_perm
     else:
-        t_codes, t_perm, t2 = _sorted_codes(trg_xyz, origin, half, threads)
-        t_sort += t2
+        # numpy's argsort releases the GIL: sort the two sets side by side
+        out = [None, None]
+
+        def work(a, b):
+            out[a] = _sorted_codes((src_xyz, trg_xyz)[a], origin, half, max(1, threads // 2))
+
+        _threads.run(work, np.arange(3), min(threads, 2))
+        (s_codes, s_perm, t1), (t_codes, t_perm, t2) = out
+        t_sort = max(t1, t2)
     timings["sort"] = t_sort
     timings["keys"] = time.perf_counter() - t0 - t_sort
 
@@ -288,5 +297,5 @@ def _assemble(internal, center, half, s_codes, s_perm, t_codes, t_perm, same, nc
         n_levels=n_levels, level_offsets=level_offsets, keys=keys, levels=levels, parent=parent,
         children=children, is_leaf=is_leaf, leaves=leaves, centers=centers, ijk=ijk,
         src_perm=s_perm.astype(_i8, copy=False), trg_perm=t_perm.astype(_i8, copy=False),
-        src_start=src_start, src_end=src_end, trg_start=trg_start, trg_end=trg_end, same_points=same, ncrit=ncrit,
-        max_level=max_level, timings=timings)
+        src_start=src_start, src_end=src_end, trg_start=trg_start, trg_end=trg_end,
+        same_points=same, ncrit=ncrit, max_level=max_level, timings=timings)
