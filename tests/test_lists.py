@@ -173,3 +173,32 @@ def test_small_trees(n, rng):
     for name in "uvwx":
         assert csr_rows(getattr(lists, name + "_offsets"),
                         getattr(lists, name + "_index")) == expect[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Property test: tiny point sets with duplicates and points on cell boundaries.
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from _helpers import brute_tree  # noqa: E402
+
+_coord = st.sampled_from([-1.0, -0.5, -0.25, 0.0, 0.125, 0.25, 0.3, 0.5, 0.75, 1.0])
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(src=st.lists(st.tuples(_coord, _coord, _coord), max_size=40),
+       trg=st.lists(st.tuples(_coord, _coord, _coord), max_size=20),
+       same=st.booleans(), ncrit=st.integers(1, 4), max_level=st.integers(0, 6))
+def test_property_tree_and_lists(src, trg, same, ncrit, max_level):
+    src = np.ascontiguousarray(np.array(src, dtype=np.float64).reshape(-1, 3).T)
+    trg = src if same else np.ascontiguousarray(np.array(trg, dtype=np.float64).reshape(-1, 3).T)
+    tree = build_tree(src, trg, ncrit, max_level=max_level)
+    expect = brute_tree(src, trg, same, ncrit, max_level, tree.root_center, tree.root_half)
+    assert set(zip(tree.levels.tolist(), *tree.ijk.T.tolist())) == expect
+    lists = build_lists(tree)
+    check_csr(lists, tree.n_boxes)
+    want = brute_lists(tree)
+    for name in "uvwx":
+        assert csr_rows(getattr(lists, name + "_offsets"),
+                        getattr(lists, name + "_index")) == want[name], name
+    check_bounds(lists)
