@@ -1,0 +1,158 @@
+"""The KIFMM interaction lists U, V, W, X of an :class:`~aotfmm.tree.Octree`, as CSR arrays.
+
+For a box B (colleagues: same-level boxes adjacent to B; adjacent: closed cubes intersect):
+
+* U(B), B a leaf: all leaves adjacent to B (any level), B included -> P2P.
+* V(B), level >= 2: children of the colleagues of B's parent that are not adjacent to B -> M2L;
+  ``v_transfer`` gives the row of ``_geometry.TRANSFER_VECTORS`` of t = ijk(source) - ijk(B).
+* W(B), B a leaf: descendants of B's colleagues that are not adjacent to B but whose parent is
+  adjacent to B -> M2P.
+* X(B): A in X(B) iff B in W(A) -> P2L.
+
+Rows are over all boxes (row = target box; rows that do not apply are empty), sorted ascending.
+Empty boxes are not filtered out. U, V and W come from compiled kernels (``kernels/lists.py``)
+run in two passes (row lengths, then rows) over thread chunks; X is the transpose of W.
+"""
+import dataclasses
+import time
+
+import numpy as np
+
+from . import _geometry, _kernels, _threads
+
+__all__ = ["Lists", "build_lists", "colleagues"]
+
+_i8 = np.int64
+#: Box chunks per thread (dynamic scheduling evens out uneven rows).
+_CHUNKS_PER_THREAD = 4
+#: Below this many boxes one thread is used.
+_MIN_BOXES_FOR_THREADS = 2000
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Lists:
+    """U, V, W, X interaction lists as CSR over all boxes (int64 arrays).
+
+    ``x_index[x_offsets[b]:x_offsets[b + 1]]`` are the boxes of X(b), and so on;
+    ``v_transfer`` runs parallel to ``v_index``. ``timings`` holds seconds per list.
+    """
+    u_offsets: np.ndarray
+    u_index: np.ndarray
+    v_offsets: np.ndarray
+    v_index: np.ndarray
+    v_transfer: np.ndarray
+    w_offsets: np.ndarray
+    w_index: np.ndarray
+    x_offsets: np.ndarray
+    x_index: np.ndarray
+    timings: dict
+
+
+def _n_workers(n_boxes, threads):
+    return 1 if n_boxes < _MIN_BOXES_FOR_THREADS else threads
+
+
+def colleagues(tree, threads=1):
+    """(n_boxes, 27) int64: the box at ``ijk + d`` on the same level, or -1.
+
+    Column ``(dx + 1) * 9 + (dy + 1) * 3 + dz + 1`` for d = (dx, dy, dz) in {-1, 0, 1}^3
+    (``morton.OFFSETS_27``); column 13 is the box itself.
+    """
+    col = np.empty((tree.n_boxes, 27), dtype=_i8)
+    kernel = _kernels.kernels.tree_colleagues
+
+    def work(a, b):
+        kernel(tree.parent, tree.children, tree.ijk, tree.levels, a, b, col)
+
+    for lev in range(tree.n_levels):  # a level reads its parents' rows
+        a, b = int(tree.level_offsets[lev]), int(tree.level_offsets[lev + 1])
+        n = _n_workers(b - a, threads)
+        _threads.run(work, a + _threads.split(b - a, n * _CHUNKS_PER_THREAD), n)
+    return col
+
+
+def _two_pass(kernel, args, n_boxes, threads, with_transfer=False):
+    """Run a list kernel over all boxes: row lengths, offsets, then the rows."""
+    counts = np.zeros(n_boxes, dtype=_i8)
+    dummy = np.zeros(1, dtype=_i8)
+    n = _n_workers(n_boxes, threads)
+    bounds = _threads.split(n_boxes, n * _CHUNKS_PER_THREAD)
+    status = []
+    extra = (dummy,) if with_transfer else ()
+
+    def count(a, b):
+        status.append(kernel(*args, a, b, 0, dummy, counts, dummy, *extra))
+
+    _threads.run(count, bounds, n)
+    offsets = np.zeros(n_boxes + 1, dtype=_i8)
+    np.cumsum(counts, out=offsets[1:])
+    index = np.empty(int(offsets[-1]), dtype=_i8)
+    transfer = np.empty(int(offsets[-1]), dtype=_i8) if with_transfer else None
+    extra = (transfer,) if with_transfer else ()
+
+    def fill(a, b):
+        status.append(kernel(*args, a, b, 1, offsets, counts, index, *extra))
+
+    # balance the fill pass by the row lengths now known
+    bounds = _threads.split(counts + 1, n * _CHUNKS_PER_THREAD)
+    _threads.run(fill, bounds, n)
+    if any(s != 0 for s in status):
+        raise RuntimeError("interaction list row overflowed the kernel's scratch buffer "
+                           "(is the tree 2:1 balanced?)")
+    return offsets, index, transfer
+
+
+def _transpose(offsets, index, n_boxes):
+    """CSR of the transposed relation; rows come out sorted when the input rows are."""
+    t_offsets = np.zeros(n_boxes + 1, dtype=_i8)
+    np.cumsum(np.bincount(index, minlength=n_boxes), out=t_offsets[1:])
+    t_index = np.empty(index.size, dtype=_i8)
+    _kernels.kernels.csr_transpose(offsets, index, t_offsets[:-1].copy(), t_index)
+    return t_offsets, t_index
+
+
+def build_lists(tree, threads=1):
+    """U, V, W and X lists of ``tree`` (an :class:`~aotfmm.tree.Octree`).
+
+    Parameters
+    ----------
+    tree : Octree
+    threads : int or None
+        Threads for the list kernels (None: ``_threads.default_threads()``).
+
+    Returns
+    -------
+    Lists
+    """
+    k = _kernels.kernels
+    threads = _threads.resolve_threads(threads)
+    timings = {}
+    n = tree.n_boxes
+    depth = _i8(tree.n_levels - 1)
+
+    t0 = time.perf_counter()
+    col = colleagues(tree, threads)
+    timings["colleagues"] = time.perf_counter() - t0
+
+    base = (col, tree.parent, tree.children, tree.ijk, tree.levels)
+    t0 = time.perf_counter()
+    u_offsets, u_index, _ = _two_pass(k.lists_u, base + (depth,), n, threads)
+    timings["u"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    lookup = np.ascontiguousarray(_geometry._LOOKUP.ravel(), dtype=_i8)
+    v_offsets, v_index, v_transfer = _two_pass(k.lists_v, base + (lookup,), n, threads,
+                                               with_transfer=True)
+    timings["v"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    w_offsets, w_index, _ = _two_pass(k.lists_w, base + (depth,), n, threads)
+    timings["w"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    x_offsets, x_index = _transpose(w_offsets, w_index, n)
+    timings["x"] = time.perf_counter() - t0
+
+    return Lists(u_offsets=u_offsets, u_index=u_index, v_offsets=v_offsets, v_index=v_index,
+                 v_transfer=v_transfer, w_offsets=w_offsets, w_index=w_index,
+                 x_offsets=x_offsets, x_index=x_index, timings=timings)
