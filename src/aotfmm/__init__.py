@@ -1,11 +1,13 @@
 """aotfmm: a kernel-independent fast multipole method for the 3D Laplace kernel 1/(4 pi r),
 with Numba kernels compiled ahead of time (no JIT, no Numba at run time).
 
-Public API: :func:`direct` (direct summation), :func:`show_config` / :func:`config`.
+Public API: :func:`laplace` (one call) and :class:`Fmm` (a plan: build once, evaluate many
+charge vectors), :func:`direct` (direct summation), :func:`show_config` / :func:`config`.
 """
 from ._version import __version__
 from . import _kernels
 from .direct import direct
+from .api import Fmm, laplace
 from ._config import config, show_config
 
-__all__ = ["__version__", "direct", "config", "show_config"]
+__all__ = ["__version__", "Fmm", "laplace", "direct", "config", "show_config"]
