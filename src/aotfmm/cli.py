@@ -80,18 +80,33 @@ def _precompute(args):
 
 
 def _info(args):
+    import os
     import aotfmm
+    from aotfmm import cache
     aotfmm.show_config()
-    try:
-        from aotfmm import cache
-    except ImportError as exc:  # h5py missing
-        print(f"operator cache: unavailable ({exc})")
-        return 0
-    directory = cache.cache_dir()
-    print(f"operator cache: {directory}")
-    for line in cache.describe(directory):
-        print("  " + line)
+    directory = cache.default_cache_dir()
+    files = sorted(f for f in os.listdir(directory) if f.endswith(".h5")) \
+        if os.path.isdir(directory) else []
+    print(f"operator cache: {directory} ({len(files)} file(s); override with "
+          f"{cache.ENV_VAR})")
+    for name in files:
+        print("  " + _describe_cache_file(os.path.join(directory, name)))
     return 0
+
+
+def _describe_cache_file(path):
+    """One line per cache file: its key fields, or why it cannot be read."""
+    import os
+    size = os.path.getsize(path) / 2**20
+    try:
+        import h5py
+        with h5py.File(path, "r") as f:
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        fields = ", ".join(f"{k}={attrs[k]}" for k in ("p", "dtype", "m2l_method", "m2l_tol")
+                           if k in attrs)
+        return f"{os.path.basename(path)}: {size:.1f} MiB, {fields}"
+    except Exception as exc:  # corrupt or foreign file: say so, never fail `info`
+        return f"{os.path.basename(path)}: {size:.1f} MiB, unreadable ({exc.__class__.__name__})"
 
 
 def _positive_int(text):

@@ -1,0 +1,63 @@
+"""Error vs expansion order p: the measurements behind the eps -> p table in aotfmm/evaluate.py.
+
+For each distribution (uniform cube, sphere surface, clustered), dtype and p, runs the FMM on
+n points and prints the relative L2 error of potential and gradient on a sample of targets
+against direct summation, plus the evaluate time.
+
+    python benchmarks/accuracy.py [--n 20000] [--p 3 4 5 ...] [--dtype float64 float32]
+"""
+import argparse
+import time
+
+import numpy as np
+
+import aotfmm
+from aotfmm.direct import _direct
+from aotfmm.evaluate import choose_parameters
+
+DISTS = {
+    "uniform": lambda rng, n: rng.random((n, 3)),
+    "sphere": lambda rng, n: (lambda x: x / np.linalg.norm(x, axis=1, keepdims=True))(
+        rng.standard_normal((n, 3))),
+    "clustered": lambda rng, n: rng.random((5, 3))[rng.integers(0, 5, n)]
+    + 0.03 * rng.standard_normal((n, 3)),
+}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("--p", type=int, nargs="+", default=list(range(3, 14)))
+    ap.add_argument("--dtype", nargs="+", default=["float64", "float32"])
+    ap.add_argument("--sample", type=int, default=1000)
+    ap.add_argument("--quick", action="store_true", help="n=5000, p 3..8")
+    args = ap.parse_args()
+    if args.quick:
+        args.n, args.p = 5000, list(range(3, 9))
+    print(f"n = {args.n}, sample = {args.sample}; error = relative L2 over the sample")
+    print(f"{'dist':10} {'dtype':8} {'p':>3} {'ncrit':>5} {'pot err':>9} {'grad err':>9} "
+          f"{'eval s':>7}")
+    for name, make in DISTS.items():
+        rng = np.random.default_rng(0)
+        src = make(rng, args.n)
+        q = rng.standard_normal(args.n)
+        idx = rng.choice(args.n, min(args.sample, args.n), replace=False)
+        ref_pot, ref_grad = _direct(src, q, src[idx], True, np.dtype(np.float64), 2)
+        for dtype in args.dtype:
+            for p in args.p:
+                if dtype == "float32" and p > 8:
+                    continue
+                ncrit = choose_parameters(1e-6, p=p)[1]
+                plan = aotfmm.Fmm(src.astype(dtype), p=p, ncrit=ncrit, dtype=dtype,
+                                  eps=1e-5 if dtype == "float32" else 1e-6)
+                t0 = time.perf_counter()
+                pot, grad = plan.evaluate(q, gradient=True)
+                dt = time.perf_counter() - t0
+                e_pot = np.linalg.norm(pot[idx] - ref_pot) / np.linalg.norm(ref_pot)
+                e_grad = np.linalg.norm(grad[idx] - ref_grad) / np.linalg.norm(ref_grad)
+                print(f"{name:10} {dtype:8} {p:3d} {ncrit:5d} {e_pot:9.2e} {e_grad:9.2e} "
+                      f"{dt:7.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""The FMM end to end against an independent numpy direct sum (tests/conftest.py)."""
+import numpy as np
+import pytest
+
+import aotfmm
+from conftest import direct_reference, rel_err
+
+
+def uniform(rng, n):
+    return rng.random((n, 3))
+
+
+def sphere(rng, n):
+    x = rng.standard_normal((n, 3))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def clustered(rng, n):
+    centers = rng.random((5, 3))
+    return centers[rng.integers(0, 5, n)] + 0.03 * rng.standard_normal((n, 3))
+
+
+DISTRIBUTIONS = {"uniform": uniform, "sphere": sphere, "clustered": clustered}
+
+
+def check(src, q, trg, eps, dtype, gradient=True, sample=None, **kw):
+    """Run the FMM and compare with the direct sum on (a sample of) the targets."""
+    result = aotfmm.laplace(src, q, trg, eps=eps, gradient=gradient, dtype=dtype, **kw)
+    pot, grad = result if gradient else (result, None)
+    targets = src if trg is None else trg
+    idx = np.arange(len(targets)) if sample is None else sample
+    ref_pot, ref_grad = direct_reference(src, q, targets[idx])
+    e_pot = rel_err(pot[idx], ref_pot)
+    assert e_pot <= eps, f"potential error {e_pot:.2e} > eps {eps:g}"
+    if gradient:
+        e_grad = rel_err(grad[idx], ref_grad)
+        assert e_grad <= eps, f"gradient error {e_grad:.2e} > eps {eps:g}"
+    return pot, grad
+
+
+@pytest.mark.parametrize("dist", sorted(DISTRIBUTIONS))
+@pytest.mark.parametrize("eps", [1e-3, 1e-6, 1e-9])
+def test_float64_accuracy(rng, dist, eps):
+    src = DISTRIBUTIONS[dist](rng, 6000)
+    q = rng.standard_normal(6000)
+    check(src, q, None, eps, np.float64, sample=rng.choice(6000, 600, replace=False))
+
+
+@pytest.mark.parametrize("dist", sorted(DISTRIBUTIONS))
+@pytest.mark.parametrize("eps", [1e-3, 1e-5])
+def test_float32_accuracy(rng, dist, eps):
+    src = DISTRIBUTIONS[dist](rng, 6000).astype(np.float32)
+    q = rng.standard_normal(6000).astype(np.float32)
+    pot, grad = check(src, q, None, eps, np.float32, sample=rng.choice(6000, 600, replace=False))
+    assert pot.dtype == np.float32 and grad.dtype == np.float32
+
+
+@pytest.mark.parametrize("eps", [1e-3, 1e-6, 1e-9])
+def test_separate_sources_and_targets(rng, eps):
+    src = clustered(rng, 5000)
+    trg = uniform(rng, 3000) * 1.4 - 0.2  # overlapping, partly outside the sources' box
+    q = rng.standard_normal(5000)
+    check(src, q, trg, eps, np.float64, sample=rng.choice(3000, 500, replace=False))
+
+
+def test_larger_problem(rng):
+    n = 20000
+    src = uniform(rng, n)
+    q = rng.standard_normal(n)
+    check(src, q, None, 1e-6, np.float64, sample=rng.choice(n, 400, replace=False))
+
+
+def test_plan_reuse_equals_fresh_run(rng):
+    src = sphere(rng, 4000)
+    plan = aotfmm.Fmm(src, eps=1e-6)
+    for _ in range(3):
+        q = rng.standard_normal(4000)
+        pot, grad = plan.evaluate(q, gradient=True)
+        fresh_pot, fresh_grad = aotfmm.laplace(src, q, eps=1e-6, gradient=True)
+        np.testing.assert_allclose(pot, fresh_pot, rtol=1e-12, atol=1e-12 * abs(pot).max())
+        np.testing.assert_allclose(grad, fresh_grad, rtol=1e-12, atol=1e-12 * abs(grad).max())
+
+
+def test_multiple_right_hand_sides(rng):
+    src = clustered(rng, 3000)
+    trg = uniform(rng, 1000)
+    q = rng.standard_normal((3000, 4))
+    plan = aotfmm.Fmm(src, trg, eps=1e-6)
+    pot, grad = plan.evaluate(q, gradient=True)
+    assert pot.shape == (1000, 4) and grad.shape == (1000, 4, 3)
+    for k in range(4):
+        p1, g1 = plan.evaluate(q[:, k], gradient=True)
+        np.testing.assert_allclose(pot[:, k], p1, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(grad[:, k], g1, rtol=1e-12, atol=1e-14)
+        ref_pot, _ = direct_reference(src, q[:, k], trg)
+        assert rel_err(pot[:, k], ref_pot) < 1e-6
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 9])
+def test_tiny_problems(rng, n):
+    src = uniform(rng, n)
+    q = rng.standard_normal(n)
+    check(src, q, None, 1e-9, np.float64)
+
+
+def test_all_points_coincident():
+    src = np.full((500, 3), 0.25)
+    pot, grad = aotfmm.laplace(src, np.ones(500), gradient=True)
+    assert (pot == 0).all() and (grad == 0).all()
+
+
+def test_coincident_clusters_and_duplicates(rng):
+    src = np.repeat(uniform(rng, 300), 20, axis=0)  # 6000 points, 20 copies each
+    q = rng.standard_normal(6000)
+    check(src, q, None, 1e-6, np.float64, sample=np.arange(0, 6000, 7))
+
+
+@pytest.mark.parametrize("shape", ["plane", "line"])
+def test_degenerate_geometry(rng, shape):
+    src = uniform(rng, 5000)
+    src[:, 2] = 0.5
+    if shape == "line":
+        src[:, 1] = 0.5
+    q = rng.standard_normal(5000)
+    check(src, q, None, 1e-6, np.float64, sample=np.arange(0, 5000, 9))
+
+
+def test_far_from_origin_and_scaled(rng):
+    src = uniform(rng, 3000)
+    q = rng.standard_normal(3000)
+    ref_pot, ref_grad = direct_reference(src, q, src)
+    for scale, shift in [(1e-200, 0.0), (1e100, 0.0), (1.0, 1e7)]:
+        pot, grad = aotfmm.laplace(src * scale + shift, q, eps=1e-6, gradient=True)
+        assert rel_err(pot * scale, ref_pot) < 1e-6
+        assert rel_err(grad * scale ** 2, ref_grad) < 1e-6
+
+
+def test_explicit_p_and_ncrit(rng):
+    src = uniform(rng, 3000)
+    q = rng.standard_normal(3000)
+    plan = aotfmm.Fmm(src, p=5, ncrit=40)
+    assert plan.p == 5 and plan.ncrit == 40
+    ref, _ = direct_reference(src, q, src)
+    assert rel_err(plan.evaluate(q), ref) < 1e-2
+
+
+def test_zero_charges_and_empty_sets(rng):
+    src = uniform(rng, 100)
+    assert (aotfmm.laplace(src, np.zeros(100)) == 0).all()
+    assert aotfmm.laplace(np.zeros((0, 3)), np.zeros(0)).shape == (0,)
+    pot, grad = aotfmm.laplace(np.zeros((0, 3)), np.zeros(0), src, gradient=True)
+    assert (pot == 0).all() and grad.shape == (100, 3)
+    assert aotfmm.laplace(src, np.ones(100), np.zeros((0, 3))).shape == (0,)
+
+
+def test_stats_timings_and_report(rng):
+    plan = aotfmm.Fmm(uniform(rng, 5000), eps=1e-3)
+    plan.evaluate(np.ones(5000))
+    st = plan.stats
+    assert st["leaves"] >= 1 and st["levels"] >= 1 and st["p"] == plan.p
+    assert set(st["list_sizes"]) == {"u", "v", "w", "x"}
+    assert st["list_sizes"]["u"]["max"] <= 60 and st["list_sizes"]["v"]["max"] <= 189
+    assert "eval:evaluate_total" in plan.timings and "tree" in plan.timings
+    text = plan.report(file=False)
+    assert "M2L rank" in text and "p2p" in text
+
+
+BAD = [
+    (dict(eps=0.0), ValueError, "eps"),
+    (dict(eps=1.5), ValueError, "eps"),
+    (dict(eps="small"), TypeError, "eps"),
+    (dict(eps=1e-9, dtype=np.float32), ValueError, "float32"),
+    (dict(p=1), ValueError, "p must be"),
+    (dict(p=3.5), TypeError, "p must be"),
+    (dict(ncrit=0), ValueError, "ncrit"),
+    (dict(dtype=np.int64), ValueError, "dtype"),
+    (dict(threads=0), ValueError, "threads"),
+]
+
+
+@pytest.mark.parametrize("kwargs, exc, match", BAD)
+def test_bad_parameters_raise(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        aotfmm.Fmm(np.random.default_rng(0).random((10, 3)), **kwargs)
+
+
+def test_bad_charges_raise():
+    plan = aotfmm.Fmm(np.random.default_rng(0).random((10, 3)))
+    for q, exc in [(np.ones(9), ValueError), (np.ones((10, 2, 1)), ValueError),
+                   (np.ones(10, complex), TypeError), ([1.0] * 9 + [np.nan], ValueError),
+                   (np.ones((10, 0)), ValueError), ("abc", TypeError)]:
+        with pytest.raises(exc):
+            plan.evaluate(q)
+    with pytest.raises(ValueError, match="charges"):
+        aotfmm.laplace(np.zeros((4, 3)), np.ones(5))
