@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from aotfmm import _geometry, _m2l_svd, direct, expansions
-from aotfmm.operators import build_operators, get_operators
+from aotfmm.operators import get_operators
 from aotfmm.surfaces import n_surf, surface
 
 INV4PI = 1.0 / (4.0 * np.pi)
@@ -78,8 +78,8 @@ def test_p2m_far_field(p, rng):
     assert rel(eval_at(ops, equiv, centers, hw, [0], ops.r_up_equiv, trg), ref) < BOUND_F64[p]
 
 
-@pytest.mark.parametrize("dt", [np.float64, np.float32])
-@pytest.mark.parametrize("p", [4, 6, 8])
+@pytest.mark.parametrize("p,dt", [(4, np.float64), (8, np.float64), (4, np.float32),
+                                  (6, np.float32)])
 def test_m2p_pot_and_grad(p, dt, rng):
     """P2M then M2P (compiled kernel) at W-list distance, potential and gradient."""
     ops, src, q, centers, hw, equiv = run_p2m(p, dt, rng)
@@ -232,7 +232,7 @@ def test_m2l_all_transfer_vectors(p, dt, rng):
             assert rel(pot[b * m:(b + 1) * m], ref) < bound
 
 
-@pytest.mark.parametrize("p", P_ALL)
+@pytest.mark.parametrize("p", [4, 6, 8, 10])
 def test_m2l_compression_error_all_vectors(p):
     """||K_t - U C_t V^T||_F <= 3 tol sigma_stack for each of the 316 t, K_t rebuilt here.
 
@@ -275,8 +275,8 @@ def test_scale_invariance_of_m2m_l2l():
     """M2M/L2L built for half-width 1 equal the ones built directly at another half-width."""
     from aotfmm.surfaces import kernel_matrix
     from aotfmm.operators import _pinv_factors
-    p, H = 5, 0.013
-    ops = build_operators(p)
+    p, H = 4, 0.013
+    ops = {"m2m": get_operators(p, np.float64).m2m}
     s = surface(p)
     a, b = _pinv_factors(kernel_matrix(H * 2.95 * s, H * 1.05 * s), 1e-9)
     for o, sign in enumerate(_geometry.OCTANT_SIGNS):

@@ -29,7 +29,7 @@ __all__ = ["load_or_build", "cache_path", "default_cache_dir", "key_hash", "Cach
            "FORMAT_VERSION", "ENV_VAR"]
 
 #: Bump when the stored arrays or their meaning change.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ENV_VAR = "AOTFMM_CACHE_DIR"
 
 
@@ -79,7 +79,7 @@ def _attr_value(v):
     return "None" if v is None else v
 
 
-def _read(path, key):
+def _read(path, key, required=()):
     """Arrays stored at ``path`` if its attributes match ``key``; raises on any mismatch."""
     import h5py
     full = dict(key, format_version=FORMAT_VERSION)
@@ -96,6 +96,9 @@ def _read(path, key):
             if stored != _attr_value(v):
                 raise ValueError(f"attribute {k}: stored {stored!r}, expected {v!r}")
         names = json.loads(attrs["arrays"])
+        missing = sorted(set(required) - set(names))
+        if missing:
+            raise ValueError(f"arrays missing: {', '.join(missing)}")
         out = {}
         for name in names:
             out[name] = f[name][()]  # Fletcher-32 verified here
@@ -145,12 +148,12 @@ def _chunks(a):
     return (n,) + a.shape[1:]
 
 
-def load_or_build(key, build, cache_dir=None, prefix="operators"):
+def load_or_build(key, build, cache_dir=None, prefix="operators", required=()):
     """Arrays for ``key`` from the cache, or ``build()`` (a dict of arrays) stored there.
 
     Returns ``(arrays, source)`` with source ``"cache"``, ``"built"`` (and stored) or
     ``"memory"`` (built, not stored: no h5py or an unwritable directory; a CacheWarning says why).
-    ``cache_dir=False`` disables the cache.
+    ``cache_dir=False`` disables the cache. ``required``: array names a stored file must hold.
     """
     if cache_dir is False:
         return build(), "memory"
@@ -163,7 +166,7 @@ def load_or_build(key, build, cache_dir=None, prefix="operators"):
     path = cache_path(key, cache_dir, prefix)
     if os.path.exists(path):
         try:
-            return _read(path, key), "cache"
+            return _read(path, key, required), "cache"
         except Exception as exc:  # corrupt, truncated, mismatched: never trust it
             warnings.warn(f"operator cache file {path} is unusable ({type(exc).__name__}: "
                           f"{exc}); rebuilding it", CacheWarning, stacklevel=3)
