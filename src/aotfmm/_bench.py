@@ -1,0 +1,514 @@
+"""Peer comparison: aotfmm vs fmm3dpy (``lfmm3d``) vs ferreus-bbfmm on the same random problems.
+
+    aotfmm bench [--quick]                  (installed CLI)
+    python benchmarks/compare.py [options]  (all options; ``--help``)
+
+Problems: points uniform in the unit cube (``uniform``) or uniform on the unit sphere surface
+(``sphere``), sources = targets, charges standard normal, all from fixed seeds. Every
+(distribution, N, eps, potential / potential+gradient, library) case runs in a fresh Python
+process, so that one library's threads, caches and memory cannot affect the next, and so that
+its peak memory can be read on its own:
+
+* **peak MiB**  the child process's ``ru_maxrss`` at the end (everything: interpreter, numpy,
+  the library, the input arrays, the outputs and the library's work space);
+* **+MiB**      that minus the child's ``ru_maxrss`` just before the library is called (after
+  ``import numpy``, the library's import and the creation of the input arrays), i.e. what
+  the computation itself added to the high-water mark.
+
+Times are wall-clock (``time.perf_counter``) in the child: *setup* builds what depends on the
+points only, *evaluate* is the charge-dependent part; fmm3dpy has one call (``lfmm3d``), so it
+only has a total. ``cpu/wall`` is the child's user+system CPU time over the timed region divided
+by its wall time (how many cores it kept busy). The first aotfmm case for an (eps, dtype) may
+include building its operators if its operator cache is cold.
+
+Threads: every child gets ``OMP_NUM_THREADS`` (fmm3dpy: OpenMP, gfortran), ``RAYON_NUM_THREADS``
+(ferreus-bbfmm: Rust rayon global pool, also used by its faer linear algebra),
+``AOTFMM_NUM_THREADS`` plus ``threads=`` (aotfmm) and ``OPENBLAS_NUM_THREADS`` /
+``MKL_NUM_THREADS`` (numpy's BLAS) set to the same count; default: all CPUs of this process.
+
+Accuracy: relative L2 error over a fixed sample of (at most) 1000 targets against
+:func:`aotfmm.direct` in float64 (kernel 1/(4 pi r), coincident pairs excluded). Each library's
+kernel scaling is first measured on a small problem (least-squares factor against the direct
+sum, snapped to 1, 4 pi, -1 or -4 pi): fmm3dpy computes 1/(4 pi r) (factor 1), ferreus-bbfmm's
+``FmmKernelType.Laplacian`` computes 1/r (factor 4 pi; gradient of 1/r, same sign); the sampled
+outputs are divided by that factor before the error is measured (not timed).
+
+Accuracy settings per library, for a requested eps:
+
+* aotfmm: ``eps`` directly (it picks its expansion order p and leaf size);
+* fmm3dpy: ``eps`` directly (``lfmm3d(eps=eps, ...)``);
+* ferreus-bbfmm (black-box FMM, Chebyshev interpolation): ``interpolation_order`` from
+  :data:`FERREUS_ORDER` -- the smallest order whose potential and gradient relative L2 errors
+  were both <= eps on uniform and sphere points, N = 1e5 (measured: order 3/4/5/6/7/8/9/10 ->
+  potential error 2.3e-3/7.7e-3/4.9e-5/6.1e-6/1.1e-6/1.7e-7/3.1e-8/6.0e-9 on the uniform cube;
+  order 4 is worse than 3); default ``FmmParams`` (256 points per leaf, ACA+SVD M2L compression
+  with epsilon 10^-order, chunks of 1024 targets), ``sparse=True`` (empty leaves pruned).
+  ``--ferreus-order`` overrides it.
+"""
+import argparse
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+LIBRARIES = ("aotfmm", "fmm3dpy", "ferreus")
+DISTS = ("uniform", "sphere")
+FULL_N = (100_000, 1_000_000)
+QUICK_N = (20_000, 100_000)
+EPSILONS = (1e-6, 1e-3)
+SAMPLE = 1000
+SEED = 20240917        # points and charges: default_rng((SEED, dist index, n))
+SAMPLE_SEED = 7        # the sampled targets: default_rng((SAMPLE_SEED, n))
+
+#: (largest eps served, ferreus-bbfmm interpolation_order); see the module docstring.
+FERREUS_ORDER = ((1e-2, 3), (1e-3, 5), (1e-4, 5), (1e-5, 7), (1e-6, 8), (1e-7, 10), (1e-8, 11),
+                 (1e-9, 12))
+
+
+def ferreus_order(eps):
+    return next((o for e, o in FERREUS_ORDER if eps >= e), FERREUS_ORDER[-1][1])
+
+
+def make_points(dist, n, seed=SEED):
+    """(points (n, 3) float64, charges (n,) float64), identical in parent and children."""
+    rng = np.random.default_rng((seed, DISTS.index(dist), n))
+    if dist == "uniform":
+        x = rng.random((n, 3))
+    else:
+        x = rng.standard_normal((n, 3))
+        x /= np.linalg.norm(x, axis=1)[:, None]
+    q = rng.standard_normal(n)
+    return x, q
+
+
+def sample_indices(n, size=SAMPLE):
+    rng = np.random.default_rng((SAMPLE_SEED, n))
+    return np.sort(rng.choice(n, size=min(n, size), replace=False))
+
+
+def _cpu_count():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+# ----------------------------------------------------------------------------------------------
+# child side: runs one library on one case (or a small probe) and pickles the sampled results
+
+
+def _maxrss_mib():
+    try:
+        import resource
+    except ImportError:  # Windows
+        return float("nan")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, else KiB
+
+
+def _cpu_seconds():
+    t = os.times()
+    return t.user + t.system
+
+
+def _run_aotfmm(x, q, eps, gradient, threads, spec):
+    import aotfmm
+    where = f"aotfmm {aotfmm.__version__} at {os.path.dirname(aotfmm.__file__)}"
+    Fmm = getattr(aotfmm, "Fmm", None)
+    if Fmm is None:  # built, but not exported from the package yet?
+        try:
+            from aotfmm.api import Fmm
+        except ImportError as exc:
+            raise _Unavailable(f"aotfmm.laplace not available in this build ({where}: "
+                               f"{exc})") from None
+
+    def run():
+        t0 = time.perf_counter()
+        try:
+            plan = Fmm(x, eps=eps, dtype=np.float64, threads=threads)
+        except ImportError as exc:  # the FMM modules are missing from this build
+            raise _Unavailable(f"aotfmm.laplace not available in this build ({where}: "
+                               f"{exc})") from None
+        t1 = time.perf_counter()
+        out = plan.evaluate(q, gradient=gradient)
+        t2 = time.perf_counter()
+        pot, grad = out if gradient else (out, None)
+        return t1 - t0, t2 - t1, pot, grad, f"p={plan.p} ncrit={plan.ncrit}"
+    return run
+
+
+def _run_fmm3dpy(x, q, eps, gradient, threads, spec):
+    import fmm3dpy
+    src = np.ascontiguousarray(x.T)  # (3, n), its layout; prepared before the clock starts
+
+    def run():
+        t0 = time.perf_counter()
+        out = fmm3dpy.lfmm3d(eps=eps, sources=src, charges=q, pg=2 if gradient else 1)
+        t1 = time.perf_counter()
+        grad = out.grad.T if gradient else None
+        return None, t1 - t0, out.pot, grad, f"eps={eps:g}"  # one call: a total only
+    return run
+
+
+def _run_ferreus(x, q, eps, gradient, threads, spec):
+    import ferreus_bbfmm as fb
+    order = spec.get("ferreus_order") or ferreus_order(eps)
+    kernel = fb.KernelParams(fb.FmmKernelType.Laplacian)
+    xs = np.ascontiguousarray(x)
+
+    def run():
+        t0 = time.perf_counter()
+        tree = fb.FmmTree(xs, order, kernel, True)
+        t1 = time.perf_counter()
+        tree.set_weights(q)  # upward pass
+        if gradient:
+            pot, grad = tree.evaluate_with_gradients(q, xs)
+        else:
+            pot, grad = tree.evaluate(q, xs), None
+        t2 = time.perf_counter()
+        return t1 - t0, t2 - t1, pot, grad, f"order={order}"
+    return run
+
+
+_RUNNERS = {"aotfmm": _run_aotfmm, "fmm3dpy": _run_fmm3dpy, "ferreus": _run_ferreus}
+_MODULES = {"aotfmm": "aotfmm", "fmm3dpy": "fmm3dpy", "ferreus": "ferreus_bbfmm"}
+
+
+class _Unavailable(Exception):
+    pass
+
+
+def _probe_points(n=3000):
+    rng = np.random.default_rng(12345)
+    return rng.random((n, 3)) * 2.0 - 1.0, rng.standard_normal(n)
+
+
+def _child(spec_json):
+    """Entry point of a child process (see :func:`_launch`). Returns an exit code."""
+    spec = json.loads(spec_json)
+    lib, threads, out_path = spec["lib"], spec["threads"], spec["out"]
+    result = {"lib": lib}
+    try:
+        try:
+            module = __import__(_MODULES[lib])
+        except ImportError as exc:
+            raise _Unavailable(f"{_MODULES[lib]} is not importable ({exc})") from None
+        result["version"] = getattr(module, "__version__", None) or _dist_version(lib)
+        if spec["kind"] == "probe":
+            x, q = _probe_points()
+            eps = 1e-10 if lib != "ferreus" else 1e-8
+            spec = dict(spec, ferreus_order=12)
+        else:
+            x, q = make_points(spec["dist"], spec["n"])
+            eps = spec["eps"]
+        gradient = spec.get("gradient", True)
+        run = _RUNNERS[lib](x, q, eps, gradient, threads, spec)
+        base = _maxrss_mib()
+        c0, w0 = _cpu_seconds(), time.perf_counter()
+        setup, evaluate, pot, grad, params = run()
+        wall, cpu = time.perf_counter() - w0, _cpu_seconds() - c0
+        peak = _maxrss_mib()
+        idx = np.arange(len(q)) if spec["kind"] == "probe" else np.asarray(spec["sample"])
+        pot = np.asarray(pot, dtype=np.float64).reshape(-1)
+        result.update(ok=True, setup=setup, evaluate=evaluate if setup is not None else None,
+                      total=(setup or 0.0) + evaluate, wall=wall, cpu=cpu,
+                      peak=peak, base=base, params=params, pot=pot[idx],
+                      grad=None if grad is None else np.asarray(grad, np.float64)[idx])
+    except _Unavailable as exc:
+        result.update(ok=False, unavailable=True, message=str(exc))
+    except Exception as exc:  # reported by the parent, the run goes on
+        result.update(ok=False, unavailable=False, message=f"{type(exc).__name__}: {exc}")
+    with open(out_path, "wb") as f:
+        pickle.dump(result, f)
+    return 0
+
+
+def _dist_version(lib):
+    try:
+        from importlib.metadata import version
+        return version({"ferreus": "ferreus_bbfmm"}.get(lib, lib))
+    except Exception:
+        return None
+
+
+# ----------------------------------------------------------------------------------------------
+# parent side
+
+_BOOT = ("import sys, importlib.util as u\n"
+         "s = u.spec_from_file_location('_aotfmm_bench_child', sys.argv[1])\n"
+         "m = u.module_from_spec(s); s.loader.exec_module(m)\n"
+         "sys.exit(m._child(sys.argv[2]))\n")
+
+
+def _child_env(threads):
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "RAYON_NUM_THREADS", "AOTFMM_NUM_THREADS",
+                "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    return env
+
+
+def _launch(spec, threads, workdir, timeout):
+    """Run one case in a fresh interpreter; the module file is loaded without importing the
+    aotfmm package, so a peer's child holds only numpy + that peer."""
+    out = os.path.join(workdir, f"result-{time.monotonic_ns()}.pkl")
+    spec = dict(spec, threads=threads, out=out)
+    cmd = [sys.executable, "-c", _BOOT, os.path.abspath(__file__), json.dumps(spec)]
+    try:
+        proc = subprocess.run(cmd, env=_child_env(threads), capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "unavailable": False, "message": f"timed out after {timeout} s"}
+    try:
+        with open(out, "rb") as f:
+            result = pickle.load(f)
+        os.remove(out)
+    except OSError:
+        tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-3:]
+        return {"ok": False, "unavailable": False,
+                "message": f"child exited with code {proc.returncode}: " + " | ".join(tail)}
+    return result
+
+
+def _direct(x, q, targets):
+    import aotfmm
+    return aotfmm.direct(x, q, targets, gradient=True, dtype=np.float64)
+
+
+def _snap(factor):
+    candidates = (1.0, 4 * np.pi, -1.0, -4 * np.pi)
+    best = min(candidates, key=lambda c: abs(factor / c - 1.0))
+    return best if abs(factor / best - 1.0) < 1e-3 else factor
+
+
+def _scale_name(c):
+    names = {1.0: "1/(4 pi r)", 4 * np.pi: "1/r", -1.0: "-1/(4 pi r)", -4 * np.pi: "-1/r"}
+    return names.get(c, f"{c:.6g} x 1/(4 pi r)")
+
+
+def probe(lib, threads, workdir, timeout):
+    """Import check + kernel scaling on a small problem: (info dict) or (None, message)."""
+    res = _launch({"kind": "probe", "lib": lib, "gradient": True}, threads, workdir, timeout)
+    if not res.get("ok"):
+        return None, res["message"]
+    x, q = _probe_points()
+    ref_pot, ref_grad = _direct(x, q, x)
+    cp = _snap(float(res["pot"] @ ref_pot / (ref_pot @ ref_pot)))
+    cg = _snap(float(np.sum(res["grad"] * ref_grad) / np.sum(ref_grad * ref_grad)))
+    info = {"version": res.get("version"), "pot_scale": cp, "grad_scale": cg,
+            "probe_pot_err": _rel(res["pot"] / cp, ref_pot),
+            "probe_grad_err": _rel(res["grad"] / cg, ref_grad)}
+    return info, None
+
+
+def _rel(a, b):
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def _nfmt(n):
+    """100000 -> '1e5', 20000 -> '2e4', 12345 -> '12345'."""
+    k = len(str(n)) - 1
+    return f"{n // 10**k}e{k}" if k >= 3 and n % 10**k == 0 else str(n)
+
+
+def _fmt(v, spec):
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "-".rjust(int(spec.split(".")[0]))
+    return format(v, spec)
+
+
+def _table(rows, gradient):
+    head = (f"  {'library':9} {'threads':>7} {'params':>18} {'setup s':>8} {'eval s':>8} "
+            f"{'total s':>8} {'cpu/wall':>8} {'peak MiB':>9} {'+MiB':>8} {'err pot':>8}"
+            + (f" {'err grad':>8}" if gradient else "") + f" {'aot/peer':>8}")
+    lines = [head, "  " + "-" * (len(head) - 2)]
+    aot = next((r for r in rows if r["lib"] == "aotfmm" and r.get("ok")), None)
+    for r in rows:
+        if not r.get("ok"):
+            lines.append(f"  {r['lib']:9} {r['threads']:>7} -- {r['message']}")
+            continue
+        ratio = "n/a" if aot is None else format(aot["total"] / r["total"], ".2f")
+        lines.append(
+            f"  {r['lib']:9} {r['threads']:>7} {r['params']:>18} {_fmt(r['setup'], '8.3f')} "
+            f"{_fmt(r['evaluate'], '8.3f')} {r['total']:8.3f} {r['cpu'] / r['wall']:8.2f} "
+            f"{_fmt(r['peak'], '9.0f')} {_fmt(r['peak'] - r['base'], '8.0f')} "
+            f"{r['err_pot']:8.1e}" + (f" {r['err_grad']:8.1e}" if gradient else "")
+            + f" {ratio:>8}")
+    return "\n".join(lines)
+
+
+def _parse_n(text):
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count like 1e5, got {text!r}") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"N must be >= 2, got {text!r}")
+    return value
+
+
+def _parse_eps(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+    return value
+
+
+def _parse_threads(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _parse_list(kind, allowed, aliases=None):
+    def parse(text):
+        out = []
+        for item in text.replace(",", " ").split():
+            item = (aliases or {}).get(item.lower(), item.lower())
+            if item not in allowed:
+                raise argparse.ArgumentTypeError(
+                    f"unknown {kind} {item!r} (choose from {', '.join(allowed)})")
+            out.append(item)
+        return out
+    return parse
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="aotfmm bench",
+        description="Compare aotfmm with fmm3dpy and ferreus-bbfmm (those installed) on the same "
+                    "random problems: time, peak memory, error vs direct summation.",
+        epilog="Each case runs in a fresh subprocess; see aotfmm/_bench.py for the definitions.")
+    p.add_argument("--quick", action="store_true",
+                   help=f"N = {', '.join(map(_nfmt, QUICK_N))} only "
+                        f"(default N: {', '.join(map(_nfmt, FULL_N))})")
+    p.add_argument("--n", type=_parse_n, nargs="+", default=None, metavar="N",
+                   help="problem sizes (sources = targets), e.g. --n 1e5 1e6")
+    p.add_argument("--eps", type=_parse_eps, nargs="+", default=list(EPSILONS), metavar="EPS",
+                   help="requested accuracies (default: 1e-6 1e-3)")
+    p.add_argument("--dist", type=_parse_list("distribution", DISTS, {"cube": "uniform"}),
+                   nargs="+", default=[list(DISTS)], metavar="DIST",
+                   help="uniform (unit cube) and/or sphere (unit sphere surface); default both")
+    p.add_argument("--peers", type=_parse_list("library", LIBRARIES,
+                                               {"ferreus_bbfmm": "ferreus",
+                                                "ferreus-bbfmm": "ferreus",
+                                                "fmm3d": "fmm3dpy", "aot": "aotfmm"}),
+                   nargs="+", default=[list(LIBRARIES)], metavar="LIB",
+                   help="libraries to run, space or comma separated "
+                        "(default: aotfmm fmm3dpy ferreus)")
+    p.add_argument("--mode", choices=("pot", "grad", "both"), default="both",
+                   help="potential only, potential+gradient, or both (default)")
+    p.add_argument("--threads", type=_parse_threads, default=None,
+                   help=f"threads for every library (default: all {_cpu_count()} CPUs)")
+    p.add_argument("--ferreus-order", type=int, default=None, metavar="ORDER",
+                   help="ferreus-bbfmm interpolation order (default: from eps, see FERREUS_ORDER)")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="give up on a case after this long (default: no limit)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write all results here")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    dists = list(dict.fromkeys(d for group in args.dist for d in group))
+    libs = list(dict.fromkeys(name for group in args.peers for name in group))
+    ns = args.n or (QUICK_N if args.quick else FULL_N)
+    modes = {"pot": [False], "grad": [True], "both": [False, True]}[args.mode]
+    threads = args.threads or _cpu_count()
+
+    import platform
+    import aotfmm
+    print(f"aotfmm bench: python {platform.python_version()}, numpy {np.__version__}, "
+          f"{platform.machine()}, {_cpu_count()} CPUs, threads per library: {threads}")
+    print(f"problems: {', '.join(dists)} x N {', '.join(map(_nfmt, ns))} x eps "
+          f"{', '.join(f'{e:g}' for e in args.eps)}; error on <= {SAMPLE} sampled targets vs "
+          f"aotfmm.direct (float64); peak MiB = child ru_maxrss, +MiB = above its pre-call level")
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    if load > 0.5:
+        print(f"warning: load average {load:.1f} before starting -- other processes compete "
+              f"for the CPUs, times will be noisy")
+    sys.stdout.flush()
+
+    results, failures = [], 0
+    with tempfile.TemporaryDirectory(prefix="aotfmm-bench-") as workdir:
+        infos = {}
+        for lib in libs:
+            info, message = probe(lib, threads, workdir, args.timeout)
+            if info is None:
+                print(f"  {lib}: skipped -- {message}")
+                continue
+            infos[lib] = info
+            extra = ""
+            if lib == "ferreus":
+                extra = (f"; interpolation_order "
+                         + (str(args.ferreus_order) if args.ferreus_order else
+                            ", ".join(f"{ferreus_order(e)} for eps {e:g}" for e in args.eps)))
+            grad = ("its gradient" if info["grad_scale"] == info["pot_scale"] else
+                    f"gradient of {_scale_name(info['grad_scale'])}")
+            print(f"  {lib} {info['version']}: kernel {_scale_name(info['pot_scale'])} and "
+                  f"{grad} (outputs divided by {info['pot_scale']:.6g}; after that, error on the "
+                  f"3000-point probe {info['probe_pot_err']:.0e} / "
+                  f"{info['probe_grad_err']:.0e}){extra}")
+        sys.stdout.flush()
+        if not infos:
+            print("no library available")
+            return 1
+
+        for dist in dists:
+            for n in ns:
+                x, q = make_points(dist, n)
+                idx = sample_indices(n)
+                t0 = time.perf_counter()
+                ref_pot, ref_grad = _direct(x, q, x[idx])
+                t_ref = time.perf_counter() - t0
+                del x, q
+                for eps in args.eps:
+                    for gradient in modes:
+                        rows = []
+                        for lib in infos:
+                            spec = {"kind": "case", "lib": lib, "dist": dist, "n": n, "eps": eps,
+                                    "gradient": gradient, "sample": idx.tolist(),
+                                    "ferreus_order": args.ferreus_order}
+                            r = _launch(spec, threads, workdir, args.timeout)
+                            r.update(lib=lib, threads=threads)
+                            if r.get("ok"):
+                                info = infos[lib]
+                                r["err_pot"] = _rel(r.pop("pot") / info["pot_scale"], ref_pot)
+                                g = r.pop("grad")
+                                r["err_grad"] = (None if g is None else
+                                                 _rel(g / info["grad_scale"], ref_grad))
+                            elif not r.get("unavailable"):
+                                failures += 1
+                            rows.append(r)
+                        what = "potential + gradient" if gradient else "potential"
+                        label = "uniform cube" if dist == "uniform" else "sphere surface"
+                        print(f"\n{label}, N = {_nfmt(n)}, eps = {eps:g}, {what}  "
+                              f"(reference: direct on {len(idx)} targets, {t_ref:.2f} s)")
+                        print(_table(rows, gradient))
+                        sys.stdout.flush()
+                        for r in rows:
+                            results.append(dict(r, dist=dist, n=n, eps=eps, gradient=gradient))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"threads": threads, "libraries": infos, "results": results}, f, indent=1,
+                      default=float)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
