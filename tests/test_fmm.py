@@ -30,6 +30,9 @@ def check(src, q, trg, eps, dtype, gradient=True, sample=None, **kw):
     targets = src if trg is None else trg
     idx = np.arange(len(targets)) if sample is None else sample
     ref_pot, ref_grad = direct_reference(src, q, targets[idx])
+    if not np.linalg.norm(ref_pot):  # e.g. a single point: nothing to compare relatively
+        assert (pot[idx] == 0).all() and (grad is None or (grad[idx] == 0).all())
+        return pot, grad
     e_pot = rel_err(pot[idx], ref_pot)
     assert e_pot <= eps, f"potential error {e_pot:.2e} > eps {eps:g}"
     if gradient:
@@ -39,7 +42,7 @@ def check(src, q, trg, eps, dtype, gradient=True, sample=None, **kw):
 
 
 @pytest.mark.parametrize("dist", sorted(DISTRIBUTIONS))
-@pytest.mark.parametrize("eps", [1e-3, 1e-6, 1e-9])
+@pytest.mark.parametrize("eps", [1e-3, 1e-6, 1e-7])
 def test_float64_accuracy(rng, dist, eps):
     src = DISTRIBUTIONS[dist](rng, 6000)
     q = rng.standard_normal(6000)
@@ -55,7 +58,7 @@ def test_float32_accuracy(rng, dist, eps):
     assert pot.dtype == np.float32 and grad.dtype == np.float32
 
 
-@pytest.mark.parametrize("eps", [1e-3, 1e-6, 1e-9])
+@pytest.mark.parametrize("eps", [1e-3, 1e-6, 1e-7])
 def test_separate_sources_and_targets(rng, eps):
     src = clustered(rng, 5000)
     trg = uniform(rng, 3000) * 1.4 - 0.2  # overlapping, partly outside the sources' box
@@ -100,7 +103,7 @@ def test_multiple_right_hand_sides(rng):
 def test_tiny_problems(rng, n):
     src = uniform(rng, n)
     q = rng.standard_normal(n)
-    check(src, q, None, 1e-9, np.float64)
+    check(src, q, None, 1e-7, np.float64)
 
 
 def test_all_points_coincident():
@@ -129,7 +132,7 @@ def test_far_from_origin_and_scaled(rng):
     src = uniform(rng, 3000)
     q = rng.standard_normal(3000)
     ref_pot, ref_grad = direct_reference(src, q, src)
-    for scale, shift in [(1e-200, 0.0), (1e100, 0.0), (1.0, 1e7)]:
+    for scale, shift in [(1e-100, 0.0), (1e100, 0.0), (1.0, 1e7)]:
         pot, grad = aotfmm.laplace(src * scale + shift, q, eps=1e-6, gradient=True)
         assert rel_err(pot * scale, ref_pot) < 1e-6
         assert rel_err(grad * scale ** 2, ref_grad) < 1e-6
@@ -170,6 +173,7 @@ BAD = [
     (dict(eps=1.5), ValueError, "eps"),
     (dict(eps="small"), TypeError, "eps"),
     (dict(eps=1e-9, dtype=np.float32), ValueError, "float32"),
+    (dict(eps=1e-8), ValueError, "below what float64 can reach"),
     (dict(p=1), ValueError, "p must be"),
     (dict(p=3.5), TypeError, "p must be"),
     (dict(ncrit=0), ValueError, "ncrit"),
@@ -193,3 +197,17 @@ def test_bad_charges_raise():
             plan.evaluate(q)
     with pytest.raises(ValueError, match="charges"):
         aotfmm.laplace(np.zeros((4, 3)), np.ones(5))
+
+
+def test_gradient_overflow_raises_instead_of_inf(rng):
+    src = uniform(rng, 200) * 1e-200  # gradients ~1e400: not a float64
+    with pytest.raises(FloatingPointError, match="gradient overflows"):
+        aotfmm.laplace(src, np.ones(200), gradient=True)
+    assert np.isfinite(aotfmm.laplace(src, np.ones(200))).all()
+
+
+def test_default_eps_depends_on_dtype(rng):
+    src = uniform(rng, 500)
+    assert aotfmm.Fmm(src).eps == 1e-6
+    assert aotfmm.Fmm(src.astype(np.float32)).eps == 1e-5
+    assert aotfmm.laplace(src.astype(np.float32), np.ones(500, np.float32)).dtype == np.float32

@@ -14,10 +14,18 @@ from ._validation import (as_bool, as_points, check_integer, frame, power_of_two
 __all__ = ["Fmm", "laplace"]
 
 #: Smallest eps each dtype can honour (relative L2 error of potentials and gradients).
-EPS_FLOOR = {"float32": 1e-5, "float64": 1e-10}
+#: float64 stops improving at ~2e-8 worst case (p >= 11): the check-to-equivalent pseudo-inverses are too
+#: ill-conditioned for tighter cutoffs to help (benchmarks/accuracy.py).
+EPS_FLOOR = {"float32": 5e-6, "float64": 5e-8}
+
+
+#: eps when none is given.
+EPS_DEFAULT = {"float32": 1e-5, "float64": 1e-6}
 
 
 def _check_eps(eps, dtype):
+    if eps is None:
+        return EPS_DEFAULT[dtype.name]
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a float, got {eps!r}")
     eps = float(eps)
@@ -59,9 +67,10 @@ class Fmm:
     sources : array_like of shape (n_sources, 3)
     targets : array_like of shape (n_targets, 3), optional
         Evaluation points; default: the sources (self-interaction excluded).
-    eps : float, default 1e-6
-        Requested relative L2 accuracy of potentials and gradients; picks the expansion order,
-        the leaf size and the M2L compression from a measured table.
+    eps : float, optional
+        Requested relative L2 accuracy of potentials and gradients (default 1e-6 in float64,
+        1e-5 in float32); picks the expansion order and leaf size from a measured table.
+        Smallest supported: 5e-8 in float64, 5e-6 in float32 (ValueError below).
     p : int, optional
         Expansion order (surface points per cube edge), overriding the one ``eps`` picks.
     ncrit : int, optional
@@ -81,7 +90,7 @@ class Fmm:
         Seconds per setup phase and per operator of the last :meth:`evaluate`.
     """
 
-    def __init__(self, sources, targets=None, *, eps=1e-6, p=None, ncrit=None, dtype=None,
+    def __init__(self, sources, targets=None, *, eps=None, p=None, ncrit=None, dtype=None,
                  threads=None, cache_dir=None):
         from . import evaluate
         t0 = time.perf_counter()
@@ -93,7 +102,12 @@ class Fmm:
         src = as_points("sources", sources)
         trg = src if targets is None else as_points("targets", targets)
         self.n_sources, self.n_targets = src.shape[0], trg.shape[0]
-        self._center, self._scale = frame(src, trg)
+        # Points given in float32 (or float16) are used exactly as given: scale by a power of
+        # two only. Centring them would round them a second time (the FMM would then answer
+        # for slightly different points); other inputs are centred to keep float32's digits.
+        given_single = all(np.asarray(a).dtype.kind == "f" and np.asarray(a).dtype.itemsize <= 4
+                           for a in (sources, targets) if a is not None)
+        self._center, self._scale = frame(src, trg, center=not given_single)
         src_xyz = to_soa(src, self._center, self._scale, np.float64)
         trg_xyz = src_xyz if targets is None else to_soa(trg, self._center, self._scale,
                                                         np.float64)
@@ -140,7 +154,7 @@ class Fmm:
                 timings[name] = timings.get(name, 0.0) + sec
             pot[col] = _rescale(pc, qscale / self._scale, "potential")
             if gradient:
-                grad[col] = _rescale(gc, qscale / self._scale ** 2, "gradient")
+                grad[col] = _rescale(gc, qscale / self._scale / self._scale, "gradient")
         timings["evaluate_total"] = time.perf_counter() - t0
         self.timings = {k_: v for k_, v in self.timings.items() if not k_.startswith("eval:")}
         self.timings.update({f"eval:{k_}": v for k_, v in timings.items()})
@@ -185,7 +199,7 @@ class Fmm:
                 f"threads={self.threads})")
 
 
-def laplace(sources, charges, targets=None, *, eps=1e-6, gradient=False, dtype=None,
+def laplace(sources, charges, targets=None, *, eps=None, gradient=False, dtype=None,
             threads=None):
     """Potentials (and gradients) of point charges by the FMM, in one call.
 
@@ -194,7 +208,8 @@ def laplace(sources, charges, targets=None, *, eps=1e-6, gradient=False, dtype=N
     directly to evaluate several charge vectors on the same points.
     """
     dt = resolve_dtype(dtype, sources, charges, targets)
-    src = as_points("sources", sources)
-    _as_charge_matrix("charges", charges, src.shape[0])  # fail before building anything
-    plan = Fmm(src, targets, eps=eps, dtype=dt, threads=threads)
+    n = as_points("sources", sources).shape[0]
+    _as_charge_matrix("charges", charges, n)  # fail before building anything
+    # the caller's arrays, not converted copies: Fmm treats float32 points specially
+    plan = Fmm(sources, targets, eps=eps, dtype=dt, threads=threads)
     return plan.evaluate(charges, gradient=gradient)
