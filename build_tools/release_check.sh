@@ -22,9 +22,12 @@ echo "== sdist"
 "$WORK/tools/bin/python" -m build --sdist --outdir "$WORK/sdist" "$ROOT" > "$WORK/sdist.log" 2>&1 \
     || { cat "$WORK/sdist.log"; exit 1; }
 SDIST=$(ls "$WORK"/sdist/*.tar.gz)
-for need in kernels/p2p.py build_tools/compile_kernels.py CMakeLists.txt pyproject.toml \
-            tests/test_direct.py src/aotfmm/__init__.py; do
-    tar tzf "$SDIST" | grep -q "/$need\$" || { echo "sdist lacks $need"; exit 1; }
+# (list to a file first: with pipefail, `tar | grep -q` fails when grep stops reading early)
+tar tzf "$SDIST" > "$WORK/sdist.list"
+for need in kernels/p2p.py kernels/expansions.py kernels/morton.py kernels/lists.py \
+            build_tools/compile_kernels.py CMakeLists.txt pyproject.toml \
+            tests/test_direct.py tests/test_fmm.py src/aotfmm/__init__.py; do
+    grep -q "/$need\$" "$WORK/sdist.list" || { echo "sdist lacks $need"; exit 1; }
 done
 echo "$(basename "$SDIST"): $(stat -c %s "$SDIST") bytes"
 
