@@ -211,3 +211,26 @@ def test_default_eps_depends_on_dtype(rng):
     assert aotfmm.Fmm(src).eps == 1e-6
     assert aotfmm.Fmm(src.astype(np.float32)).eps == 1e-5
     assert aotfmm.laplace(src.astype(np.float32), np.ones(500, np.float32)).dtype == np.float32
+
+
+def test_linear_operator_gmres_matches_dense_solve(rng):
+    scipy = pytest.importorskip("scipy")
+    from scipy.sparse.linalg import gmres
+    n = 1500
+    src = sphere(rng, n)
+    b = rng.standard_normal(n)
+    diag = 10.0  # a self term making the system well conditioned
+    plan = aotfmm.Fmm(src, eps=1e-7)
+    op = plan.as_linear_operator(diagonal=diag)
+    x, info = gmres(op, b, rtol=1e-10, atol=0.0, restart=100, maxiter=500)
+    assert info == 0
+    d = src[:, None, :] - src[None, :, :]
+    r = np.sqrt((d * d).sum(-1))
+    with np.errstate(divide="ignore"):
+        dense = np.where(r > 0, 1.0 / (4 * np.pi * r), 0.0)
+    x_ref = np.linalg.solve(dense + diag * np.eye(n), b)
+    assert rel_err(x, x_ref) < 1e-6
+    with pytest.raises(ValueError, match="diagonal"):
+        plan.as_linear_operator(diagonal=np.ones(3))
+    with pytest.raises(ValueError, match="targets"):
+        aotfmm.Fmm(src, src[:10]).as_linear_operator()

@@ -102,6 +102,7 @@ class Fmm:
         src = as_points("sources", sources)
         trg = src if targets is None else as_points("targets", targets)
         self.n_sources, self.n_targets = src.shape[0], trg.shape[0]
+        self._targets_given = targets is not None
         # Points given in float32 (or float16) are used exactly as given: scale by a power of
         # two only. Centring them would round them a second time (the FMM would then answer
         # for slightly different points); other inputs are centred to keep float32's digits.
@@ -164,6 +165,42 @@ class Fmm:
         grad_out = np.ascontiguousarray(grad[0].T) if one else np.ascontiguousarray(
             grad.transpose(2, 0, 1))
         return pot_out, grad_out
+
+    def as_linear_operator(self, diagonal=None):
+        """The FMM as a ``scipy.sparse.linalg.LinearOperator`` (sources = targets).
+
+        ``A @ q`` is the potential at the sources of charges ``q`` (self term excluded) plus
+        ``diagonal * q``: ``diagonal`` (a scalar or an (n,) array, default 0) supplies the
+        self term a discretisation needs. Use it with scipy's iterative solvers (GMRES, CG,
+        ...); the product is accurate to the plan's ``eps``. Needs scipy.
+        """
+        try:
+            from scipy.sparse.linalg import LinearOperator
+        except ImportError:
+            raise ImportError("as_linear_operator needs scipy: pip install scipy") from None
+        if self._targets_given:
+            raise ValueError("as_linear_operator needs a plan whose targets are its sources "
+                             "(build it with targets=None)")
+        n = self.n_sources
+        diag = 0.0
+        if diagonal is not None:
+            diag = _as_real_array("diagonal", diagonal).astype(np.float64)
+            if diag.ndim not in (0, 1) or (diag.ndim == 1 and diag.shape != (n,)):
+                raise ValueError(f"diagonal must be a scalar or have shape ({n},), "
+                                 f"got {diag.shape}")
+            _check_finite("diagonal", diag)
+
+        def matvec(x):
+            x = np.asarray(x).reshape(n)
+            if np.iscomplexobj(x):  # scipy probes with complex vectors in some solvers
+                return self._matvec(x.real) + 1j * self._matvec(x.imag) + diag * x
+            return self._matvec(x) + diag * x
+
+        return LinearOperator((n, n), matvec=matvec, rmatvec=matvec, dtype=self.dtype)
+
+    def _matvec(self, x):
+        """Potentials at the sources for charges ``x`` as float64 (the operator's product)."""
+        return self.evaluate(x).astype(np.float64)
 
     def report(self, file=None):
         """A readable table of the plan: tree, list sizes, per-operator times and memory.
