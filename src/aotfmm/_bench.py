@@ -352,26 +352,6 @@ def _parse_n(text):
     return value
 
 
-def _parse_eps(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
-    return value
-
-
-def _parse_threads(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _parse_list(kind, allowed, aliases=None):
     def parse(text):
         out = []
@@ -386,6 +366,8 @@ def _parse_list(kind, allowed, aliases=None):
 
 
 def build_parser():
+    # parent side only (children load this file without the package): share the CLI's checks
+    from aotfmm.cli import _eps, _positive_int
     p = argparse.ArgumentParser(
         prog="aotfmm bench",
         description="Compare aotfmm with fmm3dpy and ferreus-bbfmm (those installed) on the same "
@@ -396,7 +378,7 @@ def build_parser():
                         f"(default N: {', '.join(map(_nfmt, FULL_N))})")
     p.add_argument("--n", type=_parse_n, nargs="+", default=None, metavar="N",
                    help="problem sizes (sources = targets), e.g. --n 1e5 1e6")
-    p.add_argument("--eps", type=_parse_eps, nargs="+", default=list(EPSILONS), metavar="EPS",
+    p.add_argument("--eps", type=_eps, nargs="+", default=list(EPSILONS), metavar="EPS",
                    help="requested accuracies (default: 1e-6 1e-3)")
     p.add_argument("--dist", type=_parse_list("distribution", DISTS, {"cube": "uniform"}),
                    nargs="+", default=[list(DISTS)], metavar="DIST",
@@ -410,7 +392,7 @@ def build_parser():
                         "(default: aotfmm fmm3dpy ferreus)")
     p.add_argument("--mode", choices=("pot", "grad", "both"), default="both",
                    help="potential only, potential+gradient, or both (default)")
-    p.add_argument("--threads", type=_parse_threads, default=None,
+    p.add_argument("--threads", type=_positive_int, default=None,
                    help=f"threads for every library (default: all {_cpu_count()} CPUs)")
     p.add_argument("--ferreus-order", type=int, default=None, metavar="ORDER",
                    help="ferreus-bbfmm interpolation order (default: from eps, see FERREUS_ORDER)")
