@@ -135,7 +135,7 @@ def test_concurrent_builders_never_corrupt(tmp_path):
             "o = get_operators(4, np.float64, cache_dir=sys.argv[1]);"
             "print(o.source, float(np.abs(o.m2l_a).sum()))")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)],
-                              stdout=subprocess.PIPE, text=True) for _ in range(3)]
+                              stdout=subprocess.PIPE, text=True) for _ in range(4)]
     outs = [p.communicate(timeout=120)[0].split() for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert len({o[1] for o in outs}) == 1

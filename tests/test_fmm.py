@@ -234,3 +234,28 @@ def test_linear_operator_gmres_matches_dense_solve(rng):
         plan.as_linear_operator(diagonal=np.ones(3))
     with pytest.raises(ValueError, match="targets"):
         aotfmm.Fmm(src, src[:10]).as_linear_operator()
+
+
+def test_progress_prints_phases_only_when_asked(rng, capsys):
+    src = uniform(rng, 3000)
+    plan = aotfmm.Fmm(src, progress=True)
+    plan.evaluate(np.ones(3000))
+    err = capsys.readouterr().err
+    for phase in ("tree", "lists", "operators", "p2m", "p2p"):
+        assert phase in err
+    quiet = aotfmm.Fmm(src)
+    quiet.evaluate(np.ones(3000))
+    assert capsys.readouterr().err == ""
+    with pytest.raises(TypeError, match="progress"):
+        aotfmm.Fmm(src, progress="yes")
+
+
+def test_plot_tree(rng, tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+    matplotlib.use("Agg")
+    plan = aotfmm.Fmm(clustered(rng, 3000))
+    ax = plan.plot_tree()
+    assert str(len(plan._core.tree.leaves)) in ax.get_title()
+    ax.figure.savefig(tmp_path / "tree.png")
+    assert (tmp_path / "tree.png").stat().st_size > 1000

@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 
-from . import _threads
+from . import _progress, _threads
 from .direct import _rescale
 from ._validation import (as_bool, as_points, check_integer, frame, power_of_two_scale,
                           resolve_dtype, to_soa, _as_real_array, _check_finite)
@@ -81,6 +81,8 @@ class Fmm:
         Threads; default ``$AOTFMM_NUM_THREADS`` or all CPUs available.
     cache_dir : str or path, optional
         Operator cache directory (default: ``$AOTFMM_CACHE_DIR`` or the user cache dir).
+    progress : bool, default False
+        Print each setup and evaluation phase with its time on stderr as it completes.
 
     Attributes
     ----------
@@ -91,7 +93,7 @@ class Fmm:
     """
 
     def __init__(self, sources, targets=None, *, eps=None, p=None, ncrit=None, dtype=None,
-                 threads=None, cache_dir=None):
+                 threads=None, cache_dir=None, progress=False):
         from . import evaluate
         t0 = time.perf_counter()
         self.dtype = resolve_dtype(dtype, sources, targets)
@@ -112,8 +114,12 @@ class Fmm:
         src_xyz = to_soa(src, self._center, self._scale, np.float64)
         trg_xyz = src_xyz if targets is None else to_soa(trg, self._center, self._scale,
                                                         np.float64)
+        self.progress = as_bool("progress", progress)
+        bar = _progress.Progress(self.progress, label="aotfmm setup")
         self._core = evaluate.Plan(src_xyz, trg_xyz, eps=self.eps, p=p, ncrit=ncrit,
-                                   dtype=self.dtype, threads=self.threads, cache_dir=cache_dir)
+                                   dtype=self.dtype, threads=self.threads, cache_dir=cache_dir,
+                                   progress=bar)
+        bar.done()
         self.p = self._core.p
         self.ncrit = self._core.ncrit
         self.timings = dict(self._core.setup_timings, setup_total=time.perf_counter() - t0)
@@ -150,7 +156,9 @@ class Fmm:
             if qmax == 0.0:
                 continue
             qscale = power_of_two_scale(qmax)
-            pc, gc, tcol = self._core.evaluate(q[col] / qscale, gradient)
+            bar = _progress.Progress(self.progress, label=f"aotfmm evaluate {col + 1}/{k}")
+            pc, gc, tcol = self._core.evaluate(q[col] / qscale, gradient, progress=bar)
+            bar.done()
             for name, sec in tcol.items():
                 timings[name] = timings.get(name, 0.0) + sec
             pot[col] = _rescale(pc, qscale / self._scale, "potential")
@@ -201,6 +209,37 @@ class Fmm:
     def _matvec(self, x):
         """Potentials at the sources for charges ``x`` as float64 (the operator's product)."""
         return self.evaluate(x).astype(np.float64)
+
+    def plot_tree(self, ax=None, axis=2):
+        """Draw the leaves (projected along ``axis``) and the points, with matplotlib.
+
+        Returns the matplotlib Axes. Needs matplotlib (``pip install matplotlib``).
+        """
+        try:
+            import matplotlib.pyplot as plt
+            from matplotlib.collections import PolyCollection
+        except ImportError:
+            raise ImportError("plot_tree needs matplotlib: pip install matplotlib") from None
+        axis = check_integer("axis", axis, lo=0, hi=2)
+        keep = [a for a in range(3) if a != axis]
+        tree = self._core.tree
+        scale, center = self._scale, self._center
+        c = tree.centers[tree.leaves][:, keep] * scale + center[keep]
+        h = (tree.root_half / 2.0 ** tree.levels[tree.leaves] * scale)[:, None]
+        corners = np.stack([c + h * np.array(s) for s in ((-1, -1), (1, -1), (1, 1), (-1, 1))],
+                           axis=1)
+        if ax is None:
+            ax = plt.figure(figsize=(6, 6)).add_subplot()
+        ax.add_collection(PolyCollection(corners, facecolors="none", edgecolors="0.6",
+                                         linewidths=0.4))
+        pts = self._core.src.astype(np.float64)[keep] * scale + center[keep, None]
+        ax.plot(pts[0], pts[1], ",", color="C0")
+        ax.set_aspect("equal")
+        ax.autoscale_view()
+        ax.set_xlabel("xyz"[keep[0]])
+        ax.set_ylabel("xyz"[keep[1]])
+        ax.set_title(f"{len(tree.leaves)} leaves, {tree.n_levels} levels, p={self.p}")
+        return ax
 
     def report(self, file=None):
         """A readable table of the plan: tree, list sizes, per-operator times and memory.

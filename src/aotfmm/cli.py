@@ -26,7 +26,8 @@ def _demo(args):
     print(f"aotfmm {aotfmm.__version__} demo: {n} random points in the unit cube, "
           f"eps {args.eps:g}, {args.dtype}, kernels {cfg['isa']}, threads {threads}")
     t0 = time.perf_counter()
-    plan = aotfmm.Fmm(src, eps=args.eps, dtype=args.dtype, threads=args.threads)
+    plan = aotfmm.Fmm(src, eps=args.eps, dtype=args.dtype, threads=args.threads,
+                      progress=sys.stderr.isatty())
     t1 = time.perf_counter()
     pot, grad = plan.evaluate(q, gradient=True)
     t2 = time.perf_counter()
@@ -52,7 +53,7 @@ def _run(args):
     problem = read_problem(args.input)
     t0 = time.perf_counter()
     plan = Fmm(problem["sources"], problem["targets"], eps=args.eps, p=args.p, dtype=args.dtype,
-               threads=args.threads)
+               threads=args.threads, progress=sys.stderr.isatty() and not args.quiet)
     result = plan.evaluate(problem["charges"], gradient=args.gradient)
     pot, grad = result if args.gradient else (result, None)
     write_result(args.output, pot, grad)

@@ -82,8 +82,9 @@ class Plan:
     """Everything that depends on the points only; see the module docstring."""
 
     def __init__(self, src_xyz, trg_xyz, *, eps, p=None, ncrit=None, dtype=np.float64,
-                 threads=1, cache_dir=None):
+                 threads=1, cache_dir=None, progress=None):
         timings = {}
+        step = progress.step if progress is not None else (lambda name: None)
         t = time.perf_counter()
         dt = np.dtype(dtype)
         self.dtype, self.threads = dt, threads
@@ -92,10 +93,13 @@ class Plan:
 
         tree = build_tree(src_xyz, trg_xyz, self.ncrit, threads=threads)
         timings["tree"], t = time.perf_counter() - t, time.perf_counter()
+        step("tree")
         lists = build_lists(tree, threads=threads)
         timings["lists"], t = time.perf_counter() - t, time.perf_counter()
+        step("lists")
         ops = get_operators(self.p, dt, cache_dir=cache_dir)
         timings["operators"], t = time.perf_counter() - t, time.perf_counter()
+        step("operators")
         self.tree, self.ops = tree, ops
 
         self.src = np.ascontiguousarray(src_xyz[:, tree.src_perm], dtype=dt)
@@ -105,6 +109,7 @@ class Plan:
         self.half_widths = np.ascontiguousarray(tree.root_half / 2.0 ** tree.levels, dtype=dt)
         self._setup_passes(tree, lists, ops.n_surf)
         timings["setup_passes"] = time.perf_counter() - t
+        step("passes")
         self.setup_timings = timings
         self.stats = self._stats(tree, lists)
 
@@ -223,7 +228,7 @@ class Plan:
         }
 
     # ------------------------------------------------------------------ evaluate
-    def evaluate(self, charges, gradient):
+    def evaluate(self, charges, gradient, progress=None):
         """charges: (n_sources,) float64 in the caller's order. Returns (pot, grad, timings)."""
         tree, ops, dt, threads = self.tree, self.ops, self.dtype, self.threads
         timings = {}
@@ -234,6 +239,8 @@ class Plan:
             now = time.perf_counter()
             timings[name] = timings.get(name, 0.0) + now - t
             t = now
+            if progress is not None and name in ("p2m", "m2m", "l2p", "m2p", "p2p"):
+                progress.step(name)
 
         q = np.ascontiguousarray(charges[tree.src_perm], dtype=dt)
         n_trg = self.trg.shape[1]
@@ -264,6 +271,8 @@ class Plan:
                 expansions.p2l(ops, self.src, q, tree.src_start, tree.src_end, boxes, offsets,
                                index, c, h, local, threads=threads)
                 tick("p2l")
+        if progress is not None:
+            progress.step("l2l+m2l+p2l")
         if len(self.l2p_boxes):
             expansions.l2p(ops, local, self.trg, tree.trg_start, tree.trg_end, self.l2p_boxes,
                            c, h, pot, grad, threads=threads)
