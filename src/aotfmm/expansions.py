@@ -129,27 +129,26 @@ def p2l(ops, src_xyz, charges, src_start, src_end, target_boxes, x_offsets, x_in
          centers, half_widths, ops.r_down_check, ops.dc2e_a, ops.dc2e_b, threads, local, True)
 
 
-def m2m(ops, equiv, parents, children):
-    """equiv[parents[i]] += sum_c m2m[c] @ equiv[children[i, c]] (children -1: absent)."""
+def _octant_pairs(parents, children):
+    """Per octant c: (parent rows, child rows) of the children that exist (index != -1)."""
     for c in range(8):
         ch = children[:, c]
         has = ch >= 0
-        if not has.any():
-            continue
-        par = parents[has] if not has.all() else parents
-        ch = ch[has] if not has.all() else ch
+        if has.all():
+            yield c, parents, ch
+        elif has.any():
+            yield c, parents[has], ch[has]
+
+
+def m2m(ops, equiv, parents, children):
+    """equiv[parents[i]] += sum_c m2m[c] @ equiv[children[i, c]] (children -1: absent)."""
+    for c, par, ch in _octant_pairs(parents, children):
         equiv[par] += equiv[ch] @ ops.m2m[c].T
 
 
 def l2l(ops, local, parents, children):
     """local[children[i, c]] += l2l[c] @ local[parents[i]] (children -1: absent)."""
-    for c in range(8):
-        ch = children[:, c]
-        has = ch >= 0
-        if not has.any():
-            continue
-        par = parents[has] if not has.all() else parents
-        ch = ch[has] if not has.all() else ch
+    for c, par, ch in _octant_pairs(parents, children):
         local[ch] += local[par] @ ops.l2l[c].T
 
 
