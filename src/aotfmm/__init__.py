@@ -8,6 +8,7 @@ from ._version import __version__
 from . import _kernels
 from .direct import direct
 from .api import Fmm, laplace
+from .evaluate import AccuracyWarning
 from ._config import config, show_config
 
-__all__ = ["__version__", "Fmm", "laplace", "direct", "config", "show_config"]
+__all__ = ["__version__", "Fmm", "laplace", "AccuracyWarning", "direct", "config", "show_config"]

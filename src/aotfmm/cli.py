@@ -71,7 +71,8 @@ def _bench(args):
 def _precompute(args):
     from aotfmm import operators
     from aotfmm.evaluate import choose_parameters
-    ps = args.p or sorted({choose_parameters(e)[0] for e in args.eps})
+    ps = args.p or sorted({choose_parameters(e, separate_targets=s)[0]
+                           for e in args.eps for s in (False, True)})
     for dtype in args.dtype:
         for p in ps:
             ops = operators.get_operators(p, dtype, cache_dir=args.cache_dir)

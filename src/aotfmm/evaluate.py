@@ -11,6 +11,7 @@ Coordinates arrive in the frame of :func:`aotfmm._validation.frame` (inside [-1,
 (3, n); results leave in the caller's point order, still in that frame (the API rescales).
 """
 import time
+import warnings
 
 import numpy as np
 
@@ -20,7 +21,15 @@ from .lists import build_lists
 from .operators import P_MAX, P_MIN, get_operators
 from .tree import build_tree
 
-__all__ = ["Plan", "P_MIN", "P_MAX", "choose_parameters"]
+__all__ = ["Plan", "P_MIN", "P_MAX", "choose_parameters", "AccuracyWarning"]
+
+#: Deepest level float32 resolves well: box surfaces need ~10 of float32's 24 bits below the
+#: box size (measured: two 1e-3 clusters 1e3 apart, 20 levels, float32 error 1e-3 at eps 1e-5).
+_FLOAT32_MAX_LEVEL = 12
+
+
+class AccuracyWarning(UserWarning):
+    """The requested accuracy is probably not met (e.g. float32 on a very deep tree)."""
 
 #: eps -> (p, ncrit): the smallest p whose worst measured relative L2 error of potential *and*
 #: gradient is at least ~2x below eps (benchmarks/accuracy.py plus separate targets: clustered
@@ -41,10 +50,17 @@ _EPS_TABLE = (  # (smallest eps served, p, ncrit)
 #: 1e6 points at eps 1e-6 (p = 8): ncrit 160 -> 0.75 s / 7.2 s, 400 -> 0.44 s / 4.3 s (pot+grad).
 
 
-def choose_parameters(eps, p=None, ncrit=None):
-    """(p, ncrit) for an accuracy target; explicit values win."""
+def choose_parameters(eps, p=None, ncrit=None, separate_targets=False):
+    """(p, ncrit) for an accuracy target; explicit values win.
+
+    Separate targets get one order more (up to P_MAX): targets away from every source see only
+    expansions, and there the gradient error was measured up to ~10x the potential's (two
+    tiny clusters far apart, targets around them: p = 8 gave a gradient error of 1.2e-6).
+    """
     row = next((r for r in _EPS_TABLE if eps >= r[0]), _EPS_TABLE[-1])
-    p = row[1] if p is None else p
+    if p is None:
+        p = min(row[1] + (1 if separate_targets and row[1] < _EPS_TABLE[-1][1] else 0), P_MAX)
+        row = (row[0], p, row[2])
     if ncrit is None:
         # keep the leaf size in proportion to the surface size when p is forced
         ncrit = row[2] if p == row[1] else max(16, int(round(row[2] * (p / row[1]) ** 2)))
@@ -88,10 +104,15 @@ class Plan:
         t = time.perf_counter()
         dt = np.dtype(dtype)
         self.dtype, self.threads = dt, threads
-        self.p, self.ncrit = choose_parameters(eps, p, ncrit)
         self.same = trg_xyz is src_xyz
+        self.p, self.ncrit = choose_parameters(eps, p, ncrit, separate_targets=not self.same)
 
         tree = build_tree(src_xyz, trg_xyz, self.ncrit, threads=threads)
+        if dt == np.float32 and tree.n_levels - 1 > _FLOAT32_MAX_LEVEL:
+            warnings.warn(f"the octree is {tree.n_levels - 1} levels deep: float32 cannot "
+                          f"resolve boxes below level {_FLOAT32_MAX_LEVEL} of this problem's "
+                          f"extent, results may miss eps; use dtype=float64",
+                          AccuracyWarning, stacklevel=3)
         timings["tree"], t = time.perf_counter() - t, time.perf_counter()
         step("tree")
         lists = build_lists(tree, threads=threads)
