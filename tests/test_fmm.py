@@ -214,7 +214,7 @@ def test_default_eps_depends_on_dtype(rng):
 
 
 def test_linear_operator_gmres_matches_dense_solve(rng):
-    scipy = pytest.importorskip("scipy")
+    pytest.importorskip("scipy")
     from scipy.sparse.linalg import gmres
     n = 1500
     src = sphere(rng, n)

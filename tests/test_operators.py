@@ -9,7 +9,7 @@ factor h of P2M/P2L are exercised.
 import numpy as np
 import pytest
 
-from aotfmm import _geometry, _m2l_svd, direct, expansions
+from aotfmm import _geometry, direct, expansions
 from aotfmm.operators import get_operators
 from aotfmm.surfaces import n_surf, surface
 

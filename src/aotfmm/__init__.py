@@ -5,7 +5,7 @@ Public API: :func:`laplace` (one call) and :class:`Fmm` (a plan: build once, eva
 charge vectors), :func:`direct` (direct summation), :func:`show_config` / :func:`config`.
 """
 from ._version import __version__
-from . import _kernels
+from . import _kernels  # noqa: F401  (chooses the ISA at import; bad AOTFMM_ISA fails here)
 from .direct import direct
 from .api import Fmm, laplace
 from .evaluate import AccuracyWarning

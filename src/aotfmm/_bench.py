@@ -411,7 +411,6 @@ def main(argv=None):
     threads = args.threads or _cpu_count()
 
     import platform
-    import aotfmm
     print(f"aotfmm bench: python {platform.python_version()}, numpy {np.__version__}, "
           f"{platform.machine()}, {_cpu_count()} CPUs, threads per library: {threads}")
     print(f"problems: {', '.join(dists)} x N {', '.join(map(_nfmt, ns))} x eps "
@@ -437,7 +436,7 @@ def main(argv=None):
             infos[lib] = info
             extra = ""
             if lib == "ferreus":
-                extra = (f"; interpolation_order "
+                extra = ("; interpolation_order "
                          + (str(args.ferreus_order) if args.ferreus_order else
                             ", ".join(f"{ferreus_order(e)} for eps {e:g}" for e in args.eps)))
             grad = ("its gradient" if info["grad_scale"] == info["pot_scale"] else

@@ -29,7 +29,7 @@ for the Laplace kernel (G is homogeneous of degree -1), so one set serves all le
 """
 import numpy as np
 
-from . import _geometry, _kernels, _threads
+from . import _geometry
 from .surfaces import INV4PI
 
 #: Transfer vectors per block in the streamed QR (bounds the work memory at ~32 * n_surf^2).

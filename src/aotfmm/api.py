@@ -2,7 +2,6 @@
 vectors) and the one-call :func:`laplace`."""
 import numbers
 import time
-import warnings
 
 import numpy as np
 

@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from . import expansions, _threads
+from . import expansions
 from .direct import p2p
 from .lists import build_lists
 from .operators import P_MAX, P_MIN, get_operators
@@ -82,16 +82,6 @@ def _csr(rows, cols, n_rows, extra=None):
     if extra is None:
         return offsets, cols
     return offsets, cols, np.ascontiguousarray(extra[order], dtype=np.int64)
-
-
-def _rows(offsets, boxes):
-    """Sub-CSR of the given rows (boxes) of a CSR over all boxes: (row offsets, index positions)."""
-    counts = offsets[boxes + 1] - offsets[boxes]
-    row_offsets = np.zeros(len(boxes) + 1, dtype=np.int64)
-    np.cumsum(counts, out=row_offsets[1:])
-    positions = np.repeat(offsets[boxes] - row_offsets[:-1], counts) + np.arange(
-        row_offsets[-1], dtype=np.int64)
-    return row_offsets, positions
 
 
 class Plan:

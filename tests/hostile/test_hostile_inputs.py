@@ -7,7 +7,6 @@ segfault in compiled code fails a test instead of killing the test run.
 import warnings
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
