@@ -74,9 +74,12 @@ def accuracy(p, dt, rng):
     st, en = np.zeros(10, np.int64), np.zeros(10, np.int64)
     en[9] = 200
     loc = np.zeros((10, ops.n_surf), dt)
+    dchk = np.zeros((10, ops.down_rank), dt)
     expansions.p2l(ops, soa(src, dt), q.astype(dt), st, en, I64([0]), I64([0, 1]), I64([9]),
-                   centers2, hw2, loc)
-    expansions.l2l(ops, loc, I64([0]), I64([range(1, 9)]))
+                   centers2, hw2, dchk)
+    expansions.dc2e(ops, dchk, loc, I64([0]))
+    expansions.l2l(ops, loc, dchk, I64([0]), I64([range(1, 9)]))
+    expansions.dc2e(ops, dchk, loc, I64(range(1, 9)))
     trg = np.concatenate([centers[1 + o] + H / 2 * rng.uniform(-1, 1, (30, 3))
                           for o in range(8)])
     ts = I64([0] + [30 * o for o in range(8)] + [0])
@@ -97,9 +100,11 @@ def accuracy(p, dt, rng):
     eq = np.zeros((317, ops.n_surf), dt)
     expansions.p2m(ops, soa(src, dt), q.astype(dt), I64(range(1, 317)), st, en, cent, hwv, eq)
     loc = np.zeros((317, ops.n_surf), dt)
+    dchk = np.zeros((317, ops.down_rank), dt)
     plan = expansions.m2l_plan(ops, I64([0]), I64([0, 316]), I64(range(1, 317)),
                                I64(range(316)), 317)
-    expansions.m2l(ops, eq, loc, plan)
+    expansions.m2l(ops, eq, dchk, plan)
+    expansions.dc2e(ops, dchk, loc, I64([0]))
     trg = c + h * rng.uniform(-1, 1, (200, 3))
     pot = np.zeros(200, dt)
     ts, te = np.zeros(317, np.int64), np.zeros(317, np.int64)
@@ -150,6 +155,7 @@ def throughput(p, dt, threads, repeat, npb=32):
     boxes = I64(range(nb))
     equiv = rng.standard_normal((nb, ops.n_surf)).astype(dt)
     local = np.zeros((nb, ops.n_surf), dt)
+    dchk = np.zeros((nb, ops.down_rank), dt)
     pot = np.zeros(nb * npb, dt)
     grad = np.zeros((3, nb * npb), dt)
     vo, vi, vt = v_lists(m)
@@ -163,12 +169,15 @@ def throughput(p, dt, threads, repeat, npb=32):
     res["P2M"] = best(lambda: expansions.p2m(ops, xyz, q, boxes, start, end, centers, hw, equiv,
                                              threads), repeat)
     res["M2M (512x8)"] = best(lambda: expansions.m2m(ops, local, parents, children), repeat)
-    res["L2L (512x8)"] = best(lambda: expansions.l2l(ops, local, parents, children), repeat)
-    res[f"M2L ({len(vi)} pairs)"] = best(lambda: expansions.m2l(ops, equiv, local, plan,
+    res["L2L (512x8)"] = best(lambda: expansions.l2l(ops, local, dchk, parents, children),
+                              repeat)
+    res[f"M2L ({len(vi)} pairs)"] = best(lambda: expansions.m2l(ops, equiv, dchk, plan,
                                                                  threads), repeat)
+    res["DC2E (all boxes)"] = best(lambda: expansions.dc2e(ops, dchk, local, slice(None)),
+                                   repeat)
     res["M2L plan"] = best(lambda: expansions.m2l_plan(ops, boxes, vo, vi, vt, nb, threads), 1)
     res["P2L (8 X boxes)"] = best(lambda: expansions.p2l(ops, xyz, q, start, end, boxes, wo,
-                                                         I64(wl.ravel()), centers, hw, local,
+                                                         I64(wl.ravel()), centers, hw, dchk,
                                                          threads), repeat)
     res["L2P pot"] = best(lambda: expansions.l2p(ops, local, xyz, start, end, boxes, centers,
                                                  hw, pot, None, threads), repeat)

@@ -42,7 +42,7 @@ def check(src, q, trg, eps, dtype, gradient=True, sample=None, **kw):
 
 
 @pytest.mark.parametrize("dist", sorted(DISTRIBUTIONS))
-@pytest.mark.parametrize("eps", [1e-3, 1e-6, 1e-7])
+@pytest.mark.parametrize("eps", [1e-3, 1e-6, 1e-9])
 def test_float64_accuracy(rng, dist, eps):
     src = DISTRIBUTIONS[dist](rng, 6000)
     q = rng.standard_normal(6000)
@@ -58,7 +58,7 @@ def test_float32_accuracy(rng, dist, eps):
     assert pot.dtype == np.float32 and grad.dtype == np.float32
 
 
-@pytest.mark.parametrize("eps", [1e-3, 1e-6, 1e-7])
+@pytest.mark.parametrize("eps", [1e-3, 1e-6, 1e-9])
 def test_separate_sources_and_targets(rng, eps):
     src = clustered(rng, 5000)
     trg = uniform(rng, 3000) * 1.4 - 0.2  # overlapping, partly outside the sources' box
@@ -71,6 +71,21 @@ def test_larger_problem(rng):
     src = uniform(rng, n)
     q = rng.standard_normal(n)
     check(src, q, None, 1e-6, np.float64, sample=rng.choice(n, 400, replace=False))
+
+
+@pytest.mark.parametrize("dist", ["uniform", "clustered"])
+def test_eps_1e9_on_a_deep_tree(rng, dist):
+    """eps 1e-9 with small leaves, so that M2M/L2L/M2L chains run over several levels."""
+    n = 12000
+    src = DISTRIBUTIONS[dist](rng, n)
+    q = rng.standard_normal(n)
+    plan = aotfmm.Fmm(src, eps=1e-9, ncrit=40)
+    assert plan.stats["levels"] >= 4  # M2L on levels 2 and 3 at least, L2L and M2M between
+    pot, grad = plan.evaluate(q, gradient=True)
+    idx = rng.choice(n, 300, replace=False)
+    ref_pot, ref_grad = direct_reference(src, q, src[idx])
+    assert rel_err(pot[idx], ref_pot) <= 1e-9
+    assert rel_err(grad[idx], ref_grad) <= 1e-9
 
 
 def test_plan_reuse_equals_fresh_run(rng):
@@ -173,7 +188,7 @@ BAD = [
     (dict(eps=1.5), ValueError, "eps"),
     (dict(eps="small"), TypeError, "eps"),
     (dict(eps=1e-9, dtype=np.float32), ValueError, "float32"),
-    (dict(eps=1e-8), ValueError, "below what float64 can reach"),
+    (dict(eps=1e-11), ValueError, "below what float64 can reach"),
     (dict(p=1), ValueError, "p must be"),
     (dict(p=3.5), TypeError, "p must be"),
     (dict(ncrit=0), ValueError, "ncrit"),

@@ -201,7 +201,7 @@ def _child(spec_json):
         result["version"] = getattr(module, "__version__", None) or _dist_version(lib)
         if spec["kind"] == "probe":
             x, q = _probe_points()
-            eps = {"aotfmm": 1e-7, "ferreus": 1e-8}.get(lib, 1e-10)  # each near its best
+            eps = {"aotfmm": 1e-9, "ferreus": 1e-8}.get(lib, 1e-10)  # each near its best
             spec = dict(spec, ferreus_order=12)
         else:
             x, q = make_points(spec["dist"], spec["n"])

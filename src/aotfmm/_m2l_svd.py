@@ -22,9 +22,10 @@ Application (:func:`apply`, per level), with M the source boxes' upward equivale
 
     mc = M @ V                              compress every source once          (GEMM)
     z[B] += A_t^T B_t mc[S] for every (B, S, t)  two thin GEMMs per t over all its pairs
-    local[B] += (DC2E U) z[B]               decompress once per target box      (GEMM)
+    dcheck[B] += (dc2e_b U) z[B]           decompress once per target box      (GEMM)
 
-``DC2E U`` is precomputed (``dc2e_u``). M2L in terms of equivalent densities is scale invariant
+``dc2e_b U`` is precomputed (``m2l_decompress``); ``dcheck`` are down-check coefficients
+(see :mod:`aotfmm.operators`), turned into local densities by ``dc2e_a`` once per box. M2L in terms of equivalent densities is scale invariant
 for the Laplace kernel (G is homogeneous of degree -1), so one set serves all levels.
 """
 import numpy as np
@@ -80,7 +81,7 @@ def rank_for(sigma, tol):
     return max(1, int(np.count_nonzero(sigma > tol * sigma[0])))
 
 
-def build(surf, r_down_check, r_up_equiv, dc2e, tol, rank=None):
+def build(surf, r_down_check, r_up_equiv, dc2e_b, tol, rank=None):
     """Compressed M2L operators for all 316 transfer vectors, float64.
 
     Parameters
@@ -88,12 +89,12 @@ def build(surf, r_down_check, r_up_equiv, dc2e, tol, rank=None):
     surf : ndarray (n_surf, 3) float64, unit surface.
     r_down_check, r_up_equiv : float, radii of the target's check and the source's equivalent
         surface (in half-widths).
-    dc2e : ndarray (n_surf, n_surf) float64, DC2E for the reference box (half-width 1).
+    dc2e_b : ndarray (r_down, n_surf) float64, the U^T factor of DC2E (reference box).
     tol : float, relative singular value cutoff; ``rank`` (optional) forces the rank instead.
 
     Returns
     -------
-    dict with ``m2l_v`` (n_surf, k), ``m2l_u`` (n_surf, k), ``m2l_dc2e_u`` (n_surf, k),
+    dict with ``m2l_v`` (n_surf, k), ``m2l_u`` (n_surf, k), ``m2l_decompress`` (r_down, k),
     ``m2l_a``, ``m2l_b`` (R, k) with R = sum_t r_t, ``m2l_offsets`` (317,) int64 (rows of t are
     ``offsets[t]:offsets[t + 1]``), ``m2l_sigma`` (n_surf,) singular values of the stack.
     """
@@ -117,5 +118,5 @@ def build(surf, r_down_check, r_up_equiv, dc2e, tol, rank=None):
     a = np.concatenate([(p_[i, :, :r] * s_[i, :r]).T for i, r in enumerate(ranks)])
     b = np.concatenate([qt[i, :r] for i, r in enumerate(ranks)])
     return {"m2l_v": v, "m2l_u": u, "m2l_a": np.ascontiguousarray(a),
-            "m2l_b": np.ascontiguousarray(b), "m2l_offsets": offsets, "m2l_dc2e_u": dc2e @ u,
+            "m2l_b": np.ascontiguousarray(b), "m2l_offsets": offsets, "m2l_decompress": dc2e_b @ u,
             "m2l_sigma": sig_v}

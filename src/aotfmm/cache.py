@@ -29,7 +29,7 @@ __all__ = ["load_or_build", "cache_path", "default_cache_dir", "key_hash", "Cach
            "FORMAT_VERSION", "ENV_VAR"]
 
 #: Bump when the stored arrays or their meaning change.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 ENV_VAR = "AOTFMM_CACHE_DIR"
 
 

@@ -32,19 +32,24 @@ class AccuracyWarning(UserWarning):
     """The requested accuracy is probably not met (e.g. float32 on a very deep tree)."""
 
 #: eps -> (p, ncrit): the smallest p whose worst measured relative L2 error of potential *and*
-#: gradient is at least ~2x below eps (benchmarks/accuracy.py plus separate targets: clustered
-#: or sphere sources, targets in a larger box, where the far-field gradient is the weakest
-#: output). Worst errors measured, float64: p=3 8.0e-3, 4 7.4e-4, 5 1.0e-4, 6 8.5e-6, 7 1.6e-6,
-#: 8 3.4e-7, 9 1.5e-7, 10 3.2e-8, 11 2.0e-8 (p >= 11 saturates: pseudo-inverse conditioning).
+#: gradient is at least 3x below eps (benchmarks/accuracy.py, n = 2e4: uniform cube, sphere
+#: surface, clustered; float64). Worst errors measured: p=3 2.6e-3, 4 4.8e-4, 5 6.2e-5,
+#: 6 1.0e-5, 7 1.4e-6, 8 1.3e-7, 9 2.4e-8, 10 4.0e-9, 11 7.5e-10, 12 2.6e-10, 13 5.9e-11,
+#: 14 2.1e-11. Separate targets take one order more (see choose_parameters); their worst case
+#: (two tiny far clusters, targets around them) measured 8.2e-7 at p=9, 2.3e-10 at p=13 and
+#: 1.9e-10 at p=14, where deep trees saturate (float64 coordinates of 20-level boxes).
 _EPS_TABLE = (  # (smallest eps served, p, ncrit)
-    (2e-2, 3, 80),
-    (2e-3, 4, 120),
-    (3e-4, 5, 160),
-    (2e-5, 6, 240),
-    (4e-6, 7, 320),
-    (8e-7, 8, 400),
-    (8e-8, 10, 560),
-    (5e-8, 11, 640),
+    (8e-3, 3, 80),
+    (1.5e-3, 4, 120),
+    (2e-4, 5, 160),
+    (3.5e-5, 6, 240),
+    (4.5e-6, 7, 320),
+    (4e-7, 8, 400),
+    (8e-8, 9, 480),
+    (1.3e-8, 10, 560),
+    (2.5e-9, 11, 640),
+    (8e-10, 12, 720),
+    (2e-10, 13, 800),
 )
 #: ncrit: leaves of ~ncrit/2..ncrit points balance P2P against M2L; measured on uniform 1e5 and
 #: 1e6 points at eps 1e-6 (p = 8): ncrit 160 -> 0.75 s / 7.2 s, 400 -> 0.44 s / 4.3 s (pot+grad).
@@ -59,7 +64,7 @@ def choose_parameters(eps, p=None, ncrit=None, separate_targets=False):
     """
     row = next((r for r in _EPS_TABLE if eps >= r[0]), _EPS_TABLE[-1])
     if p is None:
-        p = min(row[1] + (1 if separate_targets and row[1] < _EPS_TABLE[-1][1] else 0), P_MAX)
+        p = min(row[1] + bool(separate_targets), P_MAX)
         row = (row[0], p, row[2])
     if ncrit is None:
         # keep the leaf size in proportion to the surface size when p is forced
@@ -199,6 +204,12 @@ class Plan:
             sel = (xr >= lo) & (xr < hi)
             if sel.any():
                 entry["p2l"] = self._grouped(xr[sel], xc[sel])
+            # boxes whose down-check coefficients become local densities at this level
+            got = [entry["l2l"][1].ravel()] if "l2l" in entry else []
+            got += [entry["m2l"].target_boxes] if "m2l" in entry else []
+            got += [entry["p2l"][0]] if "p2l" in entry else []
+            got = np.concatenate(got) if got else np.zeros(0, np.int64)
+            entry["receivers"] = np.unique(got[got >= 0])
             self.down_levels.append(entry)
         self.l2p_boxes = leaves[has_trg[leaves] & (levels[leaves] >= 2)]
 
@@ -260,6 +271,7 @@ class Plan:
         shape = (self.n_boxes, ops.n_surf)
         equiv = np.zeros(shape, dtype=dt)
         local = np.zeros(shape, dtype=dt)
+        dcheck = np.zeros((self.n_boxes, ops.down_rank), dtype=dt)
         c, h = self.centers, self.half_widths
         tick("prepare")
 
@@ -272,16 +284,19 @@ class Plan:
         tick("m2m")
         for entry in self.down_levels:
             if "l2l" in entry:
-                expansions.l2l(ops, local, *entry["l2l"])
+                expansions.l2l(ops, local, dcheck, *entry["l2l"])
                 tick("l2l")
             if "m2l" in entry:
-                expansions.m2l(ops, equiv, local, entry["m2l"], threads=threads)
+                expansions.m2l(ops, equiv, dcheck, entry["m2l"], threads=threads)
                 tick("m2l")
             if "p2l" in entry:
                 boxes, offsets, index = entry["p2l"]
                 expansions.p2l(ops, self.src, q, tree.src_start, tree.src_end, boxes, offsets,
-                               index, c, h, local, threads=threads)
+                               index, c, h, dcheck, threads=threads)
                 tick("p2l")
+            if len(entry["receivers"]):
+                expansions.dc2e(ops, dcheck, local, entry["receivers"])
+                tick("dc2e")
         if progress is not None:
             progress.step("l2l+m2l+p2l")
         if len(self.l2p_boxes):

@@ -13,31 +13,37 @@ src_start, src_end, trg_start, trg_end : (n_boxes,) int64.
 centers : (n_boxes, 3) float64 or dt; half_widths : (n_boxes,) float64 or dt (cast to dt here).
 equiv : (n_boxes, n_surf) dt, upward equivalent densities (multipoles), one row per box.
 local : (n_boxes, n_surf) dt, downward equivalent densities (locals), one row per box.
+dcheck : (n_boxes, ops.down_rank) dt, down-check coefficients: L2L, M2L and P2L accumulate
+    here, :func:`dc2e` turns them into ``local`` (the pseudo-inverse factor that amplifies is
+    applied once per box and last; see :mod:`aotfmm.operators` for why).
 pot : (n_targets,) dt; grad : (3, n_targets) dt or None (then only the potential). Accumulated.
 threads : int >= 1, threads of :mod:`aotfmm._threads` (BLAS is kept single-threaded meanwhile).
 
 Densities are true charges on the surface points ``c + h * radius * surface`` (see the scaling
 convention in :mod:`aotfmm.operators`): P2M/P2L multiply by ``h``, M2M/L2L/M2L are scale free.
+Downward, per level: L2L, M2L, P2L into ``dcheck``, then :func:`dc2e`, then the next level.
 
 Functions
 ---------
 p2m(ops, src_xyz, charges, boxes, src_start, src_end, centers, half_widths, equiv, threads=1)
     equiv[boxes[i]] = h UC2E_1 K(up check of boxes[i], its sources) q     (rows overwritten)
 m2m(ops, equiv, parents, children)
-    equiv[parents[i]] += sum_c m2m[c] @ equiv[children[i, c]]; children (n_parents, 8) int64
-    in octant order, -1 where a child is missing.
-l2l(ops, local, parents, children)
-    local[children[i, c]] += l2l[c] @ local[parents[i]].
+    equiv[parents[i]] += uc2e_a @ sum_c m2m[c] @ equiv[children[i, c]]; children
+    (n_parents, 8) int64 in octant order, -1 where a child is missing.
+l2l(ops, local, dcheck, parents, children)
+    dcheck[children[i, c]] += l2l[c] @ local[parents[i]].
+dc2e(ops, dcheck, local, rows)
+    local[rows] += dcheck[rows] @ dc2e_a.T (rows: index array or slice).
 m2l_plan(ops, target_boxes, v_offsets, v_index, v_transfer, n_boxes, threads=1) -> M2LPlan
     geometry-only preprocessing of one level's V list (reuse it for many charge vectors).
     target_boxes (n_t,) int64 unique; v_offsets (n_t + 1,) int64 CSR over rows of
     target_boxes; v_index (n_pairs,) int64 source box ids; v_transfer (n_pairs,) int64 rows of
     ``_geometry.TRANSFER_VECTORS`` (t = source_ijk - target_ijk).
-m2l(ops, equiv, local, plan, threads=1)
-    local[target_boxes[i]] += sum over the V list of i of M2L_t @ equiv[source].
+m2l(ops, equiv, dcheck, plan, threads=1)
+    dcheck[target_boxes[i]] += sum over the V list of i of M2L_t @ equiv[source].
 p2l(ops, src_xyz, charges, src_start, src_end, target_boxes, x_offsets, x_index, centers,
-    half_widths, local, threads=1)
-    local[target_boxes[i]] += h DC2E_1 K(down check of target_boxes[i], sources of X list) q.
+    half_widths, dcheck, threads=1)
+    dcheck[target_boxes[i]] += h dc2e_b K(down check of target_boxes[i], X list sources) q.
 m2p(ops, equiv, trg_xyz, trg_start, trg_end, target_boxes, w_offsets, w_index, centers,
     half_widths, pot, grad=None, threads=1)
     targets of target_boxes[i] += field of equiv[w] on the upward equivalent surfaces of W list.
@@ -51,7 +57,7 @@ import numpy as np
 
 from . import _blas, _geometry, _kernels, _threads
 
-__all__ = ["p2m", "m2m", "l2l", "m2l_plan", "m2l", "M2LPlan", "p2l", "m2p", "l2p"]
+__all__ = ["p2m", "m2m", "l2l", "dc2e", "m2l_plan", "m2l", "M2LPlan", "p2l", "m2p", "l2p"]
 
 #: Chunks per thread for the point <-> surface kernels (dynamic scheduling).
 _CHUNKS_PER_THREAD = 4
@@ -76,11 +82,11 @@ def _self_list(n):
 
 
 def _check_to_equiv(check, h, a, b):
-    """h[:, None] * (check @ b.T @ a.T): check -> equivalent, pinv applied factor by factor."""
-    tmp = check @ b.T
-    res = tmp @ a.T
+    """h[:, None] * (check @ b.T @ a.T): check -> equivalent, pinv applied factor by factor
+    (``a`` None: stop at the coefficients ``h * check @ b.T``)."""
+    res = check @ b.T
     res *= h[:, None]
-    return res
+    return res if a is None else res @ a.T
 
 
 def _p2c(ops, src_xyz, charges, src_start, src_end, trg_boxes, list_offsets, list_index,
@@ -123,10 +129,10 @@ def p2m(ops, src_xyz, charges, boxes, src_start, src_end, centers, half_widths, 
 
 
 def p2l(ops, src_xyz, charges, src_start, src_end, target_boxes, x_offsets, x_index, centers,
-        half_widths, local, threads=1):
-    """local[target_boxes[i]] += h DC2E_1 (potential of the X-list sources on the down check)."""
+        half_widths, dcheck, threads=1):
+    """dcheck[target_boxes[i]] += h dc2e_b (potential of the X-list sources on the down check)."""
     _p2c(ops, src_xyz, charges, src_start, src_end, target_boxes, x_offsets, x_index,
-         centers, half_widths, ops.r_down_check, ops.dc2e_a, ops.dc2e_b, threads, local, True)
+         centers, half_widths, ops.r_down_check, None, ops.dc2e_b, threads, dcheck, True)
 
 
 def _octant_pairs(parents, children):
@@ -141,15 +147,27 @@ def _octant_pairs(parents, children):
 
 
 def m2m(ops, equiv, parents, children):
-    """equiv[parents[i]] += sum_c m2m[c] @ equiv[children[i, c]] (children -1: absent)."""
-    for c, par, ch in _octant_pairs(parents, children):
-        equiv[par] += equiv[ch] @ ops.m2m[c].T
+    """equiv[parents[i]] += uc2e_a @ sum_c m2m[c] @ equiv[children[i, c]] (children -1: absent).
+
+    ``parents`` are distinct; the children's terms are summed as up-check coefficients and
+    the amplifying factor ``uc2e_a`` is applied once per parent.
+    """
+    index = np.arange(len(parents))
+    acc = np.zeros((len(parents), ops.up_rank), dtype=ops.dtype)
+    for c, par, ch in _octant_pairs(index, children):
+        acc[par] += equiv[ch] @ ops.m2m[c].T
+    equiv[parents] += acc @ ops.uc2e_a.T
 
 
-def l2l(ops, local, parents, children):
-    """local[children[i, c]] += l2l[c] @ local[parents[i]] (children -1: absent)."""
+def l2l(ops, local, dcheck, parents, children):
+    """dcheck[children[i, c]] += l2l[c] @ local[parents[i]] (children -1: absent)."""
     for c, par, ch in _octant_pairs(parents, children):
-        local[ch] += local[par] @ ops.l2l[c].T
+        dcheck[ch] += local[par] @ ops.l2l[c].T
+
+
+def dc2e(ops, dcheck, local, rows):
+    """local[rows] += dcheck[rows] @ dc2e_a.T: down-check coefficients -> local densities."""
+    local[rows] += dcheck[rows] @ ops.dc2e_a.T
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,8 +207,8 @@ def m2l_plan(ops, target_boxes, v_offsets, v_index, v_transfer, n_boxes, threads
                    pair_target, starts, ends, max_pairs)
 
 
-def m2l(ops, equiv, local, plan, threads=1):
-    """local[target] += DC2E_1 U a_t^T b_t V^T equiv[source] for every V-list pair of the plan."""
+def m2l(ops, equiv, dcheck, plan, threads=1):
+    """dcheck[target] += dc2e_b U a_t^T b_t V^T equiv[source] for every V-list pair of the plan."""
     if len(plan.pair_source) == 0:
         return
     dt = ops.dtype
@@ -222,7 +240,7 @@ def m2l(ops, equiv, local, plan, threads=1):
     n_chunks = plan.segments.shape[0]
     with _blas.single_threaded(threads):
         _threads.run(work, np.arange(n_chunks + 1), threads)
-    local[plan.target_boxes] += z @ ops.m2l_dc2e_u.T          # decompress once per target
+    dcheck[plan.target_boxes] += z @ ops.m2l_decompress.T     # decompress once per target
 
 
 def _s2p(ops, dens, trg_xyz, trg_start, trg_end, trg_boxes, list_offsets, list_index,

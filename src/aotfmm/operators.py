@@ -22,18 +22,34 @@ Equivalent densities are therefore true charges sitting on the equivalent surfac
 
 Matrices (float64 build, cast to the run dtype when stored in :class:`Operators`):
 
-* ``uc2e_a`` (n_surf, r), ``uc2e_b`` (r, n_surf): UC2E_1 = uc2e_a @ uc2e_b = V Sigma^-1 U^T,
-  pseudo-inverse of K(r_up_check S, r_up_equiv S) with singular values below
-  ``pinv_cutoff * sigma_max`` dropped; kept as two factors (applied one after the other).
-* ``dc2e_a``, ``dc2e_b``: the same for K(r_down_check S, r_down_equiv S).
-* ``m2m`` (8, n_surf, n_surf): parent_equiv += m2m[c] @ child_equiv for the child in octant c
-  (octant c has centre offset ``OCTANT_SIGNS[c] * h_parent / 2``, see :mod:`aotfmm._geometry`).
-* ``l2l`` (8, n_surf, n_surf): child_local += l2l[c] @ parent_local.
+* ``uc2e_a`` (n_surf, r_up), ``uc2e_b`` (r_up, n_surf): UC2E_1 = uc2e_a @ uc2e_b =
+  V Sigma^-1 U^T, pseudo-inverse of K(r_up_check S, r_up_equiv S) with singular values below
+  ``pinv_cutoff * sigma_max`` dropped.
+* ``dc2e_a`` (n_surf, r_down), ``dc2e_b`` (r_down, n_surf): the same for
+  K(r_down_check S, r_down_equiv S).
+* ``m2m`` (8, r_up, n_surf): parent_equiv = uc2e_a @ sum_c m2m[c] @ child_equiv, with
+  m2m[c] = uc2e_b K(parent check, child equiv) for the child in octant c (octant c has centre
+  offset ``OCTANT_SIGNS[c] * h_parent / 2``, see :mod:`aotfmm._geometry`).
+* ``l2l`` (8, r_down, n_surf): child down-check coefficients += l2l[c] @ parent_local, with
+  l2l[c] = 0.5 dc2e_b K(child check, parent equiv) (0.5: the child's DC2E scale factor).
 * M2L (SVD variant, :mod:`aotfmm._m2l_svd`): ``m2l_v`` (n_surf, k), ``m2l_u`` (n_surf, k)
   (check-side basis, kept for tests and reporting), per-t factors ``m2l_a``, ``m2l_b`` (R, k)
   with rows ``m2l_offsets[t]:m2l_offsets[t+1]`` for t (C_t = a_t^T b_t, see :meth:`m2l_core`),
-  ``m2l_dc2e_u`` (n_surf, k): local[B] += m2l_dc2e_u @ C_t @ m2l_v.T @ equiv[S] for the
-  transfer vector t = S_ijk - B_ijk.
+  ``m2l_decompress`` (r_down, k) = dc2e_b @ m2l_u: down-check coefficients[B] +=
+  m2l_decompress @ C_t @ m2l_v.T @ equiv[S] for the transfer vector t = S_ijk - B_ijk.
+
+Why the pseudo-inverses stay factored and come last
+---------------------------------------------------
+An equivalent density fitted with a small SVD cutoff carries rounding noise of relative size
+~ eps_mach / pinv_cutoff in the modes of the smallest kept singular values. The noise is harmless
+as long as every consumer of a density applies a kernel matrix first (which damps those modes by
+the same singular values) and the amplifying factor ``V Sigma^-1`` last. A precomputed product
+such as ``UC2E @ K`` breaks that: its own rounding (~ eps_mach / pinv_cutoff in *every* mode)
+meets the noise, and the error grew from 1e-9 to 1e-5 as the cutoff went from 1e-9 to 1e-13
+(p = 12). So upward, M2M sums ``uc2e_b K`` terms of the children and applies ``uc2e_a`` once per
+parent; downward, L2L, M2L and P2L accumulate *down-check coefficients* (U^T times the check
+potential, scaled to the reference box) and :func:`aotfmm.expansions.dc2e` applies ``dc2e_a``
+once per box.
 """
 import dataclasses
 import time
@@ -48,10 +64,11 @@ __all__ = ["Operators", "get_operators", "build_operators", "default_m2l_tol",
 
 P_MIN, P_MAX = 2, 16
 
-#: Default relative SVD cutoff of the check-to-equivalent pseudo-inverses, per dtype. In float32
-#: a smaller cutoff makes equivalent densities large and oscillating, and their float32 sums
-#: lose the digits (measured in tests/benchmarks: 1e-8 keeps float32 at ~2e-7 for every p).
-_PINV_CUTOFF = {"float32": 1e-7, "float64": 1e-9}
+#: Default relative SVD cutoff of the check-to-equivalent pseudo-inverses, per dtype. The
+#: operators apply the amplifying factor last (module docstring), so float64 can cut close to
+#: its rounding level: 1e-13 measured best at p = 10..14 (1e-9 capped the FMM at ~2e-9, 1e-15
+#: was up to 2x worse than 1e-13). float32 measured the same at 1e-7 and 1e-9 (p <= 8).
+_PINV_CUTOFF = {"float32": 1e-7, "float64": 1e-13}
 
 #: Methods of M2L this module can build.
 M2L_METHODS = ("svd",)
@@ -64,12 +81,15 @@ def default_pinv_cutoff(dtype):
 #: M2L compression tolerance per p. The P2M -> M2L -> L2P error from all 316 V boxes measured
 #: ~10-30x the tolerance (benchmarks/operators.py), so the tolerance sits ~30x below the error
 #: of one expansion of order p at the V-list distance. The rank depends on the tolerance only.
-_M2L_TOL = {2: 1e-3, 3: 1e-4, 4: 1e-5, 5: 1e-6, 6: 1e-7, 7: 3e-8, 8: 1e-8, 9: 3e-9, 10: 1e-9}
+#: From p = 9 on the FMM error (benchmarks/accuracy.py) was checked against a 3-10x looser
+#: tolerance: the looser one cost up to 2x in the far-target gradient.
+_M2L_TOL = {2: 1e-3, 3: 1e-4, 4: 1e-5, 5: 1e-6, 6: 1e-7, 7: 3e-8, 8: 1e-8, 9: 1e-10, 10: 1e-11,
+            11: 1e-11}
 
 
 def default_m2l_tol(p, dtype):
     """M2L compression tolerance matched to the accuracy of order ``p`` (and of ``dtype``)."""
-    tol = _M2L_TOL.get(p, 1e-9)
+    tol = _M2L_TOL.get(p, 1e-12)
     if np.dtype(dtype) == np.float32:
         tol = max(tol, 1e-7)
     return tol
@@ -102,7 +122,7 @@ class Operators:
     m2l_a: np.ndarray
     m2l_b: np.ndarray
     m2l_offsets: np.ndarray      # (317,) int64
-    m2l_dc2e_u: np.ndarray
+    m2l_decompress: np.ndarray
     m2l_sigma: np.ndarray        # (n_surf,) float64 singular values of the stacked K_t
     key: dict = dataclasses.field(repr=False)
     source: str = "built"        # "built" or "cache"
@@ -114,13 +134,23 @@ class Operators:
         return self.m2l_a[r0:r1].T @ self.m2l_b[r0:r1]
 
     @property
+    def up_rank(self):
+        """Columns of ``uc2e_a``: singular values kept in the upward pseudo-inverse."""
+        return self.uc2e_a.shape[1]
+
+    @property
+    def down_rank(self):
+        """Columns of ``dc2e_a``: length of a box's down-check coefficient vector."""
+        return self.dc2e_a.shape[1]
+
+    @property
     def nbytes(self):
         """Bytes held by the operator matrices."""
         return sum(getattr(self, f).nbytes for f in _ARRAY_FIELDS)
 
 
 _ARRAY_FIELDS = ("uc2e_a", "uc2e_b", "dc2e_a", "dc2e_b", "m2m", "l2l", "m2l_v", "m2l_u",
-                 "m2l_a", "m2l_b", "m2l_offsets", "m2l_dc2e_u")
+                 "m2l_a", "m2l_b", "m2l_offsets", "m2l_decompress")
 
 
 def _pinv_factors(a, cutoff):
@@ -131,27 +161,25 @@ def _pinv_factors(a, cutoff):
     return np.ascontiguousarray(vt[keep].T / s[keep]), np.ascontiguousarray(u[:, keep].T)
 
 
-def build_operators(p, radii=DEFAULT_RADII, pinv_cutoff=1e-9, m2l_tol=1e-7, m2l_rank=None,
+def build_operators(p, radii=DEFAULT_RADII, pinv_cutoff=1e-13, m2l_tol=1e-7, m2l_rank=None,
                     method="svd"):
     """Build every operator of order ``p`` in float64 (no cache). Returns a dict of arrays."""
     r_ue, r_uc, r_de, r_dc = (float(r) for r in radii)
     s = surface(p)
     uc2e_a, uc2e_b = _pinv_factors(kernel_matrix(r_uc * s, r_ue * s), pinv_cutoff)
     dc2e_a, dc2e_b = _pinv_factors(kernel_matrix(r_dc * s, r_de * s), pinv_cutoff)
-    uc2e = uc2e_a @ uc2e_b
-    dc2e = dc2e_a @ dc2e_b
     n = len(s)
-    m2m = np.empty((8, n, n))
-    l2l = np.empty((8, n, n))
+    m2m = np.empty((8, len(uc2e_b), n))
+    l2l = np.empty((8, len(dc2e_b), n))
     for c, sign in enumerate(_geometry.OCTANT_SIGNS):
         child = 0.5 * sign
-        # parent half-width 1, child half-width 1/2: UC2E_1 K(parent check, child equiv).
-        m2m[c] = uc2e @ kernel_matrix(r_uc * s, child + 0.5 * r_ue * s)
+        # parent half-width 1, child half-width 1/2: uc2e_b K(parent check, child equiv).
+        m2m[c] = uc2e_b @ kernel_matrix(r_uc * s, child + 0.5 * r_ue * s)
         # DC2E of the child (half-width 1/2) = 0.5 * DC2E_1.
-        l2l[c] = 0.5 * dc2e @ kernel_matrix(child + 0.5 * r_dc * s, r_de * s)
+        l2l[c] = 0.5 * dc2e_b @ kernel_matrix(child + 0.5 * r_dc * s, r_de * s)
     if method != "svd":
         raise ValueError(f"unknown M2L method {method!r}; expected one of {M2L_METHODS}")
-    m2l = _m2l_svd.build(s, r_dc, r_ue, dc2e, m2l_tol, m2l_rank)
+    m2l = _m2l_svd.build(s, r_dc, r_ue, dc2e_b, m2l_tol, m2l_rank)
     return dict(surface=s, uc2e_a=uc2e_a, uc2e_b=uc2e_b, dc2e_a=dc2e_a, dc2e_b=dc2e_b,
                 m2m=m2m, l2l=l2l, **m2l)
 
