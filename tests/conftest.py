@@ -43,3 +43,27 @@ def rel_err(x, ref):
 
 # The hostile-input suite runs only in its own subprocess (see test_hostile.py).
 collect_ignore = [] if __import__("os").environ.get("AOTFMM_HOSTILE_SUBPROCESS") else ["hostile"]
+
+
+def density_reference(src, q, d, trg):
+    """Plain float64 numpy sum for k densities of charges q (n, k) and/or dipoles d (n, k, 3):
+    pot (k, nt), grad (k, nt, 3). A dipole d at y gives d.(x - y) / (4 pi r^3); r = 0 pairs
+    are left out. Independent of our kernels."""
+    src, trg = np.asarray(src, np.float64), np.asarray(trg, np.float64)
+    k = (q if q is not None else d).shape[1]
+    pot = np.zeros((k, len(trg)))
+    grad = np.zeros((k, len(trg), 3))
+    for a in range(0, len(trg), 128):
+        x = trg[a:a + 128, None, :] - src[None]
+        r = np.sqrt((x * x).sum(-1))
+        inv = np.where(r > 0, 1.0 / np.where(r > 0, r, 1.0), 0.0)
+        i3, i5 = inv ** 3, inv ** 5
+        if q is not None:
+            pot[:, a:a + 128] += (inv @ q).T
+            grad[:, a:a + 128] -= np.einsum("tsk,ts,sd->dtk", x, i3, q)
+        if d is not None:
+            dd = np.einsum("tsk,sdk->tsd", x, d)
+            pot[:, a:a + 128] += np.einsum("tsd,ts->dt", dd, i3)
+            grad[:, a:a + 128] += (np.einsum("sdk,ts->dtk", d, i3)
+                                   - 3 * np.einsum("tsd,tsk,ts->dtk", dd, x, i5))
+    return pot / (4 * np.pi), grad / (4 * np.pi)

@@ -108,8 +108,9 @@ def test_multiple_right_hand_sides(rng):
     assert pot.shape == (1000, 4) and grad.shape == (1000, 4, 3)
     for k in range(4):
         p1, g1 = plan.evaluate(q[:, k], gradient=True)
-        np.testing.assert_allclose(pot[:, k], p1, rtol=1e-12, atol=1e-14)
-        np.testing.assert_allclose(grad[:, k], g1, rtol=1e-12, atol=1e-14)
+        # one traversal for all columns: same operators, summation order may differ
+        np.testing.assert_allclose(pot[:, k], p1, rtol=1e-10, atol=1e-13 * abs(p1).max())
+        np.testing.assert_allclose(grad[:, k], g1, rtol=1e-10, atol=1e-13 * abs(g1).max())
         ref_pot, _ = direct_reference(src, q[:, k], trg)
         assert rel_err(pot[:, k], ref_pot) < 1e-6
 

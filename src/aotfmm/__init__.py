@@ -1,14 +1,15 @@
 """aotfmm: a kernel-independent fast multipole method for the 3D Laplace kernel 1/(4 pi r),
 with Numba kernels compiled ahead of time (no JIT, no Numba at run time).
 
-Public API: :func:`laplace` (one call) and :class:`Fmm` (a plan: build once, evaluate many
-charge vectors), :func:`direct` (direct summation), :func:`show_config` / :func:`config`.
+Public API: :func:`laplace` (one call), :func:`lfmm` (FMM3D-style: sources and targets, charges
+and dipoles, pg/pgt) and :class:`Fmm` (a plan: build once, evaluate many densities), :func:`direct` (direct summation), :func:`show_config` / :func:`config`.
 """
 from ._version import __version__
 from . import _kernels  # noqa: F401  (chooses the ISA at import; bad AOTFMM_ISA fails here)
 from .direct import direct
-from .api import Fmm, laplace
+from .api import Fields, Fmm, laplace, lfmm
 from .evaluate import AccuracyWarning
 from ._config import config, show_config
 
-__all__ = ["__version__", "Fmm", "laplace", "AccuracyWarning", "direct", "config", "show_config"]
+__all__ = ["__version__", "Fmm", "Fields", "laplace", "lfmm", "AccuracyWarning", "direct", "config",
+           "show_config"]

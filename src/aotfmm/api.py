@@ -1,16 +1,19 @@
 """Public FMM API: the :class:`Fmm` plan (build tree and operators once, evaluate many charge
 vectors) and the one-call :func:`laplace`."""
 import numbers
+import typing
+import warnings
 import time
 
 import numpy as np
 
 from . import _progress, _threads
-from .direct import _rescale
-from ._validation import (as_bool, as_points, check_integer, frame, power_of_two_scale,
-                          resolve_dtype, to_soa, _as_real_array, _check_finite)
+from .direct import _rescale, scaled_densities
+from .evaluate import AccuracyWarning
+from ._validation import (as_bool, as_points, check_integer, frame, resolve_dtype, to_soa,
+                          _as_real_array, _check_finite)
 
-__all__ = ["Fmm", "laplace"]
+__all__ = ["Fmm", "Fields", "laplace", "lfmm"]
 
 #: Smallest eps each dtype can honour (relative L2 error of potentials and gradients).
 #: float64 reaches ~2e-11 at p = 14 on ordinary point sets; very deep trees (two 1e-3 clusters ten
@@ -38,6 +41,57 @@ def _check_eps(eps, dtype):
     return eps
 
 
+class Fields(typing.NamedTuple):
+    """Results of :meth:`Fmm.fields` / :func:`lfmm`: at the sources (``pot``, ``grad``) and at
+    the targets (``pottarg``, ``gradtarg``); None where not requested."""
+    pot: object
+    grad: object
+    pottarg: object
+    gradtarg: object
+
+
+def _shape_out(pot, grad, single, gradient):
+    """(k, n) / (k, 3, n) -> the public shapes: (n,) / (n, 3) or (n, k) / (n, k, 3)."""
+    pot_out = np.ascontiguousarray(pot[0] if single else pot.T)
+    if not gradient:
+        return pot_out
+    grad_out = np.ascontiguousarray(grad[0].T if single else grad.transpose(2, 0, 1))
+    return pot_out, grad_out
+
+
+def _as_dipole_array(dipoles, n):
+    """Dipoles (n, 3) or (n, k, 3) -> float64 (k, 3, n) C array, and whether 2-D."""
+    arr = _as_real_array("dipoles", dipoles)
+    if arr.ndim == 2 and arr.shape == (n, 3):
+        one, arr = True, arr.T[None]
+    elif arr.ndim == 3 and arr.shape[0] == n and arr.shape[1] >= 1 and arr.shape[2] == 3:
+        one, arr = False, arr.transpose(1, 2, 0)
+    else:
+        raise ValueError(f"dipoles must have shape ({n}, 3) or ({n}, k, 3) to match the {n} "
+                         f"sources, got {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    _check_finite("dipoles", arr)
+    return arr, one
+
+
+def _as_densities(charges, dipoles, n):
+    """Validated (charges (k, n) or None, dipoles (k, 3, n) or None, single) for n sources."""
+    if charges is None and dipoles is None:
+        raise ValueError("give charges, dipoles or both")
+    q = d = None
+    single = None
+    if charges is not None:
+        q, single = _as_charge_matrix("charges", charges, n)
+    if dipoles is not None:
+        d, d_single = _as_dipole_array(dipoles, n)
+        if q is not None and (d_single != single or d.shape[0] != q.shape[0]):
+            raise ValueError(f"charges {np.shape(charges)} and dipoles {np.shape(dipoles)} "
+                             f"must describe the same number of densities: (n,) with (n, 3), "
+                             f"or (n, k) with (n, k, 3)")
+        single = d_single
+    return q, d, single
+
+
 def _as_charge_matrix(name, charges, n):
     """Charges (n,) or (n, k) -> float64 (k, n) C array, and whether the input was 1-D."""
     arr = _as_real_array(name, charges)
@@ -59,13 +113,20 @@ class Fmm:
     """A reusable FMM plan for the Laplace kernel 1/(4 pi r) in 3D.
 
     Builds the adaptive octree, its interaction lists and the translation operators once; then
-    :meth:`evaluate` computes potentials (and gradients) for any number of charge vectors.
+    :meth:`evaluate` / :meth:`fields` compute potentials (and gradients) of any number of charge
+    and dipole densities, all densities in one traversal.
 
     Parameters
     ----------
     sources : array_like of shape (n_sources, 3)
     targets : array_like of shape (n_targets, 3), optional
         Evaluation points; default: the sources (self-interaction excluded).
+    at_sources : bool, optional
+        Also evaluate at the sources (default: only when ``targets`` is None). With targets
+        and ``at_sources=True``, :meth:`fields` returns both sets from one traversal.
+    dipoles : bool, default False
+        The plan will evaluate dipole sources: one expansion order more, so that dipole
+        fields meet ``eps`` too (evaluating dipoles on a plan without it warns).
     eps : float, optional
         Requested relative L2 accuracy of potentials and gradients (default 1e-6 in float64,
         1e-5 in float32); picks the expansion order and leaf size from a measured table.
@@ -91,8 +152,8 @@ class Fmm:
         Seconds per setup phase and per operator of the last :meth:`evaluate`.
     """
 
-    def __init__(self, sources, targets=None, *, eps=None, p=None, ncrit=None, dtype=None,
-                 threads=None, cache_dir=None, progress=False):
+    def __init__(self, sources, targets=None, *, at_sources=None, dipoles=False, eps=None,
+                 p=None, ncrit=None, dtype=None, threads=None, cache_dir=None, progress=False):
         from . import evaluate
         t0 = time.perf_counter()
         self.dtype = resolve_dtype(dtype, sources, targets)
@@ -104,6 +165,14 @@ class Fmm:
         trg = src if targets is None else as_points("targets", targets)
         self.n_sources, self.n_targets = src.shape[0], trg.shape[0]
         self._targets_given = targets is not None
+        if at_sources is None:
+            at_sources = targets is None
+        at_sources = as_bool("at_sources", at_sources)
+        if not at_sources and targets is None:
+            raise ValueError("at_sources=False needs targets")
+        self._at_sources = at_sources
+        self._for_dipoles = as_bool("dipoles", dipoles)
+        self._p_given = p is not None
         # Points given in float32 (or float16) are used exactly as given: scale by a power of
         # two only. Centring them would round them a second time (the FMM would then answer
         # for slightly different points); other inputs are centred to keep float32's digits.
@@ -113,11 +182,13 @@ class Fmm:
         src_xyz = to_soa(src, self._center, self._scale, np.float64)
         trg_xyz = src_xyz if targets is None else to_soa(trg, self._center, self._scale,
                                                         np.float64)
+        if targets is not None and at_sources:  # one target set: the sources, then the targets
+            trg_xyz = np.ascontiguousarray(np.concatenate([src_xyz, trg_xyz], axis=1))
         self.progress = as_bool("progress", progress)
         bar = _progress.Progress(self.progress, label="aotfmm setup")
         self._core = evaluate.Plan(src_xyz, trg_xyz, eps=self.eps, p=p, ncrit=ncrit,
                                    dtype=self.dtype, threads=self.threads, cache_dir=cache_dir,
-                                   progress=bar)
+                                   progress=bar, dipoles=self._for_dipoles)
         bar.done()
         self.p = self._core.p
         self.ncrit = self._core.ncrit
@@ -128,50 +199,108 @@ class Fmm:
         return dict(self._core.stats, n_sources=self.n_sources, n_targets=self.n_targets,
                     eps=self.eps, dtype=self.dtype.name, threads=self.threads)
 
-    def evaluate(self, charges, *, gradient=False):
-        """Potentials (and gradients) at the targets for one or several charge vectors.
+    def evaluate(self, charges=None, *, dipoles=None, gradient=False):
+        """Potentials (and gradients) at the plan's targets for one or several densities.
+
+        All densities go through one traversal of the tree (matrix-matrix products).
 
         Parameters
         ----------
-        charges : array_like of shape (n_sources,) or (n_sources, k)
+        charges : array_like of shape (n_sources,) or (n_sources, k), optional
+        dipoles : array_like of shape (n_sources, 3) or (n_sources, k, 3), optional
+            Dipole moments: a dipole d at y adds d . (x - y) / (4 pi |x - y|^3) at x (the
+            double-layer kernel d . grad_y G). Give charges, dipoles or both (same k).
         gradient : bool, default False
 
         Returns
         -------
         pot : ndarray of shape (n_targets,) or (n_targets, k)
         grad : ndarray of shape (n_targets, 3) or (n_targets, k, 3), if ``gradient``
+
+        The targets are the sources (self-interaction excluded) unless the plan was built with
+        ``targets``; a plan built with ``targets`` and ``at_sources=True`` returns the fields at
+        the targets here and both sets from :meth:`fields`.
         """
         gradient = as_bool("gradient", gradient)
-        q, one = _as_charge_matrix("charges", charges, self.n_sources)
-        t0 = time.perf_counter()
-        k = q.shape[0]
-        pot = np.zeros((k, self.n_targets), dtype=self.dtype)
-        grad = np.zeros((k, 3, self.n_targets), dtype=self.dtype) if gradient else None
-        timings = {}
-        for col in range(k):
-            if not self.n_sources or not self.n_targets:
-                break
-            qmax = np.abs(q[col]).max()
-            if qmax == 0.0:
+        pot, grad, single = self._run(charges, dipoles, gradient)
+        lo = self.n_sources if (self._at_sources and self._targets_given) else 0
+        return _shape_out(pot[:, lo:], None if grad is None else grad[:, :, lo:], single,
+                          gradient)
+
+    def fields(self, charges=None, *, dipoles=None, pg=None, pgt=None):
+        """Fields at the sources and at the targets in one traversal (FMM3D's pg/pgt).
+
+        Parameters
+        ----------
+        charges, dipoles : as in :meth:`evaluate`.
+        pg : {0, 1, 2}, optional
+            At the sources (self-interaction excluded): 0 nothing, 1 potential, 2 potential
+            and gradient. Default 1 if the plan evaluates at its sources, else 0; > 0 needs
+            a plan built with ``at_sources=True`` (the default without ``targets``).
+        pgt : {0, 1, 2}, optional
+            The same at the targets; default 1 if the plan has targets, else 0.
+
+        Returns
+        -------
+        Fields
+            ``pot``, ``grad`` (at the sources) and ``pottarg``, ``gradtarg`` (at the targets),
+            shaped like :meth:`evaluate`'s results; None where not requested.
+        """
+        pg = self._level("pg", pg, 1 if self._at_sources else 0, self._at_sources,
+                         "the plan was built without at_sources=True")
+        pgt = self._level("pgt", pgt, 1 if self._targets_given else 0, self._targets_given,
+                          "the plan has no targets")
+        pot, grad, single = self._run(charges, dipoles, max(pg, pgt) == 2)
+        ns = self.n_sources if self._at_sources else 0
+        out = {}
+        for name, lvl, sl in (("", pg, slice(0, ns)), ("targ", pgt, slice(ns, None))):
+            if lvl == 0:
+                out["pot" + name], out["grad" + name] = None, None
                 continue
-            qscale = power_of_two_scale(qmax)
-            bar = _progress.Progress(self.progress, label=f"aotfmm evaluate {col + 1}/{k}")
-            pc, gc, tcol = self._core.evaluate(q[col] / qscale, gradient, progress=bar)
+            p_ = pot[:, sl]
+            g_ = grad[:, :, sl] if lvl == 2 else None
+            res = _shape_out(p_, g_, single, lvl == 2)
+            out["pot" + name], out["grad" + name] = res if lvl == 2 else (res, None)
+        return Fields(**out)
+
+    @staticmethod
+    def _level(name, value, default, allowed, why):
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or \
+                value not in (0, 1, 2):
+            raise ValueError(f"{name} must be 0, 1 or 2, got {value!r}")
+        if value and not allowed:
+            raise ValueError(f"{name}={value} asks for fields that {why}")
+        return int(value)
+
+    def _run(self, charges, dipoles, gradient):
+        """Validated densities -> (pot (k, n_out), grad (k, 3, n_out) or None, single)."""
+        q, d, single = _as_densities(charges, dipoles, self.n_sources)
+        if d is not None and not self._for_dipoles and not self._p_given:
+            warnings.warn("this plan chose its order for charges; dipoles need one more to "
+                          f"meet eps={self.eps:g}: build it with Fmm(..., dipoles=True)",
+                          AccuracyWarning, stacklevel=3)
+        t0 = time.perf_counter()
+        k = (q if q is not None else d).shape[0]
+        n_out = self._core.trg.shape[1]
+        pot = np.zeros((k, n_out), dtype=self.dtype)
+        grad = np.zeros((k, 3, n_out), dtype=self.dtype) if gradient else None
+        timings = {}
+        live, qscale, qs, ds = scaled_densities(q, d, self._scale)
+        if self.n_sources and n_out and len(live):
+            bar = _progress.Progress(self.progress, label="aotfmm evaluate")
+            pc, gc, timings = self._core.evaluate(qs, gradient, progress=bar, dipoles=ds)
             bar.done()
-            for name, sec in tcol.items():
-                timings[name] = timings.get(name, 0.0) + sec
-            pot[col] = _rescale(pc, qscale / self._scale, "potential")
-            if gradient:
-                grad[col] = _rescale(gc, qscale / self._scale / self._scale, "gradient")
+            for row, col in enumerate(live):
+                qs_ = float(qscale[row])
+                pot[col] = _rescale(pc[row], qs_ / self._scale, "potential")
+                if gradient:
+                    grad[col] = _rescale(gc[row], qs_ / self._scale / self._scale, "gradient")
         timings["evaluate_total"] = time.perf_counter() - t0
         self.timings = {k_: v for k_, v in self.timings.items() if not k_.startswith("eval:")}
         self.timings.update({f"eval:{k_}": v for k_, v in timings.items()})
-        pot_out = pot[0] if one else np.ascontiguousarray(pot.T)
-        if not gradient:
-            return pot_out
-        grad_out = np.ascontiguousarray(grad[0].T) if one else np.ascontiguousarray(
-            grad.transpose(2, 0, 1))
-        return pot_out, grad_out
+        return pot, grad, single
 
     def as_linear_operator(self, diagonal=None):
         """The FMM as a ``scipy.sparse.linalg.LinearOperator`` (sources = targets).
@@ -274,17 +403,41 @@ class Fmm:
                 f"threads={self.threads})")
 
 
-def laplace(sources, charges, targets=None, *, eps=None, gradient=False, dtype=None,
-            threads=None):
-    """Potentials (and gradients) of point charges by the FMM, in one call.
+def laplace(sources, charges=None, targets=None, *, dipoles=None, eps=None, gradient=False,
+            dtype=None, threads=None):
+    """Potentials (and gradients) of point charges and/or dipoles by the FMM, in one call.
 
     Same conventions as :func:`aotfmm.direct` (kernel 1/(4 pi r), coincident pairs excluded,
-    results in the caller's order); see :class:`Fmm` for the parameters. Use :class:`Fmm`
-    directly to evaluate several charge vectors on the same points.
+    results in the caller's order); see :class:`Fmm` and :meth:`Fmm.evaluate` for the
+    parameters. Use :class:`Fmm` directly to evaluate several densities on the same points.
     """
-    dt = resolve_dtype(dtype, sources, charges, targets)
+    dt = resolve_dtype(dtype, sources, charges, targets, dipoles)
     n = as_points("sources", sources).shape[0]
-    _as_charge_matrix("charges", charges, n)  # fail before building anything
+    _as_densities(charges, dipoles, n)  # fail before building anything
     # the caller's arrays, not converted copies: Fmm treats float32 points specially
-    plan = Fmm(sources, targets, eps=eps, dtype=dt, threads=threads)
-    return plan.evaluate(charges, gradient=gradient)
+    plan = Fmm(sources, targets, dipoles=dipoles is not None, eps=eps, dtype=dt,
+               threads=threads)
+    return plan.evaluate(charges, dipoles=dipoles, gradient=gradient)
+
+
+def lfmm(sources, charges=None, targets=None, *, dipoles=None, pg=1, pgt=None, eps=None,
+         dtype=None, threads=None):
+    """FMM3D-style call: fields at the sources and/or at the targets in one traversal.
+
+    ``pg`` / ``pgt`` (0 nothing, 1 potential, 2 potential and gradient) choose the outputs at
+    the sources (self-interaction excluded) and at the targets (default: 1 if targets are
+    given, else 0). Returns :class:`Fields` (``pot``, ``grad``, ``pottarg``, ``gradtarg``).
+    Kernel 1/(4 pi r) (FMM3D's ``lfmm3d`` uses 1/r: multiply by 4 pi to compare); points and
+    dipoles are (n, 3), several densities (n, k) and (n, k, 3). See README "Coming from FMM3D".
+    """
+    dt = resolve_dtype(dtype, sources, charges, targets, dipoles)
+    n = as_points("sources", sources).shape[0]
+    _as_densities(charges, dipoles, n)
+    pgt = (0 if targets is None else 1) if pgt is None else pgt
+    Fmm._level("pg", pg, 0, True, "")
+    Fmm._level("pgt", pgt, 0, targets is not None, "need targets")
+    if not pg and not pgt:
+        raise ValueError("pg and pgt are both 0: nothing to compute")
+    plan = Fmm(sources, targets if pgt else None, at_sources=bool(pg) or targets is None,
+               dipoles=dipoles is not None, eps=eps, dtype=dt, threads=threads)
+    return plan.fields(charges, dipoles=dipoles, pg=pg, pgt=pgt if targets is not None else None)

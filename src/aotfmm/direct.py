@@ -14,23 +14,26 @@ _CHUNKS_PER_THREAD = 4
 _MIN_PAIRS_FOR_THREADS = 200_000
 
 
-def direct(sources, charges, targets=None, *, gradient=False, dtype=None, threads=None):
-    """Potentials (and gradients) of point charges by direct summation.
+def direct(sources, charges=None, targets=None, *, dipoles=None, gradient=False, dtype=None,
+           threads=None):
+    """Potentials (and gradients) of point charges and/or dipoles by direct summation.
 
     Computes, for every target x_i,
 
-        u(x_i) = sum_j q_j / (4 pi |x_i - y_j|),   grad u(x_i) = -sum_j q_j (x_i - y_j) / (4 pi |x_i - y_j|^3)
+        u(x_i) = sum_j q_j / (4 pi r_ij) + d_j . (x_i - y_j) / (4 pi r_ij^3),  r_ij = |x_i - y_j|
 
-    leaving out coincident pairs (x_i == y_j contributes 0, so the self-interaction is excluded
-    when ``targets`` is None).
+    and its gradient in x_i, leaving out coincident pairs (x_i == y_j contributes 0, so the
+    self-interaction is excluded when ``targets`` is None).
 
     Parameters
     ----------
     sources : array_like of shape (n_sources, 3)
         Source coordinates, any real dtype and memory order.
-    charges : array_like of shape (n_sources,)
+    charges : array_like of shape (n_sources,) or (n_sources, k), optional
     targets : array_like of shape (n_targets, 3), optional
         Evaluation points; default: the sources themselves.
+    dipoles : array_like of shape (n_sources, 3) or (n_sources, k, 3), optional
+        Dipole moments (double-layer sources). Charges, dipoles or both (same k).
     gradient : bool, default False
         Also return the gradient of the potential at each target.
     dtype : {None, float32, float64}
@@ -41,8 +44,8 @@ def direct(sources, charges, targets=None, *, gradient=False, dtype=None, thread
 
     Returns
     -------
-    pot : ndarray of shape (n_targets,)
-    grad : ndarray of shape (n_targets, 3)
+    pot : ndarray of shape (n_targets,) or (n_targets, k)
+    grad : ndarray of shape (n_targets, 3) or (n_targets, k, 3)
         Only if ``gradient`` is True; then ``(pot, grad)`` is returned.
 
     Raises
@@ -60,13 +63,18 @@ def direct(sources, charges, targets=None, *, gradient=False, dtype=None, thread
     >>> aotfmm.direct([[0.0, 0, 0], [1.0, 0, 0]], [1.0, 1.0]) * 4 * np.pi
     array([1., 1.])
     """
+    from .api import _as_densities, _shape_out
     gradient = as_bool("gradient", gradient)
-    dt = resolve_dtype(dtype, sources, charges, targets)
+    dt = resolve_dtype(dtype, sources, charges, targets, dipoles)
     threads = _threads.resolve_threads(threads)
     src = as_points("sources", sources)
-    q = as_charges("charges", charges, src.shape[0])
     trg = src if targets is None else as_points("targets", targets)
-    return _direct(src, q, trg, gradient, dt, threads)
+    if dipoles is None and charges is not None and np.ndim(charges) == 1:
+        q = as_charges("charges", charges, src.shape[0])
+        return _direct(src, q, trg, gradient, dt, threads)
+    q, d, single = _as_densities(charges, dipoles, src.shape[0])
+    pot, grad = _direct_multi(src, q, d, trg, gradient, dt, threads)
+    return _shape_out(pot, grad, single, gradient)
 
 
 def _direct(src, q, trg, gradient, dt, threads, module=None):
@@ -91,9 +99,68 @@ def _direct(src, q, trg, gradient, dt, threads, module=None):
     return (pot, np.ascontiguousarray(grad.T)) if gradient else pot
 
 
+def _direct_multi(src, q, d, trg, gradient, dt, threads):
+    """k densities: q (k, n) float64 or None, d (k, 3, n) float64 or None.
+
+    Returns pot (k, n_trg) and grad (k, 3, n_trg) or None, in dtype ``dt``."""
+    k = (q if q is not None else d).shape[0]
+    n_trg = trg.shape[0]
+    pot = np.zeros((k, n_trg), dtype=dt)
+    grad = np.zeros((k, 3, n_trg), dtype=dt) if gradient else None
+    if not (n_trg and src.shape[0]):
+        return pot, grad
+    center, scale = frame(src, trg, center=dt == np.float32)
+    src_xyz = to_soa(src, center, scale, dt)
+    trg_xyz = to_soa(trg, center, scale, dt) if trg is not src else src_xyz
+    live, qscale, qs, ds = scaled_densities(q, d, scale)
+    if not len(live):
+        return pot, grad
+    qs = None if qs is None else np.ascontiguousarray(qs, dtype=dt)
+    ds = None if ds is None else np.ascontiguousarray(ds, dtype=dt)
+    pl = np.zeros((len(live), n_trg), dtype=dt)
+    gl = np.zeros((len(live), 3, n_trg), dtype=dt) if gradient else None
+    _p2p_all(src_xyz, qs, trg_xyz, pl, gl, threads, dipoles=ds)
+    for row, col in enumerate(live):
+        pot[col] = _rescale(pl[row], float(qscale[row]) / scale, "potential")
+        if gradient:
+            grad[col] = _rescale(gl[row], float(qscale[row]) / scale / scale, "gradient")
+    return pot, grad
+
+
+def scaled_densities(q, d, frame_scale):
+    """Densities for the frame of scale ``frame_scale``, each divided by a power of two.
+
+    q (k, n) or None, d (k, 3, n) or None (float64). A dipole's field carries one more power of
+    the frame scale, so dipoles are divided by it. Each density (column) then gets its own
+    exact power-of-two scale (keeps the sums inside the dtype's range); all-zero densities are
+    left out. Returns (live column indices, their scales, q[live] / scale, d[live] / scale):
+    multiply the frame's potentials by scale / frame_scale (gradients: / frame_scale^2).
+    """
+    k = (q if q is not None else d).shape[0]
+    if d is not None:
+        with np.errstate(over="ignore"):
+            d = d / frame_scale
+        if not np.isfinite(d).all():
+            raise FloatingPointError("the dipole field overflows float64 at this coordinate "
+                                     "scale")
+    mags = np.zeros(k)
+    if q is not None:
+        mags = np.maximum(mags, np.abs(q).max(axis=1, initial=0.0))
+    if d is not None:
+        mags = np.maximum(mags, np.abs(d).max(axis=(1, 2), initial=0.0))
+    live = np.flatnonzero(mags > 0.0)
+    qscale = [power_of_two_scale(float(m)) for m in mags[live]]
+    qscale = np.array(qscale, dtype=np.float64)
+    qs = None if q is None else q[live] / qscale[:, None]
+    ds = None if d is None else d[live] / qscale[:, None, None]
+    return live, qscale, qs, ds
+
+
 def _rescale(values, factor, what):
     """Undo the frame's scaling; raise instead of returning inf when the result overflows."""
     if factor == 1.0:
+        if not np.isfinite(values).all():
+            raise FloatingPointError(f"the {what} overflows {values.dtype}")
         return values
     with np.errstate(over="ignore"):
         out = (values.astype(np.float64, copy=False) * factor).astype(values.dtype, copy=False)
@@ -102,7 +169,7 @@ def _rescale(values, factor, what):
     return out
 
 
-def _p2p_all(src_xyz, charges, trg_xyz, pot, grad, threads, module=None):
+def _p2p_all(src_xyz, charges, trg_xyz, pot, grad, threads, module=None, dipoles=None):
     """All sources on all targets, targets split into chunks over the thread pool."""
     n_src, n_trg = src_xyz.shape[1], trg_xyz.shape[1]
     if n_src * n_trg < _MIN_PAIRS_FOR_THREADS:
@@ -115,17 +182,34 @@ def _p2p_all(src_xyz, charges, trg_xyz, pot, grad, threads, module=None):
     list_index = np.zeros(n_chunks, dtype=np.int64)
     boxes = np.arange(n_chunks, dtype=np.int64)
     p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_offsets,
-        list_index, boxes, pot, grad, threads, module)
+        list_index, boxes, pot, grad, threads, module, dipoles=dipoles)
 
 
 def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_offsets,
-        list_index, boxes, pot, grad, threads, module=None, cost=None):
+        list_index, boxes, pot, grad, threads, module=None, cost=None, dipoles=None):
     """Run the P2P kernel over the target boxes ``boxes`` on the thread pool (trusted input).
 
-    ``grad`` None: potential only. ``cost``: per-box work estimates for load balancing.
+    ``charges`` (n,) with ``pot`` (n_trg,), ``grad`` (3, n_trg); or several densities:
+    ``charges`` (k, n) or None, ``dipoles`` (k, 3, n) or None, ``pot`` (k, n_trg), ``grad``
+    (k, 3, n_trg). ``grad`` None: potential only. ``cost``: per-box work estimates.
     """
     dt = pot.dtype
-    if grad is None:
+    if dipoles is not None or pot.ndim == 2:
+        kernel = _kernels.get("p2p_multi", dt, module)
+        flags = (1 if charges is not None else 0) | (2 if dipoles is not None else 0) | \
+            (4 if grad is not None else 0)
+        q = charges if charges is not None else np.zeros((1, 1), dt)
+        dip = dipoles if dipoles is not None else np.zeros((1, 1, 1), dt)
+        g = grad if grad is not None else np.zeros((1, 1, 1), dt)
+        pot2 = pot.reshape(-1, pot.shape[-1])
+        counts = (src_end - src_start)[list_index]
+        buf_len = max(int(counts.max()), 1) if len(counts) else 1
+
+        def work(i0, i1):
+            kernel(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
+                   list_offsets, list_index, boxes, i0, i1, flags,
+                   np.empty((6, buf_len), dt), pot2, g)
+    elif grad is None:
         kernel = _kernels.get("p2p_pot", dt, module)
 
         def work(i0, i1):

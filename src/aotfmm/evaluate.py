@@ -55,8 +55,12 @@ _EPS_TABLE = (  # (smallest eps served, p, ncrit)
 #: 1e6 points at eps 1e-6 (p = 8): ncrit 160 -> 0.75 s / 7.2 s, 400 -> 0.44 s / 4.3 s (pot+grad).
 
 
-def choose_parameters(eps, p=None, ncrit=None, separate_targets=False):
+def choose_parameters(eps, p=None, ncrit=None, separate_targets=False, dipoles=False):
     """(p, ncrit) for an accuracy target; explicit values win.
+
+    Dipole sources get one order more too: their fields decay one power faster, so more of
+    them sits in high-order terms (measured at eps 1e-9, clustered sources, separate targets:
+    1.2e-9 at the charges' order).
 
     Separate targets get one order more (up to P_MAX): targets away from every source see only
     expansions, and there the gradient error was measured up to ~10x the potential's (two
@@ -64,7 +68,7 @@ def choose_parameters(eps, p=None, ncrit=None, separate_targets=False):
     """
     row = next((r for r in _EPS_TABLE if eps >= r[0]), _EPS_TABLE[-1])
     if p is None:
-        p = min(row[1] + bool(separate_targets), P_MAX)
+        p = min(row[1] + bool(separate_targets) + bool(dipoles), P_MAX)
         row = (row[0], p, row[2])
     if ncrit is None:
         # keep the leaf size in proportion to the surface size when p is forced
@@ -93,14 +97,15 @@ class Plan:
     """Everything that depends on the points only; see the module docstring."""
 
     def __init__(self, src_xyz, trg_xyz, *, eps, p=None, ncrit=None, dtype=np.float64,
-                 threads=1, cache_dir=None, progress=None):
+                 threads=1, cache_dir=None, progress=None, dipoles=False):
         timings = {}
         step = progress.step if progress is not None else (lambda name: None)
         t = time.perf_counter()
         dt = np.dtype(dtype)
         self.dtype, self.threads = dt, threads
         self.same = trg_xyz is src_xyz
-        self.p, self.ncrit = choose_parameters(eps, p, ncrit, separate_targets=not self.same)
+        self.p, self.ncrit = choose_parameters(eps, p, ncrit, separate_targets=not self.same,
+                                               dipoles=dipoles)
 
         tree = build_tree(src_xyz, trg_xyz, self.ncrit, threads=threads)
         if dt == np.float32 and tree.n_levels - 1 > _FLOAT32_MAX_LEVEL:
@@ -250,8 +255,10 @@ class Plan:
         }
 
     # ------------------------------------------------------------------ evaluate
-    def evaluate(self, charges, gradient, progress=None):
-        """charges: (n_sources,) float64 in the caller's order. Returns (pot, grad, timings)."""
+    def evaluate(self, charges, gradient, progress=None, dipoles=None):
+        """One traversal for k densities, in the caller's source order: charges (k, n_sources)
+        float64 or None, dipoles (k, 3, n_sources) float64 or None (in this frame).
+        Returns (pot (k, n_targets), grad (k, 3, n_targets) or None, timings)."""
         tree, ops, dt, threads = self.tree, self.ops, self.dtype, self.threads
         timings = {}
         t = time.perf_counter()
@@ -264,20 +271,30 @@ class Plan:
             if progress is not None and name in ("p2m", "m2m", "l2p", "m2p", "p2p"):
                 progress.step(name)
 
-        q = np.ascontiguousarray(charges[tree.src_perm], dtype=dt)
+        k = (charges if charges is not None else dipoles).shape[0]
+        q = dip = None
+        if charges is not None:
+            q = np.ascontiguousarray(charges[:, tree.src_perm], dtype=dt)
+            if k == 1 and dipoles is None:
+                q = q[0]  # the single-density kernels
+        if dipoles is not None:
+            dip = np.ascontiguousarray(dipoles[:, :, tree.src_perm], dtype=dt)
         n_trg = self.trg.shape[1]
-        pot = np.zeros(n_trg, dtype=dt)
-        grad = np.zeros((3, n_trg), dtype=dt) if gradient else None
-        shape = (self.n_boxes, ops.n_surf)
+        pot = np.zeros((k, n_trg), dtype=dt)
+        grad = np.zeros((k, 3, n_trg), dtype=dt) if gradient else None
+        multi = k > 1 or dip is not None
+        pot_k = pot if multi else pot[0]
+        grad_k = grad if (multi or grad is None) else grad[0]
+        shape = (self.n_boxes, k, ops.n_surf)
         equiv = np.zeros(shape, dtype=dt)
         local = np.zeros(shape, dtype=dt)
-        dcheck = np.zeros((self.n_boxes, ops.down_rank), dtype=dt)
+        dcheck = np.zeros((self.n_boxes, k, ops.down_rank), dtype=dt)
         c, h = self.centers, self.half_widths
         tick("prepare")
 
         if len(self.p2m_boxes):
             expansions.p2m(ops, self.src, q, self.p2m_boxes, tree.src_start, tree.src_end, c, h,
-                           equiv, threads=threads)
+                           equiv, threads=threads, dipoles=dip)
         tick("p2m")
         for parents, children in self.m2m_levels:
             expansions.m2m(ops, equiv, parents, children)
@@ -292,7 +309,7 @@ class Plan:
             if "p2l" in entry:
                 boxes, offsets, index = entry["p2l"]
                 expansions.p2l(ops, self.src, q, tree.src_start, tree.src_end, boxes, offsets,
-                               index, c, h, dcheck, threads=threads)
+                               index, c, h, dcheck, threads=threads, dipoles=dip)
                 tick("p2l")
             if len(entry["receivers"]):
                 expansions.dc2e(ops, dcheck, local, entry["receivers"])
@@ -301,23 +318,23 @@ class Plan:
             progress.step("l2l+m2l+p2l")
         if len(self.l2p_boxes):
             expansions.l2p(ops, local, self.trg, tree.trg_start, tree.trg_end, self.l2p_boxes,
-                           c, h, pot, grad, threads=threads)
+                           c, h, pot_k, grad_k, threads=threads)
         tick("l2p")
         if len(self.m2p_boxes):
             expansions.m2p(ops, equiv, self.trg, tree.trg_start, tree.trg_end, self.m2p_boxes,
-                           self.m2p_offsets, self.m2p_index, c, h, pot, grad, threads=threads)
+                           self.m2p_offsets, self.m2p_index, c, h, pot_k, grad_k, threads=threads)
         tick("m2p")
         if len(self.near_boxes):
             p2p(self.src, q, self.trg, tree.src_start, tree.src_end, tree.trg_start,
-                tree.trg_end, self.near_offsets, self.near_index, self.near_boxes, pot, grad,
-                threads, cost=self.near_cost)
+                tree.trg_end, self.near_offsets, self.near_index, self.near_boxes, pot_k, grad_k,
+                threads, cost=self.near_cost, dipoles=dip)
         tick("p2p")
 
         out_pot = np.empty_like(pot)
-        out_pot[tree.trg_perm] = pot
+        out_pot[:, tree.trg_perm] = pot
         out_grad = None
         if gradient:
             out_grad = np.empty_like(grad)
-            out_grad[:, tree.trg_perm] = grad
+            out_grad[:, :, tree.trg_perm] = grad
         tick("unsort")
         return out_pot, out_grad, timings

@@ -81,22 +81,45 @@ def _self_list(n):
     return np.arange(n + 1, dtype=np.int64)
 
 
-def _check_to_equiv(check, h, a, b):
-    """h[:, None] * (check @ b.T @ a.T): check -> equivalent, pinv applied factor by factor
-    (``a`` None: stop at the coefficients ``h * check @ b.T``)."""
-    res = check @ b.T
-    res *= h[:, None]
-    return res if a is None else res @ a.T
+def _dens3(a, n_surf):
+    """(n_boxes, n_surf) or (n_boxes, k, n_surf) -> a (n_boxes, k, n_surf) view."""
+    return a.reshape(a.shape[0], -1, n_surf)
+
+
+def _rows_gemm(x, m):
+    """(rows, k, n) @ m.T -> (rows, k, m.shape[0]): one GEMM over all rows and densities."""
+    rows, k, n = x.shape
+    return (x.reshape(rows * k, n) @ m.T).reshape(rows, k, m.shape[0])
+
+
+def _source_terms(charges, dipoles, dt):
+    """(flags, q (k, n), dip (k, 3, n), k, multi) for the kernels; ``multi`` False: the
+    single-charge-vector kernels apply (charges 1-D or (1, n), no dipoles)."""
+    if dipoles is None and (charges.ndim == 1 or charges.shape[0] == 1):
+        return 1, charges.reshape(-1), None, 1, False
+    flags = 0
+    dummy_q, dummy_d = np.zeros((1, 1), dt), np.zeros((1, 1, 1), dt)
+    q, dip = dummy_q, dummy_d
+    if charges is not None:
+        q = charges.reshape(-1, charges.shape[-1])
+        flags |= 1
+    if dipoles is not None:
+        dip = dipoles.reshape(-1, 3, dipoles.shape[-1])
+        flags |= 2
+    k = q.shape[0] if charges is not None else dip.shape[0]
+    return flags, q, dip, k, True
 
 
 def _p2c(ops, src_xyz, charges, src_start, src_end, trg_boxes, list_offsets, list_index,
-         centers, half_widths, radius, a, b, threads, out, accumulate):
-    """Check potentials on a surface of ``trg_boxes`` from listed sources, then -> equivalent."""
+         centers, half_widths, radius, a, b, threads, out, accumulate, dipoles=None):
+    """Check potentials on a surface of ``trg_boxes`` from listed sources, then -> equivalent
+    (``a`` None: only to the check coefficients ``h * check @ b.T``)."""
     dt = ops.dtype
     n = len(trg_boxes)
     if n == 0:
         return
-    kernel = _kernels.get("p2c_pot", dt)
+    flags, q, dip, k, multi = _source_terms(charges, dipoles, dt)
+    kernel = _kernels.get("p2c_multi" if multi else "p2c_pot", dt)
     centers = _cast(centers, dt)
     hw = _cast(half_widths, dt)
     counts = src_end - src_start
@@ -105,34 +128,49 @@ def _p2c(ops, src_xyz, charges, src_start, src_end, trg_boxes, list_offsets, lis
     bounds = _bounds(per_row + 1, threads, _MAX_CHUNK_BOXES)
     surf = ops.surface_soa
     radius = dt.type(radius)
+    out3 = _dens3(out, out.shape[-1])
+    buf_len = int(counts[list_index].max()) if len(list_index) else 1
 
     def work(i0, i1):
-        check = np.empty((i1 - i0, ops.n_surf), dtype=dt)
-        kernel(src_xyz, charges, src_start, src_end, trg_boxes, centers, hw, list_offsets,
-               list_index, surf, radius, i0, i1, i0, check)
-        boxes = trg_boxes[i0:i1]
-        eq = _check_to_equiv(check, hw[boxes], a, b)
-        if accumulate:
-            out[boxes] += eq
+        check = np.empty((i1 - i0, k, ops.n_surf), dtype=dt)
+        if multi:
+            kernel(src_xyz, q, dip, src_start, src_end, trg_boxes, centers, hw, list_offsets,
+                   list_index, surf, radius, i0, i1, i0, flags, np.empty((6, buf_len), dt),
+                   check)
         else:
-            out[boxes] = eq
+            kernel(src_xyz, q, src_start, src_end, trg_boxes, centers, hw, list_offsets,
+                   list_index, surf, radius, i0, i1, i0, check.reshape(i1 - i0, ops.n_surf))
+        boxes = trg_boxes[i0:i1]
+        eq = _rows_gemm(check, b)
+        eq *= hw[boxes][:, None, None]
+        if a is not None:
+            eq = _rows_gemm(eq, a)
+        if accumulate:
+            out3[boxes] += eq
+        else:
+            out3[boxes] = eq
 
     with _blas.single_threaded(threads):
         _threads.run(work, bounds, threads)
 
 
 def p2m(ops, src_xyz, charges, boxes, src_start, src_end, centers, half_widths, equiv,
-        threads=1):
-    """Multipoles of ``boxes`` (leaves) from their own sources; rows of ``equiv`` overwritten."""
+        threads=1, dipoles=None):
+    """Multipoles of ``boxes`` (leaves) from their own sources; rows of ``equiv`` overwritten.
+
+    charges (n,) or (k, n) (or None with dipoles (k, 3, n)); equiv (n_boxes[, k], n_surf).
+    """
     _p2c(ops, src_xyz, charges, src_start, src_end, boxes, _self_list(len(boxes)), boxes,
-         centers, half_widths, ops.r_up_check, ops.uc2e_a, ops.uc2e_b, threads, equiv, False)
+         centers, half_widths, ops.r_up_check, ops.uc2e_a, ops.uc2e_b, threads, equiv, False,
+         dipoles)
 
 
 def p2l(ops, src_xyz, charges, src_start, src_end, target_boxes, x_offsets, x_index, centers,
-        half_widths, dcheck, threads=1):
+        half_widths, dcheck, threads=1, dipoles=None):
     """dcheck[target_boxes[i]] += h dc2e_b (potential of the X-list sources on the down check)."""
     _p2c(ops, src_xyz, charges, src_start, src_end, target_boxes, x_offsets, x_index,
-         centers, half_widths, ops.r_down_check, None, ops.dc2e_b, threads, dcheck, True)
+         centers, half_widths, ops.r_down_check, None, ops.dc2e_b, threads, dcheck, True,
+         dipoles)
 
 
 def _octant_pairs(parents, children):
@@ -152,22 +190,26 @@ def m2m(ops, equiv, parents, children):
     ``parents`` are distinct; the children's terms are summed as up-check coefficients and
     the amplifying factor ``uc2e_a`` is applied once per parent.
     """
+    e3 = _dens3(equiv, ops.n_surf)
     index = np.arange(len(parents))
-    acc = np.zeros((len(parents), ops.up_rank), dtype=ops.dtype)
+    acc = np.zeros((len(parents), e3.shape[1], ops.up_rank), dtype=ops.dtype)
     for c, par, ch in _octant_pairs(index, children):
-        acc[par] += equiv[ch] @ ops.m2m[c].T
-    equiv[parents] += acc @ ops.uc2e_a.T
+        acc[par] += _rows_gemm(e3[ch], ops.m2m[c])
+    e3[parents] += _rows_gemm(acc, ops.uc2e_a)
 
 
 def l2l(ops, local, dcheck, parents, children):
     """dcheck[children[i, c]] += l2l[c] @ local[parents[i]] (children -1: absent)."""
+    l3 = _dens3(local, ops.n_surf)
+    d3 = _dens3(dcheck, ops.down_rank)
     for c, par, ch in _octant_pairs(parents, children):
-        dcheck[ch] += local[par] @ ops.l2l[c].T
+        d3[ch] += _rows_gemm(l3[par], ops.l2l[c])
 
 
 def dc2e(ops, dcheck, local, rows):
     """local[rows] += dcheck[rows] @ dc2e_a.T: down-check coefficients -> local densities."""
-    local[rows] += dcheck[rows] @ ops.dc2e_a.T
+    l3 = _dens3(local, ops.n_surf)
+    l3[rows] += _rows_gemm(_dens3(dcheck, ops.down_rank)[rows], ops.dc2e_a)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,9 +254,12 @@ def m2l(ops, equiv, dcheck, plan, threads=1):
     if len(plan.pair_source) == 0:
         return
     dt = ops.dtype
-    k = ops.m2l_rank
+    kr = ops.m2l_rank
+    e3 = _dens3(equiv, ops.n_surf)
+    nd = e3.shape[1]
+    k = nd * kr  # a pair's row: the compressed multipoles of all nd densities
     n_t = len(plan.target_boxes)
-    mc = equiv[plan.sources] @ ops.m2l_v                       # compress every source once
+    mc = _rows_gemm(e3[plan.sources], ops.m2l_v.T).reshape(-1, k)  # compress every source once
     z = np.zeros((n_t, k), dtype=dt)
     gather = _kernels.get("m2l_gather", dt)
     scatter = _kernels.get("m2l_scatter", dt)
@@ -223,7 +268,7 @@ def m2l(ops, equiv, dcheck, plan, threads=1):
 
     def work(j0, j1):
         buf = np.empty((plan.max_pairs, k), dtype=dt)
-        mid = np.empty((plan.max_pairs, r_max), dtype=dt)
+        mid = np.empty((plan.max_pairs * nd, r_max), dtype=dt)
         out = np.empty((plan.max_pairs, k), dtype=dt)
         for j in range(j0, j1):
             for t in range(_geometry.N_TRANSFER):
@@ -233,14 +278,17 @@ def m2l(ops, equiv, dcheck, plan, threads=1):
                     continue
                 gather(mc, plan.pair_source, i0, i1, buf)
                 r0, r1 = offs[t], offs[t + 1]
-                np.matmul(buf[:m], b[r0:r1].T, out=mid[:m, :r1 - r0])   # C_t = a_t^T b_t
-                np.matmul(mid[:m, :r1 - r0], a[r0:r1], out=out[:m])
+                rows = m * nd
+                np.matmul(buf[:m].reshape(rows, kr), b[r0:r1].T,         # C_t = a_t^T b_t
+                          out=mid[:rows, :r1 - r0])
+                np.matmul(mid[:rows, :r1 - r0], a[r0:r1], out=out[:m].reshape(rows, kr))
                 scatter(out, plan.pair_target, i0, i1, z)
 
     n_chunks = plan.segments.shape[0]
     with _blas.single_threaded(threads):
         _threads.run(work, np.arange(n_chunks + 1), threads)
-    dcheck[plan.target_boxes] += z @ ops.m2l_decompress.T     # decompress once per target
+    d3 = _dens3(dcheck, ops.down_rank)                          # decompress once per target
+    d3[plan.target_boxes] += _rows_gemm(z.reshape(n_t, nd, kr), ops.m2l_decompress)
 
 
 def _s2p(ops, dens, trg_xyz, trg_start, trg_end, trg_boxes, list_offsets, list_index,
@@ -255,18 +303,32 @@ def _s2p(ops, dens, trg_xyz, trg_start, trg_end, trg_boxes, list_offsets, list_i
     bounds = _bounds(n_trg * np.diff(list_offsets) + 1, threads)
     surf = ops.surface_soa
     radius = dt.type(radius)
-    if grad is None:
-        kernel = _kernels.get("s2p_pot", dt)
+    d3 = _dens3(dens, ops.n_surf)
+    nd = d3.shape[1]
+    if nd > 1:
+        kernel = _kernels.get("s2p_multi", dt)
+        flags = 0 if grad is None else 4
+        pot2 = pot.reshape(nd, -1)
+        grad3 = np.zeros((1, 1, 1), dt) if grad is None else grad.reshape(nd, 3, -1)
 
         def work(i0, i1):
-            kernel(dens, trg_xyz, trg_start, trg_end, trg_boxes, centers, hw, list_offsets,
-                   list_index, surf, radius, i0, i1, pot)
+            kernel(d3, trg_xyz, trg_start, trg_end, trg_boxes, centers, hw, list_offsets,
+                   list_index, surf, radius, i0, i1, flags, np.empty((6, ops.n_surf), dt),
+                   pot2, grad3)
+    elif grad is None:
+        kernel = _kernels.get("s2p_pot", dt)
+        d2, pot1 = d3.reshape(len(d3), ops.n_surf), pot.reshape(-1)
+
+        def work(i0, i1):
+            kernel(d2, trg_xyz, trg_start, trg_end, trg_boxes, centers, hw, list_offsets,
+                   list_index, surf, radius, i0, i1, pot1)
     else:
         kernel = _kernels.get("s2p_potgrad", dt)
+        d2, pot1, grad2 = d3.reshape(len(d3), ops.n_surf), pot.reshape(-1), grad.reshape(3, -1)
 
         def work(i0, i1):
-            kernel(dens, trg_xyz, trg_start, trg_end, trg_boxes, centers, hw, list_offsets,
-                   list_index, surf, radius, i0, i1, pot, grad)
+            kernel(d2, trg_xyz, trg_start, trg_end, trg_boxes, centers, hw, list_offsets,
+                   list_index, surf, radius, i0, i1, pot1, grad2)
     _threads.run(work, bounds, threads)
 
 

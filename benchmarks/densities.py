@@ -1,0 +1,60 @@
+"""Several densities in one traversal vs one run per density (issue: k = 8 at 1e5 points must
+cost <= 0.5 k single runs), and the cost of dipoles, on the same plan.
+
+    python benchmarks/densities.py [--n 100000] [--k 8] [--eps 1e-6]
+"""
+import argparse
+import time
+
+import numpy as np
+
+import aotfmm
+
+
+def best(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--eps", type=float, default=1e-6)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    src = rng.random((args.n, 3))
+    q = rng.standard_normal((args.n, args.k))
+    d = rng.standard_normal((args.n, args.k, 3))
+    print(f"uniform cube, n = {args.n}, k = {args.k}, eps = {args.eps:g}, "
+          f"threads = {aotfmm.config()['threads']}; evaluate only (plan built once)")
+    for label, dip in (("charges", False), ("dipoles", True)):
+        plan = aotfmm.Fmm(src, eps=args.eps, dipoles=dip)
+        for gradient in (False, True):
+            if dip:
+                def one():
+                    plan.evaluate(dipoles=d[:, 0], gradient=gradient)
+
+                def many():
+                    plan.evaluate(dipoles=d, gradient=gradient)
+            else:
+                def one():
+                    plan.evaluate(q[:, 0], gradient=gradient)
+
+                def many():
+                    plan.evaluate(q, gradient=gradient)
+            one()
+            t1 = best(one, args.repeat)
+            tk = best(many, max(1, args.repeat - 1))
+            what = "pot+grad" if gradient else "pot"
+            print(f"{label:8} {what:8} p={plan.p:2d}: 1 density {t1:.3f} s, {args.k} densities "
+                  f"{tk:.3f} s = {tk / (args.k * t1):.2f} x {args.k} single runs")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""Several densities at once, and dipole sources: P2P, P2C (P2M/P2L) and S2P (L2P/M2P).
+
+The single-charge-vector kernels of ``p2p.py``/``expansions.py`` fuse the distance and the sum.
+Here, for one target and one source box, the geometry (differences, 1/r, 1/r^3, 1/r^5) goes into
+a small scratch buffer once, and then each of the ``nd`` densities is one vectorised pass over
+it: k densities cost one square root per pair plus k multiply-adds, not k square roots.
+
+Sources of a box may carry charges ``q`` (nd, n) and/or dipoles ``dip`` (nd, 3, n), chosen by the
+bits of ``flags``: 1 charges, 2 dipoles, 4 gradient (P2P/S2P only). Arrays of a term that is off
+are not read (pass any (1, 1) / (1, 1, 1) array). The field of a dipole d at y on x is
+d . grad_y G(x, y) = d . (x - y) / (4 pi r^3), its gradient in x is
+(d / r^3 - 3 (d . (x - y)) (x - y) / r^5) / (4 pi). Coincident pairs (r = 0) contribute 0.
+
+Layouts: pot (nd, n_targets), grad (nd, 3, n_targets), check (n_rows, nd, n_surf),
+dens (n_boxes, nd, n_surf). ``buf`` (6, >= largest source box) is per-call scratch (OUT).
+Box/list conventions as in ``p2p.py`` (P2P: CSR over box ids) and ``expansions.py`` (P2C/S2P:
+CSR over rows).
+"""
+import numpy as np
+
+INV4PI = 0.07957747154594767  # 1 / (4 pi)
+
+SIGNATURES = {
+    # IN src_xyz, IN q (nd, n), IN dip (nd, 3, n), IN trg_xyz, IN src_start, IN src_end,
+    # IN trg_start, IN trg_end, IN list_offsets, IN list_index, IN boxes, IN i0, IN i1,
+    # IN flags, OUT buf (6, m), INOUT pot (nd, n_trg), INOUT grad (nd, 3, n_trg)
+    "p2p_multi": "void({F}[:, ::1], {F}[:, ::1], {F}[:, :, ::1], {F}[:, ::1], i8[::1], i8[::1],"
+                 " i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], i8, i8, i8, {F}[:, ::1],"
+                 " {F}[:, ::1], {F}[:, :, ::1])",
+    # IN src_xyz, IN q, IN dip, IN src_start, IN src_end, IN trg_boxes, IN centers,
+    # IN half_widths, IN list_offsets, IN list_index, IN surf (3, n_surf), IN radius, IN b0,
+    # IN b1, IN row0, IN flags, OUT buf (6, m), OUT check (n_rows, nd, n_surf)
+    "p2c_multi": "void({F}[:, ::1], {F}[:, ::1], {F}[:, :, ::1], i8[::1], i8[::1], i8[::1],"
+                 " {F}[:, ::1], {F}[::1], i8[::1], i8[::1], {F}[:, ::1], {F}, i8, i8, i8, i8,"
+                 " {F}[:, ::1], {F}[:, :, ::1])",
+    # IN dens (n_boxes, nd, n_surf), IN trg_xyz, IN trg_start, IN trg_end, IN trg_boxes,
+    # IN centers, IN half_widths, IN list_offsets, IN list_index, IN surf, IN radius, IN b0,
+    # IN b1, IN flags (4: gradient), OUT buf (6, n_surf), INOUT pot, INOUT grad
+    "s2p_multi": "void({F}[:, :, ::1], {F}[:, ::1], i8[::1], i8[::1], i8[::1], {F}[:, ::1],"
+                 " {F}[::1], i8[::1], i8[::1], {F}[:, ::1], {F}, i8, i8, i8, {F}[:, ::1],"
+                 " {F}[:, ::1], {F}[:, :, ::1])",
+}
+
+_ACC = {"c": "{F}", "one": "{F}", "three": "{F}", "acc": "{F}", "gx": "{F}", "gy": "{F}",
+        "gz": "{F}", "r2": "{F}", "invr": "{F}", "i3": "{F}", "dd": "{F}", "t5": "{F}",
+        "qj": "{F}"}
+LOCALS = {
+    "p2p_multi": dict(_ACC),
+    "p2c_multi": dict(_ACC, hr="{F}", xm="{F}", ym="{F}", zm="{F}"),
+    "s2p_multi": dict(_ACC, hr="{F}"),
+}
+
+
+def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, list_offsets,
+              list_index, boxes, i0, i1, flags, buf, pot, grad):
+    """pot[d, i] (+ grad[d, :, i]) += field of the listed boxes' charges/dipoles of density d."""
+    c = INV4PI
+    one = 1.0
+    three = 3.0
+    has_q = (flags & 1) != 0
+    has_d = (flags & 2) != 0
+    do_g = (flags & 4) != 0
+    nd = pot.shape[0]
+    bx = buf[0]
+    by = buf[1]
+    bz = buf[2]
+    b1 = buf[3]
+    b3 = buf[4]
+    b5 = buf[5]
+    for ii in range(i0, i1):
+        b = boxes[ii]
+        for i in range(trg_start[b], trg_end[b]):
+            xi = trg_xyz[0, i]
+            yi = trg_xyz[1, i]
+            zi = trg_xyz[2, i]
+            for kk in range(list_offsets[b], list_offsets[b + 1]):
+                s = list_index[kk]
+                j0 = src_start[s]
+                j1 = src_end[s]
+                n = np.uint64(j1 - j0)
+                sx = src_xyz[0, j0:j1]
+                sy = src_xyz[1, j0:j1]
+                sz = src_xyz[2, j0:j1]
+                for j in range(np.uint64(0), n):
+                    dx = xi - sx[j]
+                    dy = yi - sy[j]
+                    dz = zi - sz[j]
+                    r2 = dx * dx + dy * dy + dz * dz
+                    invr = one / np.sqrt(r2)
+                    if r2 == 0.0:
+                        invr = 0.0
+                    bx[j] = dx
+                    by[j] = dy
+                    bz[j] = dz
+                    b1[j] = invr
+                    i3 = invr * invr * invr
+                    b3[j] = i3
+                    b5[j] = i3 * invr * invr
+                for d in range(nd):
+                    acc = 0.0
+                    gx = 0.0
+                    gy = 0.0
+                    gz = 0.0
+                    if has_q:
+                        qd = q[d, j0:j1]
+                        if do_g:
+                            for j in range(np.uint64(0), n):
+                                qj = qd[j]
+                                acc += qj * b1[j]
+                                i3 = qj * b3[j]
+                                gx -= bx[j] * i3
+                                gy -= by[j] * i3
+                                gz -= bz[j] * i3
+                        else:
+                            for j in range(np.uint64(0), n):
+                                acc += qd[j] * b1[j]
+                    if has_d:
+                        d0 = dip[d, 0, j0:j1]
+                        d1 = dip[d, 1, j0:j1]
+                        d2 = dip[d, 2, j0:j1]
+                        if do_g:
+                            for j in range(np.uint64(0), n):
+                                dd = d0[j] * bx[j] + d1[j] * by[j] + d2[j] * bz[j]
+                                i3 = b3[j]
+                                acc += dd * i3
+                                t5 = three * dd * b5[j]
+                                gx += d0[j] * i3 - t5 * bx[j]
+                                gy += d1[j] * i3 - t5 * by[j]
+                                gz += d2[j] * i3 - t5 * bz[j]
+                        else:
+                            for j in range(np.uint64(0), n):
+                                acc += (d0[j] * bx[j] + d1[j] * by[j] + d2[j] * bz[j]) * b3[j]
+                    pot[d, i] += c * acc
+                    if do_g:
+                        grad[d, 0, i] += c * gx
+                        grad[d, 1, i] += c * gy
+                        grad[d, 2, i] += c * gz
+
+
+def p2c_multi(src_xyz, q, dip, src_start, src_end, trg_boxes, centers, half_widths,
+              list_offsets, list_index, surf, radius, b0, b1, row0, flags, buf, check):
+    """check[i - row0, d, m] = potential of the listed boxes' sources (density d) at x_m(i)."""
+    c = INV4PI
+    one = 1.0
+    has_q = (flags & 1) != 0
+    has_d = (flags & 2) != 0
+    nd = check.shape[1]
+    n_surf = surf.shape[1]
+    bx = buf[0]
+    by = buf[1]
+    bz = buf[2]
+    bi = buf[3]
+    b3 = buf[4]
+    for i in range(b0, b1):
+        b = trg_boxes[i]
+        hr = half_widths[b] * radius
+        out = check[i - row0]
+        for d in range(nd):
+            for m in range(n_surf):
+                out[d, m] = 0.0
+        for m in range(n_surf):
+            xm = centers[b, 0] + hr * surf[0, m]
+            ym = centers[b, 1] + hr * surf[1, m]
+            zm = centers[b, 2] + hr * surf[2, m]
+            for kk in range(list_offsets[i], list_offsets[i + 1]):
+                s = list_index[kk]
+                j0 = src_start[s]
+                j1 = src_end[s]
+                n = np.uint64(j1 - j0)
+                sx = src_xyz[0, j0:j1]
+                sy = src_xyz[1, j0:j1]
+                sz = src_xyz[2, j0:j1]
+                for j in range(np.uint64(0), n):
+                    dx = xm - sx[j]
+                    dy = ym - sy[j]
+                    dz = zm - sz[j]
+                    r2 = dx * dx + dy * dy + dz * dz
+                    invr = one / np.sqrt(r2)
+                    if r2 == 0.0:
+                        invr = 0.0
+                    bx[j] = dx
+                    by[j] = dy
+                    bz[j] = dz
+                    bi[j] = invr
+                    b3[j] = invr * invr * invr
+                for d in range(nd):
+                    acc = 0.0
+                    if has_q:
+                        qd = q[d, j0:j1]
+                        for j in range(np.uint64(0), n):
+                            acc += qd[j] * bi[j]
+                    if has_d:
+                        d0 = dip[d, 0, j0:j1]
+                        d1 = dip[d, 1, j0:j1]
+                        d2 = dip[d, 2, j0:j1]
+                        for j in range(np.uint64(0), n):
+                            acc += (d0[j] * bx[j] + d1[j] * by[j] + d2[j] * bz[j]) * b3[j]
+                    out[d, m] += c * acc
+
+
+def s2p_multi(dens, trg_xyz, trg_start, trg_end, trg_boxes, centers, half_widths, list_offsets,
+              list_index, surf, radius, b0, b1, flags, buf, pot, grad):
+    """pot[d, t] (+ grad[d, :, t]) += field of dens[s, d, :] on the surfaces of the listed s."""
+    c = INV4PI
+    one = 1.0
+    do_g = (flags & 4) != 0
+    nd = dens.shape[1]
+    n_surf = surf.shape[1]
+    n = np.uint64(n_surf)
+    wx = buf[0]  # (x - y) / r^3 per surface point
+    wy = buf[1]
+    wz = buf[2]
+    bi = buf[3]  # 1 / r
+    for i in range(b0, b1):
+        b = trg_boxes[i]
+        for kk in range(list_offsets[i], list_offsets[i + 1]):
+            s = list_index[kk]
+            hr = half_widths[s] * radius
+            ds = dens[s]
+            for t in range(trg_start[b], trg_end[b]):
+                xt = trg_xyz[0, t]
+                yt = trg_xyz[1, t]
+                zt = trg_xyz[2, t]
+                for m in range(n):
+                    dx = xt - (centers[s, 0] + hr * surf[0, m])
+                    dy = yt - (centers[s, 1] + hr * surf[1, m])
+                    dz = zt - (centers[s, 2] + hr * surf[2, m])
+                    r2 = dx * dx + dy * dy + dz * dz
+                    invr = one / np.sqrt(r2)
+                    if r2 == 0.0:
+                        invr = 0.0
+                    bi[m] = invr
+                    i3 = invr * invr * invr
+                    wx[m] = dx * i3
+                    wy[m] = dy * i3
+                    wz[m] = dz * i3
+                for d in range(nd):
+                    w = ds[d]
+                    acc = 0.0
+                    if do_g:
+                        gx = 0.0
+                        gy = 0.0
+                        gz = 0.0
+                        for m in range(n):
+                            qj = w[m]
+                            acc += qj * bi[m]
+                            gx -= qj * wx[m]
+                            gy -= qj * wy[m]
+                            gz -= qj * wz[m]
+                        grad[d, 0, t] += c * gx
+                        grad[d, 1, t] += c * gy
+                        grad[d, 2, t] += c * gz
+                    else:
+                        for m in range(n):
+                            acc += w[m] * bi[m]
+                    pot[d, t] += c * acc

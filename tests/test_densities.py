@@ -1,0 +1,183 @@
+"""Dipole sources, several densities in one traversal, fields at sources and targets at once
+(issue "parity with FMM3D"): every combination against a plain numpy direct sum."""
+import numpy as np
+import pytest
+
+import aotfmm
+from conftest import density_reference, rel_err
+
+N_SRC, N_TRG, SAMPLE = 2500, 1200, 300
+TERMS = ("charges", "dipoles", "both")
+
+
+def problem(rng, k, dtype):
+    centers = rng.random((4, 3))
+    src = centers[rng.integers(0, 4, N_SRC)] + 0.08 * rng.standard_normal((N_SRC, 3))
+    trg = rng.random((N_TRG, 3)) * 1.4 - 0.2
+    q = rng.standard_normal((N_SRC, k))
+    d = rng.standard_normal((N_SRC, k, 3))
+    return src.astype(dtype), trg.astype(dtype), q, d
+
+
+def densities(terms, q, d, k):
+    """The arguments as a user passes them: k = 1 as (n,) / (n, 3), else (n, k) / (n, k, 3)."""
+    qq = None if terms == "dipoles" else (q[:, 0] if k == 1 else q)
+    dd = None if terms == "charges" else (d[:, 0] if k == 1 else d)
+    return qq, dd
+
+
+def as_kn(pot, grad, k):
+    """Public shapes -> (k, n) and (k, n, 3)."""
+    if k == 1:
+        return pot[None], None if grad is None else grad[None]
+    return pot.T, None if grad is None else grad.transpose(1, 0, 2)
+
+
+CASES = [(t, k, eps, np.float64) for t in TERMS for k in (1, 3) for eps in (1e-3, 1e-6, 1e-9)]
+CASES += [(t, k, eps, np.float32) for t in TERMS for k in (1, 3) for eps in (1e-3, 1e-5)]
+
+
+@pytest.mark.parametrize("terms,k,eps,dtype", CASES)
+def test_every_combination_against_direct_sum(rng, terms, k, eps, dtype):
+    src, trg, q, d = problem(rng, k, dtype)
+    qq, dd = densities(terms, q, d, k)
+    # small leaves so that every operator (M2L over several levels, M2M, L2L) takes part
+    plan = aotfmm.Fmm(src, trg, at_sources=True, dipoles=terms != "charges", eps=eps, ncrit=48)
+    assert plan.stats["levels"] >= 4
+    full = plan.fields(qq, dipoles=dd, pg=2, pgt=2)
+    s_idx = rng.choice(N_SRC, SAMPLE, replace=False)
+    t_idx = rng.choice(N_TRG, SAMPLE, replace=False)
+    src64, trg64 = src.astype(np.float64), trg.astype(np.float64)
+    qr = None if qq is None else q
+    dr = None if dd is None else d
+    for pot, grad, pts, idx in ((full.pot, full.grad, src64, s_idx),
+                                (full.pottarg, full.gradtarg, trg64, t_idx)):
+        assert pot.dtype == dtype and grad.dtype == dtype
+        assert pot.shape == ((len(pts),) if k == 1 else (len(pts), k))
+        assert grad.shape == ((len(pts), 3) if k == 1 else (len(pts), k, 3))
+        p_, g_ = as_kn(pot, grad, k)
+        ref_p, ref_g = density_reference(src64, qr, dr, pts[idx])
+        for col in range(k):
+            assert rel_err(p_[col, idx], ref_p[col]) <= eps
+            assert rel_err(g_[col, idx], ref_g[col]) <= eps
+    # each output alone, and potential-only requests, give the same numbers
+    rt = 1e-12 if dtype == np.float64 else 1e-5
+    for pg, pgt in ((1, 0), (0, 1), (2, 1), (1, 2)):
+        part = plan.fields(qq, dipoles=dd, pg=pg, pgt=pgt)
+        assert (part.pot is None) == (pg == 0) and (part.pottarg is None) == (pgt == 0)
+        assert (part.grad is None) == (pg < 2) and (part.gradtarg is None) == (pgt < 2)
+        if pg:
+            np.testing.assert_allclose(part.pot, full.pot, rtol=rt, atol=rt * abs(full.pot).max())
+        if pgt:
+            np.testing.assert_allclose(part.pottarg, full.pottarg, rtol=rt,
+                                       atol=rt * abs(full.pottarg).max())
+
+
+@pytest.mark.parametrize("terms", TERMS)
+def test_one_call_lfmm_and_plans_with_one_output_set(rng, terms):
+    k = 2
+    src, trg, q, d = problem(rng, k, np.float64)
+    qq, dd = densities(terms, q, d, k)
+    ref_s = density_reference(src, None if qq is None else q, None if dd is None else d, src)
+    ref_t = density_reference(src, None if qq is None else q, None if dd is None else d, trg)
+    res = aotfmm.lfmm(src, qq, trg, dipoles=dd, pg=2, pgt=1, eps=1e-6)
+    assert res.gradtarg is None
+    assert rel_err(res.pot.T, ref_s[0]) <= 1e-6 and rel_err(res.pottarg.T, ref_t[0]) <= 1e-6
+    assert rel_err(res.grad.transpose(1, 0, 2), ref_s[1]) <= 1e-6
+    only_src = aotfmm.lfmm(src, qq, dipoles=dd, pg=1, eps=1e-6)
+    assert only_src.pottarg is None and rel_err(only_src.pot.T, ref_s[0]) <= 1e-6
+    only_trg = aotfmm.lfmm(src, qq, trg, dipoles=dd, pg=0, pgt=2, eps=1e-6)
+    assert only_trg.pot is None and rel_err(only_trg.gradtarg.transpose(1, 0, 2),
+                                            ref_t[1]) <= 1e-6
+    # laplace() and Fmm.evaluate take dipoles too
+    pot, grad = aotfmm.laplace(src, qq, trg, dipoles=dd, gradient=True, eps=1e-6)
+    assert rel_err(pot.T, ref_t[0]) <= 1e-6 and rel_err(grad.transpose(1, 0, 2), ref_t[1]) <= 1e-6
+    pd = aotfmm.direct(src, qq, trg, dipoles=dd)
+    assert rel_err(pd.T, ref_t[0]) <= 1e-12
+
+
+def test_p2l_and_m2p_carry_dipoles(rng):
+    """Big leaves and a low order, so X-list sources go through P2L and W lists through M2P."""
+    n = 6000
+    centers = rng.random((3, 3))
+    src = centers[rng.integers(0, 3, n)] + 0.02 * rng.standard_normal((n, 3))
+    trg = rng.random((3000, 3)) * 1.6 - 0.3
+    d = rng.standard_normal((n, 3))
+    plan = aotfmm.Fmm(src, trg, at_sources=True, dipoles=True, p=6, ncrit=400)
+    assert any("p2l" in e for e in plan._core.down_levels) and len(plan._core.m2p_boxes)
+    f = plan.fields(dipoles=d, pg=2, pgt=2)
+    idx = rng.choice(3000, 300, replace=False)
+    ref_p, ref_g = density_reference(src, None, d[:, None], trg[idx])
+    assert rel_err(f.pottarg[idx], ref_p[0]) <= 1e-3
+    assert rel_err(f.gradtarg[idx], ref_g[0]) <= 1e-3
+
+
+def test_several_densities_equal_column_runs(rng):
+    src, trg, q, d = problem(rng, 4, np.float64)
+    plan = aotfmm.Fmm(src, dipoles=True, eps=1e-6, ncrit=64)
+    pot, grad = plan.evaluate(q, dipoles=d, gradient=True)
+    for col in range(4):
+        p1, g1 = plan.evaluate(q[:, col], dipoles=d[:, col], gradient=True)
+        np.testing.assert_allclose(pot[:, col], p1, rtol=1e-10, atol=1e-12 * abs(p1).max())
+        np.testing.assert_allclose(grad[:, col], g1, rtol=1e-10, atol=1e-12 * abs(g1).max())
+
+
+def test_zero_density_column_and_scaling(rng):
+    """A zero column stays exactly zero; huge dipoles on tiny coordinates keep their digits."""
+    src = rng.random((2000, 3)) * 1e-5
+    d = rng.standard_normal((2000, 3, 3)) * 1e150
+    d[:, 1] = 0.0
+    pot = aotfmm.laplace(src, dipoles=d, eps=1e-6)
+    assert (pot[:, 1] == 0).all()
+    ref = density_reference(src, None, d[:, [0, 2]] / 1e150, src[:200])[0]
+    assert np.isfinite(pot).all()
+    assert rel_err(pot[:200, [0, 2]].T / 1e150, ref) <= 1e-6
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(), ValueError, "charges, dipoles or both"),
+    (dict(dipoles=np.ones((10, 2))), ValueError, "dipoles must have shape"),
+    (dict(dipoles=np.ones((10, 2, 3)), charges=np.ones(10)), ValueError, "same number"),
+    (dict(dipoles=np.ones((10, 3, 3)), charges=np.ones((10, 2))), ValueError, "same number"),
+    (dict(dipoles=np.full((10, 3), np.nan)), ValueError, "dipoles"),
+    (dict(dipoles=np.ones((10, 3), complex)), TypeError, "dipoles"),
+])
+def test_bad_densities(rng, kwargs, exc, match):
+    src = rng.random((10, 3))
+    with pytest.raises(exc, match=match):
+        aotfmm.laplace(src, **kwargs)
+    with pytest.raises(exc, match=match):
+        aotfmm.direct(src, **kwargs)
+
+
+def test_bad_pg_pgt(rng):
+    src, trg = rng.random((50, 3)), rng.random((20, 3))
+    q = rng.standard_normal(50)
+    with pytest.raises(ValueError, match="pg must be 0, 1 or 2"):
+        aotfmm.lfmm(src, q, pg=3)
+    with pytest.raises(ValueError, match="nothing to compute"):
+        aotfmm.lfmm(src, q, trg, pg=0, pgt=0)
+    with pytest.raises(ValueError, match="pgt"):
+        aotfmm.lfmm(src, q, pgt=1)
+    plan = aotfmm.Fmm(src, trg)  # targets only
+    with pytest.raises(ValueError, match="at_sources"):
+        plan.fields(q, pg=1)
+    with pytest.raises(ValueError, match="at_sources=False needs targets"):
+        aotfmm.Fmm(src, at_sources=False)
+
+
+def test_dipoles_on_a_charge_plan_warn(rng):
+    src = rng.random((300, 3))
+    plan = aotfmm.Fmm(src, eps=1e-6)
+    with pytest.warns(aotfmm.AccuracyWarning, match="dipoles=True"):
+        plan.evaluate(dipoles=rng.standard_normal((300, 3)))
+    assert aotfmm.Fmm(src, eps=1e-6, dipoles=True).p == plan.p + 1
+
+
+def test_dipole_overflow_raises_instead_of_inf(rng):
+    src = rng.random((100, 3)) * 1e-200
+    d = rng.standard_normal((100, 3)) * 1e300
+    with pytest.raises(FloatingPointError, match="overflows"):
+        aotfmm.laplace(src, dipoles=d)
+    with pytest.raises(FloatingPointError, match="overflows"):
+        aotfmm.direct(src, dipoles=d)
