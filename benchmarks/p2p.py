@@ -1,6 +1,9 @@
 """P2P throughput: pair interactions per second (per core), f32/f64, each ISA module, 1 and all
 threads, potential and potential+gradient, against a plain numpy direct sum in the same run.
 
+float64 runs twice: ``exact`` (two Newton steps in 1/r: what aotfmm.direct uses) and ``fmm``
+(one step, relative error ~1e-14: the FMM's near field).
+
     python benchmarks/p2p.py [--n 20000] [--quick]
 """
 import argparse
@@ -46,25 +49,27 @@ def main():
     ref = numpy_rate(n, repeat)
     print(f"n = {n} sources = targets (uniform cube); CPUs = {ncpu}; active ISA = {_kernels.ISA}")
     print(f"numpy float64 reference (potential, 1 call): {ref:.3g} pairs/s")
-    print(f"{'isa':10} {'dtype':8} {'output':8} {'threads':>7} {'pairs/s':>10} "
+    print(f"{'isa':10} {'dtype':8} {'1/r':5} {'output':8} {'threads':>7} {'pairs/s':>10} "
           f"{'per core':>10} {'speed-up':>8} {'vs numpy':>8}")
     for isa in _kernels.runnable_isas():
         module = _kernels.load(isa)
         for dtype in (np.float64, np.float32):
             xyz = rng.random((3, n)).astype(dtype)
             q = rng.standard_normal(n).astype(dtype)
+            modes = ("exact", "fmm") if dtype == np.float64 else ("-",)
             for output in ("pot", "potgrad"):
                 pot = np.zeros(n, dtype)
                 grad = np.zeros((3, n), dtype) if output == "potgrad" else None
-                one = None
-                for threads in sorted({1, ncpu}):
-                    t = best_time(lambda: _p2p_all(xyz, q, xyz, pot, grad, threads, module),
-                                  repeat)
-                    rate = n * n / t
-                    one = rate if threads == 1 else one
-                    print(f"{isa:10} {np.dtype(dtype).name:8} {output:8} {threads:7d} "
-                          f"{rate:10.3g} {rate / threads:10.3g} {rate / one:8.2f} "
-                          f"{rate / ref:8.1f}")
+                for mode in modes:
+                    one = None
+                    for threads in sorted({1, ncpu}):
+                        t = best_time(lambda: _p2p_all(xyz, q, xyz, pot, grad, threads, module,
+                                                       exact=mode != "fmm"), repeat)
+                        rate = n * n / t
+                        one = rate if threads == 1 else one
+                        print(f"{isa:10} {np.dtype(dtype).name:8} {mode:5} {output:8} "
+                              f"{threads:7d} {rate:10.3g} {rate / threads:10.3g} "
+                              f"{rate / one:8.2f} {rate / ref:8.1f}")
 
 
 if __name__ == "__main__":

@@ -134,6 +134,27 @@ def test_coincident_clusters_and_duplicates(rng):
     check(src, q, None, 1e-6, np.float64, sample=np.arange(0, 6000, 7))
 
 
+def test_near_coincident_points(rng):
+    """Pairs 1e-8 .. 1e-100 apart (in a [-1, 1]^3 box, near its centre so the frame keeps them
+    apart): the near field's float32 1/r estimate cannot take squared distances below 1e-38 and
+    those targets are redone exactly. Each close point's huge potential and gradient must match
+    per point; the ordinary points must still meet eps."""
+    base = uniform(rng, 6000) * 2 - 1
+    gaps = [1e-8, 1e-12, 1e-17, 1e-20, 1e-25, 1e-40, 1e-100]
+    close = np.array([[0.0, 0.0, 0.0]] + [[g, 0.0, -g] if i % 2 else [0.0, g, 0.0]
+                                          for i, g in enumerate(gaps)])
+    src = np.vstack([base, close, [[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]]])
+    q = rng.standard_normal(len(src))
+    pot, grad = aotfmm.laplace(src, q, gradient=True, eps=1e-9)
+    ref_pot, ref_grad = direct_reference(src, q, src)
+    k = slice(6000, 6000 + len(close))
+    np.testing.assert_allclose(pot[k], ref_pot[k], rtol=1e-9, atol=0)
+    gscale = np.abs(ref_grad[k]).max(axis=1, keepdims=True)
+    assert np.all(np.abs(grad[k] - ref_grad[k]) <= 1e-9 * gscale)
+    assert rel_err(pot[:6000], ref_pot[:6000]) < 1e-9
+    assert rel_err(grad[:6000], ref_grad[:6000]) < 1e-9
+
+
 @pytest.mark.parametrize("shape", ["plane", "line"])
 def test_degenerate_geometry(rng, shape):
     src = uniform(rng, 5000)

@@ -169,7 +169,8 @@ def _rescale(values, factor, what):
     return out
 
 
-def _p2p_all(src_xyz, charges, trg_xyz, pot, grad, threads, module=None, dipoles=None):
+def _p2p_all(src_xyz, charges, trg_xyz, pot, grad, threads, module=None, dipoles=None,
+             exact=True):
     """All sources on all targets, targets split into chunks over the thread pool."""
     n_src, n_trg = src_xyz.shape[1], trg_xyz.shape[1]
     if n_src * n_trg < _MIN_PAIRS_FOR_THREADS:
@@ -182,17 +183,21 @@ def _p2p_all(src_xyz, charges, trg_xyz, pot, grad, threads, module=None, dipoles
     list_index = np.zeros(n_chunks, dtype=np.int64)
     boxes = np.arange(n_chunks, dtype=np.int64)
     p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_offsets,
-        list_index, boxes, pot, grad, threads, module, dipoles=dipoles)
+        list_index, boxes, pot, grad, threads, module, dipoles=dipoles, exact=exact)
 
 
 def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_offsets,
-        list_index, boxes, pot, grad, threads, module=None, cost=None, dipoles=None):
+        list_index, boxes, pot, grad, threads, module=None, cost=None, dipoles=None,
+        exact=True):
     """Run the P2P kernel over the target boxes ``boxes`` on the thread pool (trusted input).
 
     ``charges`` (n,) with ``pot`` (n_trg,), ``grad`` (3, n_trg); or several densities:
     ``charges`` (k, n) or None, ``dipoles`` (k, 3, n) or None, ``pot`` (k, n_trg), ``grad``
     (k, 3, n_trg). ``grad`` None: potential only. ``cost``: per-box work estimates.
+    ``exact=False`` lets float64 1/r carry a ~1e-14 relative error (one Newton step instead of
+    two, see kernels/p2p.py): fine for the FMM's near field, not for reference direct sums.
     """
+    refine = 1 if exact else 0
     dt = pot.dtype
     if dipoles is not None or pot.ndim == 2:
         kernel = _kernels.get("p2p_multi", dt, module)
@@ -214,13 +219,13 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
 
         def work(i0, i1):
             kernel(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end,
-                   list_offsets, list_index, boxes, i0, i1, pot)
+                   list_offsets, list_index, boxes, i0, i1, refine, pot)
     else:
         kernel = _kernels.get("p2p_potgrad", dt, module)
 
         def work(i0, i1):
             kernel(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end,
-                   list_offsets, list_index, boxes, i0, i1, pot, grad)
+                   list_offsets, list_index, boxes, i0, i1, refine, pot, grad)
     n = len(boxes)
     bounds = np.arange(n + 1) if cost is None else _threads.split(cost, threads * _CHUNKS_PER_THREAD)
     _threads.run(work, bounds, threads)

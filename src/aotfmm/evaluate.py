@@ -327,7 +327,7 @@ class Plan:
         if len(self.near_boxes):
             p2p(self.src, q, self.trg, tree.src_start, tree.src_end, tree.trg_start,
                 tree.trg_end, self.near_offsets, self.near_index, self.near_boxes, pot_k, grad_k,
-                threads, cost=self.near_cost, dipoles=dip)
+                threads, cost=self.near_cost, dipoles=dip, exact=False)
         tick("p2p")
 
         out_pot = np.empty_like(pot)
