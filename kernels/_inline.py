@@ -15,12 +15,15 @@
   sum came out NaN with the exact formula, so no distance is ever mishandled. Kernels only see
   coordinates in that frame (r2 <= 12), far below the float32 maximum.
 
-It is a numba ``overload`` with ``inline="always"``: inlined into the calling kernel at
-Numba-IR level and compiled with that kernel's fast-math flags.
+It is a numba ``overload`` compiled with the kernels' fast-math flags; LLVM inlines it into each
+loop (IR-level ``inline="always"`` gave the same speed but tripped numba's SSA checks when a
+kernel calls it several times).
 """
 import numpy as np
 from numba import types
 from numba.extending import overload
+
+from . import FASTMATH
 
 #: Smallest normal float32: below it the float32 estimate is meaningless.
 FLT_MIN = np.float32(1.1754943508222875e-38)
@@ -31,7 +34,7 @@ def inv_sqrt(r2, refine):
     return 1.0 / np.sqrt(r2)
 
 
-@overload(inv_sqrt, inline="always")
+@overload(inv_sqrt, jit_options={"fastmath": set(FASTMATH)})
 def _inv_sqrt(r2, refine):
     if isinstance(r2, types.Float) and r2.bitwidth == 64:
         def impl(r2, refine):

@@ -1,31 +1,37 @@
 """Several densities at once, and dipole sources: P2P, P2C (P2M/P2L) and S2P (L2P/M2P).
 
 The single-charge-vector kernels of ``p2p.py``/``expansions.py`` fuse the distance and the sum.
-Here, for one target and one source box, the geometry (differences, 1/r, 1/r^3, 1/r^5) goes into
-a small scratch buffer once, and then each of the ``nd`` densities is one vectorised pass over
-it: k densities cost one square root per pair plus k multiply-adds, not k square roots.
+Here, for one target and its sources, the geometry (differences, 1/r, 1/r^3, 1/r^5) goes into a
+scratch buffer once, and then each of the ``nd`` densities is one vectorised pass over it: k
+densities cost one 1/r per pair plus k multiply-adds, not k square roots.
 
 Sources of a box may carry charges ``q`` (nd, n) and/or dipoles ``dip`` (nd, 3, n), chosen by the
-bits of ``flags``: 1 charges, 2 dipoles, 4 gradient (P2P/S2P only). Arrays of a term that is off
+bits of ``flags``: 1 charges, 2 dipoles, 4 gradient (P2P/S2P only), 8 full-accuracy 1/r (P2P
+only: direct sums; without it float64 1/r carries ~1e-14 relative error, see ``_inline``). Arrays of a term that is off
 are not read (pass any (1, 1) / (1, 1, 1) array). The field of a dipole d at y on x is
 d . grad_y G(x, y) = d . (x - y) / (4 pi r^3), its gradient in x is
 (d / r^3 - 3 (d . (x - y)) (x - y) / r^5) / (4 pi). Coincident pairs (r = 0) contribute 0.
 
 Layouts: pot (nd, n_targets), grad (nd, 3, n_targets), check (n_rows, nd, n_surf),
 dens (n_boxes, nd, n_surf). ``buf`` (6, >= largest source box) is per-call scratch (OUT).
+1/r is ``_inline.inv_sqrt``; P2P redoes a target's geometry exactly when a source is too close
+for its float32 estimate.
 Box/list conventions as in ``p2p.py`` (P2P: CSR over box ids) and ``expansions.py`` (P2C/S2P:
 CSR over rows).
 """
 import numpy as np
+
+from ._inline import inv_sqrt
 
 INV4PI = 0.07957747154594767  # 1 / (4 pi)
 
 SIGNATURES = {
     # IN src_xyz, IN q (nd, n), IN dip (nd, 3, n), IN trg_xyz, IN src_start, IN src_end,
     # IN trg_start, IN trg_end, IN list_offsets, IN list_index, IN boxes, IN i0, IN i1,
-    # IN flags, OUT buf (6, m), INOUT pot (nd, n_trg), INOUT grad (nd, 3, n_trg)
+    # IN flags, IN m_max (>= sources of any listed box's list), INOUT pot (nd, n_trg),
+    # INOUT grad (nd, 3, n_trg)
     "p2p_multi": "void({F}[:, ::1], {F}[:, ::1], {F}[:, :, ::1], {F}[:, ::1], i8[::1], i8[::1],"
-                 " i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], i8, i8, i8, {F}[:, ::1],"
+                 " i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], i8, i8, i8, i8,"
                  " {F}[:, ::1], {F}[:, :, ::1])",
     # IN src_xyz, IN q, IN dip, IN src_start, IN src_end, IN trg_boxes, IN centers,
     # IN half_widths, IN list_offsets, IN list_index, IN surf (3, n_surf), IN radius, IN b0,
@@ -43,7 +49,7 @@ SIGNATURES = {
 
 _ACC = {"c": "{F}", "one": "{F}", "three": "{F}", "acc": "{F}", "gx": "{F}", "gy": "{F}",
         "gz": "{F}", "r2": "{F}", "invr": "{F}", "i3": "{F}", "dd": "{F}", "t5": "{F}",
-        "qj": "{F}"}
+        "qj": "{F}", "chk": "{F}"}
 LOCALS = {
     "p2p_multi": dict(_ACC),
     "p2c_multi": dict(_ACC, hr="{F}", xm="{F}", ym="{F}", zm="{F}"),
@@ -51,60 +57,153 @@ LOCALS = {
 }
 
 
+#: Sources per geometry chunk in p2p_multi: its scratch (6 x 256 x 8 B) stays in L1 while the
+#: densities sweep it (a whole list's geometry, ~5000 sources, spilled to L2 and ran 2x slower).
+P2P_CHUNK = 256
+
+
 def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, list_offsets,
-              list_index, boxes, i0, i1, flags, buf, pot, grad):
-    """pot[d, i] (+ grad[d, :, i]) += field of the listed boxes' charges/dipoles of density d."""
+              list_index, boxes, i0, i1, flags, m_max, pot, grad):
+    """pot[d, i] (+ grad[d, :, i]) += field of the listed boxes' charges/dipoles of density d.
+
+    Per target box, the sources of its whole list (at most ``m_max``) are first gathered into
+    contiguous scratch (coordinates, densities). Each target then walks them in chunks of
+    ``P2P_CHUNK``: the chunk's geometry once, then one vectorised sweep per density. Only the
+    geometry a case needs is stored: 1/r (charges, potential); 1/r and (x - y)/r^3 (charges,
+    gradient); differences, 1/r^3 and 1/r^5 (dipoles)."""
     c = INV4PI
-    one = 1.0
     three = 3.0
     has_q = (flags & 1) != 0
     has_d = (flags & 2) != 0
     do_g = (flags & 4) != 0
+    refine = (flags & 8) != 0
+    mode = 2 if has_d else (1 if do_g else 0)
     nd = pot.shape[0]
-    bx = buf[0]
-    by = buf[1]
-    bz = buf[2]
-    b1 = buf[3]
-    b3 = buf[4]
-    b5 = buf[5]
+    dt = src_xyz.dtype
+    geo = np.empty((6, P2P_CHUNK), dtype=dt)
+    bx = geo[0]  # x - y, or (x - y) / r^3 in mode 1
+    by = geo[1]
+    bz = geo[2]
+    b1 = geo[3]  # 1 / r
+    b3 = geo[4]  # 1 / r^3 (mode 2)
+    b5 = geo[5]  # 1 / r^5 (mode 2)
+    sums = np.zeros((nd, 4), dtype=dt)
+    sxyz = np.empty((3, m_max), dtype=dt)
+    gq = np.empty((nd if has_q else 1, m_max), dtype=dt)
+    gd = np.empty((nd if has_d else 1, 3, m_max), dtype=dt)
     for ii in range(i0, i1):
         b = boxes[ii]
+        n = 0
+        for kk in range(list_offsets[b], list_offsets[b + 1]):
+            s = list_index[kk]
+            j0 = src_start[s]
+            for j in range(j0, src_end[s]):
+                sxyz[0, n + j - j0] = src_xyz[0, j]
+                sxyz[1, n + j - j0] = src_xyz[1, j]
+                sxyz[2, n + j - j0] = src_xyz[2, j]
+            for d in range(nd):
+                if has_q:
+                    for j in range(j0, src_end[s]):
+                        gq[d, n + j - j0] = q[d, j]
+                if has_d:
+                    for e in range(3):
+                        for j in range(j0, src_end[s]):
+                            gd[d, e, n + j - j0] = dip[d, e, j]
+            n += src_end[s] - j0
         for i in range(trg_start[b], trg_end[b]):
             xi = trg_xyz[0, i]
             yi = trg_xyz[1, i]
             zi = trg_xyz[2, i]
-            for kk in range(list_offsets[b], list_offsets[b + 1]):
-                s = list_index[kk]
-                j0 = src_start[s]
-                j1 = src_end[s]
-                n = np.uint64(j1 - j0)
-                sx = src_xyz[0, j0:j1]
-                sy = src_xyz[1, j0:j1]
-                sz = src_xyz[2, j0:j1]
-                for j in range(np.uint64(0), n):
-                    dx = xi - sx[j]
-                    dy = yi - sy[j]
-                    dz = zi - sz[j]
-                    r2 = dx * dx + dy * dy + dz * dz
-                    invr = one / np.sqrt(r2)
-                    if r2 == 0.0:
+            for d in range(nd):
+                for e in range(4):
+                    sums[d, e] = 0.0
+            for c0 in range(0, n, P2P_CHUNK):
+                c1 = min(c0 + P2P_CHUNK, n)
+                m = np.uint64(c1 - c0)
+                sx = sxyz[0, c0:c1]
+                sy = sxyz[1, c0:c1]
+                sz = sxyz[2, c0:c1]
+                chk = 0.0
+                if mode == 0:
+                    for j in range(np.uint64(0), m):
+                        dx = xi - sx[j]
+                        dy = yi - sy[j]
+                        dz = zi - sz[j]
+                        r2 = dx * dx + dy * dy + dz * dz
+                        invr = inv_sqrt(r2, refine)
+                        if r2 == 0.0:
+                            invr = 0.0
+                        chk += invr
+                        b1[j] = invr
+                elif mode == 1:
+                    for j in range(np.uint64(0), m):
+                        dx = xi - sx[j]
+                        dy = yi - sy[j]
+                        dz = zi - sz[j]
+                        r2 = dx * dx + dy * dy + dz * dz
+                        invr = inv_sqrt(r2, refine)
+                        if r2 == 0.0:
+                            invr = 0.0
+                        chk += invr
+                        b1[j] = invr
+                        i3 = invr * invr * invr
+                        bx[j] = dx * i3
+                        by[j] = dy * i3
+                        bz[j] = dz * i3
+                else:
+                    for j in range(np.uint64(0), m):
+                        dx = xi - sx[j]
+                        dy = yi - sy[j]
+                        dz = zi - sz[j]
+                        r2 = dx * dx + dy * dy + dz * dz
+                        invr = inv_sqrt(r2, refine)
+                        if r2 == 0.0:
+                            invr = 0.0
+                        chk += invr
+                        b1[j] = invr
+                        i3 = invr * invr * invr
+                        bx[j] = dx
+                        by[j] = dy
+                        bz[j] = dz
+                        b3[j] = i3
+                        b5[j] = i3 * invr * invr
+                if chk != chk:  # a source too close for the float32 estimate: redo exactly
+                    for j in range(np.uint64(0), m):
+                        dx = xi - sx[j]
+                        dy = yi - sy[j]
+                        dz = zi - sz[j]
+                        r2 = dx * dx + dy * dy + dz * dz
                         invr = 0.0
-                    bx[j] = dx
-                    by[j] = dy
-                    bz[j] = dz
-                    b1[j] = invr
-                    i3 = invr * invr * invr
-                    b3[j] = i3
-                    b5[j] = i3 * invr * invr
+                        if r2 > 0.0:
+                            invr = 1.0 / np.sqrt(r2)
+                        b1[j] = invr
+                        i3 = invr * invr * invr
+                        if mode == 1:
+                            bx[j] = dx * i3
+                            by[j] = dy * i3
+                            bz[j] = dz * i3
+                        elif mode == 2:
+                            b3[j] = i3
+                            b5[j] = i3 * invr * invr
                 for d in range(nd):
                     acc = 0.0
                     gx = 0.0
                     gy = 0.0
                     gz = 0.0
                     if has_q:
-                        qd = q[d, j0:j1]
-                        if do_g:
-                            for j in range(np.uint64(0), n):
+                        qd = gq[d, c0:c1]
+                        if mode == 0:
+                            for j in range(np.uint64(0), m):
+                                acc += qd[j] * b1[j]
+                        elif mode == 1:
+                            for j in range(np.uint64(0), m):
+                                qj = qd[j]
+                                acc += qj * b1[j]
+                                gx -= qj * bx[j]
+                                gy -= qj * by[j]
+                                gz -= qj * bz[j]
+                        elif do_g:
+                            for j in range(np.uint64(0), m):
                                 qj = qd[j]
                                 acc += qj * b1[j]
                                 i3 = qj * b3[j]
@@ -112,14 +211,14 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
                                 gy -= by[j] * i3
                                 gz -= bz[j] * i3
                         else:
-                            for j in range(np.uint64(0), n):
+                            for j in range(np.uint64(0), m):
                                 acc += qd[j] * b1[j]
                     if has_d:
-                        d0 = dip[d, 0, j0:j1]
-                        d1 = dip[d, 1, j0:j1]
-                        d2 = dip[d, 2, j0:j1]
+                        d0 = gd[d, 0, c0:c1]
+                        d1 = gd[d, 1, c0:c1]
+                        d2 = gd[d, 2, c0:c1]
                         if do_g:
-                            for j in range(np.uint64(0), n):
+                            for j in range(np.uint64(0), m):
                                 dd = d0[j] * bx[j] + d1[j] * by[j] + d2[j] * bz[j]
                                 i3 = b3[j]
                                 acc += dd * i3
@@ -128,20 +227,24 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
                                 gy += d1[j] * i3 - t5 * by[j]
                                 gz += d2[j] * i3 - t5 * bz[j]
                         else:
-                            for j in range(np.uint64(0), n):
+                            for j in range(np.uint64(0), m):
                                 acc += (d0[j] * bx[j] + d1[j] * by[j] + d2[j] * bz[j]) * b3[j]
-                    pot[d, i] += c * acc
-                    if do_g:
-                        grad[d, 0, i] += c * gx
-                        grad[d, 1, i] += c * gy
-                        grad[d, 2, i] += c * gz
+                    sums[d, 0] += acc
+                    sums[d, 1] += gx
+                    sums[d, 2] += gy
+                    sums[d, 3] += gz
+            for d in range(nd):
+                pot[d, i] += c * sums[d, 0]
+                if do_g:
+                    grad[d, 0, i] += c * sums[d, 1]
+                    grad[d, 1, i] += c * sums[d, 2]
+                    grad[d, 2, i] += c * sums[d, 3]
 
 
 def p2c_multi(src_xyz, q, dip, src_start, src_end, trg_boxes, centers, half_widths,
               list_offsets, list_index, surf, radius, b0, b1, row0, flags, buf, check):
     """check[i - row0, d, m] = potential of the listed boxes' sources (density d) at x_m(i)."""
     c = INV4PI
-    one = 1.0
     has_q = (flags & 1) != 0
     has_d = (flags & 2) != 0
     nd = check.shape[1]
@@ -175,7 +278,7 @@ def p2c_multi(src_xyz, q, dip, src_start, src_end, trg_boxes, centers, half_widt
                     dy = ym - sy[j]
                     dz = zm - sz[j]
                     r2 = dx * dx + dy * dy + dz * dz
-                    invr = one / np.sqrt(r2)
+                    invr = inv_sqrt(r2, 0)
                     if r2 == 0.0:
                         invr = 0.0
                     bx[j] = dx
@@ -202,7 +305,6 @@ def s2p_multi(dens, trg_xyz, trg_start, trg_end, trg_boxes, centers, half_widths
               list_index, surf, radius, b0, b1, flags, buf, pot, grad):
     """pot[d, t] (+ grad[d, :, t]) += field of dens[s, d, :] on the surfaces of the listed s."""
     c = INV4PI
-    one = 1.0
     do_g = (flags & 4) != 0
     nd = dens.shape[1]
     n_surf = surf.shape[1]
@@ -226,7 +328,7 @@ def s2p_multi(dens, trg_xyz, trg_start, trg_end, trg_boxes, centers, half_widths
                     dy = yt - (centers[s, 1] + hr * surf[1, m])
                     dz = zt - (centers[s, 2] + hr * surf[2, m])
                     r2 = dx * dx + dy * dy + dz * dz
-                    invr = one / np.sqrt(r2)
+                    invr = inv_sqrt(r2, 0)
                     if r2 == 0.0:
                         invr = 0.0
                     bi[m] = invr

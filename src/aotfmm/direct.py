@@ -202,18 +202,19 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
     if dipoles is not None or pot.ndim == 2:
         kernel = _kernels.get("p2p_multi", dt, module)
         flags = (1 if charges is not None else 0) | (2 if dipoles is not None else 0) | \
-            (4 if grad is not None else 0)
+            (4 if grad is not None else 0) | (8 if exact else 0)
         q = charges if charges is not None else np.zeros((1, 1), dt)
         dip = dipoles if dipoles is not None else np.zeros((1, 1, 1), dt)
         g = grad if grad is not None else np.zeros((1, 1, 1), dt)
         pot2 = pot.reshape(-1, pot.shape[-1])
-        counts = (src_end - src_start)[list_index]
-        buf_len = max(int(counts.max()), 1) if len(counts) else 1
+        # The kernel gathers each target box's listed sources into scratch of m_max entries.
+        cum = np.concatenate(([0], np.cumsum((src_end - src_start)[list_index])))
+        totals = cum[list_offsets[boxes + 1]] - cum[list_offsets[boxes]]
+        m_max = max(int(totals.max()), 1) if len(totals) else 1
 
         def work(i0, i1):
             kernel(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
-                   list_offsets, list_index, boxes, i0, i1, flags,
-                   np.empty((6, buf_len), dt), pot2, g)
+                   list_offsets, list_index, boxes, i0, i1, flags, m_max, pot2, g)
     elif grad is None:
         kernel = _kernels.get("p2p_pot", dt, module)
 
