@@ -31,6 +31,35 @@ def test_round_trip_equals_fresh_build(tmp_path):
     assert get_operators(P, np.float32, cache_dir=tmp_path).source == "cache"
 
 
+def test_arrays_kept_in_memory_while_the_file_is_unchanged(tmp_path):
+    cache.clear_memory()
+    first = get_operators(P, np.float64, cache_dir=tmp_path)
+    again = get_operators(P, np.float64, cache_dir=tmp_path)
+    assert again.m2l_a is first.m2l_a  # not read again
+    assert not again.m2l_a.flags.writeable  # shared, so read-only
+    with pytest.raises(ValueError):
+        again.m2m[0, 0, 0] = 1.0
+    # The file replaced (another process rebuilt it): read again, same values.
+    path = cache.cache_path(first.key, tmp_path)
+    os.replace(path, path + ".old")
+    with open(path + ".old", "rb") as src, open(path, "wb") as dst:
+        dst.write(src.read())
+    third = get_operators(P, np.float64, cache_dir=tmp_path)
+    assert third.m2l_a is not first.m2l_a and third.source == "cache"
+    same(first, third)
+    # Deleted: rebuilt. Cleared: read from disk again.
+    os.unlink(path)
+    assert get_operators(P, np.float64, cache_dir=tmp_path).source == "built"
+    cache.clear_memory()
+    fourth = get_operators(P, np.float64, cache_dir=tmp_path)
+    assert fourth.m2l_a is not third.m2l_a
+    same(first, fourth)
+    # Only the last MEMORY_ENTRIES files are kept.
+    for p in range(2, 3 + cache.MEMORY_ENTRIES):
+        get_operators(p, np.float32, cache_dir=tmp_path)
+    assert get_operators(P, np.float64, cache_dir=tmp_path).m2l_a is not fourth.m2l_a
+
+
 def test_env_var_is_the_default_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("AOTFMM_CACHE_DIR", str(tmp_path / "env"))
     ops = get_operators(P, np.float64)

@@ -14,27 +14,78 @@
   (``platformdirs.user_cache_dir("aotfmm")``, falling back to ``~/.cache/aotfmm``). If the
   directory cannot be created or written, the operators are computed in memory and a warning says
   so. Without h5py the cache is disabled (warning once).
+* In memory: the arrays of the last :data:`MEMORY_ENTRIES` files read or written stay in memory
+  (read-only) and are reused while the file on disk is unchanged (same inode, size and mtime),
+  so building many plans in one process (e.g. one per time step) reads each file once.
+  :func:`clear_memory` drops them.
 
-API: :func:`load_or_build`, :func:`cache_path`, :func:`default_cache_dir`.
+API: :func:`load_or_build`, :func:`cache_path`, :func:`default_cache_dir`, :func:`clear_memory`.
 """
+import collections
 import hashlib
 import json
 import os
 import tempfile
+import threading
 import warnings
 
 import numpy as np
 
 __all__ = ["load_or_build", "cache_path", "default_cache_dir", "key_hash", "CacheWarning",
-           "FORMAT_VERSION", "ENV_VAR"]
+           "FORMAT_VERSION", "ENV_VAR", "clear_memory", "MEMORY_ENTRIES"]
 
 #: Bump when the stored arrays or their meaning change.
 FORMAT_VERSION = 3
 ENV_VAR = "AOTFMM_CACHE_DIR"
 
 
+#: How many cache files' arrays are kept in memory (least recently used dropped first).
+MEMORY_ENTRIES = 2
+_memory = collections.OrderedDict()  # path -> (file signature, arrays)
+_memory_lock = threading.Lock()
+
+
 class CacheWarning(UserWarning):
     """The operator cache could not be used as is (rebuilt, or not written)."""
+
+
+def clear_memory():
+    """Forget the operator arrays kept in memory (the files on disk stay)."""
+    with _memory_lock:
+        _memory.clear()
+
+
+def _signature(path):
+    st = os.stat(path)
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _recall(path):
+    """Arrays kept for ``path`` if the file is still the one they came from, else None."""
+    try:
+        sig = _signature(path)
+    except OSError:
+        return None
+    with _memory_lock:
+        hit = _memory.get(path)
+        if hit is None or hit[0] != sig:
+            return None
+        _memory.move_to_end(path)
+        return hit[1]
+
+
+def _remember(path, arrays):
+    try:
+        sig = _signature(path)
+    except OSError:
+        return
+    for a in arrays.values():
+        a.flags.writeable = False  # shared by every plan that gets them
+    with _memory_lock:
+        _memory[path] = (sig, arrays)
+        _memory.move_to_end(path)
+        while len(_memory) > MEMORY_ENTRIES:
+            _memory.popitem(last=False)
 
 
 def default_cache_dir():
@@ -164,9 +215,14 @@ def load_or_build(key, build, cache_dir=None, prefix="operators", required=()):
                       stacklevel=3)
         return build(), "memory"
     path = cache_path(key, cache_dir, prefix)
+    kept = _recall(path)
+    if kept is not None and not set(required) - set(kept):
+        return kept, "cache"
     if os.path.exists(path):
         try:
-            return _read(path, key, required), "cache"
+            arrays = _read(path, key, required)
+            _remember(path, arrays)
+            return arrays, "cache"
         except Exception as exc:  # corrupt, truncated, mismatched: never trust it
             warnings.warn(f"operator cache file {path} is unusable ({type(exc).__name__}: "
                           f"{exc}); rebuilding it", CacheWarning, stacklevel=3)
@@ -178,4 +234,5 @@ def load_or_build(key, build, cache_dir=None, prefix="operators", required=()):
                       f"memory only (set {ENV_VAR} to a writable directory)", CacheWarning,
                       stacklevel=3)
         return arrays, "memory"
+    _remember(path, arrays)
     return arrays, "built"
