@@ -1,4 +1,4 @@
-"""The HDF5 operator cache: round trip, corruption, key sensitivity, unwritable dirs, races."""
+"""The operator cache: round trip, corruption, key sensitivity, unwritable dirs, races, memory."""
 import os
 import subprocess
 import sys
@@ -71,20 +71,22 @@ def _path(tmp_path):
     return cache.cache_path(ops.key, tmp_path), ops
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "empty"])
+@pytest.mark.parametrize("damage", ["truncate", "flip", "header", "garbage", "empty"])
 def test_damaged_file_is_rebuilt_with_warning(tmp_path, damage):
     path, good = _path(tmp_path)
     data = bytearray(open(path, "rb").read())
     if damage == "truncate":
         data = data[:len(data) // 2]
-    elif damage == "flip":  # flip bytes inside the largest dataset (Fletcher-32 catches it)
-        import h5py
-        with h5py.File(path, "r") as f:
-            off = f["m2l_a"].id.get_offset() or f["m2l_a"].id.get_chunk_info(0).byte_offset
+    elif damage == "flip":  # flip bytes inside the largest array (its CRC-32 catches it)
+        _, length, _ = cache._PREFIX.unpack_from(data)
+        start = cache._align(cache._PREFIX.size + length)
+        off = start + cache.read_header(path)["arrays"]["m2l_a"]["offset"]
         for i in range(8):
             data[off + 100 + i] ^= 0xFF
+    elif damage == "header":  # one byte of the JSON header (its CRC-32 catches it)
+        data[40] ^= 0x01
     elif damage == "garbage":
-        data = bytearray(b"not an hdf5 file" * 100)
+        data = bytearray(b"not an operator file" * 100)
     else:
         data = bytearray()
     open(path, "wb").write(bytes(data))

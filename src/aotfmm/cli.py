@@ -87,7 +87,7 @@ def _info(args):
     from aotfmm import cache
     aotfmm.show_config()
     directory = cache.default_cache_dir()
-    files = sorted(f for f in os.listdir(directory) if f.endswith(".h5")) \
+    files = sorted(f for f in os.listdir(directory) if f.endswith(cache.SUFFIX)) \
         if os.path.isdir(directory) else []
     print(f"operator cache: {directory} ({len(files)} file(s); override with "
           f"{cache.ENV_VAR})")
@@ -101,9 +101,9 @@ def _describe_cache_file(path):
     import os
     size = os.path.getsize(path) / 2**20
     try:
-        import h5py
-        with h5py.File(path, "r") as f:
-            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        import json
+        from aotfmm import cache
+        attrs = json.loads(cache.read_header(path)["key_json"])
         fields = ", ".join(f"{k}={attrs[k]}" for k in ("p", "dtype", "m2l_method", "m2l_tol")
                            if k in attrs)
         return f"{os.path.basename(path)}: {size:.1f} MiB, {fields}"

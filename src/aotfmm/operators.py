@@ -1,7 +1,7 @@
 """KIFMM translation operators for the Laplace kernel: build (float64), cache, hand out.
 
 :func:`get_operators` returns an :class:`Operators` (frozen dataclass) for an expansion order
-``p`` and a run dtype, loading it from the HDF5 cache (:mod:`aotfmm.cache`) or building it.
+``p`` and a run dtype, loading it from the on-disk cache (:mod:`aotfmm.cache`) or building it.
 Applying the operators to a tree's boxes is :mod:`aotfmm.expansions`' job.
 
 Scaling convention (Laplace, G homogeneous of degree -1)
