@@ -25,4 +25,4 @@ Conventions (see ``../shared/design/style.md``):
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
 #: Operator families, in the order they are compiled.
-FAMILIES = ("p2p", "expansions", "multi", "morton", "lists")
+FAMILIES = ("p2p", "expansions", "multi", "hessian", "morton", "lists")

@@ -67,3 +67,34 @@ def density_reference(src, q, d, trg):
             grad[:, a:a + 128] += (np.einsum("sdk,ts->dtk", d, i3)
                                    - 3 * np.einsum("tsd,tsk,ts->dtk", dd, x, i5))
     return pot / (4 * np.pi), grad / (4 * np.pi)
+
+
+_PAIRS = [(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)]
+
+
+def hessian_reference(src, q, d, trg):
+    """Plain float64 numpy potential, gradient and Hessian (xx, yy, zz, xy, xz, yz) of charges
+    q (n,) and/or dipoles d (n, 3): (pot (nt,), grad (nt, 3), hess (nt, 6)). r = 0 left out."""
+    src, trg = np.asarray(src, np.float64), np.asarray(trg, np.float64)
+    pot, grad, hess = np.zeros(len(trg)), np.zeros((len(trg), 3)), np.zeros((len(trg), 6))
+    for a in range(0, len(trg), 128):
+        x = trg[a:a + 128, None, :] - src[None]
+        r = np.sqrt((x * x).sum(-1))
+        inv = np.where(r > 0, 1.0 / np.where(r > 0, r, 1.0), 0.0)
+        i3, i5, i7 = inv ** 3, inv ** 5, inv ** 7
+        if q is not None:
+            pot[a:a + 128] += inv @ q
+            grad[a:a + 128] -= np.einsum("tsk,ts,s->tk", x, i3, q)
+            for c, (i, j) in enumerate(_PAIRS):
+                hess[a:a + 128, c] += ((3 * x[..., i] * x[..., j] * i5 - (i == j) * i3) * q).sum(1)
+        if d is not None:
+            pd = np.einsum("tsk,sk->ts", x, d)
+            pot[a:a + 128] += (pd * i3).sum(1)
+            grad[a:a + 128] += np.einsum("sk,ts->tk", d, i3) - 3 * np.einsum("ts,tsk,ts->tk",
+                                                                             pd, x, i5)
+            for c, (i, j) in enumerate(_PAIRS):
+                hess[a:a + 128, c] += (-3 * (d[None, :, i] * x[..., j] + d[None, :, j] * x[..., i])
+                                       * i5 - 3 * pd * (i == j) * i5
+                                       + 15 * pd * x[..., i] * x[..., j] * i7).sum(1)
+    f = 1 / (4 * np.pi)
+    return pot * f, grad * f, hess * f

@@ -153,8 +153,8 @@ def test_bad_densities(rng, kwargs, exc, match):
 def test_bad_pg_pgt(rng):
     src, trg = rng.random((50, 3)), rng.random((20, 3))
     q = rng.standard_normal(50)
-    with pytest.raises(ValueError, match="pg must be 0, 1 or 2"):
-        aotfmm.lfmm(src, q, pg=3)
+    with pytest.raises(ValueError, match="pg must be 0, 1, 2 or 3"):
+        aotfmm.lfmm(src, q, pg=4)
     with pytest.raises(ValueError, match="nothing to compute"):
         aotfmm.lfmm(src, q, trg, pg=0, pgt=0)
     with pytest.raises(ValueError, match="pgt"):

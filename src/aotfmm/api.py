@@ -19,6 +19,9 @@ __all__ = ["Fmm", "Fields", "laplace", "lfmm"]
 #: float64 reaches ~2e-11 at p = 14 on ordinary point sets; very deep trees (two 1e-3 clusters ten
 #: units apart, separate targets) saturate at ~2e-10 (benchmarks/accuracy.py).
 EPS_FLOOR = {"float32": 5e-6, "float64": 2e-10}
+#: Smallest relative error Hessians reach (far-field part, measured: two clusters 1e-3 wide and
+#: 10 apart with dipoles, targets around them: 2.6e-9 at p = 14 and 15 alike in float64).
+HESSIAN_EPS_FLOOR = {"float32": 5e-6, "float64": 3e-9}
 
 
 #: eps when none is given.
@@ -42,12 +45,15 @@ def _check_eps(eps, dtype):
 
 
 class Fields(typing.NamedTuple):
-    """Results of :meth:`Fmm.fields` / :func:`lfmm`: at the sources (``pot``, ``grad``) and at
-    the targets (``pottarg``, ``gradtarg``); None where not requested."""
+    """Results of :meth:`Fmm.fields` / :func:`lfmm`: at the sources (``pot``, ``grad``,
+    ``hess``) and at the targets (``pottarg``, ``gradtarg``, ``hesstarg``); None where not
+    requested. Hessians hold xx, yy, zz, xy, xz, yz (FMM3D's order) in their last axis."""
     pot: object
     grad: object
     pottarg: object
     gradtarg: object
+    hess: object = None
+    hesstarg: object = None
 
 
 def _shape_out(pot, grad, single, gradient):
@@ -55,8 +61,12 @@ def _shape_out(pot, grad, single, gradient):
     pot_out = np.ascontiguousarray(pot[0] if single else pot.T)
     if not gradient:
         return pot_out
-    grad_out = np.ascontiguousarray(grad[0].T if single else grad.transpose(2, 0, 1))
-    return pot_out, grad_out
+    return pot_out, _shape_vec(grad, single)
+
+
+def _shape_vec(a, single):
+    """(k, c, n) -> (n, c) or (n, k, c)."""
+    return np.ascontiguousarray(a[0].T if single else a.transpose(2, 0, 1))
 
 
 def _as_dipole_array(dipoles, n):
@@ -222,7 +232,7 @@ class Fmm:
         the targets here and both sets from :meth:`fields`.
         """
         gradient = as_bool("gradient", gradient)
-        pot, grad, single = self._run(charges, dipoles, gradient)
+        pot, grad, _, single = self._run(charges, dipoles, gradient)
         lo = self.n_sources if (self._at_sources and self._targets_given) else 0
         return _shape_out(pot[:, lo:], None if grad is None else grad[:, :, lo:], single,
                           gradient)
@@ -233,34 +243,35 @@ class Fmm:
         Parameters
         ----------
         charges, dipoles : as in :meth:`evaluate`.
-        pg : {0, 1, 2}, optional
+        pg : {0, 1, 2, 3}, optional
             At the sources (self-interaction excluded): 0 nothing, 1 potential, 2 potential
-            and gradient. Default 1 if the plan evaluates at its sources, else 0; > 0 needs
-            a plan built with ``at_sources=True`` (the default without ``targets``).
-        pgt : {0, 1, 2}, optional
+            and gradient, 3 also the Hessian. Default 1 if the plan evaluates at its sources,
+            else 0; > 0 needs a plan built with ``at_sources=True`` (the default without
+            ``targets``).
+        pgt : {0, 1, 2, 3}, optional
             The same at the targets; default 1 if the plan has targets, else 0.
 
         Returns
         -------
         Fields
-            ``pot``, ``grad`` (at the sources) and ``pottarg``, ``gradtarg`` (at the targets),
-            shaped like :meth:`evaluate`'s results; None where not requested.
+            ``pot``, ``grad``, ``hess`` (at the sources) and ``pottarg``, ``gradtarg``,
+            ``hesstarg`` (at the targets), shaped like :meth:`evaluate`'s results (Hessians:
+            (n, 6) or (n, k, 6), components xx, yy, zz, xy, xz, yz); None where not requested.
+            Hessians meet ``eps`` down to eps ~1e-8 in float64 (below, the far-field part
+            levels off at a few 1e-9 relative error; an AccuracyWarning says so).
         """
         pg = self._level("pg", pg, 1 if self._at_sources else 0, self._at_sources,
                          "the plan was built without at_sources=True")
         pgt = self._level("pgt", pgt, 1 if self._targets_given else 0, self._targets_given,
                           "the plan has no targets")
-        pot, grad, single = self._run(charges, dipoles, max(pg, pgt) == 2)
+        top = max(pg, pgt)
+        pot, grad, hess, single = self._run(charges, dipoles, top >= 2, top == 3)
         ns = self.n_sources if self._at_sources else 0
         out = {}
         for name, lvl, sl in (("", pg, slice(0, ns)), ("targ", pgt, slice(ns, None))):
-            if lvl == 0:
-                out["pot" + name], out["grad" + name] = None, None
-                continue
-            p_ = pot[:, sl]
-            g_ = grad[:, :, sl] if lvl == 2 else None
-            res = _shape_out(p_, g_, single, lvl == 2)
-            out["pot" + name], out["grad" + name] = res if lvl == 2 else (res, None)
+            out["pot" + name] = _shape_out(pot[:, sl], None, single, False) if lvl else None
+            out["grad" + name] = _shape_vec(grad[:, :, sl], single) if lvl >= 2 else None
+            out["hess" + name] = _shape_vec(hess[:, :, sl], single) if lvl == 3 else None
         return Fields(**out)
 
     @staticmethod
@@ -268,39 +279,49 @@ class Fmm:
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or \
-                value not in (0, 1, 2):
-            raise ValueError(f"{name} must be 0, 1 or 2, got {value!r}")
+                value not in (0, 1, 2, 3):
+            raise ValueError(f"{name} must be 0, 1, 2 or 3, got {value!r}")
         if value and not allowed:
             raise ValueError(f"{name}={value} asks for fields that {why}")
         return int(value)
 
-    def _run(self, charges, dipoles, gradient):
-        """Validated densities -> (pot (k, n_out), grad (k, 3, n_out) or None, single)."""
+    def _run(self, charges, dipoles, gradient, hessian=False):
+        """Validated densities -> (pot (k, n_out), grad (k, 3, n_out) or None,
+        hess (k, 6, n_out) or None, single)."""
         q, d, single = _as_densities(charges, dipoles, self.n_sources)
         if d is not None and not self._for_dipoles and not self._p_given:
             warnings.warn("this plan chose its order for charges; dipoles need one more to "
                           f"meet eps={self.eps:g}: build it with Fmm(..., dipoles=True)",
                           AccuracyWarning, stacklevel=3)
+        if hessian and self.eps < HESSIAN_EPS_FLOOR[self.dtype.name]:
+            warnings.warn(f"Hessians reach about {HESSIAN_EPS_FLOOR[self.dtype.name]:g} "
+                          f"relative error in {self.dtype.name}, not eps={self.eps:g} (their "
+                          "far-field part levels off there)", AccuracyWarning, stacklevel=3)
+        gradient = gradient or hessian
         t0 = time.perf_counter()
         k = (q if q is not None else d).shape[0]
         n_out = self._core.trg.shape[1]
         pot = np.zeros((k, n_out), dtype=self.dtype)
         grad = np.zeros((k, 3, n_out), dtype=self.dtype) if gradient else None
+        hess = np.zeros((k, 6, n_out), dtype=self.dtype) if hessian else None
         timings = {}
         live, qscale, qs, ds = scaled_densities(q, d, self._scale)
         if self.n_sources and n_out and len(live):
             bar = _progress.Progress(self.progress, label="aotfmm evaluate")
-            pc, gc, timings = self._core.evaluate(qs, gradient, progress=bar, dipoles=ds)
+            pc, gc, hc, timings = self._core.evaluate(qs, gradient, progress=bar, dipoles=ds,
+                                                      hessian=hessian)
             bar.done()
             for row, col in enumerate(live):
                 qs_ = float(qscale[row])
                 pot[col] = _rescale(pc[row], qs_ / self._scale, "potential")
                 if gradient:
                     grad[col] = _rescale(gc[row], qs_ / self._scale / self._scale, "gradient")
+                if hessian:
+                    hess[col] = _rescale(hc[row], qs_ / self._scale ** 3, "Hessian")
         timings["evaluate_total"] = time.perf_counter() - t0
         self.timings = {k_: v for k_, v in self.timings.items() if not k_.startswith("eval:")}
         self.timings.update({f"eval:{k_}": v for k_, v in timings.items()})
-        return pot, grad, single
+        return pot, grad, hess, single
 
     def as_linear_operator(self, diagonal=None):
         """The FMM as a ``scipy.sparse.linalg.LinearOperator`` (sources = targets).
@@ -424,9 +445,10 @@ def lfmm(sources, charges=None, targets=None, *, dipoles=None, pg=1, pgt=None, e
          dtype=None, threads=None):
     """FMM3D-style call: fields at the sources and/or at the targets in one traversal.
 
-    ``pg`` / ``pgt`` (0 nothing, 1 potential, 2 potential and gradient) choose the outputs at
-    the sources (self-interaction excluded) and at the targets (default: 1 if targets are
-    given, else 0). Returns :class:`Fields` (``pot``, ``grad``, ``pottarg``, ``gradtarg``).
+    ``pg`` / ``pgt`` (0 nothing, 1 potential, 2 potential and gradient, 3 also the Hessian)
+    choose the outputs at the sources (self-interaction excluded) and at the targets (default:
+    1 if targets are given, else 0). Returns :class:`Fields` (``pot``, ``grad``, ``hess``,
+    ``pottarg``, ``gradtarg``, ``hesstarg``).
     Kernel 1/(4 pi r) (FMM3D's ``lfmm3d`` uses 1/r: multiply by 4 pi to compare); points and
     dipoles are (n, 3), several densities (n, k) and (n, k, 3). See README "Coming from FMM3D".
     """

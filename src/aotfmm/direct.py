@@ -188,7 +188,7 @@ def _p2p_all(src_xyz, charges, trg_xyz, pot, grad, threads, module=None, dipoles
 
 def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_offsets,
         list_index, boxes, pot, grad, threads, module=None, cost=None, dipoles=None,
-        exact=True):
+        exact=True, hess=None):
     """Run the P2P kernel over the target boxes ``boxes`` on the thread pool (trusted input).
 
     ``charges`` (n,) with ``pot`` (n_trg,), ``grad`` (3, n_trg); or several densities:
@@ -196,10 +196,21 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
     (k, 3, n_trg). ``grad`` None: potential only. ``cost``: per-box work estimates.
     ``exact=False`` lets float64 1/r carry a ~1e-14 relative error (one Newton step instead of
     two, see kernels/p2p.py): fine for the FMM's near field, not for reference direct sums.
+    ``hess`` (k, 6, n_trg): also the Hessians (then ``pot`` (k, n_trg), ``grad`` (k, 3, n_trg)
+    and ``charges`` (k, n) or None are required; exact 1/r).
     """
     refine = 1 if exact else 0
     dt = pot.dtype
-    if dipoles is not None or pot.ndim == 2:
+    if hess is not None:
+        kernel = _kernels.get("p2p_hess", dt, module)
+        flags = (1 if charges is not None else 0) | (2 if dipoles is not None else 0)
+        q = charges if charges is not None else np.zeros((1, 1), dt)
+        dip = dipoles if dipoles is not None else np.zeros((1, 1, 1), dt)
+
+        def work(i0, i1):
+            kernel(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
+                   list_offsets, list_index, boxes, i0, i1, flags, pot, grad, hess)
+    elif dipoles is not None or pot.ndim == 2:
         kernel = _kernels.get("p2p_multi", dt, module)
         flags = (1 if charges is not None else 0) | (2 if dipoles is not None else 0) | \
             (4 if grad is not None else 0) | (8 if exact else 0)

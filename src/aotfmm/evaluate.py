@@ -255,10 +255,11 @@ class Plan:
         }
 
     # ------------------------------------------------------------------ evaluate
-    def evaluate(self, charges, gradient, progress=None, dipoles=None):
+    def evaluate(self, charges, gradient, progress=None, dipoles=None, hessian=False):
         """One traversal for k densities, in the caller's source order: charges (k, n_sources)
         float64 or None, dipoles (k, 3, n_sources) float64 or None (in this frame).
-        Returns (pot (k, n_targets), grad (k, 3, n_targets) or None, timings)."""
+        Returns (pot (k, n_targets), grad (k, 3, n_targets) or None, hess (k, 6, n_targets)
+        or None, timings). ``hessian`` implies the gradient."""
         tree, ops, dt, threads = self.tree, self.ops, self.dtype, self.threads
         timings = {}
         t = time.perf_counter()
@@ -272,17 +273,19 @@ class Plan:
                 progress.step(name)
 
         k = (charges if charges is not None else dipoles).shape[0]
+        gradient = gradient or hessian
         q = dip = None
         if charges is not None:
             q = np.ascontiguousarray(charges[:, tree.src_perm], dtype=dt)
-            if k == 1 and dipoles is None:
+            if k == 1 and dipoles is None and not hessian:
                 q = q[0]  # the single-density kernels
         if dipoles is not None:
             dip = np.ascontiguousarray(dipoles[:, :, tree.src_perm], dtype=dt)
         n_trg = self.trg.shape[1]
         pot = np.zeros((k, n_trg), dtype=dt)
         grad = np.zeros((k, 3, n_trg), dtype=dt) if gradient else None
-        multi = k > 1 or dip is not None
+        hess = np.zeros((k, 6, n_trg), dtype=dt) if hessian else None
+        multi = k > 1 or dip is not None or hessian
         pot_k = pot if multi else pot[0]
         grad_k = grad if (multi or grad is None) else grad[0]
         shape = (self.n_boxes, k, ops.n_surf)
@@ -318,23 +321,27 @@ class Plan:
             progress.step("l2l+m2l+p2l")
         if len(self.l2p_boxes):
             expansions.l2p(ops, local, self.trg, tree.trg_start, tree.trg_end, self.l2p_boxes,
-                           c, h, pot_k, grad_k, threads=threads)
+                           c, h, pot_k, grad_k, threads=threads, hess=hess)
         tick("l2p")
         if len(self.m2p_boxes):
             expansions.m2p(ops, equiv, self.trg, tree.trg_start, tree.trg_end, self.m2p_boxes,
-                           self.m2p_offsets, self.m2p_index, c, h, pot_k, grad_k, threads=threads)
+                           self.m2p_offsets, self.m2p_index, c, h, pot_k, grad_k, threads=threads,
+                           hess=hess)
         tick("m2p")
         if len(self.near_boxes):
             p2p(self.src, q, self.trg, tree.src_start, tree.src_end, tree.trg_start,
                 tree.trg_end, self.near_offsets, self.near_index, self.near_boxes, pot_k, grad_k,
-                threads, cost=self.near_cost, dipoles=dip, exact=False)
+                threads, cost=self.near_cost, dipoles=dip, exact=False, hess=hess)
         tick("p2p")
 
         out_pot = np.empty_like(pot)
         out_pot[:, tree.trg_perm] = pot
-        out_grad = None
+        out_grad = out_hess = None
         if gradient:
             out_grad = np.empty_like(grad)
             out_grad[:, :, tree.trg_perm] = grad
+        if hessian:
+            out_hess = np.empty_like(hess)
+            out_hess[:, :, tree.trg_perm] = hess
         tick("unsort")
-        return out_pot, out_grad, timings
+        return out_pot, out_grad, out_hess, timings

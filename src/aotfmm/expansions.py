@@ -292,7 +292,7 @@ def m2l(ops, equiv, dcheck, plan, threads=1):
 
 
 def _s2p(ops, dens, trg_xyz, trg_start, trg_end, trg_boxes, list_offsets, list_index,
-         centers, half_widths, radius, pot, grad, threads):
+         centers, half_widths, radius, pot, grad, threads, hess=None):
     dt = ops.dtype
     n = len(trg_boxes)
     if n == 0:
@@ -305,7 +305,13 @@ def _s2p(ops, dens, trg_xyz, trg_start, trg_end, trg_boxes, list_offsets, list_i
     radius = dt.type(radius)
     d3 = _dens3(dens, ops.n_surf)
     nd = d3.shape[1]
-    if nd > 1:
+    if hess is not None:  # pot (k, n), grad (k, 3, n), hess (k, 6, n)
+        kernel = _kernels.get("s2p_hess", dt)
+
+        def work(i0, i1):
+            kernel(d3, trg_xyz, trg_start, trg_end, trg_boxes, centers, hw, list_offsets,
+                   list_index, surf, radius, i0, i1, pot, grad, hess)
+    elif nd > 1:
         kernel = _kernels.get("s2p_multi", dt)
         flags = 0 if grad is None else 4
         pot2 = pot.reshape(nd, -1)
@@ -333,14 +339,14 @@ def _s2p(ops, dens, trg_xyz, trg_start, trg_end, trg_boxes, list_offsets, list_i
 
 
 def m2p(ops, equiv, trg_xyz, trg_start, trg_end, target_boxes, w_offsets, w_index, centers,
-        half_widths, pot, grad=None, threads=1):
+        half_widths, pot, grad=None, threads=1, hess=None):
     """Targets of target_boxes[i] += field of the multipoles of their W list."""
     _s2p(ops, equiv, trg_xyz, trg_start, trg_end, target_boxes, w_offsets, w_index, centers,
-         half_widths, ops.r_up_equiv, pot, grad, threads)
+         half_widths, ops.r_up_equiv, pot, grad, threads, hess)
 
 
 def l2p(ops, local, trg_xyz, trg_start, trg_end, boxes, centers, half_widths, pot, grad=None,
-        threads=1):
+        threads=1, hess=None):
     """Targets of boxes[i] += field of their own local expansion."""
     _s2p(ops, local, trg_xyz, trg_start, trg_end, boxes, _self_list(len(boxes)), boxes,
-         centers, half_widths, ops.r_down_equiv, pot, grad, threads)
+         centers, half_widths, ops.r_down_equiv, pot, grad, threads, hess)

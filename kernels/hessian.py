@@ -1,0 +1,190 @@
+"""Hessians (FMM3D's pg/pgt = 3): potential, gradient and the six second derivatives at once.
+
+Kept apart from the fast paths of ``p2p.py``/``multi.py``: plain loops, exact 1/r, one pass per
+density. With d = x - y, r = |d|, the Laplace kernel G = 1/(4 pi r) gives
+
+* a charge q at y:  pot q/r, grad -q d/r^3, hess_ab q (3 d_a d_b / r^5 - delta_ab / r^3);
+* a dipole D at y (field D . grad_y G, P = D . d): pot P/r^3, grad_a D_a/r^3 - 3 P d_a/r^5,
+  hess_ab -3 (D_a d_b + D_b d_a)/r^5 - 3 P delta_ab/r^5 + 15 P d_a d_b/r^7
+
+(each divided by 4 pi). Hessian components are stored in FMM3D's order xx, yy, zz, xy, xz, yz.
+Coincident pairs (r = 0) contribute nothing. Layouts: pot (nd, n_targets), grad
+(nd, 3, n_targets), hess (nd, 6, n_targets), all INOUT (added to).
+
+* ``p2p_hess``: box/list conventions of ``p2p.py`` (CSR over box ids), densities as in
+  ``multi.py`` (``flags``: 1 charges, 2 dipoles).
+* ``s2p_hess``: equivalent densities on the surfaces of the listed boxes (L2P, M2P), box/list
+  conventions of ``expansions.py`` (CSR over rows).
+"""
+import numpy as np
+
+INV4PI = 0.07957747154594767  # 1 / (4 pi)
+
+SIGNATURES = {
+    # IN src_xyz, IN q (nd, n), IN dip (nd, 3, n), IN trg_xyz, IN src_start, IN src_end,
+    # IN trg_start, IN trg_end, IN list_offsets, IN list_index, IN boxes, IN i0, IN i1,
+    # IN flags, INOUT pot, INOUT grad, INOUT hess
+    "p2p_hess": "void({F}[:, ::1], {F}[:, ::1], {F}[:, :, ::1], {F}[:, ::1], i8[::1], i8[::1],"
+                " i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], i8, i8, i8, {F}[:, ::1],"
+                " {F}[:, :, ::1], {F}[:, :, ::1])",
+    # IN dens (n_boxes, nd, n_surf), IN trg_xyz, IN trg_start, IN trg_end, IN trg_boxes,
+    # IN centers, IN half_widths, IN list_offsets, IN list_index, IN surf, IN radius, IN b0,
+    # IN b1, INOUT pot, INOUT grad, INOUT hess
+    "s2p_hess": "void({F}[:, :, ::1], {F}[:, ::1], i8[::1], i8[::1], i8[::1], {F}[:, ::1],"
+                " {F}[::1], i8[::1], i8[::1], {F}[:, ::1], {F}, i8, i8, {F}[:, ::1],"
+                " {F}[:, :, ::1], {F}[:, :, ::1])",
+}
+
+_ACC = {"c": "{F}", "p": "{F}", "gx": "{F}", "gy": "{F}", "gz": "{F}", "hxx": "{F}",
+        "hyy": "{F}", "hzz": "{F}", "hxy": "{F}", "hxz": "{F}", "hyz": "{F}", "r2": "{F}",
+        "i1": "{F}", "i2": "{F}", "i3": "{F}", "i4": "{F}", "w": "{F}", "w3": "{F}",
+        "pd": "{F}", "t5": "{F}", "t7": "{F}", "hr": "{F}", "ux": "{F}", "uy": "{F}",
+        "uz": "{F}"}
+LOCALS = {"p2p_hess": dict(_ACC), "s2p_hess": dict(_ACC)}
+
+
+def p2p_hess(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, list_offsets,
+             list_index, boxes, i0, i1, flags, pot, grad, hess):
+    """pot/grad/hess[d, :, i] += fields of the listed boxes' charges/dipoles of density d."""
+    c = INV4PI
+    has_q = (flags & 1) != 0
+    has_d = (flags & 2) != 0
+    nd = pot.shape[0]
+    for ii in range(i0, i1):
+        b = boxes[ii]
+        for i in range(trg_start[b], trg_end[b]):
+            xi = trg_xyz[0, i]
+            yi = trg_xyz[1, i]
+            zi = trg_xyz[2, i]
+            for d in range(nd):
+                p = 0.0
+                gx = 0.0
+                gy = 0.0
+                gz = 0.0
+                hxx = 0.0
+                hyy = 0.0
+                hzz = 0.0
+                hxy = 0.0
+                hxz = 0.0
+                hyz = 0.0
+                for kk in range(list_offsets[b], list_offsets[b + 1]):
+                    s = list_index[kk]
+                    for j in range(src_start[s], src_end[s]):
+                        dx = xi - src_xyz[0, j]
+                        dy = yi - src_xyz[1, j]
+                        dz = zi - src_xyz[2, j]
+                        r2 = dx * dx + dy * dy + dz * dz
+                        if r2 > 0.0:
+                            # Unit vector and powers of 1/r up to 4 only: 1/r^7 would overflow
+                            # float32 for points 3e-6 apart while the Hessian itself does not.
+                            i1 = 1.0 / np.sqrt(r2)
+                            ux = dx * i1
+                            uy = dy * i1
+                            uz = dz * i1
+                            i2 = i1 * i1
+                            i3 = i2 * i1
+                            if has_q:
+                                w = q[d, j]
+                                p += w * i1
+                                t5 = w * i2
+                                gx -= t5 * ux
+                                gy -= t5 * uy
+                                gz -= t5 * uz
+                                w3 = w * i3
+                                t5 = 3.0 * w3
+                                hxx += t5 * ux * ux - w3
+                                hyy += t5 * uy * uy - w3
+                                hzz += t5 * uz * uz - w3
+                                hxy += t5 * ux * uy
+                                hxz += t5 * ux * uz
+                                hyz += t5 * uy * uz
+                            if has_d:
+                                ax = dip[d, 0, j]
+                                ay = dip[d, 1, j]
+                                az = dip[d, 2, j]
+                                pd = ax * ux + ay * uy + az * uz  # D . u
+                                p += pd * i2
+                                t5 = 3.0 * pd
+                                gx += (ax - t5 * ux) * i3
+                                gy += (ay - t5 * uy) * i3
+                                gz += (az - t5 * uz) * i3
+                                i4 = i2 * i2
+                                t7 = 15.0 * pd
+                                hxx += (t7 * ux * ux - 6.0 * ax * ux - t5) * i4
+                                hyy += (t7 * uy * uy - 6.0 * ay * uy - t5) * i4
+                                hzz += (t7 * uz * uz - 6.0 * az * uz - t5) * i4
+                                hxy += (t7 * ux * uy - 3.0 * (ax * uy + ay * ux)) * i4
+                                hxz += (t7 * ux * uz - 3.0 * (ax * uz + az * ux)) * i4
+                                hyz += (t7 * uy * uz - 3.0 * (ay * uz + az * uy)) * i4
+                pot[d, i] += c * p
+                grad[d, 0, i] += c * gx
+                grad[d, 1, i] += c * gy
+                grad[d, 2, i] += c * gz
+                hess[d, 0, i] += c * hxx
+                hess[d, 1, i] += c * hyy
+                hess[d, 2, i] += c * hzz
+                hess[d, 3, i] += c * hxy
+                hess[d, 4, i] += c * hxz
+                hess[d, 5, i] += c * hyz
+
+
+def s2p_hess(dens, trg_xyz, trg_start, trg_end, trg_boxes, centers, half_widths, list_offsets,
+             list_index, surf, radius, b0, b1, pot, grad, hess):
+    """pot/grad/hess[d, :, t] += fields of dens[s, d, :] on the surfaces of the listed s."""
+    c = INV4PI
+    nd = dens.shape[1]
+    n_surf = surf.shape[1]
+    for i in range(b0, b1):
+        b = trg_boxes[i]
+        for kk in range(list_offsets[i], list_offsets[i + 1]):
+            s = list_index[kk]
+            hr = half_widths[s] * radius
+            for t in range(trg_start[b], trg_end[b]):
+                xt = trg_xyz[0, t] - centers[s, 0]
+                yt = trg_xyz[1, t] - centers[s, 1]
+                zt = trg_xyz[2, t] - centers[s, 2]
+                for d in range(nd):
+                    p = 0.0
+                    gx = 0.0
+                    gy = 0.0
+                    gz = 0.0
+                    hxx = 0.0
+                    hyy = 0.0
+                    hzz = 0.0
+                    hxy = 0.0
+                    hxz = 0.0
+                    hyz = 0.0
+                    for m in range(n_surf):
+                        dx = xt - hr * surf[0, m]
+                        dy = yt - hr * surf[1, m]
+                        dz = zt - hr * surf[2, m]
+                        r2 = dx * dx + dy * dy + dz * dz
+                        if r2 > 0.0:
+                            w = dens[s, d, m]
+                            i1 = 1.0 / np.sqrt(r2)
+                            ux = dx * i1
+                            uy = dy * i1
+                            uz = dz * i1
+                            t5 = w * i1 * i1
+                            p += w * i1
+                            gx -= t5 * ux
+                            gy -= t5 * uy
+                            gz -= t5 * uz
+                            w3 = t5 * i1
+                            t5 = 3.0 * w3
+                            hxx += t5 * ux * ux - w3
+                            hyy += t5 * uy * uy - w3
+                            hzz += t5 * uz * uz - w3
+                            hxy += t5 * ux * uy
+                            hxz += t5 * ux * uz
+                            hyz += t5 * uy * uz
+                    pot[d, t] += c * p
+                    grad[d, 0, t] += c * gx
+                    grad[d, 1, t] += c * gy
+                    grad[d, 2, t] += c * gz
+                    hess[d, 0, t] += c * hxx
+                    hess[d, 1, t] += c * hyy
+                    hess[d, 2, t] += c * hzz
+                    hess[d, 3, t] += c * hxy
+                    hess[d, 4, t] += c * hxz
+                    hess[d, 5, t] += c * hyz

@@ -1,0 +1,100 @@
+"""Hessians (FMM3D's pg/pgt = 3) against a numpy direct sum, and their API."""
+import warnings
+
+import numpy as np
+import pytest
+
+import aotfmm
+from aotfmm import AccuracyWarning
+from conftest import hessian_reference, rel_err
+
+
+def points(rng, kind, n):
+    if kind == "uniform":
+        return rng.random((n, 3))
+    if kind == "sphere":
+        x = rng.standard_normal((n, 3))
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+    return rng.random((4, 3))[rng.integers(0, 4, n)] + 0.03 * rng.standard_normal((n, 3))
+
+
+@pytest.mark.parametrize("terms", ["charges", "dipoles", "both"])
+@pytest.mark.parametrize("kind,eps", [("uniform", 1e-3), ("clustered", 1e-6),
+                                      ("sphere", 1e-6)])
+def test_hessians_at_sources_and_targets(rng, terms, kind, eps):
+    n = 6000
+    src = points(rng, kind, n)
+    trg = rng.random((800, 3)) * 1.4 - 0.2
+    q = rng.standard_normal(n) if terms != "dipoles" else None
+    d = rng.standard_normal((n, 3)) if terms != "charges" else None
+    f = aotfmm.lfmm(src, q, trg, dipoles=d, pg=3, pgt=3, eps=eps)
+    assert f.hess.shape == (n, 6) and f.hesstarg.shape == (800, 6)
+    idx = rng.choice(n, 600, replace=False)
+    for got, where in (((f.pot[idx], f.grad[idx], f.hess[idx]), src[idx]),
+                       ((f.pottarg, f.gradtarg, f.hesstarg), trg)):
+        for value, ref in zip(got, hessian_reference(src, q, d, where)):
+            assert rel_err(value, ref) < eps
+
+
+def test_hessian_is_the_gradients_derivative_and_traceless(rng):
+    """Independent of any reference sum: away from the sources the Hessian is symmetric by
+    construction, traceless (the potential is harmonic) and the gradient's finite difference."""
+    src = rng.random((3000, 3))
+    q = rng.standard_normal(3000)
+    x0 = np.array([[1.7, 0.4, 0.6]])
+    h = 3e-4
+    shifts = np.vstack([x0 + h * e for e in np.eye(3)] + [x0 - h * e for e in np.eye(3)])
+    f = aotfmm.lfmm(src, q, np.vstack([x0, shifts]), pg=0, pgt=3, eps=1e-8)
+    hess, grad = f.hesstarg, f.gradtarg
+    assert abs(hess[0, :3].sum()) < 1e-7 * np.abs(hess[0]).max()
+    fd = (grad[1:4] - grad[4:7]) / (2 * h)          # row a: d grad / d x_a
+    full = np.array([[hess[0, 0], hess[0, 3], hess[0, 4]],
+                     [hess[0, 3], hess[0, 1], hess[0, 5]],
+                     [hess[0, 4], hess[0, 5], hess[0, 2]]])
+    np.testing.assert_allclose(fd, full, rtol=0, atol=2e-6 * np.abs(full).max())
+
+
+def test_several_densities_and_float32(rng):
+    n = 4000
+    src = rng.random((n, 3))
+    q = rng.standard_normal((n, 2))
+    d = rng.standard_normal((n, 2, 3))
+    plan = aotfmm.Fmm(src, dipoles=True, eps=1e-6)
+    f = plan.fields(q, dipoles=d, pg=3)
+    assert f.hess.shape == (n, 2, 6) and f.pottarg is None and f.hesstarg is None
+    idx = rng.choice(n, 400, replace=False)
+    for col in range(2):
+        ref = hessian_reference(src, q[:, col], d[:, col], src[idx])
+        assert rel_err(f.hess[idx, col], ref[2]) < 1e-6
+        assert rel_err(f.grad[idx, col], ref[1]) < 1e-6
+    f32 = aotfmm.lfmm(src.astype(np.float32), q[:, 0].astype(np.float32), pg=3, eps=1e-3)
+    assert f32.hess.dtype == np.float32
+    ref = hessian_reference(src.astype(np.float32), q[:, 0], None, src[idx].astype(np.float32))
+    assert rel_err(f32.hess[idx], ref[2]) < 1e-3
+
+
+def test_near_coincident_float32_pairs_do_not_overflow(rng):
+    """1/r^7 of points 1e-6 apart overflows float32; the Hessian itself (~1/r^4) does not."""
+    src = np.vstack([rng.random((500, 3)), [[0.5, 0.5, 0.5], [0.5, 0.5, 0.5 + 1e-6]]])
+    src = src.astype(np.float32)
+    q = rng.standard_normal(502).astype(np.float32)
+    d = rng.standard_normal((502, 3)).astype(np.float32)
+    f = aotfmm.lfmm(src, q, dipoles=d, pg=3, eps=1e-3)
+    assert np.isfinite(f.hess).all()
+    ref = hessian_reference(src, q, d, src[-2:])
+    assert rel_err(f.hess[-2:], ref[2]) < 1e-3
+
+
+def test_levels_and_warnings(rng):
+    src = rng.random((500, 3))
+    q = rng.standard_normal(500)
+    plan = aotfmm.Fmm(src, eps=1e-6)
+    with pytest.raises(ValueError, match="0, 1, 2 or 3"):
+        plan.fields(q, pg=4)
+    f = plan.fields(q, pg=2)
+    assert f.hess is None and f.grad is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan.fields(q, pg=3)  # eps 1e-6: no warning
+    with pytest.warns(AccuracyWarning, match="Hessians reach about"):
+        aotfmm.Fmm(src, eps=1e-9).fields(q, pg=3)
