@@ -137,6 +137,10 @@ class Fmm:
     dipoles : bool, default False
         The plan will evaluate dipole sources: one expansion order more, so that dipole
         fields meet ``eps`` too (evaluating dipoles on a plan without it warns).
+    hessians : bool, default False
+        The plan will evaluate Hessians (:meth:`fields` with ``pg``/``pgt`` = 3): one order
+        more again, two with separate targets (Hessians at targets far from all sources were
+        measured up to 1.4x eps with one); asking a plan without it for Hessians warns.
     eps : float, optional
         Requested relative L2 accuracy of potentials and gradients (default 1e-6 in float64,
         1e-5 in float32); picks the expansion order and leaf size from a measured table.
@@ -162,8 +166,9 @@ class Fmm:
         Seconds per setup phase and per operator of the last :meth:`evaluate`.
     """
 
-    def __init__(self, sources, targets=None, *, at_sources=None, dipoles=False, eps=None,
-                 p=None, ncrit=None, dtype=None, threads=None, cache_dir=None, progress=False):
+    def __init__(self, sources, targets=None, *, at_sources=None, dipoles=False, hessians=False,
+                 eps=None, p=None, ncrit=None, dtype=None, threads=None, cache_dir=None,
+                 progress=False):
         from . import evaluate
         t0 = time.perf_counter()
         self.dtype = resolve_dtype(dtype, sources, targets)
@@ -182,6 +187,7 @@ class Fmm:
             raise ValueError("at_sources=False needs targets")
         self._at_sources = at_sources
         self._for_dipoles = as_bool("dipoles", dipoles)
+        self._for_hessians = as_bool("hessians", hessians)
         self._p_given = p is not None
         # Points given in float32 (or float16) are used exactly as given: scale by a power of
         # two only. Centring them would round them a second time (the FMM would then answer
@@ -198,7 +204,8 @@ class Fmm:
         bar = _progress.Progress(self.progress, label="aotfmm setup")
         self._core = evaluate.Plan(src_xyz, trg_xyz, eps=self.eps, p=p, ncrit=ncrit,
                                    dtype=self.dtype, threads=self.threads, cache_dir=cache_dir,
-                                   progress=bar, dipoles=self._for_dipoles)
+                                   progress=bar, dipoles=self._for_dipoles,
+                                   hessians=self._for_hessians)
         bar.done()
         self.p = self._core.p
         self.ncrit = self._core.ncrit
@@ -257,8 +264,8 @@ class Fmm:
             ``pot``, ``grad``, ``hess`` (at the sources) and ``pottarg``, ``gradtarg``,
             ``hesstarg`` (at the targets), shaped like :meth:`evaluate`'s results (Hessians:
             (n, 6) or (n, k, 6), components xx, yy, zz, xy, xz, yz); None where not requested.
-            Hessians meet ``eps`` down to eps ~1e-8 in float64 (below, the far-field part
-            levels off at a few 1e-9 relative error; an AccuracyWarning says so).
+            Hessians meet ``eps`` on plans built with ``hessians=True``, down to eps ~3e-9
+            in float64 (below, their far-field part levels off; an AccuracyWarning says so).
         """
         pg = self._level("pg", pg, 1 if self._at_sources else 0, self._at_sources,
                          "the plan was built without at_sources=True")
@@ -293,6 +300,10 @@ class Fmm:
             warnings.warn("this plan chose its order for charges; dipoles need one more to "
                           f"meet eps={self.eps:g}: build it with Fmm(..., dipoles=True)",
                           AccuracyWarning, stacklevel=3)
+        if hessian and not self._for_hessians and not self._p_given:
+            warnings.warn("this plan chose its order for potentials and gradients; Hessians "
+                          f"need one more to meet eps={self.eps:g}: build it with "
+                          "Fmm(..., hessians=True)", AccuracyWarning, stacklevel=3)
         if hessian and self.eps < HESSIAN_EPS_FLOOR[self.dtype.name]:
             warnings.warn(f"Hessians reach about {HESSIAN_EPS_FLOOR[self.dtype.name]:g} "
                           f"relative error in {self.dtype.name}, not eps={self.eps:g} (their "
@@ -461,5 +472,6 @@ def lfmm(sources, charges=None, targets=None, *, dipoles=None, pg=1, pgt=None, e
     if not pg and not pgt:
         raise ValueError("pg and pgt are both 0: nothing to compute")
     plan = Fmm(sources, targets if pgt else None, at_sources=bool(pg) or targets is None,
-               dipoles=dipoles is not None, eps=eps, dtype=dt, threads=threads)
+               dipoles=dipoles is not None, hessians=max(pg, pgt) == 3, eps=eps, dtype=dt,
+               threads=threads)
     return plan.fields(charges, dipoles=dipoles, pg=pg, pgt=pgt if targets is not None else None)

@@ -55,7 +55,8 @@ _EPS_TABLE = (  # (smallest eps served, p, ncrit)
 #: 1e6 points at eps 1e-6 (p = 8): ncrit 160 -> 0.75 s / 7.2 s, 400 -> 0.44 s / 4.3 s (pot+grad).
 
 
-def choose_parameters(eps, p=None, ncrit=None, separate_targets=False, dipoles=False):
+def choose_parameters(eps, p=None, ncrit=None, separate_targets=False, dipoles=False,
+                      hessians=False):
     """(p, ncrit) for an accuracy target; explicit values win.
 
     Dipole sources get one order more too: their fields decay one power faster, so more of
@@ -65,10 +66,15 @@ def choose_parameters(eps, p=None, ncrit=None, separate_targets=False, dipoles=F
     Separate targets get one order more (up to P_MAX): targets away from every source see only
     expansions, and there the gradient error was measured up to ~10x the potential's (two
     tiny clusters far apart, targets around them: p = 8 gave a gradient error of 1.2e-6).
+
+    Hessians get one order more again, two with separate targets: at targets far from all
+    sources they were measured at up to 1.4x eps with one more order than the gradients (same
+    two clusters, eps 1e-6, p = 10), at most 5e-8 with two (p = 11).
     """
     row = next((r for r in _EPS_TABLE if eps >= r[0]), _EPS_TABLE[-1])
     if p is None:
-        p = min(row[1] + bool(separate_targets) + bool(dipoles), P_MAX)
+        bump = bool(separate_targets) + bool(dipoles) + (1 + bool(separate_targets)) * hessians
+        p = min(row[1] + bump, P_MAX)
         row = (row[0], p, row[2])
     if ncrit is None:
         # keep the leaf size in proportion to the surface size when p is forced
@@ -97,7 +103,7 @@ class Plan:
     """Everything that depends on the points only; see the module docstring."""
 
     def __init__(self, src_xyz, trg_xyz, *, eps, p=None, ncrit=None, dtype=np.float64,
-                 threads=1, cache_dir=None, progress=None, dipoles=False):
+                 threads=1, cache_dir=None, progress=None, dipoles=False, hessians=False):
         timings = {}
         step = progress.step if progress is not None else (lambda name: None)
         t = time.perf_counter()
@@ -105,7 +111,7 @@ class Plan:
         self.dtype, self.threads = dt, threads
         self.same = trg_xyz is src_xyz
         self.p, self.ncrit = choose_parameters(eps, p, ncrit, separate_targets=not self.same,
-                                               dipoles=dipoles)
+                                               dipoles=dipoles, hessians=hessians)
 
         tree = build_tree(src_xyz, trg_xyz, self.ncrit, threads=threads)
         if dt == np.float32 and tree.n_levels - 1 > _FLOAT32_MAX_LEVEL:
