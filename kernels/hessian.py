@@ -11,10 +11,10 @@ density. With d = x - y, r = |d|, the Laplace kernel G = 1/(4 pi r) gives
 Coincident pairs (r = 0) contribute nothing. Layouts: pot (nd, n_targets), grad
 (nd, 3, n_targets), hess (nd, 6, n_targets), all INOUT (added to).
 
-* ``p2p_hess``: box/list conventions of ``p2p.py`` (CSR over box ids), densities as in
-  ``multi.py`` (``flags``: 1 charges, 2 dipoles).
-* ``s2p_hess``: equivalent densities on the surfaces of the listed boxes (L2P, M2P), box/list
-  conventions of ``expansions.py`` (CSR over rows).
+``p2p_hess`` has the box/list conventions of ``p2p.py`` (CSR over box ids) and densities as in
+``multi.py`` (``flags``: 1 charges, 2 dipoles). It serves L2P/M2P Hessians too: there the
+equivalent surfaces of the listed boxes are passed as point charges
+(``aotfmm.expansions._s2p_hessians``).
 """
 import numpy as np
 
@@ -27,20 +27,14 @@ SIGNATURES = {
     "p2p_hess": "void({F}[:, ::1], {F}[:, ::1], {F}[:, :, ::1], {F}[:, ::1], i8[::1], i8[::1],"
                 " i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], i8, i8, i8, {F}[:, ::1],"
                 " {F}[:, :, ::1], {F}[:, :, ::1])",
-    # IN dens (n_boxes, nd, n_surf), IN trg_xyz, IN trg_start, IN trg_end, IN trg_boxes,
-    # IN centers, IN half_widths, IN list_offsets, IN list_index, IN surf, IN radius, IN b0,
-    # IN b1, INOUT pot, INOUT grad, INOUT hess
-    "s2p_hess": "void({F}[:, :, ::1], {F}[:, ::1], i8[::1], i8[::1], i8[::1], {F}[:, ::1],"
-                " {F}[::1], i8[::1], i8[::1], {F}[:, ::1], {F}, i8, i8, {F}[:, ::1],"
-                " {F}[:, :, ::1], {F}[:, :, ::1])",
 }
 
-_ACC = {"c": "{F}", "p": "{F}", "gx": "{F}", "gy": "{F}", "gz": "{F}", "hxx": "{F}",
+_LOCALS = {"c": "{F}", "p": "{F}", "gx": "{F}", "gy": "{F}", "gz": "{F}", "hxx": "{F}",
         "hyy": "{F}", "hzz": "{F}", "hxy": "{F}", "hxz": "{F}", "hyz": "{F}", "r2": "{F}",
         "i1": "{F}", "i2": "{F}", "i3": "{F}", "i4": "{F}", "w": "{F}", "w3": "{F}",
-        "pd": "{F}", "t5": "{F}", "t7": "{F}", "hr": "{F}", "ux": "{F}", "uy": "{F}",
+        "pd": "{F}", "t5": "{F}", "t7": "{F}", "ux": "{F}", "uy": "{F}",
         "uz": "{F}"}
-LOCALS = {"p2p_hess": dict(_ACC), "s2p_hess": dict(_ACC)}
+LOCALS = {"p2p_hess": _LOCALS}
 
 
 def p2p_hess(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, list_offsets,
@@ -127,64 +121,3 @@ def p2p_hess(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, l
                 hess[d, 4, i] += c * hxz
                 hess[d, 5, i] += c * hyz
 
-
-def s2p_hess(dens, trg_xyz, trg_start, trg_end, trg_boxes, centers, half_widths, list_offsets,
-             list_index, surf, radius, b0, b1, pot, grad, hess):
-    """pot/grad/hess[d, :, t] += fields of dens[s, d, :] on the surfaces of the listed s."""
-    c = INV4PI
-    nd = dens.shape[1]
-    n_surf = surf.shape[1]
-    for i in range(b0, b1):
-        b = trg_boxes[i]
-        for kk in range(list_offsets[i], list_offsets[i + 1]):
-            s = list_index[kk]
-            hr = half_widths[s] * radius
-            for t in range(trg_start[b], trg_end[b]):
-                xt = trg_xyz[0, t] - centers[s, 0]
-                yt = trg_xyz[1, t] - centers[s, 1]
-                zt = trg_xyz[2, t] - centers[s, 2]
-                for d in range(nd):
-                    p = 0.0
-                    gx = 0.0
-                    gy = 0.0
-                    gz = 0.0
-                    hxx = 0.0
-                    hyy = 0.0
-                    hzz = 0.0
-                    hxy = 0.0
-                    hxz = 0.0
-                    hyz = 0.0
-                    for m in range(n_surf):
-                        dx = xt - hr * surf[0, m]
-                        dy = yt - hr * surf[1, m]
-                        dz = zt - hr * surf[2, m]
-                        r2 = dx * dx + dy * dy + dz * dz
-                        if r2 > 0.0:
-                            w = dens[s, d, m]
-                            i1 = 1.0 / np.sqrt(r2)
-                            ux = dx * i1
-                            uy = dy * i1
-                            uz = dz * i1
-                            t5 = w * i1 * i1
-                            p += w * i1
-                            gx -= t5 * ux
-                            gy -= t5 * uy
-                            gz -= t5 * uz
-                            w3 = t5 * i1
-                            t5 = 3.0 * w3
-                            hxx += t5 * ux * ux - w3
-                            hyy += t5 * uy * uy - w3
-                            hzz += t5 * uz * uz - w3
-                            hxy += t5 * ux * uy
-                            hxz += t5 * ux * uz
-                            hyz += t5 * uy * uz
-                    pot[d, t] += c * p
-                    grad[d, 0, t] += c * gx
-                    grad[d, 1, t] += c * gy
-                    grad[d, 2, t] += c * gz
-                    hess[d, 0, t] += c * hxx
-                    hess[d, 1, t] += c * hyy
-                    hess[d, 2, t] += c * hzz
-                    hess[d, 3, t] += c * hxy
-                    hess[d, 4, t] += c * hxz
-                    hess[d, 5, t] += c * hyz

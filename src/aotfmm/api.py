@@ -1,14 +1,14 @@
 """Public FMM API: the :class:`Fmm` plan (build tree and operators once, evaluate many charge
 vectors) and the one-call :func:`laplace`."""
 import numbers
+import time
 import typing
 import warnings
-import time
 
 import numpy as np
 
 from . import _progress, _threads
-from .direct import _rescale, scaled_densities
+from .direct import scaled_densities, unscale_fields
 from .evaluate import AccuracyWarning
 from ._validation import (as_bool, as_points, check_integer, frame, resolve_dtype, to_soa,
                           _as_real_array, _check_finite)
@@ -322,13 +322,7 @@ class Fmm:
             pc, gc, hc, timings = self._core.evaluate(qs, gradient, progress=bar, dipoles=ds,
                                                       hessian=hessian)
             bar.done()
-            for row, col in enumerate(live):
-                qs_ = float(qscale[row])
-                pot[col] = _rescale(pc[row], qs_ / self._scale, "potential")
-                if gradient:
-                    grad[col] = _rescale(gc[row], qs_ / self._scale / self._scale, "gradient")
-                if hessian:
-                    hess[col] = _rescale(hc[row], qs_ / self._scale ** 3, "Hessian")
+            unscale_fields((pot, grad, hess), (pc, gc, hc), live, qscale, self._scale)
         timings["evaluate_total"] = time.perf_counter() - t0
         self.timings = {k_: v for k_, v in self.timings.items() if not k_.startswith("eval:")}
         self.timings.update({f"eval:{k_}": v for k_, v in timings.items()})

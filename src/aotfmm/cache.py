@@ -216,10 +216,10 @@ def _write(path, key, arrays):
                        "nbytes": a.nbytes, "crc32": zlib.crc32(memoryview(a).cast("B"))
                        if a.nbytes else 0}
         offset = _align(offset + a.nbytes)
+    # The file size is in the header, whose length depends on it: reserve the widest value,
+    # then pad the real header to that length.
     header = {"key_json": _canonical(dict(key, format_version=FORMAT_VERSION)),
-              "arrays": specs, "file_size": 0}
-    # The file size is in the header, whose length depends on it: fix it with a fixed width.
-    header["file_size"] = 10 ** 15
+              "arrays": specs, "file_size": 10 ** 15}
     raw = json.dumps(header).encode()
     start = _align(_PREFIX.size + len(raw))
     size = start + (specs[items[-1][0]]["offset"] + items[-1][1].nbytes if items else 0)

@@ -120,10 +120,7 @@ def _direct_multi(src, q, d, trg, gradient, dt, threads):
     pl = np.zeros((len(live), n_trg), dtype=dt)
     gl = np.zeros((len(live), 3, n_trg), dtype=dt) if gradient else None
     _p2p_all(src_xyz, qs, trg_xyz, pl, gl, threads, dipoles=ds)
-    for row, col in enumerate(live):
-        pot[col] = _rescale(pl[row], float(qscale[row]) / scale, "potential")
-        if gradient:
-            grad[col] = _rescale(gl[row], float(qscale[row]) / scale / scale, "gradient")
+    unscale_fields((pot, grad), (pl, gl), live, qscale, scale)
     return pot, grad
 
 
@@ -154,6 +151,24 @@ def scaled_densities(q, d, frame_scale):
     qs = None if q is None else q[live] / qscale[:, None]
     ds = None if d is None else d[live] / qscale[:, None, None]
     return live, qscale, qs, ds
+
+
+def unscale_fields(outs, frame_outs, live, qscale, frame_scale):
+    """Fields of the frame back to the caller's units, density by density.
+
+    ``outs`` (potentials (k, n), gradients (k, 3, n), Hessians (k, 6, n); None entries are
+    skipped) get rows ``live`` from ``frame_outs`` (one row per live density), times that
+    density's scale over ``frame_scale`` to the power 1, 2, 3 (see :func:`scaled_densities`).
+    """
+    for power, (out, got, what) in enumerate(zip(outs, frame_outs,
+                                                 ("potential", "gradient", "Hessian")), 1):
+        if out is None:
+            continue
+        for row, col in enumerate(live):
+            factor = float(qscale[row])
+            for _ in range(power):  # divide step by step: frame_scale ** 3 may overflow
+                factor /= frame_scale
+            out[col] = _rescale(got[row], factor, what)
 
 
 def _rescale(values, factor, what):
@@ -201,21 +216,20 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
     """
     refine = 1 if exact else 0
     dt = pot.dtype
-    if hess is not None:
-        kernel = _kernels.get("p2p_hess", dt, module)
-        flags = (1 if charges is not None else 0) | (2 if dipoles is not None else 0)
+    multi = hess is not None or dipoles is not None or pot.ndim == 2
+    if multi:  # the density kernels: terms chosen by flags, placeholders for absent ones
+        terms = (1 if charges is not None else 0) | (2 if dipoles is not None else 0)
         q = charges if charges is not None else np.zeros((1, 1), dt)
         dip = dipoles if dipoles is not None else np.zeros((1, 1, 1), dt)
+    if hess is not None:
+        kernel = _kernels.get("p2p_hess", dt, module)
 
         def work(i0, i1):
             kernel(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
-                   list_offsets, list_index, boxes, i0, i1, flags, pot, grad, hess)
-    elif dipoles is not None or pot.ndim == 2:
+                   list_offsets, list_index, boxes, i0, i1, terms, pot, grad, hess)
+    elif multi:
         kernel = _kernels.get("p2p_multi", dt, module)
-        flags = (1 if charges is not None else 0) | (2 if dipoles is not None else 0) | \
-            (4 if grad is not None else 0) | (8 if exact else 0)
-        q = charges if charges is not None else np.zeros((1, 1), dt)
-        dip = dipoles if dipoles is not None else np.zeros((1, 1, 1), dt)
+        flags = terms | (4 if grad is not None else 0) | (8 if exact else 0)
         g = grad if grad is not None else np.zeros((1, 1, 1), dt)
         pot2 = pot.reshape(-1, pot.shape[-1])
         # The kernel gathers each target box's listed sources into scratch of m_max entries.

@@ -340,14 +340,12 @@ class Plan:
                 threads, cost=self.near_cost, dipoles=dip, exact=False, hess=hess)
         tick("p2p")
 
-        out_pot = np.empty_like(pot)
-        out_pot[:, tree.trg_perm] = pot
-        out_grad = out_hess = None
-        if gradient:
-            out_grad = np.empty_like(grad)
-            out_grad[:, :, tree.trg_perm] = grad
-        if hessian:
-            out_hess = np.empty_like(hess)
-            out_hess[:, :, tree.trg_perm] = hess
+        out = []
+        for a in (pot, grad, hess):  # back to the caller's target order (last axis)
+            if a is not None:
+                b = np.empty_like(a)
+                b[..., tree.trg_perm] = a
+                a = b
+            out.append(a)
         tick("unsort")
-        return out_pot, out_grad, out_hess, timings
+        return (*out, timings)

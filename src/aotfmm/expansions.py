@@ -56,6 +56,7 @@ import dataclasses
 import numpy as np
 
 from . import _blas, _geometry, _kernels, _threads
+from .direct import p2p
 
 __all__ = ["p2m", "m2m", "l2l", "dc2e", "m2l_plan", "m2l", "M2LPlan", "p2l", "m2p", "l2p"]
 
@@ -299,19 +300,17 @@ def _s2p(ops, dens, trg_xyz, trg_start, trg_end, trg_boxes, list_offsets, list_i
         return
     centers = _cast(centers, dt)
     hw = _cast(half_widths, dt)
+    radius = dt.type(radius)
+    d3 = _dens3(dens, ops.n_surf)
+    if hess is not None:  # pot (k, n), grad (k, 3, n), hess (k, 6, n)
+        _s2p_hessians(ops, d3, trg_xyz, trg_start[trg_boxes], trg_end[trg_boxes], list_offsets,
+                      list_index, centers, hw, radius, pot, grad, hess, threads)
+        return
     n_trg = trg_end[trg_boxes] - trg_start[trg_boxes]
     bounds = _bounds(n_trg * np.diff(list_offsets) + 1, threads)
     surf = ops.surface_soa
-    radius = dt.type(radius)
-    d3 = _dens3(dens, ops.n_surf)
     nd = d3.shape[1]
-    if hess is not None:  # pot (k, n), grad (k, 3, n), hess (k, 6, n)
-        kernel = _kernels.get("s2p_hess", dt)
-
-        def work(i0, i1):
-            kernel(d3, trg_xyz, trg_start, trg_end, trg_boxes, centers, hw, list_offsets,
-                   list_index, surf, radius, i0, i1, pot, grad, hess)
-    elif nd > 1:
+    if nd > 1:
         kernel = _kernels.get("s2p_multi", dt)
         flags = 0 if grad is None else 4
         pot2 = pot.reshape(nd, -1)
@@ -336,6 +335,22 @@ def _s2p(ops, dens, trg_xyz, trg_start, trg_end, trg_boxes, list_offsets, list_i
             kernel(d2, trg_xyz, trg_start, trg_end, trg_boxes, centers, hw, list_offsets,
                    list_index, surf, radius, i0, i1, pot1, grad2)
     _threads.run(work, bounds, threads)
+
+
+def _s2p_hessians(ops, d3, trg_xyz, row_start, row_end, list_offsets, list_index, centers, hw,
+                  radius, pot, grad, hess, threads):
+    """Potential, gradient and Hessian of surface densities: the surfaces of the listed boxes
+    become point charges and the near field's Hessian kernel sums them (rows are targets
+    ``row_start[i]:row_end[i]`` with the boxes ``list_index[list_offsets[i]:...]``)."""
+    n_surf = ops.n_surf
+    used, pos = np.unique(list_index, return_inverse=True)
+    pts = centers[used][:, :, None] + (hw[used] * radius)[:, None, None] * ops.surface_soa
+    src = np.ascontiguousarray(pts.transpose(1, 0, 2).reshape(3, -1))
+    q = np.ascontiguousarray(d3[used].transpose(1, 0, 2).reshape(d3.shape[1], -1))
+    start = np.arange(len(used), dtype=np.int64) * n_surf
+    p2p(src, q, trg_xyz, start, start + n_surf, row_start, row_end, list_offsets,
+        pos.astype(np.int64), np.arange(len(row_start), dtype=np.int64), pot, grad, threads,
+        cost=(row_end - row_start) * np.diff(list_offsets) + 1, hess=hess)
 
 
 def m2p(ops, equiv, trg_xyz, trg_start, trg_end, target_boxes, w_offsets, w_index, centers,
