@@ -172,3 +172,32 @@ def test_plan_parameters_and_reuse(data, p, ncrit):
         if result is not None:
             pot = result[0] if isinstance(result, tuple) else result
             assert pot.shape[0] == n and np.isfinite(pot).all()
+
+
+@settings(FMM_SETTINGS, max_examples=int(__import__("os").environ.get(
+    "AOTFMM_HOSTILE_LFMM_EXAMPLES", 300)))
+@given(data=st.data(), pg=st.sampled_from([0, 1, 2, 3, 1, 2, 3, 4, -1, True, 2.0, "2", None]),
+       pgt=st.sampled_from([None, 0, 1, 2, 3, 4, 1.5]),
+       with_q=st.booleans(), with_d=st.booleans())
+def test_lfmm_dipoles_and_output_levels(data, pg, pgt, with_q, with_d):
+    """lfmm (and through it Fmm.fields) with hostile charges, dipoles, targets and pg/pgt,
+    Hessians included: a valid answer of the right shape or an allowed exception."""
+    src = data.draw(arrays())
+    n = np.shape(src)[0] if np.ndim(src) else 0
+    q = data.draw(arrays(n=n, charges=True)) if with_q else None
+    d = data.draw(arrays(n=n)) if with_d else None  # (n, 3) mostly, else hostile
+    trg = data.draw(st.one_of(st.none(), arrays()))
+    res = call_or_raise(aotfmm.lfmm, src, q, trg, dipoles=d, pg=pg, pgt=pgt,
+                        eps=data.draw(st.sampled_from([1e-3, 1e-6, None])))
+    if res is None:
+        return
+    assert _is_valid_points(src) and (trg is None or _is_valid_points(trg))
+    assert with_q or with_d
+    for name, count in (("", n), ("targ", 0 if trg is None else np.shape(trg)[0])):
+        pot, grad, hess = (getattr(res, f + name) for f in ("pot", "grad", "hess"))
+        for value, width in ((pot, None), (grad, 3), (hess, 6)):
+            if value is None:
+                continue
+            assert value.shape[0] == count and np.isfinite(value).all()
+            if width is not None:
+                assert value.shape[-1] == width
