@@ -1,21 +1,39 @@
-"""Thread pool for GIL-released kernels: how many threads, and splitting work into chunks.
+"""Worker threads for GIL-released kernels: how many threads, and splitting work into chunks.
 
 Kernels release the GIL, so Python threads calling them on disjoint output slices run in
 parallel. The default thread count is the number of CPUs this process may use; ``threads=``
 arguments and the ``AOTFMM_NUM_THREADS`` environment variable override it.
+
+How :func:`run` stays safe (the rules any caller may rely on):
+
+* **Nesting runs inline.** A ``run`` called from inside a worker (a task of another ``run``)
+  executes its ranges on that worker, serially: no task ever waits on the pool it runs on, so
+  nested parallel regions cannot deadlock, whatever the thread counts.
+* **The caller works too.** The calling thread takes ranges like any worker, so a ``run``
+  finishes even if every pool thread is busy with other callers' work.
+* **The pool only grows.** Threads are added when a caller asks for more; none is ever shut
+  down or replaced, so concurrent callers with any thread counts never meet a closed pool.
+* **Interrupts stop the work.** Ranges are handed out one at a time; when the caller is
+  interrupted (Ctrl-C) or a range raises, no further range starts, and the caller returns (or
+  re-raises) once the ranges already running are done. Pool threads are daemons: they never
+  keep the interpreter alive at exit.
 """
-import concurrent.futures
 import numbers
 import os
+import queue
 import threading
 
 import numpy as np
 
 ENV_VAR = "AOTFMM_NUM_THREADS"
+#: Largest thread count accepted (threads=, $AOTFMM_NUM_THREADS): far above any machine's CPUs,
+#: small enough that per-thread bookkeeping stays trivial.
+MAX_THREADS = 4096
 
-_pool = None
-_pool_size = 0
-_pool_lock = threading.Lock()
+_tasks = queue.SimpleQueue()
+_workers = []
+_workers_lock = threading.Lock()
+_local = threading.local()
 
 
 def cpu_count():
@@ -26,18 +44,22 @@ def cpu_count():
         return os.cpu_count() or 1
 
 
+def _check_count(what, n):
+    if n < 1 or n > MAX_THREADS:
+        raise ValueError(f"{what} must be a positive integer at most {MAX_THREADS}, got {n}")
+    return n
+
+
 def default_threads():
     """``$AOTFMM_NUM_THREADS`` if set (a positive integer), else :func:`cpu_count`."""
     value = os.environ.get(ENV_VAR, "").strip()
     if not value:
-        return cpu_count()
+        return min(cpu_count(), MAX_THREADS)
     try:
         n = int(value)
     except ValueError:
-        n = 0
-    if n < 1:
-        raise ValueError(f"{ENV_VAR} must be a positive integer, got {value!r}")
-    return n
+        raise ValueError(f"{ENV_VAR} must be a positive integer, got {value!r}") from None
+    return _check_count(ENV_VAR, n)
 
 
 def resolve_threads(threads):
@@ -46,20 +68,29 @@ def resolve_threads(threads):
         return default_threads()
     if isinstance(threads, bool) or not isinstance(threads, numbers.Integral):
         raise TypeError(f"threads must be a positive integer or None, got {threads!r}")
-    if threads < 1:
-        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
-    return int(threads)
+    return _check_count("threads", int(threads))
 
 
-def _get_pool(n):
-    global _pool, _pool_size
-    with _pool_lock:
-        if _pool is None or _pool_size < n:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool = concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix="aotfmm")
-            _pool_size = n
-        return _pool
+def in_worker():
+    """True on a pool thread (a nested :func:`run` there executes inline)."""
+    return getattr(_local, "worker", False)
+
+
+def _worker_main():
+    _local.worker = True
+    while True:
+        task = _tasks.get()
+        task()
+
+
+def _ensure_workers(n):
+    """At least ``n`` pool threads exist (the pool never shrinks)."""
+    with _workers_lock:
+        while len(_workers) < n:
+            t = threading.Thread(target=_worker_main, name=f"aotfmm-{len(_workers)}",
+                                 daemon=True)
+            t.start()
+            _workers.append(t)
 
 
 def split(cost, n_chunks):
@@ -73,6 +104,7 @@ def split(cost, n_chunks):
         n = int(cost)
         bounds = np.linspace(0, n, min(n_chunks, max(n, 1)) + 1).round().astype(np.int64)
     else:
+        n_chunks = min(n_chunks, max(len(cost), 1))
         cum = np.concatenate(([0.0], np.cumsum(cost, dtype=np.float64)))
         if cum[-1] <= 0:
             return split(len(cost), n_chunks)
@@ -82,30 +114,77 @@ def split(cost, n_chunks):
     return np.unique(bounds)
 
 
+class _Job:
+    """The ranges of one :func:`run`, handed out one at a time to whoever asks first."""
+
+    def __init__(self, func, ranges):
+        self.func = func
+        self.ranges = ranges
+        self.next = 0
+        self.running = 0         # ranges being worked on right now
+        self.error = None
+        self.stopped = False
+        self.lock = threading.Lock()
+        self.idle = threading.Condition(self.lock)
+
+    def work(self):
+        """Take ranges until none is left (or the job was stopped)."""
+        while True:
+            with self.lock:
+                if self.stopped or self.next >= len(self.ranges):
+                    return
+                item = self.ranges[self.next]
+                self.next += 1
+                self.running += 1
+            try:
+                self.func(*item)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
+                with self.lock:
+                    self.stopped = True
+                    if self.error is None:
+                        self.error = exc
+            finally:
+                with self.lock:
+                    self.running -= 1
+                    self.idle.notify_all()
+
+    def finish(self):
+        """Stop handing out ranges and wait for those running (they write the caller's arrays).
+
+        Pool threads that reach this job's task later find nothing to do and move on, so the
+        caller never waits for threads busy with other callers' work."""
+        with self.lock:
+            self.stopped = True
+            while self.running:
+                self.idle.wait(0.1)
+
+
 def run(func, bounds, threads):
     """Call ``func(start, end)`` for each range of ``bounds``, on at most ``threads`` threads.
 
-    Ranges are handed out dynamically (the next free worker takes the next range), so giving
-    more ranges than threads balances uneven work. The first exception raised is re-raised.
+    Ranges are handed out dynamically (the next free thread takes the next range), so giving
+    more ranges than threads balances uneven work. The caller's thread takes part. Inside a
+    worker (a nested run) everything runs inline. The first exception raised is re-raised.
     """
     ranges = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    n_workers = min(threads, len(ranges))
-    if n_workers <= 1:
+    n_workers = min(int(threads), len(ranges))
+    if n_workers <= 1 or in_worker():
         for a, b in ranges:
             func(a, b)
         return
-    todo = iter(ranges)
-    lock = threading.Lock()
-
-    def worker():
-        while True:
-            with lock:
-                item = next(todo, None)
-            if item is None:
-                return
-            func(*item)
-
-    pool = _get_pool(n_workers)
-    futures = [pool.submit(worker) for _ in range(n_workers)]
-    for f in futures:
-        f.result()
+    job = _Job(func, ranges)
+    _ensure_workers(n_workers - 1)
+    for _ in range(n_workers - 1):
+        _tasks.put(job.work)
+    try:
+        _local.worker = True  # a run nested in func on this thread runs inline too
+        job.work()
+    finally:
+        _local.worker = False
+        try:
+            job.finish()
+        except BaseException:  # interrupted while waiting: no range starts any more
+            job.stopped = True
+            raise
+    if job.error is not None:
+        raise job.error

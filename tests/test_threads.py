@@ -1,0 +1,143 @@
+"""The worker threads: nesting, concurrent callers, interrupts, argument limits.
+
+Hangs are guarded by subprocess timeouts (generous: they only catch a deadlock)."""
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import aotfmm
+from aotfmm import _threads
+
+
+def _python(code, timeout=600):
+    """Run ``code`` in a fresh interpreter; a hang fails the test instead of stalling it."""
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=timeout, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.parametrize("threads", [2, 3, 4, 8, 17])
+def test_nested_runs_cover_every_range_once(threads):
+    seen = np.zeros((50, 40), dtype=np.int64)
+
+    def outer(a, b):
+        for i in range(a, b):
+            def inner(c, d, i=i):
+                seen[i, c:d] += 1
+            _threads.run(inner, _threads.split(40, threads * 4), threads)
+
+    _threads.run(outer, _threads.split(50, threads * 4), threads)
+    assert (seen == 1).all()
+
+
+def test_fmm_with_both_point_sets_large_returns_for_any_thread_count():
+    # 4e5a0df: tree tasks on the shared pool waited on morton tasks queued behind them (hang)
+    out = _python("""
+        import numpy as np, aotfmm
+        rng = np.random.default_rng(1)
+        s, t = rng.random((100_000, 3)), rng.random((100_000, 3))
+        q = rng.standard_normal(100_000)
+        d = t[:300, None, :] - s[None, :, :]
+        ref = (q / np.sqrt((d * d).sum(-1))).sum(1) / (4 * np.pi)   # numpy direct sum
+        for threads in (4, 8, 3, 16):
+            pot = aotfmm.Fmm(s, t, eps=1e-3, threads=threads).evaluate(q)
+            err = np.linalg.norm(pot[:300] - ref) / np.linalg.norm(ref)
+            assert err < 1e-3, (threads, err)
+        print("ok")
+    """)
+    assert "ok" in out
+
+
+def test_concurrent_callers_with_growing_thread_counts_get_the_serial_result(rng):
+    # 4e5a0df: a caller asking for more threads shut the pool down under the other caller
+    src = rng.random((600, 3))
+    q = rng.standard_normal(600)
+    d = src[:, None, :] - src[None, :, :]
+    r = np.sqrt((d * d).sum(-1))
+    with np.errstate(divide="ignore"):
+        ref = np.where(r > 0, 1.0 / r, 0.0) @ q / (4 * np.pi)
+    errors, results = [], []
+
+    def caller(offset):
+        try:
+            for n in range(1, 41):
+                results.append(aotfmm.direct(src, q, threads=n + offset))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(repr(exc))
+
+    callers = [threading.Thread(target=caller, args=(k,)) for k in range(3)]
+    for c in callers:
+        c.start()
+    for c in callers:
+        c.join(timeout=600)
+    assert not errors
+    assert len(results) == 120
+    serial = aotfmm.direct(src, q, threads=1)
+    assert np.linalg.norm(serial - ref) / np.linalg.norm(ref) < 1e-13
+    for pot in results:
+        np.testing.assert_array_equal(pot, serial)
+
+
+def test_an_exception_stops_handing_out_ranges():
+    started = []
+    lock = threading.Lock()
+
+    def func(a, b):
+        with lock:
+            started.append(a)
+        if a == 0:
+            raise KeyboardInterrupt  # what Ctrl-C raises in the calling thread
+        time.sleep(0.01)
+
+    with pytest.raises(KeyboardInterrupt):
+        _threads.run(func, np.arange(201), 4)
+    # the caller takes range 0 first; at most the ranges already taken by the 3 helpers ran
+    assert len(started) <= 8, len(started)
+
+
+def test_pool_threads_never_keep_the_interpreter_alive():
+    _threads.run(lambda a, b: None, np.arange(5), 4)
+    pool = [t for t in threading.enumerate() if t.name.startswith("aotfmm")]
+    assert pool and all(t.daemon for t in pool)
+
+
+def test_ctrl_c_during_a_long_evaluation_exits_promptly():
+    code = textwrap.dedent("""
+        import sys, time, numpy as np, aotfmm
+        rng = np.random.default_rng(0)
+        s = rng.random((300_000, 3)); q = rng.standard_normal(300_000)
+        plan = aotfmm.Fmm(s, eps=1e-6, threads=2)
+        print("ready", flush=True)
+        for _ in range(1000):
+            plan.evaluate(q, gradient=True)
+    """)
+    import signal
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert "KeyboardInterrupt" in err
+
+
+@pytest.mark.parametrize("bad", [10 ** 20, _threads.MAX_THREADS + 1, 0, -3])
+def test_absurd_thread_counts_are_refused_by_name(bad):
+    with pytest.raises(ValueError, match="threads"):
+        aotfmm.direct(np.zeros((2, 3)), np.ones(2), threads=bad)
+
+
+def test_absurd_thread_environment_is_refused_by_name(monkeypatch):
+    monkeypatch.setenv(_threads.ENV_VAR, "99999999999999999999")
+    with pytest.raises(ValueError, match=_threads.ENV_VAR):
+        aotfmm.direct(np.zeros((2, 3)), np.ones(2))
