@@ -65,15 +65,16 @@ def test_several_densities_through_the_cli(tmp_path, rng):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["run", "missing.npz", "-o", "x.npz"], "no such file"),
-    (["run", "{bad}", "-o", "x.npz"], "expected a table"),
-    (["run", "{good}", "-o", "x.xyz"], "unknown file type"),
-    (["run", "{good}", "-o", "x.npz", "--eps", "1e-12"], "below what float64"),
+    (["run", "{tmp}/missing.npz", "-o", "{tmp}/x.npz"], "no such file"),
+    (["run", "{bad}", "-o", "{tmp}/x.npz"], "expected a table"),
+    (["run", "{good}", "-o", "{tmp}/x.xyz"], "unknown file type"),
+    (["run", "{good}", "-o", "{tmp}/x.npz", "--eps", "1e-12"], "below what float64"),
 ])
 def test_user_errors_exit_2_with_one_line(tmp_path, capsys, rng, args, message):
     (tmp_path / "bad.csv").write_text("1,2\n")
     np.save(tmp_path / "good.npy", np.column_stack([rng.random((10, 3)), np.ones(10)]))
-    args = [a.format(bad=tmp_path / "bad.csv", good=tmp_path / "good.npy") for a in args]
+    args = [a.format(bad=tmp_path / "bad.csv", good=tmp_path / "good.npy", tmp=tmp_path)
+            for a in args]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and "Traceback" not in err[0]

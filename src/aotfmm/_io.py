@@ -1,25 +1,39 @@
 """Reading problems and writing results for ``aotfmm run``: .npy, .npz, .h5/.hdf5, .csv/.txt.
 
-Input (points as rows; charges one column per density):
+Input (points as rows; one column per density):
 
-* ``.npz`` / ``.h5``: arrays ``sources`` (n, 3), ``charges`` (n,) or (n, k), optional ``targets``
-  (m, 3); optional ``dipoles`` is rejected with a clear message until dipoles are supported.
+* ``.npz`` / ``.h5``: arrays (HDF5: datasets at the top level) ``sources`` (n, 3), ``charges``
+  (n,) or (n, k), ``dipoles`` (n, 3) or (n, k, 3), optional ``targets`` (m, 3). Give charges,
+  dipoles or both (the same k). Any other key is an error. Values must be real numbers.
 * ``.npy``: one array (n, 3 + k): x, y, z, then k charge columns (targets = sources).
-* ``.csv`` / ``.txt``: the same columns as text, comma- or whitespace-separated; lines starting
-  with ``#`` and a first line of column names are skipped.
+* ``.csv`` / ``.txt`` / ``.dat``: the same columns as text, comma- or whitespace-separated;
+  lines starting with ``#`` and a first line of column names are skipped. A file with only
+  the line of column names is a problem with no points.
 
-Output, chosen by the output file's extension:
+Output, chosen by the output file's extension (m targets, k densities):
 
 * ``.npz`` / ``.h5``: ``potential`` (m,) or (m, k), ``gradient`` (m, 3) or (m, k, 3) if asked.
-* ``.npy``: (m, c) with the potential column(s), then gradient columns if asked.
-* ``.csv`` / ``.txt``: the same columns with a header line.
+* ``.npy``: one density without gradient: the potentials, shape (m,). Otherwise a table
+  (m, k + 3k): the k potential columns, then gx, gy, gz of each density if asked.
+* ``.csv`` / ``.txt`` / ``.dat``: the same table as .npy (always 2-D) with a header line.
+
+Outputs are written to a temporary file next to the target, synced and renamed over it only
+when complete: a failed write leaves an earlier file untouched. :func:`check_output` refuses
+beforehand an output that cannot be written or is the input itself.
 """
+import io
 import os
+import stat
+import tempfile
 
 import numpy as np
 
 FORMATS = {".npy": "npy", ".npz": "npz", ".h5": "h5", ".hdf5": "h5", ".csv": "text",
            ".txt": "text", ".dat": "text"}
+#: Arrays accepted in .npz / .h5 input.
+KEYS = ("sources", "charges", "dipoles", "targets")
+_NDIM = {"sources": ((2,), "(n, 3)"), "targets": ((2,), "(m, 3)"),
+         "charges": ((1, 2), "(n,) or (n, k)"), "dipoles": ((2, 3), "(n, 3) or (n, k, 3)")}
 
 
 class InputError(ValueError):
@@ -46,13 +60,38 @@ def _split_columns(path, table):
     if table.ndim != 2 or table.shape[1] < 4:
         raise InputError(f"{path}: expected a table with columns x, y, z, charge[, ...], got "
                          f"shape {table.shape}")
+    _check_dtype(path, "table", table.dtype)
     charges = table[:, 3:]
     return {"sources": table[:, :3], "charges": charges[:, 0] if charges.shape[1] == 1
-            else charges, "targets": None}
+            else charges, "dipoles": None, "targets": None}
+
+
+def _check_keys(path, keys):
+    unknown = [k for k in keys if k not in KEYS]
+    if unknown:
+        raise InputError(f"{path}: unknown array {unknown[0]!r}; accepted: {', '.join(KEYS)}")
+    if "sources" not in keys or not {"charges", "dipoles"} & set(keys):
+        raise InputError(f"{path}: needs 'sources' and 'charges' and/or 'dipoles'; found "
+                         f"{', '.join(sorted(keys)) or 'none'}")
+
+
+def _check_dtype(path, key, dtype):
+    if dtype.kind not in "iuf":
+        raise InputError(f"{path}: {key!r} has dtype {dtype}, expected real numbers "
+                         f"(integer or floating point)")
+
+
+def _check_array(path, key, dtype, shape):
+    _check_dtype(path, key, dtype)
+    ndims, expected = _NDIM[key]
+    if shape is None or len(shape) not in ndims or (key != "charges" and shape[-1] != 3):
+        raise InputError(f"{path}: {key!r} must have shape {expected}, got "
+                         f"{'no data' if shape is None else tuple(shape)}")
 
 
 def read_problem(path):
-    """Read a problem file -> dict with ``sources``, ``charges``, ``targets`` (or None)."""
+    """Read a problem file -> dict with ``sources``, ``charges``, ``dipoles``, ``targets``
+    (the last three None when absent)."""
     fmt = file_format(path)
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file")
@@ -60,30 +99,47 @@ def read_problem(path):
         if fmt == "npy":
             return _split_columns(path, np.load(path, allow_pickle=False))
         if fmt == "text":
-            with open(path) as f:
-                lines = [ln for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
-            if lines and not _is_numeric_row(lines[0]):
-                lines = lines[1:]  # header
-            rows = [ln.replace(",", " ").split() for ln in lines]
-            if not rows or len({len(r) for r in rows}) != 1:
-                raise InputError(f"{path}: rows must all have the same number of columns")
-            return _split_columns(path, np.array(rows, dtype=np.float64))
+            return _split_columns(path, _read_text(path))
+        arrays = {}
         if fmt == "npz":
             with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
+                _check_keys(path, data.files)
+                for k in data.files:
+                    arrays[k] = data[k]
+                    _check_array(path, k, arrays[k].dtype, arrays[k].shape)
         else:
-            with _h5py().File(path, "r") as f:
-                arrays = {k: f[k][()] for k in f.keys()}
+            h5py = _h5py()
+            with h5py.File(path, "r") as f:
+                _check_keys(path, list(f.keys()))
+                for k in f.keys():
+                    obj = f.get(k)
+                    if not isinstance(obj, h5py.Dataset):
+                        what = "a group" if isinstance(obj, h5py.Group) else "not readable"
+                        raise InputError(f"{path}: {k!r} is {what}, expected a dataset")
+                    _check_array(path, k, obj.dtype, obj.shape)
+                    arrays[k] = obj[()]
     except InputError:
         raise
     except Exception as exc:  # unreadable, corrupt, wrong dtype ...
         raise InputError(f"{path}: cannot read: {exc}") from None
-    missing = {"sources", "charges"} - set(arrays)
-    if missing:
-        raise InputError(f"{path}: missing array(s) {', '.join(sorted(missing))}; "
-                         f"found {', '.join(sorted(arrays)) or 'none'}")
-    return {"sources": arrays["sources"], "charges": arrays["charges"],
-            "targets": arrays.get("targets")}
+    return {k: arrays.get(k) for k in KEYS}
+
+
+def _read_text(path):
+    with open(path) as f:
+        lines = [ln for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        raise InputError(f"{path}: no rows and no line of column names")
+    ncols = None
+    if not _is_numeric_row(lines[0]):
+        ncols = len(lines[0].replace(",", " ").split())  # header
+        lines = lines[1:]
+    rows = [ln.replace(",", " ").split() for ln in lines]
+    if len({len(r) for r in rows}) > 1:
+        raise InputError(f"{path}: rows must all have the same number of columns")
+    if not rows:
+        return np.empty((0, ncols), dtype=np.float64)
+    return np.array(rows, dtype=np.float64)
 
 
 def _is_numeric_row(line):
@@ -94,30 +150,111 @@ def _is_numeric_row(line):
         return False
 
 
-def write_result(path, pot, grad=None):
-    """Write potentials (and gradients) in the format given by ``path``'s extension."""
+def _same_file(a, b):
+    try:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_output(path, input_path=None):
+    """Refuse, before any computation, an output that would fail or overwrite the input:
+    unknown extension, missing or unwritable directory, a directory, the input file itself
+    (also through a hard or symbolic link)."""
     fmt = file_format(path)
-    if fmt in ("npz", "h5"):
-        arrays = {"potential": pot} if grad is None else {"potential": pot, "gradient": grad}
-        if fmt == "npz":
-            with open(path, "wb") as f:
-                np.savez(f, **arrays)
-        else:
-            with _h5py().File(path, "w") as f:
-                for k, v in arrays.items():
-                    f.create_dataset(k, data=v)
-        return
-    pot2 = pot.reshape(len(pot), -1)
+    if fmt == "h5":
+        _h5py()
+    if input_path is not None and _same_file(path, input_path):
+        raise InputError(f"{path}: is the input file {input_path}; write to another file")
+    target = os.path.realpath(path)
+    if os.path.isdir(target):
+        raise InputError(f"{path}: is a directory")
+    directory = os.path.dirname(target)
+    if not os.path.isdir(directory):
+        raise InputError(f"{path}: directory {os.path.dirname(os.path.abspath(path))} does "
+                         f"not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp",
+                                   dir=directory)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write in {directory}: {exc.strerror}") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def _table(pot, grad):
+    """(m,) / (m, k) potentials and (m, 3) / (m, k, 3) gradients -> (m, k + 3k), names."""
+    m = pot.shape[0]
+    pot2 = pot[:, None] if pot.ndim == 1 else pot
+    k = pot2.shape[1]
     cols = [pot2]
-    names = ["potential"] if pot2.shape[1] == 1 else [f"potential_{i}" for i in range(pot2.shape[1])]
+    names = ["potential"] if k == 1 else [f"potential_{i}" for i in range(k)]
     if grad is not None:
-        g = grad.reshape(len(pot), -1, 3)
-        cols.append(g.reshape(len(pot), -1))
-        names += [f"grad{a}" if g.shape[1] == 1 else f"grad{a}_{i}"
-                  for i in range(g.shape[1]) for a in "xyz"]
-    table = np.hstack(cols)
-    if fmt == "npy":
-        np.save(path, table)
+        g = grad[:, None, :] if grad.ndim == 2 else grad
+        cols.append(g.reshape(m, 3 * k))
+        names += [f"grad{a}" if k == 1 else f"grad{a}_{i}" for i in range(k) for a in "xyz"]
+    return np.hstack(cols), names
+
+
+def _write(fmt, f, pot, grad):
+    if fmt == "npz":
+        arrays = {"potential": pot} if grad is None else {"potential": pot, "gradient": grad}
+        np.savez(f, **arrays)
+    elif fmt == "npy":
+        np.save(f, pot if (grad is None and pot.ndim == 1) else _table(pot, grad)[0])
     else:
-        np.savetxt(path, table, delimiter=",", header=",".join(names), comments="",
-                   fmt="%.17g")
+        table, names = _table(pot, grad)
+        np.savetxt(f, table, delimiter=",", header=",".join(names), comments="", fmt="%.17g")
+
+
+def _new_file_mode(target):
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def write_result(path, pot, grad=None):
+    """Write potentials (and gradients) in the format given by ``path``'s extension, through a
+    temporary file renamed over ``path`` (its symlink target if it is one) when complete."""
+    fmt = file_format(path)
+    h5py = _h5py() if fmt == "h5" else None
+    target = os.path.realpath(path)
+    directory = os.path.dirname(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp",
+                               dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if fmt == "h5":  # built in memory: HDF5 can crash on a failing disk write
+                buf = io.BytesIO()
+                with h5py.File(buf, "w") as h5:
+                    h5.create_dataset("potential", data=pot)
+                    if grad is not None:
+                        h5.create_dataset("gradient", data=grad)
+                f.write(buf.getbuffer())
+            else:
+                _write(fmt, f, pot, grad)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _new_file_mode(target))
+        os.replace(tmp, target)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, Exception) and not isinstance(exc, InputError):
+            raise InputError(f"{path}: cannot write: {exc}") from None
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass

@@ -8,9 +8,19 @@ import time
 
 import numpy as np
 
+from ._version import __version__
+
+#: Upper bounds of the integer options (larger values are refused before any allocation).
+MAX_POINTS = 100_000_000
+MAX_THREADS = 4096
+
 
 def _sample_error(values, ref):
-    return float(np.linalg.norm(values - ref) / np.linalg.norm(ref))
+    """Relative L2 error as text; "n/a" when the reference is zero (a lone point)."""
+    norm = np.linalg.norm(ref)
+    if norm == 0:
+        return "n/a (reference is zero)"
+    return f"{float(np.linalg.norm(values - ref) / norm):.2e}"
 
 
 def _demo(args):
@@ -22,13 +32,13 @@ def _demo(args):
     src = rng.random((n, 3))
     q = rng.standard_normal(n)
     cfg = aotfmm.config()
-    threads = args.threads or cfg["threads"]
-    print(f"aotfmm {aotfmm.__version__} demo: {n} random points in the unit cube, "
-          f"eps {args.eps:g}, {args.dtype}, kernels {cfg['isa']}, threads {threads}")
     t0 = time.perf_counter()
     plan = aotfmm.Fmm(src, eps=args.eps, dtype=args.dtype, threads=args.threads,
                       progress=sys.stderr.isatty())
     t1 = time.perf_counter()
+    threads = plan.threads
+    print(f"aotfmm {aotfmm.__version__} demo: {n} random points in the unit cube, "
+          f"eps {plan.eps:g}, {plan.dtype.name}, kernels {cfg['isa']}, threads {threads}")
     pot, grad = plan.evaluate(q, gradient=True)
     t2 = time.perf_counter()
     sample = np.sort(rng.choice(n, size=min(n, args.sample), replace=False))
@@ -39,8 +49,8 @@ def _demo(args):
     print(f"setup (tree, lists, operators): {t1 - t0:.3f} s   "
           f"evaluate (potential + gradient): {t2 - t1:.3f} s")
     print(f"relative L2 error on {len(sample)} targets vs direct summation: "
-          f"potential {_sample_error(pot[sample], ref_pot):.2e}, "
-          f"gradient {_sample_error(grad[sample], ref_grad):.2e}   "
+          f"potential {_sample_error(pot[sample], ref_pot)}, "
+          f"gradient {_sample_error(grad[sample], ref_grad)}   "
           f"(direct on the sample: {t4 - t3:.3f} s, all {n}: ~{(t4 - t3) * n / len(sample):.1f} s)")
     plan.report()
     return 0
@@ -48,18 +58,22 @@ def _demo(args):
 
 def _run(args):
     from aotfmm import Fmm
-    from aotfmm._io import read_problem, write_result
+    from aotfmm._io import check_output, read_problem, write_result
 
+    check_output(args.output, args.input)  # before any work: never fail (or clobber) at the end
     problem = read_problem(args.input)
+    dipoles = problem["dipoles"]
     t0 = time.perf_counter()
-    plan = Fmm(problem["sources"], problem["targets"], eps=args.eps, p=args.p, dtype=args.dtype,
-               threads=args.threads, progress=sys.stderr.isatty() and not args.quiet)
-    result = plan.evaluate(problem["charges"], gradient=args.gradient)
+    plan = Fmm(problem["sources"], problem["targets"], dipoles=dipoles is not None, eps=args.eps,
+               p=args.p, dtype=args.dtype, threads=args.threads,
+               progress=sys.stderr.isatty() and not args.quiet)
+    result = plan.evaluate(problem["charges"], dipoles=dipoles, gradient=args.gradient)
     pot, grad = result if args.gradient else (result, None)
     write_result(args.output, pot, grad)
     if not args.quiet:
         print(f"{args.input} -> {args.output}: {plan.n_sources} sources, {plan.n_targets} "
-              f"targets, p={plan.p}, {time.perf_counter() - t0:.3f} s", file=sys.stderr)
+              f"targets, p={plan.p}, eps={plan.eps:g}, {time.perf_counter() - t0:.3f} s",
+              file=sys.stderr)
     return 0
 
 
@@ -111,14 +125,25 @@ def _describe_cache_file(path):
         return f"{os.path.basename(path)}: {size:.1f} MiB, unreadable ({exc.__class__.__name__})"
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _int_in(lo, hi=None):
+    """argparse type: an integer in [lo, hi] (argparse names the option in its message)."""
+    what = f"an integer from {lo} to {hi}" if hi is not None else \
+        ("a positive integer" if lo == 1 else f"an integer >= {lo}")
+
+    def convert(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        if hi is not None and value > hi:
+            raise argparse.ArgumentTypeError(f"must be at most {hi}, got {text!r}")
+        return value
+    return convert
+
+
+_positive_int = _int_in(1)
 
 
 def _eps(text):
@@ -131,31 +156,57 @@ def _eps(text):
     return value
 
 
+RUN_LAYOUTS = """\
+input layouts (n sources, m targets, k densities):
+  .npz / .h5    arrays (HDF5: top-level datasets) sources (n, 3); charges (n,) or (n, k)
+                and/or dipoles (n, 3) or (n, k, 3); optional targets (m, 3), else the
+                targets are the sources (self-interaction left out). No other keys.
+  .npy          one array (n, 3 + k): x, y, z, then k charge columns
+  .csv / .txt   the same columns as text, comma- or whitespace-separated; lines starting
+                with # and a first line of column names are skipped
+
+output layouts (by OUTPUT's extension):
+  .npz / .h5    potential (m,) or (m, k); gradient (m, 3) or (m, k, 3) with --gradient
+  .npy          one density without --gradient: potential (m,); otherwise a table
+                (m, k + 3k): k potential columns, then gx, gy, gz per density
+  .csv / .txt   the same table as .npy (always 2-D) after a line of column names
+"""
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="aotfmm", description="Laplace FMM (KIFMM) with ahead-of-time compiled kernels.")
+    parser.add_argument("--version", action="version", version=f"aotfmm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    eps_help = "target relative accuracy (default: 1e-6 in float64, 1e-5 in float32)"
+    threads = dict(type=_int_in(1, MAX_THREADS), default=None,
+                   help=f"worker threads, at most {MAX_THREADS} (default: all cores, or "
+                   "$AOTFMM_NUM_THREADS)")
 
     demo = sub.add_parser("demo", help="random problem: accuracy vs direct, per-operator times")
-    demo.add_argument("-n", type=_positive_int, default=100_000, help="points (default 1e5)")
-    demo.add_argument("--eps", type=_eps, default=1e-6)
+    demo.add_argument("-n", type=_int_in(1, MAX_POINTS), default=100_000,
+                      help=f"points, at most {MAX_POINTS} (default 1e5)")
+    demo.add_argument("--eps", type=_eps, default=None, help=eps_help)
     demo.add_argument("--dtype", choices=("float64", "float32"), default="float64")
-    demo.add_argument("--threads", type=_positive_int, default=None)
-    demo.add_argument("--sample", type=_positive_int, default=1000,
-                      help="targets checked against direct summation")
+    demo.add_argument("--threads", **threads)
+    demo.add_argument("--sample", type=_int_in(1, MAX_POINTS), default=1000,
+                      help=f"targets checked against direct summation, at most {MAX_POINTS} "
+                      "(default 1000)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
 
     run = sub.add_parser("run", help="evaluate a problem file, write the potentials",
-                         description="Read points and charges from INPUT (.npy, .npz, .h5, "
+                         description="Read points and densities from INPUT (.npy, .npz, .h5, "
                          ".csv/.txt), write potentials (and gradients) to OUTPUT (format from "
-                         "its extension). See aotfmm._io for the layouts.")
+                         "its extension; never the input file). OUTPUT is replaced only once "
+                         "completely written.",
+                         epilog=RUN_LAYOUTS, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("input")
     run.add_argument("-o", "--output", required=True)
-    run.add_argument("--eps", type=_eps, default=1e-6)
+    run.add_argument("--eps", type=_eps, default=None, help=eps_help)
     run.add_argument("--p", type=_positive_int, default=None, help="expansion order")
     run.add_argument("--dtype", choices=("float64", "float32"), default=None)
-    run.add_argument("--threads", type=_positive_int, default=None)
+    run.add_argument("--threads", **threads)
     run.add_argument("--gradient", action="store_true", help="also write gradients")
     run.add_argument("-q", "--quiet", action="store_true")
     run.set_defaults(func=_run)
@@ -179,9 +230,17 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    """Run the command line; returns the exit code (also for --help, --version, usage errors)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed help, the version or the usage error
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
         return args.func(args)
     except (ValueError, TypeError, OSError, ImportError, FloatingPointError) as exc:
         print(f"aotfmm: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError as exc:
+        print(f"aotfmm: error: out of memory{': ' + str(exc) if str(exc) else ''}",
+              file=sys.stderr)
         return 2

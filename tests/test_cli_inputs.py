@@ -1,0 +1,249 @@
+"""`aotfmm run` / `demo`: empty problems, dipoles, HDF5 and .npz key checks, integer caps, the
+default eps per dtype, the .npy layout and --version. Numbers are checked against a plain numpy
+direct sum written here."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import aotfmm
+from aotfmm.cli import main
+
+EPS = ["--eps", "1e-3"]
+
+
+def numpy_fields(src, trg, q=None, d=None):
+    """Potential (m,) and gradient (m, 3) at trg of charges q (n,) and dipoles d (n, 3) at src,
+    kernel 1/(4 pi r), a dipole d at y giving d.(x - y) / (4 pi r^3); r = 0 pairs left out."""
+    x = trg[:, None, :] - src[None, :, :]
+    r = np.sqrt((x * x).sum(-1))
+    inv = np.where(r > 0, 1.0 / np.where(r > 0, r, 1.0), 0.0)
+    pot, grad = np.zeros(len(trg)), np.zeros((len(trg), 3))
+    if q is not None:
+        pot += inv @ q
+        grad -= np.einsum("tsk,ts,s->tk", x, inv ** 3, q)
+    if d is not None:
+        xd = np.einsum("tsk,sk->ts", x, d)
+        pot += (xd * inv ** 3).sum(1)
+        grad += np.einsum("sk,ts->tk", d, inv ** 3) - 3 * np.einsum("ts,tsk,ts->tk", xd, x,
+                                                                      inv ** 5)
+    return pot / (4 * np.pi), grad / (4 * np.pi)
+
+
+def rel(x, ref):
+    return np.linalg.norm(x - ref) / np.linalg.norm(ref)
+
+
+def cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "aotfmm", *map(str, args)], capture_output=True,
+                          text=True, timeout=600, **kw)
+
+
+def _one_line(err):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def _h5(path, **arrays):
+    import h5py
+    with h5py.File(path, "w") as f:
+        for k, v in arrays.items():
+            if isinstance(v, str) and v == "group":
+                f.create_group(k)
+            else:
+                f[k] = v
+
+
+# -- empty problems ---------------------------------------------------------------------------
+
+def _empty_input(path, fmt):
+    if fmt == "npy":
+        np.save(path, np.zeros((0, 4)))
+    elif fmt == "csv":
+        path.write_text("x,y,z,q\n")
+    elif fmt == "npz":
+        np.savez(path, sources=np.zeros((0, 3)), charges=np.zeros(0))
+    else:
+        _h5(path, sources=np.zeros((0, 3)), charges=np.zeros(0))
+
+
+@pytest.mark.parametrize("fin", ["npy", "csv", "npz", "h5"])
+@pytest.mark.parametrize("fout", ["npy", "csv", "npz", "h5"])
+def test_zero_row_problem_writes_an_empty_result(tmp_path, capsys, fin, fout):
+    inp, out = tmp_path / f"in.{fin}", tmp_path / f"out.{fout}"
+    _empty_input(inp, fin)
+    assert main(["run", str(inp), "-o", str(out), "-q"] + EPS) == 0, capsys.readouterr().err
+    if fout == "npy":
+        assert np.load(out).shape == (0,)
+    elif fout == "csv":
+        assert out.read_text().strip() == "potential"
+    elif fout == "npz":
+        with np.load(out) as d:
+            assert d["potential"].shape == (0,)
+    else:
+        import h5py
+        with h5py.File(out, "r") as f:
+            assert f["potential"].shape == (0,)
+
+
+def test_zero_row_problem_with_gradient_and_two_densities(tmp_path):
+    inp, out = tmp_path / "in.npy", tmp_path / "out.npy"
+    np.save(inp, np.zeros((0, 5)))
+    assert main(["run", str(inp), "-o", str(out), "--gradient", "-q"] + EPS) == 0
+    assert np.load(out).shape == (0, 2 + 6)
+
+
+def test_empty_text_file_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "in.csv").write_text("# nothing here\n")
+    assert main(["run", str(tmp_path / "in.csv"), "-o", str(tmp_path / "o.npy")]) == 2
+    assert "no rows and no line of column names" in _one_line(capsys.readouterr().err)
+
+
+# -- integer caps -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, name, cap", [
+    (["demo", "-n", "99999999999999999999"], "-n", "100000000"),
+    (["demo", "--threads", "99999999999999999999"], "--threads", "4096"),
+    (["demo", "--sample", "99999999999999999999"], "--sample", "100000000"),
+    (["run", "in.npy", "-o", "out.npy", "--threads", "5000"], "--threads", "4096"),
+])
+def test_huge_integer_options_are_refused_naming_the_option(args, name, cap):
+    r = cli(*args)
+    assert r.returncode == 2
+    assert f"argument {name}: must be at most {cap}" in r.stderr
+    assert "Traceback" not in r.stderr and "Maximum allowed" not in r.stderr
+
+
+def test_help_states_the_caps():
+    r = cli("demo", "--help")
+    assert r.returncode == 0 and "100000000" in r.stdout and "4096" in r.stdout
+
+
+# -- demo -------------------------------------------------------------------------------------
+
+def test_demo_with_one_point_reports_no_nan_and_no_warning():
+    r = cli("demo", "-n", "1", "--eps", "1e-3")
+    assert r.returncode == 0, r.stderr
+    assert "n/a (reference is zero)" in r.stdout and "nan" not in r.stdout.lower()
+    assert "Warning" not in r.stderr
+
+
+def test_demo_float32_uses_the_dtype_default_eps():
+    r = cli("demo", "--dtype", "float32", "-n", "300", "--sample", "50")
+    assert r.returncode == 0, r.stderr
+    assert "eps 1e-05, float32" in r.stdout.splitlines()[0]
+
+
+def test_demo_header_prints_the_eps_given():
+    r = cli("demo", "-n", "300", "--sample", "50", "--eps", "1e-3")
+    assert r.returncode == 0, r.stderr
+    assert "eps 0.001, float64" in r.stdout.splitlines()[0]
+
+
+@pytest.mark.parametrize("dtype, eps", [("float64", "1e-06"), ("float32", "1e-05")])
+def test_run_prints_the_eps_used(tmp_path, rng, dtype, eps):
+    np.save(tmp_path / "in.npy", np.column_stack([rng.random((300, 3)), rng.random(300)]))
+    r = cli("run", tmp_path / "in.npy", "-o", tmp_path / "out.npy", "--dtype", dtype)
+    assert r.returncode == 0, r.stderr
+    assert f"eps={eps}" in r.stderr
+
+
+# -- .npy layout, --version -------------------------------------------------------------------
+
+def test_single_density_to_npy_is_one_dimensional(tmp_path, rng):
+    src, q = rng.random((300, 3)), rng.standard_normal(300)
+    np.save(tmp_path / "in.npy", np.column_stack([src, q]))
+    assert main(["run", str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.npy"), "-q"]
+                + EPS) == 0
+    pot = np.load(tmp_path / "o.npy")
+    assert pot.shape == (300,)
+    assert rel(pot, numpy_fields(src, src, q)[0]) < 1e-3
+    assert main(["run", str(tmp_path / "in.npy"), "-o", str(tmp_path / "g.npy"), "--gradient",
+                 "-q"] + EPS) == 0
+    assert np.load(tmp_path / "g.npy").shape == (300, 4)
+
+
+def test_run_help_describes_the_layouts_without_private_modules():
+    r = cli("run", "--help")
+    assert r.returncode == 0
+    assert "_io" not in r.stdout
+    assert "(n, 3 + k)" in r.stdout and "dipoles" in r.stdout and "gradient" in r.stdout
+
+
+def test_version(capsys):
+    r = cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"aotfmm {aotfmm.__version__}"
+    assert main(["--version"]) == 0
+
+
+# -- .npz / .h5 keys and datasets -------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["npz", "h5"])
+@pytest.mark.parametrize("with_charges", [False, True])
+def test_dipoles_are_evaluated(tmp_path, rng, fmt, with_charges):
+    src, trg = rng.random((400, 3)), rng.random((60, 3))
+    d, q = rng.standard_normal((400, 3)), rng.standard_normal(400)
+    arrays = dict(sources=src, dipoles=d, targets=trg, **({"charges": q} if with_charges else {}))
+    inp, out = tmp_path / f"in.{fmt}", tmp_path / "out.npz"
+    np.savez(inp, **arrays) if fmt == "npz" else _h5(inp, **arrays)
+    assert main(["run", str(inp), "-o", str(out), "--gradient", "-q"] + EPS) == 0
+    with np.load(out) as r:
+        pot, grad = r["potential"], r["gradient"]
+    ref_pot, ref_grad = numpy_fields(src, trg, q if with_charges else None, d)
+    assert pot.shape == (60,) and grad.shape == (60, 3)
+    assert rel(pot, ref_pot) < 1e-3 and rel(grad, ref_grad) < 1e-3
+
+
+def test_several_dipole_densities(tmp_path, rng):
+    src = rng.random((300, 3))
+    d, q = rng.standard_normal((300, 2, 3)), rng.standard_normal((300, 2))
+    np.savez(tmp_path / "in.npz", sources=src, charges=q, dipoles=d)
+    assert main(["run", str(tmp_path / "in.npz"), "-o", str(tmp_path / "o.npy"), "--gradient",
+                 "-q"] + EPS) == 0
+    table = np.load(tmp_path / "o.npy")
+    assert table.shape == (300, 2 + 6)
+    for k in range(2):
+        ref_pot, ref_grad = numpy_fields(src, src, q[:, k], d[:, k])
+        assert rel(table[:, k], ref_pot) < 1e-3
+        assert rel(table[:, 2 + 3 * k:5 + 3 * k], ref_grad) < 1e-3
+
+
+@pytest.mark.parametrize("fmt", ["npz", "h5"])
+def test_unknown_keys_are_refused(tmp_path, capsys, rng, fmt):
+    arrays = dict(sources=rng.random((20, 3)), charges=np.ones(20), weights=np.ones(20))
+    inp = tmp_path / f"in.{fmt}"
+    np.savez(inp, **arrays) if fmt == "npz" else _h5(inp, **arrays)
+    assert main(["run", str(inp), "-o", str(tmp_path / "o.npy")]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "'weights'" in line and "sources, charges, dipoles, targets" in line
+
+
+@pytest.mark.parametrize("fmt", ["npz", "h5"])
+@pytest.mark.parametrize("key, value, message", [
+    ("sources", "group", "'sources' is a group, expected a dataset"),
+    ("charges", "group", "'charges' is a group, expected a dataset"),
+    ("sources", np.array([b"a", b"b", b"c"]), "'sources' has dtype"),
+    ("charges", np.ones(20, dtype=complex), "'charges' has dtype"),
+    ("sources", np.ones(60), "'sources' must have shape (n, 3)"),
+    ("sources", np.ones((20, 2)), "'sources' must have shape (n, 3)"),
+    ("charges", np.ones((20, 1, 1)), "'charges' must have shape (n,) or (n, k)"),
+    ("targets", np.float64(1.0), "'targets' must have shape (m, 3)"),
+    ("dipoles", np.ones(20), "'dipoles' must have shape (n, 3) or (n, k, 3)"),
+])
+def test_bad_arrays_are_named(tmp_path, capsys, fmt, key, value, message):
+    if fmt == "npz" and isinstance(value, str):
+        pytest.skip(".npz has no groups")
+    arrays = dict(sources=np.random.default_rng(0).random((20, 3)), charges=np.ones(20))
+    arrays[key] = value
+    inp = tmp_path / f"in.{fmt}"
+    np.savez(inp, **arrays) if fmt == "npz" else _h5(inp, **arrays)
+    assert main(["run", str(inp), "-o", str(tmp_path / "o.npy")]) == 2
+    assert f"{inp}: {message}" in _one_line(capsys.readouterr().err)
+
+
+def test_missing_densities_are_named(tmp_path, capsys):
+    np.savez(tmp_path / "in.npz", sources=np.zeros((5, 3)))
+    assert main(["run", str(tmp_path / "in.npz"), "-o", str(tmp_path / "o.npy")]) == 2
+    assert "'charges' and/or 'dipoles'" in _one_line(capsys.readouterr().err)
