@@ -1,0 +1,248 @@
+"""The operator cache against hostile or accidental changes to its files on disk.
+
+Each case runs in a subprocess: before the fixes they crashed (SIGBUS, malloc abort), hung
+(blocked in open on a FIFO) or read until out of memory. ``timeout`` is only a hang guard and
+the address space is capped so that an endless read fails fast instead of eating the machine.
+Results are checked against a plain numpy direct sum written here.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+HANG_GUARD = 180  # seconds; a hang fails the test instead of blocking the suite
+P = 4
+
+try:
+    import resource
+except ImportError:  # not POSIX
+    resource = None
+
+
+def _cap_memory():
+    if resource is not None:
+        cap = 4 << 30  # an endless read hits MemoryError long before the machine runs out
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+
+# Shared by every child: points, charges and an independent numpy reference.
+PRELUDE = textwrap.dedent("""
+    import os, sys, json, struct, shutil, warnings
+    import numpy as np
+    import aotfmm
+    from aotfmm import cache
+    from aotfmm.operators import get_operators, _ARRAY_FIELDS
+
+    rng = np.random.default_rng(7)
+    x = rng.uniform(-1.0, 1.0, (2000, 3))
+    q = rng.standard_normal(2000)
+
+    def direct(x, q):  # 1/(4 pi r), r = 0 left out
+        pot = np.zeros(len(x))
+        for a in range(0, len(x), 250):
+            r = np.linalg.norm(x[a:a + 250, None, :] - x[None, :, :], axis=-1)
+            with np.errstate(divide="ignore"):
+                pot[a:a + 250] = np.where(r > 0, 1.0 / r, 0.0) @ q
+        return pot / (4 * np.pi)
+
+    def rel_err(a, b):
+        return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+    def cache_warnings(w):
+        return [str(m.message) for m in w if issubclass(m.category, cache.CacheWarning)]
+""")
+
+
+def run_child(body, *args, env=None, helpers=""):
+    """Run PRELUDE, helpers and body in a fresh interpreter; returns its CompletedProcess."""
+    # One BLAS thread: on a busy machine OpenBLAS's spinning threads made a p = 4 build take
+    # 30 s instead of 0.2 s. Nothing here is about BLAS.
+    full_env = dict(os.environ, OPENBLAS_NUM_THREADS="1", **(env or {}))
+    code = PRELUDE + textwrap.dedent(helpers) + textwrap.dedent(body)
+    try:
+        return subprocess.run([sys.executable, "-c", code,
+                               *map(str, args)], capture_output=True, text=True,
+                              timeout=HANG_GUARD, env=full_env, preexec_fn=_cap_memory
+                              if resource is not None else None)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"child hung for {HANG_GUARD} s")
+
+
+@pytest.fixture
+def one_blas_thread():
+    """In-process builds with one BLAS thread (see run_child); a no-op without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
+def assert_ok(r):
+    assert r.returncode == 0 and r.stdout.strip().endswith("OK"), (
+        f"child exit {r.returncode}\nstdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}")
+
+
+# --- A built plan does not depend on the file it loaded its operators from --------------
+
+@pytest.mark.parametrize("change", ["truncate", "copy_over", "write_in_place"])
+def test_plan_results_do_not_change_with_the_file(tmp_path, change):
+    """`: > file` or `cp other file` gave SIGBUS on the next evaluate (the arrays were views of
+    a mapping of the file); writing 64 bytes in place silently changed the plan's results."""
+    r = run_child(f"""
+        d, change, P = sys.argv[1], sys.argv[2], {P}
+        get_operators(3, np.float64, cache_dir=d)  # another file, to copy over ours
+        get_operators(P, np.float64, cache_dir=d)
+        cache.clear_memory()
+        ops = get_operators(P, np.float64, cache_dir=d)
+        assert ops.source == "cache", ops.source  # read from the file
+        plan = aotfmm.Fmm(x, p=P, cache_dir=d)
+        before = plan.evaluate(q)
+        path = cache.cache_path(ops.key, d)
+        if change == "truncate":  # like `: > file`
+            open(path, "r+b").truncate(0)
+        elif change == "copy_over":  # like `cp other file`: truncates, then writes
+            shutil.copyfile(cache.cache_path(get_operators(3, np.float64, cache_dir=d).key, d),
+                            path)
+        else:  # 64 bytes at the start of every array, same size and inode
+            header = cache.read_header(path)
+            start = cache._align(cache._PREFIX.size + cache._PREFIX.unpack_from(
+                open(path, "rb").read(cache._PREFIX.size))[1])
+            with open(path, "r+b") as f:
+                for spec in header["arrays"].values():
+                    if spec["nbytes"] >= 64:
+                        f.seek(start + spec["offset"])
+                        f.write(np.full(8, 3.0).tobytes())
+        after = plan.evaluate(q)
+        assert np.array_equal(before, after), rel_err(after, before)
+        assert rel_err(after, direct(x, q)) < 1e-3
+        # A new plan does not trust the changed file: rebuilt (and rewritten) with a warning.
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            again = get_operators(P, np.float64, cache_dir=d)
+        assert again.source == "built" and cache_warnings(w), (again.source, cache_warnings(w))
+        assert np.array_equal(aotfmm.Fmm(x, p=P, cache_dir=d).evaluate(q), before)
+        print("OK")
+    """, tmp_path, change)
+    assert_ok(r)
+
+
+def test_loaded_arrays_are_private_read_only_copies(tmp_path, one_blas_thread):
+    """No mapping: the arrays own their (read-only) memory, which cannot be made writeable."""
+    import numpy as np
+    from aotfmm import cache
+    from aotfmm.operators import get_operators
+    get_operators(P, np.float64, cache_dir=tmp_path)
+    cache.clear_memory()
+    ops = get_operators(P, np.float64, cache_dir=tmp_path)
+    assert ops.source == "cache"
+    for a in (ops.m2m, ops.m2l_a, ops.m2l_offsets, ops.surface):
+        base = a.base
+        assert isinstance(base, np.ndarray) and base.base is None  # numpy owns the memory
+        assert not a.flags.writeable and not base.flags.writeable
+        with pytest.raises(ValueError):
+            a.flags.writeable = True
+        assert a.ctypes.data % 64 == 0  # arrays are 64-byte aligned
+
+
+# --- Special files where the cache file belongs -------------------------------------------
+
+SPECIALS = ["fifo", "symlink_to_dev_zero", "directory", "huge_header_length"]
+WHY = {"fifo": "FIFO", "symlink_to_dev_zero": "symbolic link", "directory": "directory",
+       "huge_header_length": "header length"}
+
+
+def _skip_unsupported(kind):
+    if kind == "fifo" and not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs here")
+    if kind == "symlink_to_dev_zero" and not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero here")
+
+
+MAKE_SPECIAL = """
+    def make_special(kind, path):
+        if kind == "fifo":
+            os.mkfifo(path)
+        elif kind == "symlink_to_dev_zero":
+            os.symlink("/dev/zero", path)
+        elif kind == "directory":
+            os.mkdir(path)
+        else:  # a valid-looking prefix that announces a 1 TiB header
+            with open(path, "wb") as f:
+                f.write(cache._PREFIX.pack(cache.MAGIC, 1 << 40, 0) + b"{}" * 100)
+"""
+
+
+@pytest.mark.parametrize("kind", SPECIALS)
+def test_special_file_at_the_cache_path(tmp_path, kind):
+    """A FIFO blocked aotfmm.laplace forever (in open), a symbolic link to /dev/zero made it
+    read until out of memory. Now only a regular file of the size its header states is read;
+    anything else is a CacheWarning that says what it found, and is replaced by a regular file
+    (a directory cannot be: the operators stay in memory). The results are right either way."""
+    _skip_unsupported(kind)
+    d = tmp_path / "cache"
+    r = run_child("""
+        d, scratch, kind, why = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+        plan = aotfmm.Fmm(x, eps=1e-3, cache_dir=scratch)  # which p laplace will use ...
+        key = get_operators(plan.p, np.float64, cache_dir=scratch).key  # ... and its key
+        os.makedirs(d, exist_ok=True)
+        path = cache.cache_path(key, d)
+        make_special(kind, path)
+        cache.clear_memory()
+        try:  # what `aotfmm info` calls: must neither block nor read without end
+            cache.read_header(path)
+            raise AssertionError("read_header accepted " + kind)
+        except (ValueError, OSError) as exc:
+            assert why in str(exc), exc
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            pot = aotfmm.laplace(x, q, eps=1e-3)  # cache dir from AOTFMM_CACHE_DIR
+        msgs = cache_warnings(w)
+        assert msgs and why in msgs[0], msgs
+        err = rel_err(pot, direct(x, q))
+        assert err < 3e-3, err
+        if kind == "directory":  # cannot be replaced: kept in memory, said so
+            assert os.path.isdir(path) and any("memory only" in m for m in msgs), msgs
+        else:  # replaced by a valid regular file
+            assert os.path.isfile(path) and not os.path.islink(path)
+            cache.clear_memory()
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", cache.CacheWarning)
+                assert get_operators(plan.p, np.float64, cache_dir=d).source == "cache"
+        print("OK")
+    """, d, tmp_path / "scratch", kind, WHY[kind], env={"AOTFMM_CACHE_DIR": str(d)},
+                  helpers=MAKE_SPECIAL)
+    assert_ok(r)
+
+
+def test_info_lists_special_files_without_blocking(tmp_path):
+    """`aotfmm info` (cli._describe_cache_file -> cache.read_header) blocked on a FIFO."""
+    kinds = [k for k in SPECIALS if not (k == "fifo" and not hasattr(os, "mkfifo"))
+             and not (k == "symlink_to_dev_zero" and not os.path.exists("/dev/zero"))]
+    d = tmp_path / "cache"
+    r = run_child("""
+        d = sys.argv[1]
+        os.makedirs(d)
+        for kind in sys.argv[2:]:
+            make_special(kind, os.path.join(d, kind + cache.SUFFIX))
+        get_operators(3, np.float64, cache_dir=d)  # and one good file
+        print("OK")
+    """, d, *kinds, helpers=MAKE_SPECIAL)
+    assert_ok(r)
+    try:
+        info = subprocess.run([sys.executable, "-m", "aotfmm", "info"], capture_output=True,
+                              text=True, timeout=HANG_GUARD, preexec_fn=_cap_memory
+                              if resource is not None else None,
+                              env=dict(os.environ, AOTFMM_CACHE_DIR=str(d)))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"aotfmm info hung for {HANG_GUARD} s")
+    assert info.returncode == 0, info.stderr
+    lines = info.stdout.splitlines()
+    for kind in kinds:
+        line = next(ln for ln in lines if kind + ".ops" in ln)
+        assert "unreadable" in line, line
+    assert any("p=3" in ln for ln in lines), info.stdout
