@@ -149,6 +149,72 @@ def test_loaded_arrays_are_private_read_only_copies(tmp_path, one_blas_thread):
         assert a.ctypes.data % 64 == 0  # arrays are 64-byte aligned
 
 
+# --- A file with consistent checksums but wrong shapes or values ------------------------
+
+PLANTS = {
+    "tiled_surface": "arrays['surface'] = np.tile(arrays['surface'], (400, 1))",
+    "scaled_surface": "arrays['surface'] = arrays['surface'] * 0.5",
+    "inconsistent_rank": "arrays['uc2e_a'] = np.ascontiguousarray(arrays['uc2e_a'][:, :-1])",
+    "offsets_past_end": "arrays['m2l_offsets'][-1] += 10 ** 6",
+    "offsets_decreasing": "arrays['m2l_offsets'][5] = arrays['m2l_offsets'][4] - 1",
+    "wrong_dtype": "arrays['m2l_a'] = arrays['m2l_a'].astype(np.float32)",
+    "transposed": "arrays['m2l_decompress'] = np.ascontiguousarray(arrays['m2l_decompress'].T)",
+    "nan": "arrays['l2l'][3, 2, 1] = np.nan",
+    "missing_m2m_child": "arrays['m2m'] = np.ascontiguousarray(arrays['m2m'][:7])",
+    "scaled_uc2e": "arrays['uc2e_a'] = arrays['uc2e_a'] * 2.0",
+    "scaled_m2m": "arrays['m2m'] = arrays['m2m'] * 1.01",
+    "scaled_l2l": "arrays['l2l'] = arrays['l2l'] * 0.99",
+}
+
+
+@pytest.mark.parametrize("plant", sorted(PLANTS))
+def test_planted_file_is_checked_before_use(tmp_path, plant):
+    """A file rewritten through cache._write (checksums recomputed) with other shapes crashed
+    (the surface tiled 400x: malloc(): invalid size) or gave wrong results silently (scaled
+    values: error 0.98). Now every dtype, shape and rank is checked against p and the key, the
+    surface is compared with the exact one and a sample of values with the kernel; a mismatch
+    is a CacheWarning, a rebuild and a rewrite."""
+    r = run_child(f"""
+        d, P = sys.argv[1], {P}
+        good = get_operators(P, np.float64, cache_dir=d)
+        names = _ARRAY_FIELDS + ("surface", "m2l_sigma")
+        arrays = {{f: np.array(getattr(good, f)) for f in names}}
+        {PLANTS[plant]}
+        cache._write(cache.cache_path(good.key, d), good.key, arrays)
+        cache.clear_memory()
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            ops = get_operators(P, np.float64, cache_dir=d)
+            pot = aotfmm.Fmm(x, p=P, cache_dir=d).evaluate(q)
+        assert cache_warnings(w) and ops.source == "built", (ops.source, cache_warnings(w))
+        for f in names:
+            np.testing.assert_array_equal(getattr(ops, f), getattr(good, f))
+        assert rel_err(pot, direct(x, q)) < 1e-3, rel_err(pot, direct(x, q))
+        cache.clear_memory()  # rewritten: the next process reads it without complaint
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", cache.CacheWarning)
+            assert get_operators(P, np.float64, cache_dir=d).source == "cache"
+        print("OK")
+    """, tmp_path)
+    assert_ok(r)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_valid_files_pass_the_checks(tmp_path, dtype, one_blas_thread):
+    """No false alarm on valid files (both dtypes, non-default cutoff, radii, forced rank)."""
+    import warnings
+    import numpy as np
+    from aotfmm import cache
+    from aotfmm.operators import get_operators
+    for kw in (dict(p=2), dict(p=3), dict(p=5), dict(p=3, pinv_cutoff=1e-3),
+               dict(p=3, radii=(1.5, 2.0, 2.5, 1.1)), dict(p=3, m2l_rank=5)):
+        get_operators(dtype=dtype, cache_dir=tmp_path, **kw)
+        cache.clear_memory()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", cache.CacheWarning)
+            assert get_operators(dtype=dtype, cache_dir=tmp_path, **kw).source == "cache", kw
+
+
 # --- Special files where the cache file belongs -------------------------------------------
 
 SPECIALS = ["fifo", "symlink_to_dev_zero", "directory", "huge_header_length"]

@@ -22,8 +22,16 @@
   path is replaced by a fresh regular file (``os.replace`` replaces a FIFO or a link itself;
   a directory cannot be replaced, so the operators then stay in memory, with a warning).
 * Integrity: a wrong magic, size or header CRC, or any array's CRC-32, fails the read (flipped
-  bytes, truncation, foreign files). The file is then rebuilt with a :class:`CacheWarning`,
-  never trusted.
+  bytes, truncation, foreign files), as does a ``validate`` callback that rejects the arrays
+  (:func:`aotfmm.operators.get_operators` checks every dtype and shape against ``p`` and the
+  key, finiteness, the surface exactly and a sample of the matrices' values). The file is then
+  rebuilt with a :class:`CacheWarning`, never trusted.
+* Trust: CRCs catch accidents, not intent. Anyone who can write the cache directory can plant a
+  file with consistent checksums, shapes and key but wrong operator values, and most of them
+  (notably the M2L factors) cannot be recomputed cheaply at load time. Treat the cache
+  directory like the installed package itself: writable only by you. Directories are created
+  with your umask (``os.makedirs``); files are created by ``tempfile.mkstemp``, i.e. mode 0600
+  (owner only) whatever the umask.
 * Atomic write: data goes to a unique temporary file in the cache directory, is flushed and
   fsync'ed, then ``os.replace``'d onto the final name. Two processes building the same key each
   write their own temporary file; the last rename wins and both files are complete.
@@ -365,13 +373,15 @@ def _write(path, key, arrays):
     return sig
 
 
-def load_or_build(key, build, cache_dir=None, prefix="operators", required=()):
+def load_or_build(key, build, cache_dir=None, prefix="operators", required=(), validate=None):
     """Arrays for ``key`` from the cache, or ``build()`` (a dict of arrays) stored there.
 
     Returns ``(arrays, source)`` with source ``"cache"``, ``"built"`` (and stored) or
     ``"memory"`` (built, not stored: an unwritable directory, or something at the file's path
     that cannot be replaced; a CacheWarning says why). ``cache_dir=False`` disables the cache.
-    ``required``: array names a stored file must hold.
+    ``required``: array names a stored file must hold. ``validate(arrays)``: called on arrays
+    read from a file before they are used; raising ValueError makes the file count as corrupt
+    (rebuilt and rewritten, with a CacheWarning).
     """
     if cache_dir is False:
         return build(), "memory"
@@ -382,6 +392,8 @@ def load_or_build(key, build, cache_dir=None, prefix="operators", required=()):
     if os.path.lexists(path):
         try:
             arrays, sig = _read(path, key, required)
+            if validate is not None:
+                validate(arrays)
             _remember(path, sig, arrays)
             return arrays, "cache"
         except Exception as exc:  # corrupt, truncated, mismatched, not a file: never trust it

@@ -184,6 +184,126 @@ def build_operators(p, radii=DEFAULT_RADII, pinv_cutoff=1e-13, m2l_tol=1e-7, m2l
                 m2m=m2m, l2l=l2l, **m2l)
 
 
+def _all_finite(a, block=1 << 16):
+    """np.isfinite(a).all() without a temporary the size of ``a``."""
+    flat = a.reshape(-1)
+    return all(np.isfinite(flat[i:i + block]).all() for i in range(0, flat.size, block))
+
+
+def _check_arrays(arrays, p, dt, key):
+    """Raise ValueError unless ``arrays`` (read from a cache file) have exactly the names,
+    dtypes and shapes that ``p`` and ``key`` imply, consistent ranks, sane M2L offsets, only
+    finite values and the surface of order ``p`` bit for bit.
+
+    Shapes (n = n_surf(p); r_up, r_down, k, R read from the arrays, then checked everywhere):
+    surface (n, 3) float64; uc2e_a (n, r_up), uc2e_b (r_up, n); dc2e_a (n, r_down),
+    dc2e_b (r_down, n); m2m (8, r_up, n); l2l (8, r_down, n); m2l_v, m2l_u (n, k);
+    m2l_a, m2l_b (R, k); m2l_offsets (317,) int64 from 0 to R, steps in [1, k];
+    m2l_decompress (r_down, k); m2l_sigma (n,) float64. 1 <= r_up, r_down, k <= n, k the forced
+    rank if there is one. Matrices have the run dtype ``dt``.
+    """
+    n = n_surf(p)
+    names = set(_ARRAY_FIELDS) | {"surface", "m2l_sigma"}
+    if set(arrays) != names:
+        raise ValueError(f"arrays {sorted(arrays)}, expected {sorted(names)}")
+
+    def rank(name, axis):
+        a = arrays[name]
+        if a.ndim != 2 or not 1 <= a.shape[axis] <= n:
+            raise ValueError(f"{name}: shape {a.shape}, expected 2-D with 1..{n} "
+                             f"{'columns' if axis else 'rows'}")
+        return a.shape[axis]
+
+    r_up, r_down, k = rank("uc2e_a", 1), rank("dc2e_a", 1), rank("m2l_v", 1)
+    n_t = _geometry.N_TRANSFER
+    big_r = arrays["m2l_a"].shape[0] if arrays["m2l_a"].ndim == 2 else -1
+    if key["m2l_rank"] >= 1 and k != min(key["m2l_rank"], n):
+        raise ValueError(f"M2L rank {k}, the key forces {min(key['m2l_rank'], n)}")
+    if not n_t <= big_r <= n_t * k:
+        raise ValueError(f"m2l_a: shape {arrays['m2l_a'].shape}, expected {n_t}..{n_t * k} rows")
+    f64, i64 = np.dtype(np.float64), np.dtype(np.int64)
+    want = {"surface": ((n, 3), f64), "uc2e_a": ((n, r_up), dt), "uc2e_b": ((r_up, n), dt),
+            "dc2e_a": ((n, r_down), dt), "dc2e_b": ((r_down, n), dt),
+            "m2m": ((8, r_up, n), dt), "l2l": ((8, r_down, n), dt),
+            "m2l_v": ((n, k), dt), "m2l_u": ((n, k), dt), "m2l_a": ((big_r, k), dt),
+            "m2l_b": ((big_r, k), dt), "m2l_offsets": ((n_t + 1,), i64),
+            "m2l_decompress": ((r_down, k), dt), "m2l_sigma": ((n,), f64)}
+    for name, (shape, dtype) in want.items():
+        a = arrays[name]
+        if a.shape != shape or a.dtype != dtype:
+            raise ValueError(f"{name}: {a.dtype} {a.shape}, expected {dtype} {shape}")
+        if dtype.kind == "f" and not _all_finite(a):
+            raise ValueError(f"{name}: not all finite")
+    steps = np.diff(arrays["m2l_offsets"])
+    if arrays["m2l_offsets"][0] != 0 or arrays["m2l_offsets"][-1] != big_r or \
+            not ((1 <= steps) & (steps <= k)).all():
+        raise ValueError(f"m2l_offsets: not steps of 1..{k} from 0 to {big_r}")
+    if (arrays["m2l_sigma"] < 0).any():
+        raise ValueError("m2l_sigma: negative singular values")
+    if not np.array_equal(arrays["surface"], surface(p)):
+        raise ValueError(f"surface: differs from the surface of order {p}")
+
+
+def _sample(n, m, shift):
+    """About ``m`` indices spread evenly over range(n), shifted by ``shift`` (deterministic)."""
+    return np.unique(((np.arange(m) * n) // m + shift) % n)
+
+
+def _rel(got, want):
+    return float(np.linalg.norm(got - want)) / max(float(np.linalg.norm(want)), 1e-300)
+
+
+#: Relative tolerance of :func:`_spot_check`, per run dtype: 100x (float32) and 2000x (float64)
+#: the largest error measured on valid files (7e-7, 5e-13; p = 2..12, cutoffs 0..0.3, radii).
+_SPOT_TOL = {"float32": 1e-4, "float64": 1e-9}
+
+
+def _spot_check(arrays, radii, pinv_cutoff):
+    """Raise ValueError if a sample of the matrix values is not what the kernel implies.
+
+    Cheap (~1 ms at p = 8; shapes are checked before): a few rows and columns of
+
+    * K K^+ K = K for UC2E and DC2E (``K uc2e_a uc2e_b K``), up to the dropped singular values;
+    * ``m2m[c] = uc2e_b K(parent check, child equiv)`` and
+      ``l2l[c] = 0.5 dc2e_b K(child check, parent equiv)`` for all 8 children, recomputed;
+    * ``m2l_decompress = dc2e_b m2l_u``.
+
+    This catches planted or scaled values in those matrices. The M2L factors themselves
+    (``m2l_u``, ``m2l_v``, ``m2l_a``, ``m2l_b``, ``m2l_sigma``) are not checked: recomputing
+    them costs about a build. See :mod:`aotfmm.cache` ("Trust").
+    """
+    s = arrays["surface"]
+    n = len(s)
+    r_ue, r_uc, r_de, r_dc = radii
+    tol = _SPOT_TOL[arrays["m2m"].dtype.name]
+    # Few rows and columns: every product stays small enough for single-threaded BLAS.
+    rows, cols = _sample(n, 16, 0), _sample(n, 4, 1)
+    for name, rc, re in (("uc2e", r_uc, r_ue), ("dc2e", r_dc, r_de)):
+        a, b = arrays[name + "_a"], arrays[name + "_b"]
+        got = kernel_matrix(rc * s[rows], re * s) @ (a @ (b @ kernel_matrix(rc * s, re * s[cols])))
+        # K - K K^+ K is the dropped part of K: singular values <= cutoff * sigma_max, and
+        # sigma_max / |sampled block| stayed below n / 10 (measured error <= 3 cutoff at p = 6).
+        err = _rel(got, kernel_matrix(rc * s[rows], re * s[cols]))
+        if not err <= tol + n * pinv_cutoff:
+            raise ValueError(f"{name}_a, {name}_b: K {name.upper()} K differs from K by {err:.1e}")
+    half = 0.5 * _geometry.OCTANT_SIGNS[:, None, :]  # child centres (8, 1, 3)
+    m = len(cols)
+    # all 8 children at once: columns c * m + j of K are child c, sampled point j
+    k_m2m = kernel_matrix(r_uc * s, (half + 0.5 * r_ue * s[cols]).reshape(-1, 3))
+    k_l2l = 0.5 * kernel_matrix((half + 0.5 * r_dc * s).reshape(-1, 3), r_de * s[cols])
+    k_l2l = k_l2l.reshape(8, n, m).transpose(1, 0, 2).reshape(n, 8 * m)
+    for name, factor, k in (("m2m", "uc2e_b", k_m2m), ("l2l", "dc2e_b", k_l2l)):
+        r = _sample(arrays[factor].shape[0], 16, 0)
+        want = (arrays[factor][r] @ k).reshape(len(r), 8, m).transpose(1, 0, 2)
+        err = _rel(arrays[name][:, r][:, :, cols], want)
+        if not err <= tol:
+            raise ValueError(f"{name}: differs from {factor} K by {err:.1e}")
+    r, kc = _sample(arrays["dc2e_b"].shape[0], 16, 0), _sample(arrays["m2l_u"].shape[1], 8, 0)
+    err = _rel(arrays["m2l_decompress"][r][:, kc], arrays["dc2e_b"][r] @ arrays["m2l_u"][:, kc])
+    if not err <= tol:
+        raise ValueError(f"m2l_decompress: differs from dc2e_b m2l_u by {err:.1e}")
+
+
 def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_cutoff=None,
                   radii=None, m2l_rank=None):
     """Operators of order ``p`` for run dtype ``dtype``, from the cache or built (and cached).
@@ -210,6 +330,15 @@ def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_c
     Returns
     -------
     Operators
+
+    Notes
+    -----
+    Arrays read from a cache file are checked before use: names, dtypes and exact shapes against
+    ``p`` and the key, consistent ranks, M2L offsets, finiteness, the surface bit for bit, and a
+    sample of UC2E/DC2E/M2M/L2L values against the kernel (:func:`_check_arrays`,
+    :func:`_spot_check`); a file that fails is rebuilt and rewritten with a CacheWarning. The
+    M2L factors cannot be recomputed cheaply, so the cache directory must be trusted (see
+    :mod:`aotfmm.cache`).
     """
     if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or not P_MIN <= p <= P_MAX:
         raise ValueError(f"p must be an integer in [{P_MIN}, {P_MAX}], got {p!r}")
@@ -246,9 +375,14 @@ def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_c
                for k, v in ops.items()}
         return out
 
+    def validate(arrays):  # arrays read from a cache file, before anything uses them
+        _check_arrays(arrays, p, dt, key)
+        _spot_check(arrays, radii, pinv_cutoff)
+
     t0 = time.perf_counter()
     arrays, source = cache.load_or_build(key, build, cache_dir,
-                                           required=_ARRAY_FIELDS + ("surface", "m2l_sigma"))
+                                           required=_ARRAY_FIELDS + ("surface", "m2l_sigma"),
+                                           validate=validate)
     seconds = time.perf_counter() - t0
     s = arrays["surface"]
     return Operators(
