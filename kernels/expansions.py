@@ -1,8 +1,10 @@
 """Point <-> surface sums of the KIFMM (P2M, P2L, L2P, M2P) and M2L's gather/scatter.
 
-Boxes: ``centers`` (n_boxes, 3), ``half_widths`` (n_boxes,), both of the run float type. A box's
-surface of radius ``radius`` is ``centers[b] + half_widths[b] * radius * surf[:, m]`` with ``surf``
-the unit surface as (3, n_surf); it is generated on the fly, never stored per box. Points are SoA
+Boxes: ``half_widths`` (n_boxes,) and, per list entry ``k``, ``centers[k]`` (n_entries, 3): the
+centre of the surface that entry involves, in the frame of that entry's points (points may be
+local to their box, see ``p2p.py``). The surface of radius ``radius`` is
+``centers[k] + half_widths[b] * radius * surf[:, m]`` with ``surf`` the unit surface as
+(3, n_surf), b the box owning the surface; it is generated on the fly, never stored per box. Points are SoA
 (3, n), sorted by box: box ``b`` owns ``start[b]:end[b]``.
 
 Rows ``b0 <= i < b1`` of a call are target boxes ``trg_boxes[i]``; each interacts with the boxes
@@ -59,7 +61,7 @@ LOCALS = {
 
 def p2c_pot(src_xyz, charges, src_start, src_end, trg_boxes, centers, half_widths,
             list_offsets, list_index, surf, radius, b0, b1, row0, check):
-    """check[i - row0, m] = sum_s sum_j q_j / (4 pi |x_m - y_j|), x_m = c_i + h_i r surf_m."""
+    """check[i - row0, m] = sum_s sum_j q_j / (4 pi |x_m - y_j|), x_m = c_k + h_i r surf_m."""
     c = INV4PI
     sx = src_xyz[0]
     sy = src_xyz[1]
@@ -69,12 +71,12 @@ def p2c_pot(src_xyz, charges, src_start, src_end, trg_boxes, centers, half_width
         b = trg_boxes[i]
         hr = half_widths[b] * radius
         for m in range(n_surf):
-            xm = centers[b, 0] + hr * surf[0, m]
-            ym = centers[b, 1] + hr * surf[1, m]
-            zm = centers[b, 2] + hr * surf[2, m]
             acc = 0.0
             for k in range(list_offsets[i], list_offsets[i + 1]):
                 s = list_index[k]
+                xm = centers[k, 0] + hr * surf[0, m]
+                ym = centers[k, 1] + hr * surf[1, m]
+                zm = centers[k, 2] + hr * surf[2, m]
                 for j in range(np.uint64(src_start[s]), np.uint64(src_end[s])):
                     dx = xm - sx[j]
                     dy = ym - sy[j]
@@ -89,7 +91,7 @@ def p2c_pot(src_xyz, charges, src_start, src_end, trg_boxes, centers, half_width
 
 def s2p_pot(dens, trg_xyz, trg_start, trg_end, trg_boxes, centers, half_widths, list_offsets,
             list_index, surf, radius, b0, b1, pot):
-    """pot[t] += sum_s sum_m dens[s, m] / (4 pi |x_t - y_m(s)|), y_m(s) = c_s + h_s r surf_m."""
+    """pot[t] += sum_s sum_m dens[s, m] / (4 pi |x_t - y_m(s)|), y_m(s) = c_k + h_s r surf_m."""
     c = INV4PI
     n_surf = surf.shape[1]
     ys = np.empty((3, n_surf), dtype=surf.dtype)
@@ -102,9 +104,9 @@ def s2p_pot(dens, trg_xyz, trg_start, trg_end, trg_boxes, centers, half_widths, 
             s = list_index[k]
             hr = half_widths[s] * radius
             for m in range(n_surf):
-                yx[m] = centers[s, 0] + hr * surf[0, m]
-                yy[m] = centers[s, 1] + hr * surf[1, m]
-                yz[m] = centers[s, 2] + hr * surf[2, m]
+                yx[m] = centers[k, 0] + hr * surf[0, m]
+                yy[m] = centers[k, 1] + hr * surf[1, m]
+                yz[m] = centers[k, 2] + hr * surf[2, m]
             d = dens[s]
             for t in range(trg_start[b], trg_end[b]):
                 xt = trg_xyz[0, t]
@@ -138,9 +140,9 @@ def s2p_potgrad(dens, trg_xyz, trg_start, trg_end, trg_boxes, centers, half_widt
             s = list_index[k]
             hr = half_widths[s] * radius
             for m in range(n_surf):
-                yx[m] = centers[s, 0] + hr * surf[0, m]
-                yy[m] = centers[s, 1] + hr * surf[1, m]
-                yz[m] = centers[s, 2] + hr * surf[2, m]
+                yx[m] = centers[k, 0] + hr * surf[0, m]
+                yy[m] = centers[k, 1] + hr * surf[1, m]
+                yz[m] = centers[k, 2] + hr * surf[2, m]
             d = dens[s]
             for t in range(trg_start[b], trg_end[b]):
                 xt = trg_xyz[0, t]

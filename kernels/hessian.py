@@ -11,7 +11,8 @@ density. With d = x - y, r = |d|, the Laplace kernel G = 1/(4 pi r) gives
 Coincident pairs (r = 0) contribute nothing. Layouts: pot (nd, n_targets), grad
 (nd, 3, n_targets), hess (nd, 6, n_targets), all INOUT (added to).
 
-``p2p_hess`` has the box/list conventions of ``p2p.py`` (CSR over box ids) and densities as in
+``p2p_hess`` has the box/list conventions of ``p2p.py`` (CSR over box ids, per-entry
+``shift`` between box-local frames) and densities as in
 ``multi.py`` (``flags``: 1 charges, 2 dipoles). It serves L2P/M2P Hessians too: there the
 equivalent surfaces of the listed boxes are passed as point charges
 (``aotfmm.expansions._s2p_hessians``).
@@ -22,23 +23,23 @@ INV4PI = 0.07957747154594767  # 1 / (4 pi)
 
 SIGNATURES = {
     # IN src_xyz, IN q (nd, n), IN dip (nd, 3, n), IN trg_xyz, IN src_start, IN src_end,
-    # IN trg_start, IN trg_end, IN list_offsets, IN list_index, IN boxes, IN i0, IN i1,
-    # IN flags, INOUT pot, INOUT grad, INOUT hess
+    # IN trg_start, IN trg_end, IN list_offsets, IN list_index, IN shift (n_entries, 3),
+    # IN boxes, IN i0, IN i1, IN flags, INOUT pot, INOUT grad, INOUT hess
     "p2p_hess": "void({F}[:, ::1], {F}[:, ::1], {F}[:, :, ::1], {F}[:, ::1], i8[::1], i8[::1],"
-                " i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], i8, i8, i8, {F}[:, ::1],"
-                " {F}[:, :, ::1], {F}[:, :, ::1])",
+                " i8[::1], i8[::1], i8[::1], i8[::1], {F}[:, ::1], i8[::1], i8, i8, i8,"
+                " {F}[:, ::1], {F}[:, :, ::1], {F}[:, :, ::1])",
 }
 
 _LOCALS = {"c": "{F}", "p": "{F}", "gx": "{F}", "gy": "{F}", "gz": "{F}", "hxx": "{F}",
         "hyy": "{F}", "hzz": "{F}", "hxy": "{F}", "hxz": "{F}", "hyz": "{F}", "r2": "{F}",
         "i1": "{F}", "i2": "{F}", "i3": "{F}", "i4": "{F}", "w": "{F}", "w3": "{F}",
         "pd": "{F}", "t5": "{F}", "t7": "{F}", "ux": "{F}", "uy": "{F}",
-        "uz": "{F}"}
+        "uz": "{F}", "xs": "{F}", "ys": "{F}", "zs": "{F}"}
 LOCALS = {"p2p_hess": _LOCALS}
 
 
 def p2p_hess(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, list_offsets,
-             list_index, boxes, i0, i1, flags, pot, grad, hess):
+             list_index, shift, boxes, i0, i1, flags, pot, grad, hess):
     """pot/grad/hess[d, :, i] += fields of the listed boxes' charges/dipoles of density d."""
     c = INV4PI
     has_q = (flags & 1) != 0
@@ -63,10 +64,13 @@ def p2p_hess(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, l
                 hyz = 0.0
                 for kk in range(list_offsets[b], list_offsets[b + 1]):
                     s = list_index[kk]
+                    xs = xi + shift[kk, 0]
+                    ys = yi + shift[kk, 1]
+                    zs = zi + shift[kk, 2]
                     for j in range(src_start[s], src_end[s]):
-                        dx = xi - src_xyz[0, j]
-                        dy = yi - src_xyz[1, j]
-                        dz = zi - src_xyz[2, j]
+                        dx = xs - src_xyz[0, j]
+                        dy = ys - src_xyz[1, j]
+                        dz = zs - src_xyz[2, j]
                         r2 = dx * dx + dy * dy + dz * dz
                         if r2 > 0.0:
                             # Unit vector and powers of 1/r up to 4 only: 1/r^7 would overflow

@@ -16,8 +16,8 @@ Layouts: pot (nd, n_targets), grad (nd, 3, n_targets), check (n_rows, nd, n_surf
 dens (n_boxes, nd, n_surf). ``buf`` (6, >= largest source box) is per-call scratch (OUT).
 1/r is ``_inline.inv_sqrt``; P2P redoes a target's geometry exactly when a source is too close
 for its float32 estimate.
-Box/list conventions as in ``p2p.py`` (P2P: CSR over box ids) and ``expansions.py`` (P2C/S2P:
-CSR over rows).
+Box/list conventions as in ``p2p.py`` (P2P: CSR over box ids, per-entry ``shift`` between
+box-local frames) and ``expansions.py`` (P2C/S2P: CSR over rows, ``centers`` per list entry).
 """
 import numpy as np
 
@@ -27,11 +27,11 @@ INV4PI = 0.07957747154594767  # 1 / (4 pi)
 
 SIGNATURES = {
     # IN src_xyz, IN q (nd, n), IN dip (nd, 3, n), IN trg_xyz, IN src_start, IN src_end,
-    # IN trg_start, IN trg_end, IN list_offsets, IN list_index, IN boxes, IN i0, IN i1,
-    # IN flags, IN m_max (>= sources of any listed box's list), INOUT pot (nd, n_trg),
-    # INOUT grad (nd, 3, n_trg)
+    # IN trg_start, IN trg_end, IN list_offsets, IN list_index, IN shift (n_entries, 3),
+    # IN boxes, IN i0, IN i1, IN flags, IN m_max (>= sources of any listed box's list),
+    # INOUT pot (nd, n_trg), INOUT grad (nd, 3, n_trg)
     "p2p_multi": "void({F}[:, ::1], {F}[:, ::1], {F}[:, :, ::1], {F}[:, ::1], i8[::1], i8[::1],"
-                 " i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], i8, i8, i8, i8,"
+                 " i8[::1], i8[::1], i8[::1], i8[::1], {F}[:, ::1], i8[::1], i8, i8, i8, i8,"
                  " {F}[:, ::1], {F}[:, :, ::1])",
     # IN src_xyz, IN q, IN dip, IN src_start, IN src_end, IN trg_boxes, IN centers,
     # IN half_widths, IN list_offsets, IN list_index, IN surf (3, n_surf), IN radius, IN b0,
@@ -49,7 +49,7 @@ SIGNATURES = {
 
 _ACC = {"c": "{F}", "one": "{F}", "three": "{F}", "acc": "{F}", "gx": "{F}", "gy": "{F}",
         "gz": "{F}", "r2": "{F}", "invr": "{F}", "i3": "{F}", "dd": "{F}", "t5": "{F}",
-        "qj": "{F}", "chk": "{F}"}
+        "qj": "{F}", "chk": "{F}", "ox": "{F}", "oy": "{F}", "oz": "{F}"}
 LOCALS = {
     "p2p_multi": dict(_ACC),
     "p2c_multi": dict(_ACC, hr="{F}", xm="{F}", ym="{F}", zm="{F}"),
@@ -63,7 +63,7 @@ P2P_CHUNK = 256
 
 
 def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, list_offsets,
-              list_index, boxes, i0, i1, flags, m_max, pot, grad):
+              list_index, shift, boxes, i0, i1, flags, m_max, pot, grad):
     """pot[d, i] (+ grad[d, :, i]) += field of the listed boxes' charges/dipoles of density d.
 
     Per target box, the sources of its whole list (at most ``m_max``) are first gathered into
@@ -97,10 +97,13 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
         for kk in range(list_offsets[b], list_offsets[b + 1]):
             s = list_index[kk]
             j0 = src_start[s]
+            ox = shift[kk, 0]  # sources into the target box's frame
+            oy = shift[kk, 1]
+            oz = shift[kk, 2]
             for j in range(j0, src_end[s]):
-                sxyz[0, n + j - j0] = src_xyz[0, j]
-                sxyz[1, n + j - j0] = src_xyz[1, j]
-                sxyz[2, n + j - j0] = src_xyz[2, j]
+                sxyz[0, n + j - j0] = src_xyz[0, j] - ox
+                sxyz[1, n + j - j0] = src_xyz[1, j] - oy
+                sxyz[2, n + j - j0] = src_xyz[2, j] - oz
             for d in range(nd):
                 if has_q:
                     for j in range(j0, src_end[s]):
@@ -262,11 +265,11 @@ def p2c_multi(src_xyz, q, dip, src_start, src_end, trg_boxes, centers, half_widt
             for m in range(n_surf):
                 out[d, m] = 0.0
         for m in range(n_surf):
-            xm = centers[b, 0] + hr * surf[0, m]
-            ym = centers[b, 1] + hr * surf[1, m]
-            zm = centers[b, 2] + hr * surf[2, m]
             for kk in range(list_offsets[i], list_offsets[i + 1]):
                 s = list_index[kk]
+                xm = centers[kk, 0] + hr * surf[0, m]
+                ym = centers[kk, 1] + hr * surf[1, m]
+                zm = centers[kk, 2] + hr * surf[2, m]
                 j0 = src_start[s]
                 j1 = src_end[s]
                 n = np.uint64(j1 - j0)
@@ -324,9 +327,9 @@ def s2p_multi(dens, trg_xyz, trg_start, trg_end, trg_boxes, centers, half_widths
                 yt = trg_xyz[1, t]
                 zt = trg_xyz[2, t]
                 for m in range(n):
-                    dx = xt - (centers[s, 0] + hr * surf[0, m])
-                    dy = yt - (centers[s, 1] + hr * surf[1, m])
-                    dz = zt - (centers[s, 2] + hr * surf[2, m])
+                    dx = xt - (centers[kk, 0] + hr * surf[0, m])
+                    dy = yt - (centers[kk, 1] + hr * surf[1, m])
+                    dz = zt - (centers[kk, 2] + hr * surf[2, m])
                     r2 = dx * dx + dy * dy + dz * dz
                     invr = inv_sqrt(r2, 0)
                     if r2 == 0.0:

@@ -254,7 +254,8 @@ def test_kernel_releases_the_gil(rng):
 
     def call():
         started.set()
-        kernel(xyz, q, xyz, start, end, start, end, lst, index, index, 0, 1, 1, pot)
+        kernel(xyz, q, xyz, start, end, start, end, lst, index, np.zeros((1, 3)), index, 0, 1, 1,
+               pot)
         done.set()
 
     worker = threading.Thread(target=call)

@@ -118,6 +118,30 @@ def frame(*point_arrays, center=True):
     return mid, power_of_two_scale(half)
 
 
+#: Smallest nonzero coordinate difference (in units of the frame's half-width) each dtype keeps
+#: exactly through the kernels: distinct values at least this large differ by at least their
+#: ulp, whose square stays a normal number (float64: 2^-400 * 2^-52 squared = 2^-904).
+_TINY = {"float64": 2.0 ** -400, "float32": 2.0 ** -100}
+
+
+def check_representable(d, scale, dt):
+    """Raise if differences ``d`` (caller units) of points from their anchors are nonzero but
+    below what the frame of half-width ``scale`` can represent in ``dt`` (they would collapse
+    onto one point and be skipped as coincident)."""
+    limit = _TINY[np.dtype(dt).name] * scale
+    if limit > 0.0:
+        a = np.abs(d)
+        bad = (a > 0.0) & (a < limit)
+        if bad.any():
+            smallest = float(a[bad].min())
+            raise ValueError(
+                f"the points span too wide a range of scales for {np.dtype(dt).name}: "
+                f"coordinates differ by {smallest:.3g} in a problem of extent {2 * scale:.3g} "
+                f"(ratio below {_TINY[np.dtype(dt).name]:.3g}); such points cannot be "
+                "told apart from coincident ones. Split the problem by scale"
+                + (" or use dtype=float64" if np.dtype(dt) == np.float32 else ""))
+
+
 def to_soa(points, center, scale, dtype):
     """(n, 3) float64 points -> C-contiguous (3, n) array of ``dtype`` in the given frame."""
     out = np.empty((3, points.shape[0]), dtype=dtype)

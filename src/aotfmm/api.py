@@ -198,14 +198,17 @@ class Fmm:
         src_xyz = to_soa(src, self._center, self._scale, np.float64)
         trg_xyz = src_xyz if targets is None else to_soa(trg, self._center, self._scale,
                                                         np.float64)
+        trg_pts = None if targets is None else trg
         if targets is not None and at_sources:  # one target set: the sources, then the targets
             trg_xyz = np.ascontiguousarray(np.concatenate([src_xyz, trg_xyz], axis=1))
+            trg_pts = np.concatenate([src, trg])
         self.progress = as_bool("progress", progress)
         bar = _progress.Progress(self.progress, label="aotfmm setup")
         self._core = evaluate.Plan(src_xyz, trg_xyz, eps=self.eps, p=p, ncrit=ncrit,
                                    dtype=self.dtype, threads=self.threads, cache_dir=cache_dir,
                                    progress=bar, dipoles=self._for_dipoles,
-                                   hessians=self._for_hessians)
+                                   hessians=self._for_hessians,
+                                   points=(src, trg_pts, self._center, self._scale))
         bar.done()
         self.p = self._core.p
         self.ncrit = self._core.ncrit
@@ -386,7 +389,7 @@ class Fmm:
             ax = plt.figure(figsize=(6, 6)).add_subplot()
         ax.add_collection(PolyCollection(corners, facecolors="none", edgecolors="0.6",
                                          linewidths=0.4))
-        pts = self._core.src.astype(np.float64)[keep] * scale + center[keep, None]
+        pts = self._core.frame_points("src")[keep] * scale + center[keep, None]
         ax.plot(pts[0], pts[1], ",", color="C0")
         ax.set_aspect("equal")
         ax.autoscale_view()

@@ -3,8 +3,8 @@ building block of the FMM's near field (same compiled P2P kernels)."""
 import numpy as np
 
 from . import _kernels, _threads
-from ._validation import (as_bool, as_charges, as_points, frame, power_of_two_scale,
-                          resolve_dtype, to_soa)
+from ._validation import (as_bool, as_charges, as_points, check_representable, frame,
+                          power_of_two_scale, resolve_dtype, to_soa)
 
 __all__ = ["direct"]
 
@@ -88,6 +88,7 @@ def _direct(src, q, trg, gradient, dt, threads, module=None):
     if n_trg and src.shape[0]:
         # float64: exact power-of-two scaling only; float32: also centre, to keep its digits.
         center, scale = frame(src, trg, center=dt == np.float32)
+        _representable(src, trg, center, scale, dt)
         src_xyz = to_soa(src, center, scale, dt)
         trg_xyz = to_soa(trg, center, scale, dt) if trg is not src else src_xyz
         qscale = power_of_two_scale(np.abs(q).max())
@@ -110,6 +111,7 @@ def _direct_multi(src, q, d, trg, gradient, dt, threads):
     if not (n_trg and src.shape[0]):
         return pot, grad
     center, scale = frame(src, trg, center=dt == np.float32)
+    _representable(src, trg, center, scale, dt)
     src_xyz = to_soa(src, center, scale, dt)
     trg_xyz = to_soa(trg, center, scale, dt) if trg is not src else src_xyz
     live, qscale, qs, ds = scaled_densities(q, d, scale)
@@ -122,6 +124,12 @@ def _direct_multi(src, q, d, trg, gradient, dt, threads):
     _p2p_all(src_xyz, qs, trg_xyz, pl, gl, threads, dipoles=ds)
     unscale_fields((pot, grad), (pl, gl), live, qscale, scale)
     return pot, grad
+
+
+def _representable(src, trg, center, scale, dt):
+    """The frame's coordinates (offsets from ``center``) must keep distinct points apart."""
+    for pts in ((src,) if trg is src else (src, trg)):
+        check_representable(pts - center, scale, dt)
 
 
 def scaled_densities(q, d, frame_scale):
@@ -203,7 +211,7 @@ def _p2p_all(src_xyz, charges, trg_xyz, pot, grad, threads, module=None, dipoles
 
 def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_offsets,
         list_index, boxes, pot, grad, threads, module=None, cost=None, dipoles=None,
-        exact=True, hess=None):
+        exact=True, hess=None, shift=None):
     """Run the P2P kernel over the target boxes ``boxes`` on the thread pool (trusted input).
 
     ``charges`` (n,) with ``pot`` (n_trg,), ``grad`` (3, n_trg); or several densities:
@@ -213,9 +221,13 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
     two, see kernels/p2p.py): fine for the FMM's near field, not for reference direct sums.
     ``hess`` (k, 6, n_trg): also the Hessians (then ``pot`` (k, n_trg), ``grad`` (k, 3, n_trg)
     and ``charges`` (k, n) or None are required; exact 1/r).
+    ``shift`` (len(list_index), 3) dt: per list entry, the vector from the source box's
+    coordinate origin to the target box's (points local to their boxes); None: one frame.
     """
     refine = 1 if exact else 0
     dt = pot.dtype
+    if shift is None:
+        shift = np.zeros((max(len(list_index), 1), 3), dtype=dt)
     multi = hess is not None or dipoles is not None or pot.ndim == 2
     if multi:  # the density kernels: terms chosen by flags, placeholders for absent ones
         terms = (1 if charges is not None else 0) | (2 if dipoles is not None else 0)
@@ -226,7 +238,7 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
 
         def work(i0, i1):
             kernel(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
-                   list_offsets, list_index, boxes, i0, i1, terms, pot, grad, hess)
+                   list_offsets, list_index, shift, boxes, i0, i1, terms, pot, grad, hess)
     elif multi:
         kernel = _kernels.get("p2p_multi", dt, module)
         flags = terms | (4 if grad is not None else 0) | (8 if exact else 0)
@@ -239,19 +251,19 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
 
         def work(i0, i1):
             kernel(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
-                   list_offsets, list_index, boxes, i0, i1, flags, m_max, pot2, g)
+                   list_offsets, list_index, shift, boxes, i0, i1, flags, m_max, pot2, g)
     elif grad is None:
         kernel = _kernels.get("p2p_pot", dt, module)
 
         def work(i0, i1):
             kernel(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end,
-                   list_offsets, list_index, boxes, i0, i1, refine, pot)
+                   list_offsets, list_index, shift, boxes, i0, i1, refine, pot)
     else:
         kernel = _kernels.get("p2p_potgrad", dt, module)
 
         def work(i0, i1):
             kernel(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end,
-                   list_offsets, list_index, boxes, i0, i1, refine, pot, grad)
+                   list_offsets, list_index, shift, boxes, i0, i1, refine, pot, grad)
     n = len(boxes)
     bounds = np.arange(n + 1) if cost is None else _threads.split(cost, threads * _CHUNKS_PER_THREAD)
     _threads.run(work, bounds, threads)

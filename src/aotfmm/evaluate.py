@@ -19,6 +19,8 @@ from . import expansions
 from .direct import p2p
 from .lists import build_lists
 from .operators import P_MAX, P_MIN, get_operators
+from ._validation import check_representable
+from .morton import LEVEL_BITS, MAX_LEVEL
 from .tree import build_tree
 
 __all__ = ["Plan", "P_MIN", "P_MAX", "choose_parameters", "AccuracyWarning"]
@@ -103,7 +105,8 @@ class Plan:
     """Everything that depends on the points only; see the module docstring."""
 
     def __init__(self, src_xyz, trg_xyz, *, eps, p=None, ncrit=None, dtype=np.float64,
-                 threads=1, cache_dir=None, progress=None, dipoles=False, hessians=False):
+                 threads=1, cache_dir=None, progress=None, dipoles=False, hessians=False,
+                 points=None):
         timings = {}
         step = progress.step if progress is not None else (lambda name: None)
         t = time.perf_counter()
@@ -129,18 +132,136 @@ class Plan:
         step("operators")
         self.tree, self.ops = tree, ops
 
-        self.src = np.ascontiguousarray(src_xyz[:, tree.src_perm], dtype=dt)
-        self.trg = self.src if self.same else np.ascontiguousarray(trg_xyz[:, tree.trg_perm],
-                                                                   dtype=dt)
-        self.centers = np.ascontiguousarray(tree.centers, dtype=dt)
+        if points is None:  # the frame coordinates are the caller's points
+            points = (src_xyz.T, None if self.same else trg_xyz.T, np.zeros(3), 1.0)
+        self._local_coordinates(tree, *points)
         self.half_widths = np.ascontiguousarray(tree.root_half / 2.0 ** tree.levels, dtype=dt)
         self._setup_passes(tree, lists, ops.n_surf)
+        self._entry_geometry(tree)
         timings["setup_passes"] = time.perf_counter() - t
         step("passes")
         self.setup_timings = timings
         self.stats = self._stats(tree, lists)
 
     # ------------------------------------------------------------------ setup
+    def _local_coordinates(self, tree, src_pts, trg_pts, center, scale):
+        """Points stored relative to an anchor of their leaf, from the caller's coordinates.
+
+        The frame (``(x - center) / scale``, in [-1, 1]^3) rounds a point to a grid set by its
+        distance from ``center``: a cluster 1e-12 wide near a corner of the box kept only ~4
+        digits of its own spacing. Kernels therefore get each point's offset from its leaf's
+        anchor, and per list entry the anchor-to-anchor vector or the surface centre relative
+        to the anchor, all taken in float64 from the caller's coordinates. The anchor's
+        component along each axis is the leaf's coordinate of smallest magnitude on that axis,
+        so ``|a| <= |x|`` for every point x of the leaf: ``x - a`` is exact when x and a are
+        within a factor two (Sterbenz: any tight cluster away from 0), and otherwise errs by at
+        most ulp(x), the input's own resolution. Differences of nearby points, within a leaf or
+        across leaves, then keep the precision of the data's own spacing wherever the points
+        sit, in float64 and (after rounding the small offsets) in float32.
+
+        ``src_pts`` (n, 3) / ``trg_pts`` (m, 3) or None (the same points): float64 caller
+        coordinates; ``center``, ``scale``: the frame they were mapped with.
+        """
+        dt = self.dtype
+        trg_pts = src_pts if trg_pts is None else trg_pts
+        center = np.asarray(center, dtype=np.float64)
+        scale = float(scale)
+        leaves = tree.leaves
+        anchor = center + scale * tree.centers  # leaves without points: their centre
+        best = np.full((len(anchor), 3), np.inf)
+        sets = [(tree.src_start, tree.src_end, src_pts[tree.src_perm])]
+        if not self.same:
+            sets.append((tree.trg_start, tree.trg_end, trg_pts[tree.trg_perm]))
+        for start, end, v in sets:
+            counts = end[leaves] - start[leaves]
+            full = leaves[counts > 0]
+            if not len(full):
+                continue
+            av = np.abs(v)
+            m = np.minimum.reduceat(av, start[full], axis=0)  # (n_full, 3)
+            seg = np.repeat(np.arange(len(full)), counts[counts > 0])
+            hit = av == m[seg]
+            for axis in range(3):  # the signed value of smallest magnitude, per leaf and axis
+                idx = np.flatnonzero(hit[:, axis])
+                _, first = np.unique(seg[idx], return_index=True)
+                val = v[idx[first], axis]
+                better = np.abs(val) < best[full, axis]
+                anchor[full[better], axis] = val[better]
+                best[full[better], axis] = np.abs(val[better])
+        self.anchor, self.frame_center, self.frame_scale = anchor, center, scale
+
+        # offsets[b] = centre of b minus its anchor, in frame units, without the frame's
+        # rounding: (a - center) split exactly into hi + lo (two-sum)
+        hi = anchor - center
+        bb = hi - anchor
+        lo = (anchor - (hi - bb)) + (-center - bb)
+        with np.errstate(over="ignore", invalid="ignore"):
+            self.offsets = (tree.centers - hi / scale) - lo / scale
+        self.offsets[~np.isfinite(self.offsets)] = 0.0
+
+        def local(start, end, v):
+            counts = end[leaves] - start[leaves]
+            d = v - np.repeat(anchor[leaves], counts, axis=0)
+            check_representable(d, scale, dt)
+            out = np.empty((3, len(d)), dtype=dt)
+            np.divide(d.T, scale, out=out, casting="unsafe")
+            return out
+
+        self.src = local(*sets[0])
+        self.trg = self.src if self.same else local(*sets[1])
+
+    def frame_points(self, which="src"):
+        """Sorted points in the frame coordinates (for plotting; float64 (3, n))."""
+        tree = self.tree
+        start, end = (tree.src_start, tree.src_end) if which == "src" else \
+            (tree.trg_start, tree.trg_end)
+        pts = self.src if which == "src" else self.trg
+        leaves = tree.leaves
+        origin = (self.anchor - self.frame_center) / self.frame_scale
+        return pts.astype(np.float64) + np.repeat(origin[leaves], end[leaves] - start[leaves],
+                                                  axis=0).T
+
+    def _entry_geometry(self, tree):
+        """Per list entry: P2P anchor-to-anchor shifts, and surface centres of P2M, L2P, M2P
+        and P2L as seen from the points they meet (see :meth:`_local_coordinates`)."""
+        dt, c, off = self.dtype, tree.centers, self.offsets
+
+        def cast(a):
+            return np.ascontiguousarray(a, dtype=dt).reshape(-1, 3)
+
+        rows = np.repeat(np.arange(self.n_boxes, dtype=np.int64), np.diff(self.near_offsets))
+        cols = self.near_index
+        self.near_shift = cast((self.anchor[rows] - self.anchor[cols]) / self.frame_scale)
+        self.p2m_centers = cast(off[self.p2m_boxes])
+        self.l2p_centers = cast(off[self.l2p_boxes])
+        rows = np.repeat(self.m2p_boxes, np.diff(self.m2p_offsets))
+        self.m2p_centers = cast((c[self.m2p_index] - c[rows]) + off[rows])
+        for entry in self.down_levels:
+            if "p2l" in entry:
+                boxes, offsets, index = entry["p2l"]
+                rows = np.repeat(boxes, np.diff(offsets))
+                entry["p2l_centers"] = cast((c[rows] - c[index]) + off[index])
+
+    def _leaf_pairs(self, tree, rows, cols):
+        """Near-field pairs with a non-leaf side (W pairs with a small source box, X pairs
+        above level 2) -> the pairs of their leaves: points are local to leaves."""
+        mixed = ~(tree.is_leaf[rows] & tree.is_leaf[cols])
+        if not mixed.any():
+            return rows, cols
+        leaf_anchor = tree.keys[tree.leaves] >> LEVEL_BITS
+        shift = 3 * (MAX_LEVEL - tree.levels)
+        lo = np.searchsorted(leaf_anchor, (tree.keys >> LEVEL_BITS))
+        hi = np.searchsorted(leaf_anchor, ((tree.keys >> LEVEL_BITS) >> shift) + 1 << shift)
+        r, c = rows[mixed], cols[mixed]
+        nr, nc = hi[r] - lo[r], hi[c] - lo[c]
+        tot = nr * nc
+        pair = np.repeat(np.arange(len(r)), tot)
+        within = np.arange(int(tot.sum()), dtype=np.int64) - np.repeat(np.cumsum(tot) - tot, tot)
+        lr = tree.leaves[lo[r][pair] + within // nc[pair]]
+        lc = tree.leaves[lo[c][pair] + within % nc[pair]]
+        ok = (tree.trg_end[lr] > tree.trg_start[lr]) & (tree.src_end[lc] > tree.src_start[lc])
+        return (np.concatenate([rows[~mixed], lr[ok]]), np.concatenate([cols[~mixed], lc[ok]]))
+
     def _setup_passes(self, tree, lists, n_surf):
         n_boxes = len(tree.keys)
         n_src = tree.src_end - tree.src_start
@@ -177,8 +298,9 @@ class Plan:
 
         u_rows, u_cols = _pairs(lists.u_offsets, lists.u_index)
         keep = has_trg[u_rows] & has_src[u_cols]
-        near_rows = np.concatenate([u_rows[keep], w_rows[w_direct], x_rows[x_direct]])
-        near_cols = np.concatenate([u_cols[keep], w_cols[w_direct], x_cols[x_direct]])
+        near_rows, near_cols = self._leaf_pairs(
+            tree, np.concatenate([u_rows[keep], w_rows[w_direct], x_rows[x_direct]]),
+            np.concatenate([u_cols[keep], w_cols[w_direct], x_cols[x_direct]]))
         self.near_offsets, self.near_index = _csr(near_rows, near_cols, n_boxes)
         self.near_boxes = np.unique(near_rows)
         work = np.add.reduceat(n_src[self.near_index], self.near_offsets[self.near_boxes]) \
@@ -242,7 +364,7 @@ class Plan:
             n = np.diff(offsets)[rows] if len(rows) else np.zeros(1, np.int64)
             return {"mean": float(n.mean()), "max": int(n.max())}
         all_boxes = np.arange(len(tree.keys))
-        arrays = [self.src, self.centers, self.half_widths, self.near_index]
+        arrays = [self.src, self.offsets, self.anchor, self.half_widths, self.near_index]
         if not self.same:
             arrays.append(self.trg)
         n_surf = self.ops.n_surf
@@ -298,12 +420,12 @@ class Plan:
         equiv = np.zeros(shape, dtype=dt)
         local = np.zeros(shape, dtype=dt)
         dcheck = np.zeros((self.n_boxes, k, ops.down_rank), dtype=dt)
-        c, h = self.centers, self.half_widths
+        c, h = None, self.half_widths  # surface centres come per list entry
         tick("prepare")
 
         if len(self.p2m_boxes):
             expansions.p2m(ops, self.src, q, self.p2m_boxes, tree.src_start, tree.src_end, c, h,
-                           equiv, threads=threads, dipoles=dip)
+                           equiv, threads=threads, dipoles=dip, entry_centers=self.p2m_centers)
         tick("p2m")
         for parents, children in self.m2m_levels:
             expansions.m2m(ops, equiv, parents, children)
@@ -318,7 +440,8 @@ class Plan:
             if "p2l" in entry:
                 boxes, offsets, index = entry["p2l"]
                 expansions.p2l(ops, self.src, q, tree.src_start, tree.src_end, boxes, offsets,
-                               index, c, h, dcheck, threads=threads, dipoles=dip)
+                               index, c, h, dcheck, threads=threads, dipoles=dip,
+                               entry_centers=entry["p2l_centers"])
                 tick("p2l")
             if len(entry["receivers"]):
                 expansions.dc2e(ops, dcheck, local, entry["receivers"])
@@ -327,17 +450,19 @@ class Plan:
             progress.step("l2l+m2l+p2l")
         if len(self.l2p_boxes):
             expansions.l2p(ops, local, self.trg, tree.trg_start, tree.trg_end, self.l2p_boxes,
-                           c, h, pot_k, grad_k, threads=threads, hess=hess)
+                           c, h, pot_k, grad_k, threads=threads, hess=hess,
+                           entry_centers=self.l2p_centers)
         tick("l2p")
         if len(self.m2p_boxes):
             expansions.m2p(ops, equiv, self.trg, tree.trg_start, tree.trg_end, self.m2p_boxes,
                            self.m2p_offsets, self.m2p_index, c, h, pot_k, grad_k, threads=threads,
-                           hess=hess)
+                           hess=hess, entry_centers=self.m2p_centers)
         tick("m2p")
         if len(self.near_boxes):
             p2p(self.src, q, self.trg, tree.src_start, tree.src_end, tree.trg_start,
                 tree.trg_end, self.near_offsets, self.near_index, self.near_boxes, pot_k, grad_k,
-                threads, cost=self.near_cost, dipoles=dip, exact=False, hess=hess)
+                threads, cost=self.near_cost, dipoles=dip, exact=False, hess=hess,
+                shift=self.near_shift)
         tick("p2p")
 
         out = []

@@ -11,6 +11,11 @@ src_xyz, trg_xyz : (3, n) dt, points sorted by box; box ``b`` owns ``start[b]:en
 charges : (n_sources,) dt.
 src_start, src_end, trg_start, trg_end : (n_boxes,) int64.
 centers : (n_boxes, 3) float64 or dt; half_widths : (n_boxes,) float64 or dt (cast to dt here).
+entry_centers : optional, (n_list_entries, 3): per list entry, the centre of the surface it
+    involves in the frame of that entry's points (P2M/L2P: the box's own centre; P2L: the
+    target box's centre seen from the source box's points; M2P: the source box's centre seen
+    from the target box's points). Default: ``centers`` (points in one global frame); the FMM
+    driver passes them for points stored local to their leaves.
 equiv : (n_boxes, n_surf) dt, upward equivalent densities (multipoles), one row per box.
 local : (n_boxes, n_surf) dt, downward equivalent densities (locals), one row per box.
 dcheck : (n_boxes, ops.down_rank) dt, down-check coefficients: L2L, M2L and P2L accumulate
@@ -121,7 +126,7 @@ def _p2c(ops, src_xyz, charges, src_start, src_end, trg_boxes, list_offsets, lis
         return
     flags, q, dip, k, multi = _source_terms(charges, dipoles, dt)
     kernel = _kernels.get("p2c_multi" if multi else "p2c_pot", dt)
-    centers = _cast(centers, dt)
+    centers = _cast(centers, dt)  # per list entry (see kernels/expansions.py)
     hw = _cast(half_widths, dt)
     counts = src_end - src_start
     cum = np.concatenate(([0], np.cumsum(counts[list_index])))
@@ -156,21 +161,25 @@ def _p2c(ops, src_xyz, charges, src_start, src_end, trg_boxes, list_offsets, lis
 
 
 def p2m(ops, src_xyz, charges, boxes, src_start, src_end, centers, half_widths, equiv,
-        threads=1, dipoles=None):
+        threads=1, dipoles=None, entry_centers=None):
     """Multipoles of ``boxes`` (leaves) from their own sources; rows of ``equiv`` overwritten.
 
     charges (n,) or (k, n) (or None with dipoles (k, 3, n)); equiv (n_boxes[, k], n_surf).
     """
+    if entry_centers is None:
+        entry_centers = centers[boxes]
     _p2c(ops, src_xyz, charges, src_start, src_end, boxes, _self_list(len(boxes)), boxes,
-         centers, half_widths, ops.r_up_check, ops.uc2e_a, ops.uc2e_b, threads, equiv, False,
-         dipoles)
+         entry_centers, half_widths, ops.r_up_check, ops.uc2e_a, ops.uc2e_b, threads, equiv,
+         False, dipoles)
 
 
 def p2l(ops, src_xyz, charges, src_start, src_end, target_boxes, x_offsets, x_index, centers,
-        half_widths, dcheck, threads=1, dipoles=None):
+        half_widths, dcheck, threads=1, dipoles=None, entry_centers=None):
     """dcheck[target_boxes[i]] += h dc2e_b (potential of the X-list sources on the down check)."""
+    if entry_centers is None:
+        entry_centers = centers[np.repeat(target_boxes, np.diff(x_offsets))]
     _p2c(ops, src_xyz, charges, src_start, src_end, target_boxes, x_offsets, x_index,
-         centers, half_widths, ops.r_down_check, None, ops.dc2e_b, threads, dcheck, True,
+         entry_centers, half_widths, ops.r_down_check, None, ops.dc2e_b, threads, dcheck, True,
          dipoles)
 
 
@@ -344,24 +353,31 @@ def _s2p_hessians(ops, d3, trg_xyz, row_start, row_end, list_offsets, list_index
     ``row_start[i]:row_end[i]`` with the boxes ``list_index[list_offsets[i]:...]``)."""
     n_surf = ops.n_surf
     used, pos = np.unique(list_index, return_inverse=True)
-    pts = centers[used][:, :, None] + (hw[used] * radius)[:, None, None] * ops.surface_soa
+    # each surface relative to its own centre; entry k's centre (in the targets' frame) is
+    # centers[k], so a target meets it at x - centers[k]
+    pts = (hw[used] * radius)[:, None, None] * ops.surface_soa
     src = np.ascontiguousarray(pts.transpose(1, 0, 2).reshape(3, -1))
     q = np.ascontiguousarray(d3[used].transpose(1, 0, 2).reshape(d3.shape[1], -1))
     start = np.arange(len(used), dtype=np.int64) * n_surf
     p2p(src, q, trg_xyz, start, start + n_surf, row_start, row_end, list_offsets,
         pos.astype(np.int64), np.arange(len(row_start), dtype=np.int64), pot, grad, threads,
-        cost=(row_end - row_start) * np.diff(list_offsets) + 1, hess=hess)
+        cost=(row_end - row_start) * np.diff(list_offsets) + 1, hess=hess,
+        shift=np.ascontiguousarray(-centers))
 
 
 def m2p(ops, equiv, trg_xyz, trg_start, trg_end, target_boxes, w_offsets, w_index, centers,
-        half_widths, pot, grad=None, threads=1, hess=None):
+        half_widths, pot, grad=None, threads=1, hess=None, entry_centers=None):
     """Targets of target_boxes[i] += field of the multipoles of their W list."""
-    _s2p(ops, equiv, trg_xyz, trg_start, trg_end, target_boxes, w_offsets, w_index, centers,
-         half_widths, ops.r_up_equiv, pot, grad, threads, hess)
+    if entry_centers is None:
+        entry_centers = centers[w_index]
+    _s2p(ops, equiv, trg_xyz, trg_start, trg_end, target_boxes, w_offsets, w_index,
+         entry_centers, half_widths, ops.r_up_equiv, pot, grad, threads, hess)
 
 
 def l2p(ops, local, trg_xyz, trg_start, trg_end, boxes, centers, half_widths, pot, grad=None,
-        threads=1, hess=None):
+        threads=1, hess=None, entry_centers=None):
     """Targets of boxes[i] += field of their own local expansion."""
+    if entry_centers is None:
+        entry_centers = centers[boxes]
     _s2p(ops, local, trg_xyz, trg_start, trg_end, boxes, _self_list(len(boxes)), boxes,
-         centers, half_widths, ops.r_down_equiv, pot, grad, threads, hess)
+         entry_centers, half_widths, ops.r_down_equiv, pot, grad, threads, hess)
