@@ -167,15 +167,22 @@ def _align(n):
     return -(-n // _ALIGN) * _ALIGN
 
 
-def _parse_header(data):
-    """(header dict, data section start) from the file's first bytes; raises if malformed."""
-    if len(data) < _PREFIX.size:
-        raise ValueError("file too short")
+def _prefix(data):
+    """(header length, header CRC-32) from a file's first bytes; raises on a foreign magic or
+    a header longer than :data:`MAX_HEADER`."""
     magic, length, crc = _PREFIX.unpack_from(data)
     if magic != MAGIC:
         raise ValueError("not an aotfmm operator file")
     if length > MAX_HEADER:
         raise ValueError(f"header length {length} exceeds {MAX_HEADER}")
+    return length, crc
+
+
+def _parse_header(data):
+    """(header dict, data section start) from the file's first bytes; raises if malformed."""
+    if len(data) < _PREFIX.size:
+        raise ValueError("file too short")
+    length, crc = _prefix(data)
     end = _PREFIX.size + length
     if len(data) < end:
         raise ValueError("header truncated")
@@ -240,11 +247,7 @@ def _read_head(f, size):
     head = bytearray(_PREFIX.size)
     if _read_fully(f, memoryview(head)) < _PREFIX.size:
         raise ValueError("file too short")
-    magic, length, _ = _PREFIX.unpack_from(head)
-    if magic != MAGIC:
-        raise ValueError("not an aotfmm operator file")
-    if length > MAX_HEADER:
-        raise ValueError(f"header length {length} exceeds {MAX_HEADER}")
+    length, _ = _prefix(head)
     if _PREFIX.size + length > size:
         raise ValueError("header truncated")
     head += bytes(length)
