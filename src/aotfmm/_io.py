@@ -10,6 +10,9 @@ Input (points as rows; one column per density):
   lines starting with ``#`` and a first line of column names are skipped. A file with only
   the line of column names is a problem with no points.
 
+HDF5 needs h5py, which aotfmm does not depend on: ``pip install "aotfmm[hdf5]"``. Without it,
+reading or writing .h5 fails up front with that hint (an :class:`InputError`).
+
 Output, chosen by the output file's extension (m targets, k densities):
 
 * ``.npz`` / ``.h5``: ``potential`` (m,) or (m, k), ``gradient`` (m, 3) or (m, k, 3) if asked.
@@ -48,11 +51,24 @@ def file_format(path):
     return FORMATS[ext]
 
 
-def _h5py():
+#: How to get h5py, which is not a dependency of aotfmm (only .h5 files need it).
+H5PY_HINT = 'pip install "aotfmm[hdf5]"'
+
+
+def _h5py(path):
+    """The h5py module, or an InputError naming ``path`` and how to install h5py."""
     try:
         import h5py
-    except ImportError:
-        raise InputError("HDF5 files need h5py: pip install h5py") from None
+    except ModuleNotFoundError as exc:
+        if exc.name != "h5py":  # h5py is there but lacks one of its own modules
+            raise InputError(f"{path}: HDF5 files need h5py, which is installed but cannot be "
+                             f"imported ({exc}); reinstall it: {H5PY_HINT}") from None
+        raise InputError(f"{path}: HDF5 files need h5py, which is not installed: "
+                         f"{H5PY_HINT}") from None
+    except Exception as exc:  # a broken install: missing libhdf5, numpy ABI mismatch ...
+        reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())
+        raise InputError(f"{path}: HDF5 files need h5py, which is installed but cannot be "
+                         f"imported ({reason}); reinstall it: {H5PY_HINT}") from None
     return h5py
 
 
@@ -108,7 +124,7 @@ def read_problem(path):
                     arrays[k] = data[k]
                     _check_array(path, k, arrays[k].dtype, arrays[k].shape)
         else:
-            h5py = _h5py()
+            h5py = _h5py(path)
             with h5py.File(path, "r") as f:
                 _check_keys(path, list(f.keys()))
                 for k in f.keys():
@@ -165,7 +181,7 @@ def check_output(path, input_path=None):
     (also through a hard or symbolic link)."""
     fmt = file_format(path)
     if fmt == "h5":
-        _h5py()
+        _h5py(path)
     if input_path is not None and _same_file(path, input_path):
         raise InputError(f"{path}: is the input file {input_path}; write to another file")
     target = os.path.realpath(path)
@@ -222,7 +238,7 @@ def write_result(path, pot, grad=None):
     """Write potentials (and gradients) in the format given by ``path``'s extension, through a
     temporary file renamed over ``path`` (its symlink target if it is one) when complete."""
     fmt = file_format(path)
-    h5py = _h5py() if fmt == "h5" else None
+    h5py = _h5py(path) if fmt == "h5" else None
     target = os.path.realpath(path)
     directory = os.path.dirname(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp",
