@@ -3,6 +3,8 @@ against a float64 numpy direct sum (p = 4..10, float64/float32), and each operat
 on one level of 4096 boxes (a 16^3 grid), 1 and all threads.
 
     python benchmarks/operators.py [--quick] [--pmax 10]
+    python benchmarks/operators.py --build-table [--pmax 16]   # cold build time and file size
+                                                               # per p (README, BUILD_COST)
 """
 import argparse
 import os
@@ -189,11 +191,62 @@ def throughput(p, dt, threads, repeat, npb=32):
     return res, len(vi)
 
 
+def build_table(pmax):
+    """Cold float64 build per p on all CPUs (what a first use costs), the cache file's size in
+    float64 and float32 (the float32 file holds the same arrays, matrices cast), and the
+    uses (eps, targets, dipoles, Hessians) that pick each p."""
+    import platform
+    from aotfmm.evaluate import choose_parameters
+    from aotfmm.operators import operator_key
+    ncpu = _threads.cpu_count()
+    tmp = tempfile.mkdtemp(prefix="aotfmm-bench-")
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    print(f"== cold operator builds, float64, {ncpu} threads; {cpu}")
+    print(f"{'p':>3} {'n_surf':>6} {'rank':>5} {'build s':>8} {'f64 MB':>7} {'f32 MB':>7}")
+    cost = {}
+    for p in range(2, pmax + 1):
+        t0 = time.perf_counter()
+        ops = get_operators(p, np.float64, cache_dir=tmp)
+        sec = time.perf_counter() - t0
+        assert ops.source == "built"
+        path = cache_path(operator_key(p, np.float64), tmp)
+        mb64 = os.path.getsize(path) / 1e6
+        floats = sum(getattr(ops, f).nbytes for f in ("uc2e_a", "uc2e_b", "dc2e_a", "dc2e_b",
+                                                       "m2m", "l2l", "m2l_v", "m2l_u", "m2l_a",
+                                                       "m2l_b", "m2l_decompress"))
+        mb32 = mb64 - floats / 2 / 1e6
+        os.remove(path)  # keep the disk use of a p = 16 run bounded
+        cost[p] = (round(sec, 2 if sec < 10 else 1), round(mb64, 1))
+        print(f"{p:>3} {ops.n_surf:>6} {ops.m2l_rank:>5} {sec:>8.2f} {mb64:>7.1f} {mb32:>7.1f}",
+              flush=True)
+    print("\nBUILD_COST = " + repr(cost))
+    print("\n== which p each use picks (float64; float32 the same down to its eps floor 5e-6)")
+    uses = [("charges", False, False, False), ("targets", True, False, False),
+            ("dipoles", False, True, False), ("targets+dipoles", True, True, False),
+            ("Hessians", False, False, True), ("targets+Hessians", True, False, True)]
+    print("| eps | " + " | ".join(u[0] for u in uses) + " |")
+    for eps in (1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9, 1e-10):
+        print(f"| {eps:g} | " + " | ".join(str(choose_parameters(eps, None, None, t, d, h)[0])
+                                          for _, t, d, h in uses) + " |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="p <= 6, one repeat")
-    parser.add_argument("--pmax", type=int, default=10)
+    parser.add_argument("--pmax", type=int, default=None,
+                        help="largest p (default 10; 16 with --build-table)")
+    parser.add_argument("--build-table", action="store_true",
+                        help="only: cold build time and cache file size per p, and the p each "
+                        "use picks")
     args = parser.parse_args()
+    if args.build_table:
+        return build_table(args.pmax or 16)
+    args.pmax = args.pmax or 10
     pmax = min(args.pmax, 6) if args.quick else args.pmax
     repeat = 1 if args.quick else 3
     ps = list(range(4, pmax + 1))

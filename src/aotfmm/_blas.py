@@ -30,3 +30,14 @@ def single_threaded(threads):
     if not ctl:
         return contextlib.nullcontext()
     return ctl.limit(limits=1, user_api="blas")
+
+
+def limit_one():
+    """Context manager: BLAS on one thread, whatever our thread count (no-op without
+    threadpoolctl). For work that we split over our own threads, and for many small LAPACK
+    calls: OpenBLAS's spinning threads made a p = 5 operator build take 30 s instead of 0.7 s
+    while another process kept one of two cores busy."""
+    ctl = _get_controller()
+    if not ctl:
+        return contextlib.nullcontext()
+    return ctl.limit(limits=1, user_api="blas")

@@ -30,7 +30,7 @@ for the Laplace kernel (G is homogeneous of degree -1), so one set serves all le
 """
 import numpy as np
 
-from . import _geometry
+from . import _geometry, _threads
 from .surfaces import INV4PI
 
 #: Transfer vectors per block in the streamed QR (bounds the work memory at ~32 * n_surf^2).
@@ -59,21 +59,41 @@ def transfer_matrices(surf, r_check, r_equiv, vectors):
     return out
 
 
-def _stacked_svd(surf, r_check, r_equiv, transpose):
+def _stacked_svd(surf, r_check, r_equiv, transpose, threads=1):
     """Singular values and right singular vectors of the tall stack [K_t; ...] (or [K_t^T; ...]).
 
-    Streams blocks of K_t through a QR so that only an n x n triangular factor is kept.
+    Streams blocks of K_t through a QR so that only an n x n triangular factor is kept; with
+    several threads each streams its own share of the transfer vectors and the triangular
+    factors are stacked and reduced by one more QR (the same R up to signs).
     """
     n = len(surf)
     vecs = _geometry.TRANSFER_VECTORS
-    r = np.zeros((0, n))
-    for b0 in range(0, len(vecs), _QR_BLOCK):
-        k = transfer_matrices(surf, r_check, r_equiv, vecs[b0:b0 + _QR_BLOCK])
-        if transpose:
-            k = k.transpose(0, 2, 1)
-        r = np.linalg.qr(np.concatenate([r, k.reshape(-1, n)]), mode="r")
+    groups = _groups(len(vecs), threads)
+    rs = [None] * (len(groups) - 1)
+
+    def stream(g0, g1):
+        for g in range(g0, g1):
+            r = np.zeros((0, n))
+            for b0 in range(groups[g], groups[g + 1], _QR_BLOCK):
+                b1 = min(b0 + _QR_BLOCK, groups[g + 1])
+                k = transfer_matrices(surf, r_check, r_equiv, vecs[b0:b1])
+                if transpose:
+                    k = k.transpose(0, 2, 1)
+                r = np.linalg.qr(np.concatenate([r, k.reshape(-1, n)]), mode="r")
+            rs[g] = r
+
+    _threads.run(stream, np.arange(len(rs) + 1), threads)
+    r = rs[0] if len(rs) == 1 else np.linalg.qr(np.concatenate(rs), mode="r")
     _, sigma, vt = np.linalg.svd(r)
     return sigma, vt.T
+
+
+def _groups(n_items, threads):
+    """Bounds of at most ``threads`` contiguous groups of whole _QR_BLOCK blocks."""
+    n_blocks = -(-n_items // _QR_BLOCK)
+    n_groups = max(1, min(int(threads), n_blocks))
+    return np.minimum(np.linspace(0, n_blocks, n_groups + 1).round().astype(int) * _QR_BLOCK,
+                      n_items)
 
 
 def rank_for(sigma, tol):
@@ -81,7 +101,7 @@ def rank_for(sigma, tol):
     return max(1, int(np.count_nonzero(sigma > tol * sigma[0])))
 
 
-def build(surf, r_down_check, r_up_equiv, dc2e_b, tol, rank=None):
+def build(surf, r_down_check, r_up_equiv, dc2e_b, tol, rank=None, stage=None, threads=1):
     """Compressed M2L operators for all 316 transfer vectors, float64.
 
     Parameters
@@ -97,26 +117,45 @@ def build(surf, r_down_check, r_up_equiv, dc2e_b, tol, rank=None):
     dict with ``m2l_v`` (n_surf, k), ``m2l_u`` (n_surf, k), ``m2l_decompress`` (r_down, k),
     ``m2l_a``, ``m2l_b`` (R, k) with R = sum_t r_t, ``m2l_offsets`` (317,) int64 (rows of t are
     ``offsets[t]:offsets[t + 1]``), ``m2l_sigma`` (n_surf,) singular values of the stack.
+    ``stage(name)`` (optional) is called as each stage starts; ``threads``: our own threads
+    (numpy's BLAS should be limited to one meanwhile, see :func:`aotfmm._blas.limit`).
     """
-    sig_v, v_all = _stacked_svd(surf, r_down_check, r_up_equiv, transpose=False)
+    stage = stage or (lambda name: None)
+    stage("M2L basis (QR of 316 kernel blocks)")
+    sig_v, v_all = _stacked_svd(surf, r_down_check, r_up_equiv, transpose=False,
+                                threads=threads)
     if r_down_check == r_up_equiv:
         sig_u, u_all = sig_v, v_all           # K_{-t} = K_t^T: same singular vectors
     else:
-        sig_u, u_all = _stacked_svd(surf, r_down_check, r_up_equiv, transpose=True)
+        sig_u, u_all = _stacked_svd(surf, r_down_check, r_up_equiv, transpose=True,
+                                    threads=threads)
     k = rank if rank is not None else max(rank_for(sig_v, tol), rank_for(sig_u, tol))
     k = min(k, len(surf))
     u, v = np.ascontiguousarray(u_all[:, :k]), np.ascontiguousarray(v_all[:, :k])
-    c = np.empty((_geometry.N_TRANSFER, k, k))
-    vecs = _geometry.TRANSFER_VECTORS
-    for b0 in range(0, len(vecs), _QR_BLOCK):
-        kt = transfer_matrices(surf, r_down_check, r_up_equiv, vecs[b0:b0 + _QR_BLOCK])
-        c[b0:b0 + len(kt)] = u.T @ kt @ v
-    p_, s_, qt = np.linalg.svd(c)
+    done = [0]
+    stage(f"M2L per-vector compression 0/{_geometry.N_TRANSFER}")
+    n_t = _geometry.N_TRANSFER
     cut = (rank is None) * tol * max(sig_v[0], sig_u[0])
-    ranks = np.maximum(1, (s_ > cut).sum(axis=1))
+    factors = [None] * n_t   # (A_t, B_t) per transfer vector, truncated as soon as computed
+    vecs = _geometry.TRANSFER_VECTORS
+
+    def compress(b0, b1):  # C_t = U^T K_t V and its SVD, for the vectors of blocks b0..b1
+        for t0 in range(b0 * _QR_BLOCK, min(b1 * _QR_BLOCK, n_t), _QR_BLOCK):
+            t1 = min(t0 + _QR_BLOCK, n_t)
+            kt = transfer_matrices(surf, r_down_check, r_up_equiv, vecs[t0:t1])
+            p_, s_, qt = np.linalg.svd(u.T @ kt @ v)
+            for i in range(t1 - t0):
+                r = max(1, int(np.count_nonzero(s_[i] > cut)))
+                factors[t0 + i] = ((p_[i, :, :r] * s_[i, :r]).T, qt[i, :r])
+            done[0] += t1 - t0  # (a display only: a lost update between threads is harmless)
+            stage(f"M2L per-vector compression {done[0]}/{n_t}")
+
+    n_blocks = -(-n_t // _QR_BLOCK)
+    _threads.run(compress, np.arange(n_blocks + 1), threads)
+    ranks = np.array([len(f[0]) for f in factors])
     offsets = np.concatenate(([0], np.cumsum(ranks))).astype(np.int64)
-    a = np.concatenate([(p_[i, :, :r] * s_[i, :r]).T for i, r in enumerate(ranks)])
-    b = np.concatenate([qt[i, :r] for i, r in enumerate(ranks)])
+    a = np.concatenate([f[0] for f in factors])
+    b = np.concatenate([f[1] for f in factors])
     return {"m2l_v": v, "m2l_u": u, "m2l_a": np.ascontiguousarray(a),
             "m2l_b": np.ascontiguousarray(b), "m2l_offsets": offsets, "m2l_decompress": dc2e_b @ u,
             "m2l_sigma": sig_v}

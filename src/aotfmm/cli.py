@@ -82,16 +82,53 @@ def _bench(args):
     return _bench.main(["--quick"] if args.quick else [])
 
 
-def _precompute(args):
-    from aotfmm import operators
+def _precompute_plan(args):
+    """[(p, dtype, [uses])]: the orders the requested uses need, each with what needs it."""
+    from aotfmm.api import EPS_DEFAULT, EPS_FLOOR
     from aotfmm.evaluate import choose_parameters
-    ps = args.p or sorted({choose_parameters(e, separate_targets=s)[0]
-                           for e in args.eps for s in (False, True)})
+    if args.p and (args.eps or args.targets or args.dipoles or args.hessians or args.all_uses):
+        raise ValueError("--p names the orders directly: give it without --eps, --targets, "
+                         "--dipoles, --hessians and --all-uses")
+    flags = [(t, d, h) for t in (False, True) for d in (False, True) for h in (False, True)] \
+        if args.all_uses else [(args.targets, args.dipoles, args.hessians)]
+    plan = {}
     for dtype in args.dtype:
-        for p in ps:
-            ops = operators.get_operators(p, dtype, cache_dir=args.cache_dir)
-            print(f"p={p:2d} {dtype}: {ops.source} in {ops.seconds:.2f} s, "
-                  f"{ops.nbytes / 2**20:.1f} MiB, M2L rank {ops.m2l_rank}")
+        if args.p:
+            for p in args.p:
+                plan.setdefault((p, dtype), []).append(f"--p {p}")
+            continue
+        for eps in args.eps or [EPS_DEFAULT[dtype]]:
+            if eps < EPS_FLOOR[dtype]:
+                raise ValueError(f"--eps {eps:g} is below what {dtype} can reach (smallest: "
+                                 f"{EPS_FLOOR[dtype]:g})"
+                                 + ("; use --dtype float64" if dtype == "float32" else ""))
+            for t, d, h in flags:
+                p = choose_parameters(eps, separate_targets=t, dipoles=d, hessians=h)[0]
+                use = " ".join([f"eps {eps:g}"] + [name for name, on in (
+                    ("targets", t), ("dipoles", d), ("hessians", h)) if on])
+                plan.setdefault((p, dtype), []).append(use)
+    return sorted(plan.items())
+
+
+def _precompute(args):
+    import os
+    from aotfmm import cache, operators
+    plan = _precompute_plan(args)
+    directory = cache.default_cache_dir() if args.cache_dir is None else args.cache_dir
+    print(f"operator cache: {directory}")
+    for (p, dtype), uses in plan:
+        est = operators.build_estimate(p, dtype)
+        if args.dry_run:
+            key = operators.operator_key(p, dtype)
+            there = os.path.exists(cache.cache_path(key, args.cache_dir))
+            state = "cached" if there else (
+                f"to build (~{est[0]:.0f} s, ~{est[1]:.0f} MB)" if est else "to build")
+            print(f"p={p:2d} {dtype}: {state}; for {', '.join(uses)}")
+            continue
+        ops = operators.get_operators(p, dtype, cache_dir=args.cache_dir, threads=args.threads)
+        print(f"p={p:2d} {dtype}: {ops.source} in {ops.seconds:.2f} s, "
+              f"{ops.nbytes / 2**20:.1f} MiB, M2L rank {ops.m2l_rank}; for {', '.join(uses)}")
+        sys.stdout.flush()
     return 0
 
 
@@ -215,13 +252,33 @@ def build_parser():
     bench.add_argument("--quick", action="store_true", help="small problems only")
     bench.set_defaults(func=_bench)
 
-    pre = sub.add_parser("precompute", help="fill the operator cache ahead of time")
-    pre.add_argument("--p", type=_positive_int, nargs="+", help="expansion orders")
-    pre.add_argument("--eps", type=_eps, nargs="+", default=[1e-3, 1e-6, 1e-9],
-                     help="accuracy targets whose p to precompute (default 1e-3 1e-6 1e-9)")
+    pre = sub.add_parser(
+        "precompute", help="fill the operator cache ahead of time",
+        description="Build (or check) the operators a use will need, so that the first Fmm "
+        "call does not build them. The use is described like Fmm's arguments: --eps (default: "
+        "the dtype's default eps), --targets (separate targets), --dipoles, --hessians; "
+        "--all-uses takes every combination of those three; --p names orders directly.",
+        epilog="examples:\n  aotfmm precompute                         # what Fmm(points) "
+        "needs by default\n  aotfmm precompute --eps 1e-6 --targets --dipoles\n  aotfmm "
+        "precompute --eps 1e-3 1e-6 1e-9 --all-uses --dtype float64\n  aotfmm precompute "
+        "--eps 1e-8 --all-uses --dry-run          # which p, and whether cached",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    pre.add_argument("--p", type=_int_in(2, 16), nargs="+", help="expansion orders (2..16)")
+    pre.add_argument("--eps", type=_eps, nargs="+", default=None,
+                     help="accuracy targets (default: 1e-6 in float64, 1e-5 in float32)")
+    pre.add_argument("--targets", action="store_true",
+                     help="for plans with separate targets (one order more)")
+    pre.add_argument("--dipoles", action="store_true", help="for dipole sources (one more)")
+    pre.add_argument("--hessians", action="store_true", help="for Hessians (one or two more)")
+    pre.add_argument("--all-uses", action="store_true",
+                     help="every combination of --targets, --dipoles, --hessians")
     pre.add_argument("--dtype", nargs="+", choices=("float64", "float32"),
                      default=["float64"])
-    pre.add_argument("--cache-dir", default=None)
+    pre.add_argument("--threads", **threads)
+    pre.add_argument("--cache-dir", default=None,
+                     help="cache directory (default: $AOTFMM_CACHE_DIR or the user cache dir)")
+    pre.add_argument("--dry-run", action="store_true",
+                     help="only list the orders, what needs them and whether they are cached")
     pre.set_defaults(func=_precompute)
 
     info = sub.add_parser("info", help="versions, ISA variant, threads, operator cache")

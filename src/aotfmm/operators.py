@@ -52,11 +52,12 @@ potential, scaled to the reference box) and :func:`aotfmm.expansions.dc2e` appli
 once per box.
 """
 import dataclasses
+import os
 import time
 
 import numpy as np
 
-from . import _geometry, _m2l_svd, cache
+from . import _blas, _geometry, _m2l_svd, _progress, _threads, cache
 from .surfaces import DEFAULT_RADII, kernel_matrix, n_surf, surface
 
 __all__ = ["Operators", "get_operators", "build_operators", "default_m2l_tol",
@@ -162,13 +163,26 @@ def _pinv_factors(a, cutoff):
 
 
 def build_operators(p, radii=DEFAULT_RADII, pinv_cutoff=1e-13, m2l_tol=1e-7, m2l_rank=None,
-                    method="svd"):
-    """Build every operator of order ``p`` in float64 (no cache). Returns a dict of arrays."""
+                    method="svd", stage=None, threads=None):
+    """Build every operator of order ``p`` in float64 (no cache). Returns a dict of arrays.
+
+    ``stage(name)``, if given, is called as each stage starts (for progress displays).
+    ``threads``: our own worker threads (default: all CPUs); numpy's BLAS runs on one thread
+    meanwhile (its own threads spin badly on a busy machine, see :func:`_blas.limit_one`)."""
+    threads = _threads.resolve_threads(threads)
+    with _blas.limit_one():
+        return _build_operators(p, radii, pinv_cutoff, m2l_tol, m2l_rank, method,
+                                stage or (lambda name: None), threads)
+
+
+def _build_operators(p, radii, pinv_cutoff, m2l_tol, m2l_rank, method, stage, threads):
     r_ue, r_uc, r_de, r_dc = (float(r) for r in radii)
     s = surface(p)
+    stage("pseudo-inverses")
     uc2e_a, uc2e_b = _pinv_factors(kernel_matrix(r_uc * s, r_ue * s), pinv_cutoff)
     dc2e_a, dc2e_b = _pinv_factors(kernel_matrix(r_dc * s, r_de * s), pinv_cutoff)
     n = len(s)
+    stage("M2M, L2L")
     m2m = np.empty((8, len(uc2e_b), n))
     l2l = np.empty((8, len(dc2e_b), n))
     for c, sign in enumerate(_geometry.OCTANT_SIGNS):
@@ -179,9 +193,35 @@ def build_operators(p, radii=DEFAULT_RADII, pinv_cutoff=1e-13, m2l_tol=1e-7, m2l
         l2l[c] = 0.5 * dc2e_b @ kernel_matrix(child + 0.5 * r_dc * s, r_de * s)
     if method != "svd":
         raise ValueError(f"unknown M2L method {method!r}; expected one of {M2L_METHODS}")
-    m2l = _m2l_svd.build(s, r_dc, r_ue, dc2e_b, m2l_tol, m2l_rank)
+    m2l = _m2l_svd.build(s, r_dc, r_ue, dc2e_b, m2l_tol, m2l_rank, stage=stage, threads=threads)
     return dict(surface=s, uc2e_a=uc2e_a, uc2e_b=uc2e_b, dc2e_a=dc2e_a, dc2e_b=dc2e_b,
                 m2m=m2m, l2l=l2l, **m2l)
+
+
+#: Cold build of one operator set in float64 on a 2-core Intel Xeon (AVX-512), idle, on both
+#: cores (seconds), and its cache file (MB = 1e6 bytes; float32 files are about half):
+#: ``python benchmarks/operators.py --build-table``. Only used for the estimate in the notice.
+BUILD_COST = {}
+
+
+def build_estimate(p, dtype):
+    """(seconds, MB) a cold build of order ``p`` is expected to take and write, or None."""
+    if p not in BUILD_COST:
+        return None
+    seconds, mb = BUILD_COST[p]
+    return seconds, mb * (0.5 if np.dtype(dtype) == np.float32 else 1.0)
+
+
+def _build_notice(p, dt, key, cache_dir, est):
+    """The line announcing a build: why, how long, how big, where it goes."""
+    cost = f", ~{_progress._fmt_seconds(est[0])}, ~{est[1]:.0f} MB" if est else ""
+    if cache_dir is False:
+        where, why = "not cached (cache_dir=False)", "no cache"
+    else:
+        path = cache.cache_path(key, cache_dir)
+        where = f"cached in {os.path.dirname(path)}"
+        why = "cache file unusable" if os.path.lexists(path) else "first use"
+    return (f"aotfmm: building Laplace operators p={p} for {dt.name}: {why}{cost}, {where}")
 
 
 def _all_finite(a, block=1 << 16):
@@ -304,8 +344,21 @@ def _spot_check(arrays, radii, pinv_cutoff):
         raise ValueError(f"m2l_decompress: differs from dc2e_b m2l_u by {err:.1e}")
 
 
+def operator_key(p, dtype, m2l_tol=None, method="svd", pinv_cutoff=None, radii=None,
+                 m2l_rank=None):
+    """The cache key of an operator set (defaults as in :func:`get_operators`)."""
+    dt = np.dtype(dtype)
+    m2l_tol = default_m2l_tol(p, dt) if m2l_tol is None else float(m2l_tol)
+    pinv_cutoff = default_pinv_cutoff(dt) if pinv_cutoff is None else float(pinv_cutoff)
+    radii = DEFAULT_RADII if radii is None else radii
+    return {"kernel": "laplace", "p": int(p), "r_up_equiv": radii[0], "r_up_check": radii[1],
+            "r_down_equiv": radii[2], "r_down_check": radii[3], "pinv_cutoff": pinv_cutoff,
+            "m2l_method": method, "m2l_tol": m2l_tol,
+            "m2l_rank": -1 if m2l_rank is None else int(m2l_rank), "dtype": dt.name}
+
+
 def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_cutoff=None,
-                  radii=None, m2l_rank=None):
+                  radii=None, m2l_rank=None, threads=None):
     """Operators of order ``p`` for run dtype ``dtype``, from the cache or built (and cached).
 
     Parameters
@@ -326,6 +379,8 @@ def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_c
         (r_up_equiv, r_up_check, r_down_equiv, r_down_check); default (1.05, 2.95, 2.95, 1.05).
     m2l_rank : int, optional
         Force the M2L rank instead of choosing it from ``m2l_tol``.
+    threads : int, optional
+        Threads for a build (default: all CPUs); a cache hit does not use them.
 
     Returns
     -------
@@ -364,13 +419,19 @@ def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_c
         raise ValueError("radii must satisfy 1 <= r_up_equiv < r_up_check <= 3, "
                          f"1 <= r_down_check < r_down_equiv <= 3 and r_up_equiv + r_down_check "
                          f"< 4, got {radii!r}")
-    key = {"kernel": "laplace", "p": p, "r_up_equiv": radii[0], "r_up_check": radii[1],
-           "r_down_equiv": radii[2], "r_down_check": radii[3], "pinv_cutoff": pinv_cutoff,
-           "m2l_method": method, "m2l_tol": m2l_tol,
-           "m2l_rank": -1 if m2l_rank is None else int(m2l_rank), "dtype": dt.name}
+    key = operator_key(p, dt, m2l_tol, method, pinv_cutoff, radii, m2l_rank)
 
     def build():
-        ops = build_operators(p, radii, pinv_cutoff, m2l_tol, m2l_rank, method)
+        est = build_estimate(p, dt)
+        with _progress.Notice(_build_notice(p, dt, key, cache_dir, est),
+                              estimate=est and est[0]) as notice:
+            ops = build_operators(p, radii, pinv_cutoff, m2l_tol, m2l_rank, method,
+                                  stage=notice.stage, threads=threads)
+            mb = sum(v.nbytes * (dt.itemsize / v.itemsize if v.dtype.kind == "f" and
+                                  k not in ("surface", "m2l_sigma") else 1)
+                      for k, v in ops.items()) / 1e6
+            notice.done_text = (f"aotfmm: built Laplace operators p={p} for {dt.name} "
+                                f"({mb:.0f} MB, M2L rank {ops['m2l_v'].shape[1]})")
         out = {k: (v if k in ("surface", "m2l_sigma", "m2l_offsets") else v.astype(dt))
                for k, v in ops.items()}
         return out
