@@ -1,17 +1,25 @@
 """Public FMM API: the :class:`Fmm` plan (build tree and operators once, evaluate many charge
 vectors) and the one-call :func:`laplace`."""
+from __future__ import annotations
+
 import numbers
+import os
 import time
 import typing
 import warnings
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _progress, _threads
 from .direct import scaled_densities, unscale_fields
-from .evaluate import AccuracyWarning
+from .evaluate import AccuracyWarning, order_error
 from ._validation import (as_bool, as_points, check_integer, frame, resolve_dtype, to_soa,
                           _as_real_array, _check_finite)
+
+if typing.TYPE_CHECKING:  # optional dependencies, for the annotations only
+    from matplotlib.axes import Axes
+    from scipy.sparse.linalg import LinearOperator
 
 __all__ = ["Fmm", "Fields", "laplace", "lfmm"]
 
@@ -42,6 +50,15 @@ def _check_eps(eps, dtype):
         raise ValueError(f"eps={eps:g} is below what {dtype.name} can reach "
                          f"(smallest supported: {floor:g}){hint}")
     return eps
+
+
+def _expected_eps(p, dtype, separate_targets=False, dipoles=False, hessians=False):
+    """The error a plan of order p is expected to reach: the measured worst case for its order
+    (evaluate.order_error), but never below the dtype's floor (and Hessians' floor)."""
+    floor = EPS_FLOOR[np.dtype(dtype).name]
+    if hessians:
+        floor = max(floor, HESSIAN_EPS_FLOOR[np.dtype(dtype).name])
+    return max(order_error(p, separate_targets, dipoles, hessians), floor)
 
 
 class Fields(typing.NamedTuple):
@@ -147,6 +164,8 @@ class Fmm:
         Smallest supported: 2e-10 in float64, 5e-6 in float32 (ValueError below).
     p : int, optional
         Expansion order (surface points per cube edge), overriding the one ``eps`` picks.
+        The plan then reaches about :attr:`expected_eps`, whatever ``eps`` says; given
+        together with an ``eps`` that p cannot meet, an :class:`AccuracyWarning` says so.
     ncrit : int, optional
         Maximum points (sources + targets) per leaf; default from the table.
     dtype : {None, float32, float64}
@@ -160,15 +179,28 @@ class Fmm:
 
     Attributes
     ----------
+    p, ncrit : int
+        The expansion order and leaf size in use.
+    eps : float
+        The requested accuracy (the dtype's default when none was given).
+    expected_eps : float
+        The relative error this plan is expected to reach: the worst error measured for its
+        order p (``aotfmm/evaluate.py``, the table behind ``eps``) once the orders added for
+        separate targets, dipoles and Hessians are taken off, and at least the dtype's floor
+        (2e-10 in float64, 5e-6 in float32; 3e-9 for a plan built with ``hessians=True`` in
+        float64). When ``eps`` chooses p it is at most ``eps`` (at most eps / 3 above the
+        floors; Hessians asked below 3e-9 excepted); with an explicit ``p`` it can be larger.
     stats : dict
-        Tree depth, number of boxes and leaves, list sizes, p, memory.
+        Tree depth, number of boxes and leaves, list sizes, p, eps, expected_eps, memory.
     timings : dict
         Seconds per setup phase and per operator of the last :meth:`evaluate`.
     """
 
-    def __init__(self, sources, targets=None, *, at_sources=None, dipoles=False, hessians=False,
-                 eps=None, p=None, ncrit=None, dtype=None, threads=None, cache_dir=None,
-                 progress=False):
+    def __init__(self, sources: npt.ArrayLike, targets: npt.ArrayLike | None = None, *,
+                 at_sources: bool | None = None, dipoles: bool = False, hessians: bool = False,
+                 eps: float | None = None, p: int | None = None, ncrit: int | None = None,
+                 dtype: npt.DTypeLike = None, threads: int | None = None,
+                 cache_dir: str | os.PathLike | None = None, progress: bool = False) -> None:
         from . import evaluate
         t0 = time.perf_counter()
         self.dtype = resolve_dtype(dtype, sources, targets)
@@ -212,12 +244,22 @@ class Fmm:
         bar.done()
         self.p = self._core.p
         self.ncrit = self._core.ncrit
+        plan_kind = dict(separate_targets=not self._core.same, dipoles=self._for_dipoles,
+                         hessians=self._for_hessians)
+        self.expected_eps = _expected_eps(self.p, self.dtype, **plan_kind)
+        if self._p_given and eps is not None and self.expected_eps > self.eps:
+            p_eps = evaluate.choose_parameters(self.eps, **plan_kind)[0]
+            warnings.warn(f"p={self.p} reaches about {self.expected_eps:.2g} relative error on "
+                          f"this plan (the worst measured for that order), not eps={self.eps:g}:"
+                          f" leave out p to let eps choose it (p={p_eps} here)",
+                          AccuracyWarning, stacklevel=2)
         self.timings = dict(self._core.setup_timings, setup_total=time.perf_counter() - t0)
 
     @property
-    def stats(self):
+    def stats(self) -> dict:
         return dict(self._core.stats, n_sources=self.n_sources, n_targets=self.n_targets,
-                    eps=self.eps, dtype=self.dtype.name, threads=self.threads)
+                    eps=self.eps, expected_eps=self.expected_eps, dtype=self.dtype.name,
+                    threads=self.threads)
 
     def evaluate(self, charges=None, *, dipoles=None, gradient=False):
         """Potentials (and gradients) at the plan's targets for one or several densities.
@@ -398,13 +440,17 @@ class Fmm:
         ax.set_title(f"{len(tree.leaves)} leaves, {tree.n_levels} levels, p={self.p}")
         return ax
 
-    def report(self, file=None):
-        """A readable table of the plan: tree, list sizes, per-operator times and memory.
+    def report(self, file=None) -> str:
+        """A readable table of the plan: accuracy, tree, list sizes, per-operator times and
+        memory.
 
         Printed to ``file`` (default stdout); pass ``file=False`` to only return the text.
         """
         st = self.stats
+        how = "p given" if self._p_given else "p from eps"
         lines = [repr(self),
+                 f"accuracy: eps {self.eps:g} requested, about {self.expected_eps:.2g} expected "
+                 f"(p={self.p}, {how})",
                  f"tree: {st['levels']} levels, {st['boxes']} boxes, {st['leaves']} leaves; "
                  f"surface points {st['n_surf']}, M2L rank {st['m2l_rank']}",
                  "list sizes (mean / max): " + ", ".join(
@@ -426,10 +472,10 @@ class Fmm:
             print(text, file=file)
         return text
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"Fmm(n_sources={self.n_sources}, n_targets={self.n_targets}, p={self.p}, "
-                f"ncrit={self.ncrit}, eps={self.eps:g}, dtype={self.dtype.name}, "
-                f"threads={self.threads})")
+                f"ncrit={self.ncrit}, eps={self.eps:g}, expected_eps={self.expected_eps:.2g}, "
+                f"dtype={self.dtype.name}, threads={self.threads})")
 
 
 def laplace(sources, charges=None, targets=None, *, dipoles=None, eps=None, gradient=False,

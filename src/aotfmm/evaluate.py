@@ -23,7 +23,7 @@ from ._validation import check_representable
 from .morton import LEVEL_BITS, MAX_LEVEL
 from .tree import build_tree
 
-__all__ = ["Plan", "P_MIN", "P_MAX", "choose_parameters", "AccuracyWarning"]
+__all__ = ["Plan", "P_MIN", "P_MAX", "choose_parameters", "order_error", "AccuracyWarning"]
 
 #: Deepest level float32 resolves well: box surfaces need ~10 of float32's 24 bits below the
 #: box size (measured: two 1e-3 clusters 1e3 apart, 20 levels, float32 error 1e-3 at eps 1e-5).
@@ -55,6 +55,31 @@ _EPS_TABLE = (  # (smallest eps served, p, ncrit)
 )
 #: ncrit: leaves of ~ncrit/2..ncrit points balance P2P against M2L; measured on uniform 1e5 and
 #: 1e6 points at eps 1e-6 (p = 8): ncrit 160 -> 0.75 s / 7.2 s, 400 -> 0.44 s / 4.3 s (pot+grad).
+#: p -> the worst measured error above (sources = targets, charges): what a plan of order p
+#: reaches once the order bumps of choose_parameters are taken off (see order_error).
+_WORST_ERROR = {3: 2.6e-3, 4: 4.8e-4, 5: 6.2e-5, 6: 1.0e-5, 7: 1.4e-6, 8: 1.3e-7, 9: 2.4e-8,
+                10: 4.0e-9, 11: 7.5e-10, 12: 2.6e-10, 13: 5.9e-11, 14: 2.1e-11}
+
+
+def _order_bump(separate_targets=False, dipoles=False, hessians=False):
+    """Orders choose_parameters adds to the table's p (see its docstring for the measurements)."""
+    sep = bool(separate_targets)
+    return sep + bool(dipoles) + (1 + sep) * bool(hessians)
+
+
+def order_error(p, separate_targets=False, dipoles=False, hessians=False):
+    """The relative error a plan of order ``p`` is expected to reach (before dtype floors).
+
+    The inverse of :func:`choose_parameters`: take off the order bumps for separate targets,
+    dipoles and Hessians and read the worst measured error of the remaining order (so a p
+    chosen from eps gives at most eps / 3). Orders below the table are extrapolated by a
+    factor 10 per order (capped at 1), orders above it saturate at the last measurement.
+    """
+    q = p - _order_bump(separate_targets, dipoles, hessians)
+    lo, hi = min(_WORST_ERROR), max(_WORST_ERROR)
+    if q < lo:
+        return min(1.0, _WORST_ERROR[lo] * 10.0 ** (lo - q))
+    return _WORST_ERROR[min(q, hi)]
 
 
 def choose_parameters(eps, p=None, ncrit=None, separate_targets=False, dipoles=False,
@@ -75,8 +100,7 @@ def choose_parameters(eps, p=None, ncrit=None, separate_targets=False, dipoles=F
     """
     row = next((r for r in _EPS_TABLE if eps >= r[0]), _EPS_TABLE[-1])
     if p is None:
-        bump = bool(separate_targets) + bool(dipoles) + (1 + bool(separate_targets)) * hessians
-        p = min(row[1] + bump, P_MAX)
+        p = min(row[1] + _order_bump(separate_targets, dipoles, hessians), P_MAX)
         row = (row[0], p, row[2])
     if ncrit is None:
         # keep the leaf size in proportion to the surface size when p is forced

@@ -1,0 +1,136 @@
+"""Public API polish (issue 15, items 3 and 4): expected_eps and the p/eps warning, the linear
+operator's matmat, type hints and py.typed, docstrings, CacheWarning, layout hints, lfmm with
+FMM3D's keywords (and against fmm3dpy itself when installed), plot_tree.
+
+Numbers are checked against plain numpy direct sums written here, never against aotfmm.direct.
+"""
+import inspect
+import pathlib
+import re
+import typing
+import warnings
+
+import numpy as np
+import pytest
+
+import aotfmm
+from aotfmm import api, evaluate
+
+
+# --- independent references -------------------------------------------------------------------
+
+def numpy_fields(src, trg, q=None, d=None):
+    """Potential and gradient at trg (m, 3) of charges q (n,) and dipoles d (n, 3) at src:
+    sum q / (4 pi r) + d . (x - y) / (4 pi r^3); r = 0 pairs left out. Plain float64 numpy."""
+    src, trg = np.asarray(src, np.float64), np.asarray(trg, np.float64)
+    pot, grad = np.zeros(len(trg)), np.zeros((len(trg), 3))
+    for a in range(0, len(trg), 200):
+        x = trg[a:a + 200, None, :] - src[None]
+        r = np.sqrt((x * x).sum(-1))
+        inv = np.where(r > 0, 1.0 / np.where(r > 0, r, 1.0), 0.0)
+        if q is not None:
+            pot[a:a + 200] += inv @ q
+            grad[a:a + 200] -= np.einsum("tsk,ts->tk", x, inv ** 3 * q)
+        if d is not None:
+            xd = np.einsum("tsk,sk->ts", x, d)
+            pot[a:a + 200] += (xd * inv ** 3).sum(1)
+            grad[a:a + 200] += inv ** 3 @ d - 3 * np.einsum("ts,tsk->tk", xd * inv ** 5, x)
+    return pot / (4 * np.pi), grad / (4 * np.pi)
+
+
+def dense_matrix(x):
+    """The (n, n) matrix 1 / (4 pi |x_i - x_j|), zero diagonal."""
+    d = x[:, None, :] - x[None, :, :]
+    r = np.sqrt((d * d).sum(-1))
+    return np.where(r > 0, 1.0 / (4 * np.pi * np.where(r > 0, r, 1.0)), 0.0)
+
+
+def rel(x, ref):
+    x = np.asarray(x)
+    return np.linalg.norm(x.astype(np.result_type(x, np.float64)) - ref) / np.linalg.norm(ref)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(15)
+
+
+def cube(rng, n):
+    return rng.random((n, 3))
+
+
+# --- 1. expected_eps and the explicit-p warning ------------------------------------------------
+
+def test_explicit_p_that_misses_eps_warns_and_says_what_it_reaches(rng):
+    src = cube(rng, 4000)
+    q = rng.standard_normal(4000)
+    with pytest.warns(aotfmm.AccuracyWarning, match=r"p=5 reaches about 6\.2e-05.*eps=1e-09"):
+        plan = aotfmm.Fmm(src, p=5, eps=1e-9)
+    assert plan.p == 5 and plan.eps == 1e-9
+    assert plan.expected_eps == pytest.approx(6.2e-5)
+    assert "expected_eps=6.2e-05" in repr(plan)
+    assert "6.2e-05 expected" in plan.report(file=False)
+    assert plan.stats["expected_eps"] == plan.expected_eps
+    pot, grad = plan.evaluate(q, gradient=True)
+    ref_pot, ref_grad = numpy_fields(src, src, q)
+    err = max(rel(pot, ref_pot), rel(grad, ref_grad))
+    # the plan is as good as its p (not eps) and the warning's figure is the right size
+    assert 1e-9 < err <= 3 * plan.expected_eps, err
+    assert err > plan.expected_eps / 100, err
+
+
+@pytest.mark.parametrize("kw", [dict(p=9, eps=1e-6), dict(p=5), dict(eps=1e-6), dict(),
+                                dict(p=7, eps=2e-6)])
+def test_no_warning_when_p_meets_eps_or_eps_was_not_asked(rng, kw):
+    src = cube(rng, 1500)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan = aotfmm.Fmm(src, **kw)
+    if "p" not in kw:
+        assert plan.expected_eps <= plan.eps
+    assert f"expected_eps={plan.expected_eps:.2g}" in repr(plan)
+
+
+def test_warning_counts_the_orders_added_for_targets_dipoles_and_hessians(rng):
+    """p = 8 meets eps 1e-6 for charges at their sources (1.3e-7) but not with separate
+    targets, dipoles or Hessians, which choose_parameters gives one order more each."""
+    src, trg = cube(rng, 1500), cube(rng, 300) + 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert aotfmm.Fmm(src, p=8, eps=1e-6).expected_eps == pytest.approx(1.3e-7)
+    for args, kw in (((src, trg), {}), ((src,), dict(dipoles=True)),
+                     ((src,), dict(hessians=True))):
+        with pytest.warns(aotfmm.AccuracyWarning, match=r"p=8 reaches about 1\.4e-06.*\(p=9 "):
+            plan = aotfmm.Fmm(*args, p=8, eps=1e-6, **kw)
+        # ... and leaving p out picks an order whose expectation meets eps
+        auto = aotfmm.Fmm(*args, eps=1e-6, **kw)
+        assert auto.p == 9 and auto.expected_eps <= 1e-6 < plan.expected_eps
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("separate", [False, True])
+@pytest.mark.parametrize("dipoles", [False, True])
+@pytest.mark.parametrize("hessians", [False, True])
+def test_expected_eps_when_eps_chooses_p_is_at_most_eps(dtype, separate, dipoles, hessians):
+    """Over the whole eps range (no plan built: the same functions Fmm uses)."""
+    kind = dict(separate_targets=separate, dipoles=dipoles, hessians=hessians)
+    floor = max(api.EPS_FLOOR[dtype], api.HESSIAN_EPS_FLOOR[dtype] if hessians else 0.0)
+    for eps in np.geomspace(api.EPS_FLOOR[dtype], 0.9, 200):
+        p, _ = evaluate.choose_parameters(eps, **kind)
+        expected = api._expected_eps(p, dtype, **kind)
+        assert expected <= max(eps / 3, floor), (eps, p, expected)  # the table's 3x margin
+        if hessians and eps < api.HESSIAN_EPS_FLOOR[dtype]:
+            assert expected == api.HESSIAN_EPS_FLOOR[dtype]  # the documented exception
+        else:
+            assert expected <= eps, (eps, p, expected)
+        # an explicit p one lower than eps's choice is expected to miss... unless floored
+        if p > evaluate.P_MIN and expected > floor:
+            assert api._expected_eps(p - 1, dtype, **kind) > expected
+
+
+def test_order_error_extrapolates_below_the_table():
+    assert evaluate.order_error(3) == pytest.approx(2.6e-3)
+    assert evaluate.order_error(2) == pytest.approx(2.6e-2)
+    assert evaluate.order_error(4, separate_targets=True, dipoles=True) == pytest.approx(2.6e-2)
+    assert evaluate.order_error(2, hessians=True, separate_targets=True) == 1.0
+    assert evaluate.order_error(16) == evaluate.order_error(14)
