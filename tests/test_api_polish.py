@@ -134,3 +134,72 @@ def test_order_error_extrapolates_below_the_table():
     assert evaluate.order_error(4, separate_targets=True, dipoles=True) == pytest.approx(2.6e-2)
     assert evaluate.order_error(2, hessians=True, separate_targets=True) == 1.0
     assert evaluate.order_error(16) == evaluate.order_error(14)
+
+
+# --- 2. matmat ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def operator_case(rng):
+    pytest.importorskip("scipy")
+    n = 2000
+    x = rng.standard_normal((n, 3))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)  # a sphere: a boundary-integral setting
+    plan = aotfmm.Fmm(x, eps=1e-6)
+    diag = 1.0 + rng.random(n)
+    calls = []
+    evaluate_once = plan.evaluate
+
+    def counting(*a, **kw):
+        calls.append(np.shape(a[0]))
+        return evaluate_once(*a, **kw)
+
+    plan.evaluate = counting
+    return plan, dense_matrix(x) + np.diag(diag), diag, calls
+
+
+def test_matmat_is_one_traversal_and_matches_the_dense_product(rng, operator_case):
+    plan, dense, diag, calls = operator_case
+    n = plan.n_sources
+    op = plan.as_linear_operator(diagonal=diag)
+    X = rng.standard_normal((n, 4))
+    Y = op @ X
+    assert calls == [(n, 4)]
+    assert Y.shape == (n, 4) and Y.dtype == np.float64
+    ref = dense @ X
+    for c in range(4):
+        assert rel(Y[:, c], ref[:, c]) < 1e-6
+    # each column as its own matvec gives the same numbers (to rounding)
+    calls.clear()
+    cols = np.stack([op @ X[:, c] for c in range(4)], axis=1)
+    assert calls == [(n, 1)] * 4
+    assert np.abs(cols - Y).max() <= 1e-12 * np.abs(Y).max()
+    # symmetric: A.H @ X is A @ X
+    calls.clear()
+    assert np.array_equal(op.H @ X, Y) and calls == [(n, 4)]
+    assert np.array_equal(op.rmatvec(X[:, 0]), op.matvec(X[:, 0]))
+
+
+def test_matmat_complex_block_in_one_traversal(rng, operator_case):
+    plan, dense, diag, calls = operator_case
+    n = plan.n_sources
+    op = plan.as_linear_operator(diagonal=diag)
+    Z = rng.standard_normal((n, 3)) + 1j * rng.standard_normal((n, 3))
+    W = op.matmat(Z)
+    assert calls == [(n, 6)]  # real and imaginary parts of 3 columns: one call, 6 densities
+    assert np.iscomplexobj(W) and W.shape == (n, 3)
+    ref = dense @ Z
+    for c in range(3):
+        assert rel(W[:, c], ref[:, c]) < 1e-6
+    calls.clear()
+    w = op @ Z[:, 1]
+    assert calls == [(n, 2)] and w.shape == (n,)
+    assert rel(w, ref[:, 1]) < 1e-6
+
+
+def test_matmat_scalar_diagonal_and_no_diagonal(rng, operator_case):
+    plan, dense, diag, _ = operator_case
+    n = plan.n_sources
+    X = rng.standard_normal((n, 2))
+    plain = dense - np.diag(diag)
+    assert rel(plan.as_linear_operator() @ X, plain @ X) < 1e-6
+    assert rel(plan.as_linear_operator(diagonal=3.0) @ X, plain @ X + 3.0 * X) < 1e-6

@@ -373,13 +373,20 @@ class Fmm:
         self.timings.update({f"eval:{k_}": v for k_, v in timings.items()})
         return pot, grad, hess, single
 
-    def as_linear_operator(self, diagonal=None):
+    def as_linear_operator(self, diagonal: float | npt.ArrayLike | None = None
+                           ) -> LinearOperator:
         """The FMM as a ``scipy.sparse.linalg.LinearOperator`` (sources = targets).
 
         ``A @ q`` is the potential at the sources of charges ``q`` (self term excluded) plus
         ``diagonal * q``: ``diagonal`` (a scalar or an (n,) array, default 0) supplies the
         self term a discretisation needs. Use it with scipy's iterative solvers (GMRES, CG,
         ...); the product is accurate to the plan's ``eps``. Needs scipy.
+
+        ``A @ X`` with an (n, k) block (``matmat``) evaluates all k columns in one traversal
+        (one :meth:`evaluate` call with k densities), not k products; ``diagonal`` scales each
+        column. Complex vectors and blocks are split into real and imaginary parts, which also
+        go through one traversal. The kernel is symmetric, so ``A.H`` (``rmatvec``,
+        ``rmatmat``) is ``A`` (up to the FMM's eps).
         """
         try:
             from scipy.sparse.linalg import LinearOperator
@@ -389,24 +396,35 @@ class Fmm:
             raise ValueError("as_linear_operator needs a plan whose targets are its sources "
                              "(build it with targets=None)")
         n = self.n_sources
-        diag = 0.0
+        diag = np.float64(0.0)
         if diagonal is not None:
             diag = _as_real_array("diagonal", diagonal).astype(np.float64)
             if diag.ndim not in (0, 1) or (diag.ndim == 1 and diag.shape != (n,)):
                 raise ValueError(f"diagonal must be a scalar or have shape ({n},), "
                                  f"got {diag.shape}")
             _check_finite("diagonal", diag)
+        dcol = diag[:, None] if diag.ndim == 1 else diag
+
+        def matmat(x):
+            x = np.asarray(x).reshape(n, -1)
+            return self._matmat(x) + dcol * x
 
         def matvec(x):
-            x = np.asarray(x).reshape(n)
-            if np.iscomplexobj(x):  # scipy probes with complex vectors in some solvers
-                return self._matvec(x.real) + 1j * self._matvec(x.imag) + diag * x
-            return self._matvec(x) + diag * x
+            return matmat(np.asarray(x).reshape(n, 1))[:, 0]
 
-        return LinearOperator((n, n), matvec=matvec, rmatvec=matvec, dtype=self.dtype)
+        return LinearOperator((n, n), matvec=matvec, rmatvec=matvec, matmat=matmat,
+                              rmatmat=matmat, dtype=self.dtype)
 
-    def _matvec(self, x):
-        """Potentials at the sources for charges ``x`` as float64 (the operator's product)."""
+
+    def _matmat(self, x):
+        """Potentials at the sources for the k columns of ``x`` (n, k), in one traversal, as
+        float64 (complex for complex ``x``: real and imaginary parts as 2k densities)."""
+        k = x.shape[1]
+        if k == 0:
+            return np.zeros((self.n_sources, 0), dtype=np.result_type(x.dtype, np.float64))
+        if np.iscomplexobj(x):  # scipy probes with complex vectors in some solvers
+            y = self.evaluate(np.concatenate([x.real, x.imag], axis=1)).astype(np.float64)
+            return y[:, :k] + 1j * y[:, k:]
         return self.evaluate(x).astype(np.float64)
 
     def plot_tree(self, ax=None, axis=2):
