@@ -203,3 +203,24 @@ def test_matmat_scalar_diagonal_and_no_diagonal(rng, operator_case):
     plain = dense - np.diag(diag)
     assert rel(plan.as_linear_operator() @ X, plain @ X) < 1e-6
     assert rel(plan.as_linear_operator(diagonal=3.0) @ X, plain @ X + 3.0 * X) < 1e-6
+
+
+# --- 6. layout hints ---------------------------------------------------------------------------
+
+def test_transposed_charges_and_dipoles_get_a_hint(rng):
+    n = 50
+    src = cube(rng, n)
+    plan = aotfmm.Fmm(src)
+    with pytest.raises(ValueError, match=r"got \(2, 50\) \(it looks transposed: .*charges\.T\)"):
+        plan.evaluate(rng.random((2, n)))
+    with pytest.raises(ValueError, match=r"charges.*looks transposed"):
+        aotfmm.laplace(src, rng.random((3, n)))
+    with pytest.raises(ValueError, match=r"got \(3, 50\) \(it looks transposed: .*dipoles\.T\)"):
+        plan.evaluate(dipoles=rng.random((3, n)))
+    with pytest.raises(ValueError, match=r"FMM3D's \(nd, 3, n\) layout.*transpose\(2, 0, 1\)"):
+        aotfmm.laplace(src, dipoles=rng.random((2, 3, n)))
+    with pytest.raises(ValueError, match=r"\(n, 3, k\).*transpose\(0, 2, 1\)"):
+        aotfmm.lfmm(src, dipoles=rng.random((n, 3, 2)))
+    with pytest.raises(ValueError) as e:  # a plain length mismatch gets no transposition hint
+        plan.evaluate(rng.random(n + 1))
+    assert "transposed" not in str(e.value)

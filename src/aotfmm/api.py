@@ -94,8 +94,16 @@ def _as_dipole_array(dipoles, n):
     elif arr.ndim == 3 and arr.shape[0] == n and arr.shape[1] >= 1 and arr.shape[2] == 3:
         one, arr = False, arr.transpose(1, 2, 0)
     else:
+        hint = ""
+        if arr.shape == (3, n):
+            hint = " (it looks transposed: pass one dipole per row, e.g. dipoles.T)"
+        elif arr.ndim == 3 and arr.shape[1:] == (3, n):
+            hint = (" (it looks like FMM3D's (nd, 3, n) layout: pass "
+                    "dipoles.transpose(2, 0, 1))")
+        elif arr.ndim == 3 and arr.shape[0] == n and arr.shape[1] == 3:
+            hint = " (it looks like (n, 3, k): pass dipoles.transpose(0, 2, 1))"
         raise ValueError(f"dipoles must have shape ({n}, 3) or ({n}, k, 3) to match the {n} "
-                         f"sources, got {arr.shape}")
+                         f"sources, got {arr.shape}{hint}")
     arr = np.ascontiguousarray(arr, dtype=np.float64)
     _check_finite("dipoles", arr)
     return arr, one
@@ -129,8 +137,11 @@ def _as_charge_matrix(name, charges, n):
         one = False
         arr = arr.T
     else:
+        hint = ""
+        if arr.ndim == 2 and arr.shape[1] == n:
+            hint = (f" (it looks transposed: pass one density per column, e.g. {name}.T)")
         raise ValueError(f"{name} must have shape ({n},) or ({n}, k) to match the {n} sources, "
-                         f"got {arr.shape}")
+                         f"got {arr.shape}{hint}")
     arr = np.ascontiguousarray(arr, dtype=np.float64)
     _check_finite(name, arr)
     return arr, one
