@@ -224,3 +224,80 @@ def test_transposed_charges_and_dipoles_get_a_hint(rng):
     with pytest.raises(ValueError) as e:  # a plain length mismatch gets no transposition hint
         plan.evaluate(rng.random(n + 1))
     assert "transposed" not in str(e.value)
+
+
+# --- 7. lfmm with FMM3D's keywords -------------------------------------------------------------
+
+def test_lfmm_dipvec_and_nd_in_fmm3d_layout(rng):
+    n, nt = 1200, 200
+    src, trg = cube(rng, n), cube(rng, nt) * 1.5
+    q, d = rng.standard_normal(n), rng.standard_normal((n, 3))
+    ours = aotfmm.lfmm(src, q, trg, dipoles=d, pg=2, pgt=2, eps=1e-5)
+    theirs = aotfmm.lfmm(src, q, trg, dipvec=np.ascontiguousarray(d.T), pg=2, pgt=2, nd=1,
+                         eps=1e-5)
+    for a, b in zip(ours, theirs):
+        assert (a is None and b is None) or np.array_equal(a, b)
+    # the numbers themselves, against numpy
+    ref_pot, ref_grad = numpy_fields(src, trg, q, d)
+    assert rel(ours.pottarg, ref_pot) < 1e-5 and rel(ours.gradtarg, ref_grad) < 1e-5
+
+    # nd densities: charges (nd, n) and dipvec (nd, 3, n) -> results in our (n, nd) layout
+    Q, D = rng.standard_normal((n, 2)), rng.standard_normal((n, 2, 3))
+    ours = aotfmm.lfmm(src, Q, trg, dipoles=D, pg=2, pgt=1, eps=1e-5)
+    theirs = aotfmm.lfmm(src, Q.T.copy(), trg, dipvec=D.transpose(1, 2, 0).copy(), nd=2,
+                         pg=2, pgt=1, eps=1e-5)
+    assert theirs.pot.shape == (n, 2) and theirs.grad.shape == (n, 2, 3)
+    assert theirs.pottarg.shape == (nt, 2) and theirs.gradtarg is None
+    for a, b in zip(ours, theirs):
+        assert (a is None and b is None) or np.array_equal(a, b)
+    ref_pot, _ = numpy_fields(src, trg, Q[:, 1], D[:, 1])
+    assert rel(theirs.pottarg[:, 1], ref_pot) < 1e-5
+    # charges in our layout with nd: accepted too (nd is then only a check)
+    assert np.array_equal(aotfmm.lfmm(src, Q, nd=2).pot, aotfmm.lfmm(src, Q).pot)
+
+
+def test_lfmm_fmm3d_keywords_refuse_what_is_ambiguous_or_inconsistent(rng):
+    n = 40
+    src = cube(rng, n)
+    q, d = rng.standard_normal(n), rng.standard_normal((n, 3))
+    with pytest.raises(ValueError, match="not both"):
+        aotfmm.lfmm(src, q, dipoles=d, dipvec=d.T)
+    with pytest.raises(ValueError, match=r"nd=2 but the densities given hold 1"):
+        aotfmm.lfmm(src, q, nd=2)
+    with pytest.raises(ValueError, match=r"nd=3 but the densities given hold 2"):
+        aotfmm.lfmm(src, dipvec=rng.random((2, 3, n)), nd=3)
+    with pytest.raises(ValueError, match=r"nd=3 but the densities given hold 2"):
+        aotfmm.lfmm(src, rng.random((n, 2)), nd=3)
+    with pytest.raises(ValueError, match=r"cannot be told apart"):
+        aotfmm.lfmm(src, rng.random((n, n)), nd=n)
+    with pytest.raises(ValueError, match=r"dipvec.*\(3, 40\).*that is the dipoles= layout"):
+        aotfmm.lfmm(src, dipvec=d)
+    with pytest.raises(ValueError, match=r"nd must be in \[1, inf\]"):
+        aotfmm.lfmm(src, q, nd=0)
+    with pytest.raises(ValueError, match="looks transposed"):  # points stay (n, 3)
+        aotfmm.lfmm(src.T.copy(), q)
+    # without nd, (nd, n) charges are not guessed: the transposition hint instead
+    with pytest.raises(ValueError, match="looks transposed"):
+        aotfmm.lfmm(src, rng.random((2, n)))
+
+
+def test_lfmm_matches_fmm3dpy(rng):
+    fmm3dpy = pytest.importorskip("fmm3dpy")
+    version = tuple(int(v) for v in re.findall(r"\d+", getattr(fmm3dpy, "__version__", "0"))[:2])
+    # FMM3D >= 2.1 sums 1/(4 pi r) like aotfmm; earlier releases sum 1/r (see lfmm's docstring)
+    factor = 1.0 if version >= (2, 1) else 4 * np.pi
+    n, nt, eps = 3000, 500, 1e-5  # dipoles and separate targets: p = 9
+    src = rng.standard_normal((n, 3)) * [1.0, 0.5, 0.2]
+    trg = rng.standard_normal((nt, 3))
+    q, d = rng.standard_normal(n), rng.standard_normal((n, 3))
+    theirs = fmm3dpy.lfmm3d(eps=1e-12, sources=src.T.copy(), charges=q, dipvec=d.T.copy(),
+                            targets=trg.T.copy(), pg=2, pgt=2)
+    ours = aotfmm.lfmm(src, q, trg, dipvec=d.T, pg=2, pgt=2, eps=eps)
+    assert rel(factor * ours.pot, theirs.pot) < eps
+    assert rel(factor * ours.grad, theirs.grad.T) < eps
+    assert rel(factor * ours.pottarg, theirs.pottarg) < eps
+    assert rel(factor * ours.gradtarg, theirs.gradtarg.T) < eps
+    # and FMM3D's scaling and dipole sign themselves, against numpy (so the factor is measured)
+    ref_pot, ref_grad = numpy_fields(src, trg, q, d)
+    assert rel(theirs.pottarg, factor * ref_pot) < 1e-9
+    assert rel(theirs.gradtarg.T, factor * ref_grad) < 1e-9

@@ -507,13 +507,48 @@ class Fmm:
                 f"dtype={self.dtype.name}, threads={self.threads})")
 
 
-def laplace(sources, charges=None, targets=None, *, dipoles=None, eps=None, gradient=False,
-            dtype=None, threads=None):
+def laplace(sources: npt.ArrayLike, charges: npt.ArrayLike | None = None,
+            targets: npt.ArrayLike | None = None, *, dipoles: npt.ArrayLike | None = None,
+            eps: float | None = None, gradient: bool = False, dtype: npt.DTypeLike = None,
+            threads: int | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Potentials (and gradients) of point charges and/or dipoles by the FMM, in one call.
 
-    Same conventions as :func:`aotfmm.direct` (kernel 1/(4 pi r), coincident pairs excluded,
-    results in the caller's order); see :class:`Fmm` and :meth:`Fmm.evaluate` for the
-    parameters. Use :class:`Fmm` directly to evaluate several densities on the same points.
+    u(x) = sum_j q_j / (4 pi |x - y_j|) + d_j . (x - y_j) / (4 pi |x - y_j|^3), coincident
+    pairs left out: the conventions of :func:`aotfmm.direct`. Builds an :class:`Fmm` plan and
+    evaluates it once; to evaluate several densities on the same points, build the plan
+    yourself (or pass all densities at once as (n, k) columns).
+
+    Parameters
+    ----------
+    sources : array_like of shape (n_sources, 3)
+        Source points, one per row (any real dtype and memory order).
+    charges : array_like of shape (n_sources,) or (n_sources, k), optional
+        Charge densities; k columns are k densities, evaluated in one traversal.
+    targets : array_like of shape (n_targets, 3), optional
+        Evaluation points; default: the sources (self-interaction excluded).
+    dipoles : array_like of shape (n_sources, 3) or (n_sources, k, 3), optional
+        Dipole moments (double layer). Give charges, dipoles or both (the same k).
+    eps : float, optional
+        Requested relative L2 accuracy of potentials and gradients: default 1e-6 in float64,
+        1e-5 in float32; smallest 2e-10 (float64) / 5e-6 (float32).
+    gradient : bool, default False
+        Also return the gradients.
+    dtype : {None, float32, float64}
+        Compute precision; None: float32 if every float input is float32, else float64.
+    threads : int, optional
+        Threads; default ``$AOTFMM_NUM_THREADS`` or all CPUs available.
+
+    Returns
+    -------
+    pot : ndarray of shape (n_targets,) or (n_targets, k)
+        Potentials at the targets (the sources if no targets), in the caller's point order.
+    grad : ndarray of shape (n_targets, 3) or (n_targets, k, 3)
+        Gradients, only if ``gradient``: then ``(pot, grad)`` is returned.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Bad shapes, NaN/inf, non-real input or bad parameters, before anything is computed.
     """
     dt = resolve_dtype(dtype, sources, charges, targets, dipoles)
     n = as_points("sources", sources).shape[0]
@@ -524,20 +559,103 @@ def laplace(sources, charges=None, targets=None, *, dipoles=None, eps=None, grad
     return plan.evaluate(charges, dipoles=dipoles, gradient=gradient)
 
 
-def lfmm(sources, charges=None, targets=None, *, dipoles=None, pg=1, pgt=None, eps=None,
-         dtype=None, threads=None):
+def _from_dipvec(dipvec, n):
+    """FMM3D's dipvec, (3, n) or (nd, 3, n) -> our dipoles layout (n, 3) or (n, nd, 3)."""
+    arr = _as_real_array("dipvec", dipvec)
+    if arr.ndim == 2 and arr.shape == (3, n):
+        return arr.T
+    if arr.ndim == 3 and arr.shape[1:] == (3, n) and arr.shape[0] >= 1:
+        return arr.transpose(2, 0, 1)
+    hint = ""
+    if arr.ndim in (2, 3) and arr.shape[0] == n and arr.shape[-1] == 3:
+        hint = " (that is the dipoles= layout: pass it as dipoles=)"
+    raise ValueError(f"dipvec (FMM3D's layout) must have shape (3, {n}) or (nd, 3, {n}) to "
+                     f"match the {n} sources, got {arr.shape}{hint}")
+
+
+def _charges_for_nd(charges, nd, n):
+    """Charges given with FMM3D's nd: (nd, n) (FMM3D's layout) -> (n, nd); others unchanged."""
+    if charges is None:
+        return None
+    arr = _as_real_array("charges", charges)
+    if arr.ndim == 2 and arr.shape == (nd, n) and n > 1:
+        if nd == n:
+            raise ValueError(f"charges has shape ({n}, {n}) and nd={nd} equals the number of "
+                             "sources: FMM3D's (nd, n) layout and ours (n, k) cannot be told "
+                             "apart; pass charges as (n, k) columns (FMM3D's charges.T) and "
+                             "leave out nd")
+        return arr.T
+    return arr
+
+
+def lfmm(sources: npt.ArrayLike, charges: npt.ArrayLike | None = None,
+         targets: npt.ArrayLike | None = None, *, dipoles: npt.ArrayLike | None = None,
+         dipvec: npt.ArrayLike | None = None, nd: int | None = None, pg: int = 1,
+         pgt: int | None = None, eps: float | None = None, dtype: npt.DTypeLike = None,
+         threads: int | None = None) -> Fields:
     """FMM3D-style call: fields at the sources and/or at the targets in one traversal.
 
-    ``pg`` / ``pgt`` (0 nothing, 1 potential, 2 potential and gradient, 3 also the Hessian)
-    choose the outputs at the sources (self-interaction excluded) and at the targets (default:
-    1 if targets are given, else 0). Returns :class:`Fields` (``pot``, ``grad``, ``hess``,
-    ``pottarg``, ``gradtarg``, ``hesstarg``).
-    Kernel 1/(4 pi r) (FMM3D's ``lfmm3d`` uses 1/r: multiply by 4 pi to compare); points and
-    dipoles are (n, 3), several densities (n, k) and (n, k, 3). See README "Coming from FMM3D".
+    Kernel 1/(4 pi r), dipoles d . (x - y) / (4 pi |x - y|^3), coincident pairs left out:
+    the same as FMM3D's ``lfmm3d`` from FMM3D v2.1.0 on (fmm3dpy 2.1.0; measured with fmm3dpy
+    2.1.0: equal to a 1/(4 pi r) sum to 1e-15), so results compare directly. FMM3D up to
+    v2.0.0 (and fmm3dpy 1.0.0) used 1/r without the 1/(4 pi): multiply our results by 4 pi
+    to compare with those (FMM3D pull request #62, "1/4pi factor", merged for v2.1.0).
+
+    Parameters
+    ----------
+    sources : array_like of shape (n, 3)
+        Source points, one per row. FMM3D's (3, n) is refused with a hint (pass
+        ``sources.T``): a (3, 3) array could be either, so it is never transposed silently.
+    charges : array_like of shape (n,) or (n, k), optional
+        Charges; k columns are k densities. FMM3D's (nd, n) layout is accepted when ``nd``
+        is given, the shape is (nd, n) and nd != n; with nd == n the two layouts cannot be
+        told apart and a ValueError asks for (n, k) (FMM3D's ``charges.T``).
+    targets : array_like of shape (nt, 3), optional
+        Target points, one per row (FMM3D's ``targets.T``).
+    dipoles : array_like of shape (n, 3) or (n, k, 3), optional
+        Dipole moments in our layout.
+    dipvec : array_like of shape (3, n) or (nd, 3, n), optional
+        Dipole moments in FMM3D's layout, as an alternative to ``dipoles`` (giving both is a
+        ValueError).
+    nd : int, optional
+        FMM3D's number of densities: checked against the densities given (ValueError if it
+        differs); it also lets ``charges`` come as (nd, n), see above.
+    pg, pgt : {0, 1, 2, 3}
+        Outputs at the sources (self-interaction excluded; default 1) and at the targets
+        (default: 1 if targets are given, else 0): 0 nothing, 1 potential, 2 + gradient,
+        3 + Hessian.
+    eps : float, optional
+        Requested relative L2 accuracy (default 1e-6 in float64, 1e-5 in float32).
+    dtype : {None, float32, float64}
+    threads : int, optional
+
+    Returns
+    -------
+    Fields
+        ``pot``, ``grad``, ``hess`` (at the sources) and ``pottarg``, ``gradtarg``,
+        ``hesstarg`` (at the targets), always in our layout, also when the input came in
+        FMM3D's: potentials (n,) or (n, k), gradients (n, 3) or (n, k, 3), Hessians (n, 6) or
+        (n, k, 6) in FMM3D's component order xx, yy, zz, xy, xz, yz; None where not
+        requested. (FMM3D's are (nd, n), (nd, 3, n), (nd, 6, n): ``res.grad.T`` or
+        ``res.grad.transpose(1, 2, 0)`` converts.)
+
+    See README "Coming from FMM3D" for the full mapping.
     """
-    dt = resolve_dtype(dtype, sources, charges, targets, dipoles)
     n = as_points("sources", sources).shape[0]
-    _as_densities(charges, dipoles, n)
+    if dipvec is not None:
+        if dipoles is not None:
+            raise ValueError("give dipoles= (our (n, 3) / (n, k, 3) layout) or dipvec= "
+                             "(FMM3D's (3, n) / (nd, 3, n)), not both")
+        dipoles = _from_dipvec(dipvec, n)
+    if nd is not None:
+        nd = check_integer("nd", nd, lo=1)
+        charges = _charges_for_nd(charges, nd, n)
+    dt = resolve_dtype(dtype, sources, charges, targets, dipoles)
+    q, d, _ = _as_densities(charges, dipoles, n)
+    if nd is not None and (q if q is not None else d).shape[0] != nd:
+        got = (q if q is not None else d).shape[0]
+        raise ValueError(f"nd={nd} but the densities given hold {got} (charges "
+                         f"{np.shape(charges)}, dipoles {np.shape(dipoles)})")
     pgt = (0 if targets is None else 1) if pgt is None else pgt
     Fmm._level("pg", pg, 0, True, "")
     Fmm._level("pgt", pgt, 0, targets is not None, "need targets")
