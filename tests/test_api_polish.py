@@ -301,3 +301,46 @@ def test_lfmm_matches_fmm3dpy(rng):
     ref_pot, ref_grad = numpy_fields(src, trg, q, d)
     assert rel(theirs.pottarg, factor * ref_pot) < 1e-9
     assert rel(theirs.gradtarg.T, factor * ref_grad) < 1e-9
+
+
+# --- 8. plot_tree ------------------------------------------------------------------------------
+
+def test_plot_tree_boxes_on_top_coloured_by_level_points_subsampled(rng):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.axes import Axes
+    n = 8000
+    src = np.concatenate([0.05 * rng.standard_normal((n // 2, 3)) + 0.3, rng.random((n // 2, 3))])
+    plan = aotfmm.Fmm(src, ncrit=60)
+    ax = plan.plot_tree(max_points=1000)
+    assert isinstance(ax, Axes)
+    (boxes,) = [c for c in ax.collections if c.get_gid() == "aotfmm-leaves"]
+    (points,) = [ln for ln in ax.lines if ln.get_gid() == "aotfmm-points"]
+    n_leaves = plan.stats["leaves"]
+    assert len(boxes.get_paths()) == n_leaves == len(plan._core.tree.leaves)
+    assert boxes.get_zorder() > points.get_zorder()
+    assert len(points.get_xdata()) == 1000
+    assert "1000 of 8000 sources shown" in ax.get_title()
+    levels = plan._core.tree.levels[plan._core.tree.leaves]
+    assert len(np.unique(levels)) > 1
+    colours = np.unique(np.round(boxes.get_edgecolor(), 6), axis=0)
+    assert len(colours) == len(np.unique(levels))  # one colour per leaf level
+    assert len(ax.figure.axes) == 2  # the colorbar
+    # every drawn point is a source (projected along z), and the subset is reproducible
+    drawn = np.stack([points.get_xdata(), points.get_ydata()], axis=1)
+    src_xy = {tuple(np.round(p, 9)) for p in src[:, :2]}
+    assert all(tuple(np.round(p, 9)) in src_xy for p in drawn[:50])
+    again = plan.plot_tree(max_points=1000, colorbar=False)
+    (points2,) = [ln for ln in again.lines if ln.get_gid() == "aotfmm-points"]
+    assert np.array_equal(points2.get_xdata(), points.get_xdata())
+    assert len(again.figure.axes) == 1
+    # all points when there are few enough; another axis; bad arguments
+    fig, ax3 = plt.subplots()
+    plan.plot_tree(ax=ax3, axis=0, max_points=n)
+    (pts3,) = [ln for ln in ax3.lines if ln.get_gid() == "aotfmm-points"]
+    assert len(pts3.get_xdata()) == n and ax3.get_xlabel() == "y"
+    with pytest.raises(ValueError, match="max_points"):
+        plan.plot_tree(max_points=-1)
+    plt.close("all")

@@ -438,35 +438,86 @@ class Fmm:
             return y[:, :k] + 1j * y[:, k:]
         return self.evaluate(x).astype(np.float64)
 
-    def plot_tree(self, ax=None, axis=2):
-        """Draw the leaves (projected along ``axis``) and the points, with matplotlib.
+    def plot_tree(self, ax: Axes | None = None, axis: int = 2, *, max_points: int = 20_000,
+                  colorbar: bool = True) -> Axes:
+        """Draw the octree's leaves and the sources, projected along one axis (matplotlib).
 
-        Returns the matplotlib Axes. Needs matplotlib (``pip install matplotlib``).
+        Leaves are drawn as box outlines coloured by their level (deepest on top), above the
+        points, so dense clusters do not hide their boxes. Boxes of different depth along the
+        projection axis overlap in the picture. Needs matplotlib (``pip install matplotlib``).
+
+        Parameters
+        ----------
+        ax : matplotlib Axes, optional
+            Where to draw; default: a new 6 x 6 inch figure.
+        axis : {0, 1, 2}, default 2
+            The axis projected away (2: look along z, at the x-y plane).
+        max_points : int, default 20000
+            At most this many sources are drawn: a fixed (seeded) random subset of the
+            sources when there are more, so the same plan always gives the same picture. 0
+            draws boxes only.
+        colorbar : bool, default True
+            Add a colorbar of the leaf levels next to ``ax``.
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+            ``ax``, with the boxes as a ``PolyCollection`` (gid ``"aotfmm-leaves"``) and the
+            points as a ``Line2D`` (gid ``"aotfmm-points"``).
         """
         try:
+            import matplotlib
             import matplotlib.pyplot as plt
+            from matplotlib.cm import ScalarMappable
             from matplotlib.collections import PolyCollection
+            from matplotlib.colors import BoundaryNorm, ListedColormap
         except ImportError:
             raise ImportError("plot_tree needs matplotlib: pip install matplotlib") from None
         axis = check_integer("axis", axis, lo=0, hi=2)
+        max_points = check_integer("max_points", max_points, lo=0)
+        colorbar = as_bool("colorbar", colorbar)
         keep = [a for a in range(3) if a != axis]
         tree = self._core.tree
         scale, center = self._scale, self._center
-        c = tree.centers[tree.leaves][:, keep] * scale + center[keep]
-        h = (tree.root_half / 2.0 ** tree.levels[tree.leaves] * scale)[:, None]
+        levels = tree.levels[tree.leaves].astype(np.int64)
+        order = np.argsort(levels, kind="stable")  # deepest last: drawn on top
+        leaves, levels = tree.leaves[order], levels[order]
+        c = tree.centers[leaves][:, keep] * scale + center[keep]
+        h = (tree.root_half / 2.0 ** levels * scale)[:, None]
         corners = np.stack([c + h * np.array(s) for s in ((-1, -1), (1, -1), (1, 1), (-1, 1))],
                            axis=1)
+        lo, hi = int(levels.min()), int(levels.max())
+        if hi - lo < 10:  # distinct colours, all visible on white
+            cmap = ListedColormap(matplotlib.colormaps["tab10"].colors[:hi - lo + 1])
+        else:
+            cmap = matplotlib.colormaps["turbo"].resampled(hi - lo + 1)
+        norm = BoundaryNorm(np.arange(lo - 0.5, hi + 1.0), cmap.N)
         if ax is None:
             ax = plt.figure(figsize=(6, 6)).add_subplot()
-        ax.add_collection(PolyCollection(corners, facecolors="none", edgecolors="0.6",
-                                         linewidths=0.4))
-        pts = self._core.frame_points("src")[keep] * scale + center[keep, None]
-        ax.plot(pts[0], pts[1], ",", color="C0")
+        boxes = PolyCollection(corners, facecolors="none", edgecolors=cmap(norm(levels)),
+                               linewidths=0.7, zorder=3)
+        boxes.set_gid("aotfmm-leaves")
+        ax.add_collection(boxes)
+        pts = self._core.frame_points("src")
+        n = pts.shape[1]
+        if n > max_points:
+            pick = np.sort(np.random.default_rng(0).choice(n, size=max_points, replace=False))
+            pts = pts[:, pick]
+        pts = pts[keep] * scale + center[keep, None]
+        (line,) = ax.plot(pts[0], pts[1], ",", color="0.55", zorder=2)
+        line.set_gid("aotfmm-points")
         ax.set_aspect("equal")
         ax.autoscale_view()
         ax.set_xlabel("xyz"[keep[0]])
         ax.set_ylabel("xyz"[keep[1]])
-        ax.set_title(f"{len(tree.leaves)} leaves, {tree.n_levels} levels, p={self.p}")
+        shown = f", {pts.shape[1]} of {n} sources shown" if pts.shape[1] < n else ""
+        ax.set_title(f"{len(tree.leaves)} leaves, {tree.n_levels} levels, p={self.p}{shown}")
+        if colorbar:
+            ticks = np.arange(lo, hi + 1)
+            if len(ticks) > 12:
+                ticks = ticks[::-(-len(ticks) // 12)]
+            ax.figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, ticks=ticks,
+                               label="leaf level", shrink=0.8)
         return ax
 
     def report(self, file=None) -> str:
