@@ -141,8 +141,6 @@ def test_run_float32_npy_with_the_default_eps(tmp_path, rng):
     assert rel(pot, numpy_fields(src, q)[0]) < 1e-4
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py reports the API's spelling (eps=..., "
-                   "use dtype=float64); fix proposed in issue 15's report")
 @pytest.mark.parametrize("command", ["run", "demo"])
 def test_eps_below_the_float32_floor_is_reported_in_cli_spelling(tmp_path, rng, command):
     np.save(tmp_path / "pts32.npy", rng.random((50, 4)).astype(np.float32))

@@ -286,6 +286,14 @@ def build_parser():
     return parser
 
 
+def _cli_spelling(message):
+    """API errors name keyword arguments (``eps=1e-07 is below ...``, ``use dtype=float64``);
+    on the command line say the options instead (``--eps 1e-07``, ``--dtype float64``)."""
+    if message.startswith("eps="):
+        message = "--eps " + message[len("eps="):]
+    return message.replace("use dtype=float64", "use --dtype float64")
+
+
 def main(argv=None):
     """Run the command line; returns the exit code (also for --help, --version, usage errors)."""
     try:
@@ -295,7 +303,7 @@ def main(argv=None):
     try:
         return args.func(args)
     except (ValueError, TypeError, OSError, ImportError, FloatingPointError) as exc:
-        print(f"aotfmm: error: {exc}", file=sys.stderr)
+        print(f"aotfmm: error: {_cli_spelling(str(exc))}", file=sys.stderr)
         return 2
     except MemoryError as exc:
         print(f"aotfmm: error: out of memory{': ' + str(exc) if str(exc) else ''}",
