@@ -205,6 +205,46 @@ def test_matmat_scalar_diagonal_and_no_diagonal(rng, operator_case):
     assert rel(plan.as_linear_operator(diagonal=3.0) @ X, plain @ X + 3.0 * X) < 1e-6
 
 
+# --- 3. type hints and py.typed; 5. CacheWarning ------------------------------------------------
+
+def test_public_api_is_typed_and_ships_py_typed():
+    hints = typing.get_type_hints(aotfmm.Fields)
+    assert set(hints) == set(aotfmm.Fields._fields)
+    assert all(h == (np.ndarray | None) for h in hints.values()), hints
+    for f in (aotfmm.laplace, aotfmm.lfmm, aotfmm.Fmm.__init__, aotfmm.Fmm.evaluate,
+              aotfmm.Fmm.fields):
+        h = typing.get_type_hints(f)
+        params = [p for p in inspect.signature(f).parameters if p != "self"]
+        assert set(params) <= set(h) and "return" in h, (f.__name__, set(params) - set(h))
+    assert typing.get_type_hints(aotfmm.lfmm)["return"] is aotfmm.Fields
+    pkg = pathlib.Path(aotfmm.__file__).parent
+    assert (pkg / "py.typed").is_file()
+    pyproject = pathlib.Path(__file__).parents[1] / "pyproject.toml"
+    if pyproject.is_file():  # the wheel takes the whole package directory, py.typed with it
+        assert re.search(r'wheel\.packages\s*=\s*\["src/aotfmm"\]', pyproject.read_text())
+
+
+def test_cache_warning_is_exported():
+    from aotfmm.cache import CacheWarning
+    assert aotfmm.CacheWarning is CacheWarning
+    assert "CacheWarning" in aotfmm.__all__ and "AccuracyWarning" in aotfmm.__all__
+    assert issubclass(aotfmm.CacheWarning, UserWarning)
+
+
+# --- 4. docstrings list every parameter -------------------------------------------------------
+
+@pytest.mark.parametrize("func", [aotfmm.laplace, aotfmm.lfmm, aotfmm.Fmm, aotfmm.Fmm.plot_tree])
+def test_docstring_documents_every_parameter_and_the_result(func):
+    doc = inspect.getdoc(func)
+    target = func.__init__ if isinstance(func, type) else func
+    section = doc.split("Parameters\n----------", 1)[1]
+    for name in inspect.signature(target).parameters:
+        if name != "self":
+            assert re.search(rf"^{name}\b|^\S.*\b{name}\b.*:", section, re.M), name
+    if not isinstance(func, type):
+        assert "Returns\n-------" in doc
+
+
 # --- 6. layout hints ---------------------------------------------------------------------------
 
 def test_transposed_charges_and_dipoles_get_a_hint(rng):

@@ -65,12 +65,12 @@ class Fields(typing.NamedTuple):
     """Results of :meth:`Fmm.fields` / :func:`lfmm`: at the sources (``pot``, ``grad``,
     ``hess``) and at the targets (``pottarg``, ``gradtarg``, ``hesstarg``); None where not
     requested. Hessians hold xx, yy, zz, xy, xz, yz (FMM3D's order) in their last axis."""
-    pot: object
-    grad: object
-    pottarg: object
-    gradtarg: object
-    hess: object = None
-    hesstarg: object = None
+    pot: np.ndarray | None
+    grad: np.ndarray | None
+    pottarg: np.ndarray | None
+    gradtarg: np.ndarray | None
+    hess: np.ndarray | None = None
+    hesstarg: np.ndarray | None = None
 
 
 def _shape_out(pot, grad, single, gradient):
@@ -272,7 +272,9 @@ class Fmm:
                     eps=self.eps, expected_eps=self.expected_eps, dtype=self.dtype.name,
                     threads=self.threads)
 
-    def evaluate(self, charges=None, *, dipoles=None, gradient=False):
+    def evaluate(self, charges: npt.ArrayLike | None = None, *,
+                 dipoles: npt.ArrayLike | None = None, gradient: bool = False
+                 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Potentials (and gradients) at the plan's targets for one or several densities.
 
         All densities go through one traversal of the tree (matrix-matrix products).
@@ -300,7 +302,9 @@ class Fmm:
         return _shape_out(pot[:, lo:], None if grad is None else grad[:, :, lo:], single,
                           gradient)
 
-    def fields(self, charges=None, *, dipoles=None, pg=None, pgt=None):
+    def fields(self, charges: npt.ArrayLike | None = None, *,
+               dipoles: npt.ArrayLike | None = None, pg: int | None = None,
+               pgt: int | None = None) -> Fields:
         """Fields at the sources and at the targets in one traversal (FMM3D's pg/pgt).
 
         Parameters
@@ -425,7 +429,6 @@ class Fmm:
 
         return LinearOperator((n, n), matvec=matvec, rmatvec=matvec, matmat=matmat,
                               rmatmat=matmat, dtype=self.dtype)
-
 
     def _matmat(self, x):
         """Potentials at the sources for the k columns of ``x`` (n, k), in one traversal, as
