@@ -151,7 +151,7 @@ class Plan:
         lists = build_lists(tree, threads=threads)
         timings["lists"], t = time.perf_counter() - t, time.perf_counter()
         step("lists")
-        ops = get_operators(self.p, dt, cache_dir=cache_dir)
+        ops = get_operators(self.p, dt, cache_dir=cache_dir, threads=threads)
         timings["operators"], t = time.perf_counter() - t, time.perf_counter()
         step("operators")
         self.tree, self.ops = tree, ops

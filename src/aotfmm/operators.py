@@ -201,7 +201,10 @@ def _build_operators(p, radii, pinv_cutoff, m2l_tol, m2l_rank, method, stage, th
 #: Cold build of one operator set in float64 on a 2-core Intel Xeon (AVX-512), idle, on both
 #: cores (seconds), and its cache file (MB = 1e6 bytes; float32 files are about half):
 #: ``python benchmarks/operators.py --build-table``. Only used for the estimate in the notice.
-BUILD_COST = {}
+BUILD_COST = {2: (0.02, 0.1), 3: (0.05, 0.8), 4: (0.2, 3.0), 5: (0.5, 7.9), 6: (1.2, 17.5),
+              7: (2.2, 28.9), 8: (3.8, 44.8), 9: (8.1, 100.0), 10: (15.1, 155.0),
+              11: (17.7, 183.8), 12: (32.4, 259.1), 13: (40.6, 286.2), 14: (52.9, 313.9),
+              15: (70.5, 344.8), 16: (88.5, 371.3)}
 
 
 def build_estimate(p, dtype):

@@ -1,0 +1,238 @@
+"""Operator builds announce themselves (stderr without logging, logging with it, a moving line
+on a TTY); `aotfmm precompute` fills what a described use needs; `bench --quick` needs no p >= 11;
+the README's p table is the one the code uses."""
+import logging
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import aotfmm
+from aotfmm import _progress, operators
+from aotfmm.evaluate import choose_parameters
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def py(code, cache_dir, **kw):
+    env = dict(os.environ, AOTFMM_CACHE_DIR=str(cache_dir))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=600, env=env, **kw)
+
+
+def cli(*args, cache_dir):
+    env = dict(os.environ, AOTFMM_CACHE_DIR=str(cache_dir))
+    return subprocess.run([sys.executable, "-m", "aotfmm", *map(str, args)],
+                          capture_output=True, text=True, timeout=600, env=env)
+
+
+def numpy_pot(src, q, trg, d=None):
+    """1/(4 pi r) potential of charges q (and dipoles d) at src, at trg; r = 0 left out."""
+    x = trg[:, None, :] - src[None, :, :]
+    r = np.sqrt((x * x).sum(-1))
+    inv = np.where(r > 0, 1.0 / np.where(r > 0, r, 1.0), 0.0)
+    pot = inv @ q
+    if d is not None:
+        pot += (np.einsum("tsk,sk->ts", x, d) * inv ** 3).sum(1)
+    return pot / (4 * np.pi)
+
+
+FMM_P4 = ("import aotfmm, numpy as np; "
+          "aotfmm.Fmm(np.random.default_rng(0).random((2000, 3)), eps=5e-3)")
+
+
+def test_first_build_is_announced_on_stderr_then_silent(tmp_path):
+    cache = tmp_path / "cache"
+    first = py(FMM_P4, cache)
+    assert first.returncode == 0, first.stderr
+    lines = first.stderr.splitlines()
+    assert len(lines) == 2, first.stderr  # not a TTY: a start line and an end line, no ticker
+    assert lines[0].startswith("aotfmm: building Laplace operators p=4 for float64: first use")
+    assert f"cached in {cache}" in lines[0]
+    assert re.fullmatch(r"aotfmm: built Laplace operators p=4 for float64 \(\d+ MB, M2L rank "
+                        r"\d+\) in \d+\.\d s", lines[1]), lines[1]
+    again = py(FMM_P4, cache)  # warm cache: nothing at all
+    assert again.returncode == 0 and again.stderr == "", again.stderr
+
+
+def test_unusable_cache_file_is_named_as_the_reason(tmp_path):
+    cache = tmp_path / "cache"
+    assert py(FMM_P4, cache).returncode == 0
+    (path,) = cache.glob("*.ops")
+    path.write_bytes(b"not an operator file")
+    r = py(FMM_P4, cache)
+    assert r.returncode == 0, r.stderr
+    assert "building Laplace operators p=4 for float64: cache file unusable" in r.stderr
+
+
+def test_notice_goes_through_logging_when_configured(tmp_path, caplog, capsys, rng):
+    caplog.set_level(logging.INFO, logger="aotfmm")
+    aotfmm.Fmm(rng.random((1500, 3)), eps=5e-3, cache_dir=tmp_path)
+    msgs = [r.getMessage() for r in caplog.records if r.name == "aotfmm"]
+    assert any(m.startswith("aotfmm: building Laplace operators p=4 for float64: first use")
+               and str(tmp_path) in m for m in msgs), msgs
+    assert any(m.startswith("aotfmm: built Laplace operators p=4") for m in msgs), msgs
+    # logging is configured (pytest's handler): nothing is written to stderr directly
+    assert "building" not in capsys.readouterr().err
+
+
+def test_no_cache_build_says_so(tmp_path):
+    r = py("import aotfmm, numpy as np; "
+           "aotfmm.Fmm(np.random.default_rng(1).random((500, 3)), eps=5e-3, cache_dir=False)",
+           tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "p=4 for float64: no cache" in r.stderr and "not cached (cache_dir=False)" in r.stderr
+
+
+class FakeTTY:
+    def __init__(self):
+        self.parts, self.lock = [], threading.Lock()
+
+    def isatty(self):
+        return True
+
+    def write(self, s):
+        with self.lock:
+            self.parts.append(s)
+
+    def flush(self):
+        pass
+
+    def text(self):
+        return "".join(self.parts)
+
+
+def test_tty_line_moves_with_stage_elapsed_and_estimate():
+    tty = FakeTTY()
+    with _progress.Notice("aotfmm: building X", estimate=2.0, stream=tty, interval=0.01) as n:
+        n.stage("QR 3/10")
+        deadline = time.monotonic() + 30
+        while tty.text().count("QR 3/10") < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        n.done_text = "aotfmm: built X"
+    text = tty.text()
+    assert text.startswith("\r\x1b[Kaotfmm: building X\n")
+    ticks = re.findall(r"\r\x1b\[K  [|/\-\\] \d+\.\d s of ~2\.0 s QR 3/10", text)
+    assert len(ticks) >= 3, text
+    assert text.endswith("\r\x1b[Kaotfmm: built X in " + text.rsplit(" in ", 1)[1])
+    assert text.endswith(" s\n")
+    assert not any(t.name == "aotfmm-notice" for t in threading.enumerate())
+
+
+def test_interrupted_build_says_so_and_reraises():
+    tty = FakeTTY()
+    with pytest.raises(KeyboardInterrupt):
+        with _progress.Notice("aotfmm: building Y", stream=tty, interval=0.01):
+            raise KeyboardInterrupt
+    assert "interrupted (KeyboardInterrupt) after" in tty.text()
+    assert not any(t.name == "aotfmm-notice" for t in threading.enumerate())
+
+
+def test_broken_stream_does_not_break_the_work():
+    class Broken(FakeTTY):
+        def write(self, s):
+            raise OSError("EPIPE")
+    with _progress.Notice("x", stream=Broken(), interval=0.01):
+        time.sleep(0.05)
+
+
+def test_precompute_fills_exactly_what_the_use_needs(tmp_path, rng):
+    cache = tmp_path / "cache"
+    dry = cli("precompute", "--eps", "5e-3", "--targets", "--dipoles", "--dry-run",
+              cache_dir=cache)
+    assert dry.returncode == 0, dry.stderr
+    assert re.search(r"p= ?6 float64: to build.*; for eps 0\.005 targets dipoles", dry.stdout), \
+        dry.stdout
+    assert not cache.exists() or not list(cache.glob("*.ops"))  # a dry run builds nothing
+    r = cli("precompute", "--eps", "5e-3", "--targets", "--dipoles", cache_dir=cache)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"p= ?6 float64: built in", r.stdout), r.stdout
+    # the use itself now builds nothing, and is right
+    src, trg = rng.random((1200, 3)), rng.random((300, 3))
+    q, d = rng.standard_normal(1200), rng.standard_normal((1200, 3))
+    np.savez(tmp_path / "pq.npz", src=src, trg=trg, q=q, d=d)
+    use = subprocess.run(
+        [sys.executable, "-c",
+         "import aotfmm, numpy as np, sys; z = np.load(sys.argv[1]); "
+         "plan = aotfmm.Fmm(z['src'], z['trg'], dipoles=True, eps=5e-3); "
+         "np.save(sys.argv[2], plan.evaluate(z['q'], dipoles=z['d']))",
+         str(tmp_path / "pq.npz"), str(tmp_path / "pot.npy")],
+        capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, AOTFMM_CACHE_DIR=str(cache)))
+    assert use.returncode == 0, use.stderr
+    assert "building" not in use.stderr, use.stderr
+    ref = numpy_pot(src, q, trg, d)
+    pot = np.load(tmp_path / "pot.npy")
+    assert np.linalg.norm(pot - ref) / np.linalg.norm(ref) < 5e-3
+    warm = cli("precompute", "--eps", "5e-3", "--targets", "--dipoles", "--dry-run",
+               cache_dir=cache)
+    assert re.search(r"p= ?6 float64: cached; for eps 0\.005 targets dipoles", warm.stdout)
+
+
+def test_precompute_all_uses_lists_every_use_once(tmp_path):
+    r = cli("precompute", "--eps", "1e-3", "1e-6", "--all-uses", "--dry-run", cache_dir=tmp_path)
+    assert r.returncode == 0, r.stderr
+    uses = [u.strip() for line in r.stdout.splitlines() if "; for " in line
+            for u in line.split("; for ", 1)[1].split(",")]
+    assert len(uses) == len(set(uses)) == 16, r.stdout
+    assert "eps 1e-06 targets dipoles hessians" in uses
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--eps", "1e-7", "--dtype", "float32"], "use --dtype float64"),
+    (["--p", "5", "--targets"], "--p names the orders directly"),
+    (["--p", "17"], "must be at most 16"),
+])
+def test_precompute_refuses_bad_requests(tmp_path, args, message):
+    r = cli("precompute", *args, "--dry-run", cache_dir=tmp_path)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_quick_bench_needs_no_order_above_10():
+    """`aotfmm bench --quick` (here with small N and aotfmm alone) builds its operators ahead,
+    announced, and every order it uses (probe included) is at most 10."""
+    code = ("import sys; from aotfmm import _bench; sys.exit(_bench.main(['--quick', '--n', "
+            "'2000', '--dist', 'uniform', '--peers', 'aotfmm', '--mode', 'pot']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ps = [int(p) for p in re.findall(r"\bp= ?(\d+)", r.stdout + r.stderr)]
+    assert ps and max(ps) <= 10, r.stdout
+    head, _, cases = r.stdout.partition("uniform cube, N = 2e3")
+    assert "aotfmm operators for these cases" in head and cases, r.stdout
+
+
+def _readme_p_table():
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    m = re.search(r"\| eps \| charges \| targets \| dipoles \| targets \+ dipoles \| Hessians "
+                  r"\| targets \+ Hessians \|\n\|[-| :]+\|\n((?:\|.*\|\n)+)", text)
+    assert m, "README lacks the table of orders per use"
+    rows = {}
+    for line in m.group(1).splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[float(cells[0])] = [int(c) for c in cells[1:7]]
+    return rows
+
+
+def test_readme_order_table_is_the_one_the_code_uses():
+    rows = _readme_p_table()
+    assert len(rows) >= 6
+    for eps, ps in rows.items():
+        want = [choose_parameters(eps, None, None, t, d, h)[0] for t, d, h in (
+            (False, False, False), (True, False, False), (False, True, False),
+            (True, True, False), (False, False, True), (True, False, True))]
+        assert ps == want, (eps, ps, want)
+
+
+def test_build_estimates_cover_every_order():
+    for p in range(operators.P_MIN, operators.P_MAX + 1):
+        sec, mb = operators.build_estimate(p, np.float64)
+        assert sec > 0 and mb > 0
+        assert operators.build_estimate(p, np.float32)[1] == pytest.approx(mb / 2)
+    sizes = [operators.build_estimate(p, np.float64)[1] for p in range(2, 17)]
+    assert sizes == sorted(sizes)
