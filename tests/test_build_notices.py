@@ -236,3 +236,11 @@ def test_build_estimates_cover_every_order():
         assert operators.build_estimate(p, np.float32)[1] == pytest.approx(mb / 2)
     sizes = [operators.build_estimate(p, np.float64)[1] for p in range(2, 17)]
     assert sizes == sorted(sizes)
+
+
+def test_build_is_identical_for_any_thread_count():
+    """The QR stream is grouped the same way whatever the thread count: bit-identical operators
+    (so float32 casts, and results, do not depend on how many threads built them)."""
+    sets = [operators.build_operators(5, m2l_tol=1e-6, threads=t) for t in (1, 2, 3)]
+    for name in sets[0]:
+        assert all(np.array_equal(sets[0][name], s[name]) for s in sets[1:]), name

@@ -64,7 +64,8 @@ def _stacked_svd(surf, r_check, r_equiv, transpose, threads=1):
 
     Streams blocks of K_t through a QR so that only an n x n triangular factor is kept; with
     several threads each streams its own share of the transfer vectors and the triangular
-    factors are stacked and reduced by one more QR (the same R up to signs).
+    factors are stacked and reduced by one more QR (the same R up to signs). The grouping is
+    fixed (:data:`_QR_GROUPS`), so the result does not depend on ``threads``.
     """
     n = len(surf)
     vecs = _geometry.TRANSFER_VECTORS
@@ -88,10 +89,16 @@ def _stacked_svd(surf, r_check, r_equiv, transpose, threads=1):
     return sigma, vt.T
 
 
+#: The QR stream is cut into this many groups whatever the thread count, so that a build's
+#: rounding (and a float32 cast of its results) does not depend on how many threads ran it.
+_QR_GROUPS = 4
+
+
 def _groups(n_items, threads):
-    """Bounds of at most ``threads`` contiguous groups of whole _QR_BLOCK blocks."""
+    """Bounds of _QR_GROUPS contiguous groups of whole _QR_BLOCK blocks (fewer if there are
+    fewer blocks); ``threads`` only decides how many run at once."""
     n_blocks = -(-n_items // _QR_BLOCK)
-    n_groups = max(1, min(int(threads), n_blocks))
+    n_groups = max(1, min(_QR_GROUPS, n_blocks))
     return np.minimum(np.linspace(0, n_blocks, n_groups + 1).round().astype(int) * _QR_BLOCK,
                       n_items)
 
