@@ -17,6 +17,7 @@ to run setuptools itself; see ``../shared/design/aot-build.md`` for what that re
 """
 import argparse
 import importlib
+import inspect
 import json
 import os
 import sys
@@ -70,6 +71,37 @@ def export_table():
     """All exported symbols and their signatures, as ``{symbol: signature string}``."""
     _, families = load_families()
     return {sym: sig for fam in families for sym, sig, _, _ in expand(fam)}
+
+
+def kernel_table():
+    """Per kernel (not per float type): its family, parameter names (from the Python source)
+    and signature template (``{F}`` for the float type), as ``{name: {...}}``. Installed as
+    ``aotfmm/_exports.py`` so that the run-time dispatch calls kernels by parameter name and
+    tests compare it with what was compiled, without numba."""
+    _, families = load_families()
+    table = {}
+    for fam in families:
+        for name, sig in fam.SIGNATURES.items():
+            params = tuple(inspect.signature(getattr(fam, name)).parameters)
+            table[name] = {"family": fam.__name__.rsplit(".", 1)[-1], "params": params,
+                           "signature": sig, "floats": "{F}" in sig}
+    return table
+
+
+def write_exports_module(path):
+    """Write the kernel table as a Python module (see :func:`kernel_table`)."""
+    table = kernel_table()
+    lines = ['"""Generated at build time by build_tools/compile_kernels.py (kernel_table): every',
+             "compiled kernel's parameter names and signature template. Do not edit.",
+             '"""', "", "KERNELS = {"]
+    for name in sorted(table):
+        lines.append(f"    {name!r}: {table[name]!r},")
+    lines.append("}")
+    text = "\n".join(lines) + "\n"
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def compile_object(isa, name, output):
@@ -143,7 +175,9 @@ def main(argv=None):
     obj.add_argument("--output", required=True)
     info = sub.add_parser("mixin-info", help="print numba's C runtime build info as JSON")
     info.add_argument("--cmake", action="store_true", help="print CMake set() lines instead")
-    sub.add_parser("exports", help="print the exported symbols and signatures as JSON")
+    exp = sub.add_parser("exports", help="print the exported symbols and signatures as JSON")
+    exp.add_argument("--python", metavar="PATH",
+                     help="instead write the kernel table module (aotfmm/_exports.py) here")
     args = parser.parse_args(argv)
 
     if args.command == "object":
@@ -156,6 +190,8 @@ def main(argv=None):
                 print(f'set(NUMBA_MIXIN_{key.upper()} "{items}")')
         else:
             print(json.dumps(info, indent=1))
+    elif args.python:
+        write_exports_module(args.python)
     else:
         print(json.dumps(export_table(), indent=1))
 

@@ -1,0 +1,167 @@
+"""One table from (family, operator, inputs, outputs) to a compiled kernel, and calls by name.
+
+The compiled kernels do no type checking of their own (a wrong dtype crashes, a Fortran-ordered
+or short array is read wrongly). So nothing calls them positionally: :func:`bind` takes the
+arguments *by the kernel's own parameter names*, checks each against the compiled signature
+(dtype, number of dimensions, C order; scalars converted) and returns a function of the
+remaining ("free") parameters, typically the range ``i0, i1`` a worker thread takes. Names and
+signatures come from ``aotfmm/_exports.py``, which the build generates from ``kernels/`` (see
+``build_tools/compile_kernels.py kernel_table``), so a call and its kernel cannot drift apart;
+``tests/test_dispatch.py`` checks every table row against it.
+
+:data:`TABLE` maps ``(family, operator, inputs, outputs)`` to a kernel name:
+
+* family: ``"laplace"`` (the one kernel family so far) or ``"any"`` for kernel-independent
+  helpers (M2L gather/scatter, tree and list construction, Morton codes);
+* inputs: ``"charge"`` (one charge vector, the fast single-density kernels), ``"densities"``
+  (k charge and/or dipole densities, terms chosen by :func:`density_terms`' flags),
+  ``"density"`` / ``"surface"`` (equivalent densities on box surfaces);
+* outputs: ``"pot"``, ``"potgrad"``, ``"pot|potgrad"`` (chosen by a flag), ``"hess"``
+  (potential, gradient and Hessian), ``"check"`` (check-surface potentials).
+"""
+import re
+
+import numpy as np
+
+from . import _kernels
+
+try:
+    from ._exports import KERNELS
+except ImportError:  # a source tree that was never built: the kernels are missing too
+    KERNELS = {}
+
+#: (family, operator, inputs, outputs) -> kernel name
+TABLE = {
+    ("laplace", "p2p", "charge", "pot"): "p2p_pot",
+    ("laplace", "p2p", "charge", "potgrad"): "p2p_potgrad",
+    ("laplace", "p2p", "densities", "pot|potgrad"): "p2p_multi",
+    ("laplace", "p2p", "densities", "hess"): "p2p_hess",
+    ("laplace", "p2c", "charge", "check"): "p2c_pot",
+    ("laplace", "p2c", "densities", "check"): "p2c_multi",
+    ("laplace", "s2p", "surface", "pot"): "s2p_pot",
+    ("laplace", "s2p", "surface", "potgrad"): "s2p_potgrad",
+    ("laplace", "s2p", "surfaces", "pot|potgrad"): "s2p_multi",
+    ("any", "m2l_gather", "rows", "rows"): "m2l_gather",
+    ("any", "m2l_scatter", "rows", "rows"): "m2l_scatter",
+    ("any", "morton", "points", "codes"): "morton_encode_points",
+    ("any", "colleagues", "tree", "colleagues"): "tree_colleagues",
+    ("any", "list_u", "tree", "list"): "lists_u",
+    ("any", "list_v", "tree", "list"): "lists_v",
+    ("any", "list_w", "tree", "list"): "lists_w",
+    ("any", "csr_transpose", "csr", "csr"): "csr_transpose",
+}
+
+#: flag bits of the density kernels (kernels/multi.py, kernels/hessian.py)
+CHARGES, DIPOLES, GRADIENT, EXACT = 1, 2, 4, 8
+
+_ARRAY = re.compile(r"^(\w+|\{F\})\[([:, ]*)::1\]$")
+_TYPES = {"i8": np.dtype(np.int64), "f8": np.dtype(np.float64), "f4": np.dtype(np.float32),
+          "float64": np.dtype(np.float64), "float32": np.dtype(np.float32)}
+
+
+def _split_args(signature):
+    """'void(a, b[:, ::1], c)' -> ['a', 'b[:, ::1]', 'c'] (commas inside [] kept)."""
+    inner = signature[signature.index("(") + 1:signature.rindex(")")]
+    args, depth, cur = [], 0, ""
+    for ch in inner:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+        if ch == "," and depth == 0:
+            args.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    if cur.strip():
+        args.append(cur.strip())
+    return args
+
+
+def arg_types(name, dtype=None):
+    """[(dtype, ndim or None for a scalar)] of kernel ``name``'s parameters, ``{F}`` = dtype."""
+    spec = KERNELS[name]
+    out = []
+    for a in _split_args(spec["signature"]):
+        m = _ARRAY.match(a)
+        base = m.group(1) if m else a
+        dt = np.dtype(dtype) if base == "{F}" else _TYPES[base]
+        out.append((dt, m.group(2).count(":") + 1 if m else None))
+    return out
+
+
+def kernel_name(family, op, inputs, outputs):
+    try:
+        return TABLE[(family, op, inputs, outputs)]
+    except KeyError:
+        raise NotImplementedError(f"no compiled kernel for {op} of {family} from {inputs} to "
+                                  f"{outputs}") from None
+
+
+def _check(kernel, pname, value, dt, ndim):
+    if ndim is None:  # a scalar: converted to exactly the compiled type
+        if isinstance(value, np.ndarray) and value.ndim:
+            raise TypeError(f"{kernel}({pname}=...): expected a scalar, got an array")
+        return dt.type(value)
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{kernel}({pname}=...): expected an ndarray, got "
+                        f"{type(value).__name__}")
+    if value.dtype != dt or value.ndim != ndim or not value.flags.c_contiguous:
+        raise TypeError(f"{kernel}({pname}=...): expected a C-contiguous {ndim}-D {dt} array, "
+                        f"got {value.ndim}-D {value.dtype}"
+                        f"{'' if value.flags.c_contiguous else ' (not C-contiguous)'}")
+    return value
+
+
+def bind(name, dtype=None, module=None, **given):
+    """Kernel ``name`` (float type ``dtype`` where it has one) with the arguments ``given`` by
+    parameter name, checked against its compiled signature. Returns ``call(*free)``, taking
+    the parameters not given, in the kernel's order (``call.free`` names them); those are
+    converted like scalars, so they must be scalars (ranges, row offsets).
+    ``module``: a kernel module other than the active ISA's (tests compare them)."""
+    if name not in KERNELS:
+        raise NotImplementedError(f"kernel {name!r} is not in this build's kernel table")
+    spec = KERNELS[name]
+    params = spec["params"]
+    unknown = sorted(set(given) - set(params))
+    if unknown:
+        raise TypeError(f"{name}() has no parameter(s) {', '.join(unknown)}; it takes "
+                        f"{', '.join(params)}")
+    types = arg_types(name, dtype)
+    args = [None] * len(params)
+    free = []
+    for i, (pname, (dt, ndim)) in enumerate(zip(params, types)):
+        if pname in given:
+            args[i] = _check(name, pname, given[pname], dt, ndim)
+        else:
+            if ndim is not None:
+                raise TypeError(f"{name}(): array parameter {pname!r} not given")
+            free.append((i, pname, dt.type))
+    if spec["floats"]:
+        kernel = _kernels.get(name, np.dtype(dtype), module)
+    else:
+        kernel = getattr(module if module is not None else _kernels.kernels, name)
+
+    def call(*values):
+        if len(values) != len(free):
+            raise TypeError(f"{name}: expected {len(free)} free argument(s) "
+                            f"({', '.join(f[1] for f in free)}), got {len(values)}")
+        a = list(args)
+        for (i, _, conv), v in zip(free, values):
+            a[i] = conv(v)
+        return kernel(*a)
+
+    call.free = tuple(f[1] for f in free)
+    call.kernel = name
+    return call
+
+
+def density_terms(charges, dipoles, dtype):
+    """(flags, q (k, n), dip (k, 3, n)) for the density kernels: the term bits
+    (:data:`CHARGES`, :data:`DIPOLES`) and 1-element placeholders for an absent term."""
+    dt = np.dtype(dtype)
+    flags = (CHARGES if charges is not None else 0) | (DIPOLES if dipoles is not None else 0)
+    q = charges.reshape(-1, charges.shape[-1]) if charges is not None else np.zeros((1, 1), dt)
+    dip = (dipoles.reshape(-1, 3, dipoles.shape[-1]) if dipoles is not None
+           else np.zeros((1, 1, 1), dt))
+    return flags, q, dip
