@@ -396,8 +396,8 @@ def _operators_ahead(epsilons, threads):
 
 
 def build_parser():
-    # parent side only (children load this file without the package): share the CLI's checks
-    from aotfmm.cli import _eps, _positive_int
+    # parent side only (children load this file without the package): the CLI's checks
+    from aotfmm._argtypes import _eps, _positive_int
     p = argparse.ArgumentParser(
         prog="aotfmm bench",
         description="Compare aotfmm with fmm3dpy and ferreus-bbfmm (those installed) on the same "

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 
+from ._argtypes import _eps, _int_in, _positive_int
 from ._version import __version__
 
 #: Upper bounds of the integer options (larger values are refused before any allocation).
@@ -160,37 +161,6 @@ def _describe_cache_file(path):
         return f"{os.path.basename(path)}: {size:.1f} MiB, {fields}"
     except Exception as exc:  # corrupt or foreign file: say so, never fail `info`
         return f"{os.path.basename(path)}: {size:.1f} MiB, unreadable ({exc.__class__.__name__})"
-
-
-def _int_in(lo, hi=None):
-    """argparse type: an integer in [lo, hi] (argparse names the option in its message)."""
-    what = f"an integer from {lo} to {hi}" if hi is not None else \
-        ("a positive integer" if lo == 1 else f"an integer >= {lo}")
-
-    def convert(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        if hi is not None and value > hi:
-            raise argparse.ArgumentTypeError(f"must be at most {hi}, got {text!r}")
-        return value
-    return convert
-
-
-_positive_int = _int_in(1)
-
-
-def _eps(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
-    return value
 
 
 RUN_LAYOUTS = """\
