@@ -19,6 +19,7 @@ signatures come from ``aotfmm/_exports.py``, which the build generates from ``ke
 * outputs: ``"pot"``, ``"potgrad"``, ``"pot|potgrad"`` (chosen by a flag), ``"hess"``
   (potential, gradient and Hessian), ``"check"`` (check-surface potentials).
 """
+import functools
 import re
 
 import numpy as np
@@ -80,6 +81,11 @@ def _split_args(signature):
 
 def arg_types(name, dtype=None):
     """[(dtype, ndim or None for a scalar)] of kernel ``name``'s parameters, ``{F}`` = dtype."""
+    return _arg_types(name, None if dtype is None else np.dtype(dtype).name)
+
+
+@functools.lru_cache(maxsize=None)
+def _arg_types(name, dtype):
     spec = KERNELS[name]
     out = []
     for a in _split_args(spec["signature"]):
@@ -99,7 +105,9 @@ def kernel_name(family, op, inputs, outputs):
 
 
 def _check(kernel, pname, value, dt, ndim):
-    if ndim is None:  # a scalar: converted to exactly the compiled type
+    if ndim is None:
+        if type(value) is int or (isinstance(value, np.generic) and value.dtype == dt):
+            return dt.type(value)  # a scalar: converted to exactly the compiled type
         if isinstance(value, np.ndarray) and value.ndim:
             raise TypeError(f"{kernel}({pname}=...): expected a scalar, got an array")
         return dt.type(value)
@@ -116,8 +124,8 @@ def _check(kernel, pname, value, dt, ndim):
 def bind(name, dtype=None, module=None, **given):
     """Kernel ``name`` (float type ``dtype`` where it has one) with the arguments ``given`` by
     parameter name, checked against its compiled signature. Returns ``call(*free)``, taking
-    the parameters not given, in the kernel's order (``call.free`` names them); those are
-    converted like scalars, so they must be scalars (ranges, row offsets).
+    the parameters not given, in the kernel's order (``call.free`` names them); those must be
+    scalars (ranges, row offsets) and are passed on as they come.
     ``module``: a kernel module other than the active ISA's (tests compare them)."""
     if name not in KERNELS:
         raise NotImplementedError(f"kernel {name!r} is not in this build's kernel table")
@@ -127,7 +135,7 @@ def bind(name, dtype=None, module=None, **given):
     if unknown:
         raise TypeError(f"{name}() has no parameter(s) {', '.join(unknown)}; it takes "
                         f"{', '.join(params)}")
-    types = arg_types(name, dtype)
+    types = _arg_types(name, None if dtype is None else np.dtype(dtype).name)
     args = [None] * len(params)
     free = []
     for i, (pname, (dt, ndim)) in enumerate(zip(params, types)):
@@ -136,24 +144,43 @@ def bind(name, dtype=None, module=None, **given):
         else:
             if ndim is not None:
                 raise TypeError(f"{name}(): array parameter {pname!r} not given")
-            free.append((i, pname, dt.type))
+            free.append((i, pname))
     if spec["floats"]:
         kernel = _kernels.get(name, np.dtype(dtype), module)
     else:
         kernel = getattr(module if module is not None else _kernels.kernels, name)
 
-    def call(*values):
-        if len(values) != len(free):
-            raise TypeError(f"{name}: expected {len(free)} free argument(s) "
-                            f"({', '.join(f[1] for f in free)}), got {len(values)}")
-        a = list(args)
-        for (i, _, conv), v in zip(free, values):
-            a[i] = conv(v)
-        return kernel(*a)
-
+    positions = tuple(f[0] for f in free)
+    call = _factory(name, positions)(kernel, *[a for i, a in enumerate(args)
+                                               if i not in positions])
     call.free = tuple(f[1] for f in free)
     call.kernel = name
     return call
+
+
+_factories = {}
+
+
+def _factory(name, free_positions):
+    """``make(kernel, *fixed) -> call(*free)``: a plain function calling the kernel with the
+    fixed values and the free ones in place, as cheap per call as the positional call it
+    replaces (M2L calls its gather/scatter per transfer vector and chunk, tens of thousands of
+    times at 1e6 points). Generated once per kernel and set of free parameters."""
+    key = (name, free_positions)
+    make = _factories.get(key)
+    if make is None:
+        params = KERNELS[name]["params"]
+        fixed = [f"_a{i}" for i in range(len(params)) if i not in free_positions]
+        free = [params[i] for i in free_positions]
+        exprs = [params[i] if i in free_positions else f"_a{i}" for i in range(len(params))]
+        code = (f"def make(_kernel, {', '.join(fixed)}):\n"
+                f"    def call({', '.join(free)}):\n"
+                f"        return _kernel({', '.join(exprs)})\n"
+                f"    return call\n")
+        ns = {}
+        exec(code, ns)  # names are the kernel's own parameter names (identifiers)
+        make = _factories[key] = ns["make"]
+    return make
 
 
 def density_terms(charges, dipoles, dtype):

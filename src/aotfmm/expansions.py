@@ -60,7 +60,7 @@ import dataclasses
 
 import numpy as np
 
-from . import _blas, _geometry, _kernels, _threads
+from . import _blas, _dispatch, _geometry, _threads
 from .direct import p2p
 
 __all__ = ["p2m", "m2m", "l2l", "dc2e", "m2l_plan", "m2l", "M2LPlan", "p2l", "m2p", "l2p"]
@@ -102,16 +102,8 @@ def _source_terms(charges, dipoles, dt):
     """(flags, q (k, n), dip (k, 3, n), k, multi) for the kernels; ``multi`` False: the
     single-charge-vector kernels apply (charges 1-D or (1, n), no dipoles)."""
     if dipoles is None and (charges.ndim == 1 or charges.shape[0] == 1):
-        return 1, charges.reshape(-1), None, 1, False
-    flags = 0
-    dummy_q, dummy_d = np.zeros((1, 1), dt), np.zeros((1, 1, 1), dt)
-    q, dip = dummy_q, dummy_d
-    if charges is not None:
-        q = charges.reshape(-1, charges.shape[-1])
-        flags |= 1
-    if dipoles is not None:
-        dip = dipoles.reshape(-1, 3, dipoles.shape[-1])
-        flags |= 2
+        return _dispatch.CHARGES, charges.reshape(-1), None, 1, False
+    flags, q, dip = _dispatch.density_terms(charges, dipoles, dt)
     k = q.shape[0] if charges is not None else dip.shape[0]
     return flags, q, dip, k, True
 
@@ -125,7 +117,7 @@ def _p2c(ops, src_xyz, charges, src_start, src_end, trg_boxes, list_offsets, lis
     if n == 0:
         return
     flags, q, dip, k, multi = _source_terms(charges, dipoles, dt)
-    kernel = _kernels.get("p2c_multi" if multi else "p2c_pot", dt)
+    kernel = _dispatch.kernel_name("laplace", "p2c", "densities" if multi else "charge", "check")
     centers = _cast(centers, dt)  # per list entry (see kernels/expansions.py)
     hw = _cast(half_widths, dt)
     counts = src_end - src_start
@@ -137,15 +129,22 @@ def _p2c(ops, src_xyz, charges, src_start, src_end, trg_boxes, list_offsets, lis
     out3 = _dens3(out, out.shape[-1])
     buf_len = int(counts[list_index].max()) if len(list_index) else 1
 
+    shared = dict(src_xyz=src_xyz, src_start=src_start, src_end=src_end, trg_boxes=trg_boxes,
+                  centers=centers, half_widths=hw, list_offsets=list_offsets,
+                  list_index=list_index, surf=surf, radius=radius)
+    if multi:
+        shared.update(q=q, dip=dip, flags=flags)
+    else:
+        shared.update(charges=q)
+
     def work(i0, i1):
         check = np.empty((i1 - i0, k, ops.n_surf), dtype=dt)
         if multi:
-            kernel(src_xyz, q, dip, src_start, src_end, trg_boxes, centers, hw, list_offsets,
-                   list_index, surf, radius, i0, i1, i0, flags, np.empty((6, buf_len), dt),
-                   check)
+            _dispatch.bind(kernel, dt, **shared, buf=np.empty((6, buf_len), dt),
+                           check=check)(i0, i1, i0)
         else:
-            kernel(src_xyz, q, src_start, src_end, trg_boxes, centers, hw, list_offsets,
-                   list_index, surf, radius, i0, i1, i0, check.reshape(i1 - i0, ops.n_surf))
+            _dispatch.bind(kernel, dt, **shared,
+                           check=check.reshape(i1 - i0, ops.n_surf))(i0, i1, i0)
         boxes = trg_boxes[i0:i1]
         eq = _rows_gemm(check, b)
         eq *= hw[boxes][:, None, None]
@@ -271,8 +270,6 @@ def m2l(ops, equiv, dcheck, plan, threads=1):
     n_t = len(plan.target_boxes)
     mc = _rows_gemm(e3[plan.sources], ops.m2l_v.T).reshape(-1, k)  # compress every source once
     z = np.zeros((n_t, k), dtype=dt)
-    gather = _kernels.get("m2l_gather", dt)
-    scatter = _kernels.get("m2l_scatter", dt)
     a, b, offs = ops.m2l_a, ops.m2l_b, ops.m2l_offsets
     r_max = int(np.diff(offs).max())
 
@@ -280,19 +277,21 @@ def m2l(ops, equiv, dcheck, plan, threads=1):
         buf = np.empty((plan.max_pairs, k), dtype=dt)
         mid = np.empty((plan.max_pairs * nd, r_max), dtype=dt)
         out = np.empty((plan.max_pairs, k), dtype=dt)
+        gather = _dispatch.bind("m2l_gather", dt, src=mc, idx=plan.pair_source, out=buf)
+        scatter = _dispatch.bind("m2l_scatter", dt, y=out, idx=plan.pair_target, z=z)
         for j in range(j0, j1):
             for t in range(_geometry.N_TRANSFER):
                 i0, i1 = int(plan.segments[j, t]), int(plan.seg_end[j, t])
                 m = i1 - i0
                 if m == 0:
                     continue
-                gather(mc, plan.pair_source, i0, i1, buf)
+                gather(i0, i1)
                 r0, r1 = offs[t], offs[t + 1]
                 rows = m * nd
                 np.matmul(buf[:m].reshape(rows, kr), b[r0:r1].T,         # C_t = a_t^T b_t
                           out=mid[:rows, :r1 - r0])
                 np.matmul(mid[:rows, :r1 - r0], a[r0:r1], out=out[:m].reshape(rows, kr))
-                scatter(out, plan.pair_target, i0, i1, z)
+                scatter(i0, i1)
 
     n_chunks = plan.segments.shape[0]
     with _blas.single_threaded(threads):
@@ -319,30 +318,27 @@ def _s2p(ops, dens, trg_xyz, trg_start, trg_end, trg_boxes, list_offsets, list_i
     bounds = _bounds(n_trg * np.diff(list_offsets) + 1, threads)
     surf = ops.surface_soa
     nd = d3.shape[1]
+    shared = dict(trg_xyz=trg_xyz, trg_start=trg_start, trg_end=trg_end, trg_boxes=trg_boxes,
+                  centers=centers, half_widths=hw, list_offsets=list_offsets,
+                  list_index=list_index, surf=surf, radius=radius)
     if nd > 1:
-        kernel = _kernels.get("s2p_multi", dt)
-        flags = 0 if grad is None else 4
-        pot2 = pot.reshape(nd, -1)
+        flags = 0 if grad is None else _dispatch.GRADIENT
         grad3 = np.zeros((1, 1, 1), dt) if grad is None else grad.reshape(nd, 3, -1)
 
         def work(i0, i1):
-            kernel(d3, trg_xyz, trg_start, trg_end, trg_boxes, centers, hw, list_offsets,
-                   list_index, surf, radius, i0, i1, flags, np.empty((6, ops.n_surf), dt),
-                   pot2, grad3)
-    elif grad is None:
-        kernel = _kernels.get("s2p_pot", dt)
-        d2, pot1 = d3.reshape(len(d3), ops.n_surf), pot.reshape(-1)
-
-        def work(i0, i1):
-            kernel(d2, trg_xyz, trg_start, trg_end, trg_boxes, centers, hw, list_offsets,
-                   list_index, surf, radius, i0, i1, pot1)
+            _dispatch.bind("s2p_multi", dt, dens=d3, **shared, flags=flags,
+                           buf=np.empty((6, ops.n_surf), dt), pot=pot.reshape(nd, -1),
+                           grad=grad3)(i0, i1)
     else:
-        kernel = _kernels.get("s2p_potgrad", dt)
-        d2, pot1, grad2 = d3.reshape(len(d3), ops.n_surf), pot.reshape(-1), grad.reshape(3, -1)
+        d2, out = d3.reshape(len(d3), ops.n_surf), dict(pot=pot.reshape(-1))
+        if grad is not None:
+            out["grad"] = grad.reshape(3, -1)
+        kernel = _dispatch.bind(_dispatch.kernel_name(
+            "laplace", "s2p", "surface", "pot" if grad is None else "potgrad"), dt, dens=d2,
+            **shared, **out)
 
         def work(i0, i1):
-            kernel(d2, trg_xyz, trg_start, trg_end, trg_boxes, centers, hw, list_offsets,
-                   list_index, surf, radius, i0, i1, pot1, grad2)
+            kernel(i0, i1)
     _threads.run(work, bounds, threads)
 
 
