@@ -88,36 +88,6 @@ def as_bool(name, value):
     return bool(value)
 
 
-def power_of_two_scale(max_abs):
-    """Smallest power of two >= ``max_abs`` (1.0 for 0): dividing by it is exact."""
-    if max_abs <= 0.0:
-        return 1.0
-    mantissa, exponent = np.frexp(max_abs)
-    return float(np.ldexp(1.0, int(exponent) - (1 if mantissa == 0.5 else 0)))
-
-
-def frame(*point_arrays, center=True):
-    """Center and power-of-two scale that map all points into [-1, 1]^3.
-
-    Working in that frame keeps huge (1e300) and tiny (1e-300) coordinates from overflowing or
-    underflowing ``r**2``, and lets float32 keep the digits of points far from the origin.
-    With ``center=False`` the center is 0 and only the (exact) power-of-two scaling is applied:
-    coordinate differences then stay exactly as in the input, which float64 direct sums want
-    (centering rounds when the extent dwarfs the spacing, e.g. points 1 apart near 2**53).
-    Returns ``(center (3,), scale)``.
-    """
-    nonempty = [p for p in point_arrays if p.shape[0]]
-    if not nonempty:
-        return np.zeros(3), 1.0
-    lo = np.min([p.min(axis=0) for p in nonempty], axis=0)
-    hi = np.max([p.max(axis=0) for p in nonempty], axis=0)
-    if not center:
-        return np.zeros(3), power_of_two_scale(max(np.abs(lo).max(), np.abs(hi).max()))
-    mid = 0.5 * lo + 0.5 * hi  # no overflow for |coordinates| near the float64 maximum
-    half = np.max(0.5 * hi - 0.5 * lo)
-    return mid, power_of_two_scale(half)
-
-
 #: Smallest nonzero coordinate difference (in units of the frame's half-width) each dtype keeps
 #: exactly through the kernels: distinct values at least this large differ by at least their
 #: ulp, whose square stays a normal number (float64: 2^-400 * 2^-52 squared = 2^-904).
@@ -140,13 +110,6 @@ def check_representable(d, scale, dt):
                 f"(ratio below {_TINY[np.dtype(dt).name]:.3g}); such points cannot be "
                 "told apart from coincident ones. Split the problem by scale"
                 + (" or use dtype=float64" if np.dtype(dt) == np.float32 else ""))
-
-
-def to_soa(points, center, scale, dtype):
-    """(n, 3) float64 points -> C-contiguous (3, n) array of ``dtype`` in the given frame."""
-    out = np.empty((3, points.shape[0]), dtype=dtype)
-    np.divide((points - center).T, scale, out=out, casting="unsafe")
-    return out
 
 
 def check_integer(name, value, lo=None, hi=None, allow_none=False):

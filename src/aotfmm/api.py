@@ -12,10 +12,11 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _progress, _threads
-from .direct import scaled_densities, unscale_fields
 from .evaluate import AccuracyWarning, order_error
-from ._validation import (as_bool, as_points, check_integer, frame, resolve_dtype, to_soa,
-                          _as_real_array, _check_finite)
+from ._frame import frame, scaled_densities, to_soa, unscale_fields
+from .surfaces import KERNEL_DEGREE
+from ._validation import (as_bool, as_points, check_integer, resolve_dtype, _as_real_array,
+                          _check_finite)
 
 if typing.TYPE_CHECKING:  # optional dependencies, for the annotations only
     from matplotlib.axes import Axes
@@ -382,7 +383,8 @@ class Fmm:
             pc, gc, hc, timings = self._core.evaluate(qs, gradient, progress=bar, dipoles=ds,
                                                       hessian=hessian)
             bar.done()
-            unscale_fields((pot, grad, hess), (pc, gc, hc), live, qscale, self._scale)
+            unscale_fields((pot, grad, hess), (pc, gc, hc), live, qscale, self._scale,
+                           degree=KERNEL_DEGREE)
         timings["evaluate_total"] = time.perf_counter() - t0
         self.timings = {k_: v for k_, v in self.timings.items() if not k_.startswith("eval:")}
         self.timings.update({f"eval:{k_}": v for k_, v in timings.items()})

@@ -3,8 +3,10 @@ building block of the FMM's near field (same compiled P2P kernels)."""
 import numpy as np
 
 from . import _kernels, _threads
-from ._validation import (as_bool, as_charges, as_points, check_representable, frame,
-                          power_of_two_scale, resolve_dtype, to_soa)
+from ._frame import (field_factor, frame, rescale, scaled_charges, scaled_densities, to_soa,
+                     unscale_fields)
+from ._validation import as_bool, as_charges, as_points, check_representable, resolve_dtype
+from .surfaces import KERNEL_DEGREE
 
 __all__ = ["direct"]
 
@@ -91,12 +93,11 @@ def _direct(src, q, trg, gradient, dt, threads, module=None):
         _representable(src, trg, center, scale, dt)
         src_xyz = to_soa(src, center, scale, dt)
         trg_xyz = to_soa(trg, center, scale, dt) if trg is not src else src_xyz
-        qscale = power_of_two_scale(np.abs(q).max())
-        charges = np.empty(q.shape, dtype=dt)
-        np.divide(q, qscale, out=charges, casting="unsafe")
+        qscale, charges = scaled_charges(q, dt)
         _p2p_all(src_xyz, charges, trg_xyz, pot, grad if gradient else None, threads, module)
-        pot = _rescale(pot, qscale / scale, "potential")
-        grad = _rescale(grad, qscale / scale / scale, "gradient") if gradient else grad
+        pot = rescale(pot, field_factor(qscale, scale, KERNEL_DEGREE), "potential")
+        if gradient:
+            grad = rescale(grad, field_factor(qscale, scale, KERNEL_DEGREE - 1), "gradient")
     return (pot, np.ascontiguousarray(grad.T)) if gradient else pot
 
 
@@ -122,7 +123,7 @@ def _direct_multi(src, q, d, trg, gradient, dt, threads):
     pl = np.zeros((len(live), n_trg), dtype=dt)
     gl = np.zeros((len(live), 3, n_trg), dtype=dt) if gradient else None
     _p2p_all(src_xyz, qs, trg_xyz, pl, gl, threads, dipoles=ds)
-    unscale_fields((pot, grad), (pl, gl), live, qscale, scale)
+    unscale_fields((pot, grad), (pl, gl), live, qscale, scale, degree=KERNEL_DEGREE)
     return pot, grad
 
 
@@ -130,66 +131,6 @@ def _representable(src, trg, center, scale, dt):
     """The frame's coordinates (offsets from ``center``) must keep distinct points apart."""
     for pts in ((src,) if trg is src else (src, trg)):
         check_representable(pts - center, scale, dt)
-
-
-def scaled_densities(q, d, frame_scale):
-    """Densities for the frame of scale ``frame_scale``, each divided by a power of two.
-
-    q (k, n) or None, d (k, 3, n) or None (float64). A dipole's field carries one more power of
-    the frame scale, so dipoles are divided by it. Each density (column) then gets its own
-    exact power-of-two scale (keeps the sums inside the dtype's range); all-zero densities are
-    left out. Returns (live column indices, their scales, q[live] / scale, d[live] / scale):
-    multiply the frame's potentials by scale / frame_scale (gradients: / frame_scale^2).
-    """
-    k = (q if q is not None else d).shape[0]
-    if d is not None:
-        with np.errstate(over="ignore"):
-            d = d / frame_scale
-        if not np.isfinite(d).all():
-            raise FloatingPointError("the dipole field overflows float64 at this coordinate "
-                                     "scale")
-    mags = np.zeros(k)
-    if q is not None:
-        mags = np.maximum(mags, np.abs(q).max(axis=1, initial=0.0))
-    if d is not None:
-        mags = np.maximum(mags, np.abs(d).max(axis=(1, 2), initial=0.0))
-    live = np.flatnonzero(mags > 0.0)
-    qscale = [power_of_two_scale(float(m)) for m in mags[live]]
-    qscale = np.array(qscale, dtype=np.float64)
-    qs = None if q is None else q[live] / qscale[:, None]
-    ds = None if d is None else d[live] / qscale[:, None, None]
-    return live, qscale, qs, ds
-
-
-def unscale_fields(outs, frame_outs, live, qscale, frame_scale):
-    """Fields of the frame back to the caller's units, density by density.
-
-    ``outs`` (potentials (k, n), gradients (k, 3, n), Hessians (k, 6, n); None entries are
-    skipped) get rows ``live`` from ``frame_outs`` (one row per live density), times that
-    density's scale over ``frame_scale`` to the power 1, 2, 3 (see :func:`scaled_densities`).
-    """
-    for power, (out, got, what) in enumerate(zip(outs, frame_outs,
-                                                 ("potential", "gradient", "Hessian")), 1):
-        if out is None:
-            continue
-        for row, col in enumerate(live):
-            factor = float(qscale[row])
-            for _ in range(power):  # divide step by step: frame_scale ** 3 may overflow
-                factor /= frame_scale
-            out[col] = _rescale(got[row], factor, what)
-
-
-def _rescale(values, factor, what):
-    """Undo the frame's scaling; raise instead of returning inf when the result overflows."""
-    if factor == 1.0:
-        if not np.isfinite(values).all():
-            raise FloatingPointError(f"the {what} overflows {values.dtype}")
-        return values
-    with np.errstate(over="ignore"):
-        out = (values.astype(np.float64, copy=False) * factor).astype(values.dtype, copy=False)
-    if not np.isfinite(out).all():
-        raise FloatingPointError(f"the {what} overflows {values.dtype}")
-    return out
 
 
 def _p2p_all(src_xyz, charges, trg_xyz, pot, grad, threads, module=None, dipoles=None,

@@ -7,7 +7,7 @@ charge vector:
     P2M (leaves) -> M2M (up to level 2) -> per level from 2 down: L2L, M2L (V), P2L (X)
     -> at the leaves: L2P, M2P (W), P2P (U, plus W/X pairs cheaper done directly)
 
-Coordinates arrive in the frame of :func:`aotfmm._validation.frame` (inside [-1, 1]^3) as float64
+Coordinates arrive in the frame of :func:`aotfmm._frame.frame` (inside [-1, 1]^3) as float64
 (3, n); results leave in the caller's point order, still in that frame (the API rescales).
 """
 import time

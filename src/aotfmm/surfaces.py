@@ -19,9 +19,11 @@ Everything in this module is float64 numpy: it builds operators, it is not on th
 """
 import numpy as np
 
-__all__ = ["n_surf", "surface", "surface_grid", "kernel_matrix", "DEFAULT_RADII"]
+__all__ = ["n_surf", "surface", "surface_grid", "kernel_matrix", "DEFAULT_RADII", "KERNEL_DEGREE"]
 
 INV4PI = 1.0 / (4.0 * np.pi)
+#: The kernel 1/(4 pi r) is homogeneous of degree -1: G(s r) = G(r) / s (see :mod:`aotfmm._frame`).
+KERNEL_DEGREE = -1
 
 #: Default radii (r_up_equiv, r_up_check, r_down_equiv, r_down_check), as in exafmm-t.
 DEFAULT_RADII = (1.05, 2.95, 2.95, 1.05)

@@ -1,0 +1,142 @@
+"""The frame: points and densities scaled into a range every dtype computes well, and the fields
+scaled back.
+
+Points go to ``(x - center) / scale`` with ``scale`` a power of two (:func:`frame`,
+:func:`to_soa`), so huge (1e300) and tiny (1e-300) coordinates neither overflow nor underflow
+``r**2`` and float32 keeps the digits of points far from the origin. Each density is divided by
+its own power of two (:func:`scaled_densities`, :func:`scaled_charges`), which keeps the sums
+inside the dtype's range. All these divisions are exact.
+
+Going back uses the kernel's homogeneity: a kernel of degree ``degree`` (G(s r) = s**degree G(r);
+-1 for Laplace's 1/(4 pi r)) gives potentials that scale as ``scale**degree``, gradients as
+``scale**(degree - 1)`` and Hessians as ``scale**(degree - 2)`` (:func:`unscale_fields`,
+:func:`field_factor`). A dipole's field takes one more derivative of G, so dipole densities are
+divided by ``scale`` once more on the way in, whatever the degree; then every density shares
+the charges' factors on the way out.
+"""
+import numpy as np
+
+__all__ = ["power_of_two_scale", "frame", "to_soa", "scaled_charges", "scaled_densities",
+           "field_factor", "unscale_fields", "rescale"]
+
+#: What the fields of derivative order 0, 1, 2 are called in overflow messages.
+_FIELD_NAMES = ("potential", "gradient", "Hessian")
+
+
+def power_of_two_scale(max_abs):
+    """Smallest power of two >= ``max_abs`` (1.0 for 0): dividing by it is exact."""
+    if max_abs <= 0.0:
+        return 1.0
+    mantissa, exponent = np.frexp(max_abs)
+    return float(np.ldexp(1.0, int(exponent) - (1 if mantissa == 0.5 else 0)))
+
+
+def frame(*point_arrays, center=True):
+    """Center and power-of-two scale that map all points into [-1, 1]^3.
+
+    Working in that frame keeps huge (1e300) and tiny (1e-300) coordinates from overflowing or
+    underflowing ``r**2``, and lets float32 keep the digits of points far from the origin.
+    With ``center=False`` the center is 0 and only the (exact) power-of-two scaling is applied:
+    coordinate differences then stay exactly as in the input, which float64 direct sums want
+    (centering rounds when the extent dwarfs the spacing, e.g. points 1 apart near 2**53).
+    Returns ``(center (3,), scale)``.
+    """
+    nonempty = [p for p in point_arrays if p.shape[0]]
+    if not nonempty:
+        return np.zeros(3), 1.0
+    lo = np.min([p.min(axis=0) for p in nonempty], axis=0)
+    hi = np.max([p.max(axis=0) for p in nonempty], axis=0)
+    if not center:
+        return np.zeros(3), power_of_two_scale(max(np.abs(lo).max(), np.abs(hi).max()))
+    mid = 0.5 * lo + 0.5 * hi  # no overflow for |coordinates| near the float64 maximum
+    half = np.max(0.5 * hi - 0.5 * lo)
+    return mid, power_of_two_scale(half)
+
+
+def to_soa(points, center, scale, dtype):
+    """(n, 3) float64 points -> C-contiguous (3, n) array of ``dtype`` in the given frame."""
+    out = np.empty((3, points.shape[0]), dtype=dtype)
+    np.divide((points - center).T, scale, out=out, casting="unsafe")
+    return out
+
+
+def scaled_charges(q, dtype):
+    """One charge vector q (n,) float64 -> (its power-of-two scale, q / scale as ``dtype``).
+
+    The fields of the result times :func:`field_factor` ``(scale, frame_scale, ...)`` are the
+    fields of ``q`` (charges carry no power of the frame scale).
+    """
+    qscale = power_of_two_scale(np.abs(q).max())
+    charges = np.empty(q.shape, dtype=dtype)
+    np.divide(q, qscale, out=charges, casting="unsafe")
+    return qscale, charges
+
+
+def scaled_densities(q, d, frame_scale):
+    """Densities for the frame of scale ``frame_scale``, each divided by a power of two.
+
+    q (k, n) or None, d (k, 3, n) or None (float64). A dipole's field carries one more power of
+    the frame scale than a charge's (one more derivative of the kernel), so dipoles are divided
+    by it. Each density (column) then gets its own exact power-of-two scale (keeps the sums
+    inside the dtype's range); all-zero densities are left out. Returns (live column indices,
+    their scales, q[live] / scale, d[live] / scale), to hand to :func:`unscale_fields`.
+    """
+    k = (q if q is not None else d).shape[0]
+    if d is not None:
+        with np.errstate(over="ignore"):
+            d = d / frame_scale
+        if not np.isfinite(d).all():
+            raise FloatingPointError("the dipole field overflows float64 at this coordinate "
+                                     "scale")
+    mags = np.zeros(k)
+    if q is not None:
+        mags = np.maximum(mags, np.abs(q).max(axis=1, initial=0.0))
+    if d is not None:
+        mags = np.maximum(mags, np.abs(d).max(axis=(1, 2), initial=0.0))
+    live = np.flatnonzero(mags > 0.0)
+    qscale = [power_of_two_scale(float(m)) for m in mags[live]]
+    qscale = np.array(qscale, dtype=np.float64)
+    qs = None if q is None else q[live] / qscale[:, None]
+    ds = None if d is None else d[live] / qscale[:, None, None]
+    return live, qscale, qs, ds
+
+
+def field_factor(density_scale, frame_scale, power):
+    """``density_scale * frame_scale**power``, one multiplication or division at a time
+    (``frame_scale ** 3`` alone may overflow where the product does not)."""
+    factor = float(density_scale)
+    for _ in range(-power):
+        factor /= frame_scale
+    for _ in range(power):
+        factor *= frame_scale
+    return factor
+
+
+def unscale_fields(outs, frame_outs, live, qscale, frame_scale, *, degree):
+    """Fields of the frame back to the caller's units, density by density.
+
+    ``outs`` (potentials (k, n), gradients (k, 3, n), Hessians (k, 6, n); None entries are
+    skipped) get rows ``live`` from ``frame_outs`` (one row per live density), times that
+    density's scale and ``frame_scale ** (degree - order)``, order 0, 1, 2 for potentials,
+    gradients, Hessians of a kernel homogeneous of degree ``degree`` (see
+    :func:`scaled_densities`).
+    """
+    for order, (out, got, what) in enumerate(zip(outs, frame_outs, _FIELD_NAMES)):
+        if out is None:
+            continue
+        for row, col in enumerate(live):
+            factor = field_factor(qscale[row], frame_scale, degree - order)
+            out[col] = rescale(got[row], factor, what)
+
+
+def rescale(values, factor, what):
+    """Undo the frame's scaling; raise instead of returning inf when the result overflows."""
+    if factor == 1.0:
+        if not np.isfinite(values).all():
+            raise FloatingPointError(f"the {what} overflows {values.dtype}")
+        return values
+    with np.errstate(over="ignore"):
+        out = (values.astype(np.float64, copy=False) * factor).astype(values.dtype, copy=False)
+    if not np.isfinite(out).all():
+        raise FloatingPointError(f"the {what} overflows {values.dtype}")
+    return out
