@@ -12,6 +12,35 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+#: Smallest eps each dtype can honour (relative L2 error of potentials and gradients).
+#: float64 reaches ~2e-11 at p = 14 on ordinary point sets; very deep trees (two 1e-3 clusters ten
+#: units apart, separate targets) saturate at ~2e-10 (benchmarks/accuracy.py).
+EPS_FLOOR = {"float32": 5e-6, "float64": 2e-10}
+#: Smallest relative error Hessians reach (far-field part, measured: two clusters 1e-3 wide and
+#: 10 apart with dipoles, targets around them: 2.6e-9 at p = 14 and 15 alike in float64).
+HESSIAN_EPS_FLOOR = {"float32": 5e-6, "float64": 3e-9}
+#: eps when none is given.
+EPS_DEFAULT = {"float32": 1e-5, "float64": 1e-6}
+
+
+def check_eps(eps, dtype):
+    """The requested accuracy for ``dtype``: its default for None, else a float in (0, 1) no
+    smaller than the dtype's floor."""
+    if eps is None:
+        return EPS_DEFAULT[dtype.name]
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a float, got {eps!r}")
+    eps = float(eps)
+    if not (0.0 < eps < 1.0) or not np.isfinite(eps):
+        raise ValueError(f"eps must be in (0, 1), got {eps!r}")
+    floor = EPS_FLOOR[dtype.name]
+    if eps < floor:
+        hint = "; use dtype=float64" if dtype == np.float32 else ""
+        raise ValueError(f"eps={eps:g} is below what {dtype.name} can reach "
+                         f"(smallest supported: {floor:g}){hint}")
+    return eps
+
+
 def resolve_dtype(dtype, *arrays):
     """Compute dtype: ``dtype`` if given (float32/float64), else float32 when every float input is
     float32 (or float16), else float64."""
@@ -86,6 +115,121 @@ def as_bool(name, value):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return bool(value)
+
+
+def check_level(name, value, default, allowed, why):
+    """FMM3D's pg / pgt output level: 0, 1, 2 or 3 (``default`` for None); nonzero only when
+    ``allowed`` (else ValueError saying ``why``)."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or \
+            value not in (0, 1, 2, 3):
+        raise ValueError(f"{name} must be 0, 1, 2 or 3, got {value!r}")
+    if value and not allowed:
+        raise ValueError(f"{name}={value} asks for fields that {why}")
+    return int(value)
+
+
+def as_dipole_array(dipoles, n):
+    """Dipoles (n, 3) or (n, k, 3) -> float64 (k, 3, n) C array, and whether 2-D."""
+    arr = _as_real_array("dipoles", dipoles)
+    if arr.ndim == 2 and arr.shape == (n, 3):
+        one, arr = True, arr.T[None]
+    elif arr.ndim == 3 and arr.shape[0] == n and arr.shape[1] >= 1 and arr.shape[2] == 3:
+        one, arr = False, arr.transpose(1, 2, 0)
+    else:
+        hint = ""
+        if arr.shape == (3, n):
+            hint = " (it looks transposed: pass one dipole per row, e.g. dipoles.T)"
+        elif arr.ndim == 3 and arr.shape[1:] == (3, n):
+            hint = (" (it looks like FMM3D's (nd, 3, n) layout: pass "
+                    "dipoles.transpose(2, 0, 1))")
+        elif arr.ndim == 3 and arr.shape[0] == n and arr.shape[1] == 3:
+            hint = " (it looks like (n, 3, k): pass dipoles.transpose(0, 2, 1))"
+        raise ValueError(f"dipoles must have shape ({n}, 3) or ({n}, k, 3) to match the {n} "
+                         f"sources, got {arr.shape}{hint}")
+    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    _check_finite("dipoles", arr)
+    return arr, one
+
+
+def as_densities(charges, dipoles, n):
+    """Validated (charges (k, n) or None, dipoles (k, 3, n) or None, single) for n sources."""
+    if charges is None and dipoles is None:
+        raise ValueError("give charges, dipoles or both")
+    q = d = None
+    single = None
+    if charges is not None:
+        q, single = as_charge_matrix("charges", charges, n)
+    if dipoles is not None:
+        d, d_single = as_dipole_array(dipoles, n)
+        if q is not None and (d_single != single or d.shape[0] != q.shape[0]):
+            raise ValueError(f"charges {np.shape(charges)} and dipoles {np.shape(dipoles)} "
+                             f"must describe the same number of densities: (n,) with (n, 3), "
+                             f"or (n, k) with (n, k, 3)")
+        single = d_single
+    return q, d, single
+
+
+def as_charge_matrix(name, charges, n):
+    """Charges (n,) or (n, k) -> float64 (k, n) C array, and whether the input was 1-D."""
+    arr = _as_real_array(name, charges)
+    if arr.ndim == 1 and arr.shape[0] == n:
+        one = True
+        arr = arr[None, :]
+    elif arr.ndim == 2 and arr.shape[0] == n and arr.shape[1] >= 1:
+        one = False
+        arr = arr.T
+    else:
+        hint = ""
+        if arr.ndim == 2 and arr.shape[1] == n:
+            hint = (f" (it looks transposed: pass one density per column, e.g. {name}.T)")
+        raise ValueError(f"{name} must have shape ({n},) or ({n}, k) to match the {n} sources, "
+                         f"got {arr.shape}{hint}")
+    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    _check_finite(name, arr)
+    return arr, one
+
+
+def from_dipvec(dipvec, n):
+    """FMM3D's dipvec, (3, n) or (nd, 3, n) -> our dipoles layout (n, 3) or (n, nd, 3)."""
+    arr = _as_real_array("dipvec", dipvec)
+    if arr.ndim == 2 and arr.shape == (3, n):
+        return arr.T
+    if arr.ndim == 3 and arr.shape[1:] == (3, n) and arr.shape[0] >= 1:
+        return arr.transpose(2, 0, 1)
+    hint = ""
+    if arr.ndim in (2, 3) and arr.shape[0] == n and arr.shape[-1] == 3:
+        hint = " (that is the dipoles= layout: pass it as dipoles=)"
+    raise ValueError(f"dipvec (FMM3D's layout) must have shape (3, {n}) or (nd, 3, {n}) to "
+                     f"match the {n} sources, got {arr.shape}{hint}")
+
+
+def charges_for_nd(charges, nd, n):
+    """Charges given with FMM3D's nd: (nd, n) (FMM3D's layout) -> (n, nd); others unchanged."""
+    if charges is None:
+        return None
+    arr = _as_real_array("charges", charges)
+    if arr.ndim == 2 and arr.shape == (nd, n) and n > 1:
+        if nd == n:
+            raise ValueError(f"charges has shape ({n}, {n}) and nd={nd} equals the number of "
+                             "sources: FMM3D's (nd, n) layout and ours (n, k) cannot be told "
+                             "apart; pass charges as (n, k) columns (FMM3D's charges.T) and "
+                             "leave out nd")
+        return arr.T
+    return arr
+
+
+def as_diagonal(diagonal, n):
+    """A linear operator's diagonal: None -> 0.0, else a finite scalar or (n,) float64 array."""
+    diag = np.float64(0.0)
+    if diagonal is not None:
+        diag = _as_real_array("diagonal", diagonal).astype(np.float64)
+        if diag.ndim not in (0, 1) or (diag.ndim == 1 and diag.shape != (n,)):
+            raise ValueError(f"diagonal must be a scalar or have shape ({n},), "
+                             f"got {diag.shape}")
+        _check_finite("diagonal", diag)
+    return diag
 
 
 #: Smallest nonzero coordinate difference (in units of the frame's half-width) each dtype keeps

@@ -2,7 +2,6 @@
 vectors) and the one-call :func:`laplace`."""
 from __future__ import annotations
 
-import numbers
 import os
 import time
 import typing
@@ -15,42 +14,16 @@ from . import _progress, _threads
 from .evaluate import AccuracyWarning, order_error
 from ._frame import frame, scaled_densities, to_soa, unscale_fields
 from .surfaces import KERNEL_DEGREE
-from ._validation import (as_bool, as_points, check_integer, resolve_dtype, _as_real_array,
-                          _check_finite)
+# EPS_DEFAULT, EPS_FLOOR, HESSIAN_EPS_FLOOR live with the eps check; importable from here too
+from ._validation import EPS_DEFAULT, EPS_FLOOR, HESSIAN_EPS_FLOOR  # noqa: F401
+from ._validation import (as_bool, as_densities, as_diagonal, as_points, charges_for_nd,
+                          check_eps, check_integer, check_level, from_dipvec, resolve_dtype)
 
 if typing.TYPE_CHECKING:  # optional dependencies, for the annotations only
     from matplotlib.axes import Axes
     from scipy.sparse.linalg import LinearOperator
 
 __all__ = ["Fmm", "Fields", "laplace", "lfmm"]
-
-#: Smallest eps each dtype can honour (relative L2 error of potentials and gradients).
-#: float64 reaches ~2e-11 at p = 14 on ordinary point sets; very deep trees (two 1e-3 clusters ten
-#: units apart, separate targets) saturate at ~2e-10 (benchmarks/accuracy.py).
-EPS_FLOOR = {"float32": 5e-6, "float64": 2e-10}
-#: Smallest relative error Hessians reach (far-field part, measured: two clusters 1e-3 wide and
-#: 10 apart with dipoles, targets around them: 2.6e-9 at p = 14 and 15 alike in float64).
-HESSIAN_EPS_FLOOR = {"float32": 5e-6, "float64": 3e-9}
-
-
-#: eps when none is given.
-EPS_DEFAULT = {"float32": 1e-5, "float64": 1e-6}
-
-
-def _check_eps(eps, dtype):
-    if eps is None:
-        return EPS_DEFAULT[dtype.name]
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"eps must be a float, got {eps!r}")
-    eps = float(eps)
-    if not (0.0 < eps < 1.0) or not np.isfinite(eps):
-        raise ValueError(f"eps must be in (0, 1), got {eps!r}")
-    floor = EPS_FLOOR[dtype.name]
-    if eps < floor:
-        hint = "; use dtype=float64" if dtype == np.float32 else ""
-        raise ValueError(f"eps={eps:g} is below what {dtype.name} can reach "
-                         f"(smallest supported: {floor:g}){hint}")
-    return eps
 
 
 def _expected_eps(p, dtype, separate_targets=False, dipoles=False, hessians=False):
@@ -85,67 +58,6 @@ def _shape_out(pot, grad, single, gradient):
 def _shape_vec(a, single):
     """(k, c, n) -> (n, c) or (n, k, c)."""
     return np.ascontiguousarray(a[0].T if single else a.transpose(2, 0, 1))
-
-
-def _as_dipole_array(dipoles, n):
-    """Dipoles (n, 3) or (n, k, 3) -> float64 (k, 3, n) C array, and whether 2-D."""
-    arr = _as_real_array("dipoles", dipoles)
-    if arr.ndim == 2 and arr.shape == (n, 3):
-        one, arr = True, arr.T[None]
-    elif arr.ndim == 3 and arr.shape[0] == n and arr.shape[1] >= 1 and arr.shape[2] == 3:
-        one, arr = False, arr.transpose(1, 2, 0)
-    else:
-        hint = ""
-        if arr.shape == (3, n):
-            hint = " (it looks transposed: pass one dipole per row, e.g. dipoles.T)"
-        elif arr.ndim == 3 and arr.shape[1:] == (3, n):
-            hint = (" (it looks like FMM3D's (nd, 3, n) layout: pass "
-                    "dipoles.transpose(2, 0, 1))")
-        elif arr.ndim == 3 and arr.shape[0] == n and arr.shape[1] == 3:
-            hint = " (it looks like (n, 3, k): pass dipoles.transpose(0, 2, 1))"
-        raise ValueError(f"dipoles must have shape ({n}, 3) or ({n}, k, 3) to match the {n} "
-                         f"sources, got {arr.shape}{hint}")
-    arr = np.ascontiguousarray(arr, dtype=np.float64)
-    _check_finite("dipoles", arr)
-    return arr, one
-
-
-def _as_densities(charges, dipoles, n):
-    """Validated (charges (k, n) or None, dipoles (k, 3, n) or None, single) for n sources."""
-    if charges is None and dipoles is None:
-        raise ValueError("give charges, dipoles or both")
-    q = d = None
-    single = None
-    if charges is not None:
-        q, single = _as_charge_matrix("charges", charges, n)
-    if dipoles is not None:
-        d, d_single = _as_dipole_array(dipoles, n)
-        if q is not None and (d_single != single or d.shape[0] != q.shape[0]):
-            raise ValueError(f"charges {np.shape(charges)} and dipoles {np.shape(dipoles)} "
-                             f"must describe the same number of densities: (n,) with (n, 3), "
-                             f"or (n, k) with (n, k, 3)")
-        single = d_single
-    return q, d, single
-
-
-def _as_charge_matrix(name, charges, n):
-    """Charges (n,) or (n, k) -> float64 (k, n) C array, and whether the input was 1-D."""
-    arr = _as_real_array(name, charges)
-    if arr.ndim == 1 and arr.shape[0] == n:
-        one = True
-        arr = arr[None, :]
-    elif arr.ndim == 2 and arr.shape[0] == n and arr.shape[1] >= 1:
-        one = False
-        arr = arr.T
-    else:
-        hint = ""
-        if arr.ndim == 2 and arr.shape[1] == n:
-            hint = (f" (it looks transposed: pass one density per column, e.g. {name}.T)")
-        raise ValueError(f"{name} must have shape ({n},) or ({n}, k) to match the {n} sources, "
-                         f"got {arr.shape}{hint}")
-    arr = np.ascontiguousarray(arr, dtype=np.float64)
-    _check_finite(name, arr)
-    return arr, one
 
 
 class Fmm:
@@ -216,7 +128,7 @@ class Fmm:
         from . import evaluate
         t0 = time.perf_counter()
         self.dtype = resolve_dtype(dtype, sources, targets)
-        self.eps = _check_eps(eps, self.dtype)
+        self.eps = check_eps(eps, self.dtype)
         self.threads = _threads.resolve_threads(threads)
         p = check_integer("p", p, lo=evaluate.P_MIN, hi=evaluate.P_MAX, allow_none=True)
         ncrit = check_integer("ncrit", ncrit, lo=1, allow_none=True)
@@ -328,9 +240,9 @@ class Fmm:
             Hessians meet ``eps`` on plans built with ``hessians=True``, down to eps ~3e-9
             in float64 (below, their far-field part levels off; an AccuracyWarning says so).
         """
-        pg = self._level("pg", pg, 1 if self._at_sources else 0, self._at_sources,
+        pg = check_level("pg", pg, 1 if self._at_sources else 0, self._at_sources,
                          "the plan was built without at_sources=True")
-        pgt = self._level("pgt", pgt, 1 if self._targets_given else 0, self._targets_given,
+        pgt = check_level("pgt", pgt, 1 if self._targets_given else 0, self._targets_given,
                           "the plan has no targets")
         top = max(pg, pgt)
         pot, grad, hess, single = self._run(charges, dipoles, top >= 2, top == 3)
@@ -342,21 +254,10 @@ class Fmm:
             out["hess" + name] = _shape_vec(hess[:, :, sl], single) if lvl == 3 else None
         return Fields(**out)
 
-    @staticmethod
-    def _level(name, value, default, allowed, why):
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or \
-                value not in (0, 1, 2, 3):
-            raise ValueError(f"{name} must be 0, 1, 2 or 3, got {value!r}")
-        if value and not allowed:
-            raise ValueError(f"{name}={value} asks for fields that {why}")
-        return int(value)
-
     def _run(self, charges, dipoles, gradient, hessian=False):
         """Validated densities -> (pot (k, n_out), grad (k, 3, n_out) or None,
         hess (k, 6, n_out) or None, single)."""
-        q, d, single = _as_densities(charges, dipoles, self.n_sources)
+        q, d, single = as_densities(charges, dipoles, self.n_sources)
         if d is not None and not self._for_dipoles and not self._p_given:
             warnings.warn("this plan chose its order for charges; dipoles need one more to "
                           f"meet eps={self.eps:g}: build it with Fmm(..., dipoles=True)",
@@ -413,13 +314,7 @@ class Fmm:
             raise ValueError("as_linear_operator needs a plan whose targets are its sources "
                              "(build it with targets=None)")
         n = self.n_sources
-        diag = np.float64(0.0)
-        if diagonal is not None:
-            diag = _as_real_array("diagonal", diagonal).astype(np.float64)
-            if diag.ndim not in (0, 1) or (diag.ndim == 1 and diag.shape != (n,)):
-                raise ValueError(f"diagonal must be a scalar or have shape ({n},), "
-                                 f"got {diag.shape}")
-            _check_finite("diagonal", diag)
+        diag = as_diagonal(diagonal, n)
         dcol = diag[:, None] if diag.ndim == 1 else diag
 
         def matmat(x):
@@ -608,40 +503,11 @@ def laplace(sources: npt.ArrayLike, charges: npt.ArrayLike | None = None,
     """
     dt = resolve_dtype(dtype, sources, charges, targets, dipoles)
     n = as_points("sources", sources).shape[0]
-    _as_densities(charges, dipoles, n)  # fail before building anything
+    as_densities(charges, dipoles, n)  # fail before building anything
     # the caller's arrays, not converted copies: Fmm treats float32 points specially
     plan = Fmm(sources, targets, dipoles=dipoles is not None, eps=eps, dtype=dt,
                threads=threads)
     return plan.evaluate(charges, dipoles=dipoles, gradient=gradient)
-
-
-def _from_dipvec(dipvec, n):
-    """FMM3D's dipvec, (3, n) or (nd, 3, n) -> our dipoles layout (n, 3) or (n, nd, 3)."""
-    arr = _as_real_array("dipvec", dipvec)
-    if arr.ndim == 2 and arr.shape == (3, n):
-        return arr.T
-    if arr.ndim == 3 and arr.shape[1:] == (3, n) and arr.shape[0] >= 1:
-        return arr.transpose(2, 0, 1)
-    hint = ""
-    if arr.ndim in (2, 3) and arr.shape[0] == n and arr.shape[-1] == 3:
-        hint = " (that is the dipoles= layout: pass it as dipoles=)"
-    raise ValueError(f"dipvec (FMM3D's layout) must have shape (3, {n}) or (nd, 3, {n}) to "
-                     f"match the {n} sources, got {arr.shape}{hint}")
-
-
-def _charges_for_nd(charges, nd, n):
-    """Charges given with FMM3D's nd: (nd, n) (FMM3D's layout) -> (n, nd); others unchanged."""
-    if charges is None:
-        return None
-    arr = _as_real_array("charges", charges)
-    if arr.ndim == 2 and arr.shape == (nd, n) and n > 1:
-        if nd == n:
-            raise ValueError(f"charges has shape ({n}, {n}) and nd={nd} equals the number of "
-                             "sources: FMM3D's (nd, n) layout and ours (n, k) cannot be told "
-                             "apart; pass charges as (n, k) columns (FMM3D's charges.T) and "
-                             "leave out nd")
-        return arr.T
-    return arr
 
 
 def lfmm(sources: npt.ArrayLike, charges: npt.ArrayLike | None = None,
@@ -702,19 +568,19 @@ def lfmm(sources: npt.ArrayLike, charges: npt.ArrayLike | None = None,
         if dipoles is not None:
             raise ValueError("give dipoles= (our (n, 3) / (n, k, 3) layout) or dipvec= "
                              "(FMM3D's (3, n) / (nd, 3, n)), not both")
-        dipoles = _from_dipvec(dipvec, n)
+        dipoles = from_dipvec(dipvec, n)
     if nd is not None:
         nd = check_integer("nd", nd, lo=1)
-        charges = _charges_for_nd(charges, nd, n)
+        charges = charges_for_nd(charges, nd, n)
     dt = resolve_dtype(dtype, sources, charges, targets, dipoles)
-    q, d, _ = _as_densities(charges, dipoles, n)
+    q, d, _ = as_densities(charges, dipoles, n)
     if nd is not None and (q if q is not None else d).shape[0] != nd:
         got = (q if q is not None else d).shape[0]
         raise ValueError(f"nd={nd} but the densities given hold {got} (charges "
                          f"{np.shape(charges)}, dipoles {np.shape(dipoles)})")
     pgt = (0 if targets is None else 1) if pgt is None else pgt
-    Fmm._level("pg", pg, 0, True, "")
-    Fmm._level("pgt", pgt, 0, targets is not None, "need targets")
+    check_level("pg", pg, 0, True, "")
+    check_level("pgt", pgt, 0, targets is not None, "need targets")
     if not pg and not pgt:
         raise ValueError("pg and pgt are both 0: nothing to compute")
     plan = Fmm(sources, targets if pgt else None, at_sources=bool(pg) or targets is None,

@@ -5,7 +5,8 @@ import numpy as np
 from . import _kernels, _threads
 from ._frame import (field_factor, frame, rescale, scaled_charges, scaled_densities, to_soa,
                      unscale_fields)
-from ._validation import as_bool, as_charges, as_points, check_representable, resolve_dtype
+from ._validation import (as_bool, as_charges, as_densities, as_points, check_representable,
+                          resolve_dtype)
 from .surfaces import KERNEL_DEGREE
 
 __all__ = ["direct"]
@@ -65,7 +66,7 @@ def direct(sources, charges=None, targets=None, *, dipoles=None, gradient=False,
     >>> aotfmm.direct([[0.0, 0, 0], [1.0, 0, 0]], [1.0, 1.0]) * 4 * np.pi
     array([1., 1.])
     """
-    from .api import _as_densities, _shape_out
+    from .api import _shape_out
     gradient = as_bool("gradient", gradient)
     dt = resolve_dtype(dtype, sources, charges, targets, dipoles)
     threads = _threads.resolve_threads(threads)
@@ -74,7 +75,7 @@ def direct(sources, charges=None, targets=None, *, dipoles=None, gradient=False,
     if dipoles is None and charges is not None and np.ndim(charges) == 1:
         q = as_charges("charges", charges, src.shape[0])
         return _direct(src, q, trg, gradient, dt, threads)
-    q, d, single = _as_densities(charges, dipoles, src.shape[0])
+    q, d, single = as_densities(charges, dipoles, src.shape[0])
     pot, grad = _direct_multi(src, q, d, trg, gradient, dt, threads)
     return _shape_out(pot, grad, single, gradient)
 
