@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 
 import aotfmm
-from aotfmm.direct import _direct
+from aotfmm._direct import _direct
 from aotfmm.evaluate import choose_parameters
 
 DISTS = {

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from aotfmm import _kernels, _threads
-from aotfmm.direct import _p2p_all
+from aotfmm._direct import _p2p_all
 
 
 def best_time(func, repeat):

@@ -10,7 +10,7 @@ import pytest
 
 import aotfmm
 from aotfmm import _kernels
-from aotfmm.direct import _direct, _p2p_all
+from aotfmm._direct import _direct, _p2p_all
 from conftest import direct_reference, rel_err
 
 TOL = {np.float64: 1e-12, np.float32: 1e-5}

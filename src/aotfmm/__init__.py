@@ -9,8 +9,7 @@ cache could not be used as is). Typed (PEP 561: ships ``py.typed``).
 """
 from ._version import __version__
 from . import _kernels  # noqa: F401  (chooses the ISA at import; bad AOTFMM_ISA fails here)
-from .direct import direct
-from .api import Fields, Fmm, laplace, lfmm
+from .api import Fields, Fmm, direct, laplace, lfmm
 from .evaluate import AccuracyWarning
 from .cache import CacheWarning
 from ._config import config, show_config

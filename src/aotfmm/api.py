@@ -1,5 +1,7 @@
-"""Public FMM API: the :class:`Fmm` plan (build tree and operators once, evaluate many charge
-vectors) and the one-call :func:`laplace`."""
+"""Public API: the :class:`Fmm` plan (build tree and operators once, evaluate many charge
+vectors), the one-call :func:`laplace` and :func:`lfmm` (FMM3D-style), and :func:`direct`
+(direct summation, the reference). Input checks live in :mod:`aotfmm._validation`, the
+frame and density scaling in :mod:`aotfmm._frame`, the direct sums in :mod:`aotfmm._direct`."""
 from __future__ import annotations
 
 import os
@@ -11,19 +13,21 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _progress, _threads
+from ._direct import _direct, _direct_multi
 from .evaluate import AccuracyWarning, order_error
 from ._frame import frame, scaled_densities, to_soa, unscale_fields
 from .surfaces import KERNEL_DEGREE
 # EPS_DEFAULT, EPS_FLOOR, HESSIAN_EPS_FLOOR live with the eps check; importable from here too
 from ._validation import EPS_DEFAULT, EPS_FLOOR, HESSIAN_EPS_FLOOR  # noqa: F401
-from ._validation import (as_bool, as_densities, as_diagonal, as_points, charges_for_nd,
-                          check_eps, check_integer, check_level, from_dipvec, resolve_dtype)
+from ._validation import (as_bool, as_charges, as_densities, as_diagonal, as_points,
+                          charges_for_nd, check_eps, check_integer, check_level, from_dipvec,
+                          resolve_dtype)
 
 if typing.TYPE_CHECKING:  # optional dependencies, for the annotations only
     from matplotlib.axes import Axes
     from scipy.sparse.linalg import LinearOperator
 
-__all__ = ["Fmm", "Fields", "laplace", "lfmm"]
+__all__ = ["Fmm", "Fields", "direct", "laplace", "lfmm"]
 
 
 def _expected_eps(p, dtype, separate_targets=False, dipoles=False, hessians=False):
@@ -456,6 +460,68 @@ class Fmm:
         return (f"Fmm(n_sources={self.n_sources}, n_targets={self.n_targets}, p={self.p}, "
                 f"ncrit={self.ncrit}, eps={self.eps:g}, expected_eps={self.expected_eps:.2g}, "
                 f"dtype={self.dtype.name}, threads={self.threads})")
+
+
+def direct(sources, charges=None, targets=None, *, dipoles=None, gradient=False, dtype=None,
+           threads=None):
+    """Potentials (and gradients) of point charges and/or dipoles by direct summation.
+
+    Computes, for every target x_i,
+
+        u(x_i) = sum_j q_j / (4 pi r_ij) + d_j . (x_i - y_j) / (4 pi r_ij^3),  r_ij = |x_i - y_j|
+
+    and its gradient in x_i, leaving out coincident pairs (x_i == y_j contributes 0, so the
+    self-interaction is excluded when ``targets`` is None).
+
+    Parameters
+    ----------
+    sources : array_like of shape (n_sources, 3)
+        Source coordinates, any real dtype and memory order.
+    charges : array_like of shape (n_sources,) or (n_sources, k), optional
+    targets : array_like of shape (n_targets, 3), optional
+        Evaluation points; default: the sources themselves.
+    dipoles : array_like of shape (n_sources, 3) or (n_sources, k, 3), optional
+        Dipole moments (double-layer sources). Charges, dipoles or both (same k).
+    gradient : bool, default False
+        Also return the gradient of the potential at each target.
+    dtype : {None, float32, float64}
+        Precision of the computation and the result. None: float32 if the float inputs are all
+        float32, else float64.
+    threads : int, optional
+        Threads to use; default ``$AOTFMM_NUM_THREADS`` or all CPUs available to the process.
+
+    Returns
+    -------
+    pot : ndarray of shape (n_targets,) or (n_targets, k)
+    grad : ndarray of shape (n_targets, 3) or (n_targets, k, 3)
+        Only if ``gradient`` is True; then ``(pot, grad)`` is returned.
+
+    Raises
+    ------
+    TypeError
+        Non-numeric, complex or boolean arrays; bad ``dtype`` or ``threads`` types.
+    ValueError
+        Wrong shapes, mismatched lengths, NaN or infinity in the input.
+    FloatingPointError
+        The result overflows the chosen dtype.
+
+    Examples
+    --------
+    >>> import numpy as np, aotfmm
+    >>> aotfmm.direct([[0.0, 0, 0], [1.0, 0, 0]], [1.0, 1.0]) * 4 * np.pi
+    array([1., 1.])
+    """
+    gradient = as_bool("gradient", gradient)
+    dt = resolve_dtype(dtype, sources, charges, targets, dipoles)
+    threads = _threads.resolve_threads(threads)
+    src = as_points("sources", sources)
+    trg = src if targets is None else as_points("targets", targets)
+    if dipoles is None and charges is not None and np.ndim(charges) == 1:
+        q = as_charges("charges", charges, src.shape[0])
+        return _direct(src, q, trg, gradient, dt, threads)
+    q, d, single = as_densities(charges, dipoles, src.shape[0])
+    pot, grad = _direct_multi(src, q, d, trg, gradient, dt, threads)
+    return _shape_out(pot, grad, single, gradient)
 
 
 def laplace(sources: npt.ArrayLike, charges: npt.ArrayLike | None = None,

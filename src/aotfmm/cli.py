@@ -26,7 +26,7 @@ def _sample_error(values, ref):
 
 def _demo(args):
     import aotfmm
-    from aotfmm.direct import _direct
+    from aotfmm._direct import _direct
 
     rng = np.random.default_rng(args.seed)
     n = args.n

@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 
 from . import expansions
-from .direct import p2p
+from ._direct import p2p
 from .lists import build_lists
 from .operators import P_MAX, P_MIN, get_operators
 from ._validation import check_representable

@@ -61,7 +61,7 @@ import dataclasses
 import numpy as np
 
 from . import _blas, _dispatch, _geometry, _threads
-from .direct import p2p
+from ._direct import p2p
 
 __all__ = ["p2m", "m2m", "l2l", "dc2e", "m2l_plan", "m2l", "M2LPlan", "p2l", "m2p", "l2p"]
 

@@ -1,83 +1,21 @@
-"""Direct summation of Laplace potentials: the O(n_sources * n_targets) reference and the
-building block of the FMM's near field (same compiled P2P kernels)."""
+"""Direct summation of Laplace potentials on validated input: the O(n_sources * n_targets)
+reference behind :func:`aotfmm.direct` (``_direct``, ``_direct_multi``) and the FMM's near field
+(:func:`p2p`, the same compiled P2P kernels over lists of box pairs).
+
+Everything here trusts its input: the public :func:`aotfmm.direct` (in :mod:`aotfmm.api`)
+checks it first (:mod:`aotfmm._validation`)."""
 import numpy as np
 
 from . import _kernels, _threads
 from ._frame import (field_factor, frame, rescale, scaled_charges, scaled_densities, to_soa,
                      unscale_fields)
-from ._validation import (as_bool, as_charges, as_densities, as_points, check_representable,
-                          resolve_dtype)
+from ._validation import check_representable
 from .surfaces import KERNEL_DEGREE
-
-__all__ = ["direct"]
 
 #: Target chunks handed to the thread pool per thread (dynamic scheduling smooths out imbalance).
 _CHUNKS_PER_THREAD = 4
 #: Below this many pair interactions one thread is used: the pool hand-off costs more.
 _MIN_PAIRS_FOR_THREADS = 200_000
-
-
-def direct(sources, charges=None, targets=None, *, dipoles=None, gradient=False, dtype=None,
-           threads=None):
-    """Potentials (and gradients) of point charges and/or dipoles by direct summation.
-
-    Computes, for every target x_i,
-
-        u(x_i) = sum_j q_j / (4 pi r_ij) + d_j . (x_i - y_j) / (4 pi r_ij^3),  r_ij = |x_i - y_j|
-
-    and its gradient in x_i, leaving out coincident pairs (x_i == y_j contributes 0, so the
-    self-interaction is excluded when ``targets`` is None).
-
-    Parameters
-    ----------
-    sources : array_like of shape (n_sources, 3)
-        Source coordinates, any real dtype and memory order.
-    charges : array_like of shape (n_sources,) or (n_sources, k), optional
-    targets : array_like of shape (n_targets, 3), optional
-        Evaluation points; default: the sources themselves.
-    dipoles : array_like of shape (n_sources, 3) or (n_sources, k, 3), optional
-        Dipole moments (double-layer sources). Charges, dipoles or both (same k).
-    gradient : bool, default False
-        Also return the gradient of the potential at each target.
-    dtype : {None, float32, float64}
-        Precision of the computation and the result. None: float32 if the float inputs are all
-        float32, else float64.
-    threads : int, optional
-        Threads to use; default ``$AOTFMM_NUM_THREADS`` or all CPUs available to the process.
-
-    Returns
-    -------
-    pot : ndarray of shape (n_targets,) or (n_targets, k)
-    grad : ndarray of shape (n_targets, 3) or (n_targets, k, 3)
-        Only if ``gradient`` is True; then ``(pot, grad)`` is returned.
-
-    Raises
-    ------
-    TypeError
-        Non-numeric, complex or boolean arrays; bad ``dtype`` or ``threads`` types.
-    ValueError
-        Wrong shapes, mismatched lengths, NaN or infinity in the input.
-    FloatingPointError
-        The result overflows the chosen dtype.
-
-    Examples
-    --------
-    >>> import numpy as np, aotfmm
-    >>> aotfmm.direct([[0.0, 0, 0], [1.0, 0, 0]], [1.0, 1.0]) * 4 * np.pi
-    array([1., 1.])
-    """
-    from .api import _shape_out
-    gradient = as_bool("gradient", gradient)
-    dt = resolve_dtype(dtype, sources, charges, targets, dipoles)
-    threads = _threads.resolve_threads(threads)
-    src = as_points("sources", sources)
-    trg = src if targets is None else as_points("targets", targets)
-    if dipoles is None and charges is not None and np.ndim(charges) == 1:
-        q = as_charges("charges", charges, src.shape[0])
-        return _direct(src, q, trg, gradient, dt, threads)
-    q, d, single = as_densities(charges, dipoles, src.shape[0])
-    pot, grad = _direct_multi(src, q, d, trg, gradient, dt, threads)
-    return _shape_out(pot, grad, single, gradient)
 
 
 def _direct(src, q, trg, gradient, dt, threads, module=None):
