@@ -10,13 +10,15 @@ charge vector:
 Coordinates arrive in the frame of :func:`aotfmm._frame.frame` (inside [-1, 1]^3) as float64
 (3, n); results leave in the caller's point order, still in that frame (the API rescales).
 """
+import dataclasses
 import time
 import warnings
 
 import numpy as np
 
-from . import expansions
-from ._direct import p2p
+from . import _driver, expansions
+from ._driver import DownLevel, UpLevel
+from ._direct import p2p as near_field
 from .lists import build_lists
 from .operators import P_MAX, P_MIN, get_operators
 from ._validation import check_representable
@@ -159,7 +161,7 @@ class Plan:
         if points is None:  # the frame coordinates are the caller's points
             points = (src_xyz.T, None if self.same else trg_xyz.T, np.zeros(3), 1.0)
         self._local_coordinates(tree, *points)
-        self.half_widths = np.ascontiguousarray(tree.root_half / 2.0 ** tree.levels, dtype=dt)
+        self.half_widths = np.ascontiguousarray(tree.half_widths, dtype=dt)
         self._setup_passes(tree, lists, ops.n_surf)
         self._entry_geometry(tree)
         timings["setup_passes"] = time.perf_counter() - t
@@ -260,11 +262,12 @@ class Plan:
         self.l2p_centers = cast(off[self.l2p_boxes])
         rows = np.repeat(self.m2p_boxes, np.diff(self.m2p_offsets))
         self.m2p_centers = cast((c[self.m2p_index] - c[rows]) + off[rows])
-        for entry in self.down_levels:
-            if "p2l" in entry:
-                boxes, offsets, index = entry["p2l"]
+        for i, down in enumerate(self.down_levels):
+            if down.p2l is not None:
+                boxes, offsets, index = down.p2l
                 rows = np.repeat(boxes, np.diff(offsets))
-                entry["p2l_centers"] = cast((c[rows] - c[index]) + off[index])
+                self.down_levels[i] = dataclasses.replace(
+                    down, p2l_centers=cast((c[rows] - c[index]) + off[index]))
 
     def _leaf_pairs(self, tree, rows, cols):
         """Near-field pairs with a non-leaf side (W pairs with a small source box, X pairs
@@ -298,7 +301,7 @@ class Plan:
         # Upward: P2M at leaves holding sources; M2M for parents at levels >= 2 (only levels >= 2
         # ever send multipoles: V lists start at level 2, W boxes are at least that deep).
         self.p2m_boxes = leaves[has_src[leaves] & (levels[leaves] >= 2)]
-        self.m2m_levels = []
+        self.up_levels = []
         for lev in range(tree.n_levels - 2, 1, -1):
             parents = np.arange(tree.level_offsets[lev], tree.level_offsets[lev + 1])
             parents = parents[~tree.is_leaf[parents] & has_src[parents]]
@@ -306,7 +309,7 @@ class Plan:
                 children = tree.children[parents].copy()
                 children[children >= 0] = np.where(has_src[children[children >= 0]],
                                                    children[children >= 0], -1)
-                self.m2m_levels.append((parents, np.ascontiguousarray(children)))
+                self.up_levels.append(UpLevel(lev, parents, np.ascontiguousarray(children)))
 
         # W and X pairs: far ones through the expansions, near-cheap ones directly (P2P).
         w_rows, w_cols = _pairs(lists.w_offsets, lists.w_index)
@@ -344,7 +347,7 @@ class Plan:
         self.down_levels = []
         for lev in range(2, tree.n_levels):
             lo, hi = tree.level_offsets[lev], tree.level_offsets[lev + 1]
-            entry = {}
+            entry = {"l2l": None, "m2l": None, "p2l": None}
             if lev >= 3:
                 parents = np.arange(tree.level_offsets[lev - 1], lo)
                 parents = parents[~tree.is_leaf[parents] & has_trg[parents]]
@@ -362,12 +365,12 @@ class Plan:
             if sel.any():
                 entry["p2l"] = self._grouped(xr[sel], xc[sel])
             # boxes whose down-check coefficients become local densities at this level
-            got = [entry["l2l"][1].ravel()] if "l2l" in entry else []
-            got += [entry["m2l"].target_boxes] if "m2l" in entry else []
-            got += [entry["p2l"][0]] if "p2l" in entry else []
+            got = [entry["l2l"][1].ravel()] if entry["l2l"] is not None else []
+            got += [entry["m2l"].target_boxes] if entry["m2l"] is not None else []
+            got += [entry["p2l"][0]] if entry["p2l"] is not None else []
             got = np.concatenate(got) if got else np.zeros(0, np.int64)
-            entry["receivers"] = np.unique(got[got >= 0])
-            self.down_levels.append(entry)
+            self.down_levels.append(DownLevel(lev, **entry, p2l_centers=None,
+                                              receivers=np.unique(got[got >= 0])))
         self.l2p_boxes = leaves[has_trg[leaves] & (levels[leaves] >= 2)]
 
     @staticmethod
@@ -407,12 +410,14 @@ class Plan:
         }
 
     # ------------------------------------------------------------------ evaluate
-    def evaluate(self, charges, gradient, progress=None, dipoles=None, hessian=False):
+    def evaluate(self, charges, gradient, progress=None, dipoles=None, hessian=False,
+                 comm=_driver.SERIAL):
         """One traversal for k densities, in the caller's source order: charges (k, n_sources)
         float64 or None, dipoles (k, 3, n_sources) float64 or None (in this frame).
         Returns (pot (k, n_targets), grad (k, 3, n_targets) or None, hess (k, 6, n_targets)
-        or None, timings). ``hessian`` implies the gradient."""
-        tree, ops, dt, threads = self.tree, self.ops, self.dtype, self.threads
+        or None, timings). ``hessian`` implies the gradient. The stages run through
+        :func:`aotfmm._driver.run` with :class:`KifmmPasses`; ``comm`` gets its hooks."""
+        tree, dt = self.tree, self.dtype
         timings = {}
         t = time.perf_counter()
 
@@ -421,8 +426,6 @@ class Plan:
             now = time.perf_counter()
             timings[name] = timings.get(name, 0.0) + now - t
             t = now
-            if progress is not None and name in ("p2m", "m2m", "l2p", "m2p", "p2p"):
-                progress.step(name)
 
         k = (charges if charges is not None else dipoles).shape[0]
         gradient = gradient or hessian
@@ -437,57 +440,17 @@ class Plan:
         pot = np.zeros((k, n_trg), dtype=dt)
         grad = np.zeros((k, 3, n_trg), dtype=dt) if gradient else None
         hess = np.zeros((k, 6, n_trg), dtype=dt) if hessian else None
-        multi = k > 1 or dip is not None or hessian
-        pot_k = pot if multi else pot[0]
-        grad_k = grad if (multi or grad is None) else grad[0]
-        shape = (self.n_boxes, k, ops.n_surf)
-        equiv = np.zeros(shape, dtype=dt)
-        local = np.zeros(shape, dtype=dt)
-        dcheck = np.zeros((self.n_boxes, k, ops.down_rank), dtype=dt)
-        c, h = None, self.half_widths  # surface centres come per list entry
+        passes = KifmmPasses(self, q, dip, pot, grad, hess)
         tick("prepare")
-
-        if len(self.p2m_boxes):
-            expansions.p2m(ops, self.src, q, self.p2m_boxes, tree.src_start, tree.src_end, c, h,
-                           equiv, threads=threads, dipoles=dip, entry_centers=self.p2m_centers)
-        tick("p2m")
-        for parents, children in self.m2m_levels:
-            expansions.m2m(ops, equiv, parents, children)
-        tick("m2m")
-        for entry in self.down_levels:
-            if "l2l" in entry:
-                expansions.l2l(ops, local, dcheck, *entry["l2l"])
-                tick("l2l")
-            if "m2l" in entry:
-                expansions.m2l(ops, equiv, dcheck, entry["m2l"], threads=threads)
-                tick("m2l")
-            if "p2l" in entry:
-                boxes, offsets, index = entry["p2l"]
-                expansions.p2l(ops, self.src, q, tree.src_start, tree.src_end, boxes, offsets,
-                               index, c, h, dcheck, threads=threads, dipoles=dip,
-                               entry_centers=entry["p2l_centers"])
-                tick("p2l")
-            if len(entry["receivers"]):
-                expansions.dc2e(ops, dcheck, local, entry["receivers"])
-                tick("dc2e")
-        if progress is not None:
-            progress.step("l2l+m2l+p2l")
-        if len(self.l2p_boxes):
-            expansions.l2p(ops, local, self.trg, tree.trg_start, tree.trg_end, self.l2p_boxes,
-                           c, h, pot_k, grad_k, threads=threads, hess=hess,
-                           entry_centers=self.l2p_centers)
-        tick("l2p")
-        if len(self.m2p_boxes):
-            expansions.m2p(ops, equiv, self.trg, tree.trg_start, tree.trg_end, self.m2p_boxes,
-                           self.m2p_offsets, self.m2p_index, c, h, pot_k, grad_k, threads=threads,
-                           hess=hess, entry_centers=self.m2p_centers)
-        tick("m2p")
-        if len(self.near_boxes):
-            p2p(self.src, q, self.trg, tree.src_start, tree.src_end, tree.trg_start,
-                tree.trg_end, self.near_offsets, self.near_index, self.near_boxes, pot_k, grad_k,
-                threads, cost=self.near_cost, dipoles=dip, exact=False, hess=hess,
-                shift=self.near_shift)
-        tick("p2p")
+        timer = _driver.Timer(
+            on_pass=lambda name: progress is not None and name in (
+                "p2m", "m2m", "l2p", "m2p", "p2p") and progress.step(name),
+            on_stage=lambda name: progress is not None and name == "downward" and
+            progress.step("l2l+m2l+p2l"))
+        _driver.run(self.up_levels, self.down_levels, passes, comm, timer)
+        for name, sec in timer.passes.items():
+            timings[name] = timings.get(name, 0.0) + sec
+        t = time.perf_counter()
 
         out = []
         for a in (pot, grad, hess):  # back to the caller's target order (last axis)
@@ -498,3 +461,83 @@ class Plan:
             out.append(a)
         tick("unsort")
         return (*out, timings)
+
+
+class KifmmPasses:
+    """The KIFMM passes of one evaluation: :mod:`aotfmm.expansions` and the near field applied
+    to a :class:`Plan`'s boxes, for the densities ``q``/``dip`` (in the tree's source order)
+    into ``pot``/``grad``/``hess`` (tree's target order). :func:`aotfmm._driver.run` calls
+    them in stage order; the per-level passes return whether they had work at that level."""
+
+    def __init__(self, plan, q, dip, pot, grad, hess):
+        self.plan, self.q, self.dip, self.hess = plan, q, dip, hess
+        ops, k = plan.ops, pot.shape[0]
+        multi = k > 1 or dip is not None or hess is not None
+        self.pot = pot if multi else pot[0]
+        self.grad = grad if (multi or grad is None) else grad[0]
+        shape = (plan.n_boxes, k, ops.n_surf)
+        self.equiv = np.zeros(shape, dtype=plan.dtype)
+        self.local = np.zeros(shape, dtype=plan.dtype)
+        self.dcheck = np.zeros((plan.n_boxes, k, ops.down_rank), dtype=plan.dtype)
+
+    def p2m(self):
+        p, t = self.plan, self.plan.tree
+        if len(p.p2m_boxes):  # surface centres come per list entry (None here)
+            expansions.p2m(p.ops, p.src, self.q, p.p2m_boxes, t.src_start, t.src_end, None,
+                           p.half_widths, self.equiv, threads=p.threads, dipoles=self.dip,
+                           entry_centers=p.p2m_centers)
+
+    def m2m(self, up):
+        expansions.m2m(self.plan.ops, self.equiv, up.parents, up.children)
+
+    def l2l(self, down):
+        if down.l2l is None:
+            return False
+        expansions.l2l(self.plan.ops, self.local, self.dcheck, *down.l2l)
+        return True
+
+    def m2l(self, down):
+        if down.m2l is None:
+            return False
+        expansions.m2l(self.plan.ops, self.equiv, self.dcheck, down.m2l,
+                       threads=self.plan.threads)
+        return True
+
+    def p2l(self, down):
+        if down.p2l is None:
+            return False
+        p, t = self.plan, self.plan.tree
+        boxes, offsets, index = down.p2l
+        expansions.p2l(p.ops, p.src, self.q, t.src_start, t.src_end, boxes, offsets, index,
+                       None, p.half_widths, self.dcheck, threads=p.threads, dipoles=self.dip,
+                       entry_centers=down.p2l_centers)
+        return True
+
+    def dc2e(self, down):
+        if not len(down.receivers):
+            return False
+        expansions.dc2e(self.plan.ops, self.dcheck, self.local, down.receivers)
+        return True
+
+    def l2p(self):
+        p, t = self.plan, self.plan.tree
+        if len(p.l2p_boxes):
+            expansions.l2p(p.ops, self.local, p.trg, t.trg_start, t.trg_end, p.l2p_boxes, None,
+                           p.half_widths, self.pot, self.grad, threads=p.threads,
+                           hess=self.hess, entry_centers=p.l2p_centers)
+
+    def m2p(self):
+        p, t = self.plan, self.plan.tree
+        if len(p.m2p_boxes):
+            expansions.m2p(p.ops, self.equiv, p.trg, t.trg_start, t.trg_end, p.m2p_boxes,
+                           p.m2p_offsets, p.m2p_index, None, p.half_widths, self.pot,
+                           self.grad, threads=p.threads, hess=self.hess,
+                           entry_centers=p.m2p_centers)
+
+    def p2p(self):
+        p, t = self.plan, self.plan.tree
+        if len(p.near_boxes):
+            near_field(p.src, self.q, p.trg, t.src_start, t.src_end, t.trg_start, t.trg_end,
+                       p.near_offsets, p.near_index, p.near_boxes, self.pot, self.grad,
+                       p.threads, cost=p.near_cost, dipoles=self.dip, exact=False,
+                       hess=self.hess, shift=p.near_shift)
