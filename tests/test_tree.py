@@ -32,15 +32,14 @@ def check_tree(tree, src, trg, ncrit):
     assert tree.is_leaf.dtype == bool
 
     # Morton order within each level, keys unique
-    codes = morton.key_to_code(tree.keys)
+    codes = morton.interleave(tree.ijk)
     for lev in range(tree.n_levels):
         assert np.all(np.diff(codes[lo[lev]:lo[lev + 1]]) > 0)
     assert np.unique(tree.keys).size == nb
 
-    # keys round-trip against ijk/levels
-    ijk, levels = morton.decode(tree.keys)
-    assert np.array_equal(ijk, tree.ijk) and np.array_equal(levels, tree.levels)
-    assert np.array_equal(morton.encode(tree.ijk, tree.levels), tree.keys)
+    # keys agree with ijk/levels
+    assert np.array_equal(morton.deinterleave(codes), tree.ijk)
+    assert np.array_equal(morton.code_to_key(codes, tree.levels), tree.keys)
 
     # complete tree: parent/children consistent, children in octant order, geometry
     assert tree.parent[0] == -1 and np.all(tree.parent[1:] >= 0)
@@ -52,13 +51,13 @@ def check_tree(tree, src, trg, ncrit):
     assert np.array_equal(tree.parent[kids], np.repeat(np.flatnonzero(internal), 8).reshape(-1, 8))
     assert np.array_equal(tree.levels[kids], tree.levels[internal][:, None] + 1 + 0 * kids)
     h = tree.root_half / 2.0 ** tree.levels
+    assert np.array_equal(tree.half_widths, h)
     expect = (tree.centers[internal][:, None, :]
               + 0.5 * h[internal][:, None, None] * OCTANT_SIGNS[None, :, :])
     np.testing.assert_allclose(tree.centers[kids], expect, rtol=0, atol=1e-12)
     np.testing.assert_allclose(tree.centers[0], tree.root_center, atol=0)
-    if nb > 1:
-        assert np.array_equal(morton.parent(tree.keys[1:]), tree.keys[tree.parent[1:]])
-        assert np.array_equal(morton.children(tree.keys[internal]), tree.keys[kids])
+    octant = (OCTANT_SIGNS + 1) // 2  # children in octant order: 2 ijk + octant bits
+    assert np.array_equal(tree.ijk[kids], 2 * tree.ijk[internal][:, None, :] + octant[None])
     assert np.array_equal(np.sort(tree.leaves), np.flatnonzero(tree.is_leaf))
     assert np.all(np.diff(tree.keys[tree.leaves]) > 0)  # depth-first (Morton) order of leaves
 
@@ -220,11 +219,11 @@ def test_bad_parameters(rng):
 def test_key_round_trip(rng):
     for lev in (0, 1, 5, 13, MAX_LEVEL):
         ijk = rng.integers(0, 2 ** lev, (500, 3))
-        keys = morton.encode(ijk, lev)
-        assert np.all(keys >= 0)
-        back, levels = morton.decode(keys)
-        assert np.array_equal(back, ijk) and np.all(levels == lev)
-        assert np.array_equal(morton.deinterleave(morton.interleave(ijk)), ijk)
+        codes = morton.interleave(ijk)
+        assert np.array_equal(morton.deinterleave(codes), ijk)
+        keys = morton.code_to_key(codes, lev)
+        assert np.all(keys >= 0) and np.all(keys & (2 ** morton.LEVEL_BITS - 1) == lev)
+        assert np.unique(keys).size == np.unique(codes).size
 
 
 def test_key_bit_layout():
@@ -233,34 +232,17 @@ def test_key_bit_layout():
         ijk = (OCTANT_SIGNS[c] + 1) // 2
         assert morton.interleave(ijk[None])[0] == c
     # a parent precedes its children and they follow in octant order (depth-first order)
-    key = morton.encode([[3, 1, 2]], 2)[0]
-    kids = morton.children([key])[0]
+    code = morton.interleave([[3, 1, 2]])[0]
+    key = morton.code_to_key(code, 2)
+    kid_codes = (code << 3) | np.arange(8)
+    kids = morton.code_to_key(kid_codes, 3)
     assert key < kids[0] and np.all(np.diff(kids) > 0)
-    assert np.all(morton.parent(kids) == key)
-    assert np.array_equal(morton.decode(kids)[0], 2 * np.array([3, 1, 2]) + (OCTANT_SIGNS + 1) // 2)
+    assert np.array_equal(morton.deinterleave(kid_codes),
+                          2 * np.array([3, 1, 2]) + (OCTANT_SIGNS + 1) // 2)
 
 
-def test_key_relations(rng):
-    ijk = rng.integers(0, 2 ** 7, (200, 3))
-    keys = morton.encode(ijk, 7)
-    anc = morton.ancestor(keys, 3)
-    assert np.array_equal(morton.decode(anc)[0], ijk >> 4)
-    chain = morton.ancestors(keys[0])
-    assert chain.size == 8 and chain[0] == 0 and chain[-1] == keys[0]
-    assert np.array_equal(morton.key_level(chain), np.arange(8))
-    nb = morton.neighbours(keys)
-    assert np.array_equal(nb[:, 13], keys)
-    off = morton.OFFSETS_27
-    for col in (0, 5, 26):
-        inside = ((ijk + off[col] >= 0) & (ijk + off[col] < 128)).all(axis=1)
-        assert np.all(nb[~inside, col] == -1)
-        assert np.array_equal(morton.decode(nb[inside, col])[0], ijk[inside] + off[col])
-
-
-def test_point_keys(rng):
+def test_point_codes(rng):
     x = make_points("uniform", 1000, rng)
     center, half = np.zeros(3), 1.0 + 1e-6
-    keys = morton.point_keys(x, center - half, half)
-    ijk, lev = morton.decode(keys)
-    assert np.all(lev == MAX_LEVEL)
-    assert np.array_equal(ijk, cell_coords(x, center, half))
+    codes = morton.point_codes(x, center - half, half)
+    assert np.array_equal(morton.deinterleave(codes), cell_coords(x, center, half))

@@ -387,7 +387,7 @@ class Fmm:
         order = np.argsort(levels, kind="stable")  # deepest last: drawn on top
         leaves, levels = tree.leaves[order], levels[order]
         c = tree.centers[leaves][:, keep] * scale + center[keep]
-        h = (tree.root_half / 2.0 ** levels * scale)[:, None]
+        h = (tree.half_widths[leaves] * scale)[:, None]
         corners = np.stack([c + h * np.array(s) for s in ((-1, -1), (1, -1), (1, 1), (-1, 1))],
                            axis=1)
         lo, hi = int(levels.min()), int(levels.max())

@@ -56,7 +56,7 @@ def colleagues(tree, threads=1):
     """(n_boxes, 27) int64: the box at ``ijk + d`` on the same level, or -1.
 
     Column ``(dx + 1) * 9 + (dy + 1) * 3 + dz + 1`` for d = (dx, dy, dz) in {-1, 0, 1}^3
-    (``morton.OFFSETS_27``); column 13 is the box itself.
+    (lexicographic); column 13 is the box itself.
     """
     col = np.empty((tree.n_boxes, 27), dtype=_i8)
     kernel = _kernels.kernels.tree_colleagues

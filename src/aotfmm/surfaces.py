@@ -2,8 +2,7 @@
 
 A surface of order ``p`` is the set of points of the p x p x p grid ``linspace(-1, 1, p)^3`` that
 lie on the faces of the cube [-1, 1]^3: ``6 (p - 1)^2 + 2`` points. They are ordered
-lexicographically by grid index (i, j, k) along (x, y, z), z fastest; :func:`surface_grid` gives
-those indices (the FFT variant of M2L needs them).
+lexicographically by grid index (i, j, k) along (x, y, z), z fastest.
 
 A box of half-width ``h`` centred at ``c`` uses the points ``c + h * radius * surface`` (see
 :mod:`aotfmm._geometry`). Radii (in units of the box half-width):
@@ -19,7 +18,7 @@ Everything in this module is float64 numpy: it builds operators, it is not on th
 """
 import numpy as np
 
-__all__ = ["n_surf", "surface", "surface_grid", "kernel_matrix", "DEFAULT_RADII", "KERNEL_DEGREE"]
+__all__ = ["n_surf", "surface", "kernel_matrix", "DEFAULT_RADII", "KERNEL_DEGREE"]
 
 INV4PI = 1.0 / (4.0 * np.pi)
 #: The kernel 1/(4 pi r) is homogeneous of degree -1: G(s r) = G(r) / s (see :mod:`aotfmm._frame`).
@@ -34,18 +33,13 @@ def n_surf(p):
     return 6 * (p - 1) ** 2 + 2
 
 
-def surface_grid(p):
-    """Grid indices (n_surf, 3) int64 in [0, p) of the surface points, lexicographic order."""
+def surface(p):
+    """Unit surface of order ``p``: (n_surf, 3) float64 points on the faces of [-1, 1]^3."""
     if p < 2:
         raise ValueError(f"surface order p must be >= 2, got {p}")
     idx = np.stack(np.meshgrid(*(np.arange(p),) * 3, indexing="ij"), axis=-1).reshape(-1, 3)
     on_face = ((idx == 0) | (idx == p - 1)).any(axis=1)
-    return np.ascontiguousarray(idx[on_face])
-
-
-def surface(p):
-    """Unit surface of order ``p``: (n_surf, 3) float64 points on the faces of [-1, 1]^3."""
-    return surface_grid(p) * (2.0 / (p - 1)) - 1.0
+    return np.ascontiguousarray(idx[on_face]) * (2.0 / (p - 1)) - 1.0
 
 
 def kernel_matrix(x, y):

@@ -92,8 +92,8 @@ class Octree:
 
     @property
     def half_widths(self):
-        """(n_boxes,) float64 half-width of every box."""
-        return self.root_half / np.exp2(self.levels.astype(np.float64))
+        """(n_boxes,) float64 half-width of every box: ``root_half / 2**level`` (exact)."""
+        return self.root_half / 2.0 ** self.levels
 
 
 def _root_cube(src_xyz, trg_xyz):
