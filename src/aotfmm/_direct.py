@@ -6,7 +6,7 @@ Everything here trusts its input: the public :func:`aotfmm.direct` (in :mod:`aot
 checks it first (:mod:`aotfmm._validation`)."""
 import numpy as np
 
-from . import _kernels, _threads
+from . import _dispatch, _threads
 from ._frame import (field_factor, frame, rescale, scaled_charges, scaled_densities, to_soa,
                      unscale_fields)
 from ._validation import check_representable
@@ -109,41 +109,32 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
     if shift is None:
         shift = np.zeros((max(len(list_index), 1), 3), dtype=dt)
     multi = hess is not None or dipoles is not None or pot.ndim == 2
+    shared = dict(src_xyz=src_xyz, trg_xyz=trg_xyz, src_start=src_start, src_end=src_end,
+                  trg_start=trg_start, trg_end=trg_end, list_offsets=list_offsets,
+                  list_index=list_index, shift=shift, boxes=boxes)
     if multi:  # the density kernels: terms chosen by flags, placeholders for absent ones
-        terms = (1 if charges is not None else 0) | (2 if dipoles is not None else 0)
-        q = charges if charges is not None else np.zeros((1, 1), dt)
-        dip = dipoles if dipoles is not None else np.zeros((1, 1, 1), dt)
+        terms, q, dip = _dispatch.density_terms(charges, dipoles, dt)
+        shared.update(q=q, dip=dip)
     if hess is not None:
-        kernel = _kernels.get("p2p_hess", dt, module)
-
-        def work(i0, i1):
-            kernel(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
-                   list_offsets, list_index, shift, boxes, i0, i1, terms, pot, grad, hess)
+        work = _dispatch.bind(_dispatch.kernel_name("laplace", "p2p", "densities", "hess"),
+                              dt, module, **shared, flags=terms, pot=pot, grad=grad, hess=hess)
     elif multi:
-        kernel = _kernels.get("p2p_multi", dt, module)
-        flags = terms | (4 if grad is not None else 0) | (8 if exact else 0)
+        flags = terms | (_dispatch.GRADIENT if grad is not None else 0) | \
+            (_dispatch.EXACT if exact else 0)
         g = grad if grad is not None else np.zeros((1, 1, 1), dt)
-        pot2 = pot.reshape(-1, pot.shape[-1])
         # The kernel gathers each target box's listed sources into scratch of m_max entries.
         cum = np.concatenate(([0], np.cumsum((src_end - src_start)[list_index])))
         totals = cum[list_offsets[boxes + 1]] - cum[list_offsets[boxes]]
         m_max = max(int(totals.max()), 1) if len(totals) else 1
-
-        def work(i0, i1):
-            kernel(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
-                   list_offsets, list_index, shift, boxes, i0, i1, flags, m_max, pot2, g)
-    elif grad is None:
-        kernel = _kernels.get("p2p_pot", dt, module)
-
-        def work(i0, i1):
-            kernel(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end,
-                   list_offsets, list_index, shift, boxes, i0, i1, refine, pot)
+        work = _dispatch.bind(_dispatch.kernel_name("laplace", "p2p", "densities",
+                                                    "pot|potgrad"), dt, module, **shared,
+                              flags=flags, m_max=m_max, pot=pot.reshape(-1, pot.shape[-1]),
+                              grad=g)
     else:
-        kernel = _kernels.get("p2p_potgrad", dt, module)
-
-        def work(i0, i1):
-            kernel(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end,
-                   list_offsets, list_index, shift, boxes, i0, i1, refine, pot, grad)
+        out = dict(pot=pot) if grad is None else dict(pot=pot, grad=grad)
+        work = _dispatch.bind(_dispatch.kernel_name("laplace", "p2p", "charge",
+                                                    "pot" if grad is None else "potgrad"),
+                              dt, module, **shared, charges=charges, refine=refine, **out)
     n = len(boxes)
     bounds = np.arange(n + 1) if cost is None else _threads.split(cost, threads * _CHUNKS_PER_THREAD)
     _threads.run(work, bounds, threads)
