@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from . import _geometry, _kernels, _threads
+from . import _dispatch, _geometry, _threads
 
 __all__ = ["Lists", "build_lists", "colleagues"]
 
@@ -59,10 +59,8 @@ def colleagues(tree, threads=1):
     (lexicographic); column 13 is the box itself.
     """
     col = np.empty((tree.n_boxes, 27), dtype=_i8)
-    kernel = _kernels.kernels.tree_colleagues
-
-    def work(a, b):
-        kernel(tree.parent, tree.children, tree.ijk, tree.levels, a, b, col)
+    work = _dispatch.bind("tree_colleagues", parent=tree.parent, children=tree.children,
+                          ijk=tree.ijk, levels=tree.levels, col=col)
 
     for lev in range(tree.n_levels):  # a level reads its parents' rows
         a, b = int(tree.level_offsets[lev]), int(tree.level_offsets[lev + 1])
@@ -72,26 +70,31 @@ def colleagues(tree, threads=1):
 
 
 def _two_pass(kernel, args, n_boxes, threads, with_transfer=False):
-    """Run a list kernel over all boxes: row lengths, offsets, then the rows."""
+    """Run list kernel ``kernel`` (its arguments ``args`` by name) over all boxes: row
+    lengths, offsets, then the rows."""
     counts = np.zeros(n_boxes, dtype=_i8)
     dummy = np.zeros(1, dtype=_i8)
     n = _n_workers(n_boxes, threads)
     bounds = _threads.split(n_boxes, n * _CHUNKS_PER_THREAD)
     status = []
-    extra = (dummy,) if with_transfer else ()
+    extra = dict(transfer=dummy) if with_transfer else {}
+    counter = _dispatch.bind(kernel, **args, fill=0, offsets=dummy, counts=counts, out=dummy,
+                             **extra)
 
     def count(a, b):
-        status.append(kernel(*args, a, b, 0, dummy, counts, dummy, *extra))
+        status.append(counter(a, b))
 
     _threads.run(count, bounds, n)
     offsets = np.zeros(n_boxes + 1, dtype=_i8)
     np.cumsum(counts, out=offsets[1:])
     index = np.empty(int(offsets[-1]), dtype=_i8)
     transfer = np.empty(int(offsets[-1]), dtype=_i8) if with_transfer else None
-    extra = (transfer,) if with_transfer else ()
+    extra = dict(transfer=transfer) if with_transfer else {}
+    filler = _dispatch.bind(kernel, **args, fill=1, offsets=offsets, counts=counts, out=index,
+                            **extra)
 
     def fill(a, b):
-        status.append(kernel(*args, a, b, 1, offsets, counts, index, *extra))
+        status.append(filler(a, b))
 
     # balance the fill pass by the row lengths now known
     bounds = _threads.split(counts + 1, n * _CHUNKS_PER_THREAD)
@@ -107,7 +110,8 @@ def _transpose(offsets, index, n_boxes):
     t_offsets = np.zeros(n_boxes + 1, dtype=_i8)
     np.cumsum(np.bincount(index, minlength=n_boxes), out=t_offsets[1:])
     t_index = np.empty(index.size, dtype=_i8)
-    _kernels.kernels.csr_transpose(offsets, index, t_offsets[:-1].copy(), t_index)
+    _dispatch.bind("csr_transpose", offsets=offsets, index=index,
+                   cursor=t_offsets[:-1].copy(), out=t_index)()
     return t_offsets, t_index
 
 
@@ -124,7 +128,6 @@ def build_lists(tree, threads=1):
     -------
     Lists
     """
-    k = _kernels.kernels
     threads = _threads.resolve_threads(threads)
     timings = {}
     n = tree.n_boxes
@@ -134,19 +137,20 @@ def build_lists(tree, threads=1):
     col = colleagues(tree, threads)
     timings["colleagues"] = time.perf_counter() - t0
 
-    base = (col, tree.parent, tree.children, tree.ijk, tree.levels)
+    base = dict(col=col, parent=tree.parent, children=tree.children, ijk=tree.ijk,
+                levels=tree.levels)
     t0 = time.perf_counter()
-    u_offsets, u_index, _ = _two_pass(k.lists_u, base + (depth,), n, threads)
+    u_offsets, u_index, _ = _two_pass("lists_u", dict(base, depth=depth), n, threads)
     timings["u"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     lookup = np.ascontiguousarray(_geometry._LOOKUP.ravel(), dtype=_i8)
-    v_offsets, v_index, v_transfer = _two_pass(k.lists_v, base + (lookup,), n, threads,
-                                               with_transfer=True)
+    v_offsets, v_index, v_transfer = _two_pass("lists_v", dict(base, lookup=lookup), n,
+                                               threads, with_transfer=True)
     timings["v"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    w_offsets, w_index, _ = _two_pass(k.lists_w, base + (depth,), n, threads)
+    w_offsets, w_index, _ = _two_pass("lists_w", dict(base, depth=depth), n, threads)
     timings["w"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -16,7 +16,7 @@ Conventions (shared with :mod:`aotfmm._geometry` and ``kernels/morton.py``):
 """
 import numpy as np
 
-from . import _kernels, _threads
+from . import _dispatch, _threads
 
 __all__ = ["MAX_LEVEL", "LEVEL_BITS", "interleave", "deinterleave", "code_to_key",
            "point_codes"]
@@ -79,10 +79,8 @@ def point_codes(xyz, origin, half, threads=1):
     codes = np.empty(n, dtype=_i8)
     scale = float(2 ** MAX_LEVEL) / (2.0 * float(half))
     origin = np.ascontiguousarray(origin, dtype=np.float64)
-    kernel = _kernels.kernels.morton_encode_points
-
-    def work(a, b):
-        kernel(xyz, origin, scale, MAX_LEVEL, a, b, codes)
+    work = _dispatch.bind("morton_encode_points", xyz=xyz, origin=origin, scale=scale,
+                          depth=MAX_LEVEL, codes=codes)
 
     threads = min(threads, max(1, n // 50_000))
     _threads.run(work, _threads.split(n, threads), threads)
