@@ -26,22 +26,24 @@ Application (:func:`apply`, per level), with M the source boxes' upward equivale
 
 ``dc2e_b U`` is precomputed (``m2l_decompress``); ``dcheck`` are down-check coefficients
 (see :mod:`aotfmm.operators`), turned into local densities by ``dc2e_a`` once per box. M2L in terms of equivalent densities is scale invariant
-for the Laplace kernel (G is homogeneous of degree -1), so one set serves all levels.
+for a homogeneous kernel (:attr:`aotfmm.families.KernelFamily.scale_invariant`), so one set
+serves all levels. G comes from the kernel family (:meth:`~aotfmm.families.KernelFamily.g_of_r`).
 """
 import numpy as np
 
 from . import _geometry, _threads
-from .surfaces import INV4PI
+from .families import LAPLACE
 
 #: Transfer vectors per block in the streamed QR (bounds the work memory at ~32 * n_surf^2).
 _QR_BLOCK = 32
 
 
-def transfer_matrices(surf, r_check, r_equiv, vectors):
+def transfer_matrices(surf, r_check, r_equiv, vectors, family=LAPLACE):
     """K_t for the given transfer vectors: (len(vectors), n_surf, n_surf) float64.
 
-    K_t[i, j] = G(r_check s_i - 2 t - r_equiv s_j); with D_ij = r_check s_i - r_equiv s_j,
-    |D_ij - 2t|^2 = |D_ij|^2 - 4 t.D_ij + 4 |t|^2, so each t costs a few n^2 passes.
+    K_t[i, j] = G(|r_check s_i - 2 t - r_equiv s_j|) of ``family`` (a radial kernel); with
+    D_ij = r_check s_i - r_equiv s_j, |D_ij - 2t|^2 = |D_ij|^2 - 4 t.D_ij + 4 |t|^2, so each t
+    costs a few n^2 passes.
     """
     d = r_check * surf[:, None, :] - r_equiv * surf[None, :, :]
     dx, dy, dz = (np.ascontiguousarray(d[..., i]) for i in range(3))
@@ -55,11 +57,11 @@ def transfer_matrices(surf, r_check, r_equiv, vectors):
         o -= 4.0 * t[2] * dz
         o += 4.0 * (t @ t)
         np.sqrt(o, out=o)
-        np.divide(INV4PI, o, out=o)  # |D - 2t| >= 2 |t|_inf - r_check - r_equiv > 0 for V vectors
+        family.g_of_r(o, out=o)  # |D - 2t| >= 2 |t|_inf - r_check - r_equiv > 0 for V vectors
     return out
 
 
-def _stacked_svd(surf, r_check, r_equiv, transpose, threads=1):
+def _stacked_svd(surf, r_check, r_equiv, transpose, threads=1, family=LAPLACE):
     """Singular values and right singular vectors of the tall stack [K_t; ...] (or [K_t^T; ...]).
 
     Streams blocks of K_t through a QR so that only an n x n triangular factor is kept; with
@@ -77,7 +79,7 @@ def _stacked_svd(surf, r_check, r_equiv, transpose, threads=1):
             r = np.zeros((0, n))
             for b0 in range(groups[g], groups[g + 1], _QR_BLOCK):
                 b1 = min(b0 + _QR_BLOCK, groups[g + 1])
-                k = transfer_matrices(surf, r_check, r_equiv, vecs[b0:b1])
+                k = transfer_matrices(surf, r_check, r_equiv, vecs[b0:b1], family)
                 if transpose:
                     k = k.transpose(0, 2, 1)
                 r = np.linalg.qr(np.concatenate([r, k.reshape(-1, n)]), mode="r")
@@ -108,7 +110,8 @@ def rank_for(sigma, tol):
     return max(1, int(np.count_nonzero(sigma > tol * sigma[0])))
 
 
-def build(surf, r_down_check, r_up_equiv, dc2e_b, tol, rank=None, stage=None, threads=1):
+def build(surf, r_down_check, r_up_equiv, dc2e_b, tol, rank=None, stage=None, threads=1,
+          family=LAPLACE):
     """Compressed M2L operators for all 316 transfer vectors, float64.
 
     Parameters
@@ -126,16 +129,17 @@ def build(surf, r_down_check, r_up_equiv, dc2e_b, tol, rank=None, stage=None, th
     ``offsets[t]:offsets[t + 1]``), ``m2l_sigma`` (n_surf,) singular values of the stack.
     ``stage(name)`` (optional) is called as each stage starts; ``threads``: our own threads
     (numpy's BLAS should be limited to one meanwhile, see :func:`aotfmm._blas.limit`).
+    ``family``: the kernel (:class:`aotfmm.families.KernelFamily`).
     """
     stage = stage or (lambda name: None)
     stage("M2L basis (QR of 316 kernel blocks)")
     sig_v, v_all = _stacked_svd(surf, r_down_check, r_up_equiv, transpose=False,
-                                threads=threads)
+                                threads=threads, family=family)
     if r_down_check == r_up_equiv:
         sig_u, u_all = sig_v, v_all           # K_{-t} = K_t^T: same singular vectors
     else:
         sig_u, u_all = _stacked_svd(surf, r_down_check, r_up_equiv, transpose=True,
-                                    threads=threads)
+                                    threads=threads, family=family)
     k = rank if rank is not None else max(rank_for(sig_v, tol), rank_for(sig_u, tol))
     k = min(k, len(surf))
     u, v = np.ascontiguousarray(u_all[:, :k]), np.ascontiguousarray(v_all[:, :k])
@@ -149,7 +153,7 @@ def build(surf, r_down_check, r_up_equiv, dc2e_b, tol, rank=None, stage=None, th
     def compress(b0, b1):  # C_t = U^T K_t V and its SVD, for the vectors of blocks b0..b1
         for t0 in range(b0 * _QR_BLOCK, min(b1 * _QR_BLOCK, n_t), _QR_BLOCK):
             t1 = min(t0 + _QR_BLOCK, n_t)
-            kt = transfer_matrices(surf, r_down_check, r_up_equiv, vecs[t0:t1])
+            kt = transfer_matrices(surf, r_down_check, r_up_equiv, vecs[t0:t1], family)
             p_, s_, qt = np.linalg.svd(u.T @ kt @ v)
             for i in range(t1 - t0):
                 r = max(1, int(np.count_nonzero(s_[i] > cut)))

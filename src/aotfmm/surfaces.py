@@ -18,9 +18,10 @@ Everything in this module is float64 numpy: it builds operators, it is not on th
 """
 import numpy as np
 
+from .families import LAPLACE
+
 __all__ = ["n_surf", "surface", "kernel_matrix", "DEFAULT_RADII", "KERNEL_DEGREE"]
 
-INV4PI = 1.0 / (4.0 * np.pi)
 #: The kernel 1/(4 pi r) is homogeneous of degree -1: G(s r) = G(r) / s (see :mod:`aotfmm._frame`).
 KERNEL_DEGREE = -1
 
@@ -42,14 +43,10 @@ def surface(p):
     return np.ascontiguousarray(idx[on_face]) * (2.0 / (p - 1)) - 1.0
 
 
-def kernel_matrix(x, y):
-    """Laplace kernel matrix K[i, j] = 1 / (4 pi |x_i - y_j|), 0 where x_i == y_j.
+def kernel_matrix(x, y, family=LAPLACE):
+    """Kernel matrix K[i, j] = G(x_i, y_j) of ``family`` (:meth:`~aotfmm.families.KernelFamily.
+    reference`), 0 where x_i == y_j.
 
     ``x`` (m, 3), ``y`` (n, 3) float64; returns (m, n) float64.
     """
-    d = x[:, None, :] - y[None, :, :]
-    r = np.sqrt(np.einsum("ijk,ijk->ij", d, d))
-    with np.errstate(divide="ignore"):
-        k = INV4PI / r
-    k[r == 0.0] = 0.0
-    return k
+    return family.reference(x, y)
