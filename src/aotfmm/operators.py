@@ -1,20 +1,23 @@
-"""KIFMM translation operators for the Laplace kernel: build (float64), cache, hand out.
+"""KIFMM translation operators of a kernel family: build (float64), cache, hand out.
 
 :func:`get_operators` returns an :class:`Operators` (frozen dataclass) for an expansion order
-``p`` and a run dtype, loading it from the on-disk cache (:mod:`aotfmm.cache`) or building it.
-Applying the operators to a tree's boxes is :mod:`aotfmm.expansions`' job.
+``p``, a run dtype and a kernel family (:mod:`aotfmm.families`, default Laplace), loading it
+from the on-disk cache (:mod:`aotfmm.cache`) or building it. Applying the operators to a tree's
+boxes is :mod:`aotfmm.expansions`' job.
 
-Scaling convention (Laplace, G homogeneous of degree -1)
---------------------------------------------------------
+Scaling convention (a homogeneous kernel, G(s x, s y) = s**degree G(x, y); Laplace: degree -1)
+-----------------------------------------------------------------------------------------------
 All matrices are built once for the *reference box*: half-width 1, centred at the origin. For a
-box of half-width ``h`` the kernel matrix between its surfaces is ``K_h = K_1 / h``, so
+box of half-width ``h`` the kernel matrix between its surfaces is ``K_h = h**degree K_1``, so
 
-* check -> equivalent: ``UC2E_h = h * UC2E_1`` and ``DC2E_h = h * DC2E_1``. P2M and P2L therefore
-  multiply the check potentials (computed with the true coordinates) by ``h * UC2E_1`` or
-  ``h * DC2E_1``; :mod:`aotfmm.expansions` applies the factor ``h`` per box.
+* check -> equivalent: ``UC2E_h = s(h) UC2E_1`` and ``DC2E_h = s(h) DC2E_1`` with
+  ``s(h) = h**-degree`` (:meth:`~aotfmm.families.KernelFamily.c2e_scale`; Laplace: ``h``). P2M
+  and P2L therefore multiply the check potentials (computed with the true coordinates) by
+  ``s(h) UC2E_1`` or ``s(h) DC2E_1``; :mod:`aotfmm.expansions` applies the factor per box.
 * M2M, L2L and M2L map equivalent densities to equivalent densities and are scale invariant:
   ``UC2E_2h K(parent check, child equiv) = UC2E_1 K_1(...)`` and so on. The same matrices serve
-  every level; no factor is applied.
+  every level; no factor is applied. A family that is not homogeneous (``degree`` None) would
+  need a set per level: :func:`get_operators` refuses it (not implemented).
 * L2P and M2P evaluate ``sum_j G(x, y_j) density_j`` with the true coordinates
   ``y_j = c + h * radius * surface_j``: no factor either.
 
@@ -31,7 +34,8 @@ Matrices (float64 build, cast to the run dtype when stored in :class:`Operators`
   m2m[c] = uc2e_b K(parent check, child equiv) for the child in octant c (octant c has centre
   offset ``OCTANT_SIGNS[c] * h_parent / 2``, see :mod:`aotfmm._geometry`).
 * ``l2l`` (8, r_down, n_surf): child down-check coefficients += l2l[c] @ parent_local, with
-  l2l[c] = 0.5 dc2e_b K(child check, parent equiv) (0.5: the child's DC2E scale factor).
+  l2l[c] = s(1/2) dc2e_b K(child check, parent equiv) (s(1/2): the child's DC2E scale
+  factor, 0.5 for Laplace).
 * M2L (SVD variant, :mod:`aotfmm._m2l_svd`): ``m2l_v`` (n_surf, k), ``m2l_u`` (n_surf, k)
   (check-side basis, kept for tests and reporting), per-t factors ``m2l_a``, ``m2l_b`` (R, k)
   with rows ``m2l_offsets[t]:m2l_offsets[t+1]`` for t (C_t = a_t^T b_t, see :meth:`m2l_core`),
@@ -58,6 +62,7 @@ import time
 import numpy as np
 
 from . import _blas, _geometry, _m2l_svd, _progress, _threads, cache
+from .families import LAPLACE
 from .surfaces import DEFAULT_RADII, kernel_matrix, n_surf, surface
 
 __all__ = ["Operators", "get_operators", "build_operators", "default_m2l_tol",
@@ -128,6 +133,7 @@ class Operators:
     key: dict = dataclasses.field(repr=False)
     source: str = "built"        # "built" or "cache"
     seconds: float = 0.0         # build or load time
+    family: object = LAPLACE     # the kernel family (aotfmm.families.KernelFamily)
 
     def m2l_core(self, t):
         """C_t (k, k) of transfer vector row ``t``, rebuilt from its factors."""
@@ -162,38 +168,50 @@ def _pinv_factors(a, cutoff):
     return np.ascontiguousarray(vt[keep].T / s[keep]), np.ascontiguousarray(u[:, keep].T)
 
 
+def _one_set_for_all_levels(family):
+    """Raise unless one operator set (the reference box's) serves every level of ``family``:
+    true for a scale-invariant (homogeneous) kernel; any other needs a set per level."""
+    if not family.scale_invariant:
+        raise NotImplementedError(f"kernel family {family.name!r} is not scale invariant: it "
+                                  "needs operators per level, which are not implemented")
+
+
 def build_operators(p, radii=DEFAULT_RADII, pinv_cutoff=1e-13, m2l_tol=1e-7, m2l_rank=None,
-                    method="svd", stage=None, threads=None):
+                    method="svd", stage=None, threads=None, family=LAPLACE):
     """Build every operator of order ``p`` in float64 (no cache). Returns a dict of arrays.
 
     ``stage(name)``, if given, is called as each stage starts (for progress displays).
     ``threads``: our own worker threads (default: all CPUs); numpy's BLAS runs on one thread
-    meanwhile (its own threads spin badly on a busy machine, see :func:`_blas.limit_one`)."""
+    meanwhile (its own threads spin badly on a busy machine, see :func:`_blas.limit_one`).
+    ``family``: the kernel (:class:`aotfmm.families.KernelFamily`); one set for all levels,
+    so it must be scale invariant (NotImplementedError otherwise)."""
+    _one_set_for_all_levels(family)
     threads = _threads.resolve_threads(threads)
     with _blas.limit_one():
         return _build_operators(p, radii, pinv_cutoff, m2l_tol, m2l_rank, method,
-                                stage or (lambda name: None), threads)
+                                stage or (lambda name: None), threads, family)
 
 
-def _build_operators(p, radii, pinv_cutoff, m2l_tol, m2l_rank, method, stage, threads):
+def _build_operators(p, radii, pinv_cutoff, m2l_tol, m2l_rank, method, stage, threads, family):
     r_ue, r_uc, r_de, r_dc = (float(r) for r in radii)
     s = surface(p)
     stage("pseudo-inverses")
-    uc2e_a, uc2e_b = _pinv_factors(kernel_matrix(r_uc * s, r_ue * s), pinv_cutoff)
-    dc2e_a, dc2e_b = _pinv_factors(kernel_matrix(r_dc * s, r_de * s), pinv_cutoff)
+    uc2e_a, uc2e_b = _pinv_factors(kernel_matrix(r_uc * s, r_ue * s, family), pinv_cutoff)
+    dc2e_a, dc2e_b = _pinv_factors(kernel_matrix(r_dc * s, r_de * s, family), pinv_cutoff)
     n = len(s)
     stage("M2M, L2L")
     m2m = np.empty((8, len(uc2e_b), n))
     l2l = np.empty((8, len(dc2e_b), n))
+    child_c2e = family.c2e_scale(0.5)  # DC2E of the child (half-width 1/2) = this * DC2E_1
     for c, sign in enumerate(_geometry.OCTANT_SIGNS):
         child = 0.5 * sign
         # parent half-width 1, child half-width 1/2: uc2e_b K(parent check, child equiv).
-        m2m[c] = uc2e_b @ kernel_matrix(r_uc * s, child + 0.5 * r_ue * s)
-        # DC2E of the child (half-width 1/2) = 0.5 * DC2E_1.
-        l2l[c] = 0.5 * dc2e_b @ kernel_matrix(child + 0.5 * r_dc * s, r_de * s)
+        m2m[c] = uc2e_b @ kernel_matrix(r_uc * s, child + 0.5 * r_ue * s, family)
+        l2l[c] = child_c2e * dc2e_b @ kernel_matrix(child + 0.5 * r_dc * s, r_de * s, family)
     if method != "svd":
         raise ValueError(f"unknown M2L method {method!r}; expected one of {M2L_METHODS}")
-    m2l = _m2l_svd.build(s, r_dc, r_ue, dc2e_b, m2l_tol, m2l_rank, stage=stage, threads=threads)
+    m2l = _m2l_svd.build(s, r_dc, r_ue, dc2e_b, m2l_tol, m2l_rank, stage=stage, threads=threads,
+                         family=family)
     return dict(surface=s, uc2e_a=uc2e_a, uc2e_b=uc2e_b, dc2e_a=dc2e_a, dc2e_b=dc2e_b,
                 m2m=m2m, l2l=l2l, **m2l)
 
@@ -215,7 +233,12 @@ def build_estimate(p, dtype):
     return seconds, mb * (0.5 if np.dtype(dtype) == np.float32 else 1.0)
 
 
-def _build_notice(p, dt, key, cache_dir, est):
+def _title(family):
+    """The family's name as the notices write it ("Laplace")."""
+    return family.name.capitalize()
+
+
+def _build_notice(p, dt, key, cache_dir, est, family=LAPLACE):
     """The line announcing a build: why, how long, how big, where it goes."""
     cost = f", ~{_progress._fmt_seconds(est[0])}, ~{est[1]:.0f} MB" if est else ""
     if cache_dir is False:
@@ -224,7 +247,8 @@ def _build_notice(p, dt, key, cache_dir, est):
         path = cache.cache_path(key, cache_dir)
         where = f"cached in {os.path.dirname(path)}"
         why = "cache file unusable" if os.path.lexists(path) else "first use"
-    return (f"aotfmm: building Laplace operators p={p} for {dt.name}: {why}{cost}, {where}")
+    return (f"aotfmm: building {_title(family)} operators p={p} for {dt.name}: {why}{cost}, "
+            f"{where}")
 
 
 def _all_finite(a, block=1 << 16):
@@ -301,14 +325,15 @@ def _rel(got, want):
 _SPOT_TOL = {"float32": 1e-4, "float64": 1e-9}
 
 
-def _spot_check(arrays, radii, pinv_cutoff):
+def _spot_check(arrays, radii, pinv_cutoff, family=LAPLACE):
     """Raise ValueError if a sample of the matrix values is not what the kernel implies.
 
     Cheap (~1 ms at p = 8; shapes are checked before): a few rows and columns of
 
     * K K^+ K = K for UC2E and DC2E (``K uc2e_a uc2e_b K``), up to the dropped singular values;
     * ``m2m[c] = uc2e_b K(parent check, child equiv)`` and
-      ``l2l[c] = 0.5 dc2e_b K(child check, parent equiv)`` for all 8 children, recomputed;
+      ``l2l[c] = s(1/2) dc2e_b K(child check, parent equiv)`` for all 8 children, recomputed
+      (K and s from ``family``, see the module docstring);
     * ``m2l_decompress = dc2e_b m2l_u``.
 
     This catches planted or scaled values in those matrices. The M2L factors themselves
@@ -323,17 +348,19 @@ def _spot_check(arrays, radii, pinv_cutoff):
     rows, cols = _sample(n, 16, 0), _sample(n, 4, 1)
     for name, rc, re in (("uc2e", r_uc, r_ue), ("dc2e", r_dc, r_de)):
         a, b = arrays[name + "_a"], arrays[name + "_b"]
-        got = kernel_matrix(rc * s[rows], re * s) @ (a @ (b @ kernel_matrix(rc * s, re * s[cols])))
+        got = kernel_matrix(rc * s[rows], re * s, family) @ (
+            a @ (b @ kernel_matrix(rc * s, re * s[cols], family)))
         # K - K K^+ K is the dropped part of K: singular values <= cutoff * sigma_max, and
         # sigma_max / |sampled block| stayed below n / 10 (measured error <= 3 cutoff at p = 6).
-        err = _rel(got, kernel_matrix(rc * s[rows], re * s[cols]))
+        err = _rel(got, kernel_matrix(rc * s[rows], re * s[cols], family))
         if not err <= tol + n * pinv_cutoff:
             raise ValueError(f"{name}_a, {name}_b: K {name.upper()} K differs from K by {err:.1e}")
     half = 0.5 * _geometry.OCTANT_SIGNS[:, None, :]  # child centres (8, 1, 3)
     m = len(cols)
     # all 8 children at once: columns c * m + j of K are child c, sampled point j
-    k_m2m = kernel_matrix(r_uc * s, (half + 0.5 * r_ue * s[cols]).reshape(-1, 3))
-    k_l2l = 0.5 * kernel_matrix((half + 0.5 * r_dc * s).reshape(-1, 3), r_de * s[cols])
+    k_m2m = kernel_matrix(r_uc * s, (half + 0.5 * r_ue * s[cols]).reshape(-1, 3), family)
+    k_l2l = family.c2e_scale(0.5) * kernel_matrix((half + 0.5 * r_dc * s).reshape(-1, 3),
+                                                  r_de * s[cols], family)
     k_l2l = k_l2l.reshape(8, n, m).transpose(1, 0, 2).reshape(n, 8 * m)
     for name, factor, k in (("m2m", "uc2e_b", k_m2m), ("l2l", "dc2e_b", k_l2l)):
         r = _sample(arrays[factor].shape[0], 16, 0)
@@ -348,20 +375,28 @@ def _spot_check(arrays, radii, pinv_cutoff):
 
 
 def operator_key(p, dtype, m2l_tol=None, method="svd", pinv_cutoff=None, radii=None,
-                 m2l_rank=None):
-    """The cache key of an operator set (defaults as in :func:`get_operators`)."""
+                 m2l_rank=None, family=LAPLACE):
+    """The cache key of an operator set (defaults as in :func:`get_operators`): the family's
+    fields (:meth:`~aotfmm.families.KernelFamily.cache_key`: ``"kernel"`` and its parameters)
+    and the build's."""
     dt = np.dtype(dtype)
     m2l_tol = default_m2l_tol(p, dt) if m2l_tol is None else float(m2l_tol)
     pinv_cutoff = default_pinv_cutoff(dt) if pinv_cutoff is None else float(pinv_cutoff)
     radii = DEFAULT_RADII if radii is None else radii
-    return {"kernel": "laplace", "p": int(p), "r_up_equiv": radii[0], "r_up_check": radii[1],
-            "r_down_equiv": radii[2], "r_down_check": radii[3], "pinv_cutoff": pinv_cutoff,
-            "m2l_method": method, "m2l_tol": m2l_tol,
-            "m2l_rank": -1 if m2l_rank is None else int(m2l_rank), "dtype": dt.name}
+    build = {"p": int(p), "r_up_equiv": radii[0], "r_up_check": radii[1],
+             "r_down_equiv": radii[2], "r_down_check": radii[3], "pinv_cutoff": pinv_cutoff,
+             "m2l_method": method, "m2l_tol": m2l_tol,
+             "m2l_rank": -1 if m2l_rank is None else int(m2l_rank), "dtype": dt.name}
+    kernel = family.cache_key()
+    clash = sorted(set(kernel) & set(build))
+    if clash:
+        raise ValueError(f"kernel family {family.name!r}: parameter(s) {clash} clash with the "
+                         "operator cache key")
+    return {**kernel, **build}
 
 
 def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_cutoff=None,
-                  radii=None, m2l_rank=None, threads=None):
+                  radii=None, m2l_rank=None, threads=None, family=LAPLACE):
     """Operators of order ``p`` for run dtype ``dtype``, from the cache or built (and cached).
 
     Parameters
@@ -384,6 +419,9 @@ def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_c
         Force the M2L rank instead of choosing it from ``m2l_tol``.
     threads : int, optional
         Threads for a build (default: all CPUs); a cache hit does not use them.
+    family : aotfmm.families.KernelFamily, default LAPLACE
+        The kernel. The one set returned serves every level, so the family must be scale
+        invariant: NotImplementedError otherwise (operators per level are not implemented).
 
     Returns
     -------
@@ -401,6 +439,7 @@ def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_c
     if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or not P_MIN <= p <= P_MAX:
         raise ValueError(f"p must be an integer in [{P_MIN}, {P_MAX}], got {p!r}")
     p = int(p)
+    _one_set_for_all_levels(family)
     dt = np.dtype(dtype)
     if dt not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dt}")
@@ -422,18 +461,18 @@ def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_c
         raise ValueError("radii must satisfy 1 <= r_up_equiv < r_up_check <= 3, "
                          f"1 <= r_down_check < r_down_equiv <= 3 and r_up_equiv + r_down_check "
                          f"< 4, got {radii!r}")
-    key = operator_key(p, dt, m2l_tol, method, pinv_cutoff, radii, m2l_rank)
+    key = operator_key(p, dt, m2l_tol, method, pinv_cutoff, radii, m2l_rank, family)
 
     def build():
         est = build_estimate(p, dt)
-        with _progress.Notice(_build_notice(p, dt, key, cache_dir, est),
+        with _progress.Notice(_build_notice(p, dt, key, cache_dir, est, family),
                               estimate=est and est[0]) as notice:
             ops = build_operators(p, radii, pinv_cutoff, m2l_tol, m2l_rank, method,
-                                  stage=notice.stage, threads=threads)
+                                  stage=notice.stage, threads=threads, family=family)
             mb = sum(v.nbytes * (dt.itemsize / v.itemsize if v.dtype.kind == "f" and
                                   k not in ("surface", "m2l_sigma") else 1)
                       for k, v in ops.items()) / 1e6
-            notice.done_text = (f"aotfmm: built Laplace operators p={p} for {dt.name} "
+            notice.done_text = (f"aotfmm: built {_title(family)} operators p={p} for {dt.name} "
                                 f"({mb:.0f} MB, M2L rank {ops['m2l_v'].shape[1]})")
         out = {k: (v if k in ("surface", "m2l_sigma", "m2l_offsets") else v.astype(dt))
                for k, v in ops.items()}
@@ -441,7 +480,7 @@ def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_c
 
     def validate(arrays):  # arrays read from a cache file, before anything uses them
         _check_arrays(arrays, p, dt, key)
-        _spot_check(arrays, radii, pinv_cutoff)
+        _spot_check(arrays, radii, pinv_cutoff, family)
 
     t0 = time.perf_counter()
     arrays, source = cache.load_or_build(key, build, cache_dir,
@@ -457,4 +496,4 @@ def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_c
         m2l_rank=arrays["m2l_v"].shape[1],
         **{f: np.ascontiguousarray(arrays[f]) for f in _ARRAY_FIELDS},
         m2l_sigma=arrays["m2l_sigma"],
-        key=key, source=source, seconds=seconds)
+        key=key, source=source, seconds=seconds, family=family)
