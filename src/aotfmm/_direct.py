@@ -10,6 +10,7 @@ from . import _dispatch, _threads
 from ._frame import (field_factor, frame, rescale, scaled_charges, scaled_densities, to_soa,
                      unscale_fields)
 from ._validation import check_representable
+from .families import LAPLACE
 from .surfaces import KERNEL_DEGREE
 
 #: Target chunks handed to the thread pool per thread (dynamic scheduling smooths out imbalance).
@@ -91,7 +92,7 @@ def _p2p_all(src_xyz, charges, trg_xyz, pot, grad, threads, module=None, dipoles
 
 def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_offsets,
         list_index, boxes, pot, grad, threads, module=None, cost=None, dipoles=None,
-        exact=True, hess=None, shift=None):
+        exact=True, hess=None, shift=None, family=LAPLACE):
     """Run the P2P kernel over the target boxes ``boxes`` on the thread pool (trusted input).
 
     ``charges`` (n,) with ``pot`` (n_trg,), ``grad`` (3, n_trg); or several densities:
@@ -103,6 +104,7 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
     and ``charges`` (k, n) or None are required; exact 1/r).
     ``shift`` (len(list_index), 3) dt: per list entry, the vector from the source box's
     coordinate origin to the target box's (points local to their boxes); None: one frame.
+    ``family``: the kernel (:class:`aotfmm.families.KernelFamily`) whose compiled sums run.
     """
     refine = 1 if exact else 0
     dt = pot.dtype
@@ -116,7 +118,7 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
         terms, q, dip = _dispatch.density_terms(charges, dipoles, dt)
         shared.update(q=q, dip=dip)
     if hess is not None:
-        work = _dispatch.bind(_dispatch.kernel_name("laplace", "p2p", "densities", "hess"),
+        work = _dispatch.bind(_dispatch.kernel_name(family.name, "p2p", "densities", "hess"),
                               dt, module, **shared, flags=terms, pot=pot, grad=grad, hess=hess)
     elif multi:
         flags = terms | (_dispatch.GRADIENT if grad is not None else 0) | \
@@ -126,13 +128,13 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
         cum = np.concatenate(([0], np.cumsum((src_end - src_start)[list_index])))
         totals = cum[list_offsets[boxes + 1]] - cum[list_offsets[boxes]]
         m_max = max(int(totals.max()), 1) if len(totals) else 1
-        work = _dispatch.bind(_dispatch.kernel_name("laplace", "p2p", "densities",
+        work = _dispatch.bind(_dispatch.kernel_name(family.name, "p2p", "densities",
                                                     "pot|potgrad"), dt, module, **shared,
                               flags=flags, m_max=m_max, pot=pot.reshape(-1, pot.shape[-1]),
                               grad=g)
     else:
         out = dict(pot=pot) if grad is None else dict(pot=pot, grad=grad)
-        work = _dispatch.bind(_dispatch.kernel_name("laplace", "p2p", "charge",
+        work = _dispatch.bind(_dispatch.kernel_name(family.name, "p2p", "charge",
                                                     "pot" if grad is None else "potgrad"),
                               dt, module, **shared, charges=charges, refine=refine, **out)
     n = len(boxes)

@@ -11,8 +11,9 @@ signatures come from ``aotfmm/_exports.py``, which the build generates from ``ke
 
 :data:`TABLE` maps ``(family, operator, inputs, outputs)`` to a kernel name:
 
-* family: ``"laplace"`` (the one kernel family so far) or ``"any"`` for kernel-independent
-  helpers (M2L gather/scatter, tree and list construction, Morton codes);
+* family: a kernel family's name (rows from its :attr:`aotfmm.families.KernelFamily.sums`,
+  for every family of :data:`aotfmm.families.FAMILIES`; Laplace: ``"laplace"``) or ``"any"``
+  for kernel-independent helpers (M2L gather/scatter, tree and list construction, Morton codes);
 * inputs: ``"charge"`` (one charge vector, the fast single-density kernels), ``"densities"``
   (k charge and/or dipole densities, terms chosen by :func:`density_terms`' flags),
   ``"density"`` / ``"surface"`` (equivalent densities on box surfaces);
@@ -25,23 +26,16 @@ import re
 import numpy as np
 
 from . import _kernels
+from .families import FAMILIES
 
 try:
     from ._exports import KERNELS
 except ImportError:  # a source tree that was never built: the kernels are missing too
     KERNELS = {}
 
-#: (family, operator, inputs, outputs) -> kernel name
-TABLE = {
-    ("laplace", "p2p", "charge", "pot"): "p2p_pot",
-    ("laplace", "p2p", "charge", "potgrad"): "p2p_potgrad",
-    ("laplace", "p2p", "densities", "pot|potgrad"): "p2p_multi",
-    ("laplace", "p2p", "densities", "hess"): "p2p_hess",
-    ("laplace", "p2c", "charge", "check"): "p2c_pot",
-    ("laplace", "p2c", "densities", "check"): "p2c_multi",
-    ("laplace", "s2p", "surface", "pot"): "s2p_pot",
-    ("laplace", "s2p", "surface", "potgrad"): "s2p_potgrad",
-    ("laplace", "s2p", "surfaces", "pot|potgrad"): "s2p_multi",
+#: (family, operator, inputs, outputs) -> kernel name: each family's sums, then the helpers
+TABLE = {(family.name, *row): name for family in FAMILIES for row, name in family.sums}
+TABLE.update({
     ("any", "m2l_gather", "rows", "rows"): "m2l_gather",
     ("any", "m2l_scatter", "rows", "rows"): "m2l_scatter",
     ("any", "morton", "points", "codes"): "morton_encode_points",
@@ -50,7 +44,7 @@ TABLE = {
     ("any", "list_v", "tree", "list"): "lists_v",
     ("any", "list_w", "tree", "list"): "lists_w",
     ("any", "csr_transpose", "csr", "csr"): "csr_transpose",
-}
+})
 
 #: flag bits of the density kernels (kernels/multi.py, kernels/hessian.py)
 CHARGES, DIPOLES, GRADIENT, EXACT = 1, 2, 4, 8

@@ -25,7 +25,9 @@ pot : (n_targets,) dt; grad : (3, n_targets) dt or None (then only the potential
 threads : int >= 1, threads of :mod:`aotfmm._threads` (BLAS is kept single-threaded meanwhile).
 
 Densities are true charges on the surface points ``c + h * radius * surface`` (see the scaling
-convention in :mod:`aotfmm.operators`): P2M/P2L multiply by ``h``, M2M/L2L/M2L are scale free.
+convention in :mod:`aotfmm.operators`): P2M/P2L multiply by ``h ** -degree`` of the operators'
+kernel family (``ops.family.c2e_scale(h)``; Laplace: ``h``), M2M/L2L/M2L are scale free. The
+compiled sums are the family's (``ops.family.name`` rows of :data:`aotfmm._dispatch.TABLE`).
 Downward, per level: L2L, M2L, P2L into ``dcheck``, then :func:`dc2e`, then the next level.
 
 Functions
@@ -117,9 +119,11 @@ def _p2c(ops, src_xyz, charges, src_start, src_end, trg_boxes, list_offsets, lis
     if n == 0:
         return
     flags, q, dip, k, multi = _source_terms(charges, dipoles, dt)
-    kernel = _dispatch.kernel_name("laplace", "p2c", "densities" if multi else "charge", "check")
+    kernel = _dispatch.kernel_name(ops.family.name, "p2c", "densities" if multi else "charge",
+                                   "check")
     centers = _cast(centers, dt)  # per list entry (see kernels/expansions.py)
     hw = _cast(half_widths, dt)
+    c2e = ops.family.c2e_scale(hw)  # per box: its check-to-equivalent factor h ** -degree
     counts = src_end - src_start
     cum = np.concatenate(([0], np.cumsum(counts[list_index])))
     per_row = cum[list_offsets[1:]] - cum[list_offsets[:-1]]
@@ -147,7 +151,7 @@ def _p2c(ops, src_xyz, charges, src_start, src_end, trg_boxes, list_offsets, lis
                            check=check.reshape(i1 - i0, ops.n_surf))(i0, i1, i0)
         boxes = trg_boxes[i0:i1]
         eq = _rows_gemm(check, b)
-        eq *= hw[boxes][:, None, None]
+        eq *= c2e[boxes][:, None, None]
         if a is not None:
             eq = _rows_gemm(eq, a)
         if accumulate:
@@ -324,9 +328,10 @@ def _s2p(ops, dens, trg_xyz, trg_start, trg_end, trg_boxes, list_offsets, list_i
     if nd > 1:
         flags = 0 if grad is None else _dispatch.GRADIENT
         grad3 = np.zeros((1, 1, 1), dt) if grad is None else grad.reshape(nd, 3, -1)
+        multi_kernel = _dispatch.kernel_name(ops.family.name, "s2p", "surfaces", "pot|potgrad")
 
         def work(i0, i1):
-            _dispatch.bind("s2p_multi", dt, dens=d3, **shared, flags=flags,
+            _dispatch.bind(multi_kernel, dt, dens=d3, **shared, flags=flags,
                            buf=np.empty((6, ops.n_surf), dt), pot=pot.reshape(nd, -1),
                            grad=grad3)(i0, i1)
     else:
@@ -334,7 +339,7 @@ def _s2p(ops, dens, trg_xyz, trg_start, trg_end, trg_boxes, list_offsets, list_i
         if grad is not None:
             out["grad"] = grad.reshape(3, -1)
         kernel = _dispatch.bind(_dispatch.kernel_name(
-            "laplace", "s2p", "surface", "pot" if grad is None else "potgrad"), dt, dens=d2,
+            ops.family.name, "s2p", "surface", "pot" if grad is None else "potgrad"), dt, dens=d2,
             **shared, **out)
 
         def work(i0, i1):
@@ -358,7 +363,7 @@ def _s2p_hessians(ops, d3, trg_xyz, row_start, row_end, list_offsets, list_index
     p2p(src, q, trg_xyz, start, start + n_surf, row_start, row_end, list_offsets,
         pos.astype(np.int64), np.arange(len(row_start), dtype=np.int64), pot, grad, threads,
         cost=(row_end - row_start) * np.diff(list_offsets) + 1, hess=hess,
-        shift=np.ascontiguousarray(-centers))
+        shift=np.ascontiguousarray(-centers), family=ops.family)
 
 
 def m2p(ops, equiv, trg_xyz, trg_start, trg_end, target_boxes, w_offsets, w_index, centers,
