@@ -11,6 +11,34 @@ def _tmp_cache_dir(tmp_path_factory, monkeypatch):
     return d
 
 
+#: Orders whose operator builds take 30-90 s each (README table): only tests marked ``slow``
+#: (deselected by default; ``pytest -m slow`` runs them) may use them in this process.
+SLOW_P = 12
+
+
+@pytest.fixture(autouse=True)
+def _high_orders_only_in_slow_tests(request, monkeypatch):
+    """Fail a test not marked ``slow`` that loads or builds operators of order >= SLOW_P, so
+    that the default suite stays fast (subprocesses are not watched)."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+    from aotfmm import cache
+    load_or_build = cache.load_or_build
+
+    def guarded(key, *args, **kwargs):
+        if isinstance(key, dict) and key.get("p", 0) >= SLOW_P:
+            pytest.fail(f"operators p={key['p']} in a test not marked slow "
+                        f"(@pytest.mark.slow; see tests/conftest.py)", pytrace=False)
+        return load_or_build(key, *args, **kwargs)
+
+    monkeypatch.setattr(cache, "load_or_build", guarded)
+
+
+def slow_if(condition, *values):
+    """pytest.param(*values), marked slow when ``condition`` (a high-order case)."""
+    return pytest.param(*values, marks=[pytest.mark.slow] if condition else [])
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(20240607)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import aotfmm
-from conftest import direct_reference, rel_err
+from conftest import direct_reference, rel_err, slow_if
 
 
 def uniform(rng, n):
@@ -42,7 +42,7 @@ def check(src, q, trg, eps, dtype, gradient=True, sample=None, **kw):
 
 
 @pytest.mark.parametrize("dist", sorted(DISTRIBUTIONS))
-@pytest.mark.parametrize("eps", [1e-3, 1e-6, 1e-9])
+@pytest.mark.parametrize("eps", [1e-3, 1e-6, slow_if(True, 1e-9)])
 def test_float64_accuracy(rng, dist, eps):
     src = DISTRIBUTIONS[dist](rng, 6000)
     q = rng.standard_normal(6000)
@@ -58,7 +58,7 @@ def test_float32_accuracy(rng, dist, eps):
     assert pot.dtype == np.float32 and grad.dtype == np.float32
 
 
-@pytest.mark.parametrize("eps", [1e-3, 1e-6, 1e-9])
+@pytest.mark.parametrize("eps", [1e-3, 1e-6, slow_if(True, 1e-9)])
 def test_separate_sources_and_targets(rng, eps):
     src = clustered(rng, 5000)
     trg = uniform(rng, 3000) * 1.4 - 0.2  # overlapping, partly outside the sources' box
@@ -73,6 +73,7 @@ def test_larger_problem(rng):
     check(src, q, None, 1e-6, np.float64, sample=rng.choice(n, 400, replace=False))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dist", ["uniform", "clustered"])
 def test_eps_1e9_on_a_deep_tree(rng, dist):
     """eps 1e-9 with small leaves, so that M2M/L2L/M2L chains run over several levels."""
@@ -145,14 +146,14 @@ def test_near_coincident_points(rng):
                                           for i, g in enumerate(gaps)])
     src = np.vstack([base, close, [[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]]])
     q = rng.standard_normal(len(src))
-    pot, grad = aotfmm.laplace(src, q, gradient=True, eps=1e-9)
+    pot, grad = aotfmm.laplace(src, q, gradient=True, eps=1e-8)  # p = 11
     ref_pot, ref_grad = direct_reference(src, q, src)
     k = slice(6000, 6000 + len(close))
     np.testing.assert_allclose(pot[k], ref_pot[k], rtol=1e-9, atol=0)
     gscale = np.abs(ref_grad[k]).max(axis=1, keepdims=True)
     assert np.all(np.abs(grad[k] - ref_grad[k]) <= 1e-9 * gscale)
-    assert rel_err(pot[:6000], ref_pot[:6000]) < 1e-9
-    assert rel_err(grad[:6000], ref_grad[:6000]) < 1e-9
+    assert rel_err(pot[:6000], ref_pot[:6000]) < 1e-8
+    assert rel_err(grad[:6000], ref_grad[:6000]) < 1e-8
 
 
 @pytest.mark.parametrize("shape", ["plane", "line"])

@@ -6,7 +6,7 @@ import pytest
 
 import aotfmm
 from aotfmm import AccuracyWarning
-from conftest import hessian_reference, rel_err
+from conftest import hessian_reference, rel_err, slow_if
 
 
 def points(rng, kind, n):
@@ -18,9 +18,11 @@ def points(rng, kind, n):
     return rng.random((4, 3))[rng.integers(0, 4, n)] + 0.03 * rng.standard_normal((n, 3))
 
 
-@pytest.mark.parametrize("terms", ["charges", "dipoles", "both"])
-@pytest.mark.parametrize("kind,eps", [("uniform", 1e-3), ("clustered", 1e-6),
-                                      ("sphere", 1e-6)])
+@pytest.mark.parametrize("terms,kind,eps", [
+    # dipoles + separate targets + Hessians at eps 1e-6 take p = 12: slow
+    slow_if(terms != "charges" and eps < 1e-5, terms, kind, eps)
+    for kind, eps in (("uniform", 1e-3), ("clustered", 1e-6), ("sphere", 1e-6))
+    for terms in ("charges", "dipoles", "both")])
 def test_hessians_at_sources_and_targets(rng, terms, kind, eps):
     n = 6000
     src = points(rng, kind, n)
@@ -36,6 +38,7 @@ def test_hessians_at_sources_and_targets(rng, terms, kind, eps):
             assert rel_err(value, ref) < eps
 
 
+@pytest.mark.slow  # eps 1e-8, separate targets, Hessians: p = 14
 def test_hessian_is_the_gradients_derivative_and_traceless(rng):
     """Independent of any reference sum: away from the sources the Hessian is symmetric by
     construction, traceless (the potential is harmonic) and the gradient's finite difference."""
@@ -102,6 +105,12 @@ def test_levels_and_warnings(rng):
         aotfmm.Fmm(src, p=6).fields(q, pg=3)  # explicit p: the caller chose
     with pytest.warns(AccuracyWarning, match="hessians=True"):
         aotfmm.Fmm(src, eps=1e-6).fields(q, pg=3)
+
+
+@pytest.mark.slow  # eps 1e-9 with Hessians: p = 13
+def test_hessians_below_their_floor_warn(rng):
+    src = rng.random((500, 3))
+    q = rng.standard_normal(500)
     with pytest.warns(AccuracyWarning, match="Hessians reach about"):
         aotfmm.Fmm(src, eps=1e-9, hessians=True).fields(q, pg=3)
 

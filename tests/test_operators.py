@@ -18,7 +18,7 @@ INV4PI = 1.0 / (4.0 * np.pi)
 #: Relative L2 error bounds (float64), ~3x the measured worst case (benchmarks/operators.py).
 BOUND_F64 = {4: 2e-3, 5: 2e-4, 6: 1.5e-5, 7: 5e-6, 8: 1.5e-6, 9: 1e-7, 10: 1e-8, 12: 1e-9}
 BOUND_F32 = 2e-5
-P_ALL = sorted(BOUND_F64)
+P_ALL = [pytest.param(p, marks=[pytest.mark.slow] if p >= 12 else []) for p in sorted(BOUND_F64)]
 
 
 def ref_field(trg, src, q):
