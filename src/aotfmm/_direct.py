@@ -7,11 +7,10 @@ checks it first (:mod:`aotfmm._validation`)."""
 import numpy as np
 
 from . import _dispatch, _threads
-from ._frame import (field_factor, frame, rescale, scaled_charges, scaled_densities, to_soa,
+from ._frame import (frame, rescale, scaled_charges, scaled_densities, to_soa, unscale_factor,
                      unscale_fields)
 from ._validation import check_representable
 from .families import LAPLACE
-from .surfaces import KERNEL_DEGREE
 
 #: Target chunks handed to the thread pool per thread (dynamic scheduling smooths out imbalance).
 _CHUNKS_PER_THREAD = 4
@@ -19,10 +18,11 @@ _CHUNKS_PER_THREAD = 4
 _MIN_PAIRS_FOR_THREADS = 200_000
 
 
-def _direct(src, q, trg, gradient, dt, threads, module=None):
+def _direct(src, q, trg, gradient, dt, threads, module=None, family=LAPLACE):
     """Validated-input twin of :func:`direct`: src/trg float64 (n, 3), q float64 (n,).
 
-    ``module`` picks a kernel module other than the active ISA's (tests compare them).
+    ``module`` picks a kernel module other than the active ISA's (tests compare them);
+    ``family`` the kernel (:class:`aotfmm.families.KernelFamily`).
     """
     n_trg = trg.shape[0]
     pot = np.zeros(n_trg, dtype=dt)
@@ -34,14 +34,15 @@ def _direct(src, q, trg, gradient, dt, threads, module=None):
         src_xyz = to_soa(src, center, scale, dt)
         trg_xyz = to_soa(trg, center, scale, dt) if trg is not src else src_xyz
         qscale, charges = scaled_charges(q, dt)
-        _p2p_all(src_xyz, charges, trg_xyz, pot, grad if gradient else None, threads, module)
-        pot = rescale(pot, field_factor(qscale, scale, KERNEL_DEGREE), "potential")
+        _p2p_all(src_xyz, charges, trg_xyz, pot, grad if gradient else None, threads, module,
+                 family=family)
+        pot = rescale(pot, unscale_factor(qscale, scale, 0, family), "potential")
         if gradient:
-            grad = rescale(grad, field_factor(qscale, scale, KERNEL_DEGREE - 1), "gradient")
+            grad = rescale(grad, unscale_factor(qscale, scale, 1, family), "gradient")
     return (pot, np.ascontiguousarray(grad.T)) if gradient else pot
 
 
-def _direct_multi(src, q, d, trg, gradient, dt, threads):
+def _direct_multi(src, q, d, trg, gradient, dt, threads, family=LAPLACE):
     """k densities: q (k, n) float64 or None, d (k, 3, n) float64 or None.
 
     Returns pot (k, n_trg) and grad (k, 3, n_trg) or None, in dtype ``dt``."""
@@ -62,8 +63,8 @@ def _direct_multi(src, q, d, trg, gradient, dt, threads):
     ds = None if ds is None else np.ascontiguousarray(ds, dtype=dt)
     pl = np.zeros((len(live), n_trg), dtype=dt)
     gl = np.zeros((len(live), 3, n_trg), dtype=dt) if gradient else None
-    _p2p_all(src_xyz, qs, trg_xyz, pl, gl, threads, dipoles=ds)
-    unscale_fields((pot, grad), (pl, gl), live, qscale, scale, degree=KERNEL_DEGREE)
+    _p2p_all(src_xyz, qs, trg_xyz, pl, gl, threads, dipoles=ds, family=family)
+    unscale_fields((pot, grad), (pl, gl), live, qscale, scale, family=family)
     return pot, grad
 
 
@@ -74,7 +75,7 @@ def _representable(src, trg, center, scale, dt):
 
 
 def _p2p_all(src_xyz, charges, trg_xyz, pot, grad, threads, module=None, dipoles=None,
-             exact=True):
+             exact=True, family=LAPLACE):
     """All sources on all targets, targets split into chunks over the thread pool."""
     n_src, n_trg = src_xyz.shape[1], trg_xyz.shape[1]
     if n_src * n_trg < _MIN_PAIRS_FOR_THREADS:
@@ -87,7 +88,8 @@ def _p2p_all(src_xyz, charges, trg_xyz, pot, grad, threads, module=None, dipoles
     list_index = np.zeros(n_chunks, dtype=np.int64)
     boxes = np.arange(n_chunks, dtype=np.int64)
     p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_offsets,
-        list_index, boxes, pot, grad, threads, module, dipoles=dipoles, exact=exact)
+        list_index, boxes, pot, grad, threads, module, dipoles=dipoles, exact=exact,
+        family=family)
 
 
 def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_offsets,

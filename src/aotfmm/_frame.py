@@ -7,17 +7,21 @@ Points go to ``(x - center) / scale`` with ``scale`` a power of two (:func:`fram
 its own power of two (:func:`scaled_densities`, :func:`scaled_charges`), which keeps the sums
 inside the dtype's range. All these divisions are exact.
 
-Going back uses the kernel's homogeneity: a kernel of degree ``degree`` (G(s r) = s**degree G(r);
--1 for Laplace's 1/(4 pi r)) gives potentials that scale as ``scale**degree``, gradients as
-``scale**(degree - 1)`` and Hessians as ``scale**(degree - 2)`` (:func:`unscale_fields`,
-:func:`field_factor`). A dipole's field takes one more derivative of G, so dipole densities are
-divided by ``scale`` once more on the way in, whatever the degree; then every density shares
-the charges' factors on the way out.
+Going back uses the kernel's homogeneity: a kernel family of degree ``degree``
+(:attr:`aotfmm.families.KernelFamily.degree`, G(s r) = s**degree G(r)) gives potentials that
+scale as ``scale**degree``, gradients as ``scale**(degree - 1)`` and Hessians as
+``scale**(degree - 2)`` (:func:`field_power`, :func:`unscale_fields`, :func:`unscale_factor`).
+A dipole's field takes one more derivative of G, so dipole densities are divided by ``scale``
+once more on the way in, whatever the degree; then every density shares the charges' factors
+on the way out. A family that is not scale invariant cannot be scaled back by a power (its
+parameters would have to be scaled instead): not implemented.
 """
 import numpy as np
 
+from .families import LAPLACE
+
 __all__ = ["power_of_two_scale", "frame", "to_soa", "scaled_charges", "scaled_densities",
-           "field_factor", "unscale_fields", "rescale"]
+           "field_power", "field_factor", "unscale_factor", "unscale_fields", "rescale"]
 
 #: What the fields of derivative order 0, 1, 2 are called in overflow messages.
 _FIELD_NAMES = ("potential", "gradient", "Hessian")
@@ -101,6 +105,15 @@ def scaled_densities(q, d, frame_scale):
     return live, qscale, qs, ds
 
 
+def field_power(family, order):
+    """The power of the frame scale in a field of derivative order ``order`` (0 potential,
+    1 gradient, 2 Hessian) of kernel ``family``: ``family.degree - order``."""
+    if not family.scale_invariant:
+        raise NotImplementedError(f"kernel family {family.name!r} is not scale invariant: its "
+                                  "fields cannot be scaled back from the frame by a power")
+    return family.degree - order
+
+
 def field_factor(density_scale, frame_scale, power):
     """``density_scale * frame_scale**power``, one multiplication or division at a time
     (``frame_scale ** 3`` alone may overflow where the product does not)."""
@@ -112,20 +125,26 @@ def field_factor(density_scale, frame_scale, power):
     return factor
 
 
-def unscale_fields(outs, frame_outs, live, qscale, frame_scale, *, degree):
+def unscale_factor(density_scale, frame_scale, order, family=LAPLACE):
+    """The factor taking a frame field of derivative order ``order`` of kernel ``family``, for
+    a density divided by ``density_scale``, back to the caller's units."""
+    return field_factor(density_scale, frame_scale, field_power(family, order))
+
+
+def unscale_fields(outs, frame_outs, live, qscale, frame_scale, *, family=LAPLACE):
     """Fields of the frame back to the caller's units, density by density.
 
     ``outs`` (potentials (k, n), gradients (k, 3, n), Hessians (k, 6, n); None entries are
     skipped) get rows ``live`` from ``frame_outs`` (one row per live density), times that
     density's scale and ``frame_scale ** (degree - order)``, order 0, 1, 2 for potentials,
-    gradients, Hessians of a kernel homogeneous of degree ``degree`` (see
+    gradients, Hessians of ``family``, homogeneous of degree ``family.degree`` (see
     :func:`scaled_densities`).
     """
     for order, (out, got, what) in enumerate(zip(outs, frame_outs, _FIELD_NAMES)):
         if out is None:
             continue
         for row, col in enumerate(live):
-            factor = field_factor(qscale[row], frame_scale, degree - order)
+            factor = unscale_factor(qscale[row], frame_scale, order, family)
             out[col] = rescale(got[row], factor, what)
 
 

@@ -16,7 +16,7 @@ from . import _progress, _threads
 from ._direct import _direct, _direct_multi
 from .evaluate import AccuracyWarning, order_error
 from ._frame import frame, scaled_densities, to_soa, unscale_fields
-from .surfaces import KERNEL_DEGREE
+from .families import LAPLACE
 # EPS_DEFAULT, EPS_FLOOR, HESSIAN_EPS_FLOOR live with the eps check; importable from here too
 from ._validation import EPS_DEFAULT, EPS_FLOOR, HESSIAN_EPS_FLOOR  # noqa: F401
 from ._validation import (as_bool, as_charges, as_densities, as_diagonal, as_points,
@@ -30,13 +30,15 @@ if typing.TYPE_CHECKING:  # optional dependencies, for the annotations only
 __all__ = ["Fmm", "Fields", "direct", "laplace", "lfmm"]
 
 
-def _expected_eps(p, dtype, separate_targets=False, dipoles=False, hessians=False):
+def _expected_eps(p, dtype, separate_targets=False, dipoles=False, hessians=False,
+                  family=LAPLACE):
     """The error a plan of order p is expected to reach: the measured worst case for its order
-    (evaluate.order_error), but never below the dtype's floor (and Hessians' floor)."""
+    (evaluate.order_error, from the kernel family's table), but never below the dtype's floor
+    (and Hessians' floor)."""
     floor = EPS_FLOOR[np.dtype(dtype).name]
     if hessians:
         floor = max(floor, HESSIAN_EPS_FLOOR[np.dtype(dtype).name])
-    return max(order_error(p, separate_targets, dipoles, hessians), floor)
+    return max(order_error(p, separate_targets, dipoles, hessians, family=family), floor)
 
 
 class Fields(typing.NamedTuple):
@@ -113,7 +115,7 @@ class Fmm:
         The requested accuracy (the dtype's default when none was given).
     expected_eps : float
         The relative error this plan is expected to reach: the worst error measured for its
-        order p (``aotfmm/evaluate.py``, the table behind ``eps``) once the orders added for
+        order p (``aotfmm/families.py``, the table behind ``eps``) once the orders added for
         separate targets, dipoles and Hessians are taken off, and at least the dtype's floor
         (2e-10 in float64, 5e-6 in float32; 3e-9 for a plan built with ``hessians=True`` in
         float64). When ``eps`` chooses p it is at most ``eps`` (at most eps / 3 above the
@@ -122,6 +124,8 @@ class Fmm:
         Tree depth, number of boxes and leaves, list sizes, p, eps, expected_eps, memory.
     timings : dict
         Seconds per setup phase and per operator of the last :meth:`evaluate`.
+    family : aotfmm.families.KernelFamily
+        The kernel: :data:`aotfmm.families.LAPLACE`, G(x, y) = 1 / (4 pi |x - y|).
     """
 
     def __init__(self, sources: npt.ArrayLike, targets: npt.ArrayLike | None = None, *,
@@ -131,6 +135,7 @@ class Fmm:
                  cache_dir: str | os.PathLike | None = None, progress: bool = False) -> None:
         from . import evaluate
         t0 = time.perf_counter()
+        self.family = LAPLACE
         self.dtype = resolve_dtype(dtype, sources, targets)
         self.eps = check_eps(eps, self.dtype)
         self.threads = _threads.resolve_threads(threads)
@@ -168,12 +173,13 @@ class Fmm:
                                    dtype=self.dtype, threads=self.threads, cache_dir=cache_dir,
                                    progress=bar, dipoles=self._for_dipoles,
                                    hessians=self._for_hessians,
-                                   points=(src, trg_pts, self._center, self._scale))
+                                   points=(src, trg_pts, self._center, self._scale),
+                                   family=self.family)
         bar.done()
         self.p = self._core.p
         self.ncrit = self._core.ncrit
         plan_kind = dict(separate_targets=not self._core.same, dipoles=self._for_dipoles,
-                         hessians=self._for_hessians)
+                         hessians=self._for_hessians, family=self.family)
         self.expected_eps = _expected_eps(self.p, self.dtype, **plan_kind)
         if self._p_given and eps is not None and self.expected_eps > self.eps:
             p_eps = evaluate.choose_parameters(self.eps, **plan_kind)[0]
@@ -289,7 +295,7 @@ class Fmm:
                                                       hessian=hessian)
             bar.done()
             unscale_fields((pot, grad, hess), (pc, gc, hc), live, qscale, self._scale,
-                           degree=KERNEL_DEGREE)
+                           family=self.family)
         timings["evaluate_total"] = time.perf_counter() - t0
         self.timings = {k_: v for k_, v in self.timings.items() if not k_.startswith("eval:")}
         self.timings.update({f"eval:{k_}": v for k_, v in timings.items()})

@@ -19,8 +19,9 @@ import numpy as np
 from . import _driver, expansions
 from ._driver import DownLevel, UpLevel
 from ._direct import p2p as near_field
+from .families import LAPLACE
 from .lists import build_lists
-from .operators import P_MAX, P_MIN, get_operators
+from .operators import P_MAX, P_MIN, get_operators, per_level_error
 from ._validation import check_representable
 from .morton import LEVEL_BITS, MAX_LEVEL
 from .tree import build_tree
@@ -35,33 +36,6 @@ _FLOAT32_MAX_LEVEL = 12
 class AccuracyWarning(UserWarning):
     """The requested accuracy is probably not met (e.g. float32 on a very deep tree)."""
 
-#: eps -> (p, ncrit): the smallest p whose worst measured relative L2 error of potential *and*
-#: gradient is at least 3x below eps (benchmarks/accuracy.py, n = 2e4: uniform cube, sphere
-#: surface, clustered; float64). Worst errors measured: p=3 2.6e-3, 4 4.8e-4, 5 6.2e-5,
-#: 6 1.0e-5, 7 1.4e-6, 8 1.3e-7, 9 2.4e-8, 10 4.0e-9, 11 7.5e-10, 12 2.6e-10, 13 5.9e-11,
-#: 14 2.1e-11. Separate targets take one order more (see choose_parameters); their worst case
-#: (two tiny far clusters, targets around them) measured 8.2e-7 at p=9, 2.3e-10 at p=13 and
-#: 1.9e-10 at p=14, where deep trees saturate (float64 coordinates of 20-level boxes).
-_EPS_TABLE = (  # (smallest eps served, p, ncrit)
-    (8e-3, 3, 80),
-    (1.5e-3, 4, 120),
-    (2e-4, 5, 160),
-    (3.5e-5, 6, 240),
-    (4.5e-6, 7, 320),
-    (4e-7, 8, 400),
-    (8e-8, 9, 480),
-    (1.3e-8, 10, 560),
-    (2.5e-9, 11, 640),
-    (8e-10, 12, 720),
-    (2e-10, 13, 800),
-)
-#: ncrit: leaves of ~ncrit/2..ncrit points balance P2P against M2L; measured on uniform 1e5 and
-#: 1e6 points at eps 1e-6 (p = 8): ncrit 160 -> 0.75 s / 7.2 s, 400 -> 0.44 s / 4.3 s (pot+grad).
-#: p -> the worst measured error above (sources = targets, charges): what a plan of order p
-#: reaches once the order bumps of choose_parameters are taken off (see order_error).
-_WORST_ERROR = {3: 2.6e-3, 4: 4.8e-4, 5: 6.2e-5, 6: 1.0e-5, 7: 1.4e-6, 8: 1.3e-7, 9: 2.4e-8,
-                10: 4.0e-9, 11: 7.5e-10, 12: 2.6e-10, 13: 5.9e-11, 14: 2.1e-11}
-
 
 def _order_bump(separate_targets=False, dipoles=False, hessians=False):
     """Orders choose_parameters adds to the table's p (see its docstring for the measurements)."""
@@ -69,24 +43,30 @@ def _order_bump(separate_targets=False, dipoles=False, hessians=False):
     return sep + bool(dipoles) + (1 + sep) * bool(hessians)
 
 
-def order_error(p, separate_targets=False, dipoles=False, hessians=False):
+def order_error(p, separate_targets=False, dipoles=False, hessians=False, family=LAPLACE):
     """The relative error a plan of order ``p`` is expected to reach (before dtype floors).
 
     The inverse of :func:`choose_parameters`: take off the order bumps for separate targets,
-    dipoles and Hessians and read the worst measured error of the remaining order (so a p
-    chosen from eps gives at most eps / 3). Orders below the table are extrapolated by a
-    factor 10 per order (capped at 1), orders above it saturate at the last measurement.
+    dipoles and Hessians and read the worst measured error of the remaining order in the
+    kernel family's table (:attr:`~aotfmm.families.KernelFamily.worst_error`; so a p chosen
+    from eps gives at most eps / 3). Orders below the table are extrapolated by a factor 10
+    per order (capped at 1), orders above it saturate at the last measurement.
     """
+    worst = family.worst_errors()
     q = p - _order_bump(separate_targets, dipoles, hessians)
-    lo, hi = min(_WORST_ERROR), max(_WORST_ERROR)
+    lo, hi = min(worst), max(worst)
     if q < lo:
-        return min(1.0, _WORST_ERROR[lo] * 10.0 ** (lo - q))
-    return _WORST_ERROR[min(q, hi)]
+        return min(1.0, worst[lo] * 10.0 ** (lo - q))
+    return worst[min(q, hi)]
 
 
 def choose_parameters(eps, p=None, ncrit=None, separate_targets=False, dipoles=False,
-                      hessians=False):
+                      hessians=False, family=LAPLACE):
     """(p, ncrit) for an accuracy target; explicit values win.
+
+    The base row comes from the kernel family's measured table
+    (:attr:`~aotfmm.families.KernelFamily.eps_table`): the first row whose eps is at most the
+    one asked for (the last row below all), with its p and ncrit.
 
     Dipole sources get one order more too: their fields decay one power faster, so more of
     them sits in high-order terms (measured at eps 1e-9, clustered sources, separate targets:
@@ -100,7 +80,8 @@ def choose_parameters(eps, p=None, ncrit=None, separate_targets=False, dipoles=F
     sources they were measured at up to 1.4x eps with one more order than the gradients (same
     two clusters, eps 1e-6, p = 10), at most 5e-8 with two (p = 11).
     """
-    row = next((r for r in _EPS_TABLE if eps >= r[0]), _EPS_TABLE[-1])
+    table = family.eps_table
+    row = next((r for r in table if eps >= r[0]), table[-1])
     if p is None:
         p = min(row[1] + _order_bump(separate_targets, dipoles, hessians), P_MAX)
         row = (row[0], p, row[2])
@@ -132,15 +113,16 @@ class Plan:
 
     def __init__(self, src_xyz, trg_xyz, *, eps, p=None, ncrit=None, dtype=np.float64,
                  threads=1, cache_dir=None, progress=None, dipoles=False, hessians=False,
-                 points=None):
+                 points=None, family=LAPLACE):
         timings = {}
         step = progress.step if progress is not None else (lambda name: None)
         t = time.perf_counter()
         dt = np.dtype(dtype)
-        self.dtype, self.threads = dt, threads
+        self.dtype, self.threads, self.family = dt, threads, family
         self.same = trg_xyz is src_xyz
         self.p, self.ncrit = choose_parameters(eps, p, ncrit, separate_targets=not self.same,
-                                               dipoles=dipoles, hessians=hessians)
+                                               dipoles=dipoles, hessians=hessians,
+                                               family=family)
 
         tree = build_tree(src_xyz, trg_xyz, self.ncrit, threads=threads)
         if dt == np.float32 and tree.n_levels - 1 > _FLOAT32_MAX_LEVEL:
@@ -153,7 +135,10 @@ class Plan:
         lists = build_lists(tree, threads=threads)
         timings["lists"], t = time.perf_counter() - t, time.perf_counter()
         step("lists")
-        ops = get_operators(self.p, dt, cache_dir=cache_dir, threads=threads)
+        if not family.scale_invariant:  # a set per tree level would be built here
+            raise per_level_error(family)
+        # scale invariant: one operator set (the reference box's) serves every level
+        ops = get_operators(self.p, dt, cache_dir=cache_dir, threads=threads, family=family)
         timings["operators"], t = time.perf_counter() - t, time.perf_counter()
         step("operators")
         self.tree, self.ops = tree, ops
@@ -540,4 +525,4 @@ class KifmmPasses:
             near_field(p.src, self.q, p.trg, t.src_start, t.src_end, t.trg_start, t.trg_end,
                        p.near_offsets, p.near_index, p.near_boxes, self.pot, self.grad,
                        p.threads, cost=p.near_cost, dipoles=self.dip, exact=False,
-                       hess=self.hess, shift=p.near_shift)
+                       hess=self.hess, shift=p.near_shift, family=p.family)

@@ -66,7 +66,7 @@ from .families import LAPLACE
 from .surfaces import DEFAULT_RADII, kernel_matrix, n_surf, surface
 
 __all__ = ["Operators", "get_operators", "build_operators", "default_m2l_tol",
-           "default_pinv_cutoff", "P_MIN", "P_MAX"]
+           "default_pinv_cutoff", "per_level_error", "P_MIN", "P_MAX"]
 
 P_MIN, P_MAX = 2, 16
 
@@ -168,12 +168,18 @@ def _pinv_factors(a, cutoff):
     return np.ascontiguousarray(vt[keep].T / s[keep]), np.ascontiguousarray(u[:, keep].T)
 
 
+def per_level_error(family):
+    """The error for a kernel family that is not scale invariant: it needs an operator set per
+    tree level, which is not implemented."""
+    return NotImplementedError(f"kernel family {family.name!r} is not scale invariant: it needs "
+                               "operators per level, which are not implemented")
+
+
 def _one_set_for_all_levels(family):
     """Raise unless one operator set (the reference box's) serves every level of ``family``:
     true for a scale-invariant (homogeneous) kernel; any other needs a set per level."""
     if not family.scale_invariant:
-        raise NotImplementedError(f"kernel family {family.name!r} is not scale invariant: it "
-                                  "needs operators per level, which are not implemented")
+        raise per_level_error(family)
 
 
 def build_operators(p, radii=DEFAULT_RADII, pinv_cutoff=1e-13, m2l_tol=1e-7, m2l_rank=None,

@@ -20,10 +20,7 @@ import numpy as np
 
 from .families import LAPLACE
 
-__all__ = ["n_surf", "surface", "kernel_matrix", "DEFAULT_RADII", "KERNEL_DEGREE"]
-
-#: The kernel 1/(4 pi r) is homogeneous of degree -1: G(s r) = G(r) / s (see :mod:`aotfmm._frame`).
-KERNEL_DEGREE = -1
+__all__ = ["n_surf", "surface", "kernel_matrix", "DEFAULT_RADII"]
 
 #: Default radii (r_up_equiv, r_up_check, r_down_equiv, r_down_check), as in exafmm-t.
 DEFAULT_RADII = (1.05, 2.95, 2.95, 1.05)
