@@ -293,16 +293,26 @@ def _direct(x, q, targets):
     return aotfmm.direct(x, q, targets, gradient=True, dtype=np.float64)
 
 
+def _one_over_r():
+    """Our kernel times this is 1/r (4 pi): the scaling of libraries that leave out the
+    1/(4 pi). Imported here, not at the top: this file also runs as the children's script,
+    and the other libraries' children must not load aotfmm."""
+    from aotfmm.families import LAPLACE
+    return 1.0 / float(LAPLACE.g_of_r(1.0))
+
+
 def _snap(factor):
     """The kernel scaling among 1, 4 pi, -1, -4 pi that ``factor`` (a least-squares fit at
     the run's finest eps, >= 1e-3 off at worst) stands for; kept as is if none is within 5 %."""
-    candidates = (1.0, 4 * np.pi, -1.0, -4 * np.pi)
+    c = _one_over_r()
+    candidates = (1.0, c, -1.0, -c)
     best = min(candidates, key=lambda c: abs(factor / c - 1.0))
     return best if abs(factor / best - 1.0) < 0.05 else factor
 
 
 def _scale_name(c):
-    names = {1.0: "1/(4 pi r)", 4 * np.pi: "1/r", -1.0: "-1/(4 pi r)", -4 * np.pi: "-1/r"}
+    one = _one_over_r()
+    names = {1.0: "1/(4 pi r)", one: "1/r", -1.0: "-1/(4 pi r)", -one: "-1/r"}
     return names.get(c, f"{c:.6g} x 1/(4 pi r)")
 
 
