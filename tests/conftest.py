@@ -39,6 +39,17 @@ def slow_if(condition, *values):
     return pytest.param(*values, marks=[pytest.mark.slow] if condition else [])
 
 
+def uniform(rng, n):
+    """n points uniform in the unit cube, (n, 3)."""
+    return rng.random((n, 3))
+
+
+def sphere(rng, n):
+    """n points uniform on the unit sphere surface, (n, 3)."""
+    x = rng.standard_normal((n, 3))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(20240607)

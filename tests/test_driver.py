@@ -6,6 +6,7 @@ import pytest
 
 import aotfmm
 from aotfmm import _driver
+from conftest import sphere, uniform
 
 
 class CountingPasses:
@@ -105,11 +106,8 @@ class RecordingComm(_driver.SerialComm):
 
 
 def _points(kind, rng, n):
-    if kind == "uniform":
-        return rng.random((n, 3))
-    if kind == "sphere":
-        x = rng.standard_normal((n, 3))
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
+    if kind in ("uniform", "sphere"):
+        return {"uniform": uniform, "sphere": sphere}[kind](rng, n)
     if kind == "clusters":  # deep, adaptive: W and X lists, far and near
         c = np.array([[0.0, 0, 0], [1.0, 0, 0], [0.5, 0.9, 0.3]])[rng.integers(0, 3, n)]
         return c + 10.0 ** rng.uniform(-4, -1, (n, 1)) * rng.standard_normal((n, 3))

@@ -3,16 +3,7 @@ import numpy as np
 import pytest
 
 import aotfmm
-from conftest import direct_reference, rel_err, slow_if
-
-
-def uniform(rng, n):
-    return rng.random((n, 3))
-
-
-def sphere(rng, n):
-    x = rng.standard_normal((n, 3))
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+from conftest import direct_reference, rel_err, slow_if, sphere, uniform
 
 
 def clustered(rng, n):

@@ -6,15 +6,12 @@ import pytest
 
 import aotfmm
 from aotfmm import AccuracyWarning
-from conftest import hessian_reference, rel_err, slow_if
+from conftest import hessian_reference, rel_err, slow_if, sphere, uniform
 
 
 def points(rng, kind, n):
-    if kind == "uniform":
-        return rng.random((n, 3))
-    if kind == "sphere":
-        x = rng.standard_normal((n, 3))
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
+    if kind in ("uniform", "sphere"):
+        return {"uniform": uniform, "sphere": sphere}[kind](rng, n)
     return rng.random((4, 3))[rng.integers(0, 4, n)] + 0.03 * rng.standard_normal((n, 3))
 
 

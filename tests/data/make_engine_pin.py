@@ -19,6 +19,8 @@ N, M, STRIDE = 1500, 400, 3
 
 
 def points(dist, rng, n):
+    # Deliberately self-contained (not conftest's uniform/sphere): the stored results depend on
+    # these exact draws, which must not change when a shared test helper does.
     if dist == "uniform":
         return rng.random((n, 3))
     if dist == "sphere":
