@@ -24,12 +24,7 @@ def _get_controller():
 
 def single_threaded(threads):
     """Context manager: BLAS limited to one thread when ``threads > 1``, else a no-op."""
-    if threads <= 1:
-        return contextlib.nullcontext()
-    ctl = _get_controller()
-    if not ctl:
-        return contextlib.nullcontext()
-    return ctl.limit(limits=1, user_api="blas")
+    return contextlib.nullcontext() if threads <= 1 else limit_one()
 
 
 def limit_one():

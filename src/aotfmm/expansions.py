@@ -338,12 +338,9 @@ def _s2p(ops, dens, trg_xyz, trg_start, trg_end, trg_boxes, list_offsets, list_i
         d2, out = d3.reshape(len(d3), ops.n_surf), dict(pot=pot.reshape(-1))
         if grad is not None:
             out["grad"] = grad.reshape(3, -1)
-        kernel = _dispatch.bind(_dispatch.kernel_name(
+        work = _dispatch.bind(_dispatch.kernel_name(
             ops.family.name, "s2p", "surface", "pot" if grad is None else "potgrad"), dt, dens=d2,
-            **shared, **out)
-
-        def work(i0, i1):
-            kernel(i0, i1)
+            **shared, **out)  # a function of (b0, b1), the range a worker takes
     _threads.run(work, bounds, threads)
 
 

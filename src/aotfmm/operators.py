@@ -475,13 +475,11 @@ def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_c
                               estimate=est and est[0]) as notice:
             ops = build_operators(p, radii, pinv_cutoff, m2l_tol, m2l_rank, method,
                                   stage=notice.stage, threads=threads, family=family)
-            mb = sum(v.nbytes * (dt.itemsize / v.itemsize if v.dtype.kind == "f" and
-                                  k not in ("surface", "m2l_sigma") else 1)
-                      for k, v in ops.items()) / 1e6
+            out = {k: (v if k in ("surface", "m2l_sigma", "m2l_offsets") else v.astype(dt))
+                   for k, v in ops.items()}
+            mb = sum(v.nbytes for v in out.values()) / 1e6
             notice.done_text = (f"aotfmm: built {_title(family)} operators p={p} for {dt.name} "
-                                f"({mb:.0f} MB, M2L rank {ops['m2l_v'].shape[1]})")
-        out = {k: (v if k in ("surface", "m2l_sigma", "m2l_offsets") else v.astype(dt))
-               for k, v in ops.items()}
+                                f"({mb:.0f} MB, M2L rank {out['m2l_v'].shape[1]})")
         return out
 
     def validate(arrays):  # arrays read from a cache file, before anything uses them
