@@ -196,6 +196,27 @@ def test_matmat_complex_block_in_one_traversal(rng, operator_case):
     assert rel(w, ref[:, 1]) < 1e-6
 
 
+def test_matmat_refuses_bad_blocks_and_takes_any_memory_order(rng, operator_case):
+    """Blocks reach the compiled kernels only through evaluate's checks: non-finite values and
+    wrong lengths are refused, a Fortran-ordered or strided block gives the C-ordered answer."""
+    plan, dense, diag, _ = operator_case
+    n = plan.n_sources
+    op = plan.as_linear_operator(diagonal=diag)
+    X = rng.standard_normal((n, 3))
+    for bad in (np.inf, np.nan):
+        Xb = X.copy()
+        Xb[5, 1] = bad
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            op.matmat(Xb)
+    with pytest.raises(ValueError):
+        op.matmat(rng.standard_normal((n - 1, 3)))
+    Y = op.matmat(X)
+    assert np.array_equal(op.matmat(np.asfortranarray(X)), Y)
+    wide = rng.standard_normal((n, 6))
+    assert np.array_equal(op.matmat(wide[:, ::2]), op.matmat(np.ascontiguousarray(wide[:, ::2])))
+    assert rel(Y[:, 0], (dense @ X)[:, 0]) < 1e-6
+
+
 def test_matmat_scalar_diagonal_and_no_diagonal(rng, operator_case):
     plan, dense, diag, _ = operator_case
     n = plan.n_sources
