@@ -14,6 +14,7 @@ import numpy as np
 
 import aotfmm
 from aotfmm._direct import _direct
+from aotfmm._threads import Workers
 from aotfmm.evaluate import choose_parameters
 
 DISTS = {
@@ -74,7 +75,7 @@ def main():
             # the reference uses the very points the FMM gets (float32 inputs are rounded)
             src = src64.astype(dtype).astype(np.float64)
             trg = src if trg64 is None else trg64.astype(dtype).astype(np.float64)
-            ref_pot, ref_grad = _direct(src, q, trg[idx], True, np.dtype(np.float64), 2)
+            ref_pot, ref_grad = _direct(src, q, trg[idx], True, np.dtype(np.float64), Workers(2))
             for p in args.p:
                 if dtype == "float32" and p > 8:
                     continue

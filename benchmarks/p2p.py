@@ -63,7 +63,8 @@ def main():
                 for mode in modes:
                     one = None
                     for threads in sorted({1, ncpu}):
-                        t = best_time(lambda: _p2p_all(xyz, q, xyz, pot, grad, threads, module,
+                        workers = _threads.Workers(threads)
+                        t = best_time(lambda: _p2p_all(xyz, q, xyz, pot, grad, workers, module,
                                                        exact=mode != "fmm"), repeat)
                         rate = n * n / t
                         one = rate if threads == 1 else one

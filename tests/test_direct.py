@@ -10,6 +10,7 @@ import pytest
 
 import aotfmm
 from aotfmm import _kernels
+from aotfmm._threads import Workers
 from aotfmm._direct import _direct, _p2p_all
 from conftest import direct_reference, rel_err
 
@@ -39,7 +40,7 @@ def test_every_runnable_isa_module_agrees(rng, isa, dtype):
     src = rng.random((500, 3))
     q = rng.standard_normal(500)
     module = _kernels.load(isa)
-    pot, grad = _direct(src, q, src, True, np.dtype(dtype), 2, module=module)
+    pot, grad = _direct(src, q, src, True, np.dtype(dtype), Workers(2), module=module)
     ref_pot, ref_grad = direct_reference(src, q, src)
     assert rel_err(pot, ref_pot) < TOL[dtype]
     assert rel_err(grad, ref_grad) < TOL[dtype]
@@ -49,7 +50,7 @@ def test_every_runnable_isa_module_agrees(rng, isa, dtype):
     for gradient in (False, True):
         p = np.zeros(500, dtype)
         g = np.zeros((3, 500), dtype) if gradient else None
-        _p2p_all(xyz, qd, xyz, p, g, 2, module, exact=False)
+        _p2p_all(xyz, qd, xyz, p, g, Workers(2), module, exact=False)
         assert rel_err(p, ref_pot) < TOL[dtype]
         if gradient:
             assert rel_err(g.T, ref_grad) < TOL[dtype]
@@ -71,7 +72,7 @@ def test_near_coincident_points_in_float64(isa, exact):
     xyz = np.ascontiguousarray(src.T)
     module = _kernels.load(isa)
     pot, grad = np.zeros(len(src)), np.zeros((3, len(src)))
-    _p2p_all(xyz, q, xyz, pot, grad, 2, module, exact=exact)
+    _p2p_all(xyz, q, xyz, pot, grad, Workers(2), module, exact=exact)
     ref_pot, ref_grad = direct_reference(src, q, src)
     tol = 1e-12 if exact else 1e-11
     assert np.all(np.isfinite(pot)) and np.all(np.isfinite(grad))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from aotfmm import _geometry, direct, expansions
+from aotfmm._threads import Workers
 from aotfmm.operators import get_operators
 from aotfmm.surfaces import n_surf, surface
 
@@ -93,7 +94,7 @@ def test_m2p_pot_and_grad(p, dt, rng):
     pot = np.zeros(200, dt)
     grad = np.zeros((3, 200), dt)
     expansions.m2p(ops, dens, soa(trg, dt), trg_start, trg_end, I64([1, 2]), I64([0, 1, 2]),
-                   I64([0, 0]), all_centers, all_hw, pot, grad, threads=2)
+                   I64([0, 0]), all_centers, all_hw, pot, grad, workers=Workers(2))
     pot2 = np.zeros(200, dt)
     expansions.m2p(ops, dens, soa(trg, dt), trg_start, trg_end, I64([1, 2]), I64([0, 1, 2]),
                    I64([0, 0]), all_centers, all_hw, pot2)
@@ -128,7 +129,7 @@ def test_m2m(p, rng):
     q = rng.standard_normal(len(src))
     equiv = np.zeros((9, ops.n_surf), dt)
     expansions.p2m(ops, soa(src, dt), q, I64(range(1, 9)), start, end, centers, hw, equiv,
-                   threads=2)
+                   workers=Workers(2))
     expansions.m2m(ops, equiv, I64([0]), I64([range(1, 9)]))
     trg = far_points(rng, c, H)
     ref = ref_field(trg, src, q)[0]
@@ -173,7 +174,7 @@ def test_p2l_l2l_l2p(p, rng):
     pot = np.zeros(8 * m)
     grad = np.zeros((3, 8 * m))
     expansions.l2p(ops, local, soa(trg, dt), trg_start, trg_end, I64(range(1, 9)), centers, hw,
-                   pot, grad, threads=2)
+                   pot, grad, workers=Workers(2))
     ref_p, ref_g = ref_field(trg, src, q)
     assert rel(pot, ref_p) < BOUND_F64[p]
     assert rel(grad.T, ref_g) < 10 * BOUND_F64[p]
@@ -214,15 +215,15 @@ def test_m2l_all_transfer_vectors(p, dt, rng):
     equiv = np.zeros((n_boxes, ops.n_surf), dt)
     leaves = I64(range(2, n_boxes))
     expansions.p2m(ops, soa(src, dt), q.astype(dt), leaves, I64(start), I64(end), centers, hw,
-                   equiv, threads=2)
+                   equiv, workers=Workers(2))
     local = np.zeros((n_boxes, ops.n_surf), dt)
     dcheck = np.zeros((n_boxes, ops.down_rank), dt)
     for threads in (1, 2):
         local[:] = 0
         dcheck[:] = 0
         plan = expansions.m2l_plan(ops, I64([0, 1]), I64([0, 316, 632]), I64(v_index),
-                                   I64(v_transfer), n_boxes, threads=threads)
-        expansions.m2l(ops, equiv, dcheck, plan, threads=threads)
+                                   I64(v_transfer), n_boxes, workers=Workers(threads))
+        expansions.m2l(ops, equiv, dcheck, plan, workers=Workers(threads))
         expansions.dc2e(ops, dcheck, local, I64([0, 1]))
         m = 100
         trg = np.concatenate([tcent[b] + h * rng.uniform(-1, 1, (m, 3)) for b in range(2)])

@@ -26,15 +26,18 @@ def _python(code, timeout=600):
 @pytest.mark.parametrize("threads", [2, 3, 4, 8, 17])
 def test_nested_runs_cover_every_range_once(threads):
     seen = np.zeros((50, 40), dtype=np.int64)
+    outer_w, inner_w = _threads.Workers(threads), _threads.Workers(threads + 1)
 
     def outer(a, b):
         for i in range(a, b):
             def inner(c, d, i=i):
                 seen[i, c:d] += 1
-            _threads.run(inner, _threads.split(40, threads * 4), threads)
+            # nested on the same workers and on other ones: both run inline on this thread
+            (outer_w if i % 2 else inner_w).run(inner, _threads.split(40, threads * 4))
 
-    _threads.run(outer, _threads.split(50, threads * 4), threads)
+    outer_w.run(outer, _threads.split(50, threads * 4))
     assert (seen == 1).all()
+    assert inner_w.started == 0  # only ever called from inside a worker
 
 
 def test_fmm_with_both_point_sets_large_returns_for_any_thread_count():
@@ -97,15 +100,81 @@ def test_an_exception_stops_handing_out_ranges():
         time.sleep(0.01)
 
     with pytest.raises(KeyboardInterrupt):
-        _threads.run(func, np.arange(201), 4)
+        _threads.Workers(4).run(func, np.arange(201))
     # the caller takes range 0 first; at most the ranges already taken by the 3 helpers ran
     assert len(started) <= 8, len(started)
 
 
 def test_pool_threads_never_keep_the_interpreter_alive():
-    _threads.run(lambda a, b: None, np.arange(5), 4)
-    pool = [t for t in threading.enumerate() if t.name.startswith("aotfmm")]
-    assert pool and all(t.daemon for t in pool)
+    w = _threads.Workers(4)
+    w.run(lambda a, b: None, np.arange(5))
+    pool = [t for t in threading.enumerate() if t.name.startswith(f"aotfmm-{id(w):x}")]
+    assert len(pool) == 3 and all(t.daemon for t in pool)
+
+
+def _pool_threads(w):
+    return [t for t in threading.enumerate() if t.name.startswith(f"aotfmm-{id(w):x}-")]
+
+
+def test_workers_start_lazily_and_stop_when_closed_or_dropped():
+    import gc
+    w = _threads.Workers(3)
+    assert w.started == 0 and not _pool_threads(w)          # nothing until parallel work
+    w.run(lambda a, b: None, np.arange(2), limit=1)
+    assert w.started == 0
+    hits = np.zeros(30, dtype=np.int64)
+
+    def work(a, b):
+        hits[a:b] += 1
+    w.run(work, np.arange(31))
+    assert w.started == 2 and (hits == 1).all()
+    threads = _pool_threads(w)
+    w.close()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    w.run(work, np.arange(31))                                # closed: runs inline, still right
+    assert (hits == 2).all()
+    # dropped without close: the pool threads exit too (they hold the queue, not the object)
+    w2 = _threads.Workers(3)
+    w2.run(work, np.arange(31))
+    threads = _pool_threads(w2)
+    assert len(threads) == 2
+    del w2
+    gc.collect()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+
+
+def test_a_plan_keeps_its_own_workers_and_new_plans_leave_no_threads_behind(rng):
+    import gc
+    src = rng.random((3000, 3))
+    q = rng.standard_normal(3000)
+    before = {t.ident for t in threading.enumerate()}
+    for _ in range(5):
+        plan = aotfmm.Fmm(src, eps=1e-3, threads=2)
+        plan.evaluate(q)
+    del plan
+    gc.collect()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        extra = [t for t in threading.enumerate() if t.ident not in before
+                 and t.name.startswith("aotfmm-")]
+        if not extra:
+            break
+        time.sleep(0.05)
+    assert not extra, extra
+
+
+def test_workers_argument_pairs_are_checked():
+    w = _threads.Workers(2)
+    assert _threads.as_workers(None, w) is w and _threads.as_workers(2, w) is w
+    assert _threads.as_workers(3).threads == 3
+    with pytest.raises(ValueError, match="disagrees"):
+        _threads.as_workers(3, w)
+    with pytest.raises(TypeError, match="Workers"):
+        _threads.as_workers(None, 2)
 
 
 def test_ctrl_c_during_a_long_evaluation_exits_promptly():

@@ -18,7 +18,7 @@ _CHUNKS_PER_THREAD = 4
 _MIN_PAIRS_FOR_THREADS = 200_000
 
 
-def _direct(src, q, trg, gradient, dt, threads, module=None, family=LAPLACE):
+def _direct(src, q, trg, gradient, dt, workers, module=None, family=LAPLACE):
     """Validated-input twin of :func:`direct`: src/trg float64 (n, 3), q float64 (n,).
 
     ``module`` picks a kernel module other than the active ISA's (tests compare them);
@@ -34,7 +34,7 @@ def _direct(src, q, trg, gradient, dt, threads, module=None, family=LAPLACE):
         src_xyz = to_soa(src, center, scale, dt)
         trg_xyz = to_soa(trg, center, scale, dt) if trg is not src else src_xyz
         qscale, charges = scaled_charges(q, dt)
-        _p2p_all(src_xyz, charges, trg_xyz, pot, grad if gradient else None, threads, module,
+        _p2p_all(src_xyz, charges, trg_xyz, pot, grad if gradient else None, workers, module,
                  family=family)
         pot = rescale(pot, unscale_factor(qscale, scale, 0, family), "potential")
         if gradient:
@@ -42,7 +42,7 @@ def _direct(src, q, trg, gradient, dt, threads, module=None, family=LAPLACE):
     return (pot, np.ascontiguousarray(grad.T)) if gradient else pot
 
 
-def _direct_multi(src, q, d, trg, gradient, dt, threads, family=LAPLACE):
+def _direct_multi(src, q, d, trg, gradient, dt, workers, family=LAPLACE):
     """k densities: q (k, n) float64 or None, d (k, 3, n) float64 or None.
 
     Returns pot (k, n_trg) and grad (k, 3, n_trg) or None, in dtype ``dt``."""
@@ -63,7 +63,7 @@ def _direct_multi(src, q, d, trg, gradient, dt, threads, family=LAPLACE):
     ds = None if ds is None else np.ascontiguousarray(ds, dtype=dt)
     pl = np.zeros((len(live), n_trg), dtype=dt)
     gl = np.zeros((len(live), 3, n_trg), dtype=dt) if gradient else None
-    _p2p_all(src_xyz, qs, trg_xyz, pl, gl, threads, dipoles=ds, family=family)
+    _p2p_all(src_xyz, qs, trg_xyz, pl, gl, workers, dipoles=ds, family=family)
     unscale_fields((pot, grad), (pl, gl), live, qscale, scale, family=family)
     return pot, grad
 
@@ -74,13 +74,13 @@ def _representable(src, trg, center, scale, dt):
         check_representable(pts - center, scale, dt)
 
 
-def _p2p_all(src_xyz, charges, trg_xyz, pot, grad, threads, module=None, dipoles=None,
+def _p2p_all(src_xyz, charges, trg_xyz, pot, grad, workers, module=None, dipoles=None,
              exact=True, family=LAPLACE):
-    """All sources on all targets, targets split into chunks over the thread pool."""
+    """All sources on all targets, targets split into chunks over ``workers``."""
     n_src, n_trg = src_xyz.shape[1], trg_xyz.shape[1]
     if n_src * n_trg < _MIN_PAIRS_FOR_THREADS:
-        threads = 1
-    trg_offsets = _threads.split(n_trg, threads * _CHUNKS_PER_THREAD)
+        workers = _threads.INLINE
+    trg_offsets = workers.split(n_trg, _CHUNKS_PER_THREAD)
     n_chunks = len(trg_offsets) - 1
     trg_start, trg_end = trg_offsets[:-1].copy(), trg_offsets[1:].copy()
     src_start, src_end = np.zeros(1, np.int64), np.array([n_src], dtype=np.int64)
@@ -88,14 +88,14 @@ def _p2p_all(src_xyz, charges, trg_xyz, pot, grad, threads, module=None, dipoles
     list_index = np.zeros(n_chunks, dtype=np.int64)
     boxes = np.arange(n_chunks, dtype=np.int64)
     p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_offsets,
-        list_index, boxes, pot, grad, threads, module, dipoles=dipoles, exact=exact,
+        list_index, boxes, pot, grad, workers, module, dipoles=dipoles, exact=exact,
         family=family)
 
 
 def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_offsets,
-        list_index, boxes, pot, grad, threads, module=None, cost=None, dipoles=None,
+        list_index, boxes, pot, grad, workers, module=None, cost=None, dipoles=None,
         exact=True, hess=None, shift=None, family=LAPLACE):
-    """Run the P2P kernel over the target boxes ``boxes`` on the thread pool (trusted input).
+    """Run the P2P kernel over the target boxes ``boxes`` on ``workers`` (trusted input).
 
     ``charges`` (n,) with ``pot`` (n_trg,), ``grad`` (3, n_trg); or several densities:
     ``charges`` (k, n) or None, ``dipoles`` (k, 3, n) or None, ``pot`` (k, n_trg), ``grad``
@@ -140,5 +140,5 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
                                                     "pot" if grad is None else "potgrad"),
                               dt, module, **shared, charges=charges, refine=refine, **out)
     n = len(boxes)
-    bounds = np.arange(n + 1) if cost is None else _threads.split(cost, threads * _CHUNKS_PER_THREAD)
-    _threads.run(work, bounds, threads)
+    bounds = np.arange(n + 1) if cost is None else workers.split(cost, _CHUNKS_PER_THREAD)
+    workers.run(work, bounds)

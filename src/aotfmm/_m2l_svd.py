@@ -61,17 +61,17 @@ def transfer_matrices(surf, r_check, r_equiv, vectors, family=LAPLACE):
     return out
 
 
-def _stacked_svd(surf, r_check, r_equiv, transpose, threads=1, family=LAPLACE):
+def _stacked_svd(surf, r_check, r_equiv, transpose, workers=_threads.INLINE, family=LAPLACE):
     """Singular values and right singular vectors of the tall stack [K_t; ...] (or [K_t^T; ...]).
 
     Streams blocks of K_t through a QR so that only an n x n triangular factor is kept; with
-    several threads each streams its own share of the transfer vectors and the triangular
+    several workers each stream its own share of the transfer vectors and the triangular
     factors are stacked and reduced by one more QR (the same R up to signs). The grouping is
-    fixed (:data:`_QR_GROUPS`), so the result does not depend on ``threads``.
+    fixed (:data:`_QR_GROUPS`), so the result does not depend on ``workers``.
     """
     n = len(surf)
     vecs = _geometry.TRANSFER_VECTORS
-    groups = _groups(len(vecs), threads)
+    groups = _groups(len(vecs))
     rs = [None] * (len(groups) - 1)
 
     def stream(g0, g1):
@@ -85,20 +85,20 @@ def _stacked_svd(surf, r_check, r_equiv, transpose, threads=1, family=LAPLACE):
                 r = np.linalg.qr(np.concatenate([r, k.reshape(-1, n)]), mode="r")
             rs[g] = r
 
-    _threads.run(stream, np.arange(len(rs) + 1), threads)
+    workers.run(stream, np.arange(len(rs) + 1))
     r = rs[0] if len(rs) == 1 else np.linalg.qr(np.concatenate(rs), mode="r")
     _, sigma, vt = np.linalg.svd(r)
     return sigma, vt.T
 
 
 #: The QR stream is cut into this many groups whatever the thread count, so that a build's
-#: rounding (and a float32 cast of its results) does not depend on how many threads ran it.
+#: rounding (and a float32 cast of its results) does not depend on how many workers ran it.
 _QR_GROUPS = 4
 
 
-def _groups(n_items, threads):
+def _groups(n_items):
     """Bounds of _QR_GROUPS contiguous groups of whole _QR_BLOCK blocks (fewer if there are
-    fewer blocks); ``threads`` only decides how many run at once."""
+    fewer blocks); the workers only decide how many run at once."""
     n_blocks = -(-n_items // _QR_BLOCK)
     n_groups = max(1, min(_QR_GROUPS, n_blocks))
     return np.minimum(np.linspace(0, n_blocks, n_groups + 1).round().astype(int) * _QR_BLOCK,
@@ -110,8 +110,8 @@ def rank_for(sigma, tol):
     return max(1, int(np.count_nonzero(sigma > tol * sigma[0])))
 
 
-def build(surf, r_down_check, r_up_equiv, dc2e_b, tol, rank=None, stage=None, threads=1,
-          family=LAPLACE):
+def build(surf, r_down_check, r_up_equiv, dc2e_b, tol, rank=None, stage=None,
+          workers=_threads.INLINE, family=LAPLACE):
     """Compressed M2L operators for all 316 transfer vectors, float64.
 
     Parameters
@@ -127,19 +127,20 @@ def build(surf, r_down_check, r_up_equiv, dc2e_b, tol, rank=None, stage=None, th
     dict with ``m2l_v`` (n_surf, k), ``m2l_u`` (n_surf, k), ``m2l_decompress`` (r_down, k),
     ``m2l_a``, ``m2l_b`` (R, k) with R = sum_t r_t, ``m2l_offsets`` (317,) int64 (rows of t are
     ``offsets[t]:offsets[t + 1]``), ``m2l_sigma`` (n_surf,) singular values of the stack.
-    ``stage(name)`` (optional) is called as each stage starts; ``threads``: our own threads
-    (numpy's BLAS should be limited to one meanwhile, see :func:`aotfmm._blas.limit`).
+    ``stage(name)`` (optional) is called as each stage starts; ``workers``: our own threads
+    (:class:`aotfmm._threads.Workers`; numpy's BLAS should be limited to one meanwhile, see
+    :func:`aotfmm._blas.limit_one`).
     ``family``: the kernel (:class:`aotfmm.families.KernelFamily`).
     """
     stage = stage or (lambda name: None)
     stage("M2L basis (QR of 316 kernel blocks)")
     sig_v, v_all = _stacked_svd(surf, r_down_check, r_up_equiv, transpose=False,
-                                threads=threads, family=family)
+                                workers=workers, family=family)
     if r_down_check == r_up_equiv:
         sig_u, u_all = sig_v, v_all           # K_{-t} = K_t^T: same singular vectors
     else:
         sig_u, u_all = _stacked_svd(surf, r_down_check, r_up_equiv, transpose=True,
-                                    threads=threads, family=family)
+                                    workers=workers, family=family)
     k = rank if rank is not None else max(rank_for(sig_v, tol), rank_for(sig_u, tol))
     k = min(k, len(surf))
     u, v = np.ascontiguousarray(u_all[:, :k]), np.ascontiguousarray(v_all[:, :k])
@@ -158,11 +159,11 @@ def build(surf, r_down_check, r_up_equiv, dc2e_b, tol, rank=None, stage=None, th
             for i in range(t1 - t0):
                 r = max(1, int(np.count_nonzero(s_[i] > cut)))
                 factors[t0 + i] = ((p_[i, :, :r] * s_[i, :r]).T, qt[i, :r])
-            done[0] += t1 - t0  # (a display only: a lost update between threads is harmless)
+            done[0] += t1 - t0  # (a display only: a lost update between workers is harmless)
             stage(f"M2L per-vector compression {done[0]}/{n_t}")
 
     n_blocks = -(-n_t // _QR_BLOCK)
-    _threads.run(compress, np.arange(n_blocks + 1), threads)
+    workers.run(compress, np.arange(n_blocks + 1))
     ranks = np.array([len(f[0]) for f in factors])
     offsets = np.concatenate(([0], np.cumsum(ranks))).astype(np.int64)
     a = np.concatenate([f[0] for f in factors])

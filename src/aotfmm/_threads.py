@@ -1,18 +1,24 @@
-"""Worker threads for GIL-released kernels: how many threads, and splitting work into chunks.
+"""Worker threads for GIL-released kernels: a :class:`Workers` object, handed down explicitly.
 
 Kernels release the GIL, so Python threads calling them on disjoint output slices run in
-parallel. The default thread count is the number of CPUs this process may use; ``threads=``
-arguments and the ``AOTFMM_NUM_THREADS`` environment variable override it.
+parallel. Whoever runs parallel work holds a :class:`Workers` (its thread count and its own
+pool of threads) and hands it down to every function that splits work: ``Fmm`` makes one for
+its ``threads=`` and keeps it for the plan's lifetime, the one-call functions make one per call,
+and the builders take one too. There is no module-global pool. The default thread count is the
+number of CPUs this process may use; ``threads=`` arguments and the ``AOTFMM_NUM_THREADS``
+environment variable override it.
 
-How :func:`run` stays safe (the rules any caller may rely on):
+How :meth:`Workers.run` stays safe (the rules any caller may rely on):
 
-* **Nesting runs inline.** A ``run`` called from inside a worker (a task of another ``run``)
-  executes its ranges on that worker, serially: no task ever waits on the pool it runs on, so
-  nested parallel regions cannot deadlock, whatever the thread counts.
+* **Nesting runs inline.** A ``run`` called from inside a worker (a task of another ``run``, on
+  this or any other ``Workers``) executes its ranges on that thread, serially: no task ever
+  waits on a pool it runs on, so nested parallel regions cannot deadlock, whatever the counts.
 * **The caller works too.** The calling thread takes ranges like any worker, so a ``run``
   finishes even if every pool thread is busy with other callers' work.
-* **The pool only grows.** Threads are added when a caller asks for more; none is ever shut
-  down or replaced, so concurrent callers with any thread counts never meet a closed pool.
+* **Each Workers owns its pool.** Concurrent callers sharing one ``Workers`` (threads calling one
+  plan) queue their jobs on its ``threads - 1`` pool threads; callers with different objects
+  (and any thread counts) never share a pool. Pool threads start on the first parallel ``run``
+  and stop when the object is closed or garbage-collected; a closed ``Workers`` runs inline.
 * **Interrupts stop the work.** Ranges are handed out one at a time; when the caller is
   interrupted (Ctrl-C) or a range raises, no further range starts, and the caller returns (or
   re-raises) once the ranges already running are done. Pool threads are daemons: they never
@@ -22,6 +28,7 @@ import numbers
 import os
 import queue
 import threading
+import weakref
 
 import numpy as np
 
@@ -30,9 +37,6 @@ ENV_VAR = "AOTFMM_NUM_THREADS"
 #: small enough that per-thread bookkeeping stays trivial.
 MAX_THREADS = 4096
 
-_tasks = queue.SimpleQueue()
-_workers = []
-_workers_lock = threading.Lock()
 _local = threading.local()
 
 
@@ -74,23 +78,6 @@ def resolve_threads(threads):
 def in_worker():
     """True on a pool thread (a nested :func:`run` there executes inline)."""
     return getattr(_local, "worker", False)
-
-
-def _worker_main():
-    _local.worker = True
-    while True:
-        task = _tasks.get()
-        task()
-
-
-def _ensure_workers(n):
-    """At least ``n`` pool threads exist (the pool never shrinks)."""
-    with _workers_lock:
-        while len(_workers) < n:
-            t = threading.Thread(target=_worker_main, name=f"aotfmm-{len(_workers)}",
-                                 daemon=True)
-            t.start()
-            _workers.append(t)
 
 
 def split(cost, n_chunks):
@@ -159,32 +146,127 @@ class _Job:
                 self.idle.wait(0.1)
 
 
-def run(func, bounds, threads):
-    """Call ``func(start, end)`` for each range of ``bounds``, on at most ``threads`` threads.
+def _worker_main(tasks):
+    _local.worker = True
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        task()
 
-    Ranges are handed out dynamically (the next free thread takes the next range), so giving
-    more ranges than threads balances uneven work. The caller's thread takes part. Inside a
-    worker (a nested run) everything runs inline. The first exception raised is re-raised.
+
+def _stop_pool(tasks, pool):
+    for _ in pool:
+        tasks.put(None)
+
+
+class Workers:
+    """``threads`` threads for parallel work; hand it to whatever splits work.
+
+    Parameters
+    ----------
+    threads : int or None
+        How many threads a :meth:`run` may use at once, the caller's included (None:
+        :func:`default_threads`).
+
+    The pool (``threads - 1`` daemon threads) starts on the first parallel :meth:`run`; it is
+    stopped by :meth:`close` or when the object is garbage-collected (a ``with`` block closes
+    it too). See the module docstring for the safety rules.
     """
-    ranges = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    n_workers = min(int(threads), len(ranges))
-    if n_workers <= 1 or in_worker():
-        for a, b in ranges:
-            func(a, b)
-        return
-    job = _Job(func, ranges)
-    _ensure_workers(n_workers - 1)
-    for _ in range(n_workers - 1):
-        _tasks.put(job.work)
-    try:
-        _local.worker = True  # a run nested in func on this thread runs inline too
-        job.work()
-    finally:
-        _local.worker = False
+
+    def __init__(self, threads=None):
+        self.threads = resolve_threads(threads)
+        self._tasks = queue.SimpleQueue()
+        self._pool = []
+        self._lock = threading.Lock()
+        self._closed = False
+        # the pool threads hold the queue only, so dropping the last reference stops them
+        self._finalizer = weakref.finalize(self, _stop_pool, self._tasks, self._pool)
+
+    def __repr__(self):
+        return f"Workers(threads={self.threads})"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        """Stop the pool threads (once idle); later runs execute inline."""
+        with self._lock:
+            self._closed = True
+        self._finalizer()
+
+    @property
+    def started(self):
+        """Pool threads started so far (0 until the first parallel run)."""
+        return len(self._pool)
+
+    def _ensure_pool(self, n):
+        with self._lock:
+            if self._closed:
+                return False
+            while len(self._pool) < n:
+                t = threading.Thread(target=_worker_main, args=(self._tasks,),
+                                     name=f"aotfmm-{id(self):x}-{len(self._pool)}", daemon=True)
+                t.start()
+                self._pool.append(t)
+            return True
+
+    def limited(self, limit):
+        """How many threads a region capped at ``limit`` uses (at least 1)."""
+        return max(1, min(self.threads, int(limit)))
+
+    def split(self, cost, per_thread=1, limit=None):
+        """:func:`split` into ``per_thread`` chunks per thread (of at most ``limit`` threads)."""
+        n = self.threads if limit is None else self.limited(limit)
+        return split(cost, n * per_thread)
+
+    def run(self, func, bounds, limit=None):
+        """Call ``func(start, end)`` for each range of ``bounds``, on at most ``threads`` threads
+        (at most ``limit`` if given).
+
+        Ranges are handed out dynamically (the next free thread takes the next range), so
+        giving more ranges than threads balances uneven work. The caller's thread takes part.
+        Inside a worker (a nested run) everything runs inline. The first exception raised is
+        re-raised.
+        """
+        ranges = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        n = self.threads if limit is None else self.limited(limit)
+        n_workers = min(n, len(ranges))
+        if n_workers <= 1 or in_worker() or not self._ensure_pool(n_workers - 1):
+            for a, b in ranges:
+                func(a, b)
+            return
+        job = _Job(func, ranges)
+        for _ in range(n_workers - 1):
+            self._tasks.put(job.work)
         try:
-            job.finish()
-        except BaseException:  # interrupted while waiting: no range starts any more
-            job.stopped = True
-            raise
-    if job.error is not None:
-        raise job.error
+            _local.worker = True  # a run nested in func on this thread runs inline too
+            job.work()
+        finally:
+            _local.worker = False
+            try:
+                job.finish()
+            except BaseException:  # interrupted while waiting: no range starts any more
+                job.stopped = True
+                raise
+        if job.error is not None:
+            raise job.error
+
+
+#: Runs everything on the caller's thread (no pool): for code paths that must not fan out.
+INLINE = Workers(1)
+
+
+def as_workers(threads=None, workers=None):
+    """The :class:`Workers` of a ``threads=`` / ``workers=`` pair of arguments: ``workers`` if
+    given (then ``threads`` must be None or equal its count), else a new one for ``threads``."""
+    if workers is None:
+        return Workers(threads)
+    if not isinstance(workers, Workers):
+        raise TypeError(f"workers must be an aotfmm Workers object, got {type(workers).__name__}")
+    if threads is not None and resolve_threads(threads) != workers.threads:
+        raise ValueError(f"threads={threads} disagrees with workers={workers!r}")
+    return workers

@@ -139,6 +139,8 @@ class Fmm:
         self.dtype = resolve_dtype(dtype, sources, targets)
         self.eps = check_eps(eps, self.dtype)
         self.threads = _threads.resolve_threads(threads)
+        # this plan's own threads, used by its setup and every evaluation
+        self._workers = _threads.Workers(self.threads)
         p = check_integer("p", p, lo=evaluate.P_MIN, hi=evaluate.P_MAX, allow_none=True)
         ncrit = check_integer("ncrit", ncrit, lo=1, allow_none=True)
         src = as_points("sources", sources)
@@ -170,7 +172,7 @@ class Fmm:
         self.progress = as_bool("progress", progress)
         bar = _progress.Progress(self.progress, label="aotfmm setup")
         self._core = evaluate.Plan(src_xyz, trg_xyz, eps=self.eps, p=p, ncrit=ncrit,
-                                   dtype=self.dtype, threads=self.threads, cache_dir=cache_dir,
+                                   dtype=self.dtype, workers=self._workers, cache_dir=cache_dir,
                                    progress=bar, dipoles=self._for_dipoles,
                                    hessians=self._for_hessians,
                                    points=(src, trg_pts, self._center, self._scale),
@@ -519,14 +521,14 @@ def direct(sources, charges=None, targets=None, *, dipoles=None, gradient=False,
     """
     gradient = as_bool("gradient", gradient)
     dt = resolve_dtype(dtype, sources, charges, targets, dipoles)
-    threads = _threads.resolve_threads(threads)
+    workers = _threads.Workers(threads)
     src = as_points("sources", sources)
     trg = src if targets is None else as_points("targets", targets)
     if dipoles is None and charges is not None and np.ndim(charges) == 1:
         q = as_charges("charges", charges, src.shape[0])
-        return _direct(src, q, trg, gradient, dt, threads)
+        return _direct(src, q, trg, gradient, dt, workers)
     q, d, single = as_densities(charges, dipoles, src.shape[0])
-    pot, grad = _direct_multi(src, q, d, trg, gradient, dt, threads)
+    pot, grad = _direct_multi(src, q, d, trg, gradient, dt, workers)
     return _shape_out(pot, grad, single, gradient)
 
 

@@ -44,7 +44,8 @@ def _demo(args):
     t2 = time.perf_counter()
     sample = np.sort(rng.choice(n, size=min(n, args.sample), replace=False))
     t3 = time.perf_counter()
-    ref_pot, ref_grad = _direct(src, q, src[sample], True, np.dtype(np.float64), threads)
+    ref_pot, ref_grad = _direct(src, q, src[sample], True, np.dtype(np.float64),
+                                plan._workers)
     t4 = time.perf_counter()
     # the direct sum over the sample excludes only exact coincidences, like the FMM
     print(f"setup (tree, lists, operators): {t1 - t0:.3f} s   "

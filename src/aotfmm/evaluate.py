@@ -16,7 +16,7 @@ import warnings
 
 import numpy as np
 
-from . import _driver, expansions
+from . import _driver, _threads, expansions
 from ._driver import DownLevel, UpLevel
 from ._direct import p2p as near_field
 from .families import LAPLACE
@@ -112,19 +112,19 @@ class Plan:
     """Everything that depends on the points only; see the module docstring."""
 
     def __init__(self, src_xyz, trg_xyz, *, eps, p=None, ncrit=None, dtype=np.float64,
-                 threads=1, cache_dir=None, progress=None, dipoles=False, hessians=False,
-                 points=None, family=LAPLACE):
+                 workers=_threads.INLINE, cache_dir=None, progress=None, dipoles=False,
+                 hessians=False, points=None, family=LAPLACE):
         timings = {}
         step = progress.step if progress is not None else (lambda name: None)
         t = time.perf_counter()
         dt = np.dtype(dtype)
-        self.dtype, self.threads, self.family = dt, threads, family
+        self.dtype, self.workers, self.family = dt, workers, family
         self.same = trg_xyz is src_xyz
         self.p, self.ncrit = choose_parameters(eps, p, ncrit, separate_targets=not self.same,
                                                dipoles=dipoles, hessians=hessians,
                                                family=family)
 
-        tree = build_tree(src_xyz, trg_xyz, self.ncrit, threads=threads)
+        tree = build_tree(src_xyz, trg_xyz, self.ncrit, workers=workers)
         if dt == np.float32 and tree.n_levels - 1 > _FLOAT32_MAX_LEVEL:
             warnings.warn(f"the octree is {tree.n_levels - 1} levels deep: float32 cannot "
                           f"resolve boxes below level {_FLOAT32_MAX_LEVEL} of this problem's "
@@ -132,13 +132,13 @@ class Plan:
                           AccuracyWarning, stacklevel=3)
         timings["tree"], t = time.perf_counter() - t, time.perf_counter()
         step("tree")
-        lists = build_lists(tree, threads=threads)
+        lists = build_lists(tree, workers=workers)
         timings["lists"], t = time.perf_counter() - t, time.perf_counter()
         step("lists")
         if not family.scale_invariant:  # a set per tree level would be built here
             raise per_level_error(family)
         # scale invariant: one operator set (the reference box's) serves every level
-        ops = get_operators(self.p, dt, cache_dir=cache_dir, threads=threads, family=family)
+        ops = get_operators(self.p, dt, cache_dir=cache_dir, workers=workers, family=family)
         timings["operators"], t = time.perf_counter() - t, time.perf_counter()
         step("operators")
         self.tree, self.ops = tree, ops
@@ -345,7 +345,7 @@ class Plan:
                 boxes, offsets, index, transfer = self._grouped(v_rows[sel], v_cols[sel],
                                                                 v_tr[sel])
                 entry["m2l"] = expansions.m2l_plan(self.ops, boxes, offsets, index, transfer,
-                                                   n_boxes, threads=self.threads)
+                                                   n_boxes, workers=self.workers)
             sel = (xr >= lo) & (xr < hi)
             if sel.any():
                 entry["p2l"] = self._grouped(xr[sel], xc[sel])
@@ -469,7 +469,7 @@ class KifmmPasses:
         p, t = self.plan, self.plan.tree
         if len(p.p2m_boxes):  # surface centres come per list entry (None here)
             expansions.p2m(p.ops, p.src, self.q, p.p2m_boxes, t.src_start, t.src_end, None,
-                           p.half_widths, self.equiv, threads=p.threads, dipoles=self.dip,
+                           p.half_widths, self.equiv, workers=p.workers, dipoles=self.dip,
                            entry_centers=p.p2m_centers)
 
     def m2m(self, up):
@@ -485,7 +485,7 @@ class KifmmPasses:
         if down.m2l is None:
             return False
         expansions.m2l(self.plan.ops, self.equiv, self.dcheck, down.m2l,
-                       threads=self.plan.threads)
+                       workers=self.plan.workers)
         return True
 
     def p2l(self, down):
@@ -494,7 +494,7 @@ class KifmmPasses:
         p, t = self.plan, self.plan.tree
         boxes, offsets, index = down.p2l
         expansions.p2l(p.ops, p.src, self.q, t.src_start, t.src_end, boxes, offsets, index,
-                       None, p.half_widths, self.dcheck, threads=p.threads, dipoles=self.dip,
+                       None, p.half_widths, self.dcheck, workers=p.workers, dipoles=self.dip,
                        entry_centers=down.p2l_centers)
         return True
 
@@ -508,7 +508,7 @@ class KifmmPasses:
         p, t = self.plan, self.plan.tree
         if len(p.l2p_boxes):
             expansions.l2p(p.ops, self.local, p.trg, t.trg_start, t.trg_end, p.l2p_boxes, None,
-                           p.half_widths, self.pot, self.grad, threads=p.threads,
+                           p.half_widths, self.pot, self.grad, workers=p.workers,
                            hess=self.hess, entry_centers=p.l2p_centers)
 
     def m2p(self):
@@ -516,7 +516,7 @@ class KifmmPasses:
         if len(p.m2p_boxes):
             expansions.m2p(p.ops, self.equiv, p.trg, t.trg_start, t.trg_end, p.m2p_boxes,
                            p.m2p_offsets, p.m2p_index, None, p.half_widths, self.pot,
-                           self.grad, threads=p.threads, hess=self.hess,
+                           self.grad, workers=p.workers, hess=self.hess,
                            entry_centers=p.m2p_centers)
 
     def p2p(self):
@@ -524,5 +524,5 @@ class KifmmPasses:
         if len(p.near_boxes):
             near_field(p.src, self.q, p.trg, t.src_start, t.src_end, t.trg_start, t.trg_end,
                        p.near_offsets, p.near_index, p.near_boxes, self.pot, self.grad,
-                       p.threads, cost=p.near_cost, dipoles=self.dip, exact=False,
+                       p.workers, cost=p.near_cost, dipoles=self.dip, exact=False,
                        hess=self.hess, shift=p.near_shift, family=p.family)

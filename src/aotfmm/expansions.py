@@ -22,7 +22,8 @@ dcheck : (n_boxes, ops.down_rank) dt, down-check coefficients: L2L, M2L and P2L 
     here, :func:`dc2e` turns them into ``local`` (the pseudo-inverse factor that amplifies is
     applied once per box and last; see :mod:`aotfmm.operators` for why).
 pot : (n_targets,) dt; grad : (3, n_targets) dt or None (then only the potential). Accumulated.
-threads : int >= 1, threads of :mod:`aotfmm._threads` (BLAS is kept single-threaded meanwhile).
+workers : :class:`aotfmm._threads.Workers` that run the work (BLAS is kept single-threaded
+    meanwhile); default: inline on the caller's thread.
 
 Densities are true charges on the surface points ``c + h * radius * surface`` (see the scaling
 convention in :mod:`aotfmm.operators`): P2M/P2L multiply by ``h ** -degree`` of the operators'
@@ -32,7 +33,7 @@ Downward, per level: L2L, M2L, P2L into ``dcheck``, then :func:`dc2e`, then the 
 
 Functions
 ---------
-p2m(ops, src_xyz, charges, boxes, src_start, src_end, centers, half_widths, equiv, threads=1)
+p2m(ops, src_xyz, charges, boxes, src_start, src_end, centers, half_widths, equiv, workers=INLINE)
     equiv[boxes[i]] = h UC2E_1 K(up check of boxes[i], its sources) q     (rows overwritten)
 m2m(ops, equiv, parents, children)
     equiv[parents[i]] += uc2e_a @ sum_c m2m[c] @ equiv[children[i, c]]; children
@@ -41,21 +42,21 @@ l2l(ops, local, dcheck, parents, children)
     dcheck[children[i, c]] += l2l[c] @ local[parents[i]].
 dc2e(ops, dcheck, local, rows)
     local[rows] += dcheck[rows] @ dc2e_a.T (rows: index array or slice).
-m2l_plan(ops, target_boxes, v_offsets, v_index, v_transfer, n_boxes, threads=1) -> M2LPlan
+m2l_plan(ops, target_boxes, v_offsets, v_index, v_transfer, n_boxes, workers=INLINE) -> M2LPlan
     geometry-only preprocessing of one level's V list (reuse it for many charge vectors).
     target_boxes (n_t,) int64 unique; v_offsets (n_t + 1,) int64 CSR over rows of
     target_boxes; v_index (n_pairs,) int64 source box ids; v_transfer (n_pairs,) int64 rows of
     ``_geometry.TRANSFER_VECTORS`` (t = source_ijk - target_ijk).
-m2l(ops, equiv, dcheck, plan, threads=1)
+m2l(ops, equiv, dcheck, plan, workers=INLINE)
     dcheck[target_boxes[i]] += sum over the V list of i of M2L_t @ equiv[source].
 p2l(ops, src_xyz, charges, src_start, src_end, target_boxes, x_offsets, x_index, centers,
-    half_widths, dcheck, threads=1)
+    half_widths, dcheck, workers=INLINE)
     dcheck[target_boxes[i]] += h dc2e_b K(down check of target_boxes[i], X list sources) q.
 m2p(ops, equiv, trg_xyz, trg_start, trg_end, target_boxes, w_offsets, w_index, centers,
-    half_widths, pot, grad=None, threads=1)
+    half_widths, pot, grad=None, workers=INLINE)
     targets of target_boxes[i] += field of equiv[w] on the upward equivalent surfaces of W list.
 l2p(ops, local, trg_xyz, trg_start, trg_end, boxes, centers, half_widths, pot, grad=None,
-    threads=1)
+    workers=INLINE)
     targets of boxes[i] += field of local[boxes[i]] on their downward equivalent surface.
 """
 import dataclasses
@@ -63,6 +64,7 @@ import dataclasses
 import numpy as np
 
 from . import _blas, _dispatch, _geometry, _threads
+from ._threads import INLINE
 from ._direct import p2p
 
 __all__ = ["p2m", "m2m", "l2l", "dc2e", "m2l_plan", "m2l", "M2LPlan", "p2l", "m2p", "l2p"]
@@ -77,9 +79,9 @@ def _cast(a, dt):
     return np.ascontiguousarray(a, dtype=dt)
 
 
-def _bounds(cost, threads, max_items=None):
+def _bounds(cost, workers, max_items=None):
     n = len(cost)
-    n_chunks = threads * _CHUNKS_PER_THREAD if threads > 1 else 1
+    n_chunks = workers.threads * _CHUNKS_PER_THREAD if workers.threads > 1 else 1
     if max_items:
         n_chunks = max(n_chunks, -(-n // max_items))
     return _threads.split(cost, n_chunks)
@@ -111,7 +113,7 @@ def _source_terms(charges, dipoles, dt):
 
 
 def _p2c(ops, src_xyz, charges, src_start, src_end, trg_boxes, list_offsets, list_index,
-         centers, half_widths, radius, a, b, threads, out, accumulate, dipoles=None):
+         centers, half_widths, radius, a, b, workers, out, accumulate, dipoles=None):
     """Check potentials on a surface of ``trg_boxes`` from listed sources, then -> equivalent
     (``a`` None: only to the check coefficients ``h * check @ b.T``)."""
     dt = ops.dtype
@@ -127,7 +129,7 @@ def _p2c(ops, src_xyz, charges, src_start, src_end, trg_boxes, list_offsets, lis
     counts = src_end - src_start
     cum = np.concatenate(([0], np.cumsum(counts[list_index])))
     per_row = cum[list_offsets[1:]] - cum[list_offsets[:-1]]
-    bounds = _bounds(per_row + 1, threads, _MAX_CHUNK_BOXES)
+    bounds = _bounds(per_row + 1, workers, _MAX_CHUNK_BOXES)
     surf = ops.surface_soa
     radius = dt.type(radius)
     out3 = _dens3(out, out.shape[-1])
@@ -159,12 +161,12 @@ def _p2c(ops, src_xyz, charges, src_start, src_end, trg_boxes, list_offsets, lis
         else:
             out3[boxes] = eq
 
-    with _blas.single_threaded(threads):
-        _threads.run(work, bounds, threads)
+    with _blas.single_threaded(workers.threads):
+        workers.run(work, bounds)
 
 
 def p2m(ops, src_xyz, charges, boxes, src_start, src_end, centers, half_widths, equiv,
-        threads=1, dipoles=None, entry_centers=None):
+        workers=INLINE, dipoles=None, entry_centers=None):
     """Multipoles of ``boxes`` (leaves) from their own sources; rows of ``equiv`` overwritten.
 
     charges (n,) or (k, n) (or None with dipoles (k, 3, n)); equiv (n_boxes[, k], n_surf).
@@ -172,17 +174,17 @@ def p2m(ops, src_xyz, charges, boxes, src_start, src_end, centers, half_widths, 
     if entry_centers is None:
         entry_centers = centers[boxes]
     _p2c(ops, src_xyz, charges, src_start, src_end, boxes, _self_list(len(boxes)), boxes,
-         entry_centers, half_widths, ops.r_up_check, ops.uc2e_a, ops.uc2e_b, threads, equiv,
+         entry_centers, half_widths, ops.r_up_check, ops.uc2e_a, ops.uc2e_b, workers, equiv,
          False, dipoles)
 
 
 def p2l(ops, src_xyz, charges, src_start, src_end, target_boxes, x_offsets, x_index, centers,
-        half_widths, dcheck, threads=1, dipoles=None, entry_centers=None):
+        half_widths, dcheck, workers=INLINE, dipoles=None, entry_centers=None):
     """dcheck[target_boxes[i]] += h dc2e_b (potential of the X-list sources on the down check)."""
     if entry_centers is None:
         entry_centers = centers[np.repeat(target_boxes, np.diff(x_offsets))]
     _p2c(ops, src_xyz, charges, src_start, src_end, target_boxes, x_offsets, x_index,
-         entry_centers, half_widths, ops.r_down_check, None, ops.dc2e_b, threads, dcheck, True,
+         entry_centers, half_widths, ops.r_down_check, None, ops.dc2e_b, workers, dcheck, True,
          dipoles)
 
 
@@ -238,7 +240,7 @@ class M2LPlan:
     max_pairs: int             # largest segment (scratch size)
 
 
-def m2l_plan(ops, target_boxes, v_offsets, v_index, v_transfer, n_boxes, threads=1):
+def m2l_plan(ops, target_boxes, v_offsets, v_index, v_transfer, n_boxes, workers=INLINE):
     """Sort one level's V-list pairs by (transfer vector, target row); split targets in chunks."""
     n_t = len(target_boxes)
     n_pairs = len(v_index)
@@ -252,7 +254,7 @@ def m2l_plan(ops, target_boxes, v_offsets, v_index, v_transfer, n_boxes, threads
     pair_target = rows[order]
     key = v_transfer[order] * n_t + pair_target  # ascending
     cost = np.diff(v_offsets)
-    chunk_rows = _threads.split(cost, threads) if threads > 1 and n_t else \
+    chunk_rows = workers.split(cost) if workers.threads > 1 and n_t else \
         np.array([0, n_t], dtype=np.int64)
     t_ids = np.arange(_geometry.N_TRANSFER, dtype=np.int64)
     starts = np.searchsorted(key, t_ids[None, :] * n_t + chunk_rows[:-1, None])
@@ -262,7 +264,7 @@ def m2l_plan(ops, target_boxes, v_offsets, v_index, v_transfer, n_boxes, threads
                    pair_target, starts, ends, max_pairs)
 
 
-def m2l(ops, equiv, dcheck, plan, threads=1):
+def m2l(ops, equiv, dcheck, plan, workers=INLINE):
     """dcheck[target] += dc2e_b U a_t^T b_t V^T equiv[source] for every V-list pair of the plan."""
     if len(plan.pair_source) == 0:
         return
@@ -298,14 +300,14 @@ def m2l(ops, equiv, dcheck, plan, threads=1):
                 scatter(i0, i1)
 
     n_chunks = plan.segments.shape[0]
-    with _blas.single_threaded(threads):
-        _threads.run(work, np.arange(n_chunks + 1), threads)
+    with _blas.single_threaded(workers.threads):
+        workers.run(work, np.arange(n_chunks + 1))
     d3 = _dens3(dcheck, ops.down_rank)                          # decompress once per target
     d3[plan.target_boxes] += _rows_gemm(z.reshape(n_t, nd, kr), ops.m2l_decompress)
 
 
 def _s2p(ops, dens, trg_xyz, trg_start, trg_end, trg_boxes, list_offsets, list_index,
-         centers, half_widths, radius, pot, grad, threads, hess=None):
+         centers, half_widths, radius, pot, grad, workers, hess=None):
     dt = ops.dtype
     n = len(trg_boxes)
     if n == 0:
@@ -316,10 +318,10 @@ def _s2p(ops, dens, trg_xyz, trg_start, trg_end, trg_boxes, list_offsets, list_i
     d3 = _dens3(dens, ops.n_surf)
     if hess is not None:  # pot (k, n), grad (k, 3, n), hess (k, 6, n)
         _s2p_hessians(ops, d3, trg_xyz, trg_start[trg_boxes], trg_end[trg_boxes], list_offsets,
-                      list_index, centers, hw, radius, pot, grad, hess, threads)
+                      list_index, centers, hw, radius, pot, grad, hess, workers)
         return
     n_trg = trg_end[trg_boxes] - trg_start[trg_boxes]
-    bounds = _bounds(n_trg * np.diff(list_offsets) + 1, threads)
+    bounds = _bounds(n_trg * np.diff(list_offsets) + 1, workers)
     surf = ops.surface_soa
     nd = d3.shape[1]
     shared = dict(trg_xyz=trg_xyz, trg_start=trg_start, trg_end=trg_end, trg_boxes=trg_boxes,
@@ -341,11 +343,11 @@ def _s2p(ops, dens, trg_xyz, trg_start, trg_end, trg_boxes, list_offsets, list_i
         work = _dispatch.bind(_dispatch.kernel_name(
             ops.family.name, "s2p", "surface", "pot" if grad is None else "potgrad"), dt, dens=d2,
             **shared, **out)  # a function of (b0, b1), the range a worker takes
-    _threads.run(work, bounds, threads)
+    workers.run(work, bounds)
 
 
 def _s2p_hessians(ops, d3, trg_xyz, row_start, row_end, list_offsets, list_index, centers, hw,
-                  radius, pot, grad, hess, threads):
+                  radius, pot, grad, hess, workers):
     """Potential, gradient and Hessian of surface densities: the surfaces of the listed boxes
     become point charges and the near field's Hessian kernel sums them (rows are targets
     ``row_start[i]:row_end[i]`` with the boxes ``list_index[list_offsets[i]:...]``)."""
@@ -358,24 +360,24 @@ def _s2p_hessians(ops, d3, trg_xyz, row_start, row_end, list_offsets, list_index
     q = np.ascontiguousarray(d3[used].transpose(1, 0, 2).reshape(d3.shape[1], -1))
     start = np.arange(len(used), dtype=np.int64) * n_surf
     p2p(src, q, trg_xyz, start, start + n_surf, row_start, row_end, list_offsets,
-        pos.astype(np.int64), np.arange(len(row_start), dtype=np.int64), pot, grad, threads,
+        pos.astype(np.int64), np.arange(len(row_start), dtype=np.int64), pot, grad, workers,
         cost=(row_end - row_start) * np.diff(list_offsets) + 1, hess=hess,
         shift=np.ascontiguousarray(-centers), family=ops.family)
 
 
 def m2p(ops, equiv, trg_xyz, trg_start, trg_end, target_boxes, w_offsets, w_index, centers,
-        half_widths, pot, grad=None, threads=1, hess=None, entry_centers=None):
+        half_widths, pot, grad=None, workers=INLINE, hess=None, entry_centers=None):
     """Targets of target_boxes[i] += field of the multipoles of their W list."""
     if entry_centers is None:
         entry_centers = centers[w_index]
     _s2p(ops, equiv, trg_xyz, trg_start, trg_end, target_boxes, w_offsets, w_index,
-         entry_centers, half_widths, ops.r_up_equiv, pot, grad, threads, hess)
+         entry_centers, half_widths, ops.r_up_equiv, pot, grad, workers, hess)
 
 
 def l2p(ops, local, trg_xyz, trg_start, trg_end, boxes, centers, half_widths, pot, grad=None,
-        threads=1, hess=None, entry_centers=None):
+        workers=INLINE, hess=None, entry_centers=None):
     """Targets of boxes[i] += field of their own local expansion."""
     if entry_centers is None:
         entry_centers = centers[boxes]
     _s2p(ops, local, trg_xyz, trg_start, trg_end, boxes, _self_list(len(boxes)), boxes,
-         entry_centers, half_widths, ops.r_down_equiv, pot, grad, threads, hess)
+         entry_centers, half_widths, ops.r_down_equiv, pot, grad, workers, hess)

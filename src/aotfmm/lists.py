@@ -48,11 +48,11 @@ class Lists:
     timings: dict
 
 
-def _n_workers(n_boxes, threads):
-    return 1 if n_boxes < _MIN_BOXES_FOR_THREADS else threads
+def _n_threads(n_boxes, workers):
+    return 1 if n_boxes < _MIN_BOXES_FOR_THREADS else workers.threads
 
 
-def colleagues(tree, threads=1):
+def colleagues(tree, workers=_threads.INLINE):
     """(n_boxes, 27) int64: the box at ``ijk + d`` on the same level, or -1.
 
     Column ``(dx + 1) * 9 + (dy + 1) * 3 + dz + 1`` for d = (dx, dy, dz) in {-1, 0, 1}^3
@@ -64,17 +64,17 @@ def colleagues(tree, threads=1):
 
     for lev in range(tree.n_levels):  # a level reads its parents' rows
         a, b = int(tree.level_offsets[lev]), int(tree.level_offsets[lev + 1])
-        n = _n_workers(b - a, threads)
-        _threads.run(work, a + _threads.split(b - a, n * _CHUNKS_PER_THREAD), n)
+        n = _n_threads(b - a, workers)
+        workers.run(work, a + _threads.split(b - a, n * _CHUNKS_PER_THREAD), limit=n)
     return col
 
 
-def _two_pass(kernel, args, n_boxes, threads, with_transfer=False):
+def _two_pass(kernel, args, n_boxes, workers, with_transfer=False):
     """Run list kernel ``kernel`` (its arguments ``args`` by name) over all boxes: row
     lengths, offsets, then the rows."""
     counts = np.zeros(n_boxes, dtype=_i8)
     dummy = np.zeros(1, dtype=_i8)
-    n = _n_workers(n_boxes, threads)
+    n = _n_threads(n_boxes, workers)
     bounds = _threads.split(n_boxes, n * _CHUNKS_PER_THREAD)
     status = []
     extra = dict(transfer=dummy) if with_transfer else {}
@@ -84,7 +84,7 @@ def _two_pass(kernel, args, n_boxes, threads, with_transfer=False):
     def count(a, b):
         status.append(counter(a, b))
 
-    _threads.run(count, bounds, n)
+    workers.run(count, bounds, limit=n)
     offsets = np.zeros(n_boxes + 1, dtype=_i8)
     np.cumsum(counts, out=offsets[1:])
     index = np.empty(int(offsets[-1]), dtype=_i8)
@@ -98,7 +98,7 @@ def _two_pass(kernel, args, n_boxes, threads, with_transfer=False):
 
     # balance the fill pass by the row lengths now known
     bounds = _threads.split(counts + 1, n * _CHUNKS_PER_THREAD)
-    _threads.run(fill, bounds, n)
+    workers.run(fill, bounds, limit=n)
     if any(s != 0 for s in status):
         raise RuntimeError("interaction list row overflowed the kernel's scratch buffer "
                            "(is the tree 2:1 balanced?)")
@@ -115,7 +115,7 @@ def _transpose(offsets, index, n_boxes):
     return t_offsets, t_index
 
 
-def build_lists(tree, threads=1):
+def build_lists(tree, threads=1, *, workers=None):
     """U, V, W and X lists of ``tree`` (an :class:`~aotfmm.tree.Octree`).
 
     Parameters
@@ -123,34 +123,36 @@ def build_lists(tree, threads=1):
     tree : Octree
     threads : int or None
         Threads for the list kernels (None: ``_threads.default_threads()``).
+    workers : :class:`aotfmm._threads.Workers`, optional
+        Workers to run them on instead (``threads`` then None or their count).
 
     Returns
     -------
     Lists
     """
-    threads = _threads.resolve_threads(threads)
+    workers = _threads.as_workers(None if workers is not None else threads, workers)
     timings = {}
     n = tree.n_boxes
     depth = _i8(tree.n_levels - 1)
 
     t0 = time.perf_counter()
-    col = colleagues(tree, threads)
+    col = colleagues(tree, workers)
     timings["colleagues"] = time.perf_counter() - t0
 
     base = dict(col=col, parent=tree.parent, children=tree.children, ijk=tree.ijk,
                 levels=tree.levels)
     t0 = time.perf_counter()
-    u_offsets, u_index, _ = _two_pass("lists_u", dict(base, depth=depth), n, threads)
+    u_offsets, u_index, _ = _two_pass("lists_u", dict(base, depth=depth), n, workers)
     timings["u"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     lookup = np.ascontiguousarray(_geometry._LOOKUP.ravel(), dtype=_i8)
     v_offsets, v_index, v_transfer = _two_pass("lists_v", dict(base, lookup=lookup), n,
-                                               threads, with_transfer=True)
+                                               workers, with_transfer=True)
     timings["v"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    w_offsets, w_index, _ = _two_pass("lists_w", dict(base, depth=depth), n, threads)
+    w_offsets, w_index, _ = _two_pass("lists_w", dict(base, depth=depth), n, workers)
     timings["w"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -72,7 +72,7 @@ def code_to_key(codes, level):
     return ((np.asarray(codes, dtype=_i8) << (3 * (MAX_LEVEL - level))) << LEVEL_BITS) | level
 
 
-def point_codes(xyz, origin, half, threads=1):
+def point_codes(xyz, origin, half, workers=_threads.INLINE):
     """Finest-level (``MAX_LEVEL``) codes of points ``xyz`` (3, n) float64 C-contiguous in the
     cube [origin, origin + 2 half)^3; points outside are clamped to the nearest cell."""
     n = xyz.shape[1]
@@ -82,7 +82,7 @@ def point_codes(xyz, origin, half, threads=1):
     work = _dispatch.bind("morton_encode_points", xyz=xyz, origin=origin, scale=scale,
                           depth=MAX_LEVEL, codes=codes)
 
-    threads = min(threads, max(1, n // 50_000))
-    _threads.run(work, _threads.split(n, threads), threads)
+    limit = max(1, n // 50_000)
+    workers.run(work, workers.split(n, limit=limit), limit=limit)
     return codes
 

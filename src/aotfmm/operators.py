@@ -183,22 +183,22 @@ def _one_set_for_all_levels(family):
 
 
 def build_operators(p, radii=DEFAULT_RADII, pinv_cutoff=1e-13, m2l_tol=1e-7, m2l_rank=None,
-                    method="svd", stage=None, threads=None, family=LAPLACE):
+                    method="svd", stage=None, threads=None, family=LAPLACE, *, workers=None):
     """Build every operator of order ``p`` in float64 (no cache). Returns a dict of arrays.
 
     ``stage(name)``, if given, is called as each stage starts (for progress displays).
-    ``threads``: our own worker threads (default: all CPUs); numpy's BLAS runs on one thread
-    meanwhile (its own threads spin badly on a busy machine, see :func:`_blas.limit_one`).
+    ``threads``: our own worker threads (default: all CPUs), or ``workers`` (a
+    :class:`aotfmm._threads.Workers`) to run on; numpy's BLAS runs on one thread meanwhile (its own threads spin badly on a busy machine, see :func:`_blas.limit_one`).
     ``family``: the kernel (:class:`aotfmm.families.KernelFamily`); one set for all levels,
     so it must be scale invariant (NotImplementedError otherwise)."""
     _one_set_for_all_levels(family)
-    threads = _threads.resolve_threads(threads)
+    workers = _threads.as_workers(None if workers is not None else threads, workers)
     with _blas.limit_one():
         return _build_operators(p, radii, pinv_cutoff, m2l_tol, m2l_rank, method,
-                                stage or (lambda name: None), threads, family)
+                                stage or (lambda name: None), workers, family)
 
 
-def _build_operators(p, radii, pinv_cutoff, m2l_tol, m2l_rank, method, stage, threads, family):
+def _build_operators(p, radii, pinv_cutoff, m2l_tol, m2l_rank, method, stage, workers, family):
     r_ue, r_uc, r_de, r_dc = (float(r) for r in radii)
     s = surface(p)
     stage("pseudo-inverses")
@@ -216,7 +216,7 @@ def _build_operators(p, radii, pinv_cutoff, m2l_tol, m2l_rank, method, stage, th
         l2l[c] = child_c2e * dc2e_b @ kernel_matrix(child + 0.5 * r_dc * s, r_de * s, family)
     if method != "svd":
         raise ValueError(f"unknown M2L method {method!r}; expected one of {M2L_METHODS}")
-    m2l = _m2l_svd.build(s, r_dc, r_ue, dc2e_b, m2l_tol, m2l_rank, stage=stage, threads=threads,
+    m2l = _m2l_svd.build(s, r_dc, r_ue, dc2e_b, m2l_tol, m2l_rank, stage=stage, workers=workers,
                          family=family)
     return dict(surface=s, uc2e_a=uc2e_a, uc2e_b=uc2e_b, dc2e_a=dc2e_a, dc2e_b=dc2e_b,
                 m2m=m2m, l2l=l2l, **m2l)
@@ -402,7 +402,7 @@ def operator_key(p, dtype, m2l_tol=None, method="svd", pinv_cutoff=None, radii=N
 
 
 def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_cutoff=None,
-                  radii=None, m2l_rank=None, threads=None, family=LAPLACE):
+                  radii=None, m2l_rank=None, threads=None, family=LAPLACE, workers=None):
     """Operators of order ``p`` for run dtype ``dtype``, from the cache or built (and cached).
 
     Parameters
@@ -425,6 +425,8 @@ def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_c
         Force the M2L rank instead of choosing it from ``m2l_tol``.
     threads : int, optional
         Threads for a build (default: all CPUs); a cache hit does not use them.
+    workers : aotfmm._threads.Workers, optional
+        Workers to build on instead of new ones for ``threads``.
     family : aotfmm.families.KernelFamily, default LAPLACE
         The kernel. The one set returned serves every level, so the family must be scale
         invariant: NotImplementedError otherwise (operators per level are not implemented).
@@ -474,7 +476,8 @@ def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_c
         with _progress.Notice(_build_notice(p, dt, key, cache_dir, est, family),
                               estimate=est and est[0]) as notice:
             ops = build_operators(p, radii, pinv_cutoff, m2l_tol, m2l_rank, method,
-                                  stage=notice.stage, threads=threads, family=family)
+                                  stage=notice.stage, threads=threads, family=family,
+                                  workers=workers)
             out = {k: (v if k in ("surface", "m2l_sigma", "m2l_offsets") else v.astype(dt))
                    for k, v in ops.items()}
             mb = sum(v.nbytes for v in out.values()) / 1e6

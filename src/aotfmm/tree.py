@@ -110,8 +110,8 @@ def _root_cube(src_xyz, trg_xyz):
     return center, half
 
 
-def _sorted_codes(xyz, origin, half, threads):
-    codes = point_codes(xyz, origin, half, threads)
+def _sorted_codes(xyz, origin, half, workers):
+    codes = point_codes(xyz, origin, half, workers)
     t0 = time.perf_counter()
     perm = np.argsort(codes, kind="stable")
     return codes[perm], perm, time.perf_counter() - t0
@@ -178,7 +178,7 @@ def _balance(internal):
     return internal
 
 
-def build_tree(src_xyz, trg_xyz, ncrit, max_level=None, threads=1):
+def build_tree(src_xyz, trg_xyz, ncrit, max_level=None, threads=1, *, workers=None):
     """Build the adaptive, 2:1-balanced, complete octree of sources and targets.
 
     Internal: the caller has validated the points.
@@ -195,6 +195,8 @@ def build_tree(src_xyz, trg_xyz, ncrit, max_level=None, threads=1):
         Deepest level, at most :data:`MAX_LEVEL` (the default).
     threads : int or None
         Threads for the point codes and sorts (None: ``_threads.default_threads()``).
+    workers : :class:`aotfmm._threads.Workers`, optional
+        Workers to run them on instead (``threads`` then None or their count).
 
     Returns
     -------
@@ -207,7 +209,7 @@ def build_tree(src_xyz, trg_xyz, ncrit, max_level=None, threads=1):
             or not 0 <= max_level <= MAX_LEVEL):
         raise ValueError(f"max_level must be an integer in [0, {MAX_LEVEL}], got {max_level!r}")
     ncrit, max_level = int(ncrit), int(max_level)
-    threads = _threads.resolve_threads(threads)
+    workers = _threads.as_workers(None if workers is not None else threads, workers)
     same = trg_xyz is src_xyz
     timings = {}
 
@@ -217,16 +219,16 @@ def build_tree(src_xyz, trg_xyz, ncrit, max_level=None, threads=1):
     timings["keys"] = time.perf_counter() - t0
 
     if same:
-        s_codes, s_perm, t_sort = _sorted_codes(src_xyz, origin, half, threads)
+        s_codes, s_perm, t_sort = _sorted_codes(src_xyz, origin, half, workers)
         t_codes, t_perm = s_codes, s_perm
     else:
         # numpy's argsort releases the GIL: sort the two sets side by side
         out = [None, None]
 
         def work(a, b):
-            out[a] = _sorted_codes((src_xyz, trg_xyz)[a], origin, half, max(1, threads // 2))
+            out[a] = _sorted_codes((src_xyz, trg_xyz)[a], origin, half, workers)  # inline
 
-        _threads.run(work, np.arange(3), min(threads, 2))
+        workers.run(work, np.arange(3), limit=2)
         (s_codes, s_perm, t1), (t_codes, t_perm, t2) = out
         t_sort = max(t1, t2)
     timings["sort"] = t_sort
