@@ -244,3 +244,24 @@ def test_build_is_identical_for_any_thread_count():
     sets = [operators.build_operators(5, m2l_tol=1e-6, threads=t) for t in (1, 2, 3)]
     for name in sets[0]:
         assert all(np.array_equal(sets[0][name], s[name]) for s in sets[1:]), name
+
+
+def test_bench_baseline_runs_another_interpreters_aotfmm_as_its_own_row():
+    """`--baseline PYTHON` adds a row 'baseline' (aotfmm as that interpreter has it) next to
+    aotfmm, for before/after comparisons in one run; here the same interpreter, so both rows
+    reach the same accuracy and the ratio column compares them."""
+    code = ("import sys; from aotfmm import _bench; sys.exit(_bench.main(['--n', '3000', "
+            "'--dist', 'uniform', '--peers', 'aotfmm', '--mode', 'pot', '--eps', '1e-3', "
+            f"'--baseline', {sys.executable!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = [line.split() for line in r.stdout.splitlines()
+            if line.strip().startswith(("aotfmm ", "baseline "))]
+    table = [row for row in rows if len(row) > 2 and row[2].startswith("p=")]
+    assert [row[0] for row in table] == ["aotfmm", "baseline"], r.stdout
+    for row in table:
+        assert float(row[-2]) < 1e-3, r.stdout   # err pot vs the float64 direct sum
+    bad = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "compare.py"),
+                          "--baseline", "/nonexistent"], capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode == 2 and "not an executable" in bad.stderr

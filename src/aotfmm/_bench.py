@@ -187,8 +187,10 @@ def _run_ferreus(x, q, eps, gradient, threads, spec):
     return run
 
 
-_RUNNERS = {"aotfmm": _run_aotfmm, "fmm3dpy": _run_fmm3dpy, "ferreus": _run_ferreus}
-_MODULES = {"aotfmm": "aotfmm", "fmm3dpy": "fmm3dpy", "ferreus": "ferreus_bbfmm"}
+_RUNNERS = {"aotfmm": _run_aotfmm, "fmm3dpy": _run_fmm3dpy, "ferreus": _run_ferreus,
+            "baseline": _run_aotfmm}
+_MODULES = {"aotfmm": "aotfmm", "fmm3dpy": "fmm3dpy", "ferreus": "ferreus_bbfmm",
+            "baseline": "aotfmm"}
 
 
 class _Unavailable(Exception):
@@ -266,12 +268,18 @@ def _child_env(threads):
     return env
 
 
+#: Interpreters of the libraries: the pseudo-library "baseline" is aotfmm as installed for
+#: another Python (``--baseline``), e.g. a venv holding an older commit, for before/after runs.
+_PYTHONS = {}
+
+
 def _launch(spec, threads, workdir, timeout):
     """Run one case in a fresh interpreter; the module file is loaded without importing the
     aotfmm package, so a peer's child holds only numpy + that peer."""
     out = os.path.join(workdir, f"result-{time.monotonic_ns()}.pkl")
     spec = dict(spec, threads=threads, out=out)
-    cmd = [sys.executable, "-c", _BOOT, os.path.abspath(__file__), json.dumps(spec)]
+    python = _PYTHONS.get(spec["lib"], sys.executable)
+    cmd = [python, "-c", _BOOT, os.path.abspath(__file__), json.dumps(spec)]
     try:
         proc = subprocess.run(cmd, env=_child_env(threads), capture_output=True, text=True,
                               timeout=timeout)
@@ -392,12 +400,12 @@ def _parse_list(kind, allowed, aliases=None):
     return parse
 
 
-def _operators_ahead(epsilons, threads):
+def _operators_ahead(epsilons, threads, python=None):
     """Build (or find) the operator sets the aotfmm cases need before any case runs, in a
     process of their own (``aotfmm precompute``, its output shown): a build announces itself
     here instead of hiding inside a timed child, and the parent stays small (its size at fork
     would otherwise leak into the children's peak memory on some systems)."""
-    cmd = [sys.executable, "-m", "aotfmm", "precompute", "--threads", str(threads), "--eps",
+    cmd = [python or sys.executable, "-m", "aotfmm", "precompute", "--threads", str(threads), "--eps",
            *(f"{e!r}" for e in epsilons)]
     print("aotfmm operators for these cases (not part of the timings below):")
     sys.stdout.flush()
@@ -438,6 +446,9 @@ def build_parser():
                    help="ferreus-bbfmm interpolation order (default: from eps, see FERREUS_ORDER)")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="give up on a case after this long (default: no limit)")
+    p.add_argument("--baseline", default=None, metavar="PYTHON",
+                   help="also run aotfmm as installed for this Python interpreter (e.g. a venv "
+                        "with an older commit), as the row 'baseline': before/after in one run")
     p.add_argument("--json", default=None, metavar="PATH", help="also write all results here")
     return p
 
@@ -449,6 +460,13 @@ def main(argv=None):
     ns = args.n or (QUICK_N if args.quick else FULL_N)
     modes = {"pot": [False], "grad": [True], "both": [False, True]}[args.mode]
     threads = args.threads or _cpu_count()
+    if args.baseline:
+        if not os.access(args.baseline, os.X_OK):
+            print(f"aotfmm bench: --baseline {args.baseline}: not an executable", file=sys.stderr)
+            return 2
+        _PYTHONS["baseline"] = args.baseline
+        libs = [lib for lib in libs if lib != "baseline"]
+        libs.insert(libs.index("aotfmm") + 1 if "aotfmm" in libs else 0, "baseline")
 
     import platform
     print(f"aotfmm bench: python {platform.python_version()}, numpy {np.__version__}, "
@@ -469,6 +487,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="aotfmm-bench-") as workdir:
         if "aotfmm" in libs:
             _operators_ahead(args.eps, threads)
+        if "baseline" in libs:
+            _operators_ahead(args.eps, threads, args.baseline)
         infos = {}
         for lib in libs:
             info, message = probe(lib, threads, workdir, args.timeout, min(args.eps),
