@@ -37,6 +37,8 @@ TM_FEATURES = {"x86-64-v4": "-prefer-256-bit"}
 
 #: float-type placeholder -> (numba type name, symbol suffix)
 FLOATS = (("float32", "_f32"), ("float64", "_f64"))
+#: float type -> the complex type of the same precision, for the ``{C}`` placeholder
+COMPLEX = {"float32": "complex64", "float64": "complex128"}
 
 
 def module_name(isa):
@@ -54,15 +56,25 @@ def load_families():
         sys.path.remove(ROOT)
 
 
+def has_float_type(sig):
+    """True when a signature is a template over the float type (``{F}`` and/or ``{C}``)."""
+    return "{F}" in sig or "{C}" in sig
+
+
 def expand(family):
-    """Yield ``(symbol, signature string, python function, locals dict)`` for one family."""
+    """Yield ``(symbol, signature string, python function, locals dict)`` for one family.
+
+    ``{F}`` becomes float32/float64 and ``{C}`` the complex type of the same precision
+    (complex64/complex128); a signature with either is exported as ``_f32`` and ``_f64``."""
     for name, sig in family.SIGNATURES.items():
         func = getattr(family, name)
         local_types = family.LOCALS.get(name, {})
-        variants = FLOATS if "{F}" in sig else ((None, ""),)
+        variants = FLOATS if has_float_type(sig) else ((None, ""),)
         for ftype, suffix in variants:
             def sub(text, ftype=ftype):
-                return text.replace("{F}", ftype) if ftype else text
+                if not ftype:
+                    return text
+                return text.replace("{F}", ftype).replace("{C}", COMPLEX[ftype])
             yield (name + suffix, sub(sig), func,
                    {var: sub(t) for var, t in local_types.items()})
 
@@ -75,7 +87,8 @@ def export_table():
 
 def kernel_table():
     """Per kernel (not per float type): its family, parameter names (from the Python source)
-    and signature template (``{F}`` for the float type), as ``{name: {...}}``. Installed as
+    and signature template (``{F}`` for the float type, ``{C}`` for the complex type of the
+    same precision), as ``{name: {...}}``. Installed as
     ``aotfmm/_exports.py`` so that the run-time dispatch calls kernels by parameter name and
     tests compare it with what was compiled, without numba."""
     _, families = load_families()
@@ -84,7 +97,7 @@ def kernel_table():
         for name, sig in fam.SIGNATURES.items():
             params = tuple(inspect.signature(getattr(fam, name)).parameters)
             table[name] = {"family": fam.__name__.rsplit(".", 1)[-1], "params": params,
-                           "signature": sig, "floats": "{F}" in sig}
+                           "signature": sig, "floats": has_float_type(sig)}
     return table
 
 

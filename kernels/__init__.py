@@ -9,10 +9,12 @@ Conventions (see ``../shared/design/style.md``):
 * a family module defines plain Python functions and two tables:
 
   - ``SIGNATURES``: ``{name: "void({F}[:, ::1], ...)"}``; ``{F}`` is replaced by ``float32`` and
-    ``float64`` and the exported symbol gets the suffix ``_f32``/``_f64``. A signature without
-    ``{F}`` is exported once under its own name.
+    ``float64`` and the exported symbol gets the suffix ``_f32``/``_f64``; ``{C}`` (complex
+    densities and results) by the complex type of the same precision, ``complex64`` with
+    ``float32`` and ``complex128`` with ``float64``. A signature with neither is exported once
+    under its own name.
   - ``LOCALS``: ``{name: {"var": "{F}"}}`` pins accumulators and constants to the float type so
-    that float32 kernels stay float32.
+    that float32 kernels stay float32 (``{C}`` works here too).
 
 * kernels take arrays and scalars only, write into caller-allocated buffers (IN/OUT is stated in
   each docstring), never allocate in inner loops, never call ``np.dot`` and raise nothing: the

@@ -45,8 +45,9 @@ def test_installed_table_is_the_build_export_table():
     expanded = {}
     for name, spec in KERNELS.items():
         if spec["floats"]:
-            for ft, suf in (("float32", "_f32"), ("float64", "_f64")):
-                expanded[name + suf] = spec["signature"].replace("{F}", ft)
+            for ft, ct, suf in (("float32", "complex64", "_f32"),
+                                ("float64", "complex128", "_f64")):
+                expanded[name + suf] = spec["signature"].replace("{F}", ft).replace("{C}", ct)
         else:
             expanded[name] = spec["signature"]
     assert expanded == exported

@@ -49,9 +49,13 @@ TABLE.update({
 #: flag bits of the density kernels (kernels/multi.py, kernels/hessian.py)
 CHARGES, DIPOLES, GRADIENT, EXACT = 1, 2, 4, 8
 
-_ARRAY = re.compile(r"^(\w+|\{F\})\[([:, ]*)::1\]$")
+_ARRAY = re.compile(r"^(\w+|\{F\}|\{C\})\[([:, ]*)::1\]$")
 _TYPES = {"i8": np.dtype(np.int64), "f8": np.dtype(np.float64), "f4": np.dtype(np.float32),
-          "float64": np.dtype(np.float64), "float32": np.dtype(np.float32)}
+          "float64": np.dtype(np.float64), "float32": np.dtype(np.float32),
+          "c8": np.dtype(np.complex64), "c16": np.dtype(np.complex128),
+          "complex64": np.dtype(np.complex64), "complex128": np.dtype(np.complex128)}
+#: float type -> the complex type of the same precision (the ``{C}`` of a signature)
+_COMPLEX = {"float32": np.dtype(np.complex64), "float64": np.dtype(np.complex128)}
 
 
 def _split_args(signature):
@@ -74,7 +78,9 @@ def _split_args(signature):
 
 
 def arg_types(name, dtype=None):
-    """[(dtype, ndim or None for a scalar)] of kernel ``name``'s parameters, ``{F}`` = dtype."""
+    """[(dtype, ndim or None for a scalar)] of kernel ``name``'s parameters, ``{F}`` = dtype
+    and ``{C}`` = the complex type of its precision (complex64 for float32, complex128 for
+    float64)."""
     return _arg_types(name, None if dtype is None else np.dtype(dtype).name)
 
 
@@ -85,7 +91,16 @@ def _arg_types(name, dtype):
     for a in _split_args(spec["signature"]):
         m = _ARRAY.match(a)
         base = m.group(1) if m else a
-        dt = np.dtype(dtype) if base == "{F}" else _TYPES[base]
+        if base == "{F}":
+            dt = np.dtype(dtype)
+        elif base == "{C}":
+            fname = np.dtype(dtype).name
+            if fname not in _COMPLEX:
+                raise TypeError(f"{name}: dtype is the float type of the coordinates "
+                                f"(float32 or float64), got {fname}")
+            dt = _COMPLEX[fname]
+        else:
+            dt = _TYPES[base]
         out.append((dt, m.group(2).count(":") + 1 if m else None))
     return out
 
