@@ -27,4 +27,4 @@ Conventions (see ``../shared/design/style.md``):
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
 #: Operator families, in the order they are compiled.
-FAMILIES = ("p2p", "expansions", "multi", "hessian", "morton", "lists")
+FAMILIES = ("p2p", "expansions", "multi", "hessian", "morton", "lists", "yukawa", "helmholtz")

@@ -1,0 +1,376 @@
+"""Yukawa (modified Helmholtz) sums: G(x, y) = exp(-lam r) / (4 pi r), r = |x - y|, lam > 0.
+
+The three density kernels of ``multi.py`` for this G, with the same parameters, layouts,
+box/list/shift conventions and ``flags`` bits (1 charges, 2 dipoles, 4 gradient; 8, full
+accuracy, is accepted and changes nothing: 1/r and exp are always computed to full accuracy
+here), plus the scalar ``lam`` ({F}, > 0; the front end checks it):
+
+* ``yukawa_p2p`` (P2P, like ``p2p_multi``), ``yukawa_p2c`` (P2M/P2L check potentials, like
+  ``p2c_multi``), ``yukawa_s2p`` (L2P/M2P from surface densities, like ``s2p_multi``).
+
+With d = x - y, r = |d|, e = exp(-lam r) and L = lam r, dividing everything by 4 pi:
+
+* charge q at y: pot q e / r, grad -q e (1 + L) d / r^3;
+* dipole D at y, field D . grad_y G (as for Laplace: P = D . d):
+  pot P e (1 + L) / r^3, grad D e (1 + L) / r^3 - P d e (3 + 3 L + L^2) / r^5.
+
+lam = 0 gives Laplace's formulas exactly. Coincident pairs (r = 0) contribute 0. Scratch
+``buf`` (6, >= m) as in ``multi.py``. Per pair, r = sqrt(r2) and 1/r are exact (correctly
+rounded, no float32 estimate: the exponent -lam r then carries one rounding, not the several
+that a reassociated r2 * (1/r) would add, each costing lam r * 1e-16 of relative accuracy), and
+exp(-lam r) is ``_vecmath.vexp`` (vectorised, full accuracy), computed once; each density is
+then a multiply-add sweep over the stored pair values. The dipole terms store 1/r^5 as
+``multi.py`` does, with the same float32 limit (overflow for points closer than ~2e-8).
+"""
+import numpy as np
+
+from ._vecmath import vexp
+
+INV4PI = 0.07957747154594767  # 1 / (4 pi)
+
+SIGNATURES = {
+    # IN src_xyz, IN q (nd, n), IN dip (nd, 3, n), IN trg_xyz, IN src_start, IN src_end,
+    # IN trg_start, IN trg_end, IN list_offsets, IN list_index, IN shift (n_entries, 3),
+    # IN boxes, IN i0, IN i1, IN flags, IN m_max (>= sources of any listed box's list), IN lam,
+    # INOUT pot (nd, n_trg), INOUT grad (nd, 3, n_trg)
+    "yukawa_p2p": "void({F}[:, ::1], {F}[:, ::1], {F}[:, :, ::1], {F}[:, ::1], i8[::1],"
+                  " i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], {F}[:, ::1], i8[::1], i8, i8,"
+                  " i8, i8, {F}, {F}[:, ::1], {F}[:, :, ::1])",
+    # IN src_xyz, IN q, IN dip, IN src_start, IN src_end, IN trg_boxes, IN centers,
+    # IN half_widths, IN list_offsets, IN list_index, IN surf (3, n_surf), IN radius, IN b0,
+    # IN b1, IN row0, IN flags, IN lam, OUT buf (6, m), OUT check (n_rows, nd, n_surf)
+    "yukawa_p2c": "void({F}[:, ::1], {F}[:, ::1], {F}[:, :, ::1], i8[::1], i8[::1], i8[::1],"
+                  " {F}[:, ::1], {F}[::1], i8[::1], i8[::1], {F}[:, ::1], {F}, i8, i8, i8, i8,"
+                  " {F}, {F}[:, ::1], {F}[:, :, ::1])",
+    # IN dens (n_boxes, nd, n_surf), IN trg_xyz, IN trg_start, IN trg_end, IN trg_boxes,
+    # IN centers, IN half_widths, IN list_offsets, IN list_index, IN surf, IN radius, IN b0,
+    # IN b1, IN flags (4: gradient), IN lam, OUT buf (6, n_surf), INOUT pot, INOUT grad
+    "yukawa_s2p": "void({F}[:, :, ::1], {F}[:, ::1], i8[::1], i8[::1], i8[::1], {F}[:, ::1],"
+                  " {F}[::1], i8[::1], i8[::1], {F}[:, ::1], {F}, i8, i8, i8, {F}, {F}[:, ::1],"
+                  " {F}[:, ::1], {F}[:, :, ::1])",
+}
+
+_ACC = {name: "{F}" for name in (
+    "c", "one", "three", "acc", "gx", "gy", "gz", "r2", "invr", "ir2", "r", "lr", "g0",
+    "g1", "g2", "dd", "t5", "qj", "ox", "oy", "oz", "xi", "yi", "zi", "dx", "dy", "dz", "hr",
+    "xm", "ym", "zm", "nlam")}
+LOCALS = {"yukawa_p2p": _ACC, "yukawa_p2c": _ACC, "yukawa_s2p": _ACC}
+
+#: Sources per geometry chunk in yukawa_p2p (as ``multi.P2P_CHUNK``: the scratch stays in L1).
+P2P_CHUNK = 256
+
+
+def yukawa_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, list_offsets,
+               list_index, shift, boxes, i0, i1, flags, m_max, lam, pot, grad):
+    """pot[d, i] (+ grad[d, :, i]) += Yukawa field of the listed boxes' charges/dipoles of
+    density d (the structure of ``multi.p2p_multi``: each target box's list gathered into
+    scratch, then per target, per chunk of sources, the pair values once and one sweep per
+    density). Stored per pair: e/r (charges, potential); e/r and d e (1 + L)/r^3 (charges,
+    gradient); d, e/r, e (1 + L)/r^3 and e (3 + 3L + L^2)/r^5 (dipoles)."""
+    c = INV4PI
+    one = 1.0
+    three = 3.0
+    nlam = -lam
+    has_q = (flags & 1) != 0
+    has_d = (flags & 2) != 0
+    do_g = (flags & 4) != 0
+    mode = 2 if has_d else (1 if do_g else 0)
+    nd = pot.shape[0]
+    dt = src_xyz.dtype
+    geo = np.empty((6, P2P_CHUNK), dtype=dt)
+    bx = geo[0]  # d, or d e (1 + L)/r^3 in mode 1
+    by = geo[1]
+    bz = geo[2]
+    b0 = geo[3]  # e / r
+    b1 = geo[4]  # e (1 + L) / r^3 (mode 2)
+    b2 = geo[5]  # e (3 + 3L + L^2) / r^5 (mode 2)
+    sums = np.zeros((nd, 4), dtype=dt)
+    sxyz = np.empty((3, m_max), dtype=dt)
+    gq = np.empty((nd if has_q else 1, m_max), dtype=dt)
+    gd = np.empty((nd if has_d else 1, 3, m_max), dtype=dt)
+    for ii in range(i0, i1):
+        b = boxes[ii]
+        n = 0
+        for kk in range(list_offsets[b], list_offsets[b + 1]):
+            s = list_index[kk]
+            j0 = src_start[s]
+            ox = shift[kk, 0]  # sources into the target box's frame
+            oy = shift[kk, 1]
+            oz = shift[kk, 2]
+            for j in range(j0, src_end[s]):
+                sxyz[0, n + j - j0] = src_xyz[0, j] - ox
+                sxyz[1, n + j - j0] = src_xyz[1, j] - oy
+                sxyz[2, n + j - j0] = src_xyz[2, j] - oz
+            for d in range(nd):
+                if has_q:
+                    for j in range(j0, src_end[s]):
+                        gq[d, n + j - j0] = q[d, j]
+                if has_d:
+                    for e in range(3):
+                        for j in range(j0, src_end[s]):
+                            gd[d, e, n + j - j0] = dip[d, e, j]
+            n += src_end[s] - j0
+        for i in range(trg_start[b], trg_end[b]):
+            xi = trg_xyz[0, i]
+            yi = trg_xyz[1, i]
+            zi = trg_xyz[2, i]
+            for d in range(nd):
+                for e in range(4):
+                    sums[d, e] = 0.0
+            for c0 in range(0, n, P2P_CHUNK):
+                c1 = min(c0 + P2P_CHUNK, n)
+                m = np.uint64(c1 - c0)
+                sx = sxyz[0, c0:c1]
+                sy = sxyz[1, c0:c1]
+                sz = sxyz[2, c0:c1]
+                if mode == 0:
+                    for j in range(np.uint64(0), m):
+                        dx = xi - sx[j]
+                        dy = yi - sy[j]
+                        dz = zi - sz[j]
+                        r2 = dx * dx + dy * dy + dz * dz
+                        r = np.sqrt(r2)
+                        invr = one / r
+                        if r2 == 0.0:
+                            invr = 0.0
+                        b0[j] = vexp(nlam * r) * invr
+                elif mode == 1:
+                    for j in range(np.uint64(0), m):
+                        dx = xi - sx[j]
+                        dy = yi - sy[j]
+                        dz = zi - sz[j]
+                        r2 = dx * dx + dy * dy + dz * dz
+                        r = np.sqrt(r2)
+                        invr = one / r
+                        if r2 == 0.0:
+                            invr = 0.0
+                        g0 = vexp(nlam * r) * invr
+                        b0[j] = g0
+                        g1 = g0 * (one + lam * r) * (invr * invr)
+                        bx[j] = dx * g1
+                        by[j] = dy * g1
+                        bz[j] = dz * g1
+                else:
+                    for j in range(np.uint64(0), m):
+                        dx = xi - sx[j]
+                        dy = yi - sy[j]
+                        dz = zi - sz[j]
+                        r2 = dx * dx + dy * dy + dz * dz
+                        r = np.sqrt(r2)
+                        invr = one / r
+                        if r2 == 0.0:
+                            invr = 0.0
+                        lr = lam * r
+                        g0 = vexp(nlam * r) * invr
+                        ir2 = invr * invr
+                        b0[j] = g0
+                        b1[j] = g0 * (one + lr) * ir2
+                        b2[j] = g0 * (three + lr * (three + lr)) * (ir2 * ir2)
+                        bx[j] = dx
+                        by[j] = dy
+                        bz[j] = dz
+                for d in range(nd):
+                    acc = 0.0
+                    gx = 0.0
+                    gy = 0.0
+                    gz = 0.0
+                    if has_q:
+                        qd = gq[d, c0:c1]
+                        if mode == 0:
+                            for j in range(np.uint64(0), m):
+                                acc += qd[j] * b0[j]
+                        elif mode == 1:
+                            for j in range(np.uint64(0), m):
+                                qj = qd[j]
+                                acc += qj * b0[j]
+                                gx -= qj * bx[j]
+                                gy -= qj * by[j]
+                                gz -= qj * bz[j]
+                        elif do_g:
+                            for j in range(np.uint64(0), m):
+                                qj = qd[j]
+                                acc += qj * b0[j]
+                                g1 = qj * b1[j]
+                                gx -= bx[j] * g1
+                                gy -= by[j] * g1
+                                gz -= bz[j] * g1
+                        else:
+                            for j in range(np.uint64(0), m):
+                                acc += qd[j] * b0[j]
+                    if has_d:
+                        d0 = gd[d, 0, c0:c1]
+                        d1 = gd[d, 1, c0:c1]
+                        d2 = gd[d, 2, c0:c1]
+                        if do_g:
+                            for j in range(np.uint64(0), m):
+                                dd = d0[j] * bx[j] + d1[j] * by[j] + d2[j] * bz[j]
+                                g1 = b1[j]
+                                acc += dd * g1
+                                t5 = dd * b2[j]
+                                gx += d0[j] * g1 - t5 * bx[j]
+                                gy += d1[j] * g1 - t5 * by[j]
+                                gz += d2[j] * g1 - t5 * bz[j]
+                        else:
+                            for j in range(np.uint64(0), m):
+                                acc += (d0[j] * bx[j] + d1[j] * by[j] + d2[j] * bz[j]) * b1[j]
+                    sums[d, 0] += acc
+                    sums[d, 1] += gx
+                    sums[d, 2] += gy
+                    sums[d, 3] += gz
+            for d in range(nd):
+                pot[d, i] += c * sums[d, 0]
+                if do_g:
+                    grad[d, 0, i] += c * sums[d, 1]
+                    grad[d, 1, i] += c * sums[d, 2]
+                    grad[d, 2, i] += c * sums[d, 3]
+
+
+def yukawa_p2c(src_xyz, q, dip, src_start, src_end, trg_boxes, centers, half_widths,
+               list_offsets, list_index, surf, radius, b0, b1, row0, flags, lam, buf, check):
+    """check[i - row0, d, m] = Yukawa potential of the listed boxes' sources (density d) at
+    x_m(i) = centers[k] + half_widths[trg_boxes[i]] radius surf[:, m] (as ``p2c_multi``)."""
+    c = INV4PI
+    one = 1.0
+    nlam = -lam
+    has_q = (flags & 1) != 0
+    has_d = (flags & 2) != 0
+    nd = check.shape[1]
+    n_surf = surf.shape[1]
+    bx = buf[0]
+    by = buf[1]
+    bz = buf[2]
+    bg0 = buf[3]  # e / r
+    bg1 = buf[4]  # e (1 + L) / r^3
+    for i in range(b0, b1):
+        b = trg_boxes[i]
+        hr = half_widths[b] * radius
+        out = check[i - row0]
+        for d in range(nd):
+            for m in range(n_surf):
+                out[d, m] = 0.0
+        for m in range(n_surf):
+            for kk in range(list_offsets[i], list_offsets[i + 1]):
+                s = list_index[kk]
+                xm = centers[kk, 0] + hr * surf[0, m]
+                ym = centers[kk, 1] + hr * surf[1, m]
+                zm = centers[kk, 2] + hr * surf[2, m]
+                j0 = src_start[s]
+                j1 = src_end[s]
+                n = np.uint64(j1 - j0)
+                sx = src_xyz[0, j0:j1]
+                sy = src_xyz[1, j0:j1]
+                sz = src_xyz[2, j0:j1]
+                if has_d:
+                    for j in range(np.uint64(0), n):
+                        dx = xm - sx[j]
+                        dy = ym - sy[j]
+                        dz = zm - sz[j]
+                        r2 = dx * dx + dy * dy + dz * dz
+                        r = np.sqrt(r2)
+                        invr = one / r
+                        if r2 == 0.0:
+                            invr = 0.0
+                        g0 = vexp(nlam * r) * invr
+                        bx[j] = dx
+                        by[j] = dy
+                        bz[j] = dz
+                        bg0[j] = g0
+                        bg1[j] = g0 * (one + lam * r) * (invr * invr)
+                else:
+                    for j in range(np.uint64(0), n):
+                        dx = xm - sx[j]
+                        dy = ym - sy[j]
+                        dz = zm - sz[j]
+                        r2 = dx * dx + dy * dy + dz * dz
+                        r = np.sqrt(r2)
+                        invr = one / r
+                        if r2 == 0.0:
+                            invr = 0.0
+                        bg0[j] = vexp(nlam * r) * invr
+                for d in range(nd):
+                    acc = 0.0
+                    if has_q:
+                        qd = q[d, j0:j1]
+                        for j in range(np.uint64(0), n):
+                            acc += qd[j] * bg0[j]
+                    if has_d:
+                        d0 = dip[d, 0, j0:j1]
+                        d1 = dip[d, 1, j0:j1]
+                        d2 = dip[d, 2, j0:j1]
+                        for j in range(np.uint64(0), n):
+                            acc += (d0[j] * bx[j] + d1[j] * by[j] + d2[j] * bz[j]) * bg1[j]
+                    out[d, m] += c * acc
+
+
+def yukawa_s2p(dens, trg_xyz, trg_start, trg_end, trg_boxes, centers, half_widths,
+               list_offsets, list_index, surf, radius, b0, b1, flags, lam, buf, pot, grad):
+    """pot[d, t] (+ grad[d, :, t]) += Yukawa field of dens[s, d, :] on the surfaces of the
+    listed s (surface points centers[k] + half_widths[s] radius surf[:, m], as ``s2p_multi``)."""
+    c = INV4PI
+    one = 1.0
+    nlam = -lam
+    do_g = (flags & 4) != 0
+    nd = dens.shape[1]
+    n_surf = surf.shape[1]
+    n = np.uint64(n_surf)
+    wx = buf[0]  # d e (1 + L) / r^3 per surface point
+    wy = buf[1]
+    wz = buf[2]
+    bg0 = buf[3]  # e / r
+    for i in range(b0, b1):
+        b = trg_boxes[i]
+        for kk in range(list_offsets[i], list_offsets[i + 1]):
+            s = list_index[kk]
+            hr = half_widths[s] * radius
+            ds = dens[s]
+            for t in range(trg_start[b], trg_end[b]):
+                xi = trg_xyz[0, t]
+                yi = trg_xyz[1, t]
+                zi = trg_xyz[2, t]
+                if do_g:
+                    for m in range(n):
+                        dx = xi - (centers[kk, 0] + hr * surf[0, m])
+                        dy = yi - (centers[kk, 1] + hr * surf[1, m])
+                        dz = zi - (centers[kk, 2] + hr * surf[2, m])
+                        r2 = dx * dx + dy * dy + dz * dz
+                        r = np.sqrt(r2)
+                        invr = one / r
+                        if r2 == 0.0:
+                            invr = 0.0
+                        g0 = vexp(nlam * r) * invr
+                        bg0[m] = g0
+                        g1 = g0 * (one + lam * r) * (invr * invr)
+                        wx[m] = dx * g1
+                        wy[m] = dy * g1
+                        wz[m] = dz * g1
+                else:
+                    for m in range(n):
+                        dx = xi - (centers[kk, 0] + hr * surf[0, m])
+                        dy = yi - (centers[kk, 1] + hr * surf[1, m])
+                        dz = zi - (centers[kk, 2] + hr * surf[2, m])
+                        r2 = dx * dx + dy * dy + dz * dz
+                        r = np.sqrt(r2)
+                        invr = one / r
+                        if r2 == 0.0:
+                            invr = 0.0
+                        bg0[m] = vexp(nlam * r) * invr
+                for d in range(nd):
+                    w = ds[d]
+                    acc = 0.0
+                    if do_g:
+                        gx = 0.0
+                        gy = 0.0
+                        gz = 0.0
+                        for m in range(n):
+                            qj = w[m]
+                            acc += qj * bg0[m]
+                            gx -= qj * wx[m]
+                            gy -= qj * wy[m]
+                            gz -= qj * wz[m]
+                        grad[d, 0, t] += c * gx
+                        grad[d, 1, t] += c * gy
+                        grad[d, 2, t] += c * gz
+                    else:
+                        for m in range(n):
+                            acc += w[m] * bg0[m]
+                    pot[d, t] += c * acc
