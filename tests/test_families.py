@@ -23,8 +23,6 @@ from aotfmm.families import FAMILIES, LAPLACE, KernelFamily
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src", "aotfmm")
 
-#: A made-up family that is not scale invariant (say, a screened kernel).
-NOT_INVARIANT = dataclasses.replace(LAPLACE, name="test", degree=None)
 
 
 def _points(rng, n):
@@ -71,7 +69,7 @@ def test_family_fields():
     assert isinstance(LAPLACE, KernelFamily)
     assert (LAPLACE.name, LAPLACE.params, LAPLACE.scalar, LAPLACE.degree,
             LAPLACE.components) == ("laplace", (), "real", -1, 1)
-    assert LAPLACE.scale_invariant and not NOT_INVARIANT.scale_invariant
+    assert LAPLACE.scale_invariant and not aotfmm.Yukawa(1.0).scale_invariant
     assert LAPLACE in FAMILIES
     with pytest.raises(dataclasses.FrozenInstanceError):
         LAPLACE.degree = -2
@@ -120,19 +118,15 @@ def test_cache_key_carries_the_family():
                                family=dataclasses.replace(LAPLACE, params=(("p", 1),)))
 
 
-def test_a_family_that_is_not_scale_invariant_is_refused(rng, tmp_path):
-    with pytest.raises(NotImplementedError, match="operators per level"):
-        operators.get_operators(3, np.float64, cache_dir=False, family=NOT_INVARIANT)
-    with pytest.raises(NotImplementedError, match="operators per level"):
-        operators.build_operators(3, family=NOT_INVARIANT)
-    xyz = np.ascontiguousarray(rng.random((3, 500)) * 2.0 - 1.0)
-    with pytest.raises(NotImplementedError, match="operators per level"):
-        evaluate.Plan(xyz, xyz, eps=1e-3, cache_dir=tmp_path, family=NOT_INVARIANT)
-    assert not os.listdir(tmp_path)  # refused before anything was built or written
-    with pytest.raises(NotImplementedError, match="operators per level"):
-        NOT_INVARIANT.c2e_scale(0.5)
-    with pytest.raises(NotImplementedError, match="not scale invariant"):
-        _frame.field_power(NOT_INVARIANT, 0)
+def test_a_family_that_is_not_scale_invariant_must_scale_with_its_parameters():
+    # degree None: operators per level come from scaled(h); without a rule to scale it the
+    # family is refused where it is made, before any operator or plan could use it
+    with pytest.raises(ValueError, match="frame_degree"):
+        dataclasses.replace(LAPLACE, name="test", degree=None)
+    y = aotfmm.Yukawa(2.0)
+    assert not y.scale_invariant and y.scaling_degree == -1
+    assert y.scaled(0.25) == aotfmm.Yukawa(0.5) and y.c2e_scale(0.5) == 0.5
+    assert _frame.field_power(y, 1) == -2
 
 
 def test_dispatch_rows_are_the_family_sums():

@@ -35,7 +35,7 @@ def _direct(src, q, trg, gradient, dt, workers, module=None, family=LAPLACE):
         trg_xyz = to_soa(trg, center, scale, dt) if trg is not src else src_xyz
         qscale, charges = scaled_charges(q, dt)
         _p2p_all(src_xyz, charges, trg_xyz, pot, grad if gradient else None, workers, module,
-                 family=family)
+                 family=family.scaled(scale))
         pot = rescale(pot, unscale_factor(qscale, scale, 0, family), "potential")
         if gradient:
             grad = rescale(grad, unscale_factor(qscale, scale, 1, family), "gradient")
@@ -45,11 +45,14 @@ def _direct(src, q, trg, gradient, dt, workers, module=None, family=LAPLACE):
 def _direct_multi(src, q, d, trg, gradient, dt, workers, family=LAPLACE):
     """k densities: q (k, n) float64 or None, d (k, 3, n) float64 or None.
 
-    Returns pot (k, n_trg) and grad (k, 3, n_trg) or None, in dtype ``dt``."""
+    Returns pot (k, n_trg) and grad (k, 3, n_trg) or None, in dtype ``dt`` (its complex type
+    for a complex family: then q and d may be complex128). A family with a parameter runs in
+    the frame as ``family.scaled(scale)``."""
     k = (q if q is not None else d).shape[0]
     n_trg = trg.shape[0]
-    pot = np.zeros((k, n_trg), dtype=dt)
-    grad = np.zeros((k, 3, n_trg), dtype=dt) if gradient else None
+    vdt = family.value_dtype(dt)
+    pot = np.zeros((k, n_trg), dtype=vdt)
+    grad = np.zeros((k, 3, n_trg), dtype=vdt) if gradient else None
     if not (n_trg and src.shape[0]):
         return pot, grad
     center, scale = frame(src, trg, center=dt == np.float32)
@@ -59,11 +62,11 @@ def _direct_multi(src, q, d, trg, gradient, dt, workers, family=LAPLACE):
     live, qscale, qs, ds = scaled_densities(q, d, scale)
     if not len(live):
         return pot, grad
-    qs = None if qs is None else np.ascontiguousarray(qs, dtype=dt)
-    ds = None if ds is None else np.ascontiguousarray(ds, dtype=dt)
-    pl = np.zeros((len(live), n_trg), dtype=dt)
-    gl = np.zeros((len(live), 3, n_trg), dtype=dt) if gradient else None
-    _p2p_all(src_xyz, qs, trg_xyz, pl, gl, workers, dipoles=ds, family=family)
+    qs = None if qs is None else np.ascontiguousarray(qs, dtype=vdt)
+    ds = None if ds is None else np.ascontiguousarray(ds, dtype=vdt)
+    pl = np.zeros((len(live), n_trg), dtype=vdt)
+    gl = np.zeros((len(live), 3, n_trg), dtype=vdt) if gradient else None
+    _p2p_all(src_xyz, qs, trg_xyz, pl, gl, workers, dipoles=ds, family=family.scaled(scale))
     unscale_fields((pot, grad), (pl, gl), live, qscale, scale, family=family)
     return pot, grad
 
@@ -109,15 +112,16 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
     ``family``: the kernel (:class:`aotfmm.families.KernelFamily`) whose compiled sums run.
     """
     refine = 1 if exact else 0
-    dt = pot.dtype
+    dt = src_xyz.dtype  # coordinates; pot/grad are complex for a complex family
     if shift is None:
         shift = np.zeros((max(len(list_index), 1), 3), dtype=dt)
-    multi = hess is not None or dipoles is not None or pot.ndim == 2
+    multi = hess is not None or dipoles is not None or pot.ndim == 2 or \
+        not _dispatch.has_kernel(family.name, "p2p", "charge", "pot")
     shared = dict(src_xyz=src_xyz, trg_xyz=trg_xyz, src_start=src_start, src_end=src_end,
                   trg_start=trg_start, trg_end=trg_end, list_offsets=list_offsets,
-                  list_index=list_index, shift=shift, boxes=boxes)
+                  list_index=list_index, shift=shift, boxes=boxes, **family.kernel_args())
     if multi:  # the density kernels: terms chosen by flags, placeholders for absent ones
-        terms, q, dip = _dispatch.density_terms(charges, dipoles, dt)
+        terms, q, dip = _dispatch.density_terms(charges, dipoles, pot.dtype)
         shared.update(q=q, dip=dip)
     if hess is not None:
         work = _dispatch.bind(_dispatch.kernel_name(family.name, "p2p", "densities", "hess"),
@@ -125,7 +129,8 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
     elif multi:
         flags = terms | (_dispatch.GRADIENT if grad is not None else 0) | \
             (_dispatch.EXACT if exact else 0)
-        g = grad if grad is not None else np.zeros((1, 1, 1), dt)
+        g = grad.reshape(-1, 3, grad.shape[-1]) if grad is not None else \
+            np.zeros((1, 1, 1), pot.dtype)
         # The kernel gathers each target box's listed sources into scratch of m_max entries.
         cum = np.concatenate(([0], np.cumsum((src_end - src_start)[list_index])))
         totals = cum[list_offsets[boxes + 1]] - cum[list_offsets[boxes]]

@@ -115,6 +115,12 @@ def _arg_types(name, dtype):
     return out
 
 
+def has_kernel(family, op, inputs, outputs):
+    """True when ``family`` has a compiled sum for (op, inputs, outputs) (the single-density
+    variants are Laplace's only; other families use their density sums for one vector too)."""
+    return (family, op, inputs, outputs) in TABLE
+
+
 def kernel_name(family, op, inputs, outputs):
     try:
         return TABLE[(family, op, inputs, outputs)]

@@ -13,8 +13,10 @@ scale as ``scale**degree``, gradients as ``scale**(degree - 1)`` and Hessians as
 ``scale**(degree - 2)`` (:func:`field_power`, :func:`unscale_fields`, :func:`unscale_factor`).
 A dipole's field takes one more derivative of G, so dipole densities are divided by ``scale``
 once more on the way in, whatever the degree; then every density shares the charges' factors
-on the way out. A family that is not scale invariant cannot be scaled back by a power (its
-parameters would have to be scaled instead): not implemented.
+on the way out. A family with a parameter (Yukawa, Helmholtz) is evaluated in the frame with
+its parameter multiplied by ``scale`` (:meth:`~aotfmm.families.KernelFamily.scaled`), and its
+fields come back like those of a kernel of degree
+:attr:`~aotfmm.families.KernelFamily.frame_degree`: G_k(s r) = s**frame_degree G_{k s}(r).
 """
 import numpy as np
 
@@ -107,11 +109,9 @@ def scaled_densities(q, d, frame_scale):
 
 def field_power(family, order):
     """The power of the frame scale in a field of derivative order ``order`` (0 potential,
-    1 gradient, 2 Hessian) of kernel ``family``: ``family.degree - order``."""
-    if not family.scale_invariant:
-        raise NotImplementedError(f"kernel family {family.name!r} is not scale invariant: its "
-                                  "fields cannot be scaled back from the frame by a power")
-    return family.degree - order
+    1 gradient, 2 Hessian) of kernel ``family``: its ``scaling_degree - order`` (for a family
+    with a parameter, the frame family is ``family.scaled(scale)``)."""
+    return family.scaling_degree - order
 
 
 def field_factor(density_scale, frame_scale, power):
@@ -155,7 +155,8 @@ def rescale(values, factor, what):
             raise FloatingPointError(f"the {what} overflows {values.dtype}")
         return values
     with np.errstate(over="ignore"):
-        out = (values.astype(np.float64, copy=False) * factor).astype(values.dtype, copy=False)
+        wide = np.complex128 if values.dtype.kind == "c" else np.float64
+        out = (values.astype(wide, copy=False) * factor).astype(values.dtype, copy=False)
     if not np.isfinite(out).all():
         raise FloatingPointError(f"the {what} overflows {values.dtype}")
     return out

@@ -48,8 +48,13 @@ def transfer_matrices(surf, r_check, r_equiv, vectors, family=LAPLACE):
     d = r_check * surf[:, None, :] - r_equiv * surf[None, :, :]
     dx, dy, dz = (np.ascontiguousarray(d[..., i]) for i in range(3))
     d2 = dx * dx + dy * dy + dz * dz
-    out = np.empty((len(vectors), len(surf), len(surf)))
+    out = np.empty((len(vectors), len(surf), len(surf)),
+                   dtype=np.complex128 if family.complex else np.float64)
     for i, t in enumerate(np.asarray(vectors, dtype=np.float64)):
+        if family.complex:  # distances in real arithmetic, then the complex kernel
+            o = dx * (-4.0 * t[0]) + d2 - 4.0 * t[1] * dy - 4.0 * t[2] * dz + 4.0 * (t @ t)
+            out[i] = family.g_of_r(np.sqrt(o))
+            continue
         o = out[i]
         np.multiply(dx, -4.0 * t[0], out=o)
         o += d2
@@ -80,15 +85,15 @@ def _stacked_svd(surf, r_check, r_equiv, transpose, workers=_threads.INLINE, fam
             for b0 in range(groups[g], groups[g + 1], _QR_BLOCK):
                 b1 = min(b0 + _QR_BLOCK, groups[g + 1])
                 k = transfer_matrices(surf, r_check, r_equiv, vecs[b0:b1], family)
-                if transpose:
-                    k = k.transpose(0, 2, 1)
+                if transpose:  # K_t^H: its stack's right singular vectors are the left ones
+                    k = k.transpose(0, 2, 1).conj()
                 r = np.linalg.qr(np.concatenate([r, k.reshape(-1, n)]), mode="r")
             rs[g] = r
 
     workers.run(stream, np.arange(len(rs) + 1))
     r = rs[0] if len(rs) == 1 else np.linalg.qr(np.concatenate(rs), mode="r")
     _, sigma, vt = np.linalg.svd(r)
-    return sigma, vt.T
+    return sigma, vt.conj().T
 
 
 #: The QR stream is cut into this many groups whatever the thread count, so that a build's
@@ -137,7 +142,9 @@ def build(surf, r_down_check, r_up_equiv, dc2e_b, tol, rank=None, stage=None,
     sig_v, v_all = _stacked_svd(surf, r_down_check, r_up_equiv, transpose=False,
                                 workers=workers, family=family)
     if r_down_check == r_up_equiv:
-        sig_u, u_all = sig_v, v_all           # K_{-t} = K_t^T: same singular vectors
+        # K_{-t} = K_t^T: the stacks [K_t^H] and [K_t] are complex conjugates of each other
+        # (the same one for a real kernel), so U = conj(V)
+        sig_u, u_all = sig_v, v_all.conj()
     else:
         sig_u, u_all = _stacked_svd(surf, r_down_check, r_up_equiv, transpose=True,
                                     workers=workers, family=family)
@@ -155,7 +162,7 @@ def build(surf, r_down_check, r_up_equiv, dc2e_b, tol, rank=None, stage=None,
         for t0 in range(b0 * _QR_BLOCK, min(b1 * _QR_BLOCK, n_t), _QR_BLOCK):
             t1 = min(t0 + _QR_BLOCK, n_t)
             kt = transfer_matrices(surf, r_down_check, r_up_equiv, vecs[t0:t1], family)
-            p_, s_, qt = np.linalg.svd(u.T @ kt @ v)
+            p_, s_, qt = np.linalg.svd(u.conj().T @ kt @ v)  # C_t = U^H K_t V
             for i in range(t1 - t0):
                 r = max(1, int(np.count_nonzero(s_[i] > cut)))
                 factors[t0 + i] = ((p_[i, :, :r] * s_[i, :r]).T, qt[i, :r])
@@ -168,6 +175,7 @@ def build(surf, r_down_check, r_up_equiv, dc2e_b, tol, rank=None, stage=None,
     offsets = np.concatenate(([0], np.cumsum(ranks))).astype(np.int64)
     a = np.concatenate([f[0] for f in factors])
     b = np.concatenate([f[1] for f in factors])
-    return {"m2l_v": v, "m2l_u": u, "m2l_a": np.ascontiguousarray(a),
+    # applied to densities stored as rows, e @ conj(V) = (V^H e^T)^T (conj: no-op when real)
+    return {"m2l_v": np.ascontiguousarray(v.conj()), "m2l_u": u, "m2l_a": np.ascontiguousarray(a),
             "m2l_b": np.ascontiguousarray(b), "m2l_offsets": offsets, "m2l_decompress": dc2e_b @ u,
             "m2l_sigma": sig_v}

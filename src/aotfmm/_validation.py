@@ -59,16 +59,69 @@ def resolve_dtype(dtype, *arrays):
     return np.dtype(np.float64)
 
 
-def _as_real_array(name, a):
-    """``a`` as a numpy array of a real numeric kind (int, unsigned or float), else TypeError."""
+COMPLEX_DTYPES = (np.dtype(np.complex64), np.dtype(np.complex128))
+
+
+def check_kernel(kernel):
+    """The kernel family of a ``kernel=`` argument (None: Laplace)."""
+    from .families import LAPLACE, KernelFamily
+    if kernel is None:
+        return LAPLACE
+    if isinstance(kernel, type) or callable(kernel) and not isinstance(kernel, KernelFamily):
+        raise TypeError(f"kernel must be a kernel object such as aotfmm.Laplace(), "
+                        f"aotfmm.Yukawa(lam) or aotfmm.Helmholtz(kappa), got {kernel!r} (call "
+                        "it with its parameter)")
+    if not isinstance(kernel, KernelFamily):
+        raise TypeError(f"kernel must be aotfmm.Laplace(), aotfmm.Yukawa(lam) or "
+                        f"aotfmm.Helmholtz(kappa), got {kernel!r}")
+    return kernel
+
+
+def resolve_value_dtype(family, dtype, *arrays):
+    """The dtype of a kernel's densities and results: float32/float64 for a real kernel,
+    complex64/complex128 for a complex one (None: from the points, as :func:`resolve_dtype`)."""
+    if not family.complex:
+        if dtype is not None:
+            try:
+                dt = np.dtype(dtype)
+            except TypeError:
+                dt = None
+            if dt is not None and dt.kind == "c":
+                raise ValueError(f"dtype {dt} is complex, but {family!r} is a real kernel: use "
+                                 "float32 or float64")
+        return resolve_dtype(dtype, *arrays)
+    if dtype is None:
+        return family.value_dtype(resolve_dtype(None, *arrays))
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"dtype must be complex64 or complex128, got {dtype!r}") from exc
+    if dt not in COMPLEX_DTYPES:
+        raise ValueError(f"{family!r} has complex densities and results: dtype must be "
+                         f"complex64 or complex128 (or None), got {dt}")
+    return dt
+
+
+def real_dtype(dt):
+    """float32/float64 of a value dtype (the coordinates' precision)."""
+    return np.dtype(np.float32) if dt in (np.float32, np.complex64) else np.dtype(np.float64)
+
+
+def _as_real_array(name, a, complex_ok=False):
+    """``a`` as a numpy array of a real numeric kind (int, unsigned or float; also complex when
+    ``complex_ok``), else TypeError."""
     if a is None:
         raise TypeError(f"{name} is required, got None")
+    what = "numbers" if complex_ok else "real numbers"
     try:
         arr = np.asarray(a)
     except Exception as exc:  # ragged lists and other things numpy cannot turn into an array
-        raise TypeError(f"{name} must be an array of real numbers: {exc}") from None
-    if arr.dtype.kind not in "iuf":
-        raise TypeError(f"{name} must hold real numbers (int or float), got dtype {arr.dtype}")
+        raise TypeError(f"{name} must be an array of {what}: {exc}") from None
+    if arr.dtype.kind not in ("iufc" if complex_ok else "iuf"):
+        hint = (" (complex densities need a complex kernel, e.g. aotfmm.Helmholtz)"
+                if arr.dtype.kind == "c" else "")
+        raise TypeError(f"{name} must hold {what} (int or float"
+                        f"{' or complex' if complex_ok else ''}), got dtype {arr.dtype}{hint}")
     return arr
 
 
@@ -130,9 +183,10 @@ def check_level(name, value, default, allowed, why):
     return int(value)
 
 
-def as_dipole_array(dipoles, n):
-    """Dipoles (n, 3) or (n, k, 3) -> float64 (k, 3, n) C array, and whether 2-D."""
-    arr = _as_real_array("dipoles", dipoles)
+def as_dipole_array(dipoles, n, complex_ok=False):
+    """Dipoles (n, 3) or (n, k, 3) -> float64 (complex128 if ``complex_ok``) (k, 3, n) C array,
+    and whether 2-D."""
+    arr = _as_real_array("dipoles", dipoles, complex_ok)
     if arr.ndim == 2 and arr.shape == (n, 3):
         one, arr = True, arr.T[None]
     elif arr.ndim == 3 and arr.shape[0] == n and arr.shape[1] >= 1 and arr.shape[2] == 3:
@@ -148,21 +202,22 @@ def as_dipole_array(dipoles, n):
             hint = " (it looks like (n, 3, k): pass dipoles.transpose(0, 2, 1))"
         raise ValueError(f"dipoles must have shape ({n}, 3) or ({n}, k, 3) to match the {n} "
                          f"sources, got {arr.shape}{hint}")
-    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    arr = np.ascontiguousarray(arr, dtype=np.complex128 if complex_ok else np.float64)
     _check_finite("dipoles", arr)
     return arr, one
 
 
-def as_densities(charges, dipoles, n):
-    """Validated (charges (k, n) or None, dipoles (k, 3, n) or None, single) for n sources."""
+def as_densities(charges, dipoles, n, complex_ok=False):
+    """Validated (charges (k, n) or None, dipoles (k, 3, n) or None, single) for n sources:
+    float64, or complex128 when ``complex_ok`` (a complex kernel)."""
     if charges is None and dipoles is None:
         raise ValueError("give charges, dipoles or both")
     q = d = None
     single = None
     if charges is not None:
-        q, single = as_charge_matrix("charges", charges, n)
+        q, single = as_charge_matrix("charges", charges, n, complex_ok)
     if dipoles is not None:
-        d, d_single = as_dipole_array(dipoles, n)
+        d, d_single = as_dipole_array(dipoles, n, complex_ok)
         if q is not None and (d_single != single or d.shape[0] != q.shape[0]):
             raise ValueError(f"charges {np.shape(charges)} and dipoles {np.shape(dipoles)} "
                              f"must describe the same number of densities: (n,) with (n, 3), "
@@ -171,9 +226,10 @@ def as_densities(charges, dipoles, n):
     return q, d, single
 
 
-def as_charge_matrix(name, charges, n):
-    """Charges (n,) or (n, k) -> float64 (k, n) C array, and whether the input was 1-D."""
-    arr = _as_real_array(name, charges)
+def as_charge_matrix(name, charges, n, complex_ok=False):
+    """Charges (n,) or (n, k) -> float64 (complex128 if ``complex_ok``) (k, n) C array, and
+    whether the input was 1-D."""
+    arr = _as_real_array(name, charges, complex_ok)
     if arr.ndim == 1 and arr.shape[0] == n:
         one = True
         arr = arr[None, :]
@@ -186,7 +242,7 @@ def as_charge_matrix(name, charges, n):
             hint = (f" (it looks transposed: pass one density per column, e.g. {name}.T)")
         raise ValueError(f"{name} must have shape ({n},) or ({n}, k) to match the {n} sources, "
                          f"got {arr.shape}{hint}")
-    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    arr = np.ascontiguousarray(arr, dtype=np.complex128 if complex_ok else np.float64)
     _check_finite(name, arr)
     return arr, one
 

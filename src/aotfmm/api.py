@@ -16,12 +16,12 @@ from . import _progress, _threads
 from ._direct import _direct, _direct_multi
 from .evaluate import AccuracyWarning, order_error
 from ._frame import frame, scaled_densities, to_soa, unscale_fields
-from .families import LAPLACE
+from .families import LAPLACE, KernelFamily
 # EPS_DEFAULT, EPS_FLOOR, HESSIAN_EPS_FLOOR live with the eps check; importable from here too
 from ._validation import EPS_DEFAULT, EPS_FLOOR, HESSIAN_EPS_FLOOR  # noqa: F401
 from ._validation import (as_bool, as_charges, as_densities, as_diagonal, as_points,
-                          charges_for_nd, check_eps, check_integer, check_level, from_dipvec,
-                          resolve_dtype)
+                          charges_for_nd, check_eps, check_integer, check_level, check_kernel,
+                          from_dipvec, real_dtype, resolve_dtype, resolve_value_dtype)
 
 if typing.TYPE_CHECKING:  # optional dependencies, for the annotations only
     from matplotlib.axes import Axes
@@ -35,9 +35,9 @@ def _expected_eps(p, dtype, separate_targets=False, dipoles=False, hessians=Fals
     """The error a plan of order p is expected to reach: the measured worst case for its order
     (evaluate.order_error, from the kernel family's table), but never below the dtype's floor
     (and Hessians' floor)."""
-    floor = EPS_FLOOR[np.dtype(dtype).name]
+    floor = EPS_FLOOR[real_dtype(np.dtype(dtype)).name]
     if hessians:
-        floor = max(floor, HESSIAN_EPS_FLOOR[np.dtype(dtype).name])
+        floor = max(floor, HESSIAN_EPS_FLOOR[real_dtype(np.dtype(dtype)).name])
     return max(order_error(p, separate_targets, dipoles, hessians, family=family), floor)
 
 
@@ -67,7 +67,8 @@ def _shape_vec(a, single):
 
 
 class Fmm:
-    """A reusable FMM plan for the Laplace kernel 1/(4 pi r) in 3D.
+    """A reusable FMM plan in 3D for the Laplace kernel 1/(4 pi r) (default), the Yukawa kernel
+    exp(-lam r)/(4 pi r) or the Helmholtz kernel exp(i kappa r)/(4 pi r).
 
     Builds the adaptive octree, its interaction lists and the translation operators once; then
     :meth:`evaluate` / :meth:`fields` compute potentials (and gradients) of any number of charge
@@ -78,6 +79,10 @@ class Fmm:
     sources : array_like of shape (n_sources, 3)
     targets : array_like of shape (n_targets, 3), optional
         Evaluation points; default: the sources (self-interaction excluded).
+    kernel : aotfmm.Laplace(), aotfmm.Yukawa(lam) or aotfmm.Helmholtz(kappa), optional
+        The kernel G(x, y) (default Laplace). Yukawa densities and fields are real; Helmholtz
+        densities and fields are complex (``dtype`` complex64/complex128). Hessians are
+        available for Laplace only.
     at_sources : bool, optional
         Also evaluate at the sources (default: only when ``targets`` is None). With targets
         and ``at_sources=True``, :meth:`fields` returns both sets from one traversal.
@@ -98,8 +103,9 @@ class Fmm:
         together with an ``eps`` that p cannot meet, an :class:`AccuracyWarning` says so.
     ncrit : int, optional
         Maximum points (sources + targets) per leaf; default from the table.
-    dtype : {None, float32, float64}
-        Precision; None: float32 if the points are float32, else float64.
+    dtype : {None, float32, float64, complex64, complex128}
+        Precision of densities and results; None: single precision if the points are float32,
+        else double. Complex (and only complex) for a complex kernel (Helmholtz).
     threads : int, optional
         Threads; default ``$AOTFMM_NUM_THREADS`` or all CPUs available.
     cache_dir : str or path, optional
@@ -124,20 +130,21 @@ class Fmm:
         Tree depth, number of boxes and leaves, list sizes, p, eps, expected_eps, memory.
     timings : dict
         Seconds per setup phase and per operator of the last :meth:`evaluate`.
-    family : aotfmm.families.KernelFamily
-        The kernel: :data:`aotfmm.families.LAPLACE`, G(x, y) = 1 / (4 pi |x - y|).
+    family, kernel : aotfmm.families.KernelFamily
+        The kernel (``kernel=``; :data:`aotfmm.families.LAPLACE` by default).
     """
 
     def __init__(self, sources: npt.ArrayLike, targets: npt.ArrayLike | None = None, *,
-                 at_sources: bool | None = None, dipoles: bool = False, hessians: bool = False,
+                 kernel: KernelFamily | None = None, at_sources: bool | None = None, dipoles: bool = False, hessians: bool = False,
                  eps: float | None = None, p: int | None = None, ncrit: int | None = None,
                  dtype: npt.DTypeLike = None, threads: int | None = None,
                  cache_dir: str | os.PathLike | None = None, progress: bool = False) -> None:
         from . import evaluate
         t0 = time.perf_counter()
-        self.family = LAPLACE
-        self.dtype = resolve_dtype(dtype, sources, targets)
-        self.eps = check_eps(eps, self.dtype)
+        self.family = self.kernel = check_kernel(kernel)
+        self.dtype = resolve_value_dtype(self.family, dtype, sources, targets)
+        self._rdt = real_dtype(self.dtype)  # coordinates
+        self.eps = check_eps(eps, self._rdt)
         self.threads = _threads.resolve_threads(threads)
         # this plan's own threads, used by its setup and every evaluation
         self._workers = _threads.Workers(self.threads)
@@ -155,6 +162,8 @@ class Fmm:
         self._at_sources = at_sources
         self._for_dipoles = as_bool("dipoles", dipoles)
         self._for_hessians = as_bool("hessians", hessians)
+        if self._for_hessians and not self.family.hessians:
+            raise ValueError(f"{self.family!r} has no Hessians (the Laplace kernel has)")
         self._p_given = p is not None
         # Points given in float32 (or float16) are used exactly as given: scale by a power of
         # two only. Centring them would round them a second time (the FMM would then answer
@@ -172,11 +181,11 @@ class Fmm:
         self.progress = as_bool("progress", progress)
         bar = _progress.Progress(self.progress, label="aotfmm setup")
         self._core = evaluate.Plan(src_xyz, trg_xyz, eps=self.eps, p=p, ncrit=ncrit,
-                                   dtype=self.dtype, workers=self._workers, cache_dir=cache_dir,
+                                   dtype=self._rdt, workers=self._workers, cache_dir=cache_dir,
                                    progress=bar, dipoles=self._for_dipoles,
                                    hessians=self._for_hessians,
                                    points=(src, trg_pts, self._center, self._scale),
-                                   family=self.family)
+                                   family=self.family.scaled(self._scale))
         bar.done()
         self.p = self._core.p
         self.ncrit = self._core.ncrit
@@ -269,7 +278,7 @@ class Fmm:
     def _run(self, charges, dipoles, gradient, hessian=False):
         """Validated densities -> (pot (k, n_out), grad (k, 3, n_out) or None,
         hess (k, 6, n_out) or None, single)."""
-        q, d, single = as_densities(charges, dipoles, self.n_sources)
+        q, d, single = as_densities(charges, dipoles, self.n_sources, self.family.complex)
         if d is not None and not self._for_dipoles and not self._p_given:
             warnings.warn("this plan chose its order for charges; dipoles need one more to "
                           f"meet eps={self.eps:g}: build it with Fmm(..., dipoles=True)",
@@ -278,9 +287,11 @@ class Fmm:
             warnings.warn("this plan chose its order for potentials and gradients; Hessians "
                           f"need one more to meet eps={self.eps:g}: build it with "
                           "Fmm(..., hessians=True)", AccuracyWarning, stacklevel=3)
-        if hessian and self.eps < HESSIAN_EPS_FLOOR[self.dtype.name]:
-            warnings.warn(f"Hessians reach about {HESSIAN_EPS_FLOOR[self.dtype.name]:g} "
-                          f"relative error in {self.dtype.name}, not eps={self.eps:g} (their "
+        if hessian and not self.family.hessians:
+            raise ValueError(f"{self.family!r} has no Hessians (the Laplace kernel has)")
+        if hessian and self.eps < HESSIAN_EPS_FLOOR[self._rdt.name]:
+            warnings.warn(f"Hessians reach about {HESSIAN_EPS_FLOOR[self._rdt.name]:g} "
+                          f"relative error in {self._rdt.name}, not eps={self.eps:g} (their "
                           "far-field part levels off there)", AccuracyWarning, stacklevel=3)
         gradient = gradient or hessian
         t0 = time.perf_counter()

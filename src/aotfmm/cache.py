@@ -286,7 +286,7 @@ def _array_spec(name, spec, start, size):
         shape = tuple(int(n) for n in spec["shape"])
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise ValueError(f"array {name}: bad entry ({exc})") from None
-    if dt.kind not in "biuf" or dt.byteorder not in "=|" + ("<" if np.little_endian else ">"):
+    if dt.kind not in "biufc" or dt.byteorder not in "=|" + ("<" if np.little_endian else ">"):
         raise ValueError(f"array {name}: dtype {dt} not allowed")
     count = 1
     for n in shape:

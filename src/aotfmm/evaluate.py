@@ -16,14 +16,15 @@ import warnings
 
 import numpy as np
 
-from . import _driver, _threads, expansions
+from . import _dispatch, _driver, _geometry, _threads, expansions
 from ._driver import DownLevel, UpLevel
 from ._direct import p2p as near_field
 from .families import LAPLACE
 from .lists import build_lists
-from .operators import P_MAX, P_MIN, get_operators, per_level_error
+from .operators import P_MAX, P_MIN, get_operators
 from ._validation import check_representable
 from .morton import LEVEL_BITS, MAX_LEVEL
+from .surfaces import kernel_matrix, n_surf
 from .tree import build_tree
 
 __all__ = ["Plan", "P_MIN", "P_MAX", "choose_parameters", "order_error", "AccuracyWarning"]
@@ -91,6 +92,31 @@ def choose_parameters(eps, p=None, ncrit=None, separate_targets=False, dipoles=F
     return p, ncrit
 
 
+#: A level's far field (V, W, X lists and the expansions behind them) is dropped when the kernel
+#: at the smallest far distance (2 h, one box width) has decayed below this times eps relative
+#: to the Laplace kernel (:meth:`~aotfmm.families.KernelFamily.decay`): Yukawa with lam h
+#: large. The factor covers the ~200 boxes of the first far shell against the 27 near ones.
+_FAR_DROP = 1e-3
+
+
+def _first_far_level(family, tree, eps):
+    """The coarsest level (>= 2) whose far field is kept; coarser levels are dropped (see
+    :data:`_FAR_DROP`; 2 for a kernel that does not decay)."""
+    for lev in range(2, tree.n_levels):
+        if family.decay(2.0 * tree.root_half / 2.0 ** lev) >= _FAR_DROP * eps:
+            return lev
+    return max(2, tree.n_levels)
+
+
+def _pad_rows(a, rows, axis):
+    """``a`` with zero rows appended along ``axis`` up to ``rows``."""
+    if a.shape[axis] == rows:
+        return a
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (0, rows - a.shape[axis])
+    return np.ascontiguousarray(np.pad(a, pad))
+
+
 def _pairs(offsets, index):
     """CSR -> (row, column) pair arrays."""
     rows = np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
@@ -124,7 +150,10 @@ class Plan:
                                                dipoles=dipoles, hessians=hessians,
                                                family=family)
 
-        tree = build_tree(src_xyz, trg_xyz, self.ncrit, workers=workers)
+        # a family with a parameter: the root (and so every level) sized so that the parameter
+        # times each level's half-width is on the grid of cached operator sets
+        tree = build_tree(src_xyz, trg_xyz, self.ncrit, workers=workers,
+                          snap=None if family.scale_invariant else family.grid_half)
         if dt == np.float32 and tree.n_levels - 1 > _FLOAT32_MAX_LEVEL:
             warnings.warn(f"the octree is {tree.n_levels - 1} levels deep: float32 cannot "
                           f"resolve boxes below level {_FLOAT32_MAX_LEVEL} of this problem's "
@@ -135,21 +164,22 @@ class Plan:
         lists = build_lists(tree, workers=workers)
         timings["lists"], t = time.perf_counter() - t, time.perf_counter()
         step("lists")
-        if not family.scale_invariant:  # a set per tree level would be built here
-            raise per_level_error(family)
-        # scale invariant: one operator set (the reference box's) serves every level
-        ops = get_operators(self.p, dt, cache_dir=cache_dir, workers=workers, family=family)
-        timings["operators"], t = time.perf_counter() - t, time.perf_counter()
+        self.tree = tree
+        t_passes = time.perf_counter()
+        self.first_far = _first_far_level(family, tree, eps)
+        self._setup_passes(tree, lists, n_surf(self.p))
+        t0 = time.perf_counter()
+        self._level_operators(tree, cache_dir)
+        timings["operators"] = time.perf_counter() - t0
         step("operators")
-        self.tree, self.ops = tree, ops
+        t = time.perf_counter()
 
         if points is None:  # the frame coordinates are the caller's points
             points = (src_xyz.T, None if self.same else trg_xyz.T, np.zeros(3), 1.0)
         self._local_coordinates(tree, *points)
         self.half_widths = np.ascontiguousarray(tree.half_widths, dtype=dt)
-        self._setup_passes(tree, lists, ops.n_surf)
         self._entry_geometry(tree)
-        timings["setup_passes"] = time.perf_counter() - t
+        timings["setup_passes"] = time.perf_counter() - t + t0 - t_passes
         step("passes")
         self.setup_timings = timings
         self.stats = self._stats(tree, lists)
@@ -285,9 +315,11 @@ class Plan:
 
         # Upward: P2M at leaves holding sources; M2M for parents at levels >= 2 (only levels >= 2
         # ever send multipoles: V lists start at level 2, W boxes are at least that deep).
-        self.p2m_boxes = leaves[has_src[leaves] & (levels[leaves] >= 2)]
+        # Levels above first_far have no far field (a decaying kernel, see _first_far_level).
+        far = self.first_far
+        self.p2m_boxes = leaves[has_src[leaves] & (levels[leaves] >= far)]
         self.up_levels = []
-        for lev in range(tree.n_levels - 2, 1, -1):
+        for lev in range(tree.n_levels - 2, far - 1, -1):
             parents = np.arange(tree.level_offsets[lev], tree.level_offsets[lev + 1])
             parents = parents[~tree.is_leaf[parents] & has_src[parents]]
             if len(parents):
@@ -301,12 +333,17 @@ class Plan:
         keep = has_trg[w_rows] & has_src[w_cols]
         w_rows, w_cols = w_rows[keep], w_cols[keep]
         w_direct = n_src[w_cols] < n_surf  # M2P costs n_surf per target, P2P n_src(A)
+        # a W box above first_far is at least its width from the target: negligible
+        keep = w_direct | (levels[w_cols] >= far)
+        w_rows, w_cols, w_direct = w_rows[keep], w_cols[keep], w_direct[keep]
         x_rows, x_cols = _pairs(lists.x_offsets, lists.x_index)
         keep = has_trg[x_rows] & has_src[x_cols]
         x_rows, x_cols = x_rows[keep], x_cols[keep]
         # P2L costs n_src(A) * n_surf, P2P n_src(A) * n_trg(B); a non-leaf B's target range
         # overlaps its leaves' P2P rows, so only leaves may take X pairs directly.
         x_direct = tree.is_leaf[x_rows] & (n_trg[x_rows] < n_surf) | (levels[x_rows] < 2)
+        keep = x_direct | (levels[x_rows] >= far)  # as W: negligible above first_far
+        x_rows, x_cols, x_direct = x_rows[keep], x_cols[keep], x_direct[keep]
 
         u_rows, u_cols = _pairs(lists.u_offsets, lists.u_index)
         keep = has_trg[u_rows] & has_src[u_cols]
@@ -330,10 +367,10 @@ class Plan:
         keep = has_trg[v_rows] & has_src[v_cols]
         v_rows, v_cols, v_tr = v_rows[keep], v_cols[keep], lists.v_transfer[keep]
         self.down_levels = []
-        for lev in range(2, tree.n_levels):
+        for lev in range(far, tree.n_levels):
             lo, hi = tree.level_offsets[lev], tree.level_offsets[lev + 1]
             entry = {"l2l": None, "m2l": None, "p2l": None}
-            if lev >= 3:
+            if lev >= far + 1:
                 parents = np.arange(tree.level_offsets[lev - 1], lo)
                 parents = parents[~tree.is_leaf[parents] & has_trg[parents]]
                 children = tree.children[parents].copy()
@@ -344,7 +381,7 @@ class Plan:
             if sel.any():
                 boxes, offsets, index, transfer = self._grouped(v_rows[sel], v_cols[sel],
                                                                 v_tr[sel])
-                entry["m2l"] = expansions.m2l_plan(self.ops, boxes, offsets, index, transfer,
+                entry["m2l"] = expansions.m2l_plan(None, boxes, offsets, index, transfer,
                                                    n_boxes, workers=self.workers)
             sel = (xr >= lo) & (xr < hi)
             if sel.any():
@@ -356,7 +393,69 @@ class Plan:
             got = np.concatenate(got) if got else np.zeros(0, np.int64)
             self.down_levels.append(DownLevel(lev, **entry, p2l_centers=None,
                                               receivers=np.unique(got[got >= 0])))
-        self.l2p_boxes = leaves[has_trg[leaves] & (levels[leaves] >= 2)]
+        self.l2p_boxes = leaves[has_trg[leaves] & (levels[leaves] >= far)]
+
+    def _levels_with_work(self):
+        """Levels whose boxes use operators (P2M, M2M, L2L, M2L, P2L, DC2E)."""
+        levels = set(self.tree.levels[self.p2m_boxes].tolist())
+        levels |= {up.level for up in self.up_levels}
+        levels |= {d.level for d in self.down_levels if len(d.receivers)}
+        return sorted(levels)
+
+    def _level_operators(self, tree, cache_dir):
+        """The operator sets, ``self.level_ops[level]``, and ``self.ops`` (one of them: sizes).
+
+        A scale-invariant family: one set (the reference box's) for every level. A family with
+        a parameter: per level with work, the reference set of ``family.scaled(h)`` for the
+        level's half-width h, snapped to the parameter grid (the root was sized for it), with
+        ``family`` set back to the frame's (the compiled sums take the frame's parameter), the
+        L2L into the level composed here from its own DC2E and its parent level's kernel (so
+        that two cached sets never mix bases), and the down-check rank padded with zeros to a
+        common one (one coefficient array for all levels)."""
+        family, dt = self.family, self.dtype
+        if family.scale_invariant:
+            ops = get_operators(self.p, dt, cache_dir=cache_dir, workers=self.workers,
+                                family=family)
+            self.level_ops = dict.fromkeys(range(tree.n_levels), ops)
+            self.level_families = dict.fromkeys(range(tree.n_levels), family)
+            self.ops = ops
+            return
+        work = self._levels_with_work()
+        fams = {lev: family.scaled(tree.root_half / 2.0 ** lev).snapped()
+                for lev in set(work) | {lev - 1 for lev in work}}
+        sets = {lev: get_operators(self.p, dt, cache_dir=cache_dir, workers=self.workers,
+                                   family=fams[lev]) for lev in work}
+        if not sets:  # no far field at all: any set gives the sizes
+            lev = max(2, tree.n_levels - 1)
+            fams[lev] = family.scaled(tree.root_half / 2.0 ** lev).snapped()
+            sets = {lev: get_operators(self.p, dt, cache_dir=cache_dir, workers=self.workers,
+                                       family=fams[lev])}
+        rank = max(ops.down_rank for ops in sets.values())
+        vdt = family.value_dtype(dt)
+        half = 0.5 * _geometry.OCTANT_SIGNS[:, None, :]
+        self.level_ops = {}
+        for lev, ops in sets.items():
+            s = ops.surface
+            dc2e_b = ops.dc2e_b.astype(np.complex128 if vdt.kind == "c" else np.float64)
+            l2l = np.stack([family.c2e_scale(0.5) * dc2e_b @ kernel_matrix(
+                half[c] + 0.5 * ops.r_down_check * s, ops.r_down_equiv * s, fams[lev - 1])
+                for c in range(8)]).astype(vdt)
+            self.level_ops[lev] = dataclasses.replace(
+                ops, family=family, l2l=_pad_rows(l2l, rank, 1),
+                dc2e_a=_pad_rows(ops.dc2e_a.T, rank, 0).T.copy(),
+                dc2e_b=_pad_rows(ops.dc2e_b, rank, 0),
+                m2l_decompress=_pad_rows(ops.m2l_decompress, rank, 0))
+        self.level_families = fams
+        self.ops = self.level_ops[max(self.level_ops)]
+
+    @property
+    def _single_kernels(self):
+        """The family has single-charge-vector sums (Laplace): one density uses them."""
+        return _dispatch.has_kernel(self.family.name, "p2p", "charge", "pot")
+
+    def ops_at(self, level):
+        """The operator set of boxes at ``level``."""
+        return self.level_ops[level]
 
     @staticmethod
     def _grouped(rows, cols, extra=None):
@@ -388,8 +487,10 @@ class Plan:
                            "v": sizes(lists.v_offsets, all_boxes),
                            "w": sizes(lists.w_offsets, tree.leaves),
                            "x": sizes(lists.x_offsets, all_boxes)},
-            "m2l_rank": int(self.ops.m2l_rank),
-            "memory_bytes": {"operators": int(self.ops.nbytes),
+            "m2l_rank": int(max(o.m2l_rank for o in self.level_ops.values())),
+            "operator_sets": len({id(o) for o in self.level_ops.values()}),
+            "memory_bytes": {"operators": int(sum({id(o): o.nbytes for o in
+                                                   self.level_ops.values()}.values())),
                              "expansions": int(2 * len(tree.keys) * n_surf * self.dtype.itemsize),
                              "points_and_lists": int(sum(a.nbytes for a in arrays))},
         }
@@ -414,17 +515,18 @@ class Plan:
 
         k = (charges if charges is not None else dipoles).shape[0]
         gradient = gradient or hessian
+        vdt = self.family.value_dtype(dt)  # densities and fields (complex for Helmholtz)
         q = dip = None
         if charges is not None:
-            q = np.ascontiguousarray(charges[:, tree.src_perm], dtype=dt)
-            if k == 1 and dipoles is None and not hessian:
+            q = np.ascontiguousarray(charges[:, tree.src_perm], dtype=vdt)
+            if k == 1 and dipoles is None and not hessian and self._single_kernels:
                 q = q[0]  # the single-density kernels
         if dipoles is not None:
-            dip = np.ascontiguousarray(dipoles[:, :, tree.src_perm], dtype=dt)
+            dip = np.ascontiguousarray(dipoles[:, :, tree.src_perm], dtype=vdt)
         n_trg = self.trg.shape[1]
-        pot = np.zeros((k, n_trg), dtype=dt)
-        grad = np.zeros((k, 3, n_trg), dtype=dt) if gradient else None
-        hess = np.zeros((k, 6, n_trg), dtype=dt) if hessian else None
+        pot = np.zeros((k, n_trg), dtype=vdt)
+        grad = np.zeros((k, 3, n_trg), dtype=vdt) if gradient else None
+        hess = np.zeros((k, 6, n_trg), dtype=vdt) if hessian else None
         passes = KifmmPasses(self, q, dip, pot, grad, hess)
         tick("prepare")
         timer = _driver.Timer(
@@ -457,34 +559,42 @@ class KifmmPasses:
     def __init__(self, plan, q, dip, pot, grad, hess):
         self.plan, self.q, self.dip, self.hess = plan, q, dip, hess
         ops, k = plan.ops, pot.shape[0]
-        multi = k > 1 or dip is not None or hess is not None
+        multi = k > 1 or dip is not None or hess is not None or not plan._single_kernels
         self.pot = pot if multi else pot[0]
         self.grad = grad if (multi or grad is None) else grad[0]
         shape = (plan.n_boxes, k, ops.n_surf)
-        self.equiv = np.zeros(shape, dtype=plan.dtype)
-        self.local = np.zeros(shape, dtype=plan.dtype)
-        self.dcheck = np.zeros((plan.n_boxes, k, ops.down_rank), dtype=plan.dtype)
+        vdt = pot.dtype
+        self.equiv = np.zeros(shape, dtype=vdt)
+        self.local = np.zeros(shape, dtype=vdt)
+        self.dcheck = np.zeros((plan.n_boxes, k, ops.down_rank), dtype=vdt)
 
     def p2m(self):
         p, t = self.plan, self.plan.tree
-        if len(p.p2m_boxes):  # surface centres come per list entry (None here)
-            expansions.p2m(p.ops, p.src, self.q, p.p2m_boxes, t.src_start, t.src_end, None,
+        if not len(p.p2m_boxes):
+            return
+        if p.family.scale_invariant:  # one call for all leaves (one operator set)
+            groups = [(slice(None), p.ops)]
+        else:  # the leaves of each level with that level's set
+            lev = t.levels[p.p2m_boxes]
+            groups = [(lev == level, p.ops_at(level)) for level in np.unique(lev)]
+        for sel, ops in groups:  # surface centres come per list entry (None here)
+            expansions.p2m(ops, p.src, self.q, p.p2m_boxes[sel], t.src_start, t.src_end, None,
                            p.half_widths, self.equiv, workers=p.workers, dipoles=self.dip,
-                           entry_centers=p.p2m_centers)
+                           entry_centers=p.p2m_centers[sel])
 
     def m2m(self, up):
-        expansions.m2m(self.plan.ops, self.equiv, up.parents, up.children)
+        expansions.m2m(self.plan.ops_at(up.level), self.equiv, up.parents, up.children)
 
     def l2l(self, down):
         if down.l2l is None:
             return False
-        expansions.l2l(self.plan.ops, self.local, self.dcheck, *down.l2l)
+        expansions.l2l(self.plan.ops_at(down.level), self.local, self.dcheck, *down.l2l)
         return True
 
     def m2l(self, down):
         if down.m2l is None:
             return False
-        expansions.m2l(self.plan.ops, self.equiv, self.dcheck, down.m2l,
+        expansions.m2l(self.plan.ops_at(down.level), self.equiv, self.dcheck, down.m2l,
                        workers=self.plan.workers)
         return True
 
@@ -493,15 +603,15 @@ class KifmmPasses:
             return False
         p, t = self.plan, self.plan.tree
         boxes, offsets, index = down.p2l
-        expansions.p2l(p.ops, p.src, self.q, t.src_start, t.src_end, boxes, offsets, index,
-                       None, p.half_widths, self.dcheck, workers=p.workers, dipoles=self.dip,
-                       entry_centers=down.p2l_centers)
+        expansions.p2l(p.ops_at(down.level), p.src, self.q, t.src_start, t.src_end, boxes,
+                       offsets, index, None, p.half_widths, self.dcheck, workers=p.workers,
+                       dipoles=self.dip, entry_centers=down.p2l_centers)
         return True
 
     def dc2e(self, down):
         if not len(down.receivers):
             return False
-        expansions.dc2e(self.plan.ops, self.dcheck, self.local, down.receivers)
+        expansions.dc2e(self.plan.ops_at(down.level), self.dcheck, self.local, down.receivers)
         return True
 
     def l2p(self):

@@ -102,10 +102,11 @@ def _rows_gemm(x, m):
     return (x.reshape(rows * k, n) @ m.T).reshape(rows, k, m.shape[0])
 
 
-def _source_terms(charges, dipoles, dt):
+def _source_terms(charges, dipoles, dt, single_ok=True):
     """(flags, q (k, n), dip (k, 3, n), k, multi) for the kernels; ``multi`` False: the
-    single-charge-vector kernels apply (charges 1-D or (1, n), no dipoles)."""
-    if dipoles is None and (charges.ndim == 1 or charges.shape[0] == 1):
+    single-charge-vector kernels apply (charges 1-D or (1, n), no dipoles, and the family has
+    them: ``single_ok``)."""
+    if single_ok and dipoles is None and (charges.ndim == 1 or charges.shape[0] == 1):
         return _dispatch.CHARGES, charges.reshape(-1), None, 1, False
     flags, q, dip = _dispatch.density_terms(charges, dipoles, dt)
     k = q.shape[0] if charges is not None else dip.shape[0]
@@ -116,11 +117,12 @@ def _p2c(ops, src_xyz, charges, src_start, src_end, trg_boxes, list_offsets, lis
          centers, half_widths, radius, a, b, workers, out, accumulate, dipoles=None):
     """Check potentials on a surface of ``trg_boxes`` from listed sources, then -> equivalent
     (``a`` None: only to the check coefficients ``h * check @ b.T``)."""
-    dt = ops.dtype
+    dt, vdt = ops.dtype, ops.family.value_dtype(ops.dtype)
     n = len(trg_boxes)
     if n == 0:
         return
-    flags, q, dip, k, multi = _source_terms(charges, dipoles, dt)
+    single = _dispatch.has_kernel(ops.family.name, "p2c", "charge", "check")
+    flags, q, dip, k, multi = _source_terms(charges, dipoles, vdt, single)
     kernel = _dispatch.kernel_name(ops.family.name, "p2c", "densities" if multi else "charge",
                                    "check")
     centers = _cast(centers, dt)  # per list entry (see kernels/expansions.py)
@@ -137,14 +139,15 @@ def _p2c(ops, src_xyz, charges, src_start, src_end, trg_boxes, list_offsets, lis
 
     shared = dict(src_xyz=src_xyz, src_start=src_start, src_end=src_end, trg_boxes=trg_boxes,
                   centers=centers, half_widths=hw, list_offsets=list_offsets,
-                  list_index=list_index, surf=surf, radius=radius)
+                  list_index=list_index, surf=surf, radius=radius,
+                  **ops.family.kernel_args())
     if multi:
         shared.update(q=q, dip=dip, flags=flags)
     else:
         shared.update(charges=q)
 
     def work(i0, i1):
-        check = np.empty((i1 - i0, k, ops.n_surf), dtype=dt)
+        check = np.empty((i1 - i0, k, ops.n_surf), dtype=vdt)
         if multi:
             _dispatch.bind(kernel, dt, **shared, buf=np.empty((6, buf_len), dt),
                            check=check)(i0, i1, i0)
@@ -207,7 +210,7 @@ def m2m(ops, equiv, parents, children):
     """
     e3 = _dens3(equiv, ops.n_surf)
     index = np.arange(len(parents))
-    acc = np.zeros((len(parents), e3.shape[1], ops.up_rank), dtype=ops.dtype)
+    acc = np.zeros((len(parents), e3.shape[1], ops.up_rank), dtype=e3.dtype)
     for c, par, ch in _octant_pairs(index, children):
         acc[par] += _rows_gemm(e3[ch], ops.m2m[c])
     e3[parents] += _rows_gemm(acc, ops.uc2e_a)
@@ -268,23 +271,30 @@ def m2l(ops, equiv, dcheck, plan, workers=INLINE):
     """dcheck[target] += dc2e_b U a_t^T b_t V^T equiv[source] for every V-list pair of the plan."""
     if len(plan.pair_source) == 0:
         return
-    dt = ops.dtype
+    dt, vdt = ops.dtype, equiv.dtype
     kr = ops.m2l_rank
     e3 = _dens3(equiv, ops.n_surf)
     nd = e3.shape[1]
     k = nd * kr  # a pair's row: the compressed multipoles of all nd densities
     n_t = len(plan.target_boxes)
     mc = _rows_gemm(e3[plan.sources], ops.m2l_v.T).reshape(-1, k)  # compress every source once
-    z = np.zeros((n_t, k), dtype=dt)
+    z = np.zeros((n_t, k), dtype=vdt)
     a, b, offs = ops.m2l_a, ops.m2l_b, ops.m2l_offsets
     r_max = int(np.diff(offs).max())
 
+    def real(a):  # gather/scatter move whole rows: a complex row is a real row twice as long
+        return a.view(dt) if a.dtype.kind == "c" else a
+
+    mc = np.ascontiguousarray(mc)
+
     def work(j0, j1):
-        buf = np.empty((plan.max_pairs, k), dtype=dt)
-        mid = np.empty((plan.max_pairs * nd, r_max), dtype=dt)
-        out = np.empty((plan.max_pairs, k), dtype=dt)
-        gather = _dispatch.bind("m2l_gather", dt, src=mc, idx=plan.pair_source, out=buf)
-        scatter = _dispatch.bind("m2l_scatter", dt, y=out, idx=plan.pair_target, z=z)
+        buf = np.empty((plan.max_pairs, k), dtype=vdt)
+        mid = np.empty((plan.max_pairs * nd, r_max), dtype=vdt)
+        out = np.empty((plan.max_pairs, k), dtype=vdt)
+        gather = _dispatch.bind("m2l_gather", dt, src=real(mc), idx=plan.pair_source,
+                                out=real(buf))
+        scatter = _dispatch.bind("m2l_scatter", dt, y=real(out), idx=plan.pair_target,
+                                 z=real(z))
         for j in range(j0, j1):
             for t in range(_geometry.N_TRANSFER):
                 i0, i1 = int(plan.segments[j, t]), int(plan.seg_end[j, t])
@@ -326,10 +336,12 @@ def _s2p(ops, dens, trg_xyz, trg_start, trg_end, trg_boxes, list_offsets, list_i
     nd = d3.shape[1]
     shared = dict(trg_xyz=trg_xyz, trg_start=trg_start, trg_end=trg_end, trg_boxes=trg_boxes,
                   centers=centers, half_widths=hw, list_offsets=list_offsets,
-                  list_index=list_index, surf=surf, radius=radius)
-    if nd > 1:
+                  list_index=list_index, surf=surf, radius=radius,
+                  **ops.family.kernel_args())
+    single = _dispatch.has_kernel(ops.family.name, "s2p", "surface", "pot")
+    if nd > 1 or not single:
         flags = 0 if grad is None else _dispatch.GRADIENT
-        grad3 = np.zeros((1, 1, 1), dt) if grad is None else grad.reshape(nd, 3, -1)
+        grad3 = np.zeros((1, 1, 1), pot.dtype) if grad is None else grad.reshape(nd, 3, -1)
         multi_kernel = _dispatch.kernel_name(ops.family.name, "s2p", "surfaces", "pot|potgrad")
 
         def work(i0, i1):

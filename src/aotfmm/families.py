@@ -12,16 +12,26 @@ know no kernel.
 :data:`LAPLACE`, G(x, y) = 1 / (4 pi |x - y|), is the first family and the one the FMM uses.
 
 A new family is a new instance here (added to :data:`FAMILIES`), its compiled sums in
-``kernels/`` named in :attr:`KernelFamily.sums`, and its tests. A family that is not scale
-invariant (``degree=None``) needs operators per tree level, which are not implemented: building
-its operators raises :class:`NotImplementedError`.
+``kernels/`` named in :attr:`KernelFamily.sums`, and its tests.
+
+Families with a parameter (:func:`Yukawa`, G = exp(-lam r) / (4 pi r); :func:`Helmholtz`,
+G = exp(i kappa r) / (4 pi r)) are not scale invariant (``degree`` None), but they scale with
+their parameter: G_k(s r) = s**frame_degree G_{k s}(r) (:attr:`KernelFamily.frame_degree`,
+:meth:`KernelFamily.scaled`). That one rule serves the frame (the FMM works in coordinates
+divided by ``scale`` with the parameter multiplied by it, and scales the fields back like a
+kernel of degree ``frame_degree``) and the tree levels: the operators of a box of half-width h
+are those of the reference box (half-width 1) for the family ``scaled(h)``, so a tree gets one
+operator set per level (see :mod:`aotfmm.evaluate`).
 """
+import cmath
 import dataclasses
+import math
+import numbers
 import typing
 
 import numpy as np
 
-__all__ = ["KernelFamily", "LAPLACE", "FAMILIES"]
+__all__ = ["KernelFamily", "LAPLACE", "FAMILIES", "Laplace", "Yukawa", "Helmholtz"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,20 +65,38 @@ class KernelFamily:
     sums : tuple of ((operator, inputs, outputs), kernel name) rows
         The family's compiled sums: :data:`aotfmm._dispatch.TABLE` holds them under
         ``(name, operator, inputs, outputs)``.
+    frame_degree : int or None
+        G_k(s r) = s**frame_degree G_{k s}(r) with the parameters k multiplied by s
+        (:meth:`scaled`): how fields come back from the frame. Equals ``degree`` for a scale
+        invariant family (None there means: the same as ``degree``).
+    label : str
+        How the family shows itself (``repr``): ``Yukawa(lam=2.0)``.
     """
     name: str
     params: tuple
     scalar: str
     degree: typing.Optional[int]
     components: int
-    g_of_r: typing.Callable
+    g_of_r: typing.Callable = dataclasses.field(compare=False)
     eps_table: tuple
     worst_error: tuple
     sums: tuple
+    frame_degree: typing.Optional[int] = None
+    label: str = dataclasses.field(default="", compare=False)
+    #: builds the family with other parameter values (``scaled``); None: no parameters
+    make: typing.Optional[typing.Callable] = dataclasses.field(default=None, compare=False,
+                                                               repr=False)
+
+    def __repr__(self):
+        return self.label or f"KernelFamily({self.name!r})"
 
     def __post_init__(self):
         if self.scalar not in ("real", "complex"):
             raise ValueError(f"scalar must be 'real' or 'complex', got {self.scalar!r}")
+        if self.degree is None and (self.frame_degree is None or self.make is None):
+            raise ValueError(f"kernel family {self.name!r}: a kernel that is not scale invariant "
+                             "(degree None) must scale with its parameters: give frame_degree "
+                             "and make (see KernelFamily.scaled)")
         names = [k for k, _ in self.params]
         if "kernel" in names or len(set(names)) != len(names):
             raise ValueError(f"parameter names must be unique and not 'kernel': {names}")
@@ -79,25 +107,133 @@ class KernelFamily:
         the box of half-width 1, serves every level."""
         return self.degree is not None
 
+    @property
+    def scaling_degree(self):
+        """The power of the frame scale in the potential (``frame_degree``, else ``degree``)."""
+        return self.degree if self.frame_degree is None else self.frame_degree
+
+    @property
+    def hessians(self):
+        """True when the family has compiled Hessian sums (Laplace)."""
+        return any(key[2] == "hess" for key, _ in self.sums)
+
+    @property
+    def complex(self):
+        """True when G, densities and fields are complex."""
+        return self.scalar == "complex"
+
+    def value_dtype(self, dtype):
+        """The dtype of densities and fields for run (coordinate) dtype ``dtype``."""
+        dt = np.dtype(dtype)
+        if not self.complex:
+            return dt
+        return np.dtype(np.complex64) if dt == np.float32 else np.dtype(np.complex128)
+
+    def scaled(self, s):
+        """The family whose G(r) is this one's G(s r) / s**frame_degree: parameters times
+        ``s`` (``self`` for a scale-invariant family)."""
+        if self.scale_invariant:
+            return self
+        if self.make is None:
+            raise NotImplementedError(f"kernel family {self.name!r} cannot be rescaled")
+        return self.make(**{k: v * s for k, v in self.params})
+
+    def with_params(self, **params):
+        """The same family with other parameter values."""
+        if self.make is None:
+            raise NotImplementedError(f"kernel family {self.name!r} has no parameters")
+        return self.make(**params)
+
+    #: Steps per factor two of the parameter grid (:meth:`snapped`, :meth:`grid_half`).
+    GRID_STEPS = 8
+
+    def snapped(self):
+        """The family with its parameter's magnitude rounded to the grid 2**(i / GRID_STEPS)
+        (phase kept): per-level operator sets are built and cached for grid values only, so
+        that runs on similar extents share them (``self`` for a scale-invariant family)."""
+        if self.scale_invariant:
+            return self
+        (name, value), = self.params
+        mag = abs(value)
+        i = round(self.GRID_STEPS * math.log2(mag))
+        grid = 2.0 ** (i / self.GRID_STEPS)
+        return self.with_params(**{name: grid if isinstance(value, float)
+                                   else complex(grid * (value / mag))})
+
+    def grid_half(self, half):
+        """The smallest root half-width >= ``half`` whose parameter times half-width is on the
+        grid of :meth:`snapped` (``half`` for a scale-invariant family)."""
+        if self.scale_invariant:
+            return half
+        (_, value), = self.params
+        mag = abs(value)
+        i = math.ceil(self.GRID_STEPS * math.log2(mag * half))
+        while 2.0 ** (i / self.GRID_STEPS) / mag < half:
+            i += 1
+        return 2.0 ** (i / self.GRID_STEPS) / mag
+
+    def decay(self, d):
+        """|G(d)| relative to the Laplace kernel's at distance d: exp(-lam d) for Yukawa,
+        exp(-Im(kappa) d) for Helmholtz, 1 for Laplace (far fields that vanish below eps can
+        be dropped)."""
+        if self.name == "yukawa":
+            return math.exp(-dict(self.params)["lam"] * d)
+        if self.name == "helmholtz":
+            return math.exp(-dict(self.params)["kappa"].imag * d)
+        return 1.0
+
+    def kernel_args(self):
+        """The parameters as the compiled sums take them (by name)."""
+        return dict(self.params)
+
     def reference(self, x, y):
         """Kernel matrix K[i, j] = G(x_i, y_j), 0 where x_i == y_j (float64 numpy, builds the
         operators). ``x`` (m, 3), ``y`` (n, 3) float64; returns (m, n)."""
+        if not self.complex:  # in place, one pass (the operator builds' hot path)
+            d = x[:, None, :] - y[None, :, :]
+            r = np.sqrt(np.einsum("ijk,ijk->ij", d, d))
+            with np.errstate(divide="ignore"):
+                k = self.g_of_r(r)
+            k[r == 0.0] = 0.0
+            return k
+        return self.field_reference(x, y)[0]
+
+    def field_reference(self, x, y, gradient=False):
+        """(K, dK) with K[i, j] = G(x_i, y_j) and dK[i, j, :] = grad_x G(x_i, y_j) (0 where
+        x_i == y_j), float64/complex128 numpy from ``g_of_r`` and its radial derivative
+        (for reference direct sums and operator spot checks)."""
         d = x[:, None, :] - y[None, :, :]
         r = np.sqrt(np.einsum("ijk,ijk->ij", d, d))
-        with np.errstate(divide="ignore"):
-            k = self.g_of_r(r)
-        k[r == 0.0] = 0.0
-        return k
+        zero = r == 0.0
+        rs = np.where(zero, 1.0, r)
+        k = self.g_of_r(rs)
+        k[zero] = 0.0
+        if not gradient:
+            return k, None
+        dg = self.dg_dr(rs)
+        dg[zero] = 0.0
+        return k, (dg / rs)[..., None] * d
+
+    def dg_dr(self, r):
+        """dG/dr, elementwise (r > 0)."""
+        r = np.asarray(r, dtype=np.float64)
+        if self.name == "laplace":
+            return -INV4PI / (r * r)
+        if self.name == "yukawa":
+            lam = dict(self.params)["lam"]
+            return -np.exp(-lam * r) * (1.0 + lam * r) * INV4PI / (r * r)
+        if self.name == "helmholtz":
+            kappa = dict(self.params)["kappa"]
+            return np.exp(1j * kappa * r) * (1j * kappa * r - 1.0) * INV4PI / (r * r)
+        raise NotImplementedError(self.name)
 
     def c2e_scale(self, h):
-        """``h ** -degree``: a check-to-equivalent operator (UC2E, DC2E) of a box of half-width
-        ``h`` is this times the one of the reference box (half-width 1). ``h`` a float or an
+        """``h ** -frame_degree``: a check-to-equivalent operator (UC2E, DC2E) of a box of
+        half-width ``h`` is this times the one of the reference box (half-width 1) of the family
+        :meth:`scaled` by ``h``. ``h`` a float or an
         array; exponent 1 returns ``h`` itself (``h ** 1`` is not bit-identical to ``h`` in
         every numpy path)."""
-        if not self.scale_invariant:
-            raise NotImplementedError(f"kernel family {self.name!r} is not scale invariant: "
-                                      "it needs operators per level (not implemented)")
-        e = -self.degree
+        e = -self.scaling_degree
         return h if e == 1 else h ** e
 
     def worst_errors(self):
@@ -106,7 +242,13 @@ class KernelFamily:
 
     def cache_key(self):
         """The operator cache key's fields for this family: ``{"kernel": name, **params}``."""
-        return {"kernel": self.name, **dict(self.params)}
+        key = {"kernel": self.name}
+        for k, v in self.params:
+            if isinstance(v, complex):
+                key[k + "_re"], key[k + "_im"] = v.real, v.imag
+            else:
+                key[k] = v
+        return key
 
 
 # ---------------------------------------------------------------------------------- Laplace
@@ -165,6 +307,104 @@ LAPLACE = KernelFamily(name="laplace", params=(), scalar="real", degree=-1, comp
                        g_of_r=_laplace_g, eps_table=_LAPLACE_EPS_TABLE,
                        worst_error=_LAPLACE_WORST_ERROR, sums=_LAPLACE_SUMS)
 
-#: Every family with compiled sums (the dispatch table is built from these).
-FAMILIES = (LAPLACE,)
+#: Provisional tables of the parameter families: Laplace's until benchmarks/accuracy.py has
+#: measured theirs.
+_YUKAWA_EPS_TABLE = _HELMHOLTZ_EPS_TABLE = _LAPLACE_EPS_TABLE
+_YUKAWA_WORST_ERROR = _HELMHOLTZ_WORST_ERROR = _LAPLACE_WORST_ERROR
 
+
+
+def Laplace():
+    """The Laplace kernel G(x, y) = 1 / (4 pi |x - y|) (:data:`LAPLACE`, the default)."""
+    return LAPLACE
+
+
+# ----------------------------------------------------------------------------------- Yukawa
+
+def _yukawa_g(lam):
+    def g(r, out=None):
+        """exp(-lam r) / (4 pi r), elementwise."""
+        v = np.exp(-lam * r) * INV4PI / r
+        if out is None:
+            return v
+        out[...] = v
+        return out
+    return g
+
+
+def _real_param(name, value, what):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what}: {name} must be a real number, got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and value > 0.0):
+        raise ValueError(f"{what}: {name} must be finite and > 0, got {value!r}")
+    return value
+
+
+#: Yukawa sums (kernels/yukawa.py): densities only (k charges and/or dipoles).
+_YUKAWA_SUMS = (
+    (("p2p", "densities", "pot|potgrad"), "yukawa_p2p"),
+    (("p2c", "densities", "check"), "yukawa_p2c"),
+    (("s2p", "surfaces", "pot|potgrad"), "yukawa_s2p"),
+)
+
+
+def Yukawa(lam):
+    """The Yukawa (modified Helmholtz, screened Coulomb) kernel G(x, y) = exp(-lam r) / (4 pi r),
+    r = |x - y|, for a real screening parameter ``lam`` > 0 (units: 1 / length). Real
+    densities and fields (float32/float64)."""
+    lam = _real_param("lam", lam, "Yukawa")
+    return KernelFamily(name="yukawa", params=(("lam", lam),), scalar="real", degree=None,
+                        components=1, g_of_r=_yukawa_g(lam), eps_table=_YUKAWA_EPS_TABLE,
+                        worst_error=_YUKAWA_WORST_ERROR, sums=_YUKAWA_SUMS, frame_degree=-1,
+                        label=f"Yukawa(lam={lam!r})", make=Yukawa)
+
+
+# -------------------------------------------------------------------------------- Helmholtz
+
+def _helmholtz_g(kappa):
+    def g(r, out=None):
+        """exp(i kappa r) / (4 pi r), elementwise (complex)."""
+        v = np.exp(1j * kappa * r) * INV4PI / r
+        if out is None:
+            return v
+        out[...] = v
+        return out
+    return g
+
+
+def _complex_param(name, value, what):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Complex):
+        raise TypeError(f"{what}: {name} must be a number, got {value!r}")
+    value = complex(value)
+    if not cmath.isfinite(value):
+        raise ValueError(f"{what}: {name} must be finite, got {value!r}")
+    if value.real < 0.0 or value.imag < 0.0 or value == 0:
+        raise ValueError(f"{what}: {name} must have Re >= 0 and Im >= 0 (outgoing or decaying "
+                         f"waves) and not be 0 (that is the Laplace kernel), got {value!r}")
+    return value
+
+
+_HELMHOLTZ_SUMS = (
+    (("p2p", "densities", "pot|potgrad"), "helmholtz_p2p"),
+    (("p2c", "densities", "check"), "helmholtz_p2c"),
+    (("s2p", "surfaces", "pot|potgrad"), "helmholtz_s2p"),
+)
+
+
+def Helmholtz(kappa):
+    """The Helmholtz kernel G(x, y) = exp(i kappa r) / (4 pi r), r = |x - y|, for a wavenumber
+    ``kappa`` (real > 0; a complex kappa with Re, Im >= 0 is accepted: a decaying wave).
+    Complex densities and fields (complex64/complex128; coordinates float32/float64)."""
+    kappa = _complex_param("kappa", kappa, "Helmholtz")
+    shown = kappa.real if kappa.imag == 0 else kappa
+    return KernelFamily(name="helmholtz", params=(("kappa", kappa),), scalar="complex",
+                        degree=None, components=1, g_of_r=_helmholtz_g(kappa),
+                        eps_table=_HELMHOLTZ_EPS_TABLE, worst_error=_HELMHOLTZ_WORST_ERROR,
+                        sums=_HELMHOLTZ_SUMS, frame_degree=-1,
+                        label=f"Helmholtz(kappa={shown!r})", make=Helmholtz)
+
+
+#: Every family with compiled sums, one instance each (the dispatch table is built from these:
+#: its keys are the family names).
+FAMILIES = (LAPLACE, Yukawa(1.0), Helmholtz(1.0))

@@ -66,7 +66,7 @@ from .families import LAPLACE
 from .surfaces import DEFAULT_RADII, kernel_matrix, n_surf, surface
 
 __all__ = ["Operators", "get_operators", "build_operators", "default_m2l_tol",
-           "default_pinv_cutoff", "per_level_error", "P_MIN", "P_MAX"]
+           "default_pinv_cutoff", "P_MIN", "P_MAX"]
 
 P_MIN, P_MAX = 2, 16
 
@@ -165,21 +165,10 @@ def _pinv_factors(a, cutoff):
     ``cutoff * sigma_max`` dropped."""
     u, s, vt = np.linalg.svd(a)
     keep = s > cutoff * s[0]
+    if a.dtype.kind == "c":  # V Sigma^-1 U^H
+        return (np.ascontiguousarray(vt[keep].conj().T / s[keep]),
+                np.ascontiguousarray(u[:, keep].conj().T))
     return np.ascontiguousarray(vt[keep].T / s[keep]), np.ascontiguousarray(u[:, keep].T)
-
-
-def per_level_error(family):
-    """The error for a kernel family that is not scale invariant: it needs an operator set per
-    tree level, which is not implemented."""
-    return NotImplementedError(f"kernel family {family.name!r} is not scale invariant: it needs "
-                               "operators per level, which are not implemented")
-
-
-def _one_set_for_all_levels(family):
-    """Raise unless one operator set (the reference box's) serves every level of ``family``:
-    true for a scale-invariant (homogeneous) kernel; any other needs a set per level."""
-    if not family.scale_invariant:
-        raise per_level_error(family)
 
 
 def build_operators(p, radii=DEFAULT_RADII, pinv_cutoff=1e-13, m2l_tol=1e-7, m2l_rank=None,
@@ -189,9 +178,9 @@ def build_operators(p, radii=DEFAULT_RADII, pinv_cutoff=1e-13, m2l_tol=1e-7, m2l
     ``stage(name)``, if given, is called as each stage starts (for progress displays).
     ``threads``: our own worker threads (default: all CPUs), or ``workers`` (a
     :class:`aotfmm._threads.Workers`) to run on; numpy's BLAS runs on one thread meanwhile (its own threads spin badly on a busy machine, see :func:`_blas.limit_one`).
-    ``family``: the kernel (:class:`aotfmm.families.KernelFamily`); one set for all levels,
-    so it must be scale invariant (NotImplementedError otherwise)."""
-    _one_set_for_all_levels(family)
+    ``family``: the kernel (:class:`aotfmm.families.KernelFamily`); the set is the reference
+    box's (half-width 1): for a family with a parameter, pass ``family.scaled(h)`` to get the
+    set of boxes of half-width h (complex matrices for a complex family)."""
     workers = _threads.as_workers(None if workers is not None else threads, workers)
     with _blas.limit_one():
         return _build_operators(p, radii, pinv_cutoff, m2l_tol, m2l_rank, method,
@@ -206,8 +195,8 @@ def _build_operators(p, radii, pinv_cutoff, m2l_tol, m2l_rank, method, stage, wo
     dc2e_a, dc2e_b = _pinv_factors(kernel_matrix(r_dc * s, r_de * s, family), pinv_cutoff)
     n = len(s)
     stage("M2M, L2L")
-    m2m = np.empty((8, len(uc2e_b), n))
-    l2l = np.empty((8, len(dc2e_b), n))
+    m2m = np.empty((8, len(uc2e_b), n), dtype=uc2e_b.dtype)
+    l2l = np.empty((8, len(dc2e_b), n), dtype=dc2e_b.dtype)
     child_c2e = family.c2e_scale(0.5)  # DC2E of the child (half-width 1/2) = this * DC2E_1
     for c, sign in enumerate(_geometry.OCTANT_SIGNS):
         child = 0.5 * sign
@@ -240,8 +229,8 @@ def build_estimate(p, dtype):
 
 
 def _title(family):
-    """The family's name as the notices write it ("Laplace")."""
-    return family.name.capitalize()
+    """The family as the notices write it ("Laplace", "Yukawa(lam=0.5)")."""
+    return family.name.capitalize() if not family.params else repr(family)
 
 
 def _build_notice(p, dt, key, cache_dir, est, family=LAPLACE):
@@ -273,7 +262,7 @@ def _check_arrays(arrays, p, dt, key):
     dc2e_b (r_down, n); m2m (8, r_up, n); l2l (8, r_down, n); m2l_v, m2l_u (n, k);
     m2l_a, m2l_b (R, k); m2l_offsets (317,) int64 from 0 to R, steps in [1, k];
     m2l_decompress (r_down, k); m2l_sigma (n,) float64. 1 <= r_up, r_down, k <= n, k the forced
-    rank if there is one. Matrices have the run dtype ``dt``.
+    rank if there is one. Matrices have the dtype ``dt`` (the family's value dtype of the run).
     """
     n = n_surf(p)
     names = set(_ARRAY_FIELDS) | {"surface", "m2l_sigma"}
@@ -305,7 +294,7 @@ def _check_arrays(arrays, p, dt, key):
         a = arrays[name]
         if a.shape != shape or a.dtype != dtype:
             raise ValueError(f"{name}: {a.dtype} {a.shape}, expected {dtype} {shape}")
-        if dtype.kind == "f" and not _all_finite(a):
+        if dtype.kind in "fc" and not _all_finite(a):
             raise ValueError(f"{name}: not all finite")
     steps = np.diff(arrays["m2l_offsets"])
     if arrays["m2l_offsets"][0] != 0 or arrays["m2l_offsets"][-1] != big_r or \
@@ -349,7 +338,7 @@ def _spot_check(arrays, radii, pinv_cutoff, family=LAPLACE):
     s = arrays["surface"]
     n = len(s)
     r_ue, r_uc, r_de, r_dc = radii
-    tol = _SPOT_TOL[arrays["m2m"].dtype.name]
+    tol = _SPOT_TOL[np.finfo(arrays["m2m"].dtype).dtype.name]
     # Few rows and columns: every product stays small enough for single-threaded BLAS.
     rows, cols = _sample(n, 16, 0), _sample(n, 4, 1)
     for name, rc, re in (("uc2e", r_uc, r_ue), ("dc2e", r_dc, r_de)):
@@ -428,8 +417,10 @@ def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_c
     workers : aotfmm._threads.Workers, optional
         Workers to build on instead of new ones for ``threads``.
     family : aotfmm.families.KernelFamily, default LAPLACE
-        The kernel. The one set returned serves every level, so the family must be scale
-        invariant: NotImplementedError otherwise (operators per level are not implemented).
+        The kernel. The set is the reference box's (half-width 1): it serves every level of a
+        scale-invariant family; for a family with a parameter pass ``family.scaled(h)`` for the
+        boxes of half-width h (one set per level). Matrices are complex for a complex family
+        (complex64 for float32, complex128 for float64).
 
     Returns
     -------
@@ -447,7 +438,6 @@ def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_c
     if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or not P_MIN <= p <= P_MAX:
         raise ValueError(f"p must be an integer in [{P_MIN}, {P_MAX}], got {p!r}")
     p = int(p)
-    _one_set_for_all_levels(family)
     dt = np.dtype(dtype)
     if dt not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dt}")
@@ -478,7 +468,8 @@ def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_c
             ops = build_operators(p, radii, pinv_cutoff, m2l_tol, m2l_rank, method,
                                   stage=notice.stage, threads=threads, family=family,
                                   workers=workers)
-            out = {k: (v if k in ("surface", "m2l_sigma", "m2l_offsets") else v.astype(dt))
+            vdt = family.value_dtype(dt)
+            out = {k: (v if k in ("surface", "m2l_sigma", "m2l_offsets") else v.astype(vdt))
                    for k, v in ops.items()}
             mb = sum(v.nbytes for v in out.values()) / 1e6
             notice.done_text = (f"aotfmm: built {_title(family)} operators p={p} for {dt.name} "
@@ -486,7 +477,7 @@ def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_c
         return out
 
     def validate(arrays):  # arrays read from a cache file, before anything uses them
-        _check_arrays(arrays, p, dt, key)
+        _check_arrays(arrays, p, family.value_dtype(dt), key)
         _spot_check(arrays, radii, pinv_cutoff, family)
 
     t0 = time.perf_counter()

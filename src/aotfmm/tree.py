@@ -178,7 +178,8 @@ def _balance(internal):
     return internal
 
 
-def build_tree(src_xyz, trg_xyz, ncrit, max_level=None, threads=1, *, workers=None):
+def build_tree(src_xyz, trg_xyz, ncrit, max_level=None, threads=1, *, workers=None,
+               snap=None):
     """Build the adaptive, 2:1-balanced, complete octree of sources and targets.
 
     Internal: the caller has validated the points.
@@ -197,6 +198,9 @@ def build_tree(src_xyz, trg_xyz, ncrit, max_level=None, threads=1, *, workers=No
         Threads for the point codes and sorts (None: ``_threads.default_threads()``).
     workers : :class:`aotfmm._threads.Workers`, optional
         Workers to run them on instead (``threads`` then None or their count).
+    snap : callable, optional
+        ``snap(half) -> half' >= half``: enlarges the root cube (same centre), e.g. so that a
+        kernel parameter times the box sizes falls on a grid of cached operator sets.
 
     Returns
     -------
@@ -215,6 +219,11 @@ def build_tree(src_xyz, trg_xyz, ncrit, max_level=None, threads=1, *, workers=No
 
     t0 = time.perf_counter()
     center, half = _root_cube(src_xyz, trg_xyz)
+    if snap is not None:
+        snapped = float(snap(half))
+        if not snapped >= half:
+            raise ValueError(f"snap({half!r}) = {snapped!r} shrinks the root cube")
+        half = snapped
     origin = center - half
     timings["keys"] = time.perf_counter() - t0
 
