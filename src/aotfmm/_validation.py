@@ -53,8 +53,9 @@ def resolve_dtype(dtype, *arrays):
             raise ValueError(f"dtype must be float32 or float64, got {dt}")
         return dt
     kinds = [np.asarray(a).dtype for a in arrays if a is not None and hasattr(a, "dtype")]
-    floats = [d for d in kinds if d.kind == "f"]
-    if floats and all(d.itemsize <= 4 for d in floats):
+    # a complex array counts by its parts' precision: complex64 is single, like float32
+    floats = [d.itemsize // (2 if d.kind == "c" else 1) for d in kinds if d.kind in "fc"]
+    if floats and all(size <= 4 for size in floats):
         return np.dtype(np.float32)
     return np.dtype(np.float64)
 
@@ -62,15 +63,38 @@ def resolve_dtype(dtype, *arrays):
 COMPLEX_DTYPES = (np.dtype(np.complex64), np.dtype(np.complex128))
 
 
+def kernel_label(family):
+    """How a family names itself in messages: ``Yukawa(lam=2.0)``, ``Laplace()``."""
+    return family.label or f"{family.name.capitalize()}()"
+
+
+def kernel_call(family):
+    """How a family is asked for: ``aotfmm.Yukawa(lam)``, ``aotfmm.Laplace()``."""
+    return f"aotfmm.{family.name.capitalize()}({', '.join(k for k, _ in family.params)})"
+
+
+def _string_kernel_hint(text):
+    """What a string ``kernel=`` probably meant: ``pass aotfmm.Yukawa(lam)``."""
+    from .families import FAMILIES
+    calls = {f.name: kernel_call(f) for f in FAMILIES}
+    calls["modified_helmholtz"] = calls.get("yukawa")
+    meant = calls.get(text.strip().lower().replace("-", "_").replace(" ", "_"))
+    return f"pass {meant}" if meant else "pass one of " + ", ".join(
+        calls[f.name] for f in FAMILIES)
+
+
 def check_kernel(kernel):
     """The kernel family of a ``kernel=`` argument (None: Laplace)."""
     from .families import LAPLACE, KernelFamily
     if kernel is None:
         return LAPLACE
+    if isinstance(kernel, str):
+        raise TypeError(f"kernel must be a kernel object, not the string {kernel!r}: "
+                        f"{_string_kernel_hint(kernel)}")
     if isinstance(kernel, type) or callable(kernel) and not isinstance(kernel, KernelFamily):
-        raise TypeError(f"kernel must be a kernel object such as aotfmm.Laplace(), "
-                        f"aotfmm.Yukawa(lam) or aotfmm.Helmholtz(kappa), got {kernel!r} (call "
-                        "it with its parameter)")
+        name = getattr(kernel, "__name__", repr(kernel))
+        raise TypeError(f"kernel must be a kernel object, not the function {name} that makes "
+                        f"one: {_string_kernel_hint(name)}")
     if not isinstance(kernel, KernelFamily):
         raise TypeError(f"kernel must be aotfmm.Laplace(), aotfmm.Yukawa(lam) or "
                         f"aotfmm.Helmholtz(kappa), got {kernel!r}")
@@ -87,8 +111,8 @@ def resolve_value_dtype(family, dtype, *arrays):
             except TypeError:
                 dt = None
             if dt is not None and dt.kind == "c":
-                raise ValueError(f"dtype {dt} is complex, but {family!r} is a real kernel: use "
-                                 "float32 or float64")
+                raise ValueError(f"dtype {dt} is complex, but {kernel_label(family)} is a real "
+                                 "kernel: use float32 or float64")
         return resolve_dtype(dtype, *arrays)
     if dtype is None:
         return family.value_dtype(resolve_dtype(None, *arrays))
@@ -97,8 +121,8 @@ def resolve_value_dtype(family, dtype, *arrays):
     except TypeError as exc:
         raise TypeError(f"dtype must be complex64 or complex128, got {dtype!r}") from exc
     if dt not in COMPLEX_DTYPES:
-        raise ValueError(f"{family!r} has complex densities and results: dtype must be "
-                         f"complex64 or complex128 (or None), got {dt}")
+        raise ValueError(f"{kernel_label(family)} has complex densities and results: dtype "
+                         f"must be complex64 or complex128 (or None), got {dt}")
     return dt
 
 
@@ -118,8 +142,8 @@ def _as_real_array(name, a, complex_ok=False):
     except Exception as exc:  # ragged lists and other things numpy cannot turn into an array
         raise TypeError(f"{name} must be an array of {what}: {exc}") from None
     if arr.dtype.kind not in ("iufc" if complex_ok else "iuf"):
-        hint = (" (complex densities need a complex kernel, e.g. aotfmm.Helmholtz)"
-                if arr.dtype.kind == "c" else "")
+        hint = (" (complex values need a complex kernel, e.g. aotfmm.Helmholtz(kappa))"
+                if arr.dtype.kind == "c" and name not in ("sources", "targets") else "")
         raise TypeError(f"{name} must hold {what} (int or float"
                         f"{' or complex' if complex_ok else ''}), got dtype {arr.dtype}{hint}")
     return arr
@@ -247,9 +271,10 @@ def as_charge_matrix(name, charges, n, complex_ok=False):
     return arr, one
 
 
-def from_dipvec(dipvec, n):
-    """FMM3D's dipvec, (3, n) or (nd, 3, n) -> our dipoles layout (n, 3) or (n, nd, 3)."""
-    arr = _as_real_array("dipvec", dipvec)
+def from_dipvec(dipvec, n, complex_ok=False):
+    """FMM3D's dipvec, (3, n) or (nd, 3, n) -> our dipoles layout (n, 3) or (n, nd, 3)
+    (complex accepted when ``complex_ok``)."""
+    arr = _as_real_array("dipvec", dipvec, complex_ok)
     if arr.ndim == 2 and arr.shape == (3, n):
         return arr.T
     if arr.ndim == 3 and arr.shape[1:] == (3, n) and arr.shape[0] >= 1:
@@ -261,11 +286,12 @@ def from_dipvec(dipvec, n):
                      f"match the {n} sources, got {arr.shape}{hint}")
 
 
-def charges_for_nd(charges, nd, n):
-    """Charges given with FMM3D's nd: (nd, n) (FMM3D's layout) -> (n, nd); others unchanged."""
+def charges_for_nd(charges, nd, n, complex_ok=False):
+    """Charges given with FMM3D's nd: (nd, n) (FMM3D's layout) -> (n, nd); others unchanged
+    (complex accepted when ``complex_ok``)."""
     if charges is None:
         return None
-    arr = _as_real_array("charges", charges)
+    arr = _as_real_array("charges", charges, complex_ok)
     if arr.ndim == 2 and arr.shape == (nd, n) and n > 1:
         if nd == n:
             raise ValueError(f"charges has shape ({n}, {n}) and nd={nd} equals the number of "
@@ -276,11 +302,13 @@ def charges_for_nd(charges, nd, n):
     return arr
 
 
-def as_diagonal(diagonal, n):
-    """A linear operator's diagonal: None -> 0.0, else a finite scalar or (n,) float64 array."""
+def as_diagonal(diagonal, n, complex_ok=False):
+    """A linear operator's diagonal: None -> 0.0, else a finite scalar or (n,) float64 array
+    (complex128 when ``complex_ok``: a complex kernel's operator)."""
     diag = np.float64(0.0)
     if diagonal is not None:
-        diag = _as_real_array("diagonal", diagonal).astype(np.float64)
+        diag = _as_real_array("diagonal", diagonal, complex_ok)
+        diag = diag.astype(np.complex128 if complex_ok else np.float64)
         if diag.ndim not in (0, 1) or (diag.ndim == 1 and diag.shape != (n,)):
             raise ValueError(f"diagonal must be a scalar or have shape ({n},), "
                              f"got {diag.shape}")
