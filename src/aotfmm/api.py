@@ -314,20 +314,27 @@ class Fmm:
         self.timings.update({f"eval:{k_}": v for k_, v in timings.items()})
         return pot, grad, hess, single
 
-    def as_linear_operator(self, diagonal: float | npt.ArrayLike | None = None
+    def as_linear_operator(self, diagonal: float | complex | npt.ArrayLike | None = None
                            ) -> LinearOperator:
         """The FMM as a ``scipy.sparse.linalg.LinearOperator`` (sources = targets).
 
         ``A @ q`` is the potential at the sources of charges ``q`` (self term excluded) plus
-        ``diagonal * q``: ``diagonal`` (a scalar or an (n,) array, default 0) supplies the
-        self term a discretisation needs. Use it with scipy's iterative solvers (GMRES, CG,
-        ...); the product is accurate to the plan's ``eps``. Needs scipy.
+        ``diagonal * q``: ``diagonal`` (a scalar or an (n,) array, default 0; complex for a
+        complex kernel) supplies the self term a discretisation needs. Use it with scipy's
+        iterative solvers (GMRES, CG, ...); the product is accurate to the plan's ``eps``.
+        Needs scipy.
 
         ``A @ X`` with an (n, k) block (``matmat``) evaluates all k columns in one traversal
         (one :meth:`evaluate` call with k densities), not k products; ``diagonal`` scales each
-        column. Complex vectors and blocks are split into real and imaginary parts, which also
-        go through one traversal. The kernel is symmetric, so ``A.H`` (``rmatvec``,
-        ``rmatmat``) is ``A`` (up to the FMM's eps).
+        column.
+
+        A real kernel (Laplace, Yukawa) gives a real symmetric operator (dtype float32/float64,
+        products in float64): complex vectors and blocks are split into real and imaginary
+        parts, which also go through one traversal, and ``A.H`` (``rmatvec``, ``rmatmat``) is
+        ``A`` (up to the FMM's eps). The Helmholtz kernel gives a complex operator (dtype
+        complex64/complex128, products in complex128) that is complex symmetric, not
+        Hermitian: ``A.T`` is ``A``, and ``A.H @ x`` is ``conj(A @ conj(x))`` (with the
+        diagonal conjugated too), which is how ``rmatvec`` computes it.
         """
         try:
             from scipy.sparse.linalg import LinearOperator
@@ -337,7 +344,7 @@ class Fmm:
             raise ValueError("as_linear_operator needs a plan whose targets are its sources "
                              "(build it with targets=None)")
         n = self.n_sources
-        diag = as_diagonal(diagonal, n)
+        diag = as_diagonal(diagonal, n, self.family.complex)
         dcol = diag[:, None] if diag.ndim == 1 else diag
 
         def matmat(x):
@@ -347,13 +354,28 @@ class Fmm:
         def matvec(x):
             return matmat(np.asarray(x).reshape(n, 1))[:, 0]
 
-        return LinearOperator((n, n), matvec=matvec, rmatvec=matvec, matmat=matmat,
-                              rmatmat=matmat, dtype=self.dtype)
+        if not self.family.complex:  # real symmetric: A.H = A
+            return LinearOperator((n, n), matvec=matvec, rmatvec=matvec, matmat=matmat,
+                                  rmatmat=matmat, dtype=self.dtype)
+
+        def rmatmat(x):  # complex symmetric: A.H = conj(A), so A.H x = conj(A conj(x))
+            return np.conj(matmat(np.conj(np.asarray(x))))
+
+        def rmatvec(x):
+            return rmatmat(np.asarray(x).reshape(n, 1))[:, 0]
+
+        return LinearOperator((n, n), matvec=matvec, rmatvec=rmatvec, matmat=matmat,
+                              rmatmat=rmatmat, dtype=self.dtype)
 
     def _matmat(self, x):
         """Potentials at the sources for the k columns of ``x`` (n, k), in one traversal, as
-        float64 (complex for complex ``x``: real and imaginary parts as 2k densities)."""
+        float64 (complex for complex ``x``: real and imaginary parts as 2k densities), or
+        complex128 for a complex kernel (complex densities as they are)."""
         k = x.shape[1]
+        if self.family.complex:
+            if k == 0:
+                return np.zeros((self.n_sources, 0), dtype=np.complex128)
+            return self.evaluate(x).astype(np.complex128)
         if k == 0:
             return np.zeros((self.n_sources, 0), dtype=np.result_type(x.dtype, np.float64))
         if np.iscomplexobj(x):  # scipy probes with complex vectors in some solvers
