@@ -4,6 +4,7 @@ vectors), the one-call :func:`laplace` and :func:`lfmm` (FMM3D-style), and :func
 frame and density scaling in :mod:`aotfmm._frame`, the direct sums in :mod:`aotfmm._direct`."""
 from __future__ import annotations
 
+import numbers
 import os
 import time
 import typing
@@ -16,18 +17,18 @@ from . import _progress, _threads
 from ._direct import _direct, _direct_multi
 from .evaluate import AccuracyWarning, order_error
 from ._frame import frame, scaled_densities, to_soa, unscale_fields
-from .families import LAPLACE, KernelFamily
+from .families import LAPLACE, Helmholtz, KernelFamily, Yukawa
 # EPS_DEFAULT, EPS_FLOOR, HESSIAN_EPS_FLOOR live with the eps check; importable from here too
 from ._validation import EPS_DEFAULT, EPS_FLOOR, HESSIAN_EPS_FLOOR  # noqa: F401
 from ._validation import (as_bool, as_charges, as_densities, as_diagonal, as_points,
                           charges_for_nd, check_eps, check_integer, check_level, check_kernel,
-                          from_dipvec, real_dtype, resolve_dtype, resolve_value_dtype)
+                          from_dipvec, kernel_label, real_dtype, resolve_value_dtype)
 
 if typing.TYPE_CHECKING:  # optional dependencies, for the annotations only
     from matplotlib.axes import Axes
     from scipy.sparse.linalg import LinearOperator
 
-__all__ = ["Fmm", "Fields", "direct", "laplace", "lfmm"]
+__all__ = ["Fmm", "Fields", "direct", "laplace", "yukawa", "helmholtz", "lfmm", "hfmm"]
 
 
 def _expected_eps(p, dtype, separate_targets=False, dipoles=False, hessians=False,
@@ -504,15 +505,20 @@ class Fmm:
 
 
 def direct(sources, charges=None, targets=None, *, dipoles=None, gradient=False, dtype=None,
-           threads=None):
+           threads=None, kernel=None):
     """Potentials (and gradients) of point charges and/or dipoles by direct summation.
 
     Computes, for every target x_i,
 
-        u(x_i) = sum_j q_j / (4 pi r_ij) + d_j . (x_i - y_j) / (4 pi r_ij^3),  r_ij = |x_i - y_j|
+        u(x_i) = sum_j q_j G(x_i, y_j) + d_j . grad_y G(x_i, y_j)
 
     and its gradient in x_i, leaving out coincident pairs (x_i == y_j contributes 0, so the
-    self-interaction is excluded when ``targets`` is None).
+    self-interaction is excluded when ``targets`` is None). G is the ``kernel``, r = |x - y|:
+
+    * Laplace (default): G = 1 / (4 pi r), a dipole adds d . (x - y) / (4 pi r^3);
+    * ``aotfmm.Yukawa(lam)``: G = exp(-lam r) / (4 pi r), real;
+    * ``aotfmm.Helmholtz(kappa)``: G = exp(i kappa r) / (4 pi r), complex densities and
+      results (real densities are accepted and taken as complex).
 
     Parameters
     ----------
@@ -525,11 +531,13 @@ def direct(sources, charges=None, targets=None, *, dipoles=None, gradient=False,
         Dipole moments (double-layer sources). Charges, dipoles or both (same k).
     gradient : bool, default False
         Also return the gradient of the potential at each target.
-    dtype : {None, float32, float64}
-        Precision of the computation and the result. None: float32 if the float inputs are all
-        float32, else float64.
+    dtype : {None, float32, float64}, or {None, complex64, complex128} for Helmholtz
+        Precision of the computation and the result. None: single precision if the float
+        (and complex) inputs are all single (float32, complex64), else double.
     threads : int, optional
         Threads to use; default ``$AOTFMM_NUM_THREADS`` or all CPUs available to the process.
+    kernel : aotfmm.Laplace(), aotfmm.Yukawa(lam) or aotfmm.Helmholtz(kappa), optional
+        The kernel G (default Laplace).
 
     Returns
     -------
@@ -540,9 +548,11 @@ def direct(sources, charges=None, targets=None, *, dipoles=None, gradient=False,
     Raises
     ------
     TypeError
-        Non-numeric, complex or boolean arrays; bad ``dtype`` or ``threads`` types.
+        Non-numeric, boolean or (for a real kernel) complex arrays; bad ``dtype``, ``kernel``
+        or ``threads`` types.
     ValueError
-        Wrong shapes, mismatched lengths, NaN or infinity in the input.
+        Wrong shapes, mismatched lengths, NaN or infinity in the input; a real dtype for
+        Helmholtz or a complex one for a real kernel.
     FloatingPointError
         The result overflows the chosen dtype.
 
@@ -552,17 +562,31 @@ def direct(sources, charges=None, targets=None, *, dipoles=None, gradient=False,
     >>> aotfmm.direct([[0.0, 0, 0], [1.0, 0, 0]], [1.0, 1.0]) * 4 * np.pi
     array([1., 1.])
     """
+    family = check_kernel(kernel)
     gradient = as_bool("gradient", gradient)
-    dt = resolve_dtype(dtype, sources, charges, targets, dipoles)
+    dt = resolve_value_dtype(family, dtype, sources, charges, targets, dipoles)
     workers = _threads.Workers(threads)
     src = as_points("sources", sources)
     trg = src if targets is None else as_points("targets", targets)
-    if dipoles is None and charges is not None and np.ndim(charges) == 1:
+    if family is LAPLACE and dipoles is None and charges is not None and np.ndim(charges) == 1:
         q = as_charges("charges", charges, src.shape[0])
         return _direct(src, q, trg, gradient, dt, workers)
-    q, d, single = as_densities(charges, dipoles, src.shape[0])
-    pot, grad = _direct_multi(src, q, d, trg, gradient, dt, workers)
+    q, d, single = as_densities(charges, dipoles, src.shape[0], family.complex)
+    pot, grad = _direct_multi(src, q, d, trg, gradient, real_dtype(dt), workers, family=family)
     return _shape_out(pot, grad, single, gradient)
+
+
+def _one_call(family, sources, charges, targets, dipoles, eps, gradient, dtype, threads):
+    """:func:`laplace`, :func:`yukawa`, :func:`helmholtz`: every argument checked, then an
+    :class:`Fmm` plan built and evaluated once."""
+    dt = resolve_value_dtype(family, dtype, sources, charges, targets, dipoles)
+    gradient = as_bool("gradient", gradient)
+    n = as_points("sources", sources).shape[0]
+    as_densities(charges, dipoles, n, family.complex)  # fail before building anything
+    # the caller's arrays, not converted copies: Fmm treats float32 points specially
+    plan = Fmm(sources, targets, kernel=family, dipoles=dipoles is not None, eps=eps, dtype=dt,
+               threads=threads)
+    return plan.evaluate(charges, dipoles=dipoles, gradient=gradient)
 
 
 def laplace(sources: npt.ArrayLike, charges: npt.ArrayLike | None = None,
@@ -608,13 +632,129 @@ def laplace(sources: npt.ArrayLike, charges: npt.ArrayLike | None = None,
     ValueError, TypeError
         Bad shapes, NaN/inf, non-real input or bad parameters, before anything is computed.
     """
-    dt = resolve_dtype(dtype, sources, charges, targets, dipoles)
+    return _one_call(LAPLACE, sources, charges, targets, dipoles, eps, gradient, dtype, threads)
+
+
+def yukawa(sources: npt.ArrayLike, charges: npt.ArrayLike | None, lam: float,
+           targets: npt.ArrayLike | None = None, *, dipoles: npt.ArrayLike | None = None,
+           eps: float | None = None, gradient: bool = False, dtype: npt.DTypeLike = None,
+           threads: int | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Yukawa (modified Helmholtz, screened Coulomb) potentials (and gradients) by the FMM, in
+    one call: :func:`laplace` with the kernel G(x, y) = exp(-lam r) / (4 pi r), r = |x - y|.
+
+    u(x) = sum_j q_j G(x, y_j) + d_j . grad_y G(x, y_j), coincident pairs left out; a dipole
+    d at y adds d . (x - y) (1 + lam r) exp(-lam r) / (4 pi r^3). Real densities and results.
+    The same as ``aotfmm.Fmm(sources, targets, kernel=aotfmm.Yukawa(lam), ...)`` evaluated
+    once; the conventions of :func:`aotfmm.direct` with ``kernel=aotfmm.Yukawa(lam)``.
+
+    Parameters
+    ----------
+    sources : array_like of shape (n_sources, 3)
+    charges : array_like of shape (n_sources,) or (n_sources, k), or None
+        Charge densities (real); None with ``dipoles`` only.
+    lam : float
+        Screening parameter, finite and > 0 (units 1 / length of the points).
+    targets, dipoles, eps, gradient, threads
+        As in :func:`laplace`.
+    dtype : {None, float32, float64}
+        As in :func:`laplace`.
+
+    Returns
+    -------
+    pot : ndarray of shape (n_targets,) or (n_targets, k)
+    grad : ndarray of shape (n_targets, 3) or (n_targets, k, 3), if ``gradient``
+
+    Raises
+    ------
+    ValueError, TypeError
+        ``lam`` not a finite real > 0 (or a bool), complex densities, and what
+        :func:`laplace` refuses, before anything is computed.
+    """
+    family = Yukawa(lam)
+    return _one_call(family, sources, charges, targets, dipoles, eps, gradient, dtype, threads)
+
+
+def helmholtz(sources: npt.ArrayLike, charges: npt.ArrayLike | None, kappa: complex,
+              targets: npt.ArrayLike | None = None, *, dipoles: npt.ArrayLike | None = None,
+              eps: float | None = None, gradient: bool = False, dtype: npt.DTypeLike = None,
+              threads: int | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Helmholtz potentials (and gradients) by the FMM, in one call: :func:`laplace` with the
+    kernel G(x, y) = exp(i kappa r) / (4 pi r), r = |x - y|, and complex values.
+
+    u(x) = sum_j q_j G(x, y_j) + d_j . grad_y G(x, y_j), coincident pairs left out; a dipole
+    d at y adds d . (x - y) (1 - i kappa r) exp(i kappa r) / (4 pi r^3). Densities may be
+    real or complex; results are complex (complex64 / complex128). The same as
+    ``aotfmm.Fmm(sources, targets, kernel=aotfmm.Helmholtz(kappa), ...)`` evaluated once;
+    the conventions of :func:`aotfmm.direct` with ``kernel=aotfmm.Helmholtz(kappa)``, and of
+    FMM3D's ``hfmm3d`` from v2.1.0 on (see :func:`hfmm`).
+
+    Parameters
+    ----------
+    sources : array_like of shape (n_sources, 3)
+    charges : array_like of shape (n_sources,) or (n_sources, k), or None
+        Charge densities (complex or real); None with ``dipoles`` only.
+    kappa : float or complex
+        Wavenumber: real, finite and > 0 (a complex kappa with Re >= 0, Im >= 0, not 0, is
+        accepted: a decaying wave).
+    targets, dipoles, eps, gradient, threads
+        As in :func:`laplace` (``dipoles`` may be complex).
+    dtype : {None, complex64, complex128}
+        Precision of densities and results; None: complex64 if every float and complex input
+        is single precision (float32, complex64), else complex128. A real dtype is refused.
+
+    Returns
+    -------
+    pot : complex ndarray of shape (n_targets,) or (n_targets, k)
+    grad : complex ndarray of shape (n_targets, 3) or (n_targets, k, 3), if ``gradient``
+
+    Raises
+    ------
+    ValueError, TypeError
+        ``kappa`` not finite, 0 or with a negative part (or a bool), a real ``dtype``, and
+        what :func:`laplace` refuses, before anything is computed.
+    """
+    family = Helmholtz(kappa)
+    return _one_call(family, sources, charges, targets, dipoles, eps, gradient, dtype, threads)
+
+
+def _fmm3d_call(func, family, sources, charges, targets, dipoles, dipvec, nd, pg, pgt, eps,
+                dtype, threads):
+    """:func:`lfmm` and :func:`hfmm`: FMM3D's layouts and pg/pgt checked and mapped, one
+    :class:`Fmm` plan evaluated once by :meth:`Fmm.fields`."""
+    if isinstance(sources, (numbers.Number, np.number)):  # FMM3D's positional order
+        raise TypeError(f"{func} takes the sources (n, 3) first, got {sources!r}: pass eps, "
+                        "zk and the rest by keyword (fmm3dpy's functions take every argument "
+                        "by keyword, so those calls work unchanged)")
     n = as_points("sources", sources).shape[0]
-    as_densities(charges, dipoles, n)  # fail before building anything
-    # the caller's arrays, not converted copies: Fmm treats float32 points specially
-    plan = Fmm(sources, targets, dipoles=dipoles is not None, eps=eps, dtype=dt,
-               threads=threads)
-    return plan.evaluate(charges, dipoles=dipoles, gradient=gradient)
+    cplx = family.complex
+    if dipvec is not None:
+        if dipoles is not None:
+            raise ValueError("give dipoles= (our (n, 3) / (n, k, 3) layout) or dipvec= "
+                             "(FMM3D's (3, n) / (nd, 3, n)), not both")
+        dipoles = from_dipvec(dipvec, n, cplx)
+    if nd is not None:
+        nd = check_integer("nd", nd, lo=1)
+        charges = charges_for_nd(charges, nd, n, cplx)
+    dt = resolve_value_dtype(family, dtype, sources, charges, targets, dipoles)
+    q, d, _ = as_densities(charges, dipoles, n, cplx)
+    if nd is not None and (q if q is not None else d).shape[0] != nd:
+        got = (q if q is not None else d).shape[0]
+        raise ValueError(f"nd={nd} but the densities given hold {got} (charges "
+                         f"{np.shape(charges)}, dipoles {np.shape(dipoles)})")
+    pgt = (0 if targets is None else 1) if pgt is None else pgt
+    check_level("pg", pg, 0, True, "")
+    check_level("pgt", pgt, 0, targets is not None, "need targets")
+    if not pg and not pgt:
+        raise ValueError("pg and pgt are both 0: nothing to compute")
+    for name, level in (("pg", pg), ("pgt", pgt)):
+        if level == 3 and not family.hessians:
+            raise ValueError(f"{name}=3 asks for Hessians, which aotfmm computes for the "
+                             f"Laplace kernel only, not for {kernel_label(family)}: use "
+                             f"{name}=2 (potential and gradient)")
+    plan = Fmm(sources, targets if pgt else None, kernel=family,
+               at_sources=bool(pg) or targets is None, dipoles=dipoles is not None,
+               hessians=max(pg, pgt) == 3, eps=eps, dtype=dt, threads=threads)
+    return plan.fields(charges, dipoles=dipoles, pg=pg, pgt=pgt if targets is not None else None)
 
 
 def lfmm(sources: npt.ArrayLike, charges: npt.ArrayLike | None = None,
@@ -668,29 +808,69 @@ def lfmm(sources: npt.ArrayLike, charges: npt.ArrayLike | None = None,
         requested. (FMM3D's are (nd, n), (nd, 3, n), (nd, 6, n): ``res.grad.T`` or
         ``res.grad.transpose(1, 2, 0)`` converts.)
 
-    See README "Coming from FMM3D" for the full mapping.
+    Unlike fmm3dpy's keyword-only ``lfmm3d``, the sources come first (also positionally);
+    fmm3dpy's keyword calls work unchanged. See README "Coming from FMM3D" for the mapping.
     """
-    n = as_points("sources", sources).shape[0]
-    if dipvec is not None:
-        if dipoles is not None:
-            raise ValueError("give dipoles= (our (n, 3) / (n, k, 3) layout) or dipvec= "
-                             "(FMM3D's (3, n) / (nd, 3, n)), not both")
-        dipoles = from_dipvec(dipvec, n)
-    if nd is not None:
-        nd = check_integer("nd", nd, lo=1)
-        charges = charges_for_nd(charges, nd, n)
-    dt = resolve_dtype(dtype, sources, charges, targets, dipoles)
-    q, d, _ = as_densities(charges, dipoles, n)
-    if nd is not None and (q if q is not None else d).shape[0] != nd:
-        got = (q if q is not None else d).shape[0]
-        raise ValueError(f"nd={nd} but the densities given hold {got} (charges "
-                         f"{np.shape(charges)}, dipoles {np.shape(dipoles)})")
-    pgt = (0 if targets is None else 1) if pgt is None else pgt
-    check_level("pg", pg, 0, True, "")
-    check_level("pgt", pgt, 0, targets is not None, "need targets")
-    if not pg and not pgt:
-        raise ValueError("pg and pgt are both 0: nothing to compute")
-    plan = Fmm(sources, targets if pgt else None, at_sources=bool(pg) or targets is None,
-               dipoles=dipoles is not None, hessians=max(pg, pgt) == 3, eps=eps, dtype=dt,
-               threads=threads)
-    return plan.fields(charges, dipoles=dipoles, pg=pg, pgt=pgt if targets is not None else None)
+    return _fmm3d_call("lfmm", LAPLACE, sources, charges, targets, dipoles, dipvec, nd, pg,
+                       pgt, eps, dtype, threads)
+
+
+def hfmm(sources: npt.ArrayLike, charges: npt.ArrayLike | None = None,
+         targets: npt.ArrayLike | None = None, *, zk: complex,
+         dipoles: npt.ArrayLike | None = None, dipvec: npt.ArrayLike | None = None,
+         nd: int | None = None, pg: int = 1, pgt: int | None = None, eps: float | None = None,
+         dtype: npt.DTypeLike = None, threads: int | None = None) -> Fields:
+    """FMM3D-style Helmholtz call (``hfmm3d``): fields at the sources and/or targets in one
+    traversal, with :func:`lfmm`'s conventions and layouts.
+
+    u(x) = sum_j c_j G(x, y_j) - v_j . grad_x G(x, y_j), G(x, y) = exp(i zk r) / (4 pi r),
+    r = |x - y|, coincident pairs left out (- v . grad_x G = v . grad_y G: our ``dipoles``).
+    That is FMM3D's ``hfmm3d`` from FMM3D v2.1.0 on (fmm3dpy 2.1.0; measured: equal to a numpy
+    exp(i k r) / (4 pi r) sum to 1e-14, dipoles with that sign), so results compare directly.
+    FMM3D up to v2.0.0 (fmm3dpy 1.0.0) used exp(i k r) / r without the 1/(4 pi): multiply
+    our results by 4 pi to compare with those (FMM3D pull request #62, merged for v2.1.0).
+
+    Parameters
+    ----------
+    sources : array_like of shape (n, 3)
+        Source points, one per row (FMM3D's ``sources.T``; (3, n) is refused with a hint).
+    charges : array_like of shape (n,) or (n, k), complex or real, optional
+        As in :func:`lfmm` (FMM3D's (nd, n) accepted with ``nd`` given and nd != n).
+    targets : array_like of shape (nt, 3), optional
+        Target points, one per row (FMM3D's ``targets.T``).
+    zk : float or complex, keyword
+        The wavenumber (FMM3D's ``zk``): real > 0, or complex with Re >= 0, Im >= 0 (not 0).
+    dipoles : array_like of shape (n, 3) or (n, k, 3), complex or real, optional
+        Dipole moments in our layout.
+    dipvec : array_like of shape (3, n) or (nd, 3, n), complex or real, optional
+        Dipole moments in FMM3D's layout (instead of ``dipoles``).
+    nd : int, optional
+        As in :func:`lfmm`.
+    pg, pgt : {0, 1, 2}
+        Outputs at the sources (default 1) and at the targets (default 1 if targets are
+        given, else 0): 0 nothing, 1 potential, 2 + gradient. 3 (Hessians) is refused: aotfmm
+        has Helmholtz Hessians no more than fmm3dpy's ``hfmm3d`` has. Unlike fmm3dpy, pg and
+        pgt may differ when both are given.
+    eps : float, optional
+        Requested relative L2 accuracy (default 1e-6 in complex128, 1e-5 in complex64).
+    dtype : {None, complex64, complex128}
+        None: complex64 if every float and complex input is single precision, else
+        complex128 (FMM3D computes in complex128). A real dtype is refused.
+    threads : int, optional
+
+    Returns
+    -------
+    Fields
+        ``pot``, ``grad`` (at the sources) and ``pottarg``, ``gradtarg`` (at the targets),
+        complex, always in our layout: (n,) or (n, k), (n, 3) or (n, k, 3) (FMM3D's
+        (nd, n), (3, n), (nd, 3, n): ``res.grad.T`` converts); None where not requested.
+
+    Unlike fmm3dpy's keyword-only ``hfmm3d``, the sources come first (also positionally);
+    fmm3dpy's keyword calls (``hfmm(eps=, zk=, sources=, charges=, ...)``) work unchanged.
+    """
+    try:
+        family = Helmholtz(zk)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"zk={zk!r} is not a valid wavenumber: {exc}") from None
+    return _fmm3d_call("hfmm", family, sources, charges, targets, dipoles, dipvec, nd, pg, pgt,
+                       eps, dtype, threads)
