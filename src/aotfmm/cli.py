@@ -24,28 +24,55 @@ def _sample_error(values, ref):
     return f"{float(np.linalg.norm(values - ref) / norm):.2e}"
 
 
+def _kernel(args):
+    """The kernel family of ``--kernel`` and its parameter (``--lam``, ``--kappa``)."""
+    from aotfmm import families
+    by_name = {f.name: f for f in families.FAMILIES}
+    family = by_name[args.kernel]
+    names = [k for k, _ in family.params]
+    given = {k: getattr(args, k) for k in _KERNEL_PARAMS if getattr(args, k) is not None}
+    stray = [k for k in given if k not in names]
+    if stray:
+        raise ValueError(f"--{stray[0]} is a parameter of --kernel "
+                         f"{_KERNEL_PARAMS[stray[0]]}, not of --kernel {args.kernel}")
+    missing = [k for k in names if k not in given]
+    if missing:
+        raise ValueError(f"--kernel {args.kernel} needs --{missing[0]}")
+    return family.with_params(**given) if names else family
+
+
 def _demo(args):
     import aotfmm
-    from aotfmm._direct import _direct
+    from aotfmm._direct import _direct, _direct_multi
 
+    family = _kernel(args)
     rng = np.random.default_rng(args.seed)
     n = args.n
     src = rng.random((n, 3))
     q = rng.standard_normal(n)
+    if family.complex:
+        q = q + 1j * rng.standard_normal(n)
+    dtype = family.value_dtype(args.dtype)
     cfg = aotfmm.config()
     t0 = time.perf_counter()
-    plan = aotfmm.Fmm(src, eps=args.eps, dtype=args.dtype, threads=args.threads,
+    plan = aotfmm.Fmm(src, kernel=family, eps=args.eps, dtype=dtype, threads=args.threads,
                       progress=sys.stderr.isatty())
     t1 = time.perf_counter()
     threads = plan.threads
-    print(f"aotfmm {aotfmm.__version__} demo: {n} random points in the unit cube, "
+    shown = "" if family.scale_invariant else f", kernel {family!r}"
+    print(f"aotfmm {aotfmm.__version__} demo: {n} random points in the unit cube{shown}, "
           f"eps {plan.eps:g}, {plan.dtype.name}, kernels {cfg['isa']}, threads {threads}")
     pot, grad = plan.evaluate(q, gradient=True)
     t2 = time.perf_counter()
     sample = np.sort(rng.choice(n, size=min(n, args.sample), replace=False))
     t3 = time.perf_counter()
-    ref_pot, ref_grad = _direct(src, q, src[sample], True, np.dtype(np.float64),
-                                plan._workers)
+    if family.scale_invariant:
+        ref_pot, ref_grad = _direct(src, q, src[sample], True, np.dtype(np.float64),
+                                    plan._workers)
+    else:
+        ref_pot, ref_grad = _direct_multi(src, q[None], None, src[sample], True,
+                                          np.dtype(np.float64), plan._workers, family=family)
+        ref_pot, ref_grad = ref_pot[0], ref_grad[0].T
     t4 = time.perf_counter()
     # the direct sum over the sample excludes only exact coincidences, like the FMM
     print(f"setup (tree, lists, operators): {t1 - t0:.3f} s   "
@@ -62,13 +89,19 @@ def _run(args):
     from aotfmm import Fmm
     from aotfmm._io import check_output, read_problem, write_result
 
+    family = _kernel(args)
+    if family.complex:
+        raise ValueError(f"aotfmm run reads and writes real arrays only; --kernel "
+                         f"{args.kernel} has complex densities and results: use "
+                         f"aotfmm.helmholtz() or aotfmm.Fmm(..., kernel=aotfmm.Helmholtz(kappa)) "
+                         "from Python (or aotfmm demo --kernel helmholtz)")
     check_output(args.output, args.input)  # before any work: never fail (or clobber) at the end
     problem = read_problem(args.input)
     dipoles = problem["dipoles"]
     t0 = time.perf_counter()
-    plan = Fmm(problem["sources"], problem["targets"], dipoles=dipoles is not None, eps=args.eps,
-               p=args.p, dtype=args.dtype, threads=args.threads,
-               progress=sys.stderr.isatty() and not args.quiet)
+    plan = Fmm(problem["sources"], problem["targets"], kernel=family,
+               dipoles=dipoles is not None, eps=args.eps, p=args.p, dtype=args.dtype,
+               threads=args.threads, progress=sys.stderr.isatty() and not args.quiet)
     result = plan.evaluate(problem["charges"], dipoles=dipoles, gradient=args.gradient)
     pot, grad = result if args.gradient else (result, None)
     write_result(args.output, pot, grad)
@@ -181,9 +214,27 @@ output layouts (by OUTPUT's extension):
 """
 
 
+#: Kernel parameter options -> the kernel they belong to.
+_KERNEL_PARAMS = {"lam": "yukawa", "kappa": "helmholtz"}
+
+
+def _add_kernel_options(parser, note=""):
+    """--kernel NAME and the kernels' parameters (--lam, --kappa)."""
+    from .families import FAMILIES  # in their order: Laplace (the default) first
+    names = [f.name for f in FAMILIES]
+    parser.add_argument("--kernel", choices=names, default=names[0],
+                        help=f"kernel G(x, y) (default {names[0]}){note}")
+    parser.add_argument("--lam", type=float, default=None,
+                        help="Yukawa screening parameter lam > 0: G = exp(-lam r) / (4 pi r)")
+    parser.add_argument("--kappa", type=float, default=None,
+                        help="Helmholtz wavenumber kappa > 0: G = exp(i kappa r) / (4 pi r), "
+                        "complex densities")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="aotfmm", description="Laplace FMM (KIFMM) with ahead-of-time compiled kernels.")
+        prog="aotfmm", description="Laplace, Yukawa and Helmholtz FMM (KIFMM) with "
+        "ahead-of-time compiled kernels.")
     parser.add_argument("--version", action="version", version=f"aotfmm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     eps_help = "target relative accuracy (default: 1e-6 in float64, 1e-5 in float32)"
@@ -201,6 +252,7 @@ def build_parser():
                       help=f"targets checked against direct summation, at most {MAX_POINTS} "
                       "(default 1000)")
     demo.add_argument("--seed", type=int, default=0)
+    _add_kernel_options(demo, "; helmholtz: complex random charges")
     demo.set_defaults(func=_demo)
 
     run = sub.add_parser("run", help="evaluate a problem file, write the potentials",
@@ -217,6 +269,7 @@ def build_parser():
     run.add_argument("--threads", **threads)
     run.add_argument("--gradient", action="store_true", help="also write gradients")
     run.add_argument("-q", "--quiet", action="store_true")
+    _add_kernel_options(run, "; helmholtz is not served here yet (complex files)")
     run.set_defaults(func=_run)
 
     bench = sub.add_parser("bench", help="compare with fmm3dpy / ferreus-bbfmm if installed")
@@ -262,6 +315,9 @@ def _cli_spelling(message):
     on the command line say the options instead (``--eps 1e-07``, ``--dtype float64``)."""
     if message.startswith("eps="):
         message = "--eps " + message[len("eps="):]
+    for name in _KERNEL_PARAMS:  # "Yukawa: lam must be finite and > 0, got 0.0"
+        for family in ("Yukawa", "Helmholtz"):
+            message = message.replace(f"{family}: {name} must", f"--{name} must")
     return message.replace("use dtype=float64", "use --dtype float64")
 
 
