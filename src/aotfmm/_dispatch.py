@@ -46,16 +46,6 @@ TABLE.update({
     ("any", "csr_transpose", "csr", "csr"): "csr_transpose",
 })
 
-#: Compiled sums of kernel families that :mod:`aotfmm.families` does not define yet (Yukawa,
-#: Helmholtz: kernels/yukawa.py, kernels/helmholtz.py), under the keys their family's ``sums``
-#: are to use. :func:`bind` calls them by name like any kernel; :func:`kernel_name` does not
-#: look here: a family's rows come from its :class:`~aotfmm.families.KernelFamily` (in
-#: :data:`TABLE`), which replaces these once it exists.
-_STAGED_ROWS = (("p2p", "densities", "pot|potgrad"), ("p2c", "densities", "check"),
-                ("s2p", "surfaces", "pot|potgrad"))
-STAGED = {(family, *row): f"{family}_{row[0]}" for family in ("yukawa", "helmholtz")
-          if family not in {f.name for f in FAMILIES} for row in _STAGED_ROWS}
-
 #: flag bits of the density kernels (kernels/multi.py, kernels/hessian.py)
 CHARGES, DIPOLES, GRADIENT, EXACT = 1, 2, 4, 8
 
