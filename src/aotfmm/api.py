@@ -217,9 +217,11 @@ class Fmm:
         Parameters
         ----------
         charges : array_like of shape (n_sources,) or (n_sources, k), optional
+            Real, or complex for a complex kernel (Helmholtz; real ones are taken as complex).
         dipoles : array_like of shape (n_sources, 3) or (n_sources, k, 3), optional
-            Dipole moments: a dipole d at y adds d . (x - y) / (4 pi |x - y|^3) at x (the
-            double-layer kernel d . grad_y G). Give charges, dipoles or both (same k).
+            Dipole moments: a dipole d at y adds d . grad_y G(x, y) at x (the double-layer
+            kernel; for Laplace d . (x - y) / (4 pi |x - y|^3)). Give charges, dipoles or both
+            (same k).
         gradient : bool, default False
 
         Returns
