@@ -68,6 +68,7 @@ results do not depend on the thread count.
 
 Measured (``benchmarks/build_speed.py``): see :func:`build`.
 """
+import functools
 import itertools
 
 import numpy as np
@@ -379,31 +380,42 @@ def _truncated(c, cut):
     """(A, B), C ~ A^T B: the SVD of the square ``c`` truncated at singular values <= ``cut``
     (rank >= 1), A = (P S)^T, B = Q^H.
 
-    The cores have rank ~k/10 (at most ~k/3), so instead of a full SVD, a randomized range
-    finder (fixed seed: deterministic) grows an orthonormal Y = qr(c Omega) by 32 columns at
-    a time until the residual ||c - Y Y^H c||_F is at most 0.3 x the Frobenius norm of the
-    discarded singular values of Y^H c, then truncates the small SVD of Y^H c. The two errors
+    The cores have rank ~k/10 (at most ~k/3), so instead of a full SVD, an adaptive
+    randomized range finder (fixed seed: deterministic) grows an orthonormal Y by 32 columns
+    at a time, Y <- [Y, qr(E Omega)] with E = c - Y Y^H c the residual (kept up to date), until
+    ||E||_F is at most 0.3 x the Frobenius norm of the discarded singular values of Y^H c; then
+    the small SVD of Y^H c (through an l x l triangular factor) is truncated. The two errors
     are orthogonal, so the compression error is at most sqrt(1 + 0.3^2) = 1.044 x that of the
     exact truncation. Ranks: a singular value counts if it is above ``cut`` in Y^H c (which
-    differs from c's by at most the residual). Falls back to the full SVD when the sketch
-    would pass k / 2 columns, and when ``cut`` is 0 (a forced rank)."""
+    differs from c's by at most ||E||).
+    Falls back to the full SVD when Y would pass k / 2 columns, and when ``cut`` is 0 (a
+    forced rank)."""
     k = c.shape[1]
     if cut > 0:
         rng = np.random.default_rng(_SEED)
-        y = np.zeros((k, 0), c.dtype)
-        block = _SKETCH_BLOCK
-        while 2 * (y.shape[1] + block) <= k:
-            z = c @ rng.standard_normal((k, block))
-            for _ in range(2):                             # orthogonal to y (twice is enough)
+        resid = c.copy()
+        ys, bs = [], []
+        ell, block = 0, _SKETCH_BLOCK
+        while 2 * (ell + block) <= k:
+            z = resid @ rng.standard_normal((k, block))
+            if ys:                                     # once more orthogonal to Y (rounding)
+                y = np.concatenate(ys, axis=1)
                 z -= y @ (y.conj().T @ z)
-            y = np.concatenate([y, np.linalg.qr(z)[0]], axis=1)
-            b = y.conj().T @ c
-            resid = np.linalg.norm(c - y @ b)
-            p_, s_, qt = np.linalg.svd(b, full_matrices=False)
+            q = np.linalg.qr(z)[0]
+            qh = q.conj().T
+            resid -= q @ (qh @ resid)
+            ys.append(q)
+            bs.append(qh @ c)
+            ell += block
+            # Y^H c = R^H Q^H (QR of its transpose): its singular values are R's (l x l)
+            qb, rb = np.linalg.qr(np.concatenate(bs).conj().T)
+            s_ = np.linalg.svd(rb, compute_uv=False)
             r = max(1, int(np.count_nonzero(s_ > cut)))
-            if r < len(s_) and resid <= _RESIDUAL_SHARE * np.linalg.norm(s_[r:]):
-                return ((y @ p_[:, :r]) * s_[:r]).T, qt[:r]
-            block = max(_SKETCH_BLOCK, r + _SKETCH_BLOCK - y.shape[1])
+            if r < ell and np.linalg.norm(resid) <= _RESIDUAL_SHARE * np.linalg.norm(s_[r:]):
+                p_, s_, wt = np.linalg.svd(rb.conj().T)    # Y^H c = P S (Q W)^H
+                a = ((np.concatenate(ys, axis=1) @ p_[:, :r]) * s_[:r]).T
+                return a, (qb @ wt[:r].conj().T).conj().T
+            block = max(_SKETCH_BLOCK, r + _SKETCH_BLOCK - ell)
     p_, s_, qt = np.linalg.svd(c)
     r = max(1, int(np.count_nonzero(s_ > cut)))
     return (p_[:, :r] * s_[:r]).T, qt[:r]
@@ -437,12 +449,23 @@ def _symmetrized(r, par, runner):
     return r
 
 
+@functools.lru_cache(maxsize=4)
+def _symmetry(surf_bytes, n):
+    """(surface permutations, parity basis) of a surface (~20 ms at p = 8; cached: a run
+    builds one set per level on the same surface)."""
+    surf = np.frombuffer(surf_bytes, dtype=np.float64).reshape(n, 3)
+    perms = surface_permutations(surf)
+    par = Parity(surf, perms)
+    for a in (perms, par.q, par.bounds, par.sector_map, par.target, par.sign):
+        a.flags.writeable = False                  # shared by every later build
+    return perms, par
+
+
 def _build(surf, r_dc, r_ue, dc2e_b, tol, rank, stage, runner, family, h):
     n = len(surf)
     n_r = len(REPS)
     same = r_dc == r_ue              # K_{-t} = K_t^T: one stack gives both bases
-    perms = surface_permutations(surf)
-    par = Parity(surf, perms)
+    perms, par = _symmetry(surf.tobytes(), len(surf))
     sec = par.sectors()
 
     stage(f"M2L basis (QR of {n_r} kernel blocks and the cube's symmetries)")
@@ -511,27 +534,33 @@ def _build(surf, r_dc, r_ue, dc2e_b, tol, rank, stage, runner, family, h):
     a = np.empty((offsets[-1], k), dtype)
     b = np.empty((offsets[-1], k), dtype)
     used = np.unique(ELEMENT_OF)
+    lt, nn = {}, {}   # per element e and sector s: (L_e block (d, s))^T and N_e block (s, d)
 
-    def rotate(i):  # every t = e t_r of one element e, all sectors: 2 x 8 GEMMs
+    def rotations(i):  # L_e = U^H P_e U and N_e = (P_e V)^T conj(V), sector blocks s -> d
         e = used[i]
-        ts = np.flatnonzero(ELEMENT_OF == e)
-        rows = np.concatenate([np.arange(offsets[t], offsets[t + 1]) for t in ts])
-        ar = np.concatenate([cores[REP_OF[t]][0] for t in ts])
-        br = np.concatenate([cores[REP_OF[t]][1] for t in ts])
-        at = np.zeros_like(ar)
-        bt = np.zeros_like(br)
+        lt[e], nn[e] = [None] * 8, [None] * 8
         for s in range(8):
-            if ks[s] == 0:
-                continue
             d = par.sector_map[e, s]
-            lt = par.apply(e, ut[s], s).T @ ut[d].conj()   # (L_e block (d, s))^T, L = U^H P U
-            nn = lt if same else par.apply(e, vt[s], s).T @ vt[d].conj()   # N = (P V)^T conj V
-            np.matmul(ar[:, kc[s]], lt, out=at[:, kc[d]])
-            np.matmul(br[:, kc[s]], nn, out=bt[:, kc[d]])
-        a[rows] = at
-        b[rows] = bt
+            lt[e][s] = par.apply(e, ut[s], s).T @ ut[d].conj()
+            nn[e][s] = lt[e][s] if same else par.apply(e, vt[s], s).T @ vt[d].conj()
 
-    runner.each(len(used), rotate)
+    runner.each(len(used), rotations)
+    chunks = np.linspace(0, len(REP_OF), 16 + 1).round().astype(int)
+
+    def rotate(j):  # A_t = A_r L_e^T, B_t = B_r N_e for t = e t_r, sector block by block
+        for t in range(chunks[j], chunks[j + 1]):
+            (ar, br), e = cores[REP_OF[t]], ELEMENT_OF[t]
+            at, bt = a[offsets[t]:offsets[t + 1]], b[offsets[t]:offsets[t + 1]]
+            for s in range(8):
+                d = kc[par.sector_map[e, s]]
+                if ks[s] == 0:     # the image sector's columns get nothing
+                    at[:, d] = 0
+                    bt[:, d] = 0
+                    continue
+                np.matmul(ar[:, kc[s]], lt[e][s], out=at[:, d])
+                np.matmul(br[:, kc[s]], nn[e][s], out=bt[:, d])
+
+    runner.each(len(chunks) - 1, rotate)
     q = par.q
     v = np.empty((n, k), dtype)
     u = v if same else np.empty((n, k), dtype)
