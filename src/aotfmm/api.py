@@ -32,14 +32,15 @@ __all__ = ["Fmm", "Fields", "direct", "laplace", "yukawa", "helmholtz", "lfmm", 
 
 
 def _expected_eps(p, dtype, separate_targets=False, dipoles=False, hessians=False,
-                  family=LAPLACE):
+                  family=LAPLACE, size=None):
     """The error a plan of order p is expected to reach: the measured worst case for its order
     (evaluate.order_error, from the kernel family's table), but never below the dtype's floor
     (and Hessians' floor)."""
     floor = EPS_FLOOR[real_dtype(np.dtype(dtype)).name]
     if hessians:
         floor = max(floor, HESSIAN_EPS_FLOOR[real_dtype(np.dtype(dtype)).name])
-    return max(order_error(p, separate_targets, dipoles, hessians, family=family), floor)
+    return max(order_error(p, separate_targets, dipoles, hessians, family=family, size=size),
+               floor)
 
 
 class Fields(typing.NamedTuple):
@@ -191,7 +192,8 @@ class Fmm:
         self.p = self._core.p
         self.ncrit = self._core.ncrit
         plan_kind = dict(separate_targets=not self._core.same, dipoles=self._for_dipoles,
-                         hessians=self._for_hessians, family=self.family)
+                         hessians=self._for_hessians, family=self._core.family,
+                         size=self._core.size)
         self.expected_eps = _expected_eps(self.p, self.dtype, **plan_kind)
         if self._p_given and eps is not None and self.expected_eps > self.eps:
             p_eps = evaluate.choose_parameters(self.eps, **plan_kind)[0]

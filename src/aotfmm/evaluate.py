@@ -44,17 +44,20 @@ def _order_bump(separate_targets=False, dipoles=False, hessians=False):
     return sep + bool(dipoles) + (1 + sep) * bool(hessians)
 
 
-def order_error(p, separate_targets=False, dipoles=False, hessians=False, family=LAPLACE):
+def order_error(p, separate_targets=False, dipoles=False, hessians=False, family=LAPLACE,
+                size=None):
     """The relative error a plan of order ``p`` is expected to reach (before dtype floors).
 
     The inverse of :func:`choose_parameters`: take off the order bumps for separate targets,
     dipoles and Hessians and read the worst measured error of the remaining order in the
     kernel family's table (:attr:`~aotfmm.families.KernelFamily.worst_error`; so a p chosen
     from eps gives at most eps / 3). Orders below the table are extrapolated by a factor 10
-    per order (capped at 1), orders above it saturate at the last measurement.
+    per order (capped at 1), orders above it saturate at the last measurement. ``size``: the
+    domain size in the family's units, for a family whose order depends on it (Helmholtz:
+    kappa times the size, :meth:`~aotfmm.families.KernelFamily.extra_orders`).
     """
     worst = family.worst_errors()
-    q = p - _order_bump(separate_targets, dipoles, hessians)
+    q = p - _order_bump(separate_targets, dipoles, hessians) - family.extra_orders(size)[0]
     lo, hi = min(worst), max(worst)
     if q < lo:
         return min(1.0, worst[lo] * 10.0 ** (lo - q))
@@ -62,7 +65,7 @@ def order_error(p, separate_targets=False, dipoles=False, hessians=False, family
 
 
 def choose_parameters(eps, p=None, ncrit=None, separate_targets=False, dipoles=False,
-                      hessians=False, family=LAPLACE):
+                      hessians=False, family=LAPLACE, size=None):
     """(p, ncrit) for an accuracy target; explicit values win.
 
     The base row comes from the kernel family's measured table
@@ -80,11 +83,15 @@ def choose_parameters(eps, p=None, ncrit=None, separate_targets=False, dipoles=F
     Hessians get one order more again, two with separate targets: at targets far from all
     sources they were measured at up to 1.4x eps with one more order than the gradients (same
     two clusters, eps 1e-6, p = 10), at most 5e-8 with two (p = 11).
+
+    A family whose accuracy depends on the domain size in its units (Helmholtz: kappa times
+    the size ``size``) adds the orders of :meth:`~aotfmm.families.KernelFamily.extra_orders`.
     """
     table = family.eps_table
     row = next((r for r in table if eps >= r[0]), table[-1])
     if p is None:
-        p = min(row[1] + _order_bump(separate_targets, dipoles, hessians), P_MAX)
+        bump = _order_bump(separate_targets, dipoles, hessians) + family.extra_orders(size)[0]
+        p = min(row[1] + bump, P_MAX)
         row = (row[0], p, row[2])
     if ncrit is None:
         # keep the leaf size in proportion to the surface size when p is forced
@@ -146,9 +153,18 @@ class Plan:
         dt = np.dtype(dtype)
         self.dtype, self.workers, self.family = dt, workers, family
         self.same = trg_xyz is src_xyz
+        pts = [a for a in ((src_xyz,) if self.same else (src_xyz, trg_xyz)) if a.shape[1]]
+        #: the domain size (largest extent of the points), in the frame's units
+        self.size = float(max((a.max(axis=1) - a.min(axis=1)).max() for a in pts)) \
+            if pts else 0.0
         self.p, self.ncrit = choose_parameters(eps, p, ncrit, separate_targets=not self.same,
                                                dipoles=dipoles, hessians=hessians,
-                                               family=family)
+                                               family=family, size=self.size)
+        extra, served = family.extra_orders(self.size)
+        if not served:
+            warnings.warn(f"{family.frequency_text(self.size)} is above the range "
+                          f"{family!r} is served for ({family.frequency_range}): results "
+                          f"may miss eps", AccuracyWarning, stacklevel=3)
 
         # a family with a parameter: the root (and so every level) sized so that the parameter
         # times each level's half-width is on the grid of cached operator sets
@@ -427,7 +443,8 @@ class Plan:
                                    family=fams[lev]) for lev in work}
         if not sets:  # no far field at all: any set gives the sizes
             lev = max(2, tree.n_levels - 1)
-            fams[lev] = family.scaled(tree.root_half / 2.0 ** lev).snapped()
+            fams.update({v: family.scaled(tree.root_half / 2.0 ** v).snapped()
+                         for v in (lev - 1, lev)})
             sets = {lev: get_operators(self.p, dt, cache_dir=cache_dir, workers=self.workers,
                                        family=fams[lev])}
         rank = max(ops.down_rank for ops in sets.values())

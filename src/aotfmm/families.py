@@ -182,6 +182,29 @@ class KernelFamily:
             return math.exp(-dict(self.params)["kappa"].imag * d)
         return 1.0
 
+    def extra_orders(self, size):
+        """(orders added to the eps table's p, whether the table serves this size) for a
+        domain of ``size`` (largest extent, in the family's units): a Helmholtz box many
+        wavelengths wide needs a larger surface (:data:`_HELMHOLTZ_ORDERS`)."""
+        if self.name != "helmholtz" or size is None:
+            return 0, True
+        kd = abs(dict(self.params)["kappa"]) * size
+        for top, extra in _HELMHOLTZ_ORDERS:
+            if kd <= top:
+                return extra, True
+        return _HELMHOLTZ_ORDERS[-1][1], False
+
+    @property
+    def frequency_range(self):
+        """What sizes the family's table serves, in words."""
+        if self.name == "helmholtz":
+            return f"|kappa| D <= {_HELMHOLTZ_ORDERS[-1][0]:g}, D the domain size"
+        return "any size"
+
+    def frequency_text(self, size):
+        """``|kappa| D = 57.2`` for a domain of ``size``."""
+        return f"|kappa| D = {abs(dict(self.params)['kappa']) * size:.3g}"
+
     def kernel_args(self):
         """The parameters as the compiled sums take them (by name)."""
         return dict(self.params)
@@ -390,6 +413,12 @@ _HELMHOLTZ_SUMS = (
     (("p2c", "densities", "check"), "helmholtz_p2c"),
     (("s2p", "surfaces", "pot|potgrad"), "helmholtz_s2p"),
 )
+
+
+#: |kappa| D -> orders added to the eps table's p (D the domain's largest extent): measured with
+#: benchmarks/accuracy.py --kernel helmholtz --param-d X (uniform, sphere, clustered, n = 2e4).
+#: Above the last row an AccuracyWarning says the result may miss eps.
+_HELMHOLTZ_ORDERS = ((10.0, 0), (40.0, 2))
 
 
 def Helmholtz(kappa):

@@ -61,7 +61,7 @@ import time
 
 import numpy as np
 
-from . import _blas, _geometry, _m2l_svd, _progress, _threads, cache
+from . import _blas, _geometry, _m2l_fast, _m2l_svd, _progress, _threads, cache
 from .families import LAPLACE
 from .surfaces import DEFAULT_RADII, kernel_matrix, n_surf, surface
 
@@ -205,8 +205,12 @@ def _build_operators(p, radii, pinv_cutoff, m2l_tol, m2l_rank, method, stage, wo
         l2l[c] = child_c2e * dc2e_b @ kernel_matrix(child + 0.5 * r_dc * s, r_de * s, family)
     if method != "svd":
         raise ValueError(f"unknown M2L method {method!r}; expected one of {M2L_METHODS}")
-    m2l = _m2l_svd.build(s, r_dc, r_ue, dc2e_b, m2l_tol, m2l_rank, stage=stage, workers=workers,
-                         family=family)
+    # the families with a parameter need a set per level: the symmetry build (16 kernel blocks
+    # instead of 316, same bases and truncation up to rounding); Laplace keeps the streamed QR
+    # its cached sets and pinned results were made with
+    builder = _m2l_svd if family.scale_invariant else _m2l_fast
+    m2l = builder.build(s, r_dc, r_ue, dc2e_b, m2l_tol, m2l_rank, stage=stage, workers=workers,
+                        family=family)
     return dict(surface=s, uc2e_a=uc2e_a, uc2e_b=uc2e_b, dc2e_a=dc2e_a, dc2e_b=dc2e_b,
                 m2m=m2m, l2l=l2l, **m2l)
 
