@@ -222,10 +222,17 @@ def test_per_vector_ranks_match_full_svd():
 
 
 def test_threads_give_identical_arrays():
-    _, _, _, one = build(6, threads=1)
-    _, _, _, two = build(6, threads=2)
+    """threads=1, threads=2 and a caller's Workers(3) give the same arrays bit for bit (a
+    fixed work partition; BLAS on one thread)."""
+    from aotfmm._threads import Workers
+    p = 6
+    s, dc2e_b, tol, one = build(p, threads=1)
+    _, _, _, two = build(p, threads=2)
+    with Workers(3) as w:
+        three = _m2l_fast.build(s, R_C, R_E, dc2e_b, tol, workers=w, family=LAPLACE)
     for key in one:
         assert np.array_equal(one[key], two[key]), key
+        assert np.array_equal(one[key], three[key]), key
 
 
 @pytest.mark.parametrize("kappa_h", [0.5, 2.0, 4.0])

@@ -141,6 +141,7 @@ def _check_stages():
 
 _check_stages()
 
+
 def surface_permutations(surf):
     """(48, n) int64: row e is the permutation pi with surf[pi[i]] = GROUP[e]^T s_i, so that
     K_{GROUP[e] t} = K_t[pi][:, pi] (``P K_t P^T``, P the row permutation by pi).
@@ -290,38 +291,13 @@ def kernel_blocks(surf, r_check, r_equiv, vectors, family=LAPLACE, h=1.0):
 
 # --------------------------------------------------------------------------------- threads
 
-class _Runner:
-    """``run(func, bounds)`` on our threads: the caller's ``workers`` (an
-    :class:`aotfmm._threads.Workers`, where that API exists) or ``threads`` of our own."""
-
-    def __init__(self, threads, workers):
-        self._own = None
-        if workers is not None:
-            self.run = workers.run
-        elif threads <= 1:
-            self.run = self._inline
-        elif hasattr(_threads, "Workers"):
-            self._own = _threads.Workers(threads)
-            self.run = self._own.run
-        else:
-            self.run = lambda func, bounds: _threads.run(func, bounds, threads)
-
-    @staticmethod
-    def _inline(func, bounds):
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            if b > a:
-                func(int(a), int(b))
-
-    def each(self, n_items, func):
-        """func(i) for i in range(n_items), one item per range (handed out dynamically)."""
-        def body(a, b):
-            for i in range(a, b):
-                func(i)
-        self.run(body, np.arange(n_items + 1))
-
-    def close(self):
-        if self._own is not None:
-            self._own.close()
+def _each(workers, n_items, func):
+    """func(i) for i in range(n_items) on ``workers``, one item per range (handed out
+    dynamically: uneven items balance)."""
+    def body(a, b):
+        for i in range(a, b):
+            func(i)
+    workers.run(body, np.arange(n_items + 1))
 
 
 # --------------------------------------------------------------------------------- the build
@@ -338,9 +314,10 @@ def build(surf, r_down_check, r_up_equiv, dc2e_b, tol, rank=None, stage=None, th
     dc2e_b : ndarray (r_down, n_surf), the U^H factor of DC2E of the same box size.
     tol : float, relative singular value cutoff; ``rank`` (optional) forces the rank instead.
     stage : callable, optional, called with a name as each stage starts.
-    threads : int, our own threads (or ``workers``, an :class:`aotfmm._threads.Workers`, where
-        that API exists). numpy's BLAS is limited to one thread during the build; the result
-        does not depend on the thread count (fixed work partition).
+    threads : int, threads of our own for the build, or ``workers``: an
+        :class:`aotfmm._threads.Workers` to run on (then ``threads`` is ignored). numpy's BLAS
+        is limited to one thread during the build; the result does not depend on the thread
+        count (fixed work partition).
     family : anything with ``g_of_r(r, out=None)`` and ``scalar`` ("real" or "complex"),
         e.g. :data:`aotfmm.families.LAPLACE`. A complex G is evaluated without ``out=``.
     h : float, the box half-width: the kernel is evaluated at true distances,
@@ -360,13 +337,15 @@ def build(surf, r_down_check, r_up_equiv, dc2e_b, tol, rank=None, stage=None, th
     by decreasing singular value), not sorted by singular value overall.
     """
     stage = stage or (lambda name: None)
-    runner = _Runner(threads, workers)
+    own = workers is None
+    workers = _threads.Workers(threads) if own else workers
     try:
         with _blas.limit_one():
             return _build(np.asarray(surf, dtype=np.float64), float(r_down_check),
-                          float(r_up_equiv), dc2e_b, tol, rank, stage, runner, family, float(h))
+                          float(r_up_equiv), dc2e_b, tol, rank, stage, workers, family, float(h))
     finally:
-        runner.close()
+        if own:
+            workers.close()
 
 
 #: Randomized compression of the cores (:func:`_truncated`): sketch columns added per round,
@@ -429,7 +408,7 @@ def _sector_r(blocks, par, s, left):
     return np.linalg.qr(np.concatenate(parts), mode="r")
 
 
-def _symmetrized(r, par, runner):
+def _symmetrized(r, par, workers):
     """Per-sector R'_s with R'^H R' = sum over all 48 g of P~_g R^H R P~_g^T, for the block
     diagonal R^H R of the sector factors ``r``: the 8 flips give 8 times the block diagonal,
     the S3 subgroups one small QR each (a sector's image comes from another sector)."""
@@ -444,7 +423,7 @@ def _symmetrized(r, par, runner):
                 parts.append(par.apply(g, r[src].T, src).T)   # R_src T^T, T = P~_g block
             new[s] = np.linalg.qr(np.concatenate(parts), mode="r")
 
-        runner.each(8, reduce)
+        _each(workers, 8, reduce)
         r = new
     return r
 
@@ -461,7 +440,7 @@ def _symmetry(surf_bytes, n):
     return perms, par
 
 
-def _build(surf, r_dc, r_ue, dc2e_b, tol, rank, stage, runner, family, h):
+def _build(surf, r_dc, r_ue, dc2e_b, tol, rank, stage, workers, family, h):
     n = len(surf)
     n_r = len(REPS)
     same = r_dc == r_ue              # K_{-t} = K_t^T: one stack gives both bases
@@ -474,7 +453,7 @@ def _build(surf, r_dc, r_ue, dc2e_b, tol, rank, stage, runner, family, h):
     def block(r):
         kt[r] = par.transform(kernel_blocks(surf, r_dc, r_ue, REPS[r:r + 1], family, h)[0])
 
-    runner.each(n_r, block)
+    _each(workers, n_r, block)
     sides = (False,) if same else (False, True)   # False: right stack [K_t], True: [K_t^H]
     rs = {}
 
@@ -482,15 +461,15 @@ def _build(surf, r_dc, r_ue, dc2e_b, tol, rank, stage, runner, family, h):
         left, s = sides[i // 8], i % 8
         rs[left, s] = _sector_r(kt, par, s, left)
 
-    runner.each(8 * len(sides), sector_r)
+    _each(workers, 8 * len(sides), sector_r)
     svd = {}
     for left in sides:
-        r = _symmetrized([rs[left, s] for s in range(8)], par, runner)
+        r = _symmetrized([rs[left, s] for s in range(8)], par, workers)
 
         def sector_svd(s):
             svd[left, s] = np.linalg.svd(r[s])[1:]     # sigma_s, V_s^H of the sector stack
 
-        runner.each(8, sector_svd)
+        _each(workers, 8, sector_svd)
     sig = {left: np.concatenate([svd[left, s][0] for s in range(8)]) for left in sides}
     sector = np.repeat(np.arange(8), np.diff(par.bounds))
     if rank is None:
@@ -526,7 +505,7 @@ def _build(surf, r_dc, r_ue, dc2e_b, tol, rank, stage, runner, family, h):
             np.matmul(x[:, sec[s]], vt[s].conj(), out=c[:, kc[s]])
         cores[r] = _truncated(c, cut)
 
-    runner.each(n_r, core)
+    _each(workers, n_r, core)
 
     stage(f"M2L per-vector compression (rotations of {len(REP_OF)} factors)")
     ranks = np.array([len(cores[r][0]) for r in REP_OF])
@@ -544,7 +523,7 @@ def _build(surf, r_dc, r_ue, dc2e_b, tol, rank, stage, runner, family, h):
             lt[e][s] = par.apply(e, ut[s], s).T @ ut[d].conj()
             nn[e][s] = lt[e][s] if same else par.apply(e, vt[s], s).T @ vt[d].conj()
 
-    runner.each(len(used), rotations)
+    _each(workers, len(used), rotations)
     chunks = np.linspace(0, len(REP_OF), 16 + 1).round().astype(int)
 
     def rotate(j):  # A_t = A_r L_e^T, B_t = B_r N_e for t = e t_r, sector block by block
@@ -560,7 +539,7 @@ def _build(surf, r_dc, r_ue, dc2e_b, tol, rank, stage, runner, family, h):
                 np.matmul(ar[:, kc[s]], lt[e][s], out=at[:, d])
                 np.matmul(br[:, kc[s]], nn[e][s], out=bt[:, d])
 
-    runner.each(len(chunks) - 1, rotate)
+    _each(workers, len(chunks) - 1, rotate)
     q = par.q
     v = np.empty((n, k), dtype)
     u = v if same else np.empty((n, k), dtype)
