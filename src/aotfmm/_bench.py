@@ -89,6 +89,25 @@ def make_points(dist, n, seed=SEED):
     return x, q
 
 
+#: Kernels the harness runs (``--kernel``); the parameter is given times the domain size D
+#: (``--param-d``): D = 1 for the unit cube, 2 for the unit sphere.
+KERNELS = ("laplace", "yukawa", "helmholtz")
+DOMAIN_SIZE = {"uniform": 1.0, "sphere": 2.0}
+
+
+def kernel_charges(spec, q):
+    """Helmholtz densities are complex: the real charges plus i times a second draw."""
+    if spec.get("kernel", "laplace") != "helmholtz":
+        return q
+    rng = np.random.default_rng((SEED, 99, len(q)))
+    return q + 1j * rng.standard_normal(len(q))
+
+
+def kernel_param(spec):
+    """lam or kappa in the points' units: ``param_d`` / D of the case's distribution."""
+    return spec["param_d"] / DOMAIN_SIZE[spec.get("dist", "uniform")]
+
+
 def sample_indices(n, size=SAMPLE):
     rng = np.random.default_rng((SAMPLE_SEED, n))
     return np.sort(rng.choice(n, size=min(n, size), replace=False))
@@ -139,10 +158,16 @@ def _run_aotfmm(x, q, eps, gradient, threads, spec):
             raise _Unavailable(f"aotfmm.laplace not available in this build ({where}: "
                                f"{exc})") from None
 
+    name = spec.get("kernel", "laplace")
+    kw = {}
+    if name != "laplace":
+        kernel = getattr(aotfmm, name.capitalize())(kernel_param(spec))
+        kw = dict(kernel=kernel, dtype=np.complex128 if name == "helmholtz" else np.float64)
+
     def run():
         t0 = time.perf_counter()
         try:
-            plan = Fmm(x, eps=eps, dtype=np.float64, threads=threads)
+            plan = Fmm(x, eps=eps, threads=threads, **(kw or dict(dtype=np.float64)))
         except ImportError as exc:  # the FMM modules are missing from this build
             raise _Unavailable(f"aotfmm.laplace not available in this build ({where}: "
                                f"{exc})") from None
@@ -157,6 +182,19 @@ def _run_aotfmm(x, q, eps, gradient, threads, spec):
 def _run_fmm3dpy(x, q, eps, gradient, threads, spec):
     import fmm3dpy
     src = np.ascontiguousarray(x.T)  # (3, n), its layout; prepared before the clock starts
+    name = spec.get("kernel", "laplace")
+    if name == "yukawa":
+        raise _Unavailable("fmm3dpy has no Yukawa (modified Helmholtz) FMM")
+    if name == "helmholtz":
+        zk = kernel_param(spec)
+
+        def run_h():
+            t0 = time.perf_counter()
+            out = fmm3dpy.hfmm3d(eps=eps, zk=zk, sources=src, charges=q, pg=2 if gradient else 1)
+            t1 = time.perf_counter()
+            grad = out.grad.T if gradient else None
+            return None, t1 - t0, out.pot, grad, f"eps={eps:g}"
+        return run_h
 
     def run():
         t0 = time.perf_counter()
@@ -168,6 +206,8 @@ def _run_fmm3dpy(x, q, eps, gradient, threads, spec):
 
 
 def _run_ferreus(x, q, eps, gradient, threads, spec):
+    if spec.get("kernel", "laplace") != "laplace":
+        raise _Unavailable("ferreus-bbfmm is run for the Laplace kernel only here")
     import ferreus_bbfmm as fb
     order = spec.get("ferreus_order") or ferreus_order(eps)
     kernel = fb.KernelParams(fb.FmmKernelType.Laplacian)
@@ -222,6 +262,7 @@ def _child(spec_json):
             x, q = make_points(spec["dist"], spec["n"])
             eps = spec["eps"]
         gradient = spec.get("gradient", True)
+        q = kernel_charges(spec, q)
         run = _RUNNERS[lib](x, q, eps, gradient, threads, spec)
         base = _maxrss_mib()
         c0, w0 = _cpu_seconds(), time.perf_counter()
@@ -229,11 +270,11 @@ def _child(spec_json):
         wall, cpu = time.perf_counter() - w0, _cpu_seconds() - c0
         peak = _maxrss_mib()
         idx = np.arange(len(q)) if spec["kind"] == "probe" else np.asarray(spec["sample"])
-        pot = np.asarray(pot, dtype=np.float64).reshape(-1)
+        pot = np.asarray(pot).reshape(-1)
         result.update(ok=True, setup=setup, evaluate=evaluate if setup is not None else None,
                       total=(setup or 0.0) + evaluate, wall=wall, cpu=cpu,
                       peak=peak, base=base, params=params, pot=pot[idx],
-                      grad=None if grad is None else np.asarray(grad, np.float64)[idx])
+                      grad=None if grad is None else np.asarray(grad)[idx])
     except _Unavailable as exc:
         result.update(ok=False, unavailable=True, message=str(exc))
     except Exception as exc:  # reported by the parent, the run goes on
@@ -296,9 +337,13 @@ def _launch(spec, threads, workdir, timeout):
     return result
 
 
-def _direct(x, q, targets):
+def _direct(x, q, targets, spec=None):
     import aotfmm
-    return aotfmm.direct(x, q, targets, gradient=True, dtype=np.float64)
+    name = (spec or {}).get("kernel", "laplace")
+    if name == "laplace":
+        return aotfmm.direct(x, q, targets, gradient=True, dtype=np.float64)
+    kernel = getattr(aotfmm, name.capitalize())(kernel_param(spec))
+    return aotfmm.direct(x, kernel_charges(spec, q), targets, gradient=True, kernel=kernel)
 
 
 def _one_over_r():
@@ -324,17 +369,18 @@ def _scale_name(c):
     return names.get(c, f"{c:.6g} x 1/(4 pi r)")
 
 
-def probe(lib, threads, workdir, timeout, eps=1e-6, order=None):
+def probe(lib, threads, workdir, timeout, eps=1e-6, order=None, kernel=None):
     """Import check + kernel scaling on a small problem at ``eps``: (info dict) or
-    (None, message)."""
-    res = _launch({"kind": "probe", "lib": lib, "gradient": True, "eps": eps,
-                   "ferreus_order": order}, threads, workdir, timeout)
+    (None, message). ``kernel``: {"kernel": name, "param_d": value} (default Laplace)."""
+    spec = {"kind": "probe", "lib": lib, "gradient": True, "eps": eps, "ferreus_order": order,
+            **(kernel or {})}
+    res = _launch(spec, threads, workdir, timeout)
     if not res.get("ok"):
         return None, res["message"]
     x, q = _probe_points()
-    ref_pot, ref_grad = _direct(x, q, x)
-    cp = _snap(float(res["pot"] @ ref_pot / (ref_pot @ ref_pot)))
-    cg = _snap(float(np.sum(res["grad"] * ref_grad) / np.sum(ref_grad * ref_grad)))
+    ref_pot, ref_grad = _direct(x, q, x, spec)
+    cp = _snap(float(np.real(np.vdot(ref_pot, res["pot"]) / np.vdot(ref_pot, ref_pot))))
+    cg = _snap(float(np.real(np.vdot(ref_grad, res["grad"]) / np.vdot(ref_grad, ref_grad))))
     info = {"version": res.get("version"), "pot_scale": cp, "grad_scale": cg,
             "probe_pot_err": _rel(res["pot"] / cp, ref_pot),
             "probe_grad_err": _rel(res["grad"] / cg, ref_grad)}
@@ -373,7 +419,7 @@ def _table(rows, gradient):
             f"{_fmt(r['evaluate'], '8.3f')} {r['total']:8.3f} {r['cpu'] / r['wall']:8.2f} "
             f"{_fmt(r['peak'], '9.0f')} {_fmt(r['peak'] - r['base'], '8.0f')} "
             f"{r['err_pot']:8.1e}" + (f" {r['err_grad']:8.1e}" if gradient else "")
-            + f" {ratio:>8}")
+            + f" {ratio:>8}" + (f"  cold {r['cold']:.2f} s" if r.get("cold") else ""))
     return "\n".join(lines)
 
 
@@ -446,6 +492,11 @@ def build_parser():
                    help="ferreus-bbfmm interpolation order (default: from eps, see FERREUS_ORDER)")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="give up on a case after this long (default: no limit)")
+    p.add_argument("--kernel", choices=KERNELS, default="laplace",
+                   help="the kernel (default laplace); yukawa/helmholtz take --param-d")
+    p.add_argument("--param-d", type=float, default=10.0, metavar="X",
+                   help="lam or kappa times the domain size D (D = 1 for the cube, 2 for the "
+                        "sphere); default 10")
     p.add_argument("--baseline", default=None, metavar="PYTHON",
                    help="also run aotfmm as installed for this Python interpreter (e.g. a venv "
                         "with an older commit), as the row 'baseline': before/after in one run")
@@ -485,14 +536,21 @@ def main(argv=None):
 
     results, failures = [], 0
     with tempfile.TemporaryDirectory(prefix="aotfmm-bench-") as workdir:
-        if "aotfmm" in libs:
-            _operators_ahead(args.eps, threads)
-        if "baseline" in libs:
-            _operators_ahead(args.eps, threads, args.baseline)
+        kernel = {"kernel": args.kernel, "param_d": args.param_d}
+        per_level = args.kernel != "laplace"
+        if per_level:
+            print(f"kernel {args.kernel}, parameter x D = {args.param_d:g}: aotfmm builds its "
+                  "operators per tree level on first use; each case runs once cold (operators "
+                  "built, column 'cold s'), then timed warm")
+        else:
+            if "aotfmm" in libs:
+                _operators_ahead(args.eps, threads)
+            if "baseline" in libs:
+                _operators_ahead(args.eps, threads, args.baseline)
         infos = {}
         for lib in libs:
             info, message = probe(lib, threads, workdir, args.timeout, min(args.eps),
-                                  args.ferreus_order)
+                                  args.ferreus_order, kernel)
             if info is None:
                 print(f"  {lib}: skipped -- {message}")
                 continue
@@ -518,7 +576,7 @@ def main(argv=None):
                 x, q = make_points(dist, n)
                 idx = sample_indices(n)
                 t0 = time.perf_counter()
-                ref_pot, ref_grad = _direct(x, q, x[idx])
+                ref_pot, ref_grad = _direct(x, q, x[idx], dict(kernel, dist=dist))
                 t_ref = time.perf_counter() - t0
                 del x, q
                 for eps in args.eps:
@@ -527,8 +585,13 @@ def main(argv=None):
                         for lib in infos:
                             spec = {"kind": "case", "lib": lib, "dist": dist, "n": n, "eps": eps,
                                     "gradient": gradient, "sample": idx.tolist(),
-                                    "ferreus_order": args.ferreus_order}
+                                    "ferreus_order": args.ferreus_order, **kernel}
+                            cold = None
+                            if per_level and lib in ("aotfmm", "baseline"):
+                                first = _launch(spec, threads, workdir, args.timeout)
+                                cold = first.get("total") if first.get("ok") else None
                             r = _launch(spec, threads, workdir, args.timeout)
+                            r["cold"] = cold
                             r.update(lib=lib, threads=threads)
                             if r.get("ok"):
                                 info = infos[lib]
@@ -541,6 +604,9 @@ def main(argv=None):
                             rows.append(r)
                         what = "potential + gradient" if gradient else "potential"
                         label = "uniform cube" if dist == "uniform" else "sphere surface"
+                        if per_level:
+                            label += (f", {args.kernel} {args.param_d:g}/D "
+                                      f"(D = {DOMAIN_SIZE[dist]:g})")
                         print(f"\n{label}, N = {_nfmt(n)}, eps = {eps:g}, {what}  "
                               f"(reference: direct on {len(idx)} targets, {t_ref:.2f} s)")
                         print(_table(rows, gradient))
