@@ -219,14 +219,14 @@ def test_one_call_equals_the_plan(rng, pts):
                                                                eps=1e-3))
 
 
-@pytest.mark.xfail(raises=KeyError, strict=False,
-                   reason="evaluate.Plan._level_operators: a tree with no far field at all "
-                   "(few points, large ncrit) looks up fams[lev - 1], never set (KeyError)")
 def test_a_problem_too_small_for_a_far_field():
+    """300 points and eps 1e-6 (leaves of up to 400 points): no far field at all."""
     rng = np.random.default_rng(3)
     src, q = rng.random((300, 3)), rng.random(300)
     pot = aotfmm.yukawa(src, q, LAM, eps=1e-6)
     assert rel(pot, fields(src, src, -LAM, q=q)[0]) < 1e-6
+    pot = aotfmm.hfmm(src, q, zk=KAPPA, eps=1e-6).pot
+    assert rel(pot, fields(src, src, 1j * KAPPA, q=q)[0]) < 1e-6
 
 
 @pytest.mark.slow
