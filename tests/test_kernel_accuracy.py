@@ -1,0 +1,157 @@
+"""Yukawa and Helmholtz FMM results meet eps against numpy direct sums written here.
+
+The grid of issue 17: uniform, sphere-surface and clustered points; sources = targets and
+separate targets; Yukawa lam * D in {0.1, 1, 10, 100}, Helmholtz kappa * D in {0.1, 1, 10, 30}
+and the largest kappa * D the order table serves (D: the largest extent of all points); eps
+1e-3 and 1e-6 here, the whole grid and eps 1e-9 under ``pytest -m slow``. Small problems with
+small leaves (``ncrit``) so that every tree has V, W and X lists; one larger run per kernel with
+the default leaf size.
+"""
+import itertools
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+
+import aotfmm
+from aotfmm.families import _HELMHOLTZ_ORDERS
+from conftest import sphere, uniform
+
+INV4PI = 1.0 / (4.0 * np.pi)
+MAX_KD = 0.999 * _HELMHOLTZ_ORDERS[-1][0]  # the largest kappa D served (just inside)
+
+
+def clustered(rng, n):
+    centres = rng.random((5, 3))
+    return centres[rng.integers(0, 5, n)] + 0.03 * rng.standard_normal((n, 3))
+
+
+DISTS = {"uniform": uniform, "sphere": sphere, "clustered": clustered}
+
+
+def reference(src, trg, q, s):
+    """Potential and gradient at ``trg`` of charges q at ``src`` for G = exp(s r) / (4 pi r)
+    (s = -lam: Yukawa, s = i kappa: Helmholtz), coincident points left out; numpy, in blocks."""
+    pot = np.zeros(len(trg), dtype=np.result_type(q, s))
+    grad = np.zeros((len(trg), 3), dtype=pot.dtype)
+    for a in range(0, len(trg), 256):
+        d = trg[a:a + 256, None, :] - src[None, :, :]
+        r = np.sqrt((d * d).sum(-1))
+        far = r > 0
+        rs = np.where(far, r, 1.0)
+        g = np.where(far, np.exp(s * rs) * INV4PI / rs, 0.0)
+        dg = np.where(far, g * (s * rs - 1.0) / (rs * rs), 0.0)  # (dG/dr) / r
+        pot[a:a + 256] = g @ q
+        grad[a:a + 256] = np.einsum("ij,ijk,j->ik", dg, d, q)
+    return pot, grad
+
+
+def rel(a, b):
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+CASES = [("yukawa", x) for x in (0.1, 1.0, 10.0, 100.0)] + \
+        [("helmholtz", x) for x in (0.1, 1.0, 10.0, 30.0, MAX_KD)]
+
+
+def _run(rng, family, xd, dist, separate, eps, n=4000, ncrit=48, sample=200):
+    src = DISTS[dist](rng, n)
+    trg = 2.0 * rng.random((n // 2, 3)) - 0.5 if separate else None
+    pts = src if trg is None else np.concatenate([src, trg])
+    size = (pts.max(axis=0) - pts.min(axis=0)).max()
+    param = xd / size
+    q = rng.standard_normal(n)
+    if family == "helmholtz":
+        q = q + 1j * rng.standard_normal(n)
+        kernel, s = aotfmm.Helmholtz(param), 1j * param
+    else:
+        kernel, s = aotfmm.Yukawa(param), -param
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", aotfmm.AccuracyWarning)  # inside the served range
+        plan = aotfmm.Fmm(src, trg, kernel=kernel, eps=eps, ncrit=ncrit)
+    pot, grad = plan.evaluate(q, gradient=True)
+    out = src if trg is None else trg
+    idx = rng.choice(len(out), min(sample, len(out)), replace=False)
+    ref_pot, ref_grad = reference(src, out[idx], q, s)
+    return plan, rel(pot[idx], ref_pot), rel(grad[idx], ref_grad)
+
+
+def _fast_cases():
+    """Each (family, parameter) at eps 1e-3, the distributions and target kinds taking turns
+    so that every one appears for both families, and three at eps 1e-6 (the rest of the grid
+    is slow: every case builds operator sets for its own parameter's levels)."""
+    dists = itertools.cycle(DISTS)
+    out = [(family, xd, next(dists), bool(i % 2), 1e-3) for i, (family, xd) in enumerate(CASES)]
+    return out + [("yukawa", 10.0, "uniform", False, 1e-6),
+                  ("helmholtz", 10.0, "sphere", True, 1e-6)]
+
+
+def _slow_cases():
+    fast = set(_fast_cases())
+    return [(f, x, d, sep, eps) for (f, x) in CASES for d in DISTS for sep in (False, True)
+            for eps in (1e-3, 1e-6, 1e-9) if (f, x, d, sep, eps) not in fast]
+
+
+def _seed(*case):
+    return zlib.crc32(repr(case).encode())
+
+
+@pytest.mark.parametrize("family, xd, dist, separate, eps", _fast_cases())
+def test_errors_within_eps(family, xd, dist, separate, eps):
+    rng = np.random.default_rng(_seed(family, xd, dist, separate, eps))
+    plan, e_pot, e_grad = _run(rng, family, xd, dist, separate, eps)
+    assert plan.stats["list_sizes"]["v"]["max"] > 0  # a far field was exercised
+    assert e_pot <= eps and e_grad <= eps, (plan.p, e_pot, e_grad)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family, xd, dist, separate, eps", _slow_cases())
+def test_errors_within_eps_whole_grid(family, xd, dist, separate, eps):
+    rng = np.random.default_rng(_seed(family, xd, dist, separate, eps))
+    plan, e_pot, e_grad = _run(rng, family, xd, dist, separate, eps, n=6000, ncrit=None
+                               if eps < 1e-8 else 48)
+    assert e_pot <= eps and e_grad <= eps, (plan.p, e_pot, e_grad)
+
+
+@pytest.mark.parametrize("family, xd", [("yukawa", 10.0), ("helmholtz", 10.0)])
+def test_default_leaves_on_a_larger_problem(family, xd):
+    rng = np.random.default_rng(5)
+    plan, e_pot, e_grad = _run(rng, family, xd, "uniform", False, 1e-6, n=20000, ncrit=None)
+    assert plan.stats["levels"] >= 3 and e_pot <= 1e-6 and e_grad <= 1e-6
+
+
+def test_above_the_served_frequency_range_warns():
+    rng = np.random.default_rng(2)
+    x = rng.random((2000, 3))
+    size = (x.max(axis=0) - x.min(axis=0)).max()
+    with pytest.warns(aotfmm.AccuracyWarning, match="above the range"):
+        aotfmm.Fmm(x, kernel=aotfmm.Helmholtz(1.2 * MAX_KD / size), eps=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", aotfmm.AccuracyWarning)
+        aotfmm.Fmm(x, kernel=aotfmm.Helmholtz(0.9 * MAX_KD / size), eps=1e-3)
+
+
+def test_order_grows_with_kappa_d():
+    from aotfmm.evaluate import choose_parameters
+    lap = choose_parameters(1e-6)[0]
+    ps = {kd: choose_parameters(1e-6, family=aotfmm.Helmholtz(kd), size=1.0)[0]
+          for kd in (0.5, 10.0, 20.0, 39.0)}
+    assert ps == {0.5: lap, 10.0: lap, 20.0: lap + 2, 39.0: lap + 3}
+    rng = np.random.default_rng(3)
+    x = rng.random((3000, 3))
+    assert aotfmm.Fmm(x, kernel=aotfmm.Helmholtz(20.0), eps=1e-3).p == \
+        aotfmm.Fmm(x, eps=1e-3).p + 2
+
+
+def test_large_lam_drops_the_far_field_it_does_not_need():
+    # lam h large at the coarse levels: exp(-2 lam h) < 1e-3 eps there, those levels carry no
+    # far field (nothing built or computed), and the result still meets eps
+    rng = np.random.default_rng(4)
+    x = rng.random((6000, 3))
+    q = rng.standard_normal(6000)
+    plan = aotfmm.Fmm(x, kernel=aotfmm.Yukawa(300.0), eps=1e-6, ncrit=32)
+    assert plan._core.first_far > 2
+    pot = plan.evaluate(q)
+    idx = rng.choice(6000, 200, replace=False)
+    assert rel(pot[idx], reference(x, x[idx], q, -300.0)[0]) <= 1e-6
