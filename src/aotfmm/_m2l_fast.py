@@ -29,13 +29,15 @@ orbit is hit by |stab| group elements). Per sector s, a triangular R_s with R_s^
 the sector's block comes from QRs only, without forming a Gram matrix:
 
 1. QR of the 16 weighted blocks' sector columns [K~_r[:, s] / sqrt(|stab_r|)] (16 n x n/8),
-   K~_r = Q^T K_r Q; the sum over the 8 flips is then exactly 8 x the block diagonal;
+   K~_r = Q^T K_r Q, as a QR of each block's n x n/8 columns (cache-sized: LAPACK's QR of a
+   tall thin matrix is memory bound) and one of the 16 stacked triangles; the sum over the 8
+   flips is then exactly 8 x the block diagonal;
 2. the axis permutations S3 = {1, tau} {1, c, c^2} (tau swaps x and y, c cycles the axes): one
    small QR per subgroup, R_s <- qr([R_s; R_s' T^T; ...]) with T the signed permutation that
    carries sector s' to s.
 
-Then one SVD of R_s per sector (n/8 x n/8). Against today's streamed QR of all 316 blocks
-(316 n x n, then an n x n SVD) that is ~60x fewer flops, with the same rounding behaviour.
+Then one SVD of R_s per sector (n/8 x n/8): ~4 n^3 flops against ~650 n^3 for the streamed QR
+of all 316 blocks (:mod:`aotfmm._m2l_svd`), with the same (QR) rounding behaviour.
 The Gram matrix sum_t K_t K_t^T with one eigh was measured as well: it squares the condition
 number, and its eigenvectors resolve singular values only down to ~sqrt(eps) sigma_max: at
 p = 8 (tol 1e-8) the basis' projection error doubled (still below tol); from p = 9 (tol
@@ -62,9 +64,9 @@ m2l_v is the *conjugate* of the stack's right singular vectors; with equal check
 equivalent radii the left singular vectors of [K_1 ... K_316] are that same conjugate, so
 m2l_u = m2l_v as in the real case (and C_{-t} = C_t^T).
 
-Threads: every stage is a fixed list of tasks (16 blocks, 8 sectors, 16 cores, one task per
-group element for the rotations) handed to our threads, with numpy's BLAS on one thread;
-results do not depend on the thread count.
+Threads: every stage is a fixed list of tasks (16 blocks, 8 sectors, 16 cores, 48 group
+elements, 16 chunks of transfer vectors) handed to our threads, with numpy's BLAS on one
+thread; results do not depend on the thread count.
 
 Measured (``benchmarks/build_speed.py``): see :func:`build`.
 """
@@ -363,7 +365,8 @@ def _truncated(c, cut):
     randomized range finder (fixed seed: deterministic) grows an orthonormal Y by 32 columns
     at a time, Y <- [Y, qr(E Omega)] with E = c - Y Y^H c the residual (kept up to date), until
     ||E||_F is at most 0.3 x the Frobenius norm of the discarded singular values of Y^H c; then
-    the small SVD of Y^H c (through an l x l triangular factor) is truncated. The two errors
+    the small SVD of Y^H c (through its l x l triangular factor, grown by block Gram-Schmidt:
+    LAPACK's QR of the whole k x l matrix each round was the slow part) is truncated. The errors
     are orthogonal, so the compression error is at most sqrt(1 + 0.3^2) = 1.044 x that of the
     exact truncation. Ranks: a singular value counts if it is above ``cut`` in Y^H c (which
     differs from c's by at most ||E||).
@@ -373,39 +376,36 @@ def _truncated(c, cut):
     if cut > 0:
         rng = np.random.default_rng(_SEED)
         resid = c.copy()
-        ys, bs = [], []
-        ell, block = 0, _SKETCH_BLOCK
-        while 2 * (ell + block) <= k:
+        y = np.zeros((k, 0), c.dtype)      # range basis Y
+        qb = np.zeros((k, 0), c.dtype)     # (Y^H c)^H = qb rb, grown a block at a time
+        rb = np.zeros((0, 0), c.dtype)
+        block = _SKETCH_BLOCK
+        while 2 * (y.shape[1] + block) <= k:
             z = resid @ rng.standard_normal((k, block))
-            if ys:                                     # once more orthogonal to Y (rounding)
-                y = np.concatenate(ys, axis=1)
-                z -= y @ (y.conj().T @ z)
+            z -= y @ (y.conj().T @ z)                  # once more orthogonal to Y (rounding)
             q = np.linalg.qr(z)[0]
-            qh = q.conj().T
-            resid -= q @ (qh @ resid)
-            ys.append(q)
-            bs.append(qh @ c)
-            ell += block
-            # Y^H c = R^H Q^H (QR of its transpose): its singular values are R's (l x l)
-            qb, rb = np.linalg.qr(np.concatenate(bs).conj().T)
-            s_ = np.linalg.svd(rb, compute_uv=False)
+            resid -= q @ (q.conj().T @ resid)
+            y = np.concatenate([y, q], axis=1)
+            w = c.conj().T @ q                         # new columns of (Y^H c)^H
+            r12 = qb.conj().T @ w                      # block Gram-Schmidt, twice
+            w -= qb @ r12
+            r12b = qb.conj().T @ w
+            w -= qb @ r12b
+            q2, r22 = np.linalg.qr(w)
+            ell = y.shape[1]
+            rb = np.block([[rb, r12 + r12b], [np.zeros((r22.shape[0], rb.shape[1]), c.dtype),
+                                              r22]])
+            qb = np.concatenate([qb, q2], axis=1)
+            s_ = np.linalg.svd(rb, compute_uv=False)   # the singular values of Y^H c
             r = max(1, int(np.count_nonzero(s_ > cut)))
             if r < ell and np.linalg.norm(resid) <= _RESIDUAL_SHARE * np.linalg.norm(s_[r:]):
-                p_, s_, wt = np.linalg.svd(rb.conj().T)    # Y^H c = P S (Q W)^H
-                a = ((np.concatenate(ys, axis=1) @ p_[:, :r]) * s_[:r]).T
+                p_, s_, wt = np.linalg.svd(rb.conj().T)    # Y^H c = rb^H qb^H = P S (qb W)^H
+                a = ((y @ p_[:, :r]) * s_[:r]).T
                 return a, (qb @ wt[:r].conj().T).conj().T
             block = max(_SKETCH_BLOCK, r + _SKETCH_BLOCK - ell)
     p_, s_, qt = np.linalg.svd(c)
     r = max(1, int(np.count_nonzero(s_ > cut)))
     return (p_[:, :r] * s_[:r]).T, qt[:r]
-
-
-def _sector_r(blocks, par, s, left):
-    """R of the QR of the 16 weighted blocks' sector-s columns (left: of the blocks^H)."""
-    sec = par.sectors()[s]
-    w = 1.0 / np.sqrt(STABILIZER)
-    parts = [(b[sec].conj().T if left else b[:, sec]) * wr for b, wr in zip(blocks, w)]
-    return np.linalg.qr(np.concatenate(parts), mode="r")
 
 
 def _symmetrized(r, par, workers):
@@ -449,17 +449,23 @@ def _build(surf, r_dc, r_ue, dc2e_b, tol, rank, stage, workers, family, h):
 
     stage(f"M2L basis (QR of {n_r} kernel blocks and the cube's symmetries)")
     kt = [None] * n_r                # Q^T K_r Q
+    sides = (False,) if same else (False, True)   # False: right stack [K_t], True: [K_t^H]
+    rs = {}                          # R of each block's sector columns, weighted
 
-    def block(r):
+    def block(r):  # K~_r, and the QR of each sector's n x n/8 columns while in cache
         kt[r] = par.transform(kernel_blocks(surf, r_dc, r_ue, REPS[r:r + 1], family, h)[0])
+        w = 1.0 / np.sqrt(STABILIZER[r])
+        for left in sides:
+            for s in range(8):
+                x = kt[r][sec[s]].conj().T if left else kt[r][:, sec[s]]
+                rs[left, s, r] = w * np.linalg.qr(x, mode="r")
 
     _each(workers, n_r, block)
-    sides = (False,) if same else (False, True)   # False: right stack [K_t], True: [K_t^H]
-    rs = {}
 
-    def sector_r(i):
+    def sector_r(i):  # the 16 blocks' factors of one sector stacked: R of the sector's stack
         left, s = sides[i // 8], i % 8
-        rs[left, s] = _sector_r(kt, par, s, left)
+        rs[left, s] = np.linalg.qr(np.concatenate([rs[left, s, r] for r in range(n_r)]),
+                                   mode="r")
 
     _each(workers, 8 * len(sides), sector_r)
     svd = {}
@@ -505,7 +511,7 @@ def _build(surf, r_dc, r_ue, dc2e_b, tol, rank, stage, workers, family, h):
             np.matmul(x[:, sec[s]], vt[s].conj(), out=c[:, kc[s]])
         cores[r] = _truncated(c, cut)
 
-    _each(workers, n_r, core)
+    _each(workers, n_r, lambda i: core(n_r - 1 - i))   # nearest (highest rank) first
 
     stage(f"M2L per-vector compression (rotations of {len(REP_OF)} factors)")
     ranks = np.array([len(cores[r][0]) for r in REP_OF])
