@@ -91,13 +91,14 @@ def make_points(dist, n, seed=SEED):
 
 #: Kernels the harness runs (``--kernel``); the parameter is given times the domain size D
 #: (``--param-d``): D = 1 for the unit cube, 2 for the unit sphere.
-KERNELS = ("laplace", "yukawa", "helmholtz")
+#: The kernels other than the default (Laplace); a spec's "kernel" is None for the default.
+OTHER_KERNELS = ("yukawa", "helmholtz")
 DOMAIN_SIZE = {"uniform": 1.0, "sphere": 2.0}
 
 
 def kernel_charges(spec, q):
     """Helmholtz densities are complex: the real charges plus i times a second draw."""
-    if spec.get("kernel", "laplace") != "helmholtz":
+    if spec.get("kernel") != "helmholtz":
         return q
     rng = np.random.default_rng((SEED, 99, len(q)))
     return q + 1j * rng.standard_normal(len(q))
@@ -158,9 +159,9 @@ def _run_aotfmm(x, q, eps, gradient, threads, spec):
             raise _Unavailable(f"aotfmm.laplace not available in this build ({where}: "
                                f"{exc})") from None
 
-    name = spec.get("kernel", "laplace")
+    name = spec.get("kernel")
     kw = {}
-    if name != "laplace":
+    if name is not None:
         kernel = getattr(aotfmm, name.capitalize())(kernel_param(spec))
         kw = dict(kernel=kernel, dtype=np.complex128 if name == "helmholtz" else np.float64)
 
@@ -182,7 +183,7 @@ def _run_aotfmm(x, q, eps, gradient, threads, spec):
 def _run_fmm3dpy(x, q, eps, gradient, threads, spec):
     import fmm3dpy
     src = np.ascontiguousarray(x.T)  # (3, n), its layout; prepared before the clock starts
-    name = spec.get("kernel", "laplace")
+    name = spec.get("kernel")
     if name == "yukawa":
         raise _Unavailable("fmm3dpy has no Yukawa (modified Helmholtz) FMM")
     if name == "helmholtz":
@@ -206,7 +207,7 @@ def _run_fmm3dpy(x, q, eps, gradient, threads, spec):
 
 
 def _run_ferreus(x, q, eps, gradient, threads, spec):
-    if spec.get("kernel", "laplace") != "laplace":
+    if spec.get("kernel") is not None:
         raise _Unavailable("ferreus-bbfmm is run for the Laplace kernel only here")
     import ferreus_bbfmm as fb
     order = spec.get("ferreus_order") or ferreus_order(eps)
@@ -339,8 +340,8 @@ def _launch(spec, threads, workdir, timeout):
 
 def _direct(x, q, targets, spec=None):
     import aotfmm
-    name = (spec or {}).get("kernel", "laplace")
-    if name == "laplace":
+    name = (spec or {}).get("kernel")
+    if name is None:
         return aotfmm.direct(x, q, targets, gradient=True, dtype=np.float64)
     kernel = getattr(aotfmm, name.capitalize())(kernel_param(spec))
     return aotfmm.direct(x, kernel_charges(spec, q), targets, gradient=True, kernel=kernel)
@@ -492,7 +493,8 @@ def build_parser():
                    help="ferreus-bbfmm interpolation order (default: from eps, see FERREUS_ORDER)")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="give up on a case after this long (default: no limit)")
-    p.add_argument("--kernel", choices=KERNELS, default="laplace",
+    from aotfmm.families import LAPLACE
+    p.add_argument("--kernel", choices=(LAPLACE.name,) + OTHER_KERNELS, default=LAPLACE.name,
                    help="the kernel (default laplace); yukawa/helmholtz take --param-d")
     p.add_argument("--param-d", type=float, default=10.0, metavar="X",
                    help="lam or kappa times the domain size D (D = 1 for the cube, 2 for the "
@@ -536,8 +538,8 @@ def main(argv=None):
 
     results, failures = [], 0
     with tempfile.TemporaryDirectory(prefix="aotfmm-bench-") as workdir:
-        kernel = {"kernel": args.kernel, "param_d": args.param_d}
-        per_level = args.kernel != "laplace"
+        per_level = args.kernel in OTHER_KERNELS
+        kernel = {"kernel": args.kernel if per_level else None, "param_d": args.param_d}
         if per_level:
             print(f"kernel {args.kernel}, parameter x D = {args.param_d:g}: aotfmm builds its "
                   "operators per tree level on first use; each case runs once cold (operators "

@@ -162,9 +162,11 @@ class Plan:
                                                family=family, size=self.size)
         extra, served = family.extra_orders(self.size)
         if not served:
-            warnings.warn(f"{family.frequency_text(self.size)} is above the range "
-                          f"{family!r} is served for ({family.frequency_range}): results "
-                          f"may miss eps", AccuracyWarning, stacklevel=3)
+            # (the family here is the frame's, its parameter scaled: name the product only)
+            warnings.warn(f"{family.name.capitalize()} kernel: "
+                          f"{family.frequency_text(self.size)} is above the range its order "
+                          f"table serves ({family.frequency_range}): results may miss eps",
+                          AccuracyWarning, stacklevel=3)
 
         # a family with a parameter: the root (and so every level) sized so that the parameter
         # times each level's half-width is on the grid of cached operator sets
