@@ -190,6 +190,23 @@ def test_parity_basis(p):
     assert np.allclose(par.transform(k), q.T @ k @ q, atol=1e-13)
 
 
+@pytest.mark.parametrize("p", [2, 3, 4, 7])
+def test_lattice_blocks(p):
+    """With equal radii K_t depends on s_i - s_j only: G evaluated once per grid difference
+    and gathered equals the kernel formula (complex too); no lattice for a surface off the
+    grid."""
+    s = surface(p)
+    lattice = _m2l_fast._lattice(s)
+    assert lattice is not None and lattice[2] == p
+    for fam in (LAPLACE, helmholtz(2.5)):
+        got = np.array(_m2l_fast._lattice_blocks(lattice, R_C, TV[[0, 100, 315]], fam, 0.7))
+        want = ref_blocks(s, fam, 0.7, t=[0, 100, 315])
+        assert np.allclose(got, want, rtol=1e-14, atol=0)
+    bent = s.copy()
+    bent[0, 0] += 1e-3
+    assert _m2l_fast._lattice(bent) is None
+
+
 def test_surface_not_symmetric():
     s = surface(4).copy()
     s[0] *= 0.99

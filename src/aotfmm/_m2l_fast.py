@@ -15,7 +15,10 @@ s_{pi(i)} = g^T s_i and P_g the matching row permutation (:func:`surface_permuta
     K_{g t}[i, j] = G(h |r_c s_i - 2 g t - r_e s_j|) = K_t[pi(i), pi(j)],   K_{g t} = P K_t P^T
 
 so every K_t is a permuted copy of the block of one of 16 orbit representatives t_r
-(t_x >= t_y >= t_z >= 0, :data:`REPS`): only those 16 blocks are ever evaluated.
+(t_x >= t_y >= t_z >= 0, :data:`REPS`): only those 16 blocks are ever evaluated. With equal
+check and equivalent radii a block depends on s_i - s_j only, which on the grid surface takes
+(2p - 1)^3 values: G is evaluated once per value and gathered (the complex exp of Helmholtz
+was 15 % of a build).
 
 Parity basis (:class:`Parity`). The 8 axis flips commute; an orthogonal change of basis Q
 (sums and differences over the points a flip exchanges) splits R^n into 8 sectors of vectors
@@ -291,6 +294,40 @@ def kernel_blocks(surf, r_check, r_equiv, vectors, family=LAPLACE, h=1.0):
     return out
 
 
+def _lattice(surf):
+    """(index, step, m) when ``surf`` lies on a uniform m x m x m grid of spacing ``step``
+    (the KIFMM surfaces do), index[i, j] the flat position of s_i - s_j in the
+    (2m - 1)^3 lattice of grid differences; None otherwise."""
+    lo, hi = surf.min(), surf.max()
+    m = len(np.unique(np.round(surf - lo, 9)))
+    if m < 2:
+        return None
+    step = (hi - lo) / (m - 1)
+    grid = np.round((surf - lo) / step)
+    if not np.allclose(lo + grid * step, surf, rtol=0.0, atol=1e-12):
+        return None
+    g = grid.astype(np.int64)
+    diff = (g[:, None, :] - g[None, :, :]) + (m - 1)
+    index = (diff[..., 0] * (2 * m - 1) + diff[..., 1]) * (2 * m - 1) + diff[..., 2]
+    return index.astype(np.intp), float(step), m
+
+
+def _lattice_blocks(lattice, radius, vectors, family, h):
+    """K_t for check and equivalent radius both ``radius``: G(h |radius (s_i - s_j) - 2 t|)
+    evaluated once per grid difference ((2m - 1)^3 values instead of n^2) and gathered."""
+    index, step, m = lattice
+    axis = radius * step * np.arange(-(m - 1), m)
+    out = []
+    for t in np.asarray(vectors, dtype=np.float64).reshape(-1, 3):
+        d = [axis - 2.0 * t[a] for a in range(3)]
+        r = np.sqrt(d[0][:, None, None] ** 2 + d[1][None, :, None] ** 2
+                    + d[2][None, None, :] ** 2).reshape(-1)
+        if h != 1.0:
+            r *= h
+        out.append(np.take(family.g_of_r(r), index))
+    return out
+
+
 # --------------------------------------------------------------------------------- threads
 
 def _each(workers, n_items, func):
@@ -430,21 +467,23 @@ def _symmetrized(r, par, workers):
 
 @functools.lru_cache(maxsize=4)
 def _symmetry(surf_bytes, n):
-    """(surface permutations, parity basis) of a surface (~20 ms at p = 8; cached: a run
-    builds one set per level on the same surface)."""
+    """(surface permutations, parity basis, grid lattice or None) of a surface (~20 ms at
+    p = 8; cached: a run builds one set per level on the same surface)."""
     surf = np.frombuffer(surf_bytes, dtype=np.float64).reshape(n, 3)
     perms = surface_permutations(surf)
     par = Parity(surf, perms)
-    for a in (perms, par.q, par.bounds, par.sector_map, par.target, par.sign):
+    lattice = _lattice(surf)
+    for a in (perms, par.q, par.bounds, par.sector_map, par.target, par.sign) + \
+            (() if lattice is None else (lattice[0],)):
         a.flags.writeable = False                  # shared by every later build
-    return perms, par
+    return perms, par, lattice
 
 
 def _build(surf, r_dc, r_ue, dc2e_b, tol, rank, stage, workers, family, h):
     n = len(surf)
     n_r = len(REPS)
     same = r_dc == r_ue              # K_{-t} = K_t^T: one stack gives both bases
-    perms, par = _symmetry(surf.tobytes(), len(surf))
+    perms, par, lattice = _symmetry(surf.tobytes(), len(surf))
     sec = par.sectors()
 
     stage(f"M2L basis (QR of {n_r} kernel blocks and the cube's symmetries)")
@@ -453,7 +492,11 @@ def _build(surf, r_dc, r_ue, dc2e_b, tol, rank, stage, workers, family, h):
     rs = {}                          # R of each block's sector columns, weighted
 
     def block(r):  # K~_r, and the QR of each sector's n x n/8 columns while in cache
-        kt[r] = par.transform(kernel_blocks(surf, r_dc, r_ue, REPS[r:r + 1], family, h)[0])
+        if same and lattice is not None:   # G once per grid difference: exp is costly
+            k_r = _lattice_blocks(lattice, r_dc, REPS[r:r + 1], family, h)[0]
+        else:
+            k_r = kernel_blocks(surf, r_dc, r_ue, REPS[r:r + 1], family, h)[0]
+        kt[r] = par.transform(k_r)
         w = 1.0 / np.sqrt(STABILIZER[r])
         for left in sides:
             for s in range(8):
