@@ -416,7 +416,7 @@ def _truncated(c, cut):
         rng = np.random.default_rng(_SEED)
         resid = c.copy()
         ys, bs = [], []
-        ell, block = 0, _SKETCH_BLOCK
+        ell, block = 0, max(_SKETCH_BLOCK, k // 4)   # ranks are ~k/10 to k/3
         while 2 * (ell + block) <= k:
             q = np.linalg.qr(resid @ rng.standard_normal((k, block)))[0]
             if ys:
