@@ -265,3 +265,14 @@ def test_bench_baseline_runs_another_interpreters_aotfmm_as_its_own_row():
                           "--baseline", "/nonexistent"], capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 2 and "not an executable" in bad.stderr
+
+
+def test_a_per_level_set_is_announced_by_its_kernel_without_laplaces_estimate(caplog, tmp_path):
+    """BUILD_COST is Laplace's one set (seconds at p = 8); a Yukawa or Helmholtz set per level
+    takes a fraction of that, so its notice names the kernel and its parameter, no estimate."""
+    assert operators.build_estimate(8, np.float64, aotfmm.Yukawa(1.0)) is None
+    assert operators.build_estimate(8, np.float64) is not None
+    with caplog.at_level(logging.INFO, logger="aotfmm"):
+        operators.get_operators(4, np.float64, cache_dir=tmp_path, family=aotfmm.Yukawa(0.5))
+    start = [r.getMessage() for r in caplog.records if "building" in r.getMessage()]
+    assert start and "Yukawa(lam=0.5)" in start[0] and "~" not in start[0], start

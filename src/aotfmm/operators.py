@@ -224,9 +224,11 @@ BUILD_COST = {2: (0.02, 0.1), 3: (0.05, 0.8), 4: (0.2, 3.0), 5: (0.5, 7.9), 6: (
               15: (70.5, 344.8), 16: (88.5, 371.3)}
 
 
-def build_estimate(p, dtype):
-    """(seconds, MB) a cold build of order ``p`` is expected to take and write, or None."""
-    if p not in BUILD_COST:
+def build_estimate(p, dtype, family=LAPLACE):
+    """(seconds, MB) a cold build of order ``p`` is expected to take and write, or None
+    (:data:`BUILD_COST` is Laplace's one set; a per-level set of a family with a parameter is
+    built differently, in a fraction of that, so no estimate is shown for it)."""
+    if p not in BUILD_COST or not family.scale_invariant:
         return None
     seconds, mb = BUILD_COST[p]
     return seconds, mb * (0.5 if np.dtype(dtype) == np.float32 else 1.0)
@@ -466,7 +468,7 @@ def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_c
     key = operator_key(p, dt, m2l_tol, method, pinv_cutoff, radii, m2l_rank, family)
 
     def build():
-        est = build_estimate(p, dt)
+        est = build_estimate(p, dt, family)
         with _progress.Notice(_build_notice(p, dt, key, cache_dir, est, family),
                               estimate=est and est[0]) as notice:
             ops = build_operators(p, radii, pinv_cutoff, m2l_tol, m2l_rank, method,
