@@ -14,13 +14,25 @@ Every kernel family in ``kernels/`` is expanded over float32/float64 from its ``
 without ``nnan``/``ninf``, the numpy error model and no bounds checks. We drive
 ``numba.pycc.compiler.ModuleCompiler`` directly instead of ``numba.pycc.CC`` because ``CC`` wants
 to run setuptools itself; see ``../shared/design/aot-build.md`` for what that requires.
+
+Object reuse (opt-in, for CI): with ``AOTFMM_KERNEL_OBJECT_CACHE=DIR`` in the environment, an
+object is copied from DIR when one was compiled there from the same inputs, and stored there
+after a compile otherwise. The inputs are hashed in full (:func:`object_digest`): every file of
+``kernels/``, this script, the numba, llvmlite and numpy versions, the Python version and
+platform, the ISA and the module name; anything else changed means a fresh compile. ``.ci/run``
+sets it so that the release check's wheel (built from the sdist, same sources) does not
+compile the same three objects a second time (~2.5 min on 2 cores). Unset, nothing is reused.
 """
 import argparse
+import hashlib
 import importlib
 import inspect
 import json
 import os
+import platform
+import shutil
 import sys
+import tempfile
 import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -161,6 +173,55 @@ def compile_object(isa, name, output):
         AOTCPUCodegen._customize_tm_features = original_features
 
 
+OBJECT_CACHE_ENV = "AOTFMM_KERNEL_OBJECT_CACHE"
+
+
+def object_digest(isa, name):
+    """sha256 (hex) of everything an object compiled by :func:`compile_object` depends on."""
+    from importlib.metadata import version
+    h = hashlib.sha256()
+
+    def add(label, data):
+        data = data if isinstance(data, bytes) else str(data).encode()
+        h.update(f"{label}\0{len(data)}\0".encode())
+        h.update(data)
+
+    kdir = os.path.join(ROOT, "kernels")
+    for fname in sorted(os.listdir(kdir)):
+        path = os.path.join(kdir, fname)
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                add("kernels/" + fname, f.read())
+    with open(os.path.abspath(__file__), "rb") as f:
+        add("compile_kernels.py", f.read())
+    for label, value in (("numba", version("numba")), ("llvmlite", version("llvmlite")),
+                         ("numpy", version("numpy")), ("python", sys.version),
+                         ("platform", f"{sys.platform} {platform.machine()}"),
+                         ("isa", isa), ("module", name)):
+        add(label, value)
+    return h.hexdigest()
+
+
+def compile_object_reusing(isa, name, output):
+    """:func:`compile_object`, or a copy of the same object from ``$AOTFMM_KERNEL_OBJECT_CACHE``
+    (see the module docstring)."""
+    cache_dir = os.environ.get(OBJECT_CACHE_ENV)
+    if not cache_dir:
+        compile_object(isa, name, output)
+        return
+    os.makedirs(cache_dir, exist_ok=True)
+    stored = os.path.join(cache_dir, f"{name}-{object_digest(isa, name)[:32]}.o")
+    if os.path.isfile(stored):
+        shutil.copyfile(stored, output)
+        print(f"compile_kernels: {name}: reused {stored} ({OBJECT_CACHE_ENV})", flush=True)
+        return
+    compile_object(isa, name, output)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
+    os.close(fd)
+    shutil.copyfile(output, tmp)
+    os.replace(tmp, stored)  # atomic: a parallel build sees the whole file or none
+
+
 def mixin_info():
     """Sources, macros and include dirs of numba's C runtime, asked from the installed numba."""
     with warnings.catch_warnings():
@@ -194,7 +255,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     if args.command == "object":
-        compile_object(args.isa, args.module or module_name(args.isa), args.output)
+        compile_object_reusing(args.isa, args.module or module_name(args.isa), args.output)
     elif args.command == "mixin-info":
         info = mixin_info()
         if args.cmake:

@@ -4,6 +4,7 @@ when it is missing), the wheel workflow's runners and the wheels cibuildwheel se
 The installed package is what is tested (the console script, subprocesses); pyproject.toml and
 the workflow are read from the checkout next to this file (skipped when absent, e.g. in an
 unpacked wheel test tree without them)."""
+import importlib.util
 import os
 import pathlib
 import re
@@ -251,3 +252,51 @@ def test_cibuildwheel_selects_the_intended_wheels(platform):
     assert r.returncode == 0, r.stderr
     got = r.stdout.split()
     assert len(got) == len(set(got)) and set(got) == INTENDED_WHEELS[platform], got
+
+
+def _load_compile_kernels(root):
+    """build_tools/compile_kernels.py as a module, from a copy of the tree under ``root``."""
+    spec = importlib.util.spec_from_file_location(
+        "compile_kernels_copy", os.path.join(root, "build_tools", "compile_kernels.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.skipif(importlib.util.find_spec("numba") is None,
+                    reason="the digest names the numba version (a build requirement)")
+def test_kernel_objects_are_reused_only_for_identical_inputs(tmp_path, monkeypatch):
+    """AOTFMM_KERNEL_OBJECT_CACHE (.ci/run): the second build of the same sources copies the
+    object; a changed kernel source, ISA or module name compiles again; unset, always compiles."""
+    root = tmp_path / "tree"
+    shutil.copytree(os.path.join(ROOT, "kernels"), root / "kernels")
+    (root / "build_tools").mkdir()
+    shutil.copy(os.path.join(ROOT, "build_tools", "compile_kernels.py"), root / "build_tools")
+    ck = _load_compile_kernels(str(root))
+    compiled = []
+
+    def fake_compile(isa, name, output):  # stands in for numba: records the call
+        compiled.append((isa, name))
+        pathlib.Path(output).write_bytes(f"{isa} {name} {len(compiled)}".encode())
+
+    monkeypatch.setattr(ck, "compile_object", fake_compile)
+    store = tmp_path / "objects"
+    monkeypatch.setenv(ck.OBJECT_CACHE_ENV, str(store))
+    out = tmp_path / "a.o"
+    ck.compile_object_reusing("generic", "_kernels_generic", str(out))
+    first = out.read_bytes()
+    out.unlink()
+    ck.compile_object_reusing("generic", "_kernels_generic", str(out))
+    assert compiled == [("generic", "_kernels_generic")] and out.read_bytes() == first
+    ck.compile_object_reusing("x86-64-v3", "_kernels_generic", str(out))
+    ck.compile_object_reusing("generic", "_kernels_other", str(out))
+    assert len(compiled) == 3
+    with open(root / "kernels" / "p2p.py", "a") as f:
+        f.write("\n# changed\n")
+    ck.compile_object_reusing("generic", "_kernels_generic", str(out))
+    assert len(compiled) == 4 and out.read_bytes() != first
+    monkeypatch.delenv(ck.OBJECT_CACHE_ENV)
+    ck.compile_object_reusing("generic", "_kernels_generic", str(out))
+    ck.compile_object_reusing("generic", "_kernels_generic", str(out))
+    assert len(compiled) == 6
+    assert not [p for p in store.iterdir() if p.suffix == ".tmp"]
