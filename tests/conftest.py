@@ -11,8 +11,9 @@ def _tmp_cache_dir(tmp_path_factory, monkeypatch):
     return d
 
 
-#: Orders whose operator builds take 30-90 s each (README table): only tests marked ``slow``
-#: (deselected by default; ``pytest -m slow`` runs them) may use them in this process.
+#: Orders whose operator sets are 260-370 MB each (README table; they took 30-90 s to build
+#: before the symmetry build): only tests marked ``slow`` (deselected by default; ``pytest -m
+#: slow`` runs them) may use them in this process.
 SLOW_P = 12
 
 

@@ -97,18 +97,20 @@ def test_eps_tables_come_from_the_family():
 
 
 def test_cache_key_carries_the_family():
-    key = operators.operator_key(8, np.float64)
-    # Laplace's key is the one from before the seam: every existing cache file keeps its name.
+    key = operators.operator_key(8, np.float64, method="svd")
+    # Laplace's streamed-QR key is the one from before the seam: those cache files keep their
+    # names; the default method names its own build
     assert key == {"kernel": "laplace", "p": 8, "r_up_equiv": 1.05, "r_up_check": 2.95,
                    "r_down_equiv": 2.95, "r_down_check": 1.05, "pinv_cutoff": 1e-13,
                    "m2l_method": "svd", "m2l_tol": 1e-8, "m2l_rank": -1, "dtype": "float64"}
+    assert operators.operator_key(8, np.float64) == dict(key, m2l_method="sym")
     assert LAPLACE.cache_key() == {"kernel": "laplace"}
     screened = dataclasses.replace(LAPLACE, name="screened", params=(("kappa", 2.5),))
     assert screened.cache_key() == {"kernel": "screened", "kappa": 2.5}
     other = operators.operator_key(8, np.float64, family=screened)
     assert other["kernel"] == "screened" and other["kappa"] == 2.5
     assert {k: v for k, v in other.items() if k not in ("kernel", "kappa")} == \
-        {k: v for k, v in key.items() if k != "kernel"}
+        {k: v for k, v in operators.operator_key(8, np.float64).items() if k != "kernel"}
     assert aotfmm.cache.key_hash(other) != aotfmm.cache.key_hash(key)
     assert aotfmm.cache.key_hash(operators.operator_key(
         8, np.float64, family=dataclasses.replace(screened, params=(("kappa", 3.0),)))) != \

@@ -76,8 +76,16 @@ P_MIN, P_MAX = 2, 16
 #: was up to 2x worse than 1e-13). float32 measured the same at 1e-7 and 1e-9 (p <= 8).
 _PINV_CUTOFF = {"float32": 1e-7, "float64": 1e-13}
 
-#: Methods of M2L this module can build.
-M2L_METHODS = ("svd",)
+#: Methods of M2L this module can build, both the same compression (shared SVD bases of the
+#: stacked 316 transfer blocks, per-vector truncation at ``m2l_tol``; ranks equal, errors equal
+#: to ~3 digits): ``"sym"`` evaluates the 16 blocks the cube's symmetries leave and builds the
+#: bases from them (:mod:`aotfmm._m2l_fast`, p = 8 in ~0.1 s); ``"svd"`` streams a QR through
+#: all 316 blocks (:mod:`aotfmm._m2l_svd`, p = 8 in ~4 s: the Laplace build until 2026-12, kept
+#: as the reference the engine pin was made with). The method is part of the cache key.
+M2L_METHODS = ("sym", "svd")
+#: The method :func:`get_operators` builds when none is given.
+DEFAULT_M2L_METHOD = "sym"
+_M2L_BUILDERS = {"sym": _m2l_fast, "svd": _m2l_svd}
 
 
 def default_pinv_cutoff(dtype):
@@ -172,7 +180,7 @@ def _pinv_factors(a, cutoff):
 
 
 def build_operators(p, radii=DEFAULT_RADII, pinv_cutoff=1e-13, m2l_tol=1e-7, m2l_rank=None,
-                    method="svd", stage=None, threads=None, family=LAPLACE, *, workers=None):
+                    method=None, stage=None, threads=None, family=LAPLACE, *, workers=None):
     """Build every operator of order ``p`` in float64 (no cache). Returns a dict of arrays.
 
     ``stage(name)``, if given, is called as each stage starts (for progress displays).
@@ -182,6 +190,7 @@ def build_operators(p, radii=DEFAULT_RADII, pinv_cutoff=1e-13, m2l_tol=1e-7, m2l
     box's (half-width 1): for a family with a parameter, pass ``family.scaled(h)`` to get the
     set of boxes of half-width h (complex matrices for a complex family)."""
     workers = _threads.as_workers(None if workers is not None else threads, workers)
+    method = DEFAULT_M2L_METHOD if method is None else method
     with _blas.limit_one():
         return _build_operators(p, radii, pinv_cutoff, m2l_tol, m2l_rank, method,
                                 stage or (lambda name: None), workers, family)
@@ -203,25 +212,22 @@ def _build_operators(p, radii, pinv_cutoff, m2l_tol, m2l_rank, method, stage, wo
         # parent half-width 1, child half-width 1/2: uc2e_b K(parent check, child equiv).
         m2m[c] = uc2e_b @ kernel_matrix(r_uc * s, child + 0.5 * r_ue * s, family)
         l2l[c] = child_c2e * dc2e_b @ kernel_matrix(child + 0.5 * r_dc * s, r_de * s, family)
-    if method != "svd":
+    if method not in _M2L_BUILDERS:
         raise ValueError(f"unknown M2L method {method!r}; expected one of {M2L_METHODS}")
-    # the families with a parameter need a set per level: the symmetry build (16 kernel blocks
-    # instead of 316, same bases and truncation up to rounding); Laplace keeps the streamed QR
-    # its cached sets and pinned results were made with
-    builder = _m2l_svd if family.scale_invariant else _m2l_fast
+    builder = _M2L_BUILDERS[method]
     m2l = builder.build(s, r_dc, r_ue, dc2e_b, m2l_tol, m2l_rank, stage=stage, workers=workers,
                         family=family)
     return dict(surface=s, uc2e_a=uc2e_a, uc2e_b=uc2e_b, dc2e_a=dc2e_a, dc2e_b=dc2e_b,
                 m2m=m2m, l2l=l2l, **m2l)
 
 
-#: Cold build of one operator set in float64 on a 2-core Intel Xeon (AVX-512), idle, on both
-#: cores (seconds), and its cache file (MB = 1e6 bytes; float32 files are about half):
+#: Cold build of one operator set (M2L method "sym") in float64 on a 2-core Intel Xeon
+#: (AVX-512), idle, on both cores (seconds), and its cache file (MB = 1e6 bytes; float32 files are about half):
 #: ``python benchmarks/operators.py --build-table``. Only used for the estimate in the notice.
-BUILD_COST = {2: (0.02, 0.1), 3: (0.05, 0.8), 4: (0.2, 3.0), 5: (0.5, 7.9), 6: (1.2, 17.5),
-              7: (2.2, 28.9), 8: (3.8, 44.8), 9: (8.1, 100.0), 10: (15.1, 155.0),
-              11: (17.7, 183.8), 12: (32.4, 259.1), 13: (40.6, 286.2), 14: (52.9, 313.9),
-              15: (70.5, 344.8), 16: (88.5, 371.3)}
+BUILD_COST = {2: (0.05, 0.1), 3: (0.04, 0.8), 4: (0.07, 3.0), 5: (0.13, 7.9), 6: (0.16, 17.5),
+              7: (0.16, 28.9), 8: (0.25, 44.8), 9: (0.51, 100.0), 10: (0.89, 155.0),
+              11: (1.4, 183.8), 12: (1.99, 259.1), 13: (2.88, 286.2), 14: (3.78, 313.9),
+              15: (4.8, 344.8), 16: (6.23, 371.3)}
 
 
 def build_estimate(p, dtype, family=LAPLACE):
@@ -375,12 +381,13 @@ def _spot_check(arrays, radii, pinv_cutoff, family=LAPLACE):
         raise ValueError(f"m2l_decompress: differs from dc2e_b m2l_u by {err:.1e}")
 
 
-def operator_key(p, dtype, m2l_tol=None, method="svd", pinv_cutoff=None, radii=None,
+def operator_key(p, dtype, m2l_tol=None, method=None, pinv_cutoff=None, radii=None,
                  m2l_rank=None, family=LAPLACE):
     """The cache key of an operator set (defaults as in :func:`get_operators`): the family's
     fields (:meth:`~aotfmm.families.KernelFamily.cache_key`: ``"kernel"`` and its parameters)
     and the build's."""
     dt = np.dtype(dtype)
+    method = DEFAULT_M2L_METHOD if method is None else method
     m2l_tol = default_m2l_tol(p, dt) if m2l_tol is None else float(m2l_tol)
     pinv_cutoff = default_pinv_cutoff(dt) if pinv_cutoff is None else float(pinv_cutoff)
     radii = DEFAULT_RADII if radii is None else radii
@@ -410,8 +417,9 @@ def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_c
         Relative SVD cutoff of the M2L compression; default :func:`default_m2l_tol`.
     cache_dir : path, False or None
         Cache directory; None: ``$AOTFMM_CACHE_DIR`` or the user cache dir; False: no cache.
-    method : {"svd", None}
-        M2L variant (only "svd" for now).
+    method : {"sym", "svd", None}
+        How the M2L compression is built (:data:`M2L_METHODS`); default
+        :data:`DEFAULT_M2L_METHOD`.
     pinv_cutoff : float, optional
         Relative SVD cutoff of UC2E/DC2E; default :func:`default_pinv_cutoff`.
     radii : 4 floats, optional
@@ -447,7 +455,7 @@ def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_c
     dt = np.dtype(dtype)
     if dt not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dt}")
-    method = "svd" if method is None else method
+    method = DEFAULT_M2L_METHOD if method is None else method
     if method not in M2L_METHODS:
         raise ValueError(f"method must be one of {M2L_METHODS}, got {method!r}")
     m2l_tol = default_m2l_tol(p, dt) if m2l_tol is None else float(m2l_tol)
