@@ -405,3 +405,16 @@ def test_plot_tree_boxes_on_top_coloured_by_level_points_subsampled(rng):
     with pytest.raises(ValueError, match="max_points"):
         plan.plot_tree(max_points=-1)
     plt.close("all")
+
+
+@pytest.mark.parametrize("func", ["lfmm", "hfmm"])
+@pytest.mark.parametrize("bad", [[], np.zeros((5, 2)), "abc", np.full((2, 3), np.nan)])
+@pytest.mark.parametrize("n", [0, 10])
+def test_fmm3d_calls_check_targets_that_pgt_0_leaves_unused(func, bad, n):
+    """Targets given with pgt=0 are not evaluated, but a malformed array is still an error
+    (found by the hostile suite: lfmm(empty sources, targets=[], pgt=0) returned a result)."""
+    src = np.random.default_rng(n).random((n, 3))
+    kw = {"zk": 1.0} if func == "hfmm" else {}
+    q = np.ones(n, dtype=complex if func == "hfmm" else float)
+    with pytest.raises((ValueError, TypeError), match="targets"):
+        getattr(aotfmm, func)(src, q, bad, pg=1, pgt=0, eps=1e-3, **kw)

@@ -730,6 +730,8 @@ def _fmm3d_call(func, family, sources, charges, targets, dipoles, dipvec, nd, pg
                         "zk and the rest by keyword (fmm3dpy's functions take every argument "
                         "by keyword, so those calls work unchanged)")
     n = as_points("sources", sources).shape[0]
+    if targets is not None:
+        as_points("targets", targets)  # checked even when pgt=0 leaves them unused
     cplx = family.complex
     if dipvec is not None:
         if dipoles is not None:
