@@ -208,3 +208,29 @@ def test_laplace_is_the_default_everywhere(rng):
     assert fmm.family is aotfmm.families.LAPLACE
     assert fmm._core.family is LAPLACE and fmm._core.ops.family is LAPLACE
     assert fmm._core.ops.key["kernel"] == "laplace"
+
+
+def test_per_family_behaviour_comes_from_fields_not_the_name():
+    """decay, dG/dr and the size-dependent orders are fields of the family: a renamed family
+    behaves exactly like the one it copies (nothing dispatches on the name)."""
+    from aotfmm.families import Helmholtz, Yukawa
+    r = np.array([0.3, 1.0, 2.5])
+    for fam in (aotfmm.Laplace(), Yukawa(2.0), Helmholtz(3.0 + 0.5j)):
+        renamed = dataclasses.replace(fam, name="renamed_" + fam.name)
+        for size in (None, 1.0, 5.0, 20.0):
+            assert renamed.extra_orders(size) == fam.extra_orders(size)
+        assert renamed.decay(0.7) == fam.decay(0.7)
+        np.testing.assert_array_equal(renamed.dg_dr(r), fam.dg_dr(r))
+        assert renamed.frequency_range == fam.frequency_range
+    # the closed forms, independently: |G| decay and a centred difference of g_of_r
+    assert Yukawa(2.0).decay(0.7) == pytest.approx(np.exp(-1.4))
+    assert Helmholtz(3.0 + 0.5j).decay(0.7) == pytest.approx(np.exp(-0.35))
+    assert aotfmm.Laplace().decay(0.7) == 1.0
+    for fam in (aotfmm.Laplace(), Yukawa(2.0), Helmholtz(3.0 + 0.5j)):
+        h = 1e-6
+        num = (fam.g_of_r(r + h) - fam.g_of_r(r - h)) / (2 * h)
+        np.testing.assert_allclose(fam.dg_dr(r), num, rtol=1e-7)
+    hz = Helmholtz(10.0)
+    assert hz.extra_orders(0.5) == (0, True) and hz.extra_orders(1.5) == (2, True)
+    assert hz.extra_orders(3.5) == (3, True) and hz.extra_orders(4.5)[1] is False
+    assert Yukawa(100.0).extra_orders(1e3) == (0, True)

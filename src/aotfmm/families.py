@@ -71,6 +71,16 @@ class KernelFamily:
         invariant family (None there means: the same as ``degree``).
     label : str
         How the family shows itself (``repr``): ``Yukawa(lam=2.0)``.
+    dg_of_r : callable
+        ``dg_of_r(r)``: dG/dr elementwise for r > 0 (float64 array in; float64 or complex128
+        out): gradients of the reference sums.
+    decay_rate : float
+        |G(r)| = exp(-decay_rate r) x the Laplace kernel's: lam for Yukawa, Im(kappa) for
+        Helmholtz, 0 for Laplace (far fields that vanish below eps can be dropped).
+    size_orders : tuple of (max |parameter| x D, extra orders) rows
+        Orders added to the eps table's p for a domain of size D (a Helmholtz box many
+        wavelengths wide needs a larger surface), in increasing size; empty: every size is
+        served with the table's p. Above the last row the family warns (AccuracyWarning).
     """
     name: str
     params: tuple
@@ -86,6 +96,10 @@ class KernelFamily:
     #: builds the family with other parameter values (``scaled``); None: no parameters
     make: typing.Optional[typing.Callable] = dataclasses.field(default=None, compare=False,
                                                                repr=False)
+    dg_of_r: typing.Optional[typing.Callable] = dataclasses.field(default=None, compare=False,
+                                                                  repr=False)
+    decay_rate: float = dataclasses.field(default=0.0, compare=False)
+    size_orders: tuple = dataclasses.field(default=(), compare=False)
 
     def __repr__(self):
         return self.label or f"KernelFamily({self.name!r})"
@@ -100,6 +114,9 @@ class KernelFamily:
         names = [k for k, _ in self.params]
         if "kernel" in names or len(set(names)) != len(names):
             raise ValueError(f"parameter names must be unique and not 'kernel': {names}")
+        if self.size_orders and len(self.params) != 1:
+            raise ValueError(f"kernel family {self.name!r}: size_orders need exactly one "
+                             "parameter (the one |parameter| x D is measured with)")
 
     @property
     def scale_invariant(self):
@@ -173,37 +190,39 @@ class KernelFamily:
         return 2.0 ** (i / self.GRID_STEPS) / mag
 
     def decay(self, d):
-        """|G(d)| relative to the Laplace kernel's at distance d: exp(-lam d) for Yukawa,
-        exp(-Im(kappa) d) for Helmholtz, 1 for Laplace (far fields that vanish below eps can
-        be dropped)."""
-        if self.name == "yukawa":
-            return math.exp(-dict(self.params)["lam"] * d)
-        if self.name == "helmholtz":
-            return math.exp(-dict(self.params)["kappa"].imag * d)
-        return 1.0
+        """|G(d)| relative to the Laplace kernel's at distance d: exp(-decay_rate d) (far
+        fields that vanish below eps can be dropped)."""
+        return math.exp(-self.decay_rate * d) if self.decay_rate else 1.0
+
+    def _size_measure(self, size):
+        """|parameter| x size (the quantity :attr:`size_orders` is tabulated in)."""
+        (_, value), = self.params
+        return abs(value) * size
 
     def extra_orders(self, size):
         """(orders added to the eps table's p, whether the table serves this size) for a
-        domain of ``size`` (largest extent, in the family's units): a Helmholtz box many
-        wavelengths wide needs a larger surface (:data:`_HELMHOLTZ_ORDERS`)."""
-        if self.name != "helmholtz" or size is None:
+        domain of ``size`` (largest extent, in the family's units), from
+        :attr:`size_orders`."""
+        if not self.size_orders or size is None:
             return 0, True
-        kd = abs(dict(self.params)["kappa"]) * size
-        for top, extra in _HELMHOLTZ_ORDERS:
+        kd = self._size_measure(size)
+        for top, extra in self.size_orders:
             if kd <= top:
                 return extra, True
-        return _HELMHOLTZ_ORDERS[-1][1], False
+        return self.size_orders[-1][1], False
 
     @property
     def frequency_range(self):
         """What sizes the family's table serves, in words."""
-        if self.name == "helmholtz":
-            return f"|kappa| D <= {_HELMHOLTZ_ORDERS[-1][0]:g}, D the domain size"
-        return "any size"
+        if not self.size_orders:
+            return "any size"
+        (name, _), = self.params
+        return f"|{name}| D <= {self.size_orders[-1][0]:g}, D the domain size"
 
     def frequency_text(self, size):
         """``|kappa| D = 57.2`` for a domain of ``size``."""
-        return f"|kappa| D = {abs(dict(self.params)['kappa']) * size:.3g}"
+        (name, _), = self.params
+        return f"|{name}| D = {self._size_measure(size):.3g}"
 
     def kernel_args(self):
         """The parameters as the compiled sums take them (by name)."""
@@ -239,16 +258,9 @@ class KernelFamily:
 
     def dg_dr(self, r):
         """dG/dr, elementwise (r > 0)."""
-        r = np.asarray(r, dtype=np.float64)
-        if self.name == "laplace":
-            return -INV4PI / (r * r)
-        if self.name == "yukawa":
-            lam = dict(self.params)["lam"]
-            return -np.exp(-lam * r) * (1.0 + lam * r) * INV4PI / (r * r)
-        if self.name == "helmholtz":
-            kappa = dict(self.params)["kappa"]
-            return np.exp(1j * kappa * r) * (1j * kappa * r - 1.0) * INV4PI / (r * r)
-        raise NotImplementedError(self.name)
+        if self.dg_of_r is None:
+            raise NotImplementedError(f"kernel family {self.name!r} has no dg_of_r")
+        return self.dg_of_r(np.asarray(r, dtype=np.float64))
 
     def c2e_scale(self, h):
         """``h ** -frame_degree``: a check-to-equivalent operator (UC2E, DC2E) of a box of
@@ -282,6 +294,11 @@ INV4PI = 1.0 / (4.0 * np.pi)
 def _laplace_g(r, out=None):
     """1 / (4 pi r), elementwise (one division)."""
     return np.divide(INV4PI, r, out=out)
+
+
+def _laplace_dg(r):
+    """-1 / (4 pi r^2)."""
+    return -INV4PI / (r * r)
 
 
 #: eps -> (p, ncrit): the smallest p whose worst measured relative L2 error of potential *and*
@@ -328,7 +345,8 @@ _LAPLACE_SUMS = (
 #: The Laplace kernel G(x, y) = 1 / (4 pi |x - y|): real, scalar, homogeneous of degree -1.
 LAPLACE = KernelFamily(name="laplace", params=(), scalar="real", degree=-1, components=1,
                        g_of_r=_laplace_g, eps_table=_LAPLACE_EPS_TABLE,
-                       worst_error=_LAPLACE_WORST_ERROR, sums=_LAPLACE_SUMS)
+                       worst_error=_LAPLACE_WORST_ERROR, sums=_LAPLACE_SUMS,
+                       dg_of_r=_laplace_dg)
 
 #: The parameter families use Laplace's eps -> (p, ncrit) table and worst errors, measured to
 #: hold for them (benchmarks/accuracy.py --kernel yukawa|helmholtz --param-d X, n = 2e4, the
@@ -360,6 +378,13 @@ def _yukawa_g(lam):
     return g
 
 
+def _yukawa_dg(lam):
+    def dg(r):
+        """-exp(-lam r) (1 + lam r) / (4 pi r^2)."""
+        return -np.exp(-lam * r) * (1.0 + lam * r) * INV4PI / (r * r)
+    return dg
+
+
 def _real_param(name, value, what):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{what}: {name} must be a real number, got {value!r}")
@@ -385,7 +410,8 @@ def Yukawa(lam):
     return KernelFamily(name="yukawa", params=(("lam", lam),), scalar="real", degree=None,
                         components=1, g_of_r=_yukawa_g(lam), eps_table=_YUKAWA_EPS_TABLE,
                         worst_error=_YUKAWA_WORST_ERROR, sums=_YUKAWA_SUMS, frame_degree=-1,
-                        label=f"Yukawa(lam={lam!r})", make=Yukawa)
+                        label=f"Yukawa(lam={lam!r})", make=Yukawa, dg_of_r=_yukawa_dg(lam),
+                        decay_rate=lam)
 
 
 # -------------------------------------------------------------------------------- Helmholtz
@@ -399,6 +425,13 @@ def _helmholtz_g(kappa):
         out[...] = v
         return out
     return g
+
+
+def _helmholtz_dg(kappa):
+    def dg(r):
+        """exp(i kappa r) (i kappa r - 1) / (4 pi r^2) (complex)."""
+        return np.exp(1j * kappa * r) * (1j * kappa * r - 1.0) * INV4PI / (r * r)
+    return dg
 
 
 def _complex_param(name, value, what):
@@ -441,7 +474,9 @@ def Helmholtz(kappa):
                         degree=None, components=1, g_of_r=_helmholtz_g(kappa),
                         eps_table=_HELMHOLTZ_EPS_TABLE, worst_error=_HELMHOLTZ_WORST_ERROR,
                         sums=_HELMHOLTZ_SUMS, frame_degree=-1,
-                        label=f"Helmholtz(kappa={shown!r})", make=Helmholtz)
+                        label=f"Helmholtz(kappa={shown!r})", make=Helmholtz,
+                        dg_of_r=_helmholtz_dg(kappa), decay_rate=kappa.imag,
+                        size_orders=_HELMHOLTZ_ORDERS)
 
 
 #: Every family with compiled sums, one instance each (the dispatch table is built from these:
