@@ -2,8 +2,7 @@
 
 The three density kernels of ``multi.py`` for this G, with the same parameters, layouts,
 box/list/shift conventions and ``flags`` bits (1 charges, 2 dipoles, 4 gradient; 8, full
-accuracy, is accepted and changes nothing: 1/r and exp are always computed to full accuracy
-here), plus the scalar ``lam`` ({F}, > 0; the front end checks it):
+accuracy 1/r in P2P, as there), plus the scalar ``lam`` ({F}, > 0; the front end checks it):
 
 * ``yukawa_p2p`` (P2P, like ``p2p_multi``), ``yukawa_p2c`` (P2M/P2L check potentials, like
   ``p2c_multi``), ``yukawa_s2p`` (L2P/M2P from surface densities, like ``s2p_multi``).
@@ -15,15 +14,22 @@ With d = x - y, r = |d|, e = exp(-lam r) and L = lam r, dividing everything by 4
   pot P e (1 + L) / r^3, grad D e (1 + L) / r^3 - P d e (3 + 3 L + L^2) / r^5.
 
 lam = 0 gives Laplace's formulas exactly. Coincident pairs (r = 0) contribute 0. Scratch
-``buf`` (6, >= m) as in ``multi.py``. Per pair, r = sqrt(r2) and 1/r are exact (correctly
-rounded, no float32 estimate: the exponent -lam r then carries one rounding, not the several
-that a reassociated r2 * (1/r) would add, each costing lam r * 1e-16 of relative accuracy), and
-exp(-lam r) is ``_vecmath.vexp`` (vectorised, full accuracy), computed once; each density is
-then a multiply-add sweep over the stored pair values. The dipole terms store 1/r^5 as
-``multi.py`` does, with the same float32 limit (overflow for points closer than ~2e-8).
+``buf`` (6, >= m) as in ``multi.py``. Per pair, P2P takes 1/r from ``_inline.inv_sqrt`` like
+``p2p_multi`` (float32 estimate and one float64 Newton step, relative error ~3e-14) and
+r = r2 (1/r) in the FMM's near field; a chunk with a source too close for the float32 estimate
+is redone with the exact sqrt, and so is everything with flag 8 (direct sums: r = sqrt(r2)
+correctly rounded, as before). One charge vector is summed inside the pair loop (no stored
+geometry, as ``p2p.py`` does for Laplace). The exponent -lam r then carries
+~lam r x 3e-14 relative error (near-field pairs have lam r of a few box widths: 6e-13 at
+lam r = 20, where the term's weight is exp(-20) = 2e-9). P2C and S2P keep the exact sqrt
+(their pairs are far fewer). exp(-lam r) is ``_vecmath.vexp``
+(vectorised, full accuracy), computed once; each density is then a multiply-add sweep over the
+stored pair values. The dipole terms store 1/r^5 as ``multi.py`` does, with the same float32
+limit (overflow for points closer than ~2e-8).
 """
 import numpy as np
 
+from ._inline import inv_sqrt
 from ._vecmath import vexp
 
 INV4PI = 0.07957747154594767  # 1 / (4 pi)
@@ -52,7 +58,7 @@ SIGNATURES = {
 
 _ACC = {name: "{F}" for name in (
     "c", "one", "three", "acc", "gx", "gy", "gz", "r2", "invr", "ir2", "r", "lr", "g0",
-    "g1", "g2", "dd", "t5", "qj", "ox", "oy", "oz", "xi", "yi", "zi", "dx", "dy", "dz", "hr",
+    "g1", "g2", "dd", "t5", "qj", "ox", "oy", "oz", "xi", "yi", "zi", "dx", "dy", "dz", "hr", "chk",
     "xm", "ym", "zm", "nlam")}
 LOCALS = {"yukawa_p2p": _ACC, "yukawa_p2c": _ACC, "yukawa_s2p": _ACC}
 
@@ -74,7 +80,9 @@ def yukawa_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
     has_q = (flags & 1) != 0
     has_d = (flags & 2) != 0
     do_g = (flags & 4) != 0
+    refine = (flags & 8) != 0
     mode = 2 if has_d else (1 if do_g else 0)
+    fused = mode < 2 and pot.shape[0] == 1
     nd = pot.shape[0]
     dt = src_xyz.dtype
     geo = np.empty((6, P2P_CHUNK), dtype=dt)
@@ -123,16 +131,90 @@ def yukawa_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
                 sx = sxyz[0, c0:c1]
                 sy = sxyz[1, c0:c1]
                 sz = sxyz[2, c0:c1]
+                chk = 0.0
+                if fused:  # one charge vector: sum in the pair loop, no stored geometry
+                    qd = gq[0, c0:c1]
+                    acc = 0.0
+                    gx = 0.0
+                    gy = 0.0
+                    gz = 0.0
+                    if not refine:
+                        if mode == 0:
+                            for j in range(np.uint64(0), m):
+                                dx = xi - sx[j]
+                                dy = yi - sy[j]
+                                dz = zi - sz[j]
+                                r2 = dx * dx + dy * dy + dz * dz
+                                invr = inv_sqrt(r2, False)
+                                if r2 == 0.0:
+                                    invr = 0.0
+                                chk += invr
+                                acc += qd[j] * (vexp(nlam * (r2 * invr)) * invr)
+                        else:
+                            for j in range(np.uint64(0), m):
+                                dx = xi - sx[j]
+                                dy = yi - sy[j]
+                                dz = zi - sz[j]
+                                r2 = dx * dx + dy * dy + dz * dz
+                                invr = inv_sqrt(r2, False)
+                                if r2 == 0.0:
+                                    invr = 0.0
+                                chk += invr
+                                r = r2 * invr
+                                g0 = qd[j] * (vexp(nlam * r) * invr)
+                                acc += g0
+                                g1 = g0 * (one + lam * r) * (invr * invr)
+                                gx -= dx * g1
+                                gy -= dy * g1
+                                gz -= dz * g1
+                    if refine or chk != chk:  # exact sqrt: direct sums, or a source too close
+                        acc = 0.0         # for the float32 estimate
+                        gx = 0.0
+                        gy = 0.0
+                        gz = 0.0
+                        if mode == 0:
+                            for j in range(np.uint64(0), m):
+                                dx = xi - sx[j]
+                                dy = yi - sy[j]
+                                dz = zi - sz[j]
+                                r2 = dx * dx + dy * dy + dz * dz
+                                r = np.sqrt(r2)
+                                invr = one / r
+                                if r2 == 0.0:
+                                    invr = 0.0
+                                acc += qd[j] * (vexp(nlam * r) * invr)
+                        else:
+                            for j in range(np.uint64(0), m):
+                                dx = xi - sx[j]
+                                dy = yi - sy[j]
+                                dz = zi - sz[j]
+                                r2 = dx * dx + dy * dy + dz * dz
+                                r = np.sqrt(r2)
+                                invr = one / r
+                                if r2 == 0.0:
+                                    invr = 0.0
+                                g0 = qd[j] * (vexp(nlam * r) * invr)
+                                acc += g0
+                                g1 = g0 * (one + lam * r) * (invr * invr)
+                                gx -= dx * g1
+                                gy -= dy * g1
+                                gz -= dz * g1
+                    sums[0, 0] += acc
+                    sums[0, 1] += gx
+                    sums[0, 2] += gy
+                    sums[0, 3] += gz
+                    continue
                 if mode == 0:
                     for j in range(np.uint64(0), m):
                         dx = xi - sx[j]
                         dy = yi - sy[j]
                         dz = zi - sz[j]
                         r2 = dx * dx + dy * dy + dz * dz
-                        r = np.sqrt(r2)
-                        invr = one / r
+                        invr = inv_sqrt(r2, refine)
                         if r2 == 0.0:
                             invr = 0.0
+                        chk += invr
+                        r = r2 * invr
                         b0[j] = vexp(nlam * r) * invr
                 elif mode == 1:
                     for j in range(np.uint64(0), m):
@@ -140,10 +222,11 @@ def yukawa_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
                         dy = yi - sy[j]
                         dz = zi - sz[j]
                         r2 = dx * dx + dy * dy + dz * dz
-                        r = np.sqrt(r2)
-                        invr = one / r
+                        invr = inv_sqrt(r2, refine)
                         if r2 == 0.0:
                             invr = 0.0
+                        chk += invr
+                        r = r2 * invr
                         g0 = vexp(nlam * r) * invr
                         b0[j] = g0
                         g1 = g0 * (one + lam * r) * (invr * invr)
@@ -156,10 +239,11 @@ def yukawa_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
                         dy = yi - sy[j]
                         dz = zi - sz[j]
                         r2 = dx * dx + dy * dy + dz * dz
-                        r = np.sqrt(r2)
-                        invr = one / r
+                        invr = inv_sqrt(r2, refine)
                         if r2 == 0.0:
                             invr = 0.0
+                        chk += invr
+                        r = r2 * invr
                         lr = lam * r
                         g0 = vexp(nlam * r) * invr
                         ir2 = invr * invr
@@ -169,6 +253,31 @@ def yukawa_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
                         bx[j] = dx
                         by[j] = dy
                         bz[j] = dz
+                if refine or chk != chk:  # exact sqrt: direct sums, or a source too close
+                    for j in range(np.uint64(0), m):  # for the float32 estimate
+                        dx = xi - sx[j]
+                        dy = yi - sy[j]
+                        dz = zi - sz[j]
+                        r2 = dx * dx + dy * dy + dz * dz
+                        r = np.sqrt(r2)
+                        invr = one / r
+                        if r2 == 0.0:
+                            invr = 0.0
+                        lr = lam * r
+                        g0 = vexp(nlam * r) * invr
+                        ir2 = invr * invr
+                        b0[j] = g0
+                        if mode == 1:
+                            g1 = g0 * (one + lr) * ir2
+                            bx[j] = dx * g1
+                            by[j] = dy * g1
+                            bz[j] = dz * g1
+                        elif mode == 2:
+                            b1[j] = g0 * (one + lr) * ir2
+                            b2[j] = g0 * (three + lr * (three + lr)) * (ir2 * ir2)
+                            bx[j] = dx
+                            by[j] = dy
+                            bz[j] = dz
                 for d in range(nd):
                     acc = 0.0
                     gx = 0.0
