@@ -1,0 +1,689 @@
+"""One FMM over MPI ranks (mpi4py): ``aotfmm.mpi.Fmm``.
+
+Each rank passes its own points (any order, any amount, none included) and gets the fields at
+exactly those points, in that order::
+
+    from mpi4py import MPI
+    import aotfmm.mpi
+    plan = aotfmm.mpi.Fmm(my_sources, my_targets, comm=MPI.COMM_WORLD, eps=1e-6)
+    pot, grad = plan.evaluate(my_charges, gradient=True)
+
+Run under ``mpiexec -n P python script.py``; ``python -m aotfmm.mpi demo`` is a demo. Needs
+``mpi4py`` and an MPI (``pip install "aotfmm[mpi]"`` installs mpi4py and the ``mpich`` wheel;
+a system MPI works the same).
+
+How (first version; what it does not do yet is said at the end):
+
+1. **Partition.** Global bounds by allreduce give the root box. Every point falls in a box of
+   the coarse level ``L`` (``level``; 8^L boxes); a global histogram of points per coarse box
+   (allreduce of counts: a bucket sort on the Morton keys, weighted by points) cuts the boxes,
+   in Morton order, into P contiguous ranges of equal weight. Sources and targets move to the
+   rank owning their coarse box (Alltoallv).
+2. **Ghost sources.** A rank receives the source points of every coarse box adjacent to one it
+   owns (sparse Alltoallv): with its own, they are all the sources that are *near* its targets
+   at level L.
+3. **Far field as equivalent densities.** Every other source is in a box that is well separated
+   from the rank's boxes at some level l <= L: for each level, the boxes not adjacent to the
+   rank's level-l boxes whose parents are (the rank's "far list"). Their KIFMM upward equivalent
+   densities (order ``p_far``, surface radius 1.05 h) reproduce their field at the rank's
+   targets to the FMM's accuracy (the W-list regime: the targets lie outside the upward check
+   surface, 2.95 h). Each rank computes the partial densities of its own sources for every box
+   in any rank's far list (check potentials by :func:`aotfmm.direct`, one pseudo-inverse per
+   level) and one allreduce sums them.
+4. **Local FMM.** Each rank runs the serial :class:`aotfmm.Fmm` with sources = own + ghost
+   points + the far boxes' equivalent surface points (charges = their densities), targets =
+   its own targets. Coincident points contribute nothing, as in the serial FMM, so a rank's
+   own targets among its sources exclude their self-interaction.
+5. **Results home.** The fields go back to the rank that passed each point, in its order
+   (the reverse Alltoallv).
+
+Every rank validates its input; if any rank fails, every rank raises the same
+:class:`DistributedError` naming the rank and its error (no rank is left waiting).
+
+Not done yet (aotfmm issue 18): the tree below level L is not shared (each rank's serial FMM
+builds its own); coarse multipoles are summed by one allreduce over all far-list boxes of all
+ranks (fine for tens of ranks, not for thousands); Hessians are not offered.
+"""
+import dataclasses
+import time
+
+import numpy as np
+
+from . import _blas, api
+from ._validation import (as_densities, as_points, check_eps, check_integer, check_kernel,
+                          real_dtype, resolve_value_dtype)
+from .evaluate import choose_parameters
+from .surfaces import DEFAULT_RADII, surface
+
+__all__ = ["Fmm", "DistributedError"]
+
+R_UP_EQUIV, R_UP_CHECK = DEFAULT_RADII[0], DEFAULT_RADII[1]
+#: relative SVD cutoff of the check-to-equivalent pseudo-inverse (as the serial operators)
+_PINV_RCOND = {np.dtype(np.float32): 1e-7, np.dtype(np.float64): 1e-13}
+
+
+class DistributedError(RuntimeError):
+    """Raised on every rank when any rank failed: ``rank`` is the first rank that failed and
+    ``message`` its error ("TypeError: ...")."""
+
+    def __init__(self, rank, message, n_failed=1):
+        self.rank, self.message, self.n_failed = rank, message, n_failed
+        more = f" (and {n_failed - 1} more rank(s))" if n_failed > 1 else ""
+        super().__init__(f"rank {rank}{more}: {message}")
+
+
+def _agree(comm, func, *args, **kwargs):
+    """``func(*args, **kwargs)`` on every rank; if it raised on any rank, every rank raises
+    :class:`DistributedError` (chained to the local error where there is one)."""
+    err, out = None, None
+    try:
+        out = func(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - reported to every rank, then raised
+        err = exc
+    msgs = comm.allgather(None if err is None else f"{type(err).__name__}: {err}")
+    bad = [(r, m) for r, m in enumerate(msgs) if m is not None]
+    if bad:
+        raise DistributedError(bad[0][0], bad[0][1], len(bad)) from err
+    return out
+
+
+def _mpi():
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("aotfmm.mpi needs mpi4py and an MPI: pip install 'aotfmm[mpi]' "
+                          "(mpi4py and the mpich wheel) or mpi4py with your system MPI") from exc
+    return MPI
+
+
+# ----------------------------------------------------------------------------- Morton boxes
+
+def _spread3(v):
+    """Bits of v (< 2^21) spread to every third bit."""
+    v = v.astype(np.int64) & 0x1FFFFF
+    v = (v | (v << 32)) & 0x1F00000000FFFF
+    v = (v | (v << 16)) & 0x1F0000FF0000FF
+    v = (v | (v << 8)) & 0x100F00F00F00F00F
+    v = (v | (v << 4)) & 0x10C30C30C30C30C3
+    v = (v | (v << 2)) & 0x1249249249249249
+    return v
+
+
+def morton(ijk):
+    """Morton key of integer box coordinates (n, 3), x the most significant of each triple."""
+    return (_spread3(ijk[:, 0]) << 2) | (_spread3(ijk[:, 1]) << 1) | _spread3(ijk[:, 2])
+
+
+def _unmorton(keys, level):
+    """Box coordinates (n, 3) of Morton keys at ``level``."""
+    ijk = np.zeros((len(keys), 3), dtype=np.int64)
+    for b in range(level):
+        for a in range(3):
+            ijk[:, a] |= ((keys >> (3 * b + 2 - a)) & 1) << b
+    return ijk
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """The root box and its coarse level: boxes of ``level`` are the partition's units."""
+    lo: np.ndarray  # corner of the root box (3,)
+    half: float     # root half-width
+    level: int
+
+    def ijk(self, pts, level=None):
+        level = self.level if level is None else level
+        n = 1 << level
+        w = 2.0 * self.half / n
+        return np.clip(np.floor((pts - self.lo) / w), 0, n - 1).astype(np.int64)
+
+    def keys(self, pts):
+        return morton(self.ijk(pts)) if len(pts) else np.zeros(0, np.int64)
+
+    def center(self, ijk, level):
+        w = 2.0 * self.half / (1 << level)
+        return self.lo + (ijk + 0.5) * w
+
+    def box_half(self, level):
+        return self.half / (1 << level)
+
+
+# --------------------------------------------------------------------------------- exchange
+
+class _Route:
+    """Rows sent to ranks ``dest`` (one per row) and what came back: reusable for later arrays
+    of the same rows (densities), and in reverse (results home)."""
+
+    def __init__(self, comm, dest):
+        self.comm = comm
+        self.order = np.argsort(dest, kind="stable")
+        self.send_counts = np.bincount(dest, minlength=comm.size).astype(np.int64)
+        self.recv_counts = np.asarray(comm.alltoall(self.send_counts.tolist()), dtype=np.int64)
+        self.n_recv = int(self.recv_counts.sum())
+        self.bytes = 0
+        self.messages = 0
+
+    def _move(self, rows, counts_out, counts_in, n_in):
+        rows = np.ascontiguousarray(rows)
+        width = int(np.prod(rows.shape[1:], dtype=np.int64))
+        out = np.empty((n_in,) + rows.shape[1:], dtype=rows.dtype)
+        so = counts_out * width
+        si = counts_in * width
+        sd = np.concatenate(([0], np.cumsum(so)[:-1]))
+        rd = np.concatenate(([0], np.cumsum(si)[:-1]))
+        MPI = _mpi()
+        self.comm.Alltoallv([rows.reshape(-1), (so, sd)], [out.reshape(-1), (si, rd)])
+        mine = self.comm.rank
+        self.bytes += int((so.sum() - so[mine]) * rows.itemsize)
+        self.messages += int(np.count_nonzero(so) - (so[mine] > 0))
+        del MPI
+        return out
+
+    def send(self, rows):
+        """Rows (n_rows, ...) in the caller's order -> the rows this rank received."""
+        return self._move(np.asarray(rows)[self.order], self.send_counts, self.recv_counts,
+                          self.n_recv)
+
+    def back(self, rows):
+        """The reverse: rows in received order -> rows in the caller's original order."""
+        got = self._move(rows, self.recv_counts, self.send_counts, len(self.order))
+        out = np.empty_like(got)
+        out[self.order] = got
+        return out
+
+
+# ------------------------------------------------------------------------------------- plan
+
+def _dilate(occ):
+    """Boxes within one box (26-neighbourhood) of an occupied one, on a (n, n, n) grid."""
+    out = occ.copy()
+    n = occ.shape[0]
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            for dz in (-1, 0, 1):
+                src = occ[max(0, -dx):n - max(0, dx), max(0, -dy):n - max(0, dy),
+                          max(0, -dz):n - max(0, dz)]
+                out[max(0, dx):n - max(0, -dx), max(0, dy):n - max(0, -dy),
+                    max(0, dz):n - max(0, -dz)] |= src
+    return out
+
+
+def _coarsen(occ):
+    """Occupancy of the parents (n/2)^3 of a (n, n, n) grid."""
+    n = occ.shape[0] // 2
+    return occ.reshape(n, 2, n, 2, n, 2).any(axis=(1, 3, 5))
+
+
+def _far_lists(target_occ, source_occ, level):
+    """{l: (m, 3) box coordinates} for l = 2..level: boxes with sources that are not adjacent
+    to a target box of level l while their parent is adjacent to one of level l - 1 (all
+    non-adjacent boxes at l = 2). Every source box of ``level`` not adjacent to a target box is
+    inside exactly one of them (adjacency only shrinks going down)."""
+    t_occ = {level: target_occ}
+    s_occ = {level: source_occ}
+    for lev in range(level, 2, -1):
+        t_occ[lev - 1] = _coarsen(t_occ[lev])
+        s_occ[lev - 1] = _coarsen(s_occ[lev])
+    far = {}
+    for lev in range(2, level + 1):
+        near = _dilate(t_occ[lev])
+        cand = ~near & s_occ[lev]
+        if lev > 2:
+            pnear = _dilate(t_occ[lev - 1])
+            cand &= pnear.repeat(2, 0).repeat(2, 1).repeat(2, 2)
+        far[lev] = np.argwhere(cand).astype(np.int64)
+    return far
+
+
+class Fmm:
+    """A distributed FMM plan over the ranks of ``comm`` (collective: every rank calls it).
+
+    Parameters
+    ----------
+    local_sources : array_like (n, 3)
+        This rank's sources (any number, 0 included).
+    local_targets : array_like (m, 3), optional
+        This rank's targets; None: the fields are wanted at ``local_sources`` (self-interaction
+        excluded), as in the serial :class:`aotfmm.Fmm`.
+    comm : mpi4py communicator
+    eps, kernel, dtype, threads, dipoles : as in :class:`aotfmm.Fmm` (the same on every rank).
+    level : int, optional
+        Coarse level of the partition (2..7); default 3 for up to 8 ranks, 4 up to 64, else 5.
+
+    Attributes
+    ----------
+    stats : dict
+        This rank's points, ghost points, far boxes, bytes and messages per stage, seconds per
+        stage (``stats["seconds"]``).
+    """
+
+    def __init__(self, local_sources, local_targets=None, *, comm, eps=None, kernel=None,
+                 dtype=None, threads=None, dipoles=False, level=None, p_far=None):
+        self.comm = comm
+        t0 = time.perf_counter()
+        _agree(comm, self._check_input, local_sources, local_targets, eps, kernel, dtype,
+               threads, level)
+        self._p_far_arg = check_integer("p_far", p_far, lo=2, hi=20, allow_none=True)
+        # the same parameters everywhere: a mismatch would be a silent wrong answer
+        mine = (self.family.cache_key(), self.dtype.str, self.eps, self._level, self.same,
+                bool(dipoles))
+        theirs = comm.allgather(mine)
+        if any(other != mine for other in theirs):
+            bad = next(r for r, other in enumerate(theirs) if other != theirs[0])
+            raise DistributedError(bad, "kernel, eps, dtype, level, dipoles and whether targets "
+                                   f"are given must be the same on every rank: rank 0 has "
+                                   f"{theirs[0]}, rank {bad} has {theirs[bad]}")
+        if self.threads is None:  # share the node's CPUs between its ranks (oversubscribed
+            # thread pools with MPI's busy-waiting ran 7x slower on 2 cores, 2 ranks)
+            from . import _threads
+            node = comm.Split_type(_mpi().COMM_TYPE_SHARED)
+            self.threads = max(1, _threads.resolve_threads(None) // node.Get_size())
+            node.Free()
+        seconds = {}
+        t = time.perf_counter()
+        self._partition()
+        seconds["partition"] = time.perf_counter() - t
+        t = time.perf_counter()
+        self._ghosts()
+        seconds["ghosts"] = time.perf_counter() - t
+        t = time.perf_counter()
+        self._far_boxes()
+        seconds["far lists"] = time.perf_counter() - t
+        t = time.perf_counter()
+        self._local = _agree(comm, self._local_plan, dipoles)
+        seconds["local plan"] = time.perf_counter() - t
+        seconds["setup"] = time.perf_counter() - t0
+        self.stats = dict(
+            rank=comm.rank, size=comm.size, level=self.grid.level, p_far=self.p_far,
+            n_sources_in=len(self._src_in), n_targets_in=len(self._trg_in),
+            n_sources=len(self._src), n_targets=len(self._trg), n_ghost=len(self._ghost_near),
+            n_far_boxes=int(sum(len(v) for v in self._far.values())),
+            n_far_points=self._n_far_points, seconds=seconds,
+            bytes={"partition": self._route_src.bytes + self._route_trg.bytes,
+                   "ghosts": self._route_ghost.bytes},
+            messages={"partition": self._route_src.messages + self._route_trg.messages,
+                      "ghosts": self._route_ghost.messages})
+
+    # -- setup -------------------------------------------------------------------------------
+    def _check_input(self, sources, targets, eps, kernel, dtype, threads, level):
+        self.family = check_kernel(kernel)
+        self.dtype = resolve_value_dtype(self.family, dtype, sources, targets)
+        self._rdt = real_dtype(self.dtype)
+        self.eps = check_eps(eps, self._rdt)
+        self.threads = threads
+        self._src_in = as_points("local_sources", sources).astype(np.float64)
+        self.same = targets is None
+        self._trg_in = (self._src_in if self.same
+                        else as_points("local_targets", targets).astype(np.float64))
+        size = self.comm.size
+        default = 3 if size <= 8 else (4 if size <= 64 else 5)
+        self._level = check_integer("level", default if level is None else level, lo=2, hi=7)
+
+    def _partition(self):
+        comm = self.comm
+        MPI = _mpi()
+        pts = np.concatenate([self._src_in, self._trg_in]) if not self.same else self._src_in
+        lo = np.full(3, np.inf) if not len(pts) else pts.min(0)
+        hi = np.full(3, -np.inf) if not len(pts) else pts.max(0)
+        glo, ghi = np.empty(3), np.empty(3)
+        comm.Allreduce(lo, glo, op=MPI.MIN)
+        comm.Allreduce(hi, ghi, op=MPI.MAX)
+        self.n_total = comm.allreduce(len(self._src_in))
+        if not np.isfinite(glo).all():  # no points anywhere
+            glo, ghi = np.zeros(3), np.ones(3)
+        half = 0.5 * float((ghi - glo).max())
+        half = half * (1.0 + 1e-9) if half > 0 else 1.0
+        center = 0.5 * (glo + ghi)
+        self.grid = grid = Grid(lo=center - half, half=half, level=self._level)
+        nb = 1 << (3 * grid.level)
+        skey = grid.keys(self._src_in)
+        tkey = skey if self.same else grid.keys(self._trg_in)
+        counts = np.bincount(skey, minlength=nb).astype(np.int64)
+        if not self.same:
+            counts += np.bincount(tkey, minlength=nb)
+        weight = np.empty_like(counts)
+        comm.Allreduce(counts, weight, op=MPI.SUM)
+        # boxes in Morton order cut into contiguous ranges of equal weight
+        before = np.cumsum(weight) - weight
+        total = max(int(weight.sum()), 1)
+        owner = np.minimum((before + 0.5 * weight) * comm.size // total, comm.size - 1)
+        self._owner = owner.astype(np.int64)
+        self._route_src = _Route(comm, self._owner[skey])
+        self._src = self._route_src.send(self._src_in)
+        self._skey = self._route_src.send(skey)
+        if self.same:
+            self._route_trg, self._trg, self._tkey = self._route_src, self._src, self._skey
+        else:
+            self._route_trg = _Route(comm, self._owner[tkey])
+            self._trg = self._route_trg.send(self._trg_in)
+            self._tkey = self._route_trg.send(tkey)
+        # own sources sorted by coarse box: a box of any level <= L is one contiguous run
+        self._sorder = np.argsort(self._skey, kind="stable")
+        self._skey_sorted = self._skey[self._sorder]
+        # sources per coarse box, all ranks (for the far lists)
+        scount = np.bincount(skey, minlength=nb).astype(np.int64)
+        self._src_count = np.empty_like(scount)
+        comm.Allreduce(scount, self._src_count, op=MPI.SUM)
+
+    def _ghosts(self):
+        """Send own sources to every other rank owning a coarse box adjacent to theirs."""
+        grid, comm = self.grid, self.comm
+        n = 1 << grid.level
+        boxes = np.unique(self._skey)
+        ijk = _unmorton(boxes, grid.level)
+        rows_box, rows_dest = [], []
+        offs = np.array([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)
+                         if (a, b, c) != (0, 0, 0)])
+        for k, box in enumerate(boxes):
+            nb = ijk[k] + offs
+            nb = nb[((nb >= 0) & (nb < n)).all(1)]
+            dest = np.unique(self._owner[morton(nb)])
+            dest = dest[dest != comm.rank]
+            rows_box.extend([box] * len(dest))
+            rows_dest.extend(dest.tolist())
+        rows_box = np.asarray(rows_box, dtype=np.int64)
+        rows_dest = np.asarray(rows_dest, dtype=np.int64)
+        # expand to points: every own source of each (box, dest) row
+        lo = np.searchsorted(self._skey_sorted, rows_box, side="left")
+        hi = np.searchsorted(self._skey_sorted, rows_box, side="right")
+        lens = hi - lo
+        idx = (np.repeat(lo - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
+               if len(lens) else np.zeros(0, np.int64))
+        self._ghost_rows = self._sorder[idx]
+        self._route_ghost = _Route(comm, np.repeat(rows_dest, lens))
+        self._ghost = self._route_ghost.send(self._src[self._ghost_rows])
+        self._gkey = self._route_ghost.send(self._skey[self._ghost_rows])
+
+    def _far_boxes(self):
+        grid, comm = self.grid, self.comm
+        n = 1 << grid.level
+        occ_t = np.zeros((n, n, n), dtype=bool)
+        if len(self._tkey):
+            t = _unmorton(np.unique(self._tkey), grid.level)
+            occ_t[t[:, 0], t[:, 1], t[:, 2]] = True
+        occ_s = np.zeros((n, n, n), dtype=bool)
+        s = _unmorton(np.flatnonzero(self._src_count), grid.level)
+        occ_s[s[:, 0], s[:, 1], s[:, 2]] = True
+        self._far = _far_lists(occ_t, occ_s, grid.level) if len(self._tkey) else {}
+        # point sources of the local FMM: own and ghost sources in coarse boxes adjacent to a
+        # target box (the others are in far boxes; with separate targets an own box may hold
+        # sources only, and ghosts come for every box adjacent to an owned one)
+        near = _dilate(occ_t)
+
+        def is_near(keys):
+            ijk = _unmorton(keys, grid.level)
+            return near[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
+        self._own_near = np.flatnonzero(is_near(self._skey))
+        self._ghost_near = np.flatnonzero(is_near(self._gkey))
+        # every rank's far boxes: the boxes whose partial densities are summed
+        union = {}
+        for lev in range(2, grid.level + 1):
+            mine = self._far.get(lev, np.zeros((0, 3), np.int64))
+            keys = np.unique(np.concatenate(comm.allgather(morton(mine))))
+            union[lev] = keys
+        self._union = union
+        p, _ = choose_parameters(self.eps, separate_targets=True, family=self.family,
+                                 size=2.0 * grid.half)
+        self.p_far = min(p + 1, 16) if self._p_far_arg is None else self._p_far_arg
+        self._surf = surface(self.p_far)
+        # pseudo-inverse of check -> equivalent per level (translation invariant)
+        self._uc2e = {}
+        rcond = _PINV_RCOND[np.dtype(self._rdt)]
+        with _blas.limit_one():  # BLAS threads of several ranks per node would spin
+            self._pinvs(union, rcond)
+        # surface points of this rank's far boxes
+        pts = [grid.center(ijk, lev)[:, None, :] + R_UP_EQUIV * grid.box_half(lev) * self._surf
+               for lev, ijk in self._far.items() if len(ijk)]
+        self._far_pts = np.concatenate(pts).reshape(-1, 3) if pts else np.zeros((0, 3))
+        self._n_far_points = len(self._far_pts)
+
+    def _pinvs(self, union, rcond):
+        """Check -> equivalent pseudo-inverse factors per level with far boxes."""
+        grid = self.grid
+        for lev, keys in union.items():
+            if len(keys):
+                h = grid.box_half(lev)
+                k = self.family.reference(R_UP_CHECK * h * self._surf, R_UP_EQUIV * h * self._surf)
+                u, sv, vh = np.linalg.svd(k)
+                keep = sv > rcond * sv[0]
+                # applied as two factors, V S^-1 (U^H x): an explicit pseudo-inverse matrix
+                # loses ~1e-3 of the density to rounding at cutoff 1e-13 (measured: 1e-6
+                # relative error in the far field at p = 8, against 8e-10 this way)
+                self._uc2e[lev] = (vh[keep].conj().T / sv[keep], u[:, keep].conj().T.copy())
+
+    def _local_plan(self, dipoles):
+        src = np.concatenate([self._src[self._own_near], self._ghost[self._ghost_near],
+                              self._far_pts])
+        trg = self._trg
+        if not len(trg):
+            return None
+        if not len(src):
+            return "empty"
+        ncrit = None
+        if self.same:  # the targets are also sources: the tree counts them twice (sources
+            # plus targets per box), so twice the leaf size gives the serial plan's leaves
+            _, ncrit = choose_parameters(self.eps, separate_targets=True, dipoles=dipoles,
+                                         family=self.family, size=2.0 * self.grid.half)
+            ncrit *= 2
+        return api.Fmm(src.astype(self._rdt), trg.astype(self._rdt), kernel=self.family,
+                       dipoles=dipoles, eps=self.eps, dtype=self.dtype, threads=self.threads,
+                       ncrit=ncrit)
+
+    # -- evaluation --------------------------------------------------------------------------
+    def _check_densities(self, charges, dipoles):
+        if charges is None and dipoles is None:
+            raise ValueError("give charges and/or dipoles")
+        q, d, single = as_densities(charges, dipoles, len(self._src_in), self.family.complex)
+        return q, d, single
+
+    def evaluate(self, local_charges=None, *, dipoles=None, gradient=False):
+        """Potentials (and gradients) at this rank's targets (or sources) in its order, for
+        ``local_charges`` (n,) / (n, k) and/or ``dipoles`` (n, 3) / (n, k, 3) of this rank's
+        sources: the serial :meth:`aotfmm.Fmm.evaluate`'s shapes. Collective."""
+        comm = self.comm
+        MPI = _mpi()
+        t0 = time.perf_counter()
+        q, d, single = _agree(comm, self._check_densities, local_charges, dipoles)
+        k = (q if q is not None else d).shape[0]
+        ks = comm.allgather((k, q is not None, d is not None))
+        if len(set(ks)) != 1:
+            raise DistributedError(comm.rank, f"densities differ between ranks: {ks}")
+        vdt = np.dtype(np.complex128) if self.family.complex else np.dtype(np.float64)
+        seconds = {}
+        t = time.perf_counter()
+        routes = (self._route_src, self._route_trg, self._route_ghost)
+        bytes0 = sum(r.bytes for r in {id(r): r for r in routes}.values())
+        # rows: per source, k charges then 3k dipole components
+        cols = []
+        if q is not None:
+            cols.append(q.T.astype(vdt))
+        if d is not None:
+            cols.append(d.transpose(2, 0, 1).reshape(len(self._src_in), 3 * k).astype(vdt))
+        dens_in = np.concatenate(cols, axis=1)
+        dens = self._route_src.send(dens_in)
+        ghost = self._route_ghost.send(dens[self._ghost_rows])
+        seconds["densities"] = time.perf_counter() - t
+        t = time.perf_counter()
+        qo = dens[:, :k] if q is not None else None
+        do = dens[:, -3 * k:].reshape(-1, k, 3) if d is not None else None
+        qg = ghost[:, :k] if q is not None else None
+        dg = ghost[:, -3 * k:].reshape(-1, k, 3) if d is not None else None
+        with _blas.limit_one():
+            far = self._far_densities(qo, do, k, vdt, MPI)
+        seconds["far densities"] = time.perf_counter() - t
+        t = time.perf_counter()
+        n_t = len(self._trg)
+        pot = np.zeros((n_t, k), dtype=vdt)
+        grad = np.zeros((n_t, k, 3), dtype=vdt) if gradient else None
+        plan = self._local
+        if plan is not None and plan != "empty" and n_t:
+            n_f = len(self._far_pts)
+            zq = np.zeros((0, k), dtype=vdt)
+            on, gn = self._own_near, self._ghost_near
+            qs = np.concatenate([qo[on] if qo is not None else np.zeros((len(on), k), vdt),
+                                 qg[gn] if qg is not None else np.zeros((len(gn), k), vdt),
+                                 far if n_f else zq])
+            ds = None
+            if d is not None:
+                ds = np.concatenate([do[on], dg[gn], np.zeros((n_f, k, 3), dtype=vdt)])
+            with _blas.limit_one():  # BLAS's own threads: one per rank (they spin, and
+                # ranks share the node: M2L ran 8x slower with 2 ranks x 2 BLAS threads)
+                res = plan.evaluate(qs, dipoles=ds, gradient=gradient)
+            pot[:] = (res[0] if gradient else res).reshape(n_t, k)
+            if gradient:
+                grad[:] = res[1].reshape(n_t, k, 3)
+        seconds["local fmm"] = time.perf_counter() - t
+        t = time.perf_counter()
+        out = pot if grad is None else np.concatenate([pot, grad.reshape(n_t, -1)], axis=1)
+        home = self._route_trg.back(out)
+        seconds["results home"] = time.perf_counter() - t
+        seconds["evaluate"] = time.perf_counter() - t0
+        self.stats["seconds"].update({"eval:" + a: b for a, b in seconds.items()})
+        self.stats["bytes"]["eval:points"] = (
+            sum(r.bytes for r in {id(r): r for r in routes}.values()) - bytes0)
+        pot = home[:, :k].astype(self.dtype)
+        if single:
+            pot = pot[:, 0]
+        if not gradient:
+            return pot
+        g = home[:, k:].reshape(-1, k, 3).astype(self.dtype)
+        return pot, (g[:, 0] if single else g)
+
+    def _far_densities(self, q, d, k, vdt, MPI):
+        """This rank's far boxes' equivalent densities (n_far_points, k): partial densities of
+        own sources for every box of any rank's far list, summed over ranks."""
+        grid, comm = self.grid, self.comm
+        ns = len(self._surf)
+        parts = []
+        src_sorted = self._src[self._sorder]
+        self.stats["bytes"]["eval:far allreduce"] = 0
+        for lev, keys in self._union.items():
+            acc = np.zeros((len(keys), ns, k), dtype=vdt)
+            if len(keys) and len(src_sorted):
+                shift = 3 * (grid.level - lev)
+                lo = np.searchsorted(self._skey_sorted, keys << shift, side="left")
+                hi = np.searchsorted(self._skey_sorted, (keys + 1) << shift, side="left")
+                h = grid.box_half(lev)
+                centers = grid.center(_unmorton(keys, lev), lev)
+                for i in np.flatnonzero(hi > lo):
+                    rows = self._sorder[lo[i]:hi[i]]
+                    chk = centers[i] + R_UP_CHECK * h * self._surf
+                    res = api.direct(self._src[rows],
+                                     None if q is None else q[rows],
+                                     chk, dipoles=None if d is None else d[rows],
+                                     kernel=self.family, dtype=vdt, threads=self.threads)
+                    a, b = self._uc2e[lev]
+                    acc[i] = a @ (b @ np.asarray(res).reshape(ns, k))
+            total = np.empty_like(acc)
+            comm.Allreduce(acc, total, op=MPI.SUM)
+            self.stats["bytes"]["eval:far allreduce"] += acc.nbytes
+            mine = self._far.get(lev)
+            if mine is not None and len(mine):
+                idx = np.searchsorted(keys, morton(mine))
+                parts.append(total[idx].reshape(-1, k))
+        del src_sorted
+        return np.concatenate(parts) if parts else np.zeros((0, k), dtype=vdt)
+
+
+# ------------------------------------------------------------------------------------- demo
+
+def _peak_mib():
+    """This process's peak resident memory (VmHWM), MiB; None where /proc is missing."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def demo(n=100_000, eps=1e-6, threads=None, level=None, sample=500, seed=0, gradient=True,
+         comm=None, out=None):
+    """Random points in the unit cube, dealt to the ranks at random in unequal shares; a
+    distributed plan and one evaluation. Returns (on every rank) a dict: per-rank stats
+    (points, ghosts, far boxes, bytes, messages, seconds per stage, peak MiB) and, from rank 0,
+    the relative L2 error on ``sample`` targets against a direct sum (all points gathered on
+    rank 0 after the timed part). Prints a report on rank 0 when ``out`` is a stream."""
+    MPI = _mpi()
+    comm = MPI.COMM_WORLD if comm is None else comm
+    n = int(n)
+    rng = np.random.default_rng(seed)
+    # each rank draws only its own points: rank r's share from a stream of its own
+    w = np.random.default_rng(seed + 1).random(comm.size) + 0.5
+    counts = np.floor(n * w / w.sum()).astype(np.int64)
+    counts[0] += n - counts.sum()
+    mine_rng = np.random.default_rng([seed, comm.rank])
+    x = mine_rng.random((int(counts[comm.rank]), 3))
+    q = mine_rng.standard_normal(len(x))
+    del rng
+    comm.Barrier()
+    t0 = time.perf_counter()
+    plan = Fmm(x, comm=comm, eps=eps, threads=threads, level=level)
+    res = plan.evaluate(q, gradient=gradient)
+    comm.Barrier()
+    wall = time.perf_counter() - t0
+    pot = res[0] if gradient else res
+    stats = dict(plan.stats, peak_mib=_peak_mib(), wall=wall)
+    everyone = comm.gather(stats, root=0)
+    # error on a sample, against a direct sum over all points (gathered after the timing)
+    xs = comm.gather(x, root=0)
+    qs = comm.gather(q, root=0)
+    ps = comm.gather(pot, root=0)
+    err = None
+    if comm.rank == 0:
+        X, Q, Pt = np.concatenate(xs), np.concatenate(qs), np.concatenate(ps)
+        s = np.random.default_rng(seed + 2).choice(len(X), min(sample, len(X)), replace=False)
+        ref = api.direct(X, Q, X[s])
+        err = float(np.linalg.norm(Pt[s] - ref) / np.linalg.norm(ref))
+    report = comm.bcast(dict(ranks=everyone, error=err, wall=wall, n=n, eps=eps,
+                             size=comm.size), root=0)
+    if comm.rank == 0 and out is not None:
+        print(f"aotfmm.mpi demo: {n} points in the unit cube on {comm.size} rank(s), eps {eps}, "
+              f"level {report['ranks'][0]['level']}, p_far {report['ranks'][0]['p_far']}; "
+              f"wall {wall:.2f} s; error on {len(s)} targets vs direct: {err:.1e}", file=out)
+        print(f"{'rank':>4} {'in':>9} {'owned':>9} {'ghosts':>8} {'far box':>7} {'far pts':>8} "
+              f"{'MB sent':>8} {'msgs':>5} {'setup s':>8} {'local s':>8} {'eval s':>7} "
+              f"{'peak MiB':>8}", file=out)
+        for st in report["ranks"]:
+            sec = st["seconds"]
+            sent = sum(st["bytes"].values()) / 1e6
+            msgs = sum(st["messages"].values())
+            print(f"{st['rank']:>4} {st['n_sources_in']:>9} {st['n_sources']:>9} "
+                  f"{st['n_ghost']:>8} {st['n_far_boxes']:>7} {st['n_far_points']:>8} "
+                  f"{sent:>8.2f} {msgs:>5} {sec['setup']:>8.2f} {sec['eval:local fmm']:>8.2f} "
+                  f"{sec['eval:evaluate']:>7.2f} {st['peak_mib'] or 0:>8.0f}", file=out)
+        stages = [k for k in report["ranks"][0]["seconds"]]
+        print("seconds per stage (max over ranks): " + ", ".join(
+            f"{k} {max(r['seconds'][k] for r in report['ranks']):.2f}" for k in stages), file=out)
+    return report
+
+
+def main(argv=None):
+    import argparse
+    import json
+    import sys
+    parser = argparse.ArgumentParser(
+        prog="python -m aotfmm.mpi",
+        description="aotfmm over MPI ranks; run under mpiexec -n P")
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="random cube problem: per-rank points, ghosts, bytes, "
+                       "stage times, peak memory, error on a sample")
+    d.add_argument("-n", type=float, default=1e5, help="points in all (default 1e5)")
+    d.add_argument("--eps", type=float, default=1e-6)
+    d.add_argument("--threads", type=int, default=None, help="per rank (default: the node's "
+                   "CPUs shared between its ranks)")
+    d.add_argument("--level", type=int, default=None)
+    d.add_argument("--json", metavar="PATH", help="also write the report here (rank 0)")
+    args = parser.parse_args(argv)
+    MPI = _mpi()
+    report = demo(n=args.n, eps=args.eps, threads=args.threads, level=args.level,
+                  out=sys.stdout)
+    if args.json and MPI.COMM_WORLD.rank == 0:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
