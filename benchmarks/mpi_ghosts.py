@@ -1,0 +1,84 @@
+"""On paper: how aotfmm.mpi's ghost volume and far lists grow with the number of ranks, from
+the partition of a uniform N-point cube alone (no FMM, no MPI):
+
+    python benchmarks/mpi_ghosts.py                      # N = 1e8, P = 2 .. 1024, levels 3 .. 7
+
+For each coarse level L and rank count P: the coarse boxes (8^L, N / 8^L points each) are cut in
+Morton order into P equal ranges exactly as ``aotfmm.mpi.Fmm`` does; a rank receives as ghosts
+the points of every box adjacent to one of its own that another rank owns, and, as far-field
+sources, the equivalent surface points (n_surf(p_far) = 488 at eps 1e-6) of its far-list
+boxes. Printed: own points per rank, ghosts per rank (mean and max), ghosts / own, far boxes
+(max over a sample of ranks) and the local FMM's sources / own points (what each rank's serial
+FMM carries compared with an even share).
+"""
+import argparse
+
+import numpy as np
+
+from aotfmm.mpi import _far_lists, morton
+from aotfmm.surfaces import n_surf
+
+
+def owners(level, size):
+    """Owner rank of every box (n, n, n) of ``level`` for a uniform cube (equal weights)."""
+    n = 1 << level
+    ijk = np.stack(np.meshgrid(*(np.arange(n),) * 3, indexing="ij"), -1).reshape(-1, 3)
+    keys = morton(ijk)
+    nb = n ** 3
+    own_by_key = (np.arange(nb) * size) // nb  # equal weights: box k of the Morton order
+    return own_by_key[keys].reshape(n, n, n).astype(np.int32)
+
+
+def ghosts_per_rank(own, size):
+    """Boxes each rank receives as ghosts: for every box, each distinct other owner among its
+    26 neighbours gets it once."""
+    n = own.shape[0]
+    pad = np.pad(own, 1, constant_values=-1)
+    neigh = np.stack([pad[1 + dx:1 + dx + n, 1 + dy:1 + dy + n, 1 + dz:1 + dz + n]
+                      for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1)
+                      if (dx, dy, dz) != (0, 0, 0)]).reshape(26, -1)
+    neigh = np.sort(neigh, axis=0)
+    first = np.ones_like(neigh, dtype=bool)
+    first[1:] = neigh[1:] != neigh[:-1]
+    mine = own.reshape(1, -1)
+    keep = first & (neigh >= 0) & (neigh != mine)
+    counts = np.bincount(neigh[keep], minlength=size)  # boxes received per rank
+    return counts
+
+
+def far_boxes(own, rank, level):
+    t = own == rank
+    return int(sum(len(v) for v in _far_lists(t, np.ones_like(t), level).values()))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=float, default=1e8)
+    ap.add_argument("--ranks", type=int, nargs="+", default=[2, 8, 64, 256, 1024])
+    ap.add_argument("--levels", type=int, nargs="+", default=[3, 4, 5, 6, 7])
+    ap.add_argument("--p-far", type=int, default=10)
+    args = ap.parse_args()
+    ns = n_surf(args.p_far)
+    print(f"uniform cube, N = {args.n:.0e}; far boxes carry {ns} surface points each (p_far "
+          f"{args.p_far})")
+    print(f"{'P':>5} {'L':>2} {'boxes/rank':>10} {'own/rank':>10} {'ghosts mean':>11} "
+          f"{'ghosts max':>10} {'ghost/own':>9} {'far boxes':>9} {'sources/own':>11}")
+    for size in args.ranks:
+        for level in args.levels:
+            nb = 8 ** level
+            if nb < size:
+                continue
+            own = owners(level, size)
+            per_box = args.n / nb
+            g = ghosts_per_rank(own, size) * per_box
+            own_pts = args.n / size
+            sample = sorted({0, size // 3, size // 2, size - 1})
+            far = max(far_boxes(own, r, level) for r in sample)
+            src = (own_pts + g.max() + far * ns) / own_pts
+            print(f"{size:>5} {level:>2} {nb / size:>10.1f} {own_pts:>10.3g} {g.mean():>11.3g} "
+                  f"{g.max():>10.3g} {g.max() / own_pts:>9.2f} {far:>9} {src:>11.2f}",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
