@@ -128,6 +128,36 @@ def bad_input_case():
     return ok, f"bad input on rank {bad}: every rank raised: {everyone[0]} / {everyone2[0]}"
 
 
+def edge_cases():
+    """No points anywhere; sources only on rank 0 and targets only on the last rank; the same
+    points on every rank (coincident pairs contribute nothing, as in aotfmm.direct)."""
+    texts, ok = [], True
+    plan = aotfmm.mpi.Fmm(np.zeros((0, 3)), comm=COMM, eps=EPS)
+    ok &= plan.evaluate(np.zeros(0)).shape == (0,)
+    rng = np.random.default_rng(3)
+    x, t, q = rng.random((800, 3)), rng.random((200, 3)), rng.standard_normal(800)
+    last = COMM.size - 1
+    src = x if COMM.rank == 0 else np.zeros((0, 3))
+    trg = t if COMM.rank == last else np.zeros((0, 3))
+    pot = aotfmm.mpi.Fmm(src, trg, comm=COMM, eps=EPS).evaluate(q if COMM.rank == 0
+                                                                  else np.zeros(0))
+    if COMM.rank == last:
+        e = np.linalg.norm(pot - numpy_reference(x, q[:, None], None, t, aotfmm.Laplace())[:, 0])
+        e /= np.linalg.norm(pot)
+        ok &= e <= EPS
+        texts.append(f"sources on rank 0, targets on rank {last}: {e:.1e}")
+    pot = aotfmm.mpi.Fmm(x[:300], comm=COMM, eps=EPS).evaluate(np.ones(300))
+    ref = COMM.size * numpy_reference(x[:300], np.ones((300, 1)), None, x[:300],
+                                      aotfmm.Laplace())[:, 0]
+    e = np.linalg.norm(pot - ref) / np.linalg.norm(ref)
+    ok &= e <= EPS
+    if COMM.rank == 0:
+        texts.append(f"same points on every rank: {e:.1e}")
+    oks = COMM.allgather(bool(ok))
+    texts = sum(COMM.allgather(texts), [])
+    return all(oks), "edge cases: no points anywhere ok; " + "; ".join(texts)
+
+
 CASES = {
     "uniform": lambda: run_case("uniform", "uniform", False, 1, False, "random"),
     "sphere": lambda: run_case("sphere", "sphere", False, 1, False, "random"),
@@ -145,6 +175,7 @@ CASES = {
                                aotfmm.Yukawa(8.0)),
     "helmholtz": lambda: run_case("helmholtz", "sphere", True, 1, False, "random",
                                   aotfmm.Helmholtz(6.0)),
+    "edge": edge_cases,
     "bad_input": bad_input_case,
 }
 
