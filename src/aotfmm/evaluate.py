@@ -18,15 +18,16 @@ import warnings
 
 import numpy as np
 
-from . import _dispatch, _driver, _geometry, _threads, expansions
+from . import _dispatch, _driver, _threads, expansions
 from ._driver import DownLevel, UpLevel
+from .cache import key_hash
 from ._direct import p2p as near_field
 from .families import LAPLACE
 from .lists import build_lists
-from .operators import P_MAX, P_MIN, get_operators
+from .operators import P_MAX, P_MIN, get_operators, l2l_blocks
 from ._validation import check_representable
 from .morton import LEVEL_BITS, MAX_LEVEL
-from .surfaces import kernel_matrix, n_surf
+from .surfaces import n_surf
 from .tree import build_tree
 
 __all__ = ["Plan", "P_MIN", "P_MAX", "choose_parameters", "order_error", "AccuracyWarning"]
@@ -129,19 +130,15 @@ def _composed_l2l(ops, parent_family, frame_family, vdt):
     """L2L into the boxes of ``ops`` (a per-level set) from their parent's local expansion:
     ``c2e_scale(1/2) DC2E_child K(child check surface, parent equivalent surface)`` with the
     parent level's family, in the value dtype ``vdt`` (memoised, read-only)."""
-    from .cache import key_hash
     memo_key = (key_hash(ops.key), parent_family, np.dtype(vdt).str)
     with _L2L_LOCK:
         hit = _L2L_MEMO.get(memo_key)
         if hit is not None:
             _L2L_MEMO.move_to_end(memo_key)
             return hit
-    s = ops.surface
-    half = 0.5 * _geometry.OCTANT_SIGNS[:, None, :]
     dc2e_b = ops.dc2e_b.astype(np.complex128 if np.dtype(vdt).kind == "c" else np.float64)
-    l2l = np.stack([frame_family.c2e_scale(0.5) * dc2e_b @ kernel_matrix(
-        half[c] + 0.5 * ops.r_down_check * s, ops.r_down_equiv * s, parent_family)
-        for c in range(8)]).astype(vdt)
+    l2l = l2l_blocks(dc2e_b, ops.surface, ops.r_down_check, ops.r_down_equiv, parent_family,
+                     frame_family.c2e_scale(0.5)).astype(vdt)
     l2l.flags.writeable = False
     with _L2L_LOCK:
         _L2L_MEMO[memo_key] = l2l

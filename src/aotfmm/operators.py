@@ -205,13 +205,10 @@ def _build_operators(p, radii, pinv_cutoff, m2l_tol, m2l_rank, method, stage, wo
     n = len(s)
     stage("M2M, L2L")
     m2m = np.empty((8, len(uc2e_b), n), dtype=uc2e_b.dtype)
-    l2l = np.empty((8, len(dc2e_b), n), dtype=dc2e_b.dtype)
-    child_c2e = family.c2e_scale(0.5)  # DC2E of the child (half-width 1/2) = this * DC2E_1
     for c, sign in enumerate(_geometry.OCTANT_SIGNS):
-        child = 0.5 * sign
         # parent half-width 1, child half-width 1/2: uc2e_b K(parent check, child equiv).
-        m2m[c] = uc2e_b @ kernel_matrix(r_uc * s, child + 0.5 * r_ue * s, family)
-        l2l[c] = child_c2e * dc2e_b @ kernel_matrix(child + 0.5 * r_dc * s, r_de * s, family)
+        m2m[c] = uc2e_b @ kernel_matrix(r_uc * s, 0.5 * sign + 0.5 * r_ue * s, family)
+    l2l = l2l_blocks(dc2e_b, s, r_dc, r_de, family, family.c2e_scale(0.5))
     if method not in _M2L_BUILDERS:
         raise ValueError(f"unknown M2L method {method!r}; expected one of {M2L_METHODS}")
     builder = _M2L_BUILDERS[method]
@@ -219,6 +216,18 @@ def _build_operators(p, radii, pinv_cutoff, m2l_tol, m2l_rank, method, stage, wo
                         family=family)
     return dict(surface=s, uc2e_a=uc2e_a, uc2e_b=uc2e_b, dc2e_a=dc2e_a, dc2e_b=dc2e_b,
                 m2m=m2m, l2l=l2l, **m2l)
+
+
+def l2l_blocks(dc2e_b, s, r_dc, r_de, parent_family, child_c2e):
+    """The 8 L2L blocks (8, rank, n_surf) from the local density of the reference box
+    (half-width 1) into its children (half-width 1/2, octant c of
+    :data:`aotfmm._geometry.OCTANT_SIGNS`): ``child_c2e DC2E_1 K(child check surface, parent
+    equivalent surface)``, K of ``parent_family``. ``child_c2e`` is
+    ``family.c2e_scale(0.5)`` (the child's DC2E is that times the reference one); a per-level
+    set passes its parent level's family (:mod:`aotfmm.evaluate`), a single set its own."""
+    return np.stack([child_c2e * dc2e_b @ kernel_matrix(0.5 * sign + 0.5 * r_dc * s, r_de * s,
+                                                        parent_family)
+                     for sign in _geometry.OCTANT_SIGNS])
 
 
 #: Cold build of one operator set (M2L method "sym") in float64 on a 2-core Intel Xeon
