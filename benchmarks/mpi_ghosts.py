@@ -15,35 +15,23 @@ import argparse
 
 import numpy as np
 
-from aotfmm.mpi import _far_lists, morton
+from aotfmm.mpi import _far_lists, ghost_destinations, owner_grid
 from aotfmm.surfaces import n_surf
 
 
 def owners(level, size):
-    """Owner rank of every box (n, n, n) of ``level`` for a uniform cube (equal weights)."""
-    n = 1 << level
-    ijk = np.stack(np.meshgrid(*(np.arange(n),) * 3, indexing="ij"), -1).reshape(-1, 3)
-    keys = morton(ijk)
-    nb = n ** 3
-    own_by_key = (np.arange(nb) * size) // nb  # equal weights: box k of the Morton order
-    return own_by_key[keys].reshape(n, n, n).astype(np.int32)
+    """Owner rank of every box (n, n, n) of ``level`` for a uniform cube (equal weights):
+    box k of the Morton order goes to rank k * size // 8^level."""
+    nb = 8 ** level
+    return owner_grid(((np.arange(nb) * size) // nb).astype(np.int32), level)
 
 
 def ghosts_per_rank(own, size):
-    """Boxes each rank receives as ghosts: for every box, each distinct other owner among its
-    26 neighbours gets it once."""
+    """Boxes each rank receives as ghosts (aotfmm.mpi's rule, for every box at once)."""
     n = own.shape[0]
-    pad = np.pad(own, 1, constant_values=-1)
-    neigh = np.stack([pad[1 + dx:1 + dx + n, 1 + dy:1 + dy + n, 1 + dz:1 + dz + n]
-                      for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1)
-                      if (dx, dy, dz) != (0, 0, 0)]).reshape(26, -1)
-    neigh = np.sort(neigh, axis=0)
-    first = np.ones_like(neigh, dtype=bool)
-    first[1:] = neigh[1:] != neigh[:-1]
-    mine = own.reshape(1, -1)
-    keep = first & (neigh >= 0) & (neigh != mine)
-    counts = np.bincount(neigh[keep], minlength=size)  # boxes received per rank
-    return counts
+    ijk = np.stack(np.meshgrid(*(np.arange(n),) * 3, indexing="ij"), -1).reshape(-1, 3)
+    _, dest = ghost_destinations(ijk, own.reshape(-1), own)
+    return np.bincount(dest, minlength=size)
 
 
 def far_boxes(own, rank, level):

@@ -53,6 +53,8 @@ from . import _blas, api
 from ._validation import (as_densities, as_points, check_eps, check_integer, check_kernel,
                           real_dtype, resolve_value_dtype)
 from .evaluate import choose_parameters
+from .morton import MAX_LEVEL as MORTON_MAX_LEVEL
+from .morton import deinterleave, interleave, point_codes
 from .surfaces import DEFAULT_RADII, surface
 
 __all__ = ["Fmm", "DistributedError"]
@@ -98,29 +100,36 @@ def _mpi():
 
 # ----------------------------------------------------------------------------- Morton boxes
 
-def _spread3(v):
-    """Bits of v (< 2^21) spread to every third bit."""
-    v = v.astype(np.int64) & 0x1FFFFF
-    v = (v | (v << 32)) & 0x1F00000000FFFF
-    v = (v | (v << 16)) & 0x1F0000FF0000FF
-    v = (v | (v << 8)) & 0x100F00F00F00F00F
-    v = (v | (v << 4)) & 0x10C30C30C30C30C3
-    v = (v | (v << 2)) & 0x1249249249249249
-    return v
+#: The 26 neighbour offsets of a box.
+_NEIGHBOURS = np.array([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)
+                        if (a, b, c) != (0, 0, 0)], dtype=np.int64)
 
 
-def morton(ijk):
-    """Morton key of integer box coordinates (n, 3), x the most significant of each triple."""
-    return (_spread3(ijk[:, 0]) << 2) | (_spread3(ijk[:, 1]) << 1) | _spread3(ijk[:, 2])
+def ghost_destinations(ijk, own, owner):
+    """(box index, rank) pairs: for each box ``ijk[i]`` (m, 3) of the grid whose owners are
+    ``owner`` (n, n, n), owned by ``own[i]``, every distinct other rank owning one of its 26
+    neighbours, once (the ranks that receive its sources as ghosts)."""
+    n = owner.shape[0]
+    dest = np.empty((len(ijk), len(_NEIGHBOURS)), dtype=owner.dtype)
+    for col, off in enumerate(_NEIGHBOURS):
+        nb = ijk + off
+        valid = ((nb >= 0) & (nb < n)).all(axis=1)
+        nb = np.clip(nb, 0, n - 1)
+        dest[:, col] = np.where(valid, owner[nb[:, 0], nb[:, 1], nb[:, 2]], -1)
+    dest.sort(axis=1)
+    first = np.ones(dest.shape, dtype=bool)
+    first[:, 1:] = dest[:, 1:] != dest[:, :-1]
+    rows, cols = np.nonzero(first & (dest >= 0) & (dest != np.asarray(own)[:, None]))
+    return rows, dest[rows, cols].astype(np.int64)
 
 
-def _unmorton(keys, level):
-    """Box coordinates (n, 3) of Morton keys at ``level``."""
-    ijk = np.zeros((len(keys), 3), dtype=np.int64)
-    for b in range(level):
-        for a in range(3):
-            ijk[:, a] |= ((keys >> (3 * b + 2 - a)) & 1) << b
-    return ijk
+def owner_grid(owner_by_code, level):
+    """(n, n, n) owners of the boxes of ``level`` from their owners in code order."""
+    n = 1 << level
+    ijk = deinterleave(np.arange(n ** 3))
+    grid = np.empty((n, n, n), dtype=owner_by_code.dtype)
+    grid[ijk[:, 0], ijk[:, 1], ijk[:, 2]] = owner_by_code
+    return grid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,14 +139,10 @@ class Grid:
     half: float     # root half-width
     level: int
 
-    def ijk(self, pts, level=None):
-        level = self.level if level is None else level
-        n = 1 << level
-        w = 2.0 * self.half / n
-        return np.clip(np.floor((pts - self.lo) / w), 0, n - 1).astype(np.int64)
-
     def keys(self, pts):
-        return morton(self.ijk(pts)) if len(pts) else np.zeros(0, np.int64)
+        """Codes (:mod:`aotfmm.morton`) of the boxes of ``level`` holding points (n, 3)."""
+        codes = point_codes(np.ascontiguousarray(pts.T), self.lo, self.half)
+        return codes >> (3 * (MORTON_MAX_LEVEL - self.level))
 
     def center(self, ijk, level):
         w = 2.0 * self.half / (1 << level)
@@ -170,12 +175,10 @@ class _Route:
         si = counts_in * width
         sd = np.concatenate(([0], np.cumsum(so)[:-1]))
         rd = np.concatenate(([0], np.cumsum(si)[:-1]))
-        MPI = _mpi()
         self.comm.Alltoallv([rows.reshape(-1), (so, sd)], [out.reshape(-1), (si, rd)])
         mine = self.comm.rank
         self.bytes += int((so.sum() - so[mine]) * rows.itemsize)
         self.messages += int(np.count_nonzero(so) - (so[mine] > 0))
-        del MPI
         return out
 
     def send(self, rows):
@@ -298,10 +301,16 @@ class Fmm:
             n_sources=len(self._src), n_targets=len(self._trg), n_ghost=len(self._ghost_near),
             n_far_boxes=int(sum(len(v) for v in self._far.values())),
             n_far_points=self._n_far_points, seconds=seconds,
-            bytes={"partition": self._route_src.bytes + self._route_trg.bytes,
+            bytes={"partition": sum(r.bytes for r in self._point_routes()),
                    "ghosts": self._route_ghost.bytes},
-            messages={"partition": self._route_src.messages + self._route_trg.messages,
+            messages={"partition": sum(r.messages for r in self._point_routes()),
                       "ghosts": self._route_ghost.messages})
+
+    def _point_routes(self):
+        """The routes of the partition: sources, and targets when they are other points
+        (with targets = sources one route serves both and is counted once)."""
+        return (self._route_src,) if self._route_trg is self._route_src else \
+            (self._route_src, self._route_trg)
 
     # -- setup -------------------------------------------------------------------------------
     def _check_input(self, sources, targets, eps, kernel, dtype, threads, level):
@@ -367,27 +376,15 @@ class Fmm:
     def _ghosts(self):
         """Send own sources to every other rank owning a coarse box adjacent to theirs."""
         grid, comm = self.grid, self.comm
-        n = 1 << grid.level
         boxes = np.unique(self._skey)
-        ijk = _unmorton(boxes, grid.level)
-        rows_box, rows_dest = [], []
-        offs = np.array([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)
-                         if (a, b, c) != (0, 0, 0)])
-        for k, box in enumerate(boxes):
-            nb = ijk[k] + offs
-            nb = nb[((nb >= 0) & (nb < n)).all(1)]
-            dest = np.unique(self._owner[morton(nb)])
-            dest = dest[dest != comm.rank]
-            rows_box.extend([box] * len(dest))
-            rows_dest.extend(dest.tolist())
-        rows_box = np.asarray(rows_box, dtype=np.int64)
-        rows_dest = np.asarray(rows_dest, dtype=np.int64)
+        rows, dest = ghost_destinations(deinterleave(boxes), np.full(len(boxes), comm.rank),
+                                        owner_grid(self._owner, grid.level))
+        rows_box, rows_dest = boxes[rows], dest
         # expand to points: every own source of each (box, dest) row
         lo = np.searchsorted(self._skey_sorted, rows_box, side="left")
         hi = np.searchsorted(self._skey_sorted, rows_box, side="right")
         lens = hi - lo
-        idx = (np.repeat(lo - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
-               if len(lens) else np.zeros(0, np.int64))
+        idx = np.repeat(lo - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
         self._ghost_rows = self._sorder[idx]
         self._route_ghost = _Route(comm, np.repeat(rows_dest, lens))
         self._ghost = self._route_ghost.send(self._src[self._ghost_rows])
@@ -398,10 +395,10 @@ class Fmm:
         n = 1 << grid.level
         occ_t = np.zeros((n, n, n), dtype=bool)
         if len(self._tkey):
-            t = _unmorton(np.unique(self._tkey), grid.level)
+            t = deinterleave(np.unique(self._tkey))
             occ_t[t[:, 0], t[:, 1], t[:, 2]] = True
         occ_s = np.zeros((n, n, n), dtype=bool)
-        s = _unmorton(np.flatnonzero(self._src_count), grid.level)
+        s = deinterleave(np.flatnonzero(self._src_count))
         occ_s[s[:, 0], s[:, 1], s[:, 2]] = True
         self._far = _far_lists(occ_t, occ_s, grid.level) if len(self._tkey) else {}
         # point sources of the local FMM: own and ghost sources in coarse boxes adjacent to a
@@ -410,7 +407,7 @@ class Fmm:
         near = _dilate(occ_t)
 
         def is_near(keys):
-            ijk = _unmorton(keys, grid.level)
+            ijk = deinterleave(keys)
             return near[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
         self._own_near = np.flatnonzero(is_near(self._skey))
         self._ghost_near = np.flatnonzero(is_near(self._gkey))
@@ -418,7 +415,7 @@ class Fmm:
         union = {}
         for lev in range(2, grid.level + 1):
             mine = self._far.get(lev, np.zeros((0, 3), np.int64))
-            keys = np.unique(np.concatenate(comm.allgather(morton(mine))))
+            keys = np.unique(np.concatenate(comm.allgather(interleave(mine))))
             union[lev] = keys
         self._union = union
         p, _ = choose_parameters(self.eps, separate_targets=True, family=self.family,
@@ -490,8 +487,8 @@ class Fmm:
         vdt = np.dtype(np.complex128) if self.family.complex else np.dtype(np.float64)
         seconds = {}
         t = time.perf_counter()
-        routes = (self._route_src, self._route_trg, self._route_ghost)
-        bytes0 = sum(r.bytes for r in {id(r): r for r in routes}.values())
+        routes = self._point_routes() + (self._route_ghost,)
+        bytes0 = sum(r.bytes for r in routes)
         # rows: per source, k charges then 3k dipole components
         cols = []
         if q is not None:
@@ -539,7 +536,7 @@ class Fmm:
         seconds["evaluate"] = time.perf_counter() - t0
         self.stats["seconds"].update({"eval:" + a: b for a, b in seconds.items()})
         self.stats["bytes"]["eval:points"] = (
-            sum(r.bytes for r in {id(r): r for r in routes}.values()) - bytes0)
+            sum(r.bytes for r in routes) - bytes0)
         pot = home[:, :k].astype(self.dtype)
         if single:
             pot = pot[:, 0]
@@ -554,16 +551,15 @@ class Fmm:
         grid, comm = self.grid, self.comm
         ns = len(self._surf)
         parts = []
-        src_sorted = self._src[self._sorder]
         self.stats["bytes"]["eval:far allreduce"] = 0
         for lev, keys in self._union.items():
             acc = np.zeros((len(keys), ns, k), dtype=vdt)
-            if len(keys) and len(src_sorted):
+            if len(keys) and len(self._src):
                 shift = 3 * (grid.level - lev)
                 lo = np.searchsorted(self._skey_sorted, keys << shift, side="left")
                 hi = np.searchsorted(self._skey_sorted, (keys + 1) << shift, side="left")
                 h = grid.box_half(lev)
-                centers = grid.center(_unmorton(keys, lev), lev)
+                centers = grid.center(deinterleave(keys), lev)
                 for i in np.flatnonzero(hi > lo):
                     rows = self._sorder[lo[i]:hi[i]]
                     chk = centers[i] + R_UP_CHECK * h * self._surf
@@ -578,9 +574,8 @@ class Fmm:
             self.stats["bytes"]["eval:far allreduce"] += acc.nbytes
             mine = self._far.get(lev)
             if mine is not None and len(mine):
-                idx = np.searchsorted(keys, morton(mine))
+                idx = np.searchsorted(keys, interleave(mine))
                 parts.append(total[idx].reshape(-1, k))
-        del src_sorted
         return np.concatenate(parts) if parts else np.zeros((0, k), dtype=vdt)
 
 
@@ -608,7 +603,6 @@ def demo(n=100_000, eps=1e-6, threads=None, level=None, sample=500, seed=0, grad
     MPI = _mpi()
     comm = MPI.COMM_WORLD if comm is None else comm
     n = int(n)
-    rng = np.random.default_rng(seed)
     # each rank draws only its own points: rank r's share from a stream of its own
     w = np.random.default_rng(seed + 1).random(comm.size) + 0.5
     counts = np.floor(n * w / w.sum()).astype(np.int64)
@@ -616,7 +610,6 @@ def demo(n=100_000, eps=1e-6, threads=None, level=None, sample=500, seed=0, grad
     mine_rng = np.random.default_rng([seed, comm.rank])
     x = mine_rng.random((int(counts[comm.rank]), 3))
     q = mine_rng.standard_normal(len(x))
-    del rng
     comm.Barrier()
     t0 = time.perf_counter()
     plan = Fmm(x, comm=comm, eps=eps, threads=threads, level=level)
