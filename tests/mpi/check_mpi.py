@@ -102,30 +102,59 @@ def run_case(name, kind, targets, k, dipoles, how, family=None):
     return COMM.bcast((ok, text), root=0)
 
 
-def bad_input_case():
-    """One rank passes a malformed array: every rank must raise the same DistributedError."""
-    rng = np.random.default_rng(5)
-    x = rng.random((100, 3))
-    bad = COMM.size - 1
-    mine = x if COMM.rank != bad else x[:, :2]
+def _all_raise(bad, call, expect):
+    """``call(is_bad_rank)`` on every rank: every rank must raise the same DistributedError
+    naming rank ``bad`` with ``expect`` in its message."""
     try:
-        aotfmm.mpi.Fmm(mine, comm=COMM, eps=EPS)
+        call(COMM.rank == bad)
         got = None
     except aotfmm.mpi.DistributedError as exc:
         got = (exc.rank, str(exc))
     everyone = COMM.allgather(got)
-    ok = all(g is not None and g == everyone[0] for g in everyone) and everyone[0][0] == bad
-    # and a bad density on one rank at evaluate
-    plan = aotfmm.mpi.Fmm(x[COMM.rank::COMM.size], comm=COMM, eps=EPS)
-    q = np.ones(len(x[COMM.rank::COMM.size]))
-    try:
-        plan.evaluate(q if COMM.rank != bad else q[:-1])
-        got2 = None
-    except aotfmm.mpi.DistributedError as exc:
-        got2 = (exc.rank, str(exc))
-    everyone2 = COMM.allgather(got2)
-    ok = ok and all(g is not None and g == everyone2[0] for g in everyone2)
-    return ok, f"bad input on rank {bad}: every rank raised: {everyone[0]} / {everyone2[0]}"
+    ok = (all(g is not None and g == everyone[0] for g in everyone) and everyone[0][0] == bad
+          and expect in everyone[0][1])
+    return ok, everyone[0]
+
+
+def bad_input_case():
+    """One rank passes malformed input (wrong shape, NaN, strings, complex coordinates,
+    charges of the wrong length, NaN or wrong-shape dipoles): every rank raises the same
+    DistributedError, no rank hangs. Fortran-ordered input is fine (converted)."""
+    rng = np.random.default_rng(5)
+    x = rng.random((100, 3))
+    bad = COMM.size - 1
+    nan_x = x.copy()
+    nan_x[7, 1] = np.nan
+    points = [(x[:, :2], "shape (n, 3)"), (nan_x, "NaN or infinity"), (x.astype(str), "real"),
+              (x + 1j, "real")]
+    ok, seen = True, []
+    for wrong, expect in points:
+        good, what = _all_raise(bad, lambda is_bad: aotfmm.mpi.Fmm(
+            wrong if is_bad else x, comm=COMM, eps=EPS), expect)
+        ok &= good
+        seen.append(what)
+    mine = x[COMM.rank::COMM.size]
+    plan = aotfmm.mpi.Fmm(np.asfortranarray(mine), comm=COMM, eps=EPS, dipoles=True)
+    q = np.ones(len(mine))
+    d = np.ones((len(mine), 3))
+    d_nan = d.copy()
+    d_nan[:1] = np.nan
+    densities = [(dict(local_charges=q[:-1]), "charges"), (dict(local_charges=q * np.nan),
+                 "NaN or infinity"), (dict(dipoles=d_nan), "NaN or infinity"),
+                 (dict(dipoles=d[:, :2]), "dipoles")]
+    for wrong, expect in densities:
+        good, what = _all_raise(bad, lambda is_bad: plan.evaluate(
+            **(wrong if is_bad else dict(local_charges=q))), expect)
+        ok &= good
+        seen.append(what)
+    # the plan still works after the refused calls, and matches numpy
+    pot = plan.evaluate(q, dipoles=d)
+    ref = numpy_reference(x, np.ones((100, 1)), np.ones((100, 1, 3)), mine, aotfmm.Laplace())
+    e = np.linalg.norm(pot - ref[:, 0]) / np.linalg.norm(ref)
+    ok &= bool(e <= EPS)
+    ok = all(COMM.allgather(bool(ok)))
+    return ok, (f"bad input on rank {bad}: every rank raised the same error for each of "
+                f"{len(seen)} kinds, e.g. {seen[0]}; then {e:.1e} vs numpy")
 
 
 def edge_cases():
