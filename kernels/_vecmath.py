@@ -13,6 +13,8 @@ range reduction, a polynomial and a power of two built from its bits: only multi
   float32), times 2^n built from the exponent bits. Below the smallest normal result
   (x < -708 in float64, x < -87 in float32) it returns 0. Measured relative error on
   [-708, 0]: <= 3.2e-16 (float64), <= 8.6e-8 (float32).
+* ``vexp_coarse(x)``: the same for pair sums that need ~1e-11 only (degree 9, one-part ln 2):
+  ~15 % faster Yukawa near fields at eps >= 1e-8.
 * ``vsincos(t)``: (sin t, cos t). t = k pi/2 + y with |y| <= pi/4 (pi/2 in three parts),
   fdlibm's minimax polynomials for sin/cos on [-pi/4, pi/4] (Taylor in float32), and the
   quadrant k mod 4 chosen with float selects (no float -> int conversion, which AVX2 cannot
@@ -39,6 +41,7 @@ _OPTS = {"fastmath": set(FASTMATH) - {"reassoc"}}
 _LOG2E = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01  # ln 2 to 32 bits: n * _LN2_HI is exact for |n| < 2^20
 _LN2_LO = 1.90821492927058770002e-10
+_LN2 = 0.6931471805599453  # ln 2 in one part (vexp_coarse)
 # 1/k!, k = 12 .. 2
 _E12 = 2.08767569878680989792e-09
 _E11 = 2.50521083854417187751e-08
@@ -119,6 +122,42 @@ def _vexp(x):
         if x < _XMIN32:
             y = _ZERO_F
         return y
+    return impl32
+
+
+def vexp_coarse(x):
+    """Python reference: exp(x) (the compiled versions are the overloads below)."""
+    return np.exp(x)
+
+
+@overload(vexp_coarse, jit_options=_OPTS)
+def _vexp_coarse(x):
+    """exp(x), x <= 0, to ~1e-11 relative in float64 for pair loops whose sums need no more
+    (the FMM's near field at eps >= 1e-8): ``vexp``'s reduction with ln 2 in one part (|n| <=
+    1021 puts at most ~2.5e-14 into r) and the Taylor polynomial to degree 9 instead of 12
+    (truncation (ln2/2)^10/10! < 7.2e-12). Measured on [-708, 0]: <= 9.5e-12. float32: ``vexp``."""
+    if isinstance(x, types.Float) and x.bitwidth == 64:
+        def impl(x):
+            n = np.floor(x * _LOG2E + 0.5)
+            r = x - n * _LN2
+            p = _E9
+            p = p * r + _E8
+            p = p * r + _E7
+            p = p * r + _E6
+            p = p * r + _E5
+            p = p * r + _E4
+            p = p * r + _E3
+            p = p * r + _E2
+            p = p * (r * r) + r + 1.0
+            bits = (np.int64(np.int32(n)) + 1023) << 52
+            y = p * np.int64(bits).view(np.float64)
+            if x < _XMIN64:  # below the normal range (also where n has no int32 value)
+                y = 0.0
+            return y
+        return impl
+
+    def impl32(x):
+        return vexp(x)
     return impl32
 
 

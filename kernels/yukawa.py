@@ -2,10 +2,14 @@
 
 The three density kernels of ``multi.py`` for this G, with the same parameters, layouts,
 box/list/shift conventions and ``flags`` bits (1 charges, 2 dipoles, 4 gradient; 8, full
-accuracy 1/r in P2P, as there), plus the scalar ``lam`` ({F}, > 0; the front end checks it):
+accuracy 1/r in P2P, as there; 16, P2P of one charge vector only: exp(-lam r) to ~1e-11 by
+``_vecmath.vexp_coarse``, for the FMM's near field at eps >= 1e-8), plus the scalar ``lam``
+({F}, > 0; the front end checks it):
 
 * ``yukawa_p2p`` (P2P, like ``p2p_multi``), ``yukawa_p2c`` (P2M/P2L check potentials, like
-  ``p2c_multi``), ``yukawa_s2p`` (L2P/M2P from surface densities, like ``s2p_multi``).
+  ``p2c_multi``), ``yukawa_s2p`` (L2P/M2P from surface densities, like ``s2p_multi``);
+* ``yukawa_p2p_sym``: the near field of one charge vector when the targets are the sources,
+  each pair of distinct boxes once for both (Newton's third law; see its docstring).
 
 With d = x - y, r = |d|, e = exp(-lam r) and L = lam r, dividing everything by 4 pi:
 
@@ -22,15 +26,15 @@ correctly rounded, as before). One charge vector is summed inside the pair loop 
 geometry, as ``p2p.py`` does for Laplace). The exponent -lam r then carries
 ~lam r x 3e-14 relative error (near-field pairs have lam r of a few box widths: 6e-13 at
 lam r = 20, where the term's weight is exp(-20) = 2e-9). P2C and S2P keep the exact sqrt
-(their pairs are far fewer). exp(-lam r) is ``_vecmath.vexp``
-(vectorised, full accuracy), computed once; each density is then a multiply-add sweep over the
-stored pair values. The dipole terms store 1/r^5 as ``multi.py`` does, with the same float32
+(their pairs are far fewer). exp(-lam r) is ``_vecmath.vexp`` (vectorised, full accuracy;
+``vexp_coarse`` with flag 16), computed once; each density is then a multiply-add sweep over
+the stored pair values. The dipole terms store 1/r^5 as ``multi.py`` does, with the same float32
 limit (overflow for points closer than ~2e-8).
 """
 import numpy as np
 
 from ._inline import inv_sqrt
-from ._vecmath import vexp
+from ._vecmath import vexp, vexp_coarse
 
 INV4PI = 0.07957747154594767  # 1 / (4 pi)
 
@@ -54,13 +58,21 @@ SIGNATURES = {
     "yukawa_s2p": "void({F}[:, :, ::1], {F}[:, ::1], i8[::1], i8[::1], i8[::1], {F}[:, ::1],"
                   " {F}[::1], i8[::1], i8[::1], {F}[:, ::1], {F}, i8, i8, i8, {F}, {F}[:, ::1],"
                   " {F}[:, ::1], {F}[:, :, ::1])",
+    # IN xyz (3, n), IN q (n,), IN start, IN end, IN one_offsets, IN one_index,
+    # IN one_shift (n_one, 3), IN sym_offsets, IN sym_index, IN sym_shift (n_sym, 3), IN boxes,
+    # IN i0, IN i1, IN flags (4 gradient, 8 exact), IN m_max, IN lam, INOUT pot (n,),
+    # INOUT grad (3, n)
+    "yukawa_p2p_sym": "void({F}[:, ::1], {F}[::1], i8[::1], i8[::1], i8[::1], i8[::1],"
+                      " {F}[:, ::1], i8[::1], i8[::1], {F}[:, ::1], i8[::1], i8, i8, i8, i8,"
+                      " {F}, {F}[::1], {F}[:, ::1])",
 }
 
 _ACC = {name: "{F}" for name in (
     "c", "one", "three", "acc", "gx", "gy", "gz", "r2", "invr", "ir2", "r", "lr", "g0",
     "g1", "g2", "dd", "t5", "qj", "ox", "oy", "oz", "xi", "yi", "zi", "dx", "dy", "dz", "hr", "chk",
     "xm", "ym", "zm", "nlam")}
-LOCALS = {"yukawa_p2p": _ACC, "yukawa_p2c": _ACC, "yukawa_s2p": _ACC}
+LOCALS = {"yukawa_p2p": _ACC, "yukawa_p2c": _ACC, "yukawa_s2p": _ACC,
+          "yukawa_p2p_sym": _ACC}
 
 #: Sources per geometry chunk in yukawa_p2p (as ``multi.P2P_CHUNK``: the scratch stays in L1).
 P2P_CHUNK = 256
@@ -81,6 +93,7 @@ def yukawa_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
     has_d = (flags & 2) != 0
     do_g = (flags & 4) != 0
     refine = (flags & 8) != 0
+    coarse = (flags & 16) != 0  # one charge vector: exp to ~1e-11 (vexp_coarse)
     mode = 2 if has_d else (1 if do_g else 0)
     fused = mode < 2 and pot.shape[0] == 1
     nd = pot.shape[0]
@@ -138,7 +151,36 @@ def yukawa_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
                     gx = 0.0
                     gy = 0.0
                     gz = 0.0
-                    if not refine:
+                    if not refine and coarse:
+                        if mode == 0:
+                            for j in range(np.uint64(0), m):
+                                dx = xi - sx[j]
+                                dy = yi - sy[j]
+                                dz = zi - sz[j]
+                                r2 = dx * dx + dy * dy + dz * dz
+                                invr = inv_sqrt(r2, False)
+                                if r2 == 0.0:
+                                    invr = 0.0
+                                chk += invr
+                                acc += qd[j] * (vexp_coarse(nlam * (r2 * invr)) * invr)
+                        else:
+                            for j in range(np.uint64(0), m):
+                                dx = xi - sx[j]
+                                dy = yi - sy[j]
+                                dz = zi - sz[j]
+                                r2 = dx * dx + dy * dy + dz * dz
+                                invr = inv_sqrt(r2, False)
+                                if r2 == 0.0:
+                                    invr = 0.0
+                                chk += invr
+                                r = r2 * invr
+                                g0 = qd[j] * (vexp_coarse(nlam * r) * invr)
+                                acc += g0
+                                g1 = g0 * (one + lam * r) * (invr * invr)
+                                gx -= dx * g1
+                                gy -= dy * g1
+                                gz -= dz * g1
+                    elif not refine:
                         if mode == 0:
                             for j in range(np.uint64(0), m):
                                 dx = xi - sx[j]
@@ -483,3 +525,283 @@ def yukawa_s2p(dens, trg_xyz, trg_start, trg_end, trg_boxes, centers, half_width
                         for m in range(n):
                             acc += w[m] * bg0[m]
                     pot[d, t] += c * acc
+
+
+def yukawa_p2p_sym(xyz, q, start, end, one_offsets, one_index, one_shift, sym_offsets,
+                   sym_index, sym_shift, boxes, i0, i1, flags, m_max, lam, pot, grad):
+    """Near field of one charge vector when the targets are the sources (Newton's third law):
+    pot[i] (+ grad[:, i]) += Yukawa field at point i, for the target boxes boxes[i0:i1].
+
+    The points ``xyz`` (3, n) are both sources and targets, box b holding start[b]:end[b].
+    Box b's one-sided list (``one_offsets``/``one_index``, per entry the shift of the source
+    box's points into b's frame, as in ``yukawa_p2p``) acts on b's points only: b itself, and
+    pairs whose mirror is not in the near field. Its symmetric list (``sym_*``) holds boxes s
+    whose pair with b is computed once, here: each pair value is used for the point in b and,
+    with the sign of d reversed for the gradient, for the point in s. So ``pot``/``grad``
+    receive sums for points outside boxes[i0:i1]; callers running ranges in parallel give each
+    thread its own output arrays (added up afterwards). flags: 4 gradient; 8 exact 1/r (direct
+    sums); 16 exp to ~1e-11 (``vexp_coarse``: for the near field at eps >= 1e-8). ``m_max``
+    >= the points of any box's one-sided list and of its symmetric list.
+
+    1/r is ``inv_sqrt`` (float32 estimate and one Newton step) unless flag 8; a box where a pair
+    is too close for the estimate (NaN) is redone with the exact sqrt, which is possible because
+    each box's sums are built in scratch and added to ``pot``/``grad`` at the end."""
+    c = INV4PI
+    one = 1.0
+    nlam = -lam
+    do_g = (flags & 4) != 0
+    exact0 = (flags & 8) != 0
+    coarse = (flags & 16) != 0
+    dt = xyz.dtype
+    s1 = np.empty((3, m_max), dtype=dt)   # one-sided sources, in b's frame
+    q1 = np.empty(m_max, dtype=dt)
+    s2 = np.empty((3, m_max), dtype=dt)   # symmetric partners, in b's frame
+    q2 = np.empty(m_max, dtype=dt)
+    gidx = np.empty(m_max, dtype=np.int64)  # their point indices
+    o2 = np.empty((4, m_max), dtype=dt)   # their sums (pot, grad)
+    ob = np.empty((4, m_max), dtype=dt)   # b's own sums
+    for ii in range(i0, i1):
+        b = boxes[ii]
+        t0 = start[b]
+        nt = end[b] - t0
+        n1 = 0
+        for kk in range(one_offsets[b], one_offsets[b + 1]):
+            s = one_index[kk]
+            j0 = start[s]
+            ox = one_shift[kk, 0]
+            oy = one_shift[kk, 1]
+            oz = one_shift[kk, 2]
+            for j in range(j0, end[s]):
+                s1[0, n1] = xyz[0, j] - ox
+                s1[1, n1] = xyz[1, j] - oy
+                s1[2, n1] = xyz[2, j] - oz
+                q1[n1] = q[j]
+                n1 += 1
+        n2 = 0
+        for kk in range(sym_offsets[b], sym_offsets[b + 1]):
+            s = sym_index[kk]
+            j0 = start[s]
+            ox = sym_shift[kk, 0]
+            oy = sym_shift[kk, 1]
+            oz = sym_shift[kk, 2]
+            for j in range(j0, end[s]):
+                s2[0, n2] = xyz[0, j] - ox
+                s2[1, n2] = xyz[1, j] - oy
+                s2[2, n2] = xyz[2, j] - oz
+                q2[n2] = q[j]
+                gidx[n2] = j
+                n2 += 1
+        exact = exact0
+        while True:
+            for e in range(4):
+                for j in range(n2):
+                    o2[e, j] = 0.0
+                for i in range(nt):
+                    ob[e, i] = 0.0
+            chk = 0.0
+            p2 = o2[0, :n2]
+            px = o2[1, :n2]
+            py = o2[2, :n2]
+            pz = o2[3, :n2]
+            sx = s1[0, :n1]
+            sy = s1[1, :n1]
+            sz = s1[2, :n1]
+            qs = q1[:n1]
+            tx = s2[0, :n2]
+            ty = s2[1, :n2]
+            tz = s2[2, :n2]
+            qt = q2[:n2]
+            m1 = np.uint64(n1)
+            m2 = np.uint64(n2)
+            for i in range(nt):
+                xi = xyz[0, t0 + i]
+                yi = xyz[1, t0 + i]
+                zi = xyz[2, t0 + i]
+                qi = q[t0 + i]
+                acc = 0.0
+                gx = 0.0
+                gy = 0.0
+                gz = 0.0
+                if not exact and coarse:
+                    if not do_g:
+                        for j in range(np.uint64(0), m1):
+                            dx = xi - sx[j]
+                            dy = yi - sy[j]
+                            dz = zi - sz[j]
+                            r2 = dx * dx + dy * dy + dz * dz
+                            invr = inv_sqrt(r2, False)
+                            if r2 == 0.0:
+                                invr = 0.0
+                            chk += invr
+                            acc += qs[j] * (vexp_coarse(nlam * (r2 * invr)) * invr)
+                        for j in range(np.uint64(0), m2):
+                            dx = xi - tx[j]
+                            dy = yi - ty[j]
+                            dz = zi - tz[j]
+                            r2 = dx * dx + dy * dy + dz * dz
+                            invr = inv_sqrt(r2, False)
+                            if r2 == 0.0:
+                                invr = 0.0
+                            chk += invr
+                            g0 = vexp_coarse(nlam * (r2 * invr)) * invr
+                            acc += qt[j] * g0
+                            p2[j] += qi * g0
+                    else:
+                        for j in range(np.uint64(0), m1):
+                            dx = xi - sx[j]
+                            dy = yi - sy[j]
+                            dz = zi - sz[j]
+                            r2 = dx * dx + dy * dy + dz * dz
+                            invr = inv_sqrt(r2, False)
+                            if r2 == 0.0:
+                                invr = 0.0
+                            chk += invr
+                            r = r2 * invr
+                            g0 = qs[j] * (vexp_coarse(nlam * r) * invr)
+                            acc += g0
+                            g1 = g0 * (one + lam * r) * (invr * invr)
+                            gx -= dx * g1
+                            gy -= dy * g1
+                            gz -= dz * g1
+                        for j in range(np.uint64(0), m2):
+                            dx = xi - tx[j]
+                            dy = yi - ty[j]
+                            dz = zi - tz[j]
+                            r2 = dx * dx + dy * dy + dz * dz
+                            invr = inv_sqrt(r2, False)
+                            if r2 == 0.0:
+                                invr = 0.0
+                            chk += invr
+                            r = r2 * invr
+                            g0 = vexp_coarse(nlam * r) * invr
+                            g1 = g0 * (one + lam * r) * (invr * invr)
+                            qj = qt[j]
+                            acc += qj * g0
+                            p2[j] += qi * g0
+                            t5 = qj * g1
+                            gx -= dx * t5
+                            gy -= dy * t5
+                            gz -= dz * t5
+                            t5 = qi * g1
+                            px[j] += dx * t5
+                            py[j] += dy * t5
+                            pz[j] += dz * t5
+                elif not exact:
+                    if not do_g:
+                        for j in range(np.uint64(0), m1):
+                            dx = xi - sx[j]
+                            dy = yi - sy[j]
+                            dz = zi - sz[j]
+                            r2 = dx * dx + dy * dy + dz * dz
+                            invr = inv_sqrt(r2, False)
+                            if r2 == 0.0:
+                                invr = 0.0
+                            chk += invr
+                            acc += qs[j] * (vexp(nlam * (r2 * invr)) * invr)
+                        for j in range(np.uint64(0), m2):
+                            dx = xi - tx[j]
+                            dy = yi - ty[j]
+                            dz = zi - tz[j]
+                            r2 = dx * dx + dy * dy + dz * dz
+                            invr = inv_sqrt(r2, False)
+                            if r2 == 0.0:
+                                invr = 0.0
+                            chk += invr
+                            g0 = vexp(nlam * (r2 * invr)) * invr
+                            acc += qt[j] * g0
+                            p2[j] += qi * g0
+                    else:
+                        for j in range(np.uint64(0), m1):
+                            dx = xi - sx[j]
+                            dy = yi - sy[j]
+                            dz = zi - sz[j]
+                            r2 = dx * dx + dy * dy + dz * dz
+                            invr = inv_sqrt(r2, False)
+                            if r2 == 0.0:
+                                invr = 0.0
+                            chk += invr
+                            r = r2 * invr
+                            g0 = qs[j] * (vexp(nlam * r) * invr)
+                            acc += g0
+                            g1 = g0 * (one + lam * r) * (invr * invr)
+                            gx -= dx * g1
+                            gy -= dy * g1
+                            gz -= dz * g1
+                        for j in range(np.uint64(0), m2):
+                            dx = xi - tx[j]
+                            dy = yi - ty[j]
+                            dz = zi - tz[j]
+                            r2 = dx * dx + dy * dy + dz * dz
+                            invr = inv_sqrt(r2, False)
+                            if r2 == 0.0:
+                                invr = 0.0
+                            chk += invr
+                            r = r2 * invr
+                            g0 = vexp(nlam * r) * invr
+                            g1 = g0 * (one + lam * r) * (invr * invr)
+                            qj = qt[j]
+                            acc += qj * g0
+                            p2[j] += qi * g0
+                            t5 = qj * g1
+                            gx -= dx * t5
+                            gy -= dy * t5
+                            gz -= dz * t5
+                            t5 = qi * g1
+                            px[j] += dx * t5
+                            py[j] += dy * t5
+                            pz[j] += dz * t5
+                else:
+                    for j in range(np.uint64(0), m1):
+                        dx = xi - sx[j]
+                        dy = yi - sy[j]
+                        dz = zi - sz[j]
+                        r2 = dx * dx + dy * dy + dz * dz
+                        r = np.sqrt(r2)
+                        invr = one / r
+                        if r2 == 0.0:
+                            invr = 0.0
+                        g0 = qs[j] * (vexp(nlam * r) * invr)
+                        acc += g0
+                        g1 = g0 * (one + lam * r) * (invr * invr)
+                        gx -= dx * g1
+                        gy -= dy * g1
+                        gz -= dz * g1
+                    for j in range(np.uint64(0), m2):
+                        dx = xi - tx[j]
+                        dy = yi - ty[j]
+                        dz = zi - tz[j]
+                        r2 = dx * dx + dy * dy + dz * dz
+                        r = np.sqrt(r2)
+                        invr = one / r
+                        if r2 == 0.0:
+                            invr = 0.0
+                        g0 = vexp(nlam * r) * invr
+                        g1 = g0 * (one + lam * r) * (invr * invr)
+                        qj = qt[j]
+                        acc += qj * g0
+                        p2[j] += qi * g0
+                        t5 = qj * g1
+                        gx -= dx * t5
+                        gy -= dy * t5
+                        gz -= dz * t5
+                        t5 = qi * g1
+                        px[j] += dx * t5
+                        py[j] += dy * t5
+                        pz[j] += dz * t5
+                ob[0, i] = acc
+                ob[1, i] = gx
+                ob[2, i] = gy
+                ob[3, i] = gz
+            if exact or chk == chk:
+                break
+            exact = True  # a pair too close for the float32 estimate: redo the box exactly
+        for i in range(nt):
+            pot[t0 + i] += c * ob[0, i]
+        for j in range(n2):
+            pot[gidx[j]] += c * p2[j]
+        if do_g:
+            for e in range(3):
+                for i in range(nt):
+                    grad[e, t0 + i] += c * ob[e + 1, i]
+                for j in range(n2):
+                    grad[e, gidx[j]] += c * o2[e + 1, j]

@@ -4,6 +4,8 @@ reference behind :func:`aotfmm.direct` (``_direct``, ``_direct_multi``) and the 
 
 Everything here trusts its input: the public :func:`aotfmm.direct` (in :mod:`aotfmm.api`)
 checks it first (:mod:`aotfmm._validation`)."""
+import threading
+
 import numpy as np
 
 from . import _dispatch, _threads
@@ -97,7 +99,7 @@ def _p2p_all(src_xyz, charges, trg_xyz, pot, grad, workers, module=None, dipoles
 
 def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_offsets,
         list_index, boxes, pot, grad, workers, module=None, cost=None, dipoles=None,
-        exact=True, hess=None, shift=None, family=LAPLACE):
+        exact=True, hess=None, shift=None, family=LAPLACE, sym=None, coarse_exp=False):
     """Run the P2P kernel over the target boxes ``boxes`` on ``workers`` (trusted input).
 
     ``charges`` (n,) with ``pot`` (n_trg,), ``grad`` (3, n_trg); or several densities:
@@ -110,7 +112,17 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
     ``shift`` (len(list_index), 3) dt: per list entry, the vector from the source box's
     coordinate origin to the target box's (points local to their boxes); None: one frame.
     ``family``: the kernel (:class:`aotfmm.families.KernelFamily`) whose compiled sums run.
+    ``sym``: the plan's split of these lists for Newton's third law
+    (:meth:`aotfmm.evaluate.Plan._near_symmetric`; targets are the sources), used for one
+    charge vector without dipoles or Hessians; None: every pair from its target's side.
+    ``coarse_exp``: a family's near field of one charge vector may compute exp to ~1e-11
+    relative (:data:`aotfmm._dispatch.COARSE_EXP`; the FMM at eps >= 1e-8; never with
+    ``exact``). Kernels without the variant ignore the bit.
     """
+    if sym is not None and charges is not None and dipoles is None and hess is None and \
+            charges.ndim == 2 and charges.shape[0] == 1:
+        _p2p_sym(sym, src_xyz, charges, pot, grad, workers, module, exact, family, coarse_exp)
+        return
     refine = 1 if exact else 0
     dt = src_xyz.dtype  # coordinates; pot/grad are complex for a complex family
     if shift is None:
@@ -128,7 +140,8 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
                               dt, module, **shared, flags=terms, pot=pot, grad=grad, hess=hess)
     elif multi:
         flags = terms | (_dispatch.GRADIENT if grad is not None else 0) | \
-            (_dispatch.EXACT if exact else 0)
+            (_dispatch.EXACT if exact else 0) | \
+            (_dispatch.COARSE_EXP if coarse_exp and not exact else 0)
         g = grad.reshape(-1, 3, grad.shape[-1]) if grad is not None else \
             np.zeros((1, 1, 1), pot.dtype)
         # The kernel gathers each target box's listed sources into scratch of m_max entries.
@@ -147,3 +160,49 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
     n = len(boxes)
     bounds = np.arange(n + 1) if cost is None else workers.split(cost, _CHUNKS_PER_THREAD)
     workers.run(work, bounds)
+
+
+def _p2p_sym(sym, xyz, charges, pot, grad, workers, module, exact, family, coarse_exp):
+    """The near field of one charge vector by Newton's third law (see :func:`p2p`): each
+    thread sums into its own pot/grad arrays (a pair updates points of two boxes, which
+    other threads may be working on), added to ``pot``/``grad`` at the end."""
+    dt = xyz.dtype
+    n = xyz.shape[1]
+    flags = (_dispatch.GRADIENT if grad is not None else 0) | (_dispatch.EXACT if exact else 0)
+    if coarse_exp and not exact:
+        flags |= _dispatch.COARSE_EXP
+    name = _dispatch.kernel_name(family.name, "p2p_sym", "charge", "pot|potgrad")
+    shared = dict(xyz=xyz, q=charges.reshape(n), start=sym.start, end=sym.end,
+                  one_offsets=sym.one_offsets, one_index=sym.one_index,
+                  one_shift=sym.one_shift, sym_offsets=sym.sym_offsets,
+                  sym_index=sym.sym_index, sym_shift=sym.sym_shift, boxes=sym.boxes,
+                  flags=flags, m_max=sym.m_max, **family.kernel_args())
+    bounds = workers.split(sym.cost, _CHUNKS_PER_THREAD)
+    pot1 = pot.reshape(n)
+    grad1 = grad.reshape(3, n) if grad is not None else np.zeros((3, 1), dtype=pot.dtype)
+    if workers.threads == 1 or len(bounds) <= 2 or _threads.in_worker():
+        workers.run(_dispatch.bind(name, dt, module, **shared, pot=pot1, grad=grad1), bounds)
+        return
+    lock = threading.Lock()
+    free, made = [], []
+
+    def task(i0, i1):
+        with lock:
+            item = free.pop() if free else None
+        if item is None:  # at most one set per thread: a thread gives its set back first
+            p = np.zeros(n, dtype=pot.dtype)
+            g = np.zeros((3, n) if grad is not None else (3, 1), dtype=pot.dtype)
+            item = (_dispatch.bind(name, dt, module, **shared, pot=p, grad=g), p, g)
+            with lock:
+                made.append(item)
+        try:
+            item[0](i0, i1)
+        finally:
+            with lock:
+                free.append(item)
+
+    workers.run(task, bounds)
+    for _, p, g in made:
+        pot1 += p
+        if grad is not None:
+            grad1 += g

@@ -48,6 +48,10 @@ TABLE.update({
 
 #: flag bits of the density kernels (kernels/multi.py, kernels/hessian.py)
 CHARGES, DIPOLES, GRADIENT, EXACT = 1, 2, 4, 8
+#: flag bit of the symmetric near-field sums: exp to ~1e-11 relative (kernels/_vecmath.py)
+COARSE_EXP = 16
+#: the tolerance from which the near field may use :data:`COARSE_EXP` (1000x its error)
+COARSE_EXP_EPS = 1e-8
 
 _ARRAY = re.compile(r"^(\w+|\{F\}|\{C\})\[([:, ]*)::1\]$")
 _TYPES = {"i8": np.dtype(np.int64), "f8": np.dtype(np.float64), "f4": np.dtype(np.float32),

@@ -15,6 +15,7 @@ import dataclasses
 import threading
 import time
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -183,7 +184,7 @@ class Plan:
         step = progress.step if progress is not None else (lambda name: None)
         t = time.perf_counter()
         dt = np.dtype(dtype)
-        self.dtype, self.workers, self.family = dt, workers, family
+        self.dtype, self.workers, self.family, self.eps = dt, workers, family, eps
         self.same = trg_xyz is src_xyz
         pts = [a for a in ((src_xyz,) if self.same else (src_xyz, trg_xyz)) if a.shape[1]]
         #: the domain size (largest extent of the points), in the frame's units
@@ -229,6 +230,9 @@ class Plan:
         self._local_coordinates(tree, *points)
         self.half_widths = np.ascontiguousarray(tree.half_widths, dtype=dt)
         self._entry_geometry(tree)
+        self.near_sym = self._near_symmetric(tree)
+        #: the near field may take exp to ~1e-11 (kernels/_vecmath.py vexp_coarse)
+        self.coarse_exp = eps >= _dispatch.COARSE_EXP_EPS
         self.p2m_groups = self._p2m_groups()
         timings["setup_passes"] = time.perf_counter() - t + t0 - t_passes
         step("passes")
@@ -312,6 +316,50 @@ class Plan:
         origin = (self.anchor - self.frame_center) / self.frame_scale
         return pts.astype(np.float64) + np.repeat(origin[leaves], end[leaves] - start[leaves],
                                                   axis=0).T
+
+    def _near_symmetric(self, tree):
+        """The near field split for Newton's third law, when the targets are the sources and
+        the family has a symmetric P2P (:func:`aotfmm._direct.p2p`'s ``sym``): a pair of
+        distinct leaves listed both ways is computed once, from the lower-numbered box, and
+        used for both; the rest (each box with itself, pairs listed one way: direct W/X pairs
+        whose mirror goes through an expansion) stays one-sided. None otherwise."""
+        if not (self.same and len(self.near_index) and _dispatch.has_kernel(
+                self.family.name, "p2p_sym", "charge", "pot|potgrad")):
+            return None
+        if not (np.array_equal(tree.src_start, tree.trg_start)
+                and np.array_equal(tree.src_end, tree.trg_end)):
+            return None
+        n_boxes = self.n_boxes
+        rows = np.repeat(np.arange(n_boxes, dtype=np.int64), np.diff(self.near_offsets))
+        cols = self.near_index
+        key = rows * n_boxes + cols
+        if len(np.unique(key)) != len(key):  # a pair listed twice: keep the plain near field
+            return None
+        mirrored = np.isin(cols * n_boxes + rows, key) & (rows != cols)
+        pick = {}
+        for name, sel in (("one", ~mirrored), ("sym", mirrored & (rows < cols))):
+            order = np.argsort(rows[sel], kind="stable")
+            offsets = np.zeros(n_boxes + 1, dtype=np.int64)
+            np.cumsum(np.bincount(rows[sel], minlength=n_boxes), out=offsets[1:])
+            pick[name + "_offsets"] = offsets
+            pick[name + "_index"] = np.ascontiguousarray(cols[sel][order])
+            pick[name + "_shift"] = np.ascontiguousarray(self.near_shift[sel][order])
+        n_pts = tree.src_end - tree.src_start
+        work = {}
+        for name in ("one", "sym"):
+            off, idx = pick[name + "_offsets"], pick[name + "_index"]
+            cum = np.concatenate(([0], np.cumsum(n_pts[idx])))
+            work[name] = cum[off[1:]] - cum[off[:-1]]
+        boxes = np.flatnonzero(work["one"] + work["sym"] + np.diff(pick["sym_offsets"]) > 0)
+        boxes = boxes[n_pts[boxes] > 0]
+        m_max = max(int(work["one"].max(initial=0)), int(work["sym"].max(initial=0)), 1)
+        return SimpleNamespace(
+            start=np.ascontiguousarray(tree.src_start, dtype=np.int64),
+            end=np.ascontiguousarray(tree.src_end, dtype=np.int64),
+            boxes=np.ascontiguousarray(boxes, dtype=np.int64), m_max=m_max,
+            cost=n_pts[boxes] * (work["one"][boxes] + work["sym"][boxes] + 1),
+            pairs=int((n_pts[boxes] * (work["one"][boxes] + 2 * work["sym"][boxes])).sum()),
+            **pick)
 
     def _entry_geometry(self, tree):
         """Per list entry: P2P anchor-to-anchor shifts, and surface centres of P2M, L2P, M2P
@@ -686,4 +734,5 @@ class KifmmPasses:
             near_field(p.src, self.q, p.trg, t.src_start, t.src_end, t.trg_start, t.trg_end,
                        p.near_offsets, p.near_index, p.near_boxes, self.pot, self.grad,
                        p.workers, cost=p.near_cost, dipoles=self.dip, exact=False,
-                       hess=self.hess, shift=p.near_shift, family=p.family)
+                       hess=self.hess, shift=p.near_shift, family=p.family, sym=p.near_sym,
+                       coarse_exp=p.coarse_exp)

@@ -394,9 +394,11 @@ def _real_param(name, value, what):
     return value
 
 
-#: Yukawa sums (kernels/yukawa.py): densities only (k charges and/or dipoles).
+#: Yukawa sums (kernels/yukawa.py): k charges and/or dipoles, and the near field of one charge
+#: vector by Newton's third law when the targets are the sources (``p2p_sym``).
 _YUKAWA_SUMS = (
     (("p2p", "densities", "pot|potgrad"), "yukawa_p2p"),
+    (("p2p_sym", "charge", "pot|potgrad"), "yukawa_p2p_sym"),
     (("p2c", "densities", "check"), "yukawa_p2c"),
     (("s2p", "surfaces", "pot|potgrad"), "yukawa_s2p"),
 )

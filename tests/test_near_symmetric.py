@@ -1,0 +1,261 @@
+"""The near field by Newton's third law (targets = sources, one charge vector): each pair of
+distinct near leaves computed once and used for both (``yukawa_p2p_sym``, the plan's
+``near_sym`` split, per-thread output arrays in ``aotfmm._direct._p2p_sym``).
+
+Checked against numpy sums written here: the compiled kernel on hand-made boxes (every flag,
+a pair too close for the float32 1/r estimate, coincident points, ranges split over separate
+outputs), the plan's split against its own near list (every pair exactly once), and whole FMM
+runs on uniform, clustered, duplicated and far-offset points over 1/2/3 threads, float32 and
+float64, at tolerances with and without the coarse exp.
+"""
+import zlib
+
+import numpy as np
+import pytest
+
+import aotfmm
+from aotfmm import _dispatch
+
+INV4PI = 1.0 / (4.0 * np.pi)
+
+
+def yukawa_reference(src, trg, q, lam):
+    """Potential and gradient at trg of charges q at src for exp(-lam r) / (4 pi r), coincident
+    points left out (numpy, float64, in blocks)."""
+    pot = np.zeros(len(trg))
+    grad = np.zeros((len(trg), 3))
+    for a in range(0, len(trg), 256):
+        d = trg[a:a + 256, None, :] - src[None, :, :]
+        r = np.sqrt((d * d).sum(-1))
+        far = r > 0
+        rs = np.where(far, r, 1.0)
+        g = np.where(far, np.exp(-lam * rs) * INV4PI / rs, 0.0)
+        dg = np.where(far, -g * (1.0 + lam * rs) / (rs * rs), 0.0)  # (dG/dr) / r
+        pot[a:a + 256] = g @ q
+        grad[a:a + 256] = np.einsum("ij,ijk,j->ik", dg, d, q)
+    return pot, grad
+
+
+def rel(a, b):
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+def _csr(lists):
+    offsets = np.concatenate(([0], np.cumsum([len(x) for x in lists]))).astype(np.int64)
+    index = np.array([s for x in lists for s in x], dtype=np.int64)
+    return offsets, index
+
+
+def kernel_problem(rng, dt, n_boxes=7):
+    """Boxes of points local to their own origins (a 1/4 grid); box 5 empty. Box 0 holds a
+    pair 1e-20 apart near its origin (too close for the float32 estimate of 1/r: the box must
+    be redone exactly) and a point coincident with another; box 1's first point coincides with
+    box 2's first point through the shift. Lists: every box with itself one-sided, pair (1, 3)
+    one-sided both ways, pair (2, 4) one-sided one way only (a W/X-like pair), every other pair
+    of distinct boxes symmetric from the lower box."""
+    counts = rng.integers(5, 40, n_boxes)
+    counts[5] = 0
+    start = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+    end = (start + counts).astype(np.int64)
+    origins = rng.integers(-4, 4, (n_boxes, 3)) * 0.25
+    x = rng.uniform(-0.125, 0.125, (3, counts.sum()))
+    q = rng.standard_normal(counts.sum())
+    x[:, start[0]] = 0.0
+    x[:, start[0] + 1] = 1e-20 if dt == np.float64 else 1e-3  # float32: 1/r is exact anyway
+    q[start[0]:start[0] + 2] = 0.0  # its 1/r ~ 6e19 would swamp every other term
+    x[:, start[0] + 3] = x[:, start[0] + 2]
+    x[:, start[2]] = [0.125, -0.0625, 0.03125]  # exact in float32 too, as is the shift
+    x[:, start[1]] = x[:, start[2]] + (origins[2] - origins[1])
+    one = [[b] for b in range(n_boxes)]
+    sym = [[] for _ in range(n_boxes)]
+    for b in range(n_boxes):
+        for s in range(b + 1, n_boxes):
+            if (b, s) == (1, 3):
+                one[1].append(3)
+                one[3].append(1)
+            elif (b, s) == (2, 4):
+                one[4].append(2)
+            else:
+                sym[b].append(s)
+    o1, i1 = _csr(one)
+    o2, i2 = _csr(sym)
+    # a source y of box s is y - shift in box b's frame
+    sh1 = np.array([origins[b] - origins[s] for b, x_ in enumerate(one) for s in x_])
+    sh2 = np.array([origins[b] - origins[s] for b, x_ in enumerate(sym) for s in x_])
+    world = x + np.repeat(origins, counts, axis=0).T  # every point in one frame
+    pairs = {(b, s) for b, x_ in enumerate(one) for s in x_} | \
+        {(b, s) for b, x_ in enumerate(sym) for s in x_} | \
+        {(s, b) for b, x_ in enumerate(sym) for s in x_}
+    args = dict(xyz=np.ascontiguousarray(x, dtype=dt), q=np.ascontiguousarray(q, dtype=dt),
+                start=start, end=end, one_offsets=o1, one_index=i1,
+                one_shift=np.ascontiguousarray(sh1, dtype=dt), sym_offsets=o2, sym_index=i2,
+                sym_shift=np.ascontiguousarray(sh2, dtype=dt),
+                boxes=rng.permutation(n_boxes).astype(np.int64), m_max=int(counts.sum()))
+    return args, world, q, pairs, start, end
+
+
+def kernel_reference(world, q, pairs, start, end, lam):
+    pot = np.zeros(world.shape[1])
+    grad = np.zeros((world.shape[1], 3))
+    pts = world.T
+    for b, s in pairs:
+        if end[b] > start[b] and end[s] > start[s]:
+            p, g = yukawa_reference(pts[start[s]:end[s]], pts[start[b]:end[b]],
+                                    q[start[s]:end[s]], lam)
+            pot[start[b]:end[b]] += p
+            grad[start[b]:end[b]] += g
+    return pot, grad
+
+
+@pytest.mark.parametrize("dt", [np.float64, np.float32])
+@pytest.mark.parametrize("flags", [0, 4, 8, 12, 16, 20])
+def test_kernel_matches_numpy_pairs(dt, flags):
+    rng = np.random.default_rng(11 + flags)
+    args, world, q, pairs, start, end = kernel_problem(rng, dt)
+    lam = 1.7
+    n = world.shape[1]
+    ref_pot, ref_grad = kernel_reference(world.astype(dt).astype(np.float64),
+                                         args["q"].astype(np.float64), pairs, start, end, lam)
+    pot = np.zeros(n, dt)
+    grad = np.zeros((3, n), dt)
+    call = _dispatch.bind("yukawa_p2p_sym", dt, **args, flags=flags, lam=lam, pot=pot, grad=grad)
+    call(0, len(args["boxes"]))
+    tol = 1e-11 if dt == np.float64 else 2e-5
+    assert rel(pot, ref_pot) <= tol
+    if flags & 4:
+        assert rel(grad.T, ref_grad) <= tol
+    else:
+        assert not grad.any()
+
+
+def test_kernel_ranges_into_separate_outputs_add_up():
+    """Ranges of boxes run into separate arrays (as threads do) sum to the whole."""
+    rng = np.random.default_rng(5)
+    args, world, q, pairs, start, end = kernel_problem(rng, np.float64)
+    n = world.shape[1]
+    ref_pot, ref_grad = kernel_reference(world, q, pairs, start, end, 0.9)
+    total_p, total_g = np.zeros(n), np.zeros((3, n))
+    for a, b in ((0, 2), (2, 3), (3, 7)):
+        pot, grad = np.zeros(n), np.zeros((3, n))
+        _dispatch.bind("yukawa_p2p_sym", np.float64, **args, flags=4, lam=0.9, pot=pot,
+                       grad=grad)(a, b)
+        total_p += pot
+        total_g += grad
+    assert rel(total_p, ref_pot) <= 1e-12
+    assert rel(total_g.T, ref_grad) <= 1e-12
+
+
+def clustered(rng, n):
+    centres = rng.random((4, 3))
+    return centres[rng.integers(0, 4, n)] + 0.02 * rng.standard_normal((n, 3))
+
+
+@pytest.mark.parametrize("dist", ["uniform", "clustered"])
+def test_plan_split_covers_every_near_pair_once(dist):
+    rng = np.random.default_rng(3)
+    x = rng.random((6000, 3)) if dist == "uniform" else clustered(rng, 6000)
+    plan = aotfmm.Fmm(x, kernel=aotfmm.Yukawa(3.0), eps=1e-6, ncrit=40)._core
+    sym = plan.near_sym
+    assert sym is not None
+    n_boxes = plan.n_boxes
+
+    def pairs(offsets, index):
+        rows = np.repeat(np.arange(n_boxes), np.diff(offsets))
+        return list(zip(rows.tolist(), index.tolist()))
+
+    near = pairs(plan.near_offsets, plan.near_index)
+    one = pairs(sym.one_offsets, sym.one_index)
+    two = pairs(sym.sym_offsets, sym.sym_index)
+    assert all(b < s for b, s in two)
+    covered = one + two + [(s, b) for b, s in two]
+    assert sorted(covered) == sorted(near)
+    assert len(set(covered)) == len(covered)
+    # shifts: a symmetric entry's shift is its near-list entry's
+    shift = {pr: plan.near_shift[k] for k, pr in enumerate(near)}
+    for k, pr in enumerate(two):
+        assert np.array_equal(sym.sym_shift[k], shift[pr])
+    if dist == "clustered":  # adaptive: some pairs are listed one way only (W/X direct)
+        assert any(b != s for b, s in one)
+
+
+def test_plan_has_no_split_for_separate_targets():
+    rng = np.random.default_rng(4)
+    x = rng.random((3000, 3))
+    assert aotfmm.Fmm(x, rng.random((500, 3)), kernel=aotfmm.Yukawa(2.0))._core.near_sym is None
+    assert aotfmm.Fmm(x, x.copy(), kernel=aotfmm.Yukawa(2.0))._core.near_sym is None
+
+
+def _points(kind, rng, n):
+    if kind == "uniform":
+        return rng.random((n, 3))
+    if kind == "clustered":
+        return clustered(rng, n)
+    if kind == "duplicates":  # every point twice: coincident pairs inside and across leaves
+        x = rng.random((n // 2, 3))
+        return np.concatenate([x, x])[rng.permutation(n // 2 * 2)]
+    if kind == "far":  # far from the origin: differences must be formed leaf-locally
+        return 1e6 + rng.random((n, 3))
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind,threads,dtype,eps,coarse", [
+    ("uniform", 1, np.float64, 1e-6, True),
+    ("uniform", 2, np.float64, 1e-6, False),
+    ("uniform", 3, np.float64, 1e-8, True),
+    pytest.param("uniform", 3, np.float64, 1e-9, False, marks=pytest.mark.slow),
+    ("clustered", 2, np.float64, 1e-6, True),
+    ("clustered", 3, np.float64, 1e-3, False),
+    ("duplicates", 2, np.float64, 1e-6, True),
+    ("far", 2, np.float64, 1e-6, True),
+    ("uniform", 2, np.float32, 1e-4, True),
+    ("clustered", 1, np.float32, 1e-3, True),
+])
+def test_fmm_with_newton_third_law_meets_eps(kind, threads, dtype, eps, coarse, monkeypatch):
+    """coarse False: the full-accuracy exp at a tolerance that would allow the coarse one."""
+    if not coarse:
+        monkeypatch.setattr(_dispatch, "COARSE_EXP_EPS", 1.0)
+    rng = np.random.default_rng(zlib.crc32(f"{kind} {threads} {eps}".encode()))
+    n = 8000
+    x = _points(kind, rng, n)
+    lam = 4.0 / (x.max(axis=0) - x.min(axis=0)).max()
+    q = rng.standard_normal(len(x))
+    f = aotfmm.Fmm(x, kernel=aotfmm.Yukawa(lam), eps=eps, threads=threads, dtype=dtype,
+                   ncrit=64)
+    assert f._core.near_sym is not None
+    assert f._core.coarse_exp == coarse
+    pot, grad = f.evaluate(q, gradient=True)
+    pot_only = f.evaluate(q)
+    idx = rng.choice(len(x), 300, replace=False)
+    ref_pot, ref_grad = yukawa_reference(x, x[idx], q, lam)
+    assert rel(pot[idx], ref_pot) <= eps
+    assert rel(grad[idx], ref_grad) <= eps
+    assert rel(pot_only[idx], ref_pot) <= eps
+
+
+@pytest.mark.parametrize("flags", [1, 5, 17, 21])
+def test_one_sided_kernel_with_coarse_exp_matches_numpy(flags):
+    """yukawa_p2p for one charge vector (separate targets use it), flag 16: the coarse exp."""
+    rng = np.random.default_rng(40 + flags)
+    a, world, q, pairs, start, end = kernel_problem(rng, np.float64)
+    n_boxes = len(start)
+    lists = [[s for b2, s in sorted(pairs) if b2 == b] for b in range(n_boxes)]
+    offsets, index = _csr(lists)
+    origins = {}  # the shifts from the kernel problem: y_local + origin_s = world
+    for b in range(n_boxes):
+        if end[b] > start[b]:
+            origins[b] = world[:, start[b]] - a["xyz"][:, start[b]]
+    shift = np.array([origins.get(b, np.zeros(3)) - origins.get(s, np.zeros(3))
+                      for b, x_ in enumerate(lists) for s in x_])
+    cum = np.concatenate(([0], np.cumsum((end - start)[index])))
+    m_max = int(max(cum[offsets[1:]] - cum[offsets[:-1]]))
+    n = world.shape[1]
+    pot, grad = np.zeros((1, n)), np.zeros((1, 3, n))
+    _dispatch.bind("yukawa_p2p", np.float64, src_xyz=a["xyz"], q=a["q"].reshape(1, n),
+                   dip=np.zeros((1, 1, 1)), trg_xyz=a["xyz"], src_start=start, src_end=end,
+                   trg_start=start, trg_end=end, list_offsets=offsets, list_index=index,
+                   shift=np.ascontiguousarray(shift), boxes=np.arange(n_boxes, dtype=np.int64),
+                   m_max=m_max, flags=flags, lam=1.3, pot=pot, grad=grad)(0, n_boxes)
+    ref_pot, ref_grad = kernel_reference(world, q, pairs, start, end, 1.3)
+    assert rel(pot[0], ref_pot) <= 1e-11
+    if flags & 4:
+        assert rel(grad[0].T, ref_grad) <= 1e-11
