@@ -174,3 +174,84 @@ def test_concurrent_builders_never_corrupt(tmp_path):
     assert ops.source == "cache"
     assert float(np.abs(ops.m2l_a).sum()) == float(outs[0][1])
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+
+
+# ----------------------------------------------------------------------------- size limit
+def _fill(tmp_path, name, nbytes, atime_s):
+    """A cache file for key {"k": name} of about nbytes, last used at atime_s (epoch s)."""
+    arrays, source = cache.load_or_build({"k": name}, lambda: {"a": np.zeros(nbytes // 8)},
+                                         cache_dir=tmp_path)
+    assert source == "built"
+    path = cache.cache_path({"k": name}, tmp_path)
+    os.utime(path, ns=(int(atime_s * 1e9), os.stat(path).st_mtime_ns))
+    return path
+
+
+def test_cache_over_its_limit_drops_the_least_recently_used(tmp_path, monkeypatch):
+    monkeypatch.setenv(cache.MAX_SIZE_ENV, "inf")
+    paths = [_fill(tmp_path, f"f{i}", 100_000, 1_000_000 + i) for i in range(5)]
+    foreign = tmp_path / "notes.ops"          # not a name the cache gives: never removed
+    foreign.write_bytes(b"x" * 300_000)
+    sizes = [os.path.getsize(p) for p in paths]
+    # a cache hit marks f0 as used now: it becomes the most recently used
+    cache.clear_memory()
+    assert cache.load_or_build({"k": "f0"}, lambda: pytest.fail("rebuilt"),
+                               cache_dir=tmp_path)[1] == "cache"
+    limit = sum(sizes[:3]) + 1000             # room for three files
+    monkeypatch.setenv(cache.MAX_SIZE_ENV, repr(limit / 1e9))
+    new = cache.load_or_build({"k": "new"}, lambda: {"a": np.zeros(100_000 // 8)},
+                              cache_dir=tmp_path)
+    assert new[1] == "built"
+    left = {p for p in paths if os.path.exists(p)}
+    # removed oldest-first: f1, f2, f3 (f0 was just used); kept f4, f0 and the new file
+    assert left == {paths[0], paths[4]}
+    assert os.path.exists(cache.cache_path({"k": "new"}, tmp_path))
+    assert foreign.exists()
+    total = sum(os.path.getsize(tmp_path / f) for f in os.listdir(tmp_path)
+                if f != "notes.ops" and f.endswith(".ops"))
+    assert total <= limit
+
+
+def test_a_file_larger_than_the_limit_is_kept_when_just_written(tmp_path, monkeypatch):
+    monkeypatch.setenv(cache.MAX_SIZE_ENV, "1e-6")  # 1000 bytes
+    old = _fill(tmp_path, "old", 50_000, 1_000_000)
+    path = _fill(tmp_path, "big", 50_000, 2_000_000)
+    assert os.path.exists(path)
+    assert not os.path.exists(old)
+    assert cache.evict(tmp_path, keep=(path,)) == []  # nothing else left to remove
+    assert cache.evict(tmp_path) == [path]             # a later write would remove it
+
+
+def test_evicted_file_is_rebuilt_quietly(tmp_path, monkeypatch):
+    """Another process removed the file between the existence check and the read."""
+    monkeypatch.setenv(cache.MAX_SIZE_ENV, "inf")
+    path = _fill(tmp_path, "gone", 1000, 1_000_000)
+    cache.clear_memory()
+    real_read = cache._read
+
+    def read_after_removal(p, *a, **k):
+        os.unlink(p)
+        return real_read(p, *a, **k)
+
+    monkeypatch.setattr(cache, "_read", read_after_removal)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        arrays, source = cache.load_or_build({"k": "gone"}, lambda: {"a": np.ones(3)},
+                                             cache_dir=tmp_path)
+    assert source == "built" and arrays["a"].sum() == 3
+    assert os.path.exists(path)
+
+
+@pytest.mark.parametrize("raw", ["", "inf", "0.5", "2"])
+def test_size_limit_from_the_environment(monkeypatch, raw):
+    monkeypatch.setenv(cache.MAX_SIZE_ENV, raw)
+    want = {"": cache.DEFAULT_MAX_GB * 1e9, "inf": float("inf"), "0.5": 5e8, "2": 2e9}[raw]
+    assert cache.max_cache_bytes() == want
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "nan", "lots"])
+def test_bad_size_limit_warns_and_uses_the_default(monkeypatch, raw):
+    monkeypatch.setenv(cache.MAX_SIZE_ENV, raw)
+    with pytest.warns(cache.CacheWarning, match=cache.MAX_SIZE_ENV):
+        assert cache.max_cache_bytes() == cache.DEFAULT_MAX_GB * 1e9

@@ -39,24 +39,35 @@
   (``platformdirs.user_cache_dir("aotfmm")``, falling back to ``~/.cache/aotfmm``). If the
   directory cannot be created or written, the operators are computed in memory and a warning says
   so.
+* Size: after a new file is written, the directory's cache files beyond
+  ``$AOTFMM_CACHE_MAX_GB`` (default :data:`DEFAULT_MAX_GB` GB; ``inf`` for no limit) are
+  removed, least recently used first (every use sets a file's access time), never the file
+  just written (:func:`evict`). Per-level operator sets (Yukawa, Helmholtz) are 50-700 MB
+  each, one per level and parameter, so an unbounded cache would fill the disk. Only names
+  this module writes (``<prefix>-<20 hex digits>.ops``, regular files) are ever removed.
 * In memory: the arrays of the last :data:`MEMORY_ENTRIES` files read or written stay in memory
   (read-only) and are reused while the file on disk is unchanged (still a regular file with the
   same device, inode, size and mtime),
   so building many plans in one process (e.g. one per time step) reads each file once.
   :func:`clear_memory` drops them.
 
-API: :func:`load_or_build`, :func:`cache_path`, :func:`default_cache_dir`, :func:`clear_memory`.
+API: :func:`load_or_build`, :func:`cache_path`, :func:`default_cache_dir`, :func:`clear_memory`,
+:func:`evict`, :func:`max_cache_bytes`.
 """
 import collections
 import errno
 import hashlib
 import io
 import json
+import logging
+import math
 import os
+import re
 import stat
 import struct
 import tempfile
 import threading
+import time
 import warnings
 import zlib
 
@@ -64,7 +75,7 @@ import numpy as np
 
 __all__ = ["load_or_build", "cache_path", "default_cache_dir", "key_hash", "CacheWarning",
            "FORMAT_VERSION", "ENV_VAR", "clear_memory", "MEMORY_ENTRIES", "read_header", "SUFFIX",
-           "MAX_HEADER"]
+           "MAX_HEADER", "evict", "max_cache_bytes", "MAX_SIZE_ENV", "DEFAULT_MAX_GB"]
 
 #: Bump when the stored arrays or their meaning change (4: own file format instead of HDF5).
 FORMAT_VERSION = 4
@@ -76,6 +87,14 @@ ENV_VAR = "AOTFMM_CACHE_DIR"
 #: Largest JSON header read (bytes); real headers are ~2 KB.
 MAX_HEADER = 1 << 20
 
+
+#: Environment variable: the cache directory's size limit in GB (10^9 bytes); ``inf``: none.
+MAX_SIZE_ENV = "AOTFMM_CACHE_MAX_GB"
+#: The size limit without :data:`MAX_SIZE_ENV` (GB).
+DEFAULT_MAX_GB = 4.0
+#: The names :func:`cache_path` gives: the only files :func:`evict` removes.
+_NAME = re.compile(r"^[A-Za-z0-9_]+-[0-9a-f]{20}" + re.escape(SUFFIX) + "$")
+_log = logging.getLogger("aotfmm")
 
 #: How many cache files' arrays are kept in memory (least recently used dropped first).
 MEMORY_ENTRIES = 2
@@ -123,6 +142,84 @@ def _remember(path, sig, arrays):
         _memory.move_to_end(path)
         while len(_memory) > MEMORY_ENTRIES:
             _memory.popitem(last=False)
+
+
+def max_cache_bytes():
+    """The cache directory's size limit in bytes (``math.inf``: none), from
+    ``$AOTFMM_CACHE_MAX_GB`` (a positive number of GB, or ``inf``); default
+    :data:`DEFAULT_MAX_GB` GB. A value that is not a positive number warns and gives the
+    default."""
+    raw = os.environ.get(MAX_SIZE_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_GB * 1e9
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not value > 0:
+        warnings.warn(f"{MAX_SIZE_ENV}={raw!r} is not a positive number of GB (or 'inf'); "
+                      f"using {DEFAULT_MAX_GB:g} GB", CacheWarning, stacklevel=3)
+        return DEFAULT_MAX_GB * 1e9
+    return value * 1e9
+
+
+def _touch(path):
+    """Mark ``path`` as used now (its access time; the modification time, part of the
+    in-memory signature, is kept) for :func:`evict`'s least-recently-used order."""
+    try:
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode):
+            os.utime(path, ns=(time.time_ns(), st.st_mtime_ns))
+    except (OSError, NotImplementedError):
+        pass  # a read-only cache, or a file just removed: nothing to record
+
+
+def evict(directory, keep=(), limit=None):
+    """Remove cache files from ``directory``, least recently used first, until the files
+    there total at most ``limit`` bytes (default :func:`max_cache_bytes`). Only regular
+    files with the names :func:`cache_path` gives are counted and removed; ``keep`` (paths)
+    never are. Returns the removed paths. Files another process removes meanwhile, or that
+    cannot be removed, are skipped."""
+    limit = max_cache_bytes() if limit is None else limit
+    if math.isinf(limit):
+        return []
+    keep = {os.path.abspath(k) for k in keep}
+    files, total = [], 0
+    try:
+        with os.scandir(directory) as it:
+            for entry in it:
+                if not _NAME.match(entry.name):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    files.append((st.st_atime_ns, entry.path, st.st_size))
+                    total += st.st_size
+    except OSError:
+        return []
+    removed, freed = [], 0
+    for _, path, size in sorted(files):
+        if total <= limit:
+            break
+        if os.path.abspath(path) in keep:
+            continue
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            total -= size
+            continue
+        except OSError:
+            continue
+        total -= size
+        freed += size
+        removed.append(path)
+    if removed:
+        _log.info("aotfmm: operator cache %s over %.3g GB (%s): removed %d least recently "
+                  "used file(s), %.0f MB", directory, limit / 1e9, MAX_SIZE_ENV, len(removed),
+                  freed / 1e6)
+    return removed
 
 
 def default_cache_dir():
@@ -391,6 +488,7 @@ def load_or_build(key, build, cache_dir=None, prefix="operators", required=(), v
     path = cache_path(key, cache_dir, prefix)
     kept = _recall(path)
     if kept is not None and not set(required) - set(kept):
+        _touch(path)
         return kept, "cache"
     if os.path.lexists(path):
         try:
@@ -398,7 +496,10 @@ def load_or_build(key, build, cache_dir=None, prefix="operators", required=(), v
             if validate is not None:
                 validate(arrays)
             _remember(path, sig, arrays)
+            _touch(path)
             return arrays, "cache"
+        except FileNotFoundError:  # removed meanwhile (another process's evict): build it
+            pass
         except Exception as exc:  # corrupt, truncated, mismatched, not a file: never trust it
             warnings.warn(f"operator cache file {path} is unusable ({type(exc).__name__}: "
                           f"{exc}); rebuilding it", CacheWarning, stacklevel=3)
@@ -411,4 +512,5 @@ def load_or_build(key, build, cache_dir=None, prefix="operators", required=(), v
                       stacklevel=3)
         return arrays, "memory"
     _remember(path, sig, arrays)
+    evict(os.path.dirname(path), keep=(path,))
     return arrays, "built"

@@ -175,8 +175,11 @@ def _info(args):
     directory = cache.default_cache_dir()
     files = sorted(f for f in os.listdir(directory) if f.endswith(cache.SUFFIX)) \
         if os.path.isdir(directory) else []
-    print(f"operator cache: {directory} ({len(files)} file(s); override with "
-          f"{cache.ENV_VAR})")
+    total = sum(os.path.getsize(os.path.join(directory, f)) for f in files)
+    limit = cache.max_cache_bytes()
+    limit_text = "no limit" if limit == float("inf") else f"limit {limit / 1e9:.3g} GB"
+    print(f"operator cache: {directory} ({len(files)} file(s), {total / 1e6:.0f} MB, "
+          f"{limit_text}; override with {cache.ENV_VAR}, {cache.MAX_SIZE_ENV})")
     for name in files:
         print("  " + _describe_cache_file(os.path.join(directory, name)))
     return 0
