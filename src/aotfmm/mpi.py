@@ -46,13 +46,15 @@ ranks (fine for tens of ranks, not for thousands); Hessians are not offered.
 """
 import dataclasses
 import time
+import warnings
 
 import numpy as np
 
 from . import _blas, api
+
 from ._validation import (as_densities, as_points, check_eps, check_integer, check_kernel,
                           real_dtype, resolve_value_dtype)
-from .evaluate import choose_parameters
+from .evaluate import AccuracyWarning, choose_parameters
 from .morton import MAX_LEVEL as MORTON_MAX_LEVEL
 from .morton import deinterleave, interleave, point_codes
 from .surfaces import DEFAULT_RADII, surface
@@ -294,11 +296,16 @@ class Fmm:
         t = time.perf_counter()
         self._local = _agree(comm, self._local_plan, dipoles)
         seconds["local plan"] = time.perf_counter() - t
+        # the local plan holds its own copy of its points: keep counts, not coordinates
+        self._n_in = (len(self._src_in), len(self._trg_in))
+        self._n_trg, self._n_far = len(self._trg), len(self._far_pts)
+        n_owned = len(self._src)
+        del self._src_in, self._trg_in, self._ghost, self._far_pts, self._trg
         seconds["setup"] = time.perf_counter() - t0
         self.stats = dict(
             rank=comm.rank, size=comm.size, level=self.grid.level, p_far=self.p_far,
-            n_sources_in=len(self._src_in), n_targets_in=len(self._trg_in),
-            n_sources=len(self._src), n_targets=len(self._trg), n_ghost=len(self._ghost_near),
+            n_sources_in=self._n_in[0], n_targets_in=self._n_in[1],
+            n_sources=n_owned, n_targets=self._n_trg, n_ghost=len(self._ghost_near),
             n_far_boxes=int(sum(len(v) for v in self._far.values())),
             n_far_points=self._n_far_points, seconds=seconds,
             bytes={"partition": sum(r.bytes for r in self._point_routes()),
@@ -319,10 +326,10 @@ class Fmm:
         self._rdt = real_dtype(self.dtype)
         self.eps = check_eps(eps, self._rdt)
         self.threads = threads
-        self._src_in = as_points("local_sources", sources).astype(np.float64)
+        self._src_in = as_points("local_sources", sources).astype(np.float64, copy=False)
         self.same = targets is None
         self._trg_in = (self._src_in if self.same
-                        else as_points("local_targets", targets).astype(np.float64))
+                        else as_points("local_targets", targets).astype(np.float64, copy=False))
         size = self.comm.size
         default = 3 if size <= 8 else (4 if size <= 64 else 5)
         self._level = check_integer("level", default if level is None else level, lo=2, hi=7)
@@ -455,21 +462,29 @@ class Fmm:
             return None
         if not len(src):
             return "empty"
-        ncrit = None
+        p = ncrit = None
         if self.same:  # the targets are also sources: the tree counts them twice (sources
-            # plus targets per box), so twice the leaf size gives the serial plan's leaves
+            # plus targets per box), so twice the leaf size gives the serial plan's leaves;
+            # and the targets are (own) sources, as in a serial plan without separate targets,
+            # so that plan's order serves (the separate-targets order is one more: 1e6 points
+            # on one rank, peak 621 -> MiB with p = 9)
+            p, ncrit = choose_parameters(self.eps, separate_targets=False, dipoles=dipoles,
+                                         family=self.family, size=2.0 * self.grid.half)
             _, ncrit = choose_parameters(self.eps, separate_targets=True, dipoles=dipoles,
                                          family=self.family, size=2.0 * self.grid.half)
             ncrit *= 2
-        return api.Fmm(src.astype(self._rdt), trg.astype(self._rdt), kernel=self.family,
-                       dipoles=dipoles, eps=self.eps, dtype=self.dtype, threads=self.threads,
-                       ncrit=ncrit)
+        with warnings.catch_warnings():  # the serial plan sees separate targets and would
+            # warn that p is one order short for them; these targets are sources
+            warnings.filterwarnings("ignore", r"p=\d+ reaches about", AccuracyWarning)
+            return api.Fmm(src.astype(self._rdt, copy=False), trg.astype(self._rdt, copy=False),
+                           kernel=self.family, p=p, dipoles=dipoles, eps=self.eps,
+                           dtype=self.dtype, threads=self.threads, ncrit=ncrit)
 
     # -- evaluation --------------------------------------------------------------------------
     def _check_densities(self, charges, dipoles):
         if charges is None and dipoles is None:
             raise ValueError("give charges and/or dipoles")
-        q, d, single = as_densities(charges, dipoles, len(self._src_in), self.family.complex)
+        q, d, single = as_densities(charges, dipoles, self._n_in[0], self.family.complex)
         return q, d, single
 
     def evaluate(self, local_charges=None, *, dipoles=None, gradient=False):
@@ -494,7 +509,7 @@ class Fmm:
         if q is not None:
             cols.append(q.T.astype(vdt))
         if d is not None:
-            cols.append(d.transpose(2, 0, 1).reshape(len(self._src_in), 3 * k).astype(vdt))
+            cols.append(d.transpose(2, 0, 1).reshape(self._n_in[0], 3 * k).astype(vdt))
         dens_in = np.concatenate(cols, axis=1)
         dens = self._route_src.send(dens_in)
         ghost = self._route_ghost.send(dens[self._ghost_rows])
@@ -508,12 +523,12 @@ class Fmm:
             far = self._far_densities(qo, do, k, vdt, MPI)
         seconds["far densities"] = time.perf_counter() - t
         t = time.perf_counter()
-        n_t = len(self._trg)
-        pot = np.zeros((n_t, k), dtype=vdt)
-        grad = np.zeros((n_t, k, 3), dtype=vdt) if gradient else None
+        n_t = self._n_trg
+        # rows going home: k potentials, then 3k gradient components
+        out = np.zeros((n_t, 4 * k if gradient else k), dtype=vdt)
         plan = self._local
         if plan is not None and plan != "empty" and n_t:
-            n_f = len(self._far_pts)
+            n_f = self._n_far
             zq = np.zeros((0, k), dtype=vdt)
             on, gn = self._own_near, self._ghost_near
             qs = np.concatenate([qo[on] if qo is not None else np.zeros((len(on), k), vdt),
@@ -525,25 +540,27 @@ class Fmm:
             with _blas.limit_one():  # BLAS's own threads: one per rank (they spin, and
                 # ranks share the node: M2L ran 8x slower with 2 ranks x 2 BLAS threads)
                 res = plan.evaluate(qs, dipoles=ds, gradient=gradient)
-            pot[:] = (res[0] if gradient else res).reshape(n_t, k)
+            del qs, ds
+            out[:, :k] = (res[0] if gradient else res).reshape(n_t, k)
             if gradient:
-                grad[:] = res[1].reshape(n_t, k, 3)
+                out[:, k:] = res[1].reshape(n_t, 3 * k)
+            del res
         seconds["local fmm"] = time.perf_counter() - t
         t = time.perf_counter()
-        out = pot if grad is None else np.concatenate([pot, grad.reshape(n_t, -1)], axis=1)
         home = self._route_trg.back(out)
+        del out
         seconds["results home"] = time.perf_counter() - t
         seconds["evaluate"] = time.perf_counter() - t0
         self.stats["seconds"].update({"eval:" + a: b for a, b in seconds.items()})
         self.stats["bytes"]["eval:points"] = (
             sum(r.bytes for r in routes) - bytes0)
-        pot = home[:, :k].astype(self.dtype)
-        if single:
-            pot = pot[:, 0]
+        pot = np.ascontiguousarray((home[:, 0] if single else home[:, :k]).astype(
+            self.dtype, copy=False))
         if not gradient:
             return pot
-        g = home[:, k:].reshape(-1, k, 3).astype(self.dtype)
-        return pot, (g[:, 0] if single else g)
+        g = home[:, k:].reshape(-1, k, 3)
+        g = np.ascontiguousarray((g[:, 0] if single else g).astype(self.dtype, copy=False))
+        return pot, g
 
     def _far_densities(self, q, d, k, vdt, MPI):
         """This rank's far boxes' equivalent densities (n_far_points, k): partial densities of
@@ -581,12 +598,13 @@ class Fmm:
 
 # ------------------------------------------------------------------------------------- demo
 
-def _peak_mib():
-    """This process's peak resident memory (VmHWM), MiB; None where /proc is missing."""
+def _peak_mib(field="VmHWM"):
+    """This process's peak resident memory (VmHWM; ``field="VmRSS"``: the current one), MiB;
+    None where /proc is missing."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
@@ -602,6 +620,7 @@ def demo(n=100_000, eps=1e-6, threads=None, level=None, sample=500, seed=0, grad
     rank 0 after the timed part). Prints a report on rank 0 when ``out`` is a stream."""
     MPI = _mpi()
     comm = MPI.COMM_WORLD if comm is None else comm
+    start_mib = _peak_mib("VmRSS")  # the interpreter, numpy, mpi4py and aotfmm, before points
     n = int(n)
     # each rank draws only its own points: rank r's share from a stream of its own
     w = np.random.default_rng(seed + 1).random(comm.size) + 0.5
@@ -617,7 +636,7 @@ def demo(n=100_000, eps=1e-6, threads=None, level=None, sample=500, seed=0, grad
     comm.Barrier()
     wall = time.perf_counter() - t0
     pot = res[0] if gradient else res
-    stats = dict(plan.stats, peak_mib=_peak_mib(), wall=wall)
+    stats = dict(plan.stats, peak_mib=_peak_mib(), start_mib=start_mib, wall=wall)
     everyone = comm.gather(stats, root=0)
     # error on a sample, against a direct sum over all points (gathered after the timing)
     xs = comm.gather(x, root=0)
