@@ -38,7 +38,10 @@ How (first version; what it does not do yet is said at the end):
    (the reverse Alltoallv).
 
 Every rank validates its input; if any rank fails, every rank raises the same
-:class:`DistributedError` naming the rank and its error (no rank is left waiting).
+:class:`DistributedError` naming the rank and its error (no rank is left waiting). The same
+holds for a failure inside a rank's own work after validation (the pseudo-inverses of the
+setup, the far-field densities and the local FMM of an evaluation): each such step is followed
+by an agreement (one allgather) before the next exchange.
 
 Not done yet (aotfmm issue 18): the tree below level L is not shared (each rank's serial FMM
 builds its own); coarse multipoles are summed by one allreduce over all far-list boxes of all
@@ -433,7 +436,7 @@ class Fmm:
         self._uc2e = {}
         rcond = _PINV_RCOND[np.dtype(self._rdt)]
         with _blas.limit_one():  # BLAS threads of several ranks per node would spin
-            self._pinvs(union, rcond)
+            _agree(comm, self._pinvs, union, rcond)
         # surface points of this rank's far boxes
         pts = [grid.center(ijk, lev)[:, None, :] + R_UP_EQUIV * grid.box_half(lev) * self._surf
                for lev, ijk in self._far.items() if len(ijk)]
@@ -523,28 +526,7 @@ class Fmm:
             far = self._far_densities(qo, do, k, vdt, MPI)
         seconds["far densities"] = time.perf_counter() - t
         t = time.perf_counter()
-        n_t = self._n_trg
-        # rows going home: k potentials, then 3k gradient components
-        out = np.zeros((n_t, 4 * k if gradient else k), dtype=vdt)
-        plan = self._local
-        if plan is not None and plan != "empty" and n_t:
-            n_f = self._n_far
-            zq = np.zeros((0, k), dtype=vdt)
-            on, gn = self._own_near, self._ghost_near
-            qs = np.concatenate([qo[on] if qo is not None else np.zeros((len(on), k), vdt),
-                                 qg[gn] if qg is not None else np.zeros((len(gn), k), vdt),
-                                 far if n_f else zq])
-            ds = None
-            if d is not None:
-                ds = np.concatenate([do[on], dg[gn], np.zeros((n_f, k, 3), dtype=vdt)])
-            with _blas.limit_one():  # BLAS's own threads: one per rank (they spin, and
-                # ranks share the node: M2L ran 8x slower with 2 ranks x 2 BLAS threads)
-                res = plan.evaluate(qs, dipoles=ds, gradient=gradient)
-            del qs, ds
-            out[:, :k] = (res[0] if gradient else res).reshape(n_t, k)
-            if gradient:
-                out[:, k:] = res[1].reshape(n_t, 3 * k)
-            del res
+        out = _agree(comm, self._local_fields, qo, do, qg, dg, far, k, vdt, gradient)
         seconds["local fmm"] = time.perf_counter() - t
         t = time.perf_counter()
         home = self._route_trg.back(out)
@@ -562,38 +544,75 @@ class Fmm:
         g = np.ascontiguousarray((g[:, 0] if single else g).astype(self.dtype, copy=False))
         return pot, g
 
+    def _local_fields(self, qo, do, qg, dg, far, k, vdt, gradient):
+        """The serial FMM on own + ghost + far surface points: the rows going home, k
+        potentials then 3k gradient components per own target."""
+        n_t = self._n_trg
+        # rows going home: k potentials, then 3k gradient components
+        out = np.zeros((n_t, 4 * k if gradient else k), dtype=vdt)
+        plan = self._local
+        if plan is not None and plan != "empty" and n_t:
+            n_f = self._n_far
+            zq = np.zeros((0, k), dtype=vdt)
+            on, gn = self._own_near, self._ghost_near
+            qs = np.concatenate([qo[on] if qo is not None else np.zeros((len(on), k), vdt),
+                                 qg[gn] if qg is not None else np.zeros((len(gn), k), vdt),
+                                 far if n_f else zq])
+            ds = None
+            if do is not None:
+                ds = np.concatenate([do[on], dg[gn], np.zeros((n_f, k, 3), dtype=vdt)])
+            with _blas.limit_one():  # BLAS's own threads: one per rank (they spin, and
+                # ranks share the node: M2L ran 8x slower with 2 ranks x 2 BLAS threads)
+                res = plan.evaluate(qs, dipoles=ds, gradient=gradient)
+            del qs, ds
+            out[:, :k] = (res[0] if gradient else res).reshape(n_t, k)
+            if gradient:
+                out[:, k:] = res[1].reshape(n_t, 3 * k)
+            del res
+        return out
+
     def _far_densities(self, q, d, k, vdt, MPI):
         """This rank's far boxes' equivalent densities (n_far_points, k): partial densities of
-        own sources for every box of any rank's far list, summed over ranks."""
-        grid, comm = self.grid, self.comm
-        ns = len(self._surf)
+        own sources for every box of any rank's far list, summed over ranks (the local part
+        first, agreed on by every rank, then one allreduce per level)."""
+        accs = _agree(self.comm, self._far_partials, q, d, k, vdt)
         parts = []
         self.stats["bytes"]["eval:far allreduce"] = 0
         for lev, keys in self._union.items():
-            acc = np.zeros((len(keys), ns, k), dtype=vdt)
-            if len(keys) and len(self._src):
-                shift = 3 * (grid.level - lev)
-                lo = np.searchsorted(self._skey_sorted, keys << shift, side="left")
-                hi = np.searchsorted(self._skey_sorted, (keys + 1) << shift, side="left")
-                h = grid.box_half(lev)
-                centers = grid.center(deinterleave(keys), lev)
-                for i in np.flatnonzero(hi > lo):
-                    rows = self._sorder[lo[i]:hi[i]]
-                    chk = centers[i] + R_UP_CHECK * h * self._surf
-                    res = api.direct(self._src[rows],
-                                     None if q is None else q[rows],
-                                     chk, dipoles=None if d is None else d[rows],
-                                     kernel=self.family, dtype=vdt, threads=self.threads)
-                    a, b = self._uc2e[lev]
-                    acc[i] = a @ (b @ np.asarray(res).reshape(ns, k))
+            acc = accs[lev]
             total = np.empty_like(acc)
-            comm.Allreduce(acc, total, op=MPI.SUM)
+            self.comm.Allreduce(acc, total, op=MPI.SUM)
             self.stats["bytes"]["eval:far allreduce"] += acc.nbytes
             mine = self._far.get(lev)
             if mine is not None and len(mine):
                 idx = np.searchsorted(keys, interleave(mine))
                 parts.append(total[idx].reshape(-1, k))
         return np.concatenate(parts) if parts else np.zeros((0, k), dtype=vdt)
+
+    def _far_partials(self, q, d, k, vdt):
+        """{level: (boxes, n_surf, k)} equivalent densities of this rank's own sources in
+        every box of the union of far lists (zero where it has none)."""
+        grid = self.grid
+        ns = len(self._surf)
+        accs = {}
+        for lev, keys in self._union.items():
+            acc = accs[lev] = np.zeros((len(keys), ns, k), dtype=vdt)
+            if not (len(keys) and len(self._src)):
+                continue
+            shift = 3 * (grid.level - lev)
+            lo = np.searchsorted(self._skey_sorted, keys << shift, side="left")
+            hi = np.searchsorted(self._skey_sorted, (keys + 1) << shift, side="left")
+            h = grid.box_half(lev)
+            centers = grid.center(deinterleave(keys), lev)
+            for i in np.flatnonzero(hi > lo):
+                rows = self._sorder[lo[i]:hi[i]]
+                chk = centers[i] + R_UP_CHECK * h * self._surf
+                res = api.direct(self._src[rows], None if q is None else q[rows], chk,
+                                 dipoles=None if d is None else d[rows], kernel=self.family,
+                                 dtype=vdt, threads=self.threads)
+                a, b = self._uc2e[lev]
+                acc[i] = a @ (b @ np.asarray(res).reshape(ns, k))
+        return accs
 
 
 # ------------------------------------------------------------------------------------- demo

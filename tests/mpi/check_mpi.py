@@ -157,6 +157,54 @@ def bad_input_case():
                 f"{len(seen)} kinds, e.g. {seen[0]}; then {e:.1e} vs numpy")
 
 
+def internal_failure_case():
+    """A failure inside one rank's own work after the input was accepted (here injected: the
+    far-field densities, the local FMM, the check-to-equivalent factors of the plan) makes
+    every rank raise the same DistributedError; nobody waits in a collective for the failed
+    rank. The plan works again afterwards."""
+    rng = np.random.default_rng(9)
+    x = rng.random((3000, 3))
+    mine = x[COMM.rank::COMM.size]
+    q = rng.standard_normal(3000)
+    bad = COMM.size // 2
+    plan = aotfmm.mpi.Fmm(mine, comm=COMM, eps=EPS)
+
+    def boom(*args, **kwargs):
+        raise MemoryError("injected")
+
+    ok, seen = True, []
+    for name in ("_far_partials", "_local_fields"):
+        def call(is_bad, name=name):
+            if is_bad:
+                setattr(plan, name, boom)
+            try:
+                plan.evaluate(q[COMM.rank::COMM.size], gradient=True)
+            finally:
+                plan.__dict__.pop(name, None)
+        good, what = _all_raise(bad, call, "MemoryError: injected")
+        ok &= good
+        seen.append(what)
+    real = aotfmm.mpi.Fmm._pinvs
+
+    def setup(is_bad):
+        if is_bad:
+            aotfmm.mpi.Fmm._pinvs = boom
+        try:
+            aotfmm.mpi.Fmm(mine, comm=COMM, eps=EPS)
+        finally:
+            aotfmm.mpi.Fmm._pinvs = real
+    good, what = _all_raise(bad, setup, "MemoryError: injected")
+    ok &= good
+    seen.append(what)
+    pot = plan.evaluate(q[COMM.rank::COMM.size])
+    ref = numpy_reference(x, q[:, None], None, mine, aotfmm.Laplace())[:, 0]
+    e = np.linalg.norm(pot - ref) / np.linalg.norm(ref)
+    ok &= bool(e <= EPS)
+    ok = all(COMM.allgather(bool(ok)))
+    return ok, (f"failure inside rank {bad}'s own work: every rank raised the same error at "
+                f"{len(seen)} places, e.g. {seen[0]}; then {e:.1e} vs numpy")
+
+
 def edge_cases():
     """No points anywhere; sources only on rank 0 and targets only on the last rank; the same
     points on every rank (coincident pairs contribute nothing, as in aotfmm.direct)."""
@@ -206,6 +254,7 @@ CASES = {
                                   aotfmm.Helmholtz(6.0)),
     "edge": edge_cases,
     "bad_input": bad_input_case,
+    "internal_failure": internal_failure_case,
 }
 
 
