@@ -259,3 +259,16 @@ def test_one_sided_kernel_with_coarse_exp_matches_numpy(flags):
     assert rel(pot[0], ref_pot) <= 1e-11
     if flags & 4:
         assert rel(grad[0].T, ref_grad) <= 1e-11
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_same_input_gives_the_same_bits_every_time(threads):
+    """Per-thread sums are added in a fixed order (not in whichever order threads finished)."""
+    rng = np.random.default_rng(8)
+    x = clustered(rng, 20000)
+    q = rng.standard_normal(len(x))
+    f = aotfmm.Fmm(x, kernel=aotfmm.Yukawa(5.0), eps=1e-6, threads=threads, ncrit=64)
+    first = f.evaluate(q, gradient=True)
+    for _ in range(4):
+        again = f.evaluate(q, gradient=True)
+        assert np.array_equal(again[0], first[0]) and np.array_equal(again[1], first[1])

@@ -4,8 +4,6 @@ reference behind :func:`aotfmm.direct` (``_direct``, ``_direct_multi``) and the 
 
 Everything here trusts its input: the public :func:`aotfmm.direct` (in :mod:`aotfmm.api`)
 checks it first (:mod:`aotfmm._validation`)."""
-import threading
-
 import numpy as np
 
 from . import _dispatch, _threads
@@ -163,9 +161,12 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
 
 
 def _p2p_sym(sym, xyz, charges, pot, grad, workers, module, exact, family, coarse_exp):
-    """The near field of one charge vector by Newton's third law (see :func:`p2p`): each
-    thread sums into its own pot/grad arrays (a pair updates points of two boxes, which
-    other threads may be working on), added to ``pot``/``grad`` at the end."""
+    """The near field of one charge vector by Newton's third law (see :func:`p2p`): a pair
+    updates points of two boxes that other threads may be working on, so the boxes are cut
+    into one range per thread (by cost), each summing into its own pot/grad arrays, added to
+    ``pot``/``grad`` in range order at the end. Ranges are not handed out dynamically here:
+    the result must not depend on which thread ran what (the same input gives the same bits
+    every time); it depends on the thread count only through rounding."""
     dt = xyz.dtype
     n = xyz.shape[1]
     flags = (_dispatch.GRADIENT if grad is not None else 0) | (_dispatch.EXACT if exact else 0)
@@ -177,32 +178,21 @@ def _p2p_sym(sym, xyz, charges, pot, grad, workers, module, exact, family, coars
                   one_shift=sym.one_shift, sym_offsets=sym.sym_offsets,
                   sym_index=sym.sym_index, sym_shift=sym.sym_shift, boxes=sym.boxes,
                   flags=flags, m_max=sym.m_max, **family.kernel_args())
-    bounds = workers.split(sym.cost, _CHUNKS_PER_THREAD)
     pot1 = pot.reshape(n)
     grad1 = grad.reshape(3, n) if grad is not None else np.zeros((3, 1), dtype=pot.dtype)
-    if workers.threads == 1 or len(bounds) <= 2 or _threads.in_worker():
-        workers.run(_dispatch.bind(name, dt, module, **shared, pot=pot1, grad=grad1), bounds)
+    bounds = workers.split(sym.cost, 1) if not _threads.in_worker() else \
+        np.array([0, len(sym.boxes)])
+    if len(bounds) <= 2:
+        _dispatch.bind(name, dt, module, **shared, pot=pot1, grad=grad1)(int(bounds[0]),
+                                                                          int(bounds[-1]))
         return
-    lock = threading.Lock()
-    free, made = [], []
-
-    def task(i0, i1):
-        with lock:
-            item = free.pop() if free else None
-        if item is None:  # at most one set per thread: a thread gives its set back first
-            p = np.zeros(n, dtype=pot.dtype)
-            g = np.zeros((3, n) if grad is not None else (3, 1), dtype=pot.dtype)
-            item = (_dispatch.bind(name, dt, module, **shared, pot=p, grad=g), p, g)
-            with lock:
-                made.append(item)
-        try:
-            item[0](i0, i1)
-        finally:
-            with lock:
-                free.append(item)
-
-    workers.run(task, bounds)
-    for _, p, g in made:
+    outs = [(np.zeros(n, dtype=pot.dtype),
+             np.zeros((3, n) if grad is not None else (3, 1), dtype=pot.dtype))
+            for _ in range(len(bounds) - 1)]
+    calls = {int(a): _dispatch.bind(name, dt, module, **shared, pot=p, grad=g)
+             for a, (p, g) in zip(bounds[:-1], outs)}
+    workers.run(lambda i0, i1: calls[i0](i0, i1), bounds)
+    for p, g in outs:  # in range order: the same sum whichever thread ran which range
         pot1 += p
         if grad is not None:
             grad1 += g
