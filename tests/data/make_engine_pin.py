@@ -13,6 +13,7 @@ import subprocess
 import numpy as np
 
 import aotfmm
+from aotfmm.evaluate import choose_parameters
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 N, M, STRIDE = 1500, 400, 3
@@ -71,7 +72,11 @@ def compute(case, dtype):
         plan = aotfmm.Fmm(src, trg, at_sources=True, eps=eps, dtype=dtype, threads=2)
         f = plan.fields(q[:, 0], pg=2, pgt=2)
         out.update(pot1=f.pot, grad1=f.grad, pottarg1=f.pottarg, gradtarg1=f.gradtarg)
-        plan = aotfmm.Fmm(src, trg, dipoles=True, eps=eps, dtype=dtype, threads=2)
+        # the order and leaf size the pin was made with: one order for the separate targets,
+        # one for dipoles (since 2026-12 eps picks one more for dipoles at separate targets)
+        p, ncrit = choose_parameters(eps, separate_targets=True)
+        plan = aotfmm.Fmm(src, trg, dipoles=True, eps=eps, dtype=dtype, threads=2, p=p + 1,
+                          ncrit=ncrit)
         f = plan.fields(q, dipoles=d, pgt=2)
         out.update(pottarg3=f.pottarg, gradtarg3=f.gradtarg)
     return {k: np.ascontiguousarray(v[::STRIDE]) for k, v in out.items()}
