@@ -15,7 +15,9 @@ a system MPI works the same).
 How (first version; what it does not do yet is said at the end):
 
 1. **Partition.** Global bounds by allreduce give the root box. Every point falls in a box of
-   the coarse level ``L`` (``level``; 8^L boxes); a global histogram of points per coarse box
+   the coarse level ``L`` (``level``, 8^L boxes; by default the L of 2..5 whose partition
+   gives the smallest largest local problem: own points + ghost sources + far-box surface
+   points, from the global histogram below); a global histogram of points per coarse box
    (allreduce of counts: a bucket sort on the Morton keys, weighted by points) cuts the boxes,
    in Morton order, into P contiguous ranges of equal weight. Sources and targets move to the
    rank owning their coarse box (Alltoallv).
@@ -45,7 +47,8 @@ by an agreement (one allgather) before the next exchange.
 
 Not done yet (aotfmm issue 18): the tree below level L is not shared (each rank's serial FMM
 builds its own); coarse multipoles are summed by one allreduce over all far-list boxes of all
-ranks (fine for tens of ranks, not for thousands); Hessians are not offered.
+ranks (fine for tens of ranks, not for thousands); the ghost layer is a whole coarse box
+thick.
 """
 import dataclasses
 import time
@@ -55,12 +58,13 @@ import numpy as np
 
 from . import _blas, api
 
-from ._validation import (as_densities, as_points, check_eps, check_integer, check_kernel,
+from ._validation import (as_bool, as_densities, as_points, check_eps, check_integer,
+                          check_kernel, check_level,
                           real_dtype, resolve_value_dtype)
 from .evaluate import AccuracyWarning, choose_parameters
 from .morton import MAX_LEVEL as MORTON_MAX_LEVEL
 from .morton import deinterleave, interleave, point_codes
-from .surfaces import DEFAULT_RADII, surface
+from .surfaces import DEFAULT_RADII, n_surf, surface
 
 __all__ = ["Fmm", "DistributedError"]
 
@@ -201,6 +205,18 @@ class _Route:
 
 # ------------------------------------------------------------------------------------- plan
 
+#: The coarse levels the partition chooses from when ``level`` is not given.
+_AUTO_LEVELS = (2, 3, 4, 5)
+
+
+def _owners(weight, size):
+    """Owner rank per box (Morton order) of boxes with ``weight``: contiguous ranges of
+    equal total weight."""
+    before = np.cumsum(weight) - weight
+    total = max(int(weight.sum()), 1)
+    return np.minimum((before + 0.5 * weight) * size // total, size - 1).astype(np.int64)
+
+
 def _dilate(occ):
     """Boxes within one box (26-neighbourhood) of an occupied one, on a (n, n, n) grid."""
     out = occ.copy()
@@ -253,9 +269,13 @@ class Fmm:
         This rank's targets; None: the fields are wanted at ``local_sources`` (self-interaction
         excluded), as in the serial :class:`aotfmm.Fmm`.
     comm : mpi4py communicator
-    eps, kernel, dtype, threads, dipoles : as in :class:`aotfmm.Fmm` (the same on every rank).
+    eps, kernel, dtype, threads, dipoles, hessians : as in :class:`aotfmm.Fmm` (the same on
+        every rank; Hessians through :meth:`fields` with ``pg``/``pgt`` = 3, Laplace only).
     level : int, optional
-        Coarse level of the partition (2..7); default 3 for up to 8 ranks, 4 up to 64, else 5.
+        Coarse level of the partition (2..7). Default: chosen from 2..5 to make the largest
+        rank's local FMM smallest (own points + ghost sources + far-box surface points,
+        computed from the global counts per box before anything moves; ``stats["level_loads"]``
+        shows them).
 
     Attributes
     ----------
@@ -265,20 +285,22 @@ class Fmm:
     """
 
     def __init__(self, local_sources, local_targets=None, *, comm, eps=None, kernel=None,
-                 dtype=None, threads=None, dipoles=False, level=None, p_far=None):
+                 dtype=None, threads=None, dipoles=False, hessians=False, level=None,
+                 p_far=None):
         self.comm = comm
         t0 = time.perf_counter()
         _agree(comm, self._check_input, local_sources, local_targets, eps, kernel, dtype,
-               threads, level)
+               threads, level, dipoles, hessians)
         self._p_far_arg = check_integer("p_far", p_far, lo=2, hi=20, allow_none=True)
         # the same parameters everywhere: a mismatch would be a silent wrong answer
         mine = (self.family.cache_key(), self.dtype.str, self.eps, self._level, self.same,
-                bool(dipoles))
+                self._dipoles, self._hessians)
         theirs = comm.allgather(mine)
         if any(other != mine for other in theirs):
             bad = next(r for r, other in enumerate(theirs) if other != theirs[0])
-            raise DistributedError(bad, "kernel, eps, dtype, level, dipoles and whether targets "
-                                   f"are given must be the same on every rank: rank 0 has "
+            raise DistributedError(bad, "kernel, eps, dtype, level, dipoles, hessians and "
+                                   "whether targets are given must be the same on every rank: "
+                                   f"rank 0 has "
                                    f"{theirs[0]}, rank {bad} has {theirs[bad]}")
         if self.threads is None:  # share the node's CPUs between its ranks (oversubscribed
             # thread pools with MPI's busy-waiting ran 7x slower on 2 cores, 2 ranks)
@@ -297,7 +319,7 @@ class Fmm:
         self._far_boxes()
         seconds["far lists"] = time.perf_counter() - t
         t = time.perf_counter()
-        self._local = _agree(comm, self._local_plan, dipoles)
+        self._local = _agree(comm, self._local_plan, self._dipoles)
         seconds["local plan"] = time.perf_counter() - t
         # the local plan holds its own copy of its points: keep counts, not coordinates
         self._n_in = (len(self._src_in), len(self._trg_in))
@@ -307,6 +329,7 @@ class Fmm:
         seconds["setup"] = time.perf_counter() - t0
         self.stats = dict(
             rank=comm.rank, size=comm.size, level=self.grid.level, p_far=self.p_far,
+            level_loads=getattr(self, "_level_loads", None),
             n_sources_in=self._n_in[0], n_targets_in=self._n_in[1],
             n_sources=n_owned, n_targets=self._n_trg, n_ghost=len(self._ghost_near),
             n_far_boxes=int(sum(len(v) for v in self._far.values())),
@@ -323,8 +346,14 @@ class Fmm:
             (self._route_src, self._route_trg)
 
     # -- setup -------------------------------------------------------------------------------
-    def _check_input(self, sources, targets, eps, kernel, dtype, threads, level):
+    def _check_input(self, sources, targets, eps, kernel, dtype, threads, level, dipoles,
+                     hessians):
         self.family = check_kernel(kernel)
+        self._dipoles = as_bool("dipoles", dipoles)
+        self._hessians = as_bool("hessians", hessians)
+        if self._hessians and not self.family.hessians:
+            raise ValueError(f"Hessians are computed for the Laplace kernel only, not "
+                             f"{self.family.name}")
         self.dtype = resolve_value_dtype(self.family, dtype, sources, targets)
         self._rdt = real_dtype(self.dtype)
         self.eps = check_eps(eps, self._rdt)
@@ -333,9 +362,7 @@ class Fmm:
         self.same = targets is None
         self._trg_in = (self._src_in if self.same
                         else as_points("local_targets", targets).astype(np.float64, copy=False))
-        size = self.comm.size
-        default = 3 if size <= 8 else (4 if size <= 64 else 5)
-        self._level = check_integer("level", default if level is None else level, lo=2, hi=7)
+        self._level = check_integer("level", level, lo=2, hi=7, allow_none=True)
 
     def _partition(self):
         comm = self.comm
@@ -352,20 +379,25 @@ class Fmm:
         half = 0.5 * float((ghi - glo).max())
         half = half * (1.0 + 1e-9) if half > 0 else 1.0
         center = 0.5 * (glo + ghi)
-        self.grid = grid = Grid(lo=center - half, half=half, level=self._level)
-        nb = 1 << (3 * grid.level)
+        level = self._level if self._level is not None else max(_AUTO_LEVELS)
+        grid = Grid(lo=center - half, half=half, level=level)
         skey = grid.keys(self._src_in)
         tkey = skey if self.same else grid.keys(self._trg_in)
-        counts = np.bincount(skey, minlength=nb).astype(np.int64)
-        if not self.same:
-            counts += np.bincount(tkey, minlength=nb)
-        weight = np.empty_like(counts)
-        comm.Allreduce(counts, weight, op=MPI.SUM)
-        # boxes in Morton order cut into contiguous ranges of equal weight
-        before = np.cumsum(weight) - weight
-        total = max(int(weight.sum()), 1)
-        owner = np.minimum((before + 0.5 * weight) * comm.size // total, comm.size - 1)
-        self._owner = owner.astype(np.int64)
+        nb = 1 << (3 * level)
+        counts = np.zeros((2, nb), dtype=np.int64)  # sources, targets per box, all ranks
+        counts[0] = np.bincount(skey, minlength=nb)
+        counts[1] = counts[0] if self.same else np.bincount(tkey, minlength=nb)
+        totals = np.empty_like(counts)
+        comm.Allreduce(counts, totals, op=MPI.SUM)
+        if self._level is None:
+            level = self._choose_level(totals, level, 2.0 * half)
+            shift = 3 * (grid.level - level)
+            skey, tkey = skey >> shift, tkey >> shift
+            totals = totals.reshape(2, 1 << (3 * level), -1).sum(axis=2)
+            grid = Grid(lo=center - half, half=half, level=level)
+        self.grid = grid
+        weight = totals[0] if self.same else totals[0] + totals[1]
+        self._owner = _owners(weight, comm.size)
         self._route_src = _Route(comm, self._owner[skey])
         self._src = self._route_src.send(self._src_in)
         self._skey = self._route_src.send(skey)
@@ -379,9 +411,34 @@ class Fmm:
         self._sorder = np.argsort(self._skey, kind="stable")
         self._skey_sorted = self._skey[self._sorder]
         # sources per coarse box, all ranks (for the far lists)
-        scount = np.bincount(skey, minlength=nb).astype(np.int64)
-        self._src_count = np.empty_like(scount)
-        comm.Allreduce(scount, self._src_count, op=MPI.SUM)
+        self._src_count = np.ascontiguousarray(totals[0])
+
+    def _choose_level(self, totals, finest, size):
+        """The coarse level (of :data:`_AUTO_LEVELS`) whose partition gives the smallest
+        largest local FMM: per rank, its own points, its ghost sources and the surface points
+        of its far boxes (each n_surf(p_far) points), from the global counts per box of level
+        ``finest`` (``totals``: sources, targets). Few points per box make far surface points
+        dominate (coarse levels win); many ranks make the ghost layer dominate (fine levels
+        win). Every rank computes its own load per level; one allreduce takes the maximum."""
+        p, _ = choose_parameters(self.eps, separate_targets=True, family=self.family, size=size)
+        ns = n_surf(min(p + 1, 16) if self._p_far_arg is None else self._p_far_arg)
+        rank = self.comm.rank
+        loads = []
+        for level in _AUTO_LEVELS:
+            s, t = totals.reshape(2, 1 << (3 * level), -1).sum(axis=2)
+            weight = s if self.same else s + t
+            own = _owners(weight, self.comm.size) == rank
+            own_occ = owner_grid(own, level)
+            s_grid = owner_grid(s, level)
+            ghosts = int(s_grid[_dilate(own_occ) & ~own_occ].sum())
+            trg_occ = owner_grid(own & (t > 0), level)
+            far = sum(len(v) for v in _far_lists(trg_occ, s_grid > 0, level).values()) \
+                if trg_occ.any() else 0
+            loads.append(int(weight[own].sum()) + ghosts + ns * far)
+        worst = np.empty(len(loads), dtype=np.int64)
+        self.comm.Allreduce(np.asarray(loads, dtype=np.int64), worst, op=_mpi().MAX)
+        self._level_loads = dict(zip(_AUTO_LEVELS, worst.tolist()))
+        return _AUTO_LEVELS[int(np.argmin(worst))]
 
     def _ghosts(self):
         """Send own sources to every other rank owning a coarse box adjacent to theirs."""
@@ -472,16 +529,19 @@ class Fmm:
             # so that plan's order serves (the separate-targets order is one more: 1e6 points
             # on one rank, peak 621 -> MiB with p = 9)
             p, ncrit = choose_parameters(self.eps, separate_targets=False, dipoles=dipoles,
-                                         family=self.family, size=2.0 * self.grid.half)
+                                         hessians=self._hessians, family=self.family,
+                                         size=2.0 * self.grid.half)
             _, ncrit = choose_parameters(self.eps, separate_targets=True, dipoles=dipoles,
-                                         family=self.family, size=2.0 * self.grid.half)
+                                         hessians=self._hessians, family=self.family,
+                                         size=2.0 * self.grid.half)
             ncrit *= 2
         with warnings.catch_warnings():  # the serial plan sees separate targets and would
             # warn that p is one order short for them; these targets are sources
             warnings.filterwarnings("ignore", r"p=\d+ reaches about", AccuracyWarning)
             return api.Fmm(src.astype(self._rdt, copy=False), trg.astype(self._rdt, copy=False),
-                           kernel=self.family, p=p, dipoles=dipoles, eps=self.eps,
-                           dtype=self.dtype, threads=self.threads, ncrit=ncrit)
+                           kernel=self.family, p=p, dipoles=dipoles,
+                           hessians=self._hessians, eps=self.eps, dtype=self.dtype,
+                           threads=self.threads, ncrit=ncrit)
 
     # -- evaluation --------------------------------------------------------------------------
     def _check_densities(self, charges, dipoles):
@@ -494,14 +554,51 @@ class Fmm:
         """Potentials (and gradients) at this rank's targets (or sources) in its order, for
         ``local_charges`` (n,) / (n, k) and/or ``dipoles`` (n, 3) / (n, k, 3) of this rank's
         sources: the serial :meth:`aotfmm.Fmm.evaluate`'s shapes. Collective."""
+        pot, grad, _ = self._run(local_charges, dipoles, 2 if as_bool("gradient", gradient)
+                                 else 1)
+        return (pot, grad) if grad is not None else pot
+
+    def fields(self, local_charges=None, *, dipoles=None, pg=None, pgt=None):
+        """Potentials, gradients and Hessians in one traversal, FMM3D's output levels as in
+        the serial :meth:`aotfmm.Fmm.fields`: ``pg`` at this rank's sources (a plan without
+        ``local_targets``; default 1), ``pgt`` at its targets (default 1 when it has them);
+        0 nothing, 1 potential, 2 and gradient, 3 and Hessian (xx, yy, zz, xy, xz, yz; a plan
+        built with ``hessians=True``, Laplace only). Returns :class:`aotfmm.Fields`, None where
+        not asked. Collective; every rank asks for the same levels."""
+        def levels():
+            a = check_level("pg", pg, 1 if self.same else 0, self.same,
+                            "a plan with local_targets does not compute (use one without)")
+            b = check_level("pgt", pgt, 0 if self.same else 1, not self.same,
+                            "the plan has no targets")
+            if max(a, b) == 3 and not self._hessians:
+                raise ValueError("Hessians (pg or pgt = 3) need a plan built with "
+                                 "hessians=True")
+            return a, b
+        a, b = _agree(self.comm, levels)
+        pot, grad, hess = self._run(local_charges, dipoles, max(a, b, 1), asked=(a, b))
+        lvl = a or b
+        out = dict(pot=None, grad=None, hess=None, pottarg=None, gradtarg=None, hesstarg=None)
+        tail = "" if self.same else "targ"
+        if lvl:
+            out["pot" + tail] = pot
+            out["grad" + tail] = grad if lvl >= 2 else None
+            out["hess" + tail] = hess if lvl == 3 else None
+        return api.Fields(**out)
+
+    def _run(self, local_charges, dipoles, level, asked=None):
+        """(pot, grad or None, hess or None) at this rank's points for output ``level`` (1
+        potential, 2 and gradient, 3 and Hessian); ``asked``: the levels every rank must agree
+        on besides the densities' shapes."""
         comm = self.comm
         MPI = _mpi()
         t0 = time.perf_counter()
+        gradient = level >= 2
         q, d, single = _agree(comm, self._check_densities, local_charges, dipoles)
         k = (q if q is not None else d).shape[0]
-        ks = comm.allgather((k, q is not None, d is not None))
+        ks = comm.allgather((k, q is not None, d is not None, level, asked))
         if len(set(ks)) != 1:
-            raise DistributedError(comm.rank, f"densities differ between ranks: {ks}")
+            raise DistributedError(comm.rank, f"densities or output levels differ between "
+                                   f"ranks: {ks}")
         vdt = np.dtype(np.complex128) if self.family.complex else np.dtype(np.float64)
         seconds = {}
         t = time.perf_counter()
@@ -526,7 +623,7 @@ class Fmm:
             far = self._far_densities(qo, do, k, vdt, MPI)
         seconds["far densities"] = time.perf_counter() - t
         t = time.perf_counter()
-        out = _agree(comm, self._local_fields, qo, do, qg, dg, far, k, vdt, gradient)
+        out = _agree(comm, self._local_fields, qo, do, qg, dg, far, k, vdt, level)
         seconds["local fmm"] = time.perf_counter() - t
         t = time.perf_counter()
         home = self._route_trg.back(out)
@@ -536,20 +633,19 @@ class Fmm:
         self.stats["seconds"].update({"eval:" + a: b for a, b in seconds.items()})
         self.stats["bytes"]["eval:points"] = (
             sum(r.bytes for r in routes) - bytes0)
-        pot = np.ascontiguousarray((home[:, 0] if single else home[:, :k]).astype(
-            self.dtype, copy=False))
-        if not gradient:
-            return pot
-        g = home[:, k:].reshape(-1, k, 3)
-        g = np.ascontiguousarray((g[:, 0] if single else g).astype(self.dtype, copy=False))
-        return pot, g
+        def part(lo, width):
+            a = home[:, lo:lo + width * k].reshape((-1, k, width) if width > 1 else (-1, k))
+            a = a[:, 0] if single else a
+            return np.ascontiguousarray(a.astype(self.dtype, copy=False))
+        return (part(0, 1), part(k, 3) if gradient else None,
+                part(4 * k, 6) if level == 3 else None)
 
-    def _local_fields(self, qo, do, qg, dg, far, k, vdt, gradient):
+    def _local_fields(self, qo, do, qg, dg, far, k, vdt, level):
         """The serial FMM on own + ghost + far surface points: the rows going home, k
-        potentials then 3k gradient components per own target."""
+        potentials, then 3k gradient components (level >= 2), then 6k Hessian components
+        (level 3) per own target."""
         n_t = self._n_trg
-        # rows going home: k potentials, then 3k gradient components
-        out = np.zeros((n_t, 4 * k if gradient else k), dtype=vdt)
+        out = np.zeros((n_t, (1, 4, 10)[level - 1] * k), dtype=vdt)
         plan = self._local
         if plan is not None and plan != "empty" and n_t:
             n_f = self._n_far
@@ -563,11 +659,15 @@ class Fmm:
                 ds = np.concatenate([do[on], dg[gn], np.zeros((n_f, k, 3), dtype=vdt)])
             with _blas.limit_one():  # BLAS's own threads: one per rank (they spin, and
                 # ranks share the node: M2L ran 8x slower with 2 ranks x 2 BLAS threads)
-                res = plan.evaluate(qs, dipoles=ds, gradient=gradient)
+                if level == 3:
+                    f = plan.fields(qs, dipoles=ds, pgt=3)
+                    res = (f.pottarg, f.gradtarg, f.hesstarg)
+                else:
+                    res = plan.evaluate(qs, dipoles=ds, gradient=level == 2)
+                    res = res if level == 2 else (res,)
             del qs, ds
-            out[:, :k] = (res[0] if gradient else res).reshape(n_t, k)
-            if gradient:
-                out[:, k:] = res[1].reshape(n_t, 3 * k)
+            for part, (lo, width) in zip(res, ((0, 1), (k, 3), (4 * k, 6))):
+                out[:, lo:lo + width * k] = part.reshape(n_t, width * k)
             del res
         return out
 
