@@ -16,9 +16,9 @@ import pytest
 
 import aotfmm
 from aotfmm.families import _HELMHOLTZ_ORDERS
+from _helpers import reference
 from conftest import sphere, uniform
 
-INV4PI = 1.0 / (4.0 * np.pi)
 MAX_KD = 0.999 * _HELMHOLTZ_ORDERS[-1][0]  # the largest kappa D served (just inside)
 
 
@@ -28,23 +28,6 @@ def clustered(rng, n):
 
 
 DISTS = {"uniform": uniform, "sphere": sphere, "clustered": clustered}
-
-
-def reference(src, trg, q, s):
-    """Potential and gradient at ``trg`` of charges q at ``src`` for G = exp(s r) / (4 pi r)
-    (s = -lam: Yukawa, s = i kappa: Helmholtz), coincident points left out; numpy, in blocks."""
-    pot = np.zeros(len(trg), dtype=np.result_type(q, s))
-    grad = np.zeros((len(trg), 3), dtype=pot.dtype)
-    for a in range(0, len(trg), 256):
-        d = trg[a:a + 256, None, :] - src[None, :, :]
-        r = np.sqrt((d * d).sum(-1))
-        far = r > 0
-        rs = np.where(far, r, 1.0)
-        g = np.where(far, np.exp(s * rs) * INV4PI / rs, 0.0)
-        dg = np.where(far, g * (s * rs - 1.0) / (rs * rs), 0.0)  # (dG/dr) / r
-        pot[a:a + 256] = g @ q
-        grad[a:a + 256] = np.einsum("ij,ijk,j->ik", dg, d, q)
-    return pot, grad
 
 
 def rel(a, b):

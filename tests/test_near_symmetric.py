@@ -15,25 +15,7 @@ import pytest
 
 import aotfmm
 from aotfmm import _dispatch
-
-INV4PI = 1.0 / (4.0 * np.pi)
-
-
-def yukawa_reference(src, trg, q, lam):
-    """Potential and gradient at trg of charges q at src for exp(-lam r) / (4 pi r), coincident
-    points left out (numpy, float64, in blocks)."""
-    pot = np.zeros(len(trg))
-    grad = np.zeros((len(trg), 3))
-    for a in range(0, len(trg), 256):
-        d = trg[a:a + 256, None, :] - src[None, :, :]
-        r = np.sqrt((d * d).sum(-1))
-        far = r > 0
-        rs = np.where(far, r, 1.0)
-        g = np.where(far, np.exp(-lam * rs) * INV4PI / rs, 0.0)
-        dg = np.where(far, -g * (1.0 + lam * rs) / (rs * rs), 0.0)  # (dG/dr) / r
-        pot[a:a + 256] = g @ q
-        grad[a:a + 256] = np.einsum("ij,ijk,j->ik", dg, d, q)
-    return pot, grad
+from _helpers import reference
 
 
 def rel(a, b):
@@ -100,8 +82,8 @@ def kernel_reference(world, q, pairs, start, end, lam):
     pts = world.T
     for b, s in pairs:
         if end[b] > start[b] and end[s] > start[s]:
-            p, g = yukawa_reference(pts[start[s]:end[s]], pts[start[b]:end[b]],
-                                    q[start[s]:end[s]], lam)
+            p, g = reference(pts[start[s]:end[s]], pts[start[b]:end[b]],
+                             q[start[s]:end[s]], -lam)
             pot[start[b]:end[b]] += p
             grad[start[b]:end[b]] += g
     return pot, grad
@@ -226,7 +208,7 @@ def test_fmm_with_newton_third_law_meets_eps(kind, threads, dtype, eps, coarse, 
     pot, grad = f.evaluate(q, gradient=True)
     pot_only = f.evaluate(q)
     idx = rng.choice(len(x), 300, replace=False)
-    ref_pot, ref_grad = yukawa_reference(x, x[idx], q, lam)
+    ref_pot, ref_grad = reference(x, x[idx], q, -lam)
     assert rel(pot[idx], ref_pot) <= eps
     assert rel(grad[idx], ref_grad) <= eps
     assert rel(pot_only[idx], ref_pot) <= eps

@@ -183,14 +183,15 @@ def _pairs(offsets, index):
 
 
 def _csr(rows, cols, n_rows, extra=None):
-    """(row, column[, extra]) pairs -> CSR over all n_rows rows, stable in the input order."""
+    """(row, column[, extra]) pairs -> CSR over all n_rows rows, stable in the input order
+    (``extra``: per-pair rows of any dtype, reordered alike)."""
     order = np.argsort(rows, kind="stable")
     offsets = np.zeros(n_rows + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=n_rows), out=offsets[1:])
     cols = np.ascontiguousarray(cols[order], dtype=np.int64)
     if extra is None:
         return offsets, cols
-    return offsets, cols, np.ascontiguousarray(extra[order], dtype=np.int64)
+    return offsets, cols, np.ascontiguousarray(extra[order])
 
 
 class Plan:
@@ -357,12 +358,8 @@ class Plan:
         mirrored = np.isin(cols * n_boxes + rows, key) & (rows != cols)
         pick = {}
         for name, sel in (("one", ~mirrored), ("sym", mirrored & (rows < cols))):
-            order = np.argsort(rows[sel], kind="stable")
-            offsets = np.zeros(n_boxes + 1, dtype=np.int64)
-            np.cumsum(np.bincount(rows[sel], minlength=n_boxes), out=offsets[1:])
-            pick[name + "_offsets"] = offsets
-            pick[name + "_index"] = np.ascontiguousarray(cols[sel][order])
-            pick[name + "_shift"] = np.ascontiguousarray(self.near_shift[sel][order])
+            (pick[name + "_offsets"], pick[name + "_index"],
+             pick[name + "_shift"]) = _csr(rows[sel], cols[sel], n_boxes, self.near_shift[sel])
         n_pts = tree.src_end - tree.src_start
         work = {}
         for name in ("one", "sym"):

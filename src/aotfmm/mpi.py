@@ -390,7 +390,7 @@ class Fmm:
         totals = np.empty_like(counts)
         comm.Allreduce(counts, totals, op=MPI.SUM)
         if self._level is None:
-            level = self._choose_level(totals, level, 2.0 * half)
+            level = self._choose_level(totals, 2.0 * half)
             shift = 3 * (grid.level - level)
             skey, tkey = skey >> shift, tkey >> shift
             totals = totals.reshape(2, 1 << (3 * level), -1).sum(axis=2)
@@ -413,15 +413,22 @@ class Fmm:
         # sources per coarse box, all ranks (for the far lists)
         self._src_count = np.ascontiguousarray(totals[0])
 
-    def _choose_level(self, totals, finest, size):
+    def _p_far(self, size):
+        """Order of the far boxes' equivalent densities: ``p_far`` if given, else one more
+        than separate targets take (the domain ``size`` counts for Helmholtz)."""
+        if self._p_far_arg is not None:
+            return self._p_far_arg
+        p, _ = choose_parameters(self.eps, separate_targets=True, family=self.family, size=size)
+        return min(p + 1, 16)
+
+    def _choose_level(self, totals, size):
         """The coarse level (of :data:`_AUTO_LEVELS`) whose partition gives the smallest
         largest local FMM: per rank, its own points, its ghost sources and the surface points
-        of its far boxes (each n_surf(p_far) points), from the global counts per box of level
-        ``finest`` (``totals``: sources, targets). Few points per box make far surface points
+        of its far boxes (each n_surf(p_far) points), from the global counts per box of the
+        finest candidate level (``totals``: sources, targets). Few points per box make far surface points
         dominate (coarse levels win); many ranks make the ghost layer dominate (fine levels
         win). Every rank computes its own load per level; one allreduce takes the maximum."""
-        p, _ = choose_parameters(self.eps, separate_targets=True, family=self.family, size=size)
-        ns = n_surf(min(p + 1, 16) if self._p_far_arg is None else self._p_far_arg)
+        ns = n_surf(self._p_far(size))
         rank = self.comm.rank
         loads = []
         for level in _AUTO_LEVELS:
@@ -485,9 +492,7 @@ class Fmm:
             keys = np.unique(np.concatenate(comm.allgather(interleave(mine))))
             union[lev] = keys
         self._union = union
-        p, _ = choose_parameters(self.eps, separate_targets=True, family=self.family,
-                                 size=2.0 * grid.half)
-        self.p_far = min(p + 1, 16) if self._p_far_arg is None else self._p_far_arg
+        self.p_far = self._p_far(2.0 * grid.half)
         self._surf = surface(self.p_far)
         # pseudo-inverse of check -> equivalent per level (translation invariant)
         self._uc2e = {}
