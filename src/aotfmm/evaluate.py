@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import _dispatch, _driver, _threads, expansions
+from . import _dispatch, _driver, _geometry, _threads, expansions
 from ._driver import DownLevel, UpLevel
 from .cache import key_hash
 from ._direct import p2p as near_field
@@ -40,6 +40,16 @@ _FLOAT32_MAX_LEVEL = 12
 
 class AccuracyWarning(UserWarning):
     """The requested accuracy is probably not met (e.g. float32 on a very deep tree)."""
+
+
+#: Local expansions carry the regular part c f(|x - centre|) of their field (the constant, for
+#: Laplace) apart from the equivalent density (see :meth:`Plan._regular_split`). Off only for
+#: the engine pin (tests/test_engine_pin.py), whose numbers predate it.
+_REGULAR_SPLIT = True
+
+#: The split is used at levels whose reference family has |mu2| <= this (half-width 1): the
+#: series of KernelFamily.regular stays exact there (|mu2| r^2 <= 3.2 on the surfaces used).
+_REGULAR_MU2_MAX = 1.0
 
 
 #: From this table order on, separate targets get two orders more instead of one (see
@@ -167,6 +177,13 @@ def _composed_l2l(ops, parent_family, frame_family, vdt):
     return l2l
 
 
+def _ranges(starts, ends):
+    """Concatenation of range(starts[i], ends[i]) (int64)."""
+    counts = ends - starts
+    return (np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+            + np.arange(int(counts.sum()), dtype=np.int64))
+
+
 def _pad_rows(a, rows, axis):
     """``a`` with zero rows appended along ``axis`` up to ``rows``."""
     if a.shape[axis] == rows:
@@ -241,6 +258,7 @@ class Plan:
         self._setup_passes(tree, lists, n_surf(self.p))
         t0 = time.perf_counter()
         self._level_operators(tree, cache_dir)
+        self.regular_split = self._regular_split()
         timings["operators"] = time.perf_counter() - t0
         step("operators")
         t = time.perf_counter()
@@ -559,6 +577,55 @@ class Plan:
         self.level_families = fams
         self.ops = self.level_ops[max(self.level_ops)]
 
+    def _regular_split(self):
+        """Per level: the operators that keep the regular part of each local expansion apart.
+
+        A box's local field is ``a f(rho) + sum_i b_i e_i(rho) + sum_j G(x, y_j) density_j``,
+        rho = (x - centre) / h, with f and e_i the family's regular solutions of degree 0 and 1
+        (Laplace: 1 and rho_i; :meth:`KernelFamily.regular`) and (a, b) four values per box and
+        density. Without them the density alone fits the whole field on the check surface with
+        a relative error that does not depend on the box's size (the kernel is scale
+        invariant), so a potential a made by sources far away leaves an error whose gradient is
+        ~ e_p |a| / h (and a gradient b / h one whose Hessian is ~ e_p |b| / h^2): in boxes many
+        levels below their far sources the gradient lost digits level by level (1e-3 at eps
+        1e-6 in a 1e-6-wide cluster 19 levels deep; Hessians lost everything). With (a, b) kept
+        exactly the density fits only the rest, of size ~ the Hessian times h^2.
+
+        In down-check coefficients (``c2e(h) dc2e_b u`` for a check potential u, see
+        :mod:`aotfmm.operators`) the four fields on the box's check surface are the columns of
+        ``c2e(h) W``, ``W = dc2e_b M`` (M: the fields at the reference check surface). DC2E
+        takes out their least-squares part (``alpha = P d``, ``P = (W^H W)^-1 W^H``) and keeps
+        (a, b) = alpha / c2e(h); L2L adds ``c2e(h_child) V[octant] (a, b)_parent`` with
+        ``V[o] = dc2e_b M_parent(child check surface)``; L2P adds the four fields and their
+        gradients. Returns {level: (W, P, V or None)} in the value dtype, levels without the
+        split (a parameter too large for the series at that box size) left out."""
+        fam = self.family
+        if not _REGULAR_SPLIT or fam.regular_mu2 is None:
+            return {}
+        ref = self.level_families
+
+        def modes(level_family, x):  # (..., 4): f, e_x, e_y, e_z at reference points x
+            f, _, g, _ = level_family.regular((x * x).sum(-1))
+            return np.concatenate([f[..., None], x * g[..., None]], axis=-1)
+
+        out = {}
+        for lev in sorted(self.level_ops):
+            if abs(ref[lev].regular_mu2_value()) > _REGULAR_MU2_MAX:
+                continue
+            ops = self.level_ops[lev]
+            b = np.asarray(ops.dc2e_b, dtype=np.complex128 if fam.complex else np.float64)
+            chk = ops.r_down_check * ops.surface
+            w = b @ modes(ref[lev], chk)                                           # (r, 4)
+            wh = w.conj().T
+            proj = np.linalg.solve(wh @ w, wh)                                     # (4, r)
+            v = None
+            if lev - 1 in out:
+                half = 0.5 * _geometry.OCTANT_SIGNS[:, None, :] + 0.5 * chk[None]  # (8, n, 3)
+                v = np.einsum("rn,cnm->crm", b, modes(ref[lev - 1], half))         # (8, r, 4)
+                v = v.astype(ops.dc2e_b.dtype)
+            out[lev] = (w.astype(ops.dc2e_b.dtype), proj.astype(ops.dc2e_b.dtype), v)
+        return out
+
     def _p2m_groups(self):
         """[(index into p2m_boxes, operator set)]: one group for a scale-invariant family, else
         the leaves of each level with that level's set (fixed per plan)."""
@@ -687,6 +754,9 @@ class KifmmPasses:
         self.equiv = np.zeros(shape, dtype=vdt)
         self.local = np.zeros(shape, dtype=vdt)
         self.dcheck = np.zeros((plan.n_boxes, k, ops.down_rank), dtype=vdt)
+        #: the regular part c of each box's local field (Plan._regular_split), frame units
+        self.regular = np.zeros((plan.n_boxes, k, 4), dtype=vdt) if plan.regular_split \
+            else None
 
     def p2m(self):
         p, t = self.plan, self.plan.tree
@@ -703,7 +773,14 @@ class KifmmPasses:
     def l2l(self, down):
         if down.l2l is None:
             return False
-        expansions.l2l(self.plan.ops_at(down.level), self.local, self.dcheck, *down.l2l)
+        ops = self.plan.ops_at(down.level)
+        expansions.l2l(ops, self.local, self.dcheck, *down.l2l)
+        split = self.plan.regular_split.get(down.level)
+        if split is not None and split[2] is not None:  # the parents' regular part
+            d3 = expansions._dens3(self.dcheck, ops.down_rank)
+            scale = self.plan.family.c2e_scale(self.plan.half_widths)
+            for c, par, ch in expansions._octant_pairs(*down.l2l):
+                d3[ch] += scale[ch][:, None, None] * (self.regular[par] @ split[2][c].T)
         return True
 
     def m2l(self, down):
@@ -726,7 +803,19 @@ class KifmmPasses:
     def dc2e(self, down):
         if not len(down.receivers):
             return False
-        expansions.dc2e(self.plan.ops_at(down.level), self.dcheck, self.local, down.receivers)
+        ops = self.plan.ops_at(down.level)
+        split = self.plan.regular_split.get(down.level)
+        if split is not None:  # the regular part apart: (a, b) = alpha / c2e(h)
+            w, proj, _ = split
+            rows = down.receivers
+            d3 = expansions._dens3(self.dcheck, ops.down_rank)
+            d = d3[rows]
+            alpha = d @ proj.T
+            d -= alpha @ w.T
+            d3[rows] = d
+            scale = self.plan.family.c2e_scale(self.plan.half_widths[rows])
+            self.regular[rows] = alpha / scale[:, None, None]
+        expansions.dc2e(ops, self.dcheck, self.local, down.receivers)
         return True
 
     def l2p(self):
@@ -735,6 +824,49 @@ class KifmmPasses:
             expansions.l2p(p.ops, self.local, p.trg, t.trg_start, t.trg_end, p.l2p_boxes, None,
                            p.half_widths, self.pot, self.grad, workers=p.workers,
                            hess=self.hess, entry_centers=p.l2p_centers)
+            if self.regular is not None:
+                self._l2p_regular()
+
+    def _l2p_regular(self):
+        """Targets of the L2P leaves += the regular part of their leaf's local field,
+        ``a f(rho) + b . e(rho)`` with rho = (x - centre) / h, and its gradient (Laplace:
+        a + b . rho and b / h; the Hessians of these fields are 0 for Laplace, the only family
+        with Hessians). Chunks of whole leaves (~2^17 targets): bounded temporaries."""
+        p, t = self.plan, self.plan.tree
+        leaves = p.l2p_boxes
+        reg = self.regular[leaves]                                 # (n_leaves, k, 4)
+        if not reg.any():
+            return
+        counts = t.trg_end[leaves] - t.trg_start[leaves]
+        reg[..., 1:] /= p.half_widths[leaves, None, None]          # b per frame unit
+        laplace = p.family.regular_mu2_value() == 0
+        pot = self.pot if self.pot.ndim == 2 else self.pot[None]
+        grad = self.grad
+        if grad is not None and grad.ndim == 2:
+            grad = grad[None]
+        cum = np.concatenate([[0], np.cumsum(counts)])
+        cuts = np.unique(np.concatenate([np.searchsorted(cum, np.arange(0, cum[-1], 1 << 17)),
+                                         [len(leaves)]]))
+        for c0, c1 in zip(cuts[:-1], cuts[1:]):
+            lv, cnt = leaves[c0:c1], counts[c0:c1]
+            idx = _ranges(t.trg_start[lv], t.trg_end[lv])
+            if len(idx) and idx[-1] - idx[0] + 1 == len(idx):    # usually: one run, a view
+                idx = slice(int(idx[0]), int(idx[-1]) + 1)
+            row = np.repeat(np.arange(c1 - c0), cnt)
+            d = p.trg[:, idx].astype(np.float64, copy=False) - p.offsets[lv].T[:, row]  # (3, m)
+            r = reg[c0:c1]
+            for j in range(r.shape[1]):                            # densities
+                a, b = r[row, j, 0], r[row, j, 1:].T               # (m,), (3, m)
+                bd = np.einsum("im,im->m", b, d)
+                if laplace:
+                    pot[j, idx] += a + bd
+                    if grad is not None:
+                        grad[j][:, idx] += b
+                    continue
+                f, df, g, dg = p.family.regular(np.einsum("im,im->m", d, d))
+                pot[j, idx] += a * f + bd * g
+                if grad is not None:
+                    grad[j][:, idx] += b * g + (a * df + bd * dg) * d
 
     def m2p(self):
         p, t = self.plan, self.plan.tree

@@ -81,6 +81,12 @@ class KernelFamily:
         Orders added to the eps table's p for a domain of size D (a Helmholtz box many
         wavelengths wide needs a larger surface), in increasing size; empty: every size is
         served with the table's p. Above the last row the family warns (AccuracyWarning).
+    regular_mu2 : callable or None
+        ``regular_mu2(**params)``: mu2 of the family's regular radial solution
+        f(r) = sum_n (mu2 r^2)^n / (2n + 1)!, f(0) = 1 (:meth:`regular`): 0 for Laplace (f = 1),
+        lam^2 for Yukawa (sinh(lam r) / (lam r)), -kappa^2 for Helmholtz (sin(kappa r) /
+        (kappa r)). Local expansions carry the part c f(|x - centre|) of their field apart
+        from the equivalent density (:mod:`aotfmm.evaluate`); None: they do not.
     """
     name: str
     params: tuple
@@ -100,6 +106,8 @@ class KernelFamily:
                                                                   repr=False)
     decay_rate: float = dataclasses.field(default=0.0, compare=False)
     size_orders: tuple = dataclasses.field(default=(), compare=False)
+    regular_mu2: typing.Optional[typing.Callable] = dataclasses.field(default=None,
+                                                                      compare=False, repr=False)
 
     def __repr__(self):
         return self.label or f"KernelFamily({self.name!r})"
@@ -262,6 +270,49 @@ class KernelFamily:
             raise NotImplementedError(f"kernel family {self.name!r} has no dg_of_r")
         return self.dg_of_r(np.asarray(r, dtype=np.float64))
 
+    #: Terms of the series of :meth:`regular`: exact to rounding for |mu2| r^2 <= 4
+    #: (4^18 / 37! ~ 5e-33), the range :meth:`regular_mu2_value` callers stay in.
+    _REGULAR_TERMS = 18
+
+    def regular_mu2_value(self):
+        """mu2 of :attr:`regular_mu2` for this family's parameters, or None."""
+        if self.regular_mu2 is None:
+            return None
+        return self.regular_mu2(**dict(self.params))
+
+    def regular(self, r2):
+        """The family's regular solutions of degree 0 and 1 about a centre, at squared
+        distances ``r2`` (array) from it: (f, df, g, dg) with
+
+        * f(x) = F(mu2 r^2), F(t) = sum_n t^n / (2n + 1)! (f(0) = 1; grad f = df x),
+        * e_i(x) = x_i g, g = G(mu2 r^2), G = 6 F' (G(0) = 1; grad e_i = g u_i + dg x_i x),
+
+        x the offset from the centre (u_i the unit vector), df = 2 mu2 F'(t), dg = 2 mu2 G'(t).
+        Laplace: f = 1, e_i = x_i. Power series (no cancellation at small r), exact to
+        rounding for |mu2 r2| <= 4."""
+        mu2 = self.regular_mu2_value()
+        r2 = np.asarray(r2, dtype=np.float64)
+        if mu2 is None:
+            raise NotImplementedError(f"kernel family {self.name!r} has no regular solution")
+        if mu2 == 0:
+            one, zero = np.ones_like(r2), np.zeros_like(r2)
+            return one, zero, one, zero
+        t = mu2 * r2
+        fact = math.factorial
+        n = self._REGULAR_TERMS
+        # coefficients of F, F', F'' in powers of t (Horner from the top)
+        c0 = [1.0 / fact(2 * j + 1) for j in range(n + 3)]
+        c1 = [(j + 1) * c0[j + 1] for j in range(n + 2)]
+        c2 = [(j + 1) * c1[j + 1] for j in range(n + 1)]
+        out = []
+        for c in (c0[:n + 1], c1[:n + 1], c2[:n + 1]):
+            v = np.zeros_like(t) + c[-1]
+            for cj in c[-2::-1]:
+                v = v * t + cj
+            out.append(v)
+        f, f1, f2 = out
+        return f, 2.0 * mu2 * f1, 6.0 * f1, 12.0 * mu2 * f2
+
     def c2e_scale(self, h):
         """``h ** -frame_degree``: a check-to-equivalent operator (UC2E, DC2E) of a box of
         half-width ``h`` is this times the one of the reference box (half-width 1) of the family
@@ -346,7 +397,7 @@ _LAPLACE_SUMS = (
 LAPLACE = KernelFamily(name="laplace", params=(), scalar="real", degree=-1, components=1,
                        g_of_r=_laplace_g, eps_table=_LAPLACE_EPS_TABLE,
                        worst_error=_LAPLACE_WORST_ERROR, sums=_LAPLACE_SUMS,
-                       dg_of_r=_laplace_dg)
+                       dg_of_r=_laplace_dg, regular_mu2=lambda: 0.0)
 
 #: The parameter families use Laplace's eps -> (p, ncrit) table and worst errors, measured to
 #: hold for them (benchmarks/accuracy.py --kernel yukawa|helmholtz --param-d X, n = 2e4, the
@@ -413,7 +464,7 @@ def Yukawa(lam):
                         components=1, g_of_r=_yukawa_g(lam), eps_table=_YUKAWA_EPS_TABLE,
                         worst_error=_YUKAWA_WORST_ERROR, sums=_YUKAWA_SUMS, frame_degree=-1,
                         label=f"Yukawa(lam={lam!r})", make=Yukawa, dg_of_r=_yukawa_dg(lam),
-                        decay_rate=lam)
+                        decay_rate=lam, regular_mu2=lambda lam: lam * lam)
 
 
 # -------------------------------------------------------------------------------- Helmholtz
@@ -478,7 +529,7 @@ def Helmholtz(kappa):
                         sums=_HELMHOLTZ_SUMS, frame_degree=-1,
                         label=f"Helmholtz(kappa={shown!r})", make=Helmholtz,
                         dg_of_r=_helmholtz_dg(kappa), decay_rate=kappa.imag,
-                        size_orders=_HELMHOLTZ_ORDERS)
+                        size_orders=_HELMHOLTZ_ORDERS, regular_mu2=lambda kappa: -kappa * kappa)
 
 
 #: Every family with compiled sums, one instance each (the dispatch table is built from these:
