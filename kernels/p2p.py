@@ -40,6 +40,11 @@ SIGNATURES = {
     "p2p_potgrad": "void({F}[:, ::1], {F}[::1], {F}[:, ::1], i8[::1], i8[::1], i8[::1],"
                    " i8[::1], i8[::1], i8[::1], {F}[:, ::1], i8[::1], i8, i8, i8, {F}[::1],"
                    " {F}[:, ::1])",
+    # IN xyz (3, n), IN q (n,), IN start, IN end, IN one_offsets, IN one_index,
+    # IN one_shift (n_one, 3), IN sym_offsets, IN sym_index, IN sym_shift (n_sym, 3), IN boxes,
+    # IN i0, IN i1, IN flags (4 gradient, 8 exact), IN m_max, INOUT pot (n,), INOUT grad (3, n)
+    "p2p_sym": "void({F}[:, ::1], {F}[::1], i8[::1], i8[::1], i8[::1], i8[::1], {F}[:, ::1],"
+               " i8[::1], i8[::1], {F}[:, ::1], i8[::1], i8, i8, i8, i8, {F}[::1], {F}[:, ::1])",
 }
 
 LOCALS = {
@@ -48,6 +53,9 @@ LOCALS = {
     "p2p_potgrad": {"c": "{F}", "acc": "{F}", "gx": "{F}", "gy": "{F}", "gz": "{F}",
                     "r2": "{F}", "invr": "{F}", "invr3": "{F}", "xs": "{F}",
                     "ys": "{F}", "zs": "{F}"},
+    "p2p_sym": {name: "{F}" for name in (
+        "c", "one", "acc", "gx", "gy", "gz", "r2", "invr", "ir3", "qinvr", "t5", "qi", "qj",
+        "xi", "yi", "zi", "dx", "dy", "dz", "ox", "oy", "oz")},
 }
 
 
@@ -172,3 +180,202 @@ def p2p_potgrad(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_en
             grad[0, i] += c * gx
             grad[1, i] += c * gy
             grad[2, i] += c * gz
+
+
+def p2p_sym(xyz, q, start, end, one_offsets, one_index, one_shift, sym_offsets, sym_index,
+            sym_shift, boxes, i0, i1, flags, m_max, pot, grad):
+    """Near field of one charge vector when the targets are the sources (Newton's third law):
+    pot[i] (+ grad[:, i]) += Laplace field at point i, for the target boxes boxes[i0:i1].
+
+    The points ``xyz`` (3, n) are both sources and targets, box b holding start[b]:end[b].
+    Box b's one-sided list (``one_offsets``/``one_index``, per entry the shift of the source
+    box's points into b's frame, as in ``p2p_pot``) acts on b's points only: b itself, and
+    pairs whose mirror is not in the near field. Its symmetric list (``sym_*``) holds boxes s
+    whose pair with b is computed once, here: each pair's 1/r is used for the point in b and
+    for the point in s (the gradient with the sign of d reversed). So ``pot``/``grad`` receive
+    sums for points outside boxes[i0:i1]; callers running ranges in parallel give each thread
+    its own output arrays (added up afterwards). flags: 4 gradient; 8 exact 1/r (direct sums).
+    ``m_max`` >= the points of any box's one-sided list and of its symmetric list.
+
+    1/r is ``inv_sqrt`` with one Newton step (~1e-14) unless flag 8; a box where a pair is too
+    close for its float32 estimate (a NaN sum) is redone with the exact sqrt, which is possible
+    because each box's sums are built in scratch and added to ``pot``/``grad`` at the end."""
+    c = INV4PI
+    one = 1.0
+    do_g = (flags & 4) != 0
+    exact0 = (flags & 8) != 0
+    dt = xyz.dtype
+    s1 = np.empty((3, m_max), dtype=dt)   # one-sided sources, in b's frame
+    q1 = np.empty(m_max, dtype=dt)
+    s2 = np.empty((3, m_max), dtype=dt)   # symmetric partners, in b's frame
+    q2 = np.empty(m_max, dtype=dt)
+    gidx = np.empty(m_max, dtype=np.int64)  # their point indices
+    o2 = np.empty((4, m_max), dtype=dt)   # their sums (pot, grad)
+    ob = np.empty((4, m_max), dtype=dt)   # b's own sums
+    for ii in range(i0, i1):
+        b = boxes[ii]
+        t0 = start[b]
+        nt = end[b] - t0
+        n1 = 0
+        for kk in range(one_offsets[b], one_offsets[b + 1]):
+            s = one_index[kk]
+            ox = one_shift[kk, 0]
+            oy = one_shift[kk, 1]
+            oz = one_shift[kk, 2]
+            for j in range(start[s], end[s]):
+                s1[0, n1] = xyz[0, j] - ox
+                s1[1, n1] = xyz[1, j] - oy
+                s1[2, n1] = xyz[2, j] - oz
+                q1[n1] = q[j]
+                n1 += 1
+        n2 = 0
+        for kk in range(sym_offsets[b], sym_offsets[b + 1]):
+            s = sym_index[kk]
+            ox = sym_shift[kk, 0]
+            oy = sym_shift[kk, 1]
+            oz = sym_shift[kk, 2]
+            for j in range(start[s], end[s]):
+                s2[0, n2] = xyz[0, j] - ox
+                s2[1, n2] = xyz[1, j] - oy
+                s2[2, n2] = xyz[2, j] - oz
+                q2[n2] = q[j]
+                gidx[n2] = j
+                n2 += 1
+        exact = exact0
+        while True:
+            for e in range(4):
+                for j in range(n2):
+                    o2[e, j] = 0.0
+            bad = False
+            p2 = o2[0, :n2]
+            px = o2[1, :n2]
+            py = o2[2, :n2]
+            pz = o2[3, :n2]
+            sx = s1[0, :n1]
+            sy = s1[1, :n1]
+            sz = s1[2, :n1]
+            qs = q1[:n1]
+            tx = s2[0, :n2]
+            ty = s2[1, :n2]
+            tz = s2[2, :n2]
+            qt = q2[:n2]
+            m1 = np.uint64(n1)
+            m2 = np.uint64(n2)
+            for i in range(nt):
+                xi = xyz[0, t0 + i]
+                yi = xyz[1, t0 + i]
+                zi = xyz[2, t0 + i]
+                qi = q[t0 + i]
+                acc = 0.0
+                gx = 0.0
+                gy = 0.0
+                gz = 0.0
+                if not exact and not do_g:
+                    for j in range(np.uint64(0), m1):
+                        dx = xi - sx[j]
+                        dy = yi - sy[j]
+                        dz = zi - sz[j]
+                        r2 = dx * dx + dy * dy + dz * dz
+                        invr = inv_sqrt(r2, 0)
+                        if r2 == 0.0:
+                            invr = 0.0
+                        acc += qs[j] * invr
+                    for j in range(np.uint64(0), m2):
+                        dx = xi - tx[j]
+                        dy = yi - ty[j]
+                        dz = zi - tz[j]
+                        r2 = dx * dx + dy * dy + dz * dz
+                        invr = inv_sqrt(r2, 0)
+                        if r2 == 0.0:
+                            invr = 0.0
+                        acc += qt[j] * invr
+                        p2[j] += qi * invr
+                elif not exact:
+                    for j in range(np.uint64(0), m1):
+                        dx = xi - sx[j]
+                        dy = yi - sy[j]
+                        dz = zi - sz[j]
+                        r2 = dx * dx + dy * dy + dz * dz
+                        invr = inv_sqrt(r2, 0)
+                        if r2 == 0.0:
+                            invr = 0.0
+                        qinvr = qs[j] * invr
+                        acc += qinvr
+                        ir3 = qinvr * invr * invr
+                        gx -= dx * ir3
+                        gy -= dy * ir3
+                        gz -= dz * ir3
+                    for j in range(np.uint64(0), m2):
+                        dx = xi - tx[j]
+                        dy = yi - ty[j]
+                        dz = zi - tz[j]
+                        r2 = dx * dx + dy * dy + dz * dz
+                        invr = inv_sqrt(r2, 0)
+                        if r2 == 0.0:
+                            invr = 0.0
+                        ir3 = invr * invr * invr
+                        qj = qt[j]
+                        acc += qj * invr
+                        p2[j] += qi * invr
+                        t5 = qj * ir3
+                        gx -= dx * t5
+                        gy -= dy * t5
+                        gz -= dz * t5
+                        t5 = qi * ir3
+                        px[j] += dx * t5
+                        py[j] += dy * t5
+                        pz[j] += dz * t5
+                else:
+                    for j in range(np.uint64(0), m1):
+                        dx = xi - sx[j]
+                        dy = yi - sy[j]
+                        dz = zi - sz[j]
+                        r2 = dx * dx + dy * dy + dz * dz
+                        invr = one / np.sqrt(r2)
+                        if r2 == 0.0:
+                            invr = 0.0
+                        qinvr = qs[j] * invr
+                        acc += qinvr
+                        ir3 = qinvr * invr * invr
+                        gx -= dx * ir3
+                        gy -= dy * ir3
+                        gz -= dz * ir3
+                    for j in range(np.uint64(0), m2):
+                        dx = xi - tx[j]
+                        dy = yi - ty[j]
+                        dz = zi - tz[j]
+                        r2 = dx * dx + dy * dy + dz * dz
+                        invr = one / np.sqrt(r2)
+                        if r2 == 0.0:
+                            invr = 0.0
+                        ir3 = invr * invr * invr
+                        qj = qt[j]
+                        acc += qj * invr
+                        p2[j] += qi * invr
+                        t5 = qj * ir3
+                        gx -= dx * t5
+                        gy -= dy * t5
+                        gz -= dz * t5
+                        t5 = qi * ir3
+                        px[j] += dx * t5
+                        py[j] += dy * t5
+                        pz[j] += dz * t5
+                if acc != acc:
+                    bad = True
+                ob[0, i] = acc
+                ob[1, i] = gx
+                ob[2, i] = gy
+                ob[3, i] = gz
+            if exact or not bad:
+                break
+            exact = True  # a pair too close for the float32 estimate: redo the box exactly
+        for i in range(nt):
+            pot[t0 + i] += c * ob[0, i]
+        for j in range(n2):
+            pot[gidx[j]] += c * p2[j]
+        if do_g:
+            for e in range(3):
+                for i in range(nt):
+                    grad[e, t0 + i] += c * ob[e + 1, i]
+                for j in range(n2):
+                    grad[e, gidx[j]] += c * o2[e + 1, j]

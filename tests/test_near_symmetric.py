@@ -1,6 +1,7 @@
 """The near field by Newton's third law (targets = sources, one charge vector): each pair of
-distinct near leaves computed once and used for both (``yukawa_p2p_sym``, the plan's
-``near_sym`` split, per-thread output arrays in ``aotfmm._direct._p2p_sym``).
+distinct near leaves computed once and used for both (``yukawa_p2p_sym``, Laplace's
+``p2p_sym``, the plan's ``near_sym`` split, per-thread output arrays in
+``aotfmm._direct._p2p_sym``).
 
 Checked against numpy sums written here: the compiled kernel on hand-made boxes (every flag,
 a pair too close for the float32 1/r estimate, coincident points, ranges split over separate
@@ -89,18 +90,22 @@ def kernel_reference(world, q, pairs, start, end, lam):
     return pot, grad
 
 
+#: (kernel, its parameter arguments, lam of the numpy reference exp(-lam r) / (4 pi r))
+KERNELS = [("yukawa_p2p_sym", {"lam": 1.7}, 1.7), ("p2p_sym", {}, 0.0)]
+
+
 @pytest.mark.parametrize("dt", [np.float64, np.float32])
 @pytest.mark.parametrize("flags", [0, 4, 8, 12, 16, 20])
-def test_kernel_matches_numpy_pairs(dt, flags):
+@pytest.mark.parametrize("kernel,params,lam", KERNELS, ids=["yukawa", "laplace"])
+def test_kernel_matches_numpy_pairs(dt, flags, kernel, params, lam):
     rng = np.random.default_rng(11 + flags)
     args, world, q, pairs, start, end = kernel_problem(rng, dt)
-    lam = 1.7
     n = world.shape[1]
     ref_pot, ref_grad = kernel_reference(world.astype(dt).astype(np.float64),
                                          args["q"].astype(np.float64), pairs, start, end, lam)
     pot = np.zeros(n, dt)
     grad = np.zeros((3, n), dt)
-    call = _dispatch.bind("yukawa_p2p_sym", dt, **args, flags=flags, lam=lam, pot=pot, grad=grad)
+    call = _dispatch.bind(kernel, dt, **args, flags=flags, **params, pot=pot, grad=grad)
     call(0, len(args["boxes"]))
     tol = 1e-11 if dt == np.float64 else 2e-5
     assert rel(pot, ref_pot) <= tol
@@ -110,16 +115,17 @@ def test_kernel_matches_numpy_pairs(dt, flags):
         assert not grad.any()
 
 
-def test_kernel_ranges_into_separate_outputs_add_up():
+@pytest.mark.parametrize("kernel,params,lam", KERNELS, ids=["yukawa", "laplace"])
+def test_kernel_ranges_into_separate_outputs_add_up(kernel, params, lam):
     """Ranges of boxes run into separate arrays (as threads do) sum to the whole."""
     rng = np.random.default_rng(5)
     args, world, q, pairs, start, end = kernel_problem(rng, np.float64)
     n = world.shape[1]
-    ref_pot, ref_grad = kernel_reference(world, q, pairs, start, end, 0.9)
+    ref_pot, ref_grad = kernel_reference(world, q, pairs, start, end, lam)
     total_p, total_g = np.zeros(n), np.zeros((3, n))
     for a, b in ((0, 2), (2, 3), (3, 7)):
         pot, grad = np.zeros(n), np.zeros((3, n))
-        _dispatch.bind("yukawa_p2p_sym", np.float64, **args, flags=4, lam=0.9, pot=pot,
+        _dispatch.bind(kernel, np.float64, **args, flags=4, **params, pot=pot,
                        grad=grad)(a, b)
         total_p += pot
         total_g += grad
@@ -160,11 +166,13 @@ def test_plan_split_covers_every_near_pair_once(dist):
         assert any(b != s for b, s in one)
 
 
-def test_plan_has_no_split_for_separate_targets():
+@pytest.mark.parametrize("kernel", [aotfmm.Yukawa(2.0), aotfmm.Laplace()], ids=repr)
+def test_plan_has_no_split_for_separate_targets(kernel):
     rng = np.random.default_rng(4)
     x = rng.random((3000, 3))
-    assert aotfmm.Fmm(x, rng.random((500, 3)), kernel=aotfmm.Yukawa(2.0))._core.near_sym is None
-    assert aotfmm.Fmm(x, x.copy(), kernel=aotfmm.Yukawa(2.0))._core.near_sym is None
+    assert aotfmm.Fmm(x, rng.random((500, 3)), kernel=kernel)._core.near_sym is None
+    assert aotfmm.Fmm(x, x.copy(), kernel=kernel)._core.near_sym is None
+    assert aotfmm.Fmm(x, kernel=kernel)._core.near_sym is not None
 
 
 def _points(kind, rng, n):
@@ -191,18 +199,25 @@ def _points(kind, rng, n):
     ("far", 2, np.float64, 1e-6, True),
     ("uniform", 2, np.float32, 1e-4, True),
     ("clustered", 1, np.float32, 1e-3, True),
+    ("laplace uniform", 2, np.float64, 1e-6, True),
+    ("laplace clustered", 3, np.float64, 1e-8, True),
+    ("laplace duplicates", 1, np.float64, 1e-6, True),
+    ("laplace far", 2, np.float64, 1e-6, True),
+    ("laplace clustered", 2, np.float32, 1e-4, True),
 ])
 def test_fmm_with_newton_third_law_meets_eps(kind, threads, dtype, eps, coarse, monkeypatch):
-    """coarse False: the full-accuracy exp at a tolerance that would allow the coarse one."""
+    """coarse False: the full-accuracy exp at a tolerance that would allow the coarse one
+    (Yukawa; "laplace ...": the Laplace kernel, which has no exp)."""
     if not coarse:
         monkeypatch.setattr(_dispatch, "COARSE_EXP_EPS", 1.0)
     rng = np.random.default_rng(zlib.crc32(f"{kind} {threads} {eps}".encode()))
     n = 8000
-    x = _points(kind, rng, n)
-    lam = 4.0 / (x.max(axis=0) - x.min(axis=0)).max()
+    laplace = kind.startswith("laplace ")
+    x = _points(kind.split()[-1], rng, n)
+    lam = 0.0 if laplace else 4.0 / (x.max(axis=0) - x.min(axis=0)).max()
     q = rng.standard_normal(len(x))
-    f = aotfmm.Fmm(x, kernel=aotfmm.Yukawa(lam), eps=eps, threads=threads, dtype=dtype,
-                   ncrit=64)
+    f = aotfmm.Fmm(x, kernel=aotfmm.Laplace() if laplace else aotfmm.Yukawa(lam), eps=eps,
+                   threads=threads, dtype=dtype, ncrit=64)
     assert f._core.near_sym is not None
     assert f._core.coarse_exp == coarse
     pot, grad = f.evaluate(q, gradient=True)
@@ -244,12 +259,13 @@ def test_one_sided_kernel_with_coarse_exp_matches_numpy(flags):
 
 
 @pytest.mark.parametrize("threads", [2, 3])
-def test_same_input_gives_the_same_bits_every_time(threads):
+@pytest.mark.parametrize("kernel", [aotfmm.Yukawa(5.0), aotfmm.Laplace()], ids=repr)
+def test_same_input_gives_the_same_bits_every_time(threads, kernel):
     """Per-thread sums are added in a fixed order (not in whichever order threads finished)."""
     rng = np.random.default_rng(8)
     x = clustered(rng, 20000)
     q = rng.standard_normal(len(x))
-    f = aotfmm.Fmm(x, kernel=aotfmm.Yukawa(5.0), eps=1e-6, threads=threads, ncrit=64)
+    f = aotfmm.Fmm(x, kernel=kernel, eps=1e-6, threads=threads, ncrit=64)
     first = f.evaluate(q, gradient=True)
     for _ in range(4):
         again = f.evaluate(q, gradient=True)

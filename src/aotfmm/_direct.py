@@ -118,7 +118,7 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
     ``exact``). Kernels without the variant ignore the bit.
     """
     if sym is not None and charges is not None and dipoles is None and hess is None and \
-            charges.ndim == 2 and charges.shape[0] == 1:
+            (charges.ndim == 1 or charges.shape[0] == 1):
         _p2p_sym(sym, src_xyz, charges, pot, grad, workers, module, exact, family, coarse_exp)
         return
     refine = 1 if exact else 0
