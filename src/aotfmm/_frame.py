@@ -37,6 +37,18 @@ def power_of_two_scale(max_abs):
     return float(np.ldexp(1.0, int(exponent) - (1 if mantissa == 0.5 else 0)))
 
 
+def _bounds(points, block=1 << 16):
+    """(per-axis min, per-axis max) of (n, 3) points: blocks transposed to (3, m) first, since
+    a reduction over axis 0 of an (n, 3) array runs ~4x slower than over contiguous rows."""
+    lo = np.full(3, np.inf)
+    hi = np.full(3, -np.inf)
+    for i in range(0, points.shape[0], block):
+        t = np.ascontiguousarray(points[i:i + block].T)
+        np.minimum(lo, t.min(axis=1), out=lo)
+        np.maximum(hi, t.max(axis=1), out=hi)
+    return lo, hi
+
+
 def frame(*point_arrays, center=True):
     """Center and power-of-two scale that map all points into [-1, 1]^3.
 
@@ -50,8 +62,9 @@ def frame(*point_arrays, center=True):
     nonempty = [p for p in point_arrays if p.shape[0]]
     if not nonempty:
         return np.zeros(3), 1.0
-    lo = np.min([p.min(axis=0) for p in nonempty], axis=0)
-    hi = np.max([p.max(axis=0) for p in nonempty], axis=0)
+    bounds = [_bounds(p) for p in nonempty]
+    lo = np.min([b[0] for b in bounds], axis=0)
+    hi = np.max([b[1] for b in bounds], axis=0)
     if not center:
         return np.zeros(3), power_of_two_scale(max(np.abs(lo).max(), np.abs(hi).max()))
     mid = 0.5 * lo + 0.5 * hi  # no overflow for |coordinates| near the float64 maximum
