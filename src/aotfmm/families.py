@@ -361,12 +361,18 @@ def _laplace_dg(r):
 #: 1.9e-10 at p=14, where deep trees saturate (float64 coordinates of 20-level boxes).
 #: ncrit: leaves of ~ncrit/2..ncrit points balance P2P against M2L; measured on uniform 1e5 and
 #: 1e6 points at eps 1e-6 (p = 8): ncrit 160 -> 0.75 s / 7.2 s, 400 -> 0.44 s / 4.3 s (pot+grad).
+#: With the near field by Newton's third law (half the pair work) p = 5..7 also do best with 400:
+#: 1e6 uniform, pot+grad, 2 threads (Xeon AVX-512), leaves of 30 points (their old ncrit) vs 244
+#: (400): p = 5 (eps 1e-3) 6.1 s vs 4.6 s; p = 6 (1e-4) 6.4 vs 4.9, float32 3.7 vs 2.4-2.8 (the
+#: float32 run at eps 1e-4 was slower than at 1e-5). Per point, float32 p = 6: leaves of 15, 30,
+#: 61, 122, 244, 488 points cost 8.2, 3.8, 2.8, 2.1, 2.4-2.8, 3.3 us; float64 p = 8: -, 7.6, 7.0,
+#: 5.0, 4.6, 6.4 us.
 _LAPLACE_EPS_TABLE = (  # (smallest eps served, p, ncrit)
     (8e-3, 3, 80),
     (1.5e-3, 4, 120),
-    (2e-4, 5, 160),
-    (3.5e-5, 6, 240),
-    (4.5e-6, 7, 320),
+    (2e-4, 5, 400),
+    (3.5e-5, 6, 400),
+    (4.5e-6, 7, 400),
     (4e-7, 8, 400),
     (8e-8, 9, 480),
     (1.3e-8, 10, 560),
