@@ -425,9 +425,9 @@ class Fmm:
         """The coarse level (of :data:`_AUTO_LEVELS`) whose partition gives the smallest
         largest local FMM: per rank, its own points, its ghost sources and the surface points
         of its far boxes (each n_surf(p_far) points), from the global counts per box of the
-        finest candidate level (``totals``: sources, targets). Few points per box make far surface points
-        dominate (coarse levels win); many ranks make the ghost layer dominate (fine levels
-        win). Every rank computes its own load per level; one allreduce takes the maximum."""
+        finest candidate level (``totals``: sources, targets). Few points per box make far
+        surface points dominate (coarse levels win); many ranks make the ghost layer dominate
+        (fine levels win). Every rank computes its own load per level; one allreduce takes the maximum."""
         ns = n_surf(self._p_far(size))
         rank = self.comm.rank
         loads = []
