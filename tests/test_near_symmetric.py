@@ -270,3 +270,29 @@ def test_same_input_gives_the_same_bits_every_time(threads, kernel):
     for _ in range(4):
         again = f.evaluate(q, gradient=True)
         assert np.array_equal(again[0], first[0]) and np.array_equal(again[1], first[1])
+
+
+@pytest.mark.parametrize("kernel", [aotfmm.Laplace(), aotfmm.Yukawa(3.0)], ids=repr)
+def test_plan_with_targets_a_prefix_of_the_sources(kernel):
+    """aotfmm.mpi's local plan: targets are the first m sources (a rank's own points), the
+    rest (ghosts beside them, tight surface-like clusters far off) are sources only. Boxes of
+    those get no targets; pairs among the targets' boxes still go by Newton's third law."""
+    rng = np.random.default_rng(12)
+    own = rng.random((6000, 3))
+    ghosts = rng.random((2500, 3)) * [0.25, 1, 1] + [1.0, 0, 0]
+    far = np.concatenate([c + 0.01 * rng.standard_normal((300, 3))
+                          for c in ([3.0, 0.5, 0.5], [0.5, 3.0, 0.5])])
+    x = np.concatenate([own, ghosts, far])
+    q = rng.standard_normal(len(x))
+    f = aotfmm.Fmm(x, kernel=kernel, eps=1e-6, ncrit=64, threads=2,
+                   _target_prefix=len(own))
+    plan = f._core
+    t = plan.tree
+    assert plan.near_sym is not None
+    assert ((t.trg_end == t.trg_start) & (t.src_end > t.src_start)).any()
+    pot, grad = f.evaluate(q, gradient=True)
+    idx = rng.choice(len(own), 300, replace=False)
+    lam = 0.0 if kernel == aotfmm.Laplace() else 3.0
+    ref_pot, ref_grad = reference(x, x[idx], q, -lam)
+    assert rel(pot[idx], ref_pot) <= 1e-6
+    assert rel(grad[idx], ref_grad) <= 1e-6

@@ -140,7 +140,10 @@ class Fmm:
                  kernel: KernelFamily | None = None, at_sources: bool | None = None, dipoles: bool = False, hessians: bool = False,
                  eps: float | None = None, p: int | None = None, ncrit: int | None = None,
                  dtype: npt.DTypeLike = None, threads: int | None = None,
-                 cache_dir: str | os.PathLike | None = None, progress: bool = False) -> None:
+                 cache_dir: str | os.PathLike | None = None, progress: bool = False,
+                 _target_prefix: int | None = None) -> None:
+        # _target_prefix (internal, aotfmm.mpi; without targets): only the first that many
+        # sources are targets; fields elsewhere are not asked for (evaluate.Plan)
         from . import evaluate
         t0 = time.perf_counter()
         self.family = self.kernel = check_kernel(kernel)
@@ -187,7 +190,8 @@ class Fmm:
                                    progress=bar, dipoles=self._for_dipoles,
                                    hessians=self._for_hessians,
                                    points=(src, trg_pts, self._center, self._scale),
-                                   family=self.family.scaled(self._scale))
+                                   family=self.family.scaled(self._scale),
+                                   target_prefix=_target_prefix)
         bar.done()
         self.p = self._core.p
         self.ncrit = self._core.ncrit

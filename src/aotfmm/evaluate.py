@@ -184,6 +184,19 @@ def _ranges(starts, ends):
             + np.arange(int(counts.sum()), dtype=np.int64))
 
 
+def _targets_prefix(tree, m):
+    """The tree of a same-points plan whose targets are only the first ``m`` points (in the
+    caller's order; aotfmm.mpi: a rank's own points before its ghost and far surface points):
+    a box holding none of them gets an empty target range, so it has no near list, no local
+    expansion and no L2P. A box holding some has all its points as targets (their ranges are
+    contiguous); the fields at the other points are computed and are not asked for."""
+    is_target = tree.src_perm < m
+    cum = np.concatenate(([0], np.cumsum(is_target, dtype=np.int64)))
+    has = cum[tree.src_end] > cum[tree.src_start]
+    trg_end = np.where(has, tree.src_end, tree.src_start).astype(tree.src_end.dtype)
+    return dataclasses.replace(tree, trg_start=tree.src_start.copy(), trg_end=trg_end)
+
+
 def _pad_rows(a, rows, axis):
     """``a`` with zero rows appended along ``axis`` up to ``rows``."""
     if a.shape[axis] == rows:
@@ -216,7 +229,7 @@ class Plan:
 
     def __init__(self, src_xyz, trg_xyz, *, eps, p=None, ncrit=None, dtype=np.float64,
                  workers=_threads.INLINE, cache_dir=None, progress=None, dipoles=False,
-                 hessians=False, points=None, family=LAPLACE):
+                 hessians=False, points=None, family=LAPLACE, target_prefix=None):
         timings = {}
         step = progress.step if progress is not None else (lambda name: None)
         t = time.perf_counter()
@@ -247,6 +260,8 @@ class Plan:
                           f"resolve boxes below level {_FLOAT32_MAX_LEVEL} of this problem's "
                           f"extent, results may miss eps; use dtype=float64",
                           AccuracyWarning, stacklevel=3)
+        if target_prefix is not None and self.same:
+            tree = _targets_prefix(tree, target_prefix)
         timings["tree"], t = time.perf_counter() - t, time.perf_counter()
         step("tree")
         lists = build_lists(tree, workers=workers)
@@ -364,8 +379,9 @@ class Plan:
         if not (self.same and len(self.near_index) and _dispatch.has_kernel(
                 self.family.name, "p2p_sym", "charge", "pot|potgrad")):
             return None
-        if not (np.array_equal(tree.src_start, tree.trg_start)
-                and np.array_equal(tree.src_end, tree.trg_end)):
+        # every box with targets has them all (its points; see _targets_prefix)
+        if not (np.array_equal(tree.src_start, tree.trg_start) and
+                ((tree.trg_end == tree.src_end) | (tree.trg_end == tree.trg_start)).all()):
             return None
         n_boxes = self.n_boxes
         rows = np.repeat(np.arange(n_boxes, dtype=np.int64), np.diff(self.near_offsets))

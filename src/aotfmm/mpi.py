@@ -528,16 +528,18 @@ class Fmm:
             return None
         if not len(src):
             return "empty"
-        self._local_same = self.same and len(self._own_near) == len(trg) == len(src)
+        self._local_same = self.same and len(self._own_near) == len(trg)
         if self._local_same:
-            # no ghosts and no far surface points (one rank, or a rank alone in its region):
-            # the serial plan itself, with the near field by Newton's third law. With ghosts
-            # and far points as targets too (their fields dropped) it ran slower than the
-            # one-sided plan: 1e6 points on 2 ranks 8.5 s against 5.4 s; the far points'
-            # tight surface clusters add near-field work of their own.
+            # The targets are the own sources, the first len(trg) local sources (every own
+            # source is near its own box): a same-points plan whose targets are that prefix
+            # (ghost and far surface points are sources only: their boxes get no near list,
+            # no locals) computes own-own pairs once by Newton's third law and the rest from
+            # the own side, with the serial plan's order. Taking the ghost and far points as
+            # targets too (their fields dropped) ran slower than the one-sided plan: 1e6
+            # points on 2 ranks 8.5 s against 5.4 s (the far points' tight surface clusters).
             return api.Fmm(src.astype(self._rdt, copy=False), kernel=self.family,
                            dipoles=dipoles, hessians=self._hessians, eps=self.eps,
-                           dtype=self.dtype, threads=self.threads)
+                           dtype=self.dtype, threads=self.threads, _target_prefix=len(trg))
         p = ncrit = None
         if self.same:  # the targets are also sources: the tree counts them twice (sources
             # plus targets per box), so twice the leaf size gives the serial plan's leaves;
@@ -683,6 +685,8 @@ class Fmm:
                 else:
                     res = plan.evaluate(qs, dipoles=ds, gradient=level == 2)
                     res = res if level == 2 else (res,)
+                if self._local_same:  # targets = the first n_t sources
+                    res = tuple(part[:n_t] for part in res)
             del qs, ds
             for part, (lo, width) in zip(res, ((0, 1), (k, 3), (4 * k, 6))):
                 out[:, lo:lo + width * k] = part.reshape(n_t, width * k)
