@@ -114,6 +114,11 @@ class Fmm:
         Operator cache directory (default: ``$AOTFMM_CACHE_DIR`` or the user cache dir).
     progress : bool, default False
         Print each setup and evaluation phase with its time on stderr as it completes.
+    _target_prefix : int, optional
+        Internal (:mod:`aotfmm.mpi`'s local plans), without ``targets``: only the first that
+        many sources are targets. Boxes holding none of them get no near field, no local
+        expansion and no L2P, and the pairs among the others still go by Newton's third law;
+        the fields at the other points are not meaningful.
 
     Attributes
     ----------
@@ -142,8 +147,6 @@ class Fmm:
                  dtype: npt.DTypeLike = None, threads: int | None = None,
                  cache_dir: str | os.PathLike | None = None, progress: bool = False,
                  _target_prefix: int | None = None) -> None:
-        # _target_prefix (internal, aotfmm.mpi; without targets): only the first that many
-        # sources are targets; fields elsewhere are not asked for (evaluate.Plan)
         from . import evaluate
         t0 = time.perf_counter()
         self.family = self.kernel = check_kernel(kernel)
@@ -158,6 +161,10 @@ class Fmm:
         src = as_points("sources", sources)
         trg = src if targets is None else as_points("targets", targets)
         self.n_sources, self.n_targets = src.shape[0], trg.shape[0]
+        _target_prefix = check_integer("_target_prefix", _target_prefix, lo=0,
+                                       hi=self.n_sources, allow_none=True)
+        if _target_prefix is not None and targets is not None:
+            raise ValueError("_target_prefix is for plans without targets")
         self._targets_given = targets is not None
         if at_sources is None:
             at_sources = targets is None
