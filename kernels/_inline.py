@@ -18,10 +18,14 @@
 It is a numba ``overload`` compiled with the kernels' fast-math flags; LLVM inlines it into each
 loop (IR-level ``inline="always"`` gave the same speed but tripped numba's SSA checks when a
 kernel calls it several times).
+
+``gather_sym``/``scatter_sym`` (``register_jitable``): the per-box gather of sources into
+scratch and the scatter of the sums of the Newton's-third-law near fields (``p2p_sym`` in
+p2p.py, ``yukawa_p2p_sym`` in yukawa.py).
 """
 import numpy as np
 from numba import types
-from numba.extending import overload
+from numba.extending import overload, register_jitable
 
 from . import FASTMATH
 
@@ -54,3 +58,53 @@ def _inv_sqrt(r2, refine):
         return np.float32(1.0) / np.sqrt(r2)
     return impl32
 
+
+
+@register_jitable
+def gather_sym(xyz, q, start, end, one_offsets, one_index, one_shift, sym_offsets, sym_index,
+               sym_shift, b, s1, q1, s2, q2, gidx):
+    """The sources of box b's one-sided list into ``s1``/``q1`` and its symmetric partners into
+    ``s2``/``q2`` (with their point indices ``gidx``), all shifted into b's frame; returns
+    (n1, n2). Shared by the Newton's-third-law near fields (``p2p_sym``, ``yukawa_p2p_sym``)."""
+    n1 = 0
+    for kk in range(one_offsets[b], one_offsets[b + 1]):
+        s = one_index[kk]
+        ox = one_shift[kk, 0]
+        oy = one_shift[kk, 1]
+        oz = one_shift[kk, 2]
+        for j in range(start[s], end[s]):
+            s1[0, n1] = xyz[0, j] - ox
+            s1[1, n1] = xyz[1, j] - oy
+            s1[2, n1] = xyz[2, j] - oz
+            q1[n1] = q[j]
+            n1 += 1
+    n2 = 0
+    for kk in range(sym_offsets[b], sym_offsets[b + 1]):
+        s = sym_index[kk]
+        ox = sym_shift[kk, 0]
+        oy = sym_shift[kk, 1]
+        oz = sym_shift[kk, 2]
+        for j in range(start[s], end[s]):
+            s2[0, n2] = xyz[0, j] - ox
+            s2[1, n2] = xyz[1, j] - oy
+            s2[2, n2] = xyz[2, j] - oz
+            q2[n2] = q[j]
+            gidx[n2] = j
+            n2 += 1
+    return n1, n2
+
+
+@register_jitable
+def scatter_sym(c, ob, o2, gidx, t0, nt, n2, do_g, pot, grad):
+    """pot (+ grad) += c times box b's own sums ``ob`` (points t0..t0+nt) and its partners'
+    sums ``o2`` (points ``gidx``): the end of a Newton's-third-law box (see gather_sym)."""
+    for i in range(nt):
+        pot[t0 + i] += c * ob[0, i]
+    for j in range(n2):
+        pot[gidx[j]] += c * o2[0, j]
+    if do_g:
+        for e in range(3):
+            for i in range(nt):
+                grad[e, t0 + i] += c * ob[e + 1, i]
+            for j in range(n2):
+                grad[e, gidx[j]] += c * o2[e + 1, j]

@@ -33,7 +33,7 @@ limit (overflow for points closer than ~2e-8).
 """
 import numpy as np
 
-from ._inline import inv_sqrt
+from ._inline import gather_sym, inv_sqrt, scatter_sym
 from ._vecmath import vexp, vexp_coarse
 
 INV4PI = 0.07957747154594767  # 1 / (4 pi)
@@ -564,33 +564,8 @@ def yukawa_p2p_sym(xyz, q, start, end, one_offsets, one_index, one_shift, sym_of
         b = boxes[ii]
         t0 = start[b]
         nt = end[b] - t0
-        n1 = 0
-        for kk in range(one_offsets[b], one_offsets[b + 1]):
-            s = one_index[kk]
-            j0 = start[s]
-            ox = one_shift[kk, 0]
-            oy = one_shift[kk, 1]
-            oz = one_shift[kk, 2]
-            for j in range(j0, end[s]):
-                s1[0, n1] = xyz[0, j] - ox
-                s1[1, n1] = xyz[1, j] - oy
-                s1[2, n1] = xyz[2, j] - oz
-                q1[n1] = q[j]
-                n1 += 1
-        n2 = 0
-        for kk in range(sym_offsets[b], sym_offsets[b + 1]):
-            s = sym_index[kk]
-            j0 = start[s]
-            ox = sym_shift[kk, 0]
-            oy = sym_shift[kk, 1]
-            oz = sym_shift[kk, 2]
-            for j in range(j0, end[s]):
-                s2[0, n2] = xyz[0, j] - ox
-                s2[1, n2] = xyz[1, j] - oy
-                s2[2, n2] = xyz[2, j] - oz
-                q2[n2] = q[j]
-                gidx[n2] = j
-                n2 += 1
+        n1, n2 = gather_sym(xyz, q, start, end, one_offsets, one_index, one_shift,
+                            sym_offsets, sym_index, sym_shift, b, s1, q1, s2, q2, gidx)
         exact = exact0
         while True:
             for e in range(4):
@@ -795,13 +770,4 @@ def yukawa_p2p_sym(xyz, q, start, end, one_offsets, one_index, one_shift, sym_of
             if exact or chk == chk:
                 break
             exact = True  # a pair too close for the float32 estimate: redo the box exactly
-        for i in range(nt):
-            pot[t0 + i] += c * ob[0, i]
-        for j in range(n2):
-            pot[gidx[j]] += c * p2[j]
-        if do_g:
-            for e in range(3):
-                for i in range(nt):
-                    grad[e, t0 + i] += c * ob[e + 1, i]
-                for j in range(n2):
-                    grad[e, gidx[j]] += c * o2[e + 1, j]
+        scatter_sym(c, ob, o2, gidx, t0, nt, n2, do_g, pot, grad)
