@@ -4,7 +4,7 @@ A box's local field is kept as ``c f(|x - centre|)`` plus the field of its equiv
 f the family's regular solution (1 for Laplace). Without that, gradients in leaves many levels
 below their far sources lost accuracy level by level: with a 1e-6-wide cluster of uncharged
 points 19 levels deep, the gradient error at eps 1e-6 was ~1e-3 (eps 1e-4: ~3e-2). Checked here
-against numpy direct sums (tests/_helpers.py style), for Laplace (potential, gradient, Hessian),
+against numpy direct sums (tests/conftest.py, tests/_helpers.py), for Laplace (potential, gradient, Hessian),
 Yukawa and Helmholtz (k = 2 densities), with the targets as the sources and apart.
 
 The bounds are 10 eps: points whose whole field is far (no charge near them) see the local
@@ -18,6 +18,7 @@ import pytest
 
 import aotfmm
 from aotfmm.families import Helmholtz, Yukawa
+from conftest import hessian_reference
 
 
 def _cluster_case(seed, width, n_cluster=600, n_uniform=800):
@@ -29,20 +30,6 @@ def _cluster_case(seed, width, n_cluster=600, n_uniform=800):
 
 def _rel(a, b):
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
-def _laplace_fields(x, y, q):
-    """Potential, gradient and Hessian (xx, yy, zz, xy, xz, yz) of charges q at y, at x."""
-    d = x[:, None, :] - y[None, :, :]
-    r = np.sqrt((d * d).sum(-1))
-    inv = np.where(r > 0, 1.0 / np.where(r > 0, r, 1.0), 0.0)
-    pot = (q * inv).sum(1) / (4 * np.pi)
-    grad = -np.einsum("ijk,ij->ik", d, q * inv ** 3) / (4 * np.pi)
-    i3, i5 = q * inv ** 3, q * inv ** 5
-    pairs = [(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)]
-    hess = np.stack([(3 * d[..., a] * d[..., b] * i5).sum(1) - (a == b) * i3.sum(1)
-                     for a, b in pairs], 1) / (4 * np.pi)
-    return pot, grad, hess
 
 
 def test_regular_series_matches_closed_forms():
@@ -89,7 +76,7 @@ def test_laplace_deep_cluster(seed, eps):
     assert fmm.stats["levels"] >= 16, fmm.stats["levels"]
     out = fmm.fields(q, pg=3)
     idx = np.arange(0, len(cluster), 3)
-    pot, grad, hess = _laplace_fields(pts[idx], pts, q)
+    pot, grad, hess = hessian_reference(pts, q, None, pts[idx])
     assert _rel(out.pot[idx], pot) <= 10 * eps
     assert _rel(out.grad[idx], grad) <= 10 * eps
     assert _rel(out.hess[idx], hess) <= 100 * eps
@@ -101,7 +88,7 @@ def test_laplace_deep_cluster_separate_targets(eps):
     q = rng.standard_normal(len(uniform))
     fmm = aotfmm.Fmm(uniform, cluster, eps=eps, threads=2)
     pot, grad = fmm.evaluate(q, gradient=True)
-    want_pot, want_grad, _ = _laplace_fields(cluster, uniform, q)
+    want_pot, want_grad, _ = hessian_reference(uniform, q, None, cluster)
     assert _rel(pot, want_pot) <= 10 * eps
     assert _rel(grad, want_grad) <= 10 * eps
 

@@ -42,9 +42,9 @@ class AccuracyWarning(UserWarning):
     """The requested accuracy is probably not met (e.g. float32 on a very deep tree)."""
 
 
-#: Local expansions carry the regular part c f(|x - centre|) of their field (the constant, for
-#: Laplace) apart from the equivalent density (see :meth:`Plan._regular_split`). Off only for
-#: the engine pin (tests/test_engine_pin.py), whose numbers predate it.
+#: Local expansions carry the regular part a f + b . e of their field (for Laplace a constant and
+#: a linear term) apart from the equivalent density (see :meth:`Plan._regular_split`). Off only
+#: for the engine pin (tests/test_engine_pin.py), whose numbers predate it.
 _REGULAR_SPLIT = True
 
 #: The split is used at levels whose reference family has |mu2| <= this (half-width 1): the
@@ -772,7 +772,7 @@ class KifmmPasses:
         self.equiv = np.zeros(shape, dtype=vdt)
         self.local = np.zeros(shape, dtype=vdt)
         self.dcheck = np.zeros((plan.n_boxes, k, ops.down_rank), dtype=vdt)
-        #: the regular part c of each box's local field (Plan._regular_split), frame units
+        #: the regular part (a, b) of each box's local field (Plan._regular_split), frame units
         self.regular = np.zeros((plan.n_boxes, k, 4), dtype=vdt) if plan.regular_split \
             else None
 
@@ -796,9 +796,9 @@ class KifmmPasses:
         split = self.plan.regular_split.get(down.level)
         if split is not None and split[2] is not None:  # the parents' regular part
             d3 = expansions._dens3(self.dcheck, ops.down_rank)
-            scale = self.plan.family.c2e_scale(self.plan.half_widths)
+            c2e_scale, hw = self.plan.family.c2e_scale, self.plan.half_widths
             for c, par, ch in expansions._octant_pairs(*down.l2l):
-                d3[ch] += scale[ch][:, None, None] * (self.regular[par] @ split[2][c].T)
+                d3[ch] += c2e_scale(hw[ch])[:, None, None] * (self.regular[par] @ split[2][c].T)
         return True
 
     def m2l(self, down):

@@ -34,6 +34,19 @@ import numpy as np
 __all__ = ["KernelFamily", "LAPLACE", "FAMILIES", "Laplace", "Yukawa", "Helmholtz"]
 
 
+def _regular_series(n):
+    """Coefficients in powers of t of F(t) = sum_j t^j / (2j + 1)!, F' and F'' (n + 1 each)."""
+    c0 = [1.0 / math.factorial(2 * j + 1) for j in range(n + 3)]
+    c1 = [(j + 1) * c0[j + 1] for j in range(n + 2)]
+    c2 = [(j + 1) * c1[j + 1] for j in range(n + 1)]
+    return tuple(tuple(c[:n + 1]) for c in (c0, c1, c2))
+
+
+#: The series of :meth:`KernelFamily.regular`, 18 terms: exact to rounding for |mu2| r^2 <= 4
+#: (4^18 / 37! ~ 5e-33), the range its callers stay in.
+_REGULAR_SERIES = _regular_series(18)
+
+
 @dataclasses.dataclass(frozen=True)
 class KernelFamily:
     """One kernel family; instances are immutable and compare by value.
@@ -85,8 +98,9 @@ class KernelFamily:
         ``regular_mu2(**params)``: mu2 of the family's regular radial solution
         f(r) = sum_n (mu2 r^2)^n / (2n + 1)!, f(0) = 1 (:meth:`regular`): 0 for Laplace (f = 1),
         lam^2 for Yukawa (sinh(lam r) / (lam r)), -kappa^2 for Helmholtz (sin(kappa r) /
-        (kappa r)). Local expansions carry the part c f(|x - centre|) of their field apart
-        from the equivalent density (:mod:`aotfmm.evaluate`); None: they do not.
+        (kappa r)). Local expansions carry the part a f + b . e of their field (f and its
+        degree-1 partners e, :meth:`regular`) apart from the equivalent density
+        (:mod:`aotfmm.evaluate`); None: they do not.
     """
     name: str
     params: tuple
@@ -270,10 +284,6 @@ class KernelFamily:
             raise NotImplementedError(f"kernel family {self.name!r} has no dg_of_r")
         return self.dg_of_r(np.asarray(r, dtype=np.float64))
 
-    #: Terms of the series of :meth:`regular`: exact to rounding for |mu2| r^2 <= 4
-    #: (4^18 / 37! ~ 5e-33), the range :meth:`regular_mu2_value` callers stay in.
-    _REGULAR_TERMS = 18
-
     def regular_mu2_value(self):
         """mu2 of :attr:`regular_mu2` for this family's parameters, or None."""
         if self.regular_mu2 is None:
@@ -298,14 +308,8 @@ class KernelFamily:
             one, zero = np.ones_like(r2), np.zeros_like(r2)
             return one, zero, one, zero
         t = mu2 * r2
-        fact = math.factorial
-        n = self._REGULAR_TERMS
-        # coefficients of F, F', F'' in powers of t (Horner from the top)
-        c0 = [1.0 / fact(2 * j + 1) for j in range(n + 3)]
-        c1 = [(j + 1) * c0[j + 1] for j in range(n + 2)]
-        c2 = [(j + 1) * c1[j + 1] for j in range(n + 1)]
         out = []
-        for c in (c0[:n + 1], c1[:n + 1], c2[:n + 1]):
+        for c in _REGULAR_SERIES:  # F, F', F'' (Horner from the top)
             v = np.zeros_like(t) + c[-1]
             for cj in c[-2::-1]:
                 v = v * t + cj

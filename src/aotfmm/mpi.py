@@ -52,16 +52,14 @@ thick.
 """
 import dataclasses
 import time
-import warnings
 
 import numpy as np
 
 from . import _blas, api
-
 from ._validation import (as_bool, as_densities, as_points, check_eps, check_integer,
                           check_kernel, check_level,
                           real_dtype, resolve_value_dtype)
-from .evaluate import AccuracyWarning, choose_parameters
+from .evaluate import choose_parameters
 from .morton import MAX_LEVEL as MORTON_MAX_LEVEL
 from .morton import deinterleave, interleave, point_codes
 from .surfaces import DEFAULT_RADII, n_surf, surface
@@ -520,7 +518,6 @@ class Fmm:
                 self._uc2e[lev] = (vh[keep].conj().T / sv[keep], u[:, keep].conj().T.copy())
 
     def _local_plan(self, dipoles):
-        self._local_same = False
         src = np.concatenate([self._src[self._own_near], self._ghost[self._ghost_near],
                               self._far_pts])
         trg = self._trg
@@ -528,38 +525,20 @@ class Fmm:
             return None
         if not len(src):
             return "empty"
-        self._local_same = self.same and len(self._own_near) == len(trg)
-        if self._local_same:
+        if self.same:
             # The targets are the own sources, the first len(trg) local sources (every own
-            # source is near its own box): a same-points plan whose targets are that prefix
-            # (ghost and far surface points are sources only: their boxes get no near list,
-            # no locals) computes own-own pairs once by Newton's third law and the rest from
-            # the own side, with the serial plan's order. Taking the ghost and far points as
-            # targets too (their fields dropped) ran slower than the one-sided plan: 1e6
+            # source is in a target box, so near). A same-points plan whose targets are that
+            # prefix (ghost and far surface points are sources only: their boxes get no near
+            # list, no locals) computes own-own pairs once by Newton's third law and the rest
+            # from the own side, with the serial plan's order. Taking the ghost and far points
+            # as targets too (their fields dropped) ran slower than the one-sided plan: 1e6
             # points on 2 ranks 8.5 s against 5.4 s (the far points' tight surface clusters).
             return api.Fmm(src.astype(self._rdt, copy=False), kernel=self.family,
                            dipoles=dipoles, hessians=self._hessians, eps=self.eps,
                            dtype=self.dtype, threads=self.threads, _target_prefix=len(trg))
-        p = ncrit = None
-        if self.same:  # the targets are also sources: the tree counts them twice (sources
-            # plus targets per box), so twice the leaf size gives the serial plan's leaves;
-            # and the targets are (own) sources, as in a serial plan without separate targets,
-            # so that plan's order serves (the separate-targets order is one more: 1e6 points
-            # on one rank, peak 621 -> MiB with p = 9)
-            p, ncrit = choose_parameters(self.eps, separate_targets=False, dipoles=dipoles,
-                                         hessians=self._hessians, family=self.family,
-                                         size=2.0 * self.grid.half)
-            _, ncrit = choose_parameters(self.eps, separate_targets=True, dipoles=dipoles,
-                                         hessians=self._hessians, family=self.family,
-                                         size=2.0 * self.grid.half)
-            ncrit *= 2
-        with warnings.catch_warnings():  # the serial plan sees separate targets and would
-            # warn that p is one order short for them; these targets are sources
-            warnings.filterwarnings("ignore", r"p=\d+ reaches about", AccuracyWarning)
-            return api.Fmm(src.astype(self._rdt, copy=False), trg.astype(self._rdt, copy=False),
-                           kernel=self.family, p=p, dipoles=dipoles,
-                           hessians=self._hessians, eps=self.eps, dtype=self.dtype,
-                           threads=self.threads, ncrit=ncrit)
+        return api.Fmm(src.astype(self._rdt, copy=False), trg.astype(self._rdt, copy=False),
+                       kernel=self.family, dipoles=dipoles, hessians=self._hessians,
+                       eps=self.eps, dtype=self.dtype, threads=self.threads)
 
     # -- evaluation --------------------------------------------------------------------------
     def _check_densities(self, charges, dipoles):
@@ -678,14 +657,13 @@ class Fmm:
             with _blas.limit_one():  # BLAS's own threads: one per rank (they spin, and
                 # ranks share the node: M2L ran 8x slower with 2 ranks x 2 BLAS threads)
                 if level == 3:
-                    same = self._local_same
-                    f = plan.fields(qs, dipoles=ds, **({"pg": 3} if same else {"pgt": 3}))
-                    res = (f.pot, f.grad, f.hess) if same else \
+                    f = plan.fields(qs, dipoles=ds, **({"pg": 3} if self.same else {"pgt": 3}))
+                    res = (f.pot, f.grad, f.hess) if self.same else \
                         (f.pottarg, f.gradtarg, f.hesstarg)
                 else:
                     res = plan.evaluate(qs, dipoles=ds, gradient=level == 2)
                     res = res if level == 2 else (res,)
-                if self._local_same:  # targets = the first n_t sources
+                if self.same:  # targets = the first n_t sources
                     res = tuple(part[:n_t] for part in res)
             del qs, ds
             for part, (lo, width) in zip(res, ((0, 1), (k, 3), (4 * k, 6))):
