@@ -296,3 +296,15 @@ def test_plan_with_targets_a_prefix_of_the_sources(kernel):
     ref_pot, ref_grad = reference(x, x[idx], q, -lam)
     assert rel(pot[idx], ref_pot) <= 1e-6
     assert rel(grad[idx], ref_grad) <= 1e-6
+
+
+def test_target_prefix_is_checked():
+    x = np.random.default_rng(13).random((300, 3))
+    for bad in (-1, 301):
+        with pytest.raises(ValueError, match="_target_prefix must be in"):
+            aotfmm.Fmm(x, _target_prefix=bad)
+    for bad in (2.5, "3", True):
+        with pytest.raises(TypeError, match="_target_prefix must be an integer"):
+            aotfmm.Fmm(x, _target_prefix=bad)
+    with pytest.raises(ValueError, match="without targets"):
+        aotfmm.Fmm(x, x[:10], _target_prefix=3)
