@@ -108,7 +108,7 @@ class _Job:
         self.func = func
         self.ranges = ranges
         self.next = 0
-        self.running = 0         # ranges being worked on right now
+        self.running = set()     # threads working on a range right now (their idents)
         self.error = None
         self.stopped = False
         self.lock = threading.Lock()
@@ -116,13 +116,14 @@ class _Job:
 
     def work(self):
         """Take ranges until none is left (or the job was stopped)."""
+        me = threading.get_ident()
         while True:
             with self.lock:
                 if self.stopped or self.next >= len(self.ranges):
                     return
                 item = self.ranges[self.next]
                 self.next += 1
-                self.running += 1
+                self.running.add(me)
             try:
                 self.func(*item)
             except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
@@ -132,17 +133,22 @@ class _Job:
                         self.error = exc
             finally:
                 with self.lock:
-                    self.running -= 1
+                    self.running.discard(me)
                     self.idle.notify_all()
 
     def finish(self):
-        """Stop handing out ranges and wait for those running (they write the caller's arrays).
+        """Stop handing out ranges and wait for those running on other threads (they write the
+        caller's arrays).
 
         Pool threads that reach this job's task later find nothing to do and move on, so the
-        caller never waits for threads busy with other callers' work."""
+        caller never waits for threads busy with other callers' work. The caller's own entry
+        is not waited for: the caller is here, so it runs no range, and a KeyboardInterrupt
+        landing between its bookkeeping steps could leave its entry behind (with a counter,
+        that left the wait below spinning forever: a Ctrl-C test timed out in CI)."""
+        me = threading.get_ident()
         with self.lock:
             self.stopped = True
-            while self.running:
+            while self.running - {me}:
                 self.idle.wait(0.1)
 
 
