@@ -246,3 +246,21 @@ def test_point_codes(rng):
     center, half = np.zeros(3), 1.0 + 1e-6
     codes = morton.point_codes(x, center - half, half)
     assert np.array_equal(morton.deinterleave(codes), cell_coords(x, center, half))
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_permutation_is_the_stable_sort(rng, same):
+    """The points' order is the stable sort of their Morton codes: exact duplicates (equal
+    codes) keep their input order (the sort is an unstable SIMD sort plus a tie fix-up)."""
+    base = rng.random((3, 400))
+    pick = rng.integers(0, 400, 5000)                     # ~12 copies of each point
+    src = np.ascontiguousarray(base[:, pick])
+    trg = src if same else np.ascontiguousarray(base[:, rng.integers(0, 400, 3000)])
+    tree = build_tree(src, trg, 20)
+    for xyz, perm in ((src, tree.src_perm), (trg, tree.trg_perm)):
+        codes = morton.point_codes(xyz, tree.root_center - tree.root_half, tree.root_half)
+        assert np.array_equal(perm, np.argsort(codes, kind="stable"))
+        # independent of the codes: copies of one point appear in increasing input index
+        key = np.unique(xyz.T, axis=0, return_inverse=True)[1].ravel()[perm]
+        for g in np.unique(key)[:50]:
+            assert np.all(np.diff(perm[key == g]) > 0)

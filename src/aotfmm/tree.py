@@ -113,8 +113,16 @@ def _root_cube(src_xyz, trg_xyz):
 def _sorted_codes(xyz, origin, half, workers):
     codes = point_codes(xyz, origin, half, workers)
     t0 = time.perf_counter()
-    perm = np.argsort(codes, kind="stable")
-    return codes[perm], perm, time.perf_counter() - t0
+    # numpy's default (introsort; SIMD-sorted where the CPU has AVX-512/AVX2) takes about
+    # half the time of its stable sort; ties (points in one finest cell) are then put back in
+    # input order, so the permutation is the stable one
+    perm = np.argsort(codes)
+    s_codes = codes[perm]
+    tie = s_codes[1:] == s_codes[:-1]
+    if tie.any():
+        run = np.flatnonzero(np.concatenate(([False], tie)) | np.concatenate((tie, [False])))
+        perm[run] = perm[run][np.lexsort((perm[run], s_codes[run]))]
+    return s_codes, perm, time.perf_counter() - t0
 
 
 def _refine(s_codes, t_codes, ncrit, max_level):
