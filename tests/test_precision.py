@@ -135,3 +135,34 @@ def test_zero_net_charge_at_far_targets_meets_the_stated_contract(eps, radius):
     res = aotfmm.lfmm(src, q, trg, pg=0, pgt=2, eps=eps)
     assert np.linalg.norm(res.pottarg - ref_pot) <= eps * np.linalg.norm(abs_pot)
     assert np.linalg.norm(res.gradtarg - ref_grad) <= eps * np.linalg.norm(abs_grad)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("separate", [False, True])
+def test_leaf_anchors_and_offsets_match_a_numpy_build(dtype, separate, rng):
+    """Each leaf's anchor is, per axis, its first coordinate of smallest magnitude over the
+    sources (targets replace it only if strictly smaller); points are stored as their offsets
+    from it over the frame scale (numpy loop over the leaves here, not the kernels)."""
+    src = rng.random((3000, 3)) * 2.0 - 0.5
+    src[:40] = src[0]  # ties: copies of one point
+    trg = rng.random((2000, 3)) * 2.0 - 0.5 if separate else None
+    plan = aotfmm.Fmm(src, trg, eps=1e-4, dtype=dtype, ncrit=30)._core
+    tree = plan.tree
+    anchor = plan.frame_center + plan.frame_scale * tree.centers
+    sets = [(src, tree.src_perm, tree.src_start, tree.src_end)]
+    if separate:
+        sets.append((trg, tree.trg_perm, tree.trg_start, tree.trg_end))
+    best = np.full(anchor.shape, np.inf)
+    for pts, perm, start, end in sets:
+        for b in tree.leaves:
+            v = pts[perm[start[b]:end[b]]]
+            if len(v):
+                j = np.argmin(np.abs(v), axis=0)
+                val = v[j, [0, 1, 2]]
+                better = np.abs(val) < best[b]
+                anchor[b, better], best[b, better] = val[better], np.abs(val[better])
+    assert np.array_equal(plan.anchor, anchor)
+    for (pts, perm, start, end), stored in zip(sets, (plan.src, plan.trg)):
+        owner = np.repeat(tree.leaves, end[tree.leaves] - start[tree.leaves])
+        want = ((pts[perm] - anchor[owner]) / plan.frame_scale).T.astype(dtype)
+        assert stored.dtype == dtype and np.array_equal(stored, want)

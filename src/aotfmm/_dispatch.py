@@ -39,6 +39,8 @@ TABLE.update({
     ("any", "m2l_gather", "rows", "rows"): "m2l_gather",
     ("any", "m2l_scatter", "rows", "rows"): "m2l_scatter",
     ("any", "morton", "points", "codes"): "morton_encode_points",
+    ("any", "leaf_anchors", "points", "anchors"): "leaf_anchors",
+    ("any", "leaf_offsets", "points", "offsets"): "leaf_offsets",
     ("any", "colleagues", "tree", "colleagues"): "tree_colleagues",
     ("any", "list_u", "tree", "list"): "lists_u",
     ("any", "list_v", "tree", "list"): "lists_v",

@@ -312,31 +312,30 @@ class Plan:
         coordinates; ``center``, ``scale``: the frame they were mapped with.
         """
         dt = self.dtype
-        trg_pts = src_pts if trg_pts is None else trg_pts
         center = np.asarray(center, dtype=np.float64)
         scale = float(scale)
         leaves = tree.leaves
+        workers = self.workers
         anchor = center + scale * tree.centers  # leaves without points: their centre
         best = np.full((len(anchor), 3), np.inf)
-        sets = [(tree.src_start, tree.src_end, src_pts[tree.src_perm])]
+        src_pts = np.ascontiguousarray(src_pts, dtype=np.float64)
+        sets = [(src_pts, tree.src_perm, tree.src_start, tree.src_end)]
         if not self.same:
-            sets.append((tree.trg_start, tree.trg_end, trg_pts[tree.trg_perm]))
-        for start, end, v in sets:
-            counts = end[leaves] - start[leaves]
-            full = leaves[counts > 0]
-            if not len(full):
-                continue
-            av = np.abs(v)
-            m = np.minimum.reduceat(av, start[full], axis=0)  # (n_full, 3)
-            seg = np.repeat(np.arange(len(full)), counts[counts > 0])
-            hit = av == m[seg]
-            for axis in range(3):  # the signed value of smallest magnitude, per leaf and axis
-                idx = np.flatnonzero(hit[:, axis])
-                _, first = np.unique(seg[idx], return_index=True)
-                val = v[idx[first], axis]
-                better = np.abs(val) < best[full, axis]
-                anchor[full[better], axis] = val[better]
-                best[full[better], axis] = np.abs(val[better])
+            trg_pts = np.ascontiguousarray(src_pts if trg_pts is None else trg_pts,
+                                           dtype=np.float64)
+            sets.append((trg_pts, tree.trg_perm, tree.trg_start, tree.trg_end))
+
+        def leaf_ranges(start, end):  # leaves split by their point counts
+            cost = (end[leaves] - start[leaves]).astype(np.float64) + 1.0
+            limit = max(1, int(cost.sum()) // 100_000)
+            return workers.split(cost, limit=limit), limit
+
+        # the signed coordinate of smallest magnitude, per leaf and axis (the first in tree
+        # order; a later set's only if strictly smaller): a kernel per range of leaves
+        for pts, perm, start, end in sets:
+            work = _dispatch.bind("leaf_anchors", pts=pts, perm=perm, start=start, end=end,
+                                  leaves=leaves, best=best, anchor=anchor)
+            workers.run(work, *leaf_ranges(start, end))
         self.anchor, self.frame_center, self.frame_scale = anchor, center, scale
 
         # offsets[b] = centre of b minus its anchor, in frame units, without the frame's
@@ -348,12 +347,13 @@ class Plan:
             self.offsets = (tree.centers - hi / scale) - lo / scale
         self.offsets[~np.isfinite(self.offsets)] = 0.0
 
-        def local(start, end, v):
-            counts = end[leaves] - start[leaves]
-            d = v - np.repeat(anchor[leaves], counts, axis=0)
-            check_representable(d, scale, dt)
-            out = np.empty((3, len(d)), dtype=dt)
-            np.divide(d.T, scale, out=out, casting="unsafe")
+        def local(pts, perm, start, end):
+            out = np.empty((3, len(perm)), dtype=dt)
+            dmin = np.full(len(anchor), np.inf)
+            work = _dispatch.bind("leaf_offsets", dt, pts=pts, perm=perm, start=start, end=end,
+                                  leaves=leaves, anchor=anchor, scale=scale, dmin=dmin, out=out)
+            workers.run(work, *leaf_ranges(start, end))
+            check_representable(np.array([dmin.min(initial=np.inf)]), scale, dt)
             return out
 
         self.src = local(*sets[0])
