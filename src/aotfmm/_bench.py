@@ -3,8 +3,10 @@
     aotfmm bench [--quick]                  (installed CLI)
     python benchmarks/compare.py [options]  (all options; ``--help``)
 
-Problems: points uniform in the unit cube (``uniform``) or uniform on the unit sphere surface
-(``sphere``), sources = targets, charges standard normal, all from fixed seeds. Every
+Problems: points uniform in the unit cube (``uniform``), uniform on the unit sphere surface
+(``sphere``) or a Plummer sphere (``plummer``: density ~ (1 + r^2/a^2)^(-5/2), a = 0.1,
+truncated at r = 1 = 10 a, which keeps 98.5 % of the untruncated mass: an adaptive tree whose
+leaves span ~6 levels), sources = targets, charges standard normal, all from fixed seeds. Every
 (distribution, N, eps, potential / potential+gradient, library) case runs in a fresh Python
 process, so that one library's threads, caches and memory cannot affect the next, and so that
 its peak memory can be read on its own:
@@ -60,7 +62,10 @@ import time
 import numpy as np
 
 LIBRARIES = ("aotfmm", "fmm3dpy", "ferreus")
-DISTS = ("uniform", "sphere")
+DISTS = ("uniform", "sphere", "plummer")
+DEFAULT_DISTS = ("uniform", "sphere")
+#: Plummer scale radius and truncation radius (in the points' units)
+PLUMMER_A, PLUMMER_R = 0.1, 1.0
 FULL_N = (100_000, 1_000_000)
 QUICK_N = (20_000, 100_000)
 EPSILONS = (1e-6, 1e-3)
@@ -82,6 +87,13 @@ def make_points(dist, n, seed=SEED):
     rng = np.random.default_rng((seed, DISTS.index(dist), n))
     if dist == "uniform":
         x = rng.random((n, 3))
+    elif dist == "plummer":
+        # radius by inverting the enclosed mass M(r) = r^3 / (r^2 + a^2)^(3/2) on [0, M(R)]
+        a, r_max = PLUMMER_A, PLUMMER_R
+        u = rng.random(n) * r_max ** 3 / (r_max ** 2 + a ** 2) ** 1.5
+        r = a / np.sqrt(u ** (-2.0 / 3.0) - 1.0)
+        x = rng.standard_normal((n, 3))
+        x *= (r / np.linalg.norm(x, axis=1))[:, None]
     else:
         x = rng.standard_normal((n, 3))
         x /= np.linalg.norm(x, axis=1)[:, None]
@@ -90,10 +102,10 @@ def make_points(dist, n, seed=SEED):
 
 
 #: Kernels the harness runs (``--kernel``); the parameter is given times the domain size D
-#: (``--param-d``): D = 1 for the unit cube, 2 for the unit sphere.
+#: (``--param-d``): D = 1 for the unit cube, 2 for the unit sphere and the Plummer sphere.
 #: The kernels other than the default (Laplace); a spec's "kernel" is None for the default.
 OTHER_KERNELS = ("yukawa", "helmholtz")
-DOMAIN_SIZE = {"uniform": 1.0, "sphere": 2.0}
+DOMAIN_SIZE = {"uniform": 1.0, "sphere": 2.0, "plummer": 2.0}
 
 
 def kernel_charges(spec, q):
@@ -476,8 +488,9 @@ def build_parser():
     p.add_argument("--eps", type=_eps, nargs="+", default=list(EPSILONS), metavar="EPS",
                    help="requested accuracies (default: 1e-6 1e-3)")
     p.add_argument("--dist", type=_parse_list("distribution", DISTS, {"cube": "uniform"}),
-                   nargs="+", default=[list(DISTS)], metavar="DIST",
-                   help="uniform (unit cube) and/or sphere (unit sphere surface); default both")
+                   nargs="+", default=[list(DEFAULT_DISTS)], metavar="DIST",
+                   help="uniform (unit cube), sphere (unit sphere surface) and/or plummer "
+                        "(Plummer sphere, a = 0.1, cut at r = 1); default uniform sphere")
     p.add_argument("--peers", type=_parse_list("library", LIBRARIES,
                                                {"ferreus_bbfmm": "ferreus",
                                                 "ferreus-bbfmm": "ferreus",
@@ -498,7 +511,7 @@ def build_parser():
                    help="the kernel (default laplace); yukawa/helmholtz take --param-d")
     p.add_argument("--param-d", type=float, default=10.0, metavar="X",
                    help="lam or kappa times the domain size D (D = 1 for the cube, 2 for the "
-                        "sphere); default 10")
+                        "sphere and Plummer); default 10")
     p.add_argument("--baseline", default=None, metavar="PYTHON",
                    help="also run aotfmm as installed for this Python interpreter (e.g. a venv "
                         "with an older commit), as the row 'baseline': before/after in one run")
@@ -605,7 +618,8 @@ def main(argv=None):
                                 failures += 1
                             rows.append(r)
                         what = "potential + gradient" if gradient else "potential"
-                        label = "uniform cube" if dist == "uniform" else "sphere surface"
+                        label = {"uniform": "uniform cube", "sphere": "sphere surface",
+                                 "plummer": "Plummer sphere"}[dist]
                         if per_level:
                             label += (f", {args.kernel} {args.param_d:g}/D "
                                       f"(D = {DOMAIN_SIZE[dist]:g})")
