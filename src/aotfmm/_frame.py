@@ -151,25 +151,35 @@ def unscale_fields(outs, frame_outs, live, qscale, frame_scale, *, family=LAPLAC
     skipped) get rows ``live`` from ``frame_outs`` (one row per live density), times that
     density's scale and ``frame_scale ** (degree - order)``, order 0, 1, 2 for potentials,
     gradients, Hessians of ``family``, homogeneous of degree ``family.degree`` (see
-    :func:`scaled_densities`).
+    :func:`scaled_densities`). ``outs`` may be ``frame_outs`` itself (every density live):
+    the rows are then scaled in place, without a copy.
     """
     for order, (out, got, what) in enumerate(zip(outs, frame_outs, _FIELD_NAMES)):
         if out is None:
             continue
         for row, col in enumerate(live):
             factor = unscale_factor(qscale[row], frame_scale, order, family)
-            out[col] = rescale(got[row], factor, what)
+            rescale(got[row], factor, what, out=out[col])
 
 
-def rescale(values, factor, what):
-    """Undo the frame's scaling; raise instead of returning inf when the result overflows."""
+def rescale(values, factor, what, out=None):
+    """Undo the frame's scaling; raise instead of returning inf when the result overflows.
+
+    With ``out`` (same shape; may be ``values`` itself) the result is written there and no
+    full-size temporary is made; the product is formed in double precision either way."""
     if factor == 1.0:
-        if not np.isfinite(values).all():
+        if out is not None and out is not values:
+            out[...] = values
+        res = values if out is None else out
+        if not np.isfinite(res).all():
             raise FloatingPointError(f"the {what} overflows {values.dtype}")
-        return values
+        return res
+    wide = np.complex128 if values.dtype.kind == "c" else np.float64
     with np.errstate(over="ignore"):
-        wide = np.complex128 if values.dtype.kind == "c" else np.float64
-        out = (values.astype(wide, copy=False) * factor).astype(values.dtype, copy=False)
+        if out is None:
+            out = (values.astype(wide, copy=False) * factor).astype(values.dtype, copy=False)
+        else:  # buffered: the ufunc casts blocks to ``wide`` and back
+            np.multiply(values, factor, out=out, dtype=wide, casting="unsafe")
     if not np.isfinite(out).all():
         raise FloatingPointError(f"the {what} overflows {values.dtype}")
     return out

@@ -742,6 +742,7 @@ class Plan:
         _driver.run(self.up_levels, self.down_levels, passes, comm, timer)
         for name, sec in timer.passes.items():
             timings[name] = timings.get(name, 0.0) + sec
+        del passes  # the expansions: freed before the outputs are copied (peak memory)
         t = time.perf_counter()
 
         out = []
