@@ -194,8 +194,14 @@ class _Route:
                           self.n_recv)
 
     def back(self, rows):
-        """The reverse: rows in received order -> rows in the caller's original order."""
+        """The reverse: rows in received order -> rows in the caller's original order.
+
+        ``rows`` may come in a one-item list, which is emptied: the array is then freed as
+        soon as it is sent, before the reordered copy is made (peak memory)."""
+        if isinstance(rows, list):
+            rows = rows.pop()
         got = self._move(rows, self.recv_counts, self.send_counts, len(self.order))
+        del rows
         out = np.empty_like(got)
         out[self.order] = got
         return out
@@ -620,11 +626,10 @@ class Fmm:
             far = self._far_densities(qo, do, k, vdt, MPI)
         seconds["far densities"] = time.perf_counter() - t
         t = time.perf_counter()
-        out = _agree(comm, self._local_fields, qo, do, qg, dg, far, k, vdt, level)
+        out = [_agree(comm, self._local_fields, qo, do, qg, dg, far, k, vdt, level)]
         seconds["local fmm"] = time.perf_counter() - t
         t = time.perf_counter()
-        home = self._route_trg.back(out)
-        del out
+        home = self._route_trg.back(out)  # the only reference: freed once sent
         seconds["results home"] = time.perf_counter() - t
         seconds["evaluate"] = time.perf_counter() - t0
         self.stats["seconds"].update({"eval:" + a: b for a, b in seconds.items()})
@@ -642,7 +647,7 @@ class Fmm:
         potentials, then 3k gradient components (level >= 2), then 6k Hessian components
         (level 3) per own target."""
         n_t = self._n_trg
-        out = np.zeros((n_t, (1, 4, 10)[level - 1] * k), dtype=vdt)
+        width_all = (1, 4, 10)[level - 1] * k
         plan = self._local
         if plan is not None and plan != "empty" and n_t:
             n_f = self._n_far
@@ -666,10 +671,13 @@ class Fmm:
                 if self.same:  # targets = the first n_t sources
                     res = tuple(part[:n_t] for part in res)
             del qs, ds
-            for part, (lo, width) in zip(res, ((0, 1), (k, 3), (4 * k, 6))):
-                out[:, lo:lo + width * k] = part.reshape(n_t, width * k)
-            del res
-        return out
+            # made after the FMM, and each part freed once copied (peak memory)
+            out = np.empty((n_t, width_all), dtype=vdt)
+            res = list(res)
+            for lo, width in ((0, 1), (k, 3), (4 * k, 6))[:len(res)]:
+                out[:, lo:lo + width * k] = res.pop(0).reshape(n_t, width * k)
+            return out
+        return np.zeros((n_t, width_all), dtype=vdt)
 
     def _far_densities(self, q, d, k, vdt, MPI):
         """This rank's far boxes' equivalent densities (n_far_points, k): partial densities of
