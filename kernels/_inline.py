@@ -21,7 +21,8 @@ kernel calls it several times).
 
 ``gather_sym``/``scatter_sym`` (``register_jitable``): the per-box gather of sources into
 scratch and the scatter of the sums of the Newton's-third-law near fields (``p2p_sym`` in
-p2p.py, ``yukawa_p2p_sym`` in yukawa.py).
+p2p.py, ``yukawa_p2p_sym`` in yukawa.py); ``sym_target_exact``: one target of a Laplace
+Newton's-third-law box with the exact 1/sqrt (the redo of ``p2p_sym``/``p2p_sym_mixed``).
 """
 import numpy as np
 from numba import types
@@ -108,3 +109,51 @@ def scatter_sym(c, ob, o2, gidx, t0, nt, n2, do_g, pot, grad):
                 grad[e, t0 + i] += c * ob[e + 1, i]
             for j in range(n2):
                 grad[e, gidx[j]] += c * o2[e + 1, j]
+
+
+@register_jitable
+def sym_target_exact(xi, yi, zi, qi, s1, q1, n1, s2, q2, n2, o2):
+    """The Laplace sums (pot, grad) at target (xi, yi, zi) of charge qi from the one-sided
+    sources ``s1``/``q1`` and the symmetric partners ``s2``/``q2`` (gathered by gather_sym),
+    with the exact 1/sqrt; the partners' sums ``o2`` (4, >= n2) get the target's share.
+    Returns (acc, gx, gy, gz) (without 1/(4 pi)); coincident points contribute 0."""
+    one = 1.0
+    acc = 0.0
+    gx = 0.0
+    gy = 0.0
+    gz = 0.0
+    for j in range(n1):
+        dx = xi - s1[0, j]
+        dy = yi - s1[1, j]
+        dz = zi - s1[2, j]
+        r2 = dx * dx + dy * dy + dz * dz
+        invr = one / np.sqrt(r2)
+        if r2 == 0.0:
+            invr = 0.0
+        qinvr = q1[j] * invr
+        acc += qinvr
+        ir3 = qinvr * invr * invr
+        gx -= dx * ir3
+        gy -= dy * ir3
+        gz -= dz * ir3
+    for j in range(n2):
+        dx = xi - s2[0, j]
+        dy = yi - s2[1, j]
+        dz = zi - s2[2, j]
+        r2 = dx * dx + dy * dy + dz * dz
+        invr = one / np.sqrt(r2)
+        if r2 == 0.0:
+            invr = 0.0
+        ir3 = invr * invr * invr
+        qj = q2[j]
+        acc += qj * invr
+        o2[0, j] += qi * invr
+        t5 = qj * ir3
+        gx -= dx * t5
+        gy -= dy * t5
+        gz -= dz * t5
+        t5 = qi * ir3
+        o2[1, j] += dx * t5
+        o2[2, j] += dy * t5
+        o2[3, j] += dz * t5
+    return acc, gx, gy, gz

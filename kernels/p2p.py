@@ -26,7 +26,7 @@ direct sums). A target with a source closer than the estimate handles (~1e-19 in
 import numpy as np
 from numba.extending import register_jitable
 
-from ._inline import gather_sym, inv_sqrt, scatter_sym
+from ._inline import FLT_MIN, gather_sym, inv_sqrt, scatter_sym, sym_target_exact
 
 INV4PI = 0.07957747154594767  # 1 / (4 pi)
 
@@ -45,6 +45,10 @@ SIGNATURES = {
     # IN i0, IN i1, IN flags (4 gradient, 8 exact), IN m_max, INOUT pot (n,), INOUT grad (3, n)
     "p2p_sym": "void({F}[:, ::1], {F}[::1], i8[::1], i8[::1], i8[::1], i8[::1], {F}[:, ::1],"
                " i8[::1], i8[::1], {F}[:, ::1], i8[::1], i8, i8, i8, i8, {F}[::1], {F}[:, ::1])",
+    # as p2p_sym, float64 in and out, pair terms in float32 (flags: 4 gradient)
+    "p2p_sym_mixed": "void(f8[:, ::1], f8[::1], i8[::1], i8[::1], i8[::1], i8[::1], f8[:, ::1],"
+                     " i8[::1], i8[::1], f8[:, ::1], i8[::1], i8, i8, i8, i8, f8[::1],"
+                     " f8[:, ::1])",
 }
 
 LOCALS = {
@@ -56,7 +60,17 @@ LOCALS = {
     "p2p_sym": {name: "{F}" for name in (
         "c", "one", "acc", "gx", "gy", "gz", "r2", "invr", "ir3", "qinvr", "t5", "qi", "qj",
         "xi", "yi", "zi", "dx", "dy", "dz", "ox", "oy", "oz")},
+    "p2p_sym_mixed": dict(
+        {name: "float32" for name in ("one", "a", "ax", "ay", "az", "r2", "invr", "ir3",
+                                      "qinvr", "t5", "qf", "qj", "dx", "dy", "dz", "thr",
+                                      "xh", "yh", "zh", "xl", "yl", "zl")},
+        **{name: "float64" for name in ("c", "acc", "gx", "gy", "gz", "g", "big")}),
 }
+
+#: p2p_sym_mixed: a partner source's float32 partial sum runs over at most this many targets
+#: before it is added to its float64 sum (more often cost more: measured 16 -> 64 -> all:
+#: 0.283 -> 0.27 -> 0.264 s, and the near field's error 2.6e-7 -> 3.4e-7 with all)
+MIXED_TARGETS = 64
 
 
 @register_jitable
@@ -303,40 +317,8 @@ def p2p_sym(xyz, q, start, end, one_offsets, one_index, one_shift, sym_offsets, 
                         py[j] += dy * t5
                         pz[j] += dz * t5
                 else:
-                    for j in range(np.uint64(0), m1):
-                        dx = xi - sx[j]
-                        dy = yi - sy[j]
-                        dz = zi - sz[j]
-                        r2 = dx * dx + dy * dy + dz * dz
-                        invr = one / np.sqrt(r2)
-                        if r2 == 0.0:
-                            invr = 0.0
-                        qinvr = qs[j] * invr
-                        acc += qinvr
-                        ir3 = qinvr * invr * invr
-                        gx -= dx * ir3
-                        gy -= dy * ir3
-                        gz -= dz * ir3
-                    for j in range(np.uint64(0), m2):
-                        dx = xi - tx[j]
-                        dy = yi - ty[j]
-                        dz = zi - tz[j]
-                        r2 = dx * dx + dy * dy + dz * dz
-                        invr = one / np.sqrt(r2)
-                        if r2 == 0.0:
-                            invr = 0.0
-                        ir3 = invr * invr * invr
-                        qj = qt[j]
-                        acc += qj * invr
-                        p2[j] += qi * invr
-                        t5 = qj * ir3
-                        gx -= dx * t5
-                        gy -= dy * t5
-                        gz -= dz * t5
-                        t5 = qi * ir3
-                        px[j] += dx * t5
-                        py[j] += dy * t5
-                        pz[j] += dz * t5
+                    acc, gx, gy, gz = sym_target_exact(xi, yi, zi, qi, s1, q1, n1, s2, q2, n2,
+                                                       o2)
                 if acc != acc:
                     bad = True
                 ob[0, i] = acc
@@ -346,4 +328,205 @@ def p2p_sym(xyz, q, start, end, one_offsets, one_index, one_shift, sym_offsets, 
             if exact or not bad:
                 break
             exact = True  # a pair too close for the float32 estimate: redo the box exactly
+        scatter_sym(c, ob, o2, gidx, t0, nt, n2, do_g, pot, grad)
+
+
+@register_jitable
+def _split_hi_lo(s, n, g, hi, lo):
+    """hi[:, j] = s[:, j] rounded to the grid g (a power of two; |s| <= 2^13 g, so exact in
+    float32), lo = the rest (|lo| <= g / 2) in float32, for j < n."""
+    for e in range(3):
+        for j in range(n):
+            v = s[e, j]
+            h = np.floor(v / g + 0.5) * g
+            hi[e, j] = h
+            lo[e, j] = v - h
+
+
+def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_offsets,
+                  sym_index, sym_shift, boxes, i0, i1, flags, m_max, pot, grad):
+    """:func:`p2p_sym` for float64 points, charges and outputs with the pair terms in float32.
+
+    Per box, every coordinate in the box's frame (float64) is split into a float32 value on a
+    grid g (a power of two, 2^-13 of the largest coordinate: exact) plus a float32 rest, so
+    a difference (hi_x - hi_y) + (lo_x - lo_y) carries a relative error of ~6e-8 + 1.2e-7 g/r
+    whatever the distance r of the pair or the place of the box, and the pair terms cost
+    float32 arithmetic at full vector width. A pair closer than g / 8 (where that error
+    would exceed ~1e-6) or than float32 can square makes the box be redone in float64 with
+    the exact 1/sqrt, as p2p_sym does. So does a pair that comes out coincident (r^2 = 0),
+    apart from each point with itself: callers must not use this kernel on points with
+    exact duplicates (every box holding one would be redone; the plan checks). A target's terms are summed in float32 (over its one-
+    sided list, then over its symmetric list: vector lanes of a few hundred terms each;
+    blocks of 256 sources cost 1.7x the time in loop overheads), a partner's over at most
+    ``MIXED_TARGETS`` targets, and those partial sums in float64. flags: 4 gradient."""
+    c = INV4PI
+    one = np.float32(1.0)
+    do_g = (flags & 4) != 0
+    bi = MIXED_TARGETS
+    s1 = np.empty((3, m_max), dtype=np.float64)   # one-sided sources, in b's frame
+    q1 = np.empty(m_max, dtype=np.float64)
+    s2 = np.empty((3, m_max), dtype=np.float64)   # symmetric partners, in b's frame
+    q2 = np.empty(m_max, dtype=np.float64)
+    h1 = np.empty((3, m_max), dtype=np.float32)   # their float32 hi/lo parts
+    l1 = np.empty((3, m_max), dtype=np.float32)
+    h2 = np.empty((3, m_max), dtype=np.float32)
+    l2 = np.empty((3, m_max), dtype=np.float32)
+    ht = np.empty((3, m_max), dtype=np.float32)   # b's own points
+    lt = np.empty((3, m_max), dtype=np.float32)
+    q1f = np.empty(m_max, dtype=np.float32)
+    q2f = np.empty(m_max, dtype=np.float32)
+    gidx = np.empty(m_max, dtype=np.int64)
+    o2 = np.empty((4, m_max), dtype=np.float64)   # partners' sums (pot, grad)
+    of = np.zeros((4, m_max), dtype=np.float32)   # their float32 partial sums
+    ob = np.empty((4, m_max), dtype=np.float64)   # b's own sums
+    for ii in range(i0, i1):
+        b = boxes[ii]
+        t0 = start[b]
+        nt = end[b] - t0
+        n1, n2 = gather_sym(xyz, q, start, end, one_offsets, one_index, one_shift,
+                            sym_offsets, sym_index, sym_shift, b, s1, q1, s2, q2, gidx)
+        big = 0.0
+        for e in range(3):
+            for j in range(n1):
+                big = max(big, abs(s1[e, j]))
+            for j in range(n2):
+                big = max(big, abs(s2[e, j]))
+        g = 2.0 ** -13  # the grid: 2^-13 of the power of two above every coordinate
+        while g * 8192.0 < big:
+            g *= 2.0
+        while g * 4096.0 >= big and g > 1e-280:
+            g *= 0.5
+        thr = max(np.float32(g * g / 64.0), FLT_MIN)  # (g / 8)^2
+        _split_hi_lo(s1, n1, g, h1, l1)
+        _split_hi_lo(s2, n2, g, h2, l2)
+        _split_hi_lo(xyz[:, t0:t0 + nt], nt, g, ht, lt)
+        for j in range(n1):
+            q1f[j] = q1[j]
+        for j in range(n2):
+            q2f[j] = q2[j]
+        k0 = 0  # where b's own points sit among the one-sided sources (b is in its list)
+        for kk in range(one_offsets[b], one_offsets[b + 1]):
+            if one_index[kk] == b:
+                break
+            k0 += end[one_index[kk]] - start[one_index[kk]]
+        for e in range(4):
+            for j in range(n2):
+                o2[e, j] = 0.0
+        bad = False
+        hx1 = h1[0, :n1]
+        hy1 = h1[1, :n1]
+        hz1 = h1[2, :n1]
+        lx1 = l1[0, :n1]
+        ly1 = l1[1, :n1]
+        lz1 = l1[2, :n1]
+        bq1 = q1f[:n1]
+        hx2 = h2[0, :n2]
+        hy2 = h2[1, :n2]
+        hz2 = h2[2, :n2]
+        lx2 = l2[0, :n2]
+        ly2 = l2[1, :n2]
+        lz2 = l2[2, :n2]
+        bq2 = q2f[:n2]
+        pf = of[0, :n2]
+        px = of[1, :n2]
+        py = of[2, :n2]
+        pz = of[3, :n2]
+        for i in range(nt):
+            xh = ht[0, i]
+            yh = ht[1, i]
+            zh = ht[2, i]
+            xl = lt[0, i]
+            yl = lt[1, i]
+            zl = lt[2, i]
+            qf = np.float32(q[t0 + i])
+            m1 = np.uint64(n1)
+            m2 = np.uint64(n2)
+            a = np.float32(0.0)
+            ax = np.float32(0.0)
+            ay = np.float32(0.0)
+            az = np.float32(0.0)
+            jself = np.uint64(k0 + i)
+            for j in range(np.uint64(0), m1):
+                dx = (xh - hx1[j]) + (xl - lx1[j])
+                dy = (yh - hy1[j]) + (yl - ly1[j])
+                dz = (zh - hz1[j]) + (zl - lz1[j])
+                r2 = dx * dx + dy * dy + dz * dz
+                invr = one / np.sqrt(r2)
+                if not r2 >= thr:  # too close, or distinct points rounded together: redo
+                    invr = np.float32(np.nan)
+                if j == jself:
+                    invr = np.float32(0.0)
+                qinvr = bq1[j] * invr
+                a += qinvr
+                ir3 = qinvr * invr * invr
+                ax -= dx * ir3
+                ay -= dy * ir3
+                az -= dz * ir3
+            acc = np.float64(a)
+            gx = np.float64(ax)
+            gy = np.float64(ay)
+            gz = np.float64(az)
+            a = np.float32(0.0)
+            ax = np.float32(0.0)
+            ay = np.float32(0.0)
+            az = np.float32(0.0)
+            if do_g:
+                for j in range(np.uint64(0), m2):
+                    dx = (xh - hx2[j]) + (xl - lx2[j])
+                    dy = (yh - hy2[j]) + (yl - ly2[j])
+                    dz = (zh - hz2[j]) + (zl - lz2[j])
+                    r2 = dx * dx + dy * dy + dz * dz
+                    invr = one / np.sqrt(r2)
+                    if not r2 >= thr:
+                        invr = np.float32(np.nan)
+                    ir3 = invr * invr * invr
+                    qj = bq2[j]
+                    a += qj * invr
+                    pf[j] += qf * invr
+                    t5 = qj * ir3
+                    ax -= dx * t5
+                    ay -= dy * t5
+                    az -= dz * t5
+                    t5 = qf * ir3
+                    px[j] += dx * t5
+                    py[j] += dy * t5
+                    pz[j] += dz * t5
+            else:
+                for j in range(np.uint64(0), m2):
+                    dx = (xh - hx2[j]) + (xl - lx2[j])
+                    dy = (yh - hy2[j]) + (yl - ly2[j])
+                    dz = (zh - hz2[j]) + (zl - lz2[j])
+                    r2 = dx * dx + dy * dy + dz * dz
+                    invr = one / np.sqrt(r2)
+                    if not r2 >= thr:
+                        invr = np.float32(np.nan)
+                    a += bq2[j] * invr
+                    pf[j] += qf * invr
+            acc += a
+            gx += ax
+            gy += ay
+            gz += az
+            if (i + 1) % bi == 0 or i == nt - 1:  # the partners' float32 sums into float64
+                for e in range(4 if do_g else 1):
+                    for j in range(n2):
+                        o2[e, j] += of[e, j]
+                        of[e, j] = 0.0
+            if acc != acc:
+                bad = True
+            ob[0, i] = acc
+            ob[1, i] = gx
+            ob[2, i] = gy
+            ob[3, i] = gz
+        if bad:  # a pair too close for the float32 terms: the box again, exactly in float64
+            for e in range(4):
+                for j in range(n2):
+                    o2[e, j] = 0.0
+            for i in range(nt):
+                acc, gx, gy, gz = sym_target_exact(xyz[0, t0 + i], xyz[1, t0 + i],
+                                                   xyz[2, t0 + i], q[t0 + i], s1, q1, n1, s2,
+                                                   q2, n2, o2)
+                ob[0, i] = acc
+                ob[1, i] = gx
+                ob[2, i] = gy
+                ob[3, i] = gz
         scatter_sym(c, ob, o2, gidx, t0, nt, n2, do_g, pot, grad)

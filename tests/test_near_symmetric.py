@@ -115,6 +115,40 @@ def test_kernel_matches_numpy_pairs(dt, flags, kernel, params, lam):
         assert not grad.any()
 
 
+@pytest.mark.parametrize("flags", [0, 4])
+@pytest.mark.parametrize("close", [None, 1e-9, 1e-14])
+def test_mixed_kernel_matches_numpy_pairs(flags, close):
+    """p2p_sym_mixed (float64 in and out, float32 pair terms): within 2e-6 of numpy on the
+    boxes above, whose box 0 has a pair 1e-20 apart (redone in float64). ``close``: box 3
+    also gets a charged pair that close, whose 1/r dominates: float32 pair terms would be off
+    by 100 % or more, so the box must be redone exactly."""
+    rng = np.random.default_rng(23 + flags)
+    args, world, q, pairs, start, end = kernel_problem(rng, np.float64)
+    if close is not None:
+        i = start[3]
+        args["xyz"][:, i + 1] = args["xyz"][:, i] + close * np.array([0.6, -0.48, 0.64])
+        world[:, i + 1] = args["xyz"][:, i + 1] + (world[:, i] - args["xyz"][:, i])
+    n = world.shape[1]
+    ref_pot, ref_grad = kernel_reference(world, args["q"], pairs, start, end, 0.0)
+    if close is not None:  # the pair's own term from its exact local difference (the world
+        i, qq = start[3], args["q"]  # coordinates round a 1e-14 difference by ~2 %)
+        dw = world[:, i] - world[:, i + 1]
+        dl = args["xyz"][:, i] - args["xyz"][:, i + 1]
+        for a, b, sgn in ((i, i + 1, 1.0), (i + 1, i, -1.0)):
+            for d, w in ((sgn * dw, -1.0), (sgn * dl, 1.0)):
+                r = np.linalg.norm(d)
+                ref_pot[a] += w * qq[b] / (4 * np.pi * r)
+                ref_grad[a] += w * -qq[b] * d / (4 * np.pi * r ** 3)
+    pot, grad = np.zeros(n), np.zeros((3, n))
+    _dispatch.bind("p2p_sym_mixed", np.float64, **args, flags=flags, pot=pot,
+                   grad=grad)(0, len(args["boxes"]))
+    assert rel(pot, ref_pot) <= 2e-6
+    if flags & 4:
+        assert rel(grad.T, ref_grad) <= 2e-6
+    else:
+        assert not grad.any()
+
+
 @pytest.mark.parametrize("kernel,params,lam", KERNELS, ids=["yukawa", "laplace"])
 def test_kernel_ranges_into_separate_outputs_add_up(kernel, params, lam):
     """Ranges of boxes run into separate arrays (as threads do) sum to the whole."""
@@ -185,6 +219,10 @@ def _points(kind, rng, n):
         return np.concatenate([x, x])[rng.permutation(n // 2 * 2)]
     if kind == "far":  # far from the origin: differences must be formed leaf-locally
         return 1e6 + rng.random((n, 3))
+    if kind == "hair":  # pairs 1e-10 apart: too close for float32 pair terms (mixed: redone)
+        x = rng.random((n // 2, 3))
+        y = x + 1e-10 * rng.standard_normal(x.shape)
+        return np.concatenate([x, y])[rng.permutation(n // 2 * 2)]
     raise ValueError(kind)
 
 
@@ -204,6 +242,12 @@ def _points(kind, rng, n):
     ("laplace duplicates", 1, np.float64, 1e-6, True),
     ("laplace far", 2, np.float64, 1e-6, True),
     ("laplace clustered", 2, np.float32, 1e-4, True),
+    # float64 at eps >= MIXED_NEAR_EPS: pair terms in float32 (p2p_sym_mixed)
+    ("laplace uniform", 2, np.float64, 1e-5, True),
+    ("laplace clustered", 1, np.float64, 1e-4, True),
+    ("laplace duplicates", 3, np.float64, 1e-5, True),
+    ("laplace far", 2, np.float64, 1e-5, True),
+    ("laplace hair", 2, np.float64, 1e-5, True),
 ])
 def test_fmm_with_newton_third_law_meets_eps(kind, threads, dtype, eps, coarse, monkeypatch):
     """coarse False: the full-accuracy exp at a tolerance that would allow the coarse one
@@ -220,6 +264,9 @@ def test_fmm_with_newton_third_law_meets_eps(kind, threads, dtype, eps, coarse, 
                    threads=threads, dtype=dtype, ncrit=64)
     assert f._core.near_sym is not None
     assert f._core.coarse_exp == coarse
+    # (points sharing a finest cell, duplicates and hairs, keep float64 pair terms)
+    assert f._core.mixed_near == (dtype == np.float64 and eps >= _dispatch.MIXED_NEAR_EPS
+                                  and kind.split()[-1] not in ("duplicates", "hair"))
     pot, grad = f.evaluate(q, gradient=True)
     pot_only = f.evaluate(q)
     idx = rng.choice(len(x), 300, replace=False)

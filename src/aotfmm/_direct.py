@@ -97,7 +97,8 @@ def _p2p_all(src_xyz, charges, trg_xyz, pot, grad, workers, module=None, dipoles
 
 def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_offsets,
         list_index, boxes, pot, grad, workers, module=None, cost=None, dipoles=None,
-        exact=True, hess=None, shift=None, family=LAPLACE, sym=None, coarse_exp=False):
+        exact=True, hess=None, shift=None, family=LAPLACE, sym=None, coarse_exp=False,
+        mixed=False):
     """Run the P2P kernel over the target boxes ``boxes`` on ``workers`` (trusted input).
 
     ``charges`` (n,) with ``pot`` (n_trg,), ``grad`` (3, n_trg); or several densities:
@@ -116,10 +117,14 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
     ``coarse_exp``: a family's near field of one charge vector may compute exp to ~1e-11
     relative (:data:`aotfmm._dispatch.COARSE_EXP`; the FMM at eps >= 1e-8; never with
     ``exact``). Kernels without the variant ignore the bit.
+    ``mixed``: with ``sym``, float64 and not ``exact``, the pair terms may be taken in float32
+    and summed in float64 (``p2p_sym_mixed``, where the family has it; the FMM at eps >=
+    :data:`aotfmm._dispatch.MIXED_NEAR_EPS`).
     """
     if sym is not None and charges is not None and dipoles is None and hess is None and \
             (charges.ndim == 1 or charges.shape[0] == 1):
-        _p2p_sym(sym, src_xyz, charges, pot, grad, workers, module, exact, family, coarse_exp)
+        _p2p_sym(sym, src_xyz, charges, pot, grad, workers, module, exact, family, coarse_exp,
+                 mixed)
         return
     refine = 1 if exact else 0
     dt = src_xyz.dtype  # coordinates; pot/grad are complex for a complex family
@@ -160,7 +165,8 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
     workers.run(work, bounds)
 
 
-def _p2p_sym(sym, xyz, charges, pot, grad, workers, module, exact, family, coarse_exp):
+def _p2p_sym(sym, xyz, charges, pot, grad, workers, module, exact, family, coarse_exp,
+             mixed=False):
     """The near field of one charge vector by Newton's third law (see :func:`p2p`): a pair
     updates points of two boxes that other threads may be working on, so the boxes are cut
     into one range per thread (by cost), each summing into its own pot/grad arrays, added to
@@ -173,6 +179,10 @@ def _p2p_sym(sym, xyz, charges, pot, grad, workers, module, exact, family, coars
     if coarse_exp and not exact:
         flags |= _dispatch.COARSE_EXP
     name = _dispatch.kernel_name(family.name, "p2p_sym", "charge", "pot|potgrad")
+    if mixed and not exact and dt == np.float64 and _dispatch.has_kernel(
+            family.name, "p2p_sym_mixed", "charge", "pot|potgrad"):
+        name = _dispatch.kernel_name(family.name, "p2p_sym_mixed", "charge", "pot|potgrad")
+        flags &= _dispatch.GRADIENT
     shared = dict(xyz=xyz, q=charges.reshape(n), start=sym.start, end=sym.end,
                   one_offsets=sym.one_offsets, one_index=sym.one_index,
                   one_shift=sym.one_shift, sym_offsets=sym.sym_offsets,

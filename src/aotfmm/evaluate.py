@@ -47,6 +47,10 @@ class AccuracyWarning(UserWarning):
 #: for the engine pin (tests/test_engine_pin.py), whose numbers predate it.
 _REGULAR_SPLIT = True
 
+#: A float64 plan at eps >= _dispatch.MIXED_NEAR_EPS takes the pair terms of its Newton's-third-
+#: law near field in float32, summed in float64 (kernels/p2p.py p2p_sym_mixed).
+_MIXED_NEAR = True
+
 #: The split is used at levels whose reference family has |mu2| <= this (half-width 1): the
 #: series of KernelFamily.regular stays exact there (|mu2| r^2 <= 3.2 on the surfaces used).
 _REGULAR_MU2_MAX = 1.0
@@ -286,6 +290,11 @@ class Plan:
         self.near_sym = self._near_symmetric(tree)
         #: the near field may take exp to ~1e-11 (kernels/_vecmath.py vexp_coarse)
         self.coarse_exp = eps >= _dispatch.COARSE_EXP_EPS
+        #: a float64 near field by Newton's third law may take its pair terms in float32
+        #: (kernels/p2p.py p2p_sym_mixed)
+        #: (not with points in a common finest cell: duplicates would redo their boxes)
+        self.mixed_near = (_MIXED_NEAR and dt == np.float64 and tree.distinct_cells
+                           and eps >= _dispatch.MIXED_NEAR_EPS)
         self.p2m_groups = self._p2m_groups()
         timings["setup_passes"] = time.perf_counter() - t + t0 - t_passes
         step("passes")
@@ -902,4 +911,4 @@ class KifmmPasses:
                        p.near_offsets, p.near_index, p.near_boxes, self.pot, self.grad,
                        p.workers, cost=p.near_cost, dipoles=self.dip, exact=False,
                        hess=self.hess, shift=p.near_shift, family=p.family, sym=p.near_sym,
-                       coarse_exp=p.coarse_exp)
+                       coarse_exp=p.coarse_exp, mixed=p.mixed_near)
