@@ -45,6 +45,11 @@ SIGNATURES = {
     # IN i0, IN i1, IN flags (4 gradient, 8 exact), IN m_max, INOUT pot (n,), INOUT grad (3, n)
     "p2p_sym": "void({F}[:, ::1], {F}[::1], i8[::1], i8[::1], i8[::1], i8[::1], {F}[:, ::1],"
                " i8[::1], i8[::1], {F}[:, ::1], i8[::1], i8, i8, i8, i8, {F}[::1], {F}[:, ::1])",
+    # IN src_xyz, IN charges, IN trg_xyz, IN src_start, IN src_end, IN trg_start, IN trg_end,
+    # IN list_offsets, IN list_index, IN shift, IN boxes, IN i0, IN i1, IN flags (4 gradient),
+    # IN m_max (>= the sources of any box's list), INOUT pot, INOUT grad (3, n_trg)
+    "p2p_mixed": "void(f8[:, ::1], f8[::1], f8[:, ::1], i8[::1], i8[::1], i8[::1], i8[::1],"
+                 " i8[::1], i8[::1], f8[:, ::1], i8[::1], i8, i8, i8, i8, f8[::1], f8[:, ::1])",
     # as p2p_sym, float64 in and out, pair terms in float32 (flags: 4 gradient)
     "p2p_sym_mixed": "void(f8[:, ::1], f8[::1], i8[::1], i8[::1], i8[::1], i8[::1], f8[:, ::1],"
                      " i8[::1], i8[::1], f8[:, ::1], i8[::1], i8, i8, i8, i8, f8[::1],"
@@ -60,6 +65,12 @@ LOCALS = {
     "p2p_sym": {name: "{F}" for name in (
         "c", "one", "acc", "gx", "gy", "gz", "r2", "invr", "ir3", "qinvr", "t5", "qi", "qj",
         "xi", "yi", "zi", "dx", "dy", "dz", "ox", "oy", "oz")},
+    "p2p_mixed": dict(
+        {name: "float32" for name in ("one", "a", "ax", "ay", "az", "r2", "invr", "ir3",
+                                      "qinvr", "dx", "dy", "dz", "thr", "xh", "yh", "zh",
+                                      "xl", "yl", "zl")},
+        **{name: "float64" for name in ("c", "acc", "gx", "gy", "gz", "g", "big", "xi", "yi",
+                                        "zi")}),
     "p2p_sym_mixed": dict(
         {name: "float32" for name in ("one", "a", "ax", "ay", "az", "r2", "invr", "ir3",
                                       "qinvr", "t5", "qf", "qj", "dx", "dy", "dz", "thr",
@@ -332,6 +343,18 @@ def p2p_sym(xyz, q, start, end, one_offsets, one_index, one_shift, sym_offsets, 
 
 
 @register_jitable
+def _grid(big):
+    """The power of two g with 4096 g < big <= 8192 g (2^-13 of the largest coordinate
+    magnitude, rounded up): values up to big are multiples of g below 2^14 g on the grid."""
+    g = 2.0 ** -13
+    while g * 8192.0 < big:
+        g *= 2.0
+    while g * 4096.0 >= big and g > 1e-280:
+        g *= 0.5
+    return g
+
+
+@register_jitable
 def _split_hi_lo(s, n, g, hi, lo):
     """hi[:, j] = s[:, j] rounded to the grid g (a power of two; |s| <= 2^13 g, so exact in
     float32), lo = the rest (|lo| <= g / 2) in float32, for j < n."""
@@ -353,9 +376,10 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
     whatever the distance r of the pair or the place of the box, and the pair terms cost
     float32 arithmetic at full vector width. A pair closer than g / 8 (where that error
     would exceed ~1e-6) or than float32 can square makes the box be redone in float64 with
-    the exact 1/sqrt, as p2p_sym does. So does a pair that comes out coincident (r^2 = 0),
-    apart from each point with itself: callers must not use this kernel on points with
-    exact duplicates (every box holding one would be redone; the plan checks). A target's terms are summed in float32 (over its one-
+    the exact 1/sqrt, as p2p_sym does; so does a pair that rounds to r^2 = 0 unless its
+    float64 coordinates are equal (coincident points, each point with itself: 0). Coincident
+    points share a leaf, so that check runs on the one-sided list (which holds b itself)
+    only: a symmetric partner is never coincident. A target's terms are summed in float32 (over its one-
     sided list, then over its symmetric list: vector lanes of a few hundred terms each;
     blocks of 256 sources cost 1.7x the time in loop overheads), a partner's over at most
     ``MIXED_TARGETS`` targets, and those partial sums in float64. flags: 4 gradient."""
@@ -391,11 +415,7 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                 big = max(big, abs(s1[e, j]))
             for j in range(n2):
                 big = max(big, abs(s2[e, j]))
-        g = 2.0 ** -13  # the grid: 2^-13 of the power of two above every coordinate
-        while g * 8192.0 < big:
-            g *= 2.0
-        while g * 4096.0 >= big and g > 1e-280:
-            g *= 0.5
+        g = _grid(big)
         thr = max(np.float32(g * g / 64.0), FLT_MIN)  # (g / 8)^2
         _split_hi_lo(s1, n1, g, h1, l1)
         _split_hi_lo(s2, n2, g, h2, l2)
@@ -404,11 +424,6 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
             q1f[j] = q1[j]
         for j in range(n2):
             q2f[j] = q2[j]
-        k0 = 0  # where b's own points sit among the one-sided sources (b is in its list)
-        for kk in range(one_offsets[b], one_offsets[b + 1]):
-            if one_index[kk] == b:
-                break
-            k0 += end[one_index[kk]] - start[one_index[kk]]
         for e in range(4):
             for j in range(n2):
                 o2[e, j] = 0.0
@@ -420,6 +435,9 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
         ly1 = l1[1, :n1]
         lz1 = l1[2, :n1]
         bq1 = q1f[:n1]
+        sx1 = s1[0, :n1]
+        sy1 = s1[1, :n1]
+        sz1 = s1[2, :n1]
         hx2 = h2[0, :n2]
         hy2 = h2[1, :n2]
         hz2 = h2[2, :n2]
@@ -445,7 +463,9 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
             ax = np.float32(0.0)
             ay = np.float32(0.0)
             az = np.float32(0.0)
-            jself = np.uint64(k0 + i)
+            xi = xyz[0, t0 + i]
+            yi = xyz[1, t0 + i]
+            zi = xyz[2, t0 + i]
             for j in range(np.uint64(0), m1):
                 dx = (xh - hx1[j]) + (xl - lx1[j])
                 dy = (yh - hy1[j]) + (yl - ly1[j])
@@ -454,7 +474,7 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                 invr = one / np.sqrt(r2)
                 if not r2 >= thr:  # too close, or distinct points rounded together: redo
                     invr = np.float32(np.nan)
-                if j == jself:
+                if xi == sx1[j] and yi == sy1[j] and zi == sz1[j]:  # coincident (itself)
                     invr = np.float32(0.0)
                 qinvr = bq1[j] * invr
                 a += qinvr
@@ -530,3 +550,169 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                 ob[2, i] = gy
                 ob[3, i] = gz
         scatter_sym(c, ob, o2, gidx, t0, nt, n2, do_g, pot, grad)
+
+
+def p2p_mixed(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_offsets,
+              list_index, shift, boxes, i0, i1, flags, m_max, pot, grad):
+    """:func:`p2p_potgrad` (flags 4) or :func:`p2p_pot` for float64 points, charges and
+    outputs, with the pair terms in float32 as in :func:`p2p_sym_mixed`: per target box its
+    listed sources (own box first) are gathered in its frame, every coordinate split into a
+    float32 part on a power-of-two grid plus a float32 rest, and each target's float32 sum
+    added in float64. A target with a source closer than 1/8 of the grid, or one that rounds
+    to r^2 = 0 without being coincident in float64, is summed again exactly in float64; a
+    coincident source (only the own box can hold one) contributes 0."""
+    c = INV4PI
+    one = np.float32(1.0)
+    do_g = (flags & 4) != 0
+    sg = np.empty((3, m_max), dtype=np.float64)   # the listed sources, in b's frame
+    qg = np.empty(m_max, dtype=np.float64)
+    hs = np.empty((3, m_max), dtype=np.float32)
+    ls = np.empty((3, m_max), dtype=np.float32)
+    qf = np.empty(m_max, dtype=np.float32)
+    tmax = 1
+    for ii in range(i0, i1):
+        tmax = max(tmax, trg_end[boxes[ii]] - trg_start[boxes[ii]])
+    ht = np.empty((3, tmax), dtype=np.float32)
+    lt = np.empty((3, tmax), dtype=np.float32)
+    for ii in range(i0, i1):
+        b = boxes[ii]
+        t0 = trg_start[b]
+        nt = trg_end[b] - t0
+        if nt == 0:
+            continue
+        n = 0
+        n_own = 0
+        for own in (True, False):  # the target box's own sources first
+            for kk in range(list_offsets[b], list_offsets[b + 1]):
+                s = list_index[kk]
+                if (s == b) != own:
+                    continue
+                ox = shift[kk, 0]
+                oy = shift[kk, 1]
+                oz = shift[kk, 2]
+                for j in range(src_start[s], src_end[s]):
+                    sg[0, n] = src_xyz[0, j] - ox
+                    sg[1, n] = src_xyz[1, j] - oy
+                    sg[2, n] = src_xyz[2, j] - oz
+                    qg[n] = charges[j]
+                    n += 1
+            if own:
+                n_own = n
+        big = 0.0
+        for e in range(3):
+            for j in range(n):
+                big = max(big, abs(sg[e, j]))
+            for i in range(nt):
+                big = max(big, abs(trg_xyz[e, t0 + i]))
+        g = _grid(big)
+        thr = max(np.float32(g * g / 64.0), FLT_MIN)  # (g / 8)^2
+        _split_hi_lo(sg, n, g, hs, ls)
+        _split_hi_lo(trg_xyz[:, t0:t0 + nt], nt, g, ht, lt)
+        for j in range(n):
+            qf[j] = qg[j]
+        hx = hs[0, :n]
+        hy = hs[1, :n]
+        hz = hs[2, :n]
+        lx = ls[0, :n]
+        ly = ls[1, :n]
+        lz = ls[2, :n]
+        sx = sg[0, :n]
+        sy = sg[1, :n]
+        sz = sg[2, :n]
+        bq = qf[:n]
+        m_own = np.uint64(n_own)
+        m_all = np.uint64(n)
+        for i in range(nt):
+            xh = ht[0, i]
+            yh = ht[1, i]
+            zh = ht[2, i]
+            xl = lt[0, i]
+            yl = lt[1, i]
+            zl = lt[2, i]
+            xi = trg_xyz[0, t0 + i]
+            yi = trg_xyz[1, t0 + i]
+            zi = trg_xyz[2, t0 + i]
+            a = np.float32(0.0)
+            ax = np.float32(0.0)
+            ay = np.float32(0.0)
+            az = np.float32(0.0)
+            # the own box first (the only one that can hold a coincident source), then the rest
+            if do_g:
+                for j in range(np.uint64(0), m_own):
+                    dx = (xh - hx[j]) + (xl - lx[j])
+                    dy = (yh - hy[j]) + (yl - ly[j])
+                    dz = (zh - hz[j]) + (zl - lz[j])
+                    r2 = dx * dx + dy * dy + dz * dz
+                    invr = one / np.sqrt(r2)
+                    if not r2 >= thr:
+                        invr = np.float32(np.nan)
+                    if xi == sx[j] and yi == sy[j] and zi == sz[j]:  # coincident: 0
+                        invr = np.float32(0.0)
+                    qinvr = bq[j] * invr
+                    a += qinvr
+                    ir3 = qinvr * invr * invr
+                    ax -= dx * ir3
+                    ay -= dy * ir3
+                    az -= dz * ir3
+                for j in range(m_own, m_all):
+                    dx = (xh - hx[j]) + (xl - lx[j])
+                    dy = (yh - hy[j]) + (yl - ly[j])
+                    dz = (zh - hz[j]) + (zl - lz[j])
+                    r2 = dx * dx + dy * dy + dz * dz
+                    invr = one / np.sqrt(r2)
+                    if not r2 >= thr:
+                        invr = np.float32(np.nan)
+                    qinvr = bq[j] * invr
+                    a += qinvr
+                    ir3 = qinvr * invr * invr
+                    ax -= dx * ir3
+                    ay -= dy * ir3
+                    az -= dz * ir3
+            else:
+                for j in range(np.uint64(0), m_own):
+                    dx = (xh - hx[j]) + (xl - lx[j])
+                    dy = (yh - hy[j]) + (yl - ly[j])
+                    dz = (zh - hz[j]) + (zl - lz[j])
+                    r2 = dx * dx + dy * dy + dz * dz
+                    invr = one / np.sqrt(r2)
+                    if not r2 >= thr:
+                        invr = np.float32(np.nan)
+                    if xi == sx[j] and yi == sy[j] and zi == sz[j]:  # coincident: 0
+                        invr = np.float32(0.0)
+                    a += bq[j] * invr
+                for j in range(m_own, m_all):
+                    dx = (xh - hx[j]) + (xl - lx[j])
+                    dy = (yh - hy[j]) + (yl - ly[j])
+                    dz = (zh - hz[j]) + (zl - lz[j])
+                    r2 = dx * dx + dy * dy + dz * dz
+                    invr = one / np.sqrt(r2)
+                    if not r2 >= thr:
+                        invr = np.float32(np.nan)
+                    a += bq[j] * invr
+            acc = np.float64(a)
+            gx = np.float64(ax)
+            gy = np.float64(ay)
+            gz = np.float64(az)
+            if acc != acc:  # a source too close for the float32 terms: exactly in float64
+                acc = 0.0
+                gx = 0.0
+                gy = 0.0
+                gz = 0.0
+                for j in range(n):
+                    ex = xi - sg[0, j]
+                    ey = yi - sg[1, j]
+                    ez = zi - sg[2, j]
+                    e2 = ex * ex + ey * ey + ez * ez
+                    if e2 > 0.0:
+                        ir = 1.0 / np.sqrt(e2)
+                        qir = qg[j] * ir
+                        acc += qir
+                        qir3 = qir * ir * ir
+                        gx -= ex * qir3
+                        gy -= ey * qir3
+                        gz -= ez * qir3
+            pot[t0 + i] += c * acc
+            if do_g:
+                grad[0, t0 + i] += c * gx
+                grad[1, t0 + i] += c * gy
+                grad[2, t0 + i] += c * gz

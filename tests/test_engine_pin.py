@@ -21,7 +21,8 @@ tests/test_m2l_fast.py checks the builders against each other. For the same reas
 without the regular part of the local expansions (``evaluate._REGULAR_SPLIT``, a later accuracy
 fix: it moves these results by up to ~1e-7 of their largest entry); tests/test_regular_split.py
 checks that part against numpy. And without Newton's third law in the near field (it sums each
-pair in another order; tests/test_near_symmetric.py checks it), with the leaf sizes of its day
+pair in another order; tests/test_near_symmetric.py checks it) or float32 pair terms at coarse
+eps (``evaluate._MIXED_NEAR``; checked there too), with the leaf sizes of its day
 (``make_engine_pin.NCRIT``). Since the Hessian pair loops were vectorised (2026-12) they add in
 another order, which moves float32 results of the Hessian plans by rounding (measured up to
 1.2e-6 of the largest entry): float32 is held to the cross-machine tolerance everywhere.
@@ -49,6 +50,7 @@ def _streamed_qr_operators(monkeypatch):
     from aotfmm import evaluate, operators
     monkeypatch.setattr(operators, "DEFAULT_M2L_METHOD", "svd")
     monkeypatch.setattr(evaluate, "_REGULAR_SPLIT", False)
+    monkeypatch.setattr(evaluate, "_MIXED_NEAR", False)
     monkeypatch.setattr(evaluate.Plan, "_near_symmetric", lambda self, tree: None)
 
 

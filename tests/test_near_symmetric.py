@@ -149,6 +149,51 @@ def test_mixed_kernel_matches_numpy_pairs(flags, close):
         assert not grad.any()
 
 
+@pytest.mark.parametrize("flags", [0, 4])
+@pytest.mark.parametrize("close", [None, 1e-9, 1e-14])
+def test_one_sided_mixed_kernel_matches_numpy_pairs(flags, close):
+    """p2p_mixed (one charge vector from each target's side, float32 pair terms: what
+    separate targets use at eps >= 1e-5) within 2e-6 of numpy on the boxes above: coincident
+    points in a box and across a shift, a pair 1e-20 apart, and optionally a charged pair
+    ``close`` apart (redone exactly for its targets)."""
+    rng = np.random.default_rng(60 + flags)
+    a, world, q, pairs, start, end = kernel_problem(rng, np.float64)
+    if close is not None:
+        i = start[3]
+        a["xyz"][:, i + 1] = a["xyz"][:, i] + close * np.array([0.6, -0.48, 0.64])
+        world[:, i + 1] = a["xyz"][:, i + 1] + (world[:, i] - a["xyz"][:, i])
+    n_boxes = len(start)
+    lists = [[s for b2, s in sorted(pairs) if b2 == b] for b in range(n_boxes)]
+    offsets, index = _csr(lists)
+    origins = {b: world[:, start[b]] - a["xyz"][:, start[b]] for b in range(n_boxes)
+               if end[b] > start[b]}
+    shift = np.array([origins.get(b, np.zeros(3)) - origins.get(s, np.zeros(3))
+                      for b, x_ in enumerate(lists) for s in x_])
+    cum = np.concatenate(([0], np.cumsum((end - start)[index])))
+    m_max = int(max(cum[offsets[1:]] - cum[offsets[:-1]]))
+    n = world.shape[1]
+    pot, grad = np.zeros(n), np.zeros((3, n))
+    _dispatch.bind("p2p_mixed", np.float64, src_xyz=a["xyz"], charges=a["q"],
+                   trg_xyz=a["xyz"], src_start=start, src_end=end, trg_start=start,
+                   trg_end=end, list_offsets=offsets, list_index=index,
+                   shift=np.ascontiguousarray(shift), boxes=np.arange(n_boxes, dtype=np.int64),
+                   flags=flags, m_max=m_max, pot=pot, grad=grad)(0, n_boxes)
+    ref_pot, ref_grad = kernel_reference(world, a["q"], pairs, start, end, 0.0)
+    if close is not None:  # the pair's own term from its exact local difference
+        i, qq = start[3], a["q"]
+        dw, dl = world[:, i] - world[:, i + 1], a["xyz"][:, i] - a["xyz"][:, i + 1]
+        for t, s_, sgn in ((i, i + 1, 1.0), (i + 1, i, -1.0)):
+            for d, w in ((sgn * dw, -1.0), (sgn * dl, 1.0)):
+                r = np.linalg.norm(d)
+                ref_pot[t] += w * qq[s_] / (4 * np.pi * r)
+                ref_grad[t] += w * -qq[s_] * d / (4 * np.pi * r ** 3)
+    assert rel(pot, ref_pot) <= 2e-6
+    if flags & 4:
+        assert rel(grad.T, ref_grad) <= 2e-6
+    else:
+        assert not grad.any()
+
+
 @pytest.mark.parametrize("kernel,params,lam", KERNELS, ids=["yukawa", "laplace"])
 def test_kernel_ranges_into_separate_outputs_add_up(kernel, params, lam):
     """Ranges of boxes run into separate arrays (as threads do) sum to the whole."""
@@ -242,7 +287,8 @@ def _points(kind, rng, n):
     ("laplace duplicates", 1, np.float64, 1e-6, True),
     ("laplace far", 2, np.float64, 1e-6, True),
     ("laplace clustered", 2, np.float32, 1e-4, True),
-    # float64 at eps >= MIXED_NEAR_EPS: pair terms in float32 (p2p_sym_mixed)
+    # float64 at eps >= MIXED_NEAR_EPS: pair terms in float32 (p2p_sym_mixed; duplicates
+    # skipped exactly, hairs 1e-10 apart redo their boxes in float64)
     ("laplace uniform", 2, np.float64, 1e-5, True),
     ("laplace clustered", 1, np.float64, 1e-4, True),
     ("laplace duplicates", 3, np.float64, 1e-5, True),
@@ -264,9 +310,7 @@ def test_fmm_with_newton_third_law_meets_eps(kind, threads, dtype, eps, coarse, 
                    threads=threads, dtype=dtype, ncrit=64)
     assert f._core.near_sym is not None
     assert f._core.coarse_exp == coarse
-    # (points sharing a finest cell, duplicates and hairs, keep float64 pair terms)
-    assert f._core.mixed_near == (dtype == np.float64 and eps >= _dispatch.MIXED_NEAR_EPS
-                                  and kind.split()[-1] not in ("duplicates", "hair"))
+    assert f._core.mixed_near == (dtype == np.float64 and eps >= _dispatch.MIXED_NEAR_EPS)
     pot, grad = f.evaluate(q, gradient=True)
     pot_only = f.evaluate(q)
     idx = rng.choice(len(x), 300, replace=False)
@@ -355,3 +399,31 @@ def test_target_prefix_is_checked():
             aotfmm.Fmm(x, _target_prefix=bad)
     with pytest.raises(ValueError, match="without targets"):
         aotfmm.Fmm(x, x[:10], _target_prefix=3)
+
+
+@pytest.mark.parametrize("kind,eps,threads", [
+    ("uniform", 1e-5, 2), ("clustered", 1e-4, 1), ("far", 1e-5, 3), ("hair", 1e-5, 2),
+    ("coincident", 1e-5, 2)])
+def test_separate_targets_with_float32_pair_terms_meet_eps(kind, eps, threads):
+    """Separate targets, float64, eps >= MIXED_NEAR_EPS: the one-sided near field takes its pair
+    terms in float32 (p2p_mixed). "coincident": half the targets are copies of sources (their
+    own pair contributes 0); "hair": targets 1e-10 from sources (redone in float64)."""
+    rng = np.random.default_rng(zlib.crc32(f"sep {kind} {eps}".encode()))
+    n, m = 8000, 3000
+    x = _points("clustered" if kind == "clustered" else
+                "far" if kind == "far" else "uniform", rng, n)
+    y = _points("clustered" if kind == "clustered" else
+                "far" if kind == "far" else "uniform", rng, m)
+    if kind == "hair":
+        y[: m // 2] = x[: m // 2] + 1e-10 * rng.standard_normal((m // 2, 3))
+    if kind == "coincident":
+        y[: m // 2] = x[rng.choice(n, m // 2, replace=False)]
+    q = rng.standard_normal(n)
+    f = aotfmm.Fmm(x, y, eps=eps, threads=threads, ncrit=64)
+    assert f._core.near_sym is None and f._core.mixed_near
+    pot, grad = f.evaluate(q, gradient=True)
+    idx = rng.choice(m, 300, replace=False)
+    ref_pot, ref_grad = reference(x, y[idx], q, 0.0)
+    assert rel(pot[idx], ref_pot) <= eps
+    assert rel(grad[idx], ref_grad) <= eps
+    assert rel(f.evaluate(q)[idx], ref_pot) <= eps

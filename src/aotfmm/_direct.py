@@ -117,9 +117,9 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
     ``coarse_exp``: a family's near field of one charge vector may compute exp to ~1e-11
     relative (:data:`aotfmm._dispatch.COARSE_EXP`; the FMM at eps >= 1e-8; never with
     ``exact``). Kernels without the variant ignore the bit.
-    ``mixed``: with ``sym``, float64 and not ``exact``, the pair terms may be taken in float32
-    and summed in float64 (``p2p_sym_mixed``, where the family has it; the FMM at eps >=
-    :data:`aotfmm._dispatch.MIXED_NEAR_EPS`).
+    ``mixed``: one charge vector in float64, not ``exact``: the pair terms may be taken in
+    float32 and summed in float64 (``p2p_sym_mixed`` with ``sym``, else ``p2p_mixed``, where
+    the family has them; the FMM at eps >= :data:`aotfmm._dispatch.MIXED_NEAR_EPS`).
     """
     if sym is not None and charges is not None and dipoles is None and hess is None and \
             (charges.ndim == 1 or charges.shape[0] == 1):
@@ -155,6 +155,16 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
                                                     "pot|potgrad"), dt, module, **shared,
                               flags=flags, m_max=m_max, pot=pot.reshape(-1, pot.shape[-1]),
                               grad=g)
+    elif mixed and not exact and dt == np.float64 and _dispatch.has_kernel(
+            family.name, "p2p_mixed", "charge", "pot|potgrad"):
+        cum = np.concatenate(([0], np.cumsum((src_end - src_start)[list_index])))
+        totals = cum[list_offsets[boxes + 1]] - cum[list_offsets[boxes]]
+        m_max = max(int(totals.max()), 1) if len(totals) else 1
+        work = _dispatch.bind(_dispatch.kernel_name(family.name, "p2p_mixed", "charge",
+                                                    "pot|potgrad"), dt, module, **shared,
+                              charges=charges, flags=_dispatch.GRADIENT if grad is not None
+                              else 0, m_max=m_max, pot=pot,
+                              grad=grad if grad is not None else np.zeros((3, 1), dt))
     else:
         out = dict(pot=pot) if grad is None else dict(pot=pot, grad=grad)
         work = _dispatch.bind(_dispatch.kernel_name(family.name, "p2p", "charge",

@@ -47,8 +47,9 @@ class AccuracyWarning(UserWarning):
 #: for the engine pin (tests/test_engine_pin.py), whose numbers predate it.
 _REGULAR_SPLIT = True
 
-#: A float64 plan at eps >= _dispatch.MIXED_NEAR_EPS takes the pair terms of its Newton's-third-
-#: law near field in float32, summed in float64 (kernels/p2p.py p2p_sym_mixed).
+#: A float64 plan at eps >= _dispatch.MIXED_NEAR_EPS takes the pair terms of its near field of
+#: one charge vector in float32, summed in float64 (kernels/p2p.py p2p_sym_mixed, p2p_mixed).
+#: Off only for the engine pin (tests/test_engine_pin.py), whose numbers predate it.
 _MIXED_NEAR = True
 
 #: The split is used at levels whose reference family has |mu2| <= this (half-width 1): the
@@ -290,11 +291,9 @@ class Plan:
         self.near_sym = self._near_symmetric(tree)
         #: the near field may take exp to ~1e-11 (kernels/_vecmath.py vexp_coarse)
         self.coarse_exp = eps >= _dispatch.COARSE_EXP_EPS
-        #: a float64 near field by Newton's third law may take its pair terms in float32
-        #: (kernels/p2p.py p2p_sym_mixed)
-        #: (not with points in a common finest cell: duplicates would redo their boxes)
-        self.mixed_near = (_MIXED_NEAR and dt == np.float64 and tree.distinct_cells
-                           and eps >= _dispatch.MIXED_NEAR_EPS)
+        #: a float64 near field of one charge vector may take its pair terms in float32
+        #: (kernels/p2p.py p2p_sym_mixed, p2p_mixed)
+        self.mixed_near = _MIXED_NEAR and dt == np.float64 and eps >= _dispatch.MIXED_NEAR_EPS
         self.p2m_groups = self._p2m_groups()
         timings["setup_passes"] = time.perf_counter() - t + t0 - t_passes
         step("passes")

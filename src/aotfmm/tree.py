@@ -56,9 +56,6 @@ class Octree:
         Sources and targets were the same object (then the trg_* arrays are the src_* arrays).
     ncrit, max_level : int
         The refinement parameters used.
-    distinct_cells : bool
-        No two sources share a finest-level (``MAX_LEVEL``) cell, so none coincide (False
-        when unknown).
     timings : dict
         Seconds spent per phase: keys, sort, refine, balance, assemble.
     """
@@ -84,7 +81,6 @@ class Octree:
     ncrit: int
     max_level: int
     timings: dict
-    distinct_cells: bool = False
 
     @property
     def n_boxes(self):
@@ -321,5 +317,4 @@ def _assemble(internal, center, half, s_codes, s_perm, t_codes, t_perm, same, nc
         children=children, is_leaf=is_leaf, leaves=leaves, centers=centers, ijk=ijk,
         src_perm=s_perm.astype(_i8, copy=False), trg_perm=t_perm.astype(_i8, copy=False),
         src_start=src_start, src_end=src_end, trg_start=trg_start, trg_end=trg_end,
-        same_points=same, ncrit=ncrit, max_level=max_level, timings=timings,
-        distinct_cells=bool(len(s_codes) < 2 or (s_codes[1:] != s_codes[:-1]).all()))
+        same_points=same, ncrit=ncrit, max_level=max_level, timings=timings)
