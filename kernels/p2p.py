@@ -82,6 +82,13 @@ LOCALS = {
 #: before it is added to its float64 sum (more often cost more: measured 16 -> 64 -> all:
 #: 0.283 -> 0.27 -> 0.264 s, and the near field's error 2.6e-7 -> 3.4e-7 with all)
 MIXED_TARGETS = 64
+#: a target's float32 partial sums over its one-sided list (p2p_sym_mixed; p2p_mixed: over its
+#: whole list) run over at most this many sources before they are added to float64. Whole
+#: lists lost up to 1.2e-4 (plain relative) on a rock-salt lattice in one leaf (+-1 charges,
+#: 39k terms per target): 7.6e-6 with blocks. Blocks of the symmetric partners' loop (the one
+#: that also updates the partners) made the compiled x86-64-v4 loop ~1.5x slower, so a
+#: target's partner terms stay one float32 sum (a few thousand terms at the default leaf sizes)
+MIXED_SOURCES = 512
 
 
 @register_jitable
@@ -379,14 +386,15 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
     the exact 1/sqrt, as p2p_sym does; so does a pair that rounds to r^2 = 0 unless its
     float64 coordinates are equal (coincident points, each point with itself: 0). Coincident
     points share a leaf, so that check runs on the one-sided list (which holds b itself)
-    only: a symmetric partner is never coincident. A target's terms are summed in float32 (over its one-
-    sided list, then over its symmetric list: vector lanes of a few hundred terms each;
-    blocks of 256 sources cost 1.7x the time in loop overheads), a partner's over at most
-    ``MIXED_TARGETS`` targets, and those partial sums in float64. flags: 4 gradient."""
+    only: a symmetric partner is never coincident. A target's terms are summed in float32 over
+    blocks of ``MIXED_SOURCES`` of its one-sided list and over its whole symmetric list, a
+    partner's over at most ``MIXED_TARGETS`` targets, and those partial sums in float64.
+    flags: 4 gradient."""
     c = INV4PI
     one = np.float32(1.0)
     do_g = (flags & 4) != 0
     bi = MIXED_TARGETS
+    bj = MIXED_SOURCES
     s1 = np.empty((3, m_max), dtype=np.float64)   # one-sided sources, in b's frame
     q1 = np.empty(m_max, dtype=np.float64)
     s2 = np.empty((3, m_max), dtype=np.float64)   # symmetric partners, in b's frame
@@ -457,39 +465,43 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
             yl = lt[1, i]
             zl = lt[2, i]
             qf = np.float32(q[t0 + i])
-            m1 = np.uint64(n1)
-            m2 = np.uint64(n2)
-            a = np.float32(0.0)
-            ax = np.float32(0.0)
-            ay = np.float32(0.0)
-            az = np.float32(0.0)
             xi = xyz[0, t0 + i]
             yi = xyz[1, t0 + i]
             zi = xyz[2, t0 + i]
-            for j in range(np.uint64(0), m1):
-                dx = (xh - hx1[j]) + (xl - lx1[j])
-                dy = (yh - hy1[j]) + (yl - ly1[j])
-                dz = (zh - hz1[j]) + (zl - lz1[j])
-                r2 = dx * dx + dy * dy + dz * dz
-                invr = one / np.sqrt(r2)
-                if not r2 >= thr:  # too close, or distinct points rounded together: redo
-                    invr = np.float32(np.nan)
-                if xi == sx1[j] and yi == sy1[j] and zi == sz1[j]:  # coincident (itself)
-                    invr = np.float32(0.0)
-                qinvr = bq1[j] * invr
-                a += qinvr
-                ir3 = qinvr * invr * invr
-                ax -= dx * ir3
-                ay -= dy * ir3
-                az -= dz * ir3
-            acc = np.float64(a)
-            gx = np.float64(ax)
-            gy = np.float64(ay)
-            gz = np.float64(az)
-            a = np.float32(0.0)
+            acc = 0.0
+            gx = 0.0
+            gy = 0.0
+            gz = 0.0
+            for c0 in range(0, n1, bj):  # float32 sums over at most bj sources, then float64
+                a = np.float32(0.0)
+                ax = np.float32(0.0)
+                ay = np.float32(0.0)
+                az = np.float32(0.0)
+                for j in range(np.uint64(c0), np.uint64(min(c0 + bj, n1))):
+                    dx = (xh - hx1[j]) + (xl - lx1[j])
+                    dy = (yh - hy1[j]) + (yl - ly1[j])
+                    dz = (zh - hz1[j]) + (zl - lz1[j])
+                    r2 = dx * dx + dy * dy + dz * dz
+                    invr = one / np.sqrt(r2)
+                    if not r2 >= thr:  # too close, or distinct points rounded together: redo
+                        invr = np.float32(np.nan)
+                    if xi == sx1[j] and yi == sy1[j] and zi == sz1[j]:  # coincident (itself)
+                        invr = np.float32(0.0)
+                    qinvr = bq1[j] * invr
+                    a += qinvr
+                    ir3 = qinvr * invr * invr
+                    ax -= dx * ir3
+                    ay -= dy * ir3
+                    az -= dz * ir3
+                acc += a
+                gx += ax
+                gy += ay
+                gz += az
+            a = np.float32(0.0)  # (the partners: one float32 sum; blocks here ran 1.5x slower)
             ax = np.float32(0.0)
             ay = np.float32(0.0)
             az = np.float32(0.0)
+            m2 = np.uint64(n2)
             if do_g:
                 for j in range(np.uint64(0), m2):
                     dx = (xh - hx2[j]) + (xl - lx2[j])
@@ -557,13 +569,15 @@ def p2p_mixed(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end,
     """:func:`p2p_potgrad` (flags 4) or :func:`p2p_pot` for float64 points, charges and
     outputs, with the pair terms in float32 as in :func:`p2p_sym_mixed`: per target box its
     listed sources (own box first) are gathered in its frame, every coordinate split into a
-    float32 part on a power-of-two grid plus a float32 rest, and each target's float32 sum
-    added in float64. A target with a source closer than 1/8 of the grid, or one that rounds
-    to r^2 = 0 without being coincident in float64, is summed again exactly in float64; a
-    coincident source (only the own box can hold one) contributes 0."""
+    float32 part on a power-of-two grid plus a float32 rest, and each target's float32 sums
+    over blocks of ``MIXED_SOURCES`` sources added in float64. A target with a source closer
+    than 1/8 of the grid, or one that rounds to r^2 = 0 without being coincident in float64,
+    is summed again exactly in float64; a coincident source (only the own box can hold one)
+    contributes 0."""
     c = INV4PI
     one = np.float32(1.0)
     do_g = (flags & 4) != 0
+    bj = MIXED_SOURCES
     sg = np.empty((3, m_max), dtype=np.float64)   # the listed sources, in b's frame
     qg = np.empty(m_max, dtype=np.float64)
     hs = np.empty((3, m_max), dtype=np.float32)
@@ -620,8 +634,8 @@ def p2p_mixed(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end,
         sy = sg[1, :n]
         sz = sg[2, :n]
         bq = qf[:n]
-        m_own = np.uint64(n_own)
-        m_all = np.uint64(n)
+        own_blocks = (n_own + bj - 1) // bj
+        n_blocks = own_blocks + (n - n_own + bj - 1) // bj
         for i in range(nt):
             xh = ht[0, i]
             yh = ht[1, i]
@@ -632,67 +646,78 @@ def p2p_mixed(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end,
             xi = trg_xyz[0, t0 + i]
             yi = trg_xyz[1, t0 + i]
             zi = trg_xyz[2, t0 + i]
-            a = np.float32(0.0)
-            ax = np.float32(0.0)
-            ay = np.float32(0.0)
-            az = np.float32(0.0)
-            # the own box first (the only one that can hold a coincident source), then the rest
-            if do_g:
-                for j in range(np.uint64(0), m_own):
-                    dx = (xh - hx[j]) + (xl - lx[j])
-                    dy = (yh - hy[j]) + (yl - ly[j])
-                    dz = (zh - hz[j]) + (zl - lz[j])
-                    r2 = dx * dx + dy * dy + dz * dz
-                    invr = one / np.sqrt(r2)
-                    if not r2 >= thr:
-                        invr = np.float32(np.nan)
-                    if xi == sx[j] and yi == sy[j] and zi == sz[j]:  # coincident: 0
-                        invr = np.float32(0.0)
-                    qinvr = bq[j] * invr
-                    a += qinvr
-                    ir3 = qinvr * invr * invr
-                    ax -= dx * ir3
-                    ay -= dy * ir3
-                    az -= dz * ir3
-                for j in range(m_own, m_all):
-                    dx = (xh - hx[j]) + (xl - lx[j])
-                    dy = (yh - hy[j]) + (yl - ly[j])
-                    dz = (zh - hz[j]) + (zl - lz[j])
-                    r2 = dx * dx + dy * dy + dz * dz
-                    invr = one / np.sqrt(r2)
-                    if not r2 >= thr:
-                        invr = np.float32(np.nan)
-                    qinvr = bq[j] * invr
-                    a += qinvr
-                    ir3 = qinvr * invr * invr
-                    ax -= dx * ir3
-                    ay -= dy * ir3
-                    az -= dz * ir3
-            else:
-                for j in range(np.uint64(0), m_own):
-                    dx = (xh - hx[j]) + (xl - lx[j])
-                    dy = (yh - hy[j]) + (yl - ly[j])
-                    dz = (zh - hz[j]) + (zl - lz[j])
-                    r2 = dx * dx + dy * dy + dz * dz
-                    invr = one / np.sqrt(r2)
-                    if not r2 >= thr:
-                        invr = np.float32(np.nan)
-                    if xi == sx[j] and yi == sy[j] and zi == sz[j]:  # coincident: 0
-                        invr = np.float32(0.0)
-                    a += bq[j] * invr
-                for j in range(m_own, m_all):
-                    dx = (xh - hx[j]) + (xl - lx[j])
-                    dy = (yh - hy[j]) + (yl - ly[j])
-                    dz = (zh - hz[j]) + (zl - lz[j])
-                    r2 = dx * dx + dy * dy + dz * dz
-                    invr = one / np.sqrt(r2)
-                    if not r2 >= thr:
-                        invr = np.float32(np.nan)
-                    a += bq[j] * invr
-            acc = np.float64(a)
-            gx = np.float64(ax)
-            gy = np.float64(ay)
-            gz = np.float64(az)
+            acc = 0.0
+            gx = 0.0
+            gy = 0.0
+            gz = 0.0
+            # float32 sums over at most bj sources, then float64; the own box first (the only
+            # one that can hold a coincident source), then the rest
+            for blk in range(n_blocks):
+                own = blk < own_blocks
+                j0 = blk * bj if own else n_own + (blk - own_blocks) * bj
+                c1 = np.uint64(min(j0 + bj, n_own if own else n))
+                a = np.float32(0.0)
+                ax = np.float32(0.0)
+                ay = np.float32(0.0)
+                az = np.float32(0.0)
+                if own and do_g:
+                    for j in range(np.uint64(j0), c1):
+                        dx = (xh - hx[j]) + (xl - lx[j])
+                        dy = (yh - hy[j]) + (yl - ly[j])
+                        dz = (zh - hz[j]) + (zl - lz[j])
+                        r2 = dx * dx + dy * dy + dz * dz
+                        invr = one / np.sqrt(r2)
+                        if not r2 >= thr:
+                            invr = np.float32(np.nan)
+                        if xi == sx[j] and yi == sy[j] and zi == sz[j]:  # coincident: 0
+                            invr = np.float32(0.0)
+                        qinvr = bq[j] * invr
+                        a += qinvr
+                        ir3 = qinvr * invr * invr
+                        ax -= dx * ir3
+                        ay -= dy * ir3
+                        az -= dz * ir3
+                elif own:
+                    for j in range(np.uint64(j0), c1):
+                        dx = (xh - hx[j]) + (xl - lx[j])
+                        dy = (yh - hy[j]) + (yl - ly[j])
+                        dz = (zh - hz[j]) + (zl - lz[j])
+                        r2 = dx * dx + dy * dy + dz * dz
+                        invr = one / np.sqrt(r2)
+                        if not r2 >= thr:
+                            invr = np.float32(np.nan)
+                        if xi == sx[j] and yi == sy[j] and zi == sz[j]:  # coincident: 0
+                            invr = np.float32(0.0)
+                        a += bq[j] * invr
+                elif do_g:
+                    for j in range(np.uint64(j0), c1):
+                        dx = (xh - hx[j]) + (xl - lx[j])
+                        dy = (yh - hy[j]) + (yl - ly[j])
+                        dz = (zh - hz[j]) + (zl - lz[j])
+                        r2 = dx * dx + dy * dy + dz * dz
+                        invr = one / np.sqrt(r2)
+                        if not r2 >= thr:
+                            invr = np.float32(np.nan)
+                        qinvr = bq[j] * invr
+                        a += qinvr
+                        ir3 = qinvr * invr * invr
+                        ax -= dx * ir3
+                        ay -= dy * ir3
+                        az -= dz * ir3
+                else:
+                    for j in range(np.uint64(j0), c1):
+                        dx = (xh - hx[j]) + (xl - lx[j])
+                        dy = (yh - hy[j]) + (yl - ly[j])
+                        dz = (zh - hz[j]) + (zl - lz[j])
+                        r2 = dx * dx + dy * dy + dz * dz
+                        invr = one / np.sqrt(r2)
+                        if not r2 >= thr:
+                            invr = np.float32(np.nan)
+                        a += bq[j] * invr
+                acc += a
+                gx += ax
+                gy += ay
+                gz += az
             if acc != acc:  # a source too close for the float32 terms: exactly in float64
                 acc = 0.0
                 gx = 0.0
