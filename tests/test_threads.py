@@ -178,7 +178,13 @@ def test_workers_argument_pairs_are_checked():
 
 
 def test_ctrl_c_during_a_long_evaluation_exits_promptly():
+    # The child restores Python's SIGINT handler itself: started from a background job of a
+    # non-interactive shell (as CI scripts often are) it inherits SIGINT ignored, and Python
+    # then installs no KeyboardInterrupt handler, so the signal would do nothing and the test
+    # would time out (it did, in clean-clone runs of .ci/run started with `&`).
     code = textwrap.dedent("""
+        import signal
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         import sys, time, numpy as np, aotfmm
         rng = np.random.default_rng(0)
         s = rng.random((300_000, 3)); q = rng.standard_normal(300_000)
