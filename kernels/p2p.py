@@ -583,6 +583,7 @@ def p2p_mixed(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end,
     hs = np.empty((3, m_max), dtype=np.float32)
     ls = np.empty((3, m_max), dtype=np.float32)
     qf = np.empty(m_max, dtype=np.float32)
+    exact = np.empty(4, dtype=np.float64)  # a redone target's sums (_exact_target)
     tmax = 1
     for ii in range(i0, i1):
         tmax = max(tmax, trg_end[boxes[ii]] - trg_start[boxes[ii]])
@@ -719,23 +720,13 @@ def p2p_mixed(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end,
                 gy += ay
                 gz += az
             if acc != acc:  # a source too close for the float32 terms: exactly in float64
-                acc = 0.0
-                gx = 0.0
-                gy = 0.0
-                gz = 0.0
-                for j in range(n):
-                    ex = xi - sg[0, j]
-                    ey = yi - sg[1, j]
-                    ez = zi - sg[2, j]
-                    e2 = ex * ex + ey * ey + ez * ez
-                    if e2 > 0.0:
-                        ir = 1.0 / np.sqrt(e2)
-                        qir = qg[j] * ir
-                        acc += qir
-                        qir3 = qir * ir * ir
-                        gx -= ex * qir3
-                        gy -= ey * qir3
-                        gz -= ez * qir3
+                _exact_target(xi, yi, zi, src_xyz[0], src_xyz[1], src_xyz[2], charges,
+                              src_start, src_end, list_index, shift, list_offsets[b],
+                              list_offsets[b + 1], exact)
+                acc = exact[0]
+                gx = exact[1]
+                gy = exact[2]
+                gz = exact[3]
             pot[t0 + i] += c * acc
             if do_g:
                 grad[0, t0 + i] += c * gx
