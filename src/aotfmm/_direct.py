@@ -147,23 +147,17 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
             (_dispatch.COARSE_EXP if coarse_exp and not exact else 0)
         g = grad.reshape(-1, 3, grad.shape[-1]) if grad is not None else \
             np.zeros((1, 1, 1), pot.dtype)
-        # The kernel gathers each target box's listed sources into scratch of m_max entries.
-        cum = np.concatenate(([0], np.cumsum((src_end - src_start)[list_index])))
-        totals = cum[list_offsets[boxes + 1]] - cum[list_offsets[boxes]]
-        m_max = max(int(totals.max()), 1) if len(totals) else 1
+        m_max = _most_listed_sources(src_start, src_end, list_offsets, list_index, boxes)
         work = _dispatch.bind(_dispatch.kernel_name(family.name, "p2p", "densities",
                                                     "pot|potgrad"), dt, module, **shared,
                               flags=flags, m_max=m_max, pot=pot.reshape(-1, pot.shape[-1]),
                               grad=g)
-    elif mixed and not exact and dt == np.float64 and _dispatch.has_kernel(
-            family.name, "p2p_mixed", "charge", "pot|potgrad"):
-        cum = np.concatenate(([0], np.cumsum((src_end - src_start)[list_index])))
-        totals = cum[list_offsets[boxes + 1]] - cum[list_offsets[boxes]]
-        m_max = max(int(totals.max()), 1) if len(totals) else 1
-        work = _dispatch.bind(_dispatch.kernel_name(family.name, "p2p_mixed", "charge",
-                                                    "pot|potgrad"), dt, module, **shared,
-                              charges=charges, flags=_dispatch.GRADIENT if grad is not None
-                              else 0, m_max=m_max, pot=pot,
+    elif _mixed_kernel(family, "p2p_mixed", mixed, exact, dt):
+        m_max = _most_listed_sources(src_start, src_end, list_offsets, list_index, boxes)
+        work = _dispatch.bind(_mixed_kernel(family, "p2p_mixed", mixed, exact, dt), dt,
+                              module, **shared, charges=charges,
+                              flags=_dispatch.GRADIENT if grad is not None else 0,
+                              m_max=m_max, pot=pot,
                               grad=grad if grad is not None else np.zeros((3, 1), dt))
     else:
         out = dict(pot=pot) if grad is None else dict(pot=pot, grad=grad)
@@ -173,6 +167,24 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
     n = len(boxes)
     bounds = np.arange(n + 1) if cost is None else workers.split(cost, _CHUNKS_PER_THREAD)
     workers.run(work, bounds)
+
+
+def _most_listed_sources(src_start, src_end, list_offsets, list_index, boxes):
+    """The most sources any of ``boxes`` has in its list (at least 1): the scratch size of the
+    kernels that gather a target box's listed sources."""
+    cum = np.concatenate(([0], np.cumsum((src_end - src_start)[list_index])))
+    totals = cum[list_offsets[boxes + 1]] - cum[list_offsets[boxes]]
+    return max(int(totals.max()), 1) if len(totals) else 1
+
+
+def _mixed_kernel(family, op, mixed, exact, dt):
+    """The kernel ``op`` ("p2p_mixed" / "p2p_sym_mixed": one charge vector, float32 pair terms
+    summed in float64) when it applies (``mixed``, not ``exact``, float64 points, and the
+    family has it), else None."""
+    if mixed and not exact and dt == np.float64 and \
+            _dispatch.has_kernel(family.name, op, "charge", "pot|potgrad"):
+        return _dispatch.kernel_name(family.name, op, "charge", "pot|potgrad")
+    return None
 
 
 def _p2p_sym(sym, xyz, charges, pot, grad, workers, module, exact, family, coarse_exp,
@@ -189,9 +201,8 @@ def _p2p_sym(sym, xyz, charges, pot, grad, workers, module, exact, family, coars
     if coarse_exp and not exact:
         flags |= _dispatch.COARSE_EXP
     name = _dispatch.kernel_name(family.name, "p2p_sym", "charge", "pot|potgrad")
-    if mixed and not exact and dt == np.float64 and _dispatch.has_kernel(
-            family.name, "p2p_sym_mixed", "charge", "pot|potgrad"):
-        name = _dispatch.kernel_name(family.name, "p2p_sym_mixed", "charge", "pot|potgrad")
+    if _mixed_kernel(family, "p2p_sym_mixed", mixed, exact, dt):
+        name = _mixed_kernel(family, "p2p_sym_mixed", mixed, exact, dt)
         flags &= _dispatch.GRADIENT
     shared = dict(xyz=xyz, q=charges.reshape(n), start=sym.start, end=sym.end,
                   one_offsets=sym.one_offsets, one_index=sym.one_index,

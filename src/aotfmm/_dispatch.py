@@ -54,8 +54,8 @@ CHARGES, DIPOLES, GRADIENT, EXACT = 1, 2, 4, 8
 COARSE_EXP = 16
 #: the tolerance from which the near field may use :data:`COARSE_EXP` (1000x its error)
 COARSE_EXP_EPS = 1e-8
-#: the tolerance from which a float64 plan's near field (one charge vector, targets = sources)
-#: may take its pair terms in float32 (``p2p_sym_mixed``: ~3e-7 per pair, summed in float64)
+#: the tolerance from which a float64 plan's near field of one charge vector may take its pair
+#: terms in float32 (``p2p_sym_mixed``, ``p2p_mixed``: ~3e-7 per pair, summed in float64)
 MIXED_NEAR_EPS = 1e-5
 
 _ARRAY = re.compile(r"^(\w+|\{F\}|\{C\})\[([:, ]*)::1\]$")

@@ -315,24 +315,22 @@ class Fmm:
         n_out = self._core.trg.shape[1]
         timings = {}
         live, qscale, qs, ds = scaled_densities(q, d, self._scale)
-        pot = grad = hess = None
+        frame_outs = None
         if self.n_sources and n_out and len(live):
             bar = _progress.Progress(self.progress, label="aotfmm evaluate")
             pc, gc, hc, timings = self._core.evaluate(qs, gradient, progress=bar, dipoles=ds,
                                                       hessian=hessian)
             bar.done()
             frame_outs = (pc, gc, hc)
-            if len(live) == k and pc.dtype == self.dtype:  # every density: scale in place
-                pot, grad, hess = frame_outs
-                unscale_fields(frame_outs, frame_outs, live, qscale, self._scale,
-                               family=self.family)
-        if pot is None:  # some densities all zero (their fields are 0), or no work at all
+        if frame_outs is not None and len(live) == k and frame_outs[0].dtype == self.dtype:
+            pot, grad, hess = outs = frame_outs  # every density: scaled in place
+        else:  # some densities all zero (their fields are 0), or no work at all
             pot = np.zeros((k, n_out), dtype=self.dtype)
             grad = np.zeros((k, 3, n_out), dtype=self.dtype) if gradient else None
             hess = np.zeros((k, 6, n_out), dtype=self.dtype) if hessian else None
-            if self.n_sources and n_out and len(live):
-                unscale_fields((pot, grad, hess), frame_outs, live, qscale, self._scale,
-                               family=self.family)
+            outs = (pot, grad, hess)
+        if frame_outs is not None:
+            unscale_fields(outs, frame_outs, live, qscale, self._scale, family=self.family)
         timings["evaluate_total"] = time.perf_counter() - t0
         self.timings = {k_: v for k_, v in self.timings.items() if not k_.startswith("eval:")}
         self.timings.update({f"eval:{k_}": v for k_, v in timings.items()})
