@@ -50,10 +50,16 @@ SIGNATURES = {
 _ACC = {"c": "{F}", "one": "{F}", "three": "{F}", "acc": "{F}", "gx": "{F}", "gy": "{F}",
         "gz": "{F}", "r2": "{F}", "invr": "{F}", "i3": "{F}", "dd": "{F}", "t5": "{F}",
         "qj": "{F}", "chk": "{F}", "ox": "{F}", "oy": "{F}", "oz": "{F}"}
+#: the four-density sweep's accumulators and per-pair values (p2p_multi)
+_SUMS4 = {f"{v}{i}": "{F}" for v in "axyz" for i in range(4)}
+_ACC4 = dict(_SUMS4)
+_ACC4.update(w="{F}", wx="{F}", wy="{F}", wz="{F}", w5="{F}", u="{F}", u0="{F}", u1="{F}",
+             u2="{F}")
 LOCALS = {
-    "p2p_multi": dict(_ACC),
-    "p2c_multi": dict(_ACC, hr="{F}", xm="{F}", ym="{F}", zm="{F}"),
-    "s2p_multi": dict(_ACC, hr="{F}"),
+    "p2p_multi": dict(_ACC, **_ACC4),
+    "p2c_multi": dict(_ACC, **_ACC4, hr="{F}", xm="{F}", ym="{F}", zm="{F}"),
+    "s2p_multi": dict(_ACC, **_SUMS4, hr="{F}", u="{F}", v="{F}", vx="{F}", vy="{F}",
+                      vz="{F}"),
 }
 
 
@@ -79,6 +85,7 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
     refine = (flags & 8) != 0
     mode = 2 if has_d else (1 if do_g else 0)
     nd = pot.shape[0]
+    nb4 = (nd // 4) * 4 if has_q != has_d else 0  # densities swept four at a time
     dt = src_xyz.dtype
     geo = np.empty((6, P2P_CHUNK), dtype=dt)
     bx = geo[0]  # x - y, or (x - y) / r^3 in mode 1
@@ -188,7 +195,145 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
                         elif mode == 2:
                             b3[j] = i3
                             b5[j] = i3 * invr * invr
-                for d in range(nd):
+                for d in range(0, nb4, 4):  # four densities per sweep: the geometry is
+                    # loaded once for four (L1 loads, not FMAs, bound the one-density sweeps)
+                    a0 = 0.0
+                    a1 = 0.0
+                    a2 = 0.0
+                    a3 = 0.0
+                    x0 = 0.0
+                    x1 = 0.0
+                    x2 = 0.0
+                    x3 = 0.0
+                    y0 = 0.0
+                    y1 = 0.0
+                    y2 = 0.0
+                    y3 = 0.0
+                    z0 = 0.0
+                    z1 = 0.0
+                    z2 = 0.0
+                    z3 = 0.0
+                    if has_q:
+                        q0 = gq[d, c0:c1]
+                        q1 = gq[d + 1, c0:c1]
+                        q2 = gq[d + 2, c0:c1]
+                        q3 = gq[d + 3, c0:c1]
+                        if mode == 0:
+                            for j in range(np.uint64(0), m):
+                                w = b1[j]
+                                a0 += q0[j] * w
+                                a1 += q1[j] * w
+                                a2 += q2[j] * w
+                                a3 += q3[j] * w
+                        else:
+                            for j in range(np.uint64(0), m):
+                                w = b1[j]
+                                wx = bx[j]
+                                wy = by[j]
+                                wz = bz[j]
+                                u = q0[j]
+                                a0 += u * w
+                                x0 -= u * wx
+                                y0 -= u * wy
+                                z0 -= u * wz
+                                u = q1[j]
+                                a1 += u * w
+                                x1 -= u * wx
+                                y1 -= u * wy
+                                z1 -= u * wz
+                                u = q2[j]
+                                a2 += u * w
+                                x2 -= u * wx
+                                y2 -= u * wy
+                                z2 -= u * wz
+                                u = q3[j]
+                                a3 += u * w
+                                x3 -= u * wx
+                                y3 -= u * wy
+                                z3 -= u * wz
+                    else:
+                        e00 = gd[d, 0, c0:c1]
+                        e01 = gd[d, 1, c0:c1]
+                        e02 = gd[d, 2, c0:c1]
+                        e10 = gd[d + 1, 0, c0:c1]
+                        e11 = gd[d + 1, 1, c0:c1]
+                        e12 = gd[d + 1, 2, c0:c1]
+                        e20 = gd[d + 2, 0, c0:c1]
+                        e21 = gd[d + 2, 1, c0:c1]
+                        e22 = gd[d + 2, 2, c0:c1]
+                        e30 = gd[d + 3, 0, c0:c1]
+                        e31 = gd[d + 3, 1, c0:c1]
+                        e32 = gd[d + 3, 2, c0:c1]
+                        if do_g:
+                            for j in range(np.uint64(0), m):
+                                wx = bx[j]
+                                wy = by[j]
+                                wz = bz[j]
+                                i3 = b3[j]
+                                w5 = three * b5[j]
+                                u0 = e00[j]
+                                u1 = e01[j]
+                                u2 = e02[j]
+                                dd = u0 * wx + u1 * wy + u2 * wz
+                                a0 += dd * i3
+                                t5 = dd * w5
+                                x0 += u0 * i3 - t5 * wx
+                                y0 += u1 * i3 - t5 * wy
+                                z0 += u2 * i3 - t5 * wz
+                                u0 = e10[j]
+                                u1 = e11[j]
+                                u2 = e12[j]
+                                dd = u0 * wx + u1 * wy + u2 * wz
+                                a1 += dd * i3
+                                t5 = dd * w5
+                                x1 += u0 * i3 - t5 * wx
+                                y1 += u1 * i3 - t5 * wy
+                                z1 += u2 * i3 - t5 * wz
+                                u0 = e20[j]
+                                u1 = e21[j]
+                                u2 = e22[j]
+                                dd = u0 * wx + u1 * wy + u2 * wz
+                                a2 += dd * i3
+                                t5 = dd * w5
+                                x2 += u0 * i3 - t5 * wx
+                                y2 += u1 * i3 - t5 * wy
+                                z2 += u2 * i3 - t5 * wz
+                                u0 = e30[j]
+                                u1 = e31[j]
+                                u2 = e32[j]
+                                dd = u0 * wx + u1 * wy + u2 * wz
+                                a3 += dd * i3
+                                t5 = dd * w5
+                                x3 += u0 * i3 - t5 * wx
+                                y3 += u1 * i3 - t5 * wy
+                                z3 += u2 * i3 - t5 * wz
+                        else:
+                            for j in range(np.uint64(0), m):
+                                wx = bx[j]
+                                wy = by[j]
+                                wz = bz[j]
+                                i3 = b3[j]
+                                a0 += (e00[j] * wx + e01[j] * wy + e02[j] * wz) * i3
+                                a1 += (e10[j] * wx + e11[j] * wy + e12[j] * wz) * i3
+                                a2 += (e20[j] * wx + e21[j] * wy + e22[j] * wz) * i3
+                                a3 += (e30[j] * wx + e31[j] * wy + e32[j] * wz) * i3
+                    sums[d, 0] += a0
+                    sums[d, 1] += x0
+                    sums[d, 2] += y0
+                    sums[d, 3] += z0
+                    sums[d + 1, 0] += a1
+                    sums[d + 1, 1] += x1
+                    sums[d + 1, 2] += y1
+                    sums[d + 1, 3] += z1
+                    sums[d + 2, 0] += a2
+                    sums[d + 2, 1] += x2
+                    sums[d + 2, 2] += y2
+                    sums[d + 2, 3] += z2
+                    sums[d + 3, 0] += a3
+                    sums[d + 3, 1] += x3
+                    sums[d + 3, 2] += y3
+                    sums[d + 3, 3] += z3
+                for d in range(nb4, nd):
                     acc = 0.0
                     gx = 0.0
                     gy = 0.0
@@ -251,6 +396,7 @@ def p2c_multi(src_xyz, q, dip, src_start, src_end, trg_boxes, centers, half_widt
     has_q = (flags & 1) != 0
     has_d = (flags & 2) != 0
     nd = check.shape[1]
+    nb4 = (nd // 4) * 4 if has_q != has_d else 0  # densities swept four at a time
     n_surf = surf.shape[1]
     bx = buf[0]
     by = buf[1]
@@ -289,7 +435,49 @@ def p2c_multi(src_xyz, q, dip, src_start, src_end, trg_boxes, centers, half_widt
                     bz[j] = dz
                     bi[j] = invr
                     b3[j] = invr * invr * invr
-                for d in range(nd):
+                for d in range(0, nb4, 4):  # four densities per sweep (see p2p_multi)
+                    a0 = 0.0
+                    a1 = 0.0
+                    a2 = 0.0
+                    a3 = 0.0
+                    if has_q:
+                        q0 = q[d, j0:j1]
+                        q1 = q[d + 1, j0:j1]
+                        q2 = q[d + 2, j0:j1]
+                        q3 = q[d + 3, j0:j1]
+                        for j in range(np.uint64(0), n):
+                            w = bi[j]
+                            a0 += q0[j] * w
+                            a1 += q1[j] * w
+                            a2 += q2[j] * w
+                            a3 += q3[j] * w
+                    else:
+                        e00 = dip[d, 0, j0:j1]
+                        e01 = dip[d, 1, j0:j1]
+                        e02 = dip[d, 2, j0:j1]
+                        e10 = dip[d + 1, 0, j0:j1]
+                        e11 = dip[d + 1, 1, j0:j1]
+                        e12 = dip[d + 1, 2, j0:j1]
+                        e20 = dip[d + 2, 0, j0:j1]
+                        e21 = dip[d + 2, 1, j0:j1]
+                        e22 = dip[d + 2, 2, j0:j1]
+                        e30 = dip[d + 3, 0, j0:j1]
+                        e31 = dip[d + 3, 1, j0:j1]
+                        e32 = dip[d + 3, 2, j0:j1]
+                        for j in range(np.uint64(0), n):
+                            wx = bx[j]
+                            wy = by[j]
+                            wz = bz[j]
+                            i3 = b3[j]
+                            a0 += (e00[j] * wx + e01[j] * wy + e02[j] * wz) * i3
+                            a1 += (e10[j] * wx + e11[j] * wy + e12[j] * wz) * i3
+                            a2 += (e20[j] * wx + e21[j] * wy + e22[j] * wz) * i3
+                            a3 += (e30[j] * wx + e31[j] * wy + e32[j] * wz) * i3
+                    out[d, m] += c * a0
+                    out[d + 1, m] += c * a1
+                    out[d + 2, m] += c * a2
+                    out[d + 3, m] += c * a3
+                for d in range(nb4, nd):
                     acc = 0.0
                     if has_q:
                         qd = q[d, j0:j1]
@@ -310,6 +498,7 @@ def s2p_multi(dens, trg_xyz, trg_start, trg_end, trg_boxes, centers, half_widths
     c = INV4PI
     do_g = (flags & 4) != 0
     nd = dens.shape[1]
+    nb4 = (nd // 4) * 4  # densities swept four at a time
     n_surf = surf.shape[1]
     n = np.uint64(n_surf)
     wx = buf[0]  # (x - y) / r^3 per surface point
@@ -339,7 +528,77 @@ def s2p_multi(dens, trg_xyz, trg_start, trg_end, trg_boxes, centers, half_widths
                     wx[m] = dx * i3
                     wy[m] = dy * i3
                     wz[m] = dz * i3
-                for d in range(nd):
+                for d in range(0, nb4, 4):  # four densities per sweep (see p2p_multi)
+                    q0 = ds[d]
+                    q1 = ds[d + 1]
+                    q2 = ds[d + 2]
+                    q3 = ds[d + 3]
+                    a0 = 0.0
+                    a1 = 0.0
+                    a2 = 0.0
+                    a3 = 0.0
+                    if do_g:
+                        x0 = 0.0
+                        x1 = 0.0
+                        x2 = 0.0
+                        x3 = 0.0
+                        y0 = 0.0
+                        y1 = 0.0
+                        y2 = 0.0
+                        y3 = 0.0
+                        z0 = 0.0
+                        z1 = 0.0
+                        z2 = 0.0
+                        z3 = 0.0
+                        for m in range(n):
+                            v = bi[m]
+                            vx = wx[m]
+                            vy = wy[m]
+                            vz = wz[m]
+                            u = q0[m]
+                            a0 += u * v
+                            x0 -= u * vx
+                            y0 -= u * vy
+                            z0 -= u * vz
+                            u = q1[m]
+                            a1 += u * v
+                            x1 -= u * vx
+                            y1 -= u * vy
+                            z1 -= u * vz
+                            u = q2[m]
+                            a2 += u * v
+                            x2 -= u * vx
+                            y2 -= u * vy
+                            z2 -= u * vz
+                            u = q3[m]
+                            a3 += u * v
+                            x3 -= u * vx
+                            y3 -= u * vy
+                            z3 -= u * vz
+                        grad[d, 0, t] += c * x0
+                        grad[d, 1, t] += c * y0
+                        grad[d, 2, t] += c * z0
+                        grad[d + 1, 0, t] += c * x1
+                        grad[d + 1, 1, t] += c * y1
+                        grad[d + 1, 2, t] += c * z1
+                        grad[d + 2, 0, t] += c * x2
+                        grad[d + 2, 1, t] += c * y2
+                        grad[d + 2, 2, t] += c * z2
+                        grad[d + 3, 0, t] += c * x3
+                        grad[d + 3, 1, t] += c * y3
+                        grad[d + 3, 2, t] += c * z3
+                    else:
+                        for m in range(n):
+                            v = bi[m]
+                            a0 += q0[m] * v
+                            a1 += q1[m] * v
+                            a2 += q2[m] * v
+                            a3 += q3[m] * v
+                    pot[d, t] += c * a0
+                    pot[d + 1, t] += c * a1
+                    pot[d + 2, t] += c * a2
+                    pot[d + 3, t] += c * a3
+                for d in range(nb4, nd):
                     w = ds[d]
                     acc = 0.0
                     if do_g:

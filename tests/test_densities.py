@@ -36,6 +36,9 @@ def as_kn(pot, grad, k):
 CASES = [slow_if(eps < 1e-8, t, k, eps, np.float64) for t in TERMS for k in (1, 3)
          for eps in (1e-3, 1e-6, 1e-9)]
 CASES += [(t, k, eps, np.float32) for t in TERMS for k in (1, 3) for eps in (1e-3, 1e-5)]
+# k = 6 charges only / dipoles only: the kernels sweep four densities at once, then the rest
+CASES += [(t, 6, eps, dt) for t in ("charges", "dipoles")
+          for eps, dt in ((1e-6, np.float64), (1e-5, np.float32))]
 
 
 @pytest.mark.parametrize("terms,k,eps,dtype", CASES)
@@ -124,6 +127,26 @@ def test_several_densities_equal_column_runs(rng):
         p1, g1 = plan.evaluate(q[:, col], dipoles=d[:, col], gradient=True)
         np.testing.assert_allclose(pot[:, col], p1, rtol=1e-10, atol=1e-12 * abs(p1).max())
         np.testing.assert_allclose(grad[:, col], g1, rtol=1e-10, atol=1e-12 * abs(g1).max())
+
+
+@pytest.mark.parametrize("terms", ("charges", "dipoles"))
+@pytest.mark.parametrize("k", (4, 5, 9))
+def test_blocked_densities_equal_column_runs(rng, terms, k):
+    """Charges only or dipoles only, k >= 4: the density kernels (P2P, P2M/P2L, L2P/M2P)
+    sweep four densities at a time and the rest one by one; every column must equal its own
+    single-density run (other loops), at sources and at separate targets."""
+    src, trg, q, d = problem(rng, k, np.float64)
+    plan = aotfmm.Fmm(src, trg, at_sources=True, dipoles=terms == "dipoles", eps=1e-6, ncrit=48)
+    qq, dd = densities(terms, q, d, k)
+    full = plan.fields(qq, dipoles=dd, pg=2, pgt=2)
+    for col in range(k):
+        one = plan.fields(None if qq is None else np.ascontiguousarray(q[:, col]),
+                          dipoles=None if dd is None else np.ascontiguousarray(d[:, col]),
+                          pg=2, pgt=2)
+        for got, ref in ((full.pot[:, col], one.pot), (full.grad[:, col], one.grad),
+                         (full.pottarg[:, col], one.pottarg),
+                         (full.gradtarg[:, col], one.gradtarg)):
+            np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12 * abs(ref).max())
 
 
 def test_zero_density_column_and_scaling(rng):
