@@ -29,9 +29,13 @@ How (first version; what it does not do yet is said at the end):
    rank's level-l boxes whose parents are (the rank's "far list"). Their KIFMM upward equivalent
    densities (order ``p_far``, surface radius 1.05 h) reproduce their field at the rank's
    targets to the FMM's accuracy (the W-list regime: the targets lie outside the upward check
-   surface, 2.95 h). Each rank computes the partial densities of its own sources for every box
-   in any rank's far list (check potentials by :func:`aotfmm.direct`, one pseudo-inverse per
-   level) and one allreduce sums them.
+   surface, 2.95 h). A far box is a run of coarse boxes, so a contiguous range of ranks holds
+   its sources; its *home* is the first of them. At setup each rank sends its far boxes to
+   their homes, and each home tells the rest of a wanted box's range. At evaluation the ranks
+   holding sources in a wanted box compute their partial densities (check potentials by
+   :func:`aotfmm.direct`, one pseudo-inverse per level) and send them to its home, which sums
+   them and sends each requesting rank its own far boxes (two sparse Alltoallv): a rank moves
+   the densities of the boxes it needs or holds, not of every rank's far list.
 4. **Local FMM.** Each rank runs the serial :class:`aotfmm.Fmm` with sources = own + ghost
    points + the far boxes' equivalent surface points (charges = their densities), targets =
    its own targets. Coincident points contribute nothing, as in the serial FMM, so a rank's
@@ -46,9 +50,8 @@ setup, the far-field densities and the local FMM of an evaluation): each such st
 by an agreement (one allgather) before the next exchange.
 
 Not done yet (aotfmm issue 18): the tree below level L is not shared (each rank's serial FMM
-builds its own); coarse multipoles are summed by one allreduce over all far-list boxes of all
-ranks (fine for tens of ranks, not for thousands); the ghost layer is a whole coarse box
-thick.
+builds its own), far boxes reach it as equivalent surface points rather than multipoles, and
+the ghost layer is a whole coarse box thick.
 """
 import dataclasses
 import time
@@ -339,9 +342,10 @@ class Fmm:
             n_far_boxes=int(sum(len(v) for v in self._far.values())),
             n_far_points=self._n_far_points, seconds=seconds,
             bytes={"partition": sum(r.bytes for r in self._point_routes()),
-                   "ghosts": self._route_ghost.bytes},
+                   "ghosts": self._route_ghost.bytes, "far lists": self._far_setup[0]},
             messages={"partition": sum(r.messages for r in self._point_routes()),
-                      "ghosts": self._route_ghost.messages})
+                      "ghosts": self._route_ghost.messages,
+                      "far lists": self._far_setup[1]})
 
     def _point_routes(self):
         """The routes of the partition: sources, and targets when they are other points
@@ -489,39 +493,82 @@ class Fmm:
             return near[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
         self._own_near = np.flatnonzero(is_near(self._skey))
         self._ghost_near = np.flatnonzero(is_near(self._gkey))
-        # every rank's far boxes: the boxes whose partial densities are summed
-        union = {}
-        for lev in range(2, grid.level + 1):
-            mine = self._far.get(lev, np.zeros((0, 3), np.int64))
-            keys = np.unique(np.concatenate(comm.allgather(interleave(mine))))
-            union[lev] = keys
-        self._union = union
         self.p_far = self._p_far(2.0 * grid.half)
         self._surf = surface(self.p_far)
+        self._far_exchange()
         # pseudo-inverse of check -> equivalent per level (translation invariant)
         self._uc2e = {}
         rcond = _PINV_RCOND[np.dtype(self._rdt)]
         with _blas.limit_one():  # BLAS threads of several ranks per node would spin
-            _agree(comm, self._pinvs, union, rcond)
+            _agree(comm, self._pinvs, sorted(set(self._contrib_lev.tolist())), rcond)
         # surface points of this rank's far boxes
         pts = [grid.center(ijk, lev)[:, None, :] + R_UP_EQUIV * grid.box_half(lev) * self._surf
                for lev, ijk in self._far.items() if len(ijk)]
         self._far_pts = np.concatenate(pts).reshape(-1, 3) if pts else np.zeros((0, 3))
         self._n_far_points = len(self._far_pts)
 
-    def _pinvs(self, union, rcond):
-        """Check -> equivalent pseudo-inverse factors per level with far boxes."""
+    def _far_exchange(self):
+        """Who sums and who receives each far box's equivalent density (sparse, no global
+        list). A far box B of level l is a run of coarse boxes, owned by a contiguous range of
+        ranks; its *home* is the owner of its first coarse box. Every rank sends the codes of
+        its far boxes to their homes; each home tells the other ranks of B's range that B is
+        wanted. At evaluation the ranks holding sources in a wanted box send their partial
+        densities to its home, which sums them and sends the sum back along the requests'
+        route: each rank receives only its own far boxes, once."""
+        comm, grid = self.comm, self.grid
+        # this rank's far boxes, in the order of their surface points, as (level, key) codes
+        levels = [lev for lev, ijk in self._far.items() if len(ijk)]
+        req = np.concatenate([_far_code(lev, interleave(self._far[lev])) for lev in levels]) \
+            if levels else np.zeros(0, dtype=np.int64)
+        self._route_req = _Route(comm, self._home(req))
+        got = self._route_req.send(req)  # codes this rank is home of, one row per request
+        wanted = np.unique(got)
+        self._req_rows = np.searchsorted(wanted, got)
+        # notices to the other ranks of each wanted box's range
+        lev, key = _far_uncode(wanted)
+        shift = 3 * (grid.level - lev)
+        r0 = self._owner[key << shift]
+        r1 = self._owner[((key + 1) << shift) - 1]
+        n_extra = r1 - r0  # ranks r0 + 1 .. r1 (the home is r0)
+        notice_dest = np.repeat(r0, n_extra) + _ranges(n_extra) + 1
+        route_notice = _Route(comm, notice_dest)
+        asked = route_notice.send(np.repeat(wanted, n_extra))
+        self._far_setup = (route_notice.bytes, route_notice.messages)
+        todo = np.unique(np.concatenate([wanted, asked]))
+        # keep the boxes where this rank holds sources
+        lev, key = _far_uncode(todo)
+        shift = 3 * (grid.level - lev)
+        lo = np.searchsorted(self._skey_sorted, key << shift, side="left")
+        hi = np.searchsorted(self._skey_sorted, (key + 1) << shift, side="left")
+        has = hi > lo
+        self._contrib = todo[has]
+        self._contrib_lev, self._contrib_key = lev[has], key[has]
+        self._contrib_rows = (lo[has], hi[has])
+        self._route_contrib = _Route(comm, self._home(self._contrib))
+        got = self._route_contrib.send(self._contrib)  # at the home: whose sum each row is
+        self._far_setup = (self._far_setup[0] + self._route_req.bytes + self._route_contrib.bytes,
+                           self._far_setup[1] + self._route_req.messages
+                           + self._route_contrib.messages)
+        self._contrib_into = np.searchsorted(wanted, got)
+        self._n_wanted = len(wanted)
+
+    def _home(self, codes):
+        """The home rank of each far box code: the owner of its first coarse box."""
+        lev, key = _far_uncode(codes)
+        return self._owner[key << (3 * (self.grid.level - lev))]
+
+    def _pinvs(self, levels, rcond):
+        """Check -> equivalent pseudo-inverse factors for ``levels``."""
         grid = self.grid
-        for lev, keys in union.items():
-            if len(keys):
-                h = grid.box_half(lev)
-                k = self.family.reference(R_UP_CHECK * h * self._surf, R_UP_EQUIV * h * self._surf)
-                u, sv, vh = np.linalg.svd(k)
-                keep = sv > rcond * sv[0]
-                # applied as two factors, V S^-1 (U^H x): an explicit pseudo-inverse matrix
-                # loses ~1e-3 of the density to rounding at cutoff 1e-13 (measured: 1e-6
-                # relative error in the far field at p = 8, against 8e-10 this way)
-                self._uc2e[lev] = (vh[keep].conj().T / sv[keep], u[:, keep].conj().T.copy())
+        for lev in levels:
+            h = grid.box_half(lev)
+            k = self.family.reference(R_UP_CHECK * h * self._surf, R_UP_EQUIV * h * self._surf)
+            u, sv, vh = np.linalg.svd(k)
+            keep = sv > rcond * sv[0]
+            # applied as two factors, V S^-1 (U^H x): an explicit pseudo-inverse matrix
+            # loses ~1e-3 of the density to rounding at cutoff 1e-13 (measured: 1e-6
+            # relative error in the far field at p = 8, against 8e-10 this way)
+            self._uc2e[lev] = (vh[keep].conj().T / sv[keep], u[:, keep].conj().T.copy())
 
     def _local_plan(self, dipoles):
         src = np.concatenate([self._src[self._own_near], self._ghost[self._ghost_near],
@@ -680,47 +727,58 @@ class Fmm:
         return np.zeros((n_t, width_all), dtype=vdt)
 
     def _far_densities(self, q, d, k, vdt, MPI):
-        """This rank's far boxes' equivalent densities (n_far_points, k): partial densities of
-        own sources for every box of any rank's far list, summed over ranks (the local part
-        first, agreed on by every rank, then one allreduce per level)."""
-        accs = _agree(self.comm, self._far_partials, q, d, k, vdt)
-        parts = []
-        self.stats["bytes"]["eval:far allreduce"] = 0
-        for lev, keys in self._union.items():
-            acc = accs[lev]
-            total = np.empty_like(acc)
-            self.comm.Allreduce(acc, total, op=MPI.SUM)
-            self.stats["bytes"]["eval:far allreduce"] += acc.nbytes
-            mine = self._far.get(lev)
-            if mine is not None and len(mine):
-                idx = np.searchsorted(keys, interleave(mine))
-                parts.append(total[idx].reshape(-1, k))
-        return np.concatenate(parts) if parts else np.zeros((0, k), dtype=vdt)
+        """This rank's far boxes' equivalent densities (n_far_points, k): the partial densities
+        of own sources in the boxes it contributes to go to their homes, which sum them and
+        send each rank its own far boxes (see :meth:`_far_exchange`)."""
+        ns = len(self._surf)
+        part = _agree(self.comm, self._far_partials, q, d, k, vdt)
+        b0 = self._route_contrib.bytes + self._route_req.bytes
+        m0 = self._route_contrib.messages + self._route_req.messages
+        got = self._route_contrib.send(part.reshape(len(part), ns * k))
+        del part
+        total = np.zeros((self._n_wanted, ns * k), dtype=vdt)
+        np.add.at(total, self._contrib_into, got)
+        del got
+        mine = self._route_req.back([total[self._req_rows]])
+        self.stats["bytes"]["eval:far"] = self._route_contrib.bytes + self._route_req.bytes - b0
+        self.stats["messages"]["eval:far"] = \
+            self._route_contrib.messages + self._route_req.messages - m0
+        return mine.reshape(-1, k)
 
     def _far_partials(self, q, d, k, vdt):
-        """{level: (boxes, n_surf, k)} equivalent densities of this rank's own sources in
-        every box of the union of far lists (zero where it has none)."""
+        """(n_contrib, n_surf, k): the equivalent densities of this rank's own sources in each
+        far box it contributes to (:meth:`_far_exchange`)."""
         grid = self.grid
         ns = len(self._surf)
-        accs = {}
-        for lev, keys in self._union.items():
-            acc = accs[lev] = np.zeros((len(keys), ns, k), dtype=vdt)
-            if not (len(keys) and len(self._src)):
-                continue
-            shift = 3 * (grid.level - lev)
-            lo = np.searchsorted(self._skey_sorted, keys << shift, side="left")
-            hi = np.searchsorted(self._skey_sorted, (keys + 1) << shift, side="left")
+        acc = np.zeros((len(self._contrib), ns, k), dtype=vdt)
+        lo, hi = self._contrib_rows
+        for i, (lev, key) in enumerate(zip(self._contrib_lev, self._contrib_key)):
+            rows = self._sorder[lo[i]:hi[i]]
             h = grid.box_half(lev)
-            centers = grid.center(deinterleave(keys), lev)
-            for i in np.flatnonzero(hi > lo):
-                rows = self._sorder[lo[i]:hi[i]]
-                chk = centers[i] + R_UP_CHECK * h * self._surf
-                res = api.direct(self._src[rows], None if q is None else q[rows], chk,
-                                 dipoles=None if d is None else d[rows], kernel=self.family,
-                                 dtype=vdt, threads=self.threads)
-                a, b = self._uc2e[lev]
-                acc[i] = a @ (b @ np.asarray(res).reshape(ns, k))
-        return accs
+            center = grid.center(deinterleave(np.array([key]))[0], lev)
+            chk = center + R_UP_CHECK * h * self._surf
+            res = api.direct(self._src[rows], None if q is None else q[rows], chk,
+                             dipoles=None if d is None else d[rows], kernel=self.family,
+                             dtype=vdt, threads=self.threads)
+            a, b = self._uc2e[lev]
+            acc[i] = a @ (b @ np.asarray(res).reshape(ns, k))
+        return acc
+
+
+def _far_code(level, keys):
+    """One int64 per far box: its Morton key at ``level`` (< 2^57) and the level."""
+    return (np.asarray(keys, dtype=np.int64) << 4) | level
+
+
+def _far_uncode(codes):
+    codes = np.asarray(codes, dtype=np.int64)
+    return codes & 15, codes >> 4
+
+
+def _ranges(counts):
+    """0..c-1 for each c in ``counts``, concatenated."""
+    counts = np.asarray(counts, dtype=np.int64)
+    return np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
 
 
 # ------------------------------------------------------------------------------------- demo
