@@ -8,8 +8,10 @@ Morton order into P equal ranges exactly as ``aotfmm.mpi.Fmm`` does; a rank rece
 the points of every box adjacent to one of its own that another rank owns, and, as far-field
 sources, the equivalent surface points (n_surf(p_far) = 488 at eps 1e-6) of its far-list
 boxes. Printed: own points per rank, ghosts per rank (mean and max), ghosts / own, far boxes
-(max over a sample of ranks) and the local FMM's sources / own points (what each rank's serial
-FMM carries compared with an even share).
+(max over a sample of ranks), the local FMM's sources / own points (what each rank's serial
+FMM carries compared with an even share), and the far-field densities each rank moves per
+evaluation (one float64 density): what one allreduce over every rank's far boxes carries (the
+first version) against the sparse exchange through the boxes' home ranks (max over the sample).
 """
 import argparse
 
@@ -39,18 +41,49 @@ def far_boxes(own, rank, level):
     return int(sum(len(v) for v in _far_lists(t, np.ones_like(t), level).values()))
 
 
+def far_exchange(own, size, level, sample):
+    """Far-field densities moved per rank, in boxes (one box = n_surf values per density):
+    the union of every rank's far lists (what one allreduce over them carries to each rank),
+    and for the sampled ranks what aotfmm.mpi's sparse exchange moves: the partial densities
+    a rank sends to the homes of far boxes holding its points, plus the sums it receives for
+    its own far boxes (the larger of the two per rank)."""
+    n = own.shape[0]
+    union = {}
+    for r in range(size):
+        for lev, ijk in _far_lists(own == r, np.ones_like(own, dtype=bool), level).items():
+            union.setdefault(lev, set()).update(map(tuple, ijk.tolist()))
+    n_union = sum(len(v) for v in union.values())
+    worst = 0
+    for r in sample:
+        mine = own == r
+        recv = far_boxes(own, r, level)
+        sent = 0
+        for lev, boxes in union.items():
+            f = n >> lev  # coarse boxes per side of a level-lev box
+            for (i, j, k) in boxes:
+                block = own[i * f:(i + 1) * f, j * f:(j + 1) * f, k * f:(k + 1) * f]
+                home = block[0, 0, 0] if f > 1 else block.reshape(-1)[0]
+                sent += bool(mine[i * f:(i + 1) * f, j * f:(j + 1) * f,
+                                  k * f:(k + 1) * f].any()) and home != r
+        worst = max(worst, recv + sent)
+    return n_union, worst
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=float, default=1e8)
     ap.add_argument("--ranks", type=int, nargs="+", default=[2, 8, 64, 256, 1024])
     ap.add_argument("--levels", type=int, nargs="+", default=[3, 4, 5, 6, 7])
     ap.add_argument("--p-far", type=int, default=10)
+    ap.add_argument("--no-exchange", dest="exchange", action="store_false",
+                    help="skip the far-field exchange columns (they scan every rank's far list)")
     args = ap.parse_args()
     ns = n_surf(args.p_far)
     print(f"uniform cube, N = {args.n:.0e}; far boxes carry {ns} surface points each (p_far "
           f"{args.p_far})")
     print(f"{'P':>5} {'L':>2} {'boxes/rank':>10} {'own/rank':>10} {'ghosts mean':>11} "
-          f"{'ghosts max':>10} {'ghost/own':>9} {'far boxes':>9} {'sources/own':>11}")
+          f"{'ghosts max':>10} {'ghost/own':>9} {'far boxes':>9} {'sources/own':>11} "
+          f"{'far MB allreduce':>16} {'far MB sparse':>13}")
     for size in args.ranks:
         for level in args.levels:
             nb = 8 ** level
@@ -63,9 +96,12 @@ def main():
             sample = sorted({0, size // 3, size // 2, size - 1})
             far = max(far_boxes(own, r, level) for r in sample)
             src = (own_pts + g.max() + far * ns) / own_pts
+            n_union, sparse = far_exchange(own, size, level, sample) if args.exchange else \
+                (float("nan"), float("nan"))
+            mb = ns * 8 / 1e6  # one box's density, one float64 density
             print(f"{size:>5} {level:>2} {nb / size:>10.1f} {own_pts:>10.3g} {g.mean():>11.3g} "
-                  f"{g.max():>10.3g} {g.max() / own_pts:>9.2f} {far:>9} {src:>11.2f}",
-                  flush=True)
+                  f"{g.max():>10.3g} {g.max() / own_pts:>9.2f} {far:>9} {src:>11.2f} "
+                  f"{n_union * mb:>16.1f} {sparse * mb:>13.2f}", flush=True)
 
 
 if __name__ == "__main__":
