@@ -73,6 +73,27 @@ def test_several_densities_and_float32(rng):
     assert rel_err(f32.hess[idx], ref[2]) < 1e-3
 
 
+@pytest.mark.parametrize("kind", ("uniform", "clustered"))
+@pytest.mark.parametrize("threads", (1, 2))
+def test_one_charge_vector_at_its_sources_by_newtons_third_law(rng, kind, threads):
+    """One charge vector, fields at the sources: the near field's pairs are computed once for
+    both points (p2p_sym_hess). Against numpy, and against the same plan's two-column run,
+    whose near field takes every pair from its target's side (p2p_hess)."""
+    n = 5000
+    src = points(rng, kind, n)
+    q = rng.standard_normal(n)
+    plan = aotfmm.Fmm(src, hessians=True, eps=1e-6, threads=threads, ncrit=150)
+    f = plan.fields(q, pg=3)
+    two = plan.fields(np.stack([q, -q], axis=1), pg=3)
+    idx = rng.choice(n, 400, replace=False)
+    for value, ref in zip((f.pot[idx], f.grad[idx], f.hess[idx]),
+                          hessian_reference(src, q, None, src[idx])):
+        assert rel_err(value, ref) < 1e-6
+    for a, b in ((f.pot, two.pot[:, 0]), (f.grad, two.grad[:, 0]), (f.hess, two.hess[:, 0]),
+                 (f.hess, -two.hess[:, 1])):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13 * np.abs(b).max())
+
+
 def test_near_coincident_float32_pairs_do_not_overflow(rng):
     """1/r^7 of points 1e-6 apart overflows float32; the Hessian itself (~1/r^4) does not."""
     src = np.vstack([rng.random((500, 3)), [[0.5, 0.5, 0.5], [0.5, 0.5, 0.5 + 1e-6]]])
@@ -83,6 +104,29 @@ def test_near_coincident_float32_pairs_do_not_overflow(rng):
     assert np.isfinite(f.hess).all()
     ref = hessian_reference(src, q, d, src[-2:])
     assert rel_err(f.hess[-2:], ref[2]) < 1e-3
+
+
+@pytest.mark.parametrize("terms", ("charges", "dipoles"))
+def test_pairs_too_close_for_the_fast_inverse_sqrt(rng, terms):
+    """The near field's 1/r starts from a float32 estimate, which fails for points closer than
+    ~1e-19 (in the kernels' frame): such a target must be redone exactly, not come out NaN.
+    Here two uncharged points 1e-20 apart at the origin (their leaf-local offsets keep the
+    distance) beside 3000 charged ones, and two charged points 1e-9 apart."""
+    n = 3000
+    src = np.vstack([rng.random((n, 3)), [[0.0, 0.0, 0.0], [1e-20, 0.0, 0.0]],
+                     [[0.3, 0.6, 0.2], [0.3, 0.6, 0.2 + 1e-9]]])
+    q = rng.standard_normal(n + 4) if terms == "charges" else None
+    d = rng.standard_normal((n + 4, 3)) if terms == "dipoles" else None
+    for a in (q, d):
+        if a is not None:
+            a[n:n + 2] = 0.0
+    f = aotfmm.lfmm(src, q, dipoles=d, pg=3, eps=1e-6)
+    assert np.isfinite(f.hess).all() and np.isfinite(f.grad).all()
+    idx = np.concatenate([rng.choice(n, 300, replace=False), np.arange(n, n + 4)])
+    for value, ref in zip((f.pot[idx], f.grad[idx], f.hess[idx]),
+                          hessian_reference(src, q, d, src[idx])):
+        assert rel_err(value, ref) < 1e-6
+        assert rel_err(value[-4:-2], ref[-4:-2]) < 1e-6  # the uncharged pair's own fields
 
 
 def test_levels_and_warnings(rng):

@@ -107,7 +107,7 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
     ``exact=False`` lets float64 1/r carry a ~1e-14 relative error (one Newton step instead of
     two, see kernels/p2p.py): fine for the FMM's near field, not for reference direct sums.
     ``hess`` (k, 6, n_trg): also the Hessians (then ``pot`` (k, n_trg), ``grad`` (k, 3, n_trg)
-    and ``charges`` (k, n) or None are required; exact 1/r).
+    and ``charges`` (k, n) or None are required).
     ``shift`` (len(list_index), 3) dt: per list entry, the vector from the source box's
     coordinate origin to the target box's (points local to their boxes); None: one frame.
     ``family``: the kernel (:class:`aotfmm.families.KernelFamily`) whose compiled sums run.
@@ -121,10 +121,11 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
     float32 and summed in float64 (``p2p_sym_mixed`` with ``sym``, else ``p2p_mixed``, where
     the family has them; the FMM at eps >= :data:`aotfmm._dispatch.MIXED_NEAR_EPS`).
     """
-    if sym is not None and charges is not None and dipoles is None and hess is None and \
-            (charges.ndim == 1 or charges.shape[0] == 1):
+    if sym is not None and charges is not None and dipoles is None and \
+            (charges.ndim == 1 or charges.shape[0] == 1) and \
+            (hess is None or _dispatch.has_kernel(family.name, "p2p_sym", "charge", "hess")):
         _p2p_sym(sym, src_xyz, charges, pot, grad, workers, module, exact, family, coarse_exp,
-                 mixed)
+                 mixed, hess)
         return
     refine = 1 if exact else 0
     dt = src_xyz.dtype  # coordinates; pot/grad are complex for a complex family
@@ -140,7 +141,9 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
         shared.update(q=q, dip=dip)
     if hess is not None:
         work = _dispatch.bind(_dispatch.kernel_name(family.name, "p2p", "densities", "hess"),
-                              dt, module, **shared, flags=terms, pot=pot, grad=grad, hess=hess)
+                              dt, module, **shared,
+                              flags=terms | (_dispatch.EXACT if exact else 0), pot=pot,
+                              grad=grad, hess=hess)
     elif multi:
         flags = terms | (_dispatch.GRADIENT if grad is not None else 0) | \
             (_dispatch.EXACT if exact else 0) | \
@@ -188,7 +191,7 @@ def _mixed_kernel(family, op, mixed, exact, dt):
 
 
 def _p2p_sym(sym, xyz, charges, pot, grad, workers, module, exact, family, coarse_exp,
-             mixed=False):
+             mixed=False, hess=None):
     """The near field of one charge vector by Newton's third law (see :func:`p2p`): a pair
     updates points of two boxes that other threads may be working on, so the boxes are cut
     into one range per thread (by cost), each summing into its own pot/grad arrays, added to
@@ -201,7 +204,10 @@ def _p2p_sym(sym, xyz, charges, pot, grad, workers, module, exact, family, coars
     if coarse_exp and not exact:
         flags |= _dispatch.COARSE_EXP
     name = _dispatch.kernel_name(family.name, "p2p_sym", "charge", "pot|potgrad")
-    if _mixed_kernel(family, "p2p_sym_mixed", mixed, exact, dt):
+    if hess is not None:  # pot, grad and hess (k = 1): the Hessian kernel (flag 8 only)
+        name = _dispatch.kernel_name(family.name, "p2p_sym", "charge", "hess")
+        flags &= _dispatch.EXACT
+    elif _mixed_kernel(family, "p2p_sym_mixed", mixed, exact, dt):
         name = _mixed_kernel(family, "p2p_sym_mixed", mixed, exact, dt)
         flags &= _dispatch.GRADIENT
     shared = dict(xyz=xyz, q=charges.reshape(n), start=sym.start, end=sym.end,
@@ -211,19 +217,18 @@ def _p2p_sym(sym, xyz, charges, pot, grad, workers, module, exact, family, coars
                   flags=flags, m_max=sym.m_max, **family.kernel_args())
     pot1 = pot.reshape(n)
     grad1 = grad.reshape(3, n) if grad is not None else np.zeros((3, 1), dtype=pot.dtype)
+    out1 = dict(pot=pot1, grad=grad1) if hess is None else \
+        dict(pot=pot1, grad=grad1, hess=hess.reshape(6, n))
     bounds = workers.split(sym.cost, 1) if not _threads.in_worker() else \
         np.array([0, len(sym.boxes)])
     if len(bounds) <= 2:
-        _dispatch.bind(name, dt, module, **shared, pot=pot1, grad=grad1)(int(bounds[0]),
-                                                                          int(bounds[-1]))
+        _dispatch.bind(name, dt, module, **shared, **out1)(int(bounds[0]), int(bounds[-1]))
         return
-    outs = [(np.zeros(n, dtype=pot.dtype),
-             np.zeros((3, n) if grad is not None else (3, 1), dtype=pot.dtype))
+    outs = [{key: np.zeros(a.shape, dtype=a.dtype) for key, a in out1.items()}
             for _ in range(len(bounds) - 1)]
-    calls = {int(a): _dispatch.bind(name, dt, module, **shared, pot=p, grad=g)
-             for a, (p, g) in zip(bounds[:-1], outs)}
+    calls = {int(a): _dispatch.bind(name, dt, module, **shared, **o)
+             for a, o in zip(bounds[:-1], outs)}
     workers.run(lambda i0, i1: calls[i0](i0, i1), bounds)
-    for p, g in outs:  # in range order: the same sum whichever thread ran which range
-        pot1 += p
-        if grad is not None:
-            grad1 += g
+    for o in outs:  # in range order: the same sum whichever thread ran which range
+        for key, a in o.items():
+            out1[key] += a

@@ -397,6 +397,7 @@ _LAPLACE_SUMS = (
     (("p2p", "densities", "pot|potgrad"), "p2p_multi"),
     (("p2p", "densities", "hess"), "p2p_hess"),
     (("p2p_sym", "charge", "pot|potgrad"), "p2p_sym"),
+    (("p2p_sym", "charge", "hess"), "p2p_sym_hess"),
     (("p2p_mixed", "charge", "pot|potgrad"), "p2p_mixed"),
     (("p2p_sym_mixed", "charge", "pot|potgrad"), "p2p_sym_mixed"),
     (("p2c", "charge", "check"), "p2c_pot"),
