@@ -83,6 +83,28 @@ def test_unrepresentable_range_of_scales_is_refused_not_zeroed(call):
         getattr(aotfmm, call)(src, q)
 
 
+@pytest.mark.parametrize("r", [1e-13, 1e-20, 1e-23])
+@pytest.mark.parametrize("k", [1, 4])
+def test_float32_pairs_whose_square_underflows_are_refused(r, k):
+    """float32: two points r apart beside points a unit away. r^2 below the smallest normal
+    float32 would be dropped as coincident (r <= 1e-23) or rounded (1e-22: 1 % off); the
+    front end refuses offsets below 2^-40 of the extent instead. Just above, a pair 2e-12
+    apart keeps its field (numpy float64 reference of the float32 points)."""
+    src = np.array([[0, 0, 0], [r, 0, 0], [1, 1, 1], [-1, 0.5, -1]], dtype=np.float32)
+    q = np.ones((4, k), dtype=np.float32) if k > 1 else np.ones(4, dtype=np.float32)
+    with pytest.raises(ValueError, match="range of scales"):
+        aotfmm.Fmm(src).evaluate(q)
+    with pytest.raises(ValueError, match="range of scales"):
+        aotfmm.direct(src, q)
+    # float64 charges make the direct sum float64, which holds the pair
+    exact = 1 / (4 * np.pi * np.float64(np.float32(r)))
+    assert abs(aotfmm.direct(src, q.astype(np.float64)).reshape(4, -1)[0, 0] / exact - 1) < 1e-3
+    src[1, 0] = 2e-12
+    pot = aotfmm.Fmm(src).evaluate(q).reshape(4, -1)[:, 0]
+    ref, _ = direct_reference(src.astype(np.float64), np.ones(4), src.astype(np.float64))
+    assert rel_err(pot, ref) < 1e-5
+
+
 @pytest.mark.parametrize("scale", [1e-300, 1e-150, 1e150, 1e300])
 @pytest.mark.parametrize("call", ["direct", "laplace"])
 def test_each_extreme_scale_alone_still_works(scale, call, rng):

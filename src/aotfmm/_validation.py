@@ -318,8 +318,11 @@ def as_diagonal(diagonal, n, complex_ok=False):
 
 #: Smallest nonzero coordinate difference (in units of the frame's half-width) each dtype keeps
 #: exactly through the kernels: distinct values at least this large differ by at least their
-#: ulp, whose square stays a normal number (float64: 2^-400 * 2^-52 squared = 2^-904).
-_TINY = {"float64": 2.0 ** -400, "float32": 2.0 ** -100}
+#: ulp, whose square stays a normal number (float64: 2^-400 * 2^-52 squared = 2^-904; float32:
+#: 2^-40 * 2^-23 squared = 2^-126, the smallest normal float32). float32 had 2^-100 until
+#: 2026-12-02: a pair 1e-23 apart in a unit problem then had r^2 = 0 and was dropped as
+#: coincident, and one 1e-22 apart (a subnormal r^2) was 1 % off.
+_TINY = {"float64": 2.0 ** -400, "float32": 2.0 ** -40}
 
 
 def check_representable(d, scale, dt):
