@@ -48,13 +48,14 @@ SIGNATURES = {
 }
 
 _ACC = {"c": "{F}", "one": "{F}", "three": "{F}", "acc": "{F}", "gx": "{F}", "gy": "{F}",
+        "i2": "{F}", "ux": "{F}", "uy": "{F}", "uz": "{F}",
         "gz": "{F}", "r2": "{F}", "invr": "{F}", "i3": "{F}", "dd": "{F}", "t5": "{F}",
         "qj": "{F}", "chk": "{F}", "ox": "{F}", "oy": "{F}", "oz": "{F}"}
 #: the four-density sweep's accumulators and per-pair values (p2p_multi)
 _SUMS4 = {f"{v}{i}": "{F}" for v in "axyz" for i in range(4)}
 _ACC4 = dict(_SUMS4)
-_ACC4.update(w="{F}", wx="{F}", wy="{F}", wz="{F}", w5="{F}", u="{F}", u0="{F}", u1="{F}",
-             u2="{F}")
+_ACC4.update(w="{F}", wx="{F}", wy="{F}", wz="{F}", u="{F}", u0="{F}", u1="{F}",
+             u2="{F}", vx="{F}", vy="{F}", vz="{F}")
 LOCALS = {
     "p2p_multi": dict(_ACC, **_ACC4),
     "p2c_multi": dict(_ACC, **_ACC4, hr="{F}", xm="{F}", ym="{F}", zm="{F}"),
@@ -76,24 +77,27 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
     contiguous scratch (coordinates, densities). Each target then walks them in chunks of
     ``P2P_CHUNK``: the chunk's geometry once, then one vectorised sweep per density. Only the
     geometry a case needs is stored: 1/r (charges, potential); 1/r and (x - y)/r^3 (charges,
-    gradient); differences, 1/r^3 and 1/r^5 (dipoles)."""
+    gradient); with dipoles 1/r, the unit vector u = (x - y)/r and 1/r^2, and with the
+    gradient also 1/r^3. A dipole's potential is then (d . u)/r^2 and its gradient
+    (d - 3 (d . u) u)/r^3: no intermediate exceeds 1/r^3 (with (x - y) and 1/r^5 the
+    float32 gradient overflowed for pairs 1e-8 apart, where the field itself fits)."""
     c = INV4PI
     three = 3.0
     has_q = (flags & 1) != 0
     has_d = (flags & 2) != 0
     do_g = (flags & 4) != 0
     refine = (flags & 8) != 0
-    mode = 2 if has_d else (1 if do_g else 0)
+    mode = (3 if do_g else 2) if has_d else (1 if do_g else 0)
     nd = pot.shape[0]
     nb4 = (nd // 4) * 4 if has_q != has_d else 0  # densities swept four at a time
     dt = src_xyz.dtype
     geo = np.empty((6, P2P_CHUNK), dtype=dt)
-    bx = geo[0]  # x - y, or (x - y) / r^3 in mode 1
+    bx = geo[0]  # (x - y) / r^3 in mode 1, u = (x - y) / r in modes 2 and 3 (dipoles)
     by = geo[1]
     bz = geo[2]
     b1 = geo[3]  # 1 / r
-    b3 = geo[4]  # 1 / r^3 (mode 2)
-    b5 = geo[5]  # 1 / r^5 (mode 2)
+    b2 = geo[4]  # 1 / r^2 (modes 2, 3)
+    b3 = geo[5]  # 1 / r^3 (mode 3: dipoles and the gradient)
     sums = np.zeros((nd, 4), dtype=dt)
     sxyz = np.empty((3, m_max), dtype=dt)
     gq = np.empty((nd if has_q else 1, m_max), dtype=dt)
@@ -160,6 +164,21 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
                         bx[j] = dx * i3
                         by[j] = dy * i3
                         bz[j] = dz * i3
+                elif mode == 2:
+                    for j in range(np.uint64(0), m):
+                        dx = xi - sx[j]
+                        dy = yi - sy[j]
+                        dz = zi - sz[j]
+                        r2 = dx * dx + dy * dy + dz * dz
+                        invr = inv_sqrt(r2, refine)
+                        if r2 == 0.0:
+                            invr = 0.0
+                        chk += invr
+                        b1[j] = invr
+                        bx[j] = dx * invr
+                        by[j] = dy * invr
+                        bz[j] = dz * invr
+                        b2[j] = invr * invr
                 else:
                     for j in range(np.uint64(0), m):
                         dx = xi - sx[j]
@@ -171,12 +190,15 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
                             invr = 0.0
                         chk += invr
                         b1[j] = invr
-                        i3 = invr * invr * invr
-                        bx[j] = dx
-                        by[j] = dy
-                        bz[j] = dz
-                        b3[j] = i3
-                        b5[j] = i3 * invr * invr
+                        ux = dx * invr
+                        uy = dy * invr
+                        uz = dz * invr
+                        bx[j] = ux
+                        by[j] = uy
+                        bz[j] = uz
+                        i2 = invr * invr
+                        b2[j] = i2
+                        b3[j] = i2 * invr
                 if chk != chk:  # a source too close for the float32 estimate: redo exactly
                     for j in range(np.uint64(0), m):
                         dx = xi - sx[j]
@@ -192,9 +214,16 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
                             bx[j] = dx * i3
                             by[j] = dy * i3
                             bz[j] = dz * i3
-                        elif mode == 2:
-                            b3[j] = i3
-                            b5[j] = i3 * invr * invr
+                        elif mode >= 2:
+                            ux = dx * invr
+                            uy = dy * invr
+                            uz = dz * invr
+                            bx[j] = ux
+                            by[j] = uy
+                            bz[j] = uz
+                            i2 = invr * invr
+                            b2[j] = i2
+                            b3[j] = i2 * invr
                 for d in range(0, nb4, 4):  # four densities per sweep: the geometry is
                     # loaded once for four (L1 loads, not FMAs, bound the one-density sweeps)
                     a0 = 0.0
@@ -269,54 +298,54 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
                                 wx = bx[j]
                                 wy = by[j]
                                 wz = bz[j]
+                                i2 = b2[j]
                                 i3 = b3[j]
-                                w5 = three * b5[j]
                                 u0 = e00[j]
                                 u1 = e01[j]
                                 u2 = e02[j]
                                 dd = u0 * wx + u1 * wy + u2 * wz
-                                a0 += dd * i3
-                                t5 = dd * w5
-                                x0 += u0 * i3 - t5 * wx
-                                y0 += u1 * i3 - t5 * wy
-                                z0 += u2 * i3 - t5 * wz
+                                a0 += dd * i2
+                                t5 = three * dd
+                                x0 += (u0 - t5 * wx) * i3
+                                y0 += (u1 - t5 * wy) * i3
+                                z0 += (u2 - t5 * wz) * i3
                                 u0 = e10[j]
                                 u1 = e11[j]
                                 u2 = e12[j]
                                 dd = u0 * wx + u1 * wy + u2 * wz
-                                a1 += dd * i3
-                                t5 = dd * w5
-                                x1 += u0 * i3 - t5 * wx
-                                y1 += u1 * i3 - t5 * wy
-                                z1 += u2 * i3 - t5 * wz
+                                a1 += dd * i2
+                                t5 = three * dd
+                                x1 += (u0 - t5 * wx) * i3
+                                y1 += (u1 - t5 * wy) * i3
+                                z1 += (u2 - t5 * wz) * i3
                                 u0 = e20[j]
                                 u1 = e21[j]
                                 u2 = e22[j]
                                 dd = u0 * wx + u1 * wy + u2 * wz
-                                a2 += dd * i3
-                                t5 = dd * w5
-                                x2 += u0 * i3 - t5 * wx
-                                y2 += u1 * i3 - t5 * wy
-                                z2 += u2 * i3 - t5 * wz
+                                a2 += dd * i2
+                                t5 = three * dd
+                                x2 += (u0 - t5 * wx) * i3
+                                y2 += (u1 - t5 * wy) * i3
+                                z2 += (u2 - t5 * wz) * i3
                                 u0 = e30[j]
                                 u1 = e31[j]
                                 u2 = e32[j]
                                 dd = u0 * wx + u1 * wy + u2 * wz
-                                a3 += dd * i3
-                                t5 = dd * w5
-                                x3 += u0 * i3 - t5 * wx
-                                y3 += u1 * i3 - t5 * wy
-                                z3 += u2 * i3 - t5 * wz
+                                a3 += dd * i2
+                                t5 = three * dd
+                                x3 += (u0 - t5 * wx) * i3
+                                y3 += (u1 - t5 * wy) * i3
+                                z3 += (u2 - t5 * wz) * i3
                         else:
                             for j in range(np.uint64(0), m):
                                 wx = bx[j]
                                 wy = by[j]
                                 wz = bz[j]
-                                i3 = b3[j]
-                                a0 += (e00[j] * wx + e01[j] * wy + e02[j] * wz) * i3
-                                a1 += (e10[j] * wx + e11[j] * wy + e12[j] * wz) * i3
-                                a2 += (e20[j] * wx + e21[j] * wy + e22[j] * wz) * i3
-                                a3 += (e30[j] * wx + e31[j] * wy + e32[j] * wz) * i3
+                                i2 = b2[j]
+                                a0 += (e00[j] * wx + e01[j] * wy + e02[j] * wz) * i2
+                                a1 += (e10[j] * wx + e11[j] * wy + e12[j] * wz) * i2
+                                a2 += (e20[j] * wx + e21[j] * wy + e22[j] * wz) * i2
+                                a3 += (e30[j] * wx + e31[j] * wy + e32[j] * wz) * i2
                     sums[d, 0] += a0
                     sums[d, 1] += x0
                     sums[d, 2] += y0
@@ -350,11 +379,11 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
                                 gx -= qj * bx[j]
                                 gy -= qj * by[j]
                                 gz -= qj * bz[j]
-                        elif do_g:
+                        elif do_g:  # with dipoles: bx.. hold u, b2 1/r^2
                             for j in range(np.uint64(0), m):
                                 qj = qd[j]
                                 acc += qj * b1[j]
-                                i3 = qj * b3[j]
+                                i3 = qj * b2[j]
                                 gx -= bx[j] * i3
                                 gy -= by[j] * i3
                                 gz -= bz[j] * i3
@@ -368,15 +397,15 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
                         if do_g:
                             for j in range(np.uint64(0), m):
                                 dd = d0[j] * bx[j] + d1[j] * by[j] + d2[j] * bz[j]
+                                acc += dd * b2[j]
                                 i3 = b3[j]
-                                acc += dd * i3
-                                t5 = three * dd * b5[j]
-                                gx += d0[j] * i3 - t5 * bx[j]
-                                gy += d1[j] * i3 - t5 * by[j]
-                                gz += d2[j] * i3 - t5 * bz[j]
+                                t5 = three * dd
+                                gx += (d0[j] - t5 * bx[j]) * i3
+                                gy += (d1[j] - t5 * by[j]) * i3
+                                gz += (d2[j] - t5 * bz[j]) * i3
                         else:
                             for j in range(np.uint64(0), m):
-                                acc += (d0[j] * bx[j] + d1[j] * by[j] + d2[j] * bz[j]) * b3[j]
+                                acc += (d0[j] * bx[j] + d1[j] * by[j] + d2[j] * bz[j]) * b2[j]
                     sums[d, 0] += acc
                     sums[d, 1] += gx
                     sums[d, 2] += gy

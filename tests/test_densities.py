@@ -210,6 +210,29 @@ def test_dipole_overflow_raises_instead_of_inf(rng):
         aotfmm.direct(src, dipoles=d)
 
 
+@pytest.mark.parametrize("dtype,r", [(np.float32, 1e-8), (np.float32, 1e-11),
+                                     (np.float64, 1e-70)])
+@pytest.mark.parametrize("k", [1, 4])
+def test_close_dipoles_whose_field_fits_do_not_overflow(dtype, r, k):
+    """Two dipoles r apart beside two points a unit away: the gradient ~|d|/r^3 fits the
+    dtype, but 1/r^5 (float32: from r ~ 1e-8; float64: 1e-62) does not. Its terms are formed
+    from the unit vector, 1/r^2 and 1/r^3, so nothing overflows that the field does not."""
+    src = np.array([[0, 0, 0], [r, 0, 0], [1, 1, 1], [-1, 0.5, -1]], dtype=dtype)
+    d = np.ones((4, k, 3)) if k > 1 else np.ones((4, 3))
+    pot, grad = aotfmm.Fmm(src, dipoles=True).evaluate(dipoles=d.astype(dtype), gradient=True)
+    # closed form at the pair (the unit-distance points add ~1e-16 of it and less): with
+    # d = (1, 1, 1) and u = (x - y)/r = -+e_x, pot = (d . u)/(4 pi r^2), grad = (d - 3 (d . u) u)
+    # / (4 pi r^3) = (-2, 1, 1)/(4 pi r^3) at both points (numpy's 1/r^5 would overflow too)
+    rr = float(src[1, 0])
+    want_p = np.array([-1.0, 1.0]) / (4 * np.pi * rr ** 2)
+    want_g = np.array([-2.0, 1.0, 1.0]) / (4 * np.pi * rr ** 3)
+    p2, g2 = pot.reshape(4, k)[:2], grad.reshape(4, k, 3)[:2]
+    assert np.isfinite(g2).all()
+    for col in range(k):
+        np.testing.assert_allclose(p2[:, col], want_p, rtol=1e-5)
+        np.testing.assert_allclose(g2[:, col], np.stack([want_g, want_g]), rtol=1e-5)
+
+
 @pytest.mark.parametrize("method", ["direct", "fmm"])
 def test_near_coincident_points_with_dipoles(rng, method):
     """Sources 1e-8 .. 1e-40 apart: below ~1e-19 the float64 kernels' float32 1/r estimate
