@@ -1,11 +1,8 @@
 """Hessians (FMM3D's pg/pgt = 3): potential, gradient and the six second derivatives at once.
 
-Kept apart from the fast paths of ``p2p.py``/``multi.py``: one pass per density, branch-free
-inner loops (one for charges only, one for dipoles with or without charges) that LLVM
-vectorises. 1/r is ``_inline.inv_sqrt`` (float64: a float32 estimate and one Newton step,
-~1e-14 relative, or two with flag 8 for full accuracy); a target whose sum came out NaN (a
-source closer than the estimate handles, ~1e-19 in the kernels' frame) is redone with the
-exact ``1 / sqrt``. With d = x - y, r = |d|, the Laplace kernel G = 1/(4 pi r) gives
+Kept apart from the fast paths of ``p2p.py``/``multi.py``: exact 1/r, one pass per density,
+branch-free inner loops (one for charges only, one for dipoles with or without charges) that
+LLVM vectorises. With d = x - y, r = |d|, the Laplace kernel G = 1/(4 pi r) gives
 
 * a charge q at y:  pot q/r, grad -q d/r^3, hess_ab q (3 d_a d_b / r^5 - delta_ab / r^3);
 * a dipole D at y (field D . grad_y G, P = D . d): pot P/r^3, grad_a D_a/r^3 - 3 P d_a/r^5,
@@ -16,15 +13,17 @@ Coincident pairs (r = 0) contribute nothing. Layouts: pot (nd, n_targets), grad
 (nd, 3, n_targets), hess (nd, 6, n_targets), all INOUT (added to).
 
 ``p2p_hess`` has the box/list conventions of ``p2p.py`` (CSR over box ids, per-entry
-``shift`` between box-local frames) and densities as in ``multi.py`` (``flags``: 1 charges,
-2 dipoles, 8 full-accuracy 1/r). It serves L2P/M2P Hessians too: there the equivalent
-surfaces of the listed boxes are passed as point charges (``aotfmm.expansions._s2p_hessians``).
-``p2p_sym_hess``: one charge vector with targets = sources, by Newton's third law (the lists
-of ``p2p.p2p_sym``).
+``shift`` between box-local frames) and densities as in
+``multi.py`` (``flags``: 1 charges, 2 dipoles). It serves L2P/M2P Hessians too: there the
+equivalent surfaces of the listed boxes are passed as point charges
+(``aotfmm.expansions._s2p_hessians``). ``p2p_sym_hess``: one charge vector with targets =
+sources, by Newton's third law (the lists of ``p2p.p2p_sym``). The fast float32-estimate 1/r
+of the other pair loops made these slower (measured on Zen 4: Hessian P2P 0.18-0.20 s exact
+against 0.23 s; the sqrt and divide overlap the many FMAs of a Hessian pair).
 """
 import numpy as np
 
-from ._inline import gather_sym, inv_sqrt
+from ._inline import gather_sym
 
 INV4PI = 0.07957747154594767  # 1 / (4 pi)
 
@@ -37,7 +36,7 @@ SIGNATURES = {
                 " {F}[:, ::1], {F}[:, :, ::1], {F}[:, :, ::1])",
     # IN xyz (3, n), IN q (n,), IN start, IN end, IN one_offsets, IN one_index,
     # IN one_shift, IN sym_offsets, IN sym_index, IN sym_shift, IN boxes, IN i0, IN i1,
-    # IN flags (8 exact), IN m_max, INOUT pot (n,), INOUT grad (3, n), INOUT hess (6, n)
+    # IN flags (unused), IN m_max, INOUT pot (n,), INOUT grad (3, n), INOUT hess (6, n)
     "p2p_sym_hess": "void({F}[:, ::1], {F}[::1], i8[::1], i8[::1], i8[::1], i8[::1],"
                     " {F}[:, ::1], i8[::1], i8[::1], {F}[:, ::1], i8[::1], i8, i8, i8, i8,"
                     " {F}[::1], {F}[:, ::1], {F}[:, ::1])",
@@ -66,7 +65,6 @@ def p2p_hess(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, l
     fifteen = 15.0
     has_q = (flags & 1) != 0
     has_d = (flags & 2) != 0
-    refine = 1 if (flags & 8) != 0 else 0
     nd = pot.shape[0]
     for ii in range(i0, i1):
         b = boxes[ii]
@@ -75,145 +73,131 @@ def p2p_hess(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, l
             yi = trg_xyz[1, i]
             zi = trg_xyz[2, i]
             for d in range(nd):
-                ex = False
-                while True:  # once, or again with the exact 1/sqrt (see the docstring)
-                    p = 0.0
-                    gx = 0.0
-                    gy = 0.0
-                    gz = 0.0
-                    hxx = 0.0
-                    hyy = 0.0
-                    hzz = 0.0
-                    hxy = 0.0
-                    hxz = 0.0
-                    hyz = 0.0
-                    for kk in range(list_offsets[b], list_offsets[b + 1]):
-                        s = list_index[kk]
-                        xs = xi + shift[kk, 0]
-                        ys = yi + shift[kk, 1]
-                        zs = zi + shift[kk, 2]
-                        # Branch-free loops, one per density kind (LLVM vectorises them): 1/r is
-                        # set to 0 for a coincident pair, which zeroes every term. Unsigned
-                        # indices: see p2p.py. Powers of 1/r up to 4 only, over the unit vector:
-                        # 1/r^7 would overflow float32 for points 3e-6 apart while the Hessian
-                        # itself does not.
-                        j0 = np.uint64(src_start[s])
-                        j1 = np.uint64(src_end[s])
-                        if has_q and not has_d:
-                            for j in range(j0, j1):
-                                dx = xs - src_xyz[0, j]
-                                dy = ys - src_xyz[1, j]
-                                dz = zs - src_xyz[2, j]
-                                r2 = dx * dx + dy * dy + dz * dz
-                                if ex:
-                                    i1 = one / np.sqrt(r2)
-                                else:
-                                    i1 = inv_sqrt(r2, refine)
-                                if r2 == 0.0:
-                                    i1 = 0.0
-                                ux = dx * i1
-                                uy = dy * i1
-                                uz = dz * i1
-                                i2 = i1 * i1
-                                w = q[d, j]
-                                p += w * i1
-                                t5 = w * i2
-                                gx -= t5 * ux
-                                gy -= t5 * uy
-                                gz -= t5 * uz
-                                w3 = t5 * i1
-                                t5 = three * w3
-                                hxx += t5 * ux * ux - w3
-                                hyy += t5 * uy * uy - w3
-                                hzz += t5 * uz * uz - w3
-                                hxy += t5 * ux * uy
-                                hxz += t5 * ux * uz
-                                hyz += t5 * uy * uz
-                        elif has_d and not has_q:
-                            for j in range(j0, j1):
-                                dx = xs - src_xyz[0, j]
-                                dy = ys - src_xyz[1, j]
-                                dz = zs - src_xyz[2, j]
-                                r2 = dx * dx + dy * dy + dz * dz
-                                if ex:
-                                    i1 = one / np.sqrt(r2)
-                                else:
-                                    i1 = inv_sqrt(r2, refine)
-                                if r2 == 0.0:
-                                    i1 = 0.0
-                                ux = dx * i1
-                                uy = dy * i1
-                                uz = dz * i1
-                                i2 = i1 * i1
-                                i3 = i2 * i1
-                                ax = dip[d, 0, j]
-                                ay = dip[d, 1, j]
-                                az = dip[d, 2, j]
-                                pd = ax * ux + ay * uy + az * uz  # D . u
-                                p += pd * i2
-                                t5 = three * pd
-                                gx += (ax - t5 * ux) * i3
-                                gy += (ay - t5 * uy) * i3
-                                gz += (az - t5 * uz) * i3
-                                i4 = i2 * i2
-                                t7 = fifteen * pd
-                                hxx += (t7 * ux * ux - six * ax * ux - t5) * i4
-                                hyy += (t7 * uy * uy - six * ay * uy - t5) * i4
-                                hzz += (t7 * uz * uz - six * az * uz - t5) * i4
-                                hxy += (t7 * ux * uy - three * (ax * uy + ay * ux)) * i4
-                                hxz += (t7 * ux * uz - three * (ax * uz + az * ux)) * i4
-                                hyz += (t7 * uy * uz - three * (ay * uz + az * uy)) * i4
-                        elif has_q and has_d:
-                            for j in range(j0, j1):
-                                dx = xs - src_xyz[0, j]
-                                dy = ys - src_xyz[1, j]
-                                dz = zs - src_xyz[2, j]
-                                r2 = dx * dx + dy * dy + dz * dz
-                                if ex:
-                                    i1 = one / np.sqrt(r2)
-                                else:
-                                    i1 = inv_sqrt(r2, refine)
-                                if r2 == 0.0:
-                                    i1 = 0.0
-                                ux = dx * i1
-                                uy = dy * i1
-                                uz = dz * i1
-                                i2 = i1 * i1
-                                i3 = i2 * i1
-                                w = q[d, j]
-                                p += w * i1
-                                t5 = w * i2
-                                gx -= t5 * ux
-                                gy -= t5 * uy
-                                gz -= t5 * uz
-                                w3 = w * i3
-                                t5 = three * w3
-                                hxx += t5 * ux * ux - w3
-                                hyy += t5 * uy * uy - w3
-                                hzz += t5 * uz * uz - w3
-                                hxy += t5 * ux * uy
-                                hxz += t5 * ux * uz
-                                hyz += t5 * uy * uz
-                                ax = dip[d, 0, j]
-                                ay = dip[d, 1, j]
-                                az = dip[d, 2, j]
-                                pd = ax * ux + ay * uy + az * uz  # D . u
-                                p += pd * i2
-                                t5 = three * pd
-                                gx += (ax - t5 * ux) * i3
-                                gy += (ay - t5 * uy) * i3
-                                gz += (az - t5 * uz) * i3
-                                i4 = i2 * i2
-                                t7 = fifteen * pd
-                                hxx += (t7 * ux * ux - six * ax * ux - t5) * i4
-                                hyy += (t7 * uy * uy - six * ay * uy - t5) * i4
-                                hzz += (t7 * uz * uz - six * az * uz - t5) * i4
-                                hxy += (t7 * ux * uy - three * (ax * uy + ay * ux)) * i4
-                                hxz += (t7 * ux * uz - three * (ax * uz + az * ux)) * i4
-                                hyz += (t7 * uy * uz - three * (ay * uz + az * uy)) * i4
-                    if p == p or ex:
-                        break
-                    ex = True
+                p = 0.0
+                gx = 0.0
+                gy = 0.0
+                gz = 0.0
+                hxx = 0.0
+                hyy = 0.0
+                hzz = 0.0
+                hxy = 0.0
+                hxz = 0.0
+                hyz = 0.0
+                for kk in range(list_offsets[b], list_offsets[b + 1]):
+                    s = list_index[kk]
+                    xs = xi + shift[kk, 0]
+                    ys = yi + shift[kk, 1]
+                    zs = zi + shift[kk, 2]
+                    # Branch-free loops, one per density kind (LLVM vectorises them): 1/r is
+                    # set to 0 for a coincident pair, which zeroes every term. Unsigned
+                    # indices: see p2p.py. Powers of 1/r up to 4 only, over the unit vector:
+                    # 1/r^7 would overflow float32 for points 3e-6 apart while the Hessian
+                    # itself does not.
+                    j0 = np.uint64(src_start[s])
+                    j1 = np.uint64(src_end[s])
+                    if has_q and not has_d:
+                        for j in range(j0, j1):
+                            dx = xs - src_xyz[0, j]
+                            dy = ys - src_xyz[1, j]
+                            dz = zs - src_xyz[2, j]
+                            r2 = dx * dx + dy * dy + dz * dz
+                            i1 = one / np.sqrt(r2)
+                            if r2 == 0.0:
+                                i1 = 0.0
+                            ux = dx * i1
+                            uy = dy * i1
+                            uz = dz * i1
+                            i2 = i1 * i1
+                            w = q[d, j]
+                            p += w * i1
+                            t5 = w * i2
+                            gx -= t5 * ux
+                            gy -= t5 * uy
+                            gz -= t5 * uz
+                            w3 = t5 * i1
+                            t5 = three * w3
+                            hxx += t5 * ux * ux - w3
+                            hyy += t5 * uy * uy - w3
+                            hzz += t5 * uz * uz - w3
+                            hxy += t5 * ux * uy
+                            hxz += t5 * ux * uz
+                            hyz += t5 * uy * uz
+                    elif has_d and not has_q:
+                        for j in range(j0, j1):
+                            dx = xs - src_xyz[0, j]
+                            dy = ys - src_xyz[1, j]
+                            dz = zs - src_xyz[2, j]
+                            r2 = dx * dx + dy * dy + dz * dz
+                            i1 = one / np.sqrt(r2)
+                            if r2 == 0.0:
+                                i1 = 0.0
+                            ux = dx * i1
+                            uy = dy * i1
+                            uz = dz * i1
+                            i2 = i1 * i1
+                            i3 = i2 * i1
+                            ax = dip[d, 0, j]
+                            ay = dip[d, 1, j]
+                            az = dip[d, 2, j]
+                            pd = ax * ux + ay * uy + az * uz  # D . u
+                            p += pd * i2
+                            t5 = three * pd
+                            gx += (ax - t5 * ux) * i3
+                            gy += (ay - t5 * uy) * i3
+                            gz += (az - t5 * uz) * i3
+                            i4 = i2 * i2
+                            t7 = fifteen * pd
+                            hxx += (t7 * ux * ux - six * ax * ux - t5) * i4
+                            hyy += (t7 * uy * uy - six * ay * uy - t5) * i4
+                            hzz += (t7 * uz * uz - six * az * uz - t5) * i4
+                            hxy += (t7 * ux * uy - three * (ax * uy + ay * ux)) * i4
+                            hxz += (t7 * ux * uz - three * (ax * uz + az * ux)) * i4
+                            hyz += (t7 * uy * uz - three * (ay * uz + az * uy)) * i4
+                    elif has_q and has_d:
+                        for j in range(j0, j1):
+                            dx = xs - src_xyz[0, j]
+                            dy = ys - src_xyz[1, j]
+                            dz = zs - src_xyz[2, j]
+                            r2 = dx * dx + dy * dy + dz * dz
+                            i1 = one / np.sqrt(r2)
+                            if r2 == 0.0:
+                                i1 = 0.0
+                            ux = dx * i1
+                            uy = dy * i1
+                            uz = dz * i1
+                            i2 = i1 * i1
+                            i3 = i2 * i1
+                            w = q[d, j]
+                            p += w * i1
+                            t5 = w * i2
+                            gx -= t5 * ux
+                            gy -= t5 * uy
+                            gz -= t5 * uz
+                            w3 = w * i3
+                            t5 = three * w3
+                            hxx += t5 * ux * ux - w3
+                            hyy += t5 * uy * uy - w3
+                            hzz += t5 * uz * uz - w3
+                            hxy += t5 * ux * uy
+                            hxz += t5 * ux * uz
+                            hyz += t5 * uy * uz
+                            ax = dip[d, 0, j]
+                            ay = dip[d, 1, j]
+                            az = dip[d, 2, j]
+                            pd = ax * ux + ay * uy + az * uz  # D . u
+                            p += pd * i2
+                            t5 = three * pd
+                            gx += (ax - t5 * ux) * i3
+                            gy += (ay - t5 * uy) * i3
+                            gz += (az - t5 * uz) * i3
+                            i4 = i2 * i2
+                            t7 = fifteen * pd
+                            hxx += (t7 * ux * ux - six * ax * ux - t5) * i4
+                            hyy += (t7 * uy * uy - six * ay * uy - t5) * i4
+                            hzz += (t7 * uz * uz - six * az * uz - t5) * i4
+                            hxy += (t7 * ux * uy - three * (ax * uy + ay * ux)) * i4
+                            hxz += (t7 * ux * uz - three * (ax * uz + az * ux)) * i4
+                            hyz += (t7 * uy * uz - three * (ay * uz + az * uy)) * i4
                 pot[d, i] += c * p
                 grad[d, 0, i] += c * gx
                 grad[d, 1, i] += c * gy
@@ -226,7 +210,6 @@ def p2p_hess(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, l
                 hess[d, 5, i] += c * hyz
 
 
-
 def p2p_sym_hess(xyz, q, start, end, one_offsets, one_index, one_shift, sym_offsets,
                  sym_index, sym_shift, boxes, i0, i1, flags, m_max, pot, grad, hess):
     """Potential, gradient and Hessian of one charge vector when the targets are the sources,
@@ -235,13 +218,11 @@ def p2p_sym_hess(xyz, q, start, end, one_offsets, one_index, one_shift, sym_offs
     parallel give each thread its own outputs), with pot (n,), grad (3, n), hess (6, n).
 
     For a pair with d = x_i - y_j and u = d / r, both points see the same 1/r and the same
-    even tensor (3 u u^T - I) / r^3; only the gradient's sign differs. flags: 8 full-accuracy
-    1/r. A box where a pair is too close for the float32 estimate (a NaN sum) is redone with
-    the exact 1/sqrt."""
+    even tensor (3 u u^T - I) / r^3; only the gradient's sign differs. ``flags`` is unused
+    (exact 1/r always, as in p2p_hess)."""
     c = INV4PI
     one = 1.0
     three = 3.0
-    refine = 1 if (flags & 8) != 0 else 0
     dt = xyz.dtype
     s1 = np.empty((3, m_max), dtype=dt)   # one-sided sources, in b's frame
     q1 = np.empty(m_max, dtype=dt)
@@ -256,137 +237,123 @@ def p2p_sym_hess(xyz, q, start, end, one_offsets, one_index, one_shift, sym_offs
         nt = end[b] - t0
         n1, n2 = gather_sym(xyz, q, start, end, one_offsets, one_index, one_shift,
                             sym_offsets, sym_index, sym_shift, b, s1, q1, s2, q2, gidx)
-        ex = False
-        while True:  # once, or again with the exact 1/sqrt
-            for e in range(10):
-                for j in range(n2):
-                    o2[e, j] = 0.0
-            bad = False
-            sx = s1[0, :n1]
-            sy = s1[1, :n1]
-            sz = s1[2, :n1]
-            qs = q1[:n1]
-            tx = s2[0, :n2]
-            ty = s2[1, :n2]
-            tz = s2[2, :n2]
-            qt = q2[:n2]
-            op = o2[0, :n2]
-            ogx = o2[1, :n2]
-            ogy = o2[2, :n2]
-            ogz = o2[3, :n2]
-            oxx = o2[4, :n2]
-            oyy = o2[5, :n2]
-            ozz = o2[6, :n2]
-            oxy = o2[7, :n2]
-            oxz = o2[8, :n2]
-            oyz = o2[9, :n2]
-            m1 = np.uint64(n1)
-            m2 = np.uint64(n2)
-            for i in range(nt):
-                xi = xyz[0, t0 + i]
-                yi = xyz[1, t0 + i]
-                zi = xyz[2, t0 + i]
-                qi = q[t0 + i]
-                p = 0.0
-                gx = 0.0
-                gy = 0.0
-                gz = 0.0
-                hxx = 0.0
-                hyy = 0.0
-                hzz = 0.0
-                hxy = 0.0
-                hxz = 0.0
-                hyz = 0.0
-                for j in range(np.uint64(0), m1):
-                    dx = xi - sx[j]
-                    dy = yi - sy[j]
-                    dz = zi - sz[j]
-                    r2 = dx * dx + dy * dy + dz * dz
-                    if ex:
-                        ir = one / np.sqrt(r2)
-                    else:
-                        ir = inv_sqrt(r2, refine)
-                    if r2 == 0.0:
-                        ir = 0.0
-                    ux = dx * ir
-                    uy = dy * ir
-                    uz = dz * ir
-                    w = qs[j] * ir
-                    p += w
-                    t5 = w * ir
-                    gx -= t5 * ux
-                    gy -= t5 * uy
-                    gz -= t5 * uz
-                    w3 = t5 * ir
-                    t5 = three * w3
-                    hxx += t5 * ux * ux - w3
-                    hyy += t5 * uy * uy - w3
-                    hzz += t5 * uz * uz - w3
-                    hxy += t5 * ux * uy
-                    hxz += t5 * ux * uz
-                    hyz += t5 * uy * uz
-                for j in range(np.uint64(0), m2):
-                    dx = xi - tx[j]
-                    dy = yi - ty[j]
-                    dz = zi - tz[j]
-                    r2 = dx * dx + dy * dy + dz * dz
-                    if ex:
-                        ir = one / np.sqrt(r2)
-                    else:
-                        ir = inv_sqrt(r2, refine)
-                    if r2 == 0.0:
-                        ir = 0.0
-                    ux = dx * ir
-                    uy = dy * ir
-                    uz = dz * ir
-                    i3 = ir * ir * ir
-                    axx = three * ux * ux - one  # (3 u u^T - I), shared by both points
-                    ayy = three * uy * uy - one
-                    azz = three * uz * uz - one
-                    axy = three * ux * uy
-                    axz = three * ux * uz
-                    ayz = three * uy * uz
-                    w = qt[j] * ir
-                    p += w
-                    t5 = w * ir
-                    gx -= t5 * ux
-                    gy -= t5 * uy
-                    gz -= t5 * uz
-                    w3 = t5 * ir
-                    hxx += w3 * axx
-                    hyy += w3 * ayy
-                    hzz += w3 * azz
-                    hxy += w3 * axy
-                    hxz += w3 * axz
-                    hyz += w3 * ayz
-                    w = qi * ir
-                    op[j] += w
-                    t5 = w * ir
-                    ogx[j] += t5 * ux
-                    ogy[j] += t5 * uy
-                    ogz[j] += t5 * uz
-                    w3 = qi * i3
-                    oxx[j] += w3 * axx
-                    oyy[j] += w3 * ayy
-                    ozz[j] += w3 * azz
-                    oxy[j] += w3 * axy
-                    oxz[j] += w3 * axz
-                    oyz[j] += w3 * ayz
-                if p != p:
-                    bad = True
-                ob[0, i] = p
-                ob[1, i] = gx
-                ob[2, i] = gy
-                ob[3, i] = gz
-                ob[4, i] = hxx
-                ob[5, i] = hyy
-                ob[6, i] = hzz
-                ob[7, i] = hxy
-                ob[8, i] = hxz
-                ob[9, i] = hyz
-            if ex or not bad:
-                break
-            ex = True
+        for e in range(10):
+            for j in range(n2):
+                o2[e, j] = 0.0
+        sx = s1[0, :n1]
+        sy = s1[1, :n1]
+        sz = s1[2, :n1]
+        qs = q1[:n1]
+        tx = s2[0, :n2]
+        ty = s2[1, :n2]
+        tz = s2[2, :n2]
+        qt = q2[:n2]
+        op = o2[0, :n2]
+        ogx = o2[1, :n2]
+        ogy = o2[2, :n2]
+        ogz = o2[3, :n2]
+        oxx = o2[4, :n2]
+        oyy = o2[5, :n2]
+        ozz = o2[6, :n2]
+        oxy = o2[7, :n2]
+        oxz = o2[8, :n2]
+        oyz = o2[9, :n2]
+        m1 = np.uint64(n1)
+        m2 = np.uint64(n2)
+        for i in range(nt):
+            xi = xyz[0, t0 + i]
+            yi = xyz[1, t0 + i]
+            zi = xyz[2, t0 + i]
+            qi = q[t0 + i]
+            p = 0.0
+            gx = 0.0
+            gy = 0.0
+            gz = 0.0
+            hxx = 0.0
+            hyy = 0.0
+            hzz = 0.0
+            hxy = 0.0
+            hxz = 0.0
+            hyz = 0.0
+            for j in range(np.uint64(0), m1):
+                dx = xi - sx[j]
+                dy = yi - sy[j]
+                dz = zi - sz[j]
+                r2 = dx * dx + dy * dy + dz * dz
+                ir = one / np.sqrt(r2)
+                if r2 == 0.0:
+                    ir = 0.0
+                ux = dx * ir
+                uy = dy * ir
+                uz = dz * ir
+                w = qs[j] * ir
+                p += w
+                t5 = w * ir
+                gx -= t5 * ux
+                gy -= t5 * uy
+                gz -= t5 * uz
+                w3 = t5 * ir
+                t5 = three * w3
+                hxx += t5 * ux * ux - w3
+                hyy += t5 * uy * uy - w3
+                hzz += t5 * uz * uz - w3
+                hxy += t5 * ux * uy
+                hxz += t5 * ux * uz
+                hyz += t5 * uy * uz
+            for j in range(np.uint64(0), m2):
+                dx = xi - tx[j]
+                dy = yi - ty[j]
+                dz = zi - tz[j]
+                r2 = dx * dx + dy * dy + dz * dz
+                ir = one / np.sqrt(r2)
+                if r2 == 0.0:
+                    ir = 0.0
+                ux = dx * ir
+                uy = dy * ir
+                uz = dz * ir
+                i3 = ir * ir * ir
+                axx = three * ux * ux - one  # (3 u u^T - I), shared by both points
+                ayy = three * uy * uy - one
+                azz = three * uz * uz - one
+                axy = three * ux * uy
+                axz = three * ux * uz
+                ayz = three * uy * uz
+                w = qt[j] * ir
+                p += w
+                t5 = w * ir
+                gx -= t5 * ux
+                gy -= t5 * uy
+                gz -= t5 * uz
+                w3 = t5 * ir
+                hxx += w3 * axx
+                hyy += w3 * ayy
+                hzz += w3 * azz
+                hxy += w3 * axy
+                hxz += w3 * axz
+                hyz += w3 * ayz
+                w = qi * ir
+                op[j] += w
+                t5 = w * ir
+                ogx[j] += t5 * ux
+                ogy[j] += t5 * uy
+                ogz[j] += t5 * uz
+                w3 = qi * i3
+                oxx[j] += w3 * axx
+                oyy[j] += w3 * ayy
+                ozz[j] += w3 * azz
+                oxy[j] += w3 * axy
+                oxz[j] += w3 * axz
+                oyz[j] += w3 * ayz
+            ob[0, i] = p
+            ob[1, i] = gx
+            ob[2, i] = gy
+            ob[3, i] = gz
+            ob[4, i] = hxx
+            ob[5, i] = hyy
+            ob[6, i] = hzz
+            ob[7, i] = hxy
+            ob[8, i] = hxz
+            ob[9, i] = hyz
         for i in range(nt):
             pot[t0 + i] += c * ob[0, i]
         for j in range(n2):

@@ -107,11 +107,11 @@ def test_near_coincident_float32_pairs_do_not_overflow(rng):
 
 
 @pytest.mark.parametrize("terms", ("charges", "dipoles"))
-def test_pairs_too_close_for_the_fast_inverse_sqrt(rng, terms):
-    """The near field's 1/r starts from a float32 estimate, which fails for points closer than
-    ~1e-19 (in the kernels' frame): such a target must be redone exactly, not come out NaN.
-    Here two uncharged points 1e-20 apart at the origin (their leaf-local offsets keep the
-    distance) beside 3000 charged ones, and two charged points 1e-9 apart."""
+def test_pairs_closer_than_a_float32_estimate_handles(rng, terms):
+    """Points closer than ~1e-19 (in the kernels' frame), where the other pair loops' float32
+    estimate of 1/r gives up: the Hessian loops (exact 1/r) must not come out NaN. Two
+    uncharged points 1e-20 apart at the origin (their leaf-local offsets keep the distance)
+    beside 3000 charged ones, and two charged points 1e-9 apart."""
     n = 3000
     src = np.vstack([rng.random((n, 3)), [[0.0, 0.0, 0.0], [1e-20, 0.0, 0.0]],
                      [[0.3, 0.6, 0.2], [0.3, 0.6, 0.2 + 1e-9]]])

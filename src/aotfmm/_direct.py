@@ -107,7 +107,8 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
     ``exact=False`` lets float64 1/r carry a ~1e-14 relative error (one Newton step instead of
     two, see kernels/p2p.py): fine for the FMM's near field, not for reference direct sums.
     ``hess`` (k, 6, n_trg): also the Hessians (then ``pot`` (k, n_trg), ``grad`` (k, 3, n_trg)
-    and ``charges`` (k, n) or None are required).
+    and ``charges`` (k, n) or None are required; exact 1/r; one charge vector with ``sym``
+    by Newton's third law).
     ``shift`` (len(list_index), 3) dt: per list entry, the vector from the source box's
     coordinate origin to the target box's (points local to their boxes); None: one frame.
     ``family``: the kernel (:class:`aotfmm.families.KernelFamily`) whose compiled sums run.
@@ -141,9 +142,7 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
         shared.update(q=q, dip=dip)
     if hess is not None:
         work = _dispatch.bind(_dispatch.kernel_name(family.name, "p2p", "densities", "hess"),
-                              dt, module, **shared,
-                              flags=terms | (_dispatch.EXACT if exact else 0), pot=pot,
-                              grad=grad, hess=hess)
+                              dt, module, **shared, flags=terms, pot=pot, grad=grad, hess=hess)
     elif multi:
         flags = terms | (_dispatch.GRADIENT if grad is not None else 0) | \
             (_dispatch.EXACT if exact else 0) | \
@@ -204,9 +203,9 @@ def _p2p_sym(sym, xyz, charges, pot, grad, workers, module, exact, family, coars
     if coarse_exp and not exact:
         flags |= _dispatch.COARSE_EXP
     name = _dispatch.kernel_name(family.name, "p2p_sym", "charge", "pot|potgrad")
-    if hess is not None:  # pot, grad and hess (k = 1): the Hessian kernel (flag 8 only)
+    if hess is not None:  # pot, grad and hess (k = 1): the Hessian kernel (exact 1/r)
         name = _dispatch.kernel_name(family.name, "p2p_sym", "charge", "hess")
-        flags &= _dispatch.EXACT
+        flags = 0
     elif _mixed_kernel(family, "p2p_sym_mixed", mixed, exact, dt):
         name = _mixed_kernel(family, "p2p_sym_mixed", mixed, exact, dt)
         flags &= _dispatch.GRADIENT

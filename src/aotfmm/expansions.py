@@ -374,7 +374,7 @@ def _s2p_hessians(ops, d3, trg_xyz, row_start, row_end, list_offsets, list_index
     p2p(src, q, trg_xyz, start, start + n_surf, row_start, row_end, list_offsets,
         pos.astype(np.int64), np.arange(len(row_start), dtype=np.int64), pot, grad, workers,
         cost=(row_end - row_start) * np.diff(list_offsets) + 1, hess=hess,
-        shift=np.ascontiguousarray(-centers), family=ops.family, exact=False)
+        shift=np.ascontiguousarray(-centers), family=ops.family)
 
 
 def m2p(ops, equiv, trg_xyz, trg_start, trg_end, target_boxes, w_offsets, w_index, centers,
