@@ -10,8 +10,9 @@ sources, the equivalent surface points (n_surf(p_far) = 488 at eps 1e-6) of its 
 boxes. Printed: own points per rank, ghosts per rank (mean and max), ghosts / own, far boxes
 (max over a sample of ranks), the local FMM's sources / own points (what each rank's serial
 FMM carries compared with an even share), and the far-field densities each rank moves per
-evaluation (one float64 density): what one allreduce over every rank's far boxes carries (the
-first version) against the sparse exchange through the boxes' home ranks (max over the sample).
+evaluation (one float64 density), sent plus received: one allreduce over every rank's far
+boxes (the first version; ~2x their union) against the exchange through the boxes' home ranks
+(max over the sample).
 """
 import argparse
 
@@ -43,30 +44,35 @@ def far_boxes(own, rank, level):
 
 def far_exchange(own, size, level, sample):
     """Far-field densities moved per rank, in boxes (one box = n_surf values per density):
-    the union of every rank's far lists (what one allreduce over them carries to each rank),
-    and for the sampled ranks what aotfmm.mpi's sparse exchange moves: the partial densities
-    a rank sends to the homes of far boxes holding its points, plus the sums it receives for
-    its own far boxes (the larger of the two per rank)."""
+    the union of every rank's far lists (one allreduce over them sends and receives about
+    twice that per rank: reduce-scatter plus allgather), and for the sampled ranks what aotfmm.mpi's home-rank exchange moves, sent plus received:
+    partial densities to the homes of the far boxes holding its points, the sums of its own far
+    boxes back, and as a home the partials of the other holders and the sums to every other
+    requesting rank (nothing a rank sends to itself)."""
     n = own.shape[0]
-    union = {}
+    requesters = {}  # (level, i, j, k) -> ranks whose far list holds the box
     for r in range(size):
         for lev, ijk in _far_lists(own == r, np.ones_like(own, dtype=bool), level).items():
-            union.setdefault(lev, set()).update(map(tuple, ijk.tolist()))
-    n_union = sum(len(v) for v in union.values())
+            for box in map(tuple, ijk.tolist()):
+                requesters.setdefault((lev,) + box, []).append(r)
     worst = 0
     for r in sample:
         mine = own == r
-        recv = far_boxes(own, r, level)
-        sent = 0
-        for lev, boxes in union.items():
+        moved = 0
+        for (lev, i, j, k), who in requesters.items():
             f = n >> lev  # coarse boxes per side of a level-lev box
-            for (i, j, k) in boxes:
-                block = own[i * f:(i + 1) * f, j * f:(j + 1) * f, k * f:(k + 1) * f]
-                home = block[0, 0, 0] if f > 1 else block.reshape(-1)[0]
-                sent += bool(mine[i * f:(i + 1) * f, j * f:(j + 1) * f,
-                                  k * f:(k + 1) * f].any()) and home != r
-        worst = max(worst, recv + sent)
-    return n_union, worst
+            block = own[i * f:(i + 1) * f, j * f:(j + 1) * f, k * f:(k + 1) * f]
+            home = block.reshape(-1)[0]  # boxes are Morton runs: the first cell's owner
+            holders = np.unique(block)   # a uniform cube: every owner holds points
+            if home == r:
+                moved += sum(1 for q in who if q != r)        # sums out
+                moved += sum(1 for q in holders if q != r)    # partials in
+            else:
+                moved += r in who                             # own sum in
+                moved += bool(mine[i * f:(i + 1) * f, j * f:(j + 1) * f,
+                                   k * f:(k + 1) * f].any())  # own partial out
+        worst = max(worst, moved)
+    return 2 * len(requesters), worst
 
 
 def main():

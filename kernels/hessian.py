@@ -18,8 +18,9 @@ Coincident pairs (r = 0) contribute nothing. Layouts: pot (nd, n_targets), grad
 equivalent surfaces of the listed boxes are passed as point charges
 (``aotfmm.expansions._s2p_hessians``). ``p2p_sym_hess``: one charge vector with targets =
 sources, by Newton's third law (the lists of ``p2p.p2p_sym``). The fast float32-estimate 1/r
-of the other pair loops made these slower (measured on Zen 4: Hessian P2P 0.18-0.20 s exact
-against 0.23 s; the sqrt and divide overlap the many FMAs of a Hessian pair).
+of the other pair loops made these slower (measured on Zen 4, 1e5 points, 2 threads: with
+the exact 1/r the Hessian P2P took 0.23 s one-sided and 0.19-0.21 s by Newton's third law,
+with the estimate 0.28 s and 0.23 s; the sqrt and divide overlap a Hessian pair's many FMAs).
 """
 import numpy as np
 

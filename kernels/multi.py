@@ -1,9 +1,10 @@
 """Several densities at once, and dipole sources: P2P, P2C (P2M/P2L) and S2P (L2P/M2P).
 
 The single-charge-vector kernels of ``p2p.py``/``expansions.py`` fuse the distance and the sum.
-Here, for one target and its sources, the geometry (differences, 1/r, 1/r^3, 1/r^5) goes into a
-scratch buffer once, and then each of the ``nd`` densities is one vectorised pass over it: k
-densities cost one 1/r per pair plus k multiply-adds, not k square roots.
+Here, for one target and its sources, the geometry (1/r and the powers and vectors a case needs,
+see ``p2p_multi``) goes into a scratch buffer once, and then the ``nd`` densities are vectorised
+passes over it, four densities of one kind per pass (the rest one by one): k densities cost one
+1/r per pair plus k multiply-adds, not k square roots.
 
 Sources of a box may carry charges ``q`` (nd, n) and/or dipoles ``dip`` (nd, 3, n), chosen by the
 bits of ``flags``: 1 charges, 2 dipoles, 4 gradient (P2P/S2P only), 8 full-accuracy 1/r (P2P
@@ -75,7 +76,8 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
 
     Per target box, the sources of its whole list (at most ``m_max``) are first gathered into
     contiguous scratch (coordinates, densities). Each target then walks them in chunks of
-    ``P2P_CHUNK``: the chunk's geometry once, then one vectorised sweep per density. Only the
+    ``P2P_CHUNK``: the chunk's geometry once, then vectorised sweeps over it, four densities
+    per sweep when they are all charges or all dipoles, the rest one per sweep. Only the
     geometry a case needs is stored: 1/r (charges, potential); 1/r and (x - y)/r^3 (charges,
     gradient); with dipoles 1/r, the unit vector u = (x - y)/r and 1/r^2, and with the
     gradient also 1/r^3. A dipole's potential is then (d . u)/r^2 and its gradient

@@ -28,8 +28,9 @@ geometry, as ``p2p.py`` does for Laplace). The exponent -lam r then carries
 lam r = 20, where the term's weight is exp(-20) = 2e-9). P2C and S2P keep the exact sqrt
 (their pairs are far fewer). exp(-lam r) is ``_vecmath.vexp`` (vectorised, full accuracy;
 ``vexp_coarse`` with flag 16), computed once; each density is then a multiply-add sweep over
-the stored pair values. The dipole terms store 1/r^5 as ``multi.py`` does, with the same float32
-limit (overflow for points closer than ~2e-8).
+the stored pair values. The dipole terms store 1/r^5 (as ``multi.py`` did until 2026-12-02:
+it now forms them from the unit vector), so float32 dipoles closer than ~2e-8 of the frame
+overflow although their field fits (FloatingPointError; Helmholtz likewise).
 """
 import numpy as np
 

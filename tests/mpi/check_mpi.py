@@ -316,6 +316,10 @@ CASES = {
                                        level=4),
     "targets_dipoles_level3": lambda: run_case("targets_dipoles_level3", "two_clusters", True,
                                                2, True, "random", level=3),
+    # complex far-box densities through the home-rank exchange (the helmholtz case above has
+    # no far boxes at its automatic level)
+    "helmholtz_level3": lambda: run_case("helmholtz_level3", "uniform", False, 2, False,
+                                         "random", aotfmm.Helmholtz(6.0), level=3),
     "fields": fields_case,
     "edge": edge_cases,
     "bad_input": bad_input_case,
