@@ -24,7 +24,7 @@ with the estimate 0.28 s and 0.23 s; the sqrt and divide overlap a Hessian pair'
 """
 import numpy as np
 
-from ._inline import gather_sym
+from ._inline import gather_sym, scatter_sym
 
 INV4PI = 0.07957747154594767  # 1 / (4 pi)
 
@@ -355,15 +355,7 @@ def p2p_sym_hess(xyz, q, start, end, one_offsets, one_index, one_shift, sym_offs
             ob[7, i] = hxy
             ob[8, i] = hxz
             ob[9, i] = hyz
-        for i in range(nt):
-            pot[t0 + i] += c * ob[0, i]
-        for j in range(n2):
-            pot[gidx[j]] += c * o2[0, j]
-        for e in range(3):
-            for i in range(nt):
-                grad[e, t0 + i] += c * ob[e + 1, i]
-            for j in range(n2):
-                grad[e, gidx[j]] += c * o2[e + 1, j]
+        scatter_sym(c, ob, o2, gidx, t0, nt, n2, True, pot, grad)  # rows 0-3: pot, grad
         for e in range(6):
             for i in range(nt):
                 hess[e, t0 + i] += c * ob[e + 4, i]

@@ -533,7 +533,6 @@ class Fmm:
         notice_dest = np.repeat(r0, n_extra) + _ranges(n_extra) + 1
         route_notice = _Route(comm, notice_dest)
         asked = route_notice.send(np.repeat(wanted, n_extra))
-        self._far_setup = (route_notice.bytes, route_notice.messages)
         todo = np.unique(np.concatenate([wanted, asked]))
         # keep the boxes where this rank holds sources
         lev, key = _far_uncode(todo)
@@ -546,9 +545,8 @@ class Fmm:
         self._contrib_rows = (lo[has], hi[has])
         self._route_contrib = _Route(comm, self._home(self._contrib))
         got = self._route_contrib.send(self._contrib)  # at the home: whose sum each row is
-        self._far_setup = (self._far_setup[0] + self._route_req.bytes + self._route_contrib.bytes,
-                           self._far_setup[1] + self._route_req.messages
-                           + self._route_contrib.messages)
+        routes = (self._route_req, route_notice, self._route_contrib)
+        self._far_setup = (sum(r.bytes for r in routes), sum(r.messages for r in routes))
         self._contrib_into = np.searchsorted(wanted, got)
         self._n_wanted = len(wanted)
 
@@ -640,7 +638,6 @@ class Fmm:
         potential, 2 and gradient, 3 and Hessian); ``asked``: the levels every rank must agree
         on besides the densities' shapes."""
         comm = self.comm
-        MPI = _mpi()
         t0 = time.perf_counter()
         gradient = level >= 2
         q, d, single = _agree(comm, self._check_densities, local_charges, dipoles)
@@ -670,7 +667,7 @@ class Fmm:
         qg = ghost[:, :k] if q is not None else None
         dg = ghost[:, -3 * k:].reshape(-1, k, 3) if d is not None else None
         with _blas.limit_one():
-            far = self._far_densities(qo, do, k, vdt, MPI)
+            far = self._far_densities(qo, do, k, vdt)
         seconds["far densities"] = time.perf_counter() - t
         t = time.perf_counter()
         out = [_agree(comm, self._local_fields, qo, do, qg, dg, far, k, vdt, level)]
@@ -726,7 +723,7 @@ class Fmm:
             return out
         return np.zeros((n_t, width_all), dtype=vdt)
 
-    def _far_densities(self, q, d, k, vdt, MPI):
+    def _far_densities(self, q, d, k, vdt):
         """This rank's far boxes' equivalent densities (n_far_points, k): the partial densities
         of own sources in the boxes it contributes to go to their homes, which sum them and
         send each rank its own far boxes (see :meth:`_far_exchange`)."""
