@@ -13,6 +13,7 @@ tree order; a later point set replaces it only if strictly smaller), then each p
 from its leaf's anchor, divided by the frame scale, in the kernels' float type.
 """
 import numpy as np
+from numba.extending import register_jitable
 
 SIGNATURES = {
     # IN xyz (3, n), IN origin (3,), IN scale, IN depth, IN start, IN end, OUT codes (n,)
@@ -27,6 +28,17 @@ SIGNATURES = {
     # OUT out (3, n) offsets / scale in tree order
     "leaf_offsets": "void(f8[:, ::1], i8[::1], i8[::1], i8[::1], i8[::1], i8, i8, f8[:, ::1],"
                     " f8, f8[::1], {F}[:, ::1])",
+    # IN xyz (3, n), IN start, IN end (per box), IN boxes, IN l0, IN l1, OUT order (n,):
+    # order[start[b]:end[b]] = the box's point indices sorted by x
+    "box_sort_x": "void(f8[:, ::1], i8[::1], i8[::1], i8[::1], i8, i8, i8[::1])",
+    # IN trg (3, nt), IN terr (nt,), IN tord (nt,), IN src (3, ns), IN serr (ns,) (each box
+    # sorted by x), IN trg_start, IN trg_end, IN src_start, IN src_end (per box),
+    # IN list_offsets, IN list_index, IN shift (n_entries, 3), IN entry_err,
+    # IN pair_extra (n_entries,), IN boxes, IN l0, IN l1, IN tau, OUT hit_target (cap,),
+    # OUT hit_er (2, cap), INOUT n_hits (1,)
+    "near_risk": "void(f8[:, ::1], f8[::1], i8[::1], f8[:, ::1], f8[::1], i8[::1], i8[::1],"
+                 " i8[::1], i8[::1], i8[::1], i8[::1], f8[:, ::1], f8[::1], f8[::1],"
+                 " i8[::1], i8, i8, f8, i8[::1], f8[:, ::1], i8[::1])",
 }
 
 LOCALS = {}
@@ -107,4 +119,138 @@ def leaf_offsets(pts, perm, start, end, leaves, l0, l1, anchor, scale, dmin, out
             out[1, j] = dy / scale
             out[2, j] = dz / scale
         dmin[b] = m
+    return None
+
+
+def box_sort_x(xyz, start, end, boxes, l0, l1, order):
+    """For boxes[l0:l1]: order[start[b]:end[b]] = start[b] .. end[b] - 1 sorted by xyz[0]
+    (in place, a heapsort: no allocation)."""
+    for bb in range(l0, l1):
+        b = boxes[bb]
+        s = start[b]
+        n = end[b] - s
+        for k in range(n):
+            order[s + k] = s + k
+        # heapify, then move the largest to the end, n - 1 times
+        for root in range(n // 2 - 1, -1, -1):
+            _sift(xyz, order, s, root, n)
+        for last in range(n - 1, 0, -1):
+            tmp = order[s]
+            order[s] = order[s + last]
+            order[s + last] = tmp
+            _sift(xyz, order, s, 0, last)
+    return None
+
+
+@register_jitable
+def _sift(xyz, order, s, root, n):
+    """Sift order[s + root] down the max-heap order[s:s + n] (keys xyz[0, order[.]])."""
+    while True:
+        child = 2 * root + 1
+        if child >= n:
+            return
+        if child + 1 < n and xyz[0, order[s + child + 1]] > xyz[0, order[s + child]]:
+            child += 1
+        if xyz[0, order[s + child]] > xyz[0, order[s + root]]:
+            tmp = order[s + root]
+            order[s + root] = order[s + child]
+            order[s + child] = tmp
+            root = child
+        else:
+            return
+
+
+@register_jitable
+def _first_at_least(xyz, lo, hi, value):
+    """The first i in [lo, hi) with xyz[0, i] >= value (hi if none; xyz[0, lo:hi] sorted)."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if xyz[0, mid] < value:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def near_risk(trg, terr, tord, src, serr, trg_start, trg_end, src_start, src_end,
+              list_offsets, list_index, shift, entry_err, pair_extra, boxes, l0, l1, tau,
+              hit_target, hit_er, n_hits):
+    """The near pairs that rounding the points to float32 can hurt (aotfmm.evaluate
+    ``Plan._rounding_redo``), for the target boxes boxes[l0:l1].
+
+    ``trg``/``src``: float64 leaf-local offsets (frame units), each box's points sorted by x
+    (:func:`box_sort_x`); ``terr``/``serr``: how far each point moved when rounded to float32,
+    in the same order; ``tord``: tree position of each sorted target. Per near-list entry
+    (target box b, source box c = list_index[entry]): ``shift`` the float64 anchor-to-anchor
+    shift, ``pair_extra`` the rounding of the float32 shift plus the float32 arithmetic's,
+    ``entry_err`` a bound of terr + serr + pair_extra over the entry's pairs.
+
+    Each pair i, j at distance r > 0 whose bound e = terr[i] + serr[j] + pair_extra exceeds
+    tau * r is a hit: the k-th (k = n_hits[0], which counts every hit) is stored as
+    hit_target[k] = tord[i], hit_er[:, k] = (e, r) while k < len(hit_target).
+    Only pairs with |dx| <= entry_err / tau can qualify: per target a window of the x-sorted
+    sources, moved along as the targets' x grows, is tested in one vectorised loop, and only
+    a window with a hit is visited again to store it. Binary searches skip the targets
+    farther than that in x from all the entry's sources."""
+    tau2 = tau * tau
+    cap = hit_target.shape[0]
+    for bb in range(l0, l1):
+        b = boxes[bb]
+        t0 = trg_start[b]
+        t1 = trg_end[b]
+        if t1 <= t0:
+            continue
+        for ent in range(list_offsets[b], list_offsets[b + 1]):
+            c = list_index[ent]
+            s0 = src_start[c]
+            s1 = src_end[c]
+            if s1 <= s0:
+                continue
+            sx = shift[ent, 0]
+            sy = shift[ent, 1]
+            sz = shift[ent, 2]
+            w = entry_err[ent] / tau
+            extra = pair_extra[ent]
+            # only targets whose x is within w of the sources' x range can have a pair
+            a = _first_at_least(trg, t0, t1, src[0, s0] - w - sx)
+            z = _first_at_least(trg, a, t1, np.nextafter(src[0, s1 - 1] + w - sx, np.inf))
+            lo = s0
+            hi = s0
+            for i in range(a, z):
+                xi = trg[0, i] + sx
+                while lo < s1 and xi - src[0, lo] > w:
+                    lo += 1
+                if hi < lo:
+                    hi = lo
+                while hi < s1 and src[0, hi] - xi <= w:
+                    hi += 1
+                if hi <= lo:
+                    continue
+                yi = trg[1, i] + sy
+                zi = trg[2, i] + sz
+                ei = terr[i] + extra
+                hit = 0
+                for j in range(lo, hi):
+                    dx = xi - src[0, j]
+                    dy = yi - src[1, j]
+                    dz = zi - src[2, j]
+                    r2 = dx * dx + dy * dy + dz * dz
+                    e = ei + serr[j]
+                    if r2 > 0.0 and e * e > tau2 * r2:
+                        hit += 1
+                if hit == 0:
+                    continue
+                for j in range(lo, hi):
+                    dx = xi - src[0, j]
+                    dy = yi - src[1, j]
+                    dz = zi - src[2, j]
+                    r2 = dx * dx + dy * dy + dz * dz
+                    e = ei + serr[j]
+                    if r2 > 0.0 and e * e > tau2 * r2:
+                        k = n_hits[0]
+                        if k < cap:
+                            hit_target[k] = tord[i]
+                            hit_er[0, k] = e
+                            hit_er[1, k] = np.sqrt(r2)
+                        n_hits[0] = k + 1
     return None

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import aotfmm
-from conftest import direct_reference, rel_err
+from conftest import density_reference, direct_reference, hessian_reference, rel_err
 
 
 def _cluster_problem(w, offset, n=3000, seed=5):
@@ -71,6 +71,115 @@ def test_float32_keeps_a_far_offset_cluster(rng):
     pot, grad = aotfmm.laplace(src, q, eps=1e-5, gradient=True, dtype=np.float32)
     assert rel_err(pot, ref_pot) < 1e-5
     assert rel_err(grad, ref_grad) < 1e-5
+
+
+def _hard_to_round(rng, where):
+    """2000 unit-cube points plus, at ``where``, pairs and a 50-point cluster that float32
+    cannot resolve at their leaf offsets (~6e-8 of a leaf ~0.1 wide): the review's repro (a
+    cluster 1e-8 wide at 0.3) and its siblings: a pair straddling the cube's middle plane
+    (two leaves, so the rounded anchor-to-anchor shift is in the difference too), a pair
+    1e-13 apart."""
+    x = rng.random((2000, 3))
+    c = np.asarray(where, dtype=np.float64)
+    extra = [c + 1e-8 * rng.random((50, 3)),
+             [[0.5 - 3e-9, 0.41, 0.77], [0.5 + 4e-9, 0.41 + 2e-9, 0.77]],
+             [[0.2, 0.9, 0.6], [0.2 + 1e-13, 0.9, 0.6]]]
+    return np.vstack([x] + [np.asarray(e, dtype=np.float64) for e in extra])
+
+
+@pytest.mark.parametrize("where", [(0.3, 0.3, 0.3), (0.5, 0.5, 0.5), (-7.3, 2.1, 0.9)])
+def test_float32_plan_redoes_what_rounding_float64_points_hurts(where, rng):
+    """Before 2026-12-02 the cluster lost its near field (relative error 1.0) and the pairs
+    theirs: their float32 offsets were rounded together. The boxes that rounding hurts are
+    now redone in float64; every point of the problem meets eps against numpy."""
+    src = _hard_to_round(rng, where)
+    if where[0] < 0:
+        src[:2000] += np.asarray(where)  # the whole problem far from the origin
+    n = len(src)
+    q = rng.standard_normal(n)
+    plan = aotfmm.Fmm(src, eps=1e-5, dtype=np.float32)
+    core = plan._core
+    assert core.redo is not None
+    assert len(core.redo.boxes) < len(core.tree.leaves)  # not everything
+    pot, grad = plan.evaluate(q, gradient=True)
+    ref_pot, ref_grad = direct_reference(src, q, src)
+    assert rel_err(pot, ref_pot) < 1e-5
+    assert rel_err(grad, ref_grad) < 1e-5
+    tail = slice(2000, n)  # the hard points alone, where the error was
+    assert rel_err(pot[tail], ref_pot[tail]) < 1e-5
+    assert rel_err(grad[tail], ref_grad[tail]) < 1e-5
+
+
+def test_float32_plan_rounding_redo_with_densities_targets_and_hessians(rng):
+    src = _hard_to_round(rng, (0.3, 0.3, 0.3))
+    n = len(src)
+    # k = 3 charges and dipoles (the multi-density kernels)
+    q = rng.standard_normal((n, 3))
+    d = rng.standard_normal((n, 3, 3))
+    pot, grad = aotfmm.Fmm(src, eps=1e-5, dtype=np.float32, dipoles=True).evaluate(
+        q, dipoles=d, gradient=True)
+    ref_pot, ref_grad = density_reference(src, q, d, src)
+    for c in range(3):
+        assert rel_err(pot[:, c], ref_pot[c]) < 1e-5
+        assert rel_err(grad[:, c], ref_grad[c]) < 1e-5
+    # separate targets, some of them a hair from the cluster's sources
+    trg = np.vstack([rng.random((300, 3)), src[2000:2040] + 3e-9])
+    q1 = q[:, 0]
+    tpot, tgrad = aotfmm.laplace(src, q1, targets=trg, eps=1e-5, gradient=True,
+                                 dtype=np.float32)
+    ref_pot, ref_grad = direct_reference(src, q1, trg)
+    assert rel_err(tpot, ref_pot) < 1e-5
+    assert rel_err(tgrad, ref_grad) < 1e-5
+    # Hessians (Newton's third law for one charge vector; the redone boxes one-sided)
+    f = aotfmm.Fmm(src, eps=1e-4, dtype=np.float32, hessians=True).fields(q1, pg=3)
+    ref = hessian_reference(src, q1, None, src)
+    for got, want in zip((f.pot, f.grad, f.hess), ref):
+        assert rel_err(got, want) < 1e-4
+
+
+def test_float32_yukawa_plan_rounding_redo(rng):
+    src = _hard_to_round(rng, (0.3, 0.3, 0.3))
+    q = rng.standard_normal(len(src))
+    lam = 3.0
+    pot = aotfmm.yukawa(src, q, lam, eps=1e-5, dtype=np.float32)
+    ref = np.zeros(len(src))
+    for a in range(0, len(src), 256):
+        r = np.linalg.norm(src[a:a + 256, None] - src[None], axis=-1)
+        with np.errstate(divide="ignore"):
+            ref[a:a + 256] = np.where(r > 0, np.exp(-lam * r) / (4 * np.pi * r), 0.0) @ q
+    assert rel_err(pot, ref) < 1e-5
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_float32_direct_of_float64_points_keeps_close_pairs(k, rng):
+    """aotfmm.direct(dtype=float32) merged a pair 1e-13 apart at 0.3 (review, 2026-12-02):
+    the targets that rounding hurts are summed again in float64. A pair 3.6e-9 apart matters
+    for the potential although the 1e-13 pair dominates the gradient: both are redone."""
+    src = rng.random((3000, 3))
+    src[1] = src[0] + [1e-13, 0, 0]
+    src[3] = src[2] + [3e-9, 2e-9, 0]
+    q = rng.standard_normal(3000)
+    ref_pot, ref_grad = direct_reference(src, q, src)
+    qk = q if k == 1 else np.stack([q, -q], axis=1)
+    pot, grad = aotfmm.direct(src, qk, gradient=True, dtype=np.float32)
+    pot = pot if k == 1 else pot[:, 0]
+    grad = grad if k == 1 else grad[:, 0]
+    assert pot.dtype == np.float32
+    assert np.allclose(pot[:4], ref_pot[:4], rtol=1e-5, atol=0)
+    assert rel_err(pot, ref_pot) < 1e-6
+    assert rel_err(grad, ref_grad) < 1e-6
+
+
+@pytest.mark.parametrize("given", [np.float64, np.float32])
+def test_rounding_redo_leaves_uniform_points_alone(given, rng):
+    """The check costs a sweep, not a float64 near field: 2e5 random points redo at most a
+    handful of their ~500 leaves. (Points given in float32 are checked too: their offsets
+    from an anchor in another binade need more than float32's 24 bits.)"""
+    src = rng.random((200_000, 3)).astype(given)
+    core = aotfmm.Fmm(src, eps=1e-4, dtype=np.float32)._core
+    assert core.rounding_left is not None  # the check ran
+    assert core.redo is None or len(core.redo.boxes) <= 5
+    assert (core.rounding_left < 1e-4 / 4).all()
 
 
 @pytest.mark.parametrize("call", ["direct", "laplace"])

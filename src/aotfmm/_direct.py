@@ -6,7 +6,7 @@ Everything here trusts its input: the public :func:`aotfmm.direct` (in :mod:`aot
 checks it first (:mod:`aotfmm._validation`)."""
 import numpy as np
 
-from . import _dispatch, _threads
+from . import _dispatch, _rounding, _threads
 from ._frame import (frame, rescale, scaled_charges, scaled_densities, to_soa, unscale_factor,
                      unscale_fields)
 from ._validation import check_representable
@@ -30,12 +30,21 @@ def _direct(src, q, trg, gradient, dt, workers, module=None, family=LAPLACE):
     if n_trg and src.shape[0]:
         # float64: exact power-of-two scaling only; float32: also centre, to keep its digits.
         center, scale = frame(src, trg, center=dt == np.float32)
-        _representable(src, trg, center, scale, dt)
         src_xyz = to_soa(src, center, scale, dt)
         trg_xyz = to_soa(trg, center, scale, dt) if trg is not src else src_xyz
+        redo = rounding_redo(src, trg, center, scale, src_xyz, trg_xyz, int(gradient), workers)
         qscale, charges = scaled_charges(q, dt)
         _p2p_all(src_xyz, charges, trg_xyz, pot, grad if gradient else None, workers, module,
                  family=family.scaled(scale))
+        if redo is not None:  # the targets rounding hurts: again in float64
+            s64, t64, idx = redo
+            p64 = np.zeros(len(idx))
+            g64 = np.zeros((3, len(idx))) if gradient else None
+            _p2p_all(s64, charges.astype(np.float64), t64, p64, g64, workers, module,
+                     family=family.scaled(scale))
+            pot[idx] = p64
+            if gradient:
+                grad[:, idx] = g64
         pot = rescale(pot, unscale_factor(qscale, scale, 0, family), "potential")
         if gradient:
             grad = rescale(grad, unscale_factor(qscale, scale, 1, family), "gradient")
@@ -56,9 +65,10 @@ def _direct_multi(src, q, d, trg, gradient, dt, workers, family=LAPLACE):
     if not (n_trg and src.shape[0]):
         return pot, grad
     center, scale = frame(src, trg, center=dt == np.float32)
-    _representable(src, trg, center, scale, dt)
     src_xyz = to_soa(src, center, scale, dt)
     trg_xyz = to_soa(trg, center, scale, dt) if trg is not src else src_xyz
+    redo = rounding_redo(src, trg, center, scale, src_xyz, trg_xyz,
+                         int(gradient) + int(d is not None), workers)
     live, qscale, qs, ds = scaled_densities(q, d, scale)
     if not len(live):
         return pot, grad
@@ -67,8 +77,68 @@ def _direct_multi(src, q, d, trg, gradient, dt, workers, family=LAPLACE):
     pl = np.zeros((len(live), n_trg), dtype=vdt)
     gl = np.zeros((len(live), 3, n_trg), dtype=vdt) if gradient else None
     _p2p_all(src_xyz, qs, trg_xyz, pl, gl, workers, dipoles=ds, family=family.scaled(scale))
+    if redo is not None:  # the targets rounding hurts: again in float64
+        s64, t64, idx = redo
+        v64 = family.value_dtype(np.float64)
+        p64 = np.zeros((len(live), len(idx)), dtype=v64)
+        g64 = np.zeros((len(live), 3, len(idx)), dtype=v64) if gradient else None
+        _p2p_all(s64, None if qs is None else qs.astype(v64), t64, p64, g64, workers,
+                 dipoles=None if ds is None else ds.astype(v64), family=family.scaled(scale))
+        pl[:, idx] = p64
+        if gradient:
+            gl[:, :, idx] = g64
     unscale_fields((pot, grad), (pl, gl), live, qscale, scale, family=family)
     return pot, grad
+
+
+#: what a float32 direct sum of float64 points may lose to their rounding (relative L2 bound
+#: against the field of |q|, :mod:`aotfmm._rounding`) before the hurt targets are redone
+DIRECT_ROUNDING = 1e-6
+
+
+def rounding_redo(src, trg, center, scale, src_xyz, trg_xyz, order, workers):
+    """Float64 points in a float32 direct sum: the targets whose sums rounding the points
+    hurts (:mod:`aotfmm._rounding`, one box holding everything), with float64 frame
+    coordinates of the sources and of those targets: (src (3, n), trg (3, m), index (m,)),
+    or None when nothing needs redoing. Refuses (:func:`_representable`) offsets below what
+    the frame holds: float64's bound, or float32's where rounding moved no point (then no
+    pair is redone, and float32 must keep the square of every difference normal)."""
+    _representable(src, trg, center, scale, np.float64)
+    if src_xyz.dtype != np.float32:
+        return None
+    same = trg_xyz is src_xyz
+    s64 = to_soa(src, center, scale, np.float64)
+    t64 = s64 if same else to_soa(trg, center, scale, np.float64)
+    serr = np.sqrt(((src_xyz - s64) ** 2).sum(axis=0))
+    terr = serr if same else np.sqrt(((trg_xyz - t64) ** 2).sum(axis=0))
+    if not (serr.any() or terr.any()):
+        _representable(src, trg, center, scale, np.float32)
+        return None
+    one = np.zeros(1, np.int64)
+    ns, nt = np.array([s64.shape[1]]), np.array([t64.shape[1]])
+    arith = 2.0 ** -24 * np.sqrt(3.0) * (np.abs(s64).max() + np.abs(t64).max())
+    hits = _rounding.hits(t64, terr, s64, serr, one, nt, one, ns, np.array([0, 1]), one,
+                          np.zeros((1, 3)), np.array([arith]), one, one, _rounding.TAU,
+                          workers, same=same)
+    lo = np.minimum(s64.min(axis=1), t64.min(axis=1))
+    hi = np.maximum(s64.max(axis=1), t64.max(axis=1))
+    targets, err, field, base = _rounding.errors(*hits, s64.shape[1],
+                                                 float(np.linalg.norm(hi - lo)), same)
+    order = min(order, 3)
+    if not len(targets):
+        return None
+    n_rest = t64.shape[1] - len(targets)
+    pick = _rounding.worst_first(np.arange(len(targets)), err[:order + 1],
+                                 field[:order + 1], n_rest, base[:order + 1], len(targets),
+                                 DIRECT_ROUNDING)
+    if not len(pick):
+        return None
+    idx = targets[pick]
+    # the float64 sums like float64's own direct sum: scaled, not centred (subtracting the
+    # centre rounds each point by ~1e-16, a pair 1e-13 apart at 0.3 would be 5e-4 off)
+    origin = np.zeros(3)
+    s64 = to_soa(src, origin, scale, np.float64)
+    return s64, to_soa(trg[idx], origin, scale, np.float64), idx
 
 
 def _representable(src, trg, center, scale, dt):

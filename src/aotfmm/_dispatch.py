@@ -41,6 +41,8 @@ TABLE.update({
     ("any", "morton", "points", "codes"): "morton_encode_points",
     ("any", "leaf_anchors", "points", "anchors"): "leaf_anchors",
     ("any", "leaf_offsets", "points", "offsets"): "leaf_offsets",
+    ("any", "box_sort_x", "points", "order"): "box_sort_x",
+    ("any", "near_risk", "points", "risk"): "near_risk",
     ("any", "colleagues", "tree", "colleagues"): "tree_colleagues",
     ("any", "list_u", "tree", "list"): "lists_u",
     ("any", "list_v", "tree", "list"): "lists_v",

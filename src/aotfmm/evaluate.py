@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import _dispatch, _driver, _geometry, _threads, expansions
+from . import _dispatch, _driver, _geometry, _rounding, _threads, expansions
 from ._driver import DownLevel, UpLevel
 from .cache import key_hash
 from ._direct import p2p as near_field
@@ -288,6 +288,10 @@ class Plan:
         self._local_coordinates(tree, *points)
         self.half_widths = np.ascontiguousarray(tree.half_widths, dtype=dt)
         self._entry_geometry(tree)
+        #: the target boxes whose near field rounding to float32 would hurt, with float64
+        #: geometry for them (None: none); :meth:`_rounding_redo`
+        self.rounding_left = None  # the bounds left after the redo (None: nothing moved)
+        self.redo = self._rounding_redo(tree, dipoles, hessians)
         self.near_sym = self._near_symmetric(tree)
         #: the near field may take exp to ~1e-11 (kernels/_vecmath.py vexp_coarse)
         self.coarse_exp = eps >= _dispatch.COARSE_EXP_EPS
@@ -355,17 +359,131 @@ class Plan:
             self.offsets = (tree.centers - hi / scale) - lo / scale
         self.offsets[~np.isfinite(self.offsets)] = 0.0
 
-        def local(pts, perm, start, end):
-            out = np.empty((3, len(perm)), dtype=dt)
+        def local(pts, perm, start, end, fdt=dt):
+            out = np.empty((3, len(perm)), dtype=fdt)
             dmin = np.full(len(anchor), np.inf)
-            work = _dispatch.bind("leaf_offsets", dt, pts=pts, perm=perm, start=start, end=end,
-                                  leaves=leaves, anchor=anchor, scale=scale, dmin=dmin, out=out)
+            work = _dispatch.bind("leaf_offsets", fdt, pts=pts, perm=perm, start=start,
+                                  end=end, leaves=leaves, anchor=anchor, scale=scale, dmin=dmin,
+                                  out=out)
             workers.run(work, *leaf_ranges(start, end))
-            check_representable(np.array([dmin.min(initial=np.inf)]), scale, dt)
+            smallest.append(dmin.min(initial=np.inf))
             return out
 
+        smallest = []
         self.src = local(*sets[0])
         self.trg = self.src if self.same else local(*sets[1])
+        # float32 offsets of points given in float64: the same offsets in float64 and how far
+        # rounding moved each point, for :meth:`_rounding_redo` (None: nothing moved)
+        self._exact = None
+        if dt == np.float32:
+            exact = []
+            for pts, rounded in zip(sets, (self.src, self.trg)):
+                off = local(*pts, fdt=np.float64)
+                moved = np.sqrt(((rounded - off) ** 2).sum(axis=0))
+                exact.append((off, moved))
+            if any(m.any() for _, m in exact):
+                self._exact = exact if not self.same else exact * 2
+        # Offsets too small for the frame are refused. In float32 the bound keeps the square
+        # of any difference normal, which matters for points float32 holds exactly; where
+        # rounding moved points, every pair close enough for that is redone in float64
+        # (its distance is far below the rounding bound, see :meth:`_rounding_redo`), so
+        # float64's bound is the one that applies.
+        check_representable(np.array([min(smallest)]), scale,
+                            np.float64 if self._exact is not None else dt)
+
+    def _rounding_redo(self, tree, dipoles, hessians):
+        """Float64 points in a float32 plan: find the target boxes whose near field rounding
+        would hurt, to be computed in float64 (:meth:`KifmmPasses.p2p`).
+
+        The float32 pair loops see each point's leaf offset rounded and the anchor-to-anchor
+        shift rounded, so a pair's difference moves by up to e (the two points' own moves,
+        the shift's, and the float32 arithmetic's, at most 2^-24 of the operands per
+        operation). That is ~1e-7 of the leaf, so it matters only for pairs much closer than
+        their leaf: a cluster 1e-8 wide at 0.3 lost its near field entirely, and the closest
+        pair of 1e6 random points (1.5e-5 apart) gave a gradient error of 1e-4 at both of its
+        points, enough to dominate the relative L2 error of the whole result.
+
+        Every near pair with e > tau r (:data:`aotfmm._rounding.TAU`; kernels/morton.py ``near_risk``,
+        a sweep over each box pair sorted by x that visits only |dx| <= e / tau) bounds the
+        errors of its terms at its target; the other pairs move by less than tau relative.
+        Against the field of |q| (:func:`aotfmm._rounding.errors`), the boxes with the largest
+        summed squared error are redone in float64 until the rest's relative L2 bound is at
+        most eps / 4 for the highest derivative the plan is built for (the gradient; one more
+        for dipoles, one more for Hessians). Returns None (no point moved, or no box needs
+        it) or the boxes with float64 offsets of their targets and near sources, the
+        entries' float64 shifts and the bounds before and after (``risk``, ``left``)."""
+        exact, self._exact = self._exact, None
+        if exact is None or not len(self.near_index):
+            return None
+        (src64, serr), (trg64, terr) = exact
+        n_boxes = self.n_boxes
+        rows = np.repeat(np.arange(n_boxes, dtype=np.int64), np.diff(self.near_offsets))
+        cols = self.near_index
+        shift = np.ascontiguousarray((self.anchor[rows] - self.anchor[cols]) / self.frame_scale)
+        shift_err = np.sqrt(((self.near_shift.astype(np.float64) - shift) ** 2).sum(axis=1))
+        s_start, s_end, t_start, t_end = tree.src_start, tree.src_end, tree.trg_start, \
+            tree.trg_end
+        leaves = tree.leaves
+
+        def amax(pts, start, end):  # per box: the largest |offset| component
+            out = np.zeros(n_boxes)
+            full = leaves[end[leaves] > start[leaves]]
+            full = full[np.argsort(start[full], kind="stable")]
+            if len(full):
+                out[full] = np.maximum.reduceat(np.abs(pts).max(axis=0), start[full])
+            return out
+
+        arith = 2.0 ** -24 * np.sqrt(3.0) * (amax(trg64, t_start, t_end)[rows] +
+                                             amax(src64, s_start, s_end)[cols] +
+                                             np.abs(shift).max(axis=1))
+        boxes = np.flatnonzero(np.diff(self.near_offsets) > 0)
+        hits = _rounding.hits(trg64, terr, src64, serr, t_start, t_end, s_start, s_end,
+                              self.near_offsets, cols, shift, shift_err + arith, boxes,
+                              leaves, _rounding.TAU, self.workers, same=self.same)
+        targets, err, field, base = _rounding.errors(*hits, src64.shape[1],
+                                                     self.size * np.sqrt(3.0), self.same)
+        n_rest = trg64.shape[1] - len(targets)
+        risk = _rounding.relative_l2(err, field, n_rest, base)
+        order = min(1 + int(dipoles) + int(hessians), 3)
+        self.rounding_left = risk
+        if not (risk[:order + 1] > self.eps / 4).any():
+            return None
+        # boxes by their summed squared error, largest first, until the rest is small enough
+        with_targets = leaves[t_end[leaves] > t_start[leaves]]
+        by_start = with_targets[np.argsort(t_start[with_targets], kind="stable")]
+        box_of = by_start[np.searchsorted(t_start[by_start], targets, side="right") - 1]
+        redo = _rounding.worst_first(box_of, err[:order + 1], field[:order + 1], n_rest,
+                                     base[:order + 1], n_boxes, self.eps / 4)
+        in_redo = np.zeros(n_boxes, dtype=bool)
+        in_redo[redo] = True
+        err[:, in_redo[box_of]] = 0.0
+        self.rounding_left = _rounding.relative_l2(err, field, n_rest, base)
+
+        # compact float64 copies: the redone boxes' targets and their near lists' sources
+        def compact(pts, start, end, which):
+            which = np.unique(which)
+            n = end[which] - start[which]
+            new_start = np.zeros(n_boxes, dtype=np.int64)
+            new_start[which] = np.concatenate(([0], np.cumsum(n)[:-1]))
+            new_end = new_start.copy()
+            new_end[which] += n
+            idx = np.concatenate([np.arange(a, b) for a, b in zip(start[which], end[which])]
+                                 ) if len(which) else np.zeros(0, dtype=np.int64)
+            return np.ascontiguousarray(pts[:, idx]), idx.astype(np.int64), new_start, new_end
+
+        entries = np.concatenate([np.arange(self.near_offsets[b], self.near_offsets[b + 1])
+                                  for b in redo])
+        trg, trg_idx, trg_s, trg_e = compact(trg64, t_start, t_end, redo)
+        src, src_idx, src_s, src_e = compact(src64, s_start, s_end, cols[entries])
+        cum = np.concatenate(([0], np.cumsum((src_e - src_s)[cols])))
+        work = cum[self.near_offsets[redo + 1]] - cum[self.near_offsets[redo]]
+        keep = ~in_redo[self.near_boxes]
+        self.near_boxes, self.near_cost = self.near_boxes[keep], self.near_cost[keep]
+        return SimpleNamespace(boxes=redo, trg=trg, trg_idx=trg_idx, trg_start=trg_s,
+                               trg_end=trg_e, src=src, src_idx=src_idx, src_start=src_s,
+                               src_end=src_e, shift=shift,
+                               cost=(trg_e - trg_s)[redo] * (work + 1), risk=risk,
+                               in_redo=in_redo)
 
     def frame_points(self, which="src"):
         """Sorted points in the frame coordinates (for plotting; float64 (3, n))."""
@@ -400,6 +518,8 @@ class Plan:
         mirror = cols * n_boxes + rows
         pos = np.minimum(np.searchsorted(key, mirror), len(key) - 1)
         mirrored = (key[pos] == mirror) & (rows != cols)
+        if self.redo is not None:  # boxes redone in float64 take every pair one-sided
+            mirrored &= ~self.redo.in_redo[rows] & ~self.redo.in_redo[cols]
         pick = {}
         for name, sel in (("one", ~mirrored), ("sym", mirrored & (rows < cols))):
             (pick[name + "_offsets"], pick[name + "_index"],
@@ -412,6 +532,8 @@ class Plan:
             work[name] = cum[off[1:]] - cum[off[:-1]]
         boxes = np.flatnonzero(work["one"] + work["sym"] + np.diff(pick["sym_offsets"]) > 0)
         boxes = boxes[n_pts[boxes] > 0]
+        if self.redo is not None:
+            boxes = boxes[~self.redo.in_redo[boxes]]
         m_max = max(int(work["one"].max(initial=0)), int(work["sym"].max(initial=0)), 1)
         return SimpleNamespace(
             start=np.ascontiguousarray(tree.src_start, dtype=np.int64),
@@ -728,6 +850,14 @@ class Plan:
 
         k = (charges if charges is not None else dipoles).shape[0]
         gradient = gradient or hessian
+        if self.rounding_left is not None:  # a derivative beyond what the plan was built for
+            order = min(int(gradient) + int(hessian) + int(dipoles is not None), 3)
+            if self.rounding_left[order] > self.eps / 2:
+                warnings.warn(f"float64 points rounded to float32 may cost this evaluation "
+                              f"up to {self.rounding_left[order]:.2g} relative error (eps "
+                              f"{self.eps:g}): build the plan with dipoles=True/hessians=True "
+                              f"for what it evaluates, or use dtype=float64",
+                              AccuracyWarning, stacklevel=4)
         vdt = self.family.value_dtype(dt)  # densities and fields (complex for Helmholtz)
         q = dip = None
         if charges is not None:
@@ -911,3 +1041,27 @@ class KifmmPasses:
                        p.workers, cost=p.near_cost, dipoles=self.dip, exact=False,
                        hess=self.hess, shift=p.near_shift, family=p.family, sym=p.near_sym,
                        coarse_exp=p.coarse_exp, mixed=p.mixed_near)
+        if p.redo is not None:
+            self._p2p_redo(p.redo)
+
+    def _p2p_redo(self, r):
+        """The near field of the boxes :meth:`Plan._rounding_redo` picked, in float64 from
+        float64 offsets, added to the float32 results."""
+        p = self.plan
+        vdt = p.family.value_dtype(np.float64)
+
+        def take(a, idx):
+            return None if a is None else np.ascontiguousarray(a[..., idx], dtype=vdt)
+
+        def zeros(a):
+            return None if a is None else np.zeros(a.shape[:-1] + (len(r.trg_idx),), vdt)
+
+        out = [zeros(a) for a in (self.pot, self.grad, self.hess)]
+        near_field(r.src, take(self.q, r.src_idx), r.trg, r.src_start, r.src_end, r.trg_start,
+                   r.trg_end, p.near_offsets, p.near_index, r.boxes, out[0], out[1],
+                   p.workers, cost=r.cost, dipoles=take(self.dip, r.src_idx), exact=False,
+                   hess=out[2], shift=r.shift, family=p.family, sym=None,
+                   coarse_exp=p.coarse_exp, mixed=False)
+        for a, b in zip((self.pot, self.grad, self.hess), out):
+            if a is not None:
+                a[..., r.trg_idx] += b.astype(a.dtype)

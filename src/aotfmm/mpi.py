@@ -367,6 +367,11 @@ class Fmm:
         self.eps = check_eps(eps, self._rdt)
         self.threads = threads
         self._src_in = as_points("local_sources", sources).astype(np.float64, copy=False)
+        # points given in single precision go to the local plans as float32 (used exactly as
+        # given, like the serial Fmm's); float64 points stay float64, so that a float32 plan
+        # rounds their leaf offsets, not their coordinates (0.3 + 1e-8 and 0.3 would merge)
+        self._single = all(np.asarray(a).dtype.kind == "f" and np.asarray(a).dtype.itemsize <= 4
+                           for a in (sources, targets) if a is not None)
         self.same = targets is None
         self._trg_in = (self._src_in if self.same
                         else as_points("local_targets", targets).astype(np.float64, copy=False))
@@ -568,6 +573,9 @@ class Fmm:
             # relative error in the far field at p = 8, against 8e-10 this way)
             self._uc2e[lev] = (vh[keep].conj().T / sv[keep], u[:, keep].conj().T.copy())
 
+    def _local_points(self, pts):
+        return pts.astype(np.float32) if self._single and self._rdt == np.float32 else pts
+
     def _local_plan(self, dipoles):
         src = np.concatenate([self._src[self._own_near], self._ghost[self._ghost_near],
                               self._far_pts])
@@ -584,10 +592,10 @@ class Fmm:
             # from the own side, with the serial plan's order. Taking the ghost and far points
             # as targets too (their fields dropped) ran slower than the one-sided plan: 1e6
             # points on 2 ranks 8.5 s against 5.4 s (the far points' tight surface clusters).
-            return api.Fmm(src.astype(self._rdt, copy=False), kernel=self.family,
+            return api.Fmm(self._local_points(src), kernel=self.family,
                            dipoles=dipoles, hessians=self._hessians, eps=self.eps,
                            dtype=self.dtype, threads=self.threads, _target_prefix=len(trg))
-        return api.Fmm(src.astype(self._rdt, copy=False), trg.astype(self._rdt, copy=False),
+        return api.Fmm(self._local_points(src), self._local_points(trg),
                        kernel=self.family, dipoles=dipoles, hessians=self._hessians,
                        eps=self.eps, dtype=self.dtype, threads=self.threads)
 

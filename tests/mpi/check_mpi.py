@@ -263,6 +263,36 @@ def fields_case():
     return ok, "fields: " + "; ".join(COMM.bcast(texts, root=0)) + f"; refused: {what[1]}"
 
 
+def float32_cluster_case():
+    """float64 points in a float32 plan: a 50-point cluster 1e-8 wide at 0.3 and a pair 3e-9
+    apart across the middle plane, beside unit-cube points, spread over the ranks at random.
+    Rounding the ranks' local leaf offsets to float32 would merge them; the local plans redo
+    those leaves in float64 (the points go to them in float64: cast to float32 at the
+    caller's coordinates, 0.3 and 0.3 + 1e-8 would be one point). Against numpy on the hard
+    points and a sample, eps 1e-5."""
+    rng = np.random.default_rng(11)
+    src = np.vstack([rng.random((N, 3)), 0.3 + 1e-8 * rng.random((50, 3)),
+                     [[0.5 - 1e-9, 0.4, 0.7], [0.5 + 2e-9, 0.4, 0.7]]])
+    n = len(src)
+    q = rng.standard_normal((n, 1))
+    mine = np.flatnonzero(split(rng, n, "random") == COMM.rank)
+    eps = 1e-5
+    plan = aotfmm.mpi.Fmm(src[mine], comm=COMM, eps=eps, dtype=np.float32)
+    pot, grad = plan.evaluate(q[mine, 0], gradient=True)
+    P = np.zeros(n)
+    P[mine] = pot
+    P = COMM.allreduce(P)
+    ok, text = True, ""
+    if COMM.rank == 0:
+        s = np.concatenate([np.arange(N, n), np.random.default_rng(1).choice(N, 200, False)])
+        exact = numpy_reference(src, q, None, src[s], aotfmm.Laplace())[:, 0]
+        hard = np.linalg.norm(P[N:] - exact[:n - N]) / np.linalg.norm(exact[:n - N])
+        ex = np.linalg.norm(P[s] - exact) / np.linalg.norm(exact)
+        ok = hard <= eps and ex <= eps
+        text = f"float32_cluster: P={COMM.size} vs numpy {ex:.1e}, the hard points {hard:.1e}"
+    return COMM.bcast((ok, text), root=0)
+
+
 def edge_cases():
     """No points anywhere; sources only on rank 0 and targets only on the last rank; the same
     points on every rank (coincident pairs contribute nothing, as in aotfmm.direct)."""
@@ -321,6 +351,7 @@ CASES = {
     "helmholtz_level3": lambda: run_case("helmholtz_level3", "uniform", False, 2, False,
                                          "random", aotfmm.Helmholtz(6.0), level=3),
     "fields": fields_case,
+    "float32_cluster": float32_cluster_case,
     "edge": edge_cases,
     "bad_input": bad_input_case,
     "internal_failure": internal_failure_case,

@@ -1,0 +1,136 @@
+"""Float64 points computed in float32: which near pairs rounding hurts.
+
+The float32 pair loops see each point's offset (from its leaf's anchor, or from the frame's
+centre in a direct sum) rounded, so a pair's difference moves by up to e: the two points' own
+moves, the rounding of the anchor-to-anchor shift, and the float32 arithmetic's (at most
+2^-24 of the operands per operation). That is ~1e-7 of the leaf, so it matters only for pairs
+much closer than their leaf, but there it can dominate: a cluster 1e-8 wide at 0.3 lost its
+near field entirely, and the closest pair of 1e6 random points (1.5e-5 apart) gave a gradient
+error of 1e-4 at both of its points, enough to dominate the relative L2 error of the result.
+
+:func:`hits` finds every near pair with e > TAU r (kernels/morton.py ``near_risk``);
+:func:`errors` bounds what they cost their targets against the field of |q| (unit charges,
+every source not counted adding at least 1/D^(o+1), D the domain's diagonal);
+:func:`worst_first` picks the groups of targets (leaves, or single targets in a direct sum)
+to redo in float64 until the rest is within a budget. Callers:
+``aotfmm.evaluate.Plan._rounding_redo`` and ``aotfmm._direct``.
+"""
+import numpy as np
+
+from . import _dispatch
+
+#: pairs whose difference may move by more than this fraction of their distance are counted
+TAU = 1e-4
+
+
+def hits(trg, terr, src, serr, trg_start, trg_end, src_start, src_end,
+                  list_offsets, list_index, shift, pair_extra, boxes, leaves, tau, workers,
+                  same=False):
+    """kernels/morton.py ``near_risk`` over the target boxes ``boxes`` (see
+    :meth:`Plan._rounding_redo`): each box's points sorted by x, then the sweep. Returns the
+    pairs it found: target (tree position), e (bound of how far rounding moves the pair's
+    difference) and r (its distance), as arrays."""
+    def per_box(values, start, end):  # max of values[start[b]:end[b]] (0 when empty)
+        out = np.zeros(len(start))
+        full = np.flatnonzero(end > start)
+        full = full[np.argsort(start[full], kind="stable")]
+        if len(full):
+            out[full] = np.maximum.reduceat(values, start[full])
+        return out
+
+    rows = np.repeat(np.arange(len(trg_start), dtype=np.int64), np.diff(list_offsets))
+    entry_err = per_box(terr, trg_start, trg_end)[rows] + \
+        per_box(serr, src_start, src_end)[list_index] + pair_extra
+
+    def sorted_by_x(pts, err, start, end):  # each box's points sorted by x: copies
+        order = np.arange(pts.shape[1], dtype=np.int64)
+        has = leaves[end[leaves] - start[leaves] > 1]  # (a parent's range holds its leaves')
+        sort = _dispatch.bind("box_sort_x", xyz=pts, start=start, end=end, boxes=has,
+                              order=order)
+        workers.run(sort, workers.split((end - start)[has].astype(np.float64) + 1.0))
+        return np.ascontiguousarray(pts[:, order]), np.ascontiguousarray(err[order]), order
+
+    src_s, serr_s, order = sorted_by_x(src, serr, src_start, src_end)
+    same = same and np.array_equal(trg_start, src_start) and np.array_equal(trg_end, src_end)
+    trg_s, terr_s, tord = (src_s, serr_s, order) if same else \
+        sorted_by_x(trg, terr, trg_start, trg_end)
+    cost = (trg_end - trg_start)[boxes] * np.diff(list_offsets)[boxes] + 1.0
+    bounds = workers.split(cost.astype(np.float64), 4)
+    cap = 256
+    while True:
+        found = []
+
+        def work(l0, l1, cap=cap):
+            hits = (np.zeros(cap, np.int64), np.zeros((2, cap)), np.zeros(1, np.int64))
+            _dispatch.bind("near_risk", trg=trg_s, terr=terr_s, tord=tord, src=src_s,
+                           serr=serr_s, trg_start=trg_start, trg_end=trg_end,
+                           src_start=src_start, src_end=src_end, list_offsets=list_offsets,
+                           list_index=list_index, shift=shift, entry_err=entry_err,
+                           pair_extra=pair_extra, boxes=boxes, tau=tau, hit_target=hits[0],
+                           hit_er=hits[1], n_hits=hits[2])(l0, l1)
+            found.append(hits)
+
+        workers.run(work, bounds)
+        most = max(int(h[2][0]) for h in found) if found else 0
+        if most <= cap:
+            break
+        cap = most  # a range found more than it could store: again, with room for all
+    n = [int(h[2][0]) for h in found]
+    return (np.concatenate([h[0][:k] for h, k in zip(found, n)] + [np.zeros(0, np.int64)]),
+            np.concatenate([h[1][0, :k] for h, k in zip(found, n)] + [np.zeros(0)]),
+            np.concatenate([h[1][1, :k] for h, k in zip(found, n)] + [np.zeros(0)]))
+
+
+def errors(target, e, r, n_sources, diameter, same):
+    """From :func:`hits`: per derivative order o = 0..3 (potential; gradient or
+    dipole potential; Hessian or dipole gradient; dipole Hessian), for the targets with hits
+    (returned first, sorted): the bound of the error rounding causes in their near field,
+    sum (o + 1) e / r^(o + 2), and their field of |q| (unit charges), sum 1 / r^(o + 1) over
+    the hits plus at least 1/D^(o+1) for each source not counted; and that 1/D^(o+1) per
+    source for every target without hits (``base``, (4,)). err and field are (4, n)."""
+    targets, idx = np.unique(target, return_inverse=True)
+    d = max(diameter, np.finfo(np.float64).tiny)
+    count = np.bincount(idx, minlength=len(targets))
+    err = np.empty((4, len(targets)))
+    field = np.empty((4, len(targets)))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        inv = 1.0 / r
+        base = (n_sources - int(same)) / d ** np.arange(1, 5)
+        for o in range(4):
+            term = inv ** (o + 1)
+            err[o] = np.bincount(idx, (o + 1) * e * inv * term, minlength=len(targets))
+            field[o] = np.bincount(idx, term, minlength=len(targets)) + \
+                np.maximum(n_sources - int(same) - count, 0) / d ** (o + 1)
+    return targets, err, field, base
+
+
+def relative_l2(err, field, n_rest, base):
+    """sqrt(sum err^2 / (sum field^2 + n_rest base^2)) per row (inf on overflow)."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        num = (err ** 2).sum(axis=-1)
+        den = (field ** 2).sum(axis=-1) + n_rest * base ** 2
+        out = np.where(num > 0, np.sqrt(num / np.where(den > 0, den, 0.0)), 0.0)
+    return np.where(np.isfinite(out), out, np.inf)
+
+
+def worst_first(group, err, field, n_rest, base, n_groups, eps):
+    """The groups to redo: for each row (derivative order) of ``err`` (orders, n) of the hit
+    targets (``group`` (n,) their group), by their summed squared error, largest first, until
+    the rest's relative L2 bound (against ``field`` (orders, n) of the hit targets plus
+    ``n_rest`` targets of field ``base`` (orders,)) is at most eps; the union over the rows
+    (each order's own worst: a pair dominating the potential need not dominate the
+    gradient). Returns the sorted group numbers."""
+    picked = []
+    for e, f, b in zip(np.atleast_2d(err), np.atleast_2d(field), np.atleast_1d(base)):
+        with np.errstate(over="ignore", invalid="ignore"):
+            score = np.bincount(group, e ** 2, minlength=n_groups)
+            budget = eps ** 2 * ((f ** 2).sum() + n_rest * b ** 2)
+        score[~np.isfinite(score)] = np.finfo(np.float64).max
+        by = np.argsort(-score, kind="stable")
+        # left[i]: what the groups after by[i] sum to (a suffix sum: subtracting running
+        # sums from the total loses the small groups behind a dominant one)
+        left = np.concatenate((np.cumsum(score[by][::-1])[::-1][1:], [0.0]))
+        ok = left <= budget
+        m = int(np.argmax(ok)) + 1 if ok.any() else len(by)
+        picked.append(by[:m][score[by[:m]] > 0])
+    return np.unique(np.concatenate(picked + [np.zeros(0, np.int64)]))
