@@ -28,17 +28,24 @@ SIGNATURES = {
     # OUT out (3, n) offsets / scale in tree order
     "leaf_offsets": "void(f8[:, ::1], i8[::1], i8[::1], i8[::1], i8[::1], i8, i8, f8[:, ::1],"
                     " f8, f8[::1], {F}[:, ::1])",
-    # IN xyz (3, n), IN start, IN end (per box), IN boxes, IN l0, IN l1, OUT order (n,):
-    # order[start[b]:end[b]] = the box's point indices sorted by x
-    "box_sort_x": "void(f8[:, ::1], i8[::1], i8[::1], i8[::1], i8, i8, i8[::1])",
+    # IN pts, IN perm, IN start, IN end, IN leaves, IN l0, IN l1, IN anchor, IN scale,
+    # OUT dmin, OUT out (3, n) float32 offsets, OUT out64 (3, n) float64 offsets,
+    # OUT moved (n,) |out - out64|
+    "leaf_offsets_pair": "void(f8[:, ::1], i8[::1], i8[::1], i8[::1], i8[::1], i8, i8,"
+                         " f8[:, ::1], f8, f8[::1], f4[:, ::1], f8[:, ::1], f8[::1])",
+    # IN xyz (3, n), IN err (n,), IN start, IN end (per box), IN boxes, IN l0, IN l1,
+    # OUT order (n,), OUT xyz_out (3, n), OUT err_out (n,), OUT amax, OUT emax (per box),
+    # OUT bbox (n_boxes, 6)
+    "box_sort_x": "void(f8[:, ::1], f8[::1], i8[::1], i8[::1], i8[::1], i8, i8, i8[::1],"
+                  " f8[:, ::1], f8[::1], f8[::1], f8[::1], f8[:, ::1])",
     # IN trg (3, nt), IN terr (nt,), IN tord (nt,), IN src (3, ns), IN serr (ns,) (each box
-    # sorted by x), IN trg_start, IN trg_end, IN src_start, IN src_end (per box),
+    # sorted by x), IN sbox (n_boxes, 6) source bounding boxes, IN trg_start, IN trg_end, IN src_start, IN src_end (per box),
     # IN list_offsets, IN list_index, IN shift (n_entries, 3), IN entry_err,
     # IN pair_extra (n_entries,), IN boxes, IN l0, IN l1, IN tau, OUT hit_target (cap,),
     # OUT hit_er (2, cap), INOUT n_hits (1,)
-    "near_risk": "void(f8[:, ::1], f8[::1], i8[::1], f8[:, ::1], f8[::1], i8[::1], i8[::1],"
-                 " i8[::1], i8[::1], i8[::1], i8[::1], f8[:, ::1], f8[::1], f8[::1],"
-                 " i8[::1], i8, i8, f8, i8[::1], f8[:, ::1], i8[::1])",
+    "near_risk": "void(f8[:, ::1], f8[::1], i8[::1], f8[:, ::1], f8[::1], f8[:, ::1],"
+                 " i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], f8[:, ::1], f8[::1],"
+                 " f8[::1], i8[::1], i8, i8, f8, i8[::1], f8[:, ::1], i8[::1])",
 }
 
 LOCALS = {}
@@ -122,9 +129,57 @@ def leaf_offsets(pts, perm, start, end, leaves, l0, l1, anchor, scale, dmin, out
     return None
 
 
-def box_sort_x(xyz, start, end, boxes, l0, l1, order):
+def leaf_offsets_pair(pts, perm, start, end, leaves, l0, l1, anchor, scale, dmin, out, out64,
+                      moved):
+    """:func:`leaf_offsets` into float32 ``out`` and float64 ``out64`` at once, and
+    moved[j] = |out[:, j] - out64[:, j]| (how far rounding to float32 moved point j, in frame
+    units)."""
+    for ll in range(l0, l1):
+        b = leaves[ll]
+        ax = anchor[b, 0]
+        ay = anchor[b, 1]
+        az = anchor[b, 2]
+        m = np.inf
+        for j in range(start[b], end[b]):
+            r = perm[j]
+            dx = pts[r, 0] - ax
+            dy = pts[r, 1] - ay
+            dz = pts[r, 2] - az
+            ex = abs(dx)
+            ey = abs(dy)
+            ez = abs(dz)
+            if ex > 0.0 and ex < m:
+                m = ex
+            if ey > 0.0 and ey < m:
+                m = ey
+            if ez > 0.0 and ez < m:
+                m = ez
+            x = dx / scale
+            y = dy / scale
+            z = dz / scale
+            fx = np.float32(x)
+            fy = np.float32(y)
+            fz = np.float32(z)
+            out[0, j] = fx
+            out[1, j] = fy
+            out[2, j] = fz
+            out64[0, j] = x
+            out64[1, j] = y
+            out64[2, j] = z
+            mx = np.float64(fx) - x
+            my = np.float64(fy) - y
+            mz = np.float64(fz) - z
+            moved[j] = np.sqrt(mx * mx + my * my + mz * mz)
+        dmin[b] = m
+    return None
+
+
+def box_sort_x(xyz, err, start, end, boxes, l0, l1, order, xyz_out, err_out, amax, emax,
+               bbox):
     """For boxes[l0:l1]: order[start[b]:end[b]] = start[b] .. end[b] - 1 sorted by xyz[0]
-    (in place, a heapsort: no allocation)."""
+    (in place, a heapsort: no allocation), the box's points copied in that order to
+    xyz_out/err_out, and per box amax[b] = the largest |xyz| component, emax[b] = the
+    largest err, bbox[b] = (min x, min y, min z, max x, max y, max z) of its points."""
     for bb in range(l0, l1):
         b = boxes[bb]
         s = start[b]
@@ -139,6 +194,27 @@ def box_sort_x(xyz, start, end, boxes, l0, l1, order):
             order[s] = order[s + last]
             order[s + last] = tmp
             _sift(xyz, order, s, 0, last)
+        a = 0.0
+        e = 0.0
+        for axis in range(3):
+            bbox[b, axis] = np.inf
+            bbox[b, 3 + axis] = -np.inf
+        for k in range(s, s + n):
+            i = order[k]
+            for axis in range(3):
+                v = xyz[axis, i]
+                xyz_out[axis, k] = v
+                if abs(v) > a:
+                    a = abs(v)
+                if v < bbox[b, axis]:
+                    bbox[b, axis] = v
+                if v > bbox[b, 3 + axis]:
+                    bbox[b, 3 + axis] = v
+            err_out[k] = err[i]
+            if err[i] > e:
+                e = err[i]
+        amax[b] = a
+        emax[b] = e
     return None
 
 
@@ -172,7 +248,7 @@ def _first_at_least(xyz, lo, hi, value):
     return lo
 
 
-def near_risk(trg, terr, tord, src, serr, trg_start, trg_end, src_start, src_end,
+def near_risk(trg, terr, tord, src, serr, sbox, trg_start, trg_end, src_start, src_end,
               list_offsets, list_index, shift, entry_err, pair_extra, boxes, l0, l1, tau,
               hit_target, hit_er, n_hits):
     """The near pairs that rounding the points to float32 can hurt (aotfmm.evaluate
@@ -191,7 +267,10 @@ def near_risk(trg, terr, tord, src, serr, trg_start, trg_end, src_start, src_end
     Only pairs with |dx| <= entry_err / tau can qualify: per target a window of the x-sorted
     sources, moved along as the targets' x grows, is tested in one vectorised loop, and only
     a window with a hit is visited again to store it. Binary searches skip the targets
-    farther than that in x from all the entry's sources."""
+    farther than that in x from all the entry's sources; for a box other than the target's
+    own, a target farther than w in y or z from the sources' bounding box ``sbox`` is
+    skipped too (most of them: a cheap, predictable test), and the others find their window
+    by binary search."""
     tau2 = tau * tau
     cap = hit_target.shape[0]
     for bb in range(l0, l1):
@@ -214,20 +293,31 @@ def near_risk(trg, terr, tord, src, serr, trg_start, trg_end, src_start, src_end
             # only targets whose x is within w of the sources' x range can have a pair
             a = _first_at_least(trg, t0, t1, src[0, s0] - w - sx)
             z = _first_at_least(trg, a, t1, np.nextafter(src[0, s1 - 1] + w - sx, np.inf))
+            own = c == b
+            ylo = sbox[c, 1] - w
+            yhi = sbox[c, 4] + w
+            zlo = sbox[c, 2] - w
+            zhi = sbox[c, 5] + w
             lo = s0
             hi = s0
             for i in range(a, z):
                 xi = trg[0, i] + sx
-                while lo < s1 and xi - src[0, lo] > w:
-                    lo += 1
-                if hi < lo:
-                    hi = lo
-                while hi < s1 and src[0, hi] - xi <= w:
-                    hi += 1
-                if hi <= lo:
-                    continue
                 yi = trg[1, i] + sy
                 zi = trg[2, i] + sz
+                if own:  # every target: a sweep, lo and hi move up with x
+                    while lo < s1 and xi - src[0, lo] > w:
+                        lo += 1
+                    if hi < lo:
+                        hi = lo
+                    while hi < s1 and src[0, hi] - xi <= w:
+                        hi += 1
+                else:  # a neighbour: few targets come close enough in y and z
+                    if yi < ylo or yi > yhi or zi < zlo or zi > zhi:
+                        continue
+                    lo = _first_at_least(src, s0, s1, xi - w)
+                    hi = _first_at_least(src, lo, s1, np.nextafter(xi + w, np.inf))
+                if hi <= lo:
+                    continue
                 ei = terr[i] + extra
                 hit = 0
                 for j in range(lo, hi):

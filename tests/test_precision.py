@@ -170,6 +170,52 @@ def test_float32_direct_of_float64_points_keeps_close_pairs(k, rng):
     assert rel_err(grad, ref_grad) < 1e-6
 
 
+@pytest.mark.parametrize("kind", ["uniform", "clustered"])
+def test_rounding_sweep_finds_every_pair_a_brute_force_finds(kind, rng, monkeypatch):
+    """kernels/morton.py near_risk (x-sorted sweep, binary searches, bounding-box skips)
+    against all pairs of every near-list entry in numpy, with the same bound e, at a tau
+    small enough for thousands of hits."""
+    from aotfmm import _rounding, evaluate
+    n = 3000
+    src = rng.random((n, 3))
+    if kind == "clustered":
+        src[:1000] = 0.3 + 1e-3 * rng.random((1000, 3))
+    trg = rng.random((500, 3))
+    seen = {}
+    real = _rounding.hits
+
+    def spy(*args, **kwargs):
+        seen["args"], seen["kwargs"] = args, kwargs
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_rounding, "hits", spy)
+    monkeypatch.setattr(_rounding, "TAU", 3e-7)
+    for targets in (None, trg):
+        aotfmm.Fmm(src, targets, eps=1e-4, dtype=np.float32)
+        (t64, terr, s64, serr, t_start, t_end, s_start, s_end, offsets, index, shift,
+         shift_err, boxes, leaves, tau, workers) = seen["args"]
+        target, e, r = real(*seen["args"], **seen["kwargs"])
+        want = []
+        for b in boxes:
+            for ent in range(offsets[b], offsets[b + 1]):
+                c = index[ent]
+                ti, sj = np.arange(t_start[b], t_end[b]), np.arange(s_start[c], s_end[c])
+                if not (len(ti) and len(sj)):
+                    continue
+                d = t64[:, ti, None] + shift[ent][:, None, None] - s64[:, None, sj]
+                dist = np.sqrt((d ** 2).sum(axis=0))
+                arith = 2.0 ** -24 * np.sqrt(3.0) * (
+                    np.abs(t64[:, ti]).max() + np.abs(s64[:, sj]).max() + np.abs(shift[ent]).max())
+                bound = terr[ti, None] + serr[None, sj] + shift_err[ent] + arith
+                hit = (dist > 0) & (bound > tau * dist)
+                want += list(zip(np.broadcast_to(ti[:, None], hit.shape)[hit], dist[hit]))
+        got = sorted(zip(target, r))
+        want = sorted(want)
+        assert len(want) > 100
+        assert [t for t, _ in got] == [t for t, _ in want]
+        assert np.allclose([x for _, x in got], [x for _, x in want], rtol=1e-9, atol=0)
+
+
 @pytest.mark.parametrize("given", [np.float64, np.float32])
 def test_rounding_redo_leaves_uniform_points_alone(given, rng):
     """The check costs a sweep, not a float64 near field: 2e5 random points redo at most a

@@ -116,10 +116,9 @@ def rounding_redo(src, trg, center, scale, src_xyz, trg_xyz, order, workers):
         return None
     one = np.zeros(1, np.int64)
     ns, nt = np.array([s64.shape[1]]), np.array([t64.shape[1]])
-    arith = 2.0 ** -24 * np.sqrt(3.0) * (np.abs(s64).max() + np.abs(t64).max())
     hits = _rounding.hits(t64, terr, s64, serr, one, nt, one, ns, np.array([0, 1]), one,
-                          np.zeros((1, 3)), np.array([arith]), one, one, _rounding.TAU,
-                          workers, same=same)
+                          np.zeros((1, 3)), np.zeros(1), one, one, _rounding.TAU, workers,
+                          same=same)
     lo = np.minimum(s64.min(axis=1), t64.min(axis=1))
     hi = np.maximum(s64.max(axis=1), t64.max(axis=1))
     targets, err, field, base = _rounding.errors(*hits, s64.shape[1],

@@ -41,6 +41,7 @@ TABLE.update({
     ("any", "morton", "points", "codes"): "morton_encode_points",
     ("any", "leaf_anchors", "points", "anchors"): "leaf_anchors",
     ("any", "leaf_offsets", "points", "offsets"): "leaf_offsets",
+    ("any", "leaf_offsets_pair", "points", "offsets"): "leaf_offsets_pair",
     ("any", "box_sort_x", "points", "order"): "box_sort_x",
     ("any", "near_risk", "points", "risk"): "near_risk",
     ("any", "colleagues", "tree", "colleagues"): "tree_colleagues",

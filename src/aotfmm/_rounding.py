@@ -23,37 +23,42 @@ from . import _dispatch
 TAU = 1e-4
 
 
-def hits(trg, terr, src, serr, trg_start, trg_end, src_start, src_end,
-                  list_offsets, list_index, shift, pair_extra, boxes, leaves, tau, workers,
-                  same=False):
+def hits(trg, terr, src, serr, trg_start, trg_end, src_start, src_end, list_offsets,
+         list_index, shift, shift_err, boxes, leaves, tau, workers, same=False):
     """kernels/morton.py ``near_risk`` over the target boxes ``boxes`` (see
-    :meth:`Plan._rounding_redo`): each box's points sorted by x, then the sweep. Returns the
-    pairs it found: target (tree position), e (bound of how far rounding moves the pair's
-    difference) and r (its distance), as arrays."""
-    def per_box(values, start, end):  # max of values[start[b]:end[b]] (0 when empty)
-        out = np.zeros(len(start))
-        full = np.flatnonzero(end > start)
-        full = full[np.argsort(start[full], kind="stable")]
-        if len(full):
-            out[full] = np.maximum.reduceat(values, start[full])
-        return out
+    :meth:`aotfmm.evaluate.Plan._rounding_redo`).
 
-    rows = np.repeat(np.arange(len(trg_start), dtype=np.int64), np.diff(list_offsets))
-    entry_err = per_box(terr, trg_start, trg_end)[rows] + \
-        per_box(serr, src_start, src_end)[list_index] + pair_extra
+    ``trg``/``src``: float64 offsets (3, n) of the points in tree order, ``terr``/``serr``
+    how far rounding to float32 moved each; per list entry (target box, source box
+    list_index[entry]) ``shift`` the float64 shift between their origins and ``shift_err``
+    how far its float32 copy is off. Each leaf's points are sorted by x (copies; with them
+    each box's largest |offset| component and move), a pair's difference is taken to move by
+    up to its two points' moves plus ``shift_err`` plus 2^-24 sqrt(3) (largest |offset| of
+    either box + |shift|) for the float32 arithmetic, and the sweep finds the pairs moved by
+    more than ``tau`` of their distance. Returns them: target (tree position), e (that bound)
+    and r (their distance), as arrays."""
+    n_boxes = len(trg_start)
 
-    def sorted_by_x(pts, err, start, end):  # each box's points sorted by x: copies
+    def sorted_by_x(pts, err, start, end):
         order = np.arange(pts.shape[1], dtype=np.int64)
-        has = leaves[end[leaves] - start[leaves] > 1]  # (a parent's range holds its leaves')
-        sort = _dispatch.bind("box_sort_x", xyz=pts, start=start, end=end, boxes=has,
-                              order=order)
+        out, err_out = np.empty_like(pts), np.empty_like(err)
+        amax, emax = np.zeros(n_boxes), np.zeros(n_boxes)
+        bbox = np.zeros((n_boxes, 6))
+        has = leaves[end[leaves] > start[leaves]]  # (a parent's range holds its leaves')
+        sort = _dispatch.bind("box_sort_x", xyz=pts, err=err, start=start, end=end,
+                              boxes=has, order=order, xyz_out=out, err_out=err_out,
+                              amax=amax, emax=emax, bbox=bbox)
         workers.run(sort, workers.split((end - start)[has].astype(np.float64) + 1.0))
-        return np.ascontiguousarray(pts[:, order]), np.ascontiguousarray(err[order]), order
+        return out, err_out, order, amax, emax, bbox
 
-    src_s, serr_s, order = sorted_by_x(src, serr, src_start, src_end)
+    src_s, serr_s, order, s_amax, s_emax, sbox = sorted_by_x(src, serr, src_start, src_end)
     same = same and np.array_equal(trg_start, src_start) and np.array_equal(trg_end, src_end)
-    trg_s, terr_s, tord = (src_s, serr_s, order) if same else \
-        sorted_by_x(trg, terr, trg_start, trg_end)
+    trg_s, terr_s, tord, t_amax, t_emax, _ = (src_s, serr_s, order, s_amax, s_emax, sbox) \
+        if same else sorted_by_x(trg, terr, trg_start, trg_end)
+    rows = np.repeat(np.arange(n_boxes, dtype=np.int64), np.diff(list_offsets))
+    pair_extra = shift_err + 2.0 ** -24 * np.sqrt(3.0) * (
+        t_amax[rows] + s_amax[list_index] + np.abs(shift).max(axis=1, initial=0.0))
+    entry_err = t_emax[rows] + s_emax[list_index] + pair_extra
     cost = (trg_end - trg_start)[boxes] * np.diff(list_offsets)[boxes] + 1.0
     bounds = workers.split(cost.astype(np.float64), 4)
     cap = 256
@@ -63,7 +68,7 @@ def hits(trg, terr, src, serr, trg_start, trg_end, src_start, src_end,
         def work(l0, l1, cap=cap):
             hits = (np.zeros(cap, np.int64), np.zeros((2, cap)), np.zeros(1, np.int64))
             _dispatch.bind("near_risk", trg=trg_s, terr=terr_s, tord=tord, src=src_s,
-                           serr=serr_s, trg_start=trg_start, trg_end=trg_end,
+                           serr=serr_s, sbox=sbox, trg_start=trg_start, trg_end=trg_end,
                            src_start=src_start, src_end=src_end, list_offsets=list_offsets,
                            list_index=list_index, shift=shift, entry_err=entry_err,
                            pair_extra=pair_extra, boxes=boxes, tau=tau, hit_target=hits[0],

@@ -359,30 +359,29 @@ class Plan:
             self.offsets = (tree.centers - hi / scale) - lo / scale
         self.offsets[~np.isfinite(self.offsets)] = 0.0
 
-        def local(pts, perm, start, end, fdt=dt):
-            out = np.empty((3, len(perm)), dtype=fdt)
+        def local(pts, perm, start, end):
+            out = np.empty((3, len(perm)), dtype=dt)
             dmin = np.full(len(anchor), np.inf)
-            work = _dispatch.bind("leaf_offsets", fdt, pts=pts, perm=perm, start=start,
-                                  end=end, leaves=leaves, anchor=anchor, scale=scale, dmin=dmin,
-                                  out=out)
+            args = dict(pts=pts, perm=perm, start=start, end=end, leaves=leaves,
+                        anchor=anchor, scale=scale, dmin=dmin, out=out)
+            if dt == np.float32:  # the float64 offsets too, and how far rounding moved each
+                exact.append((np.empty((3, len(perm))), np.empty(len(perm))))
+                work = _dispatch.bind("leaf_offsets_pair", **args, out64=exact[-1][0],
+                                      moved=exact[-1][1])
+            else:
+                work = _dispatch.bind("leaf_offsets", dt, **args)
             workers.run(work, *leaf_ranges(start, end))
             smallest.append(dmin.min(initial=np.inf))
             return out
 
-        smallest = []
+        smallest, exact = [], []
         self.src = local(*sets[0])
         self.trg = self.src if self.same else local(*sets[1])
-        # float32 offsets of points given in float64: the same offsets in float64 and how far
-        # rounding moved each point, for :meth:`_rounding_redo` (None: nothing moved)
+        # float32: the float64 offsets and how far rounding moved each point, for
+        # :meth:`_rounding_redo` (None: float64, or nothing moved)
         self._exact = None
-        if dt == np.float32:
-            exact = []
-            for pts, rounded in zip(sets, (self.src, self.trg)):
-                off = local(*pts, fdt=np.float64)
-                moved = np.sqrt(((rounded - off) ** 2).sum(axis=0))
-                exact.append((off, moved))
-            if any(m.any() for _, m in exact):
-                self._exact = exact if not self.same else exact * 2
+        if exact and any(m.any() for _, m in exact):
+            self._exact = exact if not self.same else exact * 2
         # Offsets too small for the frame are refused. In float32 the bound keeps the square
         # of any difference normal, which matters for points float32 holds exactly; where
         # rounding moved points, every pair close enough for that is redone in float64
@@ -424,22 +423,10 @@ class Plan:
         s_start, s_end, t_start, t_end = tree.src_start, tree.src_end, tree.trg_start, \
             tree.trg_end
         leaves = tree.leaves
-
-        def amax(pts, start, end):  # per box: the largest |offset| component
-            out = np.zeros(n_boxes)
-            full = leaves[end[leaves] > start[leaves]]
-            full = full[np.argsort(start[full], kind="stable")]
-            if len(full):
-                out[full] = np.maximum.reduceat(np.abs(pts).max(axis=0), start[full])
-            return out
-
-        arith = 2.0 ** -24 * np.sqrt(3.0) * (amax(trg64, t_start, t_end)[rows] +
-                                             amax(src64, s_start, s_end)[cols] +
-                                             np.abs(shift).max(axis=1))
         boxes = np.flatnonzero(np.diff(self.near_offsets) > 0)
         hits = _rounding.hits(trg64, terr, src64, serr, t_start, t_end, s_start, s_end,
-                              self.near_offsets, cols, shift, shift_err + arith, boxes,
-                              leaves, _rounding.TAU, self.workers, same=self.same)
+                              self.near_offsets, cols, shift, shift_err, boxes, leaves,
+                              _rounding.TAU, self.workers, same=self.same)
         targets, err, field, base = _rounding.errors(*hits, src64.shape[1],
                                                      self.size * np.sqrt(3.0), self.same)
         n_rest = trg64.shape[1] - len(targets)
