@@ -55,7 +55,7 @@ SIGNATURES = {
 
 _ACC = {name: "{F}" for name in (
     "c", "one", "two", "three", "ka", "kb", "r2", "invr", "ir2", "r", "ex", "sn", "cs", "fr",
-    "fi", "g0r", "g0i", "g1r", "g1i", "p2r", "p2i", "lr", "li", "ar", "ai", "gxr", "gxi", "gyr",
+    "fi", "g0r", "g0i", "g1r", "g1i", "g3r", "g3i", "p2r", "p2i", "lr", "li", "ar", "ai", "gxr", "gxi", "gyr",
     "gyi", "gzr", "gzi", "qr", "qi", "wr", "wi", "ddr", "ddi", "tr", "ti", "ox", "oy", "oz",
     "xi", "yi", "zi", "dx", "dy", "dz", "hr", "xm", "ym", "zm")}
 LOCALS = {"helmholtz_p2p": _ACC, "helmholtz_p2c": _ACC, "helmholtz_s2p": _ACC}
@@ -72,7 +72,8 @@ def helmholtz_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_e
     scratch, densities split into real and imaginary parts; then per target, per chunk of
     sources, the pair values once and one real sweep per density). Stored per pair (complex
     values as two rows): u/r (charges, potential); u/r and d u (1 + L)/r^3 (charges,
-    gradient); d, u/r, u (1 + L)/r^3 and u (3 + 3L + L^2)/r^5 (dipoles)."""
+    gradient); with dipoles the unit vector d/r, u/r, u (1 + L)/r^2, u (1 + L)/r^3 and
+    u (3 + 3L + L^2)/r^3 (as in yukawa.py: no power of 1/r beyond the field's own)."""
     c = INV4PI
     one = 1.0
     two = 2.0
@@ -85,7 +86,7 @@ def helmholtz_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_e
     mode = 2 if has_d else (1 if do_g else 0)
     nd = pot.shape[0]
     dt = src_xyz.dtype
-    geo = np.empty((9, P2P_CHUNK), dtype=dt)  # per pair of a chunk, complex as (re, im) rows:
+    geo = np.empty((11, P2P_CHUNK), dtype=dt)  # per pair of a chunk, complex as (re, im) rows:
     b0r = geo[0]  # u / r
     b0i = geo[1]
     wxr = geo[2]  # mode 1: d u (1 + L) / r^3
@@ -94,13 +95,15 @@ def helmholtz_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_e
     wyi = geo[5]
     wzr = geo[6]
     wzi = geo[7]
-    b1r = geo[2]  # mode 2: u (1 + L) / r^3,
+    b1r = geo[2]  # mode 2: u (1 + L) / r^2,
     b1i = geo[3]
-    b2r = geo[4]  # u (3 + 3L + L^2) / r^5
+    b2r = geo[4]  # u (3 + 3L + L^2) / r^3,
     b2i = geo[5]
-    ex_ = geo[6]  # and d
+    ex_ = geo[6]  # the unit vector d / r,
     ey_ = geo[7]
     ez_ = geo[8]
+    b3r = geo[9]  # and u (1 + L) / r^3
+    b3i = geo[10]
     sums = np.zeros((nd, 8), dtype=dt)
     sxyz = np.empty((3, m_max), dtype=dt)
     gq = np.empty((2, nd if has_q else 1, m_max), dtype=dt)
@@ -201,20 +204,26 @@ def helmholtz_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_e
                         lr = kb * r
                         li = -ka * r
                         ir2 = invr * invr
-                        fr = (one + lr) * ir2
-                        fi = li * ir2
-                        # g2 = g0 (3 + 3L + L^2) / r^4
-                        p2r = (three + lr * (three + lr) - li * li) * (ir2 * ir2)
-                        p2i = li * (three + two * lr) * (ir2 * ir2)
+                        # from the unit vector: g0 (1 + L) / r and g0 (3 + 3L + L^2) / r^2,
+                        # no power of 1/r beyond the field's own (1/r^5 overflowed float32
+                        # for dipoles ~2e-8 apart)
+                        fr = (one + lr) * invr
+                        fi = li * invr
+                        p2r = (three + lr * (three + lr) - li * li) * ir2
+                        p2i = li * (three + two * lr) * ir2
                         b0r[j] = g0r
                         b0i[j] = g0i
-                        b1r[j] = g0r * fr - g0i * fi
-                        b1i[j] = g0r * fi + g0i * fr
+                        g1r = g0r * fr - g0i * fi
+                        g1i = g0r * fi + g0i * fr
+                        b1r[j] = g1r
+                        b1i[j] = g1i
+                        b3r[j] = g1r * invr
+                        b3i[j] = g1i * invr
                         b2r[j] = g0r * p2r - g0i * p2i
                         b2i[j] = g0r * p2i + g0i * p2r
-                        ex_[j] = dx
-                        ey_[j] = dy
-                        ez_[j] = dz
+                        ex_[j] = dx * invr
+                        ey_[j] = dy * invr
+                        ez_[j] = dz * invr
                 for d in range(nd):
                     ar = 0.0
                     ai = 0.0
@@ -277,14 +286,16 @@ def helmholtz_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_e
                                 ddi = d0i[j] * dx + d1i[j] * dy + d2i[j] * dz
                                 ar += ddr * g1r - ddi * g1i
                                 ai += ddr * g1i + ddi * g1r
-                                tr = ddr * b2r[j] - ddi * b2i[j]  # P g2
+                                tr = ddr * b2r[j] - ddi * b2i[j]  # (D.u) g2
                                 ti = ddr * b2i[j] + ddi * b2r[j]
-                                gxr += d0r[j] * g1r - d0i[j] * g1i - tr * dx
-                                gxi += d0r[j] * g1i + d0i[j] * g1r - ti * dx
-                                gyr += d1r[j] * g1r - d1i[j] * g1i - tr * dy
-                                gyi += d1r[j] * g1i + d1i[j] * g1r - ti * dy
-                                gzr += d2r[j] * g1r - d2i[j] * g1i - tr * dz
-                                gzi += d2r[j] * g1i + d2i[j] * g1r - ti * dz
+                                g3r = b3r[j]
+                                g3i = b3i[j]
+                                gxr += d0r[j] * g3r - d0i[j] * g3i - tr * dx
+                                gxi += d0r[j] * g3i + d0i[j] * g3r - ti * dx
+                                gyr += d1r[j] * g3r - d1i[j] * g3i - tr * dy
+                                gyi += d1r[j] * g3i + d1i[j] * g3r - ti * dy
+                                gzr += d2r[j] * g3r - d2i[j] * g3i - tr * dz
+                                gzi += d2r[j] * g3i + d2i[j] * g3r - ti * dz
                         else:
                             for j in range(np.uint64(0), m):
                                 dx = ex_[j]

@@ -28,9 +28,9 @@ geometry, as ``p2p.py`` does for Laplace). The exponent -lam r then carries
 lam r = 20, where the term's weight is exp(-20) = 2e-9). P2C and S2P keep the exact sqrt
 (their pairs are far fewer). exp(-lam r) is ``_vecmath.vexp`` (vectorised, full accuracy;
 ``vexp_coarse`` with flag 16), computed once; each density is then a multiply-add sweep over
-the stored pair values. The dipole terms store 1/r^5 (as ``multi.py`` did until 2026-12-02:
-it now forms them from the unit vector), so float32 dipoles closer than ~2e-8 of the frame
-overflow although their field fits (FloatingPointError; Helmholtz likewise).
+the stored pair values. The dipole terms are formed from the unit vector as in ``multi.py``
+(until 2026-12-02 they stored 1/r^5, and float32 dipoles closer than ~2e-8 of the frame
+overflowed although their field fits: FloatingPointError; Helmholtz likewise).
 """
 import numpy as np
 
@@ -70,7 +70,7 @@ SIGNATURES = {
 
 _ACC = {name: "{F}" for name in (
     "c", "one", "three", "acc", "gx", "gy", "gz", "r2", "invr", "ir2", "r", "lr", "g0",
-    "g1", "g2", "dd", "t5", "qj", "ox", "oy", "oz", "xi", "yi", "zi", "dx", "dy", "dz", "hr", "chk",
+    "g1", "g2", "g3", "dd", "t5", "qj", "ox", "oy", "oz", "xi", "yi", "zi", "dx", "dy", "dz", "hr", "chk",
     "xm", "ym", "zm", "nlam")}
 LOCALS = {"yukawa_p2p": _ACC, "yukawa_p2c": _ACC, "yukawa_s2p": _ACC,
           "yukawa_p2p_sym": _ACC}
@@ -85,7 +85,10 @@ def yukawa_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
     density d (the structure of ``multi.p2p_multi``: each target box's list gathered into
     scratch, then per target, per chunk of sources, the pair values once and one sweep per
     density). Stored per pair: e/r (charges, potential); e/r and d e (1 + L)/r^3 (charges,
-    gradient); d, e/r, e (1 + L)/r^3 and e (3 + 3L + L^2)/r^5 (dipoles)."""
+    gradient); with dipoles the unit vector u = d/r, e/r, e (1 + L)/r^2, e (1 + L)/r^3 and
+    e (3 + 3L + L^2)/r^3: dipole potential (D.u) e (1 + L)/r^2, gradient D e (1 + L)/r^3 -
+    (D.u) u e (3 + 3L + L^2)/r^3, charge gradient -q u e (1 + L)/r^2 (nothing beyond the
+    field's own power of 1/r, so nothing overflows before the field does)."""
     c = INV4PI
     one = 1.0
     three = 3.0
@@ -99,13 +102,14 @@ def yukawa_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
     fused = mode < 2 and pot.shape[0] == 1
     nd = pot.shape[0]
     dt = src_xyz.dtype
-    geo = np.empty((6, P2P_CHUNK), dtype=dt)
-    bx = geo[0]  # d, or d e (1 + L)/r^3 in mode 1
+    geo = np.empty((7, P2P_CHUNK), dtype=dt)
+    bx = geo[0]  # the unit vector d / r (mode 2), or d e (1 + L)/r^3 (mode 1)
     by = geo[1]
     bz = geo[2]
     b0 = geo[3]  # e / r
-    b1 = geo[4]  # e (1 + L) / r^3 (mode 2)
-    b2 = geo[5]  # e (3 + 3L + L^2) / r^5 (mode 2)
+    b1 = geo[4]  # e (1 + L) / r^2 (mode 2)
+    b2 = geo[5]  # e (3 + 3L + L^2) / r^3 (mode 2)
+    b3 = geo[6]  # e (1 + L) / r^3 (mode 2)
     sums = np.zeros((nd, 4), dtype=dt)
     sxyz = np.empty((3, m_max), dtype=dt)
     gq = np.empty((nd if has_q else 1, m_max), dtype=dt)
@@ -289,13 +293,14 @@ def yukawa_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
                         r = r2 * invr
                         lr = lam * r
                         g0 = vexp(nlam * r) * invr
-                        ir2 = invr * invr
+                        g1 = g0 * (one + lr) * invr
                         b0[j] = g0
-                        b1[j] = g0 * (one + lr) * ir2
-                        b2[j] = g0 * (three + lr * (three + lr)) * (ir2 * ir2)
-                        bx[j] = dx
-                        by[j] = dy
-                        bz[j] = dz
+                        b1[j] = g1
+                        b2[j] = g0 * (three + lr * (three + lr)) * (invr * invr)
+                        b3[j] = g1 * invr
+                        bx[j] = dx * invr
+                        by[j] = dy * invr
+                        bz[j] = dz * invr
                 if refine or chk != chk:  # exact sqrt: direct sums, or a source too close
                     for j in range(np.uint64(0), m):  # for the float32 estimate
                         dx = xi - sx[j]
@@ -316,11 +321,13 @@ def yukawa_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
                             by[j] = dy * g1
                             bz[j] = dz * g1
                         elif mode == 2:
-                            b1[j] = g0 * (one + lr) * ir2
-                            b2[j] = g0 * (three + lr * (three + lr)) * (ir2 * ir2)
-                            bx[j] = dx
-                            by[j] = dy
-                            bz[j] = dz
+                            g1 = g0 * (one + lr) * invr
+                            b1[j] = g1
+                            b2[j] = g0 * (three + lr * (three + lr)) * ir2
+                            b3[j] = g1 * invr
+                            bx[j] = dx * invr
+                            by[j] = dy * invr
+                            bz[j] = dz * invr
                 for d in range(nd):
                     acc = 0.0
                     gx = 0.0
@@ -356,12 +363,12 @@ def yukawa_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
                         if do_g:
                             for j in range(np.uint64(0), m):
                                 dd = d0[j] * bx[j] + d1[j] * by[j] + d2[j] * bz[j]
-                                g1 = b1[j]
-                                acc += dd * g1
+                                acc += dd * b1[j]
+                                g3 = b3[j]
                                 t5 = dd * b2[j]
-                                gx += d0[j] * g1 - t5 * bx[j]
-                                gy += d1[j] * g1 - t5 * by[j]
-                                gz += d2[j] * g1 - t5 * bz[j]
+                                gx += d0[j] * g3 - t5 * bx[j]
+                                gy += d1[j] * g3 - t5 * by[j]
+                                gz += d2[j] * g3 - t5 * bz[j]
                         else:
                             for j in range(np.uint64(0), m):
                                 acc += (d0[j] * bx[j] + d1[j] * by[j] + d2[j] * bz[j]) * b1[j]

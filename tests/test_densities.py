@@ -233,6 +233,37 @@ def test_close_dipoles_whose_field_fits_do_not_overflow(dtype, r, k):
         np.testing.assert_allclose(g2[:, col], np.stack([want_g, want_g]), rtol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["yukawa", "helmholtz"])
+@pytest.mark.parametrize("dtype,r", [(np.float32, 1e-8), (np.float32, 1e-11),
+                                     (np.float64, 1e-70)])
+@pytest.mark.parametrize("k", [1, 3])
+def test_close_yukawa_helmholtz_dipoles_do_not_overflow(family, dtype, r, k):
+    """As above for G = exp(-lam r)/(4 pi r) and exp(i kappa r)/(4 pi r): until 2026-12-02
+    their dipole terms formed 1/r^5 and raised FloatingPointError from r ~ 2e-8 (float32)
+    and ~1e-62 (float64). Closed form at the pair, with L = lam r (Yukawa) or -i kappa r
+    (Helmholtz), E = exp(-L), d = (1, 1, 1), u = -+e_x: pot = (d . u) E (1 + L)/(4 pi r^2),
+    grad = (d E (1 + L) - (d . u) u E (3 + 3 L + L^2))/(4 pi r^3)."""
+    src = np.array([[0, 0, 0], [r, 0, 0], [1, 1, 1], [-1, 0.5, -1]], dtype=dtype)
+    kern = aotfmm.Yukawa(1.5) if family == "yukawa" else aotfmm.Helmholtz(2.0)
+    d = np.ones((4, k, 3)) if k > 1 else np.ones((4, 3))
+    if family == "helmholtz":
+        d = d * (1 + 0.5j)
+    pot, grad = aotfmm.Fmm(src, kernel=kern, dipoles=True).evaluate(dipoles=d, gradient=True)
+    rr = float(src[1, 0])
+    big_l = 1.5 * rr if family == "yukawa" else -2.0j * rr
+    e = np.exp(-big_l)
+    scale = 1.0 if family == "yukawa" else (1 + 0.5j)
+    want_p = scale * np.array([-1.0, 1.0]) * e * (1 + big_l) / (4 * np.pi * rr ** 2)
+    ex = np.array([1.0, 0.0, 0.0])
+    want_g = scale * (np.ones(3) * e * (1 + big_l) - ex * e * (3 + 3 * big_l + big_l ** 2)) \
+        / (4 * np.pi * rr ** 3)
+    p2, g2 = pot.reshape(4, k)[:2], grad.reshape(4, k, 3)[:2]
+    assert np.isfinite(g2).all()
+    for col in range(k):
+        np.testing.assert_allclose(p2[:, col], want_p, rtol=1e-5)
+        np.testing.assert_allclose(g2[:, col], np.stack([want_g, want_g]), rtol=1e-5)
+
+
 @pytest.mark.parametrize("method", ["direct", "fmm"])
 def test_near_coincident_points_with_dipoles(rng, method):
     """Sources 1e-8 .. 1e-40 apart: below ~1e-19 the float64 kernels' float32 1/r estimate
