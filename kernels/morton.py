@@ -33,11 +33,10 @@ SIGNATURES = {
     # OUT moved (n,) |out - out64|
     "leaf_offsets_pair": "void(f8[:, ::1], i8[::1], i8[::1], i8[::1], i8[::1], i8, i8,"
                          " f8[:, ::1], f8, f8[::1], f4[:, ::1], f8[:, ::1], f8[::1])",
-    # IN xyz (3, n), IN err (n,), IN start, IN end (per box), IN boxes, IN l0, IN l1,
-    # OUT order (n,), OUT xyz_out (3, n), OUT err_out (n,), OUT amax, OUT emax (per box),
-    # OUT bbox (n_boxes, 6)
+    # INOUT xyz (3, n), INOUT err (n,), IN start, IN end (per box), IN boxes, IN l0, IN l1,
+    # OUT order (n,), OUT amax, OUT emax (per box), OUT bbox (n_boxes, 6)
     "box_sort_x": "void(f8[:, ::1], f8[::1], i8[::1], i8[::1], i8[::1], i8, i8, i8[::1],"
-                  " f8[:, ::1], f8[::1], f8[::1], f8[::1], f8[:, ::1])",
+                  " f8[::1], f8[::1], f8[:, ::1])",
     # IN trg (3, nt), IN terr (nt,), IN tord (nt,), IN src (3, ns), IN serr (ns,) (each box
     # sorted by x), IN sbox (n_boxes, 6) source bounding boxes, IN trg_start, IN trg_end, IN src_start, IN src_end (per box),
     # IN list_offsets, IN list_index, IN shift (n_entries, 3), IN entry_err,
@@ -174,12 +173,17 @@ def leaf_offsets_pair(pts, perm, start, end, leaves, l0, l1, anchor, scale, dmin
     return None
 
 
-def box_sort_x(xyz, err, start, end, boxes, l0, l1, order, xyz_out, err_out, amax, emax,
-               bbox):
-    """For boxes[l0:l1]: order[start[b]:end[b]] = start[b] .. end[b] - 1 sorted by xyz[0]
-    (in place, a heapsort: no allocation), the box's points copied in that order to
-    xyz_out/err_out, and per box amax[b] = the largest |xyz| component, emax[b] = the
-    largest err, bbox[b] = (min x, min y, min z, max x, max y, max z) of its points."""
+def box_sort_x(xyz, err, start, end, boxes, l0, l1, order, amax, emax, bbox):
+    """For boxes[l0:l1]: each box's points (xyz[:, start[b]:end[b]], err[...]) sorted by x in
+    place, order[k] = the position point k had before; per box amax[b] = the largest |xyz|
+    component, emax[b] = the largest err, bbox[b] = (min x, min y, min z, max x, max y,
+    max z). An index heapsort, then a permutation through one scratch buffer (allocated once,
+    the size of the largest box)."""
+    m = 1
+    for bb in range(l0, l1):
+        b = boxes[bb]
+        m = max(m, end[b] - start[b])
+    tmp = np.empty((4, m))
     for bb in range(l0, l1):
         b = boxes[bb]
         s = start[b]
@@ -190,29 +194,33 @@ def box_sort_x(xyz, err, start, end, boxes, l0, l1, order, xyz_out, err_out, ama
         for root in range(n // 2 - 1, -1, -1):
             _sift(xyz, order, s, root, n)
         for last in range(n - 1, 0, -1):
-            tmp = order[s]
+            t = order[s]
             order[s] = order[s + last]
-            order[s + last] = tmp
+            order[s + last] = t
             _sift(xyz, order, s, 0, last)
         a = 0.0
         e = 0.0
         for axis in range(3):
             bbox[b, axis] = np.inf
             bbox[b, 3 + axis] = -np.inf
-        for k in range(s, s + n):
-            i = order[k]
+        for k in range(n):
+            i = order[s + k]
             for axis in range(3):
                 v = xyz[axis, i]
-                xyz_out[axis, k] = v
+                tmp[axis, k] = v
                 if abs(v) > a:
                     a = abs(v)
                 if v < bbox[b, axis]:
                     bbox[b, axis] = v
                 if v > bbox[b, 3 + axis]:
                     bbox[b, 3 + axis] = v
-            err_out[k] = err[i]
+            tmp[3, k] = err[i]
             if err[i] > e:
                 e = err[i]
+        for k in range(n):
+            for axis in range(3):
+                xyz[axis, s + k] = tmp[axis, k]
+            err[s + k] = tmp[3, k]
         amax[b] = a
         emax[b] = e
     return None

@@ -121,7 +121,7 @@ def rounding_redo(src, trg, center, scale, src_xyz, trg_xyz, order, workers):
                           same=same)
     lo = np.minimum(s64.min(axis=1), t64.min(axis=1))
     hi = np.maximum(s64.max(axis=1), t64.max(axis=1))
-    targets, err, field, base = _rounding.errors(*hits, s64.shape[1],
+    targets, err, field, base = _rounding.errors(*hits[:3], s64.shape[1],
                                                  float(np.linalg.norm(hi - lo)), same)
     order = min(order, 3)
     if not len(targets):

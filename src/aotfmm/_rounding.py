@@ -31,30 +31,33 @@ def hits(trg, terr, src, serr, trg_start, trg_end, src_start, src_end, list_offs
     ``trg``/``src``: float64 offsets (3, n) of the points in tree order, ``terr``/``serr``
     how far rounding to float32 moved each; per list entry (target box, source box
     list_index[entry]) ``shift`` the float64 shift between their origins and ``shift_err``
-    how far its float32 copy is off. Each leaf's points are sorted by x (copies; with them
-    each box's largest |offset| component and move), a pair's difference is taken to move by
-    up to its two points' moves plus ``shift_err`` plus 2^-24 sqrt(3) (largest |offset| of
-    either box + |shift|) for the float32 arithmetic, and the sweep finds the pairs moved by
-    more than ``tau`` of their distance. Returns them: target (tree position), e (that bound)
-    and r (their distance), as arrays."""
+    how far its float32 copy is off. Each leaf's points are sorted by x IN PLACE (trg, terr,
+    src, serr: the returned orders give each sorted point's tree position; with them each
+    box's largest |offset| component, move and bounding box), a pair's difference is taken
+    to move by up to its two points' moves plus ``shift_err`` plus 2^-24 sqrt(3) (largest
+    |offset| of either box + |shift|) for the float32 arithmetic, and the sweep finds the
+    pairs moved by more than ``tau`` of their distance. Returns them: target (tree
+    position), e (that bound), r (their distance), as arrays; then the source and target
+    orders."""
     n_boxes = len(trg_start)
 
-    def sorted_by_x(pts, err, start, end):
+    def sort_by_x(pts, err, start, end):
         order = np.arange(pts.shape[1], dtype=np.int64)
-        out, err_out = np.empty_like(pts), np.empty_like(err)
         amax, emax = np.zeros(n_boxes), np.zeros(n_boxes)
         bbox = np.zeros((n_boxes, 6))
         has = leaves[end[leaves] > start[leaves]]  # (a parent's range holds its leaves')
         sort = _dispatch.bind("box_sort_x", xyz=pts, err=err, start=start, end=end,
-                              boxes=has, order=order, xyz_out=out, err_out=err_out,
-                              amax=amax, emax=emax, bbox=bbox)
+                              boxes=has, order=order, amax=amax, emax=emax, bbox=bbox)
         workers.run(sort, workers.split((end - start)[has].astype(np.float64) + 1.0))
-        return out, err_out, order, amax, emax, bbox
+        return order, amax, emax, bbox
 
-    src_s, serr_s, order, s_amax, s_emax, sbox = sorted_by_x(src, serr, src_start, src_end)
     same = same and np.array_equal(trg_start, src_start) and np.array_equal(trg_end, src_end)
-    trg_s, terr_s, tord, t_amax, t_emax, _ = (src_s, serr_s, order, s_amax, s_emax, sbox) \
-        if same else sorted_by_x(trg, terr, trg_start, trg_end)
+    if not same and trg is src:  # one array, two orders: the targets get their own copy
+        trg, terr = trg.copy(), terr.copy()
+    order, s_amax, s_emax, sbox = sort_by_x(src, serr, src_start, src_end)
+    tord, t_amax, t_emax, _ = (order, s_amax, s_emax, sbox) if same \
+        else sort_by_x(trg, terr, trg_start, trg_end)
+    src_s, serr_s, trg_s, terr_s = src, serr, trg, terr
     rows = np.repeat(np.arange(n_boxes, dtype=np.int64), np.diff(list_offsets))
     pair_extra = shift_err + 2.0 ** -24 * np.sqrt(3.0) * (
         t_amax[rows] + s_amax[list_index] + np.abs(shift).max(axis=1, initial=0.0))
@@ -83,7 +86,8 @@ def hits(trg, terr, src, serr, trg_start, trg_end, src_start, src_end, list_offs
     n = [int(h[2][0]) for h in found]
     return (np.concatenate([h[0][:k] for h, k in zip(found, n)] + [np.zeros(0, np.int64)]),
             np.concatenate([h[1][0, :k] for h, k in zip(found, n)] + [np.zeros(0)]),
-            np.concatenate([h[1][1, :k] for h, k in zip(found, n)] + [np.zeros(0)]))
+            np.concatenate([h[1][1, :k] for h, k in zip(found, n)] + [np.zeros(0)]),
+            order, tord)
 
 
 def errors(target, e, r, n_sources, diameter, same):

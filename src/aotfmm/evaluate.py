@@ -427,6 +427,8 @@ class Plan:
         hits = _rounding.hits(trg64, terr, src64, serr, t_start, t_end, s_start, s_end,
                               self.near_offsets, cols, shift, shift_err, boxes, leaves,
                               _rounding.TAU, self.workers, same=self.same)
+        # (src64/trg64 now hold each leaf's points sorted by x; sord/tord: their tree order)
+        *hits, sord, tord = hits
         targets, err, field, base = _rounding.errors(*hits, src64.shape[1],
                                                      self.size * np.sqrt(3.0), self.same)
         n_rest = trg64.shape[1] - len(targets)
@@ -462,6 +464,7 @@ class Plan:
                                   for b in redo])
         trg, trg_idx, trg_s, trg_e = compact(trg64, t_start, t_end, redo)
         src, src_idx, src_s, src_e = compact(src64, s_start, s_end, cols[entries])
+        trg_idx, src_idx = tord[trg_idx], sord[src_idx]  # sorted positions -> tree order
         cum = np.concatenate(([0], np.cumsum((src_e - src_s)[cols])))
         work = cum[self.near_offsets[redo + 1]] - cum[self.near_offsets[redo]]
         keep = ~in_redo[self.near_boxes]
