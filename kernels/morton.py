@@ -41,7 +41,7 @@ SIGNATURES = {
     # sorted by x), IN sbox (n_boxes, 6) source bounding boxes, IN trg_start, IN trg_end, IN src_start, IN src_end (per box),
     # IN list_offsets, IN list_index, IN shift (n_entries, 3), IN entry_err,
     # IN pair_extra (n_entries,), IN boxes, IN l0, IN l1, IN tau, OUT hit_target (cap,),
-    # OUT hit_er (2, cap), INOUT n_hits (1,)
+    # OUT hit_sums (9, cap), INOUT n_hits (1,)
     "near_risk": "void(f8[:, ::1], f8[::1], i8[::1], f8[:, ::1], f8[::1], f8[:, ::1],"
                  " i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], f8[:, ::1], f8[::1],"
                  " f8[::1], i8[::1], i8, i8, f8, i8[::1], f8[:, ::1], i8[::1])",
@@ -256,52 +256,73 @@ def _first_at_least(xyz, lo, hi, value):
     return lo
 
 
+#: the float32 arithmetic's share of a pair difference that grows with its distance r: the
+#: pair loops form (t + shift) - s or t - (s - shift); the first operation rounds by at most
+#: 2^-24 of |t + shift| <= |s| + r (or of |s - shift| <= |t| + r), the second is exact for
+#: a close pair (Sterbenz) and else rounds by at most 2^-24 r: per component 2^-24 (|s| + 2 r),
+#: the |s| part being the entry's ``pair_extra``
+_ARITH_R = 2.0 ** -23 * 1.7320508075688772
+
+
 def near_risk(trg, terr, tord, src, serr, sbox, trg_start, trg_end, src_start, src_end,
               list_offsets, list_index, shift, entry_err, pair_extra, boxes, l0, l1, tau,
-              hit_target, hit_er, n_hits):
+              hit_target, hit_sums, n_hits):
     """The near pairs that rounding the points to float32 can hurt (aotfmm.evaluate
-    ``Plan._rounding_redo``), for the target boxes boxes[l0:l1].
+    ``Plan._rounding_redo``), for the target boxes boxes[l0:l1], summed per target.
 
     ``trg``/``src``: float64 leaf-local offsets (frame units), each box's points sorted by x
     (:func:`box_sort_x`); ``terr``/``serr``: how far each point moved when rounded to float32,
     in the same order; ``tord``: tree position of each sorted target. Per near-list entry
     (target box b, source box c = list_index[entry]): ``shift`` the float64 anchor-to-anchor
     shift, ``pair_extra`` the rounding of the float32 shift plus the float32 arithmetic's,
-    ``entry_err`` a bound of terr + serr + pair_extra over the entry's pairs.
+    ``entry_err`` a bound of terr + serr + pair_extra over the entry's pairs (a box's own
+    entry: no shift, and ``pair_extra`` 0).
 
-    Each pair i, j at distance r > 0 whose bound e = terr[i] + serr[j] + pair_extra exceeds
-    tau * r is a hit: the k-th (k = n_hits[0], which counts every hit) is stored as
-    hit_target[k] = tord[i], hit_er[:, k] = (e, r) while k < len(hit_target).
+    Each pair i, j at distance r > 0 whose bound e = terr[i] + serr[j] + pair_extra +
+    2^-23 sqrt(3) r (:data:`_ARITH_R`) exceeds tau * r is a hit. Per target with hits (the k-th, k = n_hits[0], which counts them all;
+    stored while k < len(hit_target)): hit_target[k] = tord[i] and hit_sums[:, k] = the sums
+    over its hits of (o + 1) e / r^(o + 2) (rows o = 0..3: the error bound of a term of the
+    o-th derivative of 1/r), of 1 / r^(o + 1) (rows 4 + o: the term) and of 1 (row 8).
     Only pairs with |dx| <= entry_err / tau can qualify: per target a window of the x-sorted
-    sources, moved along as the targets' x grows, is tested in one vectorised loop, and only
-    a window with a hit is visited again to store it. Binary searches skip the targets
-    farther than that in x from all the entry's sources; for a box other than the target's
-    own, a target farther than w in y or z from the sources' bounding box ``sbox`` is
-    skipped too (most of them: a cheap, predictable test), and the others find their window
-    by binary search."""
-    tau2 = tau * tau
+    sources is tested in one vectorised loop, and only a window with a hit is visited again.
+    In the box's own entry the window moves along as the targets' x grows; for another box,
+    binary searches skip the targets farther than that in x from all its sources, a cheap
+    test skips those farther than that in y or z from its bounding box ``sbox`` (most), and
+    the rest find their window by binary search."""
     cap = hit_target.shape[0]
+    m = 1
+    for bb in range(l0, l1):
+        b = boxes[bb]
+        m = max(m, trg_end[b] - trg_start[b])
+    acc = np.zeros((9, m))
     for bb in range(l0, l1):
         b = boxes[bb]
         t0 = trg_start[b]
         t1 = trg_end[b]
         if t1 <= t0:
             continue
+        for k in range(t1 - t0):
+            for row in range(9):
+                acc[row, k] = 0.0
         for ent in range(list_offsets[b], list_offsets[b + 1]):
             c = list_index[ent]
             s0 = src_start[c]
             s1 = src_end[c]
             if s1 <= s0:
                 continue
+            own = c == b
             sx = shift[ent, 0]
             sy = shift[ent, 1]
             sz = shift[ent, 2]
-            w = entry_err[ent] / tau
             extra = pair_extra[ent]
+            kappa = _ARITH_R
+            # e = a + kappa r > tau r  <=>  a > (tau - kappa) r, a = terr + serr + extra
+            teff = tau - kappa
+            teff2 = teff * teff
+            w = entry_err[ent] / teff
             # only targets whose x is within w of the sources' x range can have a pair
             a = _first_at_least(trg, t0, t1, src[0, s0] - w - sx)
             z = _first_at_least(trg, a, t1, np.nextafter(src[0, s1 - 1] + w - sx, np.inf))
-            own = c == b
             ylo = sbox[c, 1] - w
             yhi = sbox[c, 4] + w
             zlo = sbox[c, 2] - w
@@ -334,21 +355,33 @@ def near_risk(trg, terr, tord, src, serr, sbox, trg_start, trg_end, src_start, s
                     dz = zi - src[2, j]
                     r2 = dx * dx + dy * dy + dz * dz
                     e = ei + serr[j]
-                    if r2 > 0.0 and e * e > tau2 * r2:
+                    if r2 > 0.0 and e * e > teff2 * r2:
                         hit += 1
                 if hit == 0:
                     continue
+                row = i - t0
                 for j in range(lo, hi):
                     dx = xi - src[0, j]
                     dy = yi - src[1, j]
                     dz = zi - src[2, j]
                     r2 = dx * dx + dy * dy + dz * dz
                     e = ei + serr[j]
-                    if r2 > 0.0 and e * e > tau2 * r2:
-                        k = n_hits[0]
-                        if k < cap:
-                            hit_target[k] = tord[i]
-                            hit_er[0, k] = e
-                            hit_er[1, k] = np.sqrt(r2)
-                        n_hits[0] = k + 1
+                    if r2 > 0.0 and e * e > teff2 * r2:
+                        r = np.sqrt(r2)
+                        e += kappa * r
+                        inv = 1.0 / r
+                        t = inv
+                        for o in range(4):  # t = 1 / r^(o + 1)
+                            acc[o, row] += (o + 1) * e * inv * t
+                            acc[4 + o, row] += t
+                            t *= inv
+                        acc[8, row] += 1.0
+        for row in range(t1 - t0):
+            if acc[8, row] > 0.0:
+                k = n_hits[0]
+                if k < cap:
+                    hit_target[k] = tord[t0 + row]
+                    for q in range(9):
+                        hit_sums[q, k] = acc[q, row]
+                n_hits[0] = k + 1
     return None

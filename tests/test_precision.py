@@ -78,12 +78,12 @@ def _hard_to_round(rng, where):
     cannot resolve at their leaf offsets (~6e-8 of a leaf ~0.1 wide): the review's repro (a
     cluster 1e-8 wide at 0.3) and its siblings: a pair straddling the cube's middle plane
     (two leaves, so the rounded anchor-to-anchor shift is in the difference too), a pair
-    1e-13 apart."""
+    1e-11 apart (just above float32's refusal at 2^-40 of the extent, ~8 when shifted)."""
     x = rng.random((2000, 3))
     c = np.asarray(where, dtype=np.float64)
     extra = [c + 1e-8 * rng.random((50, 3)),
              [[0.5 - 3e-9, 0.41, 0.77], [0.5 + 4e-9, 0.41 + 2e-9, 0.77]],
-             [[0.2, 0.9, 0.6], [0.2 + 1e-13, 0.9, 0.6]]]
+             [[0.2, 0.9, 0.6], [0.2 + 1e-11, 0.9, 0.6]]]
     return np.vstack([x] + [np.asarray(e, dtype=np.float64) for e in extra])
 
 
@@ -150,13 +150,47 @@ def test_float32_yukawa_plan_rounding_redo(rng):
     assert rel_err(pot, ref) < 1e-5
 
 
+def test_float32_plan_pair_just_above_the_old_threshold(rng):
+    """Review 2026-12-02: with the pair threshold fixed at 1e-4 of the distance, a pair of
+    6000 points 8e-4 apart (moved by ~0.9e-4 of its distance) was not counted and alone
+    gave a gradient error of 1.5e-5 at eps 1e-5. The threshold is now eps when smaller."""
+    src = rng.random((6000, 3))
+    src[1] = src[0] + [8e-4, 0, 0]
+    q = rng.standard_normal(6000)
+    pot, grad = aotfmm.laplace(src, q, eps=1e-5, gradient=True, dtype=np.float32)
+    ref_pot, ref_grad = direct_reference(src, q, src)
+    assert rel_err(pot, ref_pot) < 1e-5
+    assert rel_err(grad, ref_grad) < 1e-5
+
+
+def test_float32_tight_cluster_at_the_origin_is_refused_or_exact(rng):
+    """Review 2026-12-02: float64 points 1e-24 apart near the origin, in a leaf of their own
+    (ncrit 32), had no pair counted (their offsets round finely) and r^2 = 0 in float32
+    dropped them all: float32's refusal below 2^-40 of the extent holds for float64 points
+    too. The float32 direct sum centres its frame, so there the cluster's points are 0.5
+    from the centre and merged by the float64 subtraction itself (before: relative error
+    1.0 at them, silently); its rounding check measures moves against the uncentred points,
+    so they are redone in float64 and exact; their gradient (~1e48) does not fit float32."""
+    src = np.vstack([rng.random((2000, 3)), 1e-24 * rng.random((64, 3))])
+    q = rng.standard_normal(len(src))
+    with pytest.raises(ValueError, match="range of scales"):
+        aotfmm.Fmm(src, eps=1e-5, dtype=np.float32, ncrit=32).evaluate(q)
+    pot = aotfmm.direct(src, q, dtype=np.float32)
+    ref_pot, _ = direct_reference(src, q, src)
+    assert rel_err(pot[2000:], ref_pot[2000:]) < 1e-6
+    assert rel_err(pot, ref_pot) < 1e-6
+    with pytest.raises(FloatingPointError, match="overflows"):
+        aotfmm.direct(src, q, dtype=np.float32, gradient=True)
+
+
 @pytest.mark.parametrize("k", [1, 2])
 def test_float32_direct_of_float64_points_keeps_close_pairs(k, rng):
     """aotfmm.direct(dtype=float32) merged a pair 1e-13 apart at 0.3 (review, 2026-12-02):
     the targets that rounding hurts are summed again in float64. A pair 3.6e-9 apart matters
-    for the potential although the 1e-13 pair dominates the gradient: both are redone."""
+    for the potential although a pair 2e-12 apart (just above float32's refusal) dominates
+    the gradient: both are redone."""
     src = rng.random((3000, 3))
-    src[1] = src[0] + [1e-13, 0, 0]
+    src[1] = src[0] + [2e-12, 0, 0]
     src[3] = src[2] + [3e-9, 2e-9, 0]
     q = rng.standard_normal(3000)
     ref_pot, ref_grad = direct_reference(src, q, src)
@@ -172,10 +206,10 @@ def test_float32_direct_of_float64_points_keeps_close_pairs(k, rng):
 
 @pytest.mark.parametrize("kind", ["uniform", "clustered"])
 def test_rounding_sweep_finds_every_pair_a_brute_force_finds(kind, rng, monkeypatch):
-    """kernels/morton.py near_risk (x-sorted sweep, binary searches, bounding-box skips)
-    against all pairs of every near-list entry in numpy, with the same bound e, at a tau
-    small enough for thousands of hits."""
-    from aotfmm import _rounding, evaluate
+    """kernels/morton.py near_risk (x-sorted sweep, binary searches, bounding-box skips,
+    per-target sums) against all pairs of every near-list entry in numpy, with the same
+    bound e, at a tau small enough for thousands of pairs."""
+    from aotfmm import _rounding
     n = 3000
     src = rng.random((n, 3))
     if kind == "clustered":
@@ -195,8 +229,8 @@ def test_rounding_sweep_finds_every_pair_a_brute_force_finds(kind, rng, monkeypa
         (t64, terr, s64, serr, t_start, t_end, s_start, s_end, offsets, index, shift,
          shift_err, boxes, leaves, tau, workers) = seen["args"]
         # (the plan's call sorted each leaf of t64/s64 in place; again: a no-op, same orders)
-        target, e, r, sord, tord = real(*seen["args"], **seen["kwargs"])
-        want = []
+        target, sums, sord, tord = real(*seen["args"], **seen["kwargs"])
+        want = np.zeros((9, t64.shape[1]))
         for b in boxes:
             for ent in range(offsets[b], offsets[b + 1]):
                 c = index[ent]
@@ -205,17 +239,70 @@ def test_rounding_sweep_finds_every_pair_a_brute_force_finds(kind, rng, monkeypa
                     continue
                 d = t64[:, ti, None] + shift[ent][:, None, None] - s64[:, None, sj]
                 dist = np.sqrt((d ** 2).sum(axis=0))
-                arith = 2.0 ** -24 * np.sqrt(3.0) * (
-                    np.abs(t64[:, ti]).max() + np.abs(s64[:, sj]).max() + np.abs(shift[ent]).max())
-                bound = terr[ti, None] + serr[None, sj] + shift_err[ent] + arith
+                arith = 2.0 ** -23 * np.sqrt(3.0) * dist
+                if c != b:  # another box: the first operation rounds too (near_risk)
+                    arith = arith + shift_err[ent] + 2.0 ** -24 * np.sqrt(3.0) * max(
+                        np.abs(t64[:, ti]).max(), np.abs(s64[:, sj]).max(),
+                        np.abs(shift[ent]).max())
+                bound = terr[ti, None] + serr[None, sj] + arith
                 hit = (dist > 0) & (bound > tau * dist)
-                want += list(zip(tord[np.broadcast_to(ti[:, None], hit.shape)[hit]],
-                                 dist[hit]))
-        got = sorted(zip(target, r))
-        want = sorted(want)
-        assert len(want) > 100
-        assert [t for t, _ in got] == [t for t, _ in want]
-        assert np.allclose([x for _, x in got], [x for _, x in want], rtol=1e-9, atol=0)
+                inv = np.where(hit, 1.0 / np.where(hit, dist, 1.0), 0.0)
+                for o in range(4):
+                    want[o, tord[ti]] += ((o + 1) * bound * inv ** (o + 2)).sum(axis=1)
+                    want[4 + o, tord[ti]] += (inv ** (o + 1)).sum(axis=1)
+                want[8, tord[ti]] += hit.sum(axis=1)
+        expect = np.flatnonzero(want[8])
+        assert len(expect) > 100 and want[8].sum() > 1000
+        np.testing.assert_array_equal(np.sort(target), expect)
+        got = np.zeros_like(want)
+        got[:, target] = sums
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("offset", [(0.0, 0.0, 0.0), (-7.3, 2.1, 0.9)])
+def test_rounding_bound_holds_for_the_kernels_float32_differences(offset, rng, monkeypatch):
+    """The bound e of near_risk (both points' moves, the shift's rounding, 2^-24 sqrt(3)
+    max(|t|, |s|, |shift|) + 2^-23 sqrt(3) r; a box's own entry without the middle term)
+    against the float32 pair differences formed in numpy the two ways the pair loops do,
+    (t + shift) - s (p2p.py, hessian.py) and t - (s - shift) (multi.py, the Newton's-third-law
+    loops, yukawa.py, helmholtz.py), minus the float64 difference: over every near pair."""
+    from aotfmm import _rounding
+    src = np.vstack([rng.random((3000, 3)), 0.4 + 1e-3 * rng.random((500, 3))]) + offset
+    seen = {}
+    real = _rounding.hits
+
+    def spy(*args, **kwargs):
+        seen["args"] = args
+        seen["out"] = real(*args, **kwargs)
+        return seen["out"]
+
+    monkeypatch.setattr(_rounding, "hits", spy)
+    core = aotfmm.Fmm(src, eps=1e-4, dtype=np.float32)._core
+    (t64, terr, s64, serr, t_start, t_end, s_start, s_end, offsets, index, shift,
+     shift_err, boxes, leaves, tau, workers) = seen["args"]
+    tord = seen["out"][3]  # (t64 is sorted per leaf now; tord: tree positions)
+    t32, sh32 = core.trg, core.near_shift
+    worst = 0.0
+    for b in boxes:
+        ti = np.arange(t_start[b], t_end[b])
+        for ent in range(offsets[b], offsets[b + 1]):
+            c = index[ent]
+            sj = np.arange(s_start[c], s_end[c])
+            d64 = t64[:, ti, None] + shift[ent][:, None, None] - s64[:, None, sj]
+            r = np.sqrt((d64 ** 2).sum(axis=0))
+            e = terr[ti, None] + serr[None, sj] + 2.0 ** -23 * np.sqrt(3.0) * r
+            if c != b:
+                e = e + shift_err[ent] + 2.0 ** -24 * np.sqrt(3.0) * max(
+                    np.abs(t64[:, ti]).max(), np.abs(s64[:, sj]).max(), np.abs(shift[ent]).max())
+            tt = t32[:, tord[ti], None]
+            ss = t32[:, tord[sj]][:, None, :]
+            sh = sh32[ent][:, None, None]
+            for d32 in ((tt + sh) - ss, tt - (ss - sh)):
+                assert d32.dtype == np.float32
+                dev = np.sqrt(((d32.astype(np.float64) - d64) ** 2).sum(axis=0))
+                pair = r > 0  # (a point with itself: nothing to bound)
+                worst = max(worst, float((dev[pair] / e[pair]).max(initial=0.0)))
+    assert 0.05 < worst <= 1.0  # a bound, and not a vacuous one
 
 
 @pytest.mark.parametrize("given", [np.float64, np.float32])

@@ -42,9 +42,10 @@ def _direct(src, q, trg, gradient, dt, workers, module=None, family=LAPLACE):
             g64 = np.zeros((3, len(idx))) if gradient else None
             _p2p_all(s64, charges.astype(np.float64), t64, p64, g64, workers, module,
                      family=family.scaled(scale))
-            pot[idx] = p64
-            if gradient:
-                grad[:, idx] = g64
+            with np.errstate(over="ignore"):  # (an overflow is reported when unscaled)
+                pot[idx] = p64
+                if gradient:
+                    grad[:, idx] = g64
         pot = rescale(pot, unscale_factor(qscale, scale, 0, family), "potential")
         if gradient:
             grad = rescale(grad, unscale_factor(qscale, scale, 1, family), "gradient")
@@ -84,16 +85,23 @@ def _direct_multi(src, q, d, trg, gradient, dt, workers, family=LAPLACE):
         g64 = np.zeros((len(live), 3, len(idx)), dtype=v64) if gradient else None
         _p2p_all(s64, None if qs is None else qs.astype(v64), t64, p64, g64, workers,
                  dipoles=None if ds is None else ds.astype(v64), family=family.scaled(scale))
-        pl[:, idx] = p64
-        if gradient:
-            gl[:, :, idx] = g64
+        with np.errstate(over="ignore"):  # (an overflow is reported when unscaled)
+            pl[:, idx] = p64
+            if gradient:
+                gl[:, :, idx] = g64
     unscale_fields((pot, grad), (pl, gl), live, qscale, scale, family=family)
     return pot, grad
 
 
 #: what a float32 direct sum of float64 points may lose to their rounding (relative L2 bound
-#: against the field of |q|, :mod:`aotfmm._rounding`) before the hurt targets are redone
-DIRECT_ROUNDING = 1e-6
+#: against the field of |q|, :mod:`aotfmm._rounding`) before the hurt targets are redone,
+#: and the pairs it counts: moved by more than DIRECT_TAU of their distance. A direct sum's
+#: frame is the whole domain, so points move by ~6e-8 of it (a plan's leaves: of the leaf)
+#: and the x-sweep's window is wide: tau 1e-5 costs ~+30 % of a float32 direct sum at 1e5
+#: points, 2e-6 cost 4x. So float32's default eps is the target: pairs just below tau can
+#: leave ~2e-6 (a pair 1.5e-3 apart among 6000 points: gradient 1.8e-6; 9e-6 at tau 1e-4).
+DIRECT_ROUNDING = 2.5e-6
+DIRECT_TAU = 1e-5
 
 
 def rounding_redo(src, trg, center, scale, src_xyz, trg_xyz, order, workers):
@@ -101,42 +109,47 @@ def rounding_redo(src, trg, center, scale, src_xyz, trg_xyz, order, workers):
     hurts (:mod:`aotfmm._rounding`, one box holding everything), with float64 frame
     coordinates of the sources and of those targets: (src (3, n), trg (3, m), index (m,)),
     or None when nothing needs redoing. Refuses (:func:`_representable`) offsets below what
-    the frame holds: float64's bound, or float32's where rounding moved no point (then no
-    pair is redone, and float32 must keep the square of every difference normal)."""
-    _representable(src, trg, center, scale, np.float64)
+    the frame holds in the run dtype first.
+
+    The float64 coordinates are the caller's scaled by the frame's power of two, not
+    centred, like float64's own direct sum: subtracting the centre rounds each point by
+    ~1e-16 of the extent, which would merge a pair 1e-24 apart at the origin (and put a pair
+    1e-13 apart at 0.3 5e-4 off). Each float32 point's move is measured against them with
+    the centre added back in float64."""
+    _representable(src, trg, center, scale, src_xyz.dtype)
     if src_xyz.dtype != np.float32:
         return None
     same = trg_xyz is src_xyz
-    s64 = to_soa(src, center, scale, np.float64)
-    t64 = s64 if same else to_soa(trg, center, scale, np.float64)
-    serr = np.sqrt(((src_xyz - s64) ** 2).sum(axis=0))
-    terr = serr if same else np.sqrt(((trg_xyz - t64) ** 2).sum(axis=0))
+    origin = np.zeros(3)
+    shift = (np.asarray(center, dtype=np.float64) / scale)[:, None]
+    s64 = to_soa(src, origin, scale, np.float64)
+    t64 = s64 if same else to_soa(trg, origin, scale, np.float64)
+    serr = np.sqrt(((src_xyz + shift - s64) ** 2).sum(axis=0))
+    terr = serr if same else np.sqrt(((trg_xyz + shift - t64) ** 2).sum(axis=0))
     if not (serr.any() or terr.any()):
-        _representable(src, trg, center, scale, np.float32)
         return None
-    one = np.zeros(1, np.int64)
-    ns, nt = np.array([s64.shape[1]]), np.array([t64.shape[1]])
-    hits = _rounding.hits(t64, terr, s64, serr, one, nt, one, ns, np.array([0, 1]), one,
-                          np.zeros((1, 3)), np.zeros(1), one, one, _rounding.TAU, workers,
-                          same=same)
     lo = np.minimum(s64.min(axis=1), t64.min(axis=1))
     hi = np.maximum(s64.max(axis=1), t64.max(axis=1))
-    targets, err, field, base = _rounding.errors(*hits[:3], s64.shape[1],
-                                                 float(np.linalg.norm(hi - lo)), same)
+    one = np.zeros(1, np.int64)
+    ns, nt = np.array([s64.shape[1]]), np.array([t64.shape[1]])
+    s_c, serr_c = s64.copy(), serr.copy()  # (hits sorts its arrays in place)
+    t_c, terr_c = (s_c, serr_c) if same else (t64.copy(), terr.copy())
+    hits = _rounding.hits(t_c, terr_c, s_c, serr_c, one, nt, one, ns, np.array([0, 1]), one,
+                          np.zeros((1, 3)), np.zeros(1), one, one, DIRECT_TAU, workers,
+                          same=same)
+    targets, sums = hits[:2]
+    err, field, base = _rounding.errors(targets, sums, s64.shape[1],
+                                        float(np.linalg.norm(hi - lo)), same)
     order = min(order, 3)
     if not len(targets):
         return None
-    n_rest = t64.shape[1] - len(targets)
+    n_rest = trg_xyz.shape[1] - len(targets)
     pick = _rounding.worst_first(np.arange(len(targets)), err[:order + 1],
                                  field[:order + 1], n_rest, base[:order + 1], len(targets),
                                  DIRECT_ROUNDING)
     if not len(pick):
         return None
     idx = targets[pick]
-    # the float64 sums like float64's own direct sum: scaled, not centred (subtracting the
-    # centre rounds each point by ~1e-16, a pair 1e-13 apart at 0.3 would be 5e-4 off)
-    origin = np.zeros(3)
-    s64 = to_soa(src, origin, scale, np.float64)
     return s64, to_soa(trg[idx], origin, scale, np.float64), idx
 
 

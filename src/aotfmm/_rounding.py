@@ -20,6 +20,7 @@ import numpy as np
 from . import _dispatch
 
 #: pairs whose difference may move by more than this fraction of their distance are counted
+#: (at most: plans take eps when smaller; see :meth:`aotfmm.evaluate.Plan._rounding_redo`)
 TAU = 1e-4
 
 
@@ -34,9 +35,10 @@ def hits(trg, terr, src, serr, trg_start, trg_end, src_start, src_end, list_offs
     how far its float32 copy is off. Each leaf's points are sorted by x IN PLACE (trg, terr,
     src, serr: the returned orders give each sorted point's tree position; with them each
     box's largest |offset| component, move and bounding box), a pair's difference is taken
-    to move by up to its two points' moves plus ``shift_err`` plus 2^-24 sqrt(3) (largest
-    |offset| of either box + |shift|) for the float32 arithmetic, and the sweep finds the
-    pairs moved by more than ``tau`` of their distance. Returns them: target (tree
+    to move by up to its two points' moves plus ``shift_err`` plus, for the float32
+    arithmetic, 2^-24 sqrt(3) (the largest of either box's |offset| and |shift|; nothing in
+    a box's own entry) + 2^-23 sqrt(3) r (kernels/morton.py near_risk), and the sweep finds
+    the pairs moved by more than ``tau`` of their distance. Returns them: target (tree
     position), e (that bound), r (their distance), as arrays; then the source and target
     orders."""
     n_boxes = len(trg_start)
@@ -59,8 +61,9 @@ def hits(trg, terr, src, serr, trg_start, trg_end, src_start, src_end, list_offs
         else sort_by_x(trg, terr, trg_start, trg_end)
     src_s, serr_s, trg_s, terr_s = src, serr, trg, terr
     rows = np.repeat(np.arange(n_boxes, dtype=np.int64), np.diff(list_offsets))
-    pair_extra = shift_err + 2.0 ** -24 * np.sqrt(3.0) * (
-        t_amax[rows] + s_amax[list_index] + np.abs(shift).max(axis=1, initial=0.0))
+    pair_extra = shift_err + 2.0 ** -24 * np.sqrt(3.0) * np.maximum(
+        np.maximum(t_amax[rows], s_amax[list_index]), np.abs(shift).max(axis=1, initial=0.0))
+    pair_extra[rows == list_index] = 0.0  # a box's own entry: see near_risk
     entry_err = t_emax[rows] + s_emax[list_index] + pair_extra
     cost = (trg_end - trg_start)[boxes] * np.diff(list_offsets)[boxes] + 1.0
     bounds = workers.split(cost.astype(np.float64), 4)
@@ -69,13 +72,13 @@ def hits(trg, terr, src, serr, trg_start, trg_end, src_start, src_end, list_offs
         found = []
 
         def work(l0, l1, cap=cap):
-            hits = (np.zeros(cap, np.int64), np.zeros((2, cap)), np.zeros(1, np.int64))
+            hits = (np.zeros(cap, np.int64), np.zeros((9, cap)), np.zeros(1, np.int64))
             _dispatch.bind("near_risk", trg=trg_s, terr=terr_s, tord=tord, src=src_s,
                            serr=serr_s, sbox=sbox, trg_start=trg_start, trg_end=trg_end,
                            src_start=src_start, src_end=src_end, list_offsets=list_offsets,
                            list_index=list_index, shift=shift, entry_err=entry_err,
                            pair_extra=pair_extra, boxes=boxes, tau=tau, hit_target=hits[0],
-                           hit_er=hits[1], n_hits=hits[2])(l0, l1)
+                           hit_sums=hits[1], n_hits=hits[2])(l0, l1)
             found.append(hits)
 
         workers.run(work, bounds)
@@ -85,36 +88,34 @@ def hits(trg, terr, src, serr, trg_start, trg_end, src_start, src_end, list_offs
         cap = most  # a range found more than it could store: again, with room for all
     n = [int(h[2][0]) for h in found]
     return (np.concatenate([h[0][:k] for h, k in zip(found, n)] + [np.zeros(0, np.int64)]),
-            np.concatenate([h[1][0, :k] for h, k in zip(found, n)] + [np.zeros(0)]),
-            np.concatenate([h[1][1, :k] for h, k in zip(found, n)] + [np.zeros(0)]),
+            np.concatenate([h[1][:, :k] for h, k in zip(found, n)] + [np.zeros((9, 0))],
+                           axis=1),
             order, tord)
 
 
-def errors(target, e, r, n_sources, diameter, same):
-    """From :func:`hits`: per derivative order o = 0..3 (potential; gradient or
-    dipole potential; Hessian or dipole gradient; dipole Hessian), for the targets with hits
-    (returned first, sorted): the bound of the error rounding causes in their near field,
-    sum (o + 1) e / r^(o + 2), and their field of |q| (unit charges), sum 1 / r^(o + 1) over
-    the hits plus at least 1/D^(o+1) for each source not counted; and that 1/D^(o+1) per
-    source for every target without hits (``base``, (4,)). err and field are (4, n)."""
-    targets, idx = np.unique(target, return_inverse=True)
+def errors(targets, sums, n_sources, diameter, same):
+    """From :func:`hits`' per-target sums (9, n) of the targets with hits: per derivative
+    order o = 0..3 (potential; gradient or dipole potential; Hessian or dipole gradient;
+    dipole Hessian) the bound of the error rounding causes in their near field (sums[o]) and
+    their field of |q| (unit charges): their hits' terms plus at least 1/D^(o+1) for each
+    source not counted; and that 1/D^(o+1) per source for every target without hits
+    (``base``, (4,)). Returns (err (4, n), field (4, n), base)."""
     d = max(diameter, np.finfo(np.float64).tiny)
-    count = np.bincount(idx, minlength=len(targets))
-    err = np.empty((4, len(targets)))
-    field = np.empty((4, len(targets)))
+    scale = d ** np.arange(1, 5)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        inv = 1.0 / r
-        base = (n_sources - int(same)) / d ** np.arange(1, 5)
-        for o in range(4):
-            term = inv ** (o + 1)
-            err[o] = np.bincount(idx, (o + 1) * e * inv * term, minlength=len(targets))
-            field[o] = np.bincount(idx, term, minlength=len(targets)) + \
-                np.maximum(n_sources - int(same) - count, 0) / d ** (o + 1)
-    return targets, err, field, base
+        rest = np.maximum(n_sources - int(same) - sums[8], 0.0)
+        field = sums[4:8] + rest / scale[:, None]
+        base = (n_sources - int(same)) / scale
+    return sums[:4], field, base
 
 
 def relative_l2(err, field, n_rest, base):
-    """sqrt(sum err^2 / (sum field^2 + n_rest base^2)) per row (inf on overflow)."""
+    """sqrt(sum err^2 / (sum field^2 + n_rest base^2)) per row (in units of each row's
+    largest value, so that the squares stay finite; inf when not even that helps)."""
+    unit = np.maximum(np.maximum(np.max(err, axis=-1, initial=0.0),
+                                 np.max(field, axis=-1, initial=0.0)), base)
+    unit = np.where(np.isfinite(unit) & (unit > 0), unit, 1.0)
+    err, field, base = err / unit[:, None], field / unit[:, None], base / unit
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         num = (err ** 2).sum(axis=-1)
         den = (field ** 2).sum(axis=-1) + n_rest * base ** 2
@@ -131,14 +132,19 @@ def worst_first(group, err, field, n_rest, base, n_groups, eps):
     gradient). Returns the sorted group numbers."""
     picked = []
     for e, f, b in zip(np.atleast_2d(err), np.atleast_2d(field), np.atleast_1d(base)):
+        # in units of the largest, so that squares and sums stay finite
+        unit = max(float(np.max(e, initial=0.0)), float(np.max(f, initial=0.0)), float(b))
+        if not np.isfinite(unit) or unit == 0.0:
+            unit = 1.0
         with np.errstate(over="ignore", invalid="ignore"):
+            e, f, b = e / unit, f / unit, b / unit
             score = np.bincount(group, e ** 2, minlength=n_groups)
             budget = eps ** 2 * ((f ** 2).sum() + n_rest * b ** 2)
-        score[~np.isfinite(score)] = np.finfo(np.float64).max
-        by = np.argsort(-score, kind="stable")
-        # left[i]: what the groups after by[i] sum to (a suffix sum: subtracting running
-        # sums from the total loses the small groups behind a dominant one)
-        left = np.concatenate((np.cumsum(score[by][::-1])[::-1][1:], [0.0]))
+            score[~np.isfinite(score)] = np.finfo(np.float64).max
+            by = np.argsort(-score, kind="stable")
+            # left[i]: what the groups after by[i] sum to (a suffix sum: subtracting running
+            # sums from the total loses the small groups behind a dominant one)
+            left = np.concatenate((np.cumsum(score[by][::-1])[::-1][1:], [0.0]))
         ok = left <= budget
         m = int(np.argmax(ok)) + 1 if ok.any() else len(by)
         picked.append(by[:m][score[by[:m]] > 0])

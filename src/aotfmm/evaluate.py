@@ -382,13 +382,10 @@ class Plan:
         self._exact = None
         if exact and any(m.any() for _, m in exact):
             self._exact = exact if not self.same else exact * 2
-        # Offsets too small for the frame are refused. In float32 the bound keeps the square
-        # of any difference normal, which matters for points float32 holds exactly; where
-        # rounding moved points, every pair close enough for that is redone in float64
-        # (its distance is far below the rounding bound, see :meth:`_rounding_redo`), so
-        # float64's bound is the one that applies.
-        check_representable(np.array([min(smallest)]), scale,
-                            np.float64 if self._exact is not None else dt)
+        # Offsets too small for the frame are refused (float32: the square of any difference
+        # stays normal, and the frame-unit fields of the closest pairs stay finite, also
+        # where :meth:`_rounding_redo` computes them in float64)
+        check_representable(np.array([min(smallest)]), scale, dt)
 
     def _rounding_redo(self, tree, dipoles, hessians):
         """Float64 points in a float32 plan: find the target boxes whose near field rounding
@@ -402,15 +399,18 @@ class Plan:
         pair of 1e6 random points (1.5e-5 apart) gave a gradient error of 1e-4 at both of its
         points, enough to dominate the relative L2 error of the whole result.
 
-        Every near pair with e > tau r (:data:`aotfmm._rounding.TAU`; kernels/morton.py ``near_risk``,
-        a sweep over each box pair sorted by x that visits only |dx| <= e / tau) bounds the
-        errors of its terms at its target; the other pairs move by less than tau relative.
+        Every near pair with e > tau r (tau = min(:data:`aotfmm._rounding.TAU`, 2 eps);
+        kernels/morton.py ``near_risk``, a sweep over each box pair sorted by x that visits
+        only |dx| <= e / tau) bounds the errors of its terms at its target; the other pairs
+        move by less than tau relative (a pair at 0.9e-4, not counted when tau was 1e-4,
+        alone gave a gradient error of 1.5e-5 at eps 1e-5).
         Against the field of |q| (:func:`aotfmm._rounding.errors`), the boxes with the largest
         summed squared error are redone in float64 until the rest's relative L2 bound is at
         most eps / 4 for the highest derivative the plan is built for (the gradient; one more
         for dipoles, one more for Hessians). Returns None (no point moved, or no box needs
         it) or the boxes with float64 offsets of their targets and near sources, the
-        entries' float64 shifts and the bounds before and after (``risk``, ``left``)."""
+        entries' float64 shifts, the bounds before (``risk``) and ``in_redo``; the bounds
+        after are :attr:`rounding_left`."""
         exact, self._exact = self._exact, None
         if exact is None or not len(self.near_index):
             return None
@@ -426,11 +426,12 @@ class Plan:
         boxes = np.flatnonzero(np.diff(self.near_offsets) > 0)
         hits = _rounding.hits(trg64, terr, src64, serr, t_start, t_end, s_start, s_end,
                               self.near_offsets, cols, shift, shift_err, boxes, leaves,
-                              _rounding.TAU, self.workers, same=self.same)
+                              min(_rounding.TAU, 2 * self.eps), self.workers,
+                              same=self.same)
         # (src64/trg64 now hold each leaf's points sorted by x; sord/tord: their tree order)
-        *hits, sord, tord = hits
-        targets, err, field, base = _rounding.errors(*hits, src64.shape[1],
-                                                     self.size * np.sqrt(3.0), self.same)
+        targets, sums, sord, tord = hits
+        err, field, base = _rounding.errors(targets, sums, src64.shape[1],
+                                            self.size * np.sqrt(3.0), self.same)
         n_rest = trg64.shape[1] - len(targets)
         risk = _rounding.relative_l2(err, field, n_rest, base)
         order = min(1 + int(dipoles) + int(hessians), 3)
@@ -449,6 +450,11 @@ class Plan:
         self.rounding_left = _rounding.relative_l2(err, field, n_rest, base)
 
         # compact float64 copies: the redone boxes' targets and their near lists' sources
+        def ranges(lo, hi):  # concatenated arange(lo[i], hi[i])
+            n = hi - lo
+            first = np.repeat(lo - np.concatenate(([0], np.cumsum(n)[:-1])), n)
+            return first + np.arange(n.sum(), dtype=np.int64)
+
         def compact(pts, start, end, which):
             which = np.unique(which)
             n = end[which] - start[which]
@@ -456,12 +462,10 @@ class Plan:
             new_start[which] = np.concatenate(([0], np.cumsum(n)[:-1]))
             new_end = new_start.copy()
             new_end[which] += n
-            idx = np.concatenate([np.arange(a, b) for a, b in zip(start[which], end[which])]
-                                 ) if len(which) else np.zeros(0, dtype=np.int64)
-            return np.ascontiguousarray(pts[:, idx]), idx.astype(np.int64), new_start, new_end
+            idx = ranges(start[which], end[which])
+            return np.ascontiguousarray(pts[:, idx]), idx, new_start, new_end
 
-        entries = np.concatenate([np.arange(self.near_offsets[b], self.near_offsets[b + 1])
-                                  for b in redo])
+        entries = ranges(self.near_offsets[redo], self.near_offsets[redo + 1])
         trg, trg_idx, trg_s, trg_e = compact(trg64, t_start, t_end, redo)
         src, src_idx, src_s, src_e = compact(src64, s_start, s_end, cols[entries])
         trg_idx, src_idx = tord[trg_idx], sord[src_idx]  # sorted positions -> tree order
@@ -1052,6 +1056,7 @@ class KifmmPasses:
                    p.workers, cost=r.cost, dipoles=take(self.dip, r.src_idx), exact=False,
                    hess=out[2], shift=r.shift, family=p.family, sym=None,
                    coarse_exp=p.coarse_exp, mixed=False)
-        for a, b in zip((self.pot, self.grad, self.hess), out):
-            if a is not None:
-                a[..., r.trg_idx] += b.astype(a.dtype)
+        with np.errstate(over="ignore"):  # (an overflow is reported when unscaled)
+            for a, b in zip((self.pot, self.grad, self.hess), out):
+                if a is not None:
+                    a[..., r.trg_idx] += b.astype(a.dtype)
