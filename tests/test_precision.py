@@ -259,6 +259,22 @@ def test_rounding_sweep_finds_every_pair_a_brute_force_finds(kind, rng, monkeypa
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=0)
 
 
+def test_float32_plan_that_must_redo_most_leaves_says_so(rng):
+    """Pairs 1e-4 apart everywhere (hostile test, 2026-12-02): every leaf holds pairs that
+    float32 moves by ~1e-3 of their distance, so nearly all are redone in float64, one-sided,
+    slower than a float64 plan: an AccuracyWarning says so; the results meet eps."""
+    a = rng.random((20000, 3))
+    src = np.vstack([a, a + 1e-4 * rng.standard_normal((20000, 3))])
+    q = rng.standard_normal(len(src))
+    with pytest.warns(aotfmm.AccuracyWarning, match="dtype=float64 would likely be faster"):
+        plan = aotfmm.Fmm(src, eps=1e-5, dtype=np.float32)
+    pot, grad = plan.evaluate(q, gradient=True)
+    sample = rng.choice(len(src), 300, replace=False)
+    ref_pot, ref_grad = direct_reference(src, q, src[sample])
+    assert rel_err(pot[sample], ref_pot) < 1e-5
+    assert rel_err(grad[sample], ref_grad) < 1e-5
+
+
 @pytest.mark.parametrize("offset", [(0.0, 0.0, 0.0), (-7.3, 2.1, 0.9)])
 def test_rounding_bound_holds_for_the_kernels_float32_differences(offset, rng, monkeypatch):
     """The bound e of near_risk (both points' moves, the shift's rounding, 2^-24 sqrt(3)

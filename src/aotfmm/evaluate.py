@@ -292,6 +292,15 @@ class Plan:
         #: geometry for them (None: none); :meth:`_rounding_redo`
         self.rounding_left = None  # the bounds left after the redo (None: nothing moved)
         self.redo = self._rounding_redo(tree, dipoles, hessians)
+        redo_pairs = 0 if self.redo is None else float(self.redo.cost.sum())
+        if redo_pairs > 2e7 and redo_pairs > 0.25 * (redo_pairs + self.near_cost.sum()):
+            # float64 from both sides of each pair (no Newton's third law): here a float64
+            # plan is faster (1e4 pairs of points 1e-4 apart: 0.89 s against 0.41 s); not
+            # for small problems (2e7 pairs: ~10 ms)
+            warnings.warn(f"float32 cannot resolve these float64 points well enough for "
+                          f"eps={eps:g}: {len(self.redo.boxes)} of {len(tree.leaves)} leaves "
+                          f"take their near field in float64, and dtype=float64 would likely "
+                          f"be faster", AccuracyWarning, stacklevel=3)
         self.near_sym = self._near_symmetric(tree)
         #: the near field may take exp to ~1e-11 (kernels/_vecmath.py vexp_coarse)
         self.coarse_exp = eps >= _dispatch.COARSE_EXP_EPS
@@ -399,11 +408,13 @@ class Plan:
         pair of 1e6 random points (1.5e-5 apart) gave a gradient error of 1e-4 at both of its
         points, enough to dominate the relative L2 error of the whole result.
 
-        Every near pair with e > tau r (tau = min(:data:`aotfmm._rounding.TAU`, 2 eps);
-        kernels/morton.py ``near_risk``, a sweep over each box pair sorted by x that visits
-        only |dx| <= e / tau) bounds the errors of its terms at its target; the other pairs
-        move by less than tau relative (a pair at 0.9e-4, not counted when tau was 1e-4,
-        alone gave a gradient error of 1.5e-5 at eps 1e-5).
+        Every near pair with e > tau r (kernels/morton.py ``near_risk``, a sweep over each
+        box pair sorted by x that visits only |dx| <= e / tau) bounds the errors of its terms
+        at its target; the other pairs move by less than tau relative, so their terms of the
+        o-th derivative by less than (o + 1) tau: tau = min(:data:`aotfmm._rounding.TAU`,
+        eps / (o + 1)) for the highest o the plan is built for keeps that under eps even for
+        a pair that dominates the result (one 9.5e-4 apart among 4000 points, e/r = 1.6e-5,
+        gave a gradient error of 3.1e-5 at eps 1e-5 with tau 2 eps; 1e-4 missed more).
         Against the field of |q| (:func:`aotfmm._rounding.errors`), the boxes with the largest
         summed squared error are redone in float64 until the rest's relative L2 bound is at
         most eps / 4 for the highest derivative the plan is built for (the gradient; one more
@@ -424,17 +435,18 @@ class Plan:
             tree.trg_end
         leaves = tree.leaves
         boxes = np.flatnonzero(np.diff(self.near_offsets) > 0)
+        order = min(1 + int(dipoles) + int(hessians), 3)
+        # a pair not counted moves its term of the o-th derivative by < (o + 1) tau: eps
+        tau = min(_rounding.TAU, self.eps / (order + 1))
         hits = _rounding.hits(trg64, terr, src64, serr, t_start, t_end, s_start, s_end,
-                              self.near_offsets, cols, shift, shift_err, boxes, leaves,
-                              min(_rounding.TAU, 2 * self.eps), self.workers,
-                              same=self.same)
+                              self.near_offsets, cols, shift, shift_err, boxes, leaves, tau,
+                              self.workers, same=self.same)
         # (src64/trg64 now hold each leaf's points sorted by x; sord/tord: their tree order)
         targets, sums, sord, tord = hits
         err, field, base = _rounding.errors(targets, sums, src64.shape[1],
                                             self.size * np.sqrt(3.0), self.same)
         n_rest = trg64.shape[1] - len(targets)
         risk = _rounding.relative_l2(err, field, n_rest, base)
-        order = min(1 + int(dipoles) + int(hessians), 3)
         self.rounding_left = risk
         if not (risk[:order + 1] > self.eps / 4).any():
             return None
