@@ -30,21 +30,21 @@ SIGNATURES = {
                     " f8, f8[::1], {F}[:, ::1])",
     # IN pts, IN perm, IN start, IN end, IN leaves, IN l0, IN l1, IN anchor, IN scale,
     # OUT dmin, OUT out (3, n) float32 offsets, OUT out64 (3, n) float64 offsets,
-    # OUT moved (n,) |out - out64|
+    # OUT moved (3, n) out - out64
     "leaf_offsets_pair": "void(f8[:, ::1], i8[::1], i8[::1], i8[::1], i8[::1], i8, i8,"
-                         " f8[:, ::1], f8, f8[::1], f4[:, ::1], f8[:, ::1], f8[::1])",
-    # INOUT xyz (3, n), INOUT err (n,), IN start, IN end (per box), IN boxes, IN l0, IN l1,
+                         " f8[:, ::1], f8, f8[::1], f4[:, ::1], f8[:, ::1], f8[:, ::1])",
+    # INOUT xyz (3, n), INOUT err (3, n), IN start, IN end (per box), IN boxes, IN l0, IN l1,
     # OUT order (n,), OUT amax, OUT emax (per box), OUT bbox (n_boxes, 6)
-    "box_sort_x": "void(f8[:, ::1], f8[::1], i8[::1], i8[::1], i8[::1], i8, i8, i8[::1],"
+    "box_sort_x": "void(f8[:, ::1], f8[:, ::1], i8[::1], i8[::1], i8[::1], i8, i8, i8[::1],"
                   " f8[::1], f8[::1], f8[:, ::1])",
-    # IN trg (3, nt), IN terr (nt,), IN tord (nt,), IN src (3, ns), IN serr (ns,) (each box
-    # sorted by x), IN sbox (n_boxes, 6) source bounding boxes, IN trg_start, IN trg_end, IN src_start, IN src_end (per box),
-    # IN list_offsets, IN list_index, IN shift (n_entries, 3), IN entry_err,
-    # IN pair_extra (n_entries,), IN boxes, IN l0, IN l1, IN tau, OUT hit_target (cap,),
-    # OUT hit_sums (9, cap), INOUT n_hits (1,)
-    "near_risk": "void(f8[:, ::1], f8[::1], i8[::1], f8[:, ::1], f8[::1], f8[:, ::1],"
-                 " i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], f8[:, ::1], f8[::1],"
-                 " f8[::1], i8[::1], i8, i8, f8, i8[::1], f8[:, ::1], i8[::1])",
+    # IN trg (3, nt), IN terr (3, nt), IN tord (nt,), IN src (3, ns), IN serr (3, ns) (each
+    # box sorted by x), IN sbox (n_boxes, 6) source bounding boxes, IN trg_start, IN trg_end,
+    # IN src_start, IN src_end (per box), IN list_offsets, IN list_index, IN shift
+    # (n_entries, 3), IN entry_err, IN pair_extra (n_entries,), IN boxes, IN l0, IN l1,
+    # IN tau, OUT hit_target (cap,), OUT hit_sums (9, cap), INOUT n_hits (1,)
+    "near_risk": "void(f8[:, ::1], f8[:, ::1], i8[::1], f8[:, ::1], f8[:, ::1], f8[:, ::1],"
+                 " i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], f8[:, ::1],"
+                 " f8[::1], f8[::1], i8[::1], i8, i8, f8, i8[::1], f8[:, ::1], i8[::1])",
 }
 
 LOCALS = {}
@@ -131,7 +131,7 @@ def leaf_offsets(pts, perm, start, end, leaves, l0, l1, anchor, scale, dmin, out
 def leaf_offsets_pair(pts, perm, start, end, leaves, l0, l1, anchor, scale, dmin, out, out64,
                       moved):
     """:func:`leaf_offsets` into float32 ``out`` and float64 ``out64`` at once, and
-    moved[j] = |out[:, j] - out64[:, j]| (how far rounding to float32 moved point j, in frame
+    moved[:, j] = out[:, j] - out64[:, j] (how rounding to float32 moved point j, in frame
     units)."""
     for ll in range(l0, l1):
         b = leaves[ll]
@@ -165,25 +165,24 @@ def leaf_offsets_pair(pts, perm, start, end, leaves, l0, l1, anchor, scale, dmin
             out64[0, j] = x
             out64[1, j] = y
             out64[2, j] = z
-            mx = np.float64(fx) - x
-            my = np.float64(fy) - y
-            mz = np.float64(fz) - z
-            moved[j] = np.sqrt(mx * mx + my * my + mz * mz)
+            moved[0, j] = np.float64(fx) - x
+            moved[1, j] = np.float64(fy) - y
+            moved[2, j] = np.float64(fz) - z
         dmin[b] = m
     return None
 
 
 def box_sort_x(xyz, err, start, end, boxes, l0, l1, order, amax, emax, bbox):
-    """For boxes[l0:l1]: each box's points (xyz[:, start[b]:end[b]], err[...]) sorted by x in
-    place, order[k] = the position point k had before; per box amax[b] = the largest |xyz|
-    component, emax[b] = the largest err, bbox[b] = (min x, min y, min z, max x, max y,
-    max z). An index heapsort, then a permutation through one scratch buffer (allocated once,
-    the size of the largest box)."""
+    """For boxes[l0:l1]: each box's points (xyz[:, start[b]:end[b]], err[:, ...]) sorted by
+    x in place, order[k] = the position point k had before; per box amax[b] = the largest
+    |xyz| component, emax[b] = the largest |err[:, k]|, bbox[b] = (min x, min y, min z,
+    max x, max y, max z). An index heapsort, then a permutation through one scratch buffer
+    (allocated once, the size of the largest box)."""
     m = 1
     for bb in range(l0, l1):
         b = boxes[bb]
         m = max(m, end[b] - start[b])
-    tmp = np.empty((4, m))
+    tmp = np.empty((6, m))
     for bb in range(l0, l1):
         b = boxes[bb]
         s = start[b]
@@ -214,13 +213,18 @@ def box_sort_x(xyz, err, start, end, boxes, l0, l1, order, amax, emax, bbox):
                     bbox[b, axis] = v
                 if v > bbox[b, 3 + axis]:
                     bbox[b, 3 + axis] = v
-            tmp[3, k] = err[i]
-            if err[i] > e:
-                e = err[i]
+            n2 = 0.0
+            for axis in range(3):
+                v = err[axis, i]
+                tmp[3 + axis, k] = v
+                n2 += v * v
+            if n2 > e:
+                e = n2
         for k in range(n):
             for axis in range(3):
                 xyz[axis, s + k] = tmp[axis, k]
-            err[s + k] = tmp[3, k]
+                err[axis, s + k] = tmp[3 + axis, k]
+        e = np.sqrt(e)
         amax[b] = a
         emax[b] = e
     return None
@@ -271,24 +275,30 @@ def near_risk(trg, terr, tord, src, serr, sbox, trg_start, trg_end, src_start, s
     ``Plan._rounding_redo``), for the target boxes boxes[l0:l1], summed per target.
 
     ``trg``/``src``: float64 leaf-local offsets (frame units), each box's points sorted by x
-    (:func:`box_sort_x`); ``terr``/``serr``: how far each point moved when rounded to float32,
-    in the same order; ``tord``: tree position of each sorted target. Per near-list entry
-    (target box b, source box c = list_index[entry]): ``shift`` the float64 anchor-to-anchor
-    shift, ``pair_extra`` the rounding of the float32 shift plus the float32 arithmetic's,
-    ``entry_err`` a bound of terr + serr + pair_extra over the entry's pairs (a box's own
-    entry: no shift, and ``pair_extra`` 0).
+    (:func:`box_sort_x`); ``terr``/``serr`` (3, n): how each point moved when rounded to
+    float32, in the same order; ``tord``: tree position of each sorted target. Per near-list
+    entry (target box b, source box c = list_index[entry]): ``shift`` the float64
+    anchor-to-anchor shift, ``pair_extra`` the rounding of the float32 shift plus the float32
+    arithmetic's part that does not grow with the distance (a box's own entry: 0),
+    ``entry_err`` a bound of |terr - serr| + pair_extra over the entry's pairs.
 
-    Each pair i, j at distance r > 0 whose bound e = terr[i] + serr[j] + pair_extra +
-    2^-23 sqrt(3) r (:data:`_ARITH_R`) exceeds tau * r is a hit. Per target with hits (the k-th, k = n_hits[0], which counts them all;
-    stored while k < len(hit_target)): hit_target[k] = tord[i] and hit_sums[:, k] = the sums
-    over its hits of (o + 1) e / r^(o + 2) (rows o = 0..3: the error bound of a term of the
-    o-th derivative of 1/r), of 1 / r^(o + 1) (rows 4 + o: the term) and of 1 (row 8).
-    Only pairs with |dx| <= entry_err / tau can qualify: per target a window of the x-sorted
-    sources is tested in one vectorised loop, and only a window with a hit is visited again.
-    In the box's own entry the window moves along as the targets' x grows; for another box,
-    binary searches skip the targets farther than that in x from all its sources, a cheap
-    test skips those farther than that in y or z from its bounding box ``sbox`` (most), and
-    the rest find their window by binary search."""
+    A pair i, j at distance r > 0 moves by at most e = |terr[:, i] - serr[:, j]| +
+    pair_extra + 2^-23 sqrt(3) r (:data:`_ARITH_R`). (The points' moves enter as the
+    difference of the vectors, which is exactly how far they move the pair: points given in
+    float32 whose offsets share a binade move alike. The arithmetic enters as a bound: the
+    fast-math flags let LLVM pick the order of the pair loops' additions, so their exact
+    rounding cannot be replayed here.) A pair with e > tau r is a hit. Per target with hits
+    (the k-th, k = n_hits[0], which counts them all; stored while k < len(hit_target)):
+    hit_target[k] = tord[i] and hit_sums[:, k] = the sums over its hits of
+    (o + 1) e / r^(o + 2) (rows o = 0..3: the error bound of a term of the o-th derivative of
+    1/r), of 1 / r^(o + 1) (rows 4 + o: the term) and of 1 (row 8).
+
+    Only pairs with |dx| <= entry_err / (tau - 2^-23 sqrt(3)) can be hits: per target a
+    window of the x-sorted sources is tested in one vectorised loop, and only a window with
+    a hit is visited again. In the box's own entry the window moves along as the targets' x
+    grows; for another box, binary searches skip the targets farther than that in x from all
+    its sources, a cheap test skips those farther than that in y or z from its bounding box
+    ``sbox`` (most), and the rest find their window by binary search."""
     cap = hit_target.shape[0]
     m = 1
     for bb in range(l0, l1):
@@ -315,9 +325,8 @@ def near_risk(trg, terr, tord, src, serr, sbox, trg_start, trg_end, src_start, s
             sy = shift[ent, 1]
             sz = shift[ent, 2]
             extra = pair_extra[ent]
-            kappa = _ARITH_R
-            # e = a + kappa r > tau r  <=>  a > (tau - kappa) r, a = terr + serr + extra
-            teff = tau - kappa
+            # e = |terr - serr| + extra + kappa r > tau r <=> |terr - serr| + extra > teff r
+            teff = tau - _ARITH_R
             teff2 = teff * teff
             w = entry_err[ent] / teff
             # only targets whose x is within w of the sources' x range can have a pair
@@ -347,14 +356,19 @@ def near_risk(trg, terr, tord, src, serr, sbox, trg_start, trg_end, src_start, s
                     hi = _first_at_least(src, lo, s1, np.nextafter(xi + w, np.inf))
                 if hi <= lo:
                     continue
-                ei = terr[i] + extra
+                mx = terr[0, i]
+                my = terr[1, i]
+                mz = terr[2, i]
                 hit = 0
                 for j in range(lo, hi):
                     dx = xi - src[0, j]
                     dy = yi - src[1, j]
                     dz = zi - src[2, j]
                     r2 = dx * dx + dy * dy + dz * dz
-                    e = ei + serr[j]
+                    ex = mx - serr[0, j]
+                    ey = my - serr[1, j]
+                    ez = mz - serr[2, j]
+                    e = np.sqrt(ex * ex + ey * ey + ez * ez) + extra
                     if r2 > 0.0 and e * e > teff2 * r2:
                         hit += 1
                 if hit == 0:
@@ -365,10 +379,13 @@ def near_risk(trg, terr, tord, src, serr, sbox, trg_start, trg_end, src_start, s
                     dy = yi - src[1, j]
                     dz = zi - src[2, j]
                     r2 = dx * dx + dy * dy + dz * dz
-                    e = ei + serr[j]
+                    ex = mx - serr[0, j]
+                    ey = my - serr[1, j]
+                    ez = mz - serr[2, j]
+                    e = np.sqrt(ex * ex + ey * ey + ez * ez) + extra
                     if r2 > 0.0 and e * e > teff2 * r2:
                         r = np.sqrt(r2)
-                        e += kappa * r
+                        e += _ARITH_R * r
                         inv = 1.0 / r
                         t = inv
                         for o in range(4):  # t = 1 / r^(o + 1)

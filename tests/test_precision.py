@@ -244,7 +244,8 @@ def test_rounding_sweep_finds_every_pair_a_brute_force_finds(kind, rng, monkeypa
                     arith = arith + shift_err[ent] + 2.0 ** -24 * np.sqrt(3.0) * max(
                         np.abs(t64[:, ti]).max(), np.abs(s64[:, sj]).max(),
                         np.abs(shift[ent]).max())
-                bound = terr[ti, None] + serr[None, sj] + arith
+                bound = np.sqrt(((terr[:, ti, None] - serr[:, None, sj]) ** 2).sum(axis=0)) \
+                    + arith
                 hit = (dist > 0) & (bound > tau * dist)
                 inv = np.where(hit, 1.0 / np.where(hit, dist, 1.0), 0.0)
                 for o in range(4):
@@ -281,7 +282,8 @@ def test_rounding_bound_holds_for_the_kernels_float32_differences(offset, rng, m
     max(|t|, |s|, |shift|) + 2^-23 sqrt(3) r; a box's own entry without the middle term)
     against the float32 pair differences formed in numpy the two ways the pair loops do,
     (t + shift) - s (p2p.py, hessian.py) and t - (s - shift) (multi.py, the Newton's-third-law
-    loops, yukawa.py, helmholtz.py), minus the float64 difference: over every near pair."""
+    loops, yukawa.py, helmholtz.py), and (t - s) + shift (fast-math lets LLVM reorder), minus
+    the float64 difference: over every near pair."""
     from aotfmm import _rounding
     src = np.vstack([rng.random((3000, 3)), 0.4 + 1e-3 * rng.random((500, 3))]) + offset
     seen = {}
@@ -306,14 +308,15 @@ def test_rounding_bound_holds_for_the_kernels_float32_differences(offset, rng, m
             sj = np.arange(s_start[c], s_end[c])
             d64 = t64[:, ti, None] + shift[ent][:, None, None] - s64[:, None, sj]
             r = np.sqrt((d64 ** 2).sum(axis=0))
-            e = terr[ti, None] + serr[None, sj] + 2.0 ** -23 * np.sqrt(3.0) * r
+            e = np.sqrt(((terr[:, ti, None] - serr[:, None, sj]) ** 2).sum(axis=0)) \
+                + 2.0 ** -23 * np.sqrt(3.0) * r
             if c != b:
                 e = e + shift_err[ent] + 2.0 ** -24 * np.sqrt(3.0) * max(
                     np.abs(t64[:, ti]).max(), np.abs(s64[:, sj]).max(), np.abs(shift[ent]).max())
             tt = t32[:, tord[ti], None]
             ss = t32[:, tord[sj]][:, None, :]
             sh = sh32[ent][:, None, None]
-            for d32 in ((tt + sh) - ss, tt - (ss - sh)):
+            for d32 in ((tt + sh) - ss, tt - (ss - sh), (tt - ss) + sh):
                 assert d32.dtype == np.float32
                 dev = np.sqrt(((d32.astype(np.float64) - d64) ** 2).sum(axis=0))
                 pair = r > 0  # (a point with itself: nothing to bound)

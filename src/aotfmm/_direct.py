@@ -124,8 +124,8 @@ def rounding_redo(src, trg, center, scale, src_xyz, trg_xyz, order, workers):
     shift = (np.asarray(center, dtype=np.float64) / scale)[:, None]
     s64 = to_soa(src, origin, scale, np.float64)
     t64 = s64 if same else to_soa(trg, origin, scale, np.float64)
-    serr = np.sqrt(((src_xyz + shift - s64) ** 2).sum(axis=0))
-    terr = serr if same else np.sqrt(((trg_xyz + shift - t64) ** 2).sum(axis=0))
+    serr = (src_xyz + shift) - s64  # each point's move (3, n)
+    terr = serr if same else (trg_xyz + shift) - t64
     if not (serr.any() or terr.any()):
         return None
     lo = np.minimum(s64.min(axis=1), t64.min(axis=1))

@@ -30,16 +30,16 @@ def hits(trg, terr, src, serr, trg_start, trg_end, src_start, src_end, list_offs
     :meth:`aotfmm.evaluate.Plan._rounding_redo`).
 
     ``trg``/``src``: float64 offsets (3, n) of the points in tree order, ``terr``/``serr``
-    how far rounding to float32 moved each; per list entry (target box, source box
+    (3, n) how rounding to float32 moved each; per list entry (target box, source box
     list_index[entry]) ``shift`` the float64 shift between their origins and ``shift_err``
     how far its float32 copy is off. Each leaf's points are sorted by x IN PLACE (trg, terr,
-    src, serr: the returned orders give each sorted point's tree position; with them each
-    box's largest |offset| component, move and bounding box), a pair's difference is taken
-    to move by up to its two points' moves plus ``shift_err`` plus, for the float32
+    src, serr; the returned orders give each sorted point's tree position; with them each
+    box's largest |offset| component, move and bounding box). A pair's difference moves by
+    at most the difference of its two points' moves plus ``shift_err`` plus, for the float32
     arithmetic, 2^-24 sqrt(3) (the largest of either box's |offset| and |shift|; nothing in
-    a box's own entry) + 2^-23 sqrt(3) r (kernels/morton.py near_risk), and the sweep finds
-    the pairs moved by more than ``tau`` of their distance. Returns them: target (tree
-    position), e (that bound), r (their distance), as arrays; then the source and target
+    a box's own entry) + 2^-23 sqrt(3) r; the sweep (kernels/morton.py near_risk) sums per
+    target what the pairs moved by more than ``tau`` of their distance can cost. Returns the
+    targets with such pairs (tree positions), their sums (9, n), and the source and target
     orders."""
     n_boxes = len(trg_start)
 

@@ -297,10 +297,11 @@ class Plan:
             # float64 from both sides of each pair (no Newton's third law): here a float64
             # plan is faster (1e4 pairs of points 1e-4 apart: 0.89 s against 0.41 s); not
             # for small problems (2e7 pairs: ~10 ms)
-            warnings.warn(f"float32 cannot resolve these float64 points well enough for "
-                          f"eps={eps:g}: {len(self.redo.boxes)} of {len(tree.leaves)} leaves "
-                          f"take their near field in float64, and dtype=float64 would likely "
-                          f"be faster", AccuracyWarning, stacklevel=3)
+            warnings.warn(f"float32 cannot resolve these points' close pairs at their leaf "
+                          f"offsets well enough for eps={eps:g}: {len(self.redo.boxes)} of "
+                          f"{len(tree.leaves)} leaves take their near field in float64, and "
+                          f"dtype=float64 would likely be faster", AccuracyWarning,
+                          stacklevel=3)
         self.near_sym = self._near_symmetric(tree)
         #: the near field may take exp to ~1e-11 (kernels/_vecmath.py vexp_coarse)
         self.coarse_exp = eps >= _dispatch.COARSE_EXP_EPS
@@ -374,7 +375,7 @@ class Plan:
             args = dict(pts=pts, perm=perm, start=start, end=end, leaves=leaves,
                         anchor=anchor, scale=scale, dmin=dmin, out=out)
             if dt == np.float32:  # the float64 offsets too, and how far rounding moved each
-                exact.append((np.empty((3, len(perm))), np.empty(len(perm))))
+                exact.append((np.empty((3, len(perm))), np.empty((3, len(perm)))))
                 work = _dispatch.bind("leaf_offsets_pair", **args, out64=exact[-1][0],
                                       moved=exact[-1][1])
             else:
