@@ -89,6 +89,10 @@ MIXED_TARGETS = 64
 #: that also updates the partners) made the compiled x86-64-v4 loop ~1.5x slower, so a
 #: target's partner terms stay one float32 sum (a few thousand terms at the default leaf sizes)
 MIXED_SOURCES = 512
+#: below this r^2 the mixed kernels' float32 terms go to float64 too, whatever the grid: their
+#: (1/r)^3 must stay far below the float32 maximum (a leaf of points 1e-16 apart has a grid so
+#: fine that (g/8)^2 let r^2 = 1e-31 through, and its gradient came out inf: 2026-12-02)
+MIXED_R2_MIN = np.float32(2.0 ** -80)
 
 
 @register_jitable
@@ -382,7 +386,8 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
     a difference (hi_x - hi_y) + (lo_x - lo_y) carries a relative error of ~6e-8 + 1.2e-7 g/r
     whatever the distance r of the pair or the place of the box, and the pair terms cost
     float32 arithmetic at full vector width. A pair closer than g / 8 (where that error
-    would exceed ~1e-6) or than float32 can square makes the box be redone in float64 with
+    would exceed ~1e-6) or than 2^-40 (:data:`MIXED_R2_MIN`: its (1/r)^3 must fit float32)
+    makes the box be redone in float64 with
     the exact 1/sqrt, as p2p_sym does; so does a pair that rounds to r^2 = 0 unless its
     float64 coordinates are equal (coincident points, each point with itself: 0). Coincident
     points share a leaf, so that check runs on the one-sided list (which holds b itself)
@@ -424,7 +429,7 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
             for j in range(n2):
                 big = max(big, abs(s2[e, j]))
         g = _grid(big)
-        thr = max(np.float32(g * g / 64.0), FLT_MIN)  # (g / 8)^2
+        thr = max(np.float32(g * g / 64.0), MIXED_R2_MIN)  # (g / 8)^2
         _split_hi_lo(s1, n1, g, h1, l1)
         _split_hi_lo(s2, n2, g, h2, l2)
         _split_hi_lo(xyz[:, t0:t0 + nt], nt, g, ht, lt)
@@ -620,7 +625,7 @@ def p2p_mixed(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end,
             for i in range(nt):
                 big = max(big, abs(trg_xyz[e, t0 + i]))
         g = _grid(big)
-        thr = max(np.float32(g * g / 64.0), FLT_MIN)  # (g / 8)^2
+        thr = max(np.float32(g * g / 64.0), MIXED_R2_MIN)  # (g / 8)^2
         _split_hi_lo(sg, n, g, hs, ls)
         _split_hi_lo(trg_xyz[:, t0:t0 + nt], nt, g, ht, lt)
         for j in range(n):

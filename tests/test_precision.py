@@ -276,6 +276,23 @@ def test_float32_plan_that_must_redo_most_leaves_says_so(rng):
     assert rel_err(grad[sample], ref_grad) < 1e-5
 
 
+@pytest.mark.parametrize("eps", [1e-3, 1e-5])
+def test_mixed_near_field_with_points_one_ulp_apart(eps):
+    """Hostile test 2026-12-02: 200 copies of a point, 200 of the float64 point one step away
+    and one more point. At eps >= 1e-5 a float64 plan takes float32 pair terms (Newton's third
+    law); the leaf's grid was so fine that r^2 ~ 1e-31 passed its closeness test, (1/r)^3
+    overflowed float32 and the gradient raised 'overflows float64' (the true one is ~1e33).
+    Such pairs now go to float64 (numpy reference)."""
+    a = np.array([0.3, 0.3, 0.3])
+    b = np.nextafter(a, 1.0)
+    src = np.vstack([[[0.637, 0.270, 0.041]], np.repeat([a], 200, 0), np.repeat([b], 200, 0)])
+    q = np.ones(len(src))
+    pot, grad = aotfmm.Fmm(src, eps=eps).evaluate(q, gradient=True)
+    ref_pot, ref_grad = direct_reference(src, q, src)
+    assert rel_err(pot, ref_pot) < eps
+    assert rel_err(grad, ref_grad) < eps
+
+
 @pytest.mark.parametrize("offset", [(0.0, 0.0, 0.0), (-7.3, 2.1, 0.9)])
 def test_rounding_bound_holds_for_the_kernels_float32_differences(offset, rng, monkeypatch):
     """The bound e of near_risk (both points' moves, the shift's rounding, 2^-24 sqrt(3)
