@@ -96,6 +96,25 @@ def leaf_anchors(pts, perm, start, end, leaves, l0, l1, best, anchor):
     return None
 
 
+@register_jitable
+def _offset(pts, r, ax, ay, az, m):
+    """Point r's offset (dx, dy, dz) from the anchor, and m lowered to its smallest nonzero
+    |component| (the leaf kernels' dmin)."""
+    dx = pts[r, 0] - ax
+    dy = pts[r, 1] - ay
+    dz = pts[r, 2] - az
+    ex = abs(dx)
+    ey = abs(dy)
+    ez = abs(dz)
+    if ex > 0.0 and ex < m:
+        m = ex
+    if ey > 0.0 and ey < m:
+        m = ey
+    if ez > 0.0 and ez < m:
+        m = ez
+    return dx, dy, dz, m
+
+
 def leaf_offsets(pts, perm, start, end, leaves, l0, l1, anchor, scale, dmin, out):
     """out[:, j] = (pts[perm[j]] - anchor[b]) / scale for the points j of leaves[l0:l1], and
     dmin[b] = the smallest nonzero |pts[perm[j], axis] - anchor[b, axis]| of the leaf.
@@ -108,19 +127,7 @@ def leaf_offsets(pts, perm, start, end, leaves, l0, l1, anchor, scale, dmin, out
         az = anchor[b, 2]
         m = np.inf
         for j in range(start[b], end[b]):
-            r = perm[j]
-            dx = pts[r, 0] - ax
-            dy = pts[r, 1] - ay
-            dz = pts[r, 2] - az
-            ex = abs(dx)
-            ey = abs(dy)
-            ez = abs(dz)
-            if ex > 0.0 and ex < m:
-                m = ex
-            if ey > 0.0 and ey < m:
-                m = ey
-            if ez > 0.0 and ez < m:
-                m = ez
+            dx, dy, dz, m = _offset(pts, perm[j], ax, ay, az, m)
             out[0, j] = dx / scale
             out[1, j] = dy / scale
             out[2, j] = dz / scale
@@ -140,19 +147,7 @@ def leaf_offsets_pair(pts, perm, start, end, leaves, l0, l1, anchor, scale, dmin
         az = anchor[b, 2]
         m = np.inf
         for j in range(start[b], end[b]):
-            r = perm[j]
-            dx = pts[r, 0] - ax
-            dy = pts[r, 1] - ay
-            dz = pts[r, 2] - az
-            ex = abs(dx)
-            ey = abs(dy)
-            ez = abs(dz)
-            if ex > 0.0 and ex < m:
-                m = ex
-            if ey > 0.0 and ey < m:
-                m = ey
-            if ez > 0.0 and ez < m:
-                m = ez
+            dx, dy, dz, m = _offset(pts, perm[j], ax, ay, az, m)
             x = dx / scale
             y = dy / scale
             z = dz / scale

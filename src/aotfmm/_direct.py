@@ -36,16 +36,8 @@ def _direct(src, q, trg, gradient, dt, workers, module=None, family=LAPLACE):
         qscale, charges = scaled_charges(q, dt)
         _p2p_all(src_xyz, charges, trg_xyz, pot, grad if gradient else None, workers, module,
                  family=family.scaled(scale))
-        if redo is not None:  # the targets rounding hurts: again in float64
-            s64, t64, idx = redo
-            p64 = np.zeros(len(idx))
-            g64 = np.zeros((3, len(idx))) if gradient else None
-            _p2p_all(s64, charges.astype(np.float64), t64, p64, g64, workers, module,
-                     family=family.scaled(scale))
-            with np.errstate(over="ignore"):  # (an overflow is reported when unscaled)
-                pot[idx] = p64
-                if gradient:
-                    grad[:, idx] = g64
+        _redo_targets(redo, charges, None, pot, grad if gradient else None, workers,
+                      family.scaled(scale), module)
         pot = rescale(pot, unscale_factor(qscale, scale, 0, family), "potential")
         if gradient:
             grad = rescale(grad, unscale_factor(qscale, scale, 1, family), "gradient")
@@ -78,17 +70,7 @@ def _direct_multi(src, q, d, trg, gradient, dt, workers, family=LAPLACE):
     pl = np.zeros((len(live), n_trg), dtype=vdt)
     gl = np.zeros((len(live), 3, n_trg), dtype=vdt) if gradient else None
     _p2p_all(src_xyz, qs, trg_xyz, pl, gl, workers, dipoles=ds, family=family.scaled(scale))
-    if redo is not None:  # the targets rounding hurts: again in float64
-        s64, t64, idx = redo
-        v64 = family.value_dtype(np.float64)
-        p64 = np.zeros((len(live), len(idx)), dtype=v64)
-        g64 = np.zeros((len(live), 3, len(idx)), dtype=v64) if gradient else None
-        _p2p_all(s64, None if qs is None else qs.astype(v64), t64, p64, g64, workers,
-                 dipoles=None if ds is None else ds.astype(v64), family=family.scaled(scale))
-        with np.errstate(over="ignore"):  # (an overflow is reported when unscaled)
-            pl[:, idx] = p64
-            if gradient:
-                gl[:, :, idx] = g64
+    _redo_targets(redo, qs, ds, pl, gl, workers, family.scaled(scale))
     unscale_fields((pot, grad), (pl, gl), live, qscale, scale, family=family)
     return pot, grad
 
@@ -151,6 +133,27 @@ def rounding_redo(src, trg, center, scale, src_xyz, trg_xyz, order, workers):
         return None
     idx = targets[pick]
     return s64, to_soa(trg[idx], origin, scale, np.float64), idx
+
+
+def _redo_targets(redo, charges, dipoles, pot, grad, workers, family, module=None):
+    """:func:`rounding_redo`'s targets summed again in float64 into ``pot``/``grad`` (last
+    axis: the targets; grad None: potential only), replacing their float32 sums."""
+    if redo is None:
+        return
+    s64, t64, idx = redo
+    v64 = family.value_dtype(np.float64)
+
+    def as64(a):
+        return None if a is None else a.astype(v64)
+
+    p64 = np.zeros(pot.shape[:-1] + (len(idx),), dtype=v64)
+    g64 = None if grad is None else np.zeros(grad.shape[:-1] + (len(idx),), dtype=v64)
+    _p2p_all(s64, as64(charges), t64, p64, g64, workers, module, dipoles=as64(dipoles),
+             family=family)
+    with np.errstate(over="ignore"):  # (an overflow is reported when unscaled)
+        pot[..., idx] = p64
+        if grad is not None:
+            grad[..., idx] = g64
 
 
 def _representable(src, trg, center, scale, dt):
