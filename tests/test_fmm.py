@@ -107,6 +107,25 @@ def test_multiple_right_hand_sides(rng):
         assert rel_err(pot[:, k], ref_pot) < 1e-6
 
 
+@pytest.mark.parametrize("block_rows, k", [(5, 1), (5, 2), (1, 3), (10 ** 6, 2)])
+@pytest.mark.parametrize("dtype, eps", [(np.float64, 1e-6), (np.float32, 1e-4)])
+def test_m2l_blocks_of_any_size(rng, monkeypatch, block_rows, k, dtype, eps):
+    """M2L runs a transfer vector's pairs in GEMM blocks of M2L_BLOCK_ROWS rows (pairs x
+    densities): blocks of one pair, uneven last blocks and whole segments all meet eps."""
+    from aotfmm import expansions
+    monkeypatch.setattr(expansions, "M2L_BLOCK_ROWS", block_rows)
+    src = uniform(rng, 6000)
+    q = rng.standard_normal((6000, k))
+    plan = aotfmm.Fmm(src, eps=eps, dtype=dtype, ncrit=40, threads=2)
+    assert plan.stats["levels"] >= 4  # V lists at several levels, segments of many pairs
+    pot, grad = plan.evaluate(q, gradient=True)
+    pot, grad = pot.reshape(6000, k), grad.reshape(6000, k, 3)
+    for j in range(k):
+        ref_pot, ref_grad = direct_reference(src, q[:, j], src)
+        assert rel_err(pot[:, j], ref_pot) < eps
+        assert rel_err(grad[:, j], ref_grad) < eps
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 9])
 def test_tiny_problems(rng, n):
     src = uniform(rng, n)
