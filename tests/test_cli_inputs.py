@@ -101,6 +101,49 @@ def test_empty_text_file_is_a_clear_error(tmp_path, capsys):
     assert "no rows and no line of column names" in _one_line(capsys.readouterr().err)
 
 
+@pytest.mark.parametrize("text, line, token", [
+    ("1,2,3,abc\n0,0,0,1\n1,0,0,1\n", 1, "abc"),      # a corrupt first row is not a header
+    ("0,0,0,0x10\n1,0,0,1\n2,0,0,1\n", 1, "0x10"),
+    ("x,y,z,q\n0,0,0,1\n1,2,3,abc\n", 3, "abc"),
+    ("# c\nx y z q\n0 0 0 1\n1 0 0 1_0\n", 4, "1_0"),  # float() would read 10
+])
+def test_text_fields_that_are_not_numbers_name_their_line(tmp_path, capsys, text, line, token):
+    (tmp_path / "in.csv").write_text(text)
+    assert main(["run", str(tmp_path / "in.csv"), "-o", str(tmp_path / "o.npy")]) == 2
+    err = _one_line(capsys.readouterr().err)
+    assert f"line {line}: {token!r} is not a number" in err
+    assert not (tmp_path / "o.npy").exists()
+
+
+def test_text_header_line_and_comments_are_skipped(tmp_path):
+    (tmp_path / "in.csv").write_text("# points\nx, y, z, q\n0, 0, 0, 1\n# mid\n1, 0, 0, 2\n")
+    assert main(["run", str(tmp_path / "in.csv"), "-o", str(tmp_path / "o.npy"), *EPS]) == 0
+    pot = np.load(tmp_path / "o.npy")
+    src = np.array([[0.0, 0, 0], [1, 0, 0]])
+    np.testing.assert_allclose(pot, numpy_fields(src, src, q=np.array([1.0, 2.0]))[0],
+                               rtol=1e-12)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("in.npy", b"\x00garbage" * 100, "not a NumPy .npy file"),
+    ("in.npy", b"", "not a NumPy .npy file (it is empty)"),
+    ("in.npz", b"\x00garbage" * 100, "not a NumPy .npz (zip) file"),
+])
+def test_files_that_are_not_numpy_files_say_so(tmp_path, capsys, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    assert main(["run", str(tmp_path / name), "-o", str(tmp_path / "o.npy")]) == 2
+    err = _one_line(capsys.readouterr().err)
+    assert message in err and "pickle" not in err.replace("pickled", "")
+
+
+def test_object_arrays_are_refused_without_advice_to_unpickle(tmp_path, capsys):
+    np.save(tmp_path / "in.npy", np.array([[0, 0, 0, {"q": 1}]], dtype=object),
+            allow_pickle=True)
+    assert main(["run", str(tmp_path / "in.npy"), "-o", str(tmp_path / "o.npy")]) == 2
+    err = _one_line(capsys.readouterr().err)
+    assert "holds Python objects" in err and "allow_pickle" not in err
+
+
 # -- integer caps -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, name, cap", [

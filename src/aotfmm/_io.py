@@ -7,8 +7,9 @@ Input (points as rows; one column per density):
   dipoles or both (the same k). Any other key is an error. Values must be real numbers.
 * ``.npy``: one array (n, 3 + k): x, y, z, then k charge columns (targets = sources).
 * ``.csv`` / ``.txt`` / ``.dat``: the same columns as text, comma- or whitespace-separated;
-  lines starting with ``#`` and a first line of column names are skipped. A file with only
-  the line of column names is a problem with no points.
+  lines starting with ``#`` and a first line of column names (no field a number) are skipped.
+  A file with only the line of column names is a problem with no points. Any other field that
+  is not a decimal number is an error naming its line.
 
 HDF5 needs h5py, which aotfmm does not depend on: ``pip install "aotfmm[hdf5]"``. Without it,
 reading or writing .h5 fails up front with that hint (an :class:`InputError`).
@@ -112,6 +113,8 @@ def read_problem(path):
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file")
     try:
+        if fmt in ("npy", "npz"):
+            _check_magic(path, fmt)
         if fmt == "npy":
             return _split_columns(path, np.load(path, allow_pickle=False))
         if fmt == "text":
@@ -137,20 +140,51 @@ def read_problem(path):
     except InputError:
         raise
     except Exception as exc:  # unreadable, corrupt, wrong dtype ...
+        if "allow_pickle" in str(exc):  # numpy's advice would be to unpickle the file
+            raise InputError(f"{path}: holds Python objects (pickled data), which aotfmm does "
+                             f"not load: save arrays of real numbers") from None
         raise InputError(f"{path}: cannot read: {exc}") from None
     return {k: arrays.get(k) for k in KEYS}
 
 
+#: The first bytes of a .npy file and of a .npz (zip) file.
+_MAGIC = {"npy": (b"\x93NUMPY",), "npz": (b"PK\x03\x04", b"PK\x05\x06")}
+
+
+def _check_magic(path, fmt):
+    """Refuse a file that does not start like a .npy / .npz file. np.load would take it for
+    a pickle and answer with advice to unpickle it (allow_pickle=True)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head.startswith(_MAGIC[fmt]):
+        kind = "a NumPy .npy file" if fmt == "npy" else "a NumPy .npz (zip) file"
+        raise InputError(f"{path}: not {kind}" + (" (it is empty)" if not head else ""))
+
+
 def _read_text(path):
+    """The numbers of a text table (n, columns) float64. The first line (after comments) is a
+    line of column names when none of its fields is a number; a line with some numbers and
+    some words is an error, as a corrupt row anywhere else is (it used to be taken for the
+    names and dropped: 2026-12-02)."""
     with open(path) as f:
-        lines = [ln for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+        lines = [(i + 1, ln) for i, ln in enumerate(f)
+                 if ln.strip() and not ln.lstrip().startswith("#")]
     if not lines:
         raise InputError(f"{path}: no rows and no line of column names")
     ncols = None
-    if not _is_numeric_row(lines[0]):
-        ncols = len(lines[0].replace(",", " ").split())  # header
+    first = lines[0][1].replace(",", " ").split()
+    if not any(_is_number(tok) for tok in first):
+        ncols = len(first)  # the line of column names
         lines = lines[1:]
-    rows = [ln.replace(",", " ").split() for ln in lines]
+    rows = []
+    for number, line in lines:
+        fields = line.replace(",", " ").split()
+        bad = next((tok for tok in fields if not _is_number(tok)), None)
+        if bad is not None:
+            raise InputError(f"{path}: line {number}: {bad!r} is not a number (only the "
+                             f"first line may be column names, and then none of them a "
+                             f"number)")
+        rows.append(fields)
     if len({len(r) for r in rows}) > 1:
         raise InputError(f"{path}: rows must all have the same number of columns")
     if not rows:
@@ -158,9 +192,13 @@ def _read_text(path):
     return np.array(rows, dtype=np.float64)
 
 
-def _is_numeric_row(line):
+def _is_number(token):
+    """A decimal number as written in a table: what float() takes, without the digit
+    separators it also allows ("1_0" would be 10)."""
+    if "_" in token:
+        return False
     try:
-        [float(x) for x in line.replace(",", " ").split()]
+        float(token)
         return True
     except ValueError:
         return False
