@@ -651,9 +651,11 @@ class Fmm:
         q, d, single = _agree(comm, self._check_densities, local_charges, dipoles)
         k = (q if q is not None else d).shape[0]
         ks = comm.allgather((k, q is not None, d is not None, level, asked))
-        if len(set(ks)) != 1:
-            raise DistributedError(comm.rank, f"densities or output levels differ between "
-                                   f"ranks: {ks}")
+        if len(set(ks)) != 1:  # the same error on every rank, naming the first that differs
+            bad = next(r for r, other in enumerate(ks) if other != ks[0])
+            raise DistributedError(bad, "the densities (k, charges, dipoles) and output levels "
+                                   "must be the same on every rank: rank 0 has "
+                                   f"{ks[0]}, rank {bad} has {ks[bad]}")
         vdt = np.dtype(np.complex128) if self.family.complex else np.dtype(np.float64)
         seconds = {}
         t = time.perf_counter()

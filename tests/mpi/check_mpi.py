@@ -147,6 +147,16 @@ def bad_input_case():
             **(wrong if is_bad else dict(local_charges=q))), expect)
         ok &= good
         seen.append(what)
+    if COMM.size > 1:  # valid on each rank, but not the same on all: k, outputs, kinds
+        qq = np.c_[q, q]
+        mismatches = [lambda is_bad: plan.evaluate(qq if is_bad else q),
+                      lambda is_bad: plan.evaluate(q, gradient=is_bad),
+                      lambda is_bad: plan.evaluate(None if is_bad else q,
+                                                   dipoles=d if is_bad else None)]
+        for call in mismatches:
+            good, what = _all_raise(bad, call, "must be the same on every rank")
+            ok &= good
+            seen.append(what)
     # the plan still works after the refused calls, and matches numpy
     pot = plan.evaluate(q, dipoles=d)
     ref = numpy_reference(x, np.ones((100, 1)), np.ones((100, 1, 3)), mine, aotfmm.Laplace())
