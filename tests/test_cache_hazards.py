@@ -312,3 +312,24 @@ def test_info_lists_special_files_without_blocking(tmp_path):
         line = next(ln for ln in lines if kind + ".ops" in ln)
         assert "unreadable" in line, line
     assert any("p=3" in ln for ln in lines), info.stdout
+
+
+def test_info_names_each_files_kernel_and_parameter(tmp_path):
+    """Yukawa and Helmholtz keep a set per level and parameter: `aotfmm info` says which."""
+    import numpy as np
+    from aotfmm.families import Helmholtz, Yukawa
+    from aotfmm.operators import get_operators
+    d = str(tmp_path / "cache")
+    get_operators(3, np.float64, cache_dir=d)
+    get_operators(3, np.float64, cache_dir=d, family=Yukawa(0.25))
+    get_operators(3, np.float64, cache_dir=d, family=Helmholtz(0.5))
+    get_operators(3, np.float64, cache_dir=d, family=Helmholtz(0.5 + 0.125j))
+    info = subprocess.run([sys.executable, "-m", "aotfmm", "info"], capture_output=True,
+                          text=True, timeout=HANG_GUARD,
+                          env=dict(os.environ, AOTFMM_CACHE_DIR=d))
+    assert info.returncode == 0, info.stderr
+    lines = [ln for ln in info.stdout.splitlines() if ".ops:" in ln]
+    assert len(lines) == 4, info.stdout
+    for want in ("kernel=laplace, p=3", "kernel=yukawa, lam=0.25, p=3",
+                 "kernel=helmholtz, kappa=0.5, p=3", "kernel=helmholtz, kappa=(0.5+0.125j), p=3"):
+        assert sum(want in ln for ln in lines) == 1, (want, info.stdout)
