@@ -74,12 +74,13 @@ _CHUNKS_PER_THREAD = 4
 #: At most this many boxes per P2M/P2L chunk: bounds the check-potential scratch memory.
 _MAX_CHUNK_BOXES = 4096
 #: M2L: GEMM rows (pairs x densities) per block of a transfer vector's pairs. Whole segments
-#: (up to ~3600 pairs at 1e6 points, 6.6 MB per density and buffer) streamed the gathered
-#: multipoles, the products and the scatter through memory; blocks of 64 rows keep them in L2.
-#: Measured (2-core Intel Xeon, 1 thread, 1e6 cube, eps 1e-6, M2L time): k = 1 1.03 -> 0.6-0.68
-#: s (32 rows 0.69, 128 0.68-0.78, 256 0.67-0.79); Plummer 1.68 -> 1.42-1.52 s; k = 8
-#: 12.5 -> 5.9-6.9 s (32 rows 7.9-8.8, 512 7.1-8.9).
-M2L_BLOCK_ROWS = 64
+#: (up to ~3600 pairs at 1e6 points) needed scratch of 2 x 1.9 kB per row per thread (p = 8,
+#: float64): 106 MB per thread for k = 8 at 1e6, and they streamed gathered multipoles, products and scatter
+#: through memory. M2L time, 2-core Intel Xeon, quiet machine, 2 threads, eps 1e-6, best of 3
+#: (whole -> 256 rows): 1e6 cube 0.477 -> 0.445 s (64 rows 0.559, 1024 0.482); Plummer 1.057
+#: -> 0.992 s; k = 8 at 1e5 0.336 -> 0.315 s, at 1e6 5.2 -> 3.9 s. With the other core
+#: streaming memory (1 thread) whole segments took 1.03 s against 0.68 s for 64 rows.
+M2L_BLOCK_ROWS = 256
 
 
 def _cast(a, dt):
