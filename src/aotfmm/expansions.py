@@ -75,11 +75,12 @@ _CHUNKS_PER_THREAD = 4
 _MAX_CHUNK_BOXES = 4096
 #: M2L: GEMM rows (pairs x densities) per block of a transfer vector's pairs. Whole segments
 #: (up to ~3600 pairs at 1e6 points) needed scratch of 2 x 1.9 kB per row per thread (p = 8,
-#: float64): 106 MB per thread for k = 8 at 1e6, and they streamed gathered multipoles, products and scatter
-#: through memory. M2L time, 2-core Intel Xeon, quiet machine, 2 threads, eps 1e-6, best of 3
-#: (whole -> 256 rows): 1e6 cube 0.477 -> 0.445 s (64 rows 0.559, 1024 0.482); Plummer 1.057
-#: -> 0.992 s; k = 8 at 1e5 0.336 -> 0.315 s, at 1e6 5.2 -> 3.9 s. With the other core
-#: streaming memory (1 thread) whole segments took 1.03 s against 0.68 s for 64 rows.
+#: float64): 106 MB per thread for k = 8 at 1e6, and they streamed the gathered multipoles,
+#: the products and the scatter through memory. M2L time, 2-core Intel Xeon, quiet machine,
+#: 2 threads, eps 1e-6, best of 3 (whole -> 256 rows): 1e6 cube 0.477 -> 0.445 s (64 rows
+#: 0.559, 1024 0.482); Plummer 1.057 -> 0.992 s; k = 8 at 1e5 0.336 -> 0.315 s, at 1e6 5.2 ->
+#: 3.9 s. With the other core streaming memory (1 thread) whole segments took 1.03 s against
+#: 0.68 s for 64 rows.
 M2L_BLOCK_ROWS = 256
 
 
