@@ -176,20 +176,23 @@ def _read_text(path):
     if not any(_is_number(tok) for tok in first):
         ncols = len(first)  # the line of column names
         lines = lines[1:]
-    rows = []
-    for number, line in lines:
-        fields = line.replace(",", " ").split()
-        bad = next((tok for tok in fields if not _is_number(tok)), None)
-        if bad is not None:
-            raise InputError(f"{path}: line {number}: {bad!r} is not a number (only the "
-                             f"first line may be column names, and then none of them a "
-                             f"number)")
-        rows.append(fields)
+    rows = [line.replace(",", " ").split() for _, line in lines]
     if len({len(r) for r in rows}) > 1:
         raise InputError(f"{path}: rows must all have the same number of columns")
     if not rows:
         return np.empty((0, ncols), dtype=np.float64)
-    return np.array(rows, dtype=np.float64)
+    try:
+        if any("_" in line for _, line in lines):  # numpy, like float(), reads "1_0" as 10
+            raise ValueError
+        return np.array(rows, dtype=np.float64)
+    except ValueError:  # name the first field that is not a number, and its line
+        for (number, _), fields in zip(lines, rows):
+            bad = next((tok for tok in fields if not _is_number(tok)), None)
+            if bad is not None:
+                raise InputError(f"{path}: line {number}: {bad!r} is not a number (only the "
+                                 f"first line may be column names, and then none of them a "
+                                 f"number)") from None
+        raise
 
 
 def _is_number(token):
