@@ -107,8 +107,9 @@ def test_multiple_right_hand_sides(rng):
         assert rel_err(pot[:, k], ref_pot) < 1e-6
 
 
-@pytest.mark.parametrize("block_rows, k", [(5, 1), (5, 2), (1, 3), (10 ** 6, 2)])
-@pytest.mark.parametrize("dtype, eps", [(np.float64, 1e-6), (np.float32, 1e-4)])
+@pytest.mark.parametrize("block_rows, k, dtype, eps", [
+    (5, 1, np.float64, 1e-6), (5, 2, np.float32, 1e-4), (1, 3, np.float64, 1e-6),
+    (10 ** 6, 2, np.float32, 1e-4)])
 def test_m2l_blocks_of_any_size(rng, monkeypatch, block_rows, k, dtype, eps):
     """M2L runs a transfer vector's pairs in GEMM blocks of M2L_BLOCK_ROWS rows (pairs x
     densities): blocks of one pair, uneven last blocks and whole segments all meet eps."""
