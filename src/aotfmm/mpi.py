@@ -84,6 +84,17 @@ class DistributedError(RuntimeError):
         super().__init__(f"rank {rank}{more}: {message}")
 
 
+def _same_on_every_rank(comm, mine, what):
+    """Collective: if any rank's ``mine`` differs from rank 0's, every rank raises the same
+    :class:`DistributedError`, naming the first rank that differs and both values (a mismatch
+    would otherwise be a silent wrong answer or a hang)."""
+    theirs = comm.allgather(mine)
+    bad = next((r for r, other in enumerate(theirs) if other != theirs[0]), None)
+    if bad is not None:
+        raise DistributedError(bad, f"{what} must be the same on every rank: rank 0 has "
+                               f"{theirs[0]}, rank {bad} has {theirs[bad]}")
+
+
 def _agree(comm, func, *args, **kwargs):
     """``func(*args, **kwargs)`` on every rank; if it raised on any rank, every rank raises
     :class:`DistributedError` (chained to the local error where there is one)."""
@@ -300,15 +311,10 @@ class Fmm:
                threads, level, dipoles, hessians)
         self._p_far_arg = check_integer("p_far", p_far, lo=2, hi=20, allow_none=True)
         # the same parameters everywhere: a mismatch would be a silent wrong answer
-        mine = (self.family.cache_key(), self.dtype.str, self.eps, self._level, self.same,
-                self._dipoles, self._hessians)
-        theirs = comm.allgather(mine)
-        if any(other != mine for other in theirs):
-            bad = next(r for r, other in enumerate(theirs) if other != theirs[0])
-            raise DistributedError(bad, "kernel, eps, dtype, level, dipoles, hessians and "
-                                   "whether targets are given must be the same on every rank: "
-                                   f"rank 0 has "
-                                   f"{theirs[0]}, rank {bad} has {theirs[bad]}")
+        _same_on_every_rank(comm, (self.family.cache_key(), self.dtype.str, self.eps,
+                                   self._level, self.same, self._dipoles, self._hessians),
+                            "kernel, eps, dtype, level, dipoles, hessians and whether targets "
+                            "are given")
         if self.threads is None:  # share the node's CPUs between its ranks (oversubscribed
             # thread pools with MPI's busy-waiting ran 7x slower on 2 cores, 2 ranks)
             from . import _threads
@@ -650,12 +656,8 @@ class Fmm:
         gradient = level >= 2
         q, d, single = _agree(comm, self._check_densities, local_charges, dipoles)
         k = (q if q is not None else d).shape[0]
-        ks = comm.allgather((k, q is not None, d is not None, level, asked))
-        if len(set(ks)) != 1:  # the same error on every rank, naming the first that differs
-            bad = next(r for r, other in enumerate(ks) if other != ks[0])
-            raise DistributedError(bad, "the densities (k, charges, dipoles) and output levels "
-                                   "must be the same on every rank: rank 0 has "
-                                   f"{ks[0]}, rank {bad} has {ks[bad]}")
+        _same_on_every_rank(comm, (k, q is not None, d is not None, level, asked),
+                            "the densities (k, charges, dipoles) and output levels")
         vdt = np.dtype(np.complex128) if self.family.complex else np.dtype(np.float64)
         seconds = {}
         t = time.perf_counter()
