@@ -193,13 +193,12 @@ def _describe_cache_file(path):
         import json
         from aotfmm import cache
         attrs = json.loads(cache.read_header(path)["key_json"])
+        from aotfmm.families import key_parameters
         # the kernel and its parameter (lam/kappa at the box's half-width: one set per tree
         # level), then the order and precision
-        if "kappa_re" in attrs:
-            attrs["kappa"] = complex(float(attrs["kappa_re"]), float(attrs["kappa_im"])) \
-                if float(attrs.get("kappa_im", 0)) else attrs["kappa_re"]
-        fields = ", ".join(f"{k}={attrs[k]}" for k in ("kernel", "lam", "kappa", "p", "dtype",
-                                                         "m2l_method", "m2l_tol") if k in attrs)
+        fields = ", ".join([f"{k}={v}" for k, v in key_parameters(attrs)] +
+                           [f"{k}={attrs[k]}" for k in ("p", "dtype", "m2l_method", "m2l_tol")
+                            if k in attrs])
         return f"{os.path.basename(path)}: {size:.1f} MiB, {fields}"
     except Exception as exc:  # corrupt or foreign file: say so, never fail `info`
         return f"{os.path.basename(path)}: {size:.1f} MiB, unreadable ({exc.__class__.__name__})"

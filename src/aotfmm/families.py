@@ -549,3 +549,22 @@ def Helmholtz(kappa):
 #: Every family with compiled sums, one instance each (the dispatch table is built from these:
 #: its keys are the family names).
 FAMILIES = (LAPLACE, Yukawa(1.0), Helmholtz(1.0))
+
+
+def key_parameters(key):
+    """The kernel and its parameters in an operator cache key, as ``[(name, value)]``: the
+    inverse of :meth:`KernelFamily.cache_key` for display (a complex parameter rejoined from its
+    ``_re``/``_im`` fields; a real one as stored). A kernel this build does not know: its name
+    only; no kernel field: []."""
+    if "kernel" not in key:
+        return []
+    family = next((f for f in FAMILIES if f.name == key["kernel"]), None)
+    out = [("kernel", key["kernel"])]
+    for name, _ in (family.params if family is not None else ()):
+        if name in key:
+            out.append((name, key[name]))
+        elif name + "_re" in key:
+            im = float(key.get(name + "_im", 0.0))
+            out.append((name, complex(float(key[name + "_re"]), im) if im else
+                        key[name + "_re"]))
+    return out
