@@ -254,8 +254,8 @@ class Plan:
             warnings.warn(f"{family.name.capitalize()} kernel: "
                           f"{family.frequency_text(self.size)} is above the range its order "
                           f"table serves ({family.frequency_range}): results may miss eps, "
-                          f"by far at coarse eps (Helmholtz, kappa D = 80: relative error 0.34 "
-                          f"at eps 1e-3, 5e-4 at 1e-6, 2e-8 at 1e-9); ask for a smaller eps",
+                          f"by far at coarse eps; a smaller eps gets closer (measured figures: "
+                          f"README, 'Kernels: Yukawa and Helmholtz')",
                           AccuracyWarning, stacklevel=3)
 
         # a family with a parameter: the root (and so every level) sized so that the parameter
