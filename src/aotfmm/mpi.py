@@ -181,7 +181,7 @@ class _Route:
 
     def __init__(self, comm, dest):
         self.comm = comm
-        self.order = np.argsort(dest, kind="stable")
+        self.order = _index(np.argsort(dest, kind="stable"))
         self.send_counts = np.bincount(dest, minlength=comm.size).astype(np.int64)
         self.recv_counts = np.asarray(comm.alltoall(self.send_counts.tolist()), dtype=np.int64)
         self.n_recv = int(self.recv_counts.sum())
@@ -338,13 +338,16 @@ class Fmm:
         self._n_in = (len(self._src_in), len(self._trg_in))
         self._n_trg, self._n_far = len(self._trg), len(self._far_pts)
         n_owned = len(self._src)
+        # and keys only the setup needed (memory per point: what stays is own sources, their
+        # order by coarse box and the routes' orders)
         del self._src_in, self._trg_in, self._ghost, self._far_pts, self._trg
+        del self._skey, self._skey_sorted, self._tkey, self._gkey
         seconds["setup"] = time.perf_counter() - t0
         self.stats = dict(
             rank=comm.rank, size=comm.size, level=self.grid.level, p_far=self.p_far,
             level_loads=getattr(self, "_level_loads", None),
             n_sources_in=self._n_in[0], n_targets_in=self._n_in[1],
-            n_sources=n_owned, n_targets=self._n_trg, n_ghost=len(self._ghost_near),
+            n_sources=n_owned, n_targets=self._n_trg, n_ghost=self._n_ghost_near,
             n_far_boxes=int(sum(len(v) for v in self._far.values())),
             n_far_points=self._n_far_points, seconds=seconds,
             bytes={"partition": sum(r.bytes for r in self._point_routes()),
@@ -427,7 +430,7 @@ class Fmm:
             self._trg = self._route_trg.send(self._trg_in)
             self._tkey = self._route_trg.send(tkey)
         # own sources sorted by coarse box: a box of any level <= L is one contiguous run
-        self._sorder = np.argsort(self._skey, kind="stable")
+        self._sorder = _index(np.argsort(self._skey, kind="stable"))
         self._skey_sorted = self._skey[self._sorder]
         # sources per coarse box, all ranks (for the far lists)
         self._src_count = np.ascontiguousarray(totals[0])
@@ -502,8 +505,10 @@ class Fmm:
         def is_near(keys):
             ijk = deinterleave(keys)
             return near[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
-        self._own_near = np.flatnonzero(is_near(self._skey))
-        self._ghost_near = np.flatnonzero(is_near(self._gkey))
+        own_near, ghost_near = is_near(self._skey), is_near(self._gkey)
+        self._own_near, self._ghost_near = _rows(own_near), _rows(ghost_near)
+        self._n_own_near = int(np.count_nonzero(own_near))
+        self._n_ghost_near = int(np.count_nonzero(ghost_near))
         self.p_far = self._p_far(2.0 * grid.half)
         self._surf = surface(self.p_far)
         self._far_exchange()
@@ -669,8 +674,8 @@ class Fmm:
             cols.append(q.T.astype(vdt))
         if d is not None:
             cols.append(d.transpose(2, 0, 1).reshape(self._n_in[0], 3 * k).astype(vdt))
-        dens_in = np.concatenate(cols, axis=1)
-        dens = self._route_src.send(dens_in)
+        dens = self._route_src.send(np.concatenate(cols, axis=1))
+        del cols
         ghost = self._route_ghost.send(dens[self._ghost_rows])
         seconds["densities"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -682,7 +687,10 @@ class Fmm:
             far = self._far_densities(qo, do, k, vdt)
         seconds["far densities"] = time.perf_counter() - t
         t = time.perf_counter()
-        out = [_agree(comm, self._local_fields, qo, do, qg, dg, far, k, vdt, level)]
+        # the local FMM's densities; the routed ones are dropped before it runs (peak memory)
+        local = [self._local_densities(qo, do, qg, dg, far, k, vdt)]
+        del dens, ghost, qo, do, qg, dg, far
+        out = [_agree(comm, self._local_fields, local, k, vdt, level)]
         seconds["local fmm"] = time.perf_counter() - t
         t = time.perf_counter()
         home = self._route_trg.back(out)  # the only reference: freed once sent
@@ -698,23 +706,39 @@ class Fmm:
         return (part(0, 1), part(k, 3) if gradient else None,
                 part(4 * k, 6) if level == 3 else None)
 
-    def _local_fields(self, qo, do, qg, dg, far, k, vdt, level):
-        """The serial FMM on own + ghost + far surface points: the rows going home, k
-        potentials, then 3k gradient components (level >= 2), then 6k Hessian components
-        (level 3) per own target."""
+    def _local_densities(self, qo, do, qg, dg, far, k, vdt):
+        """(charges (n, k), dipoles (n, k, 3) or None) of the local FMM's sources, in its
+        order: own and ghost sources near this rank's targets, then the far boxes' surface
+        points (charges only); None when this rank runs no local FMM."""
+        if self._local is None or self._local == "empty" or not self._n_trg:
+            return None
+        n_o, n_g, n_f = self._n_own_near, self._n_ghost_near, self._n_far
+        on, gn = self._own_near, self._ghost_near
+        qs = np.zeros((n_o + n_g + n_f, k), dtype=vdt)
+        if qo is not None:
+            qs[:n_o] = qo[on]
+            qs[n_o:n_o + n_g] = qg[gn]
+        if n_f:
+            qs[n_o + n_g:] = far
+        ds = None
+        if do is not None:
+            ds = np.zeros((n_o + n_g + n_f, k, 3), dtype=vdt)
+            ds[:n_o] = do[on]
+            ds[n_o:n_o + n_g] = dg[gn]
+        return qs, ds
+
+    def _local_fields(self, local, k, vdt, level):
+        """The serial FMM on own + ghost + far surface points for the densities in the
+        one-item list ``local`` (emptied: they are freed once the FMM is done): the rows going
+        home, k potentials, then 3k gradient components (level >= 2), then 6k Hessian
+        components (level 3) per own target."""
         n_t = self._n_trg
         width_all = (1, 4, 10)[level - 1] * k
         plan = self._local
-        if plan is not None and plan != "empty" and n_t:
-            n_f = self._n_far
-            zq = np.zeros((0, k), dtype=vdt)
-            on, gn = self._own_near, self._ghost_near
-            qs = np.concatenate([qo[on] if qo is not None else np.zeros((len(on), k), vdt),
-                                 qg[gn] if qg is not None else np.zeros((len(gn), k), vdt),
-                                 far if n_f else zq])
-            ds = None
-            if do is not None:
-                ds = np.concatenate([do[on], dg[gn], np.zeros((n_f, k, 3), dtype=vdt)])
+        dens = local.pop()
+        if dens is not None:
+            qs, ds = dens
+            del dens
             with _blas.limit_one():  # BLAS's own threads: one per rank (they spin, and
                 # ranks share the node: M2L ran 8x slower with 2 ranks x 2 BLAS threads)
                 if level == 3:
@@ -788,6 +812,18 @@ def _ranges(counts):
     """0..c-1 for each c in ``counts``, concatenated."""
     counts = np.asarray(counts, dtype=np.int64)
     return np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+
+
+def _index(rows):
+    """Row numbers kept for the plan's lifetime, as int32 when they fit (half the memory of
+    int64 per point; numpy indexes with either)."""
+    return rows.astype(np.int32) if len(rows) < 2 ** 31 - 1 else rows
+
+
+def _rows(mask):
+    """The rows where ``mask`` holds: a slice of all of them when every row does (no index
+    array, and indexing with it makes no copy), else their numbers."""
+    return slice(None) if mask.all() else _index(np.flatnonzero(mask))
 
 
 # ------------------------------------------------------------------------------------- demo
