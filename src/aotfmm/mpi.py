@@ -687,10 +687,11 @@ class Fmm:
             far = self._far_densities(qo, do, k, vdt)
         seconds["far densities"] = time.perf_counter() - t
         t = time.perf_counter()
-        # the local FMM's densities; the routed ones are dropped before it runs (peak memory)
-        local = [self._local_densities(qo, do, qg, dg, far, k, vdt)]
+        # the routed densities, held only by this list: the local FMM's densities are made
+        # from them and they are dropped before it runs (peak memory)
+        parts = [(qo, do, qg, dg, far)]
         del dens, ghost, qo, do, qg, dg, far
-        out = [_agree(comm, self._local_fields, local, k, vdt, level)]
+        out = [_agree(comm, self._local_fields, parts, k, vdt, level)]
         seconds["local fmm"] = time.perf_counter() - t
         t = time.perf_counter()
         home = self._route_trg.back(out)  # the only reference: freed once sent
@@ -727,15 +728,15 @@ class Fmm:
             ds[n_o:n_o + n_g] = dg[gn]
         return qs, ds
 
-    def _local_fields(self, local, k, vdt, level):
-        """The serial FMM on own + ghost + far surface points for the densities in the
-        one-item list ``local`` (emptied: they are freed once the FMM is done): the rows going
-        home, k potentials, then 3k gradient components (level >= 2), then 6k Hessian
-        components (level 3) per own target."""
+    def _local_fields(self, parts, k, vdt, level):
+        """The serial FMM on own + ghost + far surface points: the rows going home, k
+        potentials, then 3k gradient components (level >= 2), then 6k Hessian components
+        (level 3) per own target. ``parts``: a one-item list of the routed densities (own
+        charges, own dipoles, ghost charges, ghost dipoles, far-box densities), emptied."""
         n_t = self._n_trg
         width_all = (1, 4, 10)[level - 1] * k
         plan = self._local
-        dens = local.pop()
+        dens = self._local_densities(*parts.pop(), k, vdt)
         if dens is not None:
             qs, ds = dens
             del dens
