@@ -2,7 +2,7 @@
 case of tests/mpi/check_mpi.py (uniform, sphere surface, two far clusters, separate targets,
 k = 3 densities with dipoles, one rank holding every point and another none, Yukawa, Helmholtz,
 no points anywhere, sources and targets on different ranks, the same points on every rank,
-bad input on one rank) against the serial Fmm and a numpy direct sum. Skipped without mpi4py
+problems far from the origin in float64 and float32, bad input on one rank) against the serial Fmm and a numpy direct sum. Skipped without mpi4py
 and an mpiexec (pip install "aotfmm[mpi]")."""
 import importlib.util
 import os

@@ -376,11 +376,10 @@ class Fmm:
         self.eps = check_eps(eps, self._rdt)
         self.threads = threads
         self._src_in = as_points("local_sources", sources).astype(np.float64, copy=False)
-        # points given in single precision go to the local plans as float32 (used exactly as
-        # given, like the serial Fmm's); float64 points stay float64, so that a float32 plan
-        # rounds their leaf offsets, not their coordinates (0.3 + 1e-8 and 0.3 would merge)
-        self._single = all(np.asarray(a).dtype.kind == "f" and np.asarray(a).dtype.itemsize <= 4
-                           for a in (sources, targets) if a is not None)
+        # the local plans get float64 points (shifted to the global centre, see _partition),
+        # also for single-precision input: a float32 plan then rounds their leaf offsets, not
+        # their coordinates (points 1e4 from the origin, as float32, lost 1e-3 of their
+        # spacing: errors 6e-5 at eps 1e-5)
         self.same = targets is None
         self._trg_in = (self._src_in if self.same
                         else as_points("local_targets", targets).astype(np.float64, copy=False))
@@ -400,7 +399,15 @@ class Fmm:
             glo, ghi = np.zeros(3), np.ones(3)
         half = 0.5 * float((ghi - glo).max())
         half = half * (1.0 + 1e-9) if half > 0 else 1.0
+        # Everything from here on works relative to the global centre (the same on every rank;
+        # potentials, gradients and Hessians do not change under a translation). In absolute
+        # coordinates the far boxes' surface and check points of a problem 1e-3 wide at 1e8
+        # were rounded to 1e-8, 1e-5 of their box: relative errors 1e-2 at eps 1e-6.
+        # Differences of nearby points are exact (Sterbenz), so the shift loses nothing.
         center = 0.5 * (glo + ghi)
+        self._src_in = self._src_in - center
+        self._trg_in = self._src_in if self.same else self._trg_in - center
+        center = np.zeros(3)
         level = self._level if self._level is not None else max(_AUTO_LEVELS)
         grid = Grid(lo=center - half, half=half, level=level)
         skey = grid.keys(self._src_in)
@@ -584,9 +591,6 @@ class Fmm:
             # relative error in the far field at p = 8, against 8e-10 this way)
             self._uc2e[lev] = (vh[keep].conj().T / sv[keep], u[:, keep].conj().T.copy())
 
-    def _local_points(self, pts):
-        return pts.astype(np.float32) if self._single and self._rdt == np.float32 else pts
-
     def _local_plan(self, dipoles):
         src = np.concatenate([self._src[self._own_near], self._ghost[self._ghost_near],
                               self._far_pts])
@@ -603,10 +607,10 @@ class Fmm:
             # from the own side, with the serial plan's order. Taking the ghost and far points
             # as targets too (their fields dropped) ran slower than the one-sided plan: 1e6
             # points on 2 ranks 8.5 s against 5.4 s (the far points' tight surface clusters).
-            return api.Fmm(self._local_points(src), kernel=self.family,
+            return api.Fmm(src, kernel=self.family,
                            dipoles=dipoles, hessians=self._hessians, eps=self.eps,
                            dtype=self.dtype, threads=self.threads, _target_prefix=len(trg))
-        return api.Fmm(self._local_points(src), self._local_points(trg),
+        return api.Fmm(src, trg,
                        kernel=self.family, dipoles=dipoles, hessians=self._hessians,
                        eps=self.eps, dtype=self.dtype, threads=self.threads)
 
