@@ -115,6 +115,33 @@ def test_text_fields_that_are_not_numbers_name_their_line(tmp_path, capsys, text
     assert not (tmp_path / "o.npy").exists()
 
 
+@pytest.mark.parametrize("text, message", [
+    ("x,y,z,q1,q2\n0.1,0.2,0.3,,2\n0.4,0.5,0.6,,3\n", "line 2: field 4 is empty"),
+    ("x,y,z,q\n0.1,0.2,0.3,1,5\n0.4,0.5,0.6,2,7\n", "line 2 has 5 fields, line 1 has 4 (the "
+                                                   "column names)"),
+    ("0,0,0,1\n1,0,0\n", "line 2 has 3 fields, line 1 has 4"),
+    ("0 0 0 1\n1 0 0 2 3\n", "line 2 has 5 fields, line 1 has 4"),
+])
+def test_text_columns_never_shift(tmp_path, capsys, text, message):
+    """An empty CSV field or a row longer than the names was dropped or taken as another
+    density (exit 0, wrong charges): now an error naming the line."""
+    (tmp_path / "in.csv").write_text(text)
+    assert main(["run", str(tmp_path / "in.csv"), "-o", str(tmp_path / "o.npy")]) == 2
+    assert message in _one_line(capsys.readouterr().err)
+    assert not (tmp_path / "o.npy").exists()
+
+
+@pytest.mark.parametrize("text", ["\ufeff0,0,0,1\n1,0,0,2\n",            # byte-order mark
+                                  "x,y,z,q,\n0,0,0,1,\n1,0,0,2,\n",      # trailing commas
+                                  "0 ,\t0,0, 1\r\n1, 0,0 ,2\r\n"])         # blanks, CRLF
+def test_text_layouts_that_are_read(tmp_path, text):
+    (tmp_path / "in.csv").write_text(text, encoding="utf-8", newline="")
+    assert main(["run", str(tmp_path / "in.csv"), "-o", str(tmp_path / "o.npy"), *EPS]) == 0
+    src = np.array([[0.0, 0, 0], [1, 0, 0]])
+    np.testing.assert_allclose(np.load(tmp_path / "o.npy"),
+                               numpy_fields(src, src, q=np.array([1.0, 2.0]))[0], rtol=1e-12)
+
+
 def test_text_header_line_and_comments_are_skipped(tmp_path):
     (tmp_path / "in.csv").write_text("# points\nx, y, z, q\n0, 0, 0, 1\n# mid\n1, 0, 0, 2\n")
     assert main(["run", str(tmp_path / "in.csv"), "-o", str(tmp_path / "o.npy"), *EPS]) == 0

@@ -165,22 +165,29 @@ def _read_text(path):
     """The numbers of a text table (n, columns) float64. The first line (after comments) is a
     line of column names when none of its fields is a number; a line with some numbers and
     some words is an error, as a corrupt row anywhere else is (it used to be taken for the
-    names and dropped: 2026-12-02)."""
-    with open(path) as f:
+    names and dropped: 2026-12-02). A line with a comma has comma-separated fields, each one
+    there (one trailing comma is allowed); others are separated by whitespace. Every row has
+    as many fields as the first (and as the line of names): an empty field dropped silently
+    used to shift the columns after it (2026-12-03)."""
+    # utf-8-sig: a byte-order mark is not part of the first field; an undecodable byte becomes
+    # a character no number has (named below) instead of a UnicodeDecodeError
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         lines = [(i + 1, ln) for i, ln in enumerate(f)
                  if ln.strip() and not ln.lstrip().startswith("#")]
     if not lines:
         raise InputError(f"{path}: no rows and no line of column names")
-    ncols = None
-    first = lines[0][1].replace(",", " ").split()
-    if not any(_is_number(tok) for tok in first):
-        ncols = len(first)  # the line of column names
-        lines = lines[1:]
-    rows = [line.replace(",", " ").split() for _, line in lines]
-    if len({len(r) for r in rows}) > 1:
-        raise InputError(f"{path}: rows must all have the same number of columns")
+    rows = [_fields(path, number, line) for number, line in lines]
+    names = None
+    if not any(_is_number(tok) for tok in rows[0]):
+        names = lines[0][0], len(rows[0])  # the line of column names
+        lines, rows = lines[1:], rows[1:]
     if not rows:
-        return np.empty((0, ncols), dtype=np.float64)
+        return np.empty((0, names[1]), dtype=np.float64)
+    where, width = names if names is not None else (lines[0][0], len(rows[0]))
+    for (number, _), fields in zip(lines, rows):
+        if len(fields) != width:
+            raise InputError(f"{path}: line {number} has {len(fields)} fields, line {where} "
+                             f"has {width}" + (" (the column names)" if names else ""))
     try:
         if any("_" in line for _, line in lines):  # numpy, like float(), reads "1_0" as 10
             raise ValueError
@@ -193,6 +200,20 @@ def _read_text(path):
                                  f"first line may be column names, and then none of them a "
                                  f"number)") from None
         raise
+
+
+def _fields(path, number, line):
+    """The fields of one text line: comma-separated when it has a comma (each field must be
+    there; one trailing comma ends the line), else separated by whitespace."""
+    text = line.strip()
+    if "," not in text:
+        return text.split()
+    if text.endswith(","):
+        text = text[:-1]
+    fields = [tok.strip() for tok in text.split(",")]
+    if "" in fields:
+        raise InputError(f"{path}: line {number}: field {fields.index('') + 1} is empty")
+    return fields
 
 
 def _is_number(token):

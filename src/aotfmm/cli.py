@@ -211,7 +211,8 @@ input layouts (n sources, m targets, k densities):
                 targets are the sources (self-interaction left out). No other keys.
   .npy          one array (n, 3 + k): x, y, z, then k charge columns
   .csv / .txt   the same columns as text, comma- or whitespace-separated; lines starting
-                with # and a first line of column names are skipped
+                with # and a first line of column names are skipped; every row has as
+                many fields as the first (no empty ones)
 
 output layouts (by OUTPUT's extension):
   .npz / .h5    potential (m,) or (m, k); gradient (m, 3) or (m, k, 3) with --gradient
