@@ -231,12 +231,17 @@ def l2l_blocks(dc2e_b, s, r_dc, r_de, parent_family, child_c2e):
 
 
 #: Cold build of one operator set (M2L method "sym") in float64 on a 2-core Intel Xeon
-#: (AVX-512), idle, on both cores (seconds), and its cache file (MB = 1e6 bytes; float32 files are about half):
+#: (AVX-512), idle, on both cores (seconds), and its cache file (MB = 1e6 bytes):
 #: ``python benchmarks/operators.py --build-table``. Only used for the estimate in the notice.
 BUILD_COST = {2: (0.05, 0.1), 3: (0.04, 0.8), 4: (0.07, 3.0), 5: (0.13, 7.9), 6: (0.16, 17.5),
               7: (0.16, 28.9), 8: (0.25, 44.8), 9: (0.51, 100.0), 10: (0.89, 155.0),
               11: (1.4, 183.8), 12: (1.99, 259.1), 13: (2.88, 286.2), 14: (3.78, 313.9),
               15: (4.8, 344.8), 16: (6.23, 371.3)}
+#: The float32 set's cache file (MB): its M2L ranks are cut at float32's precision, so from
+#: p = 8 it is 3-11x smaller than float64's, not half (``get_operators(p, np.float32).nbytes``,
+#: 2026-12-03; the build takes about the float64 time).
+BUILD_MB_FLOAT32 = {2: 0.1, 3: 0.4, 4: 1.5, 5: 3.9, 6: 8.5, 7: 10.9, 8: 12.6, 9: 14.4, 10: 16.7,
+                    11: 18.8, 12: 21.3, 13: 23.8, 14: 26.5, 15: 29.4, 16: 32.6}
 
 
 def build_estimate(p, dtype, family=LAPLACE):
@@ -246,7 +251,7 @@ def build_estimate(p, dtype, family=LAPLACE):
     if p not in BUILD_COST or not family.scale_invariant:
         return None
     seconds, mb = BUILD_COST[p]
-    return seconds, mb * (0.5 if np.dtype(dtype) == np.float32 else 1.0)
+    return seconds, BUILD_MB_FLOAT32[p] if np.dtype(dtype) == np.float32 else mb
 
 
 def _title(family):
