@@ -49,3 +49,19 @@ def test_import_without_mpi4py_is_clear(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert out.stdout.strip() == "hint", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-n", "-5"], "-n must be a whole number of points >= 1, got -5"),
+    (["-n", "1.5"], "-n must be a whole number of points >= 1, got 1.5"),
+    (["--eps", "0"], "--eps must be in (0, 1)"),
+    (["--threads", "0"], "--threads must be in [1, 1024], got 0"),
+    (["--level", "9"], "--level must be in [2, 7], got 9"),
+])
+def test_demo_arguments_are_checked_before_anything_runs(args, message):
+    """Bad demo arguments ended in tracebacks (or 1.5 points became 1): now one line, exit 2,
+    on every rank before any collective."""
+    out = subprocess.run([sys.executable, "-m", "aotfmm.mpi", "demo", *args],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and message in out.stderr.splitlines()[-1], out.stderr

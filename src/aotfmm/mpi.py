@@ -923,6 +923,16 @@ def main(argv=None):
     d.add_argument("--level", type=int, default=None)
     d.add_argument("--json", metavar="PATH", help="also write the report here (rank 0)")
     args = parser.parse_args(argv)
+    # every rank checks the same arguments before any collective: all exit 2, none waits
+    try:
+        if not (np.isfinite(args.n) and args.n >= 1 and args.n == int(args.n)):
+            raise ValueError(f"-n must be a whole number of points >= 1, got {args.n:g}")
+        check_eps(args.eps, np.dtype(np.float64))
+        check_integer("--threads", args.threads, lo=1, hi=1024, allow_none=True)
+        check_integer("--level", args.level, lo=2, hi=7, allow_none=True)
+    except (ValueError, TypeError) as exc:
+        msg = str(exc)
+        parser.error("--eps " + msg[4:] if msg.startswith(("eps ", "eps=")) else msg)
     MPI = _mpi()
     report = demo(n=args.n, eps=args.eps, threads=args.threads, level=args.level,
                   out=sys.stdout)
