@@ -317,3 +317,19 @@ def test_missing_densities_are_named(tmp_path, capsys):
     np.savez(tmp_path / "in.npz", sources=np.zeros((5, 3)))
     assert main(["run", str(tmp_path / "in.npz"), "-o", str(tmp_path / "o.npy")]) == 2
     assert "'charges' and/or 'dipoles'" in _one_line(capsys.readouterr().err)
+
+
+def test_option_errors_and_warnings_use_the_options_spelling(tmp_path, rng):
+    """'p must be in [2, 16]' named no option, and an AccuracyWarning reached the terminal as
+    Python's two lines (path:line, then the source line that raised it)."""
+    np.save(tmp_path / "in.npy", np.column_stack([rng.random((300, 3)), rng.random(300)]))
+    cmd = [sys.executable, "-m", "aotfmm", "run", str(tmp_path / "in.npy"), "-o",
+           str(tmp_path / "o.npy")]
+    r = subprocess.run(cmd + ["--p", "40"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.strip() == "aotfmm: error: --p must be in [2, 16], got 40"
+    r = subprocess.run(cmd + ["--p", "5", "--eps", "1e-9"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    warn = [ln for ln in r.stderr.splitlines() if "warning:" in ln or "Warning" in ln]
+    assert len(warn) == 1 and warn[0].startswith("aotfmm: warning: --p 5 reaches"), r.stderr
+    assert "not --eps 1e-09" in warn[0] and ".py" not in r.stderr, r.stderr

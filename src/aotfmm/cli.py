@@ -5,6 +5,7 @@ Exit codes: 0 success, 2 usage or input error (one line on stderr, no traceback)
 import argparse
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -323,10 +324,18 @@ def _cli_spelling(message):
     on the command line say the options instead (``--eps 1e-07``, ``--dtype float64``)."""
     if message.startswith("eps="):
         message = "--eps " + message[len("eps="):]
+    if message.startswith("p must") or message.startswith("p="):  # "p must be in [2, 16]"
+        message = "--p" + message[1:].replace("=", " ", 1)
+    message = message.replace("not eps=", "not --eps ").replace("leave out p ", "leave out --p ")
     for name in _KERNEL_PARAMS:  # "Yukawa: lam must be finite and > 0, got 0.0"
         for family in ("Yukawa", "Helmholtz"):
             message = message.replace(f"{family}: {name} must", f"--{name} must")
     return message.replace("use dtype=float64", "use --dtype float64")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings of a command: one line each (the library's would echo a source line)."""
+    print(f"aotfmm: warning: {_cli_spelling(str(message))}", file=sys.stderr)
 
 
 def main(argv=None):
@@ -336,7 +345,9 @@ def main(argv=None):
     except SystemExit as exc:  # argparse has printed help, the version or the usage error
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():  # one line each, in the options' spelling
+            warnings.showwarning = _show_warning
+            return args.func(args)
     except (ValueError, TypeError, OSError, ImportError, FloatingPointError) as exc:
         print(f"aotfmm: error: {_cli_spelling(str(exc))}", file=sys.stderr)
         return 2
