@@ -21,12 +21,15 @@ How (first version; what it does not do yet is said at the end):
    (allreduce of counts: a bucket sort on the Morton keys, weighted by points) cuts the boxes,
    in Morton order, into P contiguous ranges of equal weight. Sources and targets move to the
    rank owning their coarse box (Alltoallv).
-2. **Ghost sources.** A rank receives the source points of every coarse box adjacent to one it
-   owns (sparse Alltoallv): with its own, they are all the sources that are *near* its targets
-   at level L.
+2. **Ghost sources.** A rank receives, as points, the sources of the fine boxes (level G,
+   up to 3 below L) adjacent to its own target boxes of that level, and of the far boxes
+   below level L (step 3) holding at most n_surf(p_far) sources, whose points are cheaper
+   than their surface (sparse Alltoallv; sender and receiver apply the same rule to the
+   global counts per fine box, :meth:`Fmm._point_boxes`). So the ghost layer is one fine box
+   thick where sources are dense and thicker, up to a coarse box, where they are sparse.
 3. **Far field as equivalent densities.** Every other source is in a box that is well separated
-   from the rank's boxes at some level l <= L: for each level, the boxes not adjacent to the
-   rank's level-l boxes whose parents are (the rank's "far list"). Their KIFMM upward equivalent
+   from the rank's target boxes at some level l <= G: for each level, the boxes not adjacent to
+   the rank's level-l target boxes whose parents are (the rank's "far list"). Their KIFMM upward equivalent
    densities (order ``p_far``, surface radius 1.05 h) reproduce their field at the rank's
    targets to the FMM's accuracy (the W-list regime: the targets lie outside the upward check
    surface, 2.95 h). A far box is a run of coarse boxes, so a contiguous range of ranks holds
@@ -50,8 +53,9 @@ setup, the far-field densities and the local FMM of an evaluation): each such st
 by an agreement (one allgather) before the next exchange.
 
 Not done yet (aotfmm issue 18): the tree below level L is not shared (each rank's serial FMM
-builds its own), far boxes reach it as equivalent surface points rather than multipoles, and
-the ghost layer is a whole coarse box thick.
+builds its own), and far boxes reach it as equivalent surface points rather than multipoles
+(so a far box is only worth it above n_surf(p_far) sources: uniform points at 1e6 on 2 ranks
+keep a coarse box of ghosts).
 """
 import dataclasses
 import time
@@ -225,6 +229,8 @@ class _Route:
 
 #: The coarse levels the partition chooses from when ``level`` is not given.
 _AUTO_LEVELS = (2, 3, 4, 5)
+#: The finest level at which ghost layers are chosen (8^6 boxes of global counts per rank).
+_FINE_MAX = 6
 
 
 def _owners(weight, size):
@@ -326,6 +332,8 @@ class Fmm:
         self._partition()
         seconds["partition"] = time.perf_counter() - t
         t = time.perf_counter()
+        self.p_far = self._p_far(2.0 * self.grid.half)
+        self._surf = surface(self.p_far)
         self._ghosts()
         seconds["ghosts"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -341,7 +349,7 @@ class Fmm:
         # and keys only the setup needed (memory per point: what stays is own sources, their
         # order by coarse box and the routes' orders)
         del self._src_in, self._trg_in, self._ghost, self._far_pts, self._trg
-        del self._skey, self._skey_sorted, self._tkey, self._gkey
+        del self._skey, self._skey_sorted, self._tkey, self._gkey, self._fine_counts
         seconds["setup"] = time.perf_counter() - t0
         self.stats = dict(
             rank=comm.rank, size=comm.size, level=self.grid.level, p_far=self.p_far,
@@ -349,6 +357,7 @@ class Fmm:
             n_sources_in=self._n_in[0], n_targets_in=self._n_in[1],
             n_sources=n_owned, n_targets=self._n_trg, n_ghost=self._n_ghost_near,
             n_far_boxes=int(sum(len(v) for v in self._far.values())),
+            far_boxes_per_level={int(lev): len(v) for lev, v in self._far.items() if len(v)},
             n_far_points=self._n_far_points, seconds=seconds,
             bytes={"partition": sum(r.bytes for r in self._point_routes()),
                    "ghosts": self._route_ghost.bytes, "far lists": self._far_setup[0]},
@@ -427,20 +436,31 @@ class Fmm:
         self.grid = grid
         weight = totals[0] if self.same else totals[0] + totals[1]
         self._owner = _owners(weight, comm.size)
+        # keys of the fine level G (up to 3 below L): the ghost layer is chosen at that
+        # resolution (_point_boxes), from the global sources and targets per fine box
+        self._fine = fine = max(level, min(level + 3, _FINE_MAX))
+        fgrid = Grid(lo=grid.lo, half=half, level=fine)
+        sfine = fgrid.keys(self._src_in)
+        tfine = sfine if self.same else fgrid.keys(self._trg_in)
+        nf = 1 << (3 * fine)
+        counts = np.zeros((2, nf), dtype=np.int64)
+        counts[0] = np.bincount(sfine, minlength=nf)
+        counts[1] = counts[0] if self.same else np.bincount(tfine, minlength=nf)
+        self._fine_counts = np.empty_like(counts)
+        comm.Allreduce(counts, self._fine_counts, op=MPI.SUM)
+        del counts
         self._route_src = _Route(comm, self._owner[skey])
         self._src = self._route_src.send(self._src_in)
-        self._skey = self._route_src.send(skey)
+        self._skey = self._route_src.send(sfine)  # fine keys from here on
         if self.same:
             self._route_trg, self._trg, self._tkey = self._route_src, self._src, self._skey
         else:
             self._route_trg = _Route(comm, self._owner[tkey])
             self._trg = self._route_trg.send(self._trg_in)
-            self._tkey = self._route_trg.send(tkey)
-        # own sources sorted by coarse box: a box of any level <= L is one contiguous run
+            self._tkey = self._route_trg.send(tfine)
+        # own sources sorted by fine box: a box of any level <= G is one contiguous run
         self._sorder = _index(np.argsort(self._skey, kind="stable"))
         self._skey_sorted = self._skey[self._sorder]
-        # sources per coarse box, all ranks (for the far lists)
-        self._src_count = np.ascontiguousarray(totals[0])
 
     def _p_far(self, size):
         """Order of the far boxes' equivalent densities: ``p_far`` if given, else one more
@@ -477,47 +497,72 @@ class Fmm:
         return _AUTO_LEVELS[int(np.argmin(worst))]
 
     def _ghosts(self):
-        """Send own sources to every other rank owning a coarse box adjacent to theirs."""
+        """Send own sources to the ranks that take them as point sources (ghosts): of the
+        ranks owning a coarse box adjacent to one of ours, each gets the sources of the fine
+        boxes in its :meth:`_point_boxes` (the same rule it applies to itself)."""
         grid, comm = self.grid, self.comm
-        boxes = np.unique(self._skey)
-        rows, dest = ghost_destinations(deinterleave(boxes), np.full(len(boxes), comm.rank),
-                                        owner_grid(self._owner, grid.level))
-        rows_box, rows_dest = boxes[rows], dest
-        # expand to points: every own source of each (box, dest) row
-        lo = np.searchsorted(self._skey_sorted, rows_box, side="left")
-        hi = np.searchsorted(self._skey_sorted, rows_box, side="right")
-        lens = hi - lo
-        idx = np.repeat(lo - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
-        self._ghost_rows = self._sorder[idx]
-        self._route_ghost = _Route(comm, np.repeat(rows_dest, lens))
+        shift = 3 * (self._fine - grid.level)
+        boxes = np.unique(self._skey >> shift)
+        _, dest = ghost_destinations(deinterleave(boxes), np.full(len(boxes), comm.rank),
+                                     owner_grid(self._owner, grid.level))
+        rows, dests = [], []
+        for r in np.unique(dest):
+            sel = np.flatnonzero(self._point_boxes(int(r))[0][self._skey])
+            rows.append(sel)
+            dests.append(np.full(len(sel), r, dtype=np.int64))
+        self._ghost_rows = _index(np.concatenate(rows) if rows else np.zeros(0, np.int64))
+        self._route_ghost = _Route(comm, np.concatenate(dests) if dests
+                                   else np.zeros(0, np.int64))
         self._ghost = self._route_ghost.send(self._src[self._ghost_rows])
         self._gkey = self._route_ghost.send(self._skey[self._ghost_rows])
 
+    def _point_boxes(self, r):
+        """What rank ``r`` takes of every source: (points (8^G,) bool in Morton order: the
+        fine boxes whose sources are point sources of its local FMM; far {level: (m, 3)}: the
+        boxes whose sources reach it as equivalent densities). Every source box is in exactly
+        one of them. Far boxes: for each level 2..G, those not adjacent to one of r's target
+        boxes of that level whose parents are (:func:`_far_lists`); points: the fine boxes
+        adjacent to r's target boxes, and the far boxes below the coarse level L with at most
+        n_surf(p_far) sources (their points are cheaper than the surface). So the ghost layer
+        is a fine box thick where sources are dense, a coarse box where they are not. Every
+        rank computes this for itself and for the ranks it sends ghosts to, from the same
+        global counts: both sides agree."""
+        fine, level = self._fine, self.grid.level
+        n_src, n_trg = self._fine_counts
+        owner = self._owner[np.arange(len(n_src)) >> (3 * (fine - level))]
+        t_occ = owner_grid((n_trg > 0) & (owner == r), fine)
+        s_cnt = owner_grid(n_src, fine)
+        if not t_occ.any():
+            return np.zeros(len(n_src), dtype=bool), {}
+        far = _far_lists(t_occ, s_cnt > 0, fine)
+        points = _dilate(t_occ) & (s_cnt > 0)
+        ns = len(self._surf)
+        n = 1 << fine
+        for lev in range(level + 1, fine + 1):
+            ijk = far.get(lev)
+            if ijk is None or not len(ijk):
+                continue
+            f = 1 << (fine - lev)
+            m = n // f
+            cnt = s_cnt.reshape(m, f, m, f, m, f).sum(axis=(1, 3, 5))[ijk[:, 0], ijk[:, 1],
+                                                                     ijk[:, 2]]
+            small = cnt <= ns
+            mark = np.zeros((m, m, m), dtype=bool)
+            mark[ijk[small, 0], ijk[small, 1], ijk[small, 2]] = True
+            points |= mark.repeat(f, 0).repeat(f, 1).repeat(f, 2)
+            far[lev] = ijk[~small]
+        ijk = deinterleave(np.arange(len(n_src)))
+        return points[ijk[:, 0], ijk[:, 1], ijk[:, 2]], far
+
     def _far_boxes(self):
         grid, comm = self.grid, self.comm
-        n = 1 << grid.level
-        occ_t = np.zeros((n, n, n), dtype=bool)
-        if len(self._tkey):
-            t = deinterleave(np.unique(self._tkey))
-            occ_t[t[:, 0], t[:, 1], t[:, 2]] = True
-        occ_s = np.zeros((n, n, n), dtype=bool)
-        s = deinterleave(np.flatnonzero(self._src_count))
-        occ_s[s[:, 0], s[:, 1], s[:, 2]] = True
-        self._far = _far_lists(occ_t, occ_s, grid.level) if len(self._tkey) else {}
-        # point sources of the local FMM: own and ghost sources in coarse boxes adjacent to a
-        # target box (the others are in far boxes; with separate targets an own box may hold
-        # sources only, and ghosts come for every box adjacent to an owned one)
-        near = _dilate(occ_t)
-
-        def is_near(keys):
-            ijk = deinterleave(keys)
-            return near[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
-        own_near, ghost_near = is_near(self._skey), is_near(self._gkey)
+        points, self._far = self._point_boxes(comm.rank) if len(self._tkey) else \
+            (np.zeros(1 << (3 * self._fine), dtype=bool), {})
+        # point sources of the local FMM: own sources and the ghosts (sent by the same rule)
+        own_near, ghost_near = points[self._skey], points[self._gkey]
         self._own_near, self._ghost_near = _rows(own_near), _rows(ghost_near)
         self._n_own_near = int(np.count_nonzero(own_near))
         self._n_ghost_near = int(np.count_nonzero(ghost_near))
-        self.p_far = self._p_far(2.0 * grid.half)
-        self._surf = surface(self.p_far)
         self._far_exchange()
         # pseudo-inverse of check -> equivalent per level (translation invariant)
         self._uc2e = {}
@@ -549,9 +594,9 @@ class Fmm:
         self._req_rows = np.searchsorted(wanted, got)
         # notices to the other ranks of each wanted box's range
         lev, key = _far_uncode(wanted)
-        shift = 3 * (grid.level - lev)
-        r0 = self._owner[key << shift]
-        r1 = self._owner[((key + 1) << shift) - 1]
+        first, last = _coarse_span(lev, key, grid.level)
+        r0 = self._owner[first]
+        r1 = self._owner[last]
         n_extra = r1 - r0  # ranks r0 + 1 .. r1 (the home is r0)
         notice_dest = np.repeat(r0, n_extra) + _ranges(n_extra) + 1
         route_notice = _Route(comm, notice_dest)
@@ -559,7 +604,7 @@ class Fmm:
         todo = np.unique(np.concatenate([wanted, asked]))
         # keep the boxes where this rank holds sources
         lev, key = _far_uncode(todo)
-        shift = 3 * (grid.level - lev)
+        shift = 3 * (self._fine - lev)
         lo = np.searchsorted(self._skey_sorted, key << shift, side="left")
         hi = np.searchsorted(self._skey_sorted, (key + 1) << shift, side="left")
         has = hi > lo
@@ -576,7 +621,7 @@ class Fmm:
     def _home(self, codes):
         """The home rank of each far box code: the owner of its first coarse box."""
         lev, key = _far_uncode(codes)
-        return self._owner[key << (3 * (self.grid.level - lev))]
+        return self._owner[_coarse_span(lev, key, self.grid.level)[0]]
 
     def _pinvs(self, levels, rcond):
         """Check -> equivalent pseudo-inverse factors for ``levels``."""
@@ -801,6 +846,14 @@ class Fmm:
             a, b = self._uc2e[lev]
             acc[i] = a @ (b @ np.asarray(res).reshape(ns, k))
         return acc
+
+
+def _coarse_span(lev, key, coarse):
+    """First and last box of the ``coarse`` level inside (or holding) boxes ``key`` of
+    levels ``lev`` (arrays)."""
+    down = 3 * np.maximum(coarse - lev, 0)
+    up = 3 * np.maximum(lev - coarse, 0)
+    return (key << down) >> up, (((key + 1) << down) - 1) >> up
 
 
 def _far_code(level, keys):

@@ -303,6 +303,39 @@ def float32_cluster_case():
     return COMM.bcast((ok, text), root=0)
 
 
+def thin_ghosts_case():
+    """Ghosts are chosen per fine box (up to 3 levels below the coarse one): a dense blob of
+    sources (15000 points, 0.04 wide, at x = 0.30) beside targets at x < 0.24 reaches the
+    targets' ranks as far boxes below the coarse level where it is not next to them (checked,
+    so this case keeps testing that path, at every P), as points where it is; 5000 sources
+    spread over the unit cube. Random shares; potentials against numpy."""
+    rng = np.random.default_rng(21)
+    x = np.vstack([rng.random((5000, 3)),
+                   [0.30, 0.45, 0.45] + 0.04 * rng.random((15000, 3))])
+    trg = rng.random((1500, 3)) * [0.24, 1, 1]
+    n = len(x)
+    q = rng.standard_normal(n)
+    mine = np.flatnonzero(split(rng, n, "random") == COMM.rank)
+    tmine = np.flatnonzero(split(rng, len(trg), "random") == COMM.rank)
+    plan = aotfmm.mpi.Fmm(x[mine], trg[tmine], comm=COMM, eps=EPS, level=2)
+    pot = plan.evaluate(q[mine])
+    P = np.zeros(len(trg))
+    P[tmine] = pot
+    P = COMM.allreduce(P)
+    below = COMM.allreduce(sum(c for lev, c in plan.stats["far_boxes_per_level"].items()
+                               if lev > plan.stats["level"]))
+    ghosts = COMM.allreduce(plan.stats["n_ghost"])
+    ok, text = True, ""
+    if COMM.rank == 0:
+        s = np.random.default_rng(2).choice(len(trg), 300, replace=False)
+        exact = numpy_reference(x, q[:, None], None, trg[s], aotfmm.Laplace())[:, 0]
+        e = np.linalg.norm(P[s] - exact) / np.linalg.norm(exact)
+        ok = e <= EPS and below > 0
+        text = (f"thin ghosts: P={COMM.size} vs numpy {e:.1e}; {ghosts} ghosts, {below} far "
+                f"boxes below level 2")
+    return COMM.bcast((ok, text), root=0)
+
+
 def shifted_case():
     """Problems far from the origin, spread over the ranks at random, against numpy: float64
     points 1e-3 wide at 1e8 (eps 1e-6) and float32 points 1 wide at 1e4 (eps 1e-5). Worked in
@@ -391,6 +424,7 @@ CASES = {
     "fields": fields_case,
     "float32_cluster": float32_cluster_case,
     "shifted": shifted_case,
+    "thin_ghosts": thin_ghosts_case,
     "edge": edge_cases,
     "bad_input": bad_input_case,
     "internal_failure": internal_failure_case,
