@@ -3,6 +3,7 @@ default), each in its own ``mpiexec`` run, one after the other in this process:
 
     python benchmarks/mpi_scaling.py                 # 1e6 points, eps 1e-6, ranks 1 2
     python benchmarks/mpi_scaling.py --n 2e5 --ranks 1 2 3 4
+    python benchmarks/mpi_scaling.py --dist plummer     # a dense core: thin ghosts matter
 
 Prints per rank the points it owns, ghost points, far boxes, bytes sent, stage times and peak
 memory (VmHWM), and the ratios of the P-rank run to the 1-rank run: wall time (the issue's goal:
@@ -32,6 +33,8 @@ def main():
     ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--threads", type=int, default=1, help="threads per rank (default 1)")
     ap.add_argument("--level", type=int, default=None)
+    ap.add_argument("--dist", choices=("uniform", "sphere", "plummer"), default="uniform",
+                    help="point set (default: the unit cube)")
     args = ap.parse_args()
     exe = mpiexec()
     if exe is None:
@@ -44,7 +47,8 @@ def main():
             out = os.path.join(tmp, f"r{p}.json")
             cmd = [exe, "-n", str(p), sys.executable, "-m", "aotfmm.mpi", "demo", "-n",
                    str(args.n), "--eps", str(args.eps), "--threads", str(args.threads),
-                   "--json", out] + ([] if args.level is None else ["--level", str(args.level)])
+                   "--dist", args.dist, "--json", out] + \
+                ([] if args.level is None else ["--level", str(args.level)])
             print("$ " + " ".join(cmd[:1] + cmd[1:3] + ["python"] + cmd[4:-2]), flush=True)
             subprocess.run(cmd, check=True, env=env)
             with open(out) as f:

@@ -65,3 +65,18 @@ def test_demo_arguments_are_checked_before_anything_runs(args, message):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr and message in out.stderr.splitlines()[-1], out.stderr
+
+
+@pytest.mark.parametrize("dist", ["sphere", "plummer"])
+def test_demo_point_sets(tmp_path, dist):
+    """The demo (and benchmarks/mpi_scaling.py --dist) on 2 ranks: its error against the
+    direct sum on a sample meets eps."""
+    out = tmp_path / "r.json"
+    cmd = [_mpiexec(), "-n", "2", sys.executable, "-m", "aotfmm.mpi", "demo", "-n", "2e4",
+           "--dist", dist, "--threads", "1", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    import json
+    report = json.loads(out.read_text())
+    assert report["n"] == 20000 and report["size"] == 2
+    assert report["error"] <= 1e-6, report["error"]

@@ -899,9 +899,27 @@ def _peak_mib(field="VmHWM"):
     return None
 
 
+#: The demo's point sets: the unit cube, the unit sphere's surface, a Plummer sphere (scale
+#: 0.1, cut at radius 1), as in benchmarks/compare.py.
+DEMO_DISTS = ("uniform", "sphere", "plummer")
+
+
+def _demo_points(dist, rng, n):
+    if dist == "uniform":
+        return rng.random((n, 3))
+    x = rng.standard_normal((n, 3))
+    x /= np.linalg.norm(x, axis=1)[:, None]
+    if dist == "sphere":
+        return x
+    a = 0.1  # radius by inverting the enclosed mass r^3 / (r^2 + a^2)^(3/2) on [0, M(1)]
+    u = rng.random(n) / (1.0 + a * a) ** 1.5
+    return x * (a / np.sqrt(u ** (-2.0 / 3.0) - 1.0))[:, None]
+
+
 def demo(n=100_000, eps=1e-6, threads=None, level=None, sample=500, seed=0, gradient=True,
-         comm=None, out=None):
-    """Random points in the unit cube, dealt to the ranks at random in unequal shares; a
+         comm=None, out=None, dist="uniform"):
+    """Random points (``dist``: one of :data:`DEMO_DISTS`, default the unit cube), dealt to
+    the ranks at random in unequal shares; a
     distributed plan and one evaluation. Returns (on every rank) a dict: per-rank stats
     (points, ghosts, far boxes, bytes, messages, seconds per stage, peak MiB) and, from rank 0,
     the relative L2 error on ``sample`` targets against a direct sum (all points gathered on
@@ -915,7 +933,7 @@ def demo(n=100_000, eps=1e-6, threads=None, level=None, sample=500, seed=0, grad
     counts = np.floor(n * w / w.sum()).astype(np.int64)
     counts[0] += n - counts.sum()
     mine_rng = np.random.default_rng([seed, comm.rank])
-    x = mine_rng.random((int(counts[comm.rank]), 3))
+    x = _demo_points(dist, mine_rng, int(counts[comm.rank]))
     q = mine_rng.standard_normal(len(x))
     comm.Barrier()
     t0 = time.perf_counter()
@@ -939,7 +957,9 @@ def demo(n=100_000, eps=1e-6, threads=None, level=None, sample=500, seed=0, grad
     report = comm.bcast(dict(ranks=everyone, error=err, wall=wall, n=n, eps=eps,
                              size=comm.size), root=0)
     if comm.rank == 0 and out is not None:
-        print(f"aotfmm.mpi demo: {n} points in the unit cube on {comm.size} rank(s), eps {eps}, "
+        where = {"uniform": "in the unit cube", "sphere": "on the unit sphere",
+                 "plummer": "in a Plummer sphere"}[dist]
+        print(f"aotfmm.mpi demo: {n} points {where} on {comm.size} rank(s), eps {eps}, "
               f"level {report['ranks'][0]['level']}, p_far {report['ranks'][0]['p_far']}; "
               f"wall {wall:.2f} s; error on {len(s)} targets vs direct: {err:.1e}", file=out)
         print(f"{'rank':>4} {'in':>9} {'owned':>9} {'ghosts':>8} {'far box':>7} {'far pts':>8} "
@@ -974,6 +994,8 @@ def main(argv=None):
     d.add_argument("--threads", type=int, default=None, help="per rank (default: the node's "
                    "CPUs shared between its ranks)")
     d.add_argument("--level", type=int, default=None)
+    d.add_argument("--dist", choices=DEMO_DISTS, default="uniform",
+                   help="point set (default: the unit cube)")
     d.add_argument("--json", metavar="PATH", help="also write the report here (rank 0)")
     args = parser.parse_args(argv)
     # every rank checks the same arguments before any collective: all exit 2, none waits
@@ -988,7 +1010,7 @@ def main(argv=None):
         parser.error("--eps " + msg[4:] if msg.startswith(("eps ", "eps=")) else msg)
     MPI = _mpi()
     report = demo(n=args.n, eps=args.eps, threads=args.threads, level=args.level,
-                  out=sys.stdout)
+                  out=sys.stdout, dist=args.dist)
     if args.json and MPI.COMM_WORLD.rank == 0:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
