@@ -342,7 +342,10 @@ def shifted_case():
     absolute coordinates, the far boxes' surface and check points lost their precision there:
     1.2e-2 and 5.7e-5 relative error at P = 2 (the serial plan: 5e-8 and 6e-7)."""
     texts, ok = [], True
-    for dt, offset, extent, eps in ((np.float64, 1e8, 1e-3, 1e-6), (np.float32, 1e4, 1.0, 1e-5)):
+    # and float64 points 5e-8 wide at 1e8 (4 values per axis): the rounded centre left the
+    # extreme points outside the root box (0.3 relative error at P = 3)
+    for dt, offset, extent, eps in ((np.float64, 1e8, 1e-3, 1e-6), (np.float32, 1e4, 1.0, 1e-5),
+                                    (np.float64, 1e8, 5e-8, 1e-6)):
         rng = np.random.default_rng(12)
         src = (offset + extent * rng.random((N, 3))).astype(dt)
         q = rng.standard_normal(N).astype(dt)
@@ -362,6 +365,35 @@ def shifted_case():
             texts.append(f"{np.dtype(dt).name} at {offset:g}, {extent:g} wide: {e:.1e} "
                          f"({n_far} far boxes)")
     return COMM.bcast((ok, "shifted: " + "; ".join(texts)), root=0)
+
+
+def dipole_far_box_case():
+    """3000 dipoles filling one box (level 5 of the unit cube: a far box below the coarse
+    level) one box from 200 targets over the middle of its face, other targets and sources
+    around; random shares, 4 dipole draws, against numpy at those 200 targets. The far boxes'
+    order did not count the dipoles: up to 2.3e-5 at eps 1e-6 (serial 9e-8)."""
+    rng = np.random.default_rng(0)
+    c = np.array([8.5, 8.5, 14.5]) / 32
+    src = np.concatenate([[[0, 0, 0], [1, 1, 1]], c + (2 * rng.random((3000, 3)) - 1) / 64,
+                          rng.random((2000, 3))])
+    trg = np.concatenate([[c[0], c[1], 0.5001] + 1e-4 * (2 * rng.random((200, 3)) - 1),
+                          [0.5, 0.5, 0.75] + 0.25 * (2 * rng.random((3000, 3)) - 1)])
+    ws = np.flatnonzero(split(rng, len(src), "random") == COMM.rank)
+    wt = np.flatnonzero(split(rng, len(trg), "random") == COMM.rank)
+    plan = aotfmm.mpi.Fmm(src[ws], trg[wt], comm=COMM, eps=EPS, dipoles=True)
+    worst = 0.0
+    for seed in range(4):
+        dip = np.random.default_rng(100 + seed).standard_normal((len(src), 1, 3))
+        pot = np.zeros(len(trg))
+        pot[wt] = plan.evaluate(None, dipoles=dip[ws, 0])
+        pot = COMM.allreduce(pot)
+        if COMM.rank == 0:
+            exact = numpy_reference(src, np.zeros((len(src), 1)), dip, trg[:200],
+                                    aotfmm.Laplace())[:, 0]
+            worst = max(worst, np.linalg.norm(pot[:200] - exact) / np.linalg.norm(exact))
+    return COMM.bcast((worst <= EPS, f"dipole far box: P={COMM.size} worst of 4 draws at the "
+                                     f"200 targets beside it {worst:.1e} (p_far "
+                                     f"{plan.stats['p_far']})"), root=0)
 
 
 def edge_cases():
@@ -425,6 +457,7 @@ CASES = {
     "float32_cluster": float32_cluster_case,
     "shifted": shifted_case,
     "thin_ghosts": thin_ghosts_case,
+    "dipole_far_box": dipole_far_box_case,
     "edge": edge_cases,
     "bad_input": bad_input_case,
     "internal_failure": internal_failure_case,
