@@ -30,7 +30,6 @@ import time
 import numpy as np
 
 import aotfmm
-from aotfmm import _geometry
 from aotfmm.surfaces import DEFAULT_RADII, surface
 
 
