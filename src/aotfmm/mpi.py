@@ -164,10 +164,11 @@ class Grid:
     half: float     # root half-width
     level: int
 
-    def keys(self, pts):
-        """Codes (:mod:`aotfmm.morton`) of the boxes of ``level`` holding points (n, 3)."""
+    def keys(self, pts, level=None):
+        """Codes (:mod:`aotfmm.morton`) of the boxes of ``level`` (default: the grid's)
+        holding points (n, 3)."""
         codes = point_codes(np.ascontiguousarray(pts.T), self.lo, self.half)
-        return codes >> (3 * (MORTON_MAX_LEVEL - self.level))
+        return codes >> (3 * (MORTON_MAX_LEVEL - (self.level if level is None else level)))
 
     def center(self, ijk, level):
         w = 2.0 * self.half / (1 << level)
@@ -349,7 +350,8 @@ class Fmm:
         # and keys only the setup needed (memory per point: what stays is own sources, their
         # order by coarse box and the routes' orders)
         del self._src_in, self._trg_in, self._ghost, self._far_pts, self._trg
-        del self._skey, self._skey_sorted, self._tkey, self._gkey, self._fine_counts
+        del self._skey, self._skey_sorted, self._tkey, self._gkey
+        del self._fine_ijk, self._fine_owner, self._fine_src, self._fine_has_trg
         seconds["setup"] = time.perf_counter() - t0
         self.stats = dict(
             rank=comm.rank, size=comm.size, level=self.grid.level, p_far=self.p_far,
@@ -423,8 +425,11 @@ class Fmm:
         center = np.zeros(3)
         level = self._level if self._level is not None else max(_AUTO_LEVELS)
         grid = Grid(lo=center - half, half=half, level=level)
-        skey = grid.keys(self._src_in)
-        tkey = skey if self.same else grid.keys(self._trg_in)
+        # full-depth codes, computed once: the keys of every level below are shifts of them
+        scode = grid.keys(self._src_in, MORTON_MAX_LEVEL)
+        tcode = scode if self.same else grid.keys(self._trg_in, MORTON_MAX_LEVEL)
+        skey = scode >> (3 * (MORTON_MAX_LEVEL - level))
+        tkey = skey if self.same else tcode >> (3 * (MORTON_MAX_LEVEL - level))
         nb = 1 << (3 * level)
         counts = np.zeros((2, nb), dtype=np.int64)  # sources, targets per box, all ranks
         counts[0] = np.bincount(skey, minlength=nb)
@@ -443,16 +448,23 @@ class Fmm:
         # keys of the fine level G (up to 3 below L): the ghost layer is chosen at that
         # resolution (_point_boxes), from the global sources and targets per fine box
         self._fine = fine = max(level, min(level + 3, _FINE_MAX))
-        fgrid = Grid(lo=grid.lo, half=half, level=fine)
-        sfine = fgrid.keys(self._src_in)
-        tfine = sfine if self.same else fgrid.keys(self._trg_in)
+        sfine = scode >> (3 * (MORTON_MAX_LEVEL - fine))
+        tfine = sfine if self.same else tcode >> (3 * (MORTON_MAX_LEVEL - fine))
+        del scode, tcode
         nf = 1 << (3 * fine)
         counts = np.zeros((2, nf), dtype=np.int64)
         counts[0] = np.bincount(sfine, minlength=nf)
         counts[1] = counts[0] if self.same else np.bincount(tfine, minlength=nf)
-        self._fine_counts = np.empty_like(counts)
-        comm.Allreduce(counts, self._fine_counts, op=MPI.SUM)
+        fine_counts = np.empty_like(counts)
+        comm.Allreduce(counts, fine_counts, op=MPI.SUM)
         del counts
+        # what _point_boxes needs for every rank it is asked about, made once: the fine
+        # boxes' grid positions (Morton order), owners, source counts and targets as grids
+        self._fine_ijk = deinterleave(np.arange(nf))
+        owner = self._owner[np.arange(nf) >> (3 * (fine - level))]
+        self._fine_owner = owner_grid(owner, fine)
+        self._fine_src = owner_grid(fine_counts[0], fine)
+        self._fine_has_trg = owner_grid(fine_counts[1] > 0, fine)
         self._route_src = _Route(comm, self._owner[skey])
         self._src = self._route_src.send(self._src_in)
         self._skey = self._route_src.send(sfine)  # fine keys from here on
@@ -538,12 +550,11 @@ class Fmm:
         rank computes this for itself and for the ranks it sends ghosts to, from the same
         global counts: both sides agree."""
         fine, level = self._fine, self.grid.level
-        n_src, n_trg = self._fine_counts
-        owner = self._owner[np.arange(len(n_src)) >> (3 * (fine - level))]
-        t_occ = owner_grid((n_trg > 0) & (owner == r), fine)
-        s_cnt = owner_grid(n_src, fine)
+        t_occ = self._fine_has_trg & (self._fine_owner == r)
+        s_cnt = self._fine_src
+        ijk = self._fine_ijk
         if not t_occ.any():
-            return np.zeros(len(n_src), dtype=bool), {}
+            return np.zeros(len(ijk), dtype=bool), {}
         far = _far_lists(t_occ, s_cnt > 0, fine)
         points = _dilate(t_occ) & (s_cnt > 0)
         ns = len(self._surf)
@@ -561,7 +572,7 @@ class Fmm:
             mark[ijk[small, 0], ijk[small, 1], ijk[small, 2]] = True
             points |= mark.repeat(f, 0).repeat(f, 1).repeat(f, 2)
             far[lev] = ijk[~small]
-        ijk = deinterleave(np.arange(len(n_src)))
+        ijk = self._fine_ijk
         return points[ijk[:, 0], ijk[:, 1], ijk[:, 2]], far
 
     def _far_boxes(self):
