@@ -17,8 +17,9 @@ How (first version; what it does not do yet is said at the end):
 1. **Partition.** Global bounds by allreduce give the root box. Every point falls in a box of
    the coarse level ``L`` (``level``, 8^L boxes; by default the L of 2..5 whose partition
    gives the smallest largest local problem: own points + ghost sources + far-box surface
-   points, from the global histogram below); a global histogram of points per coarse box
-   (allreduce of counts: a bucket sort on the Morton keys, weighted by points) cuts the boxes,
+   points, by the rules of steps 2 and 3, from the global histogram below, one allreduce of
+   counts per box of the finest level needed); the histogram summed to the coarse boxes
+   (a bucket sort on the Morton keys, weighted by points) cuts the boxes,
    in Morton order, into P contiguous ranges of equal weight. Sources and targets move to the
    rank owning their coarse box (Alltoallv).
 2. **Ghost sources.** A rank receives, as points, the sources of the fine boxes (level G,
@@ -58,6 +59,7 @@ builds its own), and far boxes reach it as equivalent surface points rather than
 keep a coarse box of ghosts).
 """
 import dataclasses
+import functools
 import time
 
 import numpy as np
@@ -148,13 +150,22 @@ def ghost_destinations(ijk, own, owner):
     return rows, dest[rows, cols].astype(np.int64)
 
 
+@functools.lru_cache(maxsize=8)
+def _grid_index(level):
+    """Flat (C order) grid index of every box of ``level`` in code order (read-only)."""
+    n = 1 << level
+    ijk = deinterleave(np.arange(n ** 3))
+    lin = (ijk[:, 0] * n + ijk[:, 1]) * n + ijk[:, 2]
+    lin.flags.writeable = False
+    return lin
+
+
 def owner_grid(owner_by_code, level):
     """(n, n, n) owners of the boxes of ``level`` from their owners in code order."""
     n = 1 << level
-    ijk = deinterleave(np.arange(n ** 3))
-    grid = np.empty((n, n, n), dtype=owner_by_code.dtype)
-    grid[ijk[:, 0], ijk[:, 1], ijk[:, 2]] = owner_by_code
-    return grid
+    grid = np.empty(n ** 3, dtype=np.asarray(owner_by_code).dtype)
+    grid[_grid_index(level)] = owner_by_code
+    return grid.reshape(n, n, n)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,24 +253,29 @@ def _owners(weight, size):
     return np.minimum((before + 0.5 * weight) * size // total, size - 1).astype(np.int64)
 
 
+_OCTANTS = [(dx, dy, dz) for dx in (0, 1) for dy in (0, 1) for dz in (0, 1)]
+
+
 def _dilate(occ):
-    """Boxes within one box (26-neighbourhood) of an occupied one, on a (n, n, n) grid."""
+    """Boxes within one box (26-neighbourhood) of an occupied one, on a (n, n, n) grid (the
+    3x3x3 cube is separable: one box either way along each axis in turn)."""
     out = occ.copy()
-    n = occ.shape[0]
-    for dx in (-1, 0, 1):
-        for dy in (-1, 0, 1):
-            for dz in (-1, 0, 1):
-                src = occ[max(0, -dx):n - max(0, dx), max(0, -dy):n - max(0, dy),
-                          max(0, -dz):n - max(0, dz)]
-                out[max(0, dx):n - max(0, -dx), max(0, dy):n - max(0, -dy),
-                    max(0, dz):n - max(0, -dz)] |= src
+    for axis in range(3):
+        src = out.copy()
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+        out[tuple(lo)] |= src[tuple(hi)]
+        out[tuple(hi)] |= src[tuple(lo)]
     return out
 
 
 def _coarsen(occ):
-    """Occupancy of the parents (n/2)^3 of a (n, n, n) grid."""
-    n = occ.shape[0] // 2
-    return occ.reshape(n, 2, n, 2, n, 2).any(axis=(1, 3, 5))
+    """Occupancy of the parents (n/2)^3 of a (n, n, n) grid (or their sums, for counts)."""
+    out = occ[0::2, 0::2, 0::2].copy()  # eight strided views: much faster than .any(axes)
+    for dx, dy, dz in _OCTANTS[1:]:
+        out += occ[dx::2, dy::2, dz::2]
+    return out
 
 
 def _far_lists(target_occ, source_occ, level):
@@ -281,6 +297,54 @@ def _far_lists(target_occ, source_occ, level):
             cand &= pnear.repeat(2, 0).repeat(2, 1).repeat(2, 2)
         far[lev] = np.argwhere(cand).astype(np.int64)
     return far
+
+
+def _fine_level(level):
+    """The fine level G of coarse level L, where ghosts are chosen: up to 3 below L, at
+    most :data:`_FINE_MAX` (L itself above that)."""
+    return max(level, min(level + 3, _FINE_MAX))
+
+
+def _coarse_counts(hist, level):
+    """Per-box counts (rows of ``hist``, boxes of a finer level in Morton order) summed to
+    the boxes of ``level``."""
+    return hist.reshape(hist.shape[0], 1 << (3 * level), -1).sum(axis=2)
+
+
+def point_boxes(t_occ, s_cnt, level, ns):
+    """What a rank takes of every source, on the fine grid (level G, n = 2^G per side):
+    (points (n, n, n) bool: the fine boxes whose sources are point sources of its local FMM;
+    far {level: (m, 3)}: the boxes whose sources reach it as equivalent densities). ``t_occ``
+    (n, n, n) bool: the rank's fine boxes holding targets; ``s_cnt`` (n, n, n): global sources
+    per fine box; ``level``: the coarse level L <= G; ``ns``: surface points per far box,
+    n_surf(p_far). Every source box is in exactly one of them.
+
+    Far boxes: for each level 2..G, those not adjacent to one of the rank's target boxes of
+    that level whose parents are (:func:`_far_lists`). Points: the fine boxes adjacent to its
+    target boxes, and the far boxes below L with at most ``ns`` sources (their points are
+    cheaper than their surface). So the ghost layer is a fine box thick where sources are
+    dense, a coarse box where they are not."""
+    n = t_occ.shape[0]
+    fine = n.bit_length() - 1
+    has_src = s_cnt > 0
+    far = _far_lists(t_occ, has_src, fine)
+    points = _dilate(t_occ) & has_src
+    cnt_lev = s_cnt
+    for lev in range(fine, level, -1):
+        if lev < fine:
+            cnt_lev = _coarsen(cnt_lev)
+        ijk = far.get(lev)
+        if ijk is None or not len(ijk):
+            continue
+        f = 1 << (fine - lev)
+        m = n // f
+        cnt = cnt_lev[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
+        small = cnt <= ns
+        mark = np.zeros((m, m, m), dtype=bool)
+        mark[ijk[small, 0], ijk[small, 1], ijk[small, 2]] = True
+        points |= mark.repeat(f, 0).repeat(f, 1).repeat(f, 2) & has_src
+        far[lev] = ijk[~small]
+    return points, far
 
 
 class Fmm:
@@ -423,41 +487,38 @@ class Fmm:
         self._src_in = self._src_in - center
         self._trg_in = self._src_in if self.same else self._trg_in - center
         center = np.zeros(3)
-        level = self._level if self._level is not None else max(_AUTO_LEVELS)
-        grid = Grid(lo=center - half, half=half, level=level)
+        # one global histogram of sources and targets per box of the finest level needed:
+        # the fine level G of the given coarse level, else of the finest candidate
+        given = self._level
+        hist_level = _fine_level(given if given is not None else max(_AUTO_LEVELS))
         # full-depth codes, computed once: the keys of every level below are shifts of them
+        grid = Grid(lo=center - half, half=half, level=hist_level)
         scode = grid.keys(self._src_in, MORTON_MAX_LEVEL)
         tcode = scode if self.same else grid.keys(self._trg_in, MORTON_MAX_LEVEL)
+        nh = 1 << (3 * hist_level)
+        counts = np.zeros((2, nh), dtype=np.int64)  # sources, targets per box, all ranks
+        counts[0] = np.bincount(scode >> (3 * (MORTON_MAX_LEVEL - hist_level)), minlength=nh)
+        counts[1] = counts[0] if self.same else \
+            np.bincount(tcode >> (3 * (MORTON_MAX_LEVEL - hist_level)), minlength=nh)
+        hist = np.empty_like(counts)
+        comm.Allreduce(counts, hist, op=MPI.SUM)
+        del counts
+        level = given if given is not None else self._choose_level(hist, 2.0 * half)
+        self.grid = grid = Grid(lo=center - half, half=half, level=level)
         skey = scode >> (3 * (MORTON_MAX_LEVEL - level))
         tkey = skey if self.same else tcode >> (3 * (MORTON_MAX_LEVEL - level))
-        nb = 1 << (3 * level)
-        counts = np.zeros((2, nb), dtype=np.int64)  # sources, targets per box, all ranks
-        counts[0] = np.bincount(skey, minlength=nb)
-        counts[1] = counts[0] if self.same else np.bincount(tkey, minlength=nb)
-        totals = np.empty_like(counts)
-        comm.Allreduce(counts, totals, op=MPI.SUM)
-        if self._level is None:
-            level = self._choose_level(totals, 2.0 * half)
-            shift = 3 * (grid.level - level)
-            skey, tkey = skey >> shift, tkey >> shift
-            totals = totals.reshape(2, 1 << (3 * level), -1).sum(axis=2)
-            grid = Grid(lo=center - half, half=half, level=level)
-        self.grid = grid
+        totals = _coarse_counts(hist, level)
         weight = totals[0] if self.same else totals[0] + totals[1]
         self._owner = _owners(weight, comm.size)
         # keys of the fine level G (up to 3 below L): the ghost layer is chosen at that
         # resolution (_point_boxes), from the global sources and targets per fine box
-        self._fine = fine = max(level, min(level + 3, _FINE_MAX))
+        self._fine = fine = _fine_level(level)
         sfine = scode >> (3 * (MORTON_MAX_LEVEL - fine))
         tfine = sfine if self.same else tcode >> (3 * (MORTON_MAX_LEVEL - fine))
         del scode, tcode
+        fine_counts = _coarse_counts(hist, fine)
+        del hist
         nf = 1 << (3 * fine)
-        counts = np.zeros((2, nf), dtype=np.int64)
-        counts[0] = np.bincount(sfine, minlength=nf)
-        counts[1] = counts[0] if self.same else np.bincount(tfine, minlength=nf)
-        fine_counts = np.empty_like(counts)
-        comm.Allreduce(counts, fine_counts, op=MPI.SUM)
-        del counts
         # what _point_boxes needs for every rank it is asked about, made once: the fine
         # boxes' grid positions (Morton order), owners, source counts and targets as grids
         self._fine_ijk = deinterleave(np.arange(nf))
@@ -492,27 +553,36 @@ class Fmm:
         # 1.6e-6 (13: 5e-9)
         return min(p + (2 if self._dipoles or self._hessians else 1), 16)
 
-    def _choose_level(self, totals, size):
+    def _choose_level(self, hist, size):
         """The coarse level (of :data:`_AUTO_LEVELS`) whose partition gives the smallest
         largest local FMM: per rank, its own points, its ghost sources and the surface points
-        of its far boxes (each n_surf(p_far) points), from the global counts per box of the
-        finest candidate level (``totals``: sources, targets). Few points per box make far
-        surface points dominate (coarse levels win); many ranks make the ghost layer dominate
-        (fine levels win). Every rank computes its own load per level; one allreduce takes the maximum."""
+        of its far boxes (each n_surf(p_far) points), by the rule of :func:`point_boxes` at
+        each level's fine level, from the global counts per box of the finest one (``hist``:
+        sources, targets). Few points per box make far surface points dominate (coarse
+        levels win); many ranks make the ghost layer dominate (fine levels win). Every rank
+        computes its own load per level; one allreduce takes the maximum."""
         ns = n_surf(self._p_far(size))
-        rank = self.comm.rank
-        loads = []
+        rank, nranks = self.comm.rank, self.comm.size
+        loads, grids = [], {}
         for level in _AUTO_LEVELS:
-            s, t = totals.reshape(2, 1 << (3 * level), -1).sum(axis=2)
+            s, t = _coarse_counts(hist, level)
             weight = s if self.same else s + t
-            own = _owners(weight, self.comm.size) == rank
-            own_occ = owner_grid(own, level)
-            s_grid = owner_grid(s, level)
-            ghosts = int(s_grid[_dilate(own_occ) & ~own_occ].sum())
-            trg_occ = owner_grid(own & (t > 0), level)
-            far = sum(len(v) for v in _far_lists(trg_occ, s_grid > 0, level).values()) \
-                if trg_occ.any() else 0
-            loads.append(int(weight[own].sum()) + ghosts + ns * far)
+            owner = _owners(weight, nranks)
+            load = int(weight[owner == rank].sum())
+            fine = _fine_level(level)
+            if fine not in grids:  # global sources, and where targets are, per fine box
+                fs, ft = _coarse_counts(hist, fine)
+                grids[fine] = owner_grid(fs, fine), owner_grid(ft > 0, fine)
+            s_grid, t_grid = grids[fine]
+            own = owner_grid(owner == rank, level)
+            f = 1 << (fine - level)
+            own = own.repeat(f, 0).repeat(f, 1).repeat(f, 2)
+            t_occ = own & t_grid
+            if t_occ.any():
+                points, far = point_boxes(t_occ, s_grid, level, ns)
+                load += int(s_grid[points & ~own].sum())
+                load += ns * sum(len(v) for v in far.values())
+            loads.append(load)
         worst = np.empty(len(loads), dtype=np.int64)
         self.comm.Allreduce(np.asarray(loads, dtype=np.int64), worst, op=_mpi().MAX)
         self._level_loads = dict(zip(_AUTO_LEVELS, worst.tolist()))
@@ -539,39 +609,13 @@ class Fmm:
         self._gkey = self._route_ghost.send(self._skey[self._ghost_rows])
 
     def _point_boxes(self, r):
-        """What rank ``r`` takes of every source: (points (8^G,) bool in Morton order: the
-        fine boxes whose sources are point sources of its local FMM; far {level: (m, 3)}: the
-        boxes whose sources reach it as equivalent densities). Every source box is in exactly
-        one of them. Far boxes: for each level 2..G, those not adjacent to one of r's target
-        boxes of that level whose parents are (:func:`_far_lists`); points: the fine boxes
-        adjacent to r's target boxes, and the far boxes below the coarse level L with at most
-        n_surf(p_far) sources (their points are cheaper than the surface). So the ghost layer
-        is a fine box thick where sources are dense, a coarse box where they are not. Every
-        rank computes this for itself and for the ranks it sends ghosts to, from the same
-        global counts: both sides agree."""
-        fine, level = self._fine, self.grid.level
+        """What rank ``r`` takes of every source (:func:`point_boxes` on this plan's fine
+        grids, the points as a (8^G,) bool in Morton order). Every rank computes this for itself
+        and for the ranks it sends ghosts to, from the same global counts: both sides agree."""
         t_occ = self._fine_has_trg & (self._fine_owner == r)
-        s_cnt = self._fine_src
-        ijk = self._fine_ijk
         if not t_occ.any():
-            return np.zeros(len(ijk), dtype=bool), {}
-        far = _far_lists(t_occ, s_cnt > 0, fine)
-        points = _dilate(t_occ) & (s_cnt > 0)
-        ns = len(self._surf)
-        n = 1 << fine
-        for lev in range(level + 1, fine + 1):
-            ijk = far.get(lev)
-            if ijk is None or not len(ijk):
-                continue
-            f = 1 << (fine - lev)
-            m = n // f
-            cnt = s_cnt.reshape(m, f, m, f, m, f).sum(axis=(1, 3, 5))[ijk[:, 0], ijk[:, 1],
-                                                                     ijk[:, 2]]
-            small = cnt <= ns
-            mark = np.zeros((m, m, m), dtype=bool)
-            mark[ijk[small, 0], ijk[small, 1], ijk[small, 2]] = True
-            points |= mark.repeat(f, 0).repeat(f, 1).repeat(f, 2)
-            far[lev] = ijk[~small]
+            return np.zeros(len(self._fine_ijk), dtype=bool), {}
+        points, far = point_boxes(t_occ, self._fine_src, self.grid.level, len(self._surf))
         ijk = self._fine_ijk
         return points[ijk[:, 0], ijk[:, 1], ijk[:, 2]], far
 

@@ -336,6 +336,39 @@ def thin_ghosts_case():
     return COMM.bcast((ok, text), root=0)
 
 
+def level_model_case():
+    """The coarse level is chosen from each rank's predicted local FMM size (own points,
+    ghost points, far boxes' surface points) at every candidate level: for the chosen level
+    the prediction must be what the plan then builds (the largest rank's local sources), so
+    the choice models the fine-box ghost rule it runs with. Same points: a dense blob (15000
+    points 0.04 wide) beside 5000 spread over the cube, random shares; potentials against
+    numpy too."""
+    rng = np.random.default_rng(23)
+    x = np.vstack([rng.random((5000, 3)),
+                   [0.30, 0.45, 0.45] + 0.04 * rng.random((15000, 3))])
+    n = len(x)
+    q = rng.standard_normal(n)
+    mine = np.flatnonzero(split(rng, n, "random") == COMM.rank)
+    plan = aotfmm.mpi.Fmm(x[mine], comm=COMM, eps=EPS)
+    pot = plan.evaluate(q[mine])
+    st = plan.stats
+    built = COMM.allreduce(st["n_sources"] + st["n_ghost"] + st["n_far_points"],
+                           op=MPI.MAX)
+    predicted = st["level_loads"][st["level"]]
+    P = np.zeros(n)
+    P[mine] = pot
+    P = COMM.allreduce(P)
+    ok, text = True, ""
+    if COMM.rank == 0:
+        s = np.random.default_rng(2).choice(n, 300, replace=False)
+        exact = numpy_reference(x, q[:, None], None, x[s], aotfmm.Laplace())[:, 0]
+        e = np.linalg.norm(P[s] - exact) / np.linalg.norm(exact)
+        ok = built == predicted and e <= EPS
+        text = (f"level model: P={COMM.size} level {st['level']}, predicted largest local FMM "
+                f"{predicted} sources, built {built}; vs numpy {e:.1e}")
+    return COMM.bcast((ok, text), root=0)
+
+
 def shifted_case():
     """Problems far from the origin, spread over the ranks at random, against numpy: float64
     points 1e-3 wide at 1e8 (eps 1e-6) and float32 points 1 wide at 1e4 (eps 1e-5). Worked in
@@ -457,6 +490,7 @@ CASES = {
     "float32_cluster": float32_cluster_case,
     "shifted": shifted_case,
     "thin_ghosts": thin_ghosts_case,
+    "level_model": level_model_case,
     "dipole_far_box": dipole_far_box_case,
     "edge": edge_cases,
     "bad_input": bad_input_case,
