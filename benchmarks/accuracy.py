@@ -1,4 +1,4 @@
-"""Error vs expansion order p: the measurements behind the eps -> p table in aotfmm/evaluate.py.
+"""Error vs expansion order p: the measurements behind the eps -> p table in aotfmm/families.py.
 
 For each distribution (uniform cube, sphere surface, clustered), dtype and p, runs the FMM on
 n points and prints the relative L2 error of potential and gradient on a sample of targets

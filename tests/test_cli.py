@@ -89,3 +89,20 @@ def test_console_commands_run(tmp_path):
     assert "relative L2 error" in subprocess.run(
         [sys.executable, "-m", "aotfmm", "demo", "-n", "2000", "--sample", "50"],
         capture_output=True, text=True, cwd=tmp_path).stdout
+
+
+def test_readme_precompute_lines_run(tmp_path, capsys):
+    """Every ``aotfmm precompute`` line the README shows is accepted (as a dry run: nothing is
+    built); one of them once asked float32 for eps 1e-6, below its floor, and exited 2."""
+    import os
+    import shlex
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
+        lines = [ln.split("#")[0].strip() for ln in f
+                 if ln.startswith("    aotfmm precompute") and "[" not in ln]  # not synopses
+    assert len(lines) >= 3
+    for line in lines:
+        args = shlex.split(line)[1:]
+        if "--dry-run" not in args:
+            args.append("--dry-run")
+        assert main(args) == 0, (line, capsys.readouterr())

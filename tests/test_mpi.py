@@ -55,7 +55,7 @@ def test_import_without_mpi4py_is_clear(tmp_path):
     (["-n", "-5"], "-n must be a whole number of points >= 1, got -5"),
     (["-n", "1.5"], "-n must be a whole number of points >= 1, got 1.5"),
     (["--eps", "0"], "--eps must be in (0, 1)"),
-    (["--threads", "0"], "--threads must be in [1, 1024], got 0"),
+    (["--threads", "0"], "--threads must be in [1, 4096], got 0"),
     (["--level", "9"], "--level must be in [2, 7], got 9"),
 ])
 def test_demo_arguments_are_checked_before_anything_runs(args, message):

@@ -849,7 +849,8 @@ def hfmm(sources: npt.ArrayLike, charges: npt.ArrayLike | None = None,
     u(x) = sum_j c_j G(x, y_j) - v_j . grad_x G(x, y_j), G(x, y) = exp(i zk r) / (4 pi r),
     r = |x - y|, coincident pairs left out (- v . grad_x G = v . grad_y G: our ``dipoles``).
     That is FMM3D's ``hfmm3d`` from FMM3D v2.1.0 on (fmm3dpy 2.1.0; measured: equal to a numpy
-    exp(i k r) / (4 pi r) sum to 1e-14, dipoles with that sign), so results compare directly.
+    exp(i k r) / (4 pi r) sum to 1e-15 for charges, 2.5e-15 for dipoles with that sign), so
+    results compare directly.
     FMM3D up to v2.0.0 (fmm3dpy 1.0.0) used exp(i k r) / r without the 1/(4 pi): multiply
     our results by 4 pi to compare with those (FMM3D pull request #62, merged for v2.1.0).
 
@@ -886,7 +887,8 @@ def hfmm(sources: npt.ArrayLike, charges: npt.ArrayLike | None = None,
     Fields
         ``pot``, ``grad`` (at the sources) and ``pottarg``, ``gradtarg`` (at the targets),
         complex, always in our layout: (n,) or (n, k), (n, 3) or (n, k, 3) (FMM3D's
-        (nd, n), (3, n), (nd, 3, n): ``res.grad.T`` converts); None where not requested.
+        (nd, n), (3, n), (nd, 3, n): ``res.pot.T``, ``res.grad.T`` for k = 1 or
+        ``res.grad.transpose(1, 2, 0)`` convert); None where not requested.
 
     Unlike fmm3dpy's keyword-only ``hfmm3d``, the sources come first (also positionally);
     fmm3dpy's keyword calls (``hfmm(eps=, zk=, sources=, charges=, ...)``) work unchanged.

@@ -300,7 +300,7 @@ def build_parser():
     pre.add_argument("--eps", type=_eps, nargs="+", default=None,
                      help="accuracy targets (default: 1e-6 in float64, 1e-5 in float32)")
     pre.add_argument("--targets", action="store_true",
-                     help="for plans with separate targets (one order more)")
+                     help="for plans with separate targets (one or two orders more, see the README)")
     pre.add_argument("--dipoles", action="store_true", help="for dipole sources (one more)")
     pre.add_argument("--hessians", action="store_true", help="for Hessians (one or two more)")
     pre.add_argument("--all-uses", action="store_true",

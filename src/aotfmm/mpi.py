@@ -64,7 +64,7 @@ import time
 
 import numpy as np
 
-from . import _blas, api
+from . import _blas, _threads, api
 from ._validation import (as_bool, as_densities, as_points, check_eps, check_integer,
                           check_kernel, check_level,
                           real_dtype, resolve_value_dtype)
@@ -365,6 +365,10 @@ class Fmm:
         rank's local FMM smallest (own points + ghost sources + far-box surface points,
         computed from the global counts per box before anything moves; ``stats["level_loads"]``
         shows them).
+    p_far : int, optional
+        Order of the far boxes' equivalent densities (2..20). Default: one more than the
+        serial plan takes for separate targets at ``eps``, two more with dipoles or Hessians
+        (``stats["p_far"]``).
 
     Attributes
     ----------
@@ -388,7 +392,6 @@ class Fmm:
                             "are given")
         if self.threads is None:  # share the node's CPUs between its ranks (oversubscribed
             # thread pools with MPI's busy-waiting ran 7x slower on 2 cores, 2 ranks)
-            from . import _threads
             node = comm.Split_type(_mpi().COMM_TYPE_SHARED)
             self.threads = max(1, _threads.resolve_threads(None) // node.Get_size())
             node.Free()
@@ -1068,7 +1071,8 @@ def main(argv=None):
         if not (np.isfinite(args.n) and args.n >= 1 and args.n == int(args.n)):
             raise ValueError(f"-n must be a whole number of points >= 1, got {args.n:g}")
         check_eps(args.eps, np.dtype(np.float64))
-        check_integer("--threads", args.threads, lo=1, hi=1024, allow_none=True)
+        check_integer("--threads", args.threads, lo=1, hi=_threads.MAX_THREADS,
+                      allow_none=True)
         check_integer("--level", args.level, lo=2, hi=7, allow_none=True)
     except (ValueError, TypeError) as exc:
         msg = str(exc)

@@ -16,8 +16,8 @@ box of half-width ``h`` the kernel matrix between its surfaces is ``K_h = h**deg
   ``s(h) UC2E_1`` or ``s(h) DC2E_1``; :mod:`aotfmm.expansions` applies the factor per box.
 * M2M, L2L and M2L map equivalent densities to equivalent densities and are scale invariant:
   ``UC2E_2h K(parent check, child equiv) = UC2E_1 K_1(...)`` and so on. The same matrices serve
-  every level; no factor is applied. A family that is not homogeneous (``degree`` None) would
-  need a set per level: :func:`get_operators` refuses it (not implemented).
+  every level; no factor is applied. A family that is not homogeneous (``degree`` None: Yukawa,
+  Helmholtz) needs a set per level: :func:`get_operators` builds it for ``family.scaled(h)``.
 * L2P and M2P evaluate ``sum_j G(x, y_j) density_j`` with the true coordinates
   ``y_j = c + h * radius * surface_j``: no factor either.
 
