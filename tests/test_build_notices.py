@@ -83,7 +83,7 @@ def test_notice_goes_through_logging_when_configured(tmp_path, caplog, capsys, r
 
 def test_no_cache_build_says_so(tmp_path):
     r = py("import aotfmm, numpy as np; "
-           "aotfmm.Fmm(np.random.default_rng(1).random((500, 3)), eps=5e-3, cache_dir=False)",
+           "aotfmm.Fmm(np.random.default_rng(1).random((2000, 3)), eps=5e-3, cache_dir=False)",
            tmp_path)
     assert r.returncode == 0, r.stderr
     assert "p=4 for float64: no cache" in r.stderr and "not cached (cache_dir=False)" in r.stderr

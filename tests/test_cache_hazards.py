@@ -36,8 +36,8 @@ PRELUDE = textwrap.dedent("""
     from aotfmm.operators import get_operators, _ARRAY_FIELDS
 
     rng = np.random.default_rng(7)
-    x = rng.uniform(-1.0, 1.0, (2000, 3))
-    q = rng.standard_normal(2000)
+    x = rng.uniform(-1.0, 1.0, (5000, 3))  # 3 tree levels: the plan reads operators
+    q = rng.standard_normal(len(x))
 
     def direct(x, q):  # 1/(4 pi r), r = 0 left out
         pot = np.zeros(len(x))

@@ -137,6 +137,19 @@ def choose_parameters(eps, p=None, ncrit=None, separate_targets=False, dipoles=F
     return p, ncrit
 
 
+@dataclasses.dataclass(frozen=True)
+class NoOperators:
+    """Stands in for the operator set of a plan without far field (every box within two
+    levels of the root, or a decaying kernel's far field dropped): every interaction is
+    direct, so no set is built or read (a 10-point plan read, or on first use built and
+    wrote, the 45 MB p = 8 set: 0.3 s against 1 ms of work). It carries the sizes the plan
+    allocates and reports."""
+    n_surf: int
+    m2l_rank: int = 0
+    down_rank: int = 0
+    nbytes: int = 0
+
+
 #: A level's far field (V, W, X lists and the expansions behind them) is dropped when the kernel
 #: at the smallest far distance (2 h, one box width) has decayed below this times eps relative
 #: to the Laplace kernel (:meth:`~aotfmm.families.KernelFamily.decay`): Yukawa with lam h
@@ -703,6 +716,12 @@ class Plan:
         that two cached sets never mix bases), and the down-check rank padded with zeros to a
         common one (one coefficient array for all levels)."""
         family, dt = self.family, self.dtype
+        if not self._levels_with_work():  # every interaction is direct: nothing to read
+            ops = NoOperators(n_surf(self.p))
+            self.level_ops = dict.fromkeys(range(tree.n_levels), ops)
+            self.level_families = dict.fromkeys(range(tree.n_levels), family)
+            self.ops = ops
+            return
         if family.scale_invariant:
             ops = get_operators(self.p, dt, cache_dir=cache_dir, workers=self.workers,
                                 family=family)
@@ -715,12 +734,6 @@ class Plan:
                 for lev in set(work) | {lev - 1 for lev in work}}
         sets = {lev: get_operators(self.p, dt, cache_dir=cache_dir, workers=self.workers,
                                    family=fams[lev]) for lev in work}
-        if not sets:  # no far field at all: any set gives the sizes
-            lev = max(2, tree.n_levels - 1)
-            fams.update({v: family.scaled(tree.root_half / 2.0 ** v).snapped()
-                         for v in (lev - 1, lev)})
-            sets = {lev: get_operators(self.p, dt, cache_dir=cache_dir, workers=self.workers,
-                                       family=fams[lev])}
         rank = max(ops.down_rank for ops in sets.values())
         vdt = family.value_dtype(dt)
         self.level_ops = {}
@@ -757,7 +770,7 @@ class Plan:
         gradients. Returns {level: (W, P, V or None)} in the value dtype, levels without the
         split (a parameter too large for the series at that box size) left out."""
         fam = self.family
-        if not _REGULAR_SPLIT or fam.regular_mu2 is None:
+        if not _REGULAR_SPLIT or fam.regular_mu2 is None or isinstance(self.ops, NoOperators):
             return {}
         ref = self.level_families
 
