@@ -36,7 +36,9 @@ PRELUDE = textwrap.dedent("""
     from aotfmm.operators import get_operators, _ARRAY_FIELDS
 
     rng = np.random.default_rng(7)
-    x = rng.uniform(-1.0, 1.0, (5000, 3))  # 3 tree levels: the plan reads operators
+    # a dense corner makes the tree deeper than two levels: the plan has a far field and
+    # reads operators (two levels are direct sums and read none)
+    x = np.vstack([rng.uniform(-1.0, 1.0, (1500, 3)), rng.uniform(0.2, 0.4, (500, 3))])
     q = rng.standard_normal(len(x))
 
     def direct(x, q):  # 1/(4 pi r), r = 0 left out
