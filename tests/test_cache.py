@@ -298,4 +298,5 @@ def test_plans_without_far_field_read_no_operators(monkeypatch, kernel):
         ref_pot, ref_grad = _numpy_fields(src, src if trg is None else trg, q, lam, kappa)
         assert np.linalg.norm(pot - ref_pot) <= 1e-10 * np.linalg.norm(ref_pot)
         assert np.linalg.norm(grad - ref_grad) <= 1e-10 * np.linalg.norm(ref_grad)
-        plan.report(file=False)  # sizes and stats without a set
+        assert plan.stats["operator_sets"] == 0  # and sizes and stats without one
+        plan.report(file=False)

@@ -845,7 +845,8 @@ class Plan:
                            "w": sizes(lists.w_offsets, tree.leaves),
                            "x": sizes(lists.x_offsets, all_boxes)},
             "m2l_rank": int(max(o.m2l_rank for o in self.level_ops.values())),
-            "operator_sets": len({id(o) for o in self.level_ops.values()}),
+            "operator_sets": len({id(o) for o in self.level_ops.values()
+                                  if not isinstance(o, NoOperators)}),
             "memory_bytes": {"operators": int(sum({id(o): o.nbytes for o in
                                                    self.level_ops.values()}.values())),
                              "expansions": int(2 * len(tree.keys) * n_surf * self.dtype.itemsize),
