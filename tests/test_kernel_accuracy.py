@@ -138,3 +138,32 @@ def test_large_lam_drops_the_far_field_it_does_not_need():
     pot = plan.evaluate(q)
     idx = rng.choice(6000, 200, replace=False)
     assert rel(pot[idx], reference(x, x[idx], q, -300.0)[0]) <= 1e-6
+
+
+@pytest.mark.parametrize("eps", [1e-4, 1e-6])
+def test_yukawa_targets_far_from_every_source(eps):
+    """Targets with no source near them see only the far side of the source boxes, where a
+    Yukawa expansion of a box many decay lengths wide has lost its relative accuracy, and the
+    dropped coarse levels carried their whole field: sources in a 0.1-wide cube, lam = 40,
+    targets on a unit sphere around it (lam D = 84, inside the served range) had errors of
+    4e-3 to 15x their u-bar (the accuracy contract), without a warning. Such targets now take
+    their sources directly (screened by the decay)."""
+    rng = np.random.default_rng(4)
+    lam = 40.0
+    src = 0.1 * rng.random((3000, 3))
+    q = rng.standard_normal(3000)
+    d = rng.standard_normal((200, 3))
+    trg = 0.05 + d / np.linalg.norm(d, axis=1)[:, None]
+    near = 0.05 + 0.2 * d[:50] / np.linalg.norm(d[:50], axis=1)[:, None]  # 0.15 out
+    trg = np.concatenate([trg, near])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", aotfmm.AccuracyWarning)
+        plan = aotfmm.Fmm(src, trg, kernel=aotfmm.Yukawa(lam), eps=eps)
+    assert len(plan._core.far_direct)  # the path this checks is taken
+    pot, grad = plan.evaluate(q, gradient=True)
+    ref_pot, ref_grad = reference(src, trg, q, -lam)
+    bar_pot, bar_grad = reference(src, trg, np.abs(q), -lam)
+    for part in (slice(0, 200), slice(200, None)):  # the far ones alone, then the near ones
+        assert np.linalg.norm(pot[part] - ref_pot[part]) <= eps * np.linalg.norm(bar_pot[part])
+        assert np.linalg.norm(grad[part] - ref_grad[part]) <= \
+            eps * np.linalg.norm(bar_grad[part])

@@ -156,6 +156,21 @@ class NoOperators:
 #: large. The factor covers the ~200 boxes of the first far shell against the 27 near ones.
 _FAR_DROP = 1e-3
 
+#: A decaying kernel's expansions lose relative accuracy on the far side of a box when the
+#: box is large in decay lengths: the fields on its check surfaces then span exp(2 lam h) and
+#: the fits keep the strong side. Targets with no source near them see only that far side:
+#: 15000 sources in a 0.1-wide cube, targets one unit away, relative to their u-bar (the
+#: accuracy contract): lam h = 2 -> 1.5e-8, 3.08 -> 2.7e-7, 4 -> 8.6e-6, 6.2 -> 1.2e-3 (eps
+#: 1e-6, p = 9); 4.6e-7 / 7.6e-6 / 1.2e-4 at eps 1e-4 (p = 7), 1.1e-10 / 6.4e-10 / 1.0e-7 at
+#: eps 1e-8 (p = 12); the dropped coarse levels (_FAR_DROP) carried all of their field. Where
+#: the plan has such levels (lam h above this at its coarsest far level, or dropped levels),
+#: leaves whose targets have no source in their near field take their sources directly
+#: (:meth:`Plan._screened_direct`).
+_DECAY_LH_MAX = 2.5
+#: _screened_direct: sources whose summed bound stays below this times eps times the leaf's
+#: lower bound of u-bar are left out
+_SCREEN = 0.1
+
 
 def _first_far_level(family, tree, eps):
     """The coarsest level (>= 2) whose far field is kept; coarser levels are dropped (see
@@ -653,13 +668,24 @@ class Plan:
         near_rows, near_cols = self._leaf_pairs(
             tree, np.concatenate([u_rows[keep], w_rows[w_direct], x_rows[x_direct]]),
             np.concatenate([u_cols[keep], w_cols[w_direct], x_cols[x_direct]]))
+        self.far_direct = np.zeros(0, dtype=np.int64)
+        screened = self._screened_direct(tree, u_rows[keep], n_src, n_trg)
+        if screened is not None:  # these leaves' whole field: their W/X pairs go too
+            self.far_direct, d_rows, d_cols = screened
+            k = ~np.isin(near_rows, self.far_direct)
+            near_rows = np.concatenate([near_rows[k], d_rows])
+            near_cols = np.concatenate([near_cols[k], d_cols])
         self.near_offsets, self.near_index = _csr(near_rows, near_cols, n_boxes)
         self.near_boxes = np.unique(near_rows)
         work = np.add.reduceat(n_src[self.near_index], self.near_offsets[self.near_boxes]) \
             if len(self.near_boxes) else np.zeros(0)
         self.near_cost = n_trg[self.near_boxes] * (work + 1)
 
-        self.m2p_boxes, m2p_rows, m2p_cols = self._grouped(w_rows[~w_direct], w_cols[~w_direct])
+        m2p_r, m2p_c = w_rows[~w_direct], w_cols[~w_direct]
+        if len(self.far_direct):  # their whole field is direct
+            k = ~np.isin(m2p_r, self.far_direct)
+            m2p_r, m2p_c = m2p_r[k], m2p_c[k]
+        self.m2p_boxes, m2p_rows, m2p_cols = self._grouped(m2p_r, m2p_c)
         self.m2p_offsets, self.m2p_index = m2p_rows, m2p_cols
         xr, xc = x_rows[~x_direct], x_cols[~x_direct]
 
@@ -697,6 +723,8 @@ class Plan:
             self.down_levels.append(DownLevel(lev, **entry, p2l_centers=None,
                                               receivers=np.unique(got[got >= 0])))
         self.l2p_boxes = leaves[has_trg[leaves] & (levels[leaves] >= far)]
+        if len(self.far_direct):
+            self.l2p_boxes = self.l2p_boxes[~np.isin(self.l2p_boxes, self.far_direct)]
 
     def _levels_with_work(self):
         """Levels whose boxes use operators (P2M, M2M, L2L, M2L, P2L, DC2E)."""
@@ -813,6 +841,60 @@ class Plan:
     def ops_at(self, level):
         """The operator set of boxes at ``level``."""
         return self.level_ops[level]
+
+    def _screened_direct(self, tree, u_rows, n_src, n_trg):
+        """(leaves, rows, cols) or None: for a decaying kernel whose far field this plan
+        takes through expansions that are too coarse for targets with no source near them
+        (a far level with lam h > :data:`_DECAY_LH_MAX`, or levels dropped by
+        :data:`_FAR_DROP`), the target leaves with no source in their U list (``u_rows``:
+        the target leaves of its pairs with sources), and the source leaves each of them
+        takes directly instead of everything else (L2P, M2P and direct W/X pairs).
+
+        Per target leaf T, with source counts standing in for sum |q| (the plan does not know
+        the charges): a lower bound of u-bar at every target of T is
+        ``max_S n_S |G(d_max(T, S))|`` over source leaves S; each S's contribution is at most
+        ``n_S |G(d_min(T, S))|``; the smallest bounds are left out while their sum stays below
+        ``_SCREEN * eps`` times the lower bound. A decay length or two beyond the nearest
+        sources is all that is left, so the sums are short."""
+        fam = self.family
+        lam = float(fam.decay_rate)
+        if not lam:
+            return None
+        far, levels = self.first_far, tree.levels
+        coarse = tree.root_half / 2.0 ** min(far, tree.n_levels - 1)
+        if not (far > 2 or lam * coarse > _DECAY_LH_MAX):
+            return None
+        leaves = tree.leaves
+        near = np.zeros(len(tree.keys), dtype=bool)
+        near[u_rows] = True
+        lonely = leaves[(n_trg[leaves] > 0) & ~near[leaves]]
+        src = leaves[n_src[leaves] > 0]
+        if not len(lonely) or not len(src):
+            return None
+        half = tree.root_half / 2.0 ** levels
+        cs, hs, ns = tree.centers[src], half[src], n_src[src].astype(np.float64)
+
+        def g(r):  # |G(r)| up to its constant: exp(-lam r) / r
+            return np.exp(-lam * r) / np.maximum(r, 1e-300)
+
+        rows, cols = [], []
+        step = max(1, 2_000_000 // len(src))
+        for a in range(0, len(lonely), step):
+            t = lonely[a:a + step]
+            gap = np.abs(tree.centers[t][:, None, :] - cs[None])            # (m, k, 3)
+            reach = half[t][:, None, None] + hs[None, :, None]
+            d_min = np.sqrt((np.maximum(gap - reach, 0.0) ** 2).sum(-1))
+            d_max = np.sqrt(((gap + reach) ** 2).sum(-1))
+            lower = (ns * g(d_max)).max(axis=1)                             # (m,)
+            upper = ns * g(d_min)                                           # (m, k)
+            order = np.argsort(upper, axis=1)
+            total = np.cumsum(np.take_along_axis(upper, order, axis=1), axis=1)
+            drop = np.zeros(upper.shape, dtype=bool)
+            np.put_along_axis(drop, order, total <= _SCREEN * self.eps * lower[:, None], axis=1)
+            r, c = np.nonzero(~drop)
+            rows.append(t[r])
+            cols.append(src[c])
+        return lonely, np.concatenate(rows), np.concatenate(cols)
 
     @staticmethod
     def _grouped(rows, cols, extra=None):
