@@ -369,6 +369,31 @@ def level_model_case():
     return COMM.bcast((ok, text), root=0)
 
 
+def lonely_targets_case():
+    """Yukawa far boxes many decay lengths wide lose relative accuracy on their far side,
+    and targets with no source near them see nothing else (1.3e-5 of their u-bar at eps 1e-6
+    on 2 ranks; the serial plan sums such targets directly): a rank holding such targets
+    says so (AccuracyWarning). Sources in the unit cube, lam = 10, targets 3 units out."""
+    rng = np.random.default_rng(2)
+    src = rng.random((20000, 3))
+    d = rng.standard_normal((200, 3))
+    trg = 0.5 + 3.0 * d / np.linalg.norm(d, axis=1)[:, None]
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always", aotfmm.AccuracyWarning)
+        aotfmm.mpi.Fmm(src[COMM.rank::COMM.size], trg if COMM.rank == 0 else trg[:0],
+                       comm=COMM, kernel=aotfmm.Yukawa(10.0), eps=1e-6)
+    said = any("no source in or next to" in str(w.message) for w in got)
+    n_said = COMM.allreduce(int(said))
+    # and a problem whose targets all have sources nearby says nothing
+    with warnings.catch_warnings(record=True) as quiet:
+        warnings.simplefilter("always", aotfmm.AccuracyWarning)
+        aotfmm.mpi.Fmm(src[COMM.rank::COMM.size], comm=COMM, kernel=aotfmm.Yukawa(10.0),
+                       eps=1e-6)
+    n_quiet = COMM.allreduce(len(quiet))
+    ok = n_said >= 1 and n_quiet == 0
+    return ok, f"lonely targets: P={COMM.size} {n_said} rank(s) warned, {n_quiet} warnings without"
+
+
 def shifted_case():
     """Problems far from the origin, spread over the ranks at random, against numpy: float64
     points 1e-3 wide at 1e8 (eps 1e-6) and float32 points 1 wide at 1e4 (eps 1e-5). Worked in
@@ -491,6 +516,7 @@ CASES = {
     "shifted": shifted_case,
     "thin_ghosts": thin_ghosts_case,
     "level_model": level_model_case,
+    "lonely_targets": lonely_targets_case,
     "dipole_far_box": dipole_far_box_case,
     "edge": edge_cases,
     "bad_input": bad_input_case,
