@@ -300,3 +300,20 @@ def test_plans_without_far_field_read_no_operators(monkeypatch, kernel):
         assert np.linalg.norm(grad - ref_grad) <= 1e-10 * np.linalg.norm(ref_grad)
         assert plan.stats["operator_sets"] == 0  # and sizes and stats without one
         plan.report(file=False)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_cache_files_follow_the_umask(tmp_path, umask, mode):
+    """Cache files were 0600 whatever the umask (tempfile.mkstemp): a directory prefilled by
+    `aotfmm precompute` for others (README) was unreadable to them, and they rebuilt the
+    operators on every run. They now get 0666 & ~umask like any other file."""
+    old = os.umask(umask)
+    try:
+        get_operators(P, np.float64, cache_dir=tmp_path)
+    finally:
+        os.umask(old)
+    files = [f for f in os.listdir(tmp_path) if f.endswith(".ops")]
+    assert files
+    for f in files:
+        assert os.stat(tmp_path / f).st_mode & 0o777 == mode

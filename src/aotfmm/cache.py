@@ -30,8 +30,10 @@
   file with consistent checksums, shapes and key but wrong operator values, and most of them
   (notably the M2L factors) cannot be recomputed cheaply at load time. Treat the cache
   directory like the installed package itself: writable only by you. Directories are created
-  with your umask (``os.makedirs``); files are created by ``tempfile.mkstemp``, i.e. mode 0600
-  (owner only) whatever the umask.
+  with your umask (``os.makedirs``), and so are files (``0666 & ~umask``: 0644 under the usual
+  022, readable by others so that a directory filled by ``aotfmm precompute`` can be shared;
+  0600 under 077). Until 2026-12-03 files were 0600 whatever the umask (``tempfile.mkstemp``),
+  and every other user of a shared, prefilled directory rebuilt the operators on every run.
 * Atomic write: data goes to a unique temporary file in the cache directory, is flushed and
   fsync'ed, then ``os.replace``'d onto the final name. Two processes building the same key each
   write their own temporary file; the last rename wins and both files are complete.
@@ -328,6 +330,21 @@ def _open_regular(path):
         raise
 
 
+def _umask():
+    """The process's umask, without changing it where the system reports it (Linux); else
+    read by setting and restoring it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _read_fully(f, view):
     """Fill ``view`` from ``f``; returns the bytes read (fewer only at end of file)."""
     got = 0
@@ -453,6 +470,10 @@ def _write(path, key, arrays):
     raw = json.dumps(header).encode().ljust(len(raw))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=SUFFIX, dir=directory)
     try:
+        try:  # mkstemp makes 0600: give the file the mode the umask gives any other file
+            os.chmod(tmp, 0o666 & ~_umask())
+        except OSError:
+            pass
         with os.fdopen(fd, "wb") as fh:
             fh.write(_PREFIX.pack(MAGIC, len(raw), zlib.crc32(raw)))
             fh.write(raw)
