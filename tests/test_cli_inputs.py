@@ -333,3 +333,17 @@ def test_option_errors_and_warnings_use_the_options_spelling(tmp_path, rng):
     warn = [ln for ln in r.stderr.splitlines() if "warning:" in ln or "Warning" in ln]
     assert len(warn) == 1 and warn[0].startswith("aotfmm: warning: --p 5 reaches"), r.stderr
     assert "not --eps 1e-09" in warn[0] and ".py" not in r.stderr, r.stderr
+
+
+def test_a_transposed_table_is_pointed_out(tmp_path, capsys):
+    """np.save(table.T) for a (2000, 4) table ran as 4 points with 1997 densities each and
+    said nothing; a table with more densities than points (and more than 8) now warns."""
+    table = np.random.default_rng(3).random((2000, 4))
+    inp, out = tmp_path / "t.npy", tmp_path / "o.npy"
+    np.save(inp, table.T.copy())
+    assert main(["run", str(inp), "-o", str(out)] + EPS) == 0
+    err = capsys.readouterr().err
+    assert "4 points with 1997 densities" in err and "saved transposed" in err
+    np.save(inp, table)  # the right way round: nothing to say
+    assert main(["run", str(inp), "-o", str(out)] + EPS) == 0
+    assert "saved transposed" not in capsys.readouterr().err

@@ -144,3 +144,20 @@ def test_output_through_a_symlink_updates_its_target(tmp_path, rng):
     assert main(["run", str(inp), "-o", str(tmp_path / "link.npy"), "--eps", "1e-3", "-q"]) == 0
     assert (tmp_path / "link.npy").is_symlink()
     assert np.load(tmp_path / "real.npy").shape == (50,)
+
+
+def test_output_directory_messages_name_what_is_wrong(tmp_path, capsys):
+    """-o through a symbolic link whose target's directory is missing named the link's own
+    directory (which exists) as missing; -o under a regular file called it a missing
+    directory."""
+    import numpy as np
+    from aotfmm.cli import main
+    inp = tmp_path / "p.npy"
+    np.save(inp, np.random.default_rng(0).random((50, 4)))
+    link = tmp_path / "out.npy"
+    os.symlink(tmp_path / "gone" / "out.npy", link)
+    assert main(["run", str(inp), "-o", str(link)]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "gone") in err and "does not exist" in err and "points" in err
+    assert main(["run", str(inp), "-o", str(inp) + "/out.npz"]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err

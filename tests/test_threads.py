@@ -221,3 +221,11 @@ def test_absurd_thread_environment_is_refused_by_name(monkeypatch):
     monkeypatch.setenv(_threads.ENV_VAR, "99999999999999999999")
     with pytest.raises(ValueError, match=_threads.ENV_VAR):
         aotfmm.direct(np.zeros((2, 3)), np.ones(2))
+
+
+@pytest.mark.parametrize("value", ["2_0", "\uff12", "1e3", "0x2", " 2 2"])
+def test_thread_environment_takes_ascii_digits_only(monkeypatch, value):
+    """int() read "2_0" as 20 and the full-width digit as 2; both are refused now."""
+    monkeypatch.setenv(_threads.ENV_VAR, value)
+    with pytest.raises(ValueError, match=_threads.ENV_VAR):
+        _threads.default_threads()

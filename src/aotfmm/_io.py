@@ -29,6 +29,7 @@ import io
 import os
 import stat
 import tempfile
+import warnings
 
 import numpy as np
 
@@ -78,6 +79,10 @@ def _split_columns(path, table):
         raise InputError(f"{path}: expected a table with columns x, y, z, charge[, ...], got "
                          f"shape {table.shape}")
     _check_dtype(path, "table", table.dtype)
+    if table.shape[1] - 3 > max(table.shape[0], 8):  # (4, 2000) ran as 4 points, k = 1997
+        warnings.warn(f"{path}: {table.shape[0]} points with {table.shape[1] - 3} densities "
+                      f"each: each row is one point (x, y, z, q1, ...); was the table saved "
+                      f"transposed?", stacklevel=2)
     charges = table[:, 3:]
     return {"sources": table[:, :3], "charges": charges[:, 0] if charges.shape[1] == 1
             else charges, "dipoles": None, "targets": None}
@@ -251,8 +256,11 @@ def check_output(path, input_path=None):
         raise InputError(f"{path}: is a directory")
     directory = os.path.dirname(target)
     if not os.path.isdir(directory):
-        raise InputError(f"{path}: directory {os.path.dirname(os.path.abspath(path))} does "
-                         f"not exist")
+        # name the directory that is missing: a symbolic link's target's, not the link's;
+        # and a file where a directory should be is not "missing"
+        what = "is a file, not a directory" if os.path.exists(directory) else "does not exist"
+        via = f" (where {path} points)" if os.path.islink(path) else ""
+        raise InputError(f"{path}: directory {directory}{via} {what}")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp",
                                    dir=directory)

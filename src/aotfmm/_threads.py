@@ -59,11 +59,10 @@ def default_threads():
     value = os.environ.get(ENV_VAR, "").strip()
     if not value:
         return min(cpu_count(), MAX_THREADS)
-    try:
-        n = int(value)
-    except ValueError:
-        raise ValueError(f"{ENV_VAR} must be a positive integer, got {value!r}") from None
-    return _check_count(ENV_VAR, n)
+    # ASCII digits only: int() also takes "2_0" (20) and full-width or other Unicode digits
+    if not (value.isascii() and value.isdigit()):
+        raise ValueError(f"{ENV_VAR} must be a positive integer, got {value!r}")
+    return _check_count(ENV_VAR, int(value))
 
 
 def resolve_threads(threads):

@@ -211,7 +211,7 @@ input layouts (n sources, m targets, k densities):
                 and/or dipoles (n, 3) or (n, k, 3); optional targets (m, 3), else the
                 targets are the sources (self-interaction left out). No other keys.
   .npy          one array (n, 3 + k): x, y, z, then k charge columns
-  .csv / .txt   the same columns as text, comma- or whitespace-separated; lines starting
+  .csv / .txt / .dat  the same columns as text, comma- or whitespace-separated; lines starting
                 with # and a first line of column names are skipped; every row has as
                 many fields as the first (no empty ones)
 
@@ -219,7 +219,7 @@ output layouts (by OUTPUT's extension):
   .npz / .h5    potential (m,) or (m, k); gradient (m, 3) or (m, k, 3) with --gradient
   .npy          one density without --gradient: potential (m,); otherwise a table
                 (m, k + 3k): k potential columns, then gx, gy, gz per density
-  .csv / .txt   the same table as .npy (always 2-D) after a line of column names
+  .csv / .txt / .dat  the same table as .npy (always 2-D) after a line of column names
 """
 
 
@@ -266,7 +266,7 @@ def build_parser():
 
     run = sub.add_parser("run", help="evaluate a problem file, write the potentials",
                          description="Read points and densities from INPUT (.npy, .npz, .h5, "
-                         ".csv/.txt), write potentials (and gradients) to OUTPUT (format from "
+                         ".csv/.txt/.dat), write potentials (and gradients) to OUTPUT (format from "
                          "its extension; never the input file). OUTPUT is replaced only once "
                          "completely written.",
                          epilog=RUN_LAYOUTS, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -300,7 +300,8 @@ def build_parser():
     pre.add_argument("--eps", type=_eps, nargs="+", default=None,
                      help="accuracy targets (default: 1e-6 in float64, 1e-5 in float32)")
     pre.add_argument("--targets", action="store_true",
-                     help="for plans with separate targets (one or two orders more, see the README)")
+                     help="for plans with separate targets (one or two orders more, see "
+                     "the README)")
     pre.add_argument("--dipoles", action="store_true", help="for dipole sources (one more)")
     pre.add_argument("--hessians", action="store_true", help="for Hessians (one or two more)")
     pre.add_argument("--all-uses", action="store_true",
