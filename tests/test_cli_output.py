@@ -63,7 +63,7 @@ def test_output_problems_are_reported_before_computing(tmp_path, capsys, rng, ca
     inp = tmp_path / "in.npy"
     _write_input(inp, "npy", rng.random((50, 3)), rng.standard_normal(50))
     out, message = {"missing-dir": (tmp_path / "nope" / "out.npy", "does not exist"),
-                    "file-as-dir": (inp / "out.npy", "does not exist"),
+                    "file-as-dir": (inp / "out.npy", "is a file, not a directory"),
                     "extension": (tmp_path / "out.xyz", "unknown file type"),
                     "is-dir": (tmp_path / "d.npy", "is a directory")}[case]
     if case == "is-dir":
