@@ -881,7 +881,7 @@ class Plan:
             return np.exp(-lam * r) / np.maximum(r, 1e-300)
 
         rows, cols = [], []
-        step = max(1, 2_000_000 // len(src))
+        step = max(1, 500_000 // len(src))  # (m, k, 3) temporaries of ~12 MB
         for a in range(0, len(lonely), step):
             t = lonely[a:a + step]
             gap = np.abs(tree.centers[t][:, None, :] - cs[None])            # (m, k, 3)
