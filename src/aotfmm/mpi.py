@@ -244,6 +244,13 @@ class _Route:
 _AUTO_LEVELS = (2, 3, 4, 5)
 #: The finest level at which ghost layers are chosen (8^6 boxes of global counts per rank).
 _FINE_MAX = 6
+#: What a far box's surface point costs in the level choice, in ghost points: besides being
+#: a source of the local FMM it is one of 488 on a small cube (the local tree refines there)
+#: and its box's holders compute its density from their points. Counted once, the choice
+#: took level 3 for the Plummer sphere at 1e6 on 2 ranks (500k own + 214k ghosts + 98k
+#: surface points) over level 2 (500k + 300k + 42k), whose evaluations were faster: 4.84,
+#: 5.13, 5.27 s against 5.22, 5.51, 5.71 s (far densities 0.21-0.24 s against 0.40-0.45).
+_FAR_POINT_COST = 2
 
 
 def _owners(weight, size):
@@ -560,7 +567,8 @@ class Fmm:
     def _choose_level(self, hist, size):
         """The coarse level (of :data:`_AUTO_LEVELS`) whose partition gives the smallest
         largest local FMM: per rank, its own points, its ghost sources and the surface points
-        of its far boxes (each n_surf(p_far) points), by the rule of :func:`point_boxes` at
+        of its far boxes (each n_surf(p_far) points, counted :data:`_FAR_POINT_COST` times),
+        by the rule of :func:`point_boxes` at
         each level's fine level, from the global counts per box of the finest one (``hist``:
         sources, targets). Few points per box make far surface points dominate (coarse
         levels win); many ranks make the ghost layer dominate (fine levels win). Every rank
@@ -585,7 +593,7 @@ class Fmm:
             if t_occ.any():
                 points, far = point_boxes(t_occ, s_grid, level, ns)
                 load += int(s_grid[points & ~own].sum())
-                load += ns * sum(len(v) for v in far.values())
+                load += _FAR_POINT_COST * ns * sum(len(v) for v in far.values())
             loads.append(load)
         worst = np.empty(len(loads), dtype=np.int64)
         self.comm.Allreduce(np.asarray(loads, dtype=np.int64), worst, op=_mpi().MAX)

@@ -338,9 +338,10 @@ def thin_ghosts_case():
 
 def level_model_case():
     """The coarse level is chosen from each rank's predicted local FMM size (own points,
-    ghost points, far boxes' surface points) at every candidate level: for the chosen level
-    the prediction must be what the plan then builds (the largest rank's local sources), so
-    the choice models the fine-box ghost rule it runs with. Same points: a dense blob (15000
+    ghost points, far boxes' surface points at _FAR_POINT_COST) at every candidate level: for
+    the chosen level the prediction must be what the plan then builds (the largest rank's
+    local sources, weighted alike), so the choice models the fine-box ghost rule it runs
+    with. Same points: a dense blob (15000
     points 0.04 wide) beside 5000 spread over the cube, random shares; potentials against
     numpy too."""
     rng = np.random.default_rng(23)
@@ -352,8 +353,8 @@ def level_model_case():
     plan = aotfmm.mpi.Fmm(x[mine], comm=COMM, eps=EPS)
     pot = plan.evaluate(q[mine])
     st = plan.stats
-    built = COMM.allreduce(st["n_sources"] + st["n_ghost"] + st["n_far_points"],
-                           op=MPI.MAX)
+    built = COMM.allreduce(st["n_sources"] + st["n_ghost"]
+                           + aotfmm.mpi._FAR_POINT_COST * st["n_far_points"], op=MPI.MAX)
     predicted = st["level_loads"][st["level"]]
     P = np.zeros(n)
     P[mine] = pot
