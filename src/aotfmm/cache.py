@@ -13,7 +13,8 @@
   are read-only views of it. Nothing is memory-mapped, so a built plan never sees what later
   happens to the file (truncated, copied over or written in place by anyone: with a mapping
   that meant SIGBUS or silently changed results). Cost at p = 8 (45 MB): ~25 ms for
-  allocation, copy and CRC-32 pass (the mapping took ~15 ms), against ~0.25 s to build (``operators.BUILD_COST``).
+  allocation, copy and CRC-32 pass (the mapping took ~15 ms), against ~0.25 s to build
+  (``operators.BUILD_COST``).
 * Only a regular file is read, and only as far as its header says: it is opened with
   ``O_NONBLOCK | O_NOFOLLOW`` (a FIFO does not block the open, a symbolic link is not followed),
   then ``fstat`` must say regular file of exactly the size the header states, and the header
@@ -45,7 +46,8 @@
   ``$AOTFMM_CACHE_MAX_GB`` (default :data:`DEFAULT_MAX_GB` GB; ``inf`` for no limit) are
   removed, least recently used first (every use sets a file's access time), never the file
   just written (:func:`evict`). Per-level operator sets (Yukawa, Helmholtz) are tens to
-  hundreds of MB each at eps 1e-3..1e-6 (0.8-1.5 GB at 1e-9), one per level and parameter, so an unbounded cache would fill the disk. Only names
+  hundreds of MB each at eps 1e-3..1e-6 (0.8-1.5 GB at 1e-9), one per level and parameter,
+  so an unbounded cache would fill the disk. Only names
   this module writes (``<prefix>-<20 hex digits>.ops``, regular files) are ever removed.
 * In memory: the arrays of the last :data:`MEMORY_ENTRIES` files read or written stay in memory
   (read-only) and are reused while the file on disk is unchanged (still a regular file with the
