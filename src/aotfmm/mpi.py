@@ -568,9 +568,8 @@ class Fmm:
         """The coarse level (of :data:`_AUTO_LEVELS`) whose partition gives the smallest
         largest local FMM: per rank, its own points, its ghost sources and the surface points
         of its far boxes (each n_surf(p_far) points, counted :data:`_FAR_POINT_COST` times),
-        by the rule of :func:`point_boxes` at
-        each level's fine level, from the global counts per box of the finest one (``hist``:
-        sources, targets). Few points per box make far surface points dominate (coarse
+        by the rule of :func:`point_boxes` at each level's fine level, from the global counts
+        per box of the finest one (``hist``: sources, targets). Few points per box make far surface points dominate (coarse
         levels win); many ranks make the ghost layer dominate (fine levels win). Every rank
         computes its own load per level; one allreduce takes the maximum."""
         ns = n_surf(self._p_far(size))
