@@ -33,6 +33,8 @@ import warnings
 
 import numpy as np
 
+from . import cache
+
 FORMATS = {".npy": "npy", ".npz": "npz", ".h5": "h5", ".hdf5": "h5", ".csv": "text",
            ".txt": "text", ".dat": "text"}
 #: Arrays accepted in .npz / .h5 input.
@@ -299,9 +301,7 @@ def _new_file_mode(target):
     try:
         return stat.S_IMODE(os.stat(target).st_mode)
     except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+        return 0o666 & ~cache._umask()
 
 
 def write_result(path, pot, grad=None):

@@ -426,7 +426,7 @@ class Fmm:
         # order by coarse box and the routes' orders)
         del self._src_in, self._trg_in, self._ghost, self._far_pts, self._trg
         del self._skey, self._skey_sorted, self._tkey, self._gkey
-        del self._fine_ijk, self._fine_owner, self._fine_src, self._fine_has_trg
+        del self._fine_owner, self._fine_src, self._fine_has_trg
         seconds["setup"] = time.perf_counter() - t0
         self.stats = dict(
             rank=comm.rank, size=comm.size, level=self.grid.level, p_far=self.p_far,
@@ -531,8 +531,7 @@ class Fmm:
         del hist
         nf = 1 << (3 * fine)
         # what _point_boxes needs for every rank it is asked about, made once: the fine
-        # boxes' grid positions (Morton order), owners, source counts and targets as grids
-        self._fine_ijk = deinterleave(np.arange(nf))
+        # boxes' owners, source counts and targets as grids
         owner = self._owner[np.arange(nf) >> (3 * (fine - level))]
         self._fine_owner = owner_grid(owner, fine)
         self._fine_src = owner_grid(fine_counts[0], fine)
@@ -625,10 +624,9 @@ class Fmm:
         and for the ranks it sends ghosts to, from the same global counts: both sides agree."""
         t_occ = self._fine_has_trg & (self._fine_owner == r)
         if not t_occ.any():
-            return np.zeros(len(self._fine_ijk), dtype=bool), {}
+            return np.zeros(t_occ.size, dtype=bool), {}
         points, far = point_boxes(t_occ, self._fine_src, self.grid.level, len(self._surf))
-        ijk = self._fine_ijk
-        return points[ijk[:, 0], ijk[:, 1], ijk[:, 2]], far
+        return points.reshape(-1)[_grid_index(self._fine)], far  # grid -> code order
 
     def _far_boxes(self):
         grid, comm = self.grid, self.comm
