@@ -167,8 +167,9 @@ _FAR_DROP = 1e-3
 #: leaves whose targets have no source in their near field take their sources directly
 #: (:meth:`Plan._screened_direct`).
 _DECAY_LH_MAX = 2.5
-#: _screened_direct: sources whose summed bound stays below this times eps times the leaf's
-#: lower bound of u-bar are left out
+#: _screened_direct: a source leaf whose bound is below this times eps times the target
+#: leaf's lower bound of u-bar, over the number of source leaves, is left out (so all left
+#: out together stay below this times eps u-bar)
 _SCREEN = 0.1
 #: ... and the direct sums are taken only while they cost at most this many pair terms per
 #: point of the problem (an FMM costs a few thousand): 1e6 sources in a unit cube, 1e5
