@@ -98,3 +98,87 @@ def test_owner_grid_places_codes_at_their_boxes():
         by_code[codes] = np.arange(n ** 3)  # the value of code c: the row of its box
         grid = mpi.owner_grid(by_code, level)
         assert (grid[ijk[:, 0], ijk[:, 1], ijk[:, 2]] == np.arange(n ** 3)).all()
+
+
+def test_dilate_by_against_loops():
+    rng = np.random.default_rng(11)
+    for n in (1, 4, 8):
+        occ = rng.random((n, n, n)) < 0.05
+        for j in (0, 1, 2, 5):
+            want = np.zeros_like(occ)
+            for i, k, m in np.argwhere(occ):
+                want[max(i - j, 0):i + j + 1, max(k - j, 0):k + j + 1,
+                     max(m - j, 0):m + j + 1] = True
+            assert (mpi._dilate_by(occ, j) == want).all(), (n, j)
+
+
+def _classes(points, far, s_cnt):
+    """fine source box -> 'point' or (lev, ijk) of the far box holding it; fails if a box is
+    in two classes or a source box in none."""
+    fine = points.shape[0].bit_length() - 1
+    got = {tuple(b): "point" for b in np.argwhere(points).tolist()}
+    for lev, ijk in far.items():
+        f = 1 << (fine - lev)
+        for a in map(tuple, ijk.tolist()):
+            for d in itertools.product(range(f), repeat=3):
+                box = tuple(a[c] * f + d[c] for c in range(3))
+                if s_cnt[box] > 0:
+                    assert box not in got, (box, "in two classes")
+                    got[box] = (lev, a)
+    assert set(got) == set(map(tuple, np.argwhere(s_cnt > 0).tolist()))
+    return got
+
+
+@pytest.mark.parametrize("lam_w,eps,seed", [(1.5, 1e-6, 0), (3.0, 1e-6, 1), (2.0, 1e-9, 2),
+                                            (8.0, 1e-3, 3)])
+def test_decaying_far_boxes_near_lonely_targets_are_split(lam_w, eps, seed):
+    """point_boxes with a decay rate (lam_w: per fine box width): every source box is still
+    in exactly one class, and every far box wider than _DECAY_LH_MAX decay lengths meets the
+    screen at every target box with no source in or next to it, checked box by box here: N
+    g((j - 1)) exp(_DECAY_AMPLIFY lam h) <= _SCREEN eps g(sqrt(3) (k + 1)), g(r) =
+    exp(-lam_w r) / r, j the Chebyshev distance (fine boxes) from the target box to the far
+    box, k to the nearest source box. Without such target boxes nothing changes."""
+    rng = np.random.default_rng(seed)
+    fine, level, ns = 4, 2, 5
+    n = 1 << fine
+    s_cnt = np.zeros((n, n, n), dtype=np.int64)
+    s_cnt[:6, :6, :6] = rng.poisson(3.0, (6, 6, 6))       # a cluster in one corner
+    t_occ = np.zeros((n, n, n), dtype=bool)
+    t_occ[rng.integers(9, n, 5), rng.integers(0, n, 5), rng.integers(0, n, 5)] = True
+    notes = {}
+    points, far = mpi.point_boxes(t_occ, s_cnt, level, ns, (lam_w, eps), notes)
+    _classes(points, far, s_cnt)
+    assert "unresolved" not in notes
+    src = np.argwhere(s_cnt > 0)
+    lonely = [t for t in np.argwhere(t_occ) if np.abs(src - t).max(axis=1).min() > 1]
+    assert lonely
+    big_n = s_cnt.sum()
+
+    def log_g(r):
+        return -lam_w * r - np.log(r)
+
+    def violations(far):
+        bad = 0
+        for lev, ijk in far.items():
+            h = 0.5 * (1 << (fine - lev))
+            if lam_w * h <= mpi._DECAY_LH_MAX:
+                continue
+            f = 1 << (fine - lev)
+            for a in ijk:
+                for t in lonely:
+                    k = np.abs(src - t).max(axis=1).min()
+                    lo, hi = a * f, a * f + f - 1
+                    j = np.maximum(np.maximum(lo - t, t - hi), 0).max()
+                    lhs = np.log(big_n) + log_g(max(j - 1, 1e-3)) \
+                        + mpi._DECAY_AMPLIFY * lam_w * h
+                    bad += lhs > np.log(mpi._SCREEN * eps) + log_g(np.sqrt(3) * (k + 1)) + 1e-9
+        return bad
+
+    assert violations(far) == 0
+    assert violations(mpi.point_boxes(t_occ, s_cnt, level, ns)[1]) > 0  # what it fixes
+    # no lonely target box: the same as without a decay rate
+    t_near = np.zeros_like(t_occ)
+    t_near[tuple(src[0])] = t_near[tuple(src[-1])] = True
+    p1, f1 = mpi.point_boxes(t_near, s_cnt, level, ns, (lam_w, eps))
+    p0, f0 = mpi.point_boxes(t_near, s_cnt, level, ns)
+    assert (p1 == p0).all() and _classes(p1, f1, s_cnt) == _classes(p0, f0, s_cnt)

@@ -119,6 +119,11 @@ class Fmm:
         many sources are targets. Boxes holding none of them get no near field, no local
         expansion and no L2P, and the pairs among the others still go by Newton's third law;
         the fields at the other points are not meaningful.
+    _direct_targets : bool array (m,), optional
+        Internal (:mod:`aotfmm.mpi`), with ``targets``: for a decaying kernel, the leaves
+        holding these targets take their sources directly (screened by the decay, within a
+        budget of pair terms; as the plan does by itself for targets with no source near them
+        when its expansions are too coarse).
 
     Attributes
     ----------
@@ -146,7 +151,7 @@ class Fmm:
                  eps: float | None = None, p: int | None = None, ncrit: int | None = None,
                  dtype: npt.DTypeLike = None, threads: int | None = None,
                  cache_dir: str | os.PathLike | None = None, progress: bool = False,
-                 _target_prefix: int | None = None) -> None:
+                 _target_prefix: int | None = None, _direct_targets=None) -> None:
         from . import evaluate
         t0 = time.perf_counter()
         self.family = self.kernel = check_kernel(kernel)
@@ -165,6 +170,11 @@ class Fmm:
                                        hi=self.n_sources, allow_none=True)
         if _target_prefix is not None and targets is not None:
             raise ValueError("_target_prefix is for plans without targets")
+        if _direct_targets is not None:
+            _direct_targets = np.asarray(_direct_targets)
+            if targets is None or _direct_targets.dtype != bool or \
+                    _direct_targets.shape != (self.n_targets,):
+                raise ValueError("_direct_targets must be a bool mask over the targets")
         self._targets_given = targets is not None
         if at_sources is None:
             at_sources = targets is None
@@ -198,7 +208,9 @@ class Fmm:
                                    hessians=self._for_hessians,
                                    points=(src, trg_pts, self._center, self._scale),
                                    family=self.family.scaled(self._scale),
-                                   target_prefix=_target_prefix)
+                                   target_prefix=_target_prefix,
+                                   direct_targets=None if _direct_targets is None or at_sources
+                                   else _direct_targets)
         bar.done()
         self.p = self._core.p
         self.ncrit = self._core.ncrit

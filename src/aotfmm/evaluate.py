@@ -268,7 +268,8 @@ class Plan:
 
     def __init__(self, src_xyz, trg_xyz, *, eps, p=None, ncrit=None, dtype=np.float64,
                  workers=_threads.INLINE, cache_dir=None, progress=None, dipoles=False,
-                 hessians=False, points=None, family=LAPLACE, target_prefix=None):
+                 hessians=False, points=None, family=LAPLACE, target_prefix=None,
+                 direct_targets=None):
         timings = {}
         step = progress.step if progress is not None else (lambda name: None)
         t = time.perf_counter()
@@ -312,6 +313,12 @@ class Plan:
         timings["lists"], t = time.perf_counter() - t, time.perf_counter()
         step("lists")
         self.tree = tree
+        # leaves holding targets that must take the screened direct path (aotfmm.mpi)
+        self._direct_boxes = None
+        if direct_targets is not None and not self.same and np.any(direct_targets):
+            cum = np.concatenate(([0], np.cumsum(np.asarray(direct_targets, dtype=bool)
+                                                 [tree.trg_perm], dtype=np.int64)))
+            self._direct_boxes = cum[tree.trg_end] > cum[tree.trg_start]
         t_passes = time.perf_counter()
         self.first_far = _first_far_level(family, tree, eps)
         self._setup_passes(tree, lists, n_surf(self.p))
@@ -876,19 +883,28 @@ class Plan:
         ``_SCREEN * eps`` times the lower bound (each bound below that divided by the number
         of candidates goes). A decay length or two beyond the nearest sources is all that is
         left, so the sums are short; if they come to more than ``budget`` pair terms, returns
-        (leaves, None, None) as soon as that is known."""
+        (leaves, None, None) as soon as that is known.
+
+        Leaves holding a target of ``direct_targets`` (:class:`Plan`; aotfmm.mpi's targets with
+        no source near them, whose sources include far boxes' equivalent densities) take this
+        path whatever the plan's levels."""
         fam = self.family
         lam = float(fam.decay_rate)
         if not lam:
             return None
         far, levels = self.first_far, tree.levels
         coarse = tree.root_half / 2.0 ** min(far, tree.n_levels - 1)
-        if not (far > 2 or lam * coarse > _DECAY_LH_MAX):
+        forced = self._direct_boxes
+        if forced is None and not (far > 2 or lam * coarse > _DECAY_LH_MAX):
             return None
         leaves = tree.leaves
         near = np.zeros(len(tree.keys), dtype=bool)
         near[u_rows] = True
-        lonely = leaves[(n_trg[leaves] > 0) & ~near[leaves]]
+        lonely = ~near[leaves] if forced is None or far > 2 or lam * coarse > _DECAY_LH_MAX \
+            else np.zeros(len(leaves), dtype=bool)
+        if forced is not None:
+            lonely |= forced[leaves]
+        lonely = leaves[(n_trg[leaves] > 0) & lonely]
         src = leaves[n_src[leaves] > 0]
         if not len(lonely) or not len(src):
             return None

@@ -40,6 +40,10 @@ How (first version; what it does not do yet is said at the end):
    :func:`aotfmm.direct`, one pseudo-inverse per level) and send them to its home, which sums
    them and sends each requesting rank its own far boxes (two sparse Alltoallv): a rank moves
    the densities of the boxes it needs or holds, not of every rank's far list.
+   A decaying kernel's far boxes many decay lengths wide are poor on their far side; where a
+   rank has targets with no source in or next to their fine box, those within reach of them
+   are split, down to point sources (:func:`_decay_split`), and its local FMM sums such
+   targets directly (:meth:`Fmm._lonely_targets`).
 4. **Local FMM.** Each rank runs the serial :class:`aotfmm.Fmm` with sources = own + ghost
    points + the far boxes' equivalent surface points (charges = their densities), targets =
    its own targets. Coincident points contribute nothing, as in the serial FMM, so a rank's
@@ -69,7 +73,7 @@ from . import _blas, _threads, api
 from ._validation import (as_bool, as_densities, as_points, check_eps, check_integer,
                           check_kernel, check_level,
                           real_dtype, resolve_value_dtype)
-from .evaluate import _DECAY_LH_MAX, AccuracyWarning, choose_parameters
+from .evaluate import _DECAY_LH_MAX, _SCREEN, AccuracyWarning, choose_parameters
 from .morton import MAX_LEVEL as MORTON_MAX_LEVEL
 from .morton import deinterleave, interleave, point_codes
 from .surfaces import DEFAULT_RADII, n_surf, surface
@@ -319,7 +323,123 @@ def _coarse_counts(hist, level):
     return hist.reshape(hist.shape[0], 1 << (3 * level), -1).sum(axis=2)
 
 
-def point_boxes(t_occ, s_cnt, level, ns):
+def _dilate_by(occ, j):
+    """Boxes within ``j`` boxes (Chebyshev distance) of an occupied one, on a (n, n, n) grid
+    (a running sum along each axis in turn)."""
+    out = occ
+    for axis in range(3):
+        n = out.shape[axis]
+        c = np.cumsum(out, axis=axis, dtype=np.int32)
+        idx = np.arange(n)
+        hi = np.take(c, np.minimum(idx + j, n - 1), axis=axis)
+        lo = np.take(c, np.maximum(idx - j - 1, 0), axis=axis)
+        shape = [1, 1, 1]
+        shape[axis] = n
+        lo = lo * (idx - j - 1 >= 0).reshape(shape)
+        out = hi - lo > 0
+    return out
+
+
+#: Far boxes of a decaying kernel wider than ``_DECAY_LH_MAX`` decay lengths lose relative
+#: accuracy on their far side by about exp(this x lam h) (serial measurements under
+#: ``evaluate._DECAY_LH_MAX``: 1.5e-8, 8.6e-6, 1.2e-3 of u-bar at lam h = 2, 4, 6.2, eps
+#: 1e-6: a factor exp(2.3-3.2) per unit of lam h)
+_DECAY_AMPLIFY = 3.5
+#: At most this many extra points (ghost sources and far surface points) per rank for the
+#: split of :func:`_decay_split`; above it the far boxes stay and the rank warns.
+_SPLIT_BUDGET = 2_000_000
+
+
+def _decay_split(far, t_occ, s_cnt, lam_w, eps, ns, notes):
+    """(far, extra points (n, n, n) bool or None): the far lists of :func:`point_boxes` with
+    the far boxes a decaying kernel cannot take as equivalent densities replaced by finer
+    ones. ``lam_w``: the decay rate times the fine box width (distances below are in fine
+    box widths); ``eps``: the accuracy asked.
+
+    A far box of level l with lam h_l > ``_DECAY_LH_MAX`` fits its check surface to the strong
+    side; targets with no source in or next to their fine box ("lonely": nothing else makes
+    their u-bar) see its far side, off by ~exp(_DECAY_AMPLIFY lam h_l) times its field there.
+    For each lonely box T, with k_T the Chebyshev distance (boxes) to the nearest source box
+    and source counts standing in for |q| (as the serial screen): u-bar at T is at least
+    g(sqrt(3) (k_T + 1)) (g(r) = exp(-lam r) / r), a box j boxes away contributes at most
+    N g(j - 1) for all N sources. Wide far boxes within the j where N g(j - 1) times that
+    factor falls below ``_SCREEN`` eps of T's bound are split into their children, level by
+    level (children are far too); at the fine level they become point sources (ghosts), for
+    the local FMM to sum directly as the serial plan does. Over :data:`_SPLIT_BUDGET` extra
+    points nothing is split and ``notes["unresolved"]`` counts the lonely boxes."""
+    n = t_occ.shape[0]
+    fine = n.bit_length() - 1
+    has_src = s_cnt > 0
+
+    def half(lev):  # in fine box widths
+        return 0.5 * (1 << (fine - lev))
+
+    wide = [lev for lev in range(2, fine + 1) if lam_w * half(lev) > _DECAY_LH_MAX]
+    if not wide or not any(len(far.get(lev, ())) for lev in wide):
+        return far, None
+    lonely = t_occ & ~_dilate(has_src)
+    if not lonely.any():
+        return far, None
+    # lonely boxes grouped by their distance to the nearest source box
+    groups, left, reach, k = [], lonely.copy(), _dilate(has_src), 1
+    while left.any():
+        k += 1
+        reach = _dilate(reach)
+        new = left & reach
+        if new.any():
+            groups.append((k, new))
+            left &= ~new
+    log_n = np.log(max(float(s_cnt.sum()), 1.0))
+
+    def log_g(r):
+        return -lam_w * r - np.log(r)
+
+    def radius(k, lev):  # boxes from a lonely box of distance k that wide boxes split within
+        need = np.log(_SCREEN * eps) + log_g(np.sqrt(3.0) * (k + 1)) - log_n \
+            - _DECAY_AMPLIFY * lam_w * half(lev)
+        j = k
+        while j < 2 * n and log_g(max(j - 1, 1e-3)) > need:
+            j += 1
+        return j
+
+    cnt = {fine: s_cnt}
+    for lev in range(fine, 2, -1):
+        cnt[lev - 1] = _coarsen(cnt[lev])
+    orig, far = far, dict(far)
+    before = sum(len(v) for v in far.values())
+    extra = np.zeros_like(has_src)
+    for lev in wide:
+        ijk = far.get(lev)
+        if ijk is None or not len(ijk):
+            continue
+        keep = np.zeros_like(has_src)
+        for k, mask in groups:
+            keep |= _dilate_by(mask, radius(k, lev))
+        for _ in range(fine - lev):
+            keep = _coarsen(keep)
+        hit = keep[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
+        far[lev] = ijk[~hit]
+        split = ijk[hit]
+        if lev < fine:  # children with sources; those with at most ns go as points
+            kids = (2 * split[:, None, :] + np.asarray(_OCTANTS)[None]).reshape(-1, 3)
+            c = cnt[lev + 1][kids[:, 0], kids[:, 1], kids[:, 2]]
+            far[lev + 1] = np.concatenate([far.get(lev + 1, np.zeros((0, 3), np.int64)),
+                                           kids[c > ns]])
+            split, lev = kids[(c > 0) & (c <= ns)], lev + 1
+        f = 1 << (fine - lev)  # points: every fine box of the split boxes
+        m = np.zeros((n // f,) * 3, dtype=bool)
+        m[split[:, 0], split[:, 1], split[:, 2]] = True
+        extra |= m.repeat(f, 0).repeat(f, 1).repeat(f, 2)
+    extra &= has_src
+    cost = int(s_cnt[extra].sum()) + ns * max(sum(len(v) for v in far.values()) - before, 0)
+    if cost > _SPLIT_BUDGET:
+        notes["unresolved"] = int(lonely.sum())
+        return orig, None
+    notes["split"] = cost
+    return far, extra
+
+
+def point_boxes(t_occ, s_cnt, level, ns, decay=None, notes=None):
     """What a rank takes of every source, on the fine grid (level G, n = 2^G per side):
     (points (n, n, n) bool: the fine boxes whose sources are point sources of its local FMM;
     far {level: (m, 3)}: the boxes whose sources reach it as equivalent densities). ``t_occ``
@@ -331,12 +451,21 @@ def point_boxes(t_occ, s_cnt, level, ns):
     that level whose parents are (:func:`_far_lists`). Points: the fine boxes adjacent to its
     target boxes, and the far boxes below L with at most ``ns`` sources (their points are
     cheaper than their surface). So the ghost layer is a fine box thick where sources are
-    dense, a coarse box where they are not."""
+    dense, a coarse box where they are not.
+
+    ``decay``: (decay rate times the fine box width, eps) of a decaying kernel: far boxes
+    too many decay lengths wide for the rank's targets with no source nearby are split
+    (:func:`_decay_split`, which writes to the dict ``notes``)."""
     n = t_occ.shape[0]
     fine = n.bit_length() - 1
     has_src = s_cnt > 0
     far = _far_lists(t_occ, has_src, fine)
     points = _dilate(t_occ) & has_src
+    if decay is not None and decay[0] > 0:
+        far, extra = _decay_split(far, t_occ, s_cnt, decay[0], decay[1], ns,
+                                  {} if notes is None else notes)
+        if extra is not None:
+            points |= extra
     cnt_lev = s_cnt
     for lev in range(fine, level, -1):
         if lev < fine:
@@ -435,7 +564,8 @@ class Fmm:
             n_sources=n_owned, n_targets=self._n_trg, n_ghost=self._n_ghost_near,
             n_far_boxes=int(sum(len(v) for v in self._far.values())),
             far_boxes_per_level={int(lev): len(v) for lev, v in self._far.items() if len(v)},
-            n_far_points=self._n_far_points, seconds=seconds,
+            n_far_points=self._n_far_points, decay_split=self._split.get("split", 0),
+            seconds=seconds,
             bytes={"partition": sum(r.bytes for r in self._point_routes()),
                    "ghosts": self._route_ghost.bytes, "far lists": self._far_setup[0]},
             messages={"partition": sum(r.messages for r in self._point_routes()),
@@ -589,7 +719,8 @@ class Fmm:
             own = own.repeat(f, 0).repeat(f, 1).repeat(f, 2)
             t_occ = own & t_grid
             if t_occ.any():
-                points, far = point_boxes(t_occ, s_grid, level, ns)
+                points, far = point_boxes(t_occ, s_grid, level, ns,
+                                          self._decay(size / (1 << fine)))
                 load += int(s_grid[points & ~own].sum())
                 load += _FAR_POINT_COST * ns * sum(len(v) for v in far.values())
             loads.append(load)
@@ -597,6 +728,12 @@ class Fmm:
         self.comm.Allreduce(np.asarray(loads, dtype=np.int64), worst, op=_mpi().MAX)
         self._level_loads = dict(zip(_AUTO_LEVELS, worst.tolist()))
         return _AUTO_LEVELS[int(np.argmin(worst))]
+
+    def _decay(self, width):
+        """``decay`` of :func:`point_boxes` for fine boxes of ``width``: None unless the kernel
+        decays and targets are other points (targets among the sources always have one)."""
+        lam = float(self.family.decay_rate)
+        return (lam * width, self.eps) if lam > 0 and not self.same else None
 
     def _ghosts(self):
         """Send own sources to the ranks that take them as point sources (ghosts): of the
@@ -607,8 +744,13 @@ class Fmm:
         boxes = np.unique(self._skey >> shift)
         _, dest = ghost_destinations(deinterleave(boxes), np.full(len(boxes), comm.rank),
                                      owner_grid(self._owner, grid.level))
+        dest = np.unique(dest)
+        if self._decay(1.0) is not None:  # ranks with lonely targets may take any source
+            lonely = self._fine_has_trg & ~_dilate(self._fine_src > 0)
+            far_ranks = np.unique(self._fine_owner[lonely])
+            dest = np.union1d(dest, far_ranks[far_ranks != comm.rank])
         rows, dests = [], []
-        for r in np.unique(dest):
+        for r in dest:
             sel = np.flatnonzero(self._point_boxes(int(r))[0][self._skey])
             rows.append(sel)
             dests.append(np.full(len(sel), r, dtype=np.int64))
@@ -618,20 +760,23 @@ class Fmm:
         self._ghost = self._route_ghost.send(self._src[self._ghost_rows])
         self._gkey = self._route_ghost.send(self._skey[self._ghost_rows])
 
-    def _point_boxes(self, r):
+    def _point_boxes(self, r, notes=None):
         """What rank ``r`` takes of every source (:func:`point_boxes` on this plan's fine
         grids, the points as a (8^G,) bool in Morton order). Every rank computes this for itself
-        and for the ranks it sends ghosts to, from the same global counts: both sides agree."""
+        and for the ranks it sends ghosts to, from the same global counts: both sides agree
+        (``notes``: see :func:`_decay_split`)."""
         t_occ = self._fine_has_trg & (self._fine_owner == r)
         if not t_occ.any():
             return np.zeros(t_occ.size, dtype=bool), {}
-        points, far = point_boxes(t_occ, self._fine_src, self.grid.level, len(self._surf))
+        points, far = point_boxes(t_occ, self._fine_src, self.grid.level, len(self._surf),
+                                  self._decay(2.0 * self.grid.box_half(self._fine)), notes)
         return points.reshape(-1)[_grid_index(self._fine)], far  # grid -> code order
 
     def _far_boxes(self):
         grid, comm = self.grid, self.comm
-        points, self._far = self._point_boxes(comm.rank) if len(self._tkey) else \
-            (np.zeros(1 << (3 * self._fine), dtype=bool), {})
+        self._split = {}
+        points, self._far = self._point_boxes(comm.rank, self._split) if len(self._tkey) \
+            else (np.zeros(1 << (3 * self._fine), dtype=bool), {})
         self._warn_lonely_targets()
         # point sources of the local FMM: own sources and the ghosts (sent by the same rule)
         own_near, ghost_near = points[self._skey], points[self._gkey]
@@ -654,25 +799,25 @@ class Fmm:
         """A decaying kernel's far boxes many decay lengths wide (lam h above
         ``evaluate._DECAY_LH_MAX``) are equivalent densities that lose relative accuracy on
         their far side, and targets with no source in or next to their fine box see nothing
-        else. The serial plan sums such targets directly; here this rank warns (measured:
-        targets 3 units from a unit cube of sources, lam = 10, eps 1e-6: 1.3e-5 of their u-bar
-        on 2 ranks, 6e-14 serial)."""
+        else; :func:`_decay_split` splits those within reach of such targets, unless that
+        takes more than :data:`_SPLIT_BUDGET` extra points: then this rank warns (before the
+        split, targets 3 units from a unit cube of 2e4 sources, lam = 10, eps 1e-6 got up to
+        9e-3 of their u-bar on 2 ranks, 9e-8 on 1)."""
+        n = self._split.get("unresolved")
+        if not n:
+            return
         lam = float(self.family.decay_rate)
         wide = [lev for lev, ijk in self._far.items()
                 if len(ijk) and lam * self.grid.box_half(lev) > _DECAY_LH_MAX]
-        if not wide:
-            return
-        mine = self._fine_has_trg & (self._fine_owner == self.comm.rank)
-        lonely = mine & ~_dilate(self._fine_src > 0)
-        if lonely.any():
-            top = lam * self.grid.box_half(min(wide))
-            warnings.warn(
-                f"aotfmm.mpi rank {self.comm.rank}: targets in {int(lonely.sum())} fine boxes "
-                f"have no source in or next to their box; their field comes from far boxes "
-                f"up to {top:.3g} decay lengths (lam h) wide, whose equivalent densities lose "
-                f"relative accuracy there (measured 1e-5 of u-bar at eps 1e-6): results there "
-                f"may miss eps. The serial aotfmm.Fmm sums such targets directly.",
-                AccuracyWarning, stacklevel=4)
+        top = lam * self.grid.box_half(min(wide)) if wide else _DECAY_LH_MAX
+        warnings.warn(
+            f"aotfmm.mpi rank {self.comm.rank}: targets in {n} fine boxes have no source in "
+            f"or next to their box; their field comes from far boxes up to {top:.3g} decay "
+            f"lengths (lam h) wide, whose equivalent densities lose relative accuracy there "
+            f"(measured up to 1e-2 of u-bar at eps 1e-6), and splitting them would take more "
+            f"than {_SPLIT_BUDGET:.2g} extra points on this rank: results there may miss eps. "
+            f"The serial aotfmm.Fmm sums such targets directly within its own budget.",
+            AccuracyWarning, stacklevel=4)
 
     def _far_exchange(self):
         """Who sums and who receives each far box's equivalent density (sparse, no global
@@ -756,7 +901,22 @@ class Fmm:
                            dtype=self.dtype, threads=self.threads, _target_prefix=len(trg))
         return api.Fmm(src, trg,
                        kernel=self.family, dipoles=dipoles, hessians=self._hessians,
-                       eps=self.eps, dtype=self.dtype, threads=self.threads)
+                       eps=self.eps, dtype=self.dtype, threads=self.threads,
+                       _direct_targets=self._lonely_targets())
+
+    def _lonely_targets(self):
+        """For a decaying kernel, own targets with no source in or next to their fine box, or
+        None: their field is all far boxes' equivalent densities, whose values at a target
+        cancel to far less than the sum of their magnitudes, so the local FMM's expansions of
+        them (eps relative to that sum, and boxes of many decay lengths) are not good enough
+        there: they take their sources directly (``api.Fmm``'s ``_direct_targets``). Measured
+        before: sources in the unit cube, lam = 5, targets 4 units from its centre, eps 1e-6:
+        2.3e-4 of u-bar (L2) on 2 ranks, 2.3e-9 with a direct local sum."""
+        if self._decay(1.0) is None:
+            return None
+        lonely = (self._fine_has_trg & ~_dilate(self._fine_src > 0)).reshape(-1)
+        mask = lonely[_grid_index(self._fine)][self._tkey]
+        return mask if mask.any() else None
 
     # -- evaluation --------------------------------------------------------------------------
     def _check_densities(self, charges, dipoles):
