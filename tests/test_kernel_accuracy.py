@@ -169,6 +169,32 @@ def test_yukawa_targets_far_from_every_source(eps):
             eps * np.linalg.norm(bar_grad[part])
 
 
+def test_yukawa_far_targets_take_narrower_multipoles():
+    """Targets far from every source take the multipoles of boxes at most 2.5 decay lengths
+    wide where they are far enough, the sources elsewhere. 5e4 sources in a unit cube, 1e4
+    targets 2 units from its centre, lam = 10: with sources only that was 8300 pair terms
+    per point, over the budget, so the plan kept its expansions and got 5.4e-5 of u-bar
+    (with a warning); now 1e-9. Here the geometry of the test above (its operator sets),
+    3e4 sources and 6e3 targets: 5000 pair terms per point with sources only, over the
+    budget of 2000 then."""
+    rng = np.random.default_rng(5)
+    lam = 40.0
+    src = 0.1 * rng.random((30_000, 3))
+    q = rng.standard_normal(30_000)
+    d = rng.standard_normal((6_000, 3))
+    trg = 0.05 + d / np.linalg.norm(d, axis=1)[:, None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", aotfmm.AccuracyWarning)
+        plan = aotfmm.Fmm(src, trg, kernel=aotfmm.Yukawa(lam), eps=1e-6)
+    assert len(plan._core.far_direct) and len(plan._core._far_m2p[0])  # the path it checks
+    pot, grad = plan.evaluate(q, gradient=True)
+    s = rng.choice(len(trg), 100, replace=False)
+    ref_pot, ref_grad = reference(src, trg[s], q, -lam)
+    bar_pot, bar_grad = reference(src, trg[s], np.abs(q), -lam)
+    assert np.linalg.norm(pot[s] - ref_pot) <= 1e-6 * np.linalg.norm(bar_pot)
+    assert np.linalg.norm(grad[s] - ref_grad) <= 1e-6 * np.linalg.norm(bar_grad)
+
+
 def test_far_targets_over_the_direct_budget_warn(monkeypatch):
     """Direct sums for targets far from every source are taken only within a budget of pair
     terms per point (1e6 sources, 1e5 targets around them at lam = 20 took 93 s directly,

@@ -171,11 +171,14 @@ _DECAY_LH_MAX = 2.5
 #: leaf's lower bound of u-bar, over the number of source leaves, is left out (so all left
 #: out together stay below this times eps u-bar)
 _SCREEN = 0.1
-#: ... and the direct sums are taken only while they cost at most this many pair terms per
-#: point of the problem (an FMM costs a few thousand): 1e6 sources in a unit cube, 1e5
-#: targets on a sphere of radius 1 around its centre, lam = 20 took 93 s directly (3e10
-#: terms) against 0.8 s through the expansions, which met eps there (5.5e-8 of u-bar)
-_SCREEN_BUDGET = 2000
+#: ... and only while they cost at most this many pair terms per point of the problem (a
+#: multipole counts n_surf per target), about what the FMM's own near field costs (5.8e9
+#: pair terms for 1e6 uniform points at eps 1e-6). 1e6 sources in a unit cube, 1e5 targets
+#: on a sphere of radius 1 around its centre, lam = 20: 1.9e10 terms (17000 per point), 23 s
+#: (93 s with sources only, before multipoles), against 0.8 s through the expansions, which
+#: met eps there (5.5e-8 of u-bar); 2e5 sources, 2e4 targets at radius 2, lam = 10: 2250 per
+#: point, evaluation 0.27 -> 0.9-1.06 s, 3e-5 -> 9e-10 of u-bar
+_SCREEN_BUDGET = 6000
 
 
 def _first_far_level(family, tree, eps):
@@ -687,17 +690,20 @@ class Plan:
         self.far_direct = np.zeros(0, dtype=np.int64)
         budget = _SCREEN_BUDGET * (int(n_src[0]) + int(n_trg[0]))  # the root's points
         screened = self._screened_direct(tree, u_rows[keep], n_src, n_trg, budget)
+        self._far_m2p = None
         if screened is not None and screened[1] is None:  # over budget: keep the expansions
             warnings.warn(
                 f"{int(n_trg[screened[0]].sum())} targets have no source near them and take "
                 f"their whole {self.family.name} field through expansions of boxes many decay "
                 f"lengths wide, which lose relative accuracy there (measured up to 1e-3 of "
-                f"their u-bar at lam h 6); summing them directly would take more than "
-                f"{budget:.2g} pair terms. Results there may miss eps.",
+                f"their u-bar at lam h 6); taking them from their sources and the multipoles "
+                f"of narrower boxes would take more than {budget:.2g} pair terms. Results "
+                f"there may miss eps.",
                 AccuracyWarning, stacklevel=4)
             screened = None
         if screened is not None:  # these leaves' whole field: their W/X pairs go too
-            self.far_direct, d_rows, d_cols = screened
+            self.far_direct, d_rows, d_cols = screened[:3]
+            self._far_m2p = screened[3:]
             k = ~np.isin(near_rows, self.far_direct)
             near_rows = np.concatenate([near_rows[k], d_rows])
             near_cols = np.concatenate([near_cols[k], d_cols])
@@ -708,9 +714,10 @@ class Plan:
         self.near_cost = n_trg[self.near_boxes] * (work + 1)
 
         m2p_r, m2p_c = w_rows[~w_direct], w_cols[~w_direct]
-        if len(self.far_direct):  # their whole field is direct
+        if len(self.far_direct):  # their whole field is direct or from finer multipoles
             k = ~np.isin(m2p_r, self.far_direct)
-            m2p_r, m2p_c = m2p_r[k], m2p_c[k]
+            m2p_r = np.concatenate([m2p_r[k], self._far_m2p[0]])
+            m2p_c = np.concatenate([m2p_c[k], self._far_m2p[1]])
         self.m2p_boxes, m2p_rows, m2p_cols = self._grouped(m2p_r, m2p_c)
         self.m2p_offsets, self.m2p_index = m2p_rows, m2p_cols
         xr, xc = x_rows[~x_direct], x_cols[~x_direct]
@@ -869,25 +876,30 @@ class Plan:
         return self.level_ops[level]
 
     def _screened_direct(self, tree, u_rows, n_src, n_trg, budget):
-        """(leaves, rows, cols) or None: for a decaying kernel whose far field this plan
-        takes through expansions that are too coarse for targets with no source near them
-        (a far level with lam h > :data:`_DECAY_LH_MAX`, or levels dropped by
-        :data:`_FAR_DROP`), the target leaves with no source in their U list (``u_rows``:
-        the target leaves of its pairs with sources), and the source leaves each of them
-        takes directly instead of everything else (L2P, M2P and direct W/X pairs).
+        """(leaves, rows, cols, m2p rows, m2p cols) or None: for a decaying kernel whose far
+        field this plan takes through expansions that are too coarse for targets with no
+        source near them (a far level with lam h > :data:`_DECAY_LH_MAX`, or levels dropped
+        by :data:`_FAR_DROP`), the target leaves with no source in their U list (``u_rows``:
+        the target leaves of its pairs with sources), and what each of them takes instead of
+        everything else (L2P, M2P and direct W/X pairs): the sources of some boxes directly
+        (P2P, leaf pairs) and the multipoles of others (M2P).
 
         Per target leaf T, with source counts standing in for sum |q| (the plan does not know
         the charges): a lower bound of u-bar at every target of T is
-        ``max_S n_S |G(d_max(T, S))|`` over source leaves S; each S's contribution is at most
-        ``n_S |G(d_min(T, S))|``; the smallest bounds are left out while their sum stays below
-        ``_SCREEN * eps`` times the lower bound (each bound below that divided by the number
-        of candidates goes). A decay length or two beyond the nearest sources is all that is
-        left, so the sums are short; if they come to more than ``budget`` pair terms, returns
-        (leaves, None, None) as soon as that is known.
-
-        Leaves holding a target of ``direct_targets`` (:class:`Plan`; aotfmm.mpi's targets with
-        no source near them, whose sources include far boxes' equivalent densities) take this
-        path whatever the plan's levels."""
+        ``max_S n_S |G(d_max(T, S))|`` over source leaves S; a box B contributes at most
+        ``n_B |G(d_min(T, B))|`` and is left out below ``_SCREEN * eps`` times the lower bound
+        over the number of source leaves (so all left out together stay below that). The
+        boxes start at the coarsest level (at least the first far one) at most
+        :data:`_DECAY_LH_MAX` decay lengths wide, whose multipoles hold on their far side too,
+        with the source leaves above it; a box whose centre is at least 3 half-widths from T
+        (the W list's separation) gives its multipole (its sources, if it has at most n_surf),
+        a leaf closer gives its sources, any other box its children (leaves of
+        ``direct_targets`` take sources only). Until 2026-12-03 every
+        box gave its sources: 2e5 sources in a unit cube with 2e4 targets on a sphere of
+        radius 2, lam = 10, would have taken 4e9 pair terms, over the budget, so the plan kept
+        its expansions (3e-5 of u-bar). If it comes to more than ``budget`` pair terms (a
+        multipole counts n_surf), returns (leaves, None, None, None, None) as soon as that is
+        known."""
         fam = self.family
         lam = float(fam.decay_rate)
         if not lam:
@@ -895,13 +907,13 @@ class Plan:
         far, levels = self.first_far, tree.levels
         coarse = tree.root_half / 2.0 ** min(far, tree.n_levels - 1)
         forced = self._direct_boxes
-        if forced is None and not (far > 2 or lam * coarse > _DECAY_LH_MAX):
+        wide = far > 2 or lam * coarse > _DECAY_LH_MAX
+        if forced is None and not wide:
             return None
         leaves = tree.leaves
         near = np.zeros(len(tree.keys), dtype=bool)
         near[u_rows] = True
-        lonely = ~near[leaves] if forced is None or far > 2 or lam * coarse > _DECAY_LH_MAX \
-            else np.zeros(len(leaves), dtype=bool)
+        lonely = ~near[leaves] if wide else np.zeros(len(leaves), dtype=bool)
         if forced is not None:
             lonely |= forced[leaves]
         lonely = leaves[(n_trg[leaves] > 0) & lonely]
@@ -909,28 +921,65 @@ class Plan:
         if not len(lonely) or not len(src):
             return None
         half = tree.root_half / 2.0 ** levels
-        cs, hs, ns = tree.centers[src], half[src], n_src[src].astype(np.float64)
+        centers = tree.centers
+        cs, hs, ns = centers[src], half[src], n_src[src].astype(np.float64)
+        surf = n_surf(self.p)
+        # the boxes the search starts from
+        l0 = far
+        while l0 < tree.n_levels - 1 and lam * tree.root_half / 2.0 ** l0 > _DECAY_LH_MAX:
+            l0 += 1
+        level_boxes = np.arange(tree.level_offsets[l0], tree.level_offsets[l0 + 1])
+        start = np.concatenate([level_boxes[n_src[level_boxes] > 0], src[levels[src] < l0]])
 
         def g(r):  # |G(r)| up to its constant: exp(-lam r) / r
             return np.exp(-lam * r) / np.maximum(r, 1e-300)
 
-        rows, cols, cost = [], [], 0
-        step = max(1, 500_000 // len(src))  # (m, k, 3) temporaries of ~12 MB
+        def d_min(t, b):
+            gap = np.abs(centers[t] - centers[b]) - (half[t] + half[b])[:, None]
+            return np.sqrt((np.maximum(gap, 0.0) ** 2).sum(-1))
+
+        rows, cols, m_rows, m_cols, cost = [], [], [], [], 0
+        step = max(1, 500_000 // max(len(src), len(start)))  # temporaries of ~12 MB
         for a in range(0, len(lonely), step):
             t = lonely[a:a + step]
-            gap = np.abs(tree.centers[t][:, None, :] - cs[None])            # (m, k, 3)
+            gap = np.abs(centers[t][:, None, :] - cs[None])                  # (m, k, 3)
             reach = half[t][:, None, None] + hs[None, :, None]
-            d_min = np.sqrt((np.maximum(gap - reach, 0.0) ** 2).sum(-1))
-            d_max = np.sqrt(((gap + reach) ** 2).sum(-1))
-            lower = (ns * g(d_max)).max(axis=1)                             # (m,)
-            upper = ns * g(d_min)                                           # (m, k)
-            r, c = np.nonzero(upper > (_SCREEN * self.eps / len(src)) * lower[:, None])
-            rows.append(t[r])
-            cols.append(src[c])
-            cost += int((n_trg[rows[-1]] * n_src[cols[-1]]).sum())
-            if cost > budget:
-                return lonely, None, None
-        return lonely, np.concatenate(rows), np.concatenate(cols)
+            lower = (ns * g(np.sqrt(((gap + reach) ** 2).sum(-1)))).max(axis=1)  # (m,)
+            del gap, reach
+            pr = np.repeat(t, len(start))
+            pc = np.tile(start, len(t))
+            cut = np.repeat((_SCREEN * self.eps / len(src)) * lower, len(start))
+            while len(pr):
+                keep = n_src[pc] * g(d_min(pr, pc)) > cut
+                pr, pc, cut = pr[keep], pc[keep], cut[keep]
+                # Chebyshev distance from B's centre to T's box, in B's half-widths
+                sep = (np.abs(centers[pr] - centers[pc]) - half[pr][:, None]).max(axis=1) \
+                    >= 3.0 * half[pc] * (1.0 - 1e-12)
+                m2p = sep & (n_src[pc] > surf) & (levels[pc] >= far)
+                if forced is not None:  # aotfmm.mpi: equivalent densities among the sources,
+                    # whose multipoles lose what their cancellation leaves (lam 5, targets 4
+                    # units out, 2 ranks: 3.2e-8 of u-bar against 2.3e-9 from the sources)
+                    m2p &= ~forced[pr]
+                direct = ~m2p & (sep | tree.is_leaf[pc])
+                m_rows.append(pr[m2p])
+                m_cols.append(pc[m2p])
+                rows.append(pr[direct])
+                cols.append(pc[direct])
+                cost += surf * int(n_trg[pr[m2p]].sum()) + \
+                    int((n_trg[pr[direct]] * n_src[pc[direct]]).sum())
+                if cost > budget:
+                    return lonely, None, None, None, None
+                down = ~m2p & ~direct
+                kids = tree.children[pc[down]]                                # (j, 8)
+                pr = np.repeat(pr[down], kids.shape[1])
+                cut = np.repeat(cut[down], kids.shape[1])
+                pc = kids.ravel()
+                ok = pc >= 0
+                pr, pc, cut = pr[ok], pc[ok], cut[ok]
+                ok = n_src[pc] > 0
+                pr, pc, cut = pr[ok], pc[ok], cut[ok]
+        rows, cols = self._leaf_pairs(tree, np.concatenate(rows), np.concatenate(cols))
+        return lonely, rows, cols, np.concatenate(m_rows), np.concatenate(m_cols)
 
     @staticmethod
     def _grouped(rows, cols, extra=None):
