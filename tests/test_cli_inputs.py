@@ -347,3 +347,17 @@ def test_a_transposed_table_is_pointed_out(tmp_path, capsys):
     np.save(inp, table)  # the right way round: nothing to say
     assert main(["run", str(inp), "-o", str(out)] + EPS) == 0
     assert "saved transposed" not in capsys.readouterr().err
+
+
+def test_run_checks_the_densities_before_the_setup(tmp_path, capsys, monkeypatch):
+    """Charges that do not match the sources fail before any plan is built (the setup of a
+    large problem took its whole time before the error)."""
+    inp = tmp_path / "in.npz"
+    np.savez(inp, sources=np.random.default_rng(0).random((50, 3)), charges=np.ones(49))
+
+    def no_plan(*args, **kwargs):
+        raise AssertionError("a plan was built")
+    monkeypatch.setattr(aotfmm, "Fmm", no_plan)
+    assert main(["run", str(inp), "-o", str(tmp_path / "out.npy")]) != 0
+    err = capsys.readouterr().err
+    assert "charges must have shape (50,) or (50, k)" in err and "a plan was built" not in err

@@ -89,6 +89,7 @@ def _demo(args):
 def _run(args):
     from aotfmm import Fmm
     from aotfmm._io import check_output, read_problem, write_result
+    from aotfmm._validation import as_densities, as_points
 
     family = _kernel(args)
     if family.complex:
@@ -99,6 +100,8 @@ def _run(args):
     check_output(args.output, args.input)  # before any work: never fail (or clobber) at the end
     problem = read_problem(args.input)
     dipoles = problem["dipoles"]
+    # the densities' shapes before the plan: a bad file fails at once, not after the setup
+    as_densities(problem["charges"], dipoles, len(as_points("sources", problem["sources"])))
     t0 = time.perf_counter()
     plan = Fmm(problem["sources"], problem["targets"], kernel=family,
                dipoles=dipoles is not None, eps=args.eps, p=args.p, dtype=args.dtype,
