@@ -437,6 +437,24 @@ def test_bad_kappa(kappa, err, msg):
         aotfmm.helmholtz(src, np.ones(20), kappa)
 
 
+@pytest.mark.parametrize("kappa", [3e15, 1e20, 1e300, complex(2e16, 1.0)])
+def test_kappa_too_large_for_float64_phases_is_refused(kappa):
+    """Above 1e15 radians across the domain float64 points do not fix the phase kappa r:
+    direct sums of 100 points at kappa 1e20 gave |values| 4e46 times u-bar (1e30: inf, then
+    "the potential overflows"); every entry now says why instead. A decaying kernel of huge
+    Im(kappa) is fine (it is zero)."""
+    src = np.random.default_rng(0).random((100, 3))
+    q = np.ones(100, dtype=complex)
+    for call in (lambda: aotfmm.direct(src, q, kernel=aotfmm.Helmholtz(kappa)),
+                 lambda: aotfmm.helmholtz(src, q, kappa),
+                 lambda: aotfmm.hfmm(src, charges=q, zk=kappa, eps=1e-6),
+                 lambda: aotfmm.Fmm(src, src[:3] + 2.0, kernel=aotfmm.Helmholtz(kappa))):
+        with pytest.raises(ValueError, match=r"\|Re kappa\| D = .* is above 1e\+15: at that"):
+            call()
+    ok = aotfmm.direct(src, q, kernel=aotfmm.Helmholtz(complex(1.0, 1e300)))
+    assert np.all(ok == 0)
+
+
 def test_dtype_and_density_kind_errors():
     rng = np.random.default_rng(0)
     src, qr = rng.random((20, 3)), rng.random(20)

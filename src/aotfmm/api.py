@@ -585,7 +585,8 @@ def direct(sources, charges=None, targets=None, *, dipoles=None, gradient=False,
         or ``threads`` types.
     ValueError
         Wrong shapes, mismatched lengths, NaN or infinity in the input; a real dtype for
-        Helmholtz or a complex one for a real kernel.
+        Helmholtz or a complex one for a real kernel; Helmholtz with |Re kappa| times the
+        domain size above 1e15 (``families.PHASE_MAX``: float64 points do not fix the phase).
     FloatingPointError
         The result overflows the chosen dtype.
 
@@ -605,6 +606,9 @@ def direct(sources, charges=None, targets=None, *, dipoles=None, gradient=False,
         q = as_charges("charges", charges, src.shape[0])
         return _direct(src, q, trg, gradient, dt, workers)
     q, d, single = as_densities(charges, dipoles, src.shape[0], family.complex)
+    if family.complex and len(src) and len(trg):
+        pts = np.concatenate([src, trg]) if trg is not src else src
+        family.check_phase(float((pts.max(axis=0) - pts.min(axis=0)).max()))
     pot, grad = _direct_multi(src, q, d, trg, gradient, real_dtype(dt), workers, family=family)
     return _shape_out(pot, grad, single, gradient)
 

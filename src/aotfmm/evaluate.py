@@ -286,6 +286,7 @@ class Plan:
         self.p, self.ncrit = choose_parameters(eps, p, ncrit, separate_targets=not self.same,
                                                dipoles=dipoles, hessians=hessians,
                                                family=family, size=self.size)
+        family.check_phase(self.size)
         extra, served = family.extra_orders(self.size)
         if not served:
             # (the family here is the frame's, its parameter scaled: name the product only)

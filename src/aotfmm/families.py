@@ -241,6 +241,21 @@ class KernelFamily:
         (name, _), = self.params
         return f"|{name}| D <= {self.size_orders[-1][0]:g}, D the domain size"
 
+    def check_phase(self, size):
+        """ValueError when an oscillating kernel has more than :data:`PHASE_MAX` radians across
+        a domain of ``size``: float64 points then do not fix the phase kappa r (an ulp of r
+        moves it by more than ~0.1 rad) and the compiled sums' phase reduction fails (values
+        up to 5e18 times u-bar at |kappa| D = 1e18 for 100 points, summed directly)."""
+        if not self.complex or not size:
+            return
+        (name, value), = self.params
+        kr = abs(complex(value).real) * size
+        if kr > PHASE_MAX:
+            raise ValueError(f"{self.name.capitalize()}: |Re {name}| D = {kr:.3g} (D the domain "
+                             f"size) is above {PHASE_MAX:g}: at that many radians across the "
+                             f"domain float64 coordinates do not determine the phase {name} r, "
+                             f"so no result would mean anything")
+
     def frequency_text(self, size):
         """``|kappa| D = 57.2`` for a domain of ``size``."""
         (name, _), = self.params
@@ -529,6 +544,12 @@ _HELMHOLTZ_SUMS = (
 #: Laplace's worst at p = 4, 6, 8, 10 is 4.8e-4, 1.0e-5, 1.3e-7, 4.0e-9. Above the last row an
 #: AccuracyWarning says the result may miss eps.
 _HELMHOLTZ_ORDERS = ((10.0, 0), (20.0, 2), (40.0, 3))
+
+
+#: The most radians (|Re kappa| times the domain size) an oscillating kernel may span: an ulp of
+#: a float64 distance moves the phase by 2^-53 of it (0.1 rad here); the compiled sums' phase
+#: reduction gave |values| far above u-bar from ~1e17.
+PHASE_MAX = 1e15
 
 
 def Helmholtz(kappa):
