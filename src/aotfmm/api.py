@@ -151,7 +151,8 @@ class Fmm:
                  eps: float | None = None, p: int | None = None, ncrit: int | None = None,
                  dtype: npt.DTypeLike = None, threads: int | None = None,
                  cache_dir: str | os.PathLike | None = None, progress: bool = False,
-                 _target_prefix: int | None = None, _direct_targets=None) -> None:
+                 _target_prefix: int | None = None,
+                 _direct_targets: npt.ArrayLike | None = None) -> None:
         from . import evaluate
         t0 = time.perf_counter()
         self.family = self.kernel = check_kernel(kernel)
