@@ -522,7 +522,7 @@ CASES = {
     "yukawa": lambda: run_case("yukawa", "uniform", False, 1, True, "random",
                                aotfmm.Yukawa(8.0)),
     "helmholtz": lambda: run_case("helmholtz", "sphere", True, 1, False, "random",
-                                  aotfmm.Helmholtz(6.0)),
+                                  aotfmm.Helmholtz(3.0)),
     # the partition's level is chosen from the loads (2 for these sizes); deeper levels give
     # far boxes at several levels and thinner ghost layers
     "uniform_level4": lambda: run_case("uniform_level4", "uniform", False, 1, False, "random",
