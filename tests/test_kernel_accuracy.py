@@ -195,6 +195,30 @@ def test_yukawa_far_targets_take_narrower_multipoles():
     assert np.linalg.norm(grad[s] - ref_grad) <= 1e-6 * np.linalg.norm(bar_grad)
 
 
+@pytest.mark.parametrize("lam,eps", [(20.0, 1e-6), (40.0, 1e-4)])
+def test_yukawa_far_targets_in_wide_leaves(lam, eps):
+    """Targets on one octant of a sphere 2 units from a unit cube of sources (hostile test):
+    sparse, so their leaves are level-2 boxes many decay lengths wide. Those with a source
+    leaf in their U list still took their field through the wide expansions (lam 20: 7.5e-4
+    of u-bar at eps 1e-6, no warning); and where no level of the tree was narrow enough (lam
+    40, eps 1e-4: lam h 3.4 at its deepest level) the search took multipoles of wide boxes
+    (up to 1.2 of u-bar per target)."""
+    rng = np.random.default_rng(1)
+    src = rng.random((20_000, 3))
+    q = rng.standard_normal(20_000)
+    v = np.abs(rng.standard_normal((1500, 3)))
+    trg = 0.5 + 2.0 * v / np.linalg.norm(v, axis=1)[:, None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", aotfmm.AccuracyWarning)
+        plan = aotfmm.Fmm(src, trg, kernel=aotfmm.Yukawa(lam), eps=eps)
+    pot, grad = plan.evaluate(q, gradient=True)
+    s = rng.choice(len(trg), 150, replace=False)
+    ref_pot, ref_grad = reference(src, trg[s], q, -lam)
+    bar_pot, bar_grad = reference(src, trg[s], np.abs(q), -lam)
+    assert np.linalg.norm(pot[s] - ref_pot) <= eps * np.linalg.norm(bar_pot)
+    assert np.linalg.norm(grad[s] - ref_grad) <= eps * np.linalg.norm(bar_grad)
+
+
 def test_far_targets_over_the_direct_budget_warn(monkeypatch):
     """Direct sums for targets far from every source are taken only within a budget of pair
     terms per point (1e6 sources, 1e5 targets around them at lam = 20 took 93 s directly,

@@ -325,7 +325,9 @@ class Plan:
             self._direct_boxes = cum[tree.trg_end] > cum[tree.trg_start]
         t_passes = time.perf_counter()
         self.first_far = _first_far_level(family, tree, eps)
+        self._xyz = (src_xyz, trg_xyz)  # for _screened_direct, dropped after the passes
         self._setup_passes(tree, lists, n_surf(self.p))
+        del self._xyz
         t0 = time.perf_counter()
         self._level_operators(tree, cache_dir)
         self.regular_split = self._regular_split()
@@ -690,7 +692,8 @@ class Plan:
             np.concatenate([u_cols[keep], w_cols[w_direct], x_cols[x_direct]]))
         self.far_direct = np.zeros(0, dtype=np.int64)
         budget = _SCREEN_BUDGET * (int(n_src[0]) + int(n_trg[0]))  # the root's points
-        screened = self._screened_direct(tree, u_rows[keep], n_src, n_trg, budget)
+        screened = self._screened_direct(tree, u_rows[keep], n_src, n_trg, budget,
+                                         u_cols[keep])
         self._far_m2p = None
         if screened is not None and screened[1] is None:  # over budget: keep the expansions
             warnings.warn(
@@ -876,12 +879,59 @@ class Plan:
         """The operator set of boxes at ``level``."""
         return self.level_ops[level]
 
-    def _screened_direct(self, tree, u_rows, n_src, n_trg, budget):
+    def _far_in_big_leaves(self, tree, leaves, u_rows, u_cols):
+        """Of ``leaves`` (target leaves many decay lengths wide with sources in their U
+        list), those holding a target more than :data:`_DECAY_LH_MAX` decay lengths from the
+        bounding box of every source leaf of its U list: a wide leaf's far side can be far
+        from its neighbours' sources, and its field then comes through wide expansions."""
+        src_xyz, trg_xyz = self._xyz
+        reach = _DECAY_LH_MAX / float(self.family.decay_rate)
+        sel = np.isin(u_rows, leaves)
+        r, c = u_rows[sel], u_cols[sel]
+        if not len(r):
+            return leaves[:0]
+
+        def boxes(xyz, perm, start, end, which):  # tight bounding boxes of the points
+            starts = start[which]
+            pts = xyz[:, perm[np.concatenate([np.arange(a, b) for a, b in
+                                              zip(starts, end[which])])]]
+            offs = np.concatenate(([0], np.cumsum(end[which] - starts)[:-1]))
+            return (np.minimum.reduceat(pts, offs, axis=1).T,
+                    np.maximum.reduceat(pts, offs, axis=1).T)
+
+        cs, ci = np.unique(c, return_inverse=True)
+        s_lo, s_hi = boxes(src_xyz, tree.src_perm, tree.src_start, tree.src_end, cs)
+        ts, ti = np.unique(r, return_inverse=True)
+        t_lo, t_hi = boxes(trg_xyz, tree.trg_perm, tree.trg_start, tree.trg_end, ts)
+        # a pair whose farthest target is within reach clears its target leaf
+        worst = np.maximum(np.maximum(s_lo[ci] - t_lo[ti], t_hi[ti] - s_hi[ci]), 0.0)
+        clear = np.zeros(len(ts), dtype=bool)
+        clear[ti[np.sqrt((worst * worst).sum(axis=1)) <= reach]] = True
+        keep = ~clear[ti]
+        r, ci = r[keep], ci[keep]
+        if not len(r):
+            return leaves[:0]
+        counts = tree.trg_end[r] - tree.trg_start[r]
+        pair = np.repeat(np.arange(len(r)), counts)
+        sorted_t = np.repeat(tree.trg_start[r], counts) + \
+            (np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts))
+        pts = trg_xyz[:, tree.trg_perm[sorted_t]].T
+        gap = np.maximum(np.maximum(s_lo[ci[pair]] - pts, pts - s_hi[ci[pair]]), 0.0)
+        nearest = np.full(len(tree.trg_perm), np.inf)
+        np.minimum.at(nearest, sorted_t, np.sqrt((gap * gap).sum(axis=1)))
+        far_t = np.isfinite(nearest) & (nearest > reach)
+        cum = np.concatenate(([0], np.cumsum(far_t, dtype=np.int64)))
+        return leaves[cum[tree.trg_end[leaves]] > cum[tree.trg_start[leaves]]]
+
+    def _screened_direct(self, tree, u_rows, n_src, n_trg, budget, u_cols=None):
         """(leaves, rows, cols, m2p rows, m2p cols) or None: for a decaying kernel whose far
         field this plan takes through expansions that are too coarse for targets with no
         source near them (a far level with lam h > :data:`_DECAY_LH_MAX`, or levels dropped
         by :data:`_FAR_DROP`), the target leaves with no source in their U list (``u_rows``:
-        the target leaves of its pairs with sources), and what each of them takes instead of
+        the target leaves of its pairs with sources; ``u_cols`` their source leaves) or
+        more than that many decay lengths wide themselves with a target as far from the
+        sources of their U list (:meth:`_far_in_big_leaves`), and what each of them takes
+        instead of
         everything else (L2P, M2P and direct W/X pairs): the sources of some boxes directly
         (P2P, leaf pairs) and the multipoles of others (M2P).
 
@@ -914,7 +964,16 @@ class Plan:
         leaves = tree.leaves
         near = np.zeros(len(tree.keys), dtype=bool)
         near[u_rows] = True
+        # a leaf many decay lengths wide: its far side can be many decay lengths from its U
+        # list, and its own local expansion is as poor there (octant of targets 2 units from
+        # a unit cube, lam 20: level-2 target leaves with lam h 6.7 and a source leaf in their
+        # U list got 7.5e-4 of u-bar at eps 1e-6); those with such targets go too (all of
+        # them: 1e5 uniform targets among 1e5 sources, lam 100, went over the budget)
+        big = fam.decay_rate * tree.root_half / 2.0 ** levels[leaves] > _DECAY_LH_MAX
         lonely = ~near[leaves] if wide else np.zeros(len(leaves), dtype=bool)
+        check = leaves[big & near[leaves] & (n_trg[leaves] > 0)] if wide else leaves[:0]
+        if len(check) and u_cols is not None:
+            lonely |= np.isin(leaves, self._far_in_big_leaves(tree, check, u_rows, u_cols))
         if forced is not None:
             lonely |= forced[leaves]
         lonely = leaves[(n_trg[leaves] > 0) & lonely]
@@ -926,7 +985,7 @@ class Plan:
         cs, hs, ns = centers[src], half[src], n_src[src].astype(np.float64)
         surf = n_surf(self.p)
         # the boxes the search starts from
-        l0 = far
+        l0 = min(far, tree.n_levels - 1)  # (far can lie below the tree: no multipoles)
         while l0 < tree.n_levels - 1 and lam * tree.root_half / 2.0 ** l0 > _DECAY_LH_MAX:
             l0 += 1
         level_boxes = np.arange(tree.level_offsets[l0], tree.level_offsets[l0 + 1])
@@ -956,7 +1015,10 @@ class Plan:
                 # Chebyshev distance from B's centre to T's box, in B's half-widths
                 sep = (np.abs(centers[pr] - centers[pc]) - half[pr][:, None]).max(axis=1) \
                     >= 3.0 * half[pc] * (1.0 - 1e-12)
-                m2p = sep & (n_src[pc] > surf) & (levels[pc] >= far)
+                # (only narrow boxes: a tree whose deepest level is still wide, lam 40 at
+                # eps 1e-4 with lam h 3.4 there, got up to 1.2 of u-bar from their multipoles)
+                m2p = sep & (n_src[pc] > surf) & (levels[pc] >= far) \
+                    & (lam * half[pc] <= _DECAY_LH_MAX)
                 if forced is not None:  # aotfmm.mpi: equivalent densities among the sources,
                     # whose multipoles lose what their cancellation leaves (lam 5, targets 4
                     # units out, 2 ranks: 3.2e-8 of u-bar against 2.3e-9 from the sources)
