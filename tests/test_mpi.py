@@ -25,10 +25,18 @@ pytestmark = pytest.mark.skipif(
     reason="needs mpi4py and mpiexec (pip install 'aotfmm[mpi]')")
 
 
+#: Cases some runs leave to others (CI's 15 minutes: the four runs are a third of it):
+#: complex far boxes run at P = 1, 2; Yukawa at P = 1-3; its lonely targets at P = 2, 3.
+_SKIP = {1: ["lonely_targets"], 3: ["helmholtz_level3"],
+         4: ["helmholtz_level3", "yukawa", "lonely_targets"]}
+
+
 @pytest.mark.parametrize("ranks", [1, 2, 3, 4])
 def test_distributed_equals_serial(ranks):
     cmd = [_mpiexec(), "-n", str(ranks), sys.executable,
            os.path.join(HERE, "mpi", "check_mpi.py")]
+    if ranks in _SKIP:
+        cmd += ["--skip", ",".join(_SKIP[ranks])]
     env = dict(os.environ, OMP_NUM_THREADS="1", AOTFMM_NUM_THREADS="1")
     # a generous hang guard: the cases take ~10-40 s on 2 cores
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)

@@ -943,8 +943,9 @@ class Plan:
         boxes start at the coarsest level (at least the first far one) at most
         :data:`_DECAY_LH_MAX` decay lengths wide, whose multipoles hold on their far side too,
         with the source leaves above it; a box whose centre is at least 3 half-widths from T
-        (the W list's separation) gives its multipole (its sources, if it has at most n_surf),
-        a leaf closer gives its sources, any other box its children (leaves of
+        (the W list's separation) and at most that many decay lengths wide gives its
+        multipole (its sources, if it has at most n_surf), a leaf closer or wider gives its
+        sources, any other box its children (leaves of
         ``direct_targets`` take sources only). Until 2026-12-03 every
         box gave its sources: 2e5 sources in a unit cube with 2e4 targets on a sphere of
         radius 2, lam = 10, would have taken 4e9 pair terms, over the budget, so the plan kept
@@ -1023,7 +1024,9 @@ class Plan:
                     # whose multipoles lose what their cancellation leaves (lam 5, targets 4
                     # units out, 2 ranks: 3.2e-8 of u-bar against 2.3e-9 from the sources)
                     m2p &= ~forced[pr]
-                direct = ~m2p & (sep | tree.is_leaf[pc])
+                # sources: a leaf, or a separated box too small for a multipole; any other
+                # box (near, or separated but too wide) gives its children
+                direct = ~m2p & (tree.is_leaf[pc] | (sep & (n_src[pc] <= surf)))
                 m_rows.append(pr[m2p])
                 m_cols.append(pc[m2p])
                 rows.append(pr[direct])
