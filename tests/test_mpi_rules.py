@@ -36,6 +36,23 @@ def _brute(t_occ, s_cnt, level, ns):
     return out
 
 
+def _classes(points, far, s_cnt):
+    """fine source box -> 'point' or (lev, ijk) of the far box holding it; fails if a box is
+    in two classes or a source box in none."""
+    fine = points.shape[0].bit_length() - 1
+    got = {tuple(b): "point" for b in np.argwhere(points).tolist()}
+    for lev, ijk in far.items():
+        f = 1 << (fine - lev)
+        for a in map(tuple, ijk.tolist()):
+            for d in itertools.product(range(f), repeat=3):
+                box = tuple(a[c] * f + d[c] for c in range(3))
+                if s_cnt[box] > 0:
+                    assert box not in got, (box, "in two classes")
+                    got[box] = (lev, a)
+    assert set(got) == set(map(tuple, np.argwhere(s_cnt > 0).tolist()))
+    return got
+
+
 @pytest.mark.parametrize("fine,level,seed", [(3, 2, 0), (4, 2, 1), (4, 3, 2), (4, 4, 3),
                                               (5, 2, 4), (3, 3, 5)])
 def test_point_boxes_match_a_box_by_box_classification(fine, level, seed):
@@ -48,17 +65,8 @@ def test_point_boxes_match_a_box_by_box_classification(fine, level, seed):
         ns = int(rng.integers(1, 200))
         points, far = mpi.point_boxes(t_occ, s_cnt, level, ns)
         expect = _brute(t_occ, s_cnt, level, ns)
-        got = {}
-        for box in map(tuple, np.argwhere(points).tolist()):
-            got[box] = ("point",)
-        for lev, ijk in far.items():
-            f = 1 << (fine - lev)
-            for a in map(tuple, ijk.tolist()):
-                for d in itertools.product(range(f), repeat=3):
-                    box = tuple(a[c] * f + d[c] for c in range(3))
-                    if s_cnt[box] > 0:
-                        assert box not in got, (box, "in two classes")
-                        got[box] = ("far", lev, a)
+        got = {box: ("point",) if c == "point" else ("far",) + c
+               for box, c in _classes(points, far, s_cnt).items()}
         assert got == expect
         assert not (points & (s_cnt == 0)).any()  # no empty box is asked for
 
@@ -110,23 +118,6 @@ def test_dilate_by_against_loops():
                 want[max(i - j, 0):i + j + 1, max(k - j, 0):k + j + 1,
                      max(m - j, 0):m + j + 1] = True
             assert (mpi._dilate_by(occ, j) == want).all(), (n, j)
-
-
-def _classes(points, far, s_cnt):
-    """fine source box -> 'point' or (lev, ijk) of the far box holding it; fails if a box is
-    in two classes or a source box in none."""
-    fine = points.shape[0].bit_length() - 1
-    got = {tuple(b): "point" for b in np.argwhere(points).tolist()}
-    for lev, ijk in far.items():
-        f = 1 << (fine - lev)
-        for a in map(tuple, ijk.tolist()):
-            for d in itertools.product(range(f), repeat=3):
-                box = tuple(a[c] * f + d[c] for c in range(3))
-                if s_cnt[box] > 0:
-                    assert box not in got, (box, "in two classes")
-                    got[box] = (lev, a)
-    assert set(got) == set(map(tuple, np.argwhere(s_cnt > 0).tolist()))
-    return got
 
 
 @pytest.mark.parametrize("lam_w,eps,seed", [(1.5, 1e-6, 0), (3.0, 1e-6, 1), (2.0, 1e-9, 2),
