@@ -556,6 +556,7 @@ class Fmm:
         del self._src_in, self._trg_in, self._ghost, self._far_pts, self._trg
         del self._skey, self._skey_sorted, self._tkey, self._gkey
         del self._fine_owner, self._fine_src, self._fine_has_trg
+        self._lonely_grid = None
         seconds["setup"] = time.perf_counter() - t0
         self.stats = dict(
             rank=comm.rank, size=comm.size, level=self.grid.level, p_far=self.p_far,
@@ -746,8 +747,7 @@ class Fmm:
                                      owner_grid(self._owner, grid.level))
         dest = np.unique(dest)
         if self._decay(1.0) is not None:  # ranks with lonely targets may take any source
-            lonely = self._fine_has_trg & ~_dilate(self._fine_src > 0)
-            far_ranks = np.unique(self._fine_owner[lonely])
+            far_ranks = np.unique(self._fine_owner[self._lonely_fine()])
             dest = np.union1d(dest, far_ranks[far_ranks != comm.rank])
         rows, dests = [], []
         for r in dest:
@@ -904,6 +904,13 @@ class Fmm:
                        eps=self.eps, dtype=self.dtype, threads=self.threads,
                        _direct_targets=self._lonely_targets())
 
+    def _lonely_fine(self):
+        """(n, n, n) bool: the fine boxes holding targets (any rank's) with no source in or
+        next to them; computed once per plan."""
+        if getattr(self, "_lonely_grid", None) is None:
+            self._lonely_grid = self._fine_has_trg & ~_dilate(self._fine_src > 0)
+        return self._lonely_grid
+
     def _lonely_targets(self):
         """For a decaying kernel, own targets with no source in or next to their fine box, or
         None: their field is all far boxes' equivalent densities, whose values at a target
@@ -914,8 +921,7 @@ class Fmm:
         2.3e-4 of u-bar (L2) on 2 ranks, 2.3e-9 with a direct local sum."""
         if self._decay(1.0) is None:
             return None
-        lonely = (self._fine_has_trg & ~_dilate(self._fine_src > 0)).reshape(-1)
-        mask = lonely[_grid_index(self._fine)][self._tkey]
+        mask = self._lonely_fine().reshape(-1)[_grid_index(self._fine)][self._tkey]
         return mask if mask.any() else None
 
     # -- evaluation --------------------------------------------------------------------------
