@@ -106,19 +106,18 @@ def test_an_exception_stops_handing_out_ranges():
 
 
 def test_pool_threads_never_keep_the_interpreter_alive():
-    # (threads that existed before are left out: a dropped pool's threads may still be on
-    # their way out, and its id, which names them, can be this pool's; that made this test
-    # count 31 threads once, in CI on 2026-12-02)
+    # (threads that existed before are left out as well: a dropped pool's threads may still
+    # be on their way out)
     before = set(threading.enumerate())
     w = _threads.Workers(4)
     w.run(lambda a, b: None, np.arange(5))
     pool = [t for t in threading.enumerate()
-            if t not in before and t.name.startswith(f"aotfmm-{id(w):x}-")]
+            if t not in before and t.name.startswith(w._name + "-")]
     assert len(pool) == 3 and all(t.daemon for t in pool)
 
 
 def _pool_threads(w):
-    return [t for t in threading.enumerate() if t.name.startswith(f"aotfmm-{id(w):x}-")]
+    return [t for t in threading.enumerate() if t.name.startswith(w._name + "-")]
 
 
 def test_workers_start_lazily_and_stop_when_closed_or_dropped():

@@ -24,6 +24,7 @@ How :meth:`Workers.run` stays safe (the rules any caller may rely on):
   re-raises) once the ranges already running are done. Pool threads are daemons: they never
   keep the interpreter alive at exit.
 """
+import itertools
 import numbers
 import os
 import queue
@@ -38,6 +39,9 @@ ENV_VAR = "AOTFMM_NUM_THREADS"
 MAX_THREADS = 4096
 
 _local = threading.local()
+# pools are numbered once per process, so a thread's name never points at another pool
+# (id() did: a new pool can reuse a dropped one's address while its threads are exiting)
+_pool_numbers = itertools.count()
 
 
 def cpu_count():
@@ -185,6 +189,7 @@ class Workers:
         self._pool = []
         self._lock = threading.Lock()
         self._closed = False
+        self._name = f"aotfmm-{next(_pool_numbers)}"
         # the pool threads hold the queue only, so dropping the last reference stops them
         self._finalizer = weakref.finalize(self, _stop_pool, self._tasks, self._pool)
 
@@ -214,7 +219,7 @@ class Workers:
                 return False
             while len(self._pool) < n:
                 t = threading.Thread(target=_worker_main, args=(self._tasks,),
-                                     name=f"aotfmm-{id(self):x}-{len(self._pool)}", daemon=True)
+                                     name=f"{self._name}-{len(self._pool)}", daemon=True)
                 t.start()
                 self._pool.append(t)
             return True
