@@ -468,3 +468,21 @@ def test_leaf_anchors_and_offsets_match_a_numpy_build(dtype, separate, rng):
         owner = np.repeat(tree.leaves, end[tree.leaves] - start[tree.leaves])
         want = ((pts[perm] - anchor[owner]) / plan.frame_scale).T.astype(dtype)
         assert stored.dtype == dtype and np.array_equal(stored, want)
+
+
+@pytest.mark.parametrize("out", [np.float32, np.float64])
+@pytest.mark.parametrize("given", [np.float16, np.float32, np.float64, "fortran", "strided"])
+def test_frame_coordinates_are_the_float64_values_rounded_once(given, out, rng):
+    from aotfmm._frame import to_soa
+    p = rng.random((2001, 3)) * 3e3 - 1e3
+    if given == "fortran":
+        p = np.asfortranarray(p)
+    elif given == "strided":
+        p = np.ascontiguousarray(np.repeat(p, 2, axis=0))[::2]
+    else:
+        p = p.astype(given)
+    center, scale = np.array([1.3, -2.7, 1e2]), 2.0 ** 11
+    ref = ((p.astype(np.float64) - center) / scale).T.astype(out)
+    got = to_soa(p, center, scale, out)
+    assert got.dtype == out and got.shape == (3, 2001) and got.flags.c_contiguous
+    assert np.array_equal(got, ref)

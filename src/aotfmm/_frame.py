@@ -74,8 +74,17 @@ def frame(*point_arrays, center=True):
 
 def to_soa(points, center, scale, dtype):
     """(n, 3) float64 points -> C-contiguous (3, n) array of ``dtype`` in the given frame."""
+    # one axis at a time, in float64 (a float32 input's strided column went through numpy's
+    # mixed-type loop on the (n, 3) array: 0.1 s of a 1e6-point float32 setup, now ~0.01 s)
     out = np.empty((3, points.shape[0]), dtype=dtype)
-    np.divide((points - center).T, scale, out=out, casting="unsafe")
+    direct = out.dtype == np.float64
+    row = None if direct else np.empty(points.shape[0])
+    for k in range(3):
+        r = out[k] if direct else row
+        np.subtract(points[:, k], center[k], out=r, dtype=np.float64)
+        np.divide(r, scale, out=r)
+        if not direct:
+            out[k] = r  # rounded once, from the float64 value
     return out
 
 
