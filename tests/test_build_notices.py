@@ -259,18 +259,25 @@ def test_build_is_identical_for_any_thread_count():
 def test_bench_baseline_runs_another_interpreters_aotfmm_as_its_own_row():
     """`--baseline PYTHON` adds a row 'baseline' (aotfmm as that interpreter has it) next to
     aotfmm, for before/after comparisons in one run; here the same interpreter, so both rows
-    reach the same accuracy and the ratio column compares them."""
+    reach the same accuracy and the ratio column compares them. `--float32 EPS` adds the row
+    'aotfmm32' (float32 at that eps) and a line with its time over the float64 row's."""
     code = ("import sys; from aotfmm import _bench; sys.exit(_bench.main(['--n', '3000', "
-            "'--dist', 'uniform', '--peers', 'aotfmm', '--mode', 'pot', '--eps', '1e-3', "
-            f"'--baseline', {sys.executable!r}]))")
+            "'--dist', 'uniform', '--peers', 'aotfmm', '--mode', 'pot', '--eps', '1e-6', "
+            f"'--float32', '1e-3', '--baseline', {sys.executable!r}]))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr
     rows = [line.split() for line in r.stdout.splitlines()
-            if line.strip().startswith(("aotfmm ", "baseline "))]
-    table = [row for row in rows if len(row) > 2 and row[2].startswith("p=")]
-    assert [row[0] for row in table] == ["aotfmm", "baseline"], r.stdout
-    for row in table:
-        assert float(row[-2]) < 1e-3, r.stdout   # err pot vs the float64 direct sum
+            if line.strip().startswith(("aotfmm ", "aotfmm32 ", "baseline "))]
+    table = {row[0]: row for row in rows if len(row) > 2 and row[2].startswith("p=")}
+    assert list(table) == ["aotfmm", "aotfmm32", "baseline"], r.stdout
+    assert table["aotfmm"][2] == table["baseline"][2] == "p=8", r.stdout  # eps 1e-6, float64
+    assert table["aotfmm32"][2] == "p=5", r.stdout                          # eps 1e-3
+    for name, row in table.items():   # err pot vs the float64 direct sum
+        assert float(row[-2]) < (1e-3 if name == "aotfmm32" else 1e-6), r.stdout
+    (line,) = [ln for ln in r.stdout.splitlines() if "in float32 at eps 0.001" in ln]
+    ratio = float(line.split("total ")[1].split(" x")[0])
+    totals = {name: float(row[6]) for name, row in table.items()}
+    assert abs(ratio - totals["aotfmm32"] / totals["aotfmm"]) < 0.01 + 0.01 * ratio, r.stdout
     bad = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "compare.py"),
                           "--baseline", "/nonexistent"], capture_output=True, text=True,
                          timeout=300)

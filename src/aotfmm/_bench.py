@@ -42,6 +42,8 @@ Accuracy settings per library, for a requested eps:
 
 * aotfmm: ``eps`` directly (it picks its expansion order p and leaf size);
 * fmm3dpy: ``eps`` directly (``lfmm3d(eps=eps, ...)``);
+* aotfmm32 (``--float32 EPS``): aotfmm with ``dtype=float32`` at that eps (the float64 points
+  rounded once by aotfmm), reported as a fraction of the float64 aotfmm row's total time;
 * ferreus-bbfmm (black-box FMM, Chebyshev interpolation): ``interpolation_order`` from
   :data:`FERREUS_ORDER` -- the smallest order whose potential and gradient relative L2 errors
   were both <= eps on uniform and sphere points, N = 1e5 (measured: order 3/4/5/6/7/8/9/10 ->
@@ -176,11 +178,12 @@ def _run_aotfmm(x, q, eps, gradient, threads, spec):
     if name is not None:
         kernel = getattr(aotfmm, name.capitalize())(kernel_param(spec))
         kw = dict(kernel=kernel, dtype=np.complex128 if name == "helmholtz" else np.float64)
+    dtype = np.float32 if spec.get("dtype") == "float32" else np.float64
 
     def run():
         t0 = time.perf_counter()
         try:
-            plan = Fmm(x, eps=eps, threads=threads, **(kw or dict(dtype=np.float64)))
+            plan = Fmm(x, eps=eps, threads=threads, **(kw or dict(dtype=dtype)))
         except ImportError as exc:  # the FMM modules are missing from this build
             raise _Unavailable(f"aotfmm.laplace not available in this build ({where}: "
                                f"{exc})") from None
@@ -241,9 +244,9 @@ def _run_ferreus(x, q, eps, gradient, threads, spec):
 
 
 _RUNNERS = {"aotfmm": _run_aotfmm, "fmm3dpy": _run_fmm3dpy, "ferreus": _run_ferreus,
-            "baseline": _run_aotfmm}
+            "baseline": _run_aotfmm, "aotfmm32": _run_aotfmm}
 _MODULES = {"aotfmm": "aotfmm", "fmm3dpy": "fmm3dpy", "ferreus": "ferreus_bbfmm",
-            "baseline": "aotfmm"}
+            "baseline": "aotfmm", "aotfmm32": "aotfmm"}
 
 
 class _Unavailable(Exception):
@@ -427,6 +430,8 @@ def _table(rows, gradient):
             lines.append(f"  {r['lib']:9} {r['threads']:>7} -- {r['message']}")
             continue
         ratio = "n/a" if aot is None else format(aot["total"] / r["total"], ".2f")
+        if r["lib"] == "aotfmm32":
+            ratio = "-"  # its own line below the table: float32 over float64
         lines.append(
             f"  {r['lib']:9} {r['threads']:>7} {r['params']:>18} {_fmt(r['setup'], '8.3f')} "
             f"{_fmt(r['evaluate'], '8.3f')} {r['total']:8.3f} {r['cpu'] / r['wall']:8.2f} "
@@ -434,6 +439,15 @@ def _table(rows, gradient):
             f"{r['err_pot']:8.1e}" + (f" {r['err_grad']:8.1e}" if gradient else "")
             + f" {ratio:>8}" + (f"  cold {r['cold']:.2f} s" if r.get("cold") else ""))
     return "\n".join(lines)
+
+
+def _float32_line(rows, eps32, eps):
+    """The aotfmm32 row's total time as a fraction of the aotfmm (float64) row's."""
+    ok = {r["lib"]: r for r in rows if r.get("ok")}
+    if "aotfmm32" in ok and "aotfmm" in ok:
+        print(f"  aotfmm32 = aotfmm in float32 at eps {eps32:g}: total "
+              f"{ok['aotfmm32']['total'] / ok['aotfmm']['total']:.2f} x aotfmm's (float64, "
+              f"eps {eps:g})")
 
 
 def _parse_n(text):
@@ -459,13 +473,13 @@ def _parse_list(kind, allowed, aliases=None):
     return parse
 
 
-def _operators_ahead(epsilons, threads, python=None):
+def _operators_ahead(epsilons, threads, python=None, dtype="float64"):
     """Build (or find) the operator sets the aotfmm cases need before any case runs, in a
     process of their own (``aotfmm precompute``, its output shown): a build announces itself
     here instead of hiding inside a timed child, and the parent stays small (its size at fork
     would otherwise leak into the children's peak memory on some systems)."""
-    cmd = [python or sys.executable, "-m", "aotfmm", "precompute", "--threads", str(threads), "--eps",
-           *(f"{e!r}" for e in epsilons)]
+    cmd = [python or sys.executable, "-m", "aotfmm", "precompute", "--threads", str(threads),
+           "--dtype", dtype, "--eps", *(f"{e!r}" for e in epsilons)]
     print("aotfmm operators for these cases (not part of the timings below):")
     sys.stdout.flush()
     if subprocess.run(cmd, env=_child_env(threads)).returncode != 0:
@@ -515,6 +529,9 @@ def build_parser():
     p.add_argument("--baseline", default=None, metavar="PYTHON",
                    help="also run aotfmm as installed for this Python interpreter (e.g. a venv "
                         "with an older commit), as the row 'baseline': before/after in one run")
+    p.add_argument("--float32", type=_eps, default=None, metavar="EPS",
+                   help="also run aotfmm in float32 at this eps (row 'aotfmm32', e.g. 1e-4), "
+                        "its total time given as a fraction of the float64 aotfmm row's")
     p.add_argument("--json", default=None, metavar="PATH", help="also write all results here")
     return p
 
@@ -533,6 +550,11 @@ def main(argv=None):
         _PYTHONS["baseline"] = args.baseline
         libs = [lib for lib in libs if lib != "baseline"]
         libs.insert(libs.index("aotfmm") + 1 if "aotfmm" in libs else 0, "baseline")
+    if args.float32 is not None:
+        if args.kernel in OTHER_KERNELS:
+            print("aotfmm bench: --float32 is for the Laplace kernel", file=sys.stderr)
+            return 2
+        libs.insert(libs.index("aotfmm") + 1 if "aotfmm" in libs else 0, "aotfmm32")
 
     import platform
     print(f"aotfmm bench: python {platform.python_version()}, numpy {np.__version__}, "
@@ -562,10 +584,14 @@ def main(argv=None):
                 _operators_ahead(args.eps, threads)
             if "baseline" in libs:
                 _operators_ahead(args.eps, threads, args.baseline)
+            if "aotfmm32" in libs:
+                _operators_ahead([args.float32], threads, dtype="float32")
         infos = {}
         for lib in libs:
-            info, message = probe(lib, threads, workdir, args.timeout, min(args.eps),
-                                  args.ferreus_order, kernel)
+            single = lib == "aotfmm32"
+            info, message = probe(lib, threads, workdir, args.timeout,
+                                  args.float32 if single else min(args.eps), args.ferreus_order,
+                                  dict(kernel, dtype="float32") if single else kernel)
             if info is None:
                 print(f"  {lib}: skipped -- {message}")
                 continue
@@ -601,6 +627,8 @@ def main(argv=None):
                             spec = {"kind": "case", "lib": lib, "dist": dist, "n": n, "eps": eps,
                                     "gradient": gradient, "sample": idx.tolist(),
                                     "ferreus_order": args.ferreus_order, **kernel}
+                            if lib == "aotfmm32":
+                                spec.update(eps=args.float32, dtype="float32")
                             cold = None
                             if per_level and lib in ("aotfmm", "baseline"):
                                 first = _launch(spec, threads, workdir, args.timeout)
@@ -626,6 +654,7 @@ def main(argv=None):
                         print(f"\n{label}, N = {_nfmt(n)}, eps = {eps:g}, {what}  "
                               f"(reference: direct on {len(idx)} targets, {t_ref:.2f} s)")
                         print(_table(rows, gradient))
+                        _float32_line(rows, args.float32, eps)
                         sys.stdout.flush()
                         for r in rows:
                             results.append(dict(r, dist=dist, n=n, eps=eps, gradient=gradient))
