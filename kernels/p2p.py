@@ -64,7 +64,10 @@ LOCALS = {
                     "ys": "{F}", "zs": "{F}"},
     "p2p_sym": {name: "{F}" for name in (
         "c", "one", "acc", "gx", "gy", "gz", "r2", "invr", "ir3", "qinvr", "t5", "qi", "qj",
-        "xi", "yi", "zi", "dx", "dy", "dz", "ox", "oy", "oz")},
+        "xi", "yi", "zi", "dx", "dy", "dz", "ox", "oy", "oz", "x", "y", "z") + tuple(
+            name + ab for ab in "ab" for name in (
+                "acc", "gx", "gy", "gz", "r2", "invr", "ir3", "qinvr", "t5", "q", "x", "y", "z",
+                "dx", "dy", "dz"))},
     "p2p_mixed": dict(
         {name: "float32" for name in ("one", "a", "ax", "ay", "az", "r2", "invr", "ir3",
                                       "qinvr", "dx", "dy", "dz", "thr", "xh", "yh", "zh",
@@ -274,7 +277,149 @@ def p2p_sym(xyz, q, start, end, one_offsets, one_index, one_shift, sym_offsets, 
             qt = q2[:n2]
             m1 = np.uint64(n1)
             m2 = np.uint64(n2)
-            for i in range(nt):
+            # two targets at a time: each source's coordinates and each partner's sums are
+            # loaded (and stored) once for both (float32 x86-64-v4 loops 1.2-1.5x faster)
+            i2 = 0 if exact else nt - nt % 2
+            for i in range(0, i2, 2):
+                xa = xyz[0, t0 + i]
+                ya = xyz[1, t0 + i]
+                za = xyz[2, t0 + i]
+                qa = q[t0 + i]
+                xb = xyz[0, t0 + i + 1]
+                yb = xyz[1, t0 + i + 1]
+                zb = xyz[2, t0 + i + 1]
+                qb = q[t0 + i + 1]
+                acca = 0.0
+                gxa = 0.0
+                gya = 0.0
+                gza = 0.0
+                accb = 0.0
+                gxb = 0.0
+                gyb = 0.0
+                gzb = 0.0
+                if not do_g:
+                    for j in range(np.uint64(0), m1):
+                        x = sx[j]
+                        y = sy[j]
+                        z = sz[j]
+                        dxa = xa - x
+                        dya = ya - y
+                        dza = za - z
+                        dxb = xb - x
+                        dyb = yb - y
+                        dzb = zb - z
+                        r2a = dxa * dxa + dya * dya + dza * dza
+                        r2b = dxb * dxb + dyb * dyb + dzb * dzb
+                        invra = inv_sqrt(r2a, 0)
+                        invrb = inv_sqrt(r2b, 0)
+                        if r2a == 0.0:
+                            invra = 0.0
+                        if r2b == 0.0:
+                            invrb = 0.0
+                        acca += qs[j] * invra
+                        accb += qs[j] * invrb
+                    for j in range(np.uint64(0), m2):
+                        x = tx[j]
+                        y = ty[j]
+                        z = tz[j]
+                        dxa = xa - x
+                        dya = ya - y
+                        dza = za - z
+                        dxb = xb - x
+                        dyb = yb - y
+                        dzb = zb - z
+                        r2a = dxa * dxa + dya * dya + dza * dza
+                        r2b = dxb * dxb + dyb * dyb + dzb * dzb
+                        invra = inv_sqrt(r2a, 0)
+                        invrb = inv_sqrt(r2b, 0)
+                        if r2a == 0.0:
+                            invra = 0.0
+                        if r2b == 0.0:
+                            invrb = 0.0
+                        qj = qt[j]
+                        acca += qj * invra
+                        accb += qj * invrb
+                        p2[j] += qa * invra + qb * invrb
+                else:
+                    for j in range(np.uint64(0), m1):
+                        x = sx[j]
+                        y = sy[j]
+                        z = sz[j]
+                        dxa = xa - x
+                        dya = ya - y
+                        dza = za - z
+                        dxb = xb - x
+                        dyb = yb - y
+                        dzb = zb - z
+                        r2a = dxa * dxa + dya * dya + dza * dza
+                        r2b = dxb * dxb + dyb * dyb + dzb * dzb
+                        invra = inv_sqrt(r2a, 0)
+                        invrb = inv_sqrt(r2b, 0)
+                        if r2a == 0.0:
+                            invra = 0.0
+                        if r2b == 0.0:
+                            invrb = 0.0
+                        qj = qs[j]
+                        qinvra = qj * invra
+                        qinvrb = qj * invrb
+                        acca += qinvra
+                        accb += qinvrb
+                        ir3a = qinvra * invra * invra
+                        ir3b = qinvrb * invrb * invrb
+                        gxa -= dxa * ir3a
+                        gya -= dya * ir3a
+                        gza -= dza * ir3a
+                        gxb -= dxb * ir3b
+                        gyb -= dyb * ir3b
+                        gzb -= dzb * ir3b
+                    for j in range(np.uint64(0), m2):
+                        x = tx[j]
+                        y = ty[j]
+                        z = tz[j]
+                        dxa = xa - x
+                        dya = ya - y
+                        dza = za - z
+                        dxb = xb - x
+                        dyb = yb - y
+                        dzb = zb - z
+                        r2a = dxa * dxa + dya * dya + dza * dza
+                        r2b = dxb * dxb + dyb * dyb + dzb * dzb
+                        invra = inv_sqrt(r2a, 0)
+                        invrb = inv_sqrt(r2b, 0)
+                        if r2a == 0.0:
+                            invra = 0.0
+                        if r2b == 0.0:
+                            invrb = 0.0
+                        ir3a = invra * invra * invra
+                        ir3b = invrb * invrb * invrb
+                        qj = qt[j]
+                        acca += qj * invra
+                        accb += qj * invrb
+                        p2[j] += qa * invra + qb * invrb
+                        t5a = qj * ir3a
+                        t5b = qj * ir3b
+                        gxa -= dxa * t5a
+                        gya -= dya * t5a
+                        gza -= dza * t5a
+                        gxb -= dxb * t5b
+                        gyb -= dyb * t5b
+                        gzb -= dzb * t5b
+                        t5a = qa * ir3a
+                        t5b = qb * ir3b
+                        px[j] += dxa * t5a + dxb * t5b
+                        py[j] += dya * t5a + dyb * t5b
+                        pz[j] += dza * t5a + dzb * t5b
+                if acca != acca or accb != accb:
+                    bad = True
+                ob[0, i] = acca
+                ob[1, i] = gxa
+                ob[2, i] = gya
+                ob[3, i] = gza
+                ob[0, i + 1] = accb
+                ob[1, i + 1] = gxb
+                ob[2, i + 1] = gyb
+                ob[3, i + 1] = gzb
+            for i in range(i2, nt):  # the last target of an odd box; every target when exact
                 xi = xyz[0, t0 + i]
                 yi = xyz[1, t0 + i]
                 zi = xyz[2, t0 + i]
