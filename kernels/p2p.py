@@ -77,14 +77,20 @@ LOCALS = {
     "p2p_sym_mixed": dict(
         {name: "float32" for name in ("one", "a", "ax", "ay", "az", "r2", "invr", "ir3",
                                       "qinvr", "t5", "qf", "qj", "dx", "dy", "dz", "thr",
-                                      "xh", "yh", "zh", "xl", "yl", "zl")},
+                                      "xh", "yh", "zh", "xl", "yl", "zl", "hx", "hy", "hz",
+                                      "lx", "ly", "lz")},
+        **{name + k: "float32" for k in "01" for name in (
+            "a", "ax", "ay", "az", "r2", "invr", "ir3", "qinvr", "t5", "qf", "dx", "dy", "dz",
+            "xh", "yh", "zh", "xl", "yl", "zl")},
+        **{name + k: "float64" for k in "01" for name in ("acc", "gx", "gy", "gz", "xi", "yi",
+                                                          "zi")},
         **{name: "float64" for name in ("c", "acc", "gx", "gy", "gz", "g", "big")}),
 }
 
 #: p2p_sym_mixed: a partner source's float32 partial sum runs over at most this many targets
 #: before it is added to its float64 sum (more often cost more: measured 16 -> 64 -> all:
 #: 0.283 -> 0.27 -> 0.264 s, and the near field's error 2.6e-7 -> 3.4e-7 with all)
-MIXED_TARGETS = 64
+MIXED_TARGETS = 64  # (even: the two-target loop adds them in after a pair)
 #: a target's float32 partial sums over its one-sided list (p2p_sym_mixed; p2p_mixed: over its
 #: whole list) run over at most this many sources before they are added to float64. Whole
 #: lists lost up to 1.2e-4 (plain relative) on a rock-salt lattice in one leaf (+-1 charges,
@@ -607,7 +613,193 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
         px = of[1, :n2]
         py = of[2, :n2]
         pz = of[3, :n2]
-        for i in range(nt):
+        m2 = np.uint64(n2)
+        # two targets at a time (each source's and partner's values loaded once for both);
+        # the last target of an odd box goes through the loop below
+        i2 = nt - nt % 2
+        for i in range(0, i2, 2):
+            xh0 = ht[0, i]
+            yh0 = ht[1, i]
+            zh0 = ht[2, i]
+            xl0 = lt[0, i]
+            yl0 = lt[1, i]
+            zl0 = lt[2, i]
+            qf0 = np.float32(q[t0 + i])
+            xi0 = xyz[0, t0 + i]
+            yi0 = xyz[1, t0 + i]
+            zi0 = xyz[2, t0 + i]
+            acc0 = 0.0
+            gx0 = 0.0
+            gy0 = 0.0
+            gz0 = 0.0
+            xh1 = ht[0, i + 1]
+            yh1 = ht[1, i + 1]
+            zh1 = ht[2, i + 1]
+            xl1 = lt[0, i + 1]
+            yl1 = lt[1, i + 1]
+            zl1 = lt[2, i + 1]
+            qf1 = np.float32(q[t0 + i + 1])
+            xi1 = xyz[0, t0 + i + 1]
+            yi1 = xyz[1, t0 + i + 1]
+            zi1 = xyz[2, t0 + i + 1]
+            acc1 = 0.0
+            gx1 = 0.0
+            gy1 = 0.0
+            gz1 = 0.0
+            for c0 in range(0, n1, bj):  # float32 sums over at most bj sources
+                a0 = np.float32(0.0)
+                ax0 = np.float32(0.0)
+                ay0 = np.float32(0.0)
+                az0 = np.float32(0.0)
+                a1 = np.float32(0.0)
+                ax1 = np.float32(0.0)
+                ay1 = np.float32(0.0)
+                az1 = np.float32(0.0)
+                for j in range(np.uint64(c0), np.uint64(min(c0 + bj, n1))):
+                    hx = hx1[j]
+                    hy = hy1[j]
+                    hz = hz1[j]
+                    lx = lx1[j]
+                    ly = ly1[j]
+                    lz = lz1[j]
+                    qj = bq1[j]
+                    dx0 = (xh0 - hx) + (xl0 - lx)
+                    dy0 = (yh0 - hy) + (yl0 - ly)
+                    dz0 = (zh0 - hz) + (zl0 - lz)
+                    r20 = dx0 * dx0 + dy0 * dy0 + dz0 * dz0
+                    invr0 = one / np.sqrt(r20)
+                    if not r20 >= thr:
+                        invr0 = np.float32(np.nan)
+                    if xi0 == sx1[j] and yi0 == sy1[j] and zi0 == sz1[j]:
+                        invr0 = np.float32(0.0)
+                    qinvr0 = qj * invr0
+                    a0 += qinvr0
+                    ir30 = qinvr0 * invr0 * invr0
+                    ax0 -= dx0 * ir30
+                    ay0 -= dy0 * ir30
+                    az0 -= dz0 * ir30
+                    dx1 = (xh1 - hx) + (xl1 - lx)
+                    dy1 = (yh1 - hy) + (yl1 - ly)
+                    dz1 = (zh1 - hz) + (zl1 - lz)
+                    r21 = dx1 * dx1 + dy1 * dy1 + dz1 * dz1
+                    invr1 = one / np.sqrt(r21)
+                    if not r21 >= thr:
+                        invr1 = np.float32(np.nan)
+                    if xi1 == sx1[j] and yi1 == sy1[j] and zi1 == sz1[j]:
+                        invr1 = np.float32(0.0)
+                    qinvr1 = qj * invr1
+                    a1 += qinvr1
+                    ir31 = qinvr1 * invr1 * invr1
+                    ax1 -= dx1 * ir31
+                    ay1 -= dy1 * ir31
+                    az1 -= dz1 * ir31
+                acc0 += a0
+                gx0 += ax0
+                gy0 += ay0
+                gz0 += az0
+                acc1 += a1
+                gx1 += ax1
+                gy1 += ay1
+                gz1 += az1
+            a0 = np.float32(0.0)
+            ax0 = np.float32(0.0)
+            ay0 = np.float32(0.0)
+            az0 = np.float32(0.0)
+            a1 = np.float32(0.0)
+            ax1 = np.float32(0.0)
+            ay1 = np.float32(0.0)
+            az1 = np.float32(0.0)
+            if do_g:
+                for j in range(np.uint64(0), m2):
+                    hx = hx2[j]
+                    hy = hy2[j]
+                    hz = hz2[j]
+                    lx = lx2[j]
+                    ly = ly2[j]
+                    lz = lz2[j]
+                    qj = bq2[j]
+                    dx0 = (xh0 - hx) + (xl0 - lx)
+                    dy0 = (yh0 - hy) + (yl0 - ly)
+                    dz0 = (zh0 - hz) + (zl0 - lz)
+                    r20 = dx0 * dx0 + dy0 * dy0 + dz0 * dz0
+                    invr0 = one / np.sqrt(r20)
+                    if not r20 >= thr:
+                        invr0 = np.float32(np.nan)
+                    a0 += qj * invr0
+                    dx1 = (xh1 - hx) + (xl1 - lx)
+                    dy1 = (yh1 - hy) + (yl1 - ly)
+                    dz1 = (zh1 - hz) + (zl1 - lz)
+                    r21 = dx1 * dx1 + dy1 * dy1 + dz1 * dz1
+                    invr1 = one / np.sqrt(r21)
+                    if not r21 >= thr:
+                        invr1 = np.float32(np.nan)
+                    a1 += qj * invr1
+                    pf[j] += qf0 * invr0 + qf1 * invr1
+                    ir30 = invr0 * invr0 * invr0
+                    t50 = qj * ir30
+                    ax0 -= dx0 * t50
+                    ay0 -= dy0 * t50
+                    az0 -= dz0 * t50
+                    t50 = qf0 * ir30
+                    ir31 = invr1 * invr1 * invr1
+                    t51 = qj * ir31
+                    ax1 -= dx1 * t51
+                    ay1 -= dy1 * t51
+                    az1 -= dz1 * t51
+                    t51 = qf1 * ir31
+                    px[j] += dx0 * t50 + dx1 * t51
+                    py[j] += dy0 * t50 + dy1 * t51
+                    pz[j] += dz0 * t50 + dz1 * t51
+            else:
+                for j in range(np.uint64(0), m2):
+                    hx = hx2[j]
+                    hy = hy2[j]
+                    hz = hz2[j]
+                    lx = lx2[j]
+                    ly = ly2[j]
+                    lz = lz2[j]
+                    qj = bq2[j]
+                    dx0 = (xh0 - hx) + (xl0 - lx)
+                    dy0 = (yh0 - hy) + (yl0 - ly)
+                    dz0 = (zh0 - hz) + (zl0 - lz)
+                    r20 = dx0 * dx0 + dy0 * dy0 + dz0 * dz0
+                    invr0 = one / np.sqrt(r20)
+                    if not r20 >= thr:
+                        invr0 = np.float32(np.nan)
+                    a0 += qj * invr0
+                    dx1 = (xh1 - hx) + (xl1 - lx)
+                    dy1 = (yh1 - hy) + (yl1 - ly)
+                    dz1 = (zh1 - hz) + (zl1 - lz)
+                    r21 = dx1 * dx1 + dy1 * dy1 + dz1 * dz1
+                    invr1 = one / np.sqrt(r21)
+                    if not r21 >= thr:
+                        invr1 = np.float32(np.nan)
+                    a1 += qj * invr1
+                    pf[j] += qf0 * invr0 + qf1 * invr1
+            acc0 += a0
+            gx0 += ax0
+            gy0 += ay0
+            gz0 += az0
+            acc1 += a1
+            gx1 += ax1
+            gy1 += ay1
+            gz1 += az1
+            if (i + 2) % bi == 0 or i + 2 == nt:  # the partners' float32 sums into float64
+                for e in range(4 if do_g else 1):
+                    for j in range(n2):
+                        o2[e, j] += of[e, j]
+                        of[e, j] = 0.0
+            if acc0 != acc0 or acc1 != acc1:
+                bad = True
+            ob[0, i] = acc0
+            ob[1, i] = gx0
+            ob[2, i] = gy0
+            ob[3, i] = gz0
+            ob[0, i + 1] = acc1
+            ob[1, i + 1] = gx1
+            ob[2, i + 1] = gy1
+            ob[3, i + 1] = gz1
+        for i in range(i2, nt):
             xh = ht[0, i]
             yh = ht[1, i]
             zh = ht[2, i]
