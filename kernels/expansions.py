@@ -43,6 +43,10 @@ SIGNATURES = {
     "s2p_potgrad": "void({F}[:, ::1], {F}[:, ::1], i8[::1], i8[::1], i8[::1], {F}[:, ::1],"
                    " {F}[::1], i8[::1], i8[::1], {F}[:, ::1], {F}, i8, i8, {F}[::1],"
                    " {F}[:, ::1])",
+    # IN trg_xyz, IN trg_start, IN trg_end, IN leaves, IN offsets (n_boxes, 3) f8,
+    # IN reg (n_leaves, 4) f8, IN l0, IN l1, IN flags (4 gradient), INOUT pot, INOUT grad
+    "l2p_regular": "void({F}[:, ::1], i8[::1], i8[::1], i8[::1], f8[:, ::1], f8[:, ::1], i8, i8,"
+                   " i8, {F}[::1], {F}[:, ::1])",
     # IN src (n, k), IN idx, IN i0, IN i1, OUT out (>= i1 - i0, k)
     "m2l_gather": "void({F}[:, ::1], i8[::1], i8, i8, {F}[:, ::1])",
     # IN y (>= i1 - i0, k), IN idx, IN i0, IN i1, INOUT z (n, k)
@@ -329,6 +333,34 @@ def s2p_potgrad(dens, trg_xyz, trg_start, trg_end, trg_boxes, centers, half_widt
             grad[0, t0 + t] += c * sgx[t]
             grad[1, t0 + t] += c * sgy[t]
             grad[2, t0 + t] += c * sgz[t]
+
+
+def l2p_regular(trg_xyz, trg_start, trg_end, leaves, offsets, reg, l0, l1, flags, pot, grad):
+    """pot[t] += a + b . (x_t - centre) and (flags 4) grad[:, t] += b for the targets t of
+    leaves[l0:l1], (a, b) = reg[l] for leaf leaves[l] (b per frame unit): the regular
+    (constant + linear) part of a Laplace leaf's local field, one density. x_t is stored
+    relative to the leaf's anchor and ``offsets[b]`` is the centre relative to it, both in
+    frame units; the difference is taken in float64."""
+    do_g = (flags & 4) != 0
+    for ll in range(l0, l1):
+        b = leaves[ll]
+        a = reg[ll, 0]
+        bx = reg[ll, 1]
+        by = reg[ll, 2]
+        bz = reg[ll, 3]
+        ox = offsets[b, 0]
+        oy = offsets[b, 1]
+        oz = offsets[b, 2]
+        for t in range(trg_start[b], trg_end[b]):
+            dx = np.float64(trg_xyz[0, t]) - ox
+            dy = np.float64(trg_xyz[1, t]) - oy
+            dz = np.float64(trg_xyz[2, t]) - oz
+            pot[t] += a + bx * dx + by * dy + bz * dz
+        if do_g:
+            for t in range(trg_start[b], trg_end[b]):
+                grad[0, t] += bx
+                grad[1, t] += by
+                grad[2, t] += bz
 
 
 def m2l_gather(src, idx, i0, i1, out):

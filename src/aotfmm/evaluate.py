@@ -1253,6 +1253,15 @@ class KifmmPasses:
         counts = t.trg_end[leaves] - t.trg_start[leaves]
         reg[..., 1:] /= p.half_widths[leaves, None, None]          # b per frame unit
         laplace = p.family.regular_mu2_value() == 0
+        if laplace and reg.shape[1] == 1 and self.pot.ndim == 1:   # one density: compiled
+            work = _dispatch.bind(
+                "l2p_regular", p.dtype, trg_xyz=p.trg, trg_start=t.trg_start,
+                trg_end=t.trg_end, leaves=leaves, offsets=p.offsets,
+                reg=np.ascontiguousarray(reg[:, 0, :], dtype=np.float64),
+                flags=0 if self.grad is None else _dispatch.GRADIENT, pot=self.pot,
+                grad=np.zeros((3, 1), p.dtype) if self.grad is None else self.grad)
+            p.workers.run(work, p.workers.split(counts.astype(np.float64) + 1.0))
+            return
         pot = self.pot if self.pot.ndim == 2 else self.pot[None]
         grad = self.grad
         if grad is not None and grad.ndim == 2:
