@@ -282,6 +282,11 @@ def test_bench_baseline_runs_another_interpreters_aotfmm_as_its_own_row():
                           "--baseline", "/nonexistent"], capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 2 and "not an executable" in bad.stderr
+    # below float32's floor: a usage error before anything runs, not a traceback
+    bad = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "compare.py"),
+                          "--float32", "1e-7"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "below what float32 can reach" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr and not bad.stdout, bad.stdout + bad.stderr
 
 
 def test_a_per_level_set_is_announced_by_its_kernel_without_laplaces_estimate(caplog, tmp_path):

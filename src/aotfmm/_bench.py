@@ -551,8 +551,13 @@ def main(argv=None):
         libs = [lib for lib in libs if lib != "baseline"]
         libs.insert(libs.index("aotfmm") + 1 if "aotfmm" in libs else 0, "baseline")
     if args.float32 is not None:
+        from aotfmm._validation import EPS_FLOOR
         if args.kernel in OTHER_KERNELS:
             print("aotfmm bench: --float32 is for the Laplace kernel", file=sys.stderr)
+            return 2
+        if args.float32 < EPS_FLOOR["float32"]:
+            print(f"aotfmm bench: --float32 {args.float32:g} is below what float32 can reach "
+                  f"(smallest: {EPS_FLOOR['float32']:g})", file=sys.stderr)
             return 2
         libs.insert(libs.index("aotfmm") + 1 if "aotfmm" in libs else 0, "aotfmm32")
 
