@@ -478,8 +478,11 @@ def _operators_ahead(epsilons, threads, python=None, dtype="float64"):
     process of their own (``aotfmm precompute``, its output shown): a build announces itself
     here instead of hiding inside a timed child, and the parent stays small (its size at fork
     would otherwise leak into the children's peak memory on some systems)."""
+    # (--dtype only when it is not the default: a --baseline interpreter's older aotfmm may
+    # predate the option)
     cmd = [python or sys.executable, "-m", "aotfmm", "precompute", "--threads", str(threads),
-           "--dtype", dtype, "--eps", *(f"{e!r}" for e in epsilons)]
+           *(["--dtype", dtype] if dtype != "float64" else []), "--eps",
+           *(f"{e!r}" for e in epsilons)]
     print("aotfmm operators for these cases (not part of the timings below):")
     sys.stdout.flush()
     if subprocess.run(cmd, env=_child_env(threads)).returncode != 0:
