@@ -439,6 +439,58 @@ def test_zero_net_charge_at_far_targets_meets_the_stated_contract(eps, radius):
     assert np.linalg.norm(res.gradtarg - ref_grad) <= eps * np.linalg.norm(abs_grad)
 
 
+def _small_leaf_cases(seed):
+    """12-33 points, uniform or half of them in a 1e-3 cluster, random charges (the same
+    stream as the sweep that found the cases)."""
+    rng = np.random.default_rng(seed)
+    for n in (12, 16, 20, 26, 33):
+        for dist in ("uniform", "cluster"):
+            x = rng.random((n, 3))
+            if dist == "cluster":
+                x[: n // 2] *= 1e-3
+            yield n, dist, x, rng.standard_normal(n)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_explicit_small_leaves_meet_the_contract(seed):
+    # The (p, ncrit) table was measured with its own leaves (ncrit 80-800). Leaves of 1-2
+    # points put most of each point's field into expansions: seed 1 had gradient errors of
+    # 1.22e-6 (16 uniform points, eps 1e-6, ncrit 1) and 2.03e-7 (20 points, half in a 1e-3
+    # cluster, eps 1e-7, ncrit 1 and 2) of the field of |q| before small leaves took orders
+    # more (evaluate._SMALL_LEAF_ORDERS).
+    for n, dist, x, q in _small_leaf_cases(seed):
+        ref_pot, ref_grad = direct_reference(x, q, x)
+        abs_pot, abs_grad = _absolute_fields(x, q, x)
+        for eps in (1e-6, 1e-7):
+            for ncrit in (1, 2):
+                plan = aotfmm.Fmm(x, eps=eps, ncrit=ncrit, threads=1)
+                pot, grad = plan.evaluate(q, gradient=True)
+                what = f"n={n} {dist} eps={eps} ncrit={ncrit} p={plan.p}"
+                assert np.linalg.norm(pot - ref_pot) <= eps * np.linalg.norm(abs_pot), what
+                assert np.linalg.norm(grad - ref_grad) <= eps * np.linalg.norm(abs_grad), what
+
+
+def test_small_leaves_take_orders_and_say_what_an_explicit_p_reaches(monkeypatch):
+    from aotfmm import evaluate
+    base, _ = evaluate.choose_parameters(1e-6)
+    assert evaluate.choose_parameters(1e-6, ncrit=32) == (base, 32)
+    assert evaluate.choose_parameters(1e-6, ncrit=31) == (base + 1, 31)
+    assert evaluate.choose_parameters(1e-6, ncrit=7) == (base + 2, 7)
+    assert evaluate.choose_parameters(1e-6, ncrit=1, separate_targets=True)[0] == base + 3
+    # expected_eps of an explicit p counts the small leaves: p=8 with ncrit 2 is the table's
+    # p=6 (1e-5), and eps=1e-6 gets the warning that names the p it would take
+    x = np.random.default_rng(3).random((300, 3))
+    with pytest.warns(aotfmm.AccuracyWarning, match="p=10 here"):
+        plan = aotfmm.Fmm(x, eps=1e-6, p=8, ncrit=2)
+    assert plan.expected_eps == pytest.approx(evaluate.order_error(6))
+    assert aotfmm.Fmm(x, eps=1e-6, p=8).expected_eps == pytest.approx(evaluate.order_error(8))
+    # when the orders small leaves need pass P_MAX, eps cannot be met: say so
+    monkeypatch.setattr(evaluate, "P_MAX", 9)
+    with pytest.warns(aotfmm.AccuracyWarning, match="ncrit=1"):
+        plan = aotfmm.Fmm(x, eps=1e-6, ncrit=1)
+    assert plan.p == 9 and plan.expected_eps > 1e-6
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("separate", [False, True])
 def test_leaf_anchors_and_offsets_match_a_numpy_build(dtype, separate, rng):

@@ -32,15 +32,15 @@ __all__ = ["Fmm", "Fields", "direct", "laplace", "yukawa", "helmholtz", "lfmm", 
 
 
 def _expected_eps(p, dtype, separate_targets=False, dipoles=False, hessians=False,
-                  family=LAPLACE, size=None):
+                  family=LAPLACE, size=None, ncrit=None):
     """The error a plan of order p is expected to reach: the measured worst case for its order
     (evaluate.order_error, from the kernel family's table), but never below the dtype's floor
     (and Hessians' floor)."""
     floor = EPS_FLOOR[real_dtype(np.dtype(dtype)).name]
     if hessians:
         floor = max(floor, HESSIAN_EPS_FLOOR[real_dtype(np.dtype(dtype)).name])
-    return max(order_error(p, separate_targets, dipoles, hessians, family=family, size=size),
-               floor)
+    return max(order_error(p, separate_targets, dipoles, hessians, family=family, size=size,
+                           ncrit=ncrit), floor)
 
 
 class Fields(typing.NamedTuple):
@@ -217,13 +217,21 @@ class Fmm:
         self.ncrit = self._core.ncrit
         plan_kind = dict(separate_targets=not self._core.same, dipoles=self._for_dipoles,
                          hessians=self._for_hessians, family=self._core.family,
-                         size=self._core.size)
+                         size=self._core.size, ncrit=self.ncrit)
         self.expected_eps = _expected_eps(self.p, self.dtype, **plan_kind)
         if self._p_given and eps is not None and self.expected_eps > self.eps:
             p_eps = evaluate.choose_parameters(self.eps, **plan_kind)[0]
             warnings.warn(f"p={self.p} reaches about {self.expected_eps:.2g} relative error on "
                           f"this plan (the worst measured for that order), not eps={self.eps:g}:"
                           f" leave out p to let eps choose it (p={p_eps} here)",
+                          AccuracyWarning, stacklevel=2)
+        elif eps is not None and self.expected_eps > self.eps:
+            # eps chose p, but the orders it needs (e.g. for a small ncrit) pass P_MAX
+            why = (f" with ncrit={self.ncrit} (small leaves take up to "
+                   f"{evaluate._leaf_orders(1)} orders more; leave out ncrit for the table's)"
+                   if evaluate._leaf_orders(self.ncrit) else "")
+            warnings.warn(f"eps={self.eps:g} needs an order above p={evaluate.P_MAX} on this plan"
+                          f"{why}: it reaches about {self.expected_eps:.2g}",
                           AccuracyWarning, stacklevel=2)
         self.timings = dict(self._core.setup_timings, setup_total=time.perf_counter() - t0)
 
