@@ -47,9 +47,22 @@ SEPARATE = {
 }
 
 
+def sparse_charges(rng, n):
+    """40 charged points in the unit cube and n - 40 uncharged ones in a 0.02-wide cube at its
+    corner (see CHARGED): a few sources feed a dense, deep cluster of targets through
+    expansions, one source each. This is the single-source worst case the other cases average
+    away (random charges of many sources)."""
+    return np.concatenate([rng.random((n - 40, 3)) * 0.02, rng.random((40, 3))])
+
+
+#: Cases whose charges are zero except on their last this many points.
+CHARGED = {"sparse charges": 40}
+
+
 def cases(rng, n, separate):
     for name, make in DISTS.items():
         yield name, make(rng, n), None
+    yield "sparse charges", sparse_charges(rng, n), None
     if separate:
         for name, (make_s, make_t) in SEPARATE.items():
             yield name, make_s(rng, n), make_t(rng, n // 2)
@@ -82,6 +95,8 @@ def main():
             continue
         rng = np.random.default_rng(1)
         q = rng.standard_normal(args.n)
+        if name in CHARGED:
+            q[: args.n - CHARGED[name]] = 0.0
         pts = src64 if trg64 is None else np.concatenate([src64, trg64])
         size = float((pts.max(axis=0) - pts.min(axis=0)).max())
         kernel = {"laplace": lambda: aotfmm.Laplace(),
