@@ -385,7 +385,14 @@ class Plan:
         self.coarse_exp = eps >= _dispatch.COARSE_EXP_EPS
         #: a float64 near field of one charge vector may take its pair terms in float32
         #: (kernels/p2p.py p2p_sym_mixed, p2p_mixed)
-        self.mixed_near = _MIXED_NEAR and dt == np.float64 and eps >= _dispatch.MIXED_NEAR_EPS
+        #: when eps allows it and the order's own error is no smaller than theirs (an explicit
+        #: high p under the default eps keeps float64 pair terms), and only with a far field:
+        #: a plan whose interactions are all direct is exact to rounding in float64
+        self.mixed_near = (_MIXED_NEAR and dt == np.float64 and eps >= _dispatch.MIXED_NEAR_EPS
+                           and bool(self._levels_with_work())
+                           and order_error(self.p, not self.same, dipoles, hessians,
+                                           family=family, size=self.size, ncrit=ncrit)
+                           >= _dispatch.MIXED_NEAR_ORDER_ERROR)
         self.p2m_groups = self._p2m_groups()
         timings["setup_passes"] = time.perf_counter() - t + t0 - t_passes
         step("passes")
