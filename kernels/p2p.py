@@ -50,6 +50,11 @@ SIGNATURES = {
     # IN m_max (>= the sources of any box's list), INOUT pot, INOUT grad (3, n_trg)
     "p2p_mixed": "void(f8[:, ::1], f8[::1], f8[:, ::1], i8[::1], i8[::1], i8[::1], i8[::1],"
                  " i8[::1], i8[::1], f8[:, ::1], i8[::1], i8, i8, i8, i8, f8[::1], f8[:, ::1])",
+    # as p2p_mixed for k charge vectors: IN q (nd, n_src), ..., INOUT pot (nd, n_trg),
+    # INOUT grad (nd, 3, n_trg)
+    "p2p_multi_mixed": "void(f8[:, ::1], f8[:, ::1], f8[:, ::1], i8[::1], i8[::1], i8[::1],"
+                       " i8[::1], i8[::1], i8[::1], f8[:, ::1], i8[::1], i8, i8, i8, i8,"
+                       " f8[:, ::1], f8[:, :, ::1])",
     # as p2p_sym, float64 in and out, pair terms in float32 (flags: 4 gradient)
     "p2p_sym_mixed": "void(f8[:, ::1], f8[::1], i8[::1], i8[::1], i8[::1], i8[::1], f8[:, ::1],"
                      " i8[::1], i8[::1], f8[:, ::1], i8[::1], i8, i8, i8, i8, f8[::1],"
@@ -74,6 +79,13 @@ LOCALS = {
                                       "xl", "yl", "zl")},
         **{name: "float64" for name in ("c", "acc", "gx", "gy", "gz", "g", "big", "xi", "yi",
                                         "zi")}),
+    "p2p_multi_mixed": dict(
+        {name: "float32" for name in ("one", "a", "gx", "gy", "gz", "r2", "invr", "i3", "dx",
+                                      "dy", "dz", "thr", "xh", "yh", "zh", "xl", "yl", "zl",
+                                      "chk", "w", "wx", "wy", "wz", "u", "qj")},
+        **{f"{v}{k}": "float32" for v in "axyz" for k in "0123"},
+        **{name: "float64" for name in ("c", "g", "big", "xi", "yi", "zi", "ex", "ey", "ez",
+                                        "er2", "einv", "ei3", "eq")}),
     "p2p_sym_mixed": dict(
         {name: "float32" for name in ("one", "a", "ax", "ay", "az", "r2", "invr", "ir3",
                                       "qinvr", "t5", "qf", "qj", "dx", "dy", "dz", "thr",
@@ -98,6 +110,9 @@ MIXED_TARGETS = 64  # (even: the two-target loop adds them in after a pair)
 #: that also updates the partners) made the compiled x86-64-v4 loop ~1.5x slower, so a
 #: target's partner terms stay one float32 sum (a few thousand terms at the default leaf sizes)
 MIXED_SOURCES = 512
+#: p2p_multi_mixed: sources per geometry chunk (float32 1/r and (x - y)/r^3, 4 x 256 x 4 B, stay
+#: in L1 while the densities sweep them), and so the length of each float32 partial sum
+MIXED_CHUNK = 256
 #: below this r^2 the mixed kernels' float32 terms go to float64 too, whatever the grid: their
 #: (1/r)^3 must stay far below the float32 maximum (a leaf of points 1e-16 apart has a grid so
 #: fine that (g/8)^2 let r^2 = 1e-31 through, and its gradient came out inf: 2026-12-02)
@@ -1074,3 +1089,247 @@ def p2p_mixed(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end,
                 grad[0, t0 + i] += c * gx
                 grad[1, t0 + i] += c * gy
                 grad[2, t0 + i] += c * gz
+
+
+def p2p_multi_mixed(src_xyz, q, trg_xyz, src_start, src_end, trg_start, trg_end, list_offsets,
+                    list_index, shift, boxes, i0, i1, flags, m_max, pot, grad):
+    """pot[d, i] (+ grad[d, :, i], flags 4) += the field of the listed boxes' charge vectors
+    q[d] (nd of them): ``kernels/multi.py`` ``p2p_multi`` for charges, float64 in and out, with
+    the pair terms of :func:`p2p_mixed`. Per target box its listed sources (own box first) are
+    gathered in its frame and split into float32 parts on a power-of-two grid plus float32
+    rests; per target, chunks of ``MIXED_CHUNK`` sources get their float32 geometry (1/r, and
+    (x - y)/r^3 for the gradient) once, then every density sweeps it in float32 (four per
+    sweep, the rest one by one) and adds the chunk's sums to float64. A target with a source
+    closer than 1/8 of the grid (or than ``MIXED_R2_MIN``) is summed again, every density,
+    exactly in float64; a coincident source (only the own box can hold one) contributes 0."""
+    c = INV4PI
+    one = np.float32(1.0)
+    do_g = (flags & 4) != 0
+    nd = pot.shape[0]
+    nb4 = (nd // 4) * 4
+    ch = MIXED_CHUNK
+    sg = np.empty((3, m_max), dtype=np.float64)   # the listed sources, in b's frame
+    qg = np.empty((nd, m_max), dtype=np.float32)
+    q64 = np.empty((nd, m_max), dtype=np.float64)
+    hs = np.empty((3, m_max), dtype=np.float32)
+    ls = np.empty((3, m_max), dtype=np.float32)
+    geo = np.zeros((4, ch), dtype=np.float32)
+    b1 = geo[0]  # 1 / r
+    bx = geo[1]  # (x - y) / r^3 (gradient)
+    by = geo[2]
+    bz = geo[3]
+    sums = np.zeros((nd, 4), dtype=np.float64)
+    tmax = 1
+    for ii in range(i0, i1):
+        tmax = max(tmax, trg_end[boxes[ii]] - trg_start[boxes[ii]])
+    ht = np.empty((3, tmax), dtype=np.float32)
+    lt = np.empty((3, tmax), dtype=np.float32)
+    for ii in range(i0, i1):
+        b = boxes[ii]
+        t0 = trg_start[b]
+        nt = trg_end[b] - t0
+        if nt == 0:
+            continue
+        n = 0
+        n_own = 0
+        for own in (True, False):  # the target box's own sources first
+            for kk in range(list_offsets[b], list_offsets[b + 1]):
+                s = list_index[kk]
+                if (s == b) != own:
+                    continue
+                ox = shift[kk, 0]
+                oy = shift[kk, 1]
+                oz = shift[kk, 2]
+                for j in range(src_start[s], src_end[s]):
+                    sg[0, n] = src_xyz[0, j] - ox
+                    sg[1, n] = src_xyz[1, j] - oy
+                    sg[2, n] = src_xyz[2, j] - oz
+                    for d in range(nd):
+                        q64[d, n] = q[d, j]
+                        qg[d, n] = q[d, j]
+                    n += 1
+            if own:
+                n_own = n
+        big = 0.0
+        for e in range(3):
+            for j in range(n):
+                big = max(big, abs(sg[e, j]))
+            for i in range(nt):
+                big = max(big, abs(trg_xyz[e, t0 + i]))
+        g = _grid(big)
+        thr = max(np.float32(g * g / 64.0), MIXED_R2_MIN)  # (g / 8)^2
+        _split_hi_lo(sg, n, g, hs, ls)
+        _split_hi_lo(trg_xyz[:, t0:t0 + nt], nt, g, ht, lt)
+        for i in range(nt):
+            xh = ht[0, i]
+            yh = ht[1, i]
+            zh = ht[2, i]
+            xl = lt[0, i]
+            yl = lt[1, i]
+            zl = lt[2, i]
+            xi = trg_xyz[0, t0 + i]
+            yi = trg_xyz[1, t0 + i]
+            zi = trg_xyz[2, t0 + i]
+            for d in range(nd):
+                for e in range(4):
+                    sums[d, e] = 0.0
+            bad = False
+            for c0 in range(0, n, ch):
+                c1 = min(c0 + ch, n)
+                m = np.uint64(c1 - c0)
+                hx = hs[0, c0:c1]
+                hy = hs[1, c0:c1]
+                hz = hs[2, c0:c1]
+                lx = ls[0, c0:c1]
+                ly = ls[1, c0:c1]
+                lz = ls[2, c0:c1]
+                chk = np.float32(0.0)
+                if do_g:
+                    for j in range(np.uint64(0), m):
+                        dx = (xh - hx[j]) + (xl - lx[j])
+                        dy = (yh - hy[j]) + (yl - ly[j])
+                        dz = (zh - hz[j]) + (zl - lz[j])
+                        r2 = dx * dx + dy * dy + dz * dz
+                        invr = one / np.sqrt(r2)
+                        if not r2 >= thr:
+                            invr = np.float32(np.nan)
+                        b1[j] = invr
+                        i3 = invr * invr * invr
+                        bx[j] = dx * i3
+                        by[j] = dy * i3
+                        bz[j] = dz * i3
+                else:
+                    for j in range(np.uint64(0), m):
+                        dx = (xh - hx[j]) + (xl - lx[j])
+                        dy = (yh - hy[j]) + (yl - ly[j])
+                        dz = (zh - hz[j]) + (zl - lz[j])
+                        r2 = dx * dx + dy * dy + dz * dz
+                        invr = one / np.sqrt(r2)
+                        if not r2 >= thr:
+                            invr = np.float32(np.nan)
+                        b1[j] = invr
+                for j in range(c0, min(c1, n_own)):  # coincident with an own source: 0
+                    if xi == sg[0, j] and yi == sg[1, j] and zi == sg[2, j]:
+                        b1[j - c0] = 0.0
+                        bx[j - c0] = 0.0
+                        by[j - c0] = 0.0
+                        bz[j - c0] = 0.0
+                for j in range(np.uint64(0), m):
+                    chk += b1[j]
+                if chk != chk:  # a source too close for the float32 terms
+                    bad = True
+                    break
+                for d in range(0, nb4, 4):  # four densities per sweep
+                    a0 = np.float32(0.0)
+                    a1 = np.float32(0.0)
+                    a2 = np.float32(0.0)
+                    a3 = np.float32(0.0)
+                    x0 = np.float32(0.0)
+                    x1 = np.float32(0.0)
+                    x2 = np.float32(0.0)
+                    x3 = np.float32(0.0)
+                    y0 = np.float32(0.0)
+                    y1 = np.float32(0.0)
+                    y2 = np.float32(0.0)
+                    y3 = np.float32(0.0)
+                    z0 = np.float32(0.0)
+                    z1 = np.float32(0.0)
+                    z2 = np.float32(0.0)
+                    z3 = np.float32(0.0)
+                    q0 = qg[d, c0:c1]
+                    q1 = qg[d + 1, c0:c1]
+                    q2 = qg[d + 2, c0:c1]
+                    q3 = qg[d + 3, c0:c1]
+                    if do_g:
+                        for j in range(np.uint64(0), m):
+                            w = b1[j]
+                            wx = bx[j]
+                            wy = by[j]
+                            wz = bz[j]
+                            u = q0[j]
+                            a0 += u * w
+                            x0 -= u * wx
+                            y0 -= u * wy
+                            z0 -= u * wz
+                            u = q1[j]
+                            a1 += u * w
+                            x1 -= u * wx
+                            y1 -= u * wy
+                            z1 -= u * wz
+                            u = q2[j]
+                            a2 += u * w
+                            x2 -= u * wx
+                            y2 -= u * wy
+                            z2 -= u * wz
+                            u = q3[j]
+                            a3 += u * w
+                            x3 -= u * wx
+                            y3 -= u * wy
+                            z3 -= u * wz
+                    else:
+                        for j in range(np.uint64(0), m):
+                            w = b1[j]
+                            a0 += q0[j] * w
+                            a1 += q1[j] * w
+                            a2 += q2[j] * w
+                            a3 += q3[j] * w
+                    sums[d, 0] += a0
+                    sums[d, 1] += x0
+                    sums[d, 2] += y0
+                    sums[d, 3] += z0
+                    sums[d + 1, 0] += a1
+                    sums[d + 1, 1] += x1
+                    sums[d + 1, 2] += y1
+                    sums[d + 1, 3] += z1
+                    sums[d + 2, 0] += a2
+                    sums[d + 2, 1] += x2
+                    sums[d + 2, 2] += y2
+                    sums[d + 2, 3] += z2
+                    sums[d + 3, 0] += a3
+                    sums[d + 3, 1] += x3
+                    sums[d + 3, 2] += y3
+                    sums[d + 3, 3] += z3
+                for d in range(nb4, nd):
+                    a = np.float32(0.0)
+                    gx = np.float32(0.0)
+                    gy = np.float32(0.0)
+                    gz = np.float32(0.0)
+                    qd = qg[d, c0:c1]
+                    if do_g:
+                        for j in range(np.uint64(0), m):
+                            qj = qd[j]
+                            a += qj * b1[j]
+                            gx -= qj * bx[j]
+                            gy -= qj * by[j]
+                            gz -= qj * bz[j]
+                    else:
+                        for j in range(np.uint64(0), m):
+                            a += qd[j] * b1[j]
+                    sums[d, 0] += a
+                    sums[d, 1] += gx
+                    sums[d, 2] += gy
+                    sums[d, 3] += gz
+            if bad:  # every density of this target exactly in float64
+                for d in range(nd):
+                    for e in range(4):
+                        sums[d, e] = 0.0
+                for j in range(n):
+                    ex = xi - sg[0, j]
+                    ey = yi - sg[1, j]
+                    ez = zi - sg[2, j]
+                    er2 = ex * ex + ey * ey + ez * ez
+                    if er2 > 0.0:
+                        einv = 1.0 / np.sqrt(er2)
+                        ei3 = einv * einv * einv
+                        for d in range(nd):
+                            eq = q64[d, j]
+                            sums[d, 0] += eq * einv
+                            sums[d, 1] -= eq * ex * ei3
+                            sums[d, 2] -= eq * ey * ei3
+                            sums[d, 3] -= eq * ez * ei3
+            for d in range(nd):
+                pot[d, t0 + i] += c * sums[d, 0]
+                if do_g:
+                    grad[d, 0, t0 + i] += c * sums[d, 1]
+                    grad[d, 1, t0 + i] += c * sums[d, 2]
+                    grad[d, 2, t0 + i] += c * sums[d, 3]

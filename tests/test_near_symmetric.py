@@ -446,6 +446,45 @@ def test_separate_targets_with_float32_pair_terms_meet_eps(kind, eps, threads):
     assert rel(f.evaluate(q)[idx], ref_pot) <= eps
 
 
+@pytest.mark.parametrize("kind,k,separate,threads", [
+    ("uniform", 6, False, 2), ("duplicates", 3, False, 1), ("hair", 4, True, 3),
+    ("far", 5, False, 2), ("clustered", 9, True, 2), ("uniform", 1, True, 1)])
+def test_k_charge_vectors_with_float32_pair_terms_meet_eps(kind, k, separate, threads,
+                                                           monkeypatch):
+    """k charge vectors on a float64 plan at eps 1e-6: p2p_multi_mixed (float32 geometry per
+    chunk swept by every density, four at a time and the rest one by one; a target with a
+    too-close source redone in float64 for every density) against numpy, with and without
+    gradients; each column within eps of its own single-vector run."""
+    names = []
+    bind = _dispatch.bind
+    monkeypatch.setattr(_dispatch, "bind", lambda name, *a, **kw: (names.append(name),
+                                                                     bind(name, *a, **kw))[1])
+    rng = np.random.default_rng(zlib.crc32(f"multi {kind} {k}".encode()))
+    n, m = 8000, 2000
+    x = _points(kind, rng, n)
+    y = None
+    if separate:  # targets among the sources (half of them 1e-10 from one for "hair")
+        y = x[rng.choice(n, m, replace=False)] + 1e-3 * rng.standard_normal((m, 3))
+        if kind == "hair":
+            y[: m // 2] = x[: m // 2] + 1e-10 * rng.standard_normal((m // 2, 3))
+    q = rng.standard_normal((n, k))
+    eps = 1e-6
+    f = aotfmm.Fmm(x, y, eps=eps, threads=threads, ncrit=64)
+    assert f._core.mixed_near
+    pot, grad = f.evaluate(q, gradient=True)
+    pot_only = f.evaluate(q)
+    assert ("p2p_multi_mixed" if k > 1 else "p2p_mixed") in names
+    trg = x if y is None else y
+    idx = rng.choice(len(trg), 200, replace=False)
+    for col in range(k):
+        ref_pot, ref_grad = reference(x, trg[idx], q[:, col], 0.0)
+        assert rel(pot[idx, col], ref_pot) <= eps
+        assert rel(grad[idx, col], ref_grad) <= eps
+        assert rel(pot_only[idx, col], ref_pot) <= eps
+    one_pot, one_grad = f.evaluate(np.ascontiguousarray(q[:, k - 1]), gradient=True)
+    assert rel(pot[:, k - 1], one_pot) <= eps and rel(grad[:, k - 1], one_grad) <= eps
+
+
 @pytest.mark.parametrize("ncrit,eps,far", [(400, 1e-5, False), (400, 1e-6, False),
                                            (9000, 1e-5, True), (9000, 1e-6, True),
                                            (9000, 1e-6, False)])

@@ -228,6 +228,18 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
     if hess is not None:
         work = _dispatch.bind(_dispatch.kernel_name(family.name, "p2p", "densities", "hess"),
                               dt, module, **shared, flags=terms, pot=pot, grad=grad, hess=hess)
+    elif multi and dipoles is None and _mixed_kernel(family, "p2p_mixed", mixed, exact, dt,
+                                                     "densities"):
+        # k charge vectors: the float32 pair terms of p2p_mixed, each chunk's geometry swept
+        # by every density (kernels/p2p.py p2p_multi_mixed)
+        m_max = _most_listed_sources(src_start, src_end, list_offsets, list_index, boxes)
+        g = grad.reshape(-1, 3, grad.shape[-1]) if grad is not None else \
+            np.zeros((1, 1, 1), pot.dtype)
+        shared.pop("dip")
+        work = _dispatch.bind(_mixed_kernel(family, "p2p_mixed", mixed, exact, dt, "densities"),
+                              dt, module, **shared,
+                              flags=_dispatch.GRADIENT if grad is not None else 0,
+                              m_max=m_max, pot=pot.reshape(-1, pot.shape[-1]), grad=g)
     elif multi:
         flags = terms | (_dispatch.GRADIENT if grad is not None else 0) | \
             (_dispatch.EXACT if exact else 0) | \
@@ -264,13 +276,13 @@ def _most_listed_sources(src_start, src_end, list_offsets, list_index, boxes):
     return max(int(totals.max()), 1) if len(totals) else 1
 
 
-def _mixed_kernel(family, op, mixed, exact, dt):
-    """The kernel ``op`` ("p2p_mixed" / "p2p_sym_mixed": one charge vector, float32 pair terms
-    summed in float64) when it applies (``mixed``, not ``exact``, float64 points, and the
-    family has it), else None."""
+def _mixed_kernel(family, op, mixed, exact, dt, inputs="charge"):
+    """The kernel ``op`` ("p2p_mixed" / "p2p_sym_mixed": one charge vector, or with ``inputs``
+    "densities" k of them, float32 pair terms summed in float64) when it applies (``mixed``,
+    not ``exact``, float64 points, and the family has it), else None."""
     if mixed and not exact and dt == np.float64 and \
-            _dispatch.has_kernel(family.name, op, "charge", "pot|potgrad"):
-        return _dispatch.kernel_name(family.name, op, "charge", "pot|potgrad")
+            _dispatch.has_kernel(family.name, op, inputs, "pot|potgrad"):
+        return _dispatch.kernel_name(family.name, op, inputs, "pot|potgrad")
     return None
 
 

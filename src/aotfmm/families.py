@@ -414,6 +414,7 @@ _LAPLACE_SUMS = (
     (("p2p_sym", "charge", "pot|potgrad"), "p2p_sym"),
     (("p2p_sym", "charge", "hess"), "p2p_sym_hess"),
     (("p2p_mixed", "charge", "pot|potgrad"), "p2p_mixed"),
+    (("p2p_mixed", "densities", "pot|potgrad"), "p2p_multi_mixed"),
     (("p2p_sym_mixed", "charge", "pot|potgrad"), "p2p_sym_mixed"),
     (("p2c", "charge", "check"), "p2c_pot"),
     (("p2c", "densities", "check"), "p2c_multi"),
