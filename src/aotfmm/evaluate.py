@@ -795,6 +795,10 @@ class Plan:
         self.l2p_boxes = leaves[has_trg[leaves] & (levels[leaves] >= far)]
         if len(self.far_direct):
             self.l2p_boxes = self.l2p_boxes[~np.isin(self.l2p_boxes, self.far_direct)]
+        if not any(len(d.receivers) for d in self.down_levels):
+            # no local expansion receives anything (e.g. 2 sources and 2 targets in leaves of
+            # one point): nothing to evaluate, and the plan reads no operators to do it with
+            self.l2p_boxes = self.l2p_boxes[:0]
 
     def _levels_with_work(self):
         """Levels whose boxes use operators (P2M, M2M, L2L, M2L, P2L, DC2E)."""
