@@ -491,6 +491,47 @@ def test_small_leaves_take_orders_and_say_what_an_explicit_p_reaches(monkeypatch
     assert plan.p == 9 and plan.expected_eps > 1e-6
 
 
+def test_tiny_separate_problems_with_leaves_of_one_point():
+    """Hostile test 2026-12-03: 2 sources and 2 separate targets with ncrit 1 raised
+    AttributeError ('NoOperators' has no 'r_down_equiv'): leaves got an L2P although no local
+    expansion received anything, and the plan had read no operators (19 of 200 random tiny
+    sets with ncrit 1-7). Random sets of 2-19 points on a few sites, numpy reference."""
+    rng = np.random.default_rng(11)
+    for trial in range(60):
+        n, m = rng.integers(2, 20, size=2)
+        sites = rng.random((rng.integers(2, 6), 3))
+        src = sites[rng.integers(0, len(sites), n)]
+        trg = rng.random((m, 3))
+        q = rng.standard_normal(n)
+        ncrit = int(rng.integers(1, 8))
+        plan = aotfmm.Fmm(src, trg, eps=1e-3, ncrit=ncrit, threads=1)
+        pot, grad = plan.evaluate(q, gradient=True)
+        ref_pot, ref_grad = direct_reference(src, q, trg)
+        what = f"trial {trial}: n={n} m={m} ncrit={ncrit}"
+        assert rel_err(pot, ref_pot) <= 1e-3, what
+        assert rel_err(grad, ref_grad) <= 1e-3, what
+
+
+def test_order_warnings_name_the_real_limit():
+    """Hostile test 2026-12-03: (a) a Hessian plan below the Hessians' floor (3e-9) warned that
+    eps 'needs an order above p=16' (and blamed ncrit=1) although its p was 13-15: the floor
+    is what limits it, and evaluating Hessians says so; (b) an explicit p=16 whose small
+    leaves cannot reach eps was told to 'leave out p ... (p=16 here)', the same p."""
+    x = np.random.default_rng(0).random((5, 3))
+    import warnings
+    for kw in (dict(eps=2e-9), dict(eps=1e-9, ncrit=1)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            plan = aotfmm.Fmm(x, hessians=True, threads=1, **kw)
+        assert plan.p < 16
+        with pytest.warns(aotfmm.AccuracyWarning, match="Hessians reach about"):
+            plan.fields(np.ones(5), pg=3)
+    y = np.random.default_rng(1).random((1, 3))
+    with pytest.warns(aotfmm.AccuracyWarning, match="needs an order above p=16") as rec:
+        aotfmm.Fmm(y, y + 0.01, eps=2e-10, p=16, ncrit=2, dipoles=True, threads=1)
+    assert not any("leave out p" in str(w.message) for w in rec)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("separate", [False, True])
 def test_leaf_anchors_and_offsets_match_a_numpy_build(dtype, separate, rng):

@@ -219,20 +219,24 @@ class Fmm:
                          hessians=self._for_hessians, family=self._core.family,
                          size=self._core.size, ncrit=self.ncrit)
         self.expected_eps = _expected_eps(self.p, self.dtype, **plan_kind)
-        if self._p_given and eps is not None and self.expected_eps > self.eps:
+        if eps is not None and self.expected_eps > self.eps:
             p_eps = evaluate.choose_parameters(self.eps, **plan_kind)[0]
-            warnings.warn(f"p={self.p} reaches about {self.expected_eps:.2g} relative error on "
-                          f"this plan (the worst measured for that order), not eps={self.eps:g}:"
-                          f" leave out p to let eps choose it (p={p_eps} here)",
-                          AccuracyWarning, stacklevel=2)
-        elif eps is not None and self.expected_eps > self.eps:
-            # eps chose p, but the orders it needs (e.g. for a small ncrit) pass P_MAX
-            why = (f" with ncrit={self.ncrit} (small leaves take up to "
-                   f"{evaluate._leaf_orders(1)} orders more; leave out ncrit for the table's)"
-                   if evaluate._leaf_orders(self.ncrit) else "")
-            warnings.warn(f"eps={self.eps:g} needs an order above p={evaluate.P_MAX} on this plan"
-                          f"{why}: it reaches about {self.expected_eps:.2g}",
-                          AccuracyWarning, stacklevel=2)
+            if evaluate.order_error(p_eps, **plan_kind) > self.eps:
+                # even the order eps chooses misses it: the orders it needs (e.g. for a small
+                # ncrit) pass P_MAX
+                why = (f" with ncrit={self.ncrit} (small leaves take up to "
+                       f"{evaluate._leaf_orders(1)} orders more; leave out ncrit for the "
+                       f"table's)" if evaluate._leaf_orders(self.ncrit) else "")
+                warnings.warn(f"eps={self.eps:g} needs an order above p={evaluate.P_MAX} on "
+                              f"this plan{why}: p={self.p} reaches about "
+                              f"{self.expected_eps:.2g}", AccuracyWarning, stacklevel=2)
+            elif self._p_given and p_eps != self.p:
+                warnings.warn(f"p={self.p} reaches about {self.expected_eps:.2g} relative error "
+                              f"on this plan (the worst measured for that order), not "
+                              f"eps={self.eps:g}: leave out p to let eps choose it (p={p_eps} "
+                              f"here)", AccuracyWarning, stacklevel=2)
+            # else a floor of the dtype or of Hessians (HESSIAN_EPS_FLOOR): evaluating
+            # Hessians says so
         self.timings = dict(self._core.setup_timings, setup_total=time.perf_counter() - t0)
 
     @property
