@@ -512,6 +512,33 @@ def test_tiny_separate_problems_with_leaves_of_one_point():
         assert rel_err(grad, ref_grad) <= 1e-3, what
 
 
+def test_float32_small_leaves_say_what_they_reach():
+    """Hostile test 2026-12-03: float32 with explicit leaves below 32 points on grid points
+    missed eps near float32's floor (300 points on a k/4 grid, eps 5e-6: gradient 2.3-3.3x eps
+    of the field of |q| at ncrit 1-8), and more orders made it worse. Such plans now report
+    expected_eps 2e-5 and warn below it; at eps 1e-4 the orders still help and the contract
+    holds (numpy reference, the contract's measure)."""
+    rng = np.random.default_rng(305)
+    x = (rng.integers(0, 5, (300, 3)) / 4).astype(np.float32)
+    q = rng.standard_normal(300).astype(np.float32)
+    x64, q64 = x.astype(np.float64), q.astype(np.float64)
+    with pytest.warns(aotfmm.AccuracyWarning, match="float32 with leaves below 32 points"):
+        plan = aotfmm.Fmm(x, eps=5e-6, ncrit=1, threads=1)
+    assert plan.expected_eps == 2e-5
+    with pytest.warns(aotfmm.AccuracyWarning, match="ncrit=8"):
+        aotfmm.Fmm(x, ncrit=8, threads=1)  # the default eps, 1e-5, too
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan = aotfmm.Fmm(x, eps=1e-4, ncrit=1, threads=1)
+        assert aotfmm.Fmm(x, eps=5e-6, ncrit=32, threads=1).expected_eps <= 5e-6
+    pot, grad = plan.evaluate(q, gradient=True)
+    ref_pot, ref_grad = direct_reference(x64, q64, x64)
+    abs_pot, abs_grad = _absolute_fields(x64, q64, x64)
+    assert np.linalg.norm(pot - ref_pot) <= 1e-4 * np.linalg.norm(abs_pot)
+    assert np.linalg.norm(grad - ref_grad) <= 1e-4 * np.linalg.norm(abs_grad)
+
+
 def test_order_warnings_name_the_real_limit():
     """Hostile test 2026-12-03: (a) a Hessian plan below the Hessians' floor (3e-9) warned that
     eps 'needs an order above p=16' (and blamed ncrit=1) although its p was 13-15: the floor

@@ -31,6 +31,13 @@ if typing.TYPE_CHECKING:  # optional dependencies, for the annotations only
 __all__ = ["Fmm", "Fields", "direct", "laplace", "yukawa", "helmholtz", "lfmm", "hfmm"]
 
 
+#: What float32 reaches with explicit leaves below 32 points (evaluate._SMALL_LEAF_ORDERS): 300
+#: points on a k/4 grid at eps 5e-6 gave gradient errors of 2.3-3.3x eps (of the field of |q|)
+#: with ncrit 1-8, 1.2x at 31, 0.65x at 32 (hostile test 2026-12-03); more orders made it worse
+#: below eps 2e-5 (rounding over deep trees, not truncation), at 1e-4 they help (1.24x -> 0.22x).
+FLOAT32_SMALL_LEAF_EPS = 2e-5
+
+
 def _expected_eps(p, dtype, separate_targets=False, dipoles=False, hessians=False,
                   family=LAPLACE, size=None, ncrit=None):
     """The error a plan of order p is expected to reach: the measured worst case for its order
@@ -219,7 +226,16 @@ class Fmm:
                          hessians=self._for_hessians, family=self._core.family,
                          size=self._core.size, ncrit=self.ncrit)
         self.expected_eps = _expected_eps(self.p, self.dtype, **plan_kind)
-        if eps is not None and self.expected_eps > self.eps:
+        f32_small = self._rdt == np.float32 and bool(evaluate._leaf_orders(self.ncrit)) and \
+            self.expected_eps < FLOAT32_SMALL_LEAF_EPS
+        if f32_small:  # float32 rounding over deep trees of tiny leaves: orders do not fix it
+            self.expected_eps = FLOAT32_SMALL_LEAF_EPS
+        if f32_small and self.eps < FLOAT32_SMALL_LEAF_EPS:  # (the default eps too)
+            warnings.warn(f"float32 with leaves below 32 points (ncrit={self.ncrit}) reaches "
+                          f"about {FLOAT32_SMALL_LEAF_EPS:.2g}, not eps={self.eps:g}: use a "
+                          f"larger ncrit (or leave it out) or dtype=float64", AccuracyWarning,
+                          stacklevel=2)
+        elif eps is not None and self.expected_eps > self.eps:
             p_eps = evaluate.choose_parameters(self.eps, **plan_kind)[0]
             if evaluate.order_error(p_eps, **plan_kind) > self.eps:
                 # even the order eps chooses misses it: the orders it needs (e.g. for a small
