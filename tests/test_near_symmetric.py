@@ -405,13 +405,17 @@ def test_target_prefix_is_checked():
                                          (10, 1e-6, False), (7, None, True), (None, 5e-7, False)])
 def test_float32_pair_terms_only_where_the_order_is_no_more_accurate(p, eps, mixed):
     """The default eps (1e-6) takes float32 pair terms with the order it chooses (p = 8, worst
-    1.3e-7); an explicit higher p keeps float64 ones, whatever eps says, so it reaches what its
-    order does (expected_eps): p = 10 measured ~1e-10 here, ~1e-8 with float32 terms."""
+    1.3e-7; expected_eps 3e-7 with the float32 terms); an explicit higher p keeps float64 ones,
+    whatever eps says, so it reaches what its order does (expected_eps): p = 10 measured
+    ~1e-11 here, ~2e-8 with float32 terms."""
     rng = np.random.default_rng(77)
     x = rng.random((6000, 3))
     q = rng.random(len(x))
     f = aotfmm.Fmm(x, p=p, eps=eps)
     assert f._core.mixed_near == mixed
+    # expected_eps counts the float32 terms (3e-7 at best) on top of the order's error
+    order = aotfmm.evaluate.order_error(f.p)
+    assert f.expected_eps == (max(order, _dispatch.MIXED_NEAR_ERROR) if mixed else order)
     pot = f.evaluate(q)
     idx = rng.choice(len(x), 300, replace=False)
     err = rel(pot[idx], reference(x, x[idx], q, 0.0)[0])

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import numpy.typing as npt
 
-from . import _progress, _threads
+from . import _dispatch, _progress, _threads
 from ._direct import _direct, _direct_multi
 from .evaluate import AccuracyWarning, order_error
 from ._frame import frame, scaled_densities, to_soa, unscale_fields
@@ -226,6 +226,8 @@ class Fmm:
                          hessians=self._for_hessians, family=self._core.family,
                          size=self._core.size, ncrit=self.ncrit)
         self.expected_eps = _expected_eps(self.p, self.dtype, **plan_kind)
+        if self._core.mixed_near:  # float32 pair terms in the near field (README)
+            self.expected_eps = max(self.expected_eps, _dispatch.MIXED_NEAR_ERROR)
         f32_small = self._rdt == np.float32 and bool(evaluate._leaf_orders(self.ncrit)) and \
             self.expected_eps < FLOAT32_SMALL_LEAF_EPS
         if f32_small:  # float32 rounding over deep trees of tiny leaves: orders do not fix it
