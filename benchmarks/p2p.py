@@ -10,7 +10,7 @@ k > 1 densities use) and by Newton's third law (``sym``: each pair of distinct n
 used for both points), both counted as the interactions a one-sided pass would compute, so the
 two rates compare directly (sym's "rate" is effective). float64 also runs ``mixed``: Newton's
 third law with the pair terms in float32, summed in float64 (``p2p_sym_mixed``, what a float64
-plan at eps >= 1e-5 uses; here on the eps 1e-6 plan's lists, for the same pairs).
+plan at eps >= 1e-6 uses since 2026-12-03, 1e-5 before; on the eps 1e-6 plan's lists).
 
     python benchmarks/p2p.py [--n 20000] [--fmm-n 200000] [--quick]
 """
