@@ -113,6 +113,13 @@ MIXED_SOURCES = 512
 #: p2p_multi_mixed: sources per geometry chunk (float32 1/r and (x - y)/r^3, 4 x 256 x 4 B, stay
 #: in L1 while the densities sweep them), and so the length of each float32 partial sum
 MIXED_CHUNK = 256
+#: the mixed kernels redo in float64 a pair closer than this many grid steps g (their split
+#: coordinates' rounding, ~1.2e-7 g per axis, is then at most ~1.2e-7 of r): at g / 8 (until
+#: 2026-12-03, when they served eps >= 1e-5 only) a crafted pair at 1.002 g / 8 whose low
+#: parts rounded apart had a gradient error of 1.6e-6 of the field of |q| at eps 1e-6 (hostile
+#: test); random pairs come that close about once per 1e5 leaves of 400 points.
+MIXED_CUT = 1.0
+MIXED_CUT2 = MIXED_CUT * MIXED_CUT
 #: below this r^2 the mixed kernels' float32 terms go to float64 too, whatever the grid: their
 #: (1/r)^3 must stay far below the float32 maximum (a leaf of points 1e-16 apart has a grid so
 #: fine that (g/8)^2 let r^2 = 1e-31 through, and its gradient came out inf: 2026-12-02)
@@ -551,9 +558,9 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
     grid g (a power of two, 2^-13 of the largest coordinate: exact) plus a float32 rest, so
     a difference (hi_x - hi_y) + (lo_x - lo_y) carries a relative error of ~6e-8 + 1.2e-7 g/r
     whatever the distance r of the pair or the place of the box, and the pair terms cost
-    float32 arithmetic at full vector width. A pair closer than g / 8 (where that error
-    would exceed ~1e-6) or than 2^-40 (:data:`MIXED_R2_MIN`: its (1/r)^3 must fit float32)
-    makes the box be redone in float64 with
+    float32 arithmetic at full vector width. A pair closer than MIXED_CUT g (where that error
+    would exceed ~1.2e-7 per axis) or than 2^-40 (:data:`MIXED_R2_MIN`: its (1/r)^3 must fit
+    float32) makes the box be redone in float64 with
     the exact 1/sqrt, as p2p_sym does; so does a pair that rounds to r^2 = 0 unless its
     float64 coordinates are equal (coincident points, each point with itself: 0). Coincident
     points share a leaf, so that check runs on the one-sided list (which holds b itself)
@@ -595,7 +602,7 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
             for j in range(n2):
                 big = max(big, abs(s2[e, j]))
         g = _grid(big)
-        thr = max(np.float32(g * g / 64.0), MIXED_R2_MIN)  # (g / 8)^2
+        thr = max(np.float32(g * g * MIXED_CUT2), MIXED_R2_MIN)  # (MIXED_CUT g)^2
         _split_hi_lo(s1, n1, g, h1, l1)
         _split_hi_lo(s2, n2, g, h2, l2)
         _split_hi_lo(xyz[:, t0:t0 + nt], nt, g, ht, lt)
@@ -928,7 +935,7 @@ def p2p_mixed(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end,
     listed sources (own box first) are gathered in its frame, every coordinate split into a
     float32 part on a power-of-two grid plus a float32 rest, and each target's float32 sums
     over blocks of ``MIXED_SOURCES`` sources added in float64. A target with a source closer
-    than 1/8 of the grid, or one that rounds to r^2 = 0 without being coincident in float64,
+    than MIXED_CUT grid steps, or one that rounds to r^2 = 0 without being coincident in float64,
     is summed again exactly in float64; a coincident source (only the own box can hold one)
     contributes 0."""
     c = INV4PI
@@ -977,7 +984,7 @@ def p2p_mixed(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end,
             for i in range(nt):
                 big = max(big, abs(trg_xyz[e, t0 + i]))
         g = _grid(big)
-        thr = max(np.float32(g * g / 64.0), MIXED_R2_MIN)  # (g / 8)^2
+        thr = max(np.float32(g * g * MIXED_CUT2), MIXED_R2_MIN)  # (MIXED_CUT g)^2
         _split_hi_lo(sg, n, g, hs, ls)
         _split_hi_lo(trg_xyz[:, t0:t0 + nt], nt, g, ht, lt)
         for j in range(n):
@@ -1100,7 +1107,7 @@ def p2p_multi_mixed(src_xyz, q, trg_xyz, src_start, src_end, trg_start, trg_end,
     rests; per target, chunks of ``MIXED_CHUNK`` sources get their float32 geometry (1/r, and
     (x - y)/r^3 for the gradient) once, then every density sweeps it in float32 (four per
     sweep, the rest one by one) and adds the chunk's sums to float64. A target with a source
-    closer than 1/8 of the grid (or than ``MIXED_R2_MIN``) is summed again, every density,
+    closer than ``MIXED_CUT`` grid steps (or than ``MIXED_R2_MIN``) is summed again, every density,
     exactly in float64; a coincident source (only the own box can hold one) contributes 0."""
     c = INV4PI
     one = np.float32(1.0)
@@ -1157,7 +1164,7 @@ def p2p_multi_mixed(src_xyz, q, trg_xyz, src_start, src_end, trg_start, trg_end,
             for i in range(nt):
                 big = max(big, abs(trg_xyz[e, t0 + i]))
         g = _grid(big)
-        thr = max(np.float32(g * g / 64.0), MIXED_R2_MIN)  # (g / 8)^2
+        thr = max(np.float32(g * g * MIXED_CUT2), MIXED_R2_MIN)  # (MIXED_CUT g)^2
         _split_hi_lo(sg, n, g, hs, ls)
         _split_hi_lo(trg_xyz[:, t0:t0 + nt], nt, g, ht, lt)
         for i in range(nt):
