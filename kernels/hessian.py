@@ -23,8 +23,10 @@ the exact 1/r the Hessian P2P took 0.23 s one-sided and 0.19-0.21 s by Newton's 
 with the estimate 0.28 s and 0.23 s; the sqrt and divide overlap a Hessian pair's many FMAs).
 """
 import numpy as np
+from numba.extending import register_jitable
 
 from ._inline import gather_sym, scatter_sym
+from .p2p import MIXED_CUT2, MIXED_R2_MIN, MIXED_SOURCES, _grid, _split_hi_lo
 
 INV4PI = 0.07957747154594767  # 1 / (4 pi)
 
@@ -41,6 +43,10 @@ SIGNATURES = {
     "p2p_sym_hess": "void({F}[:, ::1], {F}[::1], i8[::1], i8[::1], i8[::1], i8[::1],"
                     " {F}[:, ::1], i8[::1], i8[::1], {F}[:, ::1], i8[::1], i8, i8, i8, i8,"
                     " {F}[::1], {F}[:, ::1], {F}[:, ::1])",
+    # as p2p_sym_hess, float64 in and out, the pair terms in float32 (see p2p_sym_hess_mixed)
+    "p2p_sym_hess_mixed": "void(f8[:, ::1], f8[::1], i8[::1], i8[::1], i8[::1], i8[::1],"
+                          " f8[:, ::1], i8[::1], i8[::1], f8[:, ::1], i8[::1], i8, i8, i8, i8,"
+                          " f8[::1], f8[:, ::1], f8[:, ::1])",
 }
 
 _LOCALS = {"c": "{F}", "p": "{F}", "gx": "{F}", "gy": "{F}", "gz": "{F}", "hxx": "{F}",
@@ -53,7 +59,13 @@ _LOCALS = {"c": "{F}", "p": "{F}", "gx": "{F}", "gy": "{F}", "gz": "{F}", "hxx":
 LOCALS = {"p2p_hess": _LOCALS,
           "p2p_sym_hess": dict(_LOCALS, ir="{F}", qi="{F}", xi="{F}", yi="{F}", zi="{F}",
                                axx="{F}", ayy="{F}", azz="{F}", axy="{F}", axz="{F}",
-                               ayz="{F}")}
+                               ayz="{F}"),
+          "p2p_sym_hess_mixed": dict(
+              {k: "float32" for k in _LOCALS if k != "c"},
+              **{k: "float32" for k in ("ir", "qi", "axx", "ayy", "azz", "axy", "axz", "ayz",
+                                        "xh", "yh", "zh", "xl", "yl", "zl", "thr", "chk")},
+              **{k: "float64" for k in ("c", "g", "big", "xi", "yi", "zi", "qd", "e2", "er",
+                                        "eux", "euy", "euz", "ew", "ew3", "et5")})}
 
 
 def p2p_hess(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, list_offsets,
@@ -361,3 +373,293 @@ def p2p_sym_hess(xyz, q, start, end, one_offsets, one_index, one_shift, sym_offs
                 hess[e, t0 + i] += c * ob[e + 4, i]
             for j in range(n2):
                 hess[e, gidx[j]] += c * o2[e + 4, j]
+
+
+def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_offsets,
+                       sym_index, sym_shift, boxes, i0, i1, flags, m_max, pot, grad, hess):
+    """:func:`p2p_sym_hess` for float64 points, charges and outputs with the pair terms in
+    float32, as ``p2p.p2p_sym_mixed``: per box the gathered points (in its frame) are split
+    into float32 parts on a power-of-two grid plus float32 rests; a target's sums are float32
+    over at most ``MIXED_SOURCES`` one-sided sources or partners, then float64; a partner's sums
+    are one float32 sum over the box's targets. A box with a pair closer than ``MIXED_CUT``
+    grid steps (or than ``MIXED_R2_MIN``, or rounding to r^2 = 0 without being coincident) is
+    computed again in float64 with the exact 1/r, as p2p_sym_hess does; coincident points
+    (each point with itself; only the one-sided list, which holds b, can have them) contribute
+    0. ``flags`` is unused."""
+    c = INV4PI
+    one = np.float32(1.0)
+    three = np.float32(3.0)
+    bj = MIXED_SOURCES
+    s1 = np.empty((3, m_max), dtype=np.float64)
+    q1 = np.empty(m_max, dtype=np.float64)
+    s2 = np.empty((3, m_max), dtype=np.float64)
+    q2 = np.empty(m_max, dtype=np.float64)
+    gidx = np.empty(m_max, dtype=np.int64)
+    h1 = np.empty((3, m_max), dtype=np.float32)
+    l1 = np.empty((3, m_max), dtype=np.float32)
+    h2 = np.empty((3, m_max), dtype=np.float32)
+    l2 = np.empty((3, m_max), dtype=np.float32)
+    f1 = np.empty(m_max, dtype=np.float32)
+    f2 = np.empty(m_max, dtype=np.float32)
+    o2f = np.empty((10, m_max), dtype=np.float32)  # the partners' float32 sums
+    o2 = np.empty((10, m_max), dtype=np.float64)
+    ob = np.empty((10, m_max), dtype=np.float64)
+    acc = np.empty(10, dtype=np.float64)
+    tmax = 1
+    for ii in range(i0, i1):
+        tmax = max(tmax, end[boxes[ii]] - start[boxes[ii]])
+    ht = np.empty((3, tmax), dtype=np.float32)
+    lt = np.empty((3, tmax), dtype=np.float32)
+    for ii in range(i0, i1):
+        b = boxes[ii]
+        t0 = start[b]
+        nt = end[b] - t0
+        n1, n2 = gather_sym(xyz, q, start, end, one_offsets, one_index, one_shift,
+                            sym_offsets, sym_index, sym_shift, b, s1, q1, s2, q2, gidx)
+        big = 0.0
+        for e in range(3):
+            for j in range(n1):
+                big = max(big, abs(s1[e, j]))
+            for j in range(n2):
+                big = max(big, abs(s2[e, j]))
+            for i in range(nt):
+                big = max(big, abs(xyz[e, t0 + i]))
+        g = _grid(big)
+        thr = max(np.float32(g * g * MIXED_CUT2), MIXED_R2_MIN)  # (MIXED_CUT g)^2
+        _split_hi_lo(s1, n1, g, h1, l1)
+        _split_hi_lo(s2, n2, g, h2, l2)
+        _split_hi_lo(xyz[:, t0:t0 + nt], nt, g, ht, lt)
+        for j in range(n1):
+            f1[j] = q1[j]
+        for j in range(n2):
+            f2[j] = q2[j]
+        for e in range(10):
+            for j in range(n2):
+                o2f[e, j] = 0.0
+        hx1 = h1[0, :n1]
+        hy1 = h1[1, :n1]
+        hz1 = h1[2, :n1]
+        lx1 = l1[0, :n1]
+        ly1 = l1[1, :n1]
+        lz1 = l1[2, :n1]
+        sx1 = s1[0, :n1]
+        sy1 = s1[1, :n1]
+        sz1 = s1[2, :n1]
+        hx2 = h2[0, :n2]
+        hy2 = h2[1, :n2]
+        hz2 = h2[2, :n2]
+        lx2 = l2[0, :n2]
+        ly2 = l2[1, :n2]
+        lz2 = l2[2, :n2]
+        op = o2f[0, :n2]
+        ogx = o2f[1, :n2]
+        ogy = o2f[2, :n2]
+        ogz = o2f[3, :n2]
+        oxx = o2f[4, :n2]
+        oyy = o2f[5, :n2]
+        ozz = o2f[6, :n2]
+        oxy = o2f[7, :n2]
+        oxz = o2f[8, :n2]
+        oyz = o2f[9, :n2]
+        bad = False
+        for i in range(nt):
+            xh = ht[0, i]
+            yh = ht[1, i]
+            zh = ht[2, i]
+            xl = lt[0, i]
+            yl = lt[1, i]
+            zl = lt[2, i]
+            qi = np.float32(q[t0 + i])
+            xi = xyz[0, t0 + i]
+            yi = xyz[1, t0 + i]
+            zi = xyz[2, t0 + i]
+            for e in range(10):
+                acc[e] = 0.0
+            for j0 in range(0, n1, bj):  # one-sided sources (b itself among them), float32 blocks
+                p = np.float32(0.0)
+                gx = np.float32(0.0)
+                gy = np.float32(0.0)
+                gz = np.float32(0.0)
+                hxx = np.float32(0.0)
+                hyy = np.float32(0.0)
+                hzz = np.float32(0.0)
+                hxy = np.float32(0.0)
+                hxz = np.float32(0.0)
+                hyz = np.float32(0.0)
+                for j in range(np.uint64(j0), np.uint64(min(j0 + bj, n1))):
+                    dx = (xh - hx1[j]) + (xl - lx1[j])
+                    dy = (yh - hy1[j]) + (yl - ly1[j])
+                    dz = (zh - hz1[j]) + (zl - lz1[j])
+                    r2 = dx * dx + dy * dy + dz * dz
+                    ir = one / np.sqrt(r2)
+                    if not r2 >= thr:
+                        ir = np.float32(np.nan)
+                    if xi == sx1[j] and yi == sy1[j] and zi == sz1[j]:  # coincident: 0
+                        ir = np.float32(0.0)
+                    ux = dx * ir
+                    uy = dy * ir
+                    uz = dz * ir
+                    w = f1[j] * ir
+                    p += w
+                    t5 = w * ir
+                    gx -= t5 * ux
+                    gy -= t5 * uy
+                    gz -= t5 * uz
+                    w3 = t5 * ir
+                    t5 = three * w3
+                    hxx += t5 * ux * ux - w3
+                    hyy += t5 * uy * uy - w3
+                    hzz += t5 * uz * uz - w3
+                    hxy += t5 * ux * uy
+                    hxz += t5 * ux * uz
+                    hyz += t5 * uy * uz
+                acc[0] += p
+                acc[1] += gx
+                acc[2] += gy
+                acc[3] += gz
+                acc[4] += hxx
+                acc[5] += hyy
+                acc[6] += hzz
+                acc[7] += hxy
+                acc[8] += hxz
+                acc[9] += hyz
+            for j0 in range(0, n2, bj):  # symmetric partners: both points
+                p = np.float32(0.0)
+                gx = np.float32(0.0)
+                gy = np.float32(0.0)
+                gz = np.float32(0.0)
+                hxx = np.float32(0.0)
+                hyy = np.float32(0.0)
+                hzz = np.float32(0.0)
+                hxy = np.float32(0.0)
+                hxz = np.float32(0.0)
+                hyz = np.float32(0.0)
+                for j in range(np.uint64(j0), np.uint64(min(j0 + bj, n2))):
+                    dx = (xh - hx2[j]) + (xl - lx2[j])
+                    dy = (yh - hy2[j]) + (yl - ly2[j])
+                    dz = (zh - hz2[j]) + (zl - lz2[j])
+                    r2 = dx * dx + dy * dy + dz * dz
+                    ir = one / np.sqrt(r2)
+                    if not r2 >= thr:
+                        ir = np.float32(np.nan)
+                    ux = dx * ir
+                    uy = dy * ir
+                    uz = dz * ir
+                    i3 = ir * ir * ir
+                    axx = three * ux * ux - one  # (3 u u^T - I), shared by both points
+                    ayy = three * uy * uy - one
+                    azz = three * uz * uz - one
+                    axy = three * ux * uy
+                    axz = three * ux * uz
+                    ayz = three * uy * uz
+                    w = f2[j] * ir
+                    p += w
+                    t5 = w * ir
+                    gx -= t5 * ux
+                    gy -= t5 * uy
+                    gz -= t5 * uz
+                    w3 = t5 * ir
+                    hxx += w3 * axx
+                    hyy += w3 * ayy
+                    hzz += w3 * azz
+                    hxy += w3 * axy
+                    hxz += w3 * axz
+                    hyz += w3 * ayz
+                    w = qi * ir
+                    op[j] += w
+                    t5 = w * ir
+                    ogx[j] += t5 * ux
+                    ogy[j] += t5 * uy
+                    ogz[j] += t5 * uz
+                    w3 = qi * i3
+                    oxx[j] += w3 * axx
+                    oyy[j] += w3 * ayy
+                    ozz[j] += w3 * azz
+                    oxy[j] += w3 * axy
+                    oxz[j] += w3 * axz
+                    oyz[j] += w3 * ayz
+                acc[0] += p
+                acc[1] += gx
+                acc[2] += gy
+                acc[3] += gz
+                acc[4] += hxx
+                acc[5] += hyy
+                acc[6] += hzz
+                acc[7] += hxy
+                acc[8] += hxz
+                acc[9] += hyz
+            if acc[0] != acc[0]:  # a pair too close for the float32 terms
+                bad = True
+                break
+            for e in range(10):
+                ob[e, i] = acc[e]
+        if not bad:
+            chk = np.float32(0.0)
+            for j in range(n2):
+                chk += op[j]
+            bad = chk != chk
+        if bad:  # the whole box in float64, exact 1/r (as p2p_sym_hess)
+            _sym_hess_box_exact(xyz, q, t0, nt, s1, q1, n1, s2, q2, n2, o2, ob)
+        else:
+            for e in range(10):
+                for j in range(n2):
+                    o2[e, j] = o2f[e, j]
+        scatter_sym(c, ob, o2, gidx, t0, nt, n2, True, pot, grad)  # rows 0-3: pot, grad
+        for e in range(6):
+            for i in range(nt):
+                hess[e, t0 + i] += c * ob[e + 4, i]
+            for j in range(n2):
+                hess[e, gidx[j]] += c * o2[e + 4, j]
+
+
+@register_jitable
+def _sym_hess_box_exact(xyz, q, t0, nt, s1, q1, n1, s2, q2, n2, o2, ob):
+    """Box sums of :func:`p2p_sym_hess` in float64 with the exact 1/r (``ob`` the box's own
+    points, ``o2`` its partners, both (10, .) overwritten): p2p_sym_hess_mixed's redo of a box
+    with a pair too close for float32 terms. Coincident points contribute 0."""
+    for e in range(10):
+        for j in range(n2):
+            o2[e, j] = 0.0
+    for i in range(nt):
+        xi = xyz[0, t0 + i]
+        yi = xyz[1, t0 + i]
+        zi = xyz[2, t0 + i]
+        qd = q[t0 + i]
+        for e in range(10):
+            ob[e, i] = 0.0
+        for part in range(2):
+            n = n1 if part == 0 else n2
+            for j in range(n):
+                if part == 0:
+                    ex = xi - s1[0, j]
+                    ey = yi - s1[1, j]
+                    ez = zi - s1[2, j]
+                    qj = q1[j]
+                else:
+                    ex = xi - s2[0, j]
+                    ey = yi - s2[1, j]
+                    ez = zi - s2[2, j]
+                    qj = q2[j]
+                e2 = ex * ex + ey * ey + ez * ez
+                if e2 == 0.0:
+                    continue
+                er = 1.0 / np.sqrt(e2)
+                eux = ex * er
+                euy = ey * er
+                euz = ez * er
+                ew = er * er * er  # 1 / r^3
+                t = (3.0 * eux * eux - 1.0, 3.0 * euy * euy - 1.0, 3.0 * euz * euz - 1.0,
+                     3.0 * eux * euy, 3.0 * eux * euz, 3.0 * euy * euz)
+                ob[0, i] += qj * er
+                ob[1, i] -= qj * er * er * eux
+                ob[2, i] -= qj * er * er * euy
+                ob[3, i] -= qj * er * er * euz
+                for e in range(6):
+                    ob[4 + e, i] += qj * ew * t[e]
+                if part == 1:
+                    o2[0, j] += qd * er
+                    o2[1, j] += qd * er * er * eux
+                    o2[2, j] += qd * er * er * euy
+                    o2[3, j] += qd * er * er * euz
+                    for e in range(6):
+                        o2[4 + e, j] += qd * ew * t[e]

@@ -74,15 +74,22 @@ def test_several_densities_and_float32(rng):
 
 
 @pytest.mark.parametrize("kind", ("uniform", "clustered"))
-@pytest.mark.parametrize("threads", (1, 2))
-def test_one_charge_vector_at_its_sources_by_newtons_third_law(rng, kind, threads):
+@pytest.mark.parametrize("threads,mixed", ((1, True), (2, True), (1, False), (2, False)))
+def test_one_charge_vector_at_its_sources_by_newtons_third_law(rng, kind, threads, mixed,
+                                                               monkeypatch):
     """One charge vector, fields at the sources: the near field's pairs are computed once for
-    both points (p2p_sym_hess). Against numpy, and against the same plan's two-column run,
-    whose near field takes every pair from its target's side (p2p_hess)."""
+    both points (p2p_sym_hess; at eps 1e-6 with float32 pair terms, p2p_sym_hess_mixed).
+    Against numpy, and against the same plan's two-column run, whose near field takes every
+    pair from its target's side in float64 (p2p_hess): to rounding with float64 pair terms,
+    to eps with float32 ones."""
+    from aotfmm import evaluate
+    monkeypatch.setattr(evaluate, "_MIXED_NEAR", mixed)
     n = 5000
     src = points(rng, kind, n)
     q = rng.standard_normal(n)
     plan = aotfmm.Fmm(src, hessians=True, eps=1e-6, threads=threads, ncrit=150)
+    assert plan._core.mixed_near == mixed
+    tol = (1e-6, 1e-6) if mixed else (1e-11, 1e-13)
     f = plan.fields(q, pg=3)
     two = plan.fields(np.stack([q, -q], axis=1), pg=3)
     idx = rng.choice(n, 400, replace=False)
@@ -91,7 +98,31 @@ def test_one_charge_vector_at_its_sources_by_newtons_third_law(rng, kind, thread
         assert rel_err(value, ref) < 1e-6
     for a, b in ((f.pot, two.pot[:, 0]), (f.grad, two.grad[:, 0]), (f.hess, two.hess[:, 0]),
                  (f.hess, -two.hess[:, 1])):
-        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13 * np.abs(b).max())
+        np.testing.assert_allclose(a, b, rtol=tol[0], atol=tol[1] * np.abs(b).max())
+
+
+@pytest.mark.parametrize("layout", ("duplicates", "hairs", "offset"))
+def test_hessians_with_float32_pair_terms_meet_eps(rng, layout):
+    """p2p_sym_hess_mixed at eps 1e-6 (float64 plan): every point twice (coincident pairs: 0,
+    in float32 and in float64), pairs 1e-11 apart (their leaves redone in float64), and the
+    cube 1e6 from the origin (leaf-local coordinates); numpy reference."""
+    n = 3000
+    x = rng.random((n, 3))
+    if layout == "duplicates":
+        x = np.concatenate([x, x])
+    elif layout == "hairs":
+        x = np.concatenate([x, x[:500] + 1e-11 * rng.standard_normal((500, 3))])
+    else:
+        x = x + 1e6
+    q = rng.standard_normal(len(x))
+    plan = aotfmm.Fmm(x, hessians=True, eps=1e-6, ncrit=100)
+    assert plan._core.mixed_near
+    f = plan.fields(q, pg=3)
+    near = np.arange(n - 5, min(n + 5, len(x)))  # around the duplicates' / hairs' seam
+    idx = np.concatenate([rng.choice(len(x), 300, replace=False), near])
+    for value, ref in zip((f.pot[idx], f.grad[idx], f.hess[idx]),
+                          hessian_reference(x, q, None, x[idx])):
+        assert rel_err(value, ref) < 1e-6
 
 
 def test_near_coincident_float32_pairs_do_not_overflow(rng):

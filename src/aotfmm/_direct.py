@@ -300,8 +300,12 @@ def _p2p_sym(sym, xyz, charges, pot, grad, workers, module, exact, family, coars
     if coarse_exp and not exact:
         flags |= _dispatch.COARSE_EXP
     name = _dispatch.kernel_name(family.name, "p2p_sym", "charge", "pot|potgrad")
-    if hess is not None:  # pot, grad and hess (k = 1): the Hessian kernel (exact 1/r)
+    if hess is not None:  # pot, grad and hess (k = 1): the Hessian kernel (exact 1/r), with
+        # float32 pair terms where the plan allows them (p2p_sym_hess_mixed)
         name = _dispatch.kernel_name(family.name, "p2p_sym", "charge", "hess")
+        if mixed and not exact and dt == np.float64 and \
+                _dispatch.has_kernel(family.name, "p2p_sym_mixed", "charge", "hess"):
+            name = _dispatch.kernel_name(family.name, "p2p_sym_mixed", "charge", "hess")
         flags = 0
     elif _mixed_kernel(family, "p2p_sym_mixed", mixed, exact, dt):
         name = _mixed_kernel(family, "p2p_sym_mixed", mixed, exact, dt)

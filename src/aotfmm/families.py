@@ -375,8 +375,8 @@ def _laplace_dg(r):
 #: gradient is at least 3x below eps (benchmarks/accuracy.py, n = 2e4: uniform cube, sphere
 #: surface, clustered; float64 with float64 pair terms: a plan with float32 ones, eps >= 1e-6,
 #: adds _dispatch.MIXED_NEAR_ERROR to its expected_eps). Worst errors measured: p=3 2.6e-3,
-#: 4 4.8e-4, 5 6.2e-5, 6 1.0e-5, 7 1.4e-6, 8 1.3e-7, 9 2.4e-8, 10 4.0e-9, 11 7.5e-10, 12 2.6e-10, 13 5.9e-11,
-#: 14 2.1e-11. Separate targets take one order more (see choose_parameters); their worst case
+#: 4 4.8e-4, 5 6.2e-5, 6 1.0e-5, 7 1.4e-6, 8 1.3e-7, 9 2.4e-8, 10 4.0e-9, 11 7.5e-10,
+#: 12 2.6e-10, 13 5.9e-11, 14 2.1e-11. Separate targets take one order more (see choose_parameters); their worst case
 #: (two tiny far clusters, targets around them) measured 8.2e-7 at p=9, 2.3e-10 at p=13 and
 #: 1.9e-10 at p=14, where deep trees saturate (float64 coordinates of 20-level boxes).
 #: ncrit: leaves of ~ncrit/2..ncrit points balance P2P against M2L; measured on uniform 1e5 and
@@ -417,6 +417,7 @@ _LAPLACE_SUMS = (
     (("p2p_mixed", "charge", "pot|potgrad"), "p2p_mixed"),
     (("p2p_mixed", "densities", "pot|potgrad"), "p2p_multi_mixed"),
     (("p2p_sym_mixed", "charge", "pot|potgrad"), "p2p_sym_mixed"),
+    (("p2p_sym_mixed", "charge", "hess"), "p2p_sym_hess_mixed"),
     (("p2c", "charge", "check"), "p2c_pot"),
     (("p2c", "densities", "check"), "p2c_multi"),
     (("s2p", "surface", "pot"), "s2p_pot"),
