@@ -26,7 +26,7 @@ import numpy as np
 from numba.extending import register_jitable
 
 from ._inline import gather_sym, scatter_sym
-from .p2p import MIXED_CUT2, MIXED_R2_MIN, MIXED_SOURCES, _grid, _split_hi_lo
+from .p2p import MIXED_SOURCES, _split_box
 
 INV4PI = 0.07957747154594767  # 1 / (4 pi)
 
@@ -64,8 +64,7 @@ LOCALS = {"p2p_hess": _LOCALS,
               {k: "float32" for k in _LOCALS if k != "c"},
               **{k: "float32" for k in ("ir", "qi", "axx", "ayy", "azz", "axy", "axz", "ayz",
                                         "xh", "yh", "zh", "xl", "yl", "zl", "thr", "chk")},
-              **{k: "float64" for k in ("c", "g", "big", "xi", "yi", "zi", "qd", "e2", "er",
-                                        "eux", "euy", "euz", "ew", "ew3", "et5")})}
+              **{k: "float64" for k in ("c", "xi", "yi", "zi")})}
 
 
 def p2p_hess(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, list_offsets,
@@ -223,6 +222,7 @@ def p2p_hess(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, l
                 hess[d, 5, i] += c * hyz
 
 
+@register_jitable  # also called by p2p_sym_hess_mixed for a box it must redo in float64
 def p2p_sym_hess(xyz, q, start, end, one_offsets, one_index, one_shift, sym_offsets,
                  sym_index, sym_shift, boxes, i0, i1, flags, m_max, pot, grad, hess):
     """Potential, gradient and Hessian of one charge vector when the targets are the sources,
@@ -367,12 +367,7 @@ def p2p_sym_hess(xyz, q, start, end, one_offsets, one_index, one_shift, sym_offs
             ob[7, i] = hxy
             ob[8, i] = hxz
             ob[9, i] = hyz
-        scatter_sym(c, ob, o2, gidx, t0, nt, n2, True, pot, grad)  # rows 0-3: pot, grad
-        for e in range(6):
-            for i in range(nt):
-                hess[e, t0 + i] += c * ob[e + 4, i]
-            for j in range(n2):
-                hess[e, gidx[j]] += c * o2[e + 4, j]
+        _scatter_sym_hess(c, ob, o2, gidx, t0, nt, n2, pot, grad, hess)
 
 
 def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_offsets,
@@ -402,7 +397,6 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
     f1 = np.empty(m_max, dtype=np.float32)
     f2 = np.empty(m_max, dtype=np.float32)
     o2f = np.empty((10, m_max), dtype=np.float32)  # the partners' float32 sums
-    o2 = np.empty((10, m_max), dtype=np.float64)
     ob = np.empty((10, m_max), dtype=np.float64)
     acc = np.empty(10, dtype=np.float64)
     tmax = 1
@@ -416,19 +410,7 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
         nt = end[b] - t0
         n1, n2 = gather_sym(xyz, q, start, end, one_offsets, one_index, one_shift,
                             sym_offsets, sym_index, sym_shift, b, s1, q1, s2, q2, gidx)
-        big = 0.0
-        for e in range(3):
-            for j in range(n1):
-                big = max(big, abs(s1[e, j]))
-            for j in range(n2):
-                big = max(big, abs(s2[e, j]))
-            for i in range(nt):
-                big = max(big, abs(xyz[e, t0 + i]))
-        g = _grid(big)
-        thr = max(np.float32(g * g * MIXED_CUT2), MIXED_R2_MIN)  # (MIXED_CUT g)^2
-        _split_hi_lo(s1, n1, g, h1, l1)
-        _split_hi_lo(s2, n2, g, h2, l2)
-        _split_hi_lo(xyz[:, t0:t0 + nt], nt, g, ht, lt)
+        thr = _split_box(s1, n1, s2, n2, xyz[:, t0:t0 + nt], nt, h1, l1, h2, l2, ht, lt)
         for j in range(n1):
             f1[j] = q1[j]
         for j in range(n2):
@@ -598,68 +580,22 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
             for j in range(n2):
                 chk += op[j]
             bad = chk != chk
-        if bad:  # the whole box in float64, exact 1/r (as p2p_sym_hess)
-            _sym_hess_box_exact(xyz, q, t0, nt, s1, q1, n1, s2, q2, n2, o2, ob)
-        else:
-            for e in range(10):
-                for j in range(n2):
-                    o2[e, j] = o2f[e, j]
-        scatter_sym(c, ob, o2, gidx, t0, nt, n2, True, pot, grad)  # rows 0-3: pot, grad
-        for e in range(6):
-            for i in range(nt):
-                hess[e, t0 + i] += c * ob[e + 4, i]
-            for j in range(n2):
-                hess[e, gidx[j]] += c * o2[e + 4, j]
+        if bad:  # the whole box in float64, exact 1/r
+            p2p_sym_hess(xyz, q, start, end, one_offsets, one_index, one_shift, sym_offsets,
+                         sym_index, sym_shift, boxes, ii, ii + 1, flags, m_max, pot, grad, hess)
+            continue
+        _scatter_sym_hess(c, ob, o2f, gidx, t0, nt, n2, pot, grad, hess)
+
 
 
 @register_jitable
-def _sym_hess_box_exact(xyz, q, t0, nt, s1, q1, n1, s2, q2, n2, o2, ob):
-    """Box sums of :func:`p2p_sym_hess` in float64 with the exact 1/r (``ob`` the box's own
-    points, ``o2`` its partners, both (10, .) overwritten): p2p_sym_hess_mixed's redo of a box
-    with a pair too close for float32 terms. Coincident points contribute 0."""
-    for e in range(10):
+def _scatter_sym_hess(c, ob, o2, gidx, t0, nt, n2, pot, grad, hess):
+    """pot, grad and hess += c times box b's own sums ``ob`` (rows pot, grad (3), hess (6);
+    points t0..t0+nt) and its partners' sums ``o2`` (points ``gidx``): the end of a
+    Newton's-third-law Hessian box (``scatter_sym`` for rows 0-3)."""
+    scatter_sym(c, ob, o2, gidx, t0, nt, n2, True, pot, grad)
+    for e in range(6):
+        for i in range(nt):
+            hess[e, t0 + i] += c * ob[e + 4, i]
         for j in range(n2):
-            o2[e, j] = 0.0
-    for i in range(nt):
-        xi = xyz[0, t0 + i]
-        yi = xyz[1, t0 + i]
-        zi = xyz[2, t0 + i]
-        qd = q[t0 + i]
-        for e in range(10):
-            ob[e, i] = 0.0
-        for part in range(2):
-            n = n1 if part == 0 else n2
-            for j in range(n):
-                if part == 0:
-                    ex = xi - s1[0, j]
-                    ey = yi - s1[1, j]
-                    ez = zi - s1[2, j]
-                    qj = q1[j]
-                else:
-                    ex = xi - s2[0, j]
-                    ey = yi - s2[1, j]
-                    ez = zi - s2[2, j]
-                    qj = q2[j]
-                e2 = ex * ex + ey * ey + ez * ez
-                if e2 == 0.0:
-                    continue
-                er = 1.0 / np.sqrt(e2)
-                eux = ex * er
-                euy = ey * er
-                euz = ez * er
-                ew = er * er * er  # 1 / r^3
-                t = (3.0 * eux * eux - 1.0, 3.0 * euy * euy - 1.0, 3.0 * euz * euz - 1.0,
-                     3.0 * eux * euy, 3.0 * eux * euz, 3.0 * euy * euz)
-                ob[0, i] += qj * er
-                ob[1, i] -= qj * er * er * eux
-                ob[2, i] -= qj * er * er * euy
-                ob[3, i] -= qj * er * er * euz
-                for e in range(6):
-                    ob[4 + e, i] += qj * ew * t[e]
-                if part == 1:
-                    o2[0, j] += qd * er
-                    o2[1, j] += qd * er * er * eux
-                    o2[2, j] += qd * er * er * euy
-                    o2[3, j] += qd * er * er * euz
-                    for e in range(6):
-                        o2[4 + e, j] += qd * ew * t[e]
+            hess[e, gidx[j]] += c * o2[e + 4, j]

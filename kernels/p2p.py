@@ -77,15 +77,14 @@ LOCALS = {
         {name: "float32" for name in ("one", "a", "ax", "ay", "az", "r2", "invr", "ir3",
                                       "qinvr", "dx", "dy", "dz", "thr", "xh", "yh", "zh",
                                       "xl", "yl", "zl")},
-        **{name: "float64" for name in ("c", "acc", "gx", "gy", "gz", "g", "big", "xi", "yi",
-                                        "zi")}),
+        **{name: "float64" for name in ("c", "acc", "gx", "gy", "gz", "xi", "yi", "zi")}),
     "p2p_multi_mixed": dict(
         {name: "float32" for name in ("one", "a", "gx", "gy", "gz", "r2", "invr", "i3", "dx",
                                       "dy", "dz", "thr", "xh", "yh", "zh", "xl", "yl", "zl",
                                       "chk", "w", "wx", "wy", "wz", "u", "qj")},
         **{f"{v}{k}": "float32" for v in "axyz" for k in "0123"},
-        **{name: "float64" for name in ("c", "g", "big", "xi", "yi", "zi", "ex", "ey", "ez",
-                                        "er2", "einv", "ei3", "eq")}),
+        **{name: "float64" for name in ("c", "xi", "yi", "zi", "ex", "ey", "ez", "er2", "einv",
+                                        "ei3", "eq")}),
     "p2p_sym_mixed": dict(
         {name: "float32" for name in ("one", "a", "ax", "ay", "az", "r2", "invr", "ir3",
                                       "qinvr", "t5", "qf", "qj", "dx", "dy", "dz", "thr",
@@ -96,7 +95,7 @@ LOCALS = {
             "xh", "yh", "zh", "xl", "yl", "zl")},
         **{name + k: "float64" for k in "01" for name in ("acc", "gx", "gy", "gz", "xi", "yi",
                                                           "zi")},
-        **{name: "float64" for name in ("c", "acc", "gx", "gy", "gz", "g", "big")}),
+        **{name: "float64" for name in ("c", "acc", "gx", "gy", "gz")}),
 }
 
 #: p2p_sym_mixed: a partner source's float32 partial sum runs over at most this many targets
@@ -539,6 +538,57 @@ def _grid(big):
 
 
 @register_jitable
+def _gather_own_first(src_xyz, q, src_start, src_end, list_offsets, list_index, shift, b, sg,
+                      qg):
+    """The sources listed for target box b into ``sg`` (3, .) in b's frame (``shift`` per list
+    entry) and their charge vectors ``q`` (nd, n_src) into ``qg`` (nd, .), b's own sources
+    first (the only ones that can coincide with its targets); returns (n, n_own)."""
+    nd = q.shape[0]
+    n = 0
+    n_own = 0
+    for own in (True, False):
+        for kk in range(list_offsets[b], list_offsets[b + 1]):
+            s = list_index[kk]
+            if (s == b) != own:
+                continue
+            ox = shift[kk, 0]
+            oy = shift[kk, 1]
+            oz = shift[kk, 2]
+            for j in range(src_start[s], src_end[s]):
+                sg[0, n] = src_xyz[0, j] - ox
+                sg[1, n] = src_xyz[1, j] - oy
+                sg[2, n] = src_xyz[2, j] - oz
+                for d in range(nd):
+                    qg[d, n] = q[d, j]
+                n += 1
+        if own:
+            n_own = n
+    return n, n_own
+
+
+@register_jitable
+def _split_box(s1, n1, s2, n2, t, nt, h1, l1, h2, l2, ht, lt):
+    """A mixed kernel's per-box split: the grid g (:func:`_grid`) of the largest coordinate
+    magnitude among ``s1[:, :n1]``, ``s2[:, :n2]`` and ``t[:, :nt]`` (in the box's frame),
+    each set split on it into float32 parts (:func:`_split_hi_lo`, into h1/l1, h2/l2, ht/lt);
+    returns the float32 r^2 below which a pair goes to float64 ((MIXED_CUT g)^2, at least
+    MIXED_R2_MIN)."""
+    big = 0.0
+    for e in range(3):
+        for j in range(n1):
+            big = max(big, abs(s1[e, j]))
+        for j in range(n2):
+            big = max(big, abs(s2[e, j]))
+        for j in range(nt):
+            big = max(big, abs(t[e, j]))
+    g = _grid(big)
+    _split_hi_lo(s1, n1, g, h1, l1)
+    _split_hi_lo(s2, n2, g, h2, l2)
+    _split_hi_lo(t, nt, g, ht, lt)
+    return max(np.float32(g * g * MIXED_CUT2), MIXED_R2_MIN)
+
+
+@register_jitable
 def _split_hi_lo(s, n, g, hi, lo):
     """hi[:, j] = s[:, j] rounded to the grid g (a power of two; |s| <= 2^13 g, so exact in
     float32), lo = the rest (|lo| <= g / 2) in float32, for j < n."""
@@ -595,17 +645,7 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
         nt = end[b] - t0
         n1, n2 = gather_sym(xyz, q, start, end, one_offsets, one_index, one_shift,
                             sym_offsets, sym_index, sym_shift, b, s1, q1, s2, q2, gidx)
-        big = 0.0
-        for e in range(3):
-            for j in range(n1):
-                big = max(big, abs(s1[e, j]))
-            for j in range(n2):
-                big = max(big, abs(s2[e, j]))
-        g = _grid(big)
-        thr = max(np.float32(g * g * MIXED_CUT2), MIXED_R2_MIN)  # (MIXED_CUT g)^2
-        _split_hi_lo(s1, n1, g, h1, l1)
-        _split_hi_lo(s2, n2, g, h2, l2)
-        _split_hi_lo(xyz[:, t0:t0 + nt], nt, g, ht, lt)
+        thr = _split_box(s1, n1, s2, n2, xyz[:, t0:t0 + nt], nt, h1, l1, h2, l2, ht, lt)
         for j in range(n1):
             q1f[j] = q1[j]
         for j in range(n2):
@@ -943,7 +983,8 @@ def p2p_mixed(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end,
     do_g = (flags & 4) != 0
     bj = MIXED_SOURCES
     sg = np.empty((3, m_max), dtype=np.float64)   # the listed sources, in b's frame
-    qg = np.empty(m_max, dtype=np.float64)
+    q2 = charges.reshape(1, charges.shape[0])     # as one of k charge vectors
+    qg = np.empty((1, m_max), dtype=np.float64)
     hs = np.empty((3, m_max), dtype=np.float32)
     ls = np.empty((3, m_max), dtype=np.float32)
     qf = np.empty(m_max, dtype=np.float32)
@@ -959,36 +1000,11 @@ def p2p_mixed(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end,
         nt = trg_end[b] - t0
         if nt == 0:
             continue
-        n = 0
-        n_own = 0
-        for own in (True, False):  # the target box's own sources first
-            for kk in range(list_offsets[b], list_offsets[b + 1]):
-                s = list_index[kk]
-                if (s == b) != own:
-                    continue
-                ox = shift[kk, 0]
-                oy = shift[kk, 1]
-                oz = shift[kk, 2]
-                for j in range(src_start[s], src_end[s]):
-                    sg[0, n] = src_xyz[0, j] - ox
-                    sg[1, n] = src_xyz[1, j] - oy
-                    sg[2, n] = src_xyz[2, j] - oz
-                    qg[n] = charges[j]
-                    n += 1
-            if own:
-                n_own = n
-        big = 0.0
-        for e in range(3):
-            for j in range(n):
-                big = max(big, abs(sg[e, j]))
-            for i in range(nt):
-                big = max(big, abs(trg_xyz[e, t0 + i]))
-        g = _grid(big)
-        thr = max(np.float32(g * g * MIXED_CUT2), MIXED_R2_MIN)  # (MIXED_CUT g)^2
-        _split_hi_lo(sg, n, g, hs, ls)
-        _split_hi_lo(trg_xyz[:, t0:t0 + nt], nt, g, ht, lt)
+        n, n_own = _gather_own_first(src_xyz, q2, src_start, src_end, list_offsets,
+                                     list_index, shift, b, sg, qg)
+        thr = _split_box(sg, n, sg, 0, trg_xyz[:, t0:t0 + nt], nt, hs, ls, hs, ls, ht, lt)
         for j in range(n):
-            qf[j] = qg[j]
+            qf[j] = qg[0, j]
         hx = hs[0, :n]
         hy = hs[1, :n]
         hz = hs[2, :n]
@@ -1137,36 +1153,12 @@ def p2p_multi_mixed(src_xyz, q, trg_xyz, src_start, src_end, trg_start, trg_end,
         nt = trg_end[b] - t0
         if nt == 0:
             continue
-        n = 0
-        n_own = 0
-        for own in (True, False):  # the target box's own sources first
-            for kk in range(list_offsets[b], list_offsets[b + 1]):
-                s = list_index[kk]
-                if (s == b) != own:
-                    continue
-                ox = shift[kk, 0]
-                oy = shift[kk, 1]
-                oz = shift[kk, 2]
-                for j in range(src_start[s], src_end[s]):
-                    sg[0, n] = src_xyz[0, j] - ox
-                    sg[1, n] = src_xyz[1, j] - oy
-                    sg[2, n] = src_xyz[2, j] - oz
-                    for d in range(nd):
-                        q64[d, n] = q[d, j]
-                        qg[d, n] = q[d, j]
-                    n += 1
-            if own:
-                n_own = n
-        big = 0.0
-        for e in range(3):
+        n, n_own = _gather_own_first(src_xyz, q, src_start, src_end, list_offsets, list_index,
+                                     shift, b, sg, q64)
+        for d in range(nd):
             for j in range(n):
-                big = max(big, abs(sg[e, j]))
-            for i in range(nt):
-                big = max(big, abs(trg_xyz[e, t0 + i]))
-        g = _grid(big)
-        thr = max(np.float32(g * g * MIXED_CUT2), MIXED_R2_MIN)  # (MIXED_CUT g)^2
-        _split_hi_lo(sg, n, g, hs, ls)
-        _split_hi_lo(trg_xyz[:, t0:t0 + nt], nt, g, ht, lt)
+                qg[d, j] = q64[d, j]
+        thr = _split_box(sg, n, sg, 0, trg_xyz[:, t0:t0 + nt], nt, hs, ls, hs, ls, ht, lt)
         for i in range(nt):
             xh = ht[0, i]
             yh = ht[1, i]
