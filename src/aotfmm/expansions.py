@@ -67,7 +67,7 @@ from . import _blas, _dispatch, _geometry, _threads
 from ._threads import INLINE
 from ._direct import p2p
 
-__all__ = ["p2m", "m2m", "l2l", "dc2e", "m2l_plan", "m2l", "M2LPlan", "p2l", "m2p", "l2p"]
+__all__ = ["check_potentials", "p2m", "m2m", "l2l", "dc2e", "m2l_plan", "m2l", "M2LPlan", "p2l", "m2p", "l2p"]
 
 #: Chunks per thread for the point <-> surface kernels (dynamic scheduling).
 _CHUNKS_PER_THREAD = 4
@@ -175,6 +175,51 @@ def _p2c(ops, src_xyz, charges, src_start, src_end, trg_boxes, list_offsets, lis
 
     with _blas.single_threaded(workers.threads):
         workers.run(work, bounds)
+
+
+def check_potentials(family, dt, src_xyz, starts, ends, half_widths, radius, surf, charges=None,
+                     dipoles=None, workers=INLINE):
+    """Fields on check surfaces of independent source ranges, one row each: out[i, :, m] is
+    the field at ``half_widths[i] * radius * surf[:, m]`` of the sources
+    ``starts[i]:ends[i]``, whose coordinates are relative to that surface's centre. Each row
+    is one sum over its range (in ``dt``: a caller wanting float32 terms with sums in float64
+    gives short ranges and adds the rows up itself). Returns (rows, k, n_surf) in the
+    family's value dtype of ``dt``.
+
+    src_xyz (3, n) dt; surf (3, n_surf); charges (k, n) / dipoles (k, 3, n) (value dtype)."""
+    dt = np.dtype(dt)
+    vdt = family.value_dtype(dt)
+    rows = len(starts)
+    single = _dispatch.has_kernel(family.name, "p2c", "charge", "check")
+    flags, q, dip, k, multi = _source_terms(charges, dipoles, vdt, single)
+    kernel = _dispatch.kernel_name(family.name, "p2c", "densities" if multi else "charge",
+                                   "check")
+    out = np.empty((rows, k, surf.shape[1]), dtype=vdt)
+    if rows == 0:
+        return out
+    starts = _cast(starts, np.int64)
+    ends = _cast(ends, np.int64)
+    counts = ends - starts
+    shared = dict(src_xyz=_cast(src_xyz, dt), src_start=starts, src_end=ends,
+                  trg_boxes=np.arange(rows, dtype=np.int64), centers=np.zeros((rows, 3), dt),
+                  half_widths=_cast(half_widths, dt), list_offsets=_self_list(rows),
+                  list_index=np.arange(rows, dtype=np.int64), surf=_cast(surf, dt),
+                  radius=dt.type(radius), **family.kernel_args())
+    if multi:
+        shared.update(q=_cast(q, vdt), dip=_cast(dip, vdt), flags=flags)
+    else:
+        shared.update(charges=_cast(q, vdt))
+    buf_len = max(1, int(counts.max()))
+
+    def work(i0, i1):
+        if multi:
+            _dispatch.bind(kernel, dt, **shared, buf=np.empty((6, buf_len), dt),
+                           check=out)(i0, i1, 0)
+        else:
+            _dispatch.bind(kernel, dt, **shared, check=out.reshape(rows, -1))(i0, i1, 0)
+
+    workers.run(work, _bounds(counts + 1, workers))
+    return out
 
 
 def p2m(ops, src_xyz, charges, boxes, src_start, src_end, centers, half_widths, equiv,
