@@ -535,9 +535,11 @@ class Fmm:
                threads, level, dipoles, hessians)
         self._p_far_arg = check_integer("p_far", p_far, lo=2, hi=20, allow_none=True)
         # the far boxes' check fields take float32 terms where the serial plan's near field
-        # does (Laplace, float32 or eps >= MIXED_NEAR_EPS; see _far_partials)
+        # does (a family with float32 pair terms, float32 or eps >= MIXED_NEAR_EPS; see
+        # _far_partials)
         self._far_dtype = np.dtype(np.float32) if (
-            _evaluate._MIXED_NEAR and self.family.name == "laplace"
+            _evaluate._MIXED_NEAR
+            and _dispatch.has_kernel(self.family.name, "p2p_mixed", "charge", "pot|potgrad")
             and (self._rdt == np.float32 or self.eps >= _dispatch.MIXED_NEAR_EPS)) \
             else np.dtype(np.float64)
         # the same parameters everywhere: a mismatch would be a silent wrong answer
@@ -1117,7 +1119,7 @@ class Fmm:
         surface, from coordinates relative to its centre, then the pseudo-inverse.
 
         The fields are summed over runs of at most ``_FAR_RUN[dt]`` sources and the runs in
-        float64. A Laplace problem whose serial plan takes float32 pair terms (float64 at eps
+        float64. A problem whose serial plan takes float32 pair terms (Laplace; float64 at eps
         >= ``_dispatch.MIXED_NEAR_EPS``, and float32) takes its terms here in float32 too:
         points and check surfaces are at least 1.2 box half widths apart, and runs of 256
         float32 terms err ~2e-9 of the field of |q| on the surface (15625 random charges, p_far
