@@ -583,11 +583,53 @@ def test_leaf_anchors_and_offsets_match_a_numpy_build(dtype, separate, rng):
                 val = v[j, [0, 1, 2]]
                 better = np.abs(val) < best[b]
                 anchor[b, better], best[b, better] = val[better], np.abs(val[better])
+    if dtype == np.float64:
+        # rounded toward zero to a multiple of the ulp of the box's largest |coordinate|, or 0
+        # for a box across 0 (none of these points is nonzero but below 2^-400 of the frame)
+        half = plan.frame_scale * tree.half_widths[:, None]
+        center = plan.frame_center + plan.frame_scale * tree.centers
+        lo, hi = center - half, center + half
+        ulp = np.spacing(np.maximum(np.abs(lo), np.abs(hi)) * (1 + 2.0 ** -30))
+        anchor = np.where((lo <= 0) & (hi >= 0), 0.0, np.trunc(anchor / ulp) * ulp)
     assert np.array_equal(plan.anchor, anchor)
     for (pts, perm, start, end), stored in zip(sets, (plan.src, plan.trg)):
         owner = np.repeat(tree.leaves, end[tree.leaves] - start[tree.leaves])
         want = ((pts[perm] - anchor[owner]) / plan.frame_scale).T.astype(dtype)
         assert stored.dtype == dtype and np.array_equal(stored, want)
+
+
+@pytest.mark.parametrize("offset", [0.0, -0.5, 3.0, -1e3])
+def test_pairs_a_hair_apart_anywhere_keep_their_distance(offset):
+    """Pairs 1e-12 apart: the caller's float64 differences of such a pair are exact, and so
+    must ours be (each point's offset from its leaf's anchor, float64 plans), or the pair's
+    own term, which is most of the field of |q| at both points, errs by the lost digits.
+    The anchor was each leaf's coordinate of smallest magnitude: x - a rounded where x and a
+    are not within a factor two (leaves from 0 to 0.125 along an axis), and pairs there
+    erred up to 6e-6 of their own field (5x the contract at eps 1e-8)."""
+    from fractions import Fraction
+    rng = np.random.default_rng(11)
+    b = rng.random((2500, 3)) + offset
+    v = rng.standard_normal((2500, 3))
+    v /= np.linalg.norm(v, axis=1)[:, None]
+    src = np.concatenate([b, b + 1e-12 * v])
+    q = rng.random(5000)
+    f = aotfmm.Fmm(src, eps=1e-6, threads=1)
+    pot, grad = f.evaluate(q, gradient=True)
+    idx = rng.choice(5000, 400, replace=False)
+    ref_pot, ref_grad = direct_reference(src, q, src[idx])
+    abs_pot, abs_grad = _absolute_fields(src, q, src[idx])
+    assert np.max(np.abs(pot[idx] - ref_pot) / abs_pot) < 1e-9
+    assert np.max(np.linalg.norm(grad[idx] - ref_grad, axis=1) / abs_grad) < 1e-9
+    # and every stored offset is the exact difference (a sample, in rationals)
+    plan = f._core
+    tree = plan.tree
+    owner = np.repeat(tree.leaves, tree.src_end[tree.leaves] - tree.src_start[tree.leaves])
+    for j in rng.choice(len(owner), 300, replace=False):
+        x = src[tree.src_perm[j]]
+        a = plan.anchor[owner[j]]
+        for axis in range(3):
+            exact = (Fraction(x[axis]) - Fraction(a[axis])) / Fraction(plan.frame_scale)
+            assert Fraction(float(plan.src[axis, j])) == exact
 
 
 @pytest.mark.parametrize("out", [np.float32, np.float64])

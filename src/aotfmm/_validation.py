@@ -325,11 +325,16 @@ def as_diagonal(diagonal, n, complex_ok=False):
 _TINY = {"float64": 2.0 ** -400, "float32": 2.0 ** -40}
 
 
+def tiny_offset(scale, dt):
+    """The smallest nonzero offset (caller units) :func:`check_representable` accepts."""
+    return _TINY[np.dtype(dt).name] * scale
+
+
 def check_representable(d, scale, dt):
     """Raise if differences ``d`` (caller units) of points from their anchors are nonzero but
     below what the frame of half-width ``scale`` can represent in ``dt`` (they would collapse
     onto one point and be skipped as coincident)."""
-    limit = _TINY[np.dtype(dt).name] * scale
+    limit = tiny_offset(scale, dt)
     if limit > 0.0:
         a = np.abs(d)
         bad = (a > 0.0) & (a < limit)

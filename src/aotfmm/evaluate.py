@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import _dispatch, _driver, _geometry, _rounding, _threads, expansions
+from . import _dispatch, _driver, _geometry, _rounding, _threads, _validation, expansions
 from ._driver import DownLevel, UpLevel
 from .cache import key_hash
 from ._direct import p2p as near_field
@@ -161,6 +161,33 @@ def choose_parameters(eps, p=None, ncrit=None, separate_targets=False, dipoles=F
         # keep the leaf size in proportion to the surface size when p is forced
         ncrit = row[2] if p == row[1] else max(16, int(round(row[2] * (p / row[1]) ** 2)))
     return p, ncrit
+
+
+def _exact_anchors(m, box_center, box_half, tiny):
+    """Leaf anchors (n_boxes, 3) from the leaves' coordinates of smallest magnitude ``m``
+    (caller units; a box's centre where it has no points) such that ``x - a`` is exact in
+    float64 for every coordinate x of the leaf: ``m`` rounded toward zero to a multiple of
+    U = ulp of the largest |coordinate| the box (``box_center`` +- ``box_half``, widened by
+    2^-30) can hold. Every x of the box is then a multiple of ulp(x), which divides U, with
+    the sign of a and |a| <= |x|, so x - a is a multiple of ulp(x) no larger than |x|. A box
+    across 0 takes a = 0 (x - 0 is exact for both signs), unless its smallest coordinate is
+    nonzero but below ``tiny`` (the frame's resolution: as an offset from 0 it would be
+    refused, as before it is the anchor itself).
+
+    Before 2026-12-03 the anchor was ``m`` itself, exact only where x and m are within a
+    factor two: pairs 1e-12 apart at ~0.5 (8000 points, leaves from 0 to 0.125 on an axis)
+    lost ~1e-5 of their distance, and the contract ~5x at eps 1e-8 (2.5e-8 / 5.5e-8 of the
+    field of |q|, potential / gradient, at every eps)."""
+    lo = box_center - box_half[:, None]
+    hi = box_center + box_half[:, None]
+    bound = np.maximum(np.abs(lo), np.abs(hi)) * (1.0 + 2.0 ** -30)
+    with np.errstate(invalid="ignore", over="ignore"):
+        ulp = np.spacing(bound)
+        a = np.trunc(m / ulp) * ulp  # ulp is a power of two: m / ulp and the product exact
+    a = np.where(np.isfinite(a), a, m)
+    across = (lo <= 0.0) & (hi >= 0.0)
+    keep = across & (np.abs(m) > 0.0) & (np.abs(m) < tiny)
+    return np.where(across, np.where(keep, m, 0.0), a)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -409,11 +436,12 @@ class Plan:
         anchor, and per list entry the anchor-to-anchor vector or the surface centre relative
         to the anchor, all taken in float64 from the caller's coordinates. The anchor's
         component along each axis is the leaf's coordinate of smallest magnitude on that axis,
-        so ``|a| <= |x|`` for every point x of the leaf: ``x - a`` is exact when x and a are
-        within a factor two (Sterbenz: any tight cluster away from 0), and otherwise errs by at
-        most ulp(x), the input's own resolution. Differences of nearby points, within a leaf or
-        across leaves, then keep the precision of the data's own spacing wherever the points
-        sit, in float64 and (after rounding the small offsets) in float32.
+        in float64 plans rounded toward zero to a multiple of the largest ulp the leaf's box can
+        hold, or 0 for a box across 0 (:func:`_exact_anchors`): ``x - a`` is then exact for
+        every point x of the leaf (float32 plans keep the coordinate itself, exact where x and
+        a are within a factor two, Sterbenz, else within ulp(x)). Differences of nearby points, within a leaf or across leaves, keep the precision
+        of the data's own spacing wherever the points sit, in float64 and (after rounding the
+        small offsets) in float32.
 
         ``src_pts`` (n, 3) / ``trg_pts`` (m, 3) or None (the same points): float64 caller
         coordinates; ``center``, ``scale``: the frame they were mapped with.
@@ -443,6 +471,11 @@ class Plan:
             work = _dispatch.bind("leaf_anchors", pts=pts, perm=perm, start=start, end=end,
                                   leaves=leaves, best=best, anchor=anchor)
             workers.run(work, *leaf_ranges(start, end))
+        if dt == np.float64:  # (float32 offsets round to 2^-24 of the leaf anyway, and an
+            # anchor moved off its point would give that point an offset far below the float32
+            # frame's resolution: refused by check_representable)
+            anchor = _exact_anchors(anchor, center + scale * tree.centers,
+                                    scale * tree.half_widths, _validation.tiny_offset(scale, dt))
         self.anchor, self.frame_center, self.frame_scale = anchor, center, scale
 
         # offsets[b] = centre of b minus its anchor, in frame units, without the frame's
