@@ -190,6 +190,28 @@ def test_far_from_origin_and_scaled(rng):
         assert rel_err(grad * scale ** 2, ref_grad) < 1e-6
 
 
+def test_float32_plans_take_smaller_table_leaves(rng):
+    """float32 plans take leaves of at most 300 points where the table says 400 (float64 and
+    explicit ncrit keep theirs); 22400 uniform points (350 per level-2 box) then split to
+    level 3 and must still meet eps against numpy."""
+    from aotfmm.evaluate import choose_parameters
+    assert choose_parameters(1e-4, dtype=np.float32) == (6, 300)
+    assert choose_parameters(1e-4, dtype=np.float64) == (6, 400)
+    assert choose_parameters(1e-4) == (6, 400)
+    assert choose_parameters(3e-3, dtype=np.float32) == (4, 120)
+    src = uniform(rng, 22400)
+    q = rng.standard_normal(22400)
+    for eps in (1e-4, 1e-5):
+        plan = aotfmm.Fmm(src, eps=eps, dtype=np.float32, threads=1)
+        assert plan.ncrit == 300 and plan.stats["levels"] >= 4
+        assert aotfmm.Fmm(src, eps=eps, dtype=np.float32, ncrit=400, threads=1).ncrit == 400
+        pot, grad = plan.evaluate(q.astype(np.float32), gradient=True)
+        idx = rng.choice(22400, 400, replace=False)
+        ref_pot, ref_grad = direct_reference(src, q, src[idx])
+        assert rel_err(pot[idx], ref_pot) < eps
+        assert rel_err(grad[idx], ref_grad) < eps
+
+
 def test_explicit_p_and_ncrit(rng):
     src = uniform(rng, 3000)
     q = rng.standard_normal(3000)

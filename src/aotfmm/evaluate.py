@@ -111,12 +111,13 @@ def order_error(p, separate_targets=False, dipoles=False, hessians=False, family
 
 
 def choose_parameters(eps, p=None, ncrit=None, separate_targets=False, dipoles=False,
-                      hessians=False, family=LAPLACE, size=None):
+                      hessians=False, family=LAPLACE, size=None, dtype=None):
     """(p, ncrit) for an accuracy target; explicit values win.
 
     The base row comes from the kernel family's measured table
     (:attr:`~aotfmm.families.KernelFamily.eps_table`): the first row whose eps is at most the
-    one asked for (the last row below all), with its p and ncrit.
+    one asked for (the last row below all), with its p and ncrit; a float32 ``dtype`` takes
+    at most the family's :attr:`~aotfmm.families.KernelFamily.float32_ncrit`.
 
     Dipole sources get one order more too: their fields decay one power faster, so more of
     them sits in high-order terms (measured at eps 1e-9, clustered sources, separate targets:
@@ -152,6 +153,8 @@ def choose_parameters(eps, p=None, ncrit=None, separate_targets=False, dipoles=F
     """
     table = family.eps_table
     row = next((r for r in table if eps >= r[0]), table[-1])
+    if dtype is not None and np.dtype(dtype) == np.float32 and family.float32_ncrit:
+        row = (row[0], row[1], min(row[2], family.float32_ncrit))
     if p is None:
         bump = _order_bump(separate_targets, dipoles, hessians, base=row[1], ncrit=ncrit) + \
             family.extra_orders(size)[0]
@@ -338,7 +341,7 @@ class Plan:
             if pts else 0.0
         self.p, self.ncrit = choose_parameters(eps, p, ncrit, separate_targets=not self.same,
                                                dipoles=dipoles, hessians=hessians,
-                                               family=family, size=self.size)
+                                               family=family, size=self.size, dtype=dt)
         family.check_phase(self.size)
         extra, served = family.extra_orders(self.size)
         if not served:

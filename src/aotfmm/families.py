@@ -75,6 +75,8 @@ class KernelFamily:
         decreasing eps (see :func:`aotfmm.evaluate.choose_parameters`).
     worst_error : tuple of (p, error) pairs
         The worst relative error measured at order p (see :func:`aotfmm.evaluate.order_error`).
+    float32_ncrit : int or None
+        The largest table leaf size a float32 plan takes (None: the table's).
     sums : tuple of ((operator, inputs, outputs), kernel name) rows
         The family's compiled sums: :data:`aotfmm._dispatch.TABLE` holds them under
         ``(name, operator, inputs, outputs)``.
@@ -122,6 +124,9 @@ class KernelFamily:
     size_orders: tuple = dataclasses.field(default=(), compare=False)
     regular_mu2: typing.Optional[typing.Callable] = dataclasses.field(default=None,
                                                                       compare=False, repr=False)
+    #: float32 plans take leaves of at most this many points where the table's are larger
+    #: (their pair loops are cheaper against M2L than float64's); None: the table's
+    float32_ncrit: typing.Optional[int] = dataclasses.field(default=None, compare=False)
 
     def __repr__(self):
         return self.label or f"KernelFamily({self.name!r})"
@@ -387,6 +392,17 @@ def _laplace_dg(r):
 #: float32 run at eps 1e-4 was slower than at 1e-5). Per point, float32 p = 6: leaves of 15, 30,
 #: 61, 122, 244, 488 points cost 8.2, 3.8, 2.8, 2.1, 2.4-2.8, 3.3 us; float64 p = 8: -, 7.6, 7.0,
 #: 5.0, 4.6, 6.4 us.
+#: float32 plans: ncrit 300 rather than 400 (families.KernelFamily.float32_ncrit). Uniform points
+#: fill leaves of N / 8^L: 400 keeps ~244 at 1e6 but ~366-390 at 1.5e6 and 2e5, where the
+#: next level's leaves (~46-49 points) were much faster in float32 (their pair loops are cheap
+#: against M2L) and not in float64. One thread, 2-core AMD EPYC Zen 2, pot+grad, best of 2,
+#: ncrit 400 -> 300 (or 120, the same tree): uniform 2e5 p = 5 / 6 / 7: 0.67 -> 0.31, 0.70 ->
+#: 0.40, 0.81 -> 0.45 s; uniform 1.5e6 p = 5 / 6: 5.75 -> 2.77, 5.92 -> 3.81 s; 1e6 sphere
+#: surface p = 6 / 7: 1.95 -> 1.67, 2.07 -> 1.83 s; 1e6 Plummer sphere 3.40 -> 2.88, 3.60 ->
+#: 3.17 s; uniform 1e6 unchanged (244 points: the same tree; its 30-point leaves were slower
+#: at p = 6 / 7: 2.86 -> 3.20, 3.05 -> 3.72 s). float64 (p = 8) at 1.5e6: 9.4 -> 11.5 s, at
+#: 2e5 1.18 -> 1.20 s: it keeps 400.
+_LAPLACE_FLOAT32_NCRIT = 300
 _LAPLACE_EPS_TABLE = (  # (smallest eps served, p, ncrit)
     (8e-3, 3, 80),
     (1.5e-3, 4, 120),
@@ -429,7 +445,8 @@ _LAPLACE_SUMS = (
 LAPLACE = KernelFamily(name="laplace", params=(), scalar="real", degree=-1, components=1,
                        g_of_r=_laplace_g, eps_table=_LAPLACE_EPS_TABLE,
                        worst_error=_LAPLACE_WORST_ERROR, sums=_LAPLACE_SUMS,
-                       dg_of_r=_laplace_dg, regular_mu2=lambda: 0.0)
+                       dg_of_r=_laplace_dg, regular_mu2=lambda: 0.0,
+                       float32_ncrit=_LAPLACE_FLOAT32_NCRIT)
 
 #: The parameter families use Laplace's eps -> (p, ncrit) table and worst errors, measured to
 #: hold for them (benchmarks/accuracy.py --kernel yukawa|helmholtz --param-d X, n = 2e4, the
