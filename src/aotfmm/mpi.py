@@ -634,6 +634,17 @@ class Fmm:
         self.n_total = comm.allreduce(len(self._src_in))
         if not np.isfinite(glo).all():  # no points anywhere
             glo, ghi = np.zeros(3), np.ones(3)
+        # Everything from here on works relative to a global shift (the same on every rank;
+        # potentials, gradients and Hessians do not change under a translation). In absolute
+        # coordinates the far boxes' surface and check points of a problem 1e-3 wide at 1e8
+        # were rounded to 1e-8, 1e-5 of their box: relative errors 1e-2 at eps 1e-6. The
+        # shift keeps every x - shift exact (_exact_shift): until 2026-12-03 it was the
+        # centre, which rounded points nearer 0 than half of it (pairs 1e-12 apart in the
+        # unit cube lost ~1e-5 of their distance: 10x eps at 1e-6 on any number of ranks).
+        shift = _exact_shift(glo, ghi)
+        self._src_in = self._src_in - shift
+        self._trg_in = self._src_in if self.same else self._trg_in - shift
+        glo, ghi = glo - shift, ghi - shift
         center = 0.5 * (glo + ghi)
         # the half-width from the rounded centre (1e8 + 5e-8 * rand: their sum is rounded to
         # 3e-8, and half of ghi - glo left the extreme points outside the root box, where the
@@ -641,14 +652,6 @@ class Fmm:
         half = float(np.maximum(ghi - center, center - glo).max())
         half = half * (1.0 + 1e-9) + 4.0 * float(np.spacing(np.abs(center).max())) \
             if half > 0 else 1.0
-        # Everything from here on works relative to the global centre (the same on every rank;
-        # potentials, gradients and Hessians do not change under a translation). In absolute
-        # coordinates the far boxes' surface and check points of a problem 1e-3 wide at 1e8
-        # were rounded to 1e-8, 1e-5 of their box: relative errors 1e-2 at eps 1e-6.
-        # Differences of nearby points are exact (Sterbenz), so the shift loses nothing.
-        self._src_in = self._src_in - center
-        self._trg_in = self._src_in if self.same else self._trg_in - center
-        center = np.zeros(3)
         # one global histogram of sources and targets per box of the finest level needed:
         # the fine level G of the given coarse level, else of the finest candidate
         given = self._level
@@ -1142,6 +1145,32 @@ class Fmm:
         centers = np.array([grid.center(c, lev) for c, lev in zip(ijk, self._contrib_lev)])
         box = np.repeat(np.arange(len(counts)), counts)
         xyz = (self._src[rows] - centers[box]).T  # relative to the box centre, in float64
+        # The sums run in units where each box's half-width (for a scale-invariant kernel,
+        # G(h x) = h^degree G(x)) and each box's largest density are about 1, so float32
+        # terms neither underflow nor overflow (charges 1e-44 or cubes 1e20 wide did):
+        # dipoles take 1 / h with the coordinates, the results h^degree; densities a power
+        # of two per box, the results its inverse.
+        q = None if q is None else q[rows]
+        d = None if d is None else d[rows]
+        out_scale = np.ones(len(counts))
+        radius_half = half
+        if self.family.scale_invariant:
+            xyz /= half[box]
+            if d is not None:
+                d = d / half[box][:, None, None]
+            out_scale = half ** self.family.degree
+            radius_half = np.ones_like(half)
+        big = np.zeros(len(rows))
+        for dens in (q, d):
+            if dens is not None:
+                big = np.maximum(big, np.abs(dens).reshape(len(rows), -1).max(axis=1))
+        big = np.maximum.reduceat(big, first)
+        dens_scale = np.ldexp(1.0, -np.frexp(np.where(big > 0, big, 1.0))[1])
+        if q is not None:
+            q = q * dens_scale[box][:, None]
+        if d is not None:
+            d = d * dens_scale[box][:, None, None]
+        out_scale = out_scale / dens_scale
         # runs: box i's sources cut into ceil(counts[i] / run) pieces
         n_runs = -(-counts // run)
         run_box = np.repeat(np.arange(len(counts)), n_runs)
@@ -1150,17 +1179,34 @@ class Fmm:
         ends = np.minimum(starts + run, first[run_box] + counts[run_box])
         with _threads.Workers(self.threads) as workers:
             check = check_potentials(
-                self.family, dt, xyz, starts, ends, half[run_box], R_UP_CHECK,
-                self._surf.T, charges=None if q is None else q[rows].T,
-                dipoles=None if d is None else d[rows].transpose(1, 2, 0), workers=workers)
-        del xyz
+                self.family, dt, xyz, starts, ends, radius_half[run_box], R_UP_CHECK,
+                self._surf.T, charges=None if q is None else q.T,
+                dipoles=None if d is None else d.transpose(1, 2, 0), workers=workers)
+        del xyz, q, d
         sums = np.add.reduceat(check.astype(vdt), np.cumsum(n_runs) - n_runs, axis=0)
+        sums *= out_scale[:, None, None]
         for lev in np.unique(self._contrib_lev):
             at = np.flatnonzero(self._contrib_lev == lev)
             a, b = self._uc2e[lev]
             # (boxes, k, ns) -> equivalent densities (boxes, ns, k)
             acc[at] = ((sums[at] @ b.T) @ a.T).transpose(0, 2, 1)
         return acc
+
+
+def _exact_shift(lo, hi):
+    """Per axis a shift c such that x - c is exact in float64 for every x in [lo, hi]: where
+    the range lies within a factor 4 of itself away from 0 (0 < lo, hi <= 4 lo, or mirrored)
+    its midpoint clipped into [hi / 2, 2 lo] (then c / 2 <= x <= 2 c: Sterbenz), else 0 (the
+    range reaches within 3/4 of its width of 0, so the caller's coordinates are as fine as
+    the range itself)."""
+    lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+    mid = 0.5 * lo + 0.5 * hi
+    c = np.zeros_like(lo)
+    pos = (lo > 0) & (hi <= 4.0 * lo)
+    neg = (hi < 0) & (lo >= 4.0 * hi)
+    c[pos] = np.clip(mid[pos], 0.5 * hi[pos], 2.0 * lo[pos])
+    c[neg] = np.clip(mid[neg], 2.0 * hi[neg], 0.5 * lo[neg])
+    return c
 
 
 def _coarse_span(lev, key, coarse):

@@ -447,6 +447,63 @@ def shifted_case():
     return COMM.bcast((ok, "shifted: " + "; ".join(texts)), root=0)
 
 
+def _contract(pot, src, q, d, s):
+    """||pot[s] - exact|| / ||u-bar|| on targets src[s] (numpy; u-bar: every density by its
+    magnitude), for charges q (n,) or dipoles d (n, 3)."""
+    lap = aotfmm.Laplace()
+    qq = np.zeros((len(src), 1)) if q is None else q[:, None]
+    dd = None if d is None else d[:, None, :]
+    exact = numpy_reference(src, qq, dd, src[s], lap)[:, 0]
+    bar = numpy_reference(src, np.abs(qq), None, src[s], lap)[:, 0]
+    if d is not None:  # |d . grad G| <= |d| |grad G| per component: a yardstick, not a bound
+        diff = src[s][:, None, :] - src[None]
+        r = np.sqrt((diff ** 2).sum(-1))
+        with np.errstate(divide="ignore"):
+            bar = np.where(r > 0, 1 / np.where(r > 0, r, 1) ** 2, 0) @ \
+                np.linalg.norm(d, axis=1) / (4 * np.pi)
+    return np.linalg.norm(pot[s] - exact) / np.linalg.norm(bar)
+
+
+def scales_case():
+    """Densities and extents far from 1 (the far boxes' check fields take float32 terms at
+    eps >= 1e-6: in the caller's units charges 1e-44 underflowed, 152x eps, and cubes 1e20
+    wide or charges 1e39 overflowed into a NaN error; stop-29 hostile tester), and pairs
+    1e-12 apart in the unit cube (the global shift by the centre rounded points nearer 0
+    than half of it: 10x eps on any number of ranks), against numpy, relative to u-bar."""
+    texts, ok = [], True
+    cases = (("charges 1e-44", 1.0, 1e-44, False, np.float64, 1e-6),
+             ("charges 1e39", 1.0, 1e39, False, np.float64, 1e-6),
+             ("cube 1e20", 1e20, 1.0, False, np.float64, 1e-6),
+             ("dipoles, cube 1e-13", 1e-13, 1.0, True, np.float64, 1e-6),
+             ("dipoles, cube 1e15", 1e15, 1.0, True, np.float64, 1e-6),
+             ("float32 cube 1e20", 1e20, 1.0, False, np.float32, 1e-4),
+             ("pairs 1e-12 apart", 1.0, 1.0, False, np.float64, 1e-6))
+    for label, extent, size, dip, dt, eps in cases:
+        rng = np.random.default_rng(21)
+        if label.startswith("pairs"):
+            b = rng.random((N // 2, 3))
+            v = rng.standard_normal((N // 2, 3))
+            src = np.concatenate([b, b + 1e-12 * v / np.linalg.norm(v, axis=1)[:, None]])
+            limit = 1e-9  # the pairs' own terms, exact in float64
+        else:
+            src = extent * rng.random((N, 3))
+            limit = eps
+        w = size * rng.standard_normal((N, 3) if dip else N)
+        if label.startswith("pairs"):
+            w = np.abs(w)
+        mine = np.flatnonzero(split(rng, N, "random") == COMM.rank)
+        plan = aotfmm.mpi.Fmm(src[mine], comm=COMM, eps=eps, dtype=dt, dipoles=dip, level=3)
+        pot = np.zeros(N)
+        pot[mine] = plan.evaluate(None, dipoles=w[mine]) if dip else plan.evaluate(w[mine])
+        pot = COMM.allreduce(pot)
+        if COMM.rank == 0:
+            s = np.random.default_rng(3).choice(N, 300, replace=False)
+            e = _contract(pot, src, None if dip else w, w if dip else None, s)
+            ok &= bool(e <= limit)
+            texts.append(f"{label} {e:.1e}")
+    return COMM.bcast((ok, "scales: " + "; ".join(texts)), root=0)
+
+
 def dipole_far_box_case():
     """3000 dipoles filling one box (level 5 of the unit cube: a far box below the coarse
     level) one box from 200 targets over the middle of its face, other targets and sources
@@ -540,6 +597,7 @@ CASES = {
     "level_model": level_model_case,
     "lonely_targets": lonely_targets_case,
     "dipole_far_box": dipole_far_box_case,
+    "scales": scales_case,
     "edge": edge_cases,
     "bad_input": bad_input_case,
     "internal_failure": internal_failure_case,
