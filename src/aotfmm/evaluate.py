@@ -153,8 +153,10 @@ def choose_parameters(eps, p=None, ncrit=None, separate_targets=False, dipoles=F
     """
     table = family.eps_table
     row = next((r for r in table if eps >= r[0]), table[-1])
-    if dtype is not None and np.dtype(dtype) == np.float32 and family.float32_ncrit:
-        row = (row[0], row[1], min(row[2], family.float32_ncrit))
+    if dtype is not None and np.dtype(dtype) == np.float32:
+        cap = next((c for p_max, c in family.float32_ncrit if row[1] <= p_max), None)
+        if cap is not None:
+            row = (row[0], row[1], min(row[2], cap))
     if p is None:
         bump = _order_bump(separate_targets, dipoles, hessians, base=row[1], ncrit=ncrit) + \
             family.extra_orders(size)[0]

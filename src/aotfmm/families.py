@@ -75,8 +75,9 @@ class KernelFamily:
         decreasing eps (see :func:`aotfmm.evaluate.choose_parameters`).
     worst_error : tuple of (p, error) pairs
         The worst relative error measured at order p (see :func:`aotfmm.evaluate.order_error`).
-    float32_ncrit : int or None
-        The largest table leaf size a float32 plan takes (None: the table's).
+    float32_ncrit : tuple of (p, ncrit) rows
+        The largest table leaf size a float32 plan takes, per table order (empty: the
+        table's).
     sums : tuple of ((operator, inputs, outputs), kernel name) rows
         The family's compiled sums: :data:`aotfmm._dispatch.TABLE` holds them under
         ``(name, operator, inputs, outputs)``.
@@ -124,9 +125,10 @@ class KernelFamily:
     size_orders: tuple = dataclasses.field(default=(), compare=False)
     regular_mu2: typing.Optional[typing.Callable] = dataclasses.field(default=None,
                                                                       compare=False, repr=False)
-    #: float32 plans take leaves of at most this many points where the table's are larger
-    #: (their pair loops are cheaper against M2L than float64's); None: the table's
-    float32_ncrit: typing.Optional[int] = dataclasses.field(default=None, compare=False)
+    #: float32 plans take leaves of at most ``cap`` points where the table's are larger
+    #: (their pair loops are cheaper against M2L than float64's): rows (largest table p,
+    #: cap), the first whose p the table row's p does not exceed; () : the table's
+    float32_ncrit: tuple = dataclasses.field(default=(), compare=False)
 
     def __repr__(self):
         return self.label or f"KernelFamily({self.name!r})"
@@ -401,8 +403,11 @@ def _laplace_dg(r):
 #: surface p = 6 / 7: 1.95 -> 1.67, 2.07 -> 1.83 s; 1e6 Plummer sphere 3.40 -> 2.88, 3.60 ->
 #: 3.17 s; uniform 1e6 unchanged (244 points: the same tree; its 30-point leaves were slower
 #: at p = 6 / 7: 2.86 -> 3.20, 3.05 -> 3.72 s). float64 (p = 8) at 1.5e6: 9.4 -> 11.5 s, at
-#: 2e5 1.18 -> 1.20 s: it keeps 400.
-_LAPLACE_FLOAT32_NCRIT = 300
+#: 2e5 1.18 -> 1.20 s: it keeps 400. p = 5 (eps 2e-4 .. 1.5e-3) does better with 200 (same
+#: runs, interleaved, best of 2, 300 -> 200): 1e6 cube 2.75 -> 2.53 s, sphere 1.49 -> 1.29,
+#: Plummer 2.56 -> 2.19; 2e5 cube 0.31 -> 0.32, sphere 0.30 -> 0.25; p = 6 / 7 do not (1e6
+#: cube 2.94 -> 3.69 / 3.17 -> 4.22 s: 30-point leaves; sphere and Plummer 0-10 % faster).
+_LAPLACE_FLOAT32_NCRIT = ((5, 200), (99, 300))
 _LAPLACE_EPS_TABLE = (  # (smallest eps served, p, ncrit)
     (8e-3, 3, 80),
     (1.5e-3, 4, 120),
