@@ -1149,28 +1149,38 @@ class Fmm:
         # G(h x) = h^degree G(x)) and each box's largest density are about 1, so float32
         # terms neither underflow nor overflow (charges 1e-44 or cubes 1e20 wide did):
         # dipoles take 1 / h with the coordinates, the results h^degree; densities a power
-        # of two per box, the results its inverse.
+        # of two per box and column, the results its inverse.
         q = None if q is None else q[rows]
         d = None if d is None else d[rows]
-        out_scale = np.ones(len(counts))
-        radius_half = half
-        if self.family.scale_invariant:
+        # Exponents rather than scale factors (a factor 2^-e overflows for subnormal
+        # densities), per box and density column (columns in different units: one scale
+        # flushed the small one to zero in float32). Charges and dipoles / h share one
+        # exponent per box and column: e = the larger of theirs.
+        scaled = self.family.scale_invariant
+        m_h, e_h = np.frexp(half) if scaled else (np.ones(len(counts)), np.zeros(len(counts),
+                                                                                int))
+        if scaled:
             xyz /= half[box]
-            if d is not None:
-                d = d / half[box][:, None, None]
-            out_scale = half ** self.family.degree
-            radius_half = np.ones_like(half)
-        big = np.zeros(len(rows))
-        for dens in (q, d):
-            if dens is not None:
-                big = np.maximum(big, np.abs(dens).reshape(len(rows), -1).max(axis=1))
-        big = np.maximum.reduceat(big, first)
-        dens_scale = np.ldexp(1.0, -np.frexp(np.where(big > 0, big, 1.0))[1])
+        radius_half = np.ones_like(half) if scaled else half
+
+        def exponent(dens, axes):
+            big = np.abs(dens).max(axis=axes) if axes else np.abs(dens)   # (n, k)
+            big = np.maximum.reduceat(big, first, axis=0)                 # (boxes, k)
+            return np.where(big > 0, np.frexp(np.where(big > 0, big, 1.0))[1], -10 ** 6)
+
+        e = np.full((len(counts), k), -10 ** 6)
         if q is not None:
-            q = q * dens_scale[box][:, None]
+            e = np.maximum(e, exponent(q, None))
+        if d is not None:  # (d / h) ~ d / m_h 2^-e_h
+            e = np.maximum(e, exponent(d, 2) + 1 - e_h[:, None])
+        e = np.where(e < -10 ** 5, 0, e)  # all-zero columns
+        if q is not None:
+            q = _ldexp(q, -e[box])
         if d is not None:
-            d = d * dens_scale[box][:, None, None]
-        out_scale = out_scale / dens_scale
+            d = _ldexp(d / m_h[box][:, None, None], -(e + e_h[:, None])[box][:, :, None])
+        with np.errstate(over="ignore", divide="ignore"):
+            mant, e_out = np.frexp(half ** self.family.degree) if scaled else \
+                (np.ones(len(counts)), np.zeros(len(counts), int))
         # runs: box i's sources cut into ceil(counts[i] / run) pieces
         n_runs = -(-counts // run)
         run_box = np.repeat(np.arange(len(counts)), n_runs)
@@ -1184,13 +1194,21 @@ class Fmm:
                 dipoles=None if d is None else d.transpose(1, 2, 0), workers=workers)
         del xyz, q, d
         sums = np.add.reduceat(check.astype(vdt), np.cumsum(n_runs) - n_runs, axis=0)
-        sums *= out_scale[:, None, None]
+        sums = _ldexp(sums * mant[:, None, None], (e + e_out[:, None])[:, :, None])
         for lev in np.unique(self._contrib_lev):
             at = np.flatnonzero(self._contrib_lev == lev)
             a, b = self._uc2e[lev]
             # (boxes, k, ns) -> equivalent densities (boxes, ns, k)
             acc[at] = ((sums[at] @ b.T) @ a.T).transpose(0, 2, 1)
         return acc
+
+
+def _ldexp(a, e):
+    """a * 2^e elementwise (e broadcast), exact unless the result leaves the float range;
+    complex a scaled part by part."""
+    if np.iscomplexobj(a):
+        return _ldexp(a.real, e) + 1j * _ldexp(a.imag, e)
+    return np.ldexp(a, np.broadcast_to(e, a.shape).astype(np.int32))
 
 
 def _exact_shift(lo, hi):
