@@ -111,13 +111,16 @@ def order_error(p, separate_targets=False, dipoles=False, hessians=False, family
 
 
 def choose_parameters(eps, p=None, ncrit=None, separate_targets=False, dipoles=False,
-                      hessians=False, family=LAPLACE, size=None, dtype=None):
+                      hessians=False, family=LAPLACE, size=None, dtype=None, n_points=None):
     """(p, ncrit) for an accuracy target; explicit values win.
 
     The base row comes from the kernel family's measured table
     (:attr:`~aotfmm.families.KernelFamily.eps_table`): the first row whose eps is at most the
-    one asked for (the last row below all), with its p and ncrit; a float32 ``dtype`` takes
-    at most the family's :attr:`~aotfmm.families.KernelFamily.float32_ncrit`.
+    one asked for (the last row below all), with its p and ncrit; a float32 ``dtype`` with
+    more than 64 table leaves' worth of points (``n_points``: sources plus separate targets)
+    takes at most the family's :attr:`~aotfmm.families.KernelFamily.float32_ncrit` (fewer
+    points: a tree of 8 or 64 leaves, mostly direct, whose smaller leaves only add far-field
+    work: 2500 uniform points with 300 took 16.7 ms against 6.6 ms with 400, 2e4 1.14x).
 
     Dipole sources get one order more too: their fields decay one power faster, so more of
     them sits in high-order terms (measured at eps 1e-9, clustered sources, separate targets:
@@ -153,7 +156,8 @@ def choose_parameters(eps, p=None, ncrit=None, separate_targets=False, dipoles=F
     """
     table = family.eps_table
     row = next((r for r in table if eps >= r[0]), table[-1])
-    if dtype is not None and np.dtype(dtype) == np.float32:
+    if dtype is not None and np.dtype(dtype) == np.float32 and n_points is not None \
+            and n_points > 64 * row[2]:
         cap = next((c for p_max, c in family.float32_ncrit if row[1] <= p_max), None)
         if cap is not None:
             row = (row[0], row[1], min(row[2], cap))
@@ -343,7 +347,8 @@ class Plan:
             if pts else 0.0
         self.p, self.ncrit = choose_parameters(eps, p, ncrit, separate_targets=not self.same,
                                                dipoles=dipoles, hessians=hessians,
-                                               family=family, size=self.size, dtype=dt)
+                                               family=family, size=self.size, dtype=dt,
+                                               n_points=sum(a.shape[1] for a in pts))
         family.check_phase(self.size)
         extra, served = family.extra_orders(self.size)
         if not served:
