@@ -449,9 +449,9 @@ class Plan:
         in float64 plans rounded toward zero to a multiple of the largest ulp the leaf's box can
         hold, or 0 for a box across 0 (:func:`_exact_anchors`): ``x - a`` is then exact for
         every point x of the leaf (float32 plans keep the coordinate itself, exact where x and
-        a are within a factor two, Sterbenz, else within ulp(x)). Differences of nearby points, within a leaf or across leaves, keep the precision
-        of the data's own spacing wherever the points sit, in float64 and (after rounding the
-        small offsets) in float32.
+        a are within a factor two, Sterbenz, else within ulp(x)). Differences of nearby
+        points, within a leaf or across leaves, keep the precision of the data's own spacing
+        wherever the points sit, in float64 and (after rounding the small offsets) in float32.
 
         ``src_pts`` (n, 3) / ``trg_pts`` (m, 3) or None (the same points): float64 caller
         coordinates; ``center``, ``scale``: the frame they were mapped with.
