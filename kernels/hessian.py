@@ -26,7 +26,7 @@ import numpy as np
 from numba.extending import register_jitable
 
 from ._inline import gather_sym, scatter_sym
-from .p2p import MIXED_SOURCES, _split_box
+from .p2p import MIXED_SOURCES, _split_box, _target_parts
 
 INV4PI = 0.07957747154594767  # 1 / (4 pi)
 
@@ -399,11 +399,7 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
     o2f = np.empty((10, m_max), dtype=np.float32)  # the partners' float32 sums
     ob = np.empty((10, m_max), dtype=np.float64)
     acc = np.empty(10, dtype=np.float64)
-    tmax = 1
-    for ii in range(i0, i1):
-        tmax = max(tmax, end[boxes[ii]] - start[boxes[ii]])
-    ht = np.empty((3, tmax), dtype=np.float32)
-    lt = np.empty((3, tmax), dtype=np.float32)
+    ht, lt = _target_parts(start, end, boxes, i0, i1)
     for ii in range(i0, i1):
         b = boxes[ii]
         t0 = start[b]

@@ -567,6 +567,16 @@ def _gather_own_first(src_xyz, q, src_start, src_end, list_offsets, list_index, 
 
 
 @register_jitable
+def _target_parts(start, end, boxes, i0, i1):
+    """Float32 hi/lo scratch (3, largest box of boxes[i0:i1]) for the targets'
+    :func:`_split_box` parts."""
+    tmax = 1
+    for ii in range(i0, i1):
+        tmax = max(tmax, end[boxes[ii]] - start[boxes[ii]])
+    return np.empty((3, tmax), dtype=np.float32), np.empty((3, tmax), dtype=np.float32)
+
+
+@register_jitable
 def _split_box(s1, n1, s2, n2, t, nt, h1, l1, h2, l2, ht, lt):
     """A mixed kernel's per-box split: the grid g (:func:`_grid`) of the largest coordinate
     magnitude among ``s1[:, :n1]``, ``s2[:, :n2]`` and ``t[:, :nt]`` (in the box's frame),
@@ -989,11 +999,7 @@ def p2p_mixed(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end,
     ls = np.empty((3, m_max), dtype=np.float32)
     qf = np.empty(m_max, dtype=np.float32)
     exact = np.empty(4, dtype=np.float64)  # a redone target's sums (_exact_target)
-    tmax = 1
-    for ii in range(i0, i1):
-        tmax = max(tmax, trg_end[boxes[ii]] - trg_start[boxes[ii]])
-    ht = np.empty((3, tmax), dtype=np.float32)
-    lt = np.empty((3, tmax), dtype=np.float32)
+    ht, lt = _target_parts(trg_start, trg_end, boxes, i0, i1)
     for ii in range(i0, i1):
         b = boxes[ii]
         t0 = trg_start[b]
@@ -1142,11 +1148,7 @@ def p2p_multi_mixed(src_xyz, q, trg_xyz, src_start, src_end, trg_start, trg_end,
     by = geo[2]
     bz = geo[3]
     sums = np.zeros((nd, 4), dtype=np.float64)
-    tmax = 1
-    for ii in range(i0, i1):
-        tmax = max(tmax, trg_end[boxes[ii]] - trg_start[boxes[ii]])
-    ht = np.empty((3, tmax), dtype=np.float32)
-    lt = np.empty((3, tmax), dtype=np.float32)
+    ht, lt = _target_parts(trg_start, trg_end, boxes, i0, i1)
     for ii in range(i0, i1):
         b = boxes[ii]
         t0 = trg_start[b]
