@@ -3,6 +3,8 @@ float64 points, coordinates spanning more than float64 can hold (issue: outside 
 
 References are plain numpy direct sums of the caller's float64 points (conftest), never our
 own kernels."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -648,3 +650,43 @@ def test_frame_coordinates_are_the_float64_values_rounded_once(given, out, rng):
     got = to_soa(p, center, scale, out)
     assert got.dtype == out and got.shape == (3, 2001) and got.flags.c_contiguous
     assert np.array_equal(got, ref)
+
+
+@pytest.mark.parametrize("call", ["fmm", "direct"])
+def test_float32_fields_below_the_normal_range_say_so(call):
+    """float32 charges of 1e-44 (subnormal themselves) give fields ~1e-42, which float32 holds
+    to a few digits only: the densities are scaled into range for the sums, but the fields
+    come back in the caller's dtype. Until 2026-12-03 that cost 1.1x eps (eps 1e-5, 30000
+    points) silently; now an AccuracyWarning names the bound, and the bound holds against a
+    numpy float64 sum of the same float32 points and charges. Fields in range stay quiet."""
+    rng = np.random.default_rng(11)
+    n = 6000 if call == "fmm" else 300
+    x = rng.random((n, 3)).astype(np.float32)
+    q0 = rng.standard_normal(n)
+
+    def run(q):
+        if call == "fmm":
+            return aotfmm.Fmm(x, eps=1e-5, dtype=np.float32).evaluate(q)
+        return aotfmm.direct(x, q)
+
+    q = (q0 * 1e-44).astype(np.float32)
+    assert q.dtype == np.float32 and np.abs(q).max() < np.finfo(np.float32).tiny
+    with pytest.warns(aotfmm.AccuracyWarning, match="below float32's normal range") as got:
+        pot = run(q)
+    assert pot.dtype == np.float32
+    bound = float(str(got[0].message).split("up to ")[1].split(" relative")[0])
+    ref, _ = direct_reference(x, q, x)
+    assert 0 < rel_err(pot, ref) <= bound
+    for scale in (1e-30, 1.0, 1e20):  # far above the subnormal range: no warning
+        q = (q0 * scale).astype(np.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", aotfmm.AccuracyWarning)
+            pot = run(q)
+        ref, _ = direct_reference(x, q, x)
+        assert rel_err(pot, ref) < 1e-5
+    with warnings.catch_warnings():  # float64 fields of the same charges: in range
+        warnings.simplefilter("error", aotfmm.AccuracyWarning)
+        if call == "fmm":
+            aotfmm.Fmm(x.astype(np.float64), eps=1e-5).evaluate(q0 * 1e-44)
+        else:
+            aotfmm.direct(x.astype(np.float64), q0 * 1e-44)

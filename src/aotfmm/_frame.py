@@ -18,8 +18,13 @@ its parameter multiplied by ``scale`` (:meth:`~aotfmm.families.KernelFamily.scal
 fields come back like those of a kernel of degree
 :attr:`~aotfmm.families.KernelFamily.frame_degree`: G_k(s r) = s**frame_degree G_{k s}(r).
 """
+import os
+import sys
+import warnings
+
 import numpy as np
 
+from ._validation import AccuracyWarning
 from .families import LAPLACE
 
 __all__ = ["power_of_two_scale", "frame", "to_soa", "scaled_charges", "scaled_densities",
@@ -153,7 +158,7 @@ def unscale_factor(density_scale, frame_scale, order, family=LAPLACE):
     return field_factor(density_scale, frame_scale, field_power(family, order))
 
 
-def unscale_fields(outs, frame_outs, live, qscale, frame_scale, *, family=LAPLACE):
+def unscale_fields(outs, frame_outs, live, qscale, frame_scale, *, family=LAPLACE, eps=None):
     """Fields of the frame back to the caller's units, density by density.
 
     ``outs`` (potentials (k, n), gradients (k, 3, n), Hessians (k, 6, n); None entries are
@@ -161,27 +166,31 @@ def unscale_fields(outs, frame_outs, live, qscale, frame_scale, *, family=LAPLAC
     density's scale and ``frame_scale ** (degree - order)``, order 0, 1, 2 for potentials,
     gradients, Hessians of ``family``, homogeneous of degree ``family.degree`` (see
     :func:`scaled_densities`). ``outs`` may be ``frame_outs`` itself (every density live):
-    the rows are then scaled in place, without a copy.
+    the rows are then scaled in place, without a copy. ``eps``: the plan's, for
+    :func:`rescale`'s warning about float32 fields below the normal range.
     """
     for order, (out, got, what) in enumerate(zip(outs, frame_outs, _FIELD_NAMES)):
         if out is None:
             continue
         for row, col in enumerate(live):
             factor = unscale_factor(qscale[row], frame_scale, order, family)
-            rescale(got[row], factor, what, out=out[col])
+            rescale(got[row], factor, what, out=out[col], eps=eps)
 
 
-def rescale(values, factor, what, out=None):
+def rescale(values, factor, what, out=None, eps=None):
     """Undo the frame's scaling; raise instead of returning inf when the result overflows.
 
     With ``out`` (same shape; may be ``values`` itself) the result is written there and no
-    full-size temporary is made; the product is formed in double precision either way."""
+    full-size temporary is made; the product is formed in double precision either way.
+    float32 results far below the normal range warn (:func:`_warn_subnormal`; ``eps``: the
+    accuracy asked for, default :data:`_SUBNORMAL_LOSS`)."""
     if factor == 1.0:
         if out is not None and out is not values:
             out[...] = values
         res = values if out is None else out
         if not np.isfinite(res).all():
             raise FloatingPointError(f"the {what} overflows {values.dtype}")
+        _warn_subnormal(res, what, eps)
         return res
     wide = np.complex128 if values.dtype.kind == "c" else np.float64
     with np.errstate(over="ignore"):
@@ -191,4 +200,46 @@ def rescale(values, factor, what, out=None):
             np.multiply(values, factor, out=out, dtype=wide, casting="unsafe")
     if not np.isfinite(out).all():
         raise FloatingPointError(f"the {what} overflows {values.dtype}")
+    _warn_subnormal(out, what, eps)
     return out
+
+
+#: without an eps: below this relative L2 error from float32's subnormal range alone a result is
+#: not flagged (a fifth of the smallest eps float32 plans serve, 5e-6)
+_SUBNORMAL_LOSS = 1e-6
+
+
+def _warn_subnormal(out, what, eps=None):
+    """AccuracyWarning when float32 (complex64) fields lie so far below float32's normal range
+    (1.2e-38) that rounding them to its subnormal numbers (spacing 2^-149) alone may cost
+    more than eps / 2 (without eps: :data:`_SUBNORMAL_LOSS`) of their L2 norm: the densities
+    are scaled into range for the sums, but the fields come back in the caller's units and
+    dtype (float32 charges of 1e-44 at eps 1e-5: potential errors 1.1x eps, silently, until
+    2026-12-03). The bound, half a spacing per value over the norm, is plain relative error,
+    which the contract's u-bar can exceed. Two passes without a copy decide in every usual
+    case (the largest value far above 2^-126); the rest is measured in float64."""
+    if out.dtype not in (np.float32, np.complex64) or out.size == 0:
+        return
+    comp = out if out.dtype == np.float32 else np.ascontiguousarray(out).view(np.float32)
+    if max(float(comp.max()), -float(comp.min())) >= np.sqrt(comp.size) * 2.0 ** -126:
+        return
+    a = np.abs(comp.astype(np.float64))
+    n_small = int(np.count_nonzero(a < 2.0 ** -126))
+    norm = float(np.sqrt(np.sum(a * a)))
+    loss = np.sqrt(n_small) * 2.0 ** -150 / norm if norm > 0 else np.inf
+    if n_small and loss > (_SUBNORMAL_LOSS if eps is None else eps / 2):
+        warnings.warn(f"{n_small} of {comp.size} {what} values lie below float32's normal "
+                      f"range (1.2e-38), where float32 keeps fewer digits: from that alone "
+                      f"up to {min(loss, 1.0):.2g} relative error in the {what}. Scale the "
+                      f"densities up (the fields scale with them) or use dtype=float64",
+                      AccuracyWarning, stacklevel=_caller_level())
+
+
+def _caller_level():
+    """The ``stacklevel`` that names the first caller outside this package, for a warning
+    raised by the function that calls this one (its depth differs between entry points)."""
+    pkg = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(pkg):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -8,6 +8,15 @@ import numbers
 
 import numpy as np
 
+class AccuracyWarning(UserWarning):
+    """The requested accuracy is probably not met (e.g. float32 on a very deep tree).
+
+    Defined here, in the leaf module of checks, so that every module can warn without an
+    import cycle; ``aotfmm.AccuracyWarning`` and ``aotfmm.evaluate.AccuracyWarning`` are it."""
+
+    __module__ = "aotfmm"
+
+
 #: Float types the kernels are compiled for.
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 

@@ -375,7 +375,8 @@ class Fmm:
             hess = np.zeros((k, 6, n_out), dtype=self.dtype) if hessian else None
             outs = (pot, grad, hess)
         if frame_outs is not None:
-            unscale_fields(outs, frame_outs, live, qscale, self._scale, family=self.family)
+            unscale_fields(outs, frame_outs, live, qscale, self._scale, family=self.family,
+                           eps=self.eps)
         timings["evaluate_total"] = time.perf_counter() - t0
         self.timings = {k_: v for k_, v in self.timings.items() if not k_.startswith("eval:")}
         self.timings.update({f"eval:{k_}": v for k_, v in timings.items()})

@@ -26,7 +26,7 @@ from ._direct import p2p as near_field
 from .families import LAPLACE
 from .lists import build_lists
 from .operators import P_MAX, P_MIN, get_operators, l2l_blocks
-from ._validation import check_representable
+from ._validation import AccuracyWarning, check_representable  # noqa: F401 (re-exported)
 from .morton import LEVEL_BITS, MAX_LEVEL
 from .surfaces import n_surf
 from .tree import build_tree
@@ -36,10 +36,6 @@ __all__ = ["Plan", "P_MIN", "P_MAX", "choose_parameters", "order_error", "Accura
 #: Deepest level float32 resolves well: box surfaces need ~10 of float32's 24 bits below the
 #: box size (measured: two 1e-3 clusters 1e3 apart, 20 levels, float32 error 1e-3 at eps 1e-5).
 _FLOAT32_MAX_LEVEL = 12
-
-
-class AccuracyWarning(UserWarning):
-    """The requested accuracy is probably not met (e.g. float32 on a very deep tree)."""
 
 
 #: Local expansions carry the regular part a f + b . e of their field (for Laplace a constant and
