@@ -419,3 +419,24 @@ def test_fmm3d_calls_check_targets_that_pgt_0_leaves_unused(func, bad, n):
     q = np.ones(n, dtype=complex if func == "hfmm" else float)
     with pytest.raises((ValueError, TypeError), match="targets"):
         getattr(aotfmm, func)(src, q, bad, pg=1, pgt=0, eps=1e-3, **kw)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64])
+def test_integer_points_float64_cannot_hold_are_refused(dtype):
+    # (2^60, 0, 0) and (2^60 + 1, 0, 0) became one float64 point and their pair was dropped:
+    # potentials 0.0268 where 0.104 is right (hostile test 2026-12-03)
+    big = np.array([[2 ** 60, 0, 0], [2 ** 60 + 1, 0, 0], [2 ** 60 + 4, 3, 0]], dtype=dtype)
+    q = np.ones(3)
+    for call in (lambda: aotfmm.Fmm(big), lambda: aotfmm.direct(big, q),
+                 lambda: aotfmm.laplace(np.zeros((1, 3)), [1.0], targets=big)):
+        with pytest.raises(ValueError, match="beyond 2\\^53"):
+            call()
+    # up to 2^53 integers are exact: taken, and right (numpy reference of the same points)
+    ok = big.copy()
+    ok[:, 0] = ok[:, 0] - dtype(2 ** 60) + dtype(2 ** 53 - 8)
+    pot = aotfmm.direct(ok, q)
+    x = ok.astype(np.float64)
+    assert len(np.unique(x, axis=0)) == 3
+    d = np.linalg.norm(x[:, None] - x[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    np.testing.assert_allclose(pot, (1 / (4 * np.pi * d)).sum(1), rtol=1e-12)

@@ -181,9 +181,20 @@ def as_points(name, a):
         elif arr.ndim == 1 and arr.shape[0] == 3:
             hint = " (a single point is xyz.reshape(1, 3))"
         raise ValueError(f"{name} must have shape (n, 3), got {arr.shape}{hint}")
+    if arr.dtype.kind in "iu" and arr.size and \
+            max(int(arr.max()), -int(arr.min())) > _INT_EXACT:
+        # float64 holds integers exactly only up to 2^53: (2^60, 0, 0) and (2^60 + 1, 0, 0)
+        # became one point and their pair was dropped (hostile test 2026-12-03)
+        raise ValueError(f"{name} holds integer coordinates beyond 2^53, which float64 cannot "
+                         f"hold exactly (distinct points could merge): subtract a common "
+                         f"offset first, or pass floats if the rounding is acceptable")
     arr = arr.astype(np.float64, copy=False)
     _check_finite(name, arr)
     return arr
+
+
+#: the largest integer coordinate taken: every integer up to 2^53 is a float64
+_INT_EXACT = 2 ** 53
 
 
 def as_charges(name, a, n):
