@@ -690,3 +690,39 @@ def test_float32_fields_below_the_normal_range_say_so(call):
             aotfmm.Fmm(x.astype(np.float64), eps=1e-5).evaluate(q0 * 1e-44)
         else:
             aotfmm.direct(x.astype(np.float64), q0 * 1e-44)
+
+
+@pytest.mark.xfail(strict=True, reason="known gap (README): float32 partial sums of the mixed "
+                   "near field drop terms below half an ulp of a large one (2.8x eps here)")
+def test_mixed_partner_sums_keep_small_terms_after_a_large_one():
+    """Hostile test 2026-12-03: c sits 2e-4 from a (charge 1) across a leaf face; 300 points
+    of charge 5.3e-5 on a sphere of radius 0.2 around c, in a's leaf after a, each add to c's
+    float32 partner sum (p2p_sym_mixed: up to 64 targets per float32 sum) a term just under
+    half an ulp of it: all are dropped, 2.8x eps at eps 1e-6 over all points. Strict xfail:
+    this test starts failing (XPASS) when the gap closes; then drop the mark."""
+    rng = np.random.default_rng(0)
+    bg = [(np.array([i, j, k]) + rng.random((250, 3))) / 4 for i in range(4)
+          for j in range(4) for k in range(4) if not ((j, k) == (0, 0) and i in (1, 2))]
+    a, c = np.array([0.4999, 0.01, 0.01]), np.array([0.5001, 0.01, 0.01])
+    shell = []
+    while len(shell) < 300:
+        d = np.array([.375, .125, .125]) + .125 * rng.random(3) - c
+        p = c + 0.2 * d / np.linalg.norm(d)
+        if .375 < p[0] < .5 and .125 < p[1] < .25 and .125 < p[2] < .25:
+            shell.append(p)
+    x = np.concatenate(bg + [[[0, 0, 0], [1, 1, 1]], [a, c], shell,
+                             .25 * rng.random((300, 3)) + [.5, 0, 0]])
+    ia = len(x) - 602
+    q = np.zeros(len(x))
+    q[ia] = 1.0
+    q[ia + 2:ia + 302] = 5.337e-05
+    pot = aotfmm.lfmm(x, q, pg=1, eps=1e-6).pot
+    nz = np.flatnonzero(q)
+    ref = np.zeros(len(x))
+    ubar = np.zeros(len(x))
+    for j in nz:  # numpy sum over the 301 charged points, r = 0 left out
+        r = np.linalg.norm(x - x[j], axis=1)
+        g = np.divide(1.0, 4 * np.pi * r, out=np.zeros_like(r), where=r > 0)
+        ref += q[j] * g
+        ubar += abs(q[j]) * g
+    assert np.linalg.norm(pot - ref) <= 1e-6 * np.linalg.norm(ubar)
