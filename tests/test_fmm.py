@@ -191,8 +191,8 @@ def test_far_from_origin_and_scaled(rng):
 
 
 def test_float32_plans_take_smaller_table_leaves(rng):
-    """float32 plans of more than 64 table leaves' points take leaves of at most 300 points
-    (200 at p = 5) where the table says 400 (float64, fewer points and explicit ncrit keep
+    """float32 plans of more than 64 leaves' points take leaves of 300 points where the
+    table says 400, 120 or 80 (float64, fewer points and explicit ncrit keep
     theirs); 26000 uniform points (406 per level-2 box) split to level 3 either way, but
     must still meet eps against numpy."""
     from aotfmm.evaluate import choose_parameters
@@ -201,13 +201,16 @@ def test_float32_plans_take_smaller_table_leaves(rng):
     assert choose_parameters(1e-4, dtype=np.float32, n_points=big - 1) == (6, 400)
     assert choose_parameters(1e-4, dtype=np.float64, n_points=big) == (6, 400)
     assert choose_parameters(1e-4) == (6, 400)
-    assert choose_parameters(3e-3, dtype=np.float32, n_points=10 ** 6) == (4, 120)
-    assert choose_parameters(1e-3, dtype=np.float32, n_points=big) == (5, 200)
+    assert choose_parameters(3e-3, dtype=np.float32, n_points=10 ** 6) == (4, 300)
+    assert choose_parameters(8e-3, dtype=np.float32, n_points=10 ** 6) == (3, 300)
+    assert choose_parameters(3e-3, dtype=np.float32, n_points=64 * 300) == (4, 120)
+    assert choose_parameters(3e-3, dtype=np.float64, n_points=10 ** 6) == (4, 120)
+    assert choose_parameters(1e-3, dtype=np.float32, n_points=big) == (5, 300)
     assert choose_parameters(1e-3, dtype=np.float64, n_points=big) == (5, 400)
     assert aotfmm.Fmm(uniform(rng, 2500), eps=1e-4, dtype=np.float32).ncrit == 400
     src = uniform(rng, 26000)
     q = rng.standard_normal(26000)
-    for eps, nc in ((1e-3, 200), (1e-4, 300), (1e-5, 300)):
+    for eps, nc in ((5e-3, 300), (1e-3, 300), (1e-4, 300), (1e-5, 300)):
         plan = aotfmm.Fmm(src, eps=eps, dtype=np.float32, threads=1)
         assert plan.ncrit == nc and plan.stats["levels"] >= 4
         assert aotfmm.Fmm(src, eps=eps, dtype=np.float32, ncrit=400, threads=1).ncrit == 400

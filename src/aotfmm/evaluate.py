@@ -113,10 +113,11 @@ def choose_parameters(eps, p=None, ncrit=None, separate_targets=False, dipoles=F
     The base row comes from the kernel family's measured table
     (:attr:`~aotfmm.families.KernelFamily.eps_table`): the first row whose eps is at most the
     one asked for (the last row below all), with its p and ncrit; a float32 ``dtype`` with
-    more than 64 table leaves' worth of points (``n_points``: sources plus separate targets)
-    takes at most the family's :attr:`~aotfmm.families.KernelFamily.float32_ncrit` (fewer
-    points: a tree of 8 or 64 leaves, mostly direct, whose smaller leaves only add far-field
-    work: 2500 uniform points with 300 took 16.7 ms against 6.6 ms with 400, 2e4 1.14x).
+    more than 64 leaves' worth of points at the table's and at its own leaf size
+    (``n_points``: sources plus separate targets) takes the family's
+    :attr:`~aotfmm.families.KernelFamily.float32_ncrit` instead (fewer points: a tree of 8 or
+    64 leaves, mostly direct, whose smaller leaves only add far-field work: 2500 uniform
+    points with 300 took 16.7 ms against 6.6 ms with 400, 2e4 1.14x).
 
     Dipole sources get one order more too: their fields decay one power faster, so more of
     them sits in high-order terms (measured at eps 1e-9, clustered sources, separate targets:
@@ -152,11 +153,10 @@ def choose_parameters(eps, p=None, ncrit=None, separate_targets=False, dipoles=F
     """
     table = family.eps_table
     row = next((r for r in table if eps >= r[0]), table[-1])
-    if dtype is not None and np.dtype(dtype) == np.float32 and n_points is not None \
-            and n_points > 64 * row[2]:
-        cap = next((c for p_max, c in family.float32_ncrit if row[1] <= p_max), None)
-        if cap is not None:
-            row = (row[0], row[1], min(row[2], cap))
+    if dtype is not None and np.dtype(dtype) == np.float32 and n_points is not None:
+        leaf = next((c for p_max, c in family.float32_ncrit if row[1] <= p_max), None)
+        if leaf is not None and n_points > 64 * max(row[2], leaf):
+            row = (row[0], row[1], leaf)
     if p is None:
         bump = _order_bump(separate_targets, dipoles, hessians, base=row[1], ncrit=ncrit) + \
             family.extra_orders(size)[0]

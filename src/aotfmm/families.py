@@ -76,8 +76,8 @@ class KernelFamily:
     worst_error : tuple of (p, error) pairs
         The worst relative error measured at order p (see :func:`aotfmm.evaluate.order_error`).
     float32_ncrit : tuple of (p, ncrit) rows
-        The largest table leaf size a float32 plan takes, per table order (empty: the
-        table's).
+        The leaf size a float32 plan of many points takes instead of the table's, per table
+        order (empty: the table's).
     sums : tuple of ((operator, inputs, outputs), kernel name) rows
         The family's compiled sums: :data:`aotfmm._dispatch.TABLE` holds them under
         ``(name, operator, inputs, outputs)``.
@@ -125,9 +125,9 @@ class KernelFamily:
     size_orders: tuple = dataclasses.field(default=(), compare=False)
     regular_mu2: typing.Optional[typing.Callable] = dataclasses.field(default=None,
                                                                       compare=False, repr=False)
-    #: float32 plans take leaves of at most ``cap`` points where the table's are larger
+    #: float32 plans of many points take leaves of ``ncrit`` points whatever the table's
     #: (their pair loops are cheaper against M2L than float64's): rows (largest table p,
-    #: cap), the first whose p the table row's p does not exceed; () : the table's
+    #: ncrit), the first whose p the table row's p does not exceed; () : the table's
     float32_ncrit: tuple = dataclasses.field(default=(), compare=False)
 
     def __repr__(self):
@@ -407,7 +407,17 @@ def _laplace_dg(r):
 #: runs, interleaved, best of 2, 300 -> 200): 1e6 cube 2.75 -> 2.53 s, sphere 1.49 -> 1.29,
 #: Plummer 2.56 -> 2.19; 2e5 cube 0.31 -> 0.32, sphere 0.30 -> 0.25; p = 6 / 7 do not (1e6
 #: cube 2.94 -> 3.69 / 3.17 -> 4.22 s: 30-point leaves; sphere and Plummer 0-10 % faster).
-_LAPLACE_FLOAT32_NCRIT = ((5, 200), (99, 300))
+#: Re-measured 2026-12-03 (same machine, idle, interleaved, 3 runs each, 300 -> 200): the 1e6
+#: cube at p = 5 went to 30-point leaves and slower, 1.81-1.83 -> 2.86-3.05 s (2 threads;
+#: 3.08-3.10 -> 3.72-4.18 s on one), slower than eps 1e-4 (p = 6: 1.87-1.91 s), so coarser eps
+#: was slower; sphere 1.33-1.35 vs 1.30-1.37, Plummer 2.04-2.12 vs 2.11-2.38, 2e5 and 1.5e6
+#: cubes the same tree. The earlier 2.75 -> 2.53 did not reproduce: p = 5 takes 300 too.
+#: And p = 3 / 4 (eps 8e-3 / 3e-3, table leaves 80 / 120) take 300 as well: with their table
+#: leaves the 1e6 cube took 2.57-2.76 s against 1.82 s at eps 1e-3 (coarser eps slower); with
+#: 300 1.73-1.85 / 1.75-1.78 s; Plummer p = 3 2.89-3.05 -> 1.64-1.67, p = 4 2.21-2.6 -> 1.9-1.95;
+#: 1e5 cube 0.24-0.28 -> 0.16 / 0.27-0.29 -> 0.21; 1e6 sphere p = 4 1.12-1.23 -> 1.20-1.27
+#: (5 % slower), 2e5 sphere the same (2 threads, interleaved, 3 runs, 2026-12-03).
+_LAPLACE_FLOAT32_NCRIT = ((99, 300),)
 _LAPLACE_EPS_TABLE = (  # (smallest eps served, p, ncrit)
     (8e-3, 3, 80),
     (1.5e-3, 4, 120),
