@@ -8,6 +8,7 @@ import numbers
 
 import numpy as np
 
+
 class AccuracyWarning(UserWarning):
     """The requested accuracy is probably not met (e.g. float32 on a very deep tree).
 
@@ -168,6 +169,10 @@ def _check_finite(name, arr):
         raise ValueError(f"{name} contains NaN or infinity")
 
 
+#: the largest integer coordinate taken: every integer up to 2^53 is a float64
+_INT_EXACT = 2 ** 53
+
+
 def as_points(name, a):
     """Points given as (n, 3) rows -> float64 array of shape (n, 3), checked finite.
 
@@ -191,10 +196,6 @@ def as_points(name, a):
     arr = arr.astype(np.float64, copy=False)
     _check_finite(name, arr)
     return arr
-
-
-#: the largest integer coordinate taken: every integer up to 2^53 is a float64
-_INT_EXACT = 2 ** 53
 
 
 def as_charges(name, a, n):

@@ -403,10 +403,11 @@ def _laplace_dg(r):
 #: surface p = 6 / 7: 1.95 -> 1.67, 2.07 -> 1.83 s; 1e6 Plummer sphere 3.40 -> 2.88, 3.60 ->
 #: 3.17 s; uniform 1e6 unchanged (244 points: the same tree; its 30-point leaves were slower
 #: at p = 6 / 7: 2.86 -> 3.20, 3.05 -> 3.72 s). float64 (p = 8) at 1.5e6: 9.4 -> 11.5 s, at
-#: 2e5 1.18 -> 1.20 s: it keeps 400. p = 5 (eps 2e-4 .. 1.5e-3) does better with 200 (same
-#: runs, interleaved, best of 2, 300 -> 200): 1e6 cube 2.75 -> 2.53 s, sphere 1.49 -> 1.29,
-#: Plummer 2.56 -> 2.19; 2e5 cube 0.31 -> 0.32, sphere 0.30 -> 0.25; p = 6 / 7 do not (1e6
-#: cube 2.94 -> 3.69 / 3.17 -> 4.22 s: 30-point leaves; sphere and Plummer 0-10 % faster).
+#: 2e5 1.18 -> 1.20 s: it keeps 400. p = 5 (eps 2e-4 .. 1.5e-3) seemed better with 200
+#: (same runs, interleaved, best of 2, 300 -> 200; not reproduced, see below): 1e6 cube
+#: 2.75 -> 2.53 s, sphere 1.49 -> 1.29, Plummer 2.56 -> 2.19; 2e5 cube 0.31 -> 0.32, sphere
+#: 0.30 -> 0.25; p = 6 / 7 do not (1e6 cube 2.94 -> 3.69 / 3.17 -> 4.22 s: 30-point leaves;
+#: sphere and Plummer 0-10 % faster).
 #: Re-measured 2026-12-03 (same machine, idle, interleaved, 3 runs each, 300 -> 200): the 1e6
 #: cube at p = 5 went to 30-point leaves and slower, 1.81-1.83 -> 2.86-3.05 s (2 threads;
 #: 3.08-3.10 -> 3.72-4.18 s on one), slower than eps 1e-4 (p = 6: 1.87-1.91 s), so coarser eps
