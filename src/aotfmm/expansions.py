@@ -278,10 +278,16 @@ def l2l(ops, local, dcheck, parents, children):
         d3[ch] += _rows_gemm(l3[par], ops.l2l[c])
 
 
-def dc2e(ops, dcheck, local, rows):
-    """local[rows] += dcheck[rows] @ dc2e_a.T: down-check coefficients -> local densities."""
+def dc2e(ops, dcheck, local, rows, rank=None):
+    """local[rows] += dcheck[rows] @ dc2e_a.T: down-check coefficients -> local densities
+    (``rank``: only the first ``rank`` coefficients, the strongest modes; see
+    :meth:`aotfmm.operators.Operators.down_rank_above`)."""
     l3 = _dens3(local, ops.n_surf)
-    l3[rows] += _rows_gemm(_dens3(dcheck, ops.down_rank)[rows], ops.dc2e_a)
+    coef = _dens3(dcheck, ops.down_rank)[rows]
+    if rank is None or rank >= ops.down_rank:
+        l3[rows] += _rows_gemm(coef, ops.dc2e_a)
+    else:
+        l3[rows] += _rows_gemm(coef[:, :, :rank], np.ascontiguousarray(ops.dc2e_a[:, :rank]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,7 +378,10 @@ def m2l(ops, equiv, dcheck, plan, workers=INLINE):
 
 
 def _s2p(ops, dens, trg_xyz, trg_start, trg_end, trg_boxes, list_offsets, list_index,
-         centers, half_widths, radius, pot, grad, workers, hess=None):
+         centers, half_widths, radius, pot, grad, workers, hess=None, mixed=False):
+    """Targets of trg_boxes[i] += field of the surface densities of their listed boxes.
+    ``mixed``: a float64 single-density sum takes its pair terms in float32
+    (kernels/expansions.py s2p_mixed; see evaluate.KifmmPasses.l2p_mixed for who may)."""
     dt = ops.dtype
     n = len(trg_boxes)
     if n == 0:
@@ -403,6 +412,13 @@ def _s2p(ops, dens, trg_xyz, trg_start, trg_end, trg_boxes, list_offsets, list_i
             _dispatch.bind(multi_kernel, dt, dens=d3, **shared, flags=flags,
                            buf=np.empty((6, ops.n_surf), dt), pot=pot.reshape(nd, -1),
                            grad=grad3)(i0, i1)
+    elif mixed and dt == np.float64 and _dispatch.has_kernel(ops.family.name, "s2p_mixed",
+                                                             "surface", "pot|potgrad"):
+        work = _dispatch.bind(_dispatch.kernel_name(
+            ops.family.name, "s2p_mixed", "surface", "pot|potgrad"), dt,
+            dens=d3.reshape(len(d3), ops.n_surf), **shared,
+            flags=0 if grad is None else _dispatch.GRADIENT, pot=pot.reshape(-1),
+            grad=np.zeros((3, 1), dt) if grad is None else grad.reshape(3, -1))
     else:
         d2, out = d3.reshape(len(d3), ops.n_surf), dict(pot=pot.reshape(-1))
         if grad is not None:
@@ -442,9 +458,10 @@ def m2p(ops, equiv, trg_xyz, trg_start, trg_end, target_boxes, w_offsets, w_inde
 
 
 def l2p(ops, local, trg_xyz, trg_start, trg_end, boxes, centers, half_widths, pot, grad=None,
-        workers=INLINE, hess=None, entry_centers=None):
-    """Targets of boxes[i] += field of their own local expansion."""
+        workers=INLINE, hess=None, entry_centers=None, mixed=False):
+    """Targets of boxes[i] += field of their own local expansion (``mixed``: see
+    :func:`_s2p`)."""
     if entry_centers is None:
         entry_centers = centers[boxes]
     _s2p(ops, local, trg_xyz, trg_start, trg_end, boxes, _self_list(len(boxes)), boxes,
-         entry_centers, half_widths, ops.r_down_equiv, pot, grad, workers, hess)
+         entry_centers, half_widths, ops.r_down_equiv, pot, grad, workers, hess, mixed)

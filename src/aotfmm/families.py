@@ -455,6 +455,7 @@ _LAPLACE_SUMS = (
     (("s2p", "surface", "pot"), "s2p_pot"),
     (("s2p", "surface", "potgrad"), "s2p_potgrad"),
     (("s2p", "surfaces", "pot|potgrad"), "s2p_multi"),
+    (("s2p_mixed", "surface", "pot|potgrad"), "s2p_mixed"),
 )
 
 #: The Laplace kernel G(x, y) = 1 / (4 pi |x - y|): real, scalar, homogeneous of degree -1.

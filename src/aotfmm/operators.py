@@ -158,6 +158,14 @@ class Operators:
         """Columns of ``dc2e_a``: length of a box's down-check coefficient vector."""
         return self.dc2e_a.shape[1]
 
+    def down_rank_above(self, cut):
+        """How many leading down-check coefficients belong to singular values of at least
+        ``cut`` times the largest (``dc2e_a`` = V Sigma^-1 in decreasing singular value: its
+        column j has norm 1 / sigma_j)."""
+        norms = np.linalg.norm(self.dc2e_a, axis=0)
+        weak = np.flatnonzero(norms[0] < cut * norms)
+        return int(weak[0]) if len(weak) else len(norms)
+
     @property
     def nbytes(self):
         """Bytes held by the operator matrices."""
