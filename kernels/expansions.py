@@ -12,10 +12,12 @@ Rows ``b0 <= i < b1`` of a call are target boxes ``trg_boxes[i]``; each interact
 the special case "list = the box itself".
 
 * ``p2c_pot``: check[i, m] = sum over listed boxes s, sources j of s: q_j G(x_m(i), y_j)
-  (OUT, overwritten) -- P2M (upward check, list = self) and P2L (downward check, X list).
+  (OUT, overwritten) -- P2M (upward check, list = self) and P2L (downward check, X list);
+  ``p2c_mixed`` the same in float64 with float32 pair terms.
 * ``s2p_pot`` / ``s2p_potgrad``: pot[t] += sum over listed boxes s, surface points m:
   dens[s, m] G(x_t, y_m(s)) (and the gradient) for the targets t of trg_boxes[i] -- L2P
-  (downward equivalent of the box itself) and M2P (upward equivalent of the W list).
+  (downward equivalent of the box itself) and M2P (upward equivalent of the W list);
+  ``s2p_mixed`` either in float64 with float32 pair terms.
 * ``m2l_gather`` / ``m2l_scatter``: row gather ``out[r - i0] = src[idx[r]]`` and row scatter-add
   ``z[idx[r]] += y[r - i0]`` for i0 <= r < i1, around M2L's per-transfer-vector GEMMs.
 
@@ -29,6 +31,9 @@ from ._inline import inv_sqrt
 
 INV4PI = 0.07957747154594767  # 1 / (4 pi)
 
+#: p2c_mixed: sources per float32 run of a check potential before it is added in float64
+P2C_MIXED_BLOCK = 64
+
 #: s2p_mixed: surface points per float32 run of a target's sums before they are added in
 #: float64 (a multiple of 4)
 S2P_MIXED_BLOCK = 32
@@ -39,6 +44,9 @@ SIGNATURES = {
     # OUT check (n_rows, n_surf): row i - row0 holds box trg_boxes[i]; IN row0
     "p2c_pot": "void({F}[:, ::1], {F}[::1], i8[::1], i8[::1], i8[::1], {F}[:, ::1], {F}[::1],"
                " i8[::1], i8[::1], {F}[:, ::1], {F}, i8, i8, i8, {F}[:, ::1])",
+    # as p2c_pot in float64 with float32 pair terms
+    "p2c_mixed": "void(f8[:, ::1], f8[::1], i8[::1], i8[::1], i8[::1], f8[:, ::1], f8[::1],"
+                 " i8[::1], i8[::1], f8[:, ::1], f8, i8, i8, i8, f8[:, ::1])",
     # IN dens (n_boxes, n_surf), IN trg_xyz, IN trg_start, IN trg_end, IN trg_boxes, IN centers,
     # IN half_widths, IN list_offsets, IN list_index, IN surf, IN radius, IN b0, IN b1, INOUT pot
     "s2p_pot": "void({F}[:, ::1], {F}[:, ::1], i8[::1], i8[::1], i8[::1], {F}[:, ::1],"
@@ -64,6 +72,10 @@ SIGNATURES = {
 LOCALS = {
     "p2c_pot": {"c": "{F}", "acc": "{F}", "r2": "{F}", "invr": "{F}",
                 "hr": "{F}", "xm": "{F}", "ym": "{F}", "zm": "{F}"},
+    "p2c_mixed": dict(
+        {name: "float32" for name in ("one", "xm", "ym", "zm", "dx", "dy", "dz", "r2", "invr",
+                                      "a")},
+        **{name: "float64" for name in ("c", "hr", "cx", "cy", "cz", "acc")}),
     "s2p_pot": {name: "{F}" for name in ("c", "hr", "x", "y", "z") + tuple(
         name + ab for ab in "abcd" for name in (
             "x", "y", "z", "q", "dx", "dy", "dz", "r2", "invr", "qinvr"))},
@@ -105,6 +117,74 @@ def p2c_pot(src_xyz, charges, src_start, src_end, trg_boxes, centers, half_width
                     if r2 == 0.0:
                         invr = 0.0
                     acc += charges[j] * invr
+            check[i - row0, m] = c * acc
+
+
+def p2c_mixed(src_xyz, charges, src_start, src_end, trg_boxes, centers, half_widths,
+              list_offsets, list_index, surf, radius, b0, b1, row0, check):
+    """:func:`p2c_pot` for float64 points, charges and check potentials with the pair terms in
+    float32 (P2M of a float64 plan whose near field takes float32 pair terms). Per row the
+    listed sources' offsets from each entry's surface centre are formed in float64 and
+    rounded, with their charges, into float32 scratch; the check points (relative to the
+    centre) are rounded too. Each check potential is summed in float32 over runs of
+    ``P2C_MIXED_BLOCK`` sources (8 per lane at AVX2's width, so a run's rounding stays
+    within ~8 ulps of the sum of its |terms|), the runs in float64. Check surfaces keep clear
+    of their boxes' sources; r2 == 0 contributes 0 as in the float64 kernels. The equivalent
+    densities fitted from these should leave out the pseudo-inverse's weakest modes, where the
+    float32 rounding would be amplified (the plan's P2M does: evaluate._P2M_MIXED_CUT)."""
+    c = INV4PI
+    one = np.float32(1.0)
+    n_surf = surf.shape[1]
+    m_max = 1
+    for i in range(b0, b1):
+        n = 0
+        for k in range(list_offsets[i], list_offsets[i + 1]):
+            s = list_index[k]
+            n += src_end[s] - src_start[s]
+        m_max = max(m_max, n)
+    g = np.empty((4, m_max), dtype=np.float32)  # the row's sources: offsets, charges
+    gx = g[0]
+    gy = g[1]
+    gz = g[2]
+    gq = g[3]
+    sf = np.empty((3, n_surf), dtype=np.float32)
+    for i in range(b0, b1):
+        b = trg_boxes[i]
+        hr = half_widths[b] * radius
+        n = 0
+        for k in range(list_offsets[i], list_offsets[i + 1]):
+            s = list_index[k]
+            cx = centers[k, 0]
+            cy = centers[k, 1]
+            cz = centers[k, 2]
+            for j in range(src_start[s], src_end[s]):
+                gx[n] = np.float32(src_xyz[0, j] - cx)
+                gy[n] = np.float32(src_xyz[1, j] - cy)
+                gz[n] = np.float32(src_xyz[2, j] - cz)
+                gq[n] = np.float32(charges[j])
+                n += 1
+        for m in range(n_surf):
+            sf[0, m] = np.float32(hr * surf[0, m])
+            sf[1, m] = np.float32(hr * surf[1, m])
+            sf[2, m] = np.float32(hr * surf[2, m])
+        for m in range(n_surf):
+            xm = sf[0, m]
+            ym = sf[1, m]
+            zm = sf[2, m]
+            acc = 0.0
+            for j0 in range(0, n, P2C_MIXED_BLOCK):
+                j1 = min(j0 + P2C_MIXED_BLOCK, n)
+                a = np.float32(0.0)
+                for j in range(j0, j1):
+                    dx = xm - gx[j]
+                    dy = ym - gy[j]
+                    dz = zm - gz[j]
+                    r2 = dx * dx + dy * dy + dz * dz
+                    invr = one / np.sqrt(r2)
+                    if r2 == 0.0:
+                        invr = 0.0
+                    a += gq[j] * invr
+                acc += a
             check[i - row0, m] = c * acc
 
 

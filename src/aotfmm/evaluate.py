@@ -58,6 +58,15 @@ _MIXED_NEAR = True
 #: 2.0, 1.07, 1.08, 1.5e-6 against 7.8e-7).
 _L2P_MIXED_CUT = 1e-9
 
+#: A leaf's multipole from float32 P2M terms (KifmmPasses.p2m_mixed) keeps the upward
+#: pseudo-inverse's modes of singular value >= this times the largest: with all of them the
+#: terms' rounding (~1e-7 of the check potential) comes out of the weakest modes 1e6 times
+#: larger. Measured (`benchmarks/accuracy.py --p 8 --dtype float64 --mixed`, 2e4 points,
+#: float32 terms summed in float32 per box): cut at 1e-13 potentials up to 1.9e-6 and
+#: gradients up to 3.3e-5; at 1e-10, 1e-9, 1e-8, 1e-7 potentials at most 2.6, 2.2, 2.1,
+#: 2.1e-7 and gradients 3.1e-6, 1.8e-6, 1.3e-6, 1.6e-6 (float64 P2M: 2.0e-7, 1.5e-6).
+_P2M_MIXED_CUT = 1e-8
+
 #: The split is used at levels whose reference family has |mu2| <= this (half-width 1): the
 #: series of KernelFamily.regular stays exact there (|mu2| r^2 <= 3.2 on the surfaces used).
 _REGULAR_MU2_MAX = 1.0
@@ -1261,6 +1270,10 @@ class KifmmPasses:
         #: modes below _L2P_MIXED_CUT
         self.l2p_mixed = (plan.mixed_near and not multi and _dispatch.has_kernel(
             plan.family.name, "s2p_mixed", "surface", "pot|potgrad"))
+        #: ... and so does P2M (kernels/expansions.py p2c_mixed), its leaf multipoles fitted
+        #: without the modes below _P2M_MIXED_CUT
+        self.p2m_mixed = (plan.mixed_near and not multi and _dispatch.has_kernel(
+            plan.family.name, "p2c_mixed", "charge", "check"))
 
     def p2m(self):
         p, t = self.plan, self.plan.tree
@@ -1269,7 +1282,8 @@ class KifmmPasses:
         for sel, ops in p.p2m_groups:  # surface centres come per list entry (None here)
             expansions.p2m(ops, p.src, self.q, p.p2m_boxes[sel], t.src_start, t.src_end, None,
                            p.half_widths, self.equiv, workers=p.workers, dipoles=self.dip,
-                           entry_centers=p.p2m_centers[sel])
+                           entry_centers=p.p2m_centers[sel], mixed=self.p2m_mixed,
+                           rank=ops.up_rank_above(_P2M_MIXED_CUT) if self.p2m_mixed else None)
 
     def m2m(self, up):
         expansions.m2m(self.plan.ops_at(up.level), self.equiv, up.parents, up.children)

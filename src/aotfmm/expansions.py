@@ -123,9 +123,12 @@ def _source_terms(charges, dipoles, dt, single_ok=True):
 
 
 def _p2c(ops, src_xyz, charges, src_start, src_end, trg_boxes, list_offsets, list_index,
-         centers, half_widths, radius, a, b, workers, out, accumulate, dipoles=None):
+         centers, half_widths, radius, a, b, workers, out, accumulate, dipoles=None,
+         mixed=False, rank=None):
     """Check potentials on a surface of ``trg_boxes`` from listed sources, then -> equivalent
-    (``a`` None: only to the check coefficients ``h * check @ b.T``)."""
+    (``a`` None: only to the check coefficients ``h * check @ b.T``). ``mixed``: a float64
+    single-density sum takes float32 pair terms (kernels/expansions.py p2c_mixed); ``rank``:
+    only the first ``rank`` coefficients (the strongest modes) of the pseudo-inverse."""
     dt, vdt = ops.dtype, ops.family.value_dtype(ops.dtype)
     n = len(trg_boxes)
     if n == 0:
@@ -134,6 +137,12 @@ def _p2c(ops, src_xyz, charges, src_start, src_end, trg_boxes, list_offsets, lis
     flags, q, dip, k, multi = _source_terms(charges, dipoles, vdt, single)
     kernel = _dispatch.kernel_name(ops.family.name, "p2c", "densities" if multi else "charge",
                                    "check")
+    if mixed and not multi and dt == np.float64 and _dispatch.has_kernel(
+            ops.family.name, "p2c_mixed", "charge", "check"):
+        kernel = _dispatch.kernel_name(ops.family.name, "p2c_mixed", "charge", "check")
+    if rank is not None and rank < b.shape[0]:
+        b = np.ascontiguousarray(b[:rank])
+        a = None if a is None else np.ascontiguousarray(a[:, :rank])
     centers = _cast(centers, dt)  # per list entry (see kernels/expansions.py)
     hw = _cast(half_widths, dt)
     c2e = ops.family.c2e_scale(hw)  # per box: its check-to-equivalent factor h ** -degree
@@ -223,16 +232,17 @@ def check_potentials(family, dt, src_xyz, starts, ends, half_widths, radius, sur
 
 
 def p2m(ops, src_xyz, charges, boxes, src_start, src_end, centers, half_widths, equiv,
-        workers=INLINE, dipoles=None, entry_centers=None):
+        workers=INLINE, dipoles=None, entry_centers=None, mixed=False, rank=None):
     """Multipoles of ``boxes`` (leaves) from their own sources; rows of ``equiv`` overwritten.
 
     charges (n,) or (k, n) (or None with dipoles (k, 3, n)); equiv (n_boxes[, k], n_surf).
+    ``mixed``, ``rank``: see :func:`_p2c`.
     """
     if entry_centers is None:
         entry_centers = centers[boxes]
     _p2c(ops, src_xyz, charges, src_start, src_end, boxes, _self_list(len(boxes)), boxes,
          entry_centers, half_widths, ops.r_up_check, ops.uc2e_a, ops.uc2e_b, workers, equiv,
-         False, dipoles)
+         False, dipoles, mixed, rank)
 
 
 def p2l(ops, src_xyz, charges, src_start, src_end, target_boxes, x_offsets, x_index, centers,
