@@ -12,12 +12,10 @@ Rows ``b0 <= i < b1`` of a call are target boxes ``trg_boxes[i]``; each interact
 the special case "list = the box itself".
 
 * ``p2c_pot``: check[i, m] = sum over listed boxes s, sources j of s: q_j G(x_m(i), y_j)
-  (OUT, overwritten) -- P2M (upward check, list = self) and P2L (downward check, X list);
-  ``p2c_mixed`` the same in float64 with float32 pair terms.
+  (OUT, overwritten) -- P2M (upward check, list = self) and P2L (downward check, X list).
 * ``s2p_pot`` / ``s2p_potgrad``: pot[t] += sum over listed boxes s, surface points m:
   dens[s, m] G(x_t, y_m(s)) (and the gradient) for the targets t of trg_boxes[i] -- L2P
-  (downward equivalent of the box itself) and M2P (upward equivalent of the W list);
-  ``s2p_mixed`` either in float64 with float32 pair terms.
+  (downward equivalent of the box itself) and M2P (upward equivalent of the W list).
 * ``m2l_gather`` / ``m2l_scatter``: row gather ``out[r - i0] = src[idx[r]]`` and row scatter-add
   ``z[idx[r]] += y[r - i0]`` for i0 <= r < i1, around M2L's per-transfer-vector GEMMs.
 
@@ -31,22 +29,12 @@ from ._inline import inv_sqrt
 
 INV4PI = 0.07957747154594767  # 1 / (4 pi)
 
-#: p2c_mixed: sources per float32 run of a check potential before it is added in float64
-P2C_MIXED_BLOCK = 64
-
-#: s2p_mixed: surface points per float32 run of a target's sums before they are added in
-#: float64 (a multiple of 4)
-S2P_MIXED_BLOCK = 32
-
 SIGNATURES = {
     # IN src_xyz, IN charges, IN src_start, IN src_end, IN trg_boxes, IN centers, IN half_widths,
     # IN list_offsets, IN list_index, IN surf (3, n_surf), IN radius, IN b0, IN b1,
     # OUT check (n_rows, n_surf): row i - row0 holds box trg_boxes[i]; IN row0
     "p2c_pot": "void({F}[:, ::1], {F}[::1], i8[::1], i8[::1], i8[::1], {F}[:, ::1], {F}[::1],"
                " i8[::1], i8[::1], {F}[:, ::1], {F}, i8, i8, i8, {F}[:, ::1])",
-    # as p2c_pot in float64 with float32 pair terms
-    "p2c_mixed": "void(f8[:, ::1], f8[::1], i8[::1], i8[::1], i8[::1], f8[:, ::1], f8[::1],"
-                 " i8[::1], i8[::1], f8[:, ::1], f8, i8, i8, i8, f8[:, ::1])",
     # IN dens (n_boxes, n_surf), IN trg_xyz, IN trg_start, IN trg_end, IN trg_boxes, IN centers,
     # IN half_widths, IN list_offsets, IN list_index, IN surf, IN radius, IN b0, IN b1, INOUT pot
     "s2p_pot": "void({F}[:, ::1], {F}[:, ::1], i8[::1], i8[::1], i8[::1], {F}[:, ::1],"
@@ -55,10 +43,6 @@ SIGNATURES = {
     "s2p_potgrad": "void({F}[:, ::1], {F}[:, ::1], i8[::1], i8[::1], i8[::1], {F}[:, ::1],"
                    " {F}[::1], i8[::1], i8[::1], {F}[:, ::1], {F}, i8, i8, {F}[::1],"
                    " {F}[:, ::1])",
-    # as s2p_potgrad in float64 with float32 pair terms: ..., IN b0, IN b1, IN flags
-    # (4 gradient), INOUT pot, INOUT grad (3, n_targets; (3, 1) without gradients)
-    "s2p_mixed": "void(f8[:, ::1], f8[:, ::1], i8[::1], i8[::1], i8[::1], f8[:, ::1], f8[::1],"
-                 " i8[::1], i8[::1], f8[:, ::1], f8, i8, i8, i8, f8[::1], f8[:, ::1])",
     # IN trg_xyz, IN trg_start, IN trg_end, IN leaves, IN offsets (n_boxes, 3) f8,
     # IN reg (n_leaves, 4) f8, IN l0, IN l1, IN flags (4 gradient), INOUT pot, INOUT grad
     "l2p_regular": "void({F}[:, ::1], i8[::1], i8[::1], i8[::1], f8[:, ::1], f8[:, ::1], i8, i8,"
@@ -72,18 +56,9 @@ SIGNATURES = {
 LOCALS = {
     "p2c_pot": {"c": "{F}", "acc": "{F}", "r2": "{F}", "invr": "{F}",
                 "hr": "{F}", "xm": "{F}", "ym": "{F}", "zm": "{F}"},
-    "p2c_mixed": dict(
-        {name: "float32" for name in ("one", "xm", "ym", "zm", "dx", "dy", "dz", "r2", "invr",
-                                      "a")},
-        **{name: "float64" for name in ("c", "hr", "cx", "cy", "cz", "acc")}),
     "s2p_pot": {name: "{F}" for name in ("c", "hr", "x", "y", "z") + tuple(
         name + ab for ab in "abcd" for name in (
             "x", "y", "z", "q", "dx", "dy", "dz", "r2", "invr", "qinvr"))},
-    "s2p_mixed": dict(
-        {name: "float32" for name in ("one", "x", "y", "z", "ia", "ib", "ic", "idd") + tuple(
-            name + ab for ab in "abcd" for name in ("x", "y", "z", "q", "dx", "dy", "dz",
-                                                    "r2", "p", "g"))},
-        **{name: "float64" for name in ("c", "hr", "cx", "cy", "cz")}),
     "s2p_potgrad": {name: "{F}" for name in ("c", "hr", "x", "y", "z") + tuple(
         name + ab for ab in "abcd" for name in (
             "x", "y", "z", "q", "dx", "dy", "dz", "r2", "invr", "qinvr", "invr3"))},
@@ -117,74 +92,6 @@ def p2c_pot(src_xyz, charges, src_start, src_end, trg_boxes, centers, half_width
                     if r2 == 0.0:
                         invr = 0.0
                     acc += charges[j] * invr
-            check[i - row0, m] = c * acc
-
-
-def p2c_mixed(src_xyz, charges, src_start, src_end, trg_boxes, centers, half_widths,
-              list_offsets, list_index, surf, radius, b0, b1, row0, check):
-    """:func:`p2c_pot` for float64 points, charges and check potentials with the pair terms in
-    float32 (P2M of a float64 plan whose near field takes float32 pair terms). Per row the
-    listed sources' offsets from each entry's surface centre are formed in float64 and
-    rounded, with their charges, into float32 scratch; the check points (relative to the
-    centre) are rounded too. Each check potential is summed in float32 over runs of
-    ``P2C_MIXED_BLOCK`` sources (8 per lane at AVX2's width, so a run's rounding stays
-    within ~8 ulps of the sum of its |terms|), the runs in float64. Check surfaces keep clear
-    of their boxes' sources; r2 == 0 contributes 0 as in the float64 kernels. The equivalent
-    densities fitted from these should leave out the pseudo-inverse's weakest modes, where the
-    float32 rounding would be amplified (the plan's P2M does: evaluate._P2M_MIXED_CUT)."""
-    c = INV4PI
-    one = np.float32(1.0)
-    n_surf = surf.shape[1]
-    m_max = 1
-    for i in range(b0, b1):
-        n = 0
-        for k in range(list_offsets[i], list_offsets[i + 1]):
-            s = list_index[k]
-            n += src_end[s] - src_start[s]
-        m_max = max(m_max, n)
-    g = np.empty((4, m_max), dtype=np.float32)  # the row's sources: offsets, charges
-    gx = g[0]
-    gy = g[1]
-    gz = g[2]
-    gq = g[3]
-    sf = np.empty((3, n_surf), dtype=np.float32)
-    for i in range(b0, b1):
-        b = trg_boxes[i]
-        hr = half_widths[b] * radius
-        n = 0
-        for k in range(list_offsets[i], list_offsets[i + 1]):
-            s = list_index[k]
-            cx = centers[k, 0]
-            cy = centers[k, 1]
-            cz = centers[k, 2]
-            for j in range(src_start[s], src_end[s]):
-                gx[n] = np.float32(src_xyz[0, j] - cx)
-                gy[n] = np.float32(src_xyz[1, j] - cy)
-                gz[n] = np.float32(src_xyz[2, j] - cz)
-                gq[n] = np.float32(charges[j])
-                n += 1
-        for m in range(n_surf):
-            sf[0, m] = np.float32(hr * surf[0, m])
-            sf[1, m] = np.float32(hr * surf[1, m])
-            sf[2, m] = np.float32(hr * surf[2, m])
-        for m in range(n_surf):
-            xm = sf[0, m]
-            ym = sf[1, m]
-            zm = sf[2, m]
-            acc = 0.0
-            for j0 in range(0, n, P2C_MIXED_BLOCK):
-                j1 = min(j0 + P2C_MIXED_BLOCK, n)
-                a = np.float32(0.0)
-                for j in range(j0, j1):
-                    dx = xm - gx[j]
-                    dy = ym - gy[j]
-                    dz = zm - gz[j]
-                    r2 = dx * dx + dy * dy + dz * dz
-                    invr = one / np.sqrt(r2)
-                    if r2 == 0.0:
-                        invr = 0.0
-                    a += gq[j] * invr
-                acc += a
             check[i - row0, m] = c * acc
 
 
@@ -426,192 +333,6 @@ def s2p_potgrad(dens, trg_xyz, trg_start, trg_end, trg_boxes, centers, half_widt
             grad[0, t0 + t] += c * sgx[t]
             grad[1, t0 + t] += c * sgy[t]
             grad[2, t0 + t] += c * sgz[t]
-
-
-def s2p_mixed(dens, trg_xyz, trg_start, trg_end, trg_boxes, centers, half_widths,
-              list_offsets, list_index, surf, radius, b0, b1, flags, pot, grad):
-    """:func:`s2p_potgrad` (flags 4) or :func:`s2p_pot` for float64 densities, points and
-    outputs, with the pair terms in float32 (what a float64 plan whose near field takes float32
-    pair terms uses for L2P and M2P, ``p2p_sym_mixed``'s tolerance). Per listed surface the
-    targets' offsets from its centre are formed in float64 and rounded, so their precision
-    does not depend on where the box sits; the surface points (relative to the centre) and
-    densities are rounded to float32. A target's float32 sums run over ``S2P_MIXED_BLOCK``
-    surface points and are then added in float64. The surface keeps clear of the targets it
-    meets (r >= ~the box size), so there are no close pairs to redo; r2 == 0 contributes 0 as
-    in the float64 kernels. Four surface points per pass over the targets (the surface is
-    padded to a multiple of 4 with density 0). Densities should be free of large weak-mode
-    noise, which float64 terms cancel and float32 ones do not (the plan fits its L2P leaves'
-    densities without those modes: evaluate._L2P_MIXED_CUT)."""
-    c = INV4PI
-    one = np.float32(1.0)
-    do_g = (flags & 4) != 0
-    n_surf = surf.shape[1]
-    mt = 1
-    for i in range(b0, b1):
-        mt = max(mt, trg_end[trg_boxes[i]] - trg_start[trg_boxes[i]])
-    n4 = (n_surf + 3) // 4 * 4
-    ys = np.zeros((4, n4), dtype=np.float32)  # a surface (relative) and its densities
-    yx = ys[0]
-    yy = ys[1]
-    yz = ys[2]
-    yq = ys[3]
-    tf = np.empty((3, mt), dtype=np.float32)  # targets relative to the surface centre
-    s32 = np.empty((4, mt), dtype=np.float32)  # float32 runs
-    s64 = np.empty((4, mt), dtype=np.float64)  # float64 sums
-    for i in range(b0, b1):
-        b = trg_boxes[i]
-        t0 = trg_start[b]
-        nt = trg_end[b] - t0
-        if nt == 0 or list_offsets[i] == list_offsets[i + 1]:
-            continue
-        for e in range(4):
-            for t in range(nt):
-                s64[e, t] = 0.0
-        tx = tf[0, :nt]
-        ty = tf[1, :nt]
-        tz = tf[2, :nt]
-        sp = s32[0, :nt]
-        sgx = s32[1, :nt]
-        sgy = s32[2, :nt]
-        sgz = s32[3, :nt]
-        n = np.uint64(nt)
-        for k in range(list_offsets[i], list_offsets[i + 1]):
-            s = list_index[k]
-            hr = half_widths[s] * radius
-            cx = centers[k, 0]
-            cy = centers[k, 1]
-            cz = centers[k, 2]
-            for t in range(nt):
-                tx[t] = np.float32(trg_xyz[0, t0 + t] - cx)
-                ty[t] = np.float32(trg_xyz[1, t0 + t] - cy)
-                tz[t] = np.float32(trg_xyz[2, t0 + t] - cz)
-            d = dens[s]
-            for m in range(n_surf):
-                yx[m] = np.float32(hr * surf[0, m])
-                yy[m] = np.float32(hr * surf[1, m])
-                yz[m] = np.float32(hr * surf[2, m])
-                yq[m] = np.float32(d[m])
-            for m in range(n_surf, n4):  # padding: a copy of point 0 with density 0
-                yx[m] = yx[0]
-                yy[m] = yy[0]
-                yz[m] = yz[0]
-            for m0 in range(0, n4, S2P_MIXED_BLOCK):
-                m1 = min(m0 + S2P_MIXED_BLOCK, n4)
-                for t in range(nt):
-                    sp[t] = 0.0
-                    sgx[t] = 0.0
-                    sgy[t] = 0.0
-                    sgz[t] = 0.0
-                for m in range(m0, m1, 4):  # blocks hold a multiple of 4 (n_surf padded)
-                    xa = yx[m]
-                    ya = yy[m]
-                    za = yz[m]
-                    qa = yq[m]
-                    xb = yx[m + 1]
-                    yb = yy[m + 1]
-                    zb = yz[m + 1]
-                    qb = yq[m + 1]
-                    xc = yx[m + 2]
-                    yc = yy[m + 2]
-                    zc = yz[m + 2]
-                    qc = yq[m + 2]
-                    xd = yx[m + 3]
-                    yd = yy[m + 3]
-                    zd = yz[m + 3]
-                    qd = yq[m + 3]
-                    if do_g:
-                        for t in range(np.uint64(0), n):
-                            x = tx[t]
-                            y = ty[t]
-                            z = tz[t]
-                            dxa = x - xa
-                            dya = y - ya
-                            dza = z - za
-                            r2a = dxa * dxa + dya * dya + dza * dza
-                            ia = one / np.sqrt(r2a)
-                            if r2a == 0.0:
-                                ia = 0.0
-                            pa = qa * ia
-                            ga = pa * ia * ia
-                            dxb = x - xb
-                            dyb = y - yb
-                            dzb = z - zb
-                            r2b = dxb * dxb + dyb * dyb + dzb * dzb
-                            ib = one / np.sqrt(r2b)
-                            if r2b == 0.0:
-                                ib = 0.0
-                            pb = qb * ib
-                            gb = pb * ib * ib
-                            dxc = x - xc
-                            dyc = y - yc
-                            dzc = z - zc
-                            r2c = dxc * dxc + dyc * dyc + dzc * dzc
-                            ic = one / np.sqrt(r2c)
-                            if r2c == 0.0:
-                                ic = 0.0
-                            pc = qc * ic
-                            gc = pc * ic * ic
-                            dxd = x - xd
-                            dyd = y - yd
-                            dzd = z - zd
-                            r2d = dxd * dxd + dyd * dyd + dzd * dzd
-                            idd = one / np.sqrt(r2d)
-                            if r2d == 0.0:
-                                idd = 0.0
-                            pd = qd * idd
-                            gd = pd * idd * idd
-                            sp[t] += pa + pb + pc + pd
-                            sgx[t] -= dxa * ga + dxb * gb + dxc * gc + dxd * gd
-                            sgy[t] -= dya * ga + dyb * gb + dyc * gc + dyd * gd
-                            sgz[t] -= dza * ga + dzb * gb + dzc * gc + dzd * gd
-                    else:
-                        for t in range(np.uint64(0), n):
-                            x = tx[t]
-                            y = ty[t]
-                            z = tz[t]
-                            dxa = x - xa
-                            dya = y - ya
-                            dza = z - za
-                            r2a = dxa * dxa + dya * dya + dza * dza
-                            ia = one / np.sqrt(r2a)
-                            if r2a == 0.0:
-                                ia = 0.0
-                            dxb = x - xb
-                            dyb = y - yb
-                            dzb = z - zb
-                            r2b = dxb * dxb + dyb * dyb + dzb * dzb
-                            ib = one / np.sqrt(r2b)
-                            if r2b == 0.0:
-                                ib = 0.0
-                            dxc = x - xc
-                            dyc = y - yc
-                            dzc = z - zc
-                            r2c = dxc * dxc + dyc * dyc + dzc * dzc
-                            ic = one / np.sqrt(r2c)
-                            if r2c == 0.0:
-                                ic = 0.0
-                            dxd = x - xd
-                            dyd = y - yd
-                            dzd = z - zd
-                            r2d = dxd * dxd + dyd * dyd + dzd * dzd
-                            idd = one / np.sqrt(r2d)
-                            if r2d == 0.0:
-                                idd = 0.0
-                            sp[t] += qa * ia + qb * ib + qc * ic + qd * idd
-                for t in range(nt):
-                    s64[0, t] += sp[t]
-                if do_g:
-                    for t in range(nt):
-                        s64[1, t] += sgx[t]
-                        s64[2, t] += sgy[t]
-                        s64[3, t] += sgz[t]
-        for t in range(nt):
-            pot[t0 + t] += c * s64[0, t]
-        if do_g:
-            for t in range(nt):
-                grad[0, t0 + t] += c * s64[1, t]
-                grad[1, t0 + t] += c * s64[2, t]
-                grad[2, t0 + t] += c * s64[3, t]
 
 
 def l2p_regular(trg_xyz, trg_start, trg_end, leaves, offsets, reg, l0, l1, flags, pot, grad):

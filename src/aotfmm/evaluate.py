@@ -48,25 +48,6 @@ _REGULAR_SPLIT = True
 #: Off only for the engine pin (tests/test_engine_pin.py), whose numbers predate it.
 _MIXED_NEAR = True
 
-#: A leaf's local density for float32 L2P terms (KifmmPasses.l2p_mixed) keeps the pseudo-inverse's
-#: modes of singular value >= this times the largest. With all of them (1e-13) a density carries
-#: rounding noise ~1e-3 of its size in the weakest modes, harmless in float64 (the kernel matrix
-#: damps them again) but not through float32 terms: the potential errors of `python
-#: benchmarks/accuracy.py --p 8 --dtype float64 --mixed` went from 0.3-1.9e-7 to 0.7-1.8e-6 (2e4
-#: points). Cut at 1e-8, 1e-9, 1e-10, 1e-11: potentials at most 1.9, 2.0, 2.2, 13e-7 (float64
-#: L2P 1.9e-7), gradients 2.6, 1.45, 1.40, 2.1e-6 (1.5e-6, the sparse-charges case; others
-#: 2.0, 1.07, 1.08, 1.5e-6 against 7.8e-7).
-_L2P_MIXED_CUT = 1e-9
-
-#: A leaf's multipole from float32 P2M terms (KifmmPasses.p2m_mixed) keeps the upward
-#: pseudo-inverse's modes of singular value >= this times the largest: with all of them the
-#: terms' rounding (~1e-7 of the check potential) comes out of the weakest modes 1e6 times
-#: larger. Measured (`benchmarks/accuracy.py --p 8 --dtype float64 --mixed`, 2e4 points,
-#: float32 terms summed in float32 per box): cut at 1e-13 potentials up to 1.9e-6 and
-#: gradients up to 3.3e-5; at 1e-10, 1e-9, 1e-8, 1e-7 potentials at most 2.6, 2.2, 2.1,
-#: 2.1e-7 and gradients 3.1e-6, 1.8e-6, 1.3e-6, 1.6e-6 (float64 P2M: 2.0e-7, 1.5e-6).
-_P2M_MIXED_CUT = 1e-8
-
 #: The split is used at levels whose reference family has |mu2| <= this (half-width 1): the
 #: series of KernelFamily.regular stays exact there (|mu2| r^2 <= 3.2 on the surfaces used).
 _REGULAR_MU2_MAX = 1.0
@@ -1265,15 +1246,6 @@ class KifmmPasses:
         #: the regular part (a, b) of each box's local field (Plan._regular_split), frame units
         self.regular = np.zeros((plan.n_boxes, k, 4), dtype=vdt) if plan.regular_split \
             else None
-        #: L2P takes float32 pair terms (kernels/expansions.py s2p_mixed) where the near field
-        #: does, for one charge vector (no Hessians), from leaf densities fitted without the
-        #: modes below _L2P_MIXED_CUT
-        self.l2p_mixed = (plan.mixed_near and not multi and _dispatch.has_kernel(
-            plan.family.name, "s2p_mixed", "surface", "pot|potgrad"))
-        #: ... and so does P2M (kernels/expansions.py p2c_mixed), its leaf multipoles fitted
-        #: without the modes below _P2M_MIXED_CUT
-        self.p2m_mixed = (plan.mixed_near and not multi and _dispatch.has_kernel(
-            plan.family.name, "p2c_mixed", "charge", "check"))
 
     def p2m(self):
         p, t = self.plan, self.plan.tree
@@ -1282,8 +1254,7 @@ class KifmmPasses:
         for sel, ops in p.p2m_groups:  # surface centres come per list entry (None here)
             expansions.p2m(ops, p.src, self.q, p.p2m_boxes[sel], t.src_start, t.src_end, None,
                            p.half_widths, self.equiv, workers=p.workers, dipoles=self.dip,
-                           entry_centers=p.p2m_centers[sel], mixed=self.p2m_mixed,
-                           rank=ops.up_rank_above(_P2M_MIXED_CUT) if self.p2m_mixed else None)
+                           entry_centers=p.p2m_centers[sel])
 
     def m2m(self, up):
         expansions.m2m(self.plan.ops_at(up.level), self.equiv, up.parents, up.children)
@@ -1333,13 +1304,7 @@ class KifmmPasses:
             d3[rows] = d
             scale = self.plan.family.c2e_scale(self.plan.half_widths[rows])
             self.regular[rows] = alpha / scale[:, None, None]
-        rows = down.receivers
-        if self.l2p_mixed:  # leaves: densities only L2P reads, see _L2P_MIXED_CUT
-            leaf = self.plan.tree.is_leaf[rows]
-            expansions.dc2e(ops, self.dcheck, self.local, rows[leaf],
-                            rank=ops.down_rank_above(_L2P_MIXED_CUT))
-            rows = rows[~leaf]
-        expansions.dc2e(ops, self.dcheck, self.local, rows)
+        expansions.dc2e(ops, self.dcheck, self.local, down.receivers)
         return True
 
     def l2p(self):
@@ -1347,7 +1312,7 @@ class KifmmPasses:
         if len(p.l2p_boxes):
             expansions.l2p(p.ops, self.local, p.trg, t.trg_start, t.trg_end, p.l2p_boxes, None,
                            p.half_widths, self.pot, self.grad, workers=p.workers,
-                           hess=self.hess, entry_centers=p.l2p_centers, mixed=self.l2p_mixed)
+                           hess=self.hess, entry_centers=p.l2p_centers)
             if self.regular is not None:
                 self._l2p_regular()
 

@@ -123,12 +123,9 @@ def _source_terms(charges, dipoles, dt, single_ok=True):
 
 
 def _p2c(ops, src_xyz, charges, src_start, src_end, trg_boxes, list_offsets, list_index,
-         centers, half_widths, radius, a, b, workers, out, accumulate, dipoles=None,
-         mixed=False, rank=None):
+         centers, half_widths, radius, a, b, workers, out, accumulate, dipoles=None):
     """Check potentials on a surface of ``trg_boxes`` from listed sources, then -> equivalent
-    (``a`` None: only to the check coefficients ``h * check @ b.T``). ``mixed``: a float64
-    single-density sum takes float32 pair terms (kernels/expansions.py p2c_mixed); ``rank``:
-    only the first ``rank`` coefficients (the strongest modes) of the pseudo-inverse."""
+    (``a`` None: only to the check coefficients ``h * check @ b.T``)."""
     dt, vdt = ops.dtype, ops.family.value_dtype(ops.dtype)
     n = len(trg_boxes)
     if n == 0:
@@ -137,12 +134,6 @@ def _p2c(ops, src_xyz, charges, src_start, src_end, trg_boxes, list_offsets, lis
     flags, q, dip, k, multi = _source_terms(charges, dipoles, vdt, single)
     kernel = _dispatch.kernel_name(ops.family.name, "p2c", "densities" if multi else "charge",
                                    "check")
-    if mixed and not multi and dt == np.float64 and _dispatch.has_kernel(
-            ops.family.name, "p2c_mixed", "charge", "check"):
-        kernel = _dispatch.kernel_name(ops.family.name, "p2c_mixed", "charge", "check")
-    if rank is not None and rank < b.shape[0]:
-        b = np.ascontiguousarray(b[:rank])
-        a = None if a is None else np.ascontiguousarray(a[:, :rank])
     centers = _cast(centers, dt)  # per list entry (see kernels/expansions.py)
     hw = _cast(half_widths, dt)
     c2e = ops.family.c2e_scale(hw)  # per box: its check-to-equivalent factor h ** -degree
@@ -232,17 +223,16 @@ def check_potentials(family, dt, src_xyz, starts, ends, half_widths, radius, sur
 
 
 def p2m(ops, src_xyz, charges, boxes, src_start, src_end, centers, half_widths, equiv,
-        workers=INLINE, dipoles=None, entry_centers=None, mixed=False, rank=None):
+        workers=INLINE, dipoles=None, entry_centers=None):
     """Multipoles of ``boxes`` (leaves) from their own sources; rows of ``equiv`` overwritten.
 
     charges (n,) or (k, n) (or None with dipoles (k, 3, n)); equiv (n_boxes[, k], n_surf).
-    ``mixed``, ``rank``: see :func:`_p2c`.
     """
     if entry_centers is None:
         entry_centers = centers[boxes]
     _p2c(ops, src_xyz, charges, src_start, src_end, boxes, _self_list(len(boxes)), boxes,
          entry_centers, half_widths, ops.r_up_check, ops.uc2e_a, ops.uc2e_b, workers, equiv,
-         False, dipoles, mixed, rank)
+         False, dipoles)
 
 
 def p2l(ops, src_xyz, charges, src_start, src_end, target_boxes, x_offsets, x_index, centers,
@@ -288,16 +278,10 @@ def l2l(ops, local, dcheck, parents, children):
         d3[ch] += _rows_gemm(l3[par], ops.l2l[c])
 
 
-def dc2e(ops, dcheck, local, rows, rank=None):
-    """local[rows] += dcheck[rows] @ dc2e_a.T: down-check coefficients -> local densities
-    (``rank``: only the first ``rank`` coefficients, the strongest modes; see
-    :meth:`aotfmm.operators.Operators.down_rank_above`)."""
+def dc2e(ops, dcheck, local, rows):
+    """local[rows] += dcheck[rows] @ dc2e_a.T: down-check coefficients -> local densities."""
     l3 = _dens3(local, ops.n_surf)
-    coef = _dens3(dcheck, ops.down_rank)[rows]
-    if rank is None or rank >= ops.down_rank:
-        l3[rows] += _rows_gemm(coef, ops.dc2e_a)
-    else:
-        l3[rows] += _rows_gemm(coef[:, :, :rank], np.ascontiguousarray(ops.dc2e_a[:, :rank]))
+    l3[rows] += _rows_gemm(_dens3(dcheck, ops.down_rank)[rows], ops.dc2e_a)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -388,10 +372,7 @@ def m2l(ops, equiv, dcheck, plan, workers=INLINE):
 
 
 def _s2p(ops, dens, trg_xyz, trg_start, trg_end, trg_boxes, list_offsets, list_index,
-         centers, half_widths, radius, pot, grad, workers, hess=None, mixed=False):
-    """Targets of trg_boxes[i] += field of the surface densities of their listed boxes.
-    ``mixed``: a float64 single-density sum takes its pair terms in float32
-    (kernels/expansions.py s2p_mixed; see evaluate.KifmmPasses.l2p_mixed for who may)."""
+         centers, half_widths, radius, pot, grad, workers, hess=None):
     dt = ops.dtype
     n = len(trg_boxes)
     if n == 0:
@@ -422,13 +403,6 @@ def _s2p(ops, dens, trg_xyz, trg_start, trg_end, trg_boxes, list_offsets, list_i
             _dispatch.bind(multi_kernel, dt, dens=d3, **shared, flags=flags,
                            buf=np.empty((6, ops.n_surf), dt), pot=pot.reshape(nd, -1),
                            grad=grad3)(i0, i1)
-    elif mixed and dt == np.float64 and _dispatch.has_kernel(ops.family.name, "s2p_mixed",
-                                                             "surface", "pot|potgrad"):
-        work = _dispatch.bind(_dispatch.kernel_name(
-            ops.family.name, "s2p_mixed", "surface", "pot|potgrad"), dt,
-            dens=d3.reshape(len(d3), ops.n_surf), **shared,
-            flags=0 if grad is None else _dispatch.GRADIENT, pot=pot.reshape(-1),
-            grad=np.zeros((3, 1), dt) if grad is None else grad.reshape(3, -1))
     else:
         d2, out = d3.reshape(len(d3), ops.n_surf), dict(pot=pot.reshape(-1))
         if grad is not None:
@@ -468,10 +442,9 @@ def m2p(ops, equiv, trg_xyz, trg_start, trg_end, target_boxes, w_offsets, w_inde
 
 
 def l2p(ops, local, trg_xyz, trg_start, trg_end, boxes, centers, half_widths, pot, grad=None,
-        workers=INLINE, hess=None, entry_centers=None, mixed=False):
-    """Targets of boxes[i] += field of their own local expansion (``mixed``: see
-    :func:`_s2p`)."""
+        workers=INLINE, hess=None, entry_centers=None):
+    """Targets of boxes[i] += field of their own local expansion."""
     if entry_centers is None:
         entry_centers = centers[boxes]
     _s2p(ops, local, trg_xyz, trg_start, trg_end, boxes, _self_list(len(boxes)), boxes,
-         entry_centers, half_widths, ops.r_down_equiv, pot, grad, workers, hess, mixed)
+         entry_centers, half_widths, ops.r_down_equiv, pot, grad, workers, hess)

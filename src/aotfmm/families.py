@@ -452,11 +452,9 @@ _LAPLACE_SUMS = (
     (("p2p_sym_mixed", "charge", "hess"), "p2p_sym_hess_mixed"),
     (("p2c", "charge", "check"), "p2c_pot"),
     (("p2c", "densities", "check"), "p2c_multi"),
-    (("p2c_mixed", "charge", "check"), "p2c_mixed"),
     (("s2p", "surface", "pot"), "s2p_pot"),
     (("s2p", "surface", "potgrad"), "s2p_potgrad"),
     (("s2p", "surfaces", "pot|potgrad"), "s2p_multi"),
-    (("s2p_mixed", "surface", "pot|potgrad"), "s2p_mixed"),
 )
 
 #: The Laplace kernel G(x, y) = 1 / (4 pi |x - y|): real, scalar, homogeneous of degree -1.

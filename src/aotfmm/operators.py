@@ -158,29 +158,10 @@ class Operators:
         """Columns of ``dc2e_a``: length of a box's down-check coefficient vector."""
         return self.dc2e_a.shape[1]
 
-    def up_rank_above(self, cut):
-        """How many leading up-check coefficients belong to singular values of at least ``cut``
-        times the largest (see :meth:`down_rank_above`)."""
-        return _rank_above(self.uc2e_a, cut)
-
-    def down_rank_above(self, cut):
-        """How many leading down-check coefficients belong to singular values of at least
-        ``cut`` times the largest (``dc2e_a`` = V Sigma^-1 in decreasing singular value: its
-        column j has norm 1 / sigma_j)."""
-        return _rank_above(self.dc2e_a, cut)
-
     @property
     def nbytes(self):
         """Bytes held by the operator matrices."""
         return sum(getattr(self, f).nbytes for f in _ARRAY_FIELDS)
-
-
-def _rank_above(factor, cut):
-    """Leading columns of a pseudo-inverse factor V Sigma^-1 whose singular value is at least
-    ``cut`` times the first's (column j has norm 1 / sigma_j)."""
-    norms = np.linalg.norm(factor, axis=0)
-    weak = np.flatnonzero(norms[0] < cut * norms)
-    return int(weak[0]) if len(weak) else len(norms)
 
 
 _ARRAY_FIELDS = ("uc2e_a", "uc2e_b", "dc2e_a", "dc2e_b", "m2m", "l2l", "m2l_v", "m2l_u",
