@@ -726,3 +726,32 @@ def test_mixed_partner_sums_keep_small_terms_after_a_large_one():
         ref += q[j] * g
         ubar += abs(q[j]) * g
     assert np.linalg.norm(pot - ref) <= 1e-6 * np.linalg.norm(ubar)
+
+
+@pytest.mark.parametrize("frac", [0.0, 0.02])
+def test_one_charge_at_a_leaf_face_reaches_leaves_two_away_through_the_expansions(frac):
+    """Hostile test 2026-12-03 (of float32 P2M / L2P terms, backed out): one unit charge among
+    1e5 uncharged uniform points, ``frac`` of a leaf from its leaf's -x face, so 0.05 h from
+    its own leaf's equivalent surface and just outside that of the leaf two to the -x side;
+    targets in that leaf and in the one two to the +x side get its field only through P2M,
+    M2L and L2P. A single charge's field is its own u-bar, so this is the contract exactly
+    (closed form). Float64 terms: potentials 2e-9..4e-8 here; float32 L2P terms erred 1.3e-6,
+    float32 P2M terms 1.6e-7 (both need the pseudo-inverses' weakest modes)."""
+    rng = np.random.default_rng(1)
+    n = 100000
+    s = rng.uniform(-1, 1, (n, 3))
+    s[0] = [-1 + 0.25 * (4 + frac), -1 + 0.25 * 7.6, -1 + 0.25 * 1.15]
+    s[1], s[2] = [-1, -1, -1], [1, 1, 1]   # the root box is ~[-1, 1]^3; leaves ~0.25 wide
+    q = np.zeros(n)
+    q[0] = 1.0
+    cell = np.floor((s + 1) / 0.25).astype(int)
+    for tx in (2, 6):
+        t = np.flatnonzero((cell[:, 0] == tx) & (cell[:, 1] == 7) & (cell[:, 2] == 1))
+        y = s[t]
+        f = aotfmm.Fmm(s, y, eps=1e-6, threads=2)
+        assert f._core.mixed_near
+        d = y - s[0]
+        r = np.linalg.norm(d, axis=1)
+        pot = f.evaluate(q)
+        assert np.linalg.norm(pot - 1 / (4 * np.pi * r)) / np.linalg.norm(1 / r / (4 * np.pi)) \
+            <= 1e-7
