@@ -425,13 +425,15 @@ class Plan:
         self.near_sym = self._near_symmetric(tree)
         #: the near field may take exp to ~1e-11 (kernels/_vecmath.py vexp_coarse)
         self.coarse_exp = eps >= _dispatch.COARSE_EXP_EPS
+        #: whether any box uses operators (else every interaction is a direct sum)
+        self.has_far_field = bool(self._levels_with_work())
         #: a float64 near field of one charge vector may take its pair terms in float32
         #: (kernels/p2p.py p2p_sym_mixed, p2p_mixed)
         #: when eps allows it and the order's own error is no smaller than theirs (an explicit
         #: high p under the default eps keeps float64 pair terms), and only with a far field:
         #: a plan whose interactions are all direct is exact to rounding in float64
         self.mixed_near = (_MIXED_NEAR and dt == np.float64 and eps >= _dispatch.MIXED_NEAR_EPS
-                           and bool(self._levels_with_work())
+                           and self.has_far_field
                            and order_error(self.p, not self.same, dipoles, hessians,
                                            family=family, size=self.size, ncrit=ncrit)
                            >= _dispatch.MIXED_NEAR_ORDER_ERROR)
@@ -847,11 +849,6 @@ class Plan:
             # no local expansion receives anything (e.g. 2 sources and 2 targets in leaves of
             # one point): nothing to evaluate, and the plan reads no operators to do it with
             self.l2p_boxes = self.l2p_boxes[:0]
-
-    @property
-    def has_far_field(self):
-        """Whether any box uses operators (else every interaction is a direct sum)."""
-        return bool(self._levels_with_work())
 
     def _levels_with_work(self):
         """Levels whose boxes use operators (P2M, M2M, L2L, M2L, P2L, DC2E)."""
