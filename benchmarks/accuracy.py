@@ -13,7 +13,10 @@ evaluate time.
 The table measures the expansion orders, so the near field's pair terms stay float64 here;
 ``--mixed`` keeps what a float64 plan at eps >= 1e-6 does by default for p <= 8 (float32 pair
 terms summed in float64, README "Mixed precision"), whose own error adds up to ~3e-7 where
-the near field is most of the field (``aotfmm._dispatch.MIXED_NEAR_ERROR``).
+the near field is most of the field (``aotfmm._dispatch.MIXED_NEAR_ERROR``). Fields of few
+charges ("sparse charges") go through the expansions too: the direct sum of their strongest
+sources that plans do by default since 2026-12-04 (``evaluate._FEW_CHARGES``, README "Fields of
+few charges") is off here.
 
 ``--kernel yukawa``/``helmholtz`` with ``--param-d X``: lam (or kappa) times the domain size D
 of each case (its largest extent) is X; the reference is the numpy-free compiled direct sum in
@@ -113,6 +116,7 @@ def main():
                     "(p <= 8 at eps 1e-6); without it float64 ones: the orders' own errors")
     args = ap.parse_args()
     evaluate._MIXED_NEAR = args.mixed
+    evaluate._FEW_CHARGES = 0  # the expansions, also for fields of few charges
     if args.quick:
         args.n, args.p = 5000, list(range(3, 9))
     print(f"n = {args.n}, sample = {args.sample}; error = L2 over the sample relative to the "

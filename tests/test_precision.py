@@ -695,12 +695,16 @@ def test_float32_fields_below_the_normal_range_say_so(call):
 
 @pytest.mark.xfail(strict=True, reason="known gap (README): float32 partial sums of the mixed "
                    "near field drop terms below half an ulp of a large one (2.8x eps here)")
-def test_mixed_partner_sums_keep_small_terms_after_a_large_one():
+def test_mixed_partner_sums_keep_small_terms_after_a_large_one(monkeypatch):
     """Hostile test 2026-12-03: c sits 2e-4 from a (charge 1) across a leaf face; 300 points
     of charge 5.3e-5 on a sphere of radius 0.2 around c, in a's leaf after a, each add to c's
     float32 partner sum (p2p_sym_mixed: up to 64 targets per float32 sum) a term just under
     half an ulp of it: all are dropped, 2.8x eps at eps 1e-6 over all points. Strict xfail:
-    this test starts failing (XPASS) when the gap closes; then drop the mark."""
+    this test starts failing (XPASS) when the gap closes; then drop the mark. Its 301 charges
+    would since 2026-12-04 be summed directly (a field of few charges); that is turned off
+    here to keep the float32 sums under test (the mechanism is unchanged for fields of many
+    charges; whether it can reach the contract there is not shown)."""
+    monkeypatch.setattr(aotfmm.evaluate, "_FEW_CHARGES", 0)
     rng = np.random.default_rng(0)
     bg = [(np.array([i, j, k]) + rng.random((250, 3))) / 4 for i in range(4)
           for j in range(4) for k in range(4) if not ((j, k) == (0, 0) and i in (1, 2))]
@@ -730,14 +734,18 @@ def test_mixed_partner_sums_keep_small_terms_after_a_large_one():
 
 
 @pytest.mark.parametrize("frac", [0.0, 0.02])
-def test_one_charge_at_a_leaf_face_reaches_leaves_two_away_through_the_expansions(frac):
+def test_one_charge_at_a_leaf_face_reaches_leaves_two_away_through_the_expansions(frac,
+                                                                                monkeypatch):
     """Hostile test 2026-12-03 (of float32 P2M / L2P terms, backed out): one unit charge among
     1e5 uncharged uniform points, ``frac`` of a leaf from its leaf's -x face, so 0.05 h from
     its own leaf's equivalent surface and just outside that of the leaf two to the -x side;
     targets in that leaf and in the one two to the +x side get its field only through P2M,
     M2L and L2P. A single charge's field is its own u-bar, so this is the contract exactly
     (closed form). Float64 terms: potentials 2e-9..4e-8 here; float32 L2P terms erred 1.3e-6,
-    float32 P2M terms 1.6e-7 (both need the pseudo-inverses' weakest modes)."""
+    float32 P2M terms 1.6e-7 (both need the pseudo-inverses' weakest modes). Since
+    2026-12-04 a field of few charges is summed directly; that is turned off here
+    (``_FEW_CHARGES`` 0) to keep the expansions under test."""
+    monkeypatch.setattr(aotfmm.evaluate, "_FEW_CHARGES", 0)
     rng = np.random.default_rng(1)
     n = 100000
     s = rng.uniform(-1, 1, (n, 3))
@@ -753,22 +761,19 @@ def test_one_charge_at_a_leaf_face_reaches_leaves_two_away_through_the_expansion
         assert f._core.mixed_near
         d = y - s[0]
         r = np.linalg.norm(d, axis=1)
-        with pytest.warns(aotfmm.AccuracyWarning, match="few points"):  # one charge
-            pot = f.evaluate(q)
+        pot = f.evaluate(q)
         assert np.linalg.norm(pot - 1 / (4 * np.pi * r)) / np.linalg.norm(1 / r / (4 * np.pi)) \
             <= 1e-7
 
 
-@pytest.mark.parametrize("kind,warns", [
-    ("one", True), ("forty", True), ("strong among weak", True), ("dipole", True),
-    ("random", False), ("random small plan", False), ("one, all direct", False),
-    ("one of two columns", True)])
-def test_fields_of_few_charges_say_what_the_contract_does_not_cover(kind, warns):
-    """Fields of few charges miss the contract by up to 6x (potentials) / 300x (gradients) in
-    the worst geometry (hostile test 2026-12-03, README Known gap): an evaluation whose
-    density has fewer than min(1000, n / 8) effective charges ((sum |q|)^2 / sum q^2) warns,
-    naming the caller's line; many random charges, a plan without a far field (exact) and
-    n / 8 >= effective charges of a small random set do not."""
+@pytest.mark.parametrize("kind", ["one", "forty", "strong among weak", "dipole", "random",
+                                  "random small plan", "one, all direct", "one of two columns"])
+def test_fields_of_few_charges_meet_the_contract_without_a_warning(kind):
+    """Fields of few charges missed the contract by up to 6x (potentials) / 300x (gradients)
+    in the worst geometry (hostile test 2026-12-03), and from 2026-12-03 warned; since
+    2026-12-04 their strongest sources are summed directly (tests/test_few_charges.py for
+    the worst geometry): every kind here meets the contract (numpy sums against the field of
+    |q|, 300 sampled targets) without a few-points warning."""
     rng = np.random.default_rng(zlib.crc32(kind.encode()))
     n = 300 if kind == "one, all direct" else 5000 if kind == "random small plan" else 20000
     x = rng.random((n, 3))
@@ -795,14 +800,20 @@ def test_fields_of_few_charges_say_what_the_contract_does_not_cover(kind, warns)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         pot, grad = f.evaluate(q, dipoles=dip, gradient=True)
-    few = [x for x in w if issubclass(x.category, aotfmm.AccuracyWarning)
-           and "few points" in str(x.message)]
-    assert len(few) == int(warns), [str(x.message) for x in w]
-    if warns:
-        assert few[0].filename == __file__
-    if kind == "one":  # what the warning is about stays finite and near the closed form
-        d = x - x[7]
-        r = np.linalg.norm(d, axis=1)
-        r[7] = np.inf
-        ref = 1 / (4 * np.pi * r)
-        assert np.isfinite(pot).all() and rel_err(pot, ref) <= 1e-5
+    assert not [x for x in w if "few points" in str(x.message)]
+    at = rng.choice(n, 300, replace=False)
+    if dip is not None:  # one dipole: its own field is the measure (summed directly)
+        ref_pot, ref_grad = density_reference(x, None, dip[:, None, :], x[at])
+        assert rel_err(pot[at], ref_pot[0]) <= 1e-6 and rel_err(grad[at], ref_grad[0]) <= 1e-6
+        return
+    qq = q if q.ndim == 2 else q[:, None]
+    ref_pot, ref_grad = density_reference(x, qq, None, x[at])
+    bar_pot, _ = density_reference(x, np.abs(qq), None, x[at])
+    r2 = ((x[at][:, None, :] - x[None]) ** 2).sum(-1)
+    bar_grad = (np.where(r2 > 0, 1.0 / np.where(r2 > 0, r2, 1.0), 0.0) @ np.abs(qq)).T \
+        / (4 * np.pi)   # sum |q| |grad G|
+    pot = pot.reshape(n, -1)[at].T
+    grad = grad.reshape(n, -1, 3)[at].transpose(1, 0, 2)
+    for j in range(qq.shape[1]):
+        assert np.linalg.norm(pot[j] - ref_pot[j]) <= 1e-6 * np.linalg.norm(bar_pot[j])
+        assert np.linalg.norm(grad[j] - ref_grad[j]) <= 1e-6 * np.linalg.norm(bar_grad[j])

@@ -290,6 +290,11 @@ class Fmm:
         The targets are the sources (self-interaction excluded) unless the plan was built with
         ``targets``; a plan built with ``targets`` and ``at_sources=True`` returns the fields at
         the targets here and both sets from :meth:`fields`.
+
+        A density whose field comes from few points (fewer than min(1000, n/8) effective
+        charges, (sum |q|)^2 / sum q^2) has its strongest sources, up to 1000, summed
+        directly onto every target and only the rest through the expansions (README "Fields
+        of few charges"); this applies to :meth:`fields` too.
         """
         gradient = as_bool("gradient", gradient)
         pot, grad, _, single = self._run(charges, dipoles, gradient)

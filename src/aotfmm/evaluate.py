@@ -49,13 +49,25 @@ _REGULAR_SPLIT = True
 _MIXED_NEAR = True
 
 #: A density whose effective number of charges, (sum |q|)^2 / sum q^2 (1 for one charge, ~0.64 n
-#: for n random normal ones), is below this (and below n / 8) gets an AccuracyWarning: the
-#: contract's averaging over many charges is what the eps -> p table measures, and one charge
-#: in the worst position of a translation got up to 6x eps in potentials and 27-322x eps in
-#: gradients at eps 1e-3 .. 1e-8 (hostile test 2026-12-03, README Known gap); 1-40 random
-#: charges 2-4x in gradients. Where between that and many charges it stops mattering is not
-#: measured; 1000 is a guess on the safe side.
+#: for n random normal ones), is below this (and below n / 8) does not get the FMM's accuracy
+#: from the eps -> p table: the contract's averaging over many charges is what the table
+#: measures, and one charge in the worst position of a translation got up to 6x eps in
+#: potentials and 27-322x eps in gradients at eps 1e-3 .. 1e-8 (hostile test 2026-12-03, README
+#: "Fields of few charges"); 1-40 random charges 2-4x in gradients. Where between that and many
+#: charges it stops mattering is not measured; 1000 is a guess on the safe side. Such a
+#: density's strongest sources are summed directly (:meth:`Plan._few_split`).
 _FEW_CHARGES = 1000
+
+#: At most this many sources per density are summed directly (exactly, onto every target) when
+#: its effective number of charges is below :data:`_FEW_CHARGES`: the strongest, as few as leave
+#: a remainder of many effective charges (or none) for the FMM. Cost: this many sources times
+#: the targets, against ~3000-6000 near pairs per target in the FMM's own near field.
+_FEW_DIRECT = 1000
+
+#: ... and when even that many leave a remainder of few effective charges, an AccuracyWarning
+#: if the remainder carries more than this fraction of sum |q| (its error, up to ~300x eps of
+#: its own field in gradients, is then not small against the whole field's).
+_FEW_LEFT = 1e-3
 
 #: The split is used at levels whose reference family has |mu2| <= this (half-width 1): the
 #: series of KernelFamily.regular stays exact there (|mu2| r^2 <= 3.2 on the surfaces used).
@@ -1174,32 +1186,193 @@ class Plan:
         }
 
     # ------------------------------------------------------------------ evaluate
-    def _warn_few_charges(self, charges, dipoles):
-        """An AccuracyWarning when a density's field comes from few points (see
-        :data:`_FEW_CHARGES`) and the plan has a far field (an all-direct plan is exact)."""
+    def _few_split(self, charges, dipoles):
+        """The sources to sum directly for densities whose field comes from few points (see
+        :data:`_FEW_CHARGES`), on a plan with a far field (an all-direct plan is exact).
+
+        Per density with fewer than min(:data:`_FEW_CHARGES`, n / 8) effective charges
+        ((sum |q|)^2 / sum q^2, dipoles by |d|, both added for both): its non-zero sources if
+        at most :data:`_FEW_DIRECT`, else the fewest of its strongest that leave a remainder of
+        that many effective charges, else the :data:`_FEW_DIRECT` strongest (and an
+        AccuracyWarning if the rest carries over :data:`_FEW_LEFT` of sum |q|).
+        Returns None (nothing to route) or (picks, rest): per density index the caller-order
+        indices of its routed sources, and whether the FMM has anything left to do (a routed
+        density's remainder, or a density not routed)."""
         if not self.has_far_field:
-            return
+            return None
         mag = 0.0
         if charges is not None:
             mag = np.abs(charges).astype(np.float64, copy=False)
         if dipoles is not None:
             mag = mag + np.sqrt(np.sum(np.abs(dipoles).astype(np.float64) ** 2, axis=1))
         n = mag.shape[-1]
+        n_min = min(_FEW_CHARGES, n / 8)
         s1, s2 = mag.sum(axis=-1), np.square(mag).sum(axis=-1)
-        live = s2 > 0
-        if not live.any():
-            return
-        n_eff = float(np.min(s1[live] ** 2 / s2[live]))
-        if n_eff < min(_FEW_CHARGES, n / 8):
-            warnings.warn(f"the densities' field comes from few points (about {n_eff:.0f} "
-                          f"effective charges of {n}): the accuracy contract (eps relative "
-                          f"to the field of |q|) is met for fields of many charges; from a few, "
-                          f"targets in the worst position of a translation (a charge at a "
-                          f"box face, targets near the corner of a box one width away) got up "
+        few = (s2 > 0) & (s1 * s1 < n_min * s2)
+        if not few.any():
+            return None
+        picks, warn = {}, []
+        left = bool(((s2 > 0) & ~few).any())
+        for j in np.flatnonzero(few):
+            m = mag[j]
+            nz = np.flatnonzero(m)
+            if len(nz) <= _FEW_DIRECT:
+                picks[int(j)] = nz
+                continue
+            top = nz[np.argpartition(m[nz], len(nz) - _FEW_DIRECT)[len(nz) - _FEW_DIRECT:]]
+            top = top[np.argsort(-m[top], kind="stable")]          # strongest first
+            rest = m.copy()
+            rest[top] = 0.0
+            # what remains after routing the K strongest, K = 0 .. _FEW_DIRECT: sums of
+            # non-negative terms (no cancellation when the remainder is tiny)
+            t1 = np.concatenate((np.cumsum(m[top][::-1])[::-1], [0.0]))
+            t2 = np.concatenate((np.cumsum(np.square(m[top])[::-1])[::-1], [0.0]))
+            r1, r2 = rest.sum() + t1, np.square(rest).sum() + t2
+            many = r1 * r1 >= n_min * r2
+            kk = int(np.argmax(many)) if many.any() else _FEW_DIRECT
+            picks[int(j)] = np.sort(top[:kk])
+            left = True
+            if not many.any() and r1[kk] > _FEW_LEFT * s1[j]:
+                warn.append((int(j), r1[kk] / s1[j]))
+        if warn:
+            j, frac = max(warn, key=lambda w: w[1])
+            warnings.warn(f"the field of density {j} comes from few points: its "
+                          f"{_FEW_DIRECT} strongest sources are summed directly, but the "
+                          f"rest ({frac:.2g} of sum |q|, fewer than {n_min:.0f} effective "
+                          f"charges) goes through expansions, whose accuracy contract (eps "
+                          f"relative to the field of |q|) is met for fields of many charges; "
+                          f"from a few, targets in the worst position of a translation got up "
                           f"to 6x eps in potentials and up to 300x eps in gradients (README, "
-                          f"Known gap). Ask for a smaller eps (about 5-10x less error per "
-                          f"order) or sum such fields directly (aotfmm.direct)",
+                          f"Fields of few charges). Ask for a smaller eps or sum such fields "
+                          f"directly (aotfmm.direct)",
                           AccuracyWarning, stacklevel=_frame._caller_level())
+        return picks, left
+
+    def _few_direct(self, picks, charges, dipoles, pot, grad, hess):
+        """Add to ``pot``/``grad``/``hess`` (tree target order, frame units) the fields of the
+        routed sources (:meth:`_few_split`) on every target, summed pair by pair in float64
+        (exact 1/r) from the leaf-local coordinates with float64 anchor-to-anchor shifts, as
+        the near field is; float32 plans add to it the float64 offsets of the boxes
+        :meth:`_rounding_redo` picked. The routed densities go together over the union of
+        their sources when it is at most twice their separate sizes, else one by one.
+        Returns, per routed density, the tree-order indices of its routed sources (to be
+        zeroed in the FMM's densities)."""
+        tree = self.tree
+        inv = np.empty_like(tree.src_perm)
+        inv[tree.src_perm] = np.arange(len(inv), dtype=inv.dtype)
+        per = {j: np.sort(inv[c]) for j, c in picks.items()}
+        cols = sorted(per)
+        union = np.unique(np.concatenate([per[j] for j in cols]))
+        if len(union) * len(cols) <= 2 * sum(len(per[j]) for j in cols):
+            groups = [(cols, union)]
+        else:
+            groups = [([j], per[j]) for j in cols]
+        for g_cols, idx in groups:
+            self._few_onto_targets(g_cols, idx, per, charges, dipoles, pot, grad, hess)
+        return per
+
+    def _few_onto_targets(self, cols, idx, per, charges, dipoles, pot, grad, hess):
+        """:meth:`_few_direct` for the densities ``cols`` over the tree-order sources ``idx``
+        (each density's own routed ones among them, zeros for the rest)."""
+        tree = self.tree
+        v64 = self.family.value_dtype(np.float64)
+
+        def routed(a, axis_shape):  # (len(cols), ..., len(idx))
+            if a is None:
+                return None
+            out = np.zeros((len(cols),) + axis_shape + (len(idx),), dtype=v64)
+            for i, j in enumerate(cols):
+                c = per[j]
+                out[i][..., np.searchsorted(idx, c)] = a[j][..., tree.src_perm[c]]
+            return out
+
+        qd = routed(charges, ())
+        dd = routed(dipoles, (3,))
+        leaves = tree.leaves
+        s_lv = leaves[tree.src_end[leaves] > tree.src_start[leaves]]
+        s_lv = s_lv[np.argsort(tree.src_start[s_lv], kind="stable")]
+        owner = np.searchsorted(tree.src_start[s_lv], idx, side="right") - 1
+        sboxes, s_start = np.unique(owner, return_index=True)   # (idx sorted: runs per leaf)
+        s_end = np.append(s_start[1:], len(idx)).astype(np.int64)
+        s_start = s_start.astype(np.int64)
+        sboxes = s_lv[sboxes]
+        xyz = np.ascontiguousarray(self.src[:, idx], dtype=np.float64)
+        t_lv = leaves[tree.trg_end[leaves] > tree.trg_start[leaves]]
+        t_lv = t_lv[np.argsort(tree.trg_start[t_lv], kind="stable")]
+        n_s = len(sboxes)
+        # chunks of target leaves: ~2^16 targets and ~2^20 list entries at a time
+        counts = (tree.trg_end[t_lv] - tree.trg_start[t_lv]).astype(np.int64)
+        cum = np.cumsum(counts)
+        per_leaf = max(1, (1 << 20) // n_s)
+        cuts = [0]
+        while cuts[-1] < len(t_lv):
+            c0 = cuts[-1]
+            base = cum[c0 - 1] if c0 else 0
+            by_targets = int(np.searchsorted(cum, base + (1 << 16), side="right"))
+            cuts.append(min(len(t_lv), c0 + per_leaf, max(c0 + 1, by_targets)))
+        outs = [None if a is None else a[cols] for a in (pot, grad, hess)]  # (copies)
+        for c0, c1 in zip(cuts[:-1], cuts[1:]):
+            lv = t_lv[c0:c1]
+            r0, r1 = int(tree.trg_start[lv[0]]), int(tree.trg_end[lv[-1]])
+            n_c = len(lv)
+            trg = np.ascontiguousarray(self.trg[:, r0:r1], dtype=np.float64)
+            shift = ((self.anchor[lv][:, None, :] - self.anchor[sboxes][None, :, :])
+                     / self.frame_scale).reshape(-1, 3)
+            out = [None if a is None else np.zeros(a.shape[:-1] + (r1 - r0,), dtype=v64)
+                   for a in outs]
+            near_field(xyz, qd, trg, s_start, s_end,
+                       (tree.trg_start[lv] - r0).astype(np.int64),
+                       (tree.trg_end[lv] - r0).astype(np.int64),
+                       np.arange(n_c + 1, dtype=np.int64) * n_s,
+                       np.tile(np.arange(n_s, dtype=np.int64), n_c),
+                       np.arange(n_c, dtype=np.int64), out[0], out[1], self.workers,
+                       cost=counts[c0:c1] * len(idx) + 1.0, dipoles=dd, exact=True,
+                       hess=out[2], shift=np.ascontiguousarray(shift), family=self.family)
+            with np.errstate(over="ignore"):  # (an overflow is reported when unscaled)
+                for a, b in zip(outs, out):
+                    if a is not None:
+                        a[..., r0:r1] += b.astype(a.dtype)
+        if self.redo is not None:
+            self._few_redo(idx, qd, dd, outs)
+        for a, b in zip((pot, grad, hess), outs):
+            if a is not None:
+                a[cols] = b
+
+    def _few_redo(self, idx, qd, dd, outs):
+        """Float32 plans: on the boxes :meth:`_rounding_redo` picked, the routed sources of
+        their near lists once more from float64 offsets, less the same from the float32
+        ones :meth:`_few_direct` used (where rounding the points moves a pair by more than
+        a small part of its distance)."""
+        r = self.redo
+        n = self.src.shape[1]
+        v64 = self.family.value_dtype(np.float64)
+        hit = np.isin(r.src_idx, idx)
+        if not hit.any():
+            return
+
+        def dense(a):  # routed densities at the redo's sources (zero where not routed)
+            if a is None:
+                return None
+            full = np.zeros(a.shape[:-1] + (n,), dtype=v64)
+            full[..., idx] = a
+            return np.ascontiguousarray(full[..., r.src_idx])
+
+        q, d = dense(qd), dense(dd)
+        src32 = np.ascontiguousarray(self.src[:, r.src_idx], dtype=np.float64)
+        trg32 = np.ascontiguousarray(self.trg[:, r.trg_idx], dtype=np.float64)
+        diff = []
+        for s_xyz, t_xyz, sign in ((r.src, r.trg, 1.0), (src32, trg32, -1.0)):
+            out = [None if a is None else np.zeros(a.shape[:-1] + (len(r.trg_idx),), v64)
+                   for a in outs]
+            near_field(s_xyz, q, t_xyz, r.src_start, r.src_end, r.trg_start, r.trg_end,
+                       self.near_offsets, self.near_index, r.boxes, out[0], out[1],
+                       self.workers, cost=r.cost, dipoles=d, exact=True, hess=out[2],
+                       shift=r.shift, family=self.family)
+            diff.append([None if o is None else sign * o for o in out])
+        with np.errstate(over="ignore"):
+            for a, b, c in zip(outs, *diff):
+                if a is not None:
+                    a[..., r.trg_idx] += (b + c).astype(a.dtype)
 
     def evaluate(self, charges, gradient, progress=None, dipoles=None, hessian=False,
                  comm=_driver.SERIAL):
@@ -1220,8 +1393,7 @@ class Plan:
 
         k = (charges if charges is not None else dipoles).shape[0]
         gradient = gradient or hessian
-        if comm is _driver.SERIAL:
-            self._warn_few_charges(charges, dipoles)
+        few = self._few_split(charges, dipoles) if comm is _driver.SERIAL else None
         if self.rounding_left is not None:  # a derivative beyond what the plan was built for
             order = min(int(gradient) + int(hessian) + int(dipoles is not None), 3)
             if self.rounding_left[order] > self.eps / 2:
@@ -1242,6 +1414,17 @@ class Plan:
         pot = np.zeros((k, n_trg), dtype=vdt)
         grad = np.zeros((k, 3, n_trg), dtype=vdt) if gradient else None
         hess = np.zeros((k, 6, n_trg), dtype=vdt) if hessian else None
+        tick("prepare")
+        run_fmm = True
+        if few is not None:  # the few strong sources directly, the rest through the FMM
+            picks, run_fmm = few
+            per = self._few_direct(picks, charges, dipoles, pot, grad, hess)
+            for j, c in per.items():  # (out of the FMM's densities)
+                if q is not None:
+                    (q if q.ndim == 2 else q[None])[j, c] = 0
+                if dip is not None:
+                    dip[j, :, c] = 0
+            tick("few_direct")
         passes = KifmmPasses(self, q, dip, pot, grad, hess)
         tick("prepare")
         timer = _driver.Timer(
@@ -1249,7 +1432,8 @@ class Plan:
                 "p2m", "m2m", "l2p", "m2p", "p2p") and progress.step(name),
             on_stage=lambda name: progress is not None and name == "downward" and
             progress.step("l2l+m2l+p2l"))
-        _driver.run(self.up_levels, self.down_levels, passes, comm, timer)
+        if run_fmm:
+            _driver.run(self.up_levels, self.down_levels, passes, comm, timer)
         for name, sec in timer.passes.items():
             timings[name] = timings.get(name, 0.0) + sec
         del passes  # the expansions: freed before the outputs are copied (peak memory)

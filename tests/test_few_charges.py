@@ -1,0 +1,230 @@
+"""Fields of few charges: a density whose field comes from few points has its strongest sources
+summed directly onto every target (aotfmm.evaluate.Plan._few_split / _few_direct), because the
+expansions' accuracy for such fields is not what the eps -> p table measured (one charge on a
+box face, targets near the corner of a box one width away: up to 6x eps in potentials and 322x
+in gradients before 2026-12-04). References: numpy sums written here and in conftest."""
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+
+import aotfmm
+from aotfmm import evaluate
+from conftest import density_reference, hessian_reference, rel_err
+
+
+def worst_place(seed, m=1000, d=0.003):
+    """One unit charge on the face z = 0 of the box [0, .5]^3 and ``m`` uncharged points in a
+    cube of half-width ``d`` near a corner of the box [0, .5]^2 x [-1, -.5] one width below it
+    (the hostile search's layout, 2026-12-03), 500 uncharged points near (1, 1, 1) and the
+    domain's corners. Returns (points (n, 3), charges (n,) with the charge at row 0)."""
+    rng = np.random.default_rng(seed)
+    c = np.r_[rng.uniform(0, 0.5, 2), 0.0]
+    w = np.r_[rng.choice([0.0, 0.5], 2) + rng.uniform(-0.01, 0.01, 2), -0.5]
+    pts = np.vstack([c[None], w + rng.uniform(-d, d, (m, 3)), rng.uniform(0.9, 1, (500, 3)),
+                     [[-1, -1, -1], [1, 1, 1]]])
+    q = np.zeros(len(pts))
+    q[0] = 1.0
+    return pts, q
+
+
+def few_warnings(w):
+    return [str(x.message) for x in w if issubclass(x.category, aotfmm.AccuracyWarning)
+            and "few points" in str(x.message)]
+
+
+@pytest.mark.parametrize("eps", [1e-3, 1e-6, 1e-7])
+@pytest.mark.parametrize("separate", [False, True])
+def test_one_charge_in_the_worst_place_is_summed_exactly(eps, separate):
+    """The layout that reached 27-322x eps in gradients now gets the direct sum's accuracy at
+    every target (relative to the field, which for one charge is the field of |q|), without
+    a warning and without the FMM passes (nothing is left for them)."""
+    pts, q = worst_place(zlib.crc32(f"{eps}{separate}".encode()))
+    trg = pts[1:] + 1e-4 if separate else None
+    f = aotfmm.Fmm(pts, trg, eps=eps, threads=2)
+    assert f._core.has_far_field
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        pot, grad = f.evaluate(q, gradient=True)
+    assert not few_warnings(w)
+    t = pts if trg is None else trg
+    ref_pot, ref_grad = density_reference(pts[:1], q[:1, None], None, t)
+    assert rel_err(pot, ref_pot[0]) <= 1e-12
+    assert rel_err(grad, ref_grad[0]) <= 1e-12
+    evals = {k[5:] for k in f.timings if k.startswith("eval:")}
+    assert "few_direct" in evals and "m2l" not in evals and "p2p" not in evals
+
+
+def test_strong_sources_direct_and_the_rest_through_the_fmm():
+    """k densities in one evaluation: many random charges (FMM only), one strong charge among
+    1e-6 ones (the strong one directly, the rest through the FMM), 40 charges (all directly),
+    and a zero density; each within eps of a numpy sum against the field of |q| (the
+    contract), the directly summed one exactly, and no warning."""
+    rng = np.random.default_rng(7)
+    n, eps = 20000, 1e-6
+    x = rng.random((n, 3))
+    q = np.zeros((n, 4))
+    q[:, 0] = rng.standard_normal(n)
+    q[:, 1] = 1e-6 * rng.standard_normal(n)
+    q[123, 1] = 1.0
+    sel = rng.choice(n, 40, replace=False)
+    q[sel, 2] = rng.standard_normal(40)
+    f = aotfmm.Fmm(x, eps=eps, threads=2)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        pot, grad = f.evaluate(q, gradient=True)
+    assert not few_warnings(w)
+    at = rng.choice(n, 400, replace=False)
+    ref_pot, ref_grad = density_reference(x, q, None, x[at])
+    bar_pot, _ = density_reference(x, np.abs(q), None, x[at])
+    for j in range(3):
+        gbar = _grad_bar(x, np.abs(q[:, j]), x[at])
+        assert np.linalg.norm(pot[at, j] - ref_pot[j]) <= eps * np.linalg.norm(bar_pot[j])
+        assert np.linalg.norm(grad[at, j] - ref_grad[j]) <= eps * np.linalg.norm(gbar)
+    assert rel_err(pot[at, 2], ref_pot[2]) <= 1e-12
+    assert rel_err(grad[at, 2], ref_grad[2]) <= 1e-12
+    assert not pot[:, 3].any() and not grad[:, 3].any()
+
+
+def _grad_bar(src, qa, trg):
+    """sum_j |q_j| |grad G(x_i, y_j)| = sum |q_j| / (4 pi r^2), r > 0 (the contract's measure
+    for gradients)."""
+    out = np.zeros(len(trg))
+    for a in range(0, len(trg), 128):
+        r2 = ((trg[a:a + 128, None, :] - src[None]) ** 2).sum(-1)
+        out[a:a + 128] = np.where(r2 > 0, 1.0 / np.where(r2 > 0, r2, 1.0), 0.0) @ qa
+    return out / (4 * np.pi)
+
+
+def test_few_charges_and_dipoles_with_hessians():
+    """Charges and dipoles on five points each (of 8000), Hessians at the sources and at
+    separate targets (fields, pg = pgt = 3): the direct sums' accuracy for all three."""
+    rng = np.random.default_rng(11)
+    n = 8000
+    x = rng.random((n, 3))
+    y = rng.random((3000, 3))
+    q = np.zeros(n)
+    d = np.zeros((n, 3))
+    q[rng.choice(n, 5, replace=False)] = rng.standard_normal(5)
+    d[rng.choice(n, 5, replace=False)] = rng.standard_normal((5, 3))
+    f = aotfmm.Fmm(x, y, at_sources=True, eps=1e-4, threads=2, dipoles=True, hessians=True)
+    assert f._core.has_far_field
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        out = f.fields(q, dipoles=d, pg=3, pgt=3)
+    assert not few_warnings(w)
+    for t, pot, grad, hess in ((x, out.pot, out.grad, out.hess),
+                               (y, out.pottarg, out.gradtarg, out.hesstarg)):
+        rp, rg, rh = hessian_reference(x, q, d, t)
+        assert rel_err(pot, rp) <= 1e-11
+        assert rel_err(grad, rg) <= 1e-11
+        assert rel_err(hess, rh) <= 1e-11
+
+
+def test_float32_plans_of_float64_points_keep_close_pairs():
+    """A float32 plan of float64 points: a strong charge with a target 3e-7 away in a 0.1-wide
+    leaf (float32 offsets move them ~1e-9, a large part of that distance) is summed from the
+    float64 offsets the plan keeps for such boxes; every target within eps of the field."""
+    rng = np.random.default_rng(3)
+    n, eps = 30000, 1e-5
+    x = rng.random((n, 3))
+    x[1] = x[0] + [3e-7, 1e-7, -2e-7]
+    q = np.zeros(n)
+    q[0] = 1.0
+    q[rng.choice(np.arange(2, n), 20, replace=False)] = 0.5
+    f = aotfmm.Fmm(x, eps=eps, threads=2, dtype=np.float32)
+    assert f._core.redo is not None and f._core.has_far_field
+    pot, grad = f.evaluate(q.astype(np.float32), gradient=True)
+    at = np.r_[0, 1, rng.choice(n, 500, replace=False)]
+    ref_pot, ref_grad = density_reference(x, q[:, None], None, x[at])
+    assert rel_err(pot[at], ref_pot[0]) <= eps
+    assert rel_err(grad[at], ref_grad[0]) <= eps
+    assert abs(pot[1] / ref_pot[0][1] - 1) <= 1e-6  # the close pair itself
+
+
+@pytest.mark.parametrize("kernel", ["yukawa", "helmholtz"])
+def test_one_charge_in_the_worst_place_other_kernels(kernel):
+    """Yukawa (lam 3) and Helmholtz (kappa 4) route the same way: exact against numpy."""
+    pts, q = worst_place(5, m=300)
+    if kernel == "yukawa":
+        fam, g = aotfmm.Yukawa(3.0), (lambda r: np.exp(-3.0 * r) / (4 * np.pi * r))
+    else:
+        fam, g = aotfmm.Helmholtz(4.0), (lambda r: np.exp(4j * r) / (4 * np.pi * r))
+    f = aotfmm.Fmm(pts, eps=1e-6, threads=2, kernel=fam)
+    assert f._core.has_far_field
+    pot = f.evaluate(q)
+    r = np.linalg.norm(pts - pts[0], axis=1)
+    ref = np.zeros(len(pts), dtype=pot.dtype)
+    ref[1:] = g(r[1:])
+    assert np.linalg.norm(pot - ref) <= 1e-12 * np.linalg.norm(ref)
+
+
+def test_what_stays_few_after_the_direct_part_warns():
+    """Magnitudes 0.995^i on 5000 of 20000 points: 399 effective charges, and after the 1000
+    strongest the rest still has few (0.7 % of sum |q|): warned, naming the caller's line.
+    With 0.99^i the rest is 4e-5 of sum |q|: no warning, and within eps (contract)."""
+    rng = np.random.default_rng(1)
+    n, eps = 20000, 1e-6
+    x = rng.random((n, 3))
+    f = aotfmm.Fmm(x, eps=eps, threads=2)
+    for base, warns in ((0.995, True), (0.99, False)):
+        q = np.zeros(n)
+        idx = rng.permutation(n)[:5000]
+        q[idx] = base ** np.arange(5000) * rng.choice([-1.0, 1.0], 5000)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            pot = f.evaluate(q)
+        few = [x for x in w if issubclass(x.category, aotfmm.AccuracyWarning)
+               and "few points" in str(x.message)]
+        assert len(few) == int(warns)
+        if warns:
+            assert few[0].filename == __file__
+            continue
+        at = rng.choice(n, 300, replace=False)
+        ref, _ = density_reference(x, q[:, None], None, x[at])
+        bar, _ = density_reference(x, np.abs(q)[:, None], None, x[at])
+        assert np.linalg.norm(pot[at] - ref[0]) <= eps * np.linalg.norm(bar[0])
+
+
+def test_many_charges_do_not_take_the_direct_path(monkeypatch):
+    """Random charges (effective count ~0.64 n) and a plan without far field never route:
+    the direct part is not called."""
+    called = []
+    monkeypatch.setattr(evaluate.Plan, "_few_direct",
+                        lambda self, *a: called.append(1) or (_ for _ in ()).throw(
+                            AssertionError("routed")))
+    rng = np.random.default_rng(2)
+    x = rng.random((20000, 3))
+    aotfmm.Fmm(x, eps=1e-6, threads=2).evaluate(rng.standard_normal(20000))
+    small = aotfmm.Fmm(x[:300], eps=1e-6, threads=2)
+    assert not small._core.has_far_field
+    q = np.zeros(300)
+    q[5] = 1.0
+    small.evaluate(q)
+    assert not called
+
+
+@pytest.mark.parametrize("layout,calls", [("shared", 1), ("disjoint", 3)])
+def test_densities_on_shared_or_separate_points(layout, calls, monkeypatch):
+    """Three densities of 30 charges each: on the same points they go through one direct sum
+    over those 30, on separate points one sum each (a union of 90 would cost three times the
+    work); exact either way."""
+    seen = []
+    orig = evaluate.Plan._few_onto_targets
+    monkeypatch.setattr(evaluate.Plan, "_few_onto_targets",
+                        lambda self, cols, *a: seen.append(list(cols)) or orig(self, cols, *a))
+    rng = np.random.default_rng(9)
+    n = 20000
+    x = rng.random((n, 3))
+    q = np.zeros((n, 3))
+    for j in range(3):
+        at = np.arange(30) * 600 + (0 if layout == "shared" else 1 + j)
+        q[at, j] = rng.standard_normal(30)
+    f = aotfmm.Fmm(x, eps=1e-6, threads=2)
+    pot, grad = f.evaluate(q, gradient=True)
+    assert len(seen) == calls
+    ref_pot, ref_grad = density_reference(x, q, None, x[::50])
+    for j in range(3):
+        assert rel_err(pot[::50, j], ref_pot[j]) <= 1e-12
+        assert rel_err(grad[::50, j], ref_grad[j]) <= 1e-12
