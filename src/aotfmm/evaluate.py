@@ -58,6 +58,24 @@ _MIXED_NEAR = True
 #: density's strongest sources are summed directly (:meth:`Plan._few_split`).
 _FEW_CHARGES = 1000
 
+def density_magnitudes(charges, dipoles):
+    """(k, n) float64: |q| + |d| per density and source, what :data:`_FEW_CHARGES` counts
+    (charges (k, n) and/or dipoles (k, 3, n), either None)."""
+    mag = 0.0
+    if charges is not None:
+        mag = np.abs(charges).astype(np.float64, copy=False)
+    if dipoles is not None:
+        mag = mag + np.sqrt(np.sum(np.abs(dipoles).astype(np.float64) ** 2, axis=1))
+    return mag
+
+
+def few_charges(s1, s2, n):
+    """Per density, whether its field comes from few points: fewer than min(:data:
+    `_FEW_CHARGES`, n / 8) effective charges s1^2 / s2, from the sums s1 and s2 of the
+    magnitudes (:func:`density_magnitudes`) and of their squares over ``n`` sources."""
+    return (s2 > 0) & (s1 * s1 < min(_FEW_CHARGES, n / 8) * s2)
+
+
 #: At most this many sources per density are summed directly (exactly, onto every target) when
 #: its effective number of charges is below :data:`_FEW_CHARGES`: the strongest, as few as leave
 #: a remainder of many effective charges (or none) for the FMM. Cost: this many sources times
@@ -1200,15 +1218,11 @@ class Plan:
         density's remainder, or a density not routed)."""
         if not self.has_far_field:
             return None
-        mag = 0.0
-        if charges is not None:
-            mag = np.abs(charges).astype(np.float64, copy=False)
-        if dipoles is not None:
-            mag = mag + np.sqrt(np.sum(np.abs(dipoles).astype(np.float64) ** 2, axis=1))
+        mag = density_magnitudes(charges, dipoles)
         n = mag.shape[-1]
         n_min = min(_FEW_CHARGES, n / 8)
         s1, s2 = mag.sum(axis=-1), np.square(mag).sum(axis=-1)
-        few = (s2 > 0) & (s1 * s1 < n_min * s2)
+        few = few_charges(s1, s2, n)
         if not few.any():
             return None
         picks, warn = {}, []
@@ -1300,16 +1314,13 @@ class Plan:
         t_lv = leaves[tree.trg_end[leaves] > tree.trg_start[leaves]]
         t_lv = t_lv[np.argsort(tree.trg_start[t_lv], kind="stable")]
         n_s = len(sboxes)
-        # chunks of target leaves: ~2^16 targets and ~2^20 list entries at a time
+        # chunks of whole target leaves (as KifmmPasses._l2p_regular cuts them): a cut every
+        # ~2^16 targets and every 2^20 / n_s leaves (list entries), bounded temporaries
         counts = (tree.trg_end[t_lv] - tree.trg_start[t_lv]).astype(np.int64)
-        cum = np.cumsum(counts)
-        per_leaf = max(1, (1 << 20) // n_s)
-        cuts = [0]
-        while cuts[-1] < len(t_lv):
-            c0 = cuts[-1]
-            base = cum[c0 - 1] if c0 else 0
-            by_targets = int(np.searchsorted(cum, base + (1 << 16), side="right"))
-            cuts.append(min(len(t_lv), c0 + per_leaf, max(c0 + 1, by_targets)))
+        cum = np.concatenate([[0], np.cumsum(counts)])
+        cuts = np.unique(np.concatenate([np.searchsorted(cum, np.arange(0, cum[-1], 1 << 16)),
+                                         np.arange(0, len(t_lv), max(1, (1 << 20) // n_s)),
+                                         [len(t_lv)]]))
         outs = [None if a is None else a[cols] for a in (pot, grad, hess)]  # (copies)
         for c0, c1 in zip(cuts[:-1], cuts[1:]):
             lv = t_lv[c0:c1]

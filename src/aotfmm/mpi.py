@@ -1001,7 +1001,7 @@ class Fmm:
         k = (q if q is not None else d).shape[0]
         _same_on_every_rank(comm, (k, q is not None, d is not None, level, asked),
                             "the densities (k, charges, dipoles) and output levels")
-        self._warn_few_charges(q, d, k)
+        self._warn_few_charges(q, d)
         vdt = np.dtype(np.complex128) if self.family.complex else np.dtype(np.float64)
         seconds = {}
         t = time.perf_counter()
@@ -1046,7 +1046,7 @@ class Fmm:
         return (part(0, 1), part(k, 3) if gradient else None,
                 part(4 * k, 6) if level == 3 else None)
 
-    def _warn_few_charges(self, q, d, k):
+    def _warn_few_charges(self, q, d):
         """An AccuracyWarning on every rank when a density has fewer than
         min(_FEW_CHARGES, n / 8) effective charges ((sum |q|)^2 / sum q^2 over all ranks,
         dipoles by |d|) and some rank has far boxes' equivalent densities. The serial plan
@@ -1056,17 +1056,11 @@ class Fmm:
         ranks through its far box's equivalent density, fitted to that one source: one charge
         on a box face, 1000 points near the corner of the box below, 2 ranks, eps 1e-6:
         gradients up to 1.95x eps (2026-12-04; 6x without the local direct sums). Collective."""
-        mag = np.zeros((k, self._n_in[0]))
-        if q is not None:
-            mag += np.abs(q)
-        if d is not None:
-            mag += np.sqrt(np.sum(np.abs(d) ** 2, axis=1))
+        mag = _evaluate.density_magnitudes(q, d)
         if self._approximates is None:  # (each local FMM sums its own few directly)
             self._approximates = self.comm.allreduce(int(bool(self._n_far))) > 0
-        sums = self.comm.allreduce(np.stack([mag.sum(axis=-1), np.square(mag).sum(axis=-1)]))
-        n_min = min(_evaluate._FEW_CHARGES, self.n_total / 8)
-        s1, s2 = sums
-        few = (s2 > 0) & (s1 * s1 < n_min * s2)
+        s1, s2 = self.comm.allreduce(np.stack([mag.sum(axis=-1), np.square(mag).sum(axis=-1)]))
+        few = _evaluate.few_charges(s1, s2, self.n_total)
         if self._approximates and few.any():
             j = int(np.flatnonzero(few)[0])
             warnings.warn(
