@@ -92,9 +92,6 @@ _FEW_LEFT = 1e-3
 _REGULAR_MU2_MAX = 1.0
 
 
-#: From this table order on, separate targets get two orders more instead of one (see
-#: :func:`choose_parameters`).
-_SEPARATE_TWO_FROM = 12
 
 
 #: Leaves smaller than the table's (an explicit ``ncrit`` below these) get orders more: the
@@ -102,6 +99,24 @@ _SEPARATE_TWO_FROM = 12
 #: more of each target's field into expansions, from more levels. (ncrit below, orders more);
 #: see :func:`choose_parameters` for the measurements.
 _SMALL_LEAF_ORDERS = ((8, 2), (32, 1))
+
+
+#: From this table order on (eps below 4e-7), separate targets get three orders more instead of
+#: two (see :func:`choose_parameters`).
+_SEPARATE_THREE_FROM = 9
+
+#: A plan with separate targets takes leaves of up to this many times the table's ncrit points
+#: (sources and targets counted together): a leaf of m sources and m targets costs the near
+#: field m^2 pair terms per neighbour, one of 2m points of one set 2m^2 / 2 (Newton's third
+#: law), so the table's balance of near field and M2L sits at about twice the points.
+#: Measured 2026-12-04 (2-core AMD EPYC Zen 2, 2 threads, pot+grad, best of 2, ncrit x1 -> x2):
+#: 1e6 uniform sources + 1e6 uniform targets eps 1e-6 (p = 10) 14.1 -> 4.3 s (leaves of 61 ->
+#: 488 points; M2L 11.0 -> 1.2 s), float32 eps 1e-4 2.65 -> 2.2 s; 2e5 + 2e5 1.71 -> 1.11 s;
+#: sphere-surface sources in a ball of targets (5e5 + 5e5) 1.93 -> 1.76 s, a Plummer sphere with
+#: an 80^3 grid 3.58 -> 3.08 s (eps 1e-3 1.44 -> 1.31), 1e6 cube + 1e5 targets on a plane 1.07
+#: -> 0.91 s; 1e6 + 1e5 either way round unchanged (the same tree); none slower beyond noise
+#: (sphere at eps 1e-3 0.98 / 1.01 s).
+_SEPARATE_LEAF = 2
 
 
 def _leaf_orders(ncrit):
@@ -116,9 +131,10 @@ def _order_bump(separate_targets=False, dipoles=False, hessians=False, base=None
     """Orders choose_parameters adds to the table's p ``base`` (see its docstring for the
     measurements)."""
     sep, dip = bool(separate_targets), bool(dipoles)
-    # separate targets: one order, two with dipoles or from _SEPARATE_TWO_FROM (not three)
-    two = sep and (dip or (base is not None and base >= _SEPARATE_TWO_FROM))
-    return sep + two + dip + (1 + sep) * bool(hessians) + _leaf_orders(ncrit)
+    # separate targets: two orders, three from _SEPARATE_THREE_FROM or with dipoles (whose own
+    # order is that third one there; see choose_parameters)
+    three = sep and base is not None and base >= _SEPARATE_THREE_FROM
+    return 2 * sep + max(three, dip) + (1 + 2 * sep) * bool(hessians) + _leaf_orders(ncrit)
 
 
 def order_error(p, separate_targets=False, dipoles=False, hessians=False, family=LAPLACE,
@@ -137,7 +153,7 @@ def order_error(p, separate_targets=False, dipoles=False, hessians=False, family
     worst = family.worst_errors()
     q = p - _order_bump(separate_targets, dipoles, hessians, ncrit=ncrit) - \
         family.extra_orders(size)[0]
-    if separate_targets and not dipoles and q >= _SEPARATE_TWO_FROM:  # took two orders there
+    if separate_targets and not dipoles and q >= _SEPARATE_THREE_FROM:  # took three there
         q -= 1
     lo, hi = min(worst), max(worst)
     if q < lo:
@@ -162,19 +178,33 @@ def choose_parameters(eps, p=None, ncrit=None, separate_targets=False, dipoles=F
     them sits in high-order terms (measured at eps 1e-9, clustered sources, separate targets:
     1.2e-9 at the charges' order).
 
-    Separate targets get one order more (up to P_MAX): targets away from every source see only
-    expansions, and there the gradient error was measured up to ~10x the potential's (two
-    tiny clusters far apart, targets around them: p = 8 gave a gradient error of 1.2e-6).
-    From table order 12 (eps below ~2.5e-9) they get two: at eps 1e-9 a target in a large
-    leaf next to a deep cluster (five Gaussian clusters of width 0.03, 4000 sources, 2000
-    targets in a box twice as wide, ncrit 16-48) had a gradient error of 1.01 eps with one
-    (p = 13; 3.6e-9 of that target's own field), 0.12 eps with two; at eps 1e-8 and above one
-    order keeps it under 0.2 eps. Dipoles at separate targets take that second order at every
-    eps: two clusters of width 1e-3 ten apart, 3000 dipoles, a few hundred targets around
-    them, eps 1e-6, trees 17-18 levels deep (the leaves follow the clusters) gave gradient
-    errors of 9.4e-7..1.5e-6 with one order for the targets (p = 10), 1.8e-7..2.2e-7 with two.
+    Separate targets get two orders more (up to P_MAX): targets away from every source see
+    only expansions, and a local expansion errs most at the corner of its box nearest the
+    sources, which targets spread over their boxes average out (the table) and a target set
+    gathered there does not. Measured 2026-12-04 (1000 targets in a cube 0.006 wide at the
+    corner of the box one width from [0, .5]^3, at z = -0.5; sources: 1e5 uniform in that
+    box, or in its lowest fifth, or 1000 unit charges within 1e-1 / 1e-2 / 1e-3 of a point on
+    its face; 3 seeds each; worst gradient error in the contract's measure, one order -> two):
+    eps 1e-2 5.4 -> 0.25 eps, 1e-3 0.72 -> 0.18, 1e-4 1.8 -> 0.19, 1e-5 1.9 -> 0.77, 1e-6
+    7.7 -> 0.47 (uniform sources 1.2 -> 0.17), 1e-7 4.7 -> 3.2 (uniform 1.7 -> 0.23), so
+    from table order 9 (:data:`_SEPARATE_THREE_FROM`, eps below 4e-7) they get three: the
+    clusters at 1e-7 0.76 eps (p = 12), at 1e-8 2.4 eps with two orders (p = 13). Until then
+    they got one order, two from table order 12, where a target in a large leaf next to a
+    deep cluster (five Gaussian clusters of width 0.03, 4000 sources, 2000 targets in a box
+    twice as wide, ncrit 16-48, eps 1e-9) had a gradient error of 1.01 eps with one (p =
+    13), 0.12 eps with two. Dipoles at separate targets take three orders at every eps
+    (their own and two for the targets; the third separate-target order is not added on top
+    of theirs: not measured with dipoles, and at table order 13 it would pass P_MAX): two clusters of width 1e-3 ten apart, 3000 dipoles, a few
+    hundred targets around them, eps 1e-6, trees 17-18 levels deep gave gradient errors of
+    9.4e-7..1.5e-6 with one order for the targets (p = 10), 1.8e-7..2.2e-7 with two.
 
-    Hessians get one order more again, two with separate targets: at targets far from all
+    A default ncrit is doubled for separate targets (:data:`_SEPARATE_LEAF`: it counts sources
+    and targets together, and a leaf of both costs half the near field of one set of as many).
+
+    Hessians get one order more again, three with separate targets (two until 2026-12-04:
+    at the worst spot above, eps 1e-6, p = 11 / 12 / 13 gave Hessian errors up to 7.5 / 1.9 /
+    0.67 eps against the field of |q| (sqrt 6 |q| / r^3), eps 1e-4, p = 8 / 9 / 10 up to
+    3.8 / 1.4 / 0.08 eps). Before: at targets far from all
     sources they were measured at up to 1.4x eps with one more order than the gradients (same
     two clusters, eps 1e-6, p = 10), at most 5e-8 with two (p = 11).
 
@@ -204,6 +234,8 @@ def choose_parameters(eps, p=None, ncrit=None, separate_targets=False, dipoles=F
     if ncrit is None:
         # keep the leaf size in proportion to the surface size when p is forced
         ncrit = row[2] if p == row[1] else max(16, int(round(row[2] * (p / row[1]) ** 2)))
+        if separate_targets:
+            ncrit *= _SEPARATE_LEAF
     return p, ncrit
 
 

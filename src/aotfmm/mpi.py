@@ -711,12 +711,20 @@ class Fmm:
         of dipoles got 2e-5 relative error at eps 1e-6 (serial: 9e-8)."""
         if self._p_far_arg is not None:
             return self._p_far_arg
-        p, _ = choose_parameters(self.eps, separate_targets=True, dipoles=self._dipoles,
-                                 hessians=self._hessians, family=self.family, size=size)
-        # dipoles and Hessians one more still: with p + 1 (12 at eps 1e-6) targets over the
-        # middle of a far box's check face, where an even order has no check point, got
-        # 1.6e-6 (13: 5e-9)
-        return min(p + (2 if self._dipoles or self._hessians else 1), 16)
+        # from the plan's order without the separate targets' orders (p0 = the table's + 1 for
+        # dipoles + 1 for Hessians): charges 2 more (3 from table order 12), dipoles 4 (+ 1
+        # with Hessians), Hessians 4 (5 from table order 12). Those are the separate targets'
+        # orders of until 2026-12-04 (one, two from table order 12 or with dipoles; Hessians
+        # two more) plus one, two with dipoles or Hessians: with one less (12 at eps 1e-6)
+        # targets over the middle of a far box's check face, where an even order has no check
+        # point, got 1.6e-6 (13: 5e-9).
+        p0, _ = choose_parameters(self.eps, dipoles=self._dipoles, hessians=self._hessians,
+                                  family=self.family, size=size)
+        table = self.family.eps_table
+        late = int(next((r for r in table if self.eps >= r[0]), table[-1])[1] >= 12)
+        more = (4 + self._hessians if self._dipoles else 4 + late if self._hessians
+                else 2 + late)
+        return min(p0 + more, 16)
 
     def _choose_level(self, hist, size):
         """The coarse level (of :data:`_AUTO_LEVELS`) whose partition gives the smallest

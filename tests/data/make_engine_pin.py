@@ -72,13 +72,14 @@ def compute(case, dtype):
         f = plan.fields(q, dipoles=d, pg=2)
         out.update(pot3=f.pot, grad3=f.grad)
     else:
-        plan = aotfmm.Fmm(src, trg, at_sources=True, eps=eps, dtype=dtype, threads=2,
+        # the order and leaf size the pin was made with: one order for the separate targets
+        # (two since 2026-12-04), one for dipoles (since 2026-12 eps picks one more for
+        # dipoles at separate targets)
+        p = choose_parameters(eps)[0] + 1
+        plan = aotfmm.Fmm(src, trg, at_sources=True, eps=eps, dtype=dtype, threads=2, p=p,
                           ncrit=ncrit)
         f = plan.fields(q[:, 0], pg=2, pgt=2)
         out.update(pot1=f.pot, grad1=f.grad, pottarg1=f.pottarg, gradtarg1=f.gradtarg)
-        # the order and leaf size the pin was made with: one order for the separate targets,
-        # one for dipoles (since 2026-12 eps picks one more for dipoles at separate targets)
-        p, _ = choose_parameters(eps, separate_targets=True)
         plan = aotfmm.Fmm(src, trg, dipoles=True, eps=eps, dtype=dtype, threads=2, p=p + 1,
                           ncrit=ncrit)
         f = plan.fields(q, dipoles=d, pgt=2)
