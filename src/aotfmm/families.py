@@ -383,9 +383,10 @@ def _laplace_dg(r):
 #: surface, clustered; float64 with float64 pair terms: a plan with float32 ones, eps >= 1e-6,
 #: adds _dispatch.MIXED_NEAR_ERROR to its expected_eps). Worst errors measured: p=3 2.6e-3,
 #: 4 4.8e-4, 5 6.2e-5, 6 1.0e-5, 7 1.4e-6, 8 1.3e-7, 9 2.4e-8, 10 4.0e-9, 11 7.5e-10,
-#: 12 2.6e-10, 13 5.9e-11, 14 2.1e-11. Separate targets take one order more (see choose_parameters); their worst case
-#: (two tiny far clusters, targets around them) measured 8.2e-7 at p=9, 2.3e-10 at p=13 and
-#: 1.9e-10 at p=14, where deep trees saturate (float64 coordinates of 20-level boxes).
+#: 12 2.6e-10, 13 5.9e-11, 14 2.1e-11. Separate targets take two orders more (three from table
+#: order 9; see choose_parameters); their worst case (two tiny far clusters, targets around
+#: them) measured 8.2e-7 at p=9, 2.3e-10 at p=13 and 1.9e-10 at p=14, where deep trees
+#: saturate (float64 coordinates of 20-level boxes).
 #: ncrit: leaves of ~ncrit/2..ncrit points balance P2P against M2L; measured on uniform 1e5 and
 #: 1e6 points at eps 1e-6 (p = 8): ncrit 160 -> 0.75 s / 7.2 s, 400 -> 0.44 s / 4.3 s (pot+grad).
 #: With the near field by Newton's third law (half the pair work) p = 5..7 also do best with 400:
