@@ -87,6 +87,15 @@ _FEW_DIRECT = 1000
 #: its own field in gradients, is then not small against the whole field's).
 _FEW_LEFT = 1e-3
 
+#: Charge on few spots: :meth:`Plan._few_places` counts a density's magnitudes per cell of a
+#: grid of this many cells per side over the sources' bounding cube (cells 1/64 of the domain,
+#: 1/16 of the coarsest boxes that translate: the far field sees what one holds as about one
+#: point). 1000 unit charges on one point (or within 1e-3) have 1000 effective charges but one
+#: effective cell. A Plummer sphere of 1e6 points has ~770 effective cells, but its heaviest
+#: hold thousands of sources each, more than :data:`_FEW_DIRECT`: not routed (and its field
+#: meets the contract).
+_FEW_CELLS = 64
+
 #: The split is used at levels whose reference family has |mu2| <= this (half-width 1): the
 #: series of KernelFamily.regular stays exact there (|mu2| r^2 <= 3.2 on the surfaces used).
 _REGULAR_MU2_MAX = 1.0
@@ -473,6 +482,7 @@ class Plan:
         #: the target boxes whose near field rounding to float32 would hurt, with float64
         #: geometry for them (None: none); :meth:`_rounding_redo`
         self.rounding_left = None  # the bounds left after the redo (None: nothing moved)
+        self._cells = None  # Plan._source_cells, made on first use
         self.redo = self._rounding_redo(tree, dipoles, hessians)
         redo_pairs = 0 if self.redo is None else float(self.redo.cost.sum())
         if redo_pairs > 2e7 and redo_pairs > 0.25 * (redo_pairs + self.near_cost.sum()):
@@ -1243,8 +1253,10 @@ class Plan:
         Per density with fewer than min(:data:`_FEW_CHARGES`, n / 8) effective charges
         ((sum |q|)^2 / sum q^2, dipoles by |d|, both added for both): its non-zero sources if
         at most :data:`_FEW_DIRECT`, else the fewest of its strongest that leave a remainder of
-        that many effective charges, else the :data:`_FEW_DIRECT` strongest (and an
-        AccuracyWarning if the rest carries over :data:`_FEW_LEFT` of sum |q|).
+        that many effective charges, else the :data:`_FEW_DIRECT` strongest. Then, of what is
+        left, charge that sits in few places (:meth:`_few_places`). An AccuracyWarning if what
+        the FMM is left with still has few effective charges and carries over :data:`_FEW_LEFT`
+        of sum |q|.
         Returns None (nothing to route) or (picks, rest): per density index the caller-order
         indices of its routed sources, and whether the FMM has anything left to do (a routed
         density's remainder, or a density not routed)."""
@@ -1255,10 +1267,7 @@ class Plan:
         n_min = min(_FEW_CHARGES, n / 8)
         s1, s2 = mag.sum(axis=-1), np.square(mag).sum(axis=-1)
         few = few_charges(s1, s2, n)
-        if not few.any():
-            return None
-        picks, warn = {}, []
-        left = bool(((s2 > 0) & ~few).any())
+        picks = {}
         for j in np.flatnonzero(few):
             m = mag[j]
             nz = np.flatnonzero(m)
@@ -1277,9 +1286,23 @@ class Plan:
             many = r1 * r1 >= n_min * r2
             kk = int(np.argmax(many)) if many.any() else _FEW_DIRECT
             picks[int(j)] = np.sort(top[:kk])
-            left = True
-            if not many.any() and r1[kk] > _FEW_LEFT * s1[j]:
-                warn.append((int(j), r1[kk] / s1[j]))
+        left, warn = False, []
+        for j in np.flatnonzero(s2 > 0):
+            m = mag[j]
+            if j in picks:
+                if len(picks[j]) == np.count_nonzero(m):
+                    continue  # all of it routed
+                m = m.copy()
+                m[picks[j]] = 0.0
+            more = self._few_places(m, n_min)
+            if more is not None:
+                picks[int(j)] = np.union1d(picks.get(int(j), more[:0]), more)
+                m = m.copy()
+                m[more] = 0.0
+            r1, r2 = m.sum(), np.square(m).sum()
+            left = left or r2 > 0
+            if r2 > 0 and r1 * r1 < n_min * r2 and r1 > _FEW_LEFT * s1[j]:
+                warn.append((int(j), r1 / s1[j]))
         if warn:
             j, frac = max(warn, key=lambda w: w[1])
             warnings.warn(f"the field of density {j} comes from few points: its "
@@ -1292,7 +1315,44 @@ class Plan:
                           f"Fields of few charges). Ask for a smaller eps or sum such fields "
                           f"directly (aotfmm.direct)",
                           AccuracyWarning, stacklevel=_frame._caller_level())
-        return picks, left
+        return (picks, left) if picks else None
+
+    def _few_places(self, m, n_min):
+        """Caller-order indices of the sources (magnitudes ``m``, caller order) in the fewest
+        of the heaviest cells (:data:`_FEW_CELLS` per side of the sources' bounding cube)
+        that leave the rest of ``m`` in many effective cells (as :data:`_FEW_CHARGES` counts
+        charges), when ``m`` sits in fewer than ``n_min`` effective cells and those sources
+        are at most :data:`_FEW_DIRECT`; else None. Many charges on one spot are one charge to
+        the far field (1000 on one point: 143x eps in gradients through the expansions)."""
+        cell = self._source_cells()
+        q = np.bincount(cell, weights=m, minlength=_FEW_CELLS ** 3)
+        c1, c2 = q.sum(), np.dot(q, q)
+        if not (c2 > 0 and c1 * c1 < n_min * c2):
+            return None
+        order = np.flatnonzero(q)
+        order = order[np.argsort(-q[order], kind="stable")]      # heaviest first
+        t1 = np.concatenate((np.cumsum(q[order][::-1])[::-1], [0.0]))  # the rest, K taken
+        t2 = np.concatenate((np.cumsum(np.square(q[order])[::-1])[::-1], [0.0]))
+        kk = int(np.argmax((t1 * t1 >= n_min * t2) | (t2 == 0)))
+        take = np.zeros(len(q), dtype=bool)
+        take[order[:kk]] = True
+        sel = np.flatnonzero(take[cell] & (m > 0))
+        return sel if len(sel) <= _FEW_DIRECT else None
+
+    def _source_cells(self):
+        """(n_sources,) int32, caller order: each source's cell of a grid of :data:`_FEW_CELLS`^3
+        over the sources' bounding cube (frame coordinates; computed once per plan)."""
+        if self._cells is None:
+            pts = self.frame_points("src")
+            lo = pts.min(axis=1)
+            w = float((pts.max(axis=1) - lo).max()) / _FEW_CELLS
+            ijk = np.minimum(((pts - lo[:, None]) / (w if w > 0 else 1.0)).astype(np.int64),
+                             _FEW_CELLS - 1)
+            del pts
+            key = ((ijk[0] * _FEW_CELLS + ijk[1]) * _FEW_CELLS + ijk[2]).astype(np.int32)
+            self._cells = np.empty_like(key)
+            self._cells[self.tree.src_perm] = key
+        return self._cells
 
     def _few_direct(self, picks, charges, dipoles, pot, grad, hess):
         """Add to ``pot``/``grad``/``hess`` (tree target order, frame units) the fields of the
