@@ -76,6 +76,13 @@ def few_charges(s1, s2, n):
     return (s2 > 0) & (s1 * s1 < min(_FEW_CHARGES, n / 8) * s2)
 
 
+def _tail_sums(v):
+    """Sums of v[K:] and of its squares for K = 0 .. len(v) (non-negative v: tail sums, so no
+    cancellation when what is left is tiny)."""
+    return (np.concatenate((np.cumsum(v[::-1])[::-1], [0.0])),
+            np.concatenate((np.cumsum(np.square(v)[::-1])[::-1], [0.0])))
+
+
 #: At most this many sources per density are summed directly (exactly, onto every target) when
 #: its effective number of charges is below :data:`_FEW_CHARGES`: the strongest, as few as leave
 #: a remainder of many effective charges (or none) for the FMM. Cost: this many sources times
@@ -99,9 +106,6 @@ _FEW_CELLS = 64
 #: The split is used at levels whose reference family has |mu2| <= this (half-width 1): the
 #: series of KernelFamily.regular stays exact there (|mu2| r^2 <= 3.2 on the surfaces used).
 _REGULAR_MU2_MAX = 1.0
-
-
-
 
 #: Leaves smaller than the table's (an explicit ``ncrit`` below these) get orders more: the
 #: table's errors were measured with its own leaves (ncrit 80-800), and smaller leaves put
@@ -1278,10 +1282,8 @@ class Plan:
             top = top[np.argsort(-m[top], kind="stable")]          # strongest first
             rest = m.copy()
             rest[top] = 0.0
-            # what remains after routing the K strongest, K = 0 .. _FEW_DIRECT: sums of
-            # non-negative terms (no cancellation when the remainder is tiny)
-            t1 = np.concatenate((np.cumsum(m[top][::-1])[::-1], [0.0]))
-            t2 = np.concatenate((np.cumsum(np.square(m[top])[::-1])[::-1], [0.0]))
+            # what remains after routing the K strongest, K = 0 .. _FEW_DIRECT
+            t1, t2 = _tail_sums(m[top])
             r1, r2 = rest.sum() + t1, np.square(rest).sum() + t2
             many = r1 * r1 >= n_min * r2
             kk = int(np.argmax(many)) if many.any() else _FEW_DIRECT
@@ -1331,8 +1333,7 @@ class Plan:
             return None
         order = np.flatnonzero(q)
         order = order[np.argsort(-q[order], kind="stable")]      # heaviest first
-        t1 = np.concatenate((np.cumsum(q[order][::-1])[::-1], [0.0]))  # the rest, K taken
-        t2 = np.concatenate((np.cumsum(np.square(q[order])[::-1])[::-1], [0.0]))
+        t1, t2 = _tail_sums(q[order])  # what remains with the K heaviest taken
         kk = int(np.argmax((t1 * t1 >= n_min * t2) | (t2 == 0)))
         take = np.zeros(len(q), dtype=bool)
         take[order[:kk]] = True
