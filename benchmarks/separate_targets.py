@@ -61,8 +61,7 @@ def layouts(n, rng):
 
 def old_choice(eps):
     """(p, ncrit) a separate-target plan took until 2026-12-04 (charges, Laplace)."""
-    row = next((r for r in aotfmm.families.LAPLACE.eps_table if eps >= r[0]),
-               aotfmm.families.LAPLACE.eps_table[-1])
+    row = evaluate.table_row(eps)
     return min(row[1] + 1 + (row[1] >= 12), 16), row[2]
 
 

@@ -29,6 +29,16 @@ def worst_place(seed, m=1000, d=0.003):
     return pts, q
 
 
+def on_one_point(seed, extra):
+    """worst_place(seed) with ``extra`` more unit charges on its charge's point: (points,
+    charges, and the reference pot, grad of that one point of 1 + extra at every point)."""
+    pts, q = worst_place(seed)
+    pts = np.vstack([pts, np.repeat(pts[:1], extra, axis=0)])
+    q = np.r_[q, np.ones(extra)]
+    ref_pot, ref_grad = density_reference(pts[:1], (1.0 + extra) * np.ones((1, 1)), None, pts)
+    return pts, q, ref_pot[0], ref_grad[0]
+
+
 def few_warnings(w):
     return [str(x.message) for x in w if issubclass(x.category, aotfmm.AccuracyWarning)
             and "few points" in str(x.message)]
@@ -235,15 +245,11 @@ def test_many_charges_at_one_point_are_one_charge():
     point is the field of one charge of 1000, but (sum |q|)^2 / sum q^2 = 1000 is not few, so
     it went through the expansions: gradients 143x eps (contract measure) at eps 1e-6. Since
     then charge on few spots (one cell of 64^3 here) is routed too: exact."""
-    pts, q = worst_place(6)
-    pts = np.vstack([pts, np.repeat(pts[:1], 999, axis=0)])
-    q = np.r_[q, np.ones(999)]
-    f = aotfmm.Fmm(pts, eps=1e-6, threads=2)
-    pot, grad = f.evaluate(q, gradient=True)
-    ref_pot, ref_grad = density_reference(pts[:1], 1000.0 * np.ones((1, 1)), None, pts)
+    pts, q, ref_pot, ref_grad = on_one_point(6, 999)
+    pot, grad = aotfmm.Fmm(pts, eps=1e-6, threads=2).evaluate(q, gradient=True)
     # one point source: its field is its own field of |q| (the contract's measure)
-    assert rel_err(pot, ref_pot[0]) <= 1e-12
-    assert rel_err(grad, ref_grad[0]) <= 1e-12
+    assert rel_err(pot, ref_pot) <= 1e-12
+    assert rel_err(grad, ref_grad) <= 1e-12
 
 
 @pytest.mark.xfail(strict=True, reason="known gap (README 'more than 1000 sources on few "
@@ -252,14 +258,10 @@ def test_many_charges_at_one_point_are_one_charge():
 def test_more_than_the_direct_budget_on_one_point():
     """Hostile test 2026-12-04 (second round): one source more than the routing's budget on
     the same point, and nothing is routed."""
-    pts, q = worst_place(6)
-    pts = np.vstack([pts, np.repeat(pts[:1], 1000, axis=0)])
-    q = np.r_[q, np.ones(1000)]
-    f = aotfmm.Fmm(pts, eps=1e-6, threads=2)
-    pot, grad = f.evaluate(q, gradient=True)
-    ref_pot, ref_grad = density_reference(pts[:1], 1001.0 * np.ones((1, 1)), None, pts)
-    assert np.linalg.norm(pot - ref_pot[0]) <= 1e-6 * np.linalg.norm(ref_pot[0])
-    assert np.linalg.norm(grad - ref_grad[0]) <= 1e-6 * np.linalg.norm(ref_grad[0])
+    pts, q, ref_pot, ref_grad = on_one_point(6, 1000)
+    pot, grad = aotfmm.Fmm(pts, eps=1e-6, threads=2).evaluate(q, gradient=True)
+    assert np.linalg.norm(pot - ref_pot) <= 1e-6 * np.linalg.norm(ref_pot)
+    assert np.linalg.norm(grad - ref_grad) <= 1e-6 * np.linalg.norm(ref_grad)
 
 
 @pytest.mark.parametrize("rad", [1e-3, 1e-1])
@@ -287,9 +289,7 @@ def test_a_strong_charge_and_a_cluster_are_both_summed_directly():
     """A charge of 100 at a domain corner and 1000 unit charges on the worst place's point: the
     count routes the strong one and leaves the cluster (1000 effective charges) to the
     expansions (8.6x eps in gradients, hostile test 2026-12-04); by place it goes too."""
-    pts, q = worst_place(4)
-    pts = np.vstack([pts, np.repeat(pts[:1], 999, axis=0)])
-    q = np.r_[q, np.ones(999)]
+    pts, q, _, _ = on_one_point(4, 999)
     q[1502] = 100.0  # the corner (1, 1, 1)
     f = aotfmm.Fmm(pts, eps=1e-6, threads=2)
     picks, _ = f._core._few_split(q[None], None)

@@ -174,6 +174,13 @@ def order_error(p, separate_targets=False, dipoles=False, hessians=False, family
     return worst[min(q, hi)]
 
 
+def table_row(eps, family=LAPLACE):
+    """The row (eps, p, ncrit) of the family's eps -> p table that serves ``eps``: the first
+    whose eps is at most the one asked for (the last row below all)."""
+    table = family.eps_table
+    return next((r for r in table if eps >= r[0]), table[-1])
+
+
 def choose_parameters(eps, p=None, ncrit=None, separate_targets=False, dipoles=False,
                       hessians=False, family=LAPLACE, size=None, dtype=None, n_points=None):
     """(p, ncrit) for an accuracy target; explicit values win.
@@ -207,9 +214,10 @@ def choose_parameters(eps, p=None, ncrit=None, separate_targets=False, dipoles=F
     twice as wide, ncrit 16-48, eps 1e-9) had a gradient error of 1.01 eps with one (p =
     13), 0.12 eps with two. Dipoles at separate targets take three orders at every eps
     (their own and two for the targets; the third separate-target order is not added on top
-    of theirs: not measured with dipoles, and at table order 13 it would pass P_MAX): two clusters of width 1e-3 ten apart, 3000 dipoles, a few
-    hundred targets around them, eps 1e-6, trees 17-18 levels deep gave gradient errors of
-    9.4e-7..1.5e-6 with one order for the targets (p = 10), 1.8e-7..2.2e-7 with two.
+    of theirs: not measured with dipoles, and at table order 13 it would pass P_MAX): two
+    clusters of width 1e-3 ten apart, 3000 dipoles, a few hundred targets around them, eps
+    1e-6, trees 17-18 levels deep gave gradient errors of 9.4e-7..1.5e-6 with one order for
+    the targets (p = 10), 1.8e-7..2.2e-7 with two.
 
     A default ncrit is doubled for separate targets (:data:`_SEPARATE_LEAF`: it counts sources
     and targets together, and a leaf of both costs half the near field of one set of as many).
@@ -233,8 +241,7 @@ def choose_parameters(eps, p=None, ncrit=None, separate_targets=False, dipoles=F
     (3.3e-6 at eps 1e-6, p = 8), 20000 sources with 1000 grid targets and ncrit 8-30 up to
     2.8x eps (eps 4e-9). One order lowers these errors ~5x.
     """
-    table = family.eps_table
-    row = next((r for r in table if eps >= r[0]), table[-1])
+    row = table_row(eps, family)
     if dtype is not None and np.dtype(dtype) == np.float32 and n_points is not None:
         leaf = next((c for p_max, c in family.float32_ncrit if row[1] <= p_max), None)
         if leaf is not None and n_points > 64 * max(row[2], leaf):

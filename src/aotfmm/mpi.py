@@ -74,7 +74,7 @@ from ._validation import (as_bool, as_densities, as_points, check_eps, check_int
                           check_kernel, check_level,
                           real_dtype, resolve_value_dtype)
 from . import evaluate as _evaluate
-from .evaluate import _DECAY_LH_MAX, _SCREEN, AccuracyWarning, choose_parameters
+from .evaluate import _DECAY_LH_MAX, _SCREEN, AccuracyWarning, choose_parameters, table_row
 from .expansions import check_potentials
 from .morton import MAX_LEVEL as MORTON_MAX_LEVEL
 from .morton import deinterleave, interleave, point_codes
@@ -720,8 +720,7 @@ class Fmm:
         # point, got 1.6e-6 (13: 5e-9).
         p0, _ = choose_parameters(self.eps, dipoles=self._dipoles, hessians=self._hessians,
                                   family=self.family, size=size)
-        table = self.family.eps_table
-        late = int(next((r for r in table if self.eps >= r[0]), table[-1])[1] >= 12)
+        late = int(table_row(self.eps, self.family)[1] >= 12)
         more = (4 + self._hessians if self._dipoles else 4 + late if self._hessians
                 else 2 + late)
         return min(p0 + more, 16)
