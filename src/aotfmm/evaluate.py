@@ -19,7 +19,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import _dispatch, _driver, _frame, _geometry, _rounding, _threads, _validation, expansions
+from . import (_dispatch, _driver, _frame, _geometry, _rounding, _spots, _threads, _validation,
+               expansions)
 from ._driver import DownLevel, UpLevel
 from .cache import key_hash
 from ._direct import p2p as near_field
@@ -494,6 +495,7 @@ class Plan:
         #: geometry for them (None: none); :meth:`_rounding_redo`
         self.rounding_left = None  # the bounds left after the redo (None: nothing moved)
         self._cells = None  # Plan._source_cells, made on first use
+        self._spot_cache = None  # spot operators by (half-width, tolerance): aotfmm._spots
         self.redo = self._rounding_redo(tree, dipoles, hessians)
         redo_pairs = 0 if self.redo is None else float(self.redo.cost.sum())
         if redo_pairs > 2e7 and redo_pairs > 0.25 * (redo_pairs + self.near_cost.sum()):
@@ -1257,7 +1259,7 @@ class Plan:
         }
 
     # ------------------------------------------------------------------ evaluate
-    def _few_split(self, charges, dipoles):
+    def _few_split(self, charges, dipoles, hessian=False):
         """The sources to sum directly for densities whose field comes from few points (see
         :data:`_FEW_CHARGES`), on a plan with a far field (an all-direct plan is exact).
 
@@ -1268,9 +1270,13 @@ class Plan:
         left, charge that sits in few places (:meth:`_few_places`). An AccuracyWarning if what
         the FMM is left with still has few effective charges and carries over :data:`_FEW_LEFT`
         of sum |q|.
-        Returns None (nothing to route) or (picks, rest): per density index the caller-order
-        indices of its routed sources, and whether the FMM has anything left to do (a routed
-        density's remainder, or a density not routed)."""
+        Where the heaviest cells hold more than :data:`_FEW_DIRECT` sources, each connected set
+        of them is a spot translated from a box centred on it (:mod:`aotfmm._spots`; hessian:
+        whether Hessians are asked for).
+        Returns None (nothing to route) or (picks, spots, rest): per density index the
+        caller-order indices of its sources summed directly, per density index its spots
+        (:func:`aotfmm._spots.plan_spots`), and whether the FMM has anything left to do (a
+        routed density's remainder, or a density not routed)."""
         if not self.has_far_field:
             return None
         mag = density_magnitudes(charges, dipoles)
@@ -1295,7 +1301,7 @@ class Plan:
             many = r1 * r1 >= n_min * r2
             kk = int(np.argmax(many)) if many.any() else _FEW_DIRECT
             picks[int(j)] = np.sort(top[:kk])
-        left, warn = False, []
+        left, warn, spots = False, [], {}
         for j in np.flatnonzero(s2 > 0):
             m = mag[j]
             if j in picks:
@@ -1304,10 +1310,19 @@ class Plan:
                 m = m.copy()
                 m[picks[j]] = 0.0
             more = self._few_places(m, n_min)
-            if more is not None:
-                picks[int(j)] = np.union1d(picks.get(int(j), more[:0]), more)
+            if more is not None and more[1] is not None:  # spots: a translation of each
+                if self._spot_cache is None:
+                    self._spot_cache = {}
+                sp = _spots.plan_spots(self, more[1], self.eps, dipoles is not None or hessian,
+                                       self._cell_width, self._spot_cache)
+                if sp is not None:
+                    spots[int(j)] = sp
+                    m = m.copy()
+                    m[more[0]] = 0.0
+            elif more is not None:
+                picks[int(j)] = np.union1d(picks.get(int(j), more[0][:0]), more[0])
                 m = m.copy()
-                m[more] = 0.0
+                m[more[0]] = 0.0
             r1, r2 = m.sum(), np.square(m).sum()
             left = left or r2 > 0
             if r2 > 0 and r1 * r1 < n_min * r2 and r1 > _FEW_LEFT * s1[j]:
@@ -1324,15 +1339,18 @@ class Plan:
                           f"Fields of few charges). Ask for a smaller eps or sum such fields "
                           f"directly (aotfmm.direct)",
                           AccuracyWarning, stacklevel=_frame._caller_level())
-        return (picks, left) if picks else None
+        return (picks, spots, left) if picks or spots else None
 
     def _few_places(self, m, n_min):
         """Caller-order indices of the sources (magnitudes ``m``, caller order) in the fewest
         of the heaviest cells (:data:`_FEW_CELLS` per side of the sources' bounding cube)
         that leave the rest of ``m`` in many effective cells (as :data:`_FEW_CHARGES` counts
-        charges), when ``m`` sits in fewer than ``n_min`` effective cells and those sources
-        are at most :data:`_FEW_DIRECT`; else None. Many charges on one spot are one charge to
-        the far field (1000 on one point: 143x eps in gradients through the expansions)."""
+        charges), when ``m`` sits in fewer than ``n_min`` effective cells: (those indices,
+        None) if they are at most :data:`_FEW_DIRECT` (to be summed directly), else (those
+        indices, their spots: per connected set of the cells, its sources' tree-order indices,
+        sorted; :mod:`aotfmm._spots`); None if ``m`` is on many cells or in more than
+        :data:`aotfmm._spots._MAX_SPOTS` sets. Many charges on one spot are one charge to the
+        far field (1000 on one point: 143x eps in gradients through the expansions)."""
         cell = self._source_cells()
         q = np.bincount(cell, weights=m, minlength=_FEW_CELLS ** 3)
         c1, c2 = q.sum(), np.dot(q, q)
@@ -1345,7 +1363,18 @@ class Plan:
         take = np.zeros(len(q), dtype=bool)
         take[order[:kk]] = True
         sel = np.flatnonzero(take[cell] & (m > 0))
-        return sel if len(sel) <= _FEW_DIRECT else None
+        if len(sel) <= _FEW_DIRECT:
+            return sel, None
+        if kk > 8 * _spots._MAX_SPOTS:
+            return None
+        label = np.full(len(q), -1, dtype=np.int64)
+        label[order[:kk]] = _spots.components(order[:kk], _FEW_CELLS)
+        if label.max() >= _spots._MAX_SPOTS:
+            return None
+        inv = np.empty_like(self.tree.src_perm)
+        inv[self.tree.src_perm] = np.arange(len(inv), dtype=inv.dtype)
+        lab = label[cell[sel]]
+        return sel, [np.sort(inv[sel[lab == i]]) for i in range(int(lab.max()) + 1)]
 
     def _source_cells(self):
         """(n_sources,) int32, caller order: each source's cell of a grid of :data:`_FEW_CELLS`^3
@@ -1358,8 +1387,9 @@ class Plan:
                              _FEW_CELLS - 1)
             del pts
             key = ((ijk[0] * _FEW_CELLS + ijk[1]) * _FEW_CELLS + ijk[2]).astype(np.int32)
-            self._cells = np.empty_like(key)
-            self._cells[self.tree.src_perm] = key
+            cells = np.empty_like(key)
+            cells[self.tree.src_perm] = key
+            self._cell_width, self._cells = w, cells
         return self._cells
 
     def _few_direct(self, picks, charges, dipoles, pot, grad, hess):
@@ -1411,9 +1441,31 @@ class Plan:
         s_start = s_start.astype(np.int64)
         sboxes = s_lv[sboxes]
         xyz = np.ascontiguousarray(self.src[:, idx], dtype=np.float64)
+        outs = [None if a is None else a[cols] for a in (pot, grad, hess)]  # (copies)
+        self._sum_onto_leaves(xyz, qd, dd, s_start, s_end, self.anchor[sboxes],
+                              self.target_leaves(), outs)
+        if self.redo is not None:
+            self._few_redo(idx, qd, dd, outs)
+        for a, b in zip((pot, grad, hess), outs):
+            if a is not None:
+                a[cols] = b
+
+    def target_leaves(self):
+        """The leaves holding targets, in the order of their target ranges."""
+        tree = self.tree
+        leaves = tree.leaves
         t_lv = leaves[tree.trg_end[leaves] > tree.trg_start[leaves]]
-        t_lv = t_lv[np.argsort(tree.trg_start[t_lv], kind="stable")]
-        n_s = len(sboxes)
+        return t_lv[np.argsort(tree.trg_start[t_lv], kind="stable")]
+
+    def _sum_onto_leaves(self, xyz, qd, dd, s_start, s_end, s_anchor, t_lv, outs):
+        """Add to ``outs`` (pot (k, n_trg), grad (k, 3, n_trg), hess (k, 6, n_trg), each or
+        None; tree target order, frame units) the fields of the sources ``xyz`` ((3, n)
+        float64, frame units, each box's points relative to its anchor ``s_anchor[i]`` (caller
+        units), boxes ``s_start``/``s_end``) with densities ``qd`` (k, n) / ``dd`` (k, 3, n)
+        (either None) at every target of the leaves ``t_lv``, every pair, exact 1/r, from
+        anchor-to-anchor shifts taken in float64 (as the near field is)."""
+        tree = self.tree
+        n_s = len(s_start)
         # chunks of whole target leaves (as KifmmPasses._l2p_regular cuts them): a cut every
         # ~2^16 targets and every 2^20 / n_s leaves (list entries), bounded temporaries
         counts = (tree.trg_end[t_lv] - tree.trg_start[t_lv]).astype(np.int64)
@@ -1421,33 +1473,27 @@ class Plan:
         cuts = np.unique(np.concatenate([np.searchsorted(cum, np.arange(0, cum[-1], 1 << 16)),
                                          np.arange(0, len(t_lv), max(1, (1 << 20) // n_s)),
                                          [len(t_lv)]]))
-        outs = [None if a is None else a[cols] for a in (pot, grad, hess)]  # (copies)
         for c0, c1 in zip(cuts[:-1], cuts[1:]):
             lv = t_lv[c0:c1]
-            r0, r1 = int(tree.trg_start[lv[0]]), int(tree.trg_end[lv[-1]])
             n_c = len(lv)
-            trg = np.ascontiguousarray(self.trg[:, r0:r1], dtype=np.float64)
-            shift = ((self.anchor[lv][:, None, :] - self.anchor[sboxes][None, :, :])
+            at = _ranges(tree.trg_start[lv].astype(np.int64), tree.trg_end[lv].astype(np.int64))
+            trg = np.ascontiguousarray(self.trg[:, at], dtype=np.float64)
+            loc = cum[c0:c1 + 1] - cum[c0]
+            shift = ((self.anchor[lv][:, None, :] - s_anchor[None, :, :])
                      / self.frame_scale).reshape(-1, 3)
-            out = [None if a is None else np.zeros(a.shape[:-1] + (r1 - r0,), dtype=v64)
+            out = [None if a is None else np.zeros(a.shape[:-1] + (len(at),),
+                                                   dtype=self.family.value_dtype(np.float64))
                    for a in outs]
-            near_field(xyz, qd, trg, s_start, s_end,
-                       (tree.trg_start[lv] - r0).astype(np.int64),
-                       (tree.trg_end[lv] - r0).astype(np.int64),
+            near_field(xyz, qd, trg, s_start, s_end, loc[:-1].copy(), loc[1:].copy(),
                        np.arange(n_c + 1, dtype=np.int64) * n_s,
                        np.tile(np.arange(n_s, dtype=np.int64), n_c),
                        np.arange(n_c, dtype=np.int64), out[0], out[1], self.workers,
-                       cost=counts[c0:c1] * len(idx) + 1.0, dipoles=dd, exact=True,
+                       cost=counts[c0:c1] * xyz.shape[1] + 1.0, dipoles=dd, exact=True,
                        hess=out[2], shift=np.ascontiguousarray(shift), family=self.family)
             with np.errstate(over="ignore"):  # (an overflow is reported when unscaled)
                 for a, b in zip(outs, out):
                     if a is not None:
-                        a[..., r0:r1] += b.astype(a.dtype)
-        if self.redo is not None:
-            self._few_redo(idx, qd, dd, outs)
-        for a, b in zip((pot, grad, hess), outs):
-            if a is not None:
-                a[cols] = b
+                        a[..., at] += b.astype(a.dtype)
 
     def _few_redo(self, idx, qd, dd, outs):
         """Float32 plans: on the boxes :meth:`_rounding_redo` picked, the routed sources of
@@ -1504,7 +1550,7 @@ class Plan:
 
         k = (charges if charges is not None else dipoles).shape[0]
         gradient = gradient or hessian
-        few = self._few_split(charges, dipoles) if comm is _driver.SERIAL else None
+        few = self._few_split(charges, dipoles, hessian) if comm is _driver.SERIAL else None
         if self.rounding_left is not None:  # a derivative beyond what the plan was built for
             order = min(int(gradient) + int(hessian) + int(dipoles is not None), 3)
             if self.rounding_left[order] > self.eps / 2:
@@ -1528,14 +1574,23 @@ class Plan:
         tick("prepare")
         run_fmm = True
         if few is not None:  # the few strong sources directly, the rest through the FMM
-            picks, run_fmm = few
-            per = self._few_direct(picks, charges, dipoles, pot, grad, hess)
+            picks, spots, run_fmm = few
+            per = self._few_direct(picks, charges, dipoles, pot, grad, hess) if picks else {}
+            if picks:
+                tick("few_direct")
+            for j, sp in spots.items():
+                outs = [None if a is None else a[j:j + 1] for a in (pot, grad, hess)]
+                for spot in sp:
+                    _spots.spot_fields(self, spot, j, charges, dipoles, outs)
+                per[j] = np.union1d(per.get(j, sp[0]["idx"][:0]),
+                                    np.concatenate([spot["idx"] for spot in sp]))
+            if spots:
+                tick("few_spots")
             for j, c in per.items():  # (out of the FMM's densities)
                 if q is not None:
                     (q if q.ndim == 2 else q[None])[j, c] = 0
                 if dip is not None:
                     dip[j, :, c] = 0
-            tick("few_direct")
         passes = KifmmPasses(self, q, dip, pot, grad, hess)
         tick("prepare")
         timer = _driver.Timer(

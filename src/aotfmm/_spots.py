@@ -1,0 +1,233 @@
+"""Charge on few compact spots with more sources than the direct budget: each spot's field from
+an equivalent density on a small box centred on the spot.
+
+The eps -> p table measures fields of many charges spread through their boxes. Charge that sits
+on few places (:meth:`aotfmm.evaluate.Plan._few_places`) has the field of a few points at the
+far targets, and a point in the worst place of a translation misses eps by up to ~150x in
+gradients. Up to :data:`aotfmm.evaluate._FEW_DIRECT` such sources are summed directly; beyond
+that (1001 charges on one point: 143x eps, hostile test 2026-12-04) each spot (a connected set
+of the heavy cells) is translated from a cube of half-width h centred on its own sources,
+where a source's place is never worse than the cube's corner and the far targets are at least
+:data:`RHO` h away: KIFMM's upward equivalent density of that cube (check surface 2.95 h,
+equivalent surface 1.05 h, as the FMM's own boxes), of the lowest order whose worst error,
+measured here for the plan's kernel on unit charges at the cube's corners against targets on
+spheres of radius RHO h .. 5 RHO h, is within :data:`_SHARE` of eps. Targets nearer than RHO h
+(by their leaf's box) get the spot's sources pair by pair. The FMM gets the density without the
+spot's sources.
+"""
+import numpy as np
+
+from . import _blas
+from ._direct import p2p as near_field
+from .operators import P_MAX, _pinv_factors, default_pinv_cutoff
+from .surfaces import DEFAULT_RADII, n_surf, surface
+
+#: Far targets are at least this many spot half-widths from the spot's centre (twice the
+#: check surface's radius). Laplace, unit charge at a corner of the cube, worst relative
+#: gradient error at RHO = 4 / 6 / 8: order 6 3.7e-5 / 5.1e-6 / 2.3e-6, order 9 2.9e-7 /
+#: 1.3e-8 / 4.7e-9 (further out it stops falling: the surfaces' own resolution).
+RHO = 6.0
+
+#: A spot's worst relative error (per source, against that source's own field: so against the
+#: field of |q| of the spot) is at most eps / _SHARE for charges' potentials and gradients, and
+#: eps / (_SHARE * _STRICTER) when dipoles or Hessians are asked for (their errors measured
+#: 3-12x the charges' gradients at the same order, Laplace).
+_SHARE = 20.0
+_STRICTER = 10.0
+
+#: At most this many spots per density (connected sets of heavy cells) ...
+_MAX_SPOTS = 64
+#: ... costing at most this many pairs per target in all (spot sources times near targets,
+#: equivalent points times far targets), or 1e8 pairs: else nothing is routed.
+_PAIRS_PER_TARGET = 2000
+_PAIRS_ANYWAY = 1e8
+
+_NEIGHBOURS = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)
+                        if (i, j, k) != (0, 0, 0)])
+
+
+def components(keys, n):
+    """Connected sets (26-neighbourhood) of the cells ``keys`` (flat indices into an n^3 grid):
+    a label 0 .. n_sets - 1 per key."""
+    keys = np.asarray(keys, dtype=np.int64)
+    pos = {int(k): i for i, k in enumerate(keys)}
+    ijk = np.stack(np.unravel_index(keys, (n, n, n)), axis=1)
+    label = np.full(len(keys), -1, dtype=np.int64)
+    n_sets = 0
+    for start in range(len(keys)):
+        if label[start] >= 0:
+            continue
+        label[start] = n_sets
+        stack = [start]
+        while stack:
+            i = stack.pop()
+            for nb in ijk[i] + _NEIGHBOURS:
+                if (nb < 0).any() or (nb >= n).any():
+                    continue
+                j = pos.get(int((nb[0] * n + nb[1]) * n + nb[2]))
+                if j is not None and label[j] < 0:
+                    label[j] = n_sets
+                    stack.append(j)
+        n_sets += 1
+    return label
+
+
+def _fibonacci(m):
+    """``m`` points spread over the unit sphere."""
+    i = np.arange(m) + 0.5
+    z = 1.0 - 2.0 * i / m
+    phi = np.pi * (1.0 + 5 ** 0.5) * i
+    r = np.sqrt(1.0 - z * z)
+    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
+
+
+_CORNERS = np.array([(i, j, k) for i in (-1, 1) for j in (-1, 1) for k in (-1, 1)], dtype=float)
+_PROBES = np.vstack([_CORNERS, [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0],
+                                [0.3, -1.0, 0.2], [1.0, 0.5, -0.7]]])
+_SAMPLES = np.vstack([r * RHO * _fibonacci(160) for r in (1.0, 2.0, 5.0)])
+
+
+def spot_operator(family, h, tol):
+    """The lowest order q (from a guess, up to P_MAX) whose equivalent density on a cube of
+    half-width ``h`` (centred at 0) reproduces the potential and gradient of unit charges at
+    the cube's corners, centre and faces to a worst relative error of ``tol`` at targets
+    RHO h .. 5 RHO h away, for the kernel ``family`` (frame units).
+    Returns (q, equivalent surface points (m, 3), (a, b) pseudo-inverse factors of the check
+    -> equivalent kernel matrix, measured error) or None if no order reaches ``tol``."""
+    r_ue, r_uc = DEFAULT_RADII[0], DEFAULT_RADII[1]
+    probes, x = h * _PROBES, h * _SAMPLES
+    k0, g0 = family.field_reference(x, probes, gradient=True)
+    pot_bar = np.abs(k0)
+    grad_bar = np.sqrt(np.sum(np.abs(g0) ** 2, axis=-1))
+    # Laplace: worst error ~ 10^(0.5 - 0.9 q) at RHO = 6; start one order below that guess
+    q0 = int(np.clip(np.ceil((0.5 - np.log10(tol)) / 0.9) - 1, 3, P_MAX))
+    for q in range(q0, P_MAX + 1):
+        s = surface(q)
+        chk, eqv = r_uc * h * s, r_ue * h * s
+        a, b = _pinv_factors(family.reference(chk, eqv), default_pinv_cutoff(np.float64))
+        eq = a @ (b @ family.reference(chk, probes))               # (m, probes)
+        k1, g1 = family.field_reference(x, eqv, gradient=True)
+        err_p = np.abs(k1 @ eq - k0) / pot_bar
+        err_g = np.sqrt(np.sum(np.abs(np.einsum("xmc,mp->xpc", g1, eq) - g0) ** 2,
+                               axis=-1)) / grad_bar
+        err = float(max(err_p.max(), err_g.max()))
+        if err <= tol:
+            return q, eqv, (a, b), err
+    return None
+
+
+#: Scale-invariant kernels (Laplace): the spot operators of the cube of half-width 1, by
+#: (kernel, tolerance), shared by every plan of the process; other kernels: per plan, by
+#: (half-width, tolerance). At most this many of each (order 10: 3.8 MB; 16: 29 MB).
+_UNIT_OPS = {}
+_CACHED = 8
+
+
+def _operator(family, h, tol, cache):
+    """(:func:`spot_operator`'s result for the cube of half-width 1 when the kernel is scale
+    invariant, else for ``h`` itself (in ``cache``), and the factor (h / 1 for the surface
+    points, c2e_scale(h) for the pseudo-inverse) to apply to it)."""
+    if family.scale_invariant:
+        cache, key, size, scale = _UNIT_OPS, (family.name, tol), 1.0, (h, family.c2e_scale(h))
+    else:
+        key, size, scale = (h, tol), h, (1.0, 1.0)
+    if key not in cache:
+        while len(cache) >= _CACHED:  # (the oldest out: a few MB each at most)
+            cache.pop(next(iter(cache)))
+        with _blas.limit_one():  # (OpenBLAS's threads spin badly on a busy machine)
+            cache[key] = spot_operator(family, size, tol)
+    return cache[key], scale
+
+
+def plan_spots(plan, sets, eps, strict, max_h, cache):
+    """Geometry and order of each spot: ``sets`` a list of tree-order source index arrays
+    (sorted), one per spot. ``strict``: dipoles or Hessians asked for. Returns a list of dicts
+    (idx, leaf, anchor, c, h, op, scale, near, far), or None when a spot is not compact (half-
+    width above ``max_h``, frame units: one cell of the place rule's grid; a Plummer core
+    spread over several cells is many points to the FMM and meets eps there), has no order
+    that reaches its share of eps, or the spots cost more than the budget.
+    ``cache``: the plan's spot operators (kernels with a parameter)."""
+    tree = plan.tree
+    t_lv = plan.target_leaves()
+    counts = (tree.trg_end[t_lv] - tree.trg_start[t_lv]).astype(np.int64)
+    n_trg = int(counts.sum())
+    leaves = tree.leaves
+    s_lv = leaves[tree.src_end[leaves] > tree.src_start[leaves]]
+    s_lv = s_lv[np.argsort(tree.src_start[s_lv], kind="stable")]
+    tol = eps / (_SHARE * (_STRICTER if strict else 1.0))
+    if plan.redo is not None:  # float32 plans: the redo's boxes take the spots' own sources
+        redo = np.zeros(len(tree.levels), dtype=bool)
+        redo[plan.redo.boxes] = True
+        redo = redo[t_lv]
+    else:
+        redo = np.zeros(len(t_lv), dtype=bool)
+    spots, cost = [], 0.0
+    budget = max(_PAIRS_PER_TARGET * n_trg, _PAIRS_ANYWAY)
+    for idx in sets:
+        leaf = s_lv[np.searchsorted(tree.src_start[s_lv], idx, side="right") - 1]
+        anchor = plan.anchor[leaf[0]]
+        # the spot's points relative to its first leaf's anchor, frame units, float64 shifts
+        rel = plan.src[:, idx].astype(np.float64) + \
+            ((plan.anchor[leaf] - anchor) / plan.frame_scale).T
+        lo, hi = rel.min(axis=1), rel.max(axis=1)
+        c = 0.5 * (lo + hi)
+        if float((hi - lo).max()) > 2 * max_h:
+            return None
+        # a spot on one point: any cube holds it at its centre (1e-9 of the domain)
+        h = max(float((hi - lo).max()) * 0.5 * (1 + 1e-9), 1e-9 * plan.size)
+        # target leaves by the distance of their box from the spot's centre
+        centre = plan.offsets[t_lv] + (plan.anchor[t_lv] - anchor) / plan.frame_scale
+        gap = np.maximum(np.abs(centre - c) - tree.half_widths[t_lv][:, None], 0.0)
+        near = (np.sqrt(np.sum(gap * gap, axis=1)) < RHO * h * (1 + 1e-6)) | redo
+        n_near = int(counts[near].sum())
+        cost += len(idx) * n_near
+        if cost > budget:  # (before the order's pseudo-inverses)
+            return None
+        op, scale = _operator(plan.family, h, tol, cache)
+        if op is None:
+            return None
+        cost += n_surf(op[0]) * (n_trg - n_near)
+        spots.append(dict(idx=idx, leaf=leaf, anchor=anchor, c=c, h=h, op=op, scale=scale,
+                          near=t_lv[near], far=t_lv[~near]))
+    return spots if cost <= budget else None
+
+
+def spot_fields(plan, spot, j, charges, dipoles, outs):
+    """Add the field of density ``j``'s sources in ``spot`` (:func:`plan_spots`) to ``outs``
+    (pot (1, n_trg), grad (1, 3, n_trg), hess (1, 6, n_trg) or None; tree target order):
+    pair by pair at the targets of its near leaves, through its equivalent density at the
+    far ones. ``charges`` (k, n) / ``dipoles`` (k, 3, n): caller order."""
+    tree = plan.tree
+    idx, leaf, anchor = spot["idx"], spot["leaf"], spot["anchor"]
+    v64 = plan.family.value_dtype(np.float64)
+    caller = tree.src_perm[idx]
+    qd = None if charges is None else np.ascontiguousarray(charges[j][caller][None], v64)
+    dd = None if dipoles is None else np.ascontiguousarray(dipoles[j][:, caller][None], v64)
+    runs = np.flatnonzero(np.r_[True, leaf[1:] != leaf[:-1]])
+    s_start = runs.astype(np.int64)
+    s_end = np.append(runs[1:], len(idx)).astype(np.int64)
+    s_anchor = plan.anchor[leaf[runs]]
+    xyz = np.ascontiguousarray(plan.src[:, idx], dtype=np.float64)
+    if len(spot["near"]):
+        plan._sum_onto_leaves(xyz, qd, dd, s_start, s_end, s_anchor, spot["near"], outs)
+        if plan.redo is not None:
+            plan._few_redo(idx, qd, dd, outs)
+    if not len(spot["far"]):
+        return
+    q, eqv, (a, b), _ = spot["op"]
+    eqv = spot["scale"][0] * eqv  # (the unit cube's, for a scale-invariant kernel)
+    r_uc = DEFAULT_RADII[1]
+    chk = np.ascontiguousarray((spot["c"] + r_uc / DEFAULT_RADII[0] * eqv).T)  # (3, m)
+    m = chk.shape[1]
+    n_s = len(s_start)
+    pot = np.zeros((1, m), dtype=v64)
+    near_field(xyz, qd, chk, s_start, s_end, np.zeros(1, np.int64), np.full(1, m, np.int64),
+               np.array([0, n_s], dtype=np.int64), np.arange(n_s, dtype=np.int64),
+               np.zeros(1, np.int64), pot, None, plan.workers,
+               cost=np.array([float(len(idx) * m)]), dipoles=dd, exact=True,
+               shift=np.ascontiguousarray((anchor - s_anchor) / plan.frame_scale),
+               family=plan.family)
+    eq = (spot["scale"][1] * (a @ (b @ pot[0]))).astype(v64)
+    e_xyz = np.ascontiguousarray((spot["c"] + eqv).T)
+    plan._sum_onto_leaves(e_xyz, eq[None], None, np.zeros(1, np.int64),
+                          np.full(1, m, np.int64), anchor[None], spot["far"], outs)
