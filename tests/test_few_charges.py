@@ -463,3 +463,30 @@ def test_many_charges_in_dense_places_go_through_the_fmm(layout, monkeypatch):
         ref, _ = density_reference(x, q[:, None], None, x[at])
         bar, _ = density_reference(x, np.abs(q)[:, None], None, x[at])
         assert np.linalg.norm(pot[at] - ref[0]) <= 1e-6 * np.linalg.norm(bar[0])
+
+
+def test_spots_from_several_threads(monkeypatch):
+    """Four threads evaluating one plan with a spot at once, its operator not yet built: one
+    build (under a lock), the same field everywhere, within the contract."""
+    import threading
+    from aotfmm import _spots
+    monkeypatch.setattr(_spots, "_UNIT_OPS", {})
+    built = []
+    orig = _spots.spot_operator
+    monkeypatch.setattr(_spots, "spot_operator", lambda *a: built.append(1) or orig(*a))
+    pts, q, ref_pot, ref_grad = on_one_point(1, 2000)
+    f = aotfmm.Fmm(pts, eps=1e-5, threads=2)
+    out = [None] * 4
+
+    def run(i):
+        out[i] = f.evaluate(q, gradient=True)
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=300)
+    assert len(built) == 1
+    for pot, grad in out:
+        assert rel_err(grad, ref_grad) <= 1e-6
+        np.testing.assert_array_equal(pot, out[0][0])

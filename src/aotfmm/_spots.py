@@ -15,6 +15,8 @@ spheres of radius RHO h .. 5 RHO h, is within :data:`_SHARE` of eps. Targets nea
 (by their leaf's box) get the spot's sources pair by pair. The FMM gets the density without the
 spot's sources.
 """
+import threading
+
 import numpy as np
 
 from . import _blas
@@ -121,6 +123,7 @@ def spot_operator(family, h, tol):
 #: (half-width, tolerance). At most this many of each (order 10: 3.8 MB; 16: 29 MB).
 _UNIT_OPS = {}
 _CACHED = 8
+_LOCK = threading.Lock()
 
 
 def _operator(family, h, tol, cache):
@@ -131,12 +134,13 @@ def _operator(family, h, tol, cache):
         cache, key, size, scale = _UNIT_OPS, (family.name, tol), 1.0, (h, family.c2e_scale(h))
     else:
         key, size, scale = (h, tol), h, (1.0, 1.0)
-    if key not in cache:
-        while len(cache) >= _CACHED:  # (the oldest out: a few MB each at most)
-            cache.pop(next(iter(cache)))
-        with _blas.limit_one():  # (OpenBLAS's threads spin badly on a busy machine)
-            cache[key] = spot_operator(family, size, tol)
-    return cache[key], scale
+    with _LOCK:  # (plans evaluated from several threads at once)
+        if key not in cache:
+            while len(cache) >= _CACHED:  # (the oldest out: a few MB each at most)
+                cache.pop(next(iter(cache)))
+            with _blas.limit_one():  # (OpenBLAS's threads spin badly on a busy machine)
+                cache[key] = spot_operator(family, size, tol)
+        return cache[key], scale
 
 
 def plan_spots(plan, sets, eps, strict, max_h, cache):
