@@ -375,10 +375,15 @@ def test_spots_other_kernels_and_float32(kernel):
         assert contract(grad, ref_grad, bar_grad) > eps
 
 
-def test_a_spot_with_too_many_targets_close_to_it_is_not_translated():
+def test_a_spot_with_too_many_targets_close_to_it_is_not_translated(monkeypatch):
     """A compact spot of 3000 charges with 40000 targets within six of its half-widths: its
     sources times those targets (1.2e8 pairs) are over the budget (2000 per target, at least
-    1e8): not routed (nothing warns; the FMM's own near field serves such close targets)."""
+    1e8): not routed (nothing warns; the FMM's own near field serves such close targets), and
+    no spot operator is built for it (the budget is checked with the first order tried)."""
+    from aotfmm import _spots
+    monkeypatch.setattr(_spots, "_UNIT_OPS", {})
+    monkeypatch.setattr(_spots, "spot_operator",
+                        lambda *a: (_ for _ in ()).throw(AssertionError("built")))
     rng = np.random.default_rng(5)
     c = np.array([0.3, 0.4, 0.5])
     spot = c + 1e-3 * rng.uniform(-1, 1, (3000, 3))
@@ -389,10 +394,10 @@ def test_a_spot_with_too_many_targets_close_to_it_is_not_translated():
     assert f._core._few_places(q, 1000)[1] is not None  # one spot by place ...
     assert f._core._few_split(q[None], None) is None     # ... over the budget
     # and a third of those close targets is within it
-    q2 = q.copy()
+    monkeypatch.undo()
     f2 = aotfmm.Fmm(np.vstack([spot, close[:10000], [[-1.0, -1, -1], [1, 1, 1]]]), eps=1e-3,
                     threads=2)
-    assert f2._core._few_split(q2[:13002][None], None) is not None
+    assert f2._core._few_split(q[:13002][None], None) is not None
 
 
 @pytest.mark.parametrize("rad", [1e-3, 1e-1])
@@ -490,3 +495,36 @@ def test_spots_from_several_threads(monkeypatch):
     for pot, grad in out:
         assert rel_err(grad, ref_grad) <= 1e-6
         np.testing.assert_array_equal(pot, out[0][0])
+
+
+def clumps_a_cell_apart(seed):
+    """The hostile round's layout (2026-12-04): three clumps of 700 unit charges 1.01 cells (of
+    the place rule's 64^3 grid over [-1, 1]^3) apart along x from a point on the face z = 0 of
+    [0, .5]^3, 500 uncharged points near (1, 1, 1) and two corners as sources; targets: 1000
+    gathered near a corner of the box one width below, 300 spread. (sources, charges,
+    targets)."""
+    rng = np.random.default_rng(seed)
+    c = np.r_[rng.uniform(0, 0.5, 2), 0.0]
+    w = np.r_[rng.choice([0.0, 0.5], 2) + rng.uniform(-0.01, 0.01, 2), -0.5]
+    bg = np.vstack([rng.uniform(0.9, 1, (500, 3)), [[-1, -1, -1], [1, 1, 1]]])
+    trg = np.vstack([w + rng.uniform(-0.003, 0.003, (1000, 3)), rng.uniform(-1, 1, (300, 3))])
+    clumps = [c + [k * 1.01 * 2 / 64, 0, 0] + 1e-6 * rng.random((700, 3)) for k in range(3)]
+    src = np.vstack(clumps + [bg])
+    return src, np.r_[np.ones(2100), np.zeros(len(bg))], trg
+
+
+@pytest.mark.parametrize("seed", [3])
+def test_clumps_a_cell_apart_are_a_spot_each(seed):
+    """Hostile test 2026-12-04: the heavy cells of clumps_a_cell_apart make one connected set
+    just over two cells wide, which was not translated: 2.08x eps in gradients (seed 3),
+    silently. A set wider than two cells is one spot per cell now."""
+    src, q, trg = clumps_a_cell_apart(seed)
+    ref_pot, ref_grad = density_reference(src, q[:, None], None, trg)
+    f = aotfmm.Fmm(src, trg, eps=1e-6, threads=2)
+    picks, spots, _ = f._core._few_split(q[None], None)
+    assert len(spots[0]) >= 3
+    pot, grad = f.evaluate(q, gradient=True)
+    assert contract(pot, ref_pot[0], ref_pot[0]) <= 1e-7
+    assert contract(grad, ref_grad[0], ref_grad[0]) <= 1e-7
+    pot, grad = no_spots(aotfmm.Fmm(src, trg, eps=1e-6, threads=2)).evaluate(q, gradient=True)
+    assert contract(grad, ref_grad[0], ref_grad[0]) > 1e-6

@@ -6,7 +6,8 @@ on few places (:meth:`aotfmm.evaluate.Plan._few_places`) has the field of a few 
 far targets, and a point in the worst place of a translation misses eps by up to ~150x in
 gradients. Up to :data:`aotfmm.evaluate._FEW_DIRECT` such sources are summed directly; beyond
 that (1001 charges on one point: 143x eps, hostile test 2026-12-04) each spot (a connected set
-of the heavy cells) is translated from a cube of half-width h centred on its own sources,
+of the heavy cells no wider than two cells, else each of its cells) is translated from a cube
+of half-width h centred on its own sources,
 where a source's place is never worse than the cube's corner and the far targets are at least
 :data:`RHO` h away: KIFMM's upward equivalent density of that cube (check surface 2.95 h,
 equivalent surface 1.05 h, as the FMM's own boxes), of the lowest order whose worst error,
@@ -37,7 +38,8 @@ RHO = 6.0
 _SHARE = 20.0
 _STRICTER = 10.0
 
-#: At most this many spots per density (connected sets of heavy cells) ...
+#: At most this many heavy cells per density (each cell is a spot at most: connected ones
+#: make one spot when no wider than two cells, else one each) ...
 _MAX_SPOTS = 64
 #: ... costing at most this many pairs per target in all (spot sources times near targets,
 #: equivalent points times far targets), or 1e8 pairs: else nothing is routed.
@@ -89,6 +91,12 @@ _PROBES = np.vstack([_CORNERS, [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.
 _SAMPLES = np.vstack([r * RHO * _fibonacci(160) for r in (1.0, 2.0, 5.0)])
 
 
+def _first_order(tol):
+    """The order :func:`spot_operator` tries first: Laplace's worst error is ~10^(0.5 - 0.9 q)
+    at RHO = 6; one order below that guess."""
+    return int(np.clip(np.ceil((0.5 - np.log10(tol)) / 0.9) - 1, 3, P_MAX))
+
+
 def spot_operator(family, h, tol):
     """The lowest order q (from a guess, up to P_MAX) whose equivalent density on a cube of
     half-width ``h`` (centred at 0) reproduces the potential and gradient of unit charges at
@@ -101,9 +109,7 @@ def spot_operator(family, h, tol):
     k0, g0 = family.field_reference(x, probes, gradient=True)
     pot_bar = np.abs(k0)
     grad_bar = np.sqrt(np.sum(np.abs(g0) ** 2, axis=-1))
-    # Laplace: worst error ~ 10^(0.5 - 0.9 q) at RHO = 6; start one order below that guess
-    q0 = int(np.clip(np.ceil((0.5 - np.log10(tol)) / 0.9) - 1, 3, P_MAX))
-    for q in range(q0, P_MAX + 1):
+    for q in range(_first_order(tol), P_MAX + 1):
         s = surface(q)
         chk, eqv = r_uc * h * s, r_ue * h * s
         a, b = _pinv_factors(family.reference(chk, eqv), default_pinv_cutoff(np.float64))
@@ -144,12 +150,13 @@ def _operator(family, h, tol, cache):
 
 
 def plan_spots(plan, sets, eps, strict, max_h, cache):
-    """Geometry and order of each spot: ``sets`` a list of tree-order source index arrays
-    (sorted), one per spot. ``strict``: dipoles or Hessians asked for. Returns a list of dicts
-    (idx, leaf, anchor, c, h, op, scale, near, far), or None when a spot is not compact (half-
-    width above ``max_h``, frame units: one cell of the place rule's grid; a Plummer core
-    spread over several cells is many points to the FMM and meets eps there), has no order
-    that reaches its share of eps, or the spots cost more than the budget.
+    """Geometry and order of each spot: ``sets`` a list of (tree-order source indices, sorted;
+    their cells), one per connected set of heavy cells. ``strict``: dipoles or Hessians asked
+    for; ``max_h``: the place rule's cell width (frame units): a set wider than two cells is
+    split into one spot per cell (clumps a cell apart are each point-like to the far field).
+    Returns a list of dicts (idx, leaf, anchor, c, h, op, scale, near, far), or None when the
+    spots are more than :data:`_MAX_SPOTS`, one has no order that reaches its share of eps, or
+    they cost more than the budget (checked with the orders' first guess before any is built).
     ``cache``: the plan's spot operators (kernels with a parameter)."""
     tree = plan.tree
     t_lv = plan.target_leaves()
@@ -165,35 +172,53 @@ def plan_spots(plan, sets, eps, strict, max_h, cache):
         redo = redo[t_lv]
     else:
         redo = np.zeros(len(t_lv), dtype=bool)
-    spots, cost = [], 0.0
     budget = max(_PAIRS_PER_TARGET * n_trg, _PAIRS_ANYWAY)
-    for idx in sets:
+    centres = plan.offsets[t_lv]  # (+ the anchor's offset from each spot's, below)
+
+    def geometry(idx):
         leaf = s_lv[np.searchsorted(tree.src_start[s_lv], idx, side="right") - 1]
         anchor = plan.anchor[leaf[0]]
         # the spot's points relative to its first leaf's anchor, frame units, float64 shifts
         rel = plan.src[:, idx].astype(np.float64) + \
             ((plan.anchor[leaf] - anchor) / plan.frame_scale).T
         lo, hi = rel.min(axis=1), rel.max(axis=1)
-        c = 0.5 * (lo + hi)
-        if float((hi - lo).max()) > 2 * max_h:
+        return leaf, anchor, 0.5 * (lo + hi), float((hi - lo).max())
+
+    spots = []
+    for idx, cells in sets:
+        leaf, anchor, c, width = geometry(idx)
+        parts = [(idx, leaf, anchor, c, width)]
+        if width > 2 * max_h:  # one spot per cell
+            parts = []
+            for key in np.unique(cells):
+                sub = idx[cells == key]
+                parts.append((sub,) + geometry(sub))
+        for idx, leaf, anchor, c, width in parts:
+            # a spot on one point: any cube holds it at its centre (1e-9 of the domain)
+            h = max(width * 0.5 * (1 + 1e-9), 1e-9 * plan.size)
+            if not plan.family.scale_invariant:  # (few distinct operators per plan)
+                h = 2.0 ** np.ceil(np.log2(h))
+            # target leaves by the distance of their box from the spot's centre
+            gap = np.maximum(np.abs(centres + (plan.anchor[t_lv] - anchor) / plan.frame_scale
+                                    - c) - tree.half_widths[t_lv][:, None], 0.0)
+            near = (np.sqrt(np.sum(gap * gap, axis=1)) < RHO * h * (1 + 1e-6)) | redo
+            n_near = int(counts[near].sum())
+            spots.append(dict(idx=idx, leaf=leaf, anchor=anchor, c=c, h=h, near=t_lv[near],
+                              far=t_lv[~near], n_near=n_near))
+        if len(spots) > _MAX_SPOTS:
             return None
-        # a spot on one point: any cube holds it at its centre (1e-9 of the domain)
-        h = max(float((hi - lo).max()) * 0.5 * (1 + 1e-9), 1e-9 * plan.size)
-        # target leaves by the distance of their box from the spot's centre
-        centre = plan.offsets[t_lv] + (plan.anchor[t_lv] - anchor) / plan.frame_scale
-        gap = np.maximum(np.abs(centre - c) - tree.half_widths[t_lv][:, None], 0.0)
-        near = (np.sqrt(np.sum(gap * gap, axis=1)) < RHO * h * (1 + 1e-6)) | redo
-        n_near = int(counts[near].sum())
-        cost += len(idx) * n_near
-        if cost > budget:  # (before the order's pseudo-inverses)
+
+    def cost(orders):
+        return sum(len(sp["idx"]) * sp["n_near"] + n_surf(q) * (n_trg - sp["n_near"])
+                   for sp, q in zip(spots, orders))
+
+    if cost([_first_order(tol)] * len(spots)) > budget:  # (before any pseudo-inverse)
+        return None
+    for sp in spots:
+        sp["op"], sp["scale"] = _operator(plan.family, sp["h"], tol, cache)
+        if sp["op"] is None:
             return None
-        op, scale = _operator(plan.family, h, tol, cache)
-        if op is None:
-            return None
-        cost += n_surf(op[0]) * (n_trg - n_near)
-        spots.append(dict(idx=idx, leaf=leaf, anchor=anchor, c=c, h=h, op=op, scale=scale,
-                          near=t_lv[near], far=t_lv[~near]))
-    return spots if cost <= budget else None
+    return spots if cost([sp["op"][0] for sp in spots]) <= budget else None
 
 
 def spot_fields(plan, spot, j, charges, dipoles, outs):

@@ -1348,8 +1348,8 @@ class Plan:
         charges), when ``m`` sits in fewer than ``n_min`` effective cells: (those indices,
         None) if they are at most :data:`_FEW_DIRECT` (to be summed directly), else (those
         indices, their spots: per connected set of the cells, its sources' tree-order indices,
-        sorted; :mod:`aotfmm._spots`); None if ``m`` is on many cells or in more than
-        :data:`aotfmm._spots._MAX_SPOTS` sets. Many charges on one spot are one charge to the
+        sorted, and their cells; :mod:`aotfmm._spots`); None if ``m`` is on many cells or the
+        heavy cells are more than :data:`aotfmm._spots._MAX_SPOTS`. Many charges on one spot are one charge to the
         far field (1000 on one point: 143x eps in gradients through the expansions)."""
         cell = self._source_cells()
         q = np.bincount(cell, weights=m, minlength=_FEW_CELLS ** 3)
@@ -1365,16 +1365,19 @@ class Plan:
         sel = np.flatnonzero(take[cell] & (m > 0))
         if len(sel) <= _FEW_DIRECT:
             return sel, None
-        if kk > 8 * _spots._MAX_SPOTS:
+        if kk > _spots._MAX_SPOTS:  # (each heavy cell is a spot at most)
             return None
         label = np.full(len(q), -1, dtype=np.int64)
         label[order[:kk]] = _spots.components(order[:kk], _FEW_CELLS)
-        if label.max() >= _spots._MAX_SPOTS:
-            return None
         inv = np.empty_like(self.tree.src_perm)
         inv[self.tree.src_perm] = np.arange(len(inv), dtype=inv.dtype)
         lab = label[cell[sel]]
-        return sel, [np.sort(inv[sel[lab == i]]) for i in range(int(lab.max()) + 1)]
+        sets = []
+        for i in range(int(lab.max()) + 1):
+            t = inv[sel[lab == i]]
+            o = np.argsort(t)
+            sets.append((t[o], cell[sel[lab == i]][o]))
+        return sel, sets
 
     def _source_cells(self):
         """(n_sources,) int32, caller order: each source's cell of a grid of :data:`_FEW_CELLS`^3
