@@ -1313,8 +1313,9 @@ class Plan:
             if more is not None and more[1] is not None:  # spots: a translation of each
                 if self._spot_cache is None:
                     self._spot_cache = {}
-                sp = _spots.plan_spots(self, more[1], self.eps, dipoles is not None or hessian,
-                                       self._cell_width, self._spot_cache)
+                sp = [more[2]] if more[2] is not None else _spots.plan_spots(
+                    self, more[1], self.eps, dipoles is not None or hessian,
+                    self._cell_width, self._spot_cache)
                 if sp is not None:
                     spots[int(j)] = sp
                     m = m.copy()
@@ -1346,9 +1347,11 @@ class Plan:
         of the heaviest cells (:data:`_FEW_CELLS` per side of the sources' bounding cube)
         that leave the rest of ``m`` in many effective cells (as :data:`_FEW_CHARGES` counts
         charges), when ``m`` sits in fewer than ``n_min`` effective cells: (those indices,
-        None) if they are at most :data:`_FEW_DIRECT` (to be summed directly), else (those
-        indices, their spots: per connected set of the cells, its sources' tree-order indices,
-        sorted, and their cells; :mod:`aotfmm._spots`); None if ``m`` is on many cells or the
+        None, None) if they are at most :data:`_FEW_DIRECT` (to be summed directly), else
+        (those indices, [], their distinct points as one spot) if those are at most
+        :data:`_FEW_DIRECT` (:func:`aotfmm._spots.coincident`), else (those indices, their
+        spots: per connected set of the cells, its sources' tree-order indices, sorted, and
+        their cells; :mod:`aotfmm._spots`, None); None if ``m`` is on many cells or the
         heavy cells are more than :data:`aotfmm._spots._MAX_SPOTS`. Many charges on one spot are one charge to the
         far field (1000 on one point: 143x eps in gradients through the expansions)."""
         cell = self._source_cells()
@@ -1364,20 +1367,23 @@ class Plan:
         take[order[:kk]] = True
         sel = np.flatnonzero(take[cell] & (m > 0))
         if len(sel) <= _FEW_DIRECT:
-            return sel, None
+            return sel, None, None
+        inv = np.empty_like(self.tree.src_perm)
+        inv[self.tree.src_perm] = np.arange(len(inv), dtype=inv.dtype)
+        same = _spots.coincident(self, np.sort(inv[sel]))
+        if same is not None:
+            return sel, [], same
         if kk > _spots._MAX_SPOTS:  # (each heavy cell is a spot at most)
             return None
         label = np.full(len(q), -1, dtype=np.int64)
         label[order[:kk]] = _spots.components(order[:kk], _FEW_CELLS)
-        inv = np.empty_like(self.tree.src_perm)
-        inv[self.tree.src_perm] = np.arange(len(inv), dtype=inv.dtype)
         lab = label[cell[sel]]
         sets = []
         for i in range(int(lab.max()) + 1):
             t = inv[sel[lab == i]]
             o = np.argsort(t)
             sets.append((t[o], cell[sel[lab == i]][o]))
-        return sel, sets
+        return sel, sets, None
 
     def _source_cells(self):
         """(n_sources,) int32, caller order: each source's cell of a grid of :data:`_FEW_CELLS`^3
@@ -1585,8 +1591,8 @@ class Plan:
                 outs = [None if a is None else a[j:j + 1] for a in (pot, grad, hess)]
                 for spot in sp:
                     _spots.spot_fields(self, spot, j, charges, dipoles, outs)
-                per[j] = np.union1d(per.get(j, sp[0]["idx"][:0]),
-                                    np.concatenate([spot["idx"] for spot in sp]))
+                per[j] = np.union1d(per.get(j, sp[0]["idx"][:0]), np.concatenate(
+                    [spot.get("members", spot["idx"]) for spot in sp]))
             if spots:
                 tick("few_spots")
             for j, c in per.items():  # (out of the FMM's densities)
