@@ -1,6 +1,7 @@
 """Fields of few charges: the direct part (the strongest sources of a density with few
-effective charges summed onto every target, ``Plan._few_split``; spots translated) against the same evaluation
-through the expansions alone (``aotfmm.evaluate._FEW_CHARGES = 0``), on one plan, same run.
+effective charges summed onto every target, ``Plan._few_split``; spots translated) against the
+same evaluation through the expansions alone (``aotfmm.evaluate._FEW_CHARGES = 0``), on one
+plan, same run.
 
     python benchmarks/few_charges.py [--n 1e6] [--dist uniform] [--eps 1e-6] [--threads 2]
                                      [--repeat 2]

@@ -355,7 +355,8 @@ def test_spots_other_kernels_and_float32(kernel):
     d = trg[:, None, :] - src[None, :, :]
     r = np.sqrt(np.sum(d * d, axis=-1))
     if kernel == "yukawa":
-        g, dg = np.exp(-20 * r) / (4 * np.pi * r), -(1 + 20 * r) * np.exp(-20 * r) / (4 * np.pi * r ** 2)
+        g = np.exp(-20 * r) / (4 * np.pi * r)
+        dg = -(1 + 20 * r) * np.exp(-20 * r) / (4 * np.pi * r ** 2)
     elif kernel == "helmholtz":
         g = np.exp(10j * r) / (4 * np.pi * r)
         dg = (10j * r - 1) * np.exp(10j * r) / (4 * np.pi * r ** 2)
@@ -378,8 +379,9 @@ def test_spots_other_kernels_and_float32(kernel):
 def test_a_spot_with_too_many_targets_close_to_it_is_not_translated(monkeypatch):
     """A compact spot of 3000 charges with 40000 targets within six of its half-widths: its
     sources times those targets (1.2e8 pairs) are over the budget (2000 per target, at least
-    1e8): not routed (nothing warns; the FMM's own near field serves such close targets), and
-    no spot operator is built for it (the budget is checked with the first order tried)."""
+    1e7): not routed (nothing warns; the FMM's own near field serves such close targets), and
+    no spot operator is built for it (the budget is checked with the first order tried). A
+    spot of 1200 with 3000 such targets (3.6e6 pairs) is."""
     from aotfmm import _spots
     monkeypatch.setattr(_spots, "_UNIT_OPS", {})
     monkeypatch.setattr(_spots, "spot_operator",
@@ -393,11 +395,10 @@ def test_a_spot_with_too_many_targets_close_to_it_is_not_translated(monkeypatch)
     f = aotfmm.Fmm(src, eps=1e-3, threads=2)
     assert f._core._few_places(q, 1000)[1] is not None  # one spot by place ...
     assert f._core._few_split(q[None], None) is None     # ... over the budget
-    # and a third of those close targets is within it
     monkeypatch.undo()
-    f2 = aotfmm.Fmm(np.vstack([spot, close[:10000], [[-1.0, -1, -1], [1, 1, 1]]]), eps=1e-3,
-                    threads=2)
-    assert f2._core._few_split(q[:13002][None], None) is not None
+    f2 = aotfmm.Fmm(np.vstack([spot[:1200], close[:3000], [[-1.0, -1, -1], [1, 1, 1]]]),
+                    eps=1e-3, threads=2)
+    assert f2._core._few_split(np.r_[np.ones(1200), np.zeros(3002)][None], None) is not None
 
 
 @pytest.mark.parametrize("rad", [1e-3, 1e-1])

@@ -42,9 +42,9 @@ _STRICTER = 10.0
 #: make one spot when no wider than two cells, else one each) ...
 _MAX_SPOTS = 64
 #: ... costing at most this many pairs per target in all (spot sources times near targets,
-#: equivalent points times far targets), or 1e8 pairs: else nothing is routed.
+#: equivalent points times far targets), or 1e7 pairs (a few ms): else nothing is routed.
 _PAIRS_PER_TARGET = 2000
-_PAIRS_ANYWAY = 1e8
+_PAIRS_ANYWAY = 1e7
 
 _NEIGHBOURS = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)
                         if (i, j, k) != (0, 0, 0)])
@@ -221,14 +221,13 @@ def plan_spots(plan, sets, eps, strict, max_h, cache):
     return spots if cost([sp["op"][0] for sp in spots]) <= budget else None
 
 
-def coincident(plan, idx):
+def coincident(plan, idx, limit):
     """The heavy cells' sources ``idx`` (tree order, sorted) as their distinct points, when
-    those are at most :data:`aotfmm.evaluate._FEW_DIRECT` (float64 plans: the leaf-local
+    those are at most ``limit`` (:data:`aotfmm.evaluate._FEW_DIRECT`; float64 plans: the leaf-local
     offsets are the caller's coordinates exactly): a spot summed pair by pair onto every
     target from one source per point carrying the sum of its densities (exact: coincident
     sources skip the same targets). 125 grid sites with 24 unit charges each gave 5.2x eps in
     gradients with the default leaves (eps 4e-7), 26x with ncrit 32. Else None."""
-    from .evaluate import _FEW_DIRECT
     if plan.dtype != np.float64:
         return None
     tree = plan.tree
@@ -238,7 +237,7 @@ def coincident(plan, idx):
     leaf = s_lv[np.searchsorted(tree.src_start[s_lv], idx, side="right") - 1]
     key = np.column_stack([leaf.astype(np.float64), plan.src[:, idx].T])
     _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
-    if len(first) > _FEW_DIRECT:
+    if len(first) > limit:
         return None
     order = np.argsort(idx[first])           # representatives in tree order
     rank = np.empty_like(order)

@@ -1270,9 +1270,10 @@ class Plan:
         left, charge that sits in few places (:meth:`_few_places`). An AccuracyWarning if what
         the FMM is left with still has few effective charges and carries over :data:`_FEW_LEFT`
         of sum |q|.
-        Where the heaviest cells hold more than :data:`_FEW_DIRECT` sources, each connected set
-        of them is a spot translated from a box centred on it (:mod:`aotfmm._spots`; hessian:
-        whether Hessians are asked for).
+        Where the heaviest cells hold more than :data:`_FEW_DIRECT` sources: their distinct
+        points carrying the summed densities when at most :data:`_FEW_DIRECT`, else spots
+        translated from boxes centred on them (:mod:`aotfmm._spots`; ``hessian``: whether
+        Hessians are asked for).
         Returns None (nothing to route) or (picks, spots, rest): per density index the
         caller-order indices of its sources summed directly, per density index its spots
         (:func:`aotfmm._spots.plan_spots`), and whether the FMM has anything left to do (a
@@ -1352,8 +1353,9 @@ class Plan:
         :data:`_FEW_DIRECT` (:func:`aotfmm._spots.coincident`), else (those indices, their
         spots: per connected set of the cells, its sources' tree-order indices, sorted, and
         their cells; :mod:`aotfmm._spots`, None); None if ``m`` is on many cells or the
-        heavy cells are more than :data:`aotfmm._spots._MAX_SPOTS`. Many charges on one spot are one charge to the
-        far field (1000 on one point: 143x eps in gradients through the expansions)."""
+        heavy cells are more than :data:`aotfmm._spots._MAX_SPOTS`. Many charges on one spot
+        are one charge to the far field (1000 on one point: 143x eps in gradients through the
+        expansions)."""
         cell = self._source_cells()
         q = np.bincount(cell, weights=m, minlength=_FEW_CELLS ** 3)
         c1, c2 = q.sum(), np.dot(q, q)
@@ -1370,7 +1372,7 @@ class Plan:
             return sel, None, None
         inv = np.empty_like(self.tree.src_perm)
         inv[self.tree.src_perm] = np.arange(len(inv), dtype=inv.dtype)
-        same = _spots.coincident(self, np.sort(inv[sel]))
+        same = _spots.coincident(self, np.sort(inv[sel]), _FEW_DIRECT)
         if same is not None:
             return sel, [], same
         if kk > _spots._MAX_SPOTS:  # (each heavy cell is a spot at most)
