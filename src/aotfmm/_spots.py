@@ -1,15 +1,16 @@
-"""Charge on few compact spots with more sources than the direct budget: each spot's field from
-an equivalent density on a small box centred on the spot.
+"""Charge on few compact spots with more sources than the direct budget: each spot's field from an
+equivalent density on a small box centred on the spot.
 
 The eps -> p table measures fields of many charges spread through their boxes. Charge that sits
 on few places (:meth:`aotfmm.evaluate.Plan._few_places`) has the field of a few points at the
 far targets, and a point in the worst place of a translation misses eps by up to ~150x in
 gradients. Up to :data:`aotfmm.evaluate._FEW_DIRECT` such sources are summed directly; beyond
-that (1001 charges on one point: 143x eps, hostile test 2026-12-04) each spot (a connected set
-of the heavy cells no wider than two cells, else each of its cells) is translated from a cube
-of half-width h centred on its own sources,
-where a source's place is never worse than the cube's corner and the far targets are at least
-:data:`RHO` h away: KIFMM's upward equivalent density of that cube (check surface 2.95 h,
+that (1001 charges on one point: 143x eps, hostile test 2026-12-04) their distinct points, if at
+most that many, carry the summed densities of their coincident sources onto every target
+(:func:`coincident`, exact); else each spot (a connected set of the heavy cells no wider than
+two cells, else each of its cells) is translated from a cube of half-width h centred on its own
+sources, where a source's place is never worse than the cube's corner and the far targets are at
+least :data:`RHO` h away: KIFMM's upward equivalent density of that cube (check surface 2.95 h,
 equivalent surface 1.05 h, as the FMM's own boxes), of the lowest order whose worst error,
 measured here for the plan's kernel on unit charges at the cube's corners against targets on
 spheres of radius RHO h .. 5 RHO h, is within :data:`_SHARE` of eps. Targets nearer than RHO h
