@@ -163,9 +163,6 @@ def plan_spots(plan, sets, eps, strict, max_h, cache):
     t_lv = plan.target_leaves()
     counts = (tree.trg_end[t_lv] - tree.trg_start[t_lv]).astype(np.int64)
     n_trg = int(counts.sum())
-    leaves = tree.leaves
-    s_lv = leaves[tree.src_end[leaves] > tree.src_start[leaves]]
-    s_lv = s_lv[np.argsort(tree.src_start[s_lv], kind="stable")]
     tol = eps / (_SHARE * (_STRICTER if strict else 1.0))
     if plan.redo is not None:  # float32 plans: the redo's boxes take the spots' own sources
         redo = np.zeros(len(tree.levels), dtype=bool)
@@ -177,7 +174,7 @@ def plan_spots(plan, sets, eps, strict, max_h, cache):
     centres = plan.offsets[t_lv]  # (+ the anchor's offset from each spot's, below)
 
     def geometry(idx):
-        leaf = s_lv[np.searchsorted(tree.src_start[s_lv], idx, side="right") - 1]
+        leaf = plan.source_leaves(idx)
         anchor = plan.anchor[leaf[0]]
         # the spot's points relative to its first leaf's anchor, frame units, float64 shifts
         rel = plan.src[:, idx].astype(np.float64) + \
@@ -231,11 +228,7 @@ def coincident(plan, idx, limit):
     gradients with the default leaves (eps 4e-7), 26x with ncrit 32. Else None."""
     if plan.dtype != np.float64:
         return None
-    tree = plan.tree
-    leaves = tree.leaves
-    s_lv = leaves[tree.src_end[leaves] > tree.src_start[leaves]]
-    s_lv = s_lv[np.argsort(tree.src_start[s_lv], kind="stable")]
-    leaf = s_lv[np.searchsorted(tree.src_start[s_lv], idx, side="right") - 1]
+    leaf = plan.source_leaves(idx)
     key = np.column_stack([leaf.astype(np.float64), plan.src[:, idx].T])
     _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
     if len(first) > limit:
@@ -244,9 +237,9 @@ def coincident(plan, idx, limit):
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
     rep = idx[first][order]
+    t_lv = plan.target_leaves()
     return dict(idx=rep, leaf=leaf[first][order], anchor=None, members=idx,
-                inverse=rank[inverse.reshape(-1)], near=plan.target_leaves(),
-                far=plan.target_leaves()[:0])
+                inverse=rank[inverse.reshape(-1)], near=t_lv, far=t_lv[:0])
 
 
 def _summed(values, inverse, n):
@@ -275,10 +268,7 @@ def spot_fields(plan, spot, j, charges, dipoles, outs):
         qd = None if charges is None else np.ascontiguousarray(charges[j][caller][None], v64)
         dd = None if dipoles is None else np.ascontiguousarray(dipoles[j][:, caller][None],
                                                                v64)
-    runs = np.flatnonzero(np.r_[True, leaf[1:] != leaf[:-1]])
-    s_start = runs.astype(np.int64)
-    s_end = np.append(runs[1:], len(idx)).astype(np.int64)
-    s_anchor = plan.anchor[leaf[runs]]
+    s_start, s_end, s_anchor = plan.leaf_runs(leaf)
     xyz = np.ascontiguousarray(plan.src[:, idx], dtype=np.float64)
     if len(spot["near"]):
         plan._sum_onto_leaves(xyz, qd, dd, s_start, s_end, s_anchor, spot["near"], outs)

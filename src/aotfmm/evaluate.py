@@ -1443,23 +1443,31 @@ class Plan:
 
         qd = routed(charges, ())
         dd = routed(dipoles, (3,))
-        leaves = tree.leaves
-        s_lv = leaves[tree.src_end[leaves] > tree.src_start[leaves]]
-        s_lv = s_lv[np.argsort(tree.src_start[s_lv], kind="stable")]
-        owner = np.searchsorted(tree.src_start[s_lv], idx, side="right") - 1
-        sboxes, s_start = np.unique(owner, return_index=True)   # (idx sorted: runs per leaf)
-        s_end = np.append(s_start[1:], len(idx)).astype(np.int64)
-        s_start = s_start.astype(np.int64)
-        sboxes = s_lv[sboxes]
+        s_start, s_end, s_anchor = self.leaf_runs(self.source_leaves(idx))
         xyz = np.ascontiguousarray(self.src[:, idx], dtype=np.float64)
         outs = [None if a is None else a[cols] for a in (pot, grad, hess)]  # (copies)
-        self._sum_onto_leaves(xyz, qd, dd, s_start, s_end, self.anchor[sboxes],
-                              self.target_leaves(), outs)
+        self._sum_onto_leaves(xyz, qd, dd, s_start, s_end, s_anchor, self.target_leaves(),
+                              outs)
         if self.redo is not None:
             self._few_redo(idx, qd, dd, outs)
         for a, b in zip((pot, grad, hess), outs):
             if a is not None:
                 a[cols] = b
+
+    def source_leaves(self, idx):
+        """The leaf holding each of the tree-order sources ``idx``."""
+        tree = self.tree
+        leaves = tree.leaves
+        s_lv = leaves[tree.src_end[leaves] > tree.src_start[leaves]]
+        s_lv = s_lv[np.argsort(tree.src_start[s_lv], kind="stable")]
+        return s_lv[np.searchsorted(tree.src_start[s_lv], idx, side="right") - 1]
+
+    def leaf_runs(self, leaf):
+        """Sources given by their leaves ``leaf`` (sorted by tree order: one run per leaf) as
+        :meth:`_sum_onto_leaves` takes them: (run starts, run ends, each run's anchor)."""
+        runs = np.flatnonzero(np.r_[True, leaf[1:] != leaf[:-1]])
+        return (runs.astype(np.int64), np.append(runs[1:], len(leaf)).astype(np.int64),
+                self.anchor[leaf[runs]])
 
     def target_leaves(self):
         """The leaves holding targets, in the order of their target ranges."""
