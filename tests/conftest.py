@@ -4,8 +4,13 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _tmp_cache_dir(tmp_path_factory, monkeypatch):
-    """Every test uses a private operator cache (never the user's)."""
-    d = tmp_path_factory.getbasetemp() / "aotfmm-cache"
+    """Every test uses a private operator cache (never the user's), one per session: pytest-xdist
+    workers (each with its own base temp directory below the session's) share their parent's, so
+    an operator set is built once per run (the cache writes atomically; see aotfmm.cache)."""
+    base = tmp_path_factory.getbasetemp()
+    if __import__("os").environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    d = base / "aotfmm-cache"
     d.mkdir(exist_ok=True)
     monkeypatch.setenv("AOTFMM_CACHE_DIR", str(d))
     return d

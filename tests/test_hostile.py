@@ -10,7 +10,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def test_hostile_inputs_never_crash():
     env = dict(os.environ, AOTFMM_HOSTILE_SUBPROCESS="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
          "--rootdir", HERE, os.path.join(HERE, "hostile")],
         cwd=HERE, env=env, capture_output=True, text=True, timeout=900)
     tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
