@@ -26,9 +26,15 @@ pytestmark = pytest.mark.skipif(
 
 
 #: Cases some runs leave to others (CI's 15 minutes: the four runs are a third of it):
-#: complex far boxes run at P = 1, 2; Yukawa at P = 1-3; its lonely targets at P = 2, 3.
+#: complex far boxes run at P = 1, 2; Yukawa at P = 1-3; its lonely targets at P = 2, 3. P = 4
+#: (four ranks oversubscribing 2 cores beside the other pytest worker: 140 s of the suite)
+#: runs the issue's must-show cases (point sets, separate targets, k = 3 densities, dipoles,
+#: one rank with every point, bad input), deeper partition levels and the failure cases; the
+#: rest run at P = 1-3.
 _SKIP = {1: ["lonely_targets"], 3: ["helmholtz_level3"],
-         4: ["helmholtz_level3", "yukawa", "lonely_targets"]}
+         4: ["helmholtz_level3", "yukawa", "lonely_targets", "fields", "float32_cluster",
+             "shifted", "thin_ghosts", "level_model", "few_charges", "dipole_far_box",
+             "scales", "edge"]}
 
 
 @pytest.mark.parametrize("ranks", [1, 2, 3, 4])
