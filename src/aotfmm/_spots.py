@@ -173,24 +173,23 @@ def plan_spots(plan, sets, eps, strict, max_h, cache):
     budget = max(_PAIRS_PER_TARGET * n_trg, _PAIRS_ANYWAY)
     centres = plan.offsets[t_lv]  # (+ the anchor's offset from each spot's, below)
 
-    def geometry(idx):
-        leaf = plan.source_leaves(idx)
+    def geometry(idx, leaf):  # (leaf: plan.source_leaves(idx))
         anchor = plan.anchor[leaf[0]]
         # the spot's points relative to its first leaf's anchor, frame units, float64 shifts
         rel = plan.src[:, idx].astype(np.float64) + \
             ((plan.anchor[leaf] - anchor) / plan.frame_scale).T
         lo, hi = rel.min(axis=1), rel.max(axis=1)
-        return leaf, anchor, 0.5 * (lo + hi), float((hi - lo).max())
+        return anchor, 0.5 * (lo + hi), float((hi - lo).max())
 
     spots = []
     for idx, cells in sets:
-        leaf, anchor, c, width = geometry(idx)
-        parts = [(idx, leaf, anchor, c, width)]
-        if width > 2 * max_h:  # one spot per cell
+        leaf = plan.source_leaves(idx)
+        parts = [(idx, leaf) + geometry(idx, leaf)]
+        if parts[0][-1] > 2 * max_h:  # wider than two cells: one spot per cell
             parts = []
             for key in np.unique(cells):
-                sub = idx[cells == key]
-                parts.append((sub,) + geometry(sub))
+                m = cells == key
+                parts.append((idx[m], leaf[m]) + geometry(idx[m], leaf[m]))
         for idx, leaf, anchor, c, width in parts:
             # a spot on one point: any cube holds it at its centre (1e-9 of the domain)
             h = max(width * 0.5 * (1 + 1e-9), 1e-9 * plan.size)
