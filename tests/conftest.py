@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -8,7 +10,7 @@ def _tmp_cache_dir(tmp_path_factory, monkeypatch):
     workers (each with its own base temp directory below the session's) share their parent's, so
     an operator set is built once per run (the cache writes atomically; see aotfmm.cache)."""
     base = tmp_path_factory.getbasetemp()
-    if __import__("os").environ.get("PYTEST_XDIST_WORKER"):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
         base = base.parent
     d = base / "aotfmm-cache"
     d.mkdir(exist_ok=True)
@@ -87,7 +89,7 @@ def rel_err(x, ref):
 
 
 # The hostile-input suite runs only in its own subprocess (see test_hostile.py).
-collect_ignore = [] if __import__("os").environ.get("AOTFMM_HOSTILE_SUBPROCESS") else ["hostile"]
+collect_ignore = [] if os.environ.get("AOTFMM_HOSTILE_SUBPROCESS") else ["hostile"]
 
 
 def density_reference(src, q, d, trg):
