@@ -137,7 +137,11 @@ def compile_object(isa, name, output):
         from numba.core.codegen import AOTCPUCodegen
         from numba.core.types import __dict__ as numba_types
         import numba.pycc.compiler as pycc_compiler
+    os.environ["AOTFMM_KERNELS_ISA"] = isa  # (kernels.ISA: per-ISA constants of the families)
     kernels, families = load_families()
+    if kernels.ISA != isa:  # imported earlier in this process, for another ISA
+        raise RuntimeError(f"kernels were imported for ISA {kernels.ISA!r}, not {isa!r}: "
+                           f"compile one ISA per process")
 
     entries, locals_by_func = [], {}
     for fam in families:

@@ -23,6 +23,14 @@ Conventions (see ``../shared/design/style.md``):
   :data:`FASTMATH`, which deliberately exclude ``nnan``/``ninf`` so ``r2 > 0`` guards survive.
 """
 
+import os
+
+#: The ISA variant being compiled ("generic", "x86-64-v3", ...), which
+#: ``build_tools/compile_kernels.py`` puts in the environment before it imports the families
+#: ("" otherwise). The mixed kernels' float32 runs are shorter where their loops stay scalar
+#: (kernels/p2p.py ``MIXED_SOURCES``).
+ISA = os.environ.get("AOTFMM_KERNELS_ISA", "")
+
 #: Fast-math flags for every kernel: no ``nnan``/``ninf`` (they let LLVM delete ``r2 > 0`` guards).
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 

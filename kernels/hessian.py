@@ -26,7 +26,7 @@ import numpy as np
 from numba.extending import register_jitable
 
 from ._inline import gather_sym, scatter_sym
-from .p2p import MIXED_SOURCES, _split_box, _target_parts
+from .p2p import MIXED_SOURCES, MIXED_TARGETS, _pad_run, _split_box, _target_parts
 
 INV4PI = 0.07957747154594767  # 1 / (4 pi)
 
@@ -63,7 +63,7 @@ LOCALS = {"p2p_hess": _LOCALS,
           "p2p_sym_hess_mixed": dict(
               {k: "float32" for k in _LOCALS if k != "c"},
               **{k: "float32" for k in ("ir", "qi", "axx", "ayy", "azz", "axy", "axz", "ayz",
-                                        "xh", "yh", "zh", "xl", "yl", "zl", "thr", "chk")},
+                                        "xh", "yh", "zh", "xl", "yl", "zl", "thr")},
               **{k: "float64" for k in ("c", "xi", "yi", "zi")})}
 
 
@@ -375,8 +375,8 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
     """:func:`p2p_sym_hess` for float64 points, charges and outputs with the pair terms in
     float32, as ``p2p.p2p_sym_mixed``: per box the gathered points (in its frame) are split
     into float32 parts on a power-of-two grid plus float32 rests; a target's sums are float32
-    over at most ``MIXED_SOURCES`` one-sided sources or partners, then float64; a partner's sums
-    are one float32 sum over the box's targets. A box with a pair closer than ``MIXED_CUT``
+    over at most ``MIXED_SOURCES`` one-sided sources or partners, then float64; a partner's
+    over at most ``MIXED_TARGETS`` targets. A box with a pair closer than ``MIXED_CUT``
     grid steps (or than ``MIXED_R2_MIN``, or rounding to r^2 = 0 without being coincident) is
     computed again in float64 with the exact 1/r, as p2p_sym_hess does; coincident points
     (each point with itself; only the one-sided list, which holds b, can have them) contribute
@@ -385,18 +385,19 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
     one = np.float32(1.0)
     three = np.float32(3.0)
     bj = MIXED_SOURCES
-    s1 = np.empty((3, m_max), dtype=np.float64)
-    q1 = np.empty(m_max, dtype=np.float64)
-    s2 = np.empty((3, m_max), dtype=np.float64)
-    q2 = np.empty(m_max, dtype=np.float64)
+    s1 = np.empty((3, m_max + bj), dtype=np.float64)
+    q1 = np.empty(m_max + bj, dtype=np.float64)
+    s2 = np.empty((3, m_max + bj), dtype=np.float64)
+    q2 = np.empty(m_max + bj, dtype=np.float64)
     gidx = np.empty(m_max, dtype=np.int64)
-    h1 = np.empty((3, m_max), dtype=np.float32)
-    l1 = np.empty((3, m_max), dtype=np.float32)
-    h2 = np.empty((3, m_max), dtype=np.float32)
-    l2 = np.empty((3, m_max), dtype=np.float32)
-    f1 = np.empty(m_max, dtype=np.float32)
-    f2 = np.empty(m_max, dtype=np.float32)
-    o2f = np.empty((10, m_max), dtype=np.float32)  # the partners' float32 sums
+    h1 = np.empty((3, m_max + bj), dtype=np.float32)
+    l1 = np.empty((3, m_max + bj), dtype=np.float32)
+    h2 = np.empty((3, m_max + bj), dtype=np.float32)
+    l2 = np.empty((3, m_max + bj), dtype=np.float32)
+    f1 = np.empty(m_max + bj, dtype=np.float32)
+    f2 = np.empty(m_max + bj, dtype=np.float32)
+    o2f = np.empty((10, m_max + bj), dtype=np.float32)  # the partners' float32 partial sums
+    o2 = np.empty((10, m_max), dtype=np.float64)   # ... added in float64
     ob = np.empty((10, m_max), dtype=np.float64)
     acc = np.empty(10, dtype=np.float64)
     ht, lt = _target_parts(start, end, boxes, i0, i1)
@@ -406,39 +407,49 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
         nt = end[b] - t0
         n1, n2 = gather_sym(xyz, q, start, end, one_offsets, one_index, one_shift,
                             sym_offsets, sym_index, sym_shift, b, s1, q1, s2, q2, gidx)
-        thr = _split_box(s1, n1, s2, n2, xyz[:, t0:t0 + nt], nt, h1, l1, h2, l2, ht, lt)
+        thr, far = _split_box(s1, n1, s2, n2, xyz[:, t0:t0 + nt], nt, h1, l1, h2, l2, ht,
+                              lt)
         for j in range(n1):
             f1[j] = q1[j]
         for j in range(n2):
             f2[j] = q2[j]
+        # both lists padded to whole runs of bj with uncharged far points (terms 0), so every
+        # float32 run below has the constant length bj
+        n1p = _pad_run(h1, l1, f1, n1, far, bj)
+        n2p = _pad_run(h2, l2, f2, n2, far, bj)
+        for e in range(3):
+            for j in range(n1, n1p):
+                s1[e, j] = np.nan  # (never coincident with a target)
         for e in range(10):
-            for j in range(n2):
+            for j in range(n2p):
                 o2f[e, j] = 0.0
-        hx1 = h1[0, :n1]
-        hy1 = h1[1, :n1]
-        hz1 = h1[2, :n1]
-        lx1 = l1[0, :n1]
-        ly1 = l1[1, :n1]
-        lz1 = l1[2, :n1]
-        sx1 = s1[0, :n1]
-        sy1 = s1[1, :n1]
-        sz1 = s1[2, :n1]
-        hx2 = h2[0, :n2]
-        hy2 = h2[1, :n2]
-        hz2 = h2[2, :n2]
-        lx2 = l2[0, :n2]
-        ly2 = l2[1, :n2]
-        lz2 = l2[2, :n2]
-        op = o2f[0, :n2]
-        ogx = o2f[1, :n2]
-        ogy = o2f[2, :n2]
-        ogz = o2f[3, :n2]
-        oxx = o2f[4, :n2]
-        oyy = o2f[5, :n2]
-        ozz = o2f[6, :n2]
-        oxy = o2f[7, :n2]
-        oxz = o2f[8, :n2]
-        oyz = o2f[9, :n2]
+            for j in range(n2):
+                o2[e, j] = 0.0
+        hx1 = h1[0, :n1p]
+        hy1 = h1[1, :n1p]
+        hz1 = h1[2, :n1p]
+        lx1 = l1[0, :n1p]
+        ly1 = l1[1, :n1p]
+        lz1 = l1[2, :n1p]
+        sx1 = s1[0, :n1p]
+        sy1 = s1[1, :n1p]
+        sz1 = s1[2, :n1p]
+        hx2 = h2[0, :n2p]
+        hy2 = h2[1, :n2p]
+        hz2 = h2[2, :n2p]
+        lx2 = l2[0, :n2p]
+        ly2 = l2[1, :n2p]
+        lz2 = l2[2, :n2p]
+        op = o2f[0, :n2p]
+        ogx = o2f[1, :n2p]
+        ogy = o2f[2, :n2p]
+        ogz = o2f[3, :n2p]
+        oxx = o2f[4, :n2p]
+        oyy = o2f[5, :n2p]
+        ozz = o2f[6, :n2p]
+        oxy = o2f[7, :n2p]
+        oxz = o2f[8, :n2p]
+        oyz = o2f[9, :n2p]
         bad = False
         for i in range(nt):
             xh = ht[0, i]
@@ -453,7 +464,7 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
             zi = xyz[2, t0 + i]
             for e in range(10):
                 acc[e] = 0.0
-            for j0 in range(0, n1, bj):  # one-sided sources (b itself among them), float32 blocks
+            for j0 in range(0, n1p, bj):  # one-sided sources (b itself among them), float32 blocks
                 p = np.float32(0.0)
                 gx = np.float32(0.0)
                 gy = np.float32(0.0)
@@ -464,7 +475,7 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
                 hxy = np.float32(0.0)
                 hxz = np.float32(0.0)
                 hyz = np.float32(0.0)
-                for j in range(np.uint64(j0), np.uint64(min(j0 + bj, n1))):
+                for j in range(np.uint64(j0), np.uint64(j0) + np.uint64(bj)):
                     dx = (xh - hx1[j]) + (xl - lx1[j])
                     dy = (yh - hy1[j]) + (yl - ly1[j])
                     dz = (zh - hz1[j]) + (zl - lz1[j])
@@ -501,7 +512,7 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
                 acc[7] += hxy
                 acc[8] += hxz
                 acc[9] += hyz
-            for j0 in range(0, n2, bj):  # symmetric partners: both points
+            for j0 in range(0, n2p, bj):  # symmetric partners: both points
                 p = np.float32(0.0)
                 gx = np.float32(0.0)
                 gy = np.float32(0.0)
@@ -512,7 +523,7 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
                 hxy = np.float32(0.0)
                 hxz = np.float32(0.0)
                 hyz = np.float32(0.0)
-                for j in range(np.uint64(j0), np.uint64(min(j0 + bj, n2))):
+                for j in range(np.uint64(j0), np.uint64(j0) + np.uint64(bj)):
                     dx = (xh - hx2[j]) + (xl - lx2[j])
                     dy = (yh - hy2[j]) + (yl - ly2[j])
                     dz = (zh - hz2[j]) + (zl - lz2[j])
@@ -571,16 +582,21 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
                 break
             for e in range(10):
                 ob[e, i] = acc[e]
+            if (i + 1) % MIXED_TARGETS == 0 or i == nt - 1:  # partners' float32 runs to float64
+                for e in range(10):
+                    for j in range(n2):
+                        o2[e, j] += o2f[e, j]
+                        o2f[e, j] = 0.0
         if not bad:
-            chk = np.float32(0.0)
+            tot = 0.0
             for j in range(n2):
-                chk += op[j]
-            bad = chk != chk
+                tot += o2[0, j]
+            bad = tot != tot
         if bad:  # the whole box in float64, exact 1/r
             p2p_sym_hess(xyz, q, start, end, one_offsets, one_index, one_shift, sym_offsets,
                          sym_index, sym_shift, boxes, ii, ii + 1, flags, m_max, pot, grad, hess)
             continue
-        _scatter_sym_hess(c, ob, o2f, gidx, t0, nt, n2, pot, grad, hess)
+        _scatter_sym_hess(c, ob, o2, gidx, t0, nt, n2, pot, grad, hess)
 
 
 

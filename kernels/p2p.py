@@ -26,6 +26,7 @@ direct sums). A target with a source closer than the estimate handles (~1e-19 in
 import numpy as np
 from numba.extending import register_jitable
 
+from . import ISA
 from ._inline import FLT_MIN, gather_sym, inv_sqrt, scatter_sym, sym_target_exact
 
 INV4PI = 0.07957747154594767  # 1 / (4 pi)
@@ -98,19 +99,30 @@ LOCALS = {
         **{name: "float64" for name in ("c", "acc", "gx", "gy", "gz")}),
 }
 
-#: p2p_sym_mixed: a partner source's float32 partial sum runs over at most this many targets
-#: before it is added to its float64 sum (more often cost more: measured 16 -> 64 -> all:
-#: 0.283 -> 0.27 -> 0.264 s, and the near field's error 2.6e-7 -> 3.4e-7 with all)
-MIXED_TARGETS = 64  # (even: the two-target loop adds them in after a pair)
-#: a target's float32 partial sums over its one-sided list (p2p_sym_mixed; p2p_mixed: over its
-#: whole list) run over at most this many sources before they are added to float64. Whole
-#: lists lost up to 1.2e-4 (plain relative) on a rock-salt lattice in one leaf (+-1 charges,
-#: 39k terms per target): 7.6e-6 with blocks. Blocks of the symmetric partners' loop (the one
-#: that also updates the partners) made the compiled x86-64-v4 loop ~1.5x slower, so a
-#: target's partner terms stay one float32 sum (a few thousand terms at the default leaf sizes)
-MIXED_SOURCES = 512
+#: Every float32 sum of the mixed kernels is a run of at most MIXED_SOURCES terms per target
+#: (MIXED_TARGETS per partner) before it is added to float64. A float32 run of n terms can lose
+#: up to ~n half-ulps of its largest partial sum: a term at or below half an ulp of the sum is
+#: dropped whole, every time. Until 2026-12-04 a target's terms from its symmetric partners were
+#: one run of a few thousand (~900 per AVX2 lane), and one large term (a close pair) followed by
+#: many small ones lost 35x eps at eps 1e-6 (hostile test; unit charges of structured sign with
+#: one close pair: 4x in gradients). A vectorised run of 64 is 8 per AVX2 lane (4 per AVX-512
+#: lane) and a tree of 3 (4) adds: at most ~10 half-ulps (~6e-7 of the largest term, in the
+#: worst crafted case; measured 0.04-0.8x eps at eps 1e-6 in the hostile constructions, where
+#: the pair term's own float32 error adds ~2e-7). The generic module's loops are scalar (no
+#: packed sqrt in its object code), so there a run is 16 (a JIT model with NUMBA_CPU_NAME=generic:
+#: runs of 16 cost nothing over 64, runs of 8 made the loops 2x slower; the separate-target
+#: hostile case 0.62x / 0.75x eps with 16, 2.6x / 3.2x with 64).
+#: p2p_sym_mixed: a partner's float32 partial sums run over at most this many targets (pairs of
+#: targets: 8 float32 adds) before they are added to their float64 sums
+MIXED_TARGETS = 16  # (even: the two-target loop adds them in after a pair)
+#: a target's float32 partial sums run over this many sources before they go to float64; the
+#: lists are padded with uncharged far points to whole runs (kernels/p2p.py ``_pad_run``), so
+#: the inner loops have a constant trip count (measured, JIT model of p2p_sym_mixed, 2e5
+#: uniform points, eps 1e-6, one thread, AMD EPYC Zen 3: runs of 64 padded cost +10-25 %
+#: (pot+grad) over one run per partner list; unpadded runs of 64 had cost +55-70 %)
+MIXED_SOURCES = 16 if ISA == "generic" else 64
 #: p2p_multi_mixed: sources per geometry chunk (float32 1/r and (x - y)/r^3, 4 x 256 x 4 B, stay
-#: in L1 while the densities sweep them), and so the length of each float32 partial sum
+#: in L1 while the densities sweep them in runs of MIXED_SOURCES); a multiple of MIXED_SOURCES
 MIXED_CHUNK = 256
 #: the mixed kernels redo in float64 a pair closer than this many grid steps g (their split
 #: coordinates' rounding, ~1.2e-7 g per axis, is then at most ~1.2e-7 of r): at g / 8 (until
@@ -582,7 +594,8 @@ def _split_box(s1, n1, s2, n2, t, nt, h1, l1, h2, l2, ht, lt):
     magnitude among ``s1[:, :n1]``, ``s2[:, :n2]`` and ``t[:, :nt]`` (in the box's frame),
     each set split on it into float32 parts (:func:`_split_hi_lo`, into h1/l1, h2/l2, ht/lt);
     returns the float32 r^2 below which a pair goes to float64 ((MIXED_CUT g)^2, at least
-    MIXED_R2_MIN)."""
+    MIXED_R2_MIN) and a float32 coordinate far from every point of the box (2^15 g, for
+    :func:`_pad_run`)."""
     big = 0.0
     for e in range(3):
         for j in range(n1):
@@ -595,7 +608,25 @@ def _split_box(s1, n1, s2, n2, t, nt, h1, l1, h2, l2, ht, lt):
     _split_hi_lo(s1, n1, g, h1, l1)
     _split_hi_lo(s2, n2, g, h2, l2)
     _split_hi_lo(t, nt, g, ht, lt)
-    return max(np.float32(g * g * MIXED_CUT2), MIXED_R2_MIN)
+    return (max(np.float32(g * g * MIXED_CUT2), MIXED_R2_MIN),
+            np.float32(min(32768.0 * g, 1e38)))
+
+
+@register_jitable
+def _pad_run(h, l, qf, n, far, run):
+    """Pads split points ``h``/``l`` (3, .) and float32 charges ``qf`` from n to the next
+    multiple of ``run`` with uncharged points at (far, far, far); returns that multiple. With
+    ``far`` from :func:`_split_box` (2^15 g, at least 3 x 2^13 g from every point of the box
+    per axis) their r^2 passes the float64 redo cut unless every pair of the box fails it, and
+    their terms are exactly 0."""
+    n_pad = (n + run - 1) // run * run
+    for e in range(3):
+        for j in range(n, n_pad):
+            h[e, j] = far
+            l[e, j] = 0.0
+    for j in range(n, n_pad):
+        qf[j] = 0.0
+    return n_pad
 
 
 @register_jitable
@@ -633,59 +664,66 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
     do_g = (flags & 4) != 0
     bi = MIXED_TARGETS
     bj = MIXED_SOURCES
-    s1 = np.empty((3, m_max), dtype=np.float64)   # one-sided sources, in b's frame
-    q1 = np.empty(m_max, dtype=np.float64)
-    s2 = np.empty((3, m_max), dtype=np.float64)   # symmetric partners, in b's frame
-    q2 = np.empty(m_max, dtype=np.float64)
-    h1 = np.empty((3, m_max), dtype=np.float32)   # their float32 hi/lo parts
-    l1 = np.empty((3, m_max), dtype=np.float32)
-    h2 = np.empty((3, m_max), dtype=np.float32)
-    l2 = np.empty((3, m_max), dtype=np.float32)
+    s1 = np.empty((3, m_max + bj), dtype=np.float64)   # one-sided sources, in b's frame
+    q1 = np.empty(m_max + bj, dtype=np.float64)
+    s2 = np.empty((3, m_max + bj), dtype=np.float64)   # symmetric partners, in b's frame
+    q2 = np.empty(m_max + bj, dtype=np.float64)
+    h1 = np.empty((3, m_max + bj), dtype=np.float32)   # their float32 hi/lo parts
+    l1 = np.empty((3, m_max + bj), dtype=np.float32)
+    h2 = np.empty((3, m_max + bj), dtype=np.float32)
+    l2 = np.empty((3, m_max + bj), dtype=np.float32)
     ht = np.empty((3, m_max), dtype=np.float32)   # b's own points
     lt = np.empty((3, m_max), dtype=np.float32)
-    q1f = np.empty(m_max, dtype=np.float32)
-    q2f = np.empty(m_max, dtype=np.float32)
+    q1f = np.empty(m_max + bj, dtype=np.float32)
+    q2f = np.empty(m_max + bj, dtype=np.float32)
     gidx = np.empty(m_max, dtype=np.int64)
-    o2 = np.empty((4, m_max), dtype=np.float64)   # partners' sums (pot, grad)
-    of = np.zeros((4, m_max), dtype=np.float32)   # their float32 partial sums
-    ob = np.empty((4, m_max), dtype=np.float64)   # b's own sums
+    o2 = np.empty((4, m_max + bj), dtype=np.float64)   # partners' sums (pot, grad)
+    of = np.zeros((4, m_max + bj), dtype=np.float32)   # their float32 partial sums
+    ob = np.empty((4, m_max + bj), dtype=np.float64)   # b's own sums
     for ii in range(i0, i1):
         b = boxes[ii]
         t0 = start[b]
         nt = end[b] - t0
         n1, n2 = gather_sym(xyz, q, start, end, one_offsets, one_index, one_shift,
                             sym_offsets, sym_index, sym_shift, b, s1, q1, s2, q2, gidx)
-        thr = _split_box(s1, n1, s2, n2, xyz[:, t0:t0 + nt], nt, h1, l1, h2, l2, ht, lt)
+        thr, far = _split_box(s1, n1, s2, n2, xyz[:, t0:t0 + nt], nt, h1, l1, h2, l2, ht,
+                              lt)
         for j in range(n1):
             q1f[j] = q1[j]
         for j in range(n2):
             q2f[j] = q2[j]
+        # both lists padded to whole runs of bj with uncharged points far away (their terms
+        # are 0; the loops below then run whole runs of a constant length)
+        n1p = _pad_run(h1, l1, q1f, n1, far, bj)
+        n2p = _pad_run(h2, l2, q2f, n2, far, bj)
+        for e in range(3):
+            for j in range(n1, n1p):
+                s1[e, j] = np.nan  # (never coincident with a target)
         for e in range(4):
-            for j in range(n2):
+            for j in range(n2p):
                 o2[e, j] = 0.0
         bad = False
-        hx1 = h1[0, :n1]
-        hy1 = h1[1, :n1]
-        hz1 = h1[2, :n1]
-        lx1 = l1[0, :n1]
-        ly1 = l1[1, :n1]
-        lz1 = l1[2, :n1]
-        bq1 = q1f[:n1]
-        sx1 = s1[0, :n1]
-        sy1 = s1[1, :n1]
-        sz1 = s1[2, :n1]
-        hx2 = h2[0, :n2]
-        hy2 = h2[1, :n2]
-        hz2 = h2[2, :n2]
-        lx2 = l2[0, :n2]
-        ly2 = l2[1, :n2]
-        lz2 = l2[2, :n2]
-        bq2 = q2f[:n2]
-        pf = of[0, :n2]
-        px = of[1, :n2]
-        py = of[2, :n2]
-        pz = of[3, :n2]
-        m2 = np.uint64(n2)
+        hx1 = h1[0, :n1p]
+        hy1 = h1[1, :n1p]
+        hz1 = h1[2, :n1p]
+        lx1 = l1[0, :n1p]
+        ly1 = l1[1, :n1p]
+        lz1 = l1[2, :n1p]
+        bq1 = q1f[:n1p]
+        sx1 = s1[0, :n1p]
+        sy1 = s1[1, :n1p]
+        sz1 = s1[2, :n1p]
+        hx2 = h2[0, :n2p]
+        hy2 = h2[1, :n2p]
+        hz2 = h2[2, :n2p]
+        lx2 = l2[0, :n2p]
+        ly2 = l2[1, :n2p]
+        lz2 = l2[2, :n2p]
+        bq2 = q2f[:n2p]
+        pf = of[0, :n2p]
+        px = of[1, :n2p]
+        py = of[2, :n2p]
+        pz = of[3, :n2p]
         # two targets at a time (each source's and partner's values loaded once for both);
         # the last target of an odd box goes through the loop below
         i2 = nt - nt % 2
@@ -718,7 +756,7 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
             gx1 = 0.0
             gy1 = 0.0
             gz1 = 0.0
-            for c0 in range(0, n1, bj):  # float32 sums over at most bj sources
+            for c0 in range(0, n1p, bj):  # float32 sums over at most bj sources
                 a0 = np.float32(0.0)
                 ax0 = np.float32(0.0)
                 ay0 = np.float32(0.0)
@@ -727,7 +765,7 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                 ax1 = np.float32(0.0)
                 ay1 = np.float32(0.0)
                 az1 = np.float32(0.0)
-                for j in range(np.uint64(c0), np.uint64(min(c0 + bj, n1))):
+                for j in range(np.uint64(c0), np.uint64(c0) + np.uint64(bj)):
                     hx = hx1[j]
                     hy = hy1[j]
                     hz = hz1[j]
@@ -773,92 +811,93 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                 gx1 += ax1
                 gy1 += ay1
                 gz1 += az1
-            a0 = np.float32(0.0)
-            ax0 = np.float32(0.0)
-            ay0 = np.float32(0.0)
-            az0 = np.float32(0.0)
-            a1 = np.float32(0.0)
-            ax1 = np.float32(0.0)
-            ay1 = np.float32(0.0)
-            az1 = np.float32(0.0)
-            if do_g:
-                for j in range(np.uint64(0), m2):
-                    hx = hx2[j]
-                    hy = hy2[j]
-                    hz = hz2[j]
-                    lx = lx2[j]
-                    ly = ly2[j]
-                    lz = lz2[j]
-                    qj = bq2[j]
-                    dx0 = (xh0 - hx) + (xl0 - lx)
-                    dy0 = (yh0 - hy) + (yl0 - ly)
-                    dz0 = (zh0 - hz) + (zl0 - lz)
-                    r20 = dx0 * dx0 + dy0 * dy0 + dz0 * dz0
-                    invr0 = one / np.sqrt(r20)
-                    if not r20 >= thr:
-                        invr0 = np.float32(np.nan)
-                    a0 += qj * invr0
-                    dx1 = (xh1 - hx) + (xl1 - lx)
-                    dy1 = (yh1 - hy) + (yl1 - ly)
-                    dz1 = (zh1 - hz) + (zl1 - lz)
-                    r21 = dx1 * dx1 + dy1 * dy1 + dz1 * dz1
-                    invr1 = one / np.sqrt(r21)
-                    if not r21 >= thr:
-                        invr1 = np.float32(np.nan)
-                    a1 += qj * invr1
-                    pf[j] += qf0 * invr0 + qf1 * invr1
-                    ir30 = invr0 * invr0 * invr0
-                    t50 = qj * ir30
-                    ax0 -= dx0 * t50
-                    ay0 -= dy0 * t50
-                    az0 -= dz0 * t50
-                    t50 = qf0 * ir30
-                    ir31 = invr1 * invr1 * invr1
-                    t51 = qj * ir31
-                    ax1 -= dx1 * t51
-                    ay1 -= dy1 * t51
-                    az1 -= dz1 * t51
-                    t51 = qf1 * ir31
-                    px[j] += dx0 * t50 + dx1 * t51
-                    py[j] += dy0 * t50 + dy1 * t51
-                    pz[j] += dz0 * t50 + dz1 * t51
-            else:
-                for j in range(np.uint64(0), m2):
-                    hx = hx2[j]
-                    hy = hy2[j]
-                    hz = hz2[j]
-                    lx = lx2[j]
-                    ly = ly2[j]
-                    lz = lz2[j]
-                    qj = bq2[j]
-                    dx0 = (xh0 - hx) + (xl0 - lx)
-                    dy0 = (yh0 - hy) + (yl0 - ly)
-                    dz0 = (zh0 - hz) + (zl0 - lz)
-                    r20 = dx0 * dx0 + dy0 * dy0 + dz0 * dz0
-                    invr0 = one / np.sqrt(r20)
-                    if not r20 >= thr:
-                        invr0 = np.float32(np.nan)
-                    a0 += qj * invr0
-                    dx1 = (xh1 - hx) + (xl1 - lx)
-                    dy1 = (yh1 - hy) + (yl1 - ly)
-                    dz1 = (zh1 - hz) + (zl1 - lz)
-                    r21 = dx1 * dx1 + dy1 * dy1 + dz1 * dz1
-                    invr1 = one / np.sqrt(r21)
-                    if not r21 >= thr:
-                        invr1 = np.float32(np.nan)
-                    a1 += qj * invr1
-                    pf[j] += qf0 * invr0 + qf1 * invr1
-            acc0 += a0
-            gx0 += ax0
-            gy0 += ay0
-            gz0 += az0
-            acc1 += a1
-            gx1 += ax1
-            gy1 += ay1
-            gz1 += az1
+            for c2 in range(0, n2p, bj):
+                a0 = np.float32(0.0)
+                ax0 = np.float32(0.0)
+                ay0 = np.float32(0.0)
+                az0 = np.float32(0.0)
+                a1 = np.float32(0.0)
+                ax1 = np.float32(0.0)
+                ay1 = np.float32(0.0)
+                az1 = np.float32(0.0)
+                if do_g:
+                    for j in range(np.uint64(c2), np.uint64(c2) + np.uint64(bj)):
+                        hx = hx2[j]
+                        hy = hy2[j]
+                        hz = hz2[j]
+                        lx = lx2[j]
+                        ly = ly2[j]
+                        lz = lz2[j]
+                        qj = bq2[j]
+                        dx0 = (xh0 - hx) + (xl0 - lx)
+                        dy0 = (yh0 - hy) + (yl0 - ly)
+                        dz0 = (zh0 - hz) + (zl0 - lz)
+                        r20 = dx0 * dx0 + dy0 * dy0 + dz0 * dz0
+                        invr0 = one / np.sqrt(r20)
+                        if not r20 >= thr:
+                            invr0 = np.float32(np.nan)
+                        a0 += qj * invr0
+                        dx1 = (xh1 - hx) + (xl1 - lx)
+                        dy1 = (yh1 - hy) + (yl1 - ly)
+                        dz1 = (zh1 - hz) + (zl1 - lz)
+                        r21 = dx1 * dx1 + dy1 * dy1 + dz1 * dz1
+                        invr1 = one / np.sqrt(r21)
+                        if not r21 >= thr:
+                            invr1 = np.float32(np.nan)
+                        a1 += qj * invr1
+                        pf[j] += qf0 * invr0 + qf1 * invr1
+                        ir30 = invr0 * invr0 * invr0
+                        t50 = qj * ir30
+                        ax0 -= dx0 * t50
+                        ay0 -= dy0 * t50
+                        az0 -= dz0 * t50
+                        t50 = qf0 * ir30
+                        ir31 = invr1 * invr1 * invr1
+                        t51 = qj * ir31
+                        ax1 -= dx1 * t51
+                        ay1 -= dy1 * t51
+                        az1 -= dz1 * t51
+                        t51 = qf1 * ir31
+                        px[j] += dx0 * t50 + dx1 * t51
+                        py[j] += dy0 * t50 + dy1 * t51
+                        pz[j] += dz0 * t50 + dz1 * t51
+                else:
+                    for j in range(np.uint64(c2), np.uint64(c2) + np.uint64(bj)):
+                        hx = hx2[j]
+                        hy = hy2[j]
+                        hz = hz2[j]
+                        lx = lx2[j]
+                        ly = ly2[j]
+                        lz = lz2[j]
+                        qj = bq2[j]
+                        dx0 = (xh0 - hx) + (xl0 - lx)
+                        dy0 = (yh0 - hy) + (yl0 - ly)
+                        dz0 = (zh0 - hz) + (zl0 - lz)
+                        r20 = dx0 * dx0 + dy0 * dy0 + dz0 * dz0
+                        invr0 = one / np.sqrt(r20)
+                        if not r20 >= thr:
+                            invr0 = np.float32(np.nan)
+                        a0 += qj * invr0
+                        dx1 = (xh1 - hx) + (xl1 - lx)
+                        dy1 = (yh1 - hy) + (yl1 - ly)
+                        dz1 = (zh1 - hz) + (zl1 - lz)
+                        r21 = dx1 * dx1 + dy1 * dy1 + dz1 * dz1
+                        invr1 = one / np.sqrt(r21)
+                        if not r21 >= thr:
+                            invr1 = np.float32(np.nan)
+                        a1 += qj * invr1
+                        pf[j] += qf0 * invr0 + qf1 * invr1
+                acc0 += a0
+                gx0 += ax0
+                gy0 += ay0
+                gz0 += az0
+                acc1 += a1
+                gx1 += ax1
+                gy1 += ay1
+                gz1 += az1
             if (i + 2) % bi == 0 or i + 2 == nt:  # the partners' float32 sums into float64
                 for e in range(4 if do_g else 1):
-                    for j in range(n2):
+                    for j in range(n2p):
                         o2[e, j] += of[e, j]
                         of[e, j] = 0.0
             if acc0 != acc0 or acc1 != acc1:
@@ -886,12 +925,12 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
             gx = 0.0
             gy = 0.0
             gz = 0.0
-            for c0 in range(0, n1, bj):  # float32 sums over at most bj sources, then float64
+            for c0 in range(0, n1p, bj):  # float32 sums over at most bj sources, then float64
                 a = np.float32(0.0)
                 ax = np.float32(0.0)
                 ay = np.float32(0.0)
                 az = np.float32(0.0)
-                for j in range(np.uint64(c0), np.uint64(min(c0 + bj, n1))):
+                for j in range(np.uint64(c0), np.uint64(c0) + np.uint64(bj)):
                     dx = (xh - hx1[j]) + (xl - lx1[j])
                     dy = (yh - hy1[j]) + (yl - ly1[j])
                     dz = (zh - hz1[j]) + (zl - lz1[j])
@@ -911,50 +950,50 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                 gx += ax
                 gy += ay
                 gz += az
-            a = np.float32(0.0)  # (the partners: one float32 sum; blocks here ran 1.5x slower)
-            ax = np.float32(0.0)
-            ay = np.float32(0.0)
-            az = np.float32(0.0)
-            m2 = np.uint64(n2)
-            if do_g:
-                for j in range(np.uint64(0), m2):
-                    dx = (xh - hx2[j]) + (xl - lx2[j])
-                    dy = (yh - hy2[j]) + (yl - ly2[j])
-                    dz = (zh - hz2[j]) + (zl - lz2[j])
-                    r2 = dx * dx + dy * dy + dz * dz
-                    invr = one / np.sqrt(r2)
-                    if not r2 >= thr:
-                        invr = np.float32(np.nan)
-                    ir3 = invr * invr * invr
-                    qj = bq2[j]
-                    a += qj * invr
-                    pf[j] += qf * invr
-                    t5 = qj * ir3
-                    ax -= dx * t5
-                    ay -= dy * t5
-                    az -= dz * t5
-                    t5 = qf * ir3
-                    px[j] += dx * t5
-                    py[j] += dy * t5
-                    pz[j] += dz * t5
-            else:
-                for j in range(np.uint64(0), m2):
-                    dx = (xh - hx2[j]) + (xl - lx2[j])
-                    dy = (yh - hy2[j]) + (yl - ly2[j])
-                    dz = (zh - hz2[j]) + (zl - lz2[j])
-                    r2 = dx * dx + dy * dy + dz * dz
-                    invr = one / np.sqrt(r2)
-                    if not r2 >= thr:
-                        invr = np.float32(np.nan)
-                    a += bq2[j] * invr
-                    pf[j] += qf * invr
-            acc += a
-            gx += ax
-            gy += ay
-            gz += az
+            for c2 in range(0, n2p, bj):
+                a = np.float32(0.0)  # (the partners: one float32 sum; blocks here ran 1.5x slower)
+                ax = np.float32(0.0)
+                ay = np.float32(0.0)
+                az = np.float32(0.0)
+                if do_g:
+                    for j in range(np.uint64(c2), np.uint64(c2) + np.uint64(bj)):
+                        dx = (xh - hx2[j]) + (xl - lx2[j])
+                        dy = (yh - hy2[j]) + (yl - ly2[j])
+                        dz = (zh - hz2[j]) + (zl - lz2[j])
+                        r2 = dx * dx + dy * dy + dz * dz
+                        invr = one / np.sqrt(r2)
+                        if not r2 >= thr:
+                            invr = np.float32(np.nan)
+                        ir3 = invr * invr * invr
+                        qj = bq2[j]
+                        a += qj * invr
+                        pf[j] += qf * invr
+                        t5 = qj * ir3
+                        ax -= dx * t5
+                        ay -= dy * t5
+                        az -= dz * t5
+                        t5 = qf * ir3
+                        px[j] += dx * t5
+                        py[j] += dy * t5
+                        pz[j] += dz * t5
+                else:
+                    for j in range(np.uint64(c2), np.uint64(c2) + np.uint64(bj)):
+                        dx = (xh - hx2[j]) + (xl - lx2[j])
+                        dy = (yh - hy2[j]) + (yl - ly2[j])
+                        dz = (zh - hz2[j]) + (zl - lz2[j])
+                        r2 = dx * dx + dy * dy + dz * dz
+                        invr = one / np.sqrt(r2)
+                        if not r2 >= thr:
+                            invr = np.float32(np.nan)
+                        a += bq2[j] * invr
+                        pf[j] += qf * invr
+                acc += a
+                gx += ax
+                gy += ay
+                gz += az
             if (i + 1) % bi == 0 or i == nt - 1:  # the partners' float32 sums into float64
                 for e in range(4 if do_g else 1):
-                    for j in range(n2):
+                    for j in range(n2p):
                         o2[e, j] += of[e, j]
                         of[e, j] = 0.0
             if acc != acc:
@@ -992,12 +1031,12 @@ def p2p_mixed(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end,
     one = np.float32(1.0)
     do_g = (flags & 4) != 0
     bj = MIXED_SOURCES
-    sg = np.empty((3, m_max), dtype=np.float64)   # the listed sources, in b's frame
+    sg = np.empty((3, m_max + 2 * bj), dtype=np.float64)   # the listed sources, in b's frame
     q2 = charges.reshape(1, charges.shape[0])     # as one of k charge vectors
     qg = np.empty((1, m_max), dtype=np.float64)
-    hs = np.empty((3, m_max), dtype=np.float32)
-    ls = np.empty((3, m_max), dtype=np.float32)
-    qf = np.empty(m_max, dtype=np.float32)
+    hs = np.empty((3, m_max + 2 * bj), dtype=np.float32)
+    ls = np.empty((3, m_max + 2 * bj), dtype=np.float32)
+    qf = np.empty(m_max + 2 * bj, dtype=np.float32)
     exact = np.empty(4, dtype=np.float64)  # a redone target's sums (_exact_target)
     ht, lt = _target_parts(trg_start, trg_end, boxes, i0, i1)
     for ii in range(i0, i1):
@@ -1008,21 +1047,36 @@ def p2p_mixed(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end,
             continue
         n, n_own = _gather_own_first(src_xyz, q2, src_start, src_end, list_offsets,
                                      list_index, shift, b, sg, qg)
-        thr = _split_box(sg, n, sg, 0, trg_xyz[:, t0:t0 + nt], nt, hs, ls, hs, ls, ht, lt)
+        thr, far = _split_box(sg, n, sg, 0, trg_xyz[:, t0:t0 + nt], nt, hs, ls, hs, ls, ht, lt)
         for j in range(n):
             qf[j] = qg[0, j]
-        hx = hs[0, :n]
-        hy = hs[1, :n]
-        hz = hs[2, :n]
-        lx = ls[0, :n]
-        ly = ls[1, :n]
-        lz = ls[2, :n]
-        sx = sg[0, :n]
-        sy = sg[1, :n]
-        sz = sg[2, :n]
-        bq = qf[:n]
-        own_blocks = (n_own + bj - 1) // bj
-        n_blocks = own_blocks + (n - n_own + bj - 1) // bj
+        # the own sources and the rest each padded to whole runs of bj (uncharged points far
+        # away, terms 0): [own | pad | rest | pad], every block below exactly bj long
+        n_own_p = (n_own + bj - 1) // bj * bj
+        gap = n_own_p - n_own
+        for j in range(n - 1, n_own - 1, -1):
+            for e in range(3):
+                hs[e, j + gap] = hs[e, j]
+                ls[e, j + gap] = ls[e, j]
+            qf[j + gap] = qf[j]
+        n_p = n_own_p + _pad_run(hs[:, n_own_p:], ls[:, n_own_p:], qf[n_own_p:], n - n_own,
+                                 far, bj)
+        _pad_run(hs, ls, qf, n_own, far, bj)
+        for e in range(3):  # (sg past the own sources is not read again: a redone target
+            for j in range(n_own, n_own_p):  # takes its sources from src_xyz)
+                sg[e, j] = np.nan  # the padding: never coincident with a target
+        hx = hs[0, :n_p]
+        hy = hs[1, :n_p]
+        hz = hs[2, :n_p]
+        lx = ls[0, :n_p]
+        ly = ls[1, :n_p]
+        lz = ls[2, :n_p]
+        sx = sg[0, :n_own_p]
+        sy = sg[1, :n_own_p]
+        sz = sg[2, :n_own_p]
+        bq = qf[:n_p]
+        own_blocks = n_own_p // bj
+        n_blocks = n_p // bj
         for i in range(nt):
             xh = ht[0, i]
             yh = ht[1, i]
@@ -1041,8 +1095,8 @@ def p2p_mixed(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end,
             # one that can hold a coincident source), then the rest
             for blk in range(n_blocks):
                 own = blk < own_blocks
-                j0 = blk * bj if own else n_own + (blk - own_blocks) * bj
-                c1 = np.uint64(min(j0 + bj, n_own if own else n))
+                j0 = blk * bj
+                c1 = np.uint64(j0) + np.uint64(bj)
                 a = np.float32(0.0)
                 ax = np.float32(0.0)
                 ay = np.float32(0.0)
@@ -1137,11 +1191,12 @@ def p2p_multi_mixed(src_xyz, q, trg_xyz, src_start, src_end, trg_start, trg_end,
     nd = pot.shape[0]
     nb4 = (nd // 4) * 4
     ch = MIXED_CHUNK
-    sg = np.empty((3, m_max), dtype=np.float64)   # the listed sources, in b's frame
-    qg = np.empty((nd, m_max), dtype=np.float32)
-    q64 = np.empty((nd, m_max), dtype=np.float64)
-    hs = np.empty((3, m_max), dtype=np.float32)
-    ls = np.empty((3, m_max), dtype=np.float32)
+    bj = MIXED_SOURCES
+    sg = np.empty((3, m_max + 2 * bj), dtype=np.float64)   # the listed sources, in b's frame
+    qg = np.empty((nd, m_max + 2 * bj), dtype=np.float32)
+    q64 = np.empty((nd, m_max + 2 * bj), dtype=np.float64)
+    hs = np.empty((3, m_max + 2 * bj), dtype=np.float32)
+    ls = np.empty((3, m_max + 2 * bj), dtype=np.float32)
     geo = np.zeros((4, ch), dtype=np.float32)
     b1 = geo[0]  # 1 / r
     bx = geo[1]  # (x - y) / r^3 (gradient)
@@ -1160,7 +1215,30 @@ def p2p_multi_mixed(src_xyz, q, trg_xyz, src_start, src_end, trg_start, trg_end,
         for d in range(nd):
             for j in range(n):
                 qg[d, j] = q64[d, j]
-        thr = _split_box(sg, n, sg, 0, trg_xyz[:, t0:t0 + nt], nt, hs, ls, hs, ls, ht, lt)
+        thr, far = _split_box(sg, n, sg, 0, trg_xyz[:, t0:t0 + nt], nt, hs, ls, hs, ls, ht, lt)
+        # the own sources and the rest each padded to whole runs of bj (uncharged points far
+        # away: terms 0; float64 coordinates NaN, which the exact redo skips)
+        n_own_p = (n_own + bj - 1) // bj * bj
+        gap = n_own_p - n_own
+        for j in range(n - 1, n_own - 1, -1):
+            for e in range(3):
+                sg[e, j + gap] = sg[e, j]
+                hs[e, j + gap] = hs[e, j]
+                ls[e, j + gap] = ls[e, j]
+            for d in range(nd):
+                q64[d, j + gap] = q64[d, j]
+                qg[d, j + gap] = qg[d, j]
+        n_p = n_own_p + (n - n_own + bj - 1) // bj * bj
+        for j in range(n_own, n_p):
+            if j < n_own_p or j >= n + gap:
+                for e in range(3):
+                    sg[e, j] = np.nan
+                    hs[e, j] = far
+                    ls[e, j] = 0.0
+                for d in range(nd):
+                    q64[d, j] = 0.0
+                    qg[d, j] = 0.0
+        n = n_p
         for i in range(nt):
             xh = ht[0, i]
             yh = ht[1, i]
@@ -1221,95 +1299,97 @@ def p2p_multi_mixed(src_xyz, q, trg_xyz, src_start, src_end, trg_start, trg_end,
                     bad = True
                     break
                 for d in range(0, nb4, 4):  # four densities per sweep
-                    a0 = np.float32(0.0)
-                    a1 = np.float32(0.0)
-                    a2 = np.float32(0.0)
-                    a3 = np.float32(0.0)
-                    x0 = np.float32(0.0)
-                    x1 = np.float32(0.0)
-                    x2 = np.float32(0.0)
-                    x3 = np.float32(0.0)
-                    y0 = np.float32(0.0)
-                    y1 = np.float32(0.0)
-                    y2 = np.float32(0.0)
-                    y3 = np.float32(0.0)
-                    z0 = np.float32(0.0)
-                    z1 = np.float32(0.0)
-                    z2 = np.float32(0.0)
-                    z3 = np.float32(0.0)
-                    q0 = qg[d, c0:c1]
-                    q1 = qg[d + 1, c0:c1]
-                    q2 = qg[d + 2, c0:c1]
-                    q3 = qg[d + 3, c0:c1]
-                    if do_g:
-                        for j in range(np.uint64(0), m):
-                            w = b1[j]
-                            wx = bx[j]
-                            wy = by[j]
-                            wz = bz[j]
-                            u = q0[j]
-                            a0 += u * w
-                            x0 -= u * wx
-                            y0 -= u * wy
-                            z0 -= u * wz
-                            u = q1[j]
-                            a1 += u * w
-                            x1 -= u * wx
-                            y1 -= u * wy
-                            z1 -= u * wz
-                            u = q2[j]
-                            a2 += u * w
-                            x2 -= u * wx
-                            y2 -= u * wy
-                            z2 -= u * wz
-                            u = q3[j]
-                            a3 += u * w
-                            x3 -= u * wx
-                            y3 -= u * wy
-                            z3 -= u * wz
-                    else:
-                        for j in range(np.uint64(0), m):
-                            w = b1[j]
-                            a0 += q0[j] * w
-                            a1 += q1[j] * w
-                            a2 += q2[j] * w
-                            a3 += q3[j] * w
-                    sums[d, 0] += a0
-                    sums[d, 1] += x0
-                    sums[d, 2] += y0
-                    sums[d, 3] += z0
-                    sums[d + 1, 0] += a1
-                    sums[d + 1, 1] += x1
-                    sums[d + 1, 2] += y1
-                    sums[d + 1, 3] += z1
-                    sums[d + 2, 0] += a2
-                    sums[d + 2, 1] += x2
-                    sums[d + 2, 2] += y2
-                    sums[d + 2, 3] += z2
-                    sums[d + 3, 0] += a3
-                    sums[d + 3, 1] += x3
-                    sums[d + 3, 2] += y3
-                    sums[d + 3, 3] += z3
+                    for s0 in range(0, c1 - c0, bj):  # float32 runs of bj sources
+                        a0 = np.float32(0.0)
+                        a1 = np.float32(0.0)
+                        a2 = np.float32(0.0)
+                        a3 = np.float32(0.0)
+                        x0 = np.float32(0.0)
+                        x1 = np.float32(0.0)
+                        x2 = np.float32(0.0)
+                        x3 = np.float32(0.0)
+                        y0 = np.float32(0.0)
+                        y1 = np.float32(0.0)
+                        y2 = np.float32(0.0)
+                        y3 = np.float32(0.0)
+                        z0 = np.float32(0.0)
+                        z1 = np.float32(0.0)
+                        z2 = np.float32(0.0)
+                        z3 = np.float32(0.0)
+                        q0 = qg[d, c0:c1]
+                        q1 = qg[d + 1, c0:c1]
+                        q2 = qg[d + 2, c0:c1]
+                        q3 = qg[d + 3, c0:c1]
+                        if do_g:
+                            for j in range(np.uint64(s0), np.uint64(s0) + np.uint64(bj)):
+                                w = b1[j]
+                                wx = bx[j]
+                                wy = by[j]
+                                wz = bz[j]
+                                u = q0[j]
+                                a0 += u * w
+                                x0 -= u * wx
+                                y0 -= u * wy
+                                z0 -= u * wz
+                                u = q1[j]
+                                a1 += u * w
+                                x1 -= u * wx
+                                y1 -= u * wy
+                                z1 -= u * wz
+                                u = q2[j]
+                                a2 += u * w
+                                x2 -= u * wx
+                                y2 -= u * wy
+                                z2 -= u * wz
+                                u = q3[j]
+                                a3 += u * w
+                                x3 -= u * wx
+                                y3 -= u * wy
+                                z3 -= u * wz
+                        else:
+                            for j in range(np.uint64(s0), np.uint64(s0) + np.uint64(bj)):
+                                w = b1[j]
+                                a0 += q0[j] * w
+                                a1 += q1[j] * w
+                                a2 += q2[j] * w
+                                a3 += q3[j] * w
+                        sums[d, 0] += a0
+                        sums[d, 1] += x0
+                        sums[d, 2] += y0
+                        sums[d, 3] += z0
+                        sums[d + 1, 0] += a1
+                        sums[d + 1, 1] += x1
+                        sums[d + 1, 2] += y1
+                        sums[d + 1, 3] += z1
+                        sums[d + 2, 0] += a2
+                        sums[d + 2, 1] += x2
+                        sums[d + 2, 2] += y2
+                        sums[d + 2, 3] += z2
+                        sums[d + 3, 0] += a3
+                        sums[d + 3, 1] += x3
+                        sums[d + 3, 2] += y3
+                        sums[d + 3, 3] += z3
                 for d in range(nb4, nd):
-                    a = np.float32(0.0)
-                    gx = np.float32(0.0)
-                    gy = np.float32(0.0)
-                    gz = np.float32(0.0)
-                    qd = qg[d, c0:c1]
-                    if do_g:
-                        for j in range(np.uint64(0), m):
-                            qj = qd[j]
-                            a += qj * b1[j]
-                            gx -= qj * bx[j]
-                            gy -= qj * by[j]
-                            gz -= qj * bz[j]
-                    else:
-                        for j in range(np.uint64(0), m):
-                            a += qd[j] * b1[j]
-                    sums[d, 0] += a
-                    sums[d, 1] += gx
-                    sums[d, 2] += gy
-                    sums[d, 3] += gz
+                    for s0 in range(0, c1 - c0, bj):
+                        a = np.float32(0.0)
+                        gx = np.float32(0.0)
+                        gy = np.float32(0.0)
+                        gz = np.float32(0.0)
+                        qd = qg[d, c0:c1]
+                        if do_g:
+                            for j in range(np.uint64(s0), np.uint64(s0) + np.uint64(bj)):
+                                qj = qd[j]
+                                a += qj * b1[j]
+                                gx -= qj * bx[j]
+                                gy -= qj * by[j]
+                                gz -= qj * bz[j]
+                        else:
+                            for j in range(np.uint64(s0), np.uint64(s0) + np.uint64(bj)):
+                                a += qd[j] * b1[j]
+                        sums[d, 0] += a
+                        sums[d, 1] += gx
+                        sums[d, 2] += gy
+                        sums[d, 3] += gz
             if bad:  # every density of this target exactly in float64
                 for d in range(nd):
                     for e in range(4):
