@@ -656,9 +656,9 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
     float64 coordinates are equal (coincident points, each point with itself: 0). Coincident
     points share a leaf, so that check runs on the one-sided list (which holds b itself)
     only: a symmetric partner is never coincident. A target's terms are summed in float32 over
-    blocks of ``MIXED_SOURCES`` of its one-sided list and over its whole symmetric list, a
-    partner's over at most ``MIXED_TARGETS`` targets, and those partial sums in float64.
-    flags: 4 gradient."""
+    runs of ``MIXED_SOURCES`` of its one-sided and of its symmetric list (both padded to whole
+    runs by :func:`_pad_run`), a partner's over at most ``MIXED_TARGETS`` targets, and those
+    partial sums in float64. flags: 4 gradient."""
     c = INV4PI
     one = np.float32(1.0)
     do_g = (flags & 4) != 0
@@ -951,7 +951,7 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                 gy += ay
                 gz += az
             for c2 in range(0, n2p, bj):
-                a = np.float32(0.0)  # (the partners: one float32 sum; blocks here ran 1.5x slower)
+                a = np.float32(0.0)  # (the partners: float32 runs of bj, as above)
                 ax = np.float32(0.0)
                 ay = np.float32(0.0)
                 az = np.float32(0.0)
@@ -1181,8 +1181,9 @@ def p2p_multi_mixed(src_xyz, q, trg_xyz, src_start, src_end, trg_start, trg_end,
     the pair terms of :func:`p2p_mixed`. Per target box its listed sources (own box first) are
     gathered in its frame and split into float32 parts on a power-of-two grid plus float32
     rests; per target, chunks of ``MIXED_CHUNK`` sources get their float32 geometry (1/r, and
-    (x - y)/r^3 for the gradient) once, then every density sweeps it in float32 (four per
-    sweep, the rest one by one) and adds the chunk's sums to float64. A target with a source
+    (x - y)/r^3 for the gradient) once, then every density sweeps it in float32 runs of
+    ``MIXED_SOURCES`` (four densities per sweep, the rest one by one; the own sources and the
+    rest each padded to whole runs) and adds each run's sums to float64. A target with a source
     closer than ``MIXED_CUT`` grid steps (or than ``MIXED_R2_MIN``) is summed again, every density,
     exactly in float64; a coincident source (only the own box can hold one) contributes 0."""
     c = INV4PI
