@@ -124,9 +124,10 @@ def test_few_charges_and_dipoles_with_hessians():
         warnings.simplefilter("always")
         out = f.fields(q, dipoles=d, pg=3, pgt=3)
     assert not few_warnings(w)
+    nz = np.flatnonzero((q != 0) | (d != 0).any(axis=1))  # the reference over these only
     for t, pot, grad, hess in ((x, out.pot, out.grad, out.hess),
                                (y, out.pottarg, out.gradtarg, out.hesstarg)):
-        rp, rg, rh = hessian_reference(x, q, d, t)
+        rp, rg, rh = hessian_reference(x[nz], q[nz], d[nz], t)
         assert rel_err(pot, rp) <= 1e-11
         assert rel_err(grad, rg) <= 1e-11
         assert rel_err(hess, rh) <= 1e-11
