@@ -857,29 +857,25 @@ def test_mixed_target_sums_keep_small_terms_with_many_charges(kind):
     assert err <= 1e-6, f"{kind}: {err / 1e-6:.1f}x eps"
 
 
-@pytest.mark.parametrize("kind", ["separate targets", "four densities", "hessians",
-                                  "separate targets, generic module"])
-def test_mixed_sums_of_every_mixed_kernel_keep_small_terms_after_a_large_one(kind, monkeypatch):
+@pytest.mark.parametrize("where", ["separate targets", "at the sources"])
+def test_mixed_sums_of_every_mixed_kernel_keep_small_terms_after_a_large_one(where):
     """The tuned case above through the other mixed kernels, with every cluster point tuned
-    (no use of the lists): c 2e-5 from a across a leaf face, a's term at c 2^15 (1 + 2^-11)
-    (half an ulp 2^-9 in float32), every other point of c's 27 leaves a term at c of 0.9 of
-    that half ulp, 5000 background charges (60x a's) for ~2400 effective charges (not routed);
-    eps 1e-6, every default. Separate targets (p2p_mixed: a target's float32 runs were 512
-    sources), four charge vectors (p2p_multi_mixed: 256) and Hessians at the sources
-    (p2p_sym_hess_mixed: 512, a partner's run all of a leaf's targets); separate targets again
-    through the generic ISA module, whose loops are scalar (runs of 64 there erred 2.6x eps in
-    a hostile case tuned to them). Potentials against numpy sums, the contract's measure (the
-    field of |q|). Before runs were cut to 64 sources and 16 targets (16 sources in the generic
-    module; 2026-12-04): 4.73x, 0.08x, 2.42x, 18.8x eps (generic runs of 64, JIT model: 3.07x);
-    since: 0.76x, 0.37x, 0.04x, 0.69x."""
-    if kind.endswith("generic module"):
-        if "generic" not in aotfmm._kernels.runnable_isas():
-            pytest.skip("no generic module built")
-        monkeypatch.setattr(aotfmm._kernels, "kernels", aotfmm._kernels.load("generic"))
+    (no use of the lists): c 2e-5 from a, a's term at c 2^15 (1 + 2^-11) (half an ulp 2^-9 in
+    float32), every other point of c's 27 leaves a term at c of 0.9 of that half ulp, 5000
+    background charges (60x a's) for ~2400 effective charges (not routed); eps 1e-6, every
+    default. Separate targets (p2p_mixed: a target's float32 runs were 512 sources; a first in
+    c's leaf, which its list holds first), also through the generic ISA module, whose loops
+    are scalar (runs of 64 there erred 3x in this case); at the sources, a first in the +x
+    neighbour of c's leaf: four charge vectors (p2p_multi_mixed: runs were 256) and Hessians
+    (p2p_sym_hess_mixed: 512, a partner's run all of a leaf's targets). Potentials against
+    numpy sums, the contract's measure (the field of |q|). Before runs were cut to 64 sources
+    and 16 targets (16 sources in the generic module; 2026-12-04): separate targets 4.73x,
+    generic module 18.8x (runs of 64, JIT model: 3.07x), four densities 0.08x (within),
+    Hessians 2.42x eps; since: 0.76x, 0.69x, 0.37x, 0.04x."""
     lo, rng, cluster, bg = _cluster_of_27_leaves()
     bg = bg[:5000]
     d = 2e-5
-    if kind.startswith("separate targets"):  # a first in c's leaf (b, listed first), c after
+    if where == "separate targets":  # a first in c's leaf (b, listed first), c after
         a = lo((9, 9, 9)) + [1e-6, 3e-6, 3e-6]
         c = a + [d, 0, 0]
     else:  # a first in the +x neighbour of c's leaf
@@ -891,30 +887,39 @@ def test_mixed_sums_of_every_mixed_kernel_keep_small_terms_after_a_large_one(kin
     q[2] = 2.0 ** 15 * (1 + 2.0 ** -11) * d
     q[4:4 + ncl] = 0.9 * 2.0 ** -9 * np.linalg.norm(cluster - c, axis=1)
     q[4 + ncl:] = 60 * q[2] / len(bg) * (1 + 0.1 * rng.random(len(bg)))
-    if kind.startswith("separate targets"):
-        plan = aotfmm.Fmm(x, x.copy(), eps=1e-6, threads=1)
+    signs = np.where(rng.random(n) < 0.5, -1.0, 1.0)
+    qq = np.stack([q, signs, 0.5 * q, q * signs], axis=1)  # (four: one sweep of four)
+    got = {}  # case -> (potentials (k, n), the columns of qq they belong to)
+    if where == "separate targets":
+        isas = [aotfmm._kernels.ISA]  # the module picked for this CPU, then the generic one
+        isas += ["generic"] if "generic" in aotfmm._kernels.runnable_isas() else []
+        for isa in dict.fromkeys(isas):
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(aotfmm._kernels, "kernels", aotfmm._kernels.load(isa))
+                plan = aotfmm.Fmm(x, x.copy(), eps=1e-6, threads=1)
+                assert plan._core.mixed_near
+                got[f"separate targets, {isa} module"] = (plan.evaluate(q)[None], [0])
+                assert not [k for k in plan.timings if "few" in k or "spot" in k]
     else:
-        plan = aotfmm.Fmm(x, eps=1e-6, threads=1, hessians=kind == "hessians")
-    assert plan._core.mixed_near
-    qq = q[:, None]
-    if kind == "four densities":
-        signs = np.where(rng.random(n) < 0.5, -1.0, 1.0)
-        qq = np.stack([q, signs, 0.5 * q, q * signs], axis=1)  # (four: one sweep of four)
-        pot = plan.evaluate(qq).T
-    elif kind == "hessians":
-        pot = plan.fields(q, pg=3).pot[None]
-    else:
-        pot = plan.evaluate(q)[None]
-    assert not [k for k in plan.timings if "few" in k or "spot" in k]
-    ref, bar = np.zeros((n, qq.shape[1])), np.zeros((n, qq.shape[1]))
-    for t in range(0, n, 1000):  # numpy sums, every density at once
+        plan = aotfmm.Fmm(x, eps=1e-6, threads=1)
+        assert plan._core.mixed_near
+        got["four densities"] = (plan.evaluate(qq).T, [0, 1, 2, 3])
+        assert not [k for k in plan.timings if "few" in k or "spot" in k]
+        plan = aotfmm.Fmm(x, eps=1e-6, threads=1, hessians=True)
+        assert plan._core.mixed_near
+        got["hessians"] = (plan.fields(q, pg=3).pot[None], [0])
+        assert not [k for k in plan.timings if "few" in k or "spot" in k]
+    cols = sorted({j for _, js in got.values() for j in js})
+    ref, bar = np.zeros((n, 4)), np.zeros((n, 4))
+    for t in range(0, n, 1000):  # numpy sums, the densities used at once
         dd = [x[t:t + 1000, k, None] - x[None, :, k] for k in range(3)]
         g = np.sqrt(dd[0] ** 2 + dd[1] ** 2 + dd[2] ** 2)
         g = np.divide(1.0, g, out=np.zeros_like(g), where=g > 0) / (4 * np.pi)
-        ref[t:t + 1000], bar[t:t + 1000] = g @ qq, g @ np.abs(qq)
-    for col in range(qq.shape[1]):
-        err = np.linalg.norm(pot[col] - ref[:, col]) / np.linalg.norm(bar[:, col])
-        assert err <= 1e-6, f"{kind}, density {col}: {err / 1e-6:.2f}x eps"
+        ref[t:t + 1000, cols], bar[t:t + 1000, cols] = g @ qq[:, cols], g @ np.abs(qq[:, cols])
+    for case, (pot, js) in got.items():
+        for row, col in enumerate(js):
+            err = np.linalg.norm(pot[row] - ref[:, col]) / np.linalg.norm(bar[:, col])
+            assert err <= 1e-6, f"{case}, density {col}: {err / 1e-6:.2f}x eps"
 
 
 @pytest.mark.parametrize("frac", [0.0, 0.02])
