@@ -26,7 +26,7 @@ import numpy as np
 from numba.extending import register_jitable
 
 from ._inline import gather_sym, scatter_sym
-from .p2p import MIXED_SOURCES, MIXED_TARGETS, _pad_run, _split_box, _target_parts
+from .p2p import MIXED_SOURCES, MIXED_TARGETS, _pad_sym_lists, _split_box, _target_parts
 
 INV4PI = 0.07957747154594767  # 1 / (4 pi)
 
@@ -409,17 +409,9 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
                             sym_offsets, sym_index, sym_shift, b, s1, q1, s2, q2, gidx)
         thr, far = _split_box(s1, n1, s2, n2, xyz[:, t0:t0 + nt], nt, h1, l1, h2, l2, ht,
                               lt)
-        for j in range(n1):
-            f1[j] = q1[j]
-        for j in range(n2):
-            f2[j] = q2[j]
         # both lists padded to whole runs of bj with uncharged far points (terms 0), so every
         # float32 run below has the constant length bj
-        n1p = _pad_run(h1, l1, f1, n1, far, bj)
-        n2p = _pad_run(h2, l2, f2, n2, far, bj)
-        for e in range(3):
-            for j in range(n1, n1p):
-                s1[e, j] = np.nan  # (never coincident with a target)
+        n1p, n2p = _pad_sym_lists(s1, q1, h1, l1, f1, n1, q2, h2, l2, f2, n2, far, bj)
         for e in range(10):
             for j in range(n2p):
                 o2f[e, j] = 0.0

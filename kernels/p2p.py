@@ -551,10 +551,13 @@ def _grid(big):
 
 @register_jitable
 def _gather_own_first(src_xyz, q, src_start, src_end, list_offsets, list_index, shift, b, sg,
-                      qg):
+                      qg, run):
     """The sources listed for target box b into ``sg`` (3, .) in b's frame (``shift`` per list
     entry) and their charge vectors ``q`` (nd, n_src) into ``qg`` (nd, .), b's own sources
-    first (the only ones that can coincide with its targets); returns (n, n_own)."""
+    first (the only ones that can coincide with its targets), the rest from the next multiple
+    of ``run`` on: returns (n, n_own, n_own_p), the rest in ``[n_own_p, n)``. The gap
+    ``[n_own, n_own_p)`` holds coordinates 0 and charges 0 (a 0 leaves :func:`_split_box`'s
+    largest magnitude as it is) until :func:`_pad_own_and_rest` fills it."""
     nd = q.shape[0]
     n = 0
     n_own = 0
@@ -575,7 +578,34 @@ def _gather_own_first(src_xyz, q, src_start, src_end, list_offsets, list_index, 
                 n += 1
         if own:
             n_own = n
-    return n, n_own
+            n = (n + run - 1) // run * run
+            for j in range(n_own, n):
+                for e in range(3):
+                    sg[e, j] = 0.0
+                for d in range(nd):
+                    qg[d, j] = 0.0
+    return n, n_own, (n_own + run - 1) // run * run
+
+
+@register_jitable
+def _pad_own_and_rest(sg, qg, hs, ls, n_own, n_own_p, n, far, run):
+    """After :func:`_gather_own_first` and :func:`_split_box`: the own sources' gap
+    ``[n_own, n_own_p)`` and the rest's tail up to the next multiple of ``run`` become
+    uncharged points at (far, far, far) (split parts ``hs``/``ls``; float64 coordinates
+    ``sg`` NaN, never coincident with a target and skipped by an exact redo; charges ``qg``
+    0), so the own sources and the rest are each whole runs: [own | pad | rest | pad].
+    Returns the padded count."""
+    n_p = (n + run - 1) // run * run
+    nd = qg.shape[0]
+    for j in range(n_own, n_p):
+        if j < n_own_p or j >= n:
+            for e in range(3):
+                sg[e, j] = np.nan
+                hs[e, j] = far
+                ls[e, j] = 0.0
+            for d in range(nd):
+                qg[d, j] = 0.0
+    return n_p
 
 
 @register_jitable
@@ -627,6 +657,24 @@ def _pad_run(h, l, qf, n, far, run):
     for j in range(n, n_pad):
         qf[j] = 0.0
     return n_pad
+
+
+@register_jitable
+def _pad_sym_lists(s1, q1, h1, l1, f1, n1, q2, h2, l2, f2, n2, far, run):
+    """After gather_sym and :func:`_split_box`: the float32 charges ``f1``/``f2`` of both
+    lists, each list padded to whole runs of ``run`` (:func:`_pad_run`), the one-sided list's
+    float64 coordinates ``s1`` NaN in its padding (never coincident with a target). Returns
+    the padded counts (n1p, n2p)."""
+    for j in range(n1):
+        f1[j] = q1[j]
+    for j in range(n2):
+        f2[j] = q2[j]
+    n1p = _pad_run(h1, l1, f1, n1, far, run)
+    n2p = _pad_run(h2, l2, f2, n2, far, run)
+    for e in range(3):
+        for j in range(n1, n1p):
+            s1[e, j] = np.nan
+    return n1p, n2p
 
 
 @register_jitable
@@ -688,17 +736,9 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                             sym_offsets, sym_index, sym_shift, b, s1, q1, s2, q2, gidx)
         thr, far = _split_box(s1, n1, s2, n2, xyz[:, t0:t0 + nt], nt, h1, l1, h2, l2, ht,
                               lt)
-        for j in range(n1):
-            q1f[j] = q1[j]
-        for j in range(n2):
-            q2f[j] = q2[j]
         # both lists padded to whole runs of bj with uncharged points far away (their terms
         # are 0; the loops below then run whole runs of a constant length)
-        n1p = _pad_run(h1, l1, q1f, n1, far, bj)
-        n2p = _pad_run(h2, l2, q2f, n2, far, bj)
-        for e in range(3):
-            for j in range(n1, n1p):
-                s1[e, j] = np.nan  # (never coincident with a target)
+        n1p, n2p = _pad_sym_lists(s1, q1, h1, l1, q1f, n1, q2, h2, l2, q2f, n2, far, bj)
         for e in range(4):
             for j in range(n2p):
                 o2[e, j] = 0.0
@@ -1033,7 +1073,7 @@ def p2p_mixed(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end,
     bj = MIXED_SOURCES
     sg = np.empty((3, m_max + 2 * bj), dtype=np.float64)   # the listed sources, in b's frame
     q2 = charges.reshape(1, charges.shape[0])     # as one of k charge vectors
-    qg = np.empty((1, m_max), dtype=np.float64)
+    qg = np.empty((1, m_max + 2 * bj), dtype=np.float64)
     hs = np.empty((3, m_max + 2 * bj), dtype=np.float32)
     ls = np.empty((3, m_max + 2 * bj), dtype=np.float32)
     qf = np.empty(m_max + 2 * bj, dtype=np.float32)
@@ -1045,26 +1085,14 @@ def p2p_mixed(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end,
         nt = trg_end[b] - t0
         if nt == 0:
             continue
-        n, n_own = _gather_own_first(src_xyz, q2, src_start, src_end, list_offsets,
-                                     list_index, shift, b, sg, qg)
-        thr, far = _split_box(sg, n, sg, 0, trg_xyz[:, t0:t0 + nt], nt, hs, ls, hs, ls, ht, lt)
-        for j in range(n):
-            qf[j] = qg[0, j]
         # the own sources and the rest each padded to whole runs of bj (uncharged points far
         # away, terms 0): [own | pad | rest | pad], every block below exactly bj long
-        n_own_p = (n_own + bj - 1) // bj * bj
-        gap = n_own_p - n_own
-        for j in range(n - 1, n_own - 1, -1):
-            for e in range(3):
-                hs[e, j + gap] = hs[e, j]
-                ls[e, j + gap] = ls[e, j]
-            qf[j + gap] = qf[j]
-        n_p = n_own_p + _pad_run(hs[:, n_own_p:], ls[:, n_own_p:], qf[n_own_p:], n - n_own,
-                                 far, bj)
-        _pad_run(hs, ls, qf, n_own, far, bj)
-        for e in range(3):  # (sg past the own sources is not read again: a redone target
-            for j in range(n_own, n_own_p):  # takes its sources from src_xyz)
-                sg[e, j] = np.nan  # the padding: never coincident with a target
+        n, n_own, n_own_p = _gather_own_first(src_xyz, q2, src_start, src_end, list_offsets,
+                                              list_index, shift, b, sg, qg, bj)
+        thr, far = _split_box(sg, n, sg, 0, trg_xyz[:, t0:t0 + nt], nt, hs, ls, hs, ls, ht, lt)
+        n_p = _pad_own_and_rest(sg, qg, hs, ls, n_own, n_own_p, n, far, bj)
+        for j in range(n_p):
+            qf[j] = qg[0, j]
         hx = hs[0, :n_p]
         hy = hs[1, :n_p]
         hz = hs[2, :n_p]
@@ -1211,35 +1239,15 @@ def p2p_multi_mixed(src_xyz, q, trg_xyz, src_start, src_end, trg_start, trg_end,
         nt = trg_end[b] - t0
         if nt == 0:
             continue
-        n, n_own = _gather_own_first(src_xyz, q, src_start, src_end, list_offsets, list_index,
-                                     shift, b, sg, q64)
-        for d in range(nd):
-            for j in range(n):
-                qg[d, j] = q64[d, j]
-        thr, far = _split_box(sg, n, sg, 0, trg_xyz[:, t0:t0 + nt], nt, hs, ls, hs, ls, ht, lt)
         # the own sources and the rest each padded to whole runs of bj (uncharged points far
         # away: terms 0; float64 coordinates NaN, which the exact redo skips)
-        n_own_p = (n_own + bj - 1) // bj * bj
-        gap = n_own_p - n_own
-        for j in range(n - 1, n_own - 1, -1):
-            for e in range(3):
-                sg[e, j + gap] = sg[e, j]
-                hs[e, j + gap] = hs[e, j]
-                ls[e, j + gap] = ls[e, j]
-            for d in range(nd):
-                q64[d, j + gap] = q64[d, j]
-                qg[d, j + gap] = qg[d, j]
-        n_p = n_own_p + (n - n_own + bj - 1) // bj * bj
-        for j in range(n_own, n_p):
-            if j < n_own_p or j >= n + gap:
-                for e in range(3):
-                    sg[e, j] = np.nan
-                    hs[e, j] = far
-                    ls[e, j] = 0.0
-                for d in range(nd):
-                    q64[d, j] = 0.0
-                    qg[d, j] = 0.0
-        n = n_p
+        n, n_own, n_own_p = _gather_own_first(src_xyz, q, src_start, src_end, list_offsets,
+                                              list_index, shift, b, sg, q64, bj)
+        thr, far = _split_box(sg, n, sg, 0, trg_xyz[:, t0:t0 + nt], nt, hs, ls, hs, ls, ht, lt)
+        n_p = _pad_own_and_rest(sg, q64, hs, ls, n_own, n_own_p, n, far, bj)
+        for d in range(nd):
+            for j in range(n_p):
+                qg[d, j] = q64[d, j]
         for i in range(nt):
             xh = ht[0, i]
             yh = ht[1, i]
@@ -1254,8 +1262,8 @@ def p2p_multi_mixed(src_xyz, q, trg_xyz, src_start, src_end, trg_start, trg_end,
                 for e in range(4):
                     sums[d, e] = 0.0
             bad = False
-            for c0 in range(0, n, ch):
-                c1 = min(c0 + ch, n)
+            for c0 in range(0, n_p, ch):
+                c1 = min(c0 + ch, n_p)
                 m = np.uint64(c1 - c0)
                 hx = hs[0, c0:c1]
                 hy = hs[1, c0:c1]
@@ -1395,7 +1403,7 @@ def p2p_multi_mixed(src_xyz, q, trg_xyz, src_start, src_end, trg_start, trg_end,
                 for d in range(nd):
                     for e in range(4):
                         sums[d, e] = 0.0
-                for j in range(n):
+                for j in range(n_p):
                     ex = xi - sg[0, j]
                     ey = yi - sg[1, j]
                     ez = zi - sg[2, j]
