@@ -66,7 +66,8 @@ def rng():
 def direct_reference(src, q, trg):
     """Plain float64 numpy direct sum of 1/(4 pi r), r > 0 only: independent of our kernels.
 
-    src (ns, 3), q (ns,), trg (nt, 3) -> pot (nt,), grad (nt, 3).
+    src (ns, 3), q (ns,), trg (nt, 3) -> pot (nt,), grad (nt, 3). Each axis's differences
+    apart (no |x|^2 - 2 x.y), the sums over sources as matrix-vector products.
     """
     src = np.asarray(src, dtype=np.float64)
     trg = np.asarray(trg, dtype=np.float64)
@@ -74,12 +75,14 @@ def direct_reference(src, q, trg):
     pot = np.zeros(len(trg))
     grad = np.zeros((len(trg), 3))
     for a in range(0, len(trg), 256):
-        d = trg[a:a + 256, None, :] - src[None, :, :]
-        r = np.sqrt((d * d).sum(-1))
+        x = [trg[a:a + 256, k, None] - src[None, :, k] for k in range(3)]
+        r = np.sqrt(x[0] * x[0] + x[1] * x[1] + x[2] * x[2])
         with np.errstate(divide="ignore"):
             inv = np.where(r > 0, 1.0 / r, 0.0)
         pot[a:a + 256] = inv @ q
-        grad[a:a + 256] = -np.einsum("tsk,ts->tk", d, inv**3 * q)
+        i3 = inv * inv * inv
+        for k in range(3):
+            grad[a:a + 256, k] = -((x[k] * i3) @ q)
     return pot / (4 * np.pi), grad / (4 * np.pi)
 
 
@@ -95,24 +98,29 @@ collect_ignore = [] if os.environ.get("AOTFMM_HOSTILE_SUBPROCESS") else ["hostil
 def density_reference(src, q, d, trg):
     """Plain float64 numpy sum for k densities of charges q (n, k) and/or dipoles d (n, k, 3):
     pot (k, nt), grad (k, nt, 3). A dipole d at y gives d.(x - y) / (4 pi r^3); r = 0 pairs
-    are left out. Independent of our kernels."""
+    are left out. Independent of our kernels (each axis's differences apart, the sums over
+    sources as matrix products)."""
     src, trg = np.asarray(src, np.float64), np.asarray(trg, np.float64)
     k = (q if q is not None else d).shape[1]
     pot = np.zeros((k, len(trg)))
     grad = np.zeros((k, len(trg), 3))
     for a in range(0, len(trg), 128):
-        x = trg[a:a + 128, None, :] - src[None]
-        r = np.sqrt((x * x).sum(-1))
+        b = slice(a, a + 128)
+        x = [trg[b, e, None] - src[None, :, e] for e in range(3)]
+        r = np.sqrt(x[0] * x[0] + x[1] * x[1] + x[2] * x[2])
         inv = np.where(r > 0, 1.0 / np.where(r > 0, r, 1.0), 0.0)
-        i3, i5 = inv ** 3, inv ** 5
+        i3 = inv ** 3
         if q is not None:
-            pot[:, a:a + 128] += (inv @ q).T
-            grad[:, a:a + 128] -= np.einsum("tsk,ts,sd->dtk", x, i3, q)
+            pot[:, b] += (inv @ q).T
+            for e in range(3):
+                grad[:, b, e] -= ((x[e] * i3) @ q).T
         if d is not None:
-            dd = np.einsum("tsk,sdk->tsd", x, d)
-            pot[:, a:a + 128] += np.einsum("tsd,ts->dt", dd, i3)
-            grad[:, a:a + 128] += (np.einsum("sdk,ts->dtk", d, i3)
-                                   - 3 * np.einsum("tsd,tsk,ts->dtk", dd, x, i5))
+            i5 = inv ** 5
+            for e in range(3):
+                pot[:, b] += ((x[e] * i3) @ d[:, :, e]).T
+                grad[:, b, e] += (i3 @ d[:, :, e]).T
+                for f in range(3):  # -3 (d.x) x_e / r^5
+                    grad[:, b, e] -= 3 * ((x[e] * x[f] * i5) @ d[:, :, f]).T
     return pot / (4 * np.pi), grad / (4 * np.pi)
 
 
@@ -131,14 +139,16 @@ def hessian_reference(src, q, d, trg):
         i3, i5, i7 = inv ** 3, inv ** 5, inv ** 7
         if q is not None:
             pot[a:a + 128] += inv @ q
-            grad[a:a + 128] -= np.einsum("tsk,ts,s->tk", x, i3, q)
+            for k in range(3):
+                grad[a:a + 128, k] -= (x[..., k] * i3) @ q
             for c, (i, j) in enumerate(_PAIRS):
-                hess[a:a + 128, c] += ((3 * x[..., i] * x[..., j] * i5 - (i == j) * i3) * q).sum(1)
+                hess[a:a + 128, c] += (3 * x[..., i] * x[..., j] * i5 - (i == j) * i3) @ q
         if d is not None:
-            pd = np.einsum("tsk,sk->ts", x, d)
+            pd = x[..., 0] * d[:, 0] + x[..., 1] * d[:, 1] + x[..., 2] * d[:, 2]
             pot[a:a + 128] += (pd * i3).sum(1)
-            grad[a:a + 128] += np.einsum("sk,ts->tk", d, i3) - 3 * np.einsum("ts,tsk,ts->tk",
-                                                                             pd, x, i5)
+            grad[a:a + 128] += i3 @ d
+            for k in range(3):
+                grad[a:a + 128, k] -= 3 * (pd * x[..., k] * i5).sum(1)
             for c, (i, j) in enumerate(_PAIRS):
                 hess[a:a + 128, c] += (-3 * (d[None, :, i] * x[..., j] + d[None, :, j] * x[..., i])
                                        * i5 - 3 * pd * (i == j) * i5

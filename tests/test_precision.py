@@ -767,15 +767,30 @@ def test_mixed_partner_sums_keep_small_terms_after_a_large_one(monkeypatch):
     q[ia] = 1.0
     q[ia + 2:ia + 302] = 5.337e-05
     pot = aotfmm.lfmm(x, q, pg=1, eps=1e-6).pot
-    nz = np.flatnonzero(q)
-    ref = np.zeros(len(x))
-    ubar = np.zeros(len(x))
-    for j in nz:  # numpy sum over the 301 charged points, r = 0 left out
-        r = np.linalg.norm(x - x[j], axis=1)
-        g = np.divide(1.0, 4 * np.pi * r, out=np.zeros_like(r), where=r > 0)
-        ref += q[j] * g
-        ubar += abs(q[j]) * g
+    nz = np.flatnonzero(q)  # numpy sums over the 301 charged points
+    ref, ubar = _sums_and_bars(x, x[nz], q[nz])
     assert np.linalg.norm(pot - ref) <= 1e-6 * np.linalg.norm(ubar)
+
+
+def _sums_and_bars(x, ys, qs, gradient=False):
+    """numpy sums at the points x of charges qs ((m,) or, for potentials, (m, k)) at ys, r = 0
+    left out, each axis's differences apart (no |x|^2 - 2 x.y): (potentials, the potentials of
+    |q|: the contract's u-bar) or, with ``gradient``, (gradients (n, 3), the field of |q|:
+    sum |q| / (4 pi r^2))."""
+    n = len(x)
+    ref = np.zeros((n, 3) if gradient else (n,) + qs.shape[1:])
+    bar = np.zeros((n,) + (() if gradient else qs.shape[1:]))
+    for t in range(0, n, 1000):
+        dd = [x[t:t + 1000, k, None] - ys[None, :, k] for k in range(3)]
+        r2 = dd[0] ** 2 + dd[1] ** 2 + dd[2] ** 2
+        g = np.divide(1.0, np.sqrt(r2), out=np.zeros_like(r2), where=r2 > 0) / (4 * np.pi)
+        if gradient:
+            g3 = g ** 3 * (4 * np.pi) ** 2
+            ref[t:t + 1000] = np.stack([-(dd[k] * g3) @ qs for k in range(3)], axis=1)
+            bar[t:t + 1000] = (g * g * 4 * np.pi) @ np.abs(qs)
+        else:
+            ref[t:t + 1000], bar[t:t + 1000] = g @ qs, g @ np.abs(qs)
+    return ref, bar
 
 
 def _cluster_of_27_leaves():
@@ -840,19 +855,8 @@ def test_mixed_target_sums_keep_small_terms_with_many_charges(kind):
     assert mag.sum() ** 2 / (mag * mag).sum() > 2000  # many effective charges: not routed
     pot, grad = plan.evaluate(q, gradient=True)
     assert not [k for k in plan.timings if "few" in k or "spot" in k]
-    nz = np.flatnonzero(q)  # numpy sums over the charged points, per axis (no |x|^2 - 2 x.y)
-    ys, qs = x[nz], q[nz]
-    ref, bar = np.zeros((n, 3) if kind != "pot" else n), np.zeros(n)
-    for t in range(0, n, 1000):
-        dd = [x[t:t + 1000, k, None] - ys[None, :, k] for k in range(3)]
-        r2 = dd[0] ** 2 + dd[1] ** 2 + dd[2] ** 2
-        g = np.divide(1.0, np.sqrt(r2), out=np.zeros_like(r2), where=r2 > 0) / (4 * np.pi)
-        if kind == "pot":
-            ref[t:t + 1000], bar[t:t + 1000] = g @ qs, g @ np.abs(qs)
-        else:  # the field of |q| for gradients: sum |q| / (4 pi r^2)
-            g3 = g ** 3 * (4 * np.pi) ** 2
-            ref[t:t + 1000] = np.stack([-(dd[k] * g3) @ qs for k in range(3)], axis=1)
-            bar[t:t + 1000] = (g * g * 4 * np.pi) @ np.abs(qs)
+    nz = np.flatnonzero(q)  # numpy sums over the charged points
+    ref, bar = _sums_and_bars(x, x[nz], q[nz], gradient=kind != "pot")
     err = np.linalg.norm((pot if kind == "pot" else grad) - ref) / np.linalg.norm(bar)
     assert err <= 1e-6, f"{kind}: {err / 1e-6:.1f}x eps"
 
@@ -910,12 +914,8 @@ def test_mixed_sums_of_every_mixed_kernel_keep_small_terms_after_a_large_one(whe
         got["hessians"] = (plan.fields(q, pg=3).pot[None], [0])
         assert not [k for k in plan.timings if "few" in k or "spot" in k]
     cols = sorted({j for _, js in got.values() for j in js})
-    ref, bar = np.zeros((n, 4)), np.zeros((n, 4))
-    for t in range(0, n, 1000):  # numpy sums, the densities used at once
-        dd = [x[t:t + 1000, k, None] - x[None, :, k] for k in range(3)]
-        g = np.sqrt(dd[0] ** 2 + dd[1] ** 2 + dd[2] ** 2)
-        g = np.divide(1.0, g, out=np.zeros_like(g), where=g > 0) / (4 * np.pi)
-        ref[t:t + 1000, cols], bar[t:t + 1000, cols] = g @ qq[:, cols], g @ np.abs(qq[:, cols])
+    ref, bar = np.zeros((n, 4)), np.zeros((n, 4))  # numpy sums, the densities used at once
+    ref[:, cols], bar[:, cols] = _sums_and_bars(x, x, qq[:, cols])
     for case, (pot, js) in got.items():
         for row, col in enumerate(js):
             err = np.linalg.norm(pot[row] - ref[:, col]) / np.linalg.norm(bar[:, col])
