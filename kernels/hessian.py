@@ -26,7 +26,8 @@ import numpy as np
 from numba.extending import register_jitable
 
 from ._inline import gather_sym, scatter_sym
-from .p2p import MIXED_SOURCES, MIXED_TARGETS, _pad_sym_lists, _split_box, _target_parts
+from .p2p import (MIXED_SOURCES, MIXED_TARGETS, _coincident_counts, _pad_sym_lists,
+                  _split_box, _target_parts)
 
 INV4PI = 0.07957747154594767  # 1 / (4 pi)
 
@@ -380,9 +381,12 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
     grid steps (or than ``MIXED_R2_MIN``, or rounding to r^2 = 0 without being coincident) is
     computed again in float64 with the exact 1/r, as p2p_sym_hess does; coincident points
     (each point with itself; only the one-sided list, which holds b, can have them) contribute
-    0. ``flags`` is unused."""
+    0, found by equal float32 parts and counted against their float64 duplicates as in
+    ``p2p.p2p_sym_mixed`` (a distinct point rounded onto a target: the box again in float64).
+    ``flags`` is unused."""
     c = INV4PI
     one = np.float32(1.0)
+    zero = np.float32(0.0)
     three = np.float32(3.0)
     bj = MIXED_SOURCES
     s1 = np.empty((3, m_max + bj), dtype=np.float64)
@@ -390,6 +394,7 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
     s2 = np.empty((3, m_max + bj), dtype=np.float64)
     q2 = np.empty(m_max + bj, dtype=np.float64)
     gidx = np.empty(m_max, dtype=np.int64)
+    cnt = np.empty(m_max, dtype=np.float64)   # b's points' float64 duplicates, themselves included
     h1 = np.empty((3, m_max + bj), dtype=np.float32)
     l1 = np.empty((3, m_max + bj), dtype=np.float32)
     h2 = np.empty((3, m_max + bj), dtype=np.float32)
@@ -411,6 +416,7 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
                               lt)
         # both lists padded to whole runs of bj with uncharged far points (terms 0), so every
         # float32 run below has the constant length bj
+        _coincident_counts(xyz, t0, nt, cnt)
         n1p, n2p = _pad_sym_lists(s1, q1, h1, l1, f1, n1, q2, h2, l2, f2, n2, far, bj)
         for e in range(10):
             for j in range(n2p):
@@ -423,9 +429,6 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
         lx1 = l1[0, :n1p]
         ly1 = l1[1, :n1p]
         lz1 = l1[2, :n1p]
-        sx1 = s1[0, :n1p]
-        sy1 = s1[1, :n1p]
-        sz1 = s1[2, :n1p]
         hx2 = h2[0, :n2p]
         hy2 = h2[1, :n2p]
         hz2 = h2[2, :n2p]
@@ -451,12 +454,11 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
             yl = lt[1, i]
             zl = lt[2, i]
             qi = np.float32(q[t0 + i])
-            xi = xyz[0, t0 + i]
-            yi = xyz[1, t0 + i]
-            zi = xyz[2, t0 + i]
+            nz = 0.0  # sources whose float32 parts equal the target's (p2p.p2p_sym_mixed)
             for e in range(10):
                 acc[e] = 0.0
             for j0 in range(0, n1p, bj):  # one-sided sources (b itself among them), float32 blocks
+                z = np.float32(0.0)
                 p = np.float32(0.0)
                 gx = np.float32(0.0)
                 gy = np.float32(0.0)
@@ -475,8 +477,10 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
                     ir = one / np.sqrt(r2)
                     if not r2 >= thr:
                         ir = np.float32(np.nan)
-                    if xi == sx1[j] and yi == sy1[j] and zi == sz1[j]:  # coincident: 0
-                        ir = np.float32(0.0)
+                    same = ((xh == hx1[j]) & (yh == hy1[j]) & (zh == hz1[j]) & (xl == lx1[j])
+                            & (yl == ly1[j]) & (zl == lz1[j]))  # coincident: 0, counted
+                    ir = zero if same else ir
+                    z += one if same else zero
                     ux = dx * ir
                     uy = dy * ir
                     uz = dz * ir
@@ -504,6 +508,7 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
                 acc[7] += hxy
                 acc[8] += hxz
                 acc[9] += hyz
+                nz += z
             for j0 in range(0, n2p, bj):  # symmetric partners: both points
                 p = np.float32(0.0)
                 gx = np.float32(0.0)
@@ -569,7 +574,7 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
                 acc[7] += hxy
                 acc[8] += hxz
                 acc[9] += hyz
-            if acc[0] != acc[0]:  # a pair too close for the float32 terms
+            if acc[0] != acc[0] or nz != cnt[i]:  # a pair too close for the float32 terms
                 bad = True
                 break
             for e in range(10):

@@ -689,6 +689,29 @@ def _split_hi_lo(s, n, g, hi, lo):
             lo[e, j] = v - h
 
 
+@register_jitable
+def _coincident_counts(xyz, t0, nt, cnt):
+    """cnt[i] = how many of a box's points ``xyz[:, t0:t0 + nt]`` equal point t0 + i in
+    float64, itself included (1 unless the box holds duplicates): sorted by x, equal x values
+    compared in y and z. What :func:`p2p_sym_mixed` expects its float32 parts to find equal."""
+    order = np.argsort(xyz[0, t0:t0 + nt])
+    k = 0
+    while k < nt:
+        x = xyz[0, t0 + order[k]]
+        m = k + 1
+        while m < nt and xyz[0, t0 + order[m]] == x:
+            m += 1
+        for a in range(k, m):
+            ia = t0 + order[a]
+            c = 0.0
+            for bb in range(k, m):
+                ib = t0 + order[bb]
+                if xyz[1, ia] == xyz[1, ib] and xyz[2, ia] == xyz[2, ib]:
+                    c += 1.0
+            cnt[order[a]] = c
+        k = m
+
+
 def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_offsets,
                   sym_index, sym_shift, boxes, i0, i1, flags, m_max, pot, grad):
     """:func:`p2p_sym` for float64 points, charges and outputs with the pair terms in float32.
@@ -700,15 +723,20 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
     float32 arithmetic at full vector width. A pair closer than MIXED_CUT g (where that error
     would exceed ~1.2e-7 per axis) or than 2^-40 (:data:`MIXED_R2_MIN`: its (1/r)^3 must fit
     float32) makes the box be redone in float64 with
-    the exact 1/sqrt, as p2p_sym does; so does a pair that rounds to r^2 = 0 unless its
-    float64 coordinates are equal (coincident points, each point with itself: 0). Coincident
-    points share a leaf, so that check runs on the one-sided list (which holds b itself)
-    only: a symmetric partner is never coincident. A target's terms are summed in float32 over
+    the exact 1/sqrt, as p2p_sym does. A source of the one-sided list (which holds b itself)
+    whose six float32 parts equal the target's is taken for a coincident point (0: the
+    target itself, or a duplicate) and counted; a target that finds more of them than its
+    float64 duplicates (:func:`_coincident_counts`, itself included) has a distinct point
+    rounded onto it, and the box is redone in float64 too (until 2026-12-04 the loop compared
+    float64 coordinates, which halved its vector width: potentials ~10 % slower). Coincident
+    points share a leaf; a symmetric partner is never coincident (a pair of partners that
+    rounds together has r^2 = 0, below the cut: redone). A target's terms are summed in float32 over
     runs of ``MIXED_SOURCES`` of its one-sided and of its symmetric list (both padded to whole
     runs by :func:`_pad_run`), a partner's over at most ``MIXED_TARGETS`` targets, and those
     partial sums in float64. flags: 4 gradient."""
     c = INV4PI
     one = np.float32(1.0)
+    zero = np.float32(0.0)
     do_g = (flags & 4) != 0
     bi = MIXED_TARGETS
     bj = MIXED_SOURCES
@@ -725,6 +753,7 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
     q1f = np.empty(m_max + bj, dtype=np.float32)
     q2f = np.empty(m_max + bj, dtype=np.float32)
     gidx = np.empty(m_max, dtype=np.int64)
+    cnt = np.empty(m_max, dtype=np.float64)   # b's points' float64 duplicates, themselves included
     o2 = np.empty((4, m_max + bj), dtype=np.float64)   # partners' sums (pot, grad)
     of = np.zeros((4, m_max + bj), dtype=np.float32)   # their float32 partial sums
     ob = np.empty((4, m_max + bj), dtype=np.float64)   # b's own sums
@@ -738,6 +767,7 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                               lt)
         # both lists padded to whole runs of bj with uncharged points far away (their terms
         # are 0; the loops below then run whole runs of a constant length)
+        _coincident_counts(xyz, t0, nt, cnt)
         n1p, n2p = _pad_sym_lists(s1, q1, h1, l1, q1f, n1, q2, h2, l2, q2f, n2, far, bj)
         for e in range(4):
             for j in range(n2p):
@@ -750,9 +780,6 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
         ly1 = l1[1, :n1p]
         lz1 = l1[2, :n1p]
         bq1 = q1f[:n1p]
-        sx1 = s1[0, :n1p]
-        sy1 = s1[1, :n1p]
-        sz1 = s1[2, :n1p]
         hx2 = h2[0, :n2p]
         hy2 = h2[1, :n2p]
         hz2 = h2[2, :n2p]
@@ -775,9 +802,6 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
             yl0 = lt[1, i]
             zl0 = lt[2, i]
             qf0 = np.float32(q[t0 + i])
-            xi0 = xyz[0, t0 + i]
-            yi0 = xyz[1, t0 + i]
-            zi0 = xyz[2, t0 + i]
             acc0 = 0.0
             gx0 = 0.0
             gy0 = 0.0
@@ -789,14 +813,15 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
             yl1 = lt[1, i + 1]
             zl1 = lt[2, i + 1]
             qf1 = np.float32(q[t0 + i + 1])
-            xi1 = xyz[0, t0 + i + 1]
-            yi1 = xyz[1, t0 + i + 1]
-            zi1 = xyz[2, t0 + i + 1]
             acc1 = 0.0
             gx1 = 0.0
             gy1 = 0.0
             gz1 = 0.0
+            nz0 = 0.0  # sources whose float32 parts equal the target's: its float64
+            nz1 = 0.0  # duplicates (itself among them), unless a distinct point rounds onto it
             for c0 in range(0, n1p, bj):  # float32 sums over at most bj sources
+                z0 = np.float32(0.0)
+                z1 = np.float32(0.0)
                 a0 = np.float32(0.0)
                 ax0 = np.float32(0.0)
                 ay0 = np.float32(0.0)
@@ -820,8 +845,10 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                     invr0 = one / np.sqrt(r20)
                     if not r20 >= thr:
                         invr0 = np.float32(np.nan)
-                    if xi0 == sx1[j] and yi0 == sy1[j] and zi0 == sz1[j]:
-                        invr0 = np.float32(0.0)
+                    same = ((xh0 == hx) & (yh0 == hy) & (zh0 == hz) & (xl0 == lx)
+                            & (yl0 == ly) & (zl0 == lz))
+                    invr0 = zero if same else invr0
+                    z0 += one if same else zero
                     qinvr0 = qj * invr0
                     a0 += qinvr0
                     ir30 = qinvr0 * invr0 * invr0
@@ -835,14 +862,18 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                     invr1 = one / np.sqrt(r21)
                     if not r21 >= thr:
                         invr1 = np.float32(np.nan)
-                    if xi1 == sx1[j] and yi1 == sy1[j] and zi1 == sz1[j]:
-                        invr1 = np.float32(0.0)
+                    same = ((xh1 == hx) & (yh1 == hy) & (zh1 == hz) & (xl1 == lx)
+                            & (yl1 == ly) & (zl1 == lz))
+                    invr1 = zero if same else invr1
+                    z1 += one if same else zero
                     qinvr1 = qj * invr1
                     a1 += qinvr1
                     ir31 = qinvr1 * invr1 * invr1
                     ax1 -= dx1 * ir31
                     ay1 -= dy1 * ir31
                     az1 -= dz1 * ir31
+                nz0 += z0
+                nz1 += z1
                 acc0 += a0
                 gx0 += ax0
                 gy0 += ay0
@@ -940,7 +971,7 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                     for j in range(n2p):
                         o2[e, j] += of[e, j]
                         of[e, j] = 0.0
-            if acc0 != acc0 or acc1 != acc1:
+            if acc0 != acc0 or acc1 != acc1 or nz0 != cnt[i] or nz1 != cnt[i + 1]:
                 bad = True
             ob[0, i] = acc0
             ob[1, i] = gx0
@@ -958,14 +989,13 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
             yl = lt[1, i]
             zl = lt[2, i]
             qf = np.float32(q[t0 + i])
-            xi = xyz[0, t0 + i]
-            yi = xyz[1, t0 + i]
-            zi = xyz[2, t0 + i]
             acc = 0.0
             gx = 0.0
             gy = 0.0
             gz = 0.0
+            nz = 0.0
             for c0 in range(0, n1p, bj):  # float32 sums over at most bj sources, then float64
+                z = np.float32(0.0)
                 a = np.float32(0.0)
                 ax = np.float32(0.0)
                 ay = np.float32(0.0)
@@ -978,14 +1008,17 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                     invr = one / np.sqrt(r2)
                     if not r2 >= thr:  # too close, or distinct points rounded together: redo
                         invr = np.float32(np.nan)
-                    if xi == sx1[j] and yi == sy1[j] and zi == sz1[j]:  # coincident (itself)
-                        invr = np.float32(0.0)
+                    same = ((xh == hx1[j]) & (yh == hy1[j]) & (zh == hz1[j]) & (xl == lx1[j])
+                            & (yl == ly1[j]) & (zl == lz1[j]))  # itself (counted, see above)
+                    invr = zero if same else invr
+                    z += one if same else zero
                     qinvr = bq1[j] * invr
                     a += qinvr
                     ir3 = qinvr * invr * invr
                     ax -= dx * ir3
                     ay -= dy * ir3
                     az -= dz * ir3
+                nz += z
                 acc += a
                 gx += ax
                 gy += ay
@@ -1036,7 +1069,7 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                     for j in range(n2p):
                         o2[e, j] += of[e, j]
                         of[e, j] = 0.0
-            if acc != acc:
+            if acc != acc or nz != cnt[i]:
                 bad = True
             ob[0, i] = acc
             ob[1, i] = gx
