@@ -660,21 +660,16 @@ def _pad_run(h, l, qf, n, far, run):
 
 
 @register_jitable
-def _pad_sym_lists(s1, q1, h1, l1, f1, n1, q2, h2, l2, f2, n2, far, run):
+def _pad_sym_lists(q1, h1, l1, f1, n1, q2, h2, l2, f2, n2, far, run):
     """After gather_sym and :func:`_split_box`: the float32 charges ``f1``/``f2`` of both
-    lists, each list padded to whole runs of ``run`` (:func:`_pad_run`), the one-sided list's
-    float64 coordinates ``s1`` NaN in its padding (never coincident with a target). Returns
-    the padded counts (n1p, n2p)."""
+    lists, each list padded to whole runs of ``run`` (:func:`_pad_run`). Returns the padded
+    counts (n1p, n2p). (The float64 coordinates are not padded: only an exact redo reads
+    them, up to n1 and n2.)"""
     for j in range(n1):
         f1[j] = q1[j]
     for j in range(n2):
         f2[j] = q2[j]
-    n1p = _pad_run(h1, l1, f1, n1, far, run)
-    n2p = _pad_run(h2, l2, f2, n2, far, run)
-    for e in range(3):
-        for j in range(n1, n1p):
-            s1[e, j] = np.nan
-    return n1p, n2p
+    return _pad_run(h1, l1, f1, n1, far, run), _pad_run(h2, l2, f2, n2, far, run)
 
 
 @register_jitable
@@ -730,10 +725,10 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
     rounded onto it, and the box is redone in float64 too (until 2026-12-04 the loop compared
     float64 coordinates, which halved its vector width: potentials ~10 % slower). Coincident
     points share a leaf; a symmetric partner is never coincident (a pair of partners that
-    rounds together has r^2 = 0, below the cut: redone). A target's terms are summed in float32 over
-    runs of ``MIXED_SOURCES`` of its one-sided and of its symmetric list (both padded to whole
-    runs by :func:`_pad_run`), a partner's over at most ``MIXED_TARGETS`` targets, and those
-    partial sums in float64. flags: 4 gradient."""
+    rounds together has r^2 = 0, below the cut: redone). A target's terms are summed in
+    float32 over runs of ``MIXED_SOURCES`` of its one-sided and of its symmetric list (both
+    padded to whole runs by :func:`_pad_run`), a partner's over at most ``MIXED_TARGETS``
+    targets, and those partial sums in float64. flags: 4 gradient."""
     c = INV4PI
     one = np.float32(1.0)
     zero = np.float32(0.0)
@@ -768,7 +763,7 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
         # both lists padded to whole runs of bj with uncharged points far away (their terms
         # are 0; the loops below then run whole runs of a constant length)
         _coincident_counts(xyz, t0, nt, cnt)
-        n1p, n2p = _pad_sym_lists(s1, q1, h1, l1, q1f, n1, q2, h2, l2, q2f, n2, far, bj)
+        n1p, n2p = _pad_sym_lists(q1, h1, l1, q1f, n1, q2, h2, l2, q2f, n2, far, bj)
         for e in range(4):
             for j in range(n2p):
                 o2[e, j] = 0.0
