@@ -635,7 +635,7 @@ def _split_box(s1, n1, s2, n2, t, nt, h1, l1, h2, l2, ht, lt):
         for j in range(nt):
             big = max(big, abs(t[e, j]))
     # (every point at the frame's origin: any grid splits them exactly; one of 1 keeps the
-    # padding's coordinate 2^15 g away from them, where _grid(0) = 2^-933 made it 0 in
+    # padding's coordinate 2^15 g away from them, where _grid(0) = 2^-931 made it 0 in
     # float32, equal to every point, and the box was redone in float64 at each call)
     g = _grid(big) if big > 0.0 else 1.0
     _split_hi_lo(s1, n1, g, h1, l1)
