@@ -556,11 +556,13 @@ def _gather_own_first(src_xyz, q, src_start, src_end, list_offsets, list_index, 
     entry) and their charge vectors ``q`` (nd, n_src) into ``qg`` (nd, .), b's own sources
     first (the only ones that can coincide with its targets), the rest from the next multiple
     of ``run`` on: returns (n, n_own, n_own_p), the rest in ``[n_own_p, n)``. The gap
-    ``[n_own, n_own_p)`` holds coordinates 0 and charges 0 (a 0 leaves :func:`_split_box`'s
-    largest magnitude as it is) until :func:`_pad_own_and_rest` fills it."""
+    ``[n_own, n_own_p)`` holds coordinates 0 (a 0 leaves :func:`_split_box`'s largest
+    magnitude as it is) and charges not yet written until :func:`_pad_own_and_rest` fills
+    it."""
     nd = q.shape[0]
     n = 0
     n_own = 0
+    n_own_p = 0
     for own in (True, False):
         for kk in range(list_offsets[b], list_offsets[b + 1]):
             s = list_index[kk]
@@ -578,13 +580,12 @@ def _gather_own_first(src_xyz, q, src_start, src_end, list_offsets, list_index, 
                 n += 1
         if own:
             n_own = n
-            n = (n + run - 1) // run * run
-            for j in range(n_own, n):
+            n_own_p = (n + run - 1) // run * run
+            for j in range(n_own, n_own_p):
                 for e in range(3):
                     sg[e, j] = 0.0
-                for d in range(nd):
-                    qg[d, j] = 0.0
-    return n, n_own, (n_own + run - 1) // run * run
+            n = n_own_p
+    return n, n_own, n_own_p
 
 
 @register_jitable
