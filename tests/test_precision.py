@@ -321,8 +321,7 @@ def test_mixed_near_field_tells_duplicates_from_points_that_round_together(kind)
     plan = aotfmm.Fmm(x, eps=1e-6, threads=1)
     assert plan._core.mixed_near
     pot, grad = plan.evaluate(q, gradient=True)
-    ref_pot, bar_pot = _sums_and_bars(x, x, q)
-    ref_grad, bar_grad = _sums_and_bars(x, x, q, gradient=True)
+    ref_pot, bar_pot, ref_grad, bar_grad = _sums_and_bars(x, x, q, gradient="both")
     assert np.linalg.norm(pot - ref_pot) <= 1e-6 * np.linalg.norm(bar_pot)
     assert np.linalg.norm(grad - ref_grad) <= 1e-6 * np.linalg.norm(bar_grad)
     # the same in the Hessian kernel (p2p_sym_hess_mixed): its potentials show a left-out pair
@@ -810,22 +809,27 @@ def test_mixed_partner_sums_keep_small_terms_after_a_large_one(monkeypatch):
 def _sums_and_bars(x, ys, qs, gradient=False):
     """numpy sums at the points x of charges qs ((m,) or, for potentials, (m, k)) at ys, r = 0
     left out, each axis's differences apart (no |x|^2 - 2 x.y): (potentials, the potentials of
-    |q|: the contract's u-bar) or, with ``gradient``, (gradients (n, 3), the field of |q|:
-    sum |q| / (4 pi r^2))."""
+    |q|: the contract's u-bar), with ``gradient`` (gradients (n, 3), the field of |q|:
+    sum |q| / (4 pi r^2)), with ``gradient="both"`` all four (one pass over the distances)."""
     n = len(x)
-    ref = np.zeros((n, 3) if gradient else (n,) + qs.shape[1:])
-    bar = np.zeros((n,) + (() if gradient else qs.shape[1:]))
+    want_pot = gradient is False or gradient == "both"
+    pot = np.zeros((n,) + qs.shape[1:])
+    pbar = np.zeros((n,) + qs.shape[1:])
+    grad = np.zeros((n, 3)) if gradient else None
+    gbar = np.zeros(n) if gradient else None
     for t in range(0, n, 1000):
         dd = [x[t:t + 1000, k, None] - ys[None, :, k] for k in range(3)]
         r2 = dd[0] ** 2 + dd[1] ** 2 + dd[2] ** 2
         g = np.divide(1.0, np.sqrt(r2), out=np.zeros_like(r2), where=r2 > 0) / (4 * np.pi)
         if gradient:
             g3 = g ** 3 * (4 * np.pi) ** 2
-            ref[t:t + 1000] = np.stack([-(dd[k] * g3) @ qs for k in range(3)], axis=1)
-            bar[t:t + 1000] = (g * g * 4 * np.pi) @ np.abs(qs)
-        else:
-            ref[t:t + 1000], bar[t:t + 1000] = g @ qs, g @ np.abs(qs)
-    return ref, bar
+            grad[t:t + 1000] = np.stack([-(dd[k] * g3) @ qs for k in range(3)], axis=1)
+            gbar[t:t + 1000] = (g * g * 4 * np.pi) @ np.abs(qs)
+        if want_pot:
+            pot[t:t + 1000], pbar[t:t + 1000] = g @ qs, g @ np.abs(qs)
+    if gradient == "both":
+        return pot, pbar, grad, gbar
+    return (grad, gbar) if gradient else (pot, pbar)
 
 
 def _cluster_of_27_leaves():
@@ -896,7 +900,8 @@ def test_mixed_target_sums_keep_small_terms_with_many_charges(kind):
     assert err <= 1e-6, f"{kind}: {err / 1e-6:.1f}x eps"
 
 
-@pytest.mark.parametrize("where", ["separate targets", "at the sources"])
+@pytest.mark.parametrize("where", ["separate targets", "separate targets, generic module",
+                                   "at the sources"])
 def test_mixed_sums_of_every_mixed_kernel_keep_small_terms_after_a_large_one(where):
     """The tuned case above through the other mixed kernels, with every cluster point tuned
     (no use of the lists): c 2e-5 from a, a's term at c 2^15 (1 + 2^-11) (half an ulp 2^-9 in
@@ -911,10 +916,12 @@ def test_mixed_sums_of_every_mixed_kernel_keep_small_terms_after_a_large_one(whe
     and 16 targets (16 sources in the generic module; 2026-12-04): separate targets 4.73x,
     generic module 18.8x (runs of 64, JIT model: 3.07x), four densities 0.08x (within),
     Hessians 2.42x eps; since: 0.76x, 0.69x, 0.37x, 0.04x."""
+    if "generic" in where and "generic" not in aotfmm._kernels.runnable_isas():
+        pytest.skip("no generic ISA module in this build")
     lo, rng, cluster, bg = _cluster_of_27_leaves()
     bg = bg[:5000]
     d = 2e-5
-    if where == "separate targets":  # a first in c's leaf (b, listed first), c after
+    if where.startswith("separate targets"):  # a first in c's leaf (b, listed first), c after
         a = lo((9, 9, 9)) + [1e-6, 3e-6, 3e-6]
         c = a + [d, 0, 0]
     else:  # a first in the +x neighbour of c's leaf
@@ -929,16 +936,15 @@ def test_mixed_sums_of_every_mixed_kernel_keep_small_terms_after_a_large_one(whe
     signs = np.where(rng.random(n) < 0.5, -1.0, 1.0)
     qq = np.stack([q, signs, 0.5 * q, q * signs], axis=1)  # (four: one sweep of four)
     got = {}  # case -> (potentials (k, n), the columns of qq they belong to)
-    if where == "separate targets":
-        isas = [aotfmm._kernels.ISA]  # the module picked for this CPU, then the generic one
-        isas += ["generic"] if "generic" in aotfmm._kernels.runnable_isas() else []
-        for isa in dict.fromkeys(isas):
-            with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(aotfmm._kernels, "kernels", aotfmm._kernels.load(isa))
-                plan = aotfmm.Fmm(x, x.copy(), eps=1e-6, threads=1)
-                assert plan._core.mixed_near
-                got[f"separate targets, {isa} module"] = (plan.evaluate(q)[None], [0])
-                assert not [k for k in plan.timings if "few" in k or "spot" in k]
+    if where.startswith("separate targets"):
+        # the module picked for this CPU, or the generic one
+        isa = "generic" if "generic" in where else aotfmm._kernels.ISA
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(aotfmm._kernels, "kernels", aotfmm._kernels.load(isa))
+            plan = aotfmm.Fmm(x, x.copy(), eps=1e-6, threads=1)
+            assert plan._core.mixed_near
+            got[f"separate targets, {isa} module"] = (plan.evaluate(q)[None], [0])
+            assert not [k for k in plan.timings if "few" in k or "spot" in k]
     else:
         plan = aotfmm.Fmm(x, eps=1e-6, threads=1)
         assert plan._core.mixed_near
