@@ -162,6 +162,10 @@ def _worker_main(tasks):
         if task is None:
             return
         task()
+        # not kept while waiting for the next one: a finished job's function holds its
+        # caller's work arrays (the near field's per-range sums: 32 bytes per point with
+        # gradients stayed alive until the next threaded call)
+        del task
 
 
 def _stop_pool(tasks, pool):
@@ -262,6 +266,10 @@ class Workers:
             except BaseException:  # interrupted while waiting: no range starts any more
                 job.stopped = True
                 raise
+            finally:
+                # its queue entries may outlive this call (a pool thread busy elsewhere):
+                # they find the job stopped and must not keep func's arrays alive
+                job.func = None
         if job.error is not None:
             raise job.error
 
