@@ -1785,6 +1785,9 @@ class KifmmPasses:
 
     def p2p(self):
         p, t = self.plan, self.plan.tree
+        # the expansions were last read by l2p / m2p (the driver runs p2p last): freed
+        # before the near field's buffers are made (the evaluation's peak memory)
+        self.equiv = self.local = self.dcheck = self.regular = None
         if len(p.near_boxes):
             near_field(p.src, self.q, p.trg, t.src_start, t.src_end, t.trg_start, t.trg_end,
                        p.near_offsets, p.near_index, p.near_boxes, self.pot, self.grad,
