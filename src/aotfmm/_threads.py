@@ -127,8 +127,9 @@ class _Job:
                 item = self.ranges[self.next]
                 self.next += 1
                 self.running.add(me)
+                func = self.func  # (read under the lock: the caller drops it when the job ends)
             try:
-                self.func(*item)
+                func(*item)
             except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
                 with self.lock:
                     self.stopped = True
