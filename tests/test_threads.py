@@ -184,6 +184,48 @@ def test_a_threaded_evaluation_keeps_no_memory_beyond_its_results(pg):
     assert kept - results <= n, f"{(kept - results) / n:.0f} bytes per point kept"
 
 
+def test_plans_evaluated_from_several_threads_leave_blas_threads_as_they_were():
+    """Hostile test 2026-12-05 (/tmp/ht46/repro_blas_state.py): numpy's BLAS thread count is
+    one setting per process; a threaded plan sets it to 1 while it runs, and two Python
+    threads evaluating plans at once left it at 1 for the rest of the process (5 of 5 runs):
+    each region saved the other's 1 as the value to restore, and OpenBLAS lost a change made
+    while another thread was inside a BLAS call. That slowed the caller's own numpy work and
+    changed the bits of later results of ``threads=1`` plans (which leave BLAS alone)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info()
+                if i["user_api"] == "blas"]
+
+    rng = np.random.default_rng(2)
+    x, q = rng.random((30000, 3)), rng.standard_normal(30000)
+    one = aotfmm.Fmm(x, eps=1e-6, threads=1)
+    two = aotfmm.Fmm(x, eps=1e-6, threads=2)
+    before = blas_threads()
+    if not before or max(before) < 2:
+        pytest.skip("numpy's BLAS runs no threads here")
+    first = one.fields(q, pg=2)
+    for _ in range(3):
+        errors = []
+
+        def run():
+            try:
+                for _ in range(3):
+                    two.fields(q)
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        ths = [threading.Thread(target=run) for _ in range(2)]
+        for t in ths:
+            t.start()
+        for t in ths:
+            t.join(600)  # (hang guard)
+        assert not errors
+        assert blas_threads() == before
+    again = one.fields(q, pg=2)
+    assert np.array_equal(first.pot, again.pot) and np.array_equal(first.grad, again.grad)
+
+
 def _pool_threads(w):
     return [t for t in threading.enumerate() if t.name.startswith(w._name + "-")]
 

@@ -19,8 +19,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import (_dispatch, _driver, _frame, _geometry, _rounding, _spots, _threads, _validation,
-               expansions)
+from . import (_blas, _dispatch, _driver, _frame, _geometry, _rounding, _spots, _threads,
+               _validation, expansions)
 from ._driver import DownLevel, UpLevel
 from .cache import key_hash
 from ._direct import p2p as near_field
@@ -1618,7 +1618,12 @@ class Plan:
             on_stage=lambda name: progress is not None and name == "downward" and
             progress.step("l2l+m2l+p2l"))
         if run_fmm:
-            _driver.run(self.up_levels, self.down_levels, passes, comm, timer)
+            # numpy's BLAS on one thread for the whole traversal of a threaded plan (not per
+            # pass): its thread count is one setting for the process, and OpenBLAS can lose a
+            # change made while another thread is inside a BLAS call (plans evaluated from
+            # several Python threads: :func:`aotfmm._blas.limit_one`)
+            with _blas.single_threaded(self.workers.threads):
+                _driver.run(self.up_levels, self.down_levels, passes, comm, timer)
         for name, sec in timer.passes.items():
             timings[name] = timings.get(name, 0.0) + sec
         del passes  # the expansions: freed before the outputs are copied (peak memory)
