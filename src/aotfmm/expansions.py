@@ -71,8 +71,11 @@ __all__ = ["check_potentials", "p2m", "m2m", "l2l", "dc2e", "m2l_plan", "m2l", "
 
 #: Chunks per thread for the point <-> surface kernels (dynamic scheduling).
 _CHUNKS_PER_THREAD = 4
-#: At most this many boxes per P2M/P2L chunk: bounds the check-potential scratch memory.
-_MAX_CHUNK_BOXES = 4096
+#: At most this many boxes per P2M/P2L chunk: bounds the check-potential scratch memory (4096
+#: until 2026-12-05: a one-thread P2M of 1e6 uniform points, p = 8, held 3 x 9.3 MB of
+#: temporaries, the peak of aotfmm.mpi's ranks; 1024: VmHWM of a serial one-thread run 297 ->
+#: 280 MiB, 2-rank MPI peak 271 -> 262 MiB)
+_MAX_CHUNK_BOXES = 1024
 #: M2L: GEMM rows (pairs x densities) per block of a transfer vector's pairs. Whole segments
 #: (up to ~3600 pairs at 1e6 points) needed scratch of 2 x 1.9 kB per row per thread (p = 8,
 #: float64): 106 MB per thread for k = 8 at 1e6, and they streamed the gathered multipoles,
