@@ -321,7 +321,7 @@ def test_mixed_near_field_tells_duplicates_from_points_that_round_together(kind)
     plan = aotfmm.Fmm(x, eps=1e-6, threads=1)
     assert plan._core.mixed_near
     pot, grad = plan.evaluate(q, gradient=True)
-    ref_pot, bar_pot, ref_grad, bar_grad = _sums_and_bars(x, x, q, gradient="both")
+    ref_pot, bar_pot, ref_grad, bar_grad = _sums_and_bars(x, x, q, gradient=True)
     assert np.linalg.norm(pot - ref_pot) <= 1e-6 * np.linalg.norm(bar_pot)
     assert np.linalg.norm(grad - ref_grad) <= 1e-6 * np.linalg.norm(bar_grad)
     # the same in the Hessian kernel (p2p_sym_hess_mixed): its potentials show a left-out pair
@@ -807,12 +807,11 @@ def test_mixed_partner_sums_keep_small_terms_after_a_large_one(monkeypatch):
 
 
 def _sums_and_bars(x, ys, qs, gradient=False):
-    """numpy sums at the points x of charges qs ((m,) or, for potentials, (m, k)) at ys, r = 0
-    left out, each axis's differences apart (no |x|^2 - 2 x.y): (potentials, the potentials of
-    |q|: the contract's u-bar), with ``gradient`` (gradients (n, 3), the field of |q|:
-    sum |q| / (4 pi r^2)), with ``gradient="both"`` all four (one pass over the distances)."""
+    """numpy sums at the points x of charges qs ((m,) or, for potentials only, (m, k)) at ys,
+    r = 0 left out, each axis's differences apart (no |x|^2 - 2 x.y): (potentials, the
+    potentials of |q|: the contract's u-bar) and, with ``gradient``, also (gradients (n, 3),
+    the field of |q|: sum |q| / (4 pi r^2)), from one pass over the distances."""
     n = len(x)
-    want_pot = gradient is False or gradient == "both"
     pot = np.zeros((n,) + qs.shape[1:])
     pbar = np.zeros((n,) + qs.shape[1:])
     grad = np.zeros((n, 3)) if gradient else None
@@ -821,15 +820,12 @@ def _sums_and_bars(x, ys, qs, gradient=False):
         dd = [x[t:t + 1000, k, None] - ys[None, :, k] for k in range(3)]
         r2 = dd[0] ** 2 + dd[1] ** 2 + dd[2] ** 2
         g = np.divide(1.0, np.sqrt(r2), out=np.zeros_like(r2), where=r2 > 0) / (4 * np.pi)
+        pot[t:t + 1000], pbar[t:t + 1000] = g @ qs, g @ np.abs(qs)
         if gradient:
             g3 = g ** 3 * (4 * np.pi) ** 2
             grad[t:t + 1000] = np.stack([-(dd[k] * g3) @ qs for k in range(3)], axis=1)
             gbar[t:t + 1000] = (g * g * 4 * np.pi) @ np.abs(qs)
-        if want_pot:
-            pot[t:t + 1000], pbar[t:t + 1000] = g @ qs, g @ np.abs(qs)
-    if gradient == "both":
-        return pot, pbar, grad, gbar
-    return (grad, gbar) if gradient else (pot, pbar)
+    return (pot, pbar, grad, gbar) if gradient else (pot, pbar)
 
 
 def _cluster_of_27_leaves():
@@ -895,7 +891,7 @@ def test_mixed_target_sums_keep_small_terms_with_many_charges(kind):
     pot, grad = plan.evaluate(q, gradient=True)
     assert not [k for k in plan.timings if "few" in k or "spot" in k]
     nz = np.flatnonzero(q)  # numpy sums over the charged points
-    ref, bar = _sums_and_bars(x, x[nz], q[nz], gradient=kind != "pot")
+    ref, bar = _sums_and_bars(x, x[nz], q[nz], gradient=kind != "pot")[-2:]  # grad or pot pair
     err = np.linalg.norm((pot if kind == "pot" else grad) - ref) / np.linalg.norm(bar)
     assert err <= 1e-6, f"{kind}: {err / 1e-6:.1f}x eps"
 
