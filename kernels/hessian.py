@@ -26,7 +26,7 @@ import numpy as np
 from numba.extending import register_jitable
 
 from ._inline import gather_sym, scatter_sym
-from .p2p import (MIXED_SOURCES, MIXED_TARGETS, _coincident_counts, _pad_sym_lists,
+from .p2p import (MIXED_SOURCES, MIXED_TARGETS, _coincident_counts, _pad_sym_lists, _same_parts,
                   _split_box, _target_parts)
 
 INV4PI = 0.07957747154594767  # 1 / (4 pi)
@@ -477,8 +477,8 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
                     ir = one / np.sqrt(r2)
                     if not r2 >= thr:
                         ir = np.float32(np.nan)
-                    same = ((xh == hx1[j]) & (yh == hy1[j]) & (zh == hz1[j]) & (xl == lx1[j])
-                            & (yl == ly1[j]) & (zl == lz1[j]))  # coincident: 0, counted
+                    same = _same_parts(xh, yh, zh, xl, yl, zl, hx1[j], hy1[j], hz1[j],
+                                       lx1[j], ly1[j], lz1[j])  # coincident: 0, counted
                     ir = zero if same else ir
                     z += one if same else zero
                     ux = dx * ir

@@ -689,6 +689,14 @@ def _split_hi_lo(s, n, g, hi, lo):
 
 
 @register_jitable
+def _same_parts(xh, yh, zh, xl, yl, zl, hx, hy, hz, lx, ly, lz):
+    """Whether a source's six float32 parts (hi hx, hy, hz; lo lx, ly, lz) equal the target's:
+    the mixed kernels take it for a coincident point (0, counted against the target's float64
+    duplicates). Compared in float32, at the loops' full vector width."""
+    return ((xh == hx) & (yh == hy) & (zh == hz) & (xl == lx) & (yl == ly) & (zl == lz))
+
+
+@register_jitable
 def _coincident_counts(xyz, t0, nt, cnt):
     """cnt[i] = how many of a box's points ``xyz[:, t0:t0 + nt]`` equal point t0 + i in
     float64, itself included (1 unless the box holds duplicates): sorted by x, equal x values
@@ -844,8 +852,7 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                     invr0 = one / np.sqrt(r20)
                     if not r20 >= thr:
                         invr0 = np.float32(np.nan)
-                    same = ((xh0 == hx) & (yh0 == hy) & (zh0 == hz) & (xl0 == lx)
-                            & (yl0 == ly) & (zl0 == lz))
+                    same = _same_parts(xh0, yh0, zh0, xl0, yl0, zl0, hx, hy, hz, lx, ly, lz)
                     invr0 = zero if same else invr0
                     z0 += one if same else zero
                     qinvr0 = qj * invr0
@@ -861,8 +868,7 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                     invr1 = one / np.sqrt(r21)
                     if not r21 >= thr:
                         invr1 = np.float32(np.nan)
-                    same = ((xh1 == hx) & (yh1 == hy) & (zh1 == hz) & (xl1 == lx)
-                            & (yl1 == ly) & (zl1 == lz))
+                    same = _same_parts(xh1, yh1, zh1, xl1, yl1, zl1, hx, hy, hz, lx, ly, lz)
                     invr1 = zero if same else invr1
                     z1 += one if same else zero
                     qinvr1 = qj * invr1
@@ -1007,8 +1013,8 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                     invr = one / np.sqrt(r2)
                     if not r2 >= thr:  # too close, or distinct points rounded together: redo
                         invr = np.float32(np.nan)
-                    same = ((xh == hx1[j]) & (yh == hy1[j]) & (zh == hz1[j]) & (xl == lx1[j])
-                            & (yl == ly1[j]) & (zl == lz1[j]))  # itself (counted, see above)
+                    same = _same_parts(xh, yh, zh, xl, yl, zl, hx1[j], hy1[j], hz1[j],
+                                       lx1[j], ly1[j], lz1[j])  # itself (counted, see above)
                     invr = zero if same else invr
                     z += one if same else zero
                     qinvr = bq1[j] * invr
