@@ -1028,7 +1028,8 @@ class Plan:
             v = None
             if lev - 1 in out:
                 half = 0.5 * _geometry.OCTANT_SIGNS[:, None, :] + 0.5 * chk[None]  # (8, n, 3)
-                v = np.einsum("rn,cnm->crm", b, modes(ref[lev - 1], half))         # (8, r, 4)
+                v = b @ modes(ref[lev - 1], half)  # (8, r, 4); a GEMM per octant (np.einsum
+                # took 3 ms a level, a tenth of a 1e5-point plan's setup over 11 levels)
                 v = v.astype(ops.dc2e_b.dtype)
             out[lev] = (w.astype(ops.dc2e_b.dtype), proj.astype(ops.dc2e_b.dtype), v)
         return out
