@@ -111,7 +111,11 @@ class Fmm:
         The plan then reaches about :attr:`expected_eps`, whatever ``eps`` says; given
         together with an ``eps`` that p cannot meet, an :class:`AccuracyWarning` says so.
     ncrit : int, optional
-        Maximum points (sources + targets) per leaf; default from the table.
+        Maximum points (sources + targets) per leaf; default from the table. With the
+        table's ncrit a plan of the Laplace kernel with at least 1e5 points may enlarge its
+        root cube by 2^(1/3) or 2^(2/3) where leaves would otherwise come out ~8x smaller
+        than ncrit (``stats["root_scale"]``; README "Leaf size at unlucky sizes"); a given
+        ncrit keeps the points' bounding cube.
     dtype : {None, float32, float64, complex64, complex128}
         Precision of densities and results; None: single precision if the points are float32,
         else double. Complex (and only complex) for a complex kernel (Helmholtz).
@@ -550,7 +554,9 @@ class Fmm:
                  f"accuracy: eps {self.eps:g} requested, about {self.expected_eps:.2g} expected "
                  f"(p={self.p}, {how})",
                  f"tree: {st['levels']} levels, {st['boxes']} boxes, {st['leaves']} leaves; "
-                 f"surface points {st['n_surf']}, M2L rank {st['m2l_rank']}",
+                 f"surface points {st['n_surf']}, M2L rank {st['m2l_rank']}" + (
+                     f"; root cube {st['root_scale']:.3g}x the points' (leaf size)"
+                     if st.get("root_scale", 1.0) != 1.0 else ""),
                  "list sizes (mean / max): " + ", ".join(
                      f"{k.upper()} {v['mean']:.1f} / {v['max']}"
                      for k, v in st["list_sizes"].items())]

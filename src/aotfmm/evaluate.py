@@ -49,6 +49,36 @@ _REGULAR_SPLIT = True
 #: Off only for the engine pin (tests/test_engine_pin.py), whose numbers predate it.
 _MIXED_NEAR = True
 
+#: Leaf size against the far field (issue 19, "balance P2P against M2L"). On points that fill
+#: their boxes, an octree's leaves jump 8x in size per level, so some problem sizes get leaves
+#: of ~ncrit / 6 points and 8x the boxes of their neighbours (1e6 uniform points: 244 per leaf,
+#: 2e6: 61, 8x the M2L; 1e6 took 2.9 s and 2e6 9.4 s, 2-core AMD EPYC Zen 3, eps 1e-6). A
+#: root cube enlarged by 2^(1/3) or 2^(2/3) (same centre: the points fill less of it) moves
+#: the leaves between those sizes. A plan whose ncrit is the table's, of a scale-invariant
+#: kernel, predicts from its own tree what each enlargement would cost (:func:`_tree_costs`),
+#: builds each one that promises :data:`_ROOT_SCALE_GAIN` of the default's cost or less, and
+#: keeps the cheapest whose real lists cost that little. The cost model is good to ~10 % on
+#: uniform points (0.9 let a sphere surface at 2e6 and float32 at 2.5e5 switch for 0-4 %
+#: losses), hence the 15 % margin.
+_ROOT_SCALES = (2.0 ** (1.0 / 3.0), 2.0 ** (2.0 / 3.0))
+_ROOT_SCALE_GAIN = 0.85
+#: ... only for trees at most this deep: a deeper one has clusters, whose leaves do not jump in
+#: step, and an enlarged root coarsens the deepest level the Morton codes resolve (a cluster of
+#: 600 points 1e-6 wide went from 20 levels to one 600-point leaf at level 4)
+_ROOT_SCALE_MAX_LEVEL = 10
+#: ... and at least this many points (sources plus targets): below, the model's constants
+#: (fitted from 2.5e5 up) were off by ~15 % (3e4 uniform points: predicted 0.91, took 1.07x),
+#: and what a better tree saves is a few milliseconds
+_ROOT_SCALE_MIN_POINTS = 100_000
+#: ... what one V-list pair (its M2L) and one box (the other translations, the plan's per-box
+#: setup) cost in near-field pair terms, at p = 8 in float64 with float32 pair terms (fitted
+#: on uniform points 2.5e5 .. 2e6 at the three root sizes, 2 threads: M2L 0.7 us a V pair,
+#: the rest of a box ~85 us, a pair term 0.33 ns); scaled by n_surf(p) / n_surf(8), x 1.5 for
+#: float32 plans (their pair terms cost 2/3), x 0.5 where the pair terms are float64 (eps
+#: below MIXED_NEAR_EPS).
+_V_PAIR_COST = 2100.0
+_BOX_COST = 2.5e5
+
 #: A density whose effective number of charges, (sum |q|)^2 / sum q^2 (1 for one charge, ~0.64 n
 #: for n random normal ones), is below this (and below n / 8) does not get the FMM's accuracy
 #: from the eps -> p table: the contract's averaging over many charges is what the table
@@ -416,6 +446,61 @@ def _csr(rows, cols, n_rows, extra=None):
     return offsets, cols, np.ascontiguousarray(extra[order])
 
 
+def _far_costs(p, dtype, eps):
+    """(:data:`_V_PAIR_COST`, :data:`_BOX_COST`) for order ``p``, float type ``dtype``, ``eps``."""
+    scale = n_surf(p) / n_surf(8)
+    if dtype == np.float32:
+        scale *= 1.5
+    elif eps < _dispatch.MIXED_NEAR_EPS:
+        scale *= 0.5
+    return _V_PAIR_COST * scale, _BOX_COST * scale
+
+
+def _tree_costs(tree, lists, ncrit, far, same, p, scales=()):
+    """Cost of a tree's near field and far field in pair terms: near-field pairs (each leaf's
+    targets times the sources of its U list; W and X list pairs count at most n_surf(p)
+    sources and targets a box, what their direct sums or expansions take) plus, with ``far`` =
+    :func:`_far_costs`, its V-pair cost per V-list pair and its box cost per box. Returns the
+    tree's own cost, then one predicted cost per root enlargement in ``scales`` (volume
+    factors m = s^3, from the U-list pairs, the V pairs and the boxes):
+    a leaf of c points whose parent has d non-empty children (d = 8 where points fill space,
+    ~4 on a surface) would hold c' = c d^(log2(m) / 3) points, or c' / d if that is over
+    ``ncrit`` (then split); its pairs scale by c' / c and the boxes over its points by c / c'."""
+    leaves = tree.leaves
+    ns = tree.src_end - tree.src_start
+    nt = tree.trg_end - tree.trg_start
+    cum = np.concatenate(([0], np.cumsum(ns[lists.u_index])))
+    pairs = nt[leaves].astype(np.float64) * (cum[lists.u_offsets[leaves + 1]] -
+                                             cum[lists.u_offsets[leaves]])
+    n_boxes = len(tree.keys)
+    cap = float(n_surf(p))
+    ns_cap = np.minimum(ns, cap)
+    cum = np.concatenate(([0.0], np.cumsum(ns_cap[lists.w_index])))
+    wx = float((nt[leaves] * (cum[lists.w_offsets[leaves + 1]] -
+                              cum[lists.w_offsets[leaves]])).sum())
+    cum = np.concatenate(([0.0], np.cumsum(ns_cap[lists.x_index])))
+    wx += float((np.minimum(nt, cap) * (cum[lists.x_offsets[1:]] - cum[lists.x_offsets[:-1]])
+                 ).sum())
+    v_cost, box_cost = far
+    boxes_cost = v_cost * len(lists.v_index) + box_cost * n_boxes
+    costs = [float(pairs.sum()) + wx + boxes_cost]
+    if not scales or not len(leaves):
+        return costs
+    count = ns if same else ns + nt
+    c = count[leaves].astype(np.float64)
+    parent = tree.parent[leaves]
+    has = parent >= 0
+    kids = tree.children[np.where(has, parent, 0)]
+    d = np.where(has, ((kids >= 0) & (count[np.maximum(kids, 0)] > 0)).sum(axis=1), 8)
+    d = np.clip(d, 2, 8).astype(np.float64)
+    for s in scales:
+        grow = d ** np.log2(s)          # s = m^(1/3): d^(log2(m) / 3)
+        f = np.where(c * grow <= ncrit, grow, grow / d)
+        cover = np.where(c > 0, 1.0 / f, 1.0 / grow)   # boxes over the leaf's points
+        costs.append(float((pairs * f).sum()) + wx + boxes_cost * float(cover.mean()))
+    return costs
+
+
 class Plan:
     """Everything that depends on the points only; see the module docstring."""
 
@@ -453,19 +538,43 @@ class Plan:
 
         # a family with a parameter: the root (and so every level) sized so that the parameter
         # times each level's half-width is on the grid of cached operator sets
-        tree = build_tree(src_xyz, trg_xyz, self.ncrit, workers=workers,
-                          snap=None if family.scale_invariant else family.grid_half)
+        def tree_and_lists(scale):
+            tree = build_tree(src_xyz, trg_xyz, self.ncrit, workers=workers,
+                              snap=family.grid_half if not family.scale_invariant else
+                              None if scale == 1.0 else (lambda half: half * scale))
+            if target_prefix is not None and self.same:
+                tree = _targets_prefix(tree, target_prefix)
+            return tree, build_lists(tree, workers=workers)
+
+        tree, lists = tree_and_lists(1.0)
+        #: the root cube's enlargement (:data:`_ROOT_SCALES`; 1.0: the points' bounding cube)
+        self.root_scale = 1.0
+        if ncrit is None and family.scale_invariant and \
+                2 < tree.n_levels <= _ROOT_SCALE_MAX_LEVEL + 1 and \
+                sum(a.shape[1] for a in pts) >= _ROOT_SCALE_MIN_POINTS:
+            far = _far_costs(self.p, dt, eps)
+            own, *guess = _tree_costs(tree, lists, self.ncrit, far, self.same, self.p,
+                                      _ROOT_SCALES)
+            best = _ROOT_SCALE_GAIN * own
+            for i in np.argsort(guess):  # each promising one built, the cheapest kept
+                if guess[i] > _ROOT_SCALE_GAIN * own:
+                    break
+                tree2, lists2 = tree_and_lists(_ROOT_SCALES[i])
+                cost = _tree_costs(tree2, lists2, self.ncrit, far, self.same, self.p)[0]
+                if cost <= best:
+                    best, tree, lists, self.root_scale = cost, tree2, lists2, _ROOT_SCALES[i]
+                del tree2, lists2
         if dt == np.float32 and tree.n_levels - 1 > _FLOAT32_MAX_LEVEL:
             warnings.warn(f"the octree is {tree.n_levels - 1} levels deep: float32 cannot "
                           f"resolve boxes below level {_FLOAT32_MAX_LEVEL} of this problem's "
                           f"extent, results may miss eps; use dtype=float64",
                           AccuracyWarning, stacklevel=3)
-        if target_prefix is not None and self.same:
-            tree = _targets_prefix(tree, target_prefix)
-        timings["tree"], t = time.perf_counter() - t, time.perf_counter()
+        # (the kept lists' own time; "tree" holds the rest, a rebuilt root included)
+        t_lists = float(sum(lists.timings.values()))
+        timings["tree"] = time.perf_counter() - t - t_lists
+        timings["lists"] = t_lists
+        t = time.perf_counter()
         step("tree")
-        lists = build_lists(tree, workers=workers)
-        timings["lists"], t = time.perf_counter() - t, time.perf_counter()
         step("lists")
         self.tree = tree
         # leaves holding targets that must take the screened direct path (aotfmm.mpi)
@@ -1245,6 +1354,7 @@ class Plan:
         return {
             "p": self.p, "ncrit": self.ncrit, "n_surf": n_surf,
             "levels": int(tree.n_levels), "boxes": int(len(tree.keys)),
+            "root_scale": self.root_scale,
             "leaves": int(len(tree.leaves)),
             "list_sizes": {"u": sizes(lists.u_offsets, tree.leaves),
                            "v": sizes(lists.v_offsets, all_boxes),
