@@ -56,12 +56,16 @@ _MIXED_NEAR = True
 #: root cube enlarged by 2^(1/3) or 2^(2/3) (same centre: the points fill less of it) moves
 #: the leaves between those sizes. A plan whose ncrit is the table's, of a scale-invariant
 #: kernel, predicts from its own tree what each enlargement would cost (:func:`_tree_costs`),
-#: builds each one that promises :data:`_ROOT_SCALE_GAIN` of the default's cost or less, and
-#: keeps the cheapest whose real lists cost that little. The cost model is good to ~10 % on
+#: builds each one that promises :data:`_ROOT_SCALE_TRY` of the default's cost or less, and
+#: keeps the cheapest whose real lists cost :data:`_ROOT_SCALE_GAIN` of it or less. The cost model is good to ~10 % on
 #: uniform points (0.9 let a sphere surface at 2e6 and float32 at 2.5e5 switch for 0-4 %
 #: losses), hence the 15 % margin.
 _ROOT_SCALES = (2.0 ** (1.0 / 3.0), 2.0 ** (2.0 / 3.0))
 _ROOT_SCALE_GAIN = 0.85
+#: ... built only when predicted at this much of the default's cost or less: the prediction is
+#: optimistic by ~0.1 on uniform points (2.5e5: 0.69 predicted, 0.81 real), and a candidate
+#: built for nothing costs a tree and its lists (1.2e6 points: +0.12 s, hostile test)
+_ROOT_SCALE_TRY = 0.8
 #: ... only for trees at most this deep: a deeper one has clusters, whose leaves do not jump in
 #: step, and an enlarged root coarsens the deepest level the Morton codes resolve (a cluster of
 #: 600 points 1e-6 wide went from 20 levels to one 600-point leaf at level 4)
@@ -562,7 +566,7 @@ class Plan:
                                       _ROOT_SCALES)
             best = _ROOT_SCALE_GAIN * own
             for i in np.argsort(guess):  # each promising one built, the cheapest kept
-                if guess[i] > _ROOT_SCALE_GAIN * own:
+                if guess[i] > min(_ROOT_SCALE_TRY, _ROOT_SCALE_GAIN) * own:
                     break
                 tree2, lists2 = tree_and_lists(_ROOT_SCALES[i])
                 cost = _tree_costs(tree2, lists2, self.ncrit, far, self.same, self.p)[0]
