@@ -113,9 +113,9 @@ class Fmm:
     ncrit : int, optional
         Maximum points (sources + targets) per leaf; default from the table. With the
         table's ncrit a plan of the Laplace kernel with at least 1e5 points may enlarge its
-        root cube by 2^(1/3) or 2^(2/3) where leaves would otherwise come out ~8x smaller
-        than ncrit (``stats["root_scale"]``; README "Leaf size at unlucky sizes"); a given
-        ncrit keeps the points' bounding cube.
+        root cube by 2^(1/3) or 2^(2/3) where its leaves would otherwise come out far below
+        ncrit (``stats["root_scale"]``; README "Leaf size at unlucky sizes"); a given ncrit
+        keeps the points' bounding cube.
     dtype : {None, float32, float64, complex64, complex128}
         Precision of densities and results; None: single precision if the points are float32,
         else double. Complex (and only complex) for a complex kernel (Helmholtz).

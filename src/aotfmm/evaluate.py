@@ -1147,7 +1147,7 @@ class Plan:
             if lev - 1 in out:
                 half = 0.5 * _geometry.OCTANT_SIGNS[:, None, :] + 0.5 * chk[None]  # (8, n, 3)
                 v = b @ modes(ref[lev - 1], half)  # (8, r, 4); a GEMM per octant (np.einsum
-                # took 3 ms a level, a tenth of a 1e5-point plan's setup over 11 levels)
+                # took ~3 ms a level: a 1e5-point plan's setup 41 -> 24 ms without it)
                 v = v.astype(ops.dc2e_b.dtype)
             out[lev] = (w.astype(ops.dc2e_b.dtype), proj.astype(ops.dc2e_b.dtype), v)
         return out
