@@ -13,6 +13,7 @@ import pytest
 
 import aotfmm
 from aotfmm import evaluate
+from aotfmm.lists import build_lists
 from conftest import direct_reference, rel_err
 
 
@@ -89,7 +90,6 @@ def test_the_cost_model_counts_the_near_field_pairs():
     x = rng.random((20_000, 3))
     fmm = aotfmm.Fmm(x, eps=1e-6, threads=1)
     core = fmm._core
-    from aotfmm.lists import build_lists
     lists = build_lists(core.tree)
     assert len(lists.w_index) == 0 and len(lists.x_index) == 0  # (so only U pairs count)
     own = evaluate._tree_costs(core.tree, lists, core.ncrit, (0.0, 0.0), True, core.p)[0]

@@ -57,9 +57,9 @@ _MIXED_NEAR = True
 #: the leaves between those sizes. A plan whose ncrit is the table's, of a scale-invariant
 #: kernel, predicts from its own tree what each enlargement would cost (:func:`_tree_costs`),
 #: builds each one that promises :data:`_ROOT_SCALE_TRY` of the default's cost or less, and
-#: keeps the cheapest whose real lists cost :data:`_ROOT_SCALE_GAIN` of it or less. The cost model is good to ~10 % on
-#: uniform points (0.9 let a sphere surface at 2e6 and float32 at 2.5e5 switch for 0-4 %
-#: losses), hence the 15 % margin.
+#: keeps the cheapest whose real lists cost :data:`_ROOT_SCALE_GAIN` of it or less. The cost
+#: model is good to ~10 % on uniform points (0.9 let a sphere surface at 2e6 and float32 at
+#: 2.5e5 switch for 0-4 % losses), hence the 15 % margin.
 _ROOT_SCALES = (2.0 ** (1.0 / 3.0), 2.0 ** (2.0 / 3.0))
 _ROOT_SCALE_GAIN = 0.85
 #: ... built only when predicted at this much of the default's cost or less: the prediction is
@@ -460,6 +460,12 @@ def _far_costs(p, dtype, eps):
     return _V_PAIR_COST * scale, _BOX_COST * scale
 
 
+def _list_sums(values, offsets, index, rows):
+    """Per row in ``rows``: the sum of ``values`` over its CSR list (``offsets``, ``index``)."""
+    cum = np.concatenate(([0], np.cumsum(values[index])))
+    return cum[offsets[rows + 1]] - cum[offsets[rows]]
+
+
 def _tree_costs(tree, lists, ncrit, far, same, p, scales=()):
     """Cost of a tree's near field and far field in pair terms: near-field pairs (each leaf's
     targets times the sources of its U list; W and X list pairs count at most n_surf(p)
@@ -474,23 +480,19 @@ def _tree_costs(tree, lists, ncrit, far, same, p, scales=()):
     leaves = tree.leaves
     ns = tree.src_end - tree.src_start
     nt = tree.trg_end - tree.trg_start
-    cum = np.concatenate(([0], np.cumsum(ns[lists.u_index])))
-    pairs = nt[leaves].astype(np.float64) * (cum[lists.u_offsets[leaves + 1]] -
-                                             cum[lists.u_offsets[leaves]])
+    pairs = nt[leaves].astype(np.float64) * _list_sums(ns, lists.u_offsets, lists.u_index,
+                                                       leaves)
     n_boxes = len(tree.keys)
     cap = float(n_surf(p))
     ns_cap = np.minimum(ns, cap)
-    cum = np.concatenate(([0.0], np.cumsum(ns_cap[lists.w_index])))
-    wx = float((nt[leaves] * (cum[lists.w_offsets[leaves + 1]] -
-                              cum[lists.w_offsets[leaves]])).sum())
-    cum = np.concatenate(([0.0], np.cumsum(ns_cap[lists.x_index])))
-    wx += float((np.minimum(nt, cap) * (cum[lists.x_offsets[1:]] - cum[lists.x_offsets[:-1]])
-                 ).sum())
+    wx = float((nt[leaves] * _list_sums(ns_cap, lists.w_offsets, lists.w_index, leaves)).sum())
+    wx += float((np.minimum(nt, cap) * _list_sums(ns_cap, lists.x_offsets, lists.x_index,
+                                                  np.arange(n_boxes))).sum())
     # (a complete octree's empty boxes cost nothing: only V pairs and boxes with points count;
     # counting them all made a 1 x 1 x 0.01 slab of 2.5e5 points switch, 1.4x slower)
     v_cost, box_cost = far
-    v_rows = np.repeat(np.arange(n_boxes), np.diff(lists.v_offsets))
-    n_v = int(np.count_nonzero((nt[v_rows] > 0) & (ns[lists.v_index] > 0)))
+    v_rows, v_cols = _pairs(lists.v_offsets, lists.v_index)
+    n_v = int(np.count_nonzero((nt[v_rows] > 0) & (ns[v_cols] > 0)))
     boxes_cost = v_cost * n_v + box_cost * int(np.count_nonzero(ns + nt))
     costs = [float(pairs.sum()) + wx + boxes_cost]
     if not scales or not len(leaves):
@@ -830,6 +832,11 @@ class Plan:
                                cost=(trg_e - trg_s)[redo] * (work + 1), risk=risk,
                                in_redo=in_redo)
 
+    def _leaf_origins(self):
+        """(n_boxes, 3) float64: each box's anchor in the frame coordinates (a point's frame
+        coordinates are its leaf-local offset plus its leaf's row)."""
+        return (self.anchor - self.frame_center) / self.frame_scale
+
     def frame_points(self, which="src"):
         """Sorted points in the frame coordinates (for plotting; float64 (3, n))."""
         tree = self.tree
@@ -837,7 +844,7 @@ class Plan:
             (tree.trg_start, tree.trg_end)
         pts = self.src if which == "src" else self.trg
         leaves = tree.leaves
-        origin = (self.anchor - self.frame_center) / self.frame_scale
+        origin = self._leaf_origins()
         return pts.astype(np.float64) + np.repeat(origin[leaves], end[leaves] - start[leaves],
                                                   axis=0).T
 
@@ -1521,7 +1528,7 @@ class Plan:
             leaves = tree.leaves
             counts = tree.src_end[leaves] - tree.src_start[leaves]
             full = counts > 0
-            origin = (self.anchor - self.frame_center) / self.frame_scale
+            origin = self._leaf_origins()
             lo, hi = np.empty(3), np.empty(3)
             for a in range(3):  # (the leaves' sources are consecutive, in leaf order)
                 o = origin[leaves[full], a]
