@@ -3,8 +3,8 @@
 The single-charge-vector kernels of ``p2p.py``/``expansions.py`` fuse the distance and the sum.
 Here, for one target and its sources, the geometry (1/r and the powers and vectors a case needs,
 see ``p2p_multi``) goes into a scratch buffer once, and then the ``nd`` densities are vectorised
-passes over it, four densities of one kind per pass (the rest one by one): k densities cost one
-1/r per pair plus k multiply-adds, not k square roots.
+passes over it, four densities of one kind per pass (two with gradients; the rest one by one): k
+densities cost one 1/r per pair plus k multiply-adds, not k square roots.
 
 Sources of a box may carry charges ``q`` (nd, n) and/or dipoles ``dip`` (nd, 3, n), chosen by the
 bits of ``flags``: 1 charges, 2 dipoles, 4 gradient (P2P/S2P only), 8 full-accuracy 1/r (P2P
@@ -77,7 +77,8 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
     Per target box, the sources of its whole list (at most ``m_max``) are first gathered into
     contiguous scratch (coordinates, densities). Each target then walks them in chunks of
     ``P2P_CHUNK``: the chunk's geometry once, then vectorised sweeps over it, four densities
-    per sweep when they are all charges or all dipoles, the rest one per sweep. Only the
+    per sweep (two with gradients) when they are all charges or all dipoles, the rest one per
+    sweep. Only the
     geometry a case needs is stored: 1/r (charges, potential); 1/r and (x - y)/r^3 (charges,
     gradient); with dipoles 1/r, the unit vector u = (x - y)/r and 1/r^2, and with the
     gradient also 1/r^3. A dipole's potential is then (d . u)/r^2 and its gradient
@@ -91,7 +92,12 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
     refine = (flags & 8) != 0
     mode = (3 if do_g else 2) if has_d else (1 if do_g else 0)
     nd = pot.shape[0]
-    nb4 = (nd // 4) * 4 if has_q != has_d else 0  # densities swept four at a time
+    # densities of one kind go in groups: four a sweep for potentials, two with gradients (four
+    # gradients' 16 accumulators overflowed AVX2's 16 vector registers: the spills made k = 8
+    # dipoles with gradients 1.2x and float32 charges 2x slower than two a sweep)
+    one_kind = has_q != has_d
+    nb4 = (nd // 4) * 4 if one_kind and not do_g else 0
+    nb2 = nb4 + ((nd - nb4) // 2) * 2 if one_kind and do_g else nb4
     dt = src_xyz.dtype
     geo = np.empty((6, P2P_CHUNK), dtype=dt)
     bx = geo[0]  # (x - y) / r^3 in mode 1, u = (x - y) / r in modes 2 and 3 (dipoles)
@@ -232,56 +238,17 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
                     a1 = 0.0
                     a2 = 0.0
                     a3 = 0.0
-                    x0 = 0.0
-                    x1 = 0.0
-                    x2 = 0.0
-                    x3 = 0.0
-                    y0 = 0.0
-                    y1 = 0.0
-                    y2 = 0.0
-                    y3 = 0.0
-                    z0 = 0.0
-                    z1 = 0.0
-                    z2 = 0.0
-                    z3 = 0.0
                     if has_q:
                         q0 = gq[d, c0:c1]
                         q1 = gq[d + 1, c0:c1]
                         q2 = gq[d + 2, c0:c1]
                         q3 = gq[d + 3, c0:c1]
-                        if mode == 0:
-                            for j in range(np.uint64(0), m):
-                                w = b1[j]
-                                a0 += q0[j] * w
-                                a1 += q1[j] * w
-                                a2 += q2[j] * w
-                                a3 += q3[j] * w
-                        else:
-                            for j in range(np.uint64(0), m):
-                                w = b1[j]
-                                wx = bx[j]
-                                wy = by[j]
-                                wz = bz[j]
-                                u = q0[j]
-                                a0 += u * w
-                                x0 -= u * wx
-                                y0 -= u * wy
-                                z0 -= u * wz
-                                u = q1[j]
-                                a1 += u * w
-                                x1 -= u * wx
-                                y1 -= u * wy
-                                z1 -= u * wz
-                                u = q2[j]
-                                a2 += u * w
-                                x2 -= u * wx
-                                y2 -= u * wy
-                                z2 -= u * wz
-                                u = q3[j]
-                                a3 += u * w
-                                x3 -= u * wx
-                                y3 -= u * wy
-                                z3 -= u * wz
+                        for j in range(np.uint64(0), m):
+                            w = b1[j]
+                            a0 += q0[j] * w
+                            a1 += q1[j] * w
+                            a2 += q2[j] * w
+                            a3 += q3[j] * w
                     else:
                         e00 = gd[d, 0, c0:c1]
                         e01 = gd[d, 1, c0:c1]
@@ -295,59 +262,77 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
                         e30 = gd[d + 3, 0, c0:c1]
                         e31 = gd[d + 3, 1, c0:c1]
                         e32 = gd[d + 3, 2, c0:c1]
-                        if do_g:
-                            for j in range(np.uint64(0), m):
-                                wx = bx[j]
-                                wy = by[j]
-                                wz = bz[j]
-                                i2 = b2[j]
-                                i3 = b3[j]
-                                u0 = e00[j]
-                                u1 = e01[j]
-                                u2 = e02[j]
-                                dd = u0 * wx + u1 * wy + u2 * wz
-                                a0 += dd * i2
-                                t5 = three * dd
-                                x0 += (u0 - t5 * wx) * i3
-                                y0 += (u1 - t5 * wy) * i3
-                                z0 += (u2 - t5 * wz) * i3
-                                u0 = e10[j]
-                                u1 = e11[j]
-                                u2 = e12[j]
-                                dd = u0 * wx + u1 * wy + u2 * wz
-                                a1 += dd * i2
-                                t5 = three * dd
-                                x1 += (u0 - t5 * wx) * i3
-                                y1 += (u1 - t5 * wy) * i3
-                                z1 += (u2 - t5 * wz) * i3
-                                u0 = e20[j]
-                                u1 = e21[j]
-                                u2 = e22[j]
-                                dd = u0 * wx + u1 * wy + u2 * wz
-                                a2 += dd * i2
-                                t5 = three * dd
-                                x2 += (u0 - t5 * wx) * i3
-                                y2 += (u1 - t5 * wy) * i3
-                                z2 += (u2 - t5 * wz) * i3
-                                u0 = e30[j]
-                                u1 = e31[j]
-                                u2 = e32[j]
-                                dd = u0 * wx + u1 * wy + u2 * wz
-                                a3 += dd * i2
-                                t5 = three * dd
-                                x3 += (u0 - t5 * wx) * i3
-                                y3 += (u1 - t5 * wy) * i3
-                                z3 += (u2 - t5 * wz) * i3
-                        else:
-                            for j in range(np.uint64(0), m):
-                                wx = bx[j]
-                                wy = by[j]
-                                wz = bz[j]
-                                i2 = b2[j]
-                                a0 += (e00[j] * wx + e01[j] * wy + e02[j] * wz) * i2
-                                a1 += (e10[j] * wx + e11[j] * wy + e12[j] * wz) * i2
-                                a2 += (e20[j] * wx + e21[j] * wy + e22[j] * wz) * i2
-                                a3 += (e30[j] * wx + e31[j] * wy + e32[j] * wz) * i2
+                        for j in range(np.uint64(0), m):
+                            wx = bx[j]
+                            wy = by[j]
+                            wz = bz[j]
+                            i2 = b2[j]
+                            a0 += (e00[j] * wx + e01[j] * wy + e02[j] * wz) * i2
+                            a1 += (e10[j] * wx + e11[j] * wy + e12[j] * wz) * i2
+                            a2 += (e20[j] * wx + e21[j] * wy + e22[j] * wz) * i2
+                            a3 += (e30[j] * wx + e31[j] * wy + e32[j] * wz) * i2
+                    sums[d, 0] += a0
+                    sums[d + 1, 0] += a1
+                    sums[d + 2, 0] += a2
+                    sums[d + 3, 0] += a3
+                for d in range(nb4, nb2, 2):  # with gradients: two densities per sweep
+                    a0 = 0.0
+                    a1 = 0.0
+                    x0 = 0.0
+                    x1 = 0.0
+                    y0 = 0.0
+                    y1 = 0.0
+                    z0 = 0.0
+                    z1 = 0.0
+                    if has_q:
+                        q0 = gq[d, c0:c1]
+                        q1 = gq[d + 1, c0:c1]
+                        for j in range(np.uint64(0), m):
+                            w = b1[j]
+                            wx = bx[j]
+                            wy = by[j]
+                            wz = bz[j]
+                            u = q0[j]
+                            a0 += u * w
+                            x0 -= u * wx
+                            y0 -= u * wy
+                            z0 -= u * wz
+                            u = q1[j]
+                            a1 += u * w
+                            x1 -= u * wx
+                            y1 -= u * wy
+                            z1 -= u * wz
+                    else:
+                        e00 = gd[d, 0, c0:c1]
+                        e01 = gd[d, 1, c0:c1]
+                        e02 = gd[d, 2, c0:c1]
+                        e10 = gd[d + 1, 0, c0:c1]
+                        e11 = gd[d + 1, 1, c0:c1]
+                        e12 = gd[d + 1, 2, c0:c1]
+                        for j in range(np.uint64(0), m):
+                            wx = bx[j]
+                            wy = by[j]
+                            wz = bz[j]
+                            i2 = b2[j]
+                            i3 = b3[j]
+                            u0 = e00[j]
+                            u1 = e01[j]
+                            u2 = e02[j]
+                            dd = u0 * wx + u1 * wy + u2 * wz
+                            a0 += dd * i2
+                            t5 = three * dd
+                            x0 += (u0 - t5 * wx) * i3
+                            y0 += (u1 - t5 * wy) * i3
+                            z0 += (u2 - t5 * wz) * i3
+                            u0 = e10[j]
+                            u1 = e11[j]
+                            u2 = e12[j]
+                            dd = u0 * wx + u1 * wy + u2 * wz
+                            a1 += dd * i2
+                            t5 = three * dd
+                            x1 += (u0 - t5 * wx) * i3
+                            y1 += (u1 - t5 * wy) * i3
+                            z1 += (u2 - t5 * wz) * i3
                     sums[d, 0] += a0
                     sums[d, 1] += x0
                     sums[d, 2] += y0
@@ -356,15 +341,7 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
                     sums[d + 1, 1] += x1
                     sums[d + 1, 2] += y1
                     sums[d + 1, 3] += z1
-                    sums[d + 2, 0] += a2
-                    sums[d + 2, 1] += x2
-                    sums[d + 2, 2] += y2
-                    sums[d + 2, 3] += z2
-                    sums[d + 3, 0] += a3
-                    sums[d + 3, 1] += x3
-                    sums[d + 3, 2] += y3
-                    sums[d + 3, 3] += z3
-                for d in range(nb4, nd):
+                for d in range(nb2, nd):
                     acc = 0.0
                     gx = 0.0
                     gy = 0.0
@@ -529,7 +506,8 @@ def s2p_multi(dens, trg_xyz, trg_start, trg_end, trg_boxes, centers, half_widths
     c = INV4PI
     do_g = (flags & 4) != 0
     nd = dens.shape[1]
-    nb4 = (nd // 4) * 4  # densities swept four at a time
+    nb4 = (nd // 4) * 4 if not do_g else 0  # four densities a sweep, two with gradients
+    nb2 = nb4 + ((nd - nb4) // 2) * 2 if do_g else nb4  # (see p2p_multi)
     n_surf = surf.shape[1]
     n = np.uint64(n_surf)
     wx = buf[0]  # (x - y) / r^3 per surface point
@@ -568,68 +546,51 @@ def s2p_multi(dens, trg_xyz, trg_start, trg_end, trg_boxes, centers, half_widths
                     a1 = 0.0
                     a2 = 0.0
                     a3 = 0.0
-                    if do_g:
-                        x0 = 0.0
-                        x1 = 0.0
-                        x2 = 0.0
-                        x3 = 0.0
-                        y0 = 0.0
-                        y1 = 0.0
-                        y2 = 0.0
-                        y3 = 0.0
-                        z0 = 0.0
-                        z1 = 0.0
-                        z2 = 0.0
-                        z3 = 0.0
-                        for m in range(n):
-                            v = bi[m]
-                            vx = wx[m]
-                            vy = wy[m]
-                            vz = wz[m]
-                            u = q0[m]
-                            a0 += u * v
-                            x0 -= u * vx
-                            y0 -= u * vy
-                            z0 -= u * vz
-                            u = q1[m]
-                            a1 += u * v
-                            x1 -= u * vx
-                            y1 -= u * vy
-                            z1 -= u * vz
-                            u = q2[m]
-                            a2 += u * v
-                            x2 -= u * vx
-                            y2 -= u * vy
-                            z2 -= u * vz
-                            u = q3[m]
-                            a3 += u * v
-                            x3 -= u * vx
-                            y3 -= u * vy
-                            z3 -= u * vz
-                        grad[d, 0, t] += c * x0
-                        grad[d, 1, t] += c * y0
-                        grad[d, 2, t] += c * z0
-                        grad[d + 1, 0, t] += c * x1
-                        grad[d + 1, 1, t] += c * y1
-                        grad[d + 1, 2, t] += c * z1
-                        grad[d + 2, 0, t] += c * x2
-                        grad[d + 2, 1, t] += c * y2
-                        grad[d + 2, 2, t] += c * z2
-                        grad[d + 3, 0, t] += c * x3
-                        grad[d + 3, 1, t] += c * y3
-                        grad[d + 3, 2, t] += c * z3
-                    else:
-                        for m in range(n):
-                            v = bi[m]
-                            a0 += q0[m] * v
-                            a1 += q1[m] * v
-                            a2 += q2[m] * v
-                            a3 += q3[m] * v
+                    for m in range(n):
+                        v = bi[m]
+                        a0 += q0[m] * v
+                        a1 += q1[m] * v
+                        a2 += q2[m] * v
+                        a3 += q3[m] * v
                     pot[d, t] += c * a0
                     pot[d + 1, t] += c * a1
                     pot[d + 2, t] += c * a2
                     pot[d + 3, t] += c * a3
-                for d in range(nb4, nd):
+                for d in range(nb4, nb2, 2):  # with gradients: two densities per sweep
+                    q0 = ds[d]
+                    q1 = ds[d + 1]
+                    a0 = 0.0
+                    a1 = 0.0
+                    x0 = 0.0
+                    x1 = 0.0
+                    y0 = 0.0
+                    y1 = 0.0
+                    z0 = 0.0
+                    z1 = 0.0
+                    for m in range(n):
+                        v = bi[m]
+                        vx = wx[m]
+                        vy = wy[m]
+                        vz = wz[m]
+                        u = q0[m]
+                        a0 += u * v
+                        x0 -= u * vx
+                        y0 -= u * vy
+                        z0 -= u * vz
+                        u = q1[m]
+                        a1 += u * v
+                        x1 -= u * vx
+                        y1 -= u * vy
+                        z1 -= u * vz
+                    pot[d, t] += c * a0
+                    pot[d + 1, t] += c * a1
+                    grad[d, 0, t] += c * x0
+                    grad[d, 1, t] += c * y0
+                    grad[d, 2, t] += c * z0
+                    grad[d + 1, 0, t] += c * x1
+                    grad[d + 1, 1, t] += c * y1
+                    grad[d + 1, 2, t] += c * z1
+                for d in range(nb2, nd):
                     w = ds[d]
                     acc = 0.0
                     if do_g:

@@ -1248,15 +1248,16 @@ def p2p_multi_mixed(src_xyz, q, trg_xyz, src_start, src_end, trg_start, trg_end,
     gathered in its frame and split into float32 parts on a power-of-two grid plus float32
     rests; per target, chunks of ``MIXED_CHUNK`` sources get their float32 geometry (1/r, and
     (x - y)/r^3 for the gradient) once, then every density sweeps it in float32 runs of
-    ``MIXED_SOURCES`` (four densities per sweep, the rest one by one; the own sources and the
-    rest each padded to whole runs) and adds each run's sums to float64. A target with a source
+    ``MIXED_SOURCES`` (four densities per sweep, two with gradients, the rest one by one; the own
+    sources and the rest each padded to whole runs) and adds each run's sums to float64. A target with a source
     closer than ``MIXED_CUT`` grid steps (or than ``MIXED_R2_MIN``) is summed again, every density,
     exactly in float64; a coincident source (only the own box can hold one) contributes 0."""
     c = INV4PI
     one = np.float32(1.0)
     do_g = (flags & 4) != 0
     nd = pot.shape[0]
-    nb4 = (nd // 4) * 4
+    nb4 = (nd // 4) * 4 if not do_g else 0  # four densities a sweep, two with gradients
+    nb2 = nb4 + ((nd - nb4) // 2) * 2 if do_g else nb4  # (see multi.p2p_multi)
     ch = MIXED_CHUNK
     bj = MIXED_SOURCES
     sg = np.empty((3, m_max + 2 * bj), dtype=np.float64)   # the listed sources, in b's frame
@@ -1351,55 +1352,47 @@ def p2p_multi_mixed(src_xyz, q, trg_xyz, src_start, src_end, trg_start, trg_end,
                         a1 = np.float32(0.0)
                         a2 = np.float32(0.0)
                         a3 = np.float32(0.0)
-                        x0 = np.float32(0.0)
-                        x1 = np.float32(0.0)
-                        x2 = np.float32(0.0)
-                        x3 = np.float32(0.0)
-                        y0 = np.float32(0.0)
-                        y1 = np.float32(0.0)
-                        y2 = np.float32(0.0)
-                        y3 = np.float32(0.0)
-                        z0 = np.float32(0.0)
-                        z1 = np.float32(0.0)
-                        z2 = np.float32(0.0)
-                        z3 = np.float32(0.0)
                         q0 = qg[d, c0:c1]
                         q1 = qg[d + 1, c0:c1]
                         q2 = qg[d + 2, c0:c1]
                         q3 = qg[d + 3, c0:c1]
-                        if do_g:
-                            for j in range(np.uint64(s0), np.uint64(s0) + np.uint64(bj)):
-                                w = b1[j]
-                                wx = bx[j]
-                                wy = by[j]
-                                wz = bz[j]
-                                u = q0[j]
-                                a0 += u * w
-                                x0 -= u * wx
-                                y0 -= u * wy
-                                z0 -= u * wz
-                                u = q1[j]
-                                a1 += u * w
-                                x1 -= u * wx
-                                y1 -= u * wy
-                                z1 -= u * wz
-                                u = q2[j]
-                                a2 += u * w
-                                x2 -= u * wx
-                                y2 -= u * wy
-                                z2 -= u * wz
-                                u = q3[j]
-                                a3 += u * w
-                                x3 -= u * wx
-                                y3 -= u * wy
-                                z3 -= u * wz
-                        else:
-                            for j in range(np.uint64(s0), np.uint64(s0) + np.uint64(bj)):
-                                w = b1[j]
-                                a0 += q0[j] * w
-                                a1 += q1[j] * w
-                                a2 += q2[j] * w
-                                a3 += q3[j] * w
+                        for j in range(np.uint64(s0), np.uint64(s0) + np.uint64(bj)):
+                            w = b1[j]
+                            a0 += q0[j] * w
+                            a1 += q1[j] * w
+                            a2 += q2[j] * w
+                            a3 += q3[j] * w
+                        sums[d, 0] += a0
+                        sums[d + 1, 0] += a1
+                        sums[d + 2, 0] += a2
+                        sums[d + 3, 0] += a3
+                for d in range(nb4, nb2, 2):  # with gradients: two densities per sweep
+                    for s0 in range(0, c1 - c0, bj):
+                        a0 = np.float32(0.0)
+                        a1 = np.float32(0.0)
+                        x0 = np.float32(0.0)
+                        x1 = np.float32(0.0)
+                        y0 = np.float32(0.0)
+                        y1 = np.float32(0.0)
+                        z0 = np.float32(0.0)
+                        z1 = np.float32(0.0)
+                        q0 = qg[d, c0:c1]
+                        q1 = qg[d + 1, c0:c1]
+                        for j in range(np.uint64(s0), np.uint64(s0) + np.uint64(bj)):
+                            w = b1[j]
+                            wx = bx[j]
+                            wy = by[j]
+                            wz = bz[j]
+                            u = q0[j]
+                            a0 += u * w
+                            x0 -= u * wx
+                            y0 -= u * wy
+                            z0 -= u * wz
+                            u = q1[j]
+                            a1 += u * w
+                            x1 -= u * wx
+                            y1 -= u * wy
+                            z1 -= u * wz
                         sums[d, 0] += a0
                         sums[d, 1] += x0
                         sums[d, 2] += y0
@@ -1408,15 +1401,7 @@ def p2p_multi_mixed(src_xyz, q, trg_xyz, src_start, src_end, trg_start, trg_end,
                         sums[d + 1, 1] += x1
                         sums[d + 1, 2] += y1
                         sums[d + 1, 3] += z1
-                        sums[d + 2, 0] += a2
-                        sums[d + 2, 1] += x2
-                        sums[d + 2, 2] += y2
-                        sums[d + 2, 3] += z2
-                        sums[d + 3, 0] += a3
-                        sums[d + 3, 1] += x3
-                        sums[d + 3, 2] += y3
-                        sums[d + 3, 3] += z3
-                for d in range(nb4, nd):
+                for d in range(nb2, nd):
                     for s0 in range(0, c1 - c0, bj):
                         a = np.float32(0.0)
                         gx = np.float32(0.0)

@@ -37,7 +37,8 @@ def as_kn(pot, grad, k):
 CASES = [slow_if(eps < 1e-8, t, k, eps, np.float64) for t in TERMS for k in (1, 3)
          for eps in (1e-3, 1e-6, 1e-9)]
 CASES += [(t, k, eps, np.float32) for t in TERMS for k in (1, 3) for eps in (1e-3, 1e-5)]
-# k = 6 charges only / dipoles only: the kernels sweep four densities at once, then the rest
+# k = 6 charges only / dipoles only: the kernels sweep four densities at once (two with
+# gradients, as k = 3 does), then the rest
 CASES += [(t, 6, eps, dt) for t in ("charges", "dipoles")
           for eps, dt in ((1e-6, np.float64), (1e-5, np.float32))]
 
