@@ -190,7 +190,7 @@ def test_plans_evaluated_from_several_threads_leave_blas_threads_as_they_were():
     threads evaluating plans at once left it at 1 for the rest of the process (5 of 5 runs):
     each region saved the other's 1 as the value to restore, and OpenBLAS lost a change made
     while another thread was inside a BLAS call. That slowed the caller's own numpy work and
-    changed the bits of later results of ``threads=1`` plans (which leave BLAS alone)."""
+    changed the bits of later results of ``threads=1`` plans (which then left BLAS alone)."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
 
     def blas_threads():
@@ -224,6 +224,39 @@ def test_plans_evaluated_from_several_threads_leave_blas_threads_as_they_were():
         assert blas_threads() == before
     again = one.fields(q, pg=2)
     assert np.array_equal(first.pot, again.pot) and np.array_equal(first.grad, again.grad)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_blas_runs_on_one_thread_during_an_evaluation(monkeypatch, threads):
+    """threads=1 means one core: until 2026-12-05 a threads=1 plan left numpy's BLAS alone,
+    and OpenBLAS ran M2L's matrix products on every core (a 3e5-point evaluation took 1.8 CPU
+    seconds per second on 2 cores). During M2L BLAS must be on one thread, after the
+    evaluation back where it was."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from aotfmm import expansions
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info()
+                if i["user_api"] == "blas"]
+
+    rng = np.random.default_rng(3)
+    x, q = rng.random((20000, 3)), rng.standard_normal(20000)
+    plan = aotfmm.Fmm(x, eps=1e-6, threads=threads)
+    seen, m2l = [], expansions.m2l
+
+    def spy(*args, **kwargs):
+        seen.append(blas_threads())
+        return m2l(*args, **kwargs)
+
+    monkeypatch.setattr(expansions, "m2l", spy)
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        before = blas_threads()
+        if not before or max(before) < 2:
+            pytest.skip("numpy's BLAS cannot run two threads here")
+        plan.evaluate(q)
+        after = blas_threads()
+    assert seen and all(max(s) == 1 for s in seen), seen
+    assert after == before
 
 
 def _pool_threads(w):

@@ -1,7 +1,8 @@
 """Keep numpy's BLAS single-threaded while our own thread pool runs GEMMs (optional threadpoolctl).
 
 threadpoolctl is optional: without it BLAS keeps its own thread count (it may oversubscribe the
-CPUs while our pool runs, which costs speed, never correctness).
+CPUs while our pool runs, and a ``threads=1`` plan's GEMMs may use every core, which costs speed,
+never correctness).
 """
 import contextlib
 import threading
@@ -20,11 +21,6 @@ def _get_controller():
             except Exception:  # not installed, or cannot inspect the loaded libraries
                 _controller = False
         return _controller
-
-
-def single_threaded(threads):
-    """Context manager: BLAS limited to one thread when ``threads > 1``, else a no-op."""
-    return contextlib.nullcontext() if threads <= 1 else limit_one()
 
 
 #: regions inside :func:`limit_one` right now (any thread) and the limiter of the first, which
@@ -46,10 +42,11 @@ def limit_one():
     on its own (threadpoolctl's ``limit``) could save another region's 1 as the value to
     restore, leaving numpy's BLAS on one thread for the rest of the process (hostile test
     2026-12-05: 5 of 5 concurrent runs of two 2-thread plans did), which also changed the
-    bits of later results of plans that do not limit BLAS (``threads=1``). OpenBLAS can also
-    lose a change made while another thread is inside a BLAS call (the restore read back 1
-    with a plan's unlimited GEMMs running in another thread), so a threaded plan keeps BLAS
-    on one thread for its whole traversal (:meth:`aotfmm.evaluate.Plan.evaluate`): the last
+    bits of later results of plans that did not limit BLAS (``threads=1`` then). OpenBLAS can
+    also lose a change made while another thread is inside a BLAS call (the restore read back
+    1 with a plan's unlimited GEMMs running in another thread), so every plan, threads=1
+    included, keeps BLAS on one thread for its whole traversal
+    (:meth:`aotfmm.evaluate.Plan.evaluate`): the last
     region then ends when no BLAS call of ours runs. A caller's own BLAS calls in other
     threads at that moment can still make OpenBLAS drop the restore."""
     ctl = _get_controller()

@@ -1766,11 +1766,13 @@ class Plan:
             on_stage=lambda name: progress is not None and name == "downward" and
             progress.step("l2l+m2l+p2l"))
         if run_fmm:
-            # numpy's BLAS on one thread for the whole traversal of a threaded plan (not per
-            # pass): its thread count is one setting for the process, and OpenBLAS can lose a
-            # change made while another thread is inside a BLAS call (plans evaluated from
-            # several Python threads: :func:`aotfmm._blas.limit_one`)
-            with _blas.single_threaded(self.workers.threads):
+            # numpy's BLAS on one thread for the whole traversal (not per pass): its thread
+            # count is one setting for the process, and OpenBLAS can lose a change made while
+            # another thread is inside a BLAS call (plans evaluated from several Python
+            # threads: :func:`aotfmm._blas.limit_one`). threads=1 too: left alone, OpenBLAS
+            # ran M2L's GEMMs on every core and its threads spun between them (a threads=1
+            # evaluation of 3e5 points took 1.8 CPU seconds per second on 2 cores)
+            with _blas.limit_one():
                 _driver.run(self.up_levels, self.down_levels, passes, comm, timer)
         for name, sec in timer.passes.items():
             timings[name] = timings.get(name, 0.0) + sec

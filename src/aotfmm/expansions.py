@@ -176,7 +176,7 @@ def _p2c(ops, src_xyz, charges, src_start, src_end, trg_boxes, list_offsets, lis
         else:
             out3[boxes] = eq
 
-    with _blas.single_threaded(workers.threads):
+    with _blas.limit_one():
         workers.run(work, bounds)
 
 
@@ -377,7 +377,7 @@ def m2l(ops, equiv, dcheck, plan, workers=INLINE):
                     scatter(i0, i1)
 
     n_chunks = plan.segments.shape[0]
-    with _blas.single_threaded(workers.threads):
+    with _blas.limit_one():
         workers.run(work, np.arange(n_chunks + 1))
     d3 = _dens3(dcheck, ops.down_rank)                          # decompress once per target
     z3 = z.reshape(n_t, nd, kr)
