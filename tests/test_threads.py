@@ -184,6 +184,11 @@ def test_a_threaded_evaluation_keeps_no_memory_beyond_its_results(pg):
     assert kept - results <= n, f"{(kept - results) / n:.0f} bytes per point kept"
 
 
+def _blas_threads(threadpoolctl):
+    """numpy's BLAS thread counts now (one per BLAS library loaded)."""
+    return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+
 def test_plans_evaluated_from_several_threads_leave_blas_threads_as_they_were():
     """Hostile test 2026-12-05 (/tmp/ht46/repro_blas_state.py): numpy's BLAS thread count is
     one setting per process; a threaded plan sets it to 1 while it runs, and two Python
@@ -193,15 +198,11 @@ def test_plans_evaluated_from_several_threads_leave_blas_threads_as_they_were():
     changed the bits of later results of ``threads=1`` plans (which then left BLAS alone)."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
 
-    def blas_threads():
-        return [i["num_threads"] for i in threadpoolctl.threadpool_info()
-                if i["user_api"] == "blas"]
-
     rng = np.random.default_rng(2)
     x, q = rng.random((20000, 3)), rng.standard_normal(20000)
     one = aotfmm.Fmm(x, eps=1e-6, threads=1)
     two = aotfmm.Fmm(x, eps=1e-6, threads=2)
-    before = blas_threads()
+    before = _blas_threads(threadpoolctl)
     if not before or max(before) < 2:
         pytest.skip("numpy's BLAS runs no threads here")
     first = one.fields(q, pg=2)
@@ -221,7 +222,7 @@ def test_plans_evaluated_from_several_threads_leave_blas_threads_as_they_were():
         for t in ths:
             t.join(600)  # (hang guard)
         assert not errors
-        assert blas_threads() == before
+        assert _blas_threads(threadpoolctl) == before
     again = one.fields(q, pg=2)
     assert np.array_equal(first.pot, again.pot) and np.array_equal(first.grad, again.grad)
 
@@ -235,26 +236,22 @@ def test_blas_runs_on_one_thread_during_an_evaluation(monkeypatch, threads):
     threadpoolctl = pytest.importorskip("threadpoolctl")
     from aotfmm import expansions
 
-    def blas_threads():
-        return [i["num_threads"] for i in threadpoolctl.threadpool_info()
-                if i["user_api"] == "blas"]
-
     rng = np.random.default_rng(3)
     x, q = rng.random((20000, 3)), rng.standard_normal(20000)
     plan = aotfmm.Fmm(x, eps=1e-6, threads=threads)
     seen, m2l = [], expansions.m2l
 
     def spy(*args, **kwargs):
-        seen.append(blas_threads())
+        seen.append(_blas_threads(threadpoolctl))
         return m2l(*args, **kwargs)
 
     monkeypatch.setattr(expansions, "m2l", spy)
     with threadpoolctl.threadpool_limits(2, user_api="blas"):
-        before = blas_threads()
+        before = _blas_threads(threadpoolctl)
         if not before or max(before) < 2:
             pytest.skip("numpy's BLAS cannot run two threads here")
         plan.evaluate(q)
-        after = blas_threads()
+        after = _blas_threads(threadpoolctl)
     assert seen and all(max(s) == 1 for s in seen), seen
     assert after == before
 
