@@ -11,13 +11,17 @@ import numpy as np
 import aotfmm
 
 
-def best(fn, repeat):
-    times = []
+def best_interleaved(fns, repeat):
+    """The best of ``repeat`` timings of each function, the functions taking turns: on a VM
+    whose speed drifts by 10-30 % within a minute, timing all of one before the other moved
+    the ratio by as much (k = 8 charges 0.46 / 0.57 in two runs of the same build)."""
+    times = [[] for _ in fns]
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [min(ts) for ts in times]
 
 
 def main():
@@ -25,7 +29,7 @@ def main():
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--eps", type=float, default=1e-6)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     src = rng.random((args.n, 3))
@@ -49,8 +53,7 @@ def main():
                 def many():
                     plan.evaluate(q, gradient=gradient)
             one()
-            t1 = best(one, args.repeat)
-            tk = best(many, max(1, args.repeat - 1))
+            t1, tk = best_interleaved((one, many), args.repeat)
             what = "pot+grad" if gradient else "pot"
             print(f"{label:8} {what:8} p={plan.p:2d}: 1 density {t1:.3f} s, {args.k} densities "
                   f"{tk:.3f} s = {tk / (args.k * t1):.2f} x {args.k} single runs")
