@@ -231,10 +231,16 @@ def test_plans_evaluated_from_several_threads_leave_blas_threads_as_they_were():
 def test_blas_runs_on_one_thread_during_an_evaluation(monkeypatch, threads):
     """threads=1 means one core: until 2026-12-05 a threads=1 plan left numpy's BLAS alone,
     and OpenBLAS ran M2L's matrix products on every core (a 3e5-point evaluation took 1.8 CPU
-    seconds per second on 2 cores). During M2L BLAS must be on one thread, after the
-    evaluation back where it was."""
+    seconds per second on 2 cores). During M2L the BLAS libraries aotfmm controls (those
+    loaded when it first limited BLAS, numpy's among them: aotfmm imports numpy; a BLAS loaded
+    later, such as scipy's imported by another test, is not one aotfmm calls) must be on one
+    thread, and every library back where it was after the evaluation."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    from aotfmm import expansions
+    from aotfmm import _blas, expansions
+
+    def controlled():
+        ctl = _blas._get_controller()
+        return [lc.num_threads for lc in ctl.lib_controllers if lc.user_api == "blas"]
 
     rng = np.random.default_rng(3)
     x, q = rng.random((20000, 3)), rng.standard_normal(20000)
@@ -242,7 +248,7 @@ def test_blas_runs_on_one_thread_during_an_evaluation(monkeypatch, threads):
     seen, m2l = [], expansions.m2l
 
     def spy(*args, **kwargs):
-        seen.append(_blas_threads(threadpoolctl))
+        seen.append(controlled())
         return m2l(*args, **kwargs)
 
     monkeypatch.setattr(expansions, "m2l", spy)
