@@ -46,9 +46,9 @@ def limit_one():
     also lose a change made while another thread is inside a BLAS call (the restore read back
     1 with a plan's unlimited GEMMs running in another thread), so every plan, threads=1
     included, keeps BLAS on one thread for its whole traversal
-    (:meth:`aotfmm.evaluate.Plan.evaluate`): the last
-    region then ends when no BLAS call of ours runs. A caller's own BLAS calls in other
-    threads at that moment can still make OpenBLAS drop the restore."""
+    (:meth:`aotfmm.evaluate.Plan.evaluate`): the last region then ends when no BLAS call of
+    ours runs. A caller's own BLAS calls in other threads at that moment can still make
+    OpenBLAS drop the restore."""
     ctl = _get_controller()
     if not ctl:
         return contextlib.nullcontext()
