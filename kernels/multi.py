@@ -22,7 +22,7 @@ box-local frames) and ``expansions.py`` (P2C/S2P: CSR over rows, ``centers`` per
 """
 import numpy as np
 
-from ._inline import inv_sqrt
+from ._inline import charge_sweep2, inv_sqrt
 
 INV4PI = 0.07957747154594767  # 1 / (4 pi)
 
@@ -285,23 +285,8 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
                     z0 = 0.0
                     z1 = 0.0
                     if has_q:
-                        q0 = gq[d, c0:c1]
-                        q1 = gq[d + 1, c0:c1]
-                        for j in range(np.uint64(0), m):
-                            w = b1[j]
-                            wx = bx[j]
-                            wy = by[j]
-                            wz = bz[j]
-                            u = q0[j]
-                            a0 += u * w
-                            x0 -= u * wx
-                            y0 -= u * wy
-                            z0 -= u * wz
-                            u = q1[j]
-                            a1 += u * w
-                            x1 -= u * wx
-                            y1 -= u * wy
-                            z1 -= u * wz
+                        a0, x0, y0, z0, a1, x1, y1, z1 = charge_sweep2(
+                            b1, bx, by, bz, gq[d, c0:c1], gq[d + 1, c0:c1], m)
                     else:
                         e00 = gd[d, 0, c0:c1]
                         e01 = gd[d, 1, c0:c1]
@@ -557,31 +542,8 @@ def s2p_multi(dens, trg_xyz, trg_start, trg_end, trg_boxes, centers, half_widths
                     pot[d + 2, t] += c * a2
                     pot[d + 3, t] += c * a3
                 for d in range(nb4, nb2, 2):  # with gradients: two densities per sweep
-                    q0 = ds[d]
-                    q1 = ds[d + 1]
-                    a0 = 0.0
-                    a1 = 0.0
-                    x0 = 0.0
-                    x1 = 0.0
-                    y0 = 0.0
-                    y1 = 0.0
-                    z0 = 0.0
-                    z1 = 0.0
-                    for m in range(n):
-                        v = bi[m]
-                        vx = wx[m]
-                        vy = wy[m]
-                        vz = wz[m]
-                        u = q0[m]
-                        a0 += u * v
-                        x0 -= u * vx
-                        y0 -= u * vy
-                        z0 -= u * vz
-                        u = q1[m]
-                        a1 += u * v
-                        x1 -= u * vx
-                        y1 -= u * vy
-                        z1 -= u * vz
+                    a0, x0, y0, z0, a1, x1, y1, z1 = charge_sweep2(bi, wx, wy, wz, ds[d],
+                                                                   ds[d + 1], n)
                     pot[d, t] += c * a0
                     pot[d + 1, t] += c * a1
                     grad[d, 0, t] += c * x0
