@@ -477,6 +477,15 @@ def test_float32_pair_terms_near_their_cutoff(k, separate):
     assert np.linalg.norm(g - ref_grad) <= 1e-6 * np.linalg.norm(bar_grad) / 3
 
 
+def _record_kernels(monkeypatch):
+    """The names of the kernels bound from now on (a list that fills as they are)."""
+    names = []
+    bind = _dispatch.bind
+    monkeypatch.setattr(_dispatch, "bind", lambda name, *a, **kw: (names.append(name),
+                                                                     bind(name, *a, **kw))[1])
+    return names
+
+
 @pytest.mark.parametrize("kind,k,separate,threads", [
     ("uniform", 6, False, 2), ("duplicates", 3, False, 1), ("hair", 4, True, 3),
     ("far", 5, False, 2), ("clustered", 9, True, 2), ("uniform", 1, True, 1)])
@@ -486,10 +495,7 @@ def test_k_charge_vectors_with_float32_pair_terms_meet_eps(kind, k, separate, th
     chunk swept by every density, four at a time and the rest one by one; a target with a
     too-close source redone in float64 for every density) against numpy, with and without
     gradients; each column within eps of its own single-vector run."""
-    names = []
-    bind = _dispatch.bind
-    monkeypatch.setattr(_dispatch, "bind", lambda name, *a, **kw: (names.append(name),
-                                                                     bind(name, *a, **kw))[1])
+    names = _record_kernels(monkeypatch)
     rng = np.random.default_rng(zlib.crc32(f"multi {kind} {k}".encode()))
     n, m = 8000, 2000
     x = _points(kind, rng, n)
@@ -514,6 +520,79 @@ def test_k_charge_vectors_with_float32_pair_terms_meet_eps(kind, k, separate, th
         assert rel(pot_only[idx, col], ref_pot) <= eps
     one_pot, one_grad = f.evaluate(np.ascontiguousarray(q[:, k - 1]), gradient=True)
     assert rel(pot[:, k - 1], one_pot) <= eps and rel(grad[:, k - 1], one_grad) <= eps
+
+
+def _magnitude_fields(src, trg, q, d):
+    """The contract's field of the magnitudes at ``trg`` (README): per column sums of
+    |q| |G| + |d| |grad G| (potentials) and |q| |grad G| + |d| ||grad grad G|| (gradients; the
+    Hessian of 1/r has norm 2/r^3), 1/(4 pi) included; coincident pairs left out. (k, nt)."""
+    x = trg[:, None, :] - src[None, :, :]
+    r = np.sqrt((x * x).sum(-1))
+    inv = np.where(r > 0, 1.0 / np.where(r > 0, r, 1.0), 0.0) / (4 * np.pi)
+    r1 = inv * 4 * np.pi
+    pot, grad = 0.0, 0.0
+    if q is not None:
+        pot = pot + (inv @ abs(q)).T
+        grad = grad + ((inv * r1) @ abs(q)).T
+    if d is not None:
+        a = np.linalg.norm(d, axis=2)
+        pot = pot + ((inv * r1) @ a).T
+        grad = grad + ((2 * inv * r1 * r1) @ a).T
+    return pot, grad
+
+
+@pytest.mark.parametrize("kind,k,separate,threads,charges", [
+    ("uniform", 1, False, 2, False), ("duplicates", 3, False, 1, False),
+    ("hair", 4, True, 3, False), ("far", 5, False, 2, True), ("clustered", 2, True, 2, False),
+    ("duplicates", 1, True, 2, True), ("uniform", 8, False, 2, True)])
+def test_dipole_vectors_with_float32_pair_terms_meet_eps(kind, k, separate, threads, charges,
+                                                         monkeypatch):
+    """k dipole vectors (``charges``: and k charge vectors in the same call) on a float64 plan
+    at eps 1e-6: p2p_multi_mixed's dipole sweeps (float32 (x - y)/r^3, 1/r^3 and 3 (x - y)/r^2
+    per chunk; potentials four densities a sweep, gradients one by one; a target with a
+    too-close source redone in float64) against numpy, with and without gradients, and each
+    column within eps of its own single run. Measured against the contract (error <= eps
+    times the field of the magnitudes, README): dipoles' potentials cancel. Separate targets:
+    half of them 1e-10 from a source ("hair") or on one ("duplicates")."""
+    from conftest import density_reference
+    names = _record_kernels(monkeypatch)
+    rng = np.random.default_rng(zlib.crc32(f"dipoles {kind} {k} {separate}".encode()))
+    n, m = 8000, 2000
+    x = _points(kind, rng, n)
+    y = None
+    if separate:
+        y = x[rng.choice(n, m, replace=False)] + 1e-3 * rng.standard_normal((m, 3))
+        if kind == "hair":
+            y[: m // 2] = x[: m // 2] + 1e-10 * rng.standard_normal((m // 2, 3))
+        if kind == "duplicates":
+            y[: m // 2] = x[rng.choice(n, m // 2, replace=False)]
+    d = rng.standard_normal((n, k, 3))
+    q = rng.standard_normal((n, k)) if charges else None
+    args = dict(dipoles=d[:, 0] if k == 1 else d, charges=None if q is None else
+                (q[:, 0] if k == 1 else q))
+    eps = 1e-6
+    f = aotfmm.Fmm(x, y, eps=eps, threads=threads, ncrit=64, dipoles=True)
+    assert f._core.mixed_near
+    pot, grad = f.evaluate(**args, gradient=True)
+    pot_only = f.evaluate(**args)
+    assert "p2p_multi_mixed" in names
+    if k == 1:
+        pot, grad, pot_only = pot[:, None], grad[:, None], pot_only[:, None]
+    trg = x if y is None else y
+    idx = rng.choice(len(trg), 200, replace=False)
+    ref_pot, ref_grad = density_reference(x, q, d, trg[idx])
+    bar_pot, bar_grad = _magnitude_fields(x, trg[idx], q, d)
+    for col in range(k):
+        bound_p = eps * np.linalg.norm(bar_pot[col])
+        assert np.linalg.norm(pot[idx, col] - ref_pot[col]) <= bound_p
+        assert np.linalg.norm(pot_only[idx, col] - ref_pot[col]) <= bound_p
+        assert np.linalg.norm(grad[idx, col] - ref_grad[col]) <= eps * np.linalg.norm(
+            bar_grad[col])
+    last = dict(dipoles=np.ascontiguousarray(d[:, k - 1]),
+                charges=None if q is None else np.ascontiguousarray(q[:, k - 1]))
+    one_pot, one_grad = f.evaluate(**last, gradient=True)
+    assert np.linalg.norm(pot[:, k - 1] - one_pot) <= eps * np.linalg.norm(one_pot)
+    assert np.linalg.norm(grad[:, k - 1] - one_grad) <= eps * np.linalg.norm(one_grad)
 
 
 @pytest.mark.parametrize("ncrit,eps,far", [(400, 1e-5, False), (400, 1e-6, False),

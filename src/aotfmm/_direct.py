@@ -207,9 +207,10 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
     ``coarse_exp``: a family's near field of one charge vector may compute exp to ~1e-11
     relative (:data:`aotfmm._dispatch.COARSE_EXP`; the FMM at eps >= 1e-8; never with
     ``exact``). Kernels without the variant ignore the bit.
-    ``mixed``: one charge vector in float64, not ``exact``: the pair terms may be taken in
-    float32 and summed in float64 (``p2p_sym_mixed`` with ``sym``, else ``p2p_mixed``, where
-    the family has them; the FMM at eps >= :data:`aotfmm._dispatch.MIXED_NEAR_EPS`).
+    ``mixed``: float64, not ``exact``: the pair terms may be taken in float32 and summed in
+    float64 (one charge vector: ``p2p_sym_mixed`` with ``sym``, else ``p2p_mixed``; k charge
+    and/or dipole vectors: ``p2p_multi_mixed``; where the family has them; not for Hessians;
+    the FMM at eps >= :data:`aotfmm._dispatch.MIXED_NEAR_EPS`).
     """
     if sym is not None and charges is not None and dipoles is None and \
             (charges.ndim == 1 or charges.shape[0] == 1) and \
@@ -232,17 +233,15 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
     if hess is not None:
         work = _dispatch.bind(_dispatch.kernel_name(family.name, "p2p", "densities", "hess"),
                               dt, module, **shared, flags=terms, pot=pot, grad=grad, hess=hess)
-    elif multi and dipoles is None and _mixed_kernel(family, "p2p_mixed", mixed, exact, dt,
-                                                     "densities"):
-        # k charge vectors: the float32 pair terms of p2p_mixed, each chunk's geometry swept
-        # by every density (kernels/p2p.py p2p_multi_mixed)
+    elif multi and _mixed_kernel(family, "p2p_mixed", mixed, exact, dt, "densities"):
+        # k charge and/or dipole vectors: the float32 pair terms of p2p_mixed, each chunk's
+        # geometry swept by every density (kernels/p2p.py p2p_multi_mixed)
         m_max = _most_listed_sources(src_start, src_end, list_offsets, list_index, boxes)
         g = grad.reshape(-1, 3, grad.shape[-1]) if grad is not None else \
             np.zeros((1, 1, 1), pot.dtype)
-        shared.pop("dip")
         work = _dispatch.bind(_mixed_kernel(family, "p2p_mixed", mixed, exact, dt, "densities"),
                               dt, module, **shared,
-                              flags=_dispatch.GRADIENT if grad is not None else 0,
+                              flags=terms | (_dispatch.GRADIENT if grad is not None else 0),
                               m_max=m_max, pot=pot.reshape(-1, pot.shape[-1]), grad=g)
     elif multi:
         flags = terms | (_dispatch.GRADIENT if grad is not None else 0) | \

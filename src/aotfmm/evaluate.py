@@ -44,8 +44,9 @@ _FLOAT32_MAX_LEVEL = 12
 #: for the engine pin (tests/test_engine_pin.py), whose numbers predate it.
 _REGULAR_SPLIT = True
 
-#: A float64 plan at eps >= _dispatch.MIXED_NEAR_EPS takes the pair terms of its near field of
-#: one charge vector in float32, summed in float64 (kernels/p2p.py p2p_sym_mixed, p2p_mixed).
+#: A float64 plan at eps >= _dispatch.MIXED_NEAR_EPS takes the pair terms of its near field in
+#: float32, summed in float64 (kernels/p2p.py p2p_sym_mixed, p2p_mixed, p2p_multi_mixed; charges
+#: and dipoles, one vector or k; Hessians of one charge vector at its sources).
 #: Off only for the engine pin (tests/test_engine_pin.py), whose numbers predate it.
 _MIXED_NEAR = True
 
@@ -632,8 +633,7 @@ class Plan:
         self.coarse_exp = eps >= _dispatch.COARSE_EXP_EPS
         #: whether any box uses operators (else every interaction is a direct sum)
         self.has_far_field = bool(self._levels_with_work())
-        #: a float64 near field of one charge vector may take its pair terms in float32
-        #: (kernels/p2p.py p2p_sym_mixed, p2p_mixed)
+        #: a float64 near field may take its pair terms in float32 (see _MIXED_NEAR)
         #: when eps allows it and the order's own error is no smaller than theirs (an explicit
         #: high p under the default eps keeps float64 pair terms), and only with a far field:
         #: a plan whose interactions are all direct is exact to rounding in float64
