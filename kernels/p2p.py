@@ -1256,8 +1256,9 @@ def p2p_multi_mixed(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg
     each run's sums to float64; one dipole vector alone skips the scratch: its terms are summed
     as they are computed (:func:`_one_dipole_mixed`, 1.4x faster in a JIT model, 1e5 uniform
     points, one thread, Zen 3). A target with a source closer than ``MIXED_CUT`` grid steps (or
-    than ``MIXED_R2_MIN``) is summed again, every density, exactly in float64; a coincident
-    source (only the own box can hold one) contributes 0."""
+    than ``MIXED_R2_MIN``), or whose float32 sums overflowed (a dipole's gradient ~|d|/r^3 can
+    pass float32's range where 1/r^3 does not), is summed again, every density, exactly in
+    float64; a coincident source (only the own box can hold one) contributes 0."""
     c = INV4PI
     one = np.float32(1.0)
     three = np.float32(3.0)
@@ -1404,6 +1405,11 @@ def p2p_multi_mixed(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg
                 if do_d:
                     _dipole_sweeps_mixed(dg, bx, by, bz, b3, vx, vy, vz, c0, c1, nd, nbd, do_g,
                                          sums)
+            for d in range(nd):  # a float32 term past its range (close pairs of large
+                for e in range(4):  # dipoles: ~|d| / r^3) overflowed: float64 too
+                    v = sums[d, e]
+                    if not v - v == 0.0:
+                        bad = True
             if bad:  # every density of this target exactly in float64
                 for d in range(nd):
                     for e in range(4):
@@ -1647,7 +1653,8 @@ def _one_dipole_mixed(xh, yh, zh, xl, yl, zl, xi, yi, zi, hs, ls, sg, dg, n_own_
     in one loop per float32 run of ``MIXED_SOURCES`` sources (no geometry scratch); own sources
     (``[0, n_own_p)``, the only ones that can be; their runs also sum gradients, which a
     potential-only call ignores) coincident with the target contribute 0. Returns True if a
-    source is too close for the float32 terms (the caller redoes the target in float64).
+    source is too close for the float32 terms or a term overflowed float32 (the caller redoes
+    the target in float64).
     The loops are written out per case: one loop with the own-source test and the gradient
     behind branches ran 1.2x slower than the chunked sweeps (JIT model, as above)."""
     bj = MIXED_SOURCES
@@ -1688,10 +1695,10 @@ def _one_dipole_mixed(xh, yh, zh, xl, yl, zl, xi, yi, zi, hs, ls, sg, dg, n_own_
                 uz = pz[j]
                 s = (ux * dx + uy * dy + uz * dz) * i3
                 a += s
-                t = three * s * i2
-                gx += ux * i3 - dx * t
-                gy += uy * i3 - dy * t
-                gz += uz * i3 - dz * t
+                t = three * i2  # (s t would be ~3 |d| / r^4: past float32's range first)
+                gx += ux * i3 - s * (dx * t)
+                gy += uy * i3 - s * (dy * t)
+                gz += uz * i3 - s * (dz * t)
         elif do_g:
             for j in range(np.uint64(j0), np.uint64(j0) + np.uint64(bj)):
                 dx = (xh - hx[j]) + (xl - lx[j])
@@ -1708,10 +1715,10 @@ def _one_dipole_mixed(xh, yh, zh, xl, yl, zl, xi, yi, zi, hs, ls, sg, dg, n_own_
                 uz = pz[j]
                 s = (ux * dx + uy * dy + uz * dz) * i3
                 a += s
-                t = three * s * i2
-                gx += ux * i3 - dx * t
-                gy += uy * i3 - dy * t
-                gz += uz * i3 - dz * t
+                t = three * i2  # (s t would be ~3 |d| / r^4: past float32's range first)
+                gx += ux * i3 - s * (dx * t)
+                gy += uy * i3 - s * (dy * t)
+                gz += uz * i3 - s * (dz * t)
         else:
             for j in range(np.uint64(j0), np.uint64(j0) + np.uint64(bj)):
                 dx = (xh - hx[j]) + (xl - lx[j])
@@ -1722,8 +1729,8 @@ def _one_dipole_mixed(xh, yh, zh, xl, yl, zl, xi, yi, zi, hs, ls, sg, dg, n_own_
                 if not r2 >= thr:
                     invr = np.float32(np.nan)
                 a += (px[j] * dx + py[j] * dy + pz[j] * dz) * (invr * invr * invr)
-        if a != a or gx != gx or gy != gy or gz != gz:
-            return True
+        if not (a - a == 0.0 and gx - gx == 0.0 and gy - gy == 0.0 and gz - gz == 0.0):
+            return True  # NaN (a source too close) or inf (a term past float32's range)
         sums[0, 0] += a
         sums[0, 1] += gx
         sums[0, 2] += gy

@@ -595,6 +595,41 @@ def test_dipole_vectors_with_float32_pair_terms_meet_eps(kind, k, separate, thre
     assert np.linalg.norm(grad[:, k - 1] - one_grad) <= eps * np.linalg.norm(one_grad)
 
 
+@pytest.mark.parametrize("k", [1, 2])
+def test_close_dipole_pairs_past_float32_range_are_redone(k):
+    """Hostile test 2026-12-05: 500 clusters of 8 points 1-3e-8 around vertices of the finest
+    grid (level 19), each with a partner 5e-11 from one of them, dipoles along the pair,
+    ncrit=1 (the points' own spacing sets each leaf's split grid, so the pair is above the
+    float32 cut). The one-dipole loop formed 3 (d . (x - y)) / r^5 as 3 s / r^2 (~3 |d| / r^4),
+    which passed float32's range: inf, not NaN, so the target was not redone, and evaluate
+    raised "the gradient overflows float64" (float64 pair terms: finite). Now no 1/r^4
+    intermediate, and a target whose float32 sums are not finite is redone in float64.
+    Against numpy under the contract; k = 2 takes the chunked sweeps."""
+    from conftest import density_reference
+    rng = np.random.default_rng(0)
+    v = (2 * rng.integers(-2 ** 16, 2 ** 16, (500, 3)) + 1) * 2.0 ** -18
+    octs = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)], float)
+    u = np.array([1.0, 2.0, 2.0]) / 3.0
+    pts = [np.array([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])]
+    for c in v:
+        off = octs * (1e-8 + 2e-8 * rng.random((8, 3)))
+        pts += [c + off, (c + off[7] + 5e-11 * u)[None]]
+    x = np.vstack(pts)
+    d = np.stack([np.tile(u, (len(x), 1)), np.tile(-2 * u, (len(x), 1))], 1)[:, :k]
+    eps = 1e-6
+    f = aotfmm.Fmm(x, eps=eps, dipoles=True, ncrit=1)
+    assert f._core.mixed_near
+    pot, grad = f.evaluate(dipoles=d[:, 0] if k == 1 else d, gradient=True)
+    if k == 1:
+        pot, grad = pot[:, None], grad[:, None]
+    ref_pot, ref_grad = density_reference(x, None, d, x)
+    bar_pot, bar_grad = _magnitude_fields(x, x, None, d)
+    for col in range(k):
+        assert np.linalg.norm(pot[:, col] - ref_pot[col]) <= eps * np.linalg.norm(bar_pot[col])
+        assert np.linalg.norm(grad[:, col] - ref_grad[col]) <= eps * np.linalg.norm(
+            bar_grad[col])
+
+
 @pytest.mark.parametrize("ncrit,eps,far", [(400, 1e-5, False), (400, 1e-6, False),
                                            (9000, 1e-5, True), (9000, 1e-6, True),
                                            (9000, 1e-6, False)])
