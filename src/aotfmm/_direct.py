@@ -209,8 +209,9 @@ def p2p(src_xyz, charges, trg_xyz, src_start, src_end, trg_start, trg_end, list_
     ``exact``). Kernels without the variant ignore the bit.
     ``mixed``: float64, not ``exact``: the pair terms may be taken in float32 and summed in
     float64 (one charge vector: ``p2p_sym_mixed`` with ``sym``, else ``p2p_mixed``; k charge
-    and/or dipole vectors: ``p2p_multi_mixed``; where the family has them; not for Hessians;
-    the FMM at eps >= :data:`aotfmm._dispatch.MIXED_NEAR_EPS`).
+    and/or dipole vectors: ``p2p_multi_mixed``; Hessians only of one charge vector with
+    ``sym``: ``p2p_sym_hess_mixed``; where the family has them; the FMM at eps >=
+    :data:`aotfmm._dispatch.MIXED_NEAR_EPS`).
     """
     if sym is not None and charges is not None and dipoles is None and \
             (charges.ndim == 1 or charges.shape[0] == 1) and \
