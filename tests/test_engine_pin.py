@@ -6,11 +6,15 @@ gradient and Hessian of one charge vector; potential and gradient of k = 3 charg
 densities) and two separate-target cases (sphere sources in a cube of targets, two 1e-3 clusters
 ten apart with targets around them), float64 eps 1e-6 and float32 eps 1e-4.
 On the machine that wrote the file (same ISA module and CPU model, or
-AOTFMM_PIN_SAME_MACHINE=1): max |difference| <= 1e-13 x the array's largest entry in float64
-(float32: see the end of this docstring). Elsewhere sums round differently with the SIMD width
-and BLAS kernels (measured here: the x86-64-v3 and generic modules differ from x86-64-v4 by up
-to 2.7e-12 in float64), so 1e-10 (float64) and 1e-5 (float32): still far below eps, far above
-rounding.
+AOTFMM_PIN_SAME_MACHINE=1): max |difference| <= 1e-12 x the array's largest entry in float64
+(float32: see the end of this docstring). 1e-13 until 2026-12-05, when the first full run on the
+pin's machine model (Intel Xeon, x86-64-v4) in a while found one charge vector's fields at
+sphere->cube's separate targets 6.6e-14 (potentials) and 2.5e-13 (gradients) away, at 7f0bd23
+as well as after it: kernel edits since the pin add some terms in another order. Every other
+float64 array is within 2.2e-14 (most within 1e-15). Elsewhere sums round differently with
+the SIMD width and BLAS kernels (measured here: the x86-64-v3 and generic modules differ from
+x86-64-v4 by up to 2.7e-12 in float64), so 1e-10 (float64) and 1e-5 (float32): still far below
+eps, far above rounding.
 
 The pinned results were made with the operators of their day: the M2L compression built by the
 streamed QR (``method="svd"``). The default build is now the symmetry one (``"sym"``: the same
@@ -70,7 +74,7 @@ def test_results_equal_the_pinned_ones(case, dtype):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", aotfmm.AccuracyWarning)  # float32 on a 16-level tree
         got = pin.compute(case, dtype)
-    tol = 1e-5 if dtype == "float32" else (1e-13 if SAME_MACHINE else 1e-10)
+    tol = 1e-5 if dtype == "float32" else (1e-12 if SAME_MACHINE else 1e-10)
     assert got, case
     for name, a in got.items():
         want = STORED[f"{case}|{dtype}|{name}"]
