@@ -19,6 +19,9 @@ Conventions (see ``../shared/design/style.md``):
 * kernels take arrays and scalars only, write into caller-allocated buffers (IN/OUT is stated in
   each docstring), never allocate in inner loops, never call ``np.dot`` and raise nothing: the
   Python front end validates every argument before the call.
+* no array views (``a[d, c0:c1]``, a row ``a[d]``) two or more loops deep: each costs an atomic
+  reference count pair; index the array in place (``a[d, c0u + j]``;
+  ``tests/test_kernel_sources.py``).
 * every kernel is compiled with the GIL released and with the fast-math flags in
   :data:`FASTMATH`, which deliberately exclude ``nnan``/``ninf`` so ``r2 > 0`` guards survive.
 """

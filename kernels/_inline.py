@@ -160,13 +160,14 @@ def sym_target_exact(xi, yi, zi, qi, s1, q1, n1, s2, q2, n2, o2):
 
 
 @register_jitable
-def charge_sweep2(w, wx, wy, wz, q0, q1, n):
+def charge_sweep2(w, wx, wy, wz, q, d, c0, n):
     """Two charge vectors' potential and gradient sums over a swept geometry: returns
     (sum q0 w, -sum q0 wx, -sum q0 wy, -sum q0 wz, the same for q1) over the first ``n``
     entries, where ``w`` holds 1/r and ``wx, wy, wz`` (x - y)/r^3 per source (or per surface
-    point). The sums are of the arrays' float type. Shared by ``multi.p2p_multi`` and
-    ``multi.s2p_multi`` (two densities a sweep: four gradients' 16 sums overflowed AVX2's 16
-    vector registers)."""
+    point) and q0, q1 are rows ``d`` and ``d + 1`` of ``q`` from column ``c0`` on (read in
+    place: a view per call would cost an atomic reference count pair per target). The sums
+    are of the arrays' float type. Shared by ``multi.p2p_multi`` and ``multi.s2p_multi`` (two
+    densities a sweep: four gradients' 16 sums overflowed AVX2's 16 vector registers)."""
     a0 = w.dtype.type(0.0)
     a1 = a0
     x0 = a0
@@ -175,17 +176,18 @@ def charge_sweep2(w, wx, wy, wz, q0, q1, n):
     y1 = a0
     z0 = a0
     z1 = a0
-    for j in range(n):
+    c0u = np.uint64(c0)
+    for j in range(np.uint64(0), np.uint64(n)):
         v = w[j]
         vx = wx[j]
         vy = wy[j]
         vz = wz[j]
-        u = q0[j]
+        u = q[d, c0u + j]
         a0 += u * v
         x0 -= u * vx
         y0 -= u * vy
         z0 -= u * vz
-        u = q1[j]
+        u = q[d + 1, c0u + j]
         a1 += u * v
         x1 -= u * vx
         y1 -= u * vy

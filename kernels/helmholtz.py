@@ -142,14 +142,13 @@ def helmholtz_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_e
             for c0 in range(0, n, P2P_CHUNK):
                 c1 = min(c0 + P2P_CHUNK, n)
                 m = np.uint64(c1 - c0)
-                sx = sxyz[0, c0:c1]
-                sy = sxyz[1, c0:c1]
-                sz = sxyz[2, c0:c1]
+                c0u = np.uint64(c0)
                 if mode == 0:
                     for j in range(np.uint64(0), m):
-                        dx = xi - sx[j]
-                        dy = yi - sy[j]
-                        dz = zi - sz[j]
+                        k = c0u + j
+                        dx = xi - sxyz[0, k]
+                        dy = yi - sxyz[1, k]
+                        dz = zi - sxyz[2, k]
                         r2 = dx * dx + dy * dy + dz * dz
                         r = np.sqrt(r2)
                         invr = one / r
@@ -161,9 +160,10 @@ def helmholtz_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_e
                         b0i[j] = ex * sn
                 elif mode == 1:
                     for j in range(np.uint64(0), m):
-                        dx = xi - sx[j]
-                        dy = yi - sy[j]
-                        dz = zi - sz[j]
+                        k = c0u + j
+                        dx = xi - sxyz[0, k]
+                        dy = yi - sxyz[1, k]
+                        dz = zi - sxyz[2, k]
                         r2 = dx * dx + dy * dy + dz * dz
                         r = np.sqrt(r2)
                         invr = one / r
@@ -189,9 +189,10 @@ def helmholtz_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_e
                         wzi[j] = dz * g1i
                 else:
                     for j in range(np.uint64(0), m):
-                        dx = xi - sx[j]
-                        dy = yi - sy[j]
-                        dz = zi - sz[j]
+                        k = c0u + j
+                        dx = xi - sxyz[0, k]
+                        dy = yi - sxyz[1, k]
+                        dz = zi - sxyz[2, k]
                         r2 = dx * dx + dy * dy + dz * dz
                         r = np.sqrt(r2)
                         invr = one / r
@@ -234,18 +235,18 @@ def helmholtz_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_e
                     gzr = 0.0
                     gzi = 0.0
                     if has_q:
-                        qdr = gq[0, d, c0:c1]
-                        qdi = gq[1, d, c0:c1]
                         if not do_g:
                             for j in range(np.uint64(0), m):
-                                qr = qdr[j]
-                                qi = qdi[j]
+                                k = c0u + j
+                                qr = gq[0, d, k]
+                                qi = gq[1, d, k]
                                 ar += qr * b0r[j] - qi * b0i[j]
                                 ai += qr * b0i[j] + qi * b0r[j]
                         elif mode == 1:
                             for j in range(np.uint64(0), m):
-                                qr = qdr[j]
-                                qi = qdi[j]
+                                k = c0u + j
+                                qr = gq[0, d, k]
+                                qi = gq[1, d, k]
                                 ar += qr * b0r[j] - qi * b0i[j]
                                 ai += qr * b0i[j] + qi * b0r[j]
                                 gxr -= qr * wxr[j] - qi * wxi[j]
@@ -256,8 +257,9 @@ def helmholtz_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_e
                                 gzi -= qr * wzi[j] + qi * wzr[j]
                         else:
                             for j in range(np.uint64(0), m):
-                                qr = qdr[j]
-                                qi = qdi[j]
+                                k = c0u + j
+                                qr = gq[0, d, k]
+                                qi = gq[1, d, k]
                                 ar += qr * b0r[j] - qi * b0i[j]
                                 ai += qr * b0i[j] + qi * b0r[j]
                                 wr = qr * b1r[j] - qi * b1i[j]  # q g1
@@ -269,40 +271,40 @@ def helmholtz_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_e
                                 gzr -= ez_[j] * wr
                                 gzi -= ez_[j] * wi
                     if has_d:
-                        d0r = gd[0, d, 0, c0:c1]
-                        d0i = gd[1, d, 0, c0:c1]
-                        d1r = gd[0, d, 1, c0:c1]
-                        d1i = gd[1, d, 1, c0:c1]
-                        d2r = gd[0, d, 2, c0:c1]
-                        d2i = gd[1, d, 2, c0:c1]
                         if do_g:
                             for j in range(np.uint64(0), m):
+                                k = c0u + j
                                 dx = ex_[j]
                                 dy = ey_[j]
                                 dz = ez_[j]
                                 g1r = b1r[j]
                                 g1i = b1i[j]
-                                ddr = d0r[j] * dx + d1r[j] * dy + d2r[j] * dz
-                                ddi = d0i[j] * dx + d1i[j] * dy + d2i[j] * dz
+                                ddr = (gd[0, d, 0, k] * dx + gd[0, d, 1, k] * dy
+                                       + gd[0, d, 2, k] * dz)
+                                ddi = (gd[1, d, 0, k] * dx + gd[1, d, 1, k] * dy
+                                       + gd[1, d, 2, k] * dz)
                                 ar += ddr * g1r - ddi * g1i
                                 ai += ddr * g1i + ddi * g1r
                                 tr = ddr * b2r[j] - ddi * b2i[j]  # (D.u) g2
                                 ti = ddr * b2i[j] + ddi * b2r[j]
                                 g3r = b3r[j]
                                 g3i = b3i[j]
-                                gxr += d0r[j] * g3r - d0i[j] * g3i - tr * dx
-                                gxi += d0r[j] * g3i + d0i[j] * g3r - ti * dx
-                                gyr += d1r[j] * g3r - d1i[j] * g3i - tr * dy
-                                gyi += d1r[j] * g3i + d1i[j] * g3r - ti * dy
-                                gzr += d2r[j] * g3r - d2i[j] * g3i - tr * dz
-                                gzi += d2r[j] * g3i + d2i[j] * g3r - ti * dz
+                                gxr += gd[0, d, 0, k] * g3r - gd[1, d, 0, k] * g3i - tr * dx
+                                gxi += gd[0, d, 0, k] * g3i + gd[1, d, 0, k] * g3r - ti * dx
+                                gyr += gd[0, d, 1, k] * g3r - gd[1, d, 1, k] * g3i - tr * dy
+                                gyi += gd[0, d, 1, k] * g3i + gd[1, d, 1, k] * g3r - ti * dy
+                                gzr += gd[0, d, 2, k] * g3r - gd[1, d, 2, k] * g3i - tr * dz
+                                gzi += gd[0, d, 2, k] * g3i + gd[1, d, 2, k] * g3r - ti * dz
                         else:
                             for j in range(np.uint64(0), m):
+                                k = c0u + j
                                 dx = ex_[j]
                                 dy = ey_[j]
                                 dz = ez_[j]
-                                ddr = d0r[j] * dx + d1r[j] * dy + d2r[j] * dz
-                                ddi = d0i[j] * dx + d1i[j] * dy + d2i[j] * dz
+                                ddr = (gd[0, d, 0, k] * dx + gd[0, d, 1, k] * dy
+                                       + gd[0, d, 2, k] * dz)
+                                ddi = (gd[1, d, 0, k] * dx + gd[1, d, 1, k] * dy
+                                       + gd[1, d, 2, k] * dz)
                                 ar += ddr * b1r[j] - ddi * b1i[j]
                                 ai += ddr * b1i[j] + ddi * b1r[j]
                     sums[d, 0] += ar
@@ -354,14 +356,13 @@ def helmholtz_p2c(src_xyz, q, dip, src_start, src_end, trg_boxes, centers, half_
                 j0 = src_start[s]
                 j1 = src_end[s]
                 n = np.uint64(j1 - j0)
-                sx = src_xyz[0, j0:j1]
-                sy = src_xyz[1, j0:j1]
-                sz = src_xyz[2, j0:j1]
+                j0u = np.uint64(j0)
                 if has_d:
                     for j in range(np.uint64(0), n):
-                        dx = xm - sx[j]
-                        dy = ym - sy[j]
-                        dz = zm - sz[j]
+                        k = j0u + j
+                        dx = xm - src_xyz[0, k]
+                        dy = ym - src_xyz[1, k]
+                        dz = zm - src_xyz[2, k]
                         r2 = dx * dx + dy * dy + dz * dz
                         r = np.sqrt(r2)
                         invr = one / r
@@ -380,9 +381,10 @@ def helmholtz_p2c(src_xyz, q, dip, src_start, src_end, trg_boxes, centers, half_
                         b1i[j] = g0r * fi + g0i * fr
                 else:
                     for j in range(np.uint64(0), n):
-                        dx = xm - sx[j]
-                        dy = ym - sy[j]
-                        dz = zm - sz[j]
+                        k = j0u + j
+                        dx = xm - src_xyz[0, k]
+                        dy = ym - src_xyz[1, k]
+                        dz = zm - src_xyz[2, k]
                         r2 = dx * dx + dy * dy + dz * dz
                         r = np.sqrt(r2)
                         invr = one / r
@@ -396,22 +398,23 @@ def helmholtz_p2c(src_xyz, q, dip, src_start, src_end, trg_boxes, centers, half_
                     ar = 0.0
                     ai = 0.0
                     if has_q:
-                        qd = q[d, j0:j1]
                         for j in range(np.uint64(0), n):
-                            qr = qd[j].real
-                            qi = qd[j].imag
+                            k = j0u + j
+                            qr = q[d, k].real
+                            qi = q[d, k].imag
                             ar += qr * b0r[j] - qi * b0i[j]
                             ai += qr * b0i[j] + qi * b0r[j]
                     if has_d:
-                        e0 = dip[d, 0, j0:j1]
-                        e1 = dip[d, 1, j0:j1]
-                        e2 = dip[d, 2, j0:j1]
                         for j in range(np.uint64(0), n):
-                            dx = xm - sx[j]  # recomputed: buf has room for the pair values only
-                            dy = ym - sy[j]
-                            dz = zm - sz[j]
-                            ddr = e0[j].real * dx + e1[j].real * dy + e2[j].real * dz
-                            ddi = e0[j].imag * dx + e1[j].imag * dy + e2[j].imag * dz
+                            k = j0u + j
+                            # recomputed: buf has room for the pair values only
+                            dx = xm - src_xyz[0, k]
+                            dy = ym - src_xyz[1, k]
+                            dz = zm - src_xyz[2, k]
+                            ddr = (dip[d, 0, k].real * dx + dip[d, 1, k].real * dy
+                                   + dip[d, 2, k].real * dz)
+                            ddi = (dip[d, 0, k].imag * dx + dip[d, 1, k].imag * dy
+                                   + dip[d, 2, k].imag * dz)
                             ar += ddr * b1r[j] - ddi * b1i[j]
                             ai += ddr * b1i[j] + ddi * b1r[j]
                     out[d, m] += complex(c * ar, c * ai)

@@ -109,7 +109,7 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
     sums = np.zeros((nd, 4), dtype=dt)
     sxyz = np.empty((3, m_max), dtype=dt)
     gq = np.empty((nd if has_q else 1, m_max), dtype=dt)
-    gd = np.empty((nd if has_d else 1, 3, m_max), dtype=dt)
+    gd = np.empty((3 * nd if has_d else 1, m_max), dtype=dt)  # rows 3d, 3d + 1, 3d + 2
     for ii in range(i0, i1):
         b = boxes[ii]
         n = 0
@@ -130,7 +130,7 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
                 if has_d:
                     for e in range(3):
                         for j in range(j0, src_end[s]):
-                            gd[d, e, n + j - j0] = dip[d, e, j]
+                            gd[3 * d + e, n + j - j0] = dip[d, e, j]
             n += src_end[s] - j0
         for i in range(trg_start[b], trg_end[b]):
             xi = trg_xyz[0, i]
@@ -142,15 +142,14 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
             for c0 in range(0, n, P2P_CHUNK):
                 c1 = min(c0 + P2P_CHUNK, n)
                 m = np.uint64(c1 - c0)
-                sx = sxyz[0, c0:c1]
-                sy = sxyz[1, c0:c1]
-                sz = sxyz[2, c0:c1]
+                c0u = np.uint64(c0)
                 chk = 0.0
                 if mode == 0:
                     for j in range(np.uint64(0), m):
-                        dx = xi - sx[j]
-                        dy = yi - sy[j]
-                        dz = zi - sz[j]
+                        k = c0u + j
+                        dx = xi - sxyz[0, k]
+                        dy = yi - sxyz[1, k]
+                        dz = zi - sxyz[2, k]
                         r2 = dx * dx + dy * dy + dz * dz
                         invr = inv_sqrt(r2, refine)
                         if r2 == 0.0:
@@ -159,9 +158,10 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
                         b1[j] = invr
                 elif mode == 1:
                     for j in range(np.uint64(0), m):
-                        dx = xi - sx[j]
-                        dy = yi - sy[j]
-                        dz = zi - sz[j]
+                        k = c0u + j
+                        dx = xi - sxyz[0, k]
+                        dy = yi - sxyz[1, k]
+                        dz = zi - sxyz[2, k]
                         r2 = dx * dx + dy * dy + dz * dz
                         invr = inv_sqrt(r2, refine)
                         if r2 == 0.0:
@@ -174,9 +174,10 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
                         bz[j] = dz * i3
                 elif mode == 2:
                     for j in range(np.uint64(0), m):
-                        dx = xi - sx[j]
-                        dy = yi - sy[j]
-                        dz = zi - sz[j]
+                        k = c0u + j
+                        dx = xi - sxyz[0, k]
+                        dy = yi - sxyz[1, k]
+                        dz = zi - sxyz[2, k]
                         r2 = dx * dx + dy * dy + dz * dz
                         invr = inv_sqrt(r2, refine)
                         if r2 == 0.0:
@@ -189,9 +190,10 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
                         b2[j] = invr * invr
                 else:
                     for j in range(np.uint64(0), m):
-                        dx = xi - sx[j]
-                        dy = yi - sy[j]
-                        dz = zi - sz[j]
+                        k = c0u + j
+                        dx = xi - sxyz[0, k]
+                        dy = yi - sxyz[1, k]
+                        dz = zi - sxyz[2, k]
                         r2 = dx * dx + dy * dy + dz * dz
                         invr = inv_sqrt(r2, refine)
                         if r2 == 0.0:
@@ -209,9 +211,10 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
                         b3[j] = i2 * invr
                 if chk != chk:  # a source too close for the float32 estimate: redo exactly
                     for j in range(np.uint64(0), m):
-                        dx = xi - sx[j]
-                        dy = yi - sy[j]
-                        dz = zi - sz[j]
+                        k = c0u + j
+                        dx = xi - sxyz[0, k]
+                        dy = yi - sxyz[1, k]
+                        dz = zi - sxyz[2, k]
                         r2 = dx * dx + dy * dy + dz * dz
                         invr = 0.0
                         if r2 > 0.0:
@@ -234,48 +237,37 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
                             b3[j] = i2 * invr
                 for d in range(0, nb4, 4):  # four densities per sweep: the geometry is
                     # loaded once for four (L1 loads, not FMAs, bound the one-density sweeps)
+                    r = 3 * d
                     a0 = 0.0
                     a1 = 0.0
                     a2 = 0.0
                     a3 = 0.0
                     if has_q:
-                        q0 = gq[d, c0:c1]
-                        q1 = gq[d + 1, c0:c1]
-                        q2 = gq[d + 2, c0:c1]
-                        q3 = gq[d + 3, c0:c1]
                         for j in range(np.uint64(0), m):
+                            k = c0u + j
                             w = b1[j]
-                            a0 += q0[j] * w
-                            a1 += q1[j] * w
-                            a2 += q2[j] * w
-                            a3 += q3[j] * w
+                            a0 += gq[d, k] * w
+                            a1 += gq[d + 1, k] * w
+                            a2 += gq[d + 2, k] * w
+                            a3 += gq[d + 3, k] * w
                     else:
-                        e00 = gd[d, 0, c0:c1]
-                        e01 = gd[d, 1, c0:c1]
-                        e02 = gd[d, 2, c0:c1]
-                        e10 = gd[d + 1, 0, c0:c1]
-                        e11 = gd[d + 1, 1, c0:c1]
-                        e12 = gd[d + 1, 2, c0:c1]
-                        e20 = gd[d + 2, 0, c0:c1]
-                        e21 = gd[d + 2, 1, c0:c1]
-                        e22 = gd[d + 2, 2, c0:c1]
-                        e30 = gd[d + 3, 0, c0:c1]
-                        e31 = gd[d + 3, 1, c0:c1]
-                        e32 = gd[d + 3, 2, c0:c1]
                         for j in range(np.uint64(0), m):
+                            k = c0u + j
                             wx = bx[j]
                             wy = by[j]
                             wz = bz[j]
                             i2 = b2[j]
-                            a0 += (e00[j] * wx + e01[j] * wy + e02[j] * wz) * i2
-                            a1 += (e10[j] * wx + e11[j] * wy + e12[j] * wz) * i2
-                            a2 += (e20[j] * wx + e21[j] * wy + e22[j] * wz) * i2
-                            a3 += (e30[j] * wx + e31[j] * wy + e32[j] * wz) * i2
+                            a0 += (gd[r, k] * wx + gd[r + 1, k] * wy + gd[r + 2, k] * wz) * i2
+                            a1 += (gd[r + 3, k] * wx + gd[r + 4, k] * wy + gd[r + 5, k] * wz) * i2
+                            a2 += (gd[r + 6, k] * wx + gd[r + 7, k] * wy + gd[r + 8, k] * wz) * i2
+                            a3 += (gd[r + 9, k] * wx + gd[r + 10, k] * wy
+                                   + gd[r + 11, k] * wz) * i2
                     sums[d, 0] += a0
                     sums[d + 1, 0] += a1
                     sums[d + 2, 0] += a2
                     sums[d + 3, 0] += a3
                 for d in range(nb4, nb2, 2):  # with gradients: two densities per sweep
+                    r = 3 * d
                     a0 = 0.0
                     a1 = 0.0
                     x0 = 0.0
@@ -286,32 +278,27 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
                     z1 = 0.0
                     if has_q:
                         a0, x0, y0, z0, a1, x1, y1, z1 = charge_sweep2(
-                            b1, bx, by, bz, gq[d, c0:c1], gq[d + 1, c0:c1], m)
+                            b1, bx, by, bz, gq, d, c0u, m)
                     else:
-                        e00 = gd[d, 0, c0:c1]
-                        e01 = gd[d, 1, c0:c1]
-                        e02 = gd[d, 2, c0:c1]
-                        e10 = gd[d + 1, 0, c0:c1]
-                        e11 = gd[d + 1, 1, c0:c1]
-                        e12 = gd[d + 1, 2, c0:c1]
                         for j in range(np.uint64(0), m):
+                            k = c0u + j
                             wx = bx[j]
                             wy = by[j]
                             wz = bz[j]
                             i2 = b2[j]
                             i3 = b3[j]
-                            u0 = e00[j]
-                            u1 = e01[j]
-                            u2 = e02[j]
+                            u0 = gd[r, k]
+                            u1 = gd[r + 1, k]
+                            u2 = gd[r + 2, k]
                             dd = u0 * wx + u1 * wy + u2 * wz
                             a0 += dd * i2
                             t5 = three * dd
                             x0 += (u0 - t5 * wx) * i3
                             y0 += (u1 - t5 * wy) * i3
                             z0 += (u2 - t5 * wz) * i3
-                            u0 = e10[j]
-                            u1 = e11[j]
-                            u2 = e12[j]
+                            u0 = gd[r + 3, k]
+                            u1 = gd[r + 4, k]
+                            u2 = gd[r + 5, k]
                             dd = u0 * wx + u1 * wy + u2 * wz
                             a1 += dd * i2
                             t5 = three * dd
@@ -327,25 +314,28 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
                     sums[d + 1, 2] += y1
                     sums[d + 1, 3] += z1
                 for d in range(nb2, nd):
+                    r = 3 * d
                     acc = 0.0
                     gx = 0.0
                     gy = 0.0
                     gz = 0.0
                     if has_q:
-                        qd = gq[d, c0:c1]
                         if mode == 0:
                             for j in range(np.uint64(0), m):
-                                acc += qd[j] * b1[j]
+                                k = c0u + j
+                                acc += gq[d, k] * b1[j]
                         elif mode == 1:
                             for j in range(np.uint64(0), m):
-                                qj = qd[j]
+                                k = c0u + j
+                                qj = gq[d, k]
                                 acc += qj * b1[j]
                                 gx -= qj * bx[j]
                                 gy -= qj * by[j]
                                 gz -= qj * bz[j]
                         elif do_g:  # with dipoles: bx.. hold u, b2 1/r^2
                             for j in range(np.uint64(0), m):
-                                qj = qd[j]
+                                k = c0u + j
+                                qj = gq[d, k]
                                 acc += qj * b1[j]
                                 i3 = qj * b2[j]
                                 gx -= bx[j] * i3
@@ -353,23 +343,24 @@ def p2p_multi(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end, 
                                 gz -= bz[j] * i3
                         else:
                             for j in range(np.uint64(0), m):
-                                acc += qd[j] * b1[j]
+                                k = c0u + j
+                                acc += gq[d, k] * b1[j]
                     if has_d:
-                        d0 = gd[d, 0, c0:c1]
-                        d1 = gd[d, 1, c0:c1]
-                        d2 = gd[d, 2, c0:c1]
                         if do_g:
                             for j in range(np.uint64(0), m):
-                                dd = d0[j] * bx[j] + d1[j] * by[j] + d2[j] * bz[j]
+                                k = c0u + j
+                                dd = gd[r, k] * bx[j] + gd[r + 1, k] * by[j] + gd[r + 2, k] * bz[j]
                                 acc += dd * b2[j]
                                 i3 = b3[j]
                                 t5 = three * dd
-                                gx += (d0[j] - t5 * bx[j]) * i3
-                                gy += (d1[j] - t5 * by[j]) * i3
-                                gz += (d2[j] - t5 * bz[j]) * i3
+                                gx += (gd[r, k] - t5 * bx[j]) * i3
+                                gy += (gd[r + 1, k] - t5 * by[j]) * i3
+                                gz += (gd[r + 2, k] - t5 * bz[j]) * i3
                         else:
                             for j in range(np.uint64(0), m):
-                                acc += (d0[j] * bx[j] + d1[j] * by[j] + d2[j] * bz[j]) * b2[j]
+                                k = c0u + j
+                                acc += (gd[r, k] * bx[j] + gd[r + 1, k] * by[j]
+                                        + gd[r + 2, k] * bz[j]) * b2[j]
                     sums[d, 0] += acc
                     sums[d, 1] += gx
                     sums[d, 2] += gy
@@ -396,6 +387,9 @@ def p2c_multi(src_xyz, q, dip, src_start, src_end, trg_boxes, centers, half_widt
     bz = buf[2]
     bi = buf[3]
     b3 = buf[4]
+    # sources and densities read in place (k = j0u + j), never through views: a view costs an
+    # atomic reference count pair, here per surface point and listed box
+    dip2 = dip.reshape(dip.shape[0] * dip.shape[1], dip.shape[2])  # rows 3d, 3d + 1, 3d + 2
     for i in range(b0, b1):
         b = trg_boxes[i]
         hr = half_widths[b] * radius
@@ -412,13 +406,12 @@ def p2c_multi(src_xyz, q, dip, src_start, src_end, trg_boxes, centers, half_widt
                 j0 = src_start[s]
                 j1 = src_end[s]
                 n = np.uint64(j1 - j0)
-                sx = src_xyz[0, j0:j1]
-                sy = src_xyz[1, j0:j1]
-                sz = src_xyz[2, j0:j1]
+                j0u = np.uint64(j0)
                 for j in range(np.uint64(0), n):
-                    dx = xm - sx[j]
-                    dy = ym - sy[j]
-                    dz = zm - sz[j]
+                    k = j0u + j
+                    dx = xm - src_xyz[0, k]
+                    dy = ym - src_xyz[1, k]
+                    dz = zm - src_xyz[2, k]
                     r2 = dx * dx + dy * dy + dz * dz
                     invr = inv_sqrt(r2, 0)
                     if r2 == 0.0:
@@ -429,59 +422,50 @@ def p2c_multi(src_xyz, q, dip, src_start, src_end, trg_boxes, centers, half_widt
                     bi[j] = invr
                     b3[j] = invr * invr * invr
                 for d in range(0, nb4, 4):  # four densities per sweep (see p2p_multi)
+                    r = 3 * d
                     a0 = 0.0
                     a1 = 0.0
                     a2 = 0.0
                     a3 = 0.0
                     if has_q:
-                        q0 = q[d, j0:j1]
-                        q1 = q[d + 1, j0:j1]
-                        q2 = q[d + 2, j0:j1]
-                        q3 = q[d + 3, j0:j1]
                         for j in range(np.uint64(0), n):
+                            k = j0u + j
                             w = bi[j]
-                            a0 += q0[j] * w
-                            a1 += q1[j] * w
-                            a2 += q2[j] * w
-                            a3 += q3[j] * w
+                            a0 += q[d, k] * w
+                            a1 += q[d + 1, k] * w
+                            a2 += q[d + 2, k] * w
+                            a3 += q[d + 3, k] * w
                     else:
-                        e00 = dip[d, 0, j0:j1]
-                        e01 = dip[d, 1, j0:j1]
-                        e02 = dip[d, 2, j0:j1]
-                        e10 = dip[d + 1, 0, j0:j1]
-                        e11 = dip[d + 1, 1, j0:j1]
-                        e12 = dip[d + 1, 2, j0:j1]
-                        e20 = dip[d + 2, 0, j0:j1]
-                        e21 = dip[d + 2, 1, j0:j1]
-                        e22 = dip[d + 2, 2, j0:j1]
-                        e30 = dip[d + 3, 0, j0:j1]
-                        e31 = dip[d + 3, 1, j0:j1]
-                        e32 = dip[d + 3, 2, j0:j1]
                         for j in range(np.uint64(0), n):
+                            k = j0u + j
                             wx = bx[j]
                             wy = by[j]
                             wz = bz[j]
                             i3 = b3[j]
-                            a0 += (e00[j] * wx + e01[j] * wy + e02[j] * wz) * i3
-                            a1 += (e10[j] * wx + e11[j] * wy + e12[j] * wz) * i3
-                            a2 += (e20[j] * wx + e21[j] * wy + e22[j] * wz) * i3
-                            a3 += (e30[j] * wx + e31[j] * wy + e32[j] * wz) * i3
+                            a0 += (dip2[r, k] * wx + dip2[r + 1, k] * wy
+                                   + dip2[r + 2, k] * wz) * i3
+                            a1 += (dip2[r + 3, k] * wx + dip2[r + 4, k] * wy
+                                   + dip2[r + 5, k] * wz) * i3
+                            a2 += (dip2[r + 6, k] * wx + dip2[r + 7, k] * wy
+                                   + dip2[r + 8, k] * wz) * i3
+                            a3 += (dip2[r + 9, k] * wx + dip2[r + 10, k] * wy
+                                   + dip2[r + 11, k] * wz) * i3
                     out[d, m] += c * a0
                     out[d + 1, m] += c * a1
                     out[d + 2, m] += c * a2
                     out[d + 3, m] += c * a3
                 for d in range(nb4, nd):
+                    r = 3 * d
                     acc = 0.0
                     if has_q:
-                        qd = q[d, j0:j1]
                         for j in range(np.uint64(0), n):
-                            acc += qd[j] * bi[j]
+                            k = j0u + j
+                            acc += q[d, k] * bi[j]
                     if has_d:
-                        d0 = dip[d, 0, j0:j1]
-                        d1 = dip[d, 1, j0:j1]
-                        d2 = dip[d, 2, j0:j1]
                         for j in range(np.uint64(0), n):
-                            acc += (d0[j] * bx[j] + d1[j] * by[j] + d2[j] * bz[j]) * b3[j]
+                            k = j0u + j
+                            acc += (dip2[r, k] * bx[j] + dip2[r + 1, k] * by[j]
+                                    + dip2[r + 2, k] * bz[j]) * b3[j]
                     out[d, m] += c * acc
 
 
@@ -523,27 +507,23 @@ def s2p_multi(dens, trg_xyz, trg_start, trg_end, trg_boxes, centers, half_widths
                     wy[m] = dy * i3
                     wz[m] = dz * i3
                 for d in range(0, nb4, 4):  # four densities per sweep (see p2p_multi)
-                    q0 = ds[d]
-                    q1 = ds[d + 1]
-                    q2 = ds[d + 2]
-                    q3 = ds[d + 3]
                     a0 = 0.0
                     a1 = 0.0
                     a2 = 0.0
                     a3 = 0.0
                     for m in range(n):
                         v = bi[m]
-                        a0 += q0[m] * v
-                        a1 += q1[m] * v
-                        a2 += q2[m] * v
-                        a3 += q3[m] * v
+                        a0 += ds[d, m] * v
+                        a1 += ds[d + 1, m] * v
+                        a2 += ds[d + 2, m] * v
+                        a3 += ds[d + 3, m] * v
                     pot[d, t] += c * a0
                     pot[d + 1, t] += c * a1
                     pot[d + 2, t] += c * a2
                     pot[d + 3, t] += c * a3
                 for d in range(nb4, nb2, 2):  # with gradients: two densities per sweep
-                    a0, x0, y0, z0, a1, x1, y1, z1 = charge_sweep2(bi, wx, wy, wz, ds[d],
-                                                                   ds[d + 1], n)
+                    a0, x0, y0, z0, a1, x1, y1, z1 = charge_sweep2(bi, wx, wy, wz, ds, d, 0,
+                                                                   n)
                     pot[d, t] += c * a0
                     pot[d + 1, t] += c * a1
                     grad[d, 0, t] += c * x0
@@ -553,14 +533,13 @@ def s2p_multi(dens, trg_xyz, trg_start, trg_end, trg_boxes, centers, half_widths
                     grad[d + 1, 1, t] += c * y1
                     grad[d + 1, 2, t] += c * z1
                 for d in range(nb2, nd):
-                    w = ds[d]
                     acc = 0.0
                     if do_g:
                         gx = 0.0
                         gy = 0.0
                         gz = 0.0
                         for m in range(n):
-                            qj = w[m]
+                            qj = ds[d, m]
                             acc += qj * bi[m]
                             gx -= qj * wx[m]
                             gy -= qj * wy[m]
@@ -570,5 +549,5 @@ def s2p_multi(dens, trg_xyz, trg_start, trg_end, trg_boxes, centers, half_widths
                         grad[d, 2, t] += c * gz
                     else:
                         for m in range(n):
-                            acc += w[m] * bi[m]
+                            acc += ds[d, m] * bi[m]
                     pot[d, t] += c * acc

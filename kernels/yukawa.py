@@ -146,12 +146,9 @@ def yukawa_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
             for c0 in range(0, n, P2P_CHUNK):
                 c1 = min(c0 + P2P_CHUNK, n)
                 m = np.uint64(c1 - c0)
-                sx = sxyz[0, c0:c1]
-                sy = sxyz[1, c0:c1]
-                sz = sxyz[2, c0:c1]
+                c0u = np.uint64(c0)
                 chk = 0.0
                 if fused:  # one charge vector: sum in the pair loop, no stored geometry
-                    qd = gq[0, c0:c1]
                     acc = 0.0
                     gx = 0.0
                     gy = 0.0
@@ -159,27 +156,29 @@ def yukawa_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
                     if not refine and coarse:
                         if mode == 0:
                             for j in range(np.uint64(0), m):
-                                dx = xi - sx[j]
-                                dy = yi - sy[j]
-                                dz = zi - sz[j]
+                                k = c0u + j
+                                dx = xi - sxyz[0, k]
+                                dy = yi - sxyz[1, k]
+                                dz = zi - sxyz[2, k]
                                 r2 = dx * dx + dy * dy + dz * dz
                                 invr = inv_sqrt(r2, False)
                                 if r2 == 0.0:
                                     invr = 0.0
                                 chk += invr
-                                acc += qd[j] * (vexp_coarse(nlam * (r2 * invr)) * invr)
+                                acc += gq[0, k] * (vexp_coarse(nlam * (r2 * invr)) * invr)
                         else:
                             for j in range(np.uint64(0), m):
-                                dx = xi - sx[j]
-                                dy = yi - sy[j]
-                                dz = zi - sz[j]
+                                k = c0u + j
+                                dx = xi - sxyz[0, k]
+                                dy = yi - sxyz[1, k]
+                                dz = zi - sxyz[2, k]
                                 r2 = dx * dx + dy * dy + dz * dz
                                 invr = inv_sqrt(r2, False)
                                 if r2 == 0.0:
                                     invr = 0.0
                                 chk += invr
                                 r = r2 * invr
-                                g0 = qd[j] * (vexp_coarse(nlam * r) * invr)
+                                g0 = gq[0, k] * (vexp_coarse(nlam * r) * invr)
                                 acc += g0
                                 g1 = g0 * (one + lam * r) * (invr * invr)
                                 gx -= dx * g1
@@ -188,27 +187,29 @@ def yukawa_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
                     elif not refine:
                         if mode == 0:
                             for j in range(np.uint64(0), m):
-                                dx = xi - sx[j]
-                                dy = yi - sy[j]
-                                dz = zi - sz[j]
+                                k = c0u + j
+                                dx = xi - sxyz[0, k]
+                                dy = yi - sxyz[1, k]
+                                dz = zi - sxyz[2, k]
                                 r2 = dx * dx + dy * dy + dz * dz
                                 invr = inv_sqrt(r2, False)
                                 if r2 == 0.0:
                                     invr = 0.0
                                 chk += invr
-                                acc += qd[j] * (vexp(nlam * (r2 * invr)) * invr)
+                                acc += gq[0, k] * (vexp(nlam * (r2 * invr)) * invr)
                         else:
                             for j in range(np.uint64(0), m):
-                                dx = xi - sx[j]
-                                dy = yi - sy[j]
-                                dz = zi - sz[j]
+                                k = c0u + j
+                                dx = xi - sxyz[0, k]
+                                dy = yi - sxyz[1, k]
+                                dz = zi - sxyz[2, k]
                                 r2 = dx * dx + dy * dy + dz * dz
                                 invr = inv_sqrt(r2, False)
                                 if r2 == 0.0:
                                     invr = 0.0
                                 chk += invr
                                 r = r2 * invr
-                                g0 = qd[j] * (vexp(nlam * r) * invr)
+                                g0 = gq[0, k] * (vexp(nlam * r) * invr)
                                 acc += g0
                                 g1 = g0 * (one + lam * r) * (invr * invr)
                                 gx -= dx * g1
@@ -221,26 +222,28 @@ def yukawa_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
                         gz = 0.0
                         if mode == 0:
                             for j in range(np.uint64(0), m):
-                                dx = xi - sx[j]
-                                dy = yi - sy[j]
-                                dz = zi - sz[j]
+                                k = c0u + j
+                                dx = xi - sxyz[0, k]
+                                dy = yi - sxyz[1, k]
+                                dz = zi - sxyz[2, k]
                                 r2 = dx * dx + dy * dy + dz * dz
                                 r = np.sqrt(r2)
                                 invr = one / r
                                 if r2 == 0.0:
                                     invr = 0.0
-                                acc += qd[j] * (vexp(nlam * r) * invr)
+                                acc += gq[0, k] * (vexp(nlam * r) * invr)
                         else:
                             for j in range(np.uint64(0), m):
-                                dx = xi - sx[j]
-                                dy = yi - sy[j]
-                                dz = zi - sz[j]
+                                k = c0u + j
+                                dx = xi - sxyz[0, k]
+                                dy = yi - sxyz[1, k]
+                                dz = zi - sxyz[2, k]
                                 r2 = dx * dx + dy * dy + dz * dz
                                 r = np.sqrt(r2)
                                 invr = one / r
                                 if r2 == 0.0:
                                     invr = 0.0
-                                g0 = qd[j] * (vexp(nlam * r) * invr)
+                                g0 = gq[0, k] * (vexp(nlam * r) * invr)
                                 acc += g0
                                 g1 = g0 * (one + lam * r) * (invr * invr)
                                 gx -= dx * g1
@@ -253,9 +256,10 @@ def yukawa_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
                     continue
                 if mode == 0:
                     for j in range(np.uint64(0), m):
-                        dx = xi - sx[j]
-                        dy = yi - sy[j]
-                        dz = zi - sz[j]
+                        k = c0u + j
+                        dx = xi - sxyz[0, k]
+                        dy = yi - sxyz[1, k]
+                        dz = zi - sxyz[2, k]
                         r2 = dx * dx + dy * dy + dz * dz
                         invr = inv_sqrt(r2, refine)
                         if r2 == 0.0:
@@ -265,9 +269,10 @@ def yukawa_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
                         b0[j] = vexp(nlam * r) * invr
                 elif mode == 1:
                     for j in range(np.uint64(0), m):
-                        dx = xi - sx[j]
-                        dy = yi - sy[j]
-                        dz = zi - sz[j]
+                        k = c0u + j
+                        dx = xi - sxyz[0, k]
+                        dy = yi - sxyz[1, k]
+                        dz = zi - sxyz[2, k]
                         r2 = dx * dx + dy * dy + dz * dz
                         invr = inv_sqrt(r2, refine)
                         if r2 == 0.0:
@@ -282,9 +287,10 @@ def yukawa_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
                         bz[j] = dz * g1
                 else:
                     for j in range(np.uint64(0), m):
-                        dx = xi - sx[j]
-                        dy = yi - sy[j]
-                        dz = zi - sz[j]
+                        k = c0u + j
+                        dx = xi - sxyz[0, k]
+                        dy = yi - sxyz[1, k]
+                        dz = zi - sxyz[2, k]
                         r2 = dx * dx + dy * dy + dz * dz
                         invr = inv_sqrt(r2, refine)
                         if r2 == 0.0:
@@ -303,9 +309,10 @@ def yukawa_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
                         bz[j] = dz * invr
                 if refine or chk != chk:  # exact sqrt: direct sums, or a source too close
                     for j in range(np.uint64(0), m):  # for the float32 estimate
-                        dx = xi - sx[j]
-                        dy = yi - sy[j]
-                        dz = zi - sz[j]
+                        k = c0u + j
+                        dx = xi - sxyz[0, k]
+                        dy = yi - sxyz[1, k]
+                        dz = zi - sxyz[2, k]
                         r2 = dx * dx + dy * dy + dz * dz
                         r = np.sqrt(r2)
                         invr = one / r
@@ -334,20 +341,22 @@ def yukawa_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
                     gy = 0.0
                     gz = 0.0
                     if has_q:
-                        qd = gq[d, c0:c1]
                         if mode == 0:
                             for j in range(np.uint64(0), m):
-                                acc += qd[j] * b0[j]
+                                k = c0u + j
+                                acc += gq[d, k] * b0[j]
                         elif mode == 1:
                             for j in range(np.uint64(0), m):
-                                qj = qd[j]
+                                k = c0u + j
+                                qj = gq[d, k]
                                 acc += qj * b0[j]
                                 gx -= qj * bx[j]
                                 gy -= qj * by[j]
                                 gz -= qj * bz[j]
                         elif do_g:
                             for j in range(np.uint64(0), m):
-                                qj = qd[j]
+                                k = c0u + j
+                                qj = gq[d, k]
                                 acc += qj * b0[j]
                                 g1 = qj * b1[j]
                                 gx -= bx[j] * g1
@@ -355,23 +364,25 @@ def yukawa_p2p(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg_end,
                                 gz -= bz[j] * g1
                         else:
                             for j in range(np.uint64(0), m):
-                                acc += qd[j] * b0[j]
+                                k = c0u + j
+                                acc += gq[d, k] * b0[j]
                     if has_d:
-                        d0 = gd[d, 0, c0:c1]
-                        d1 = gd[d, 1, c0:c1]
-                        d2 = gd[d, 2, c0:c1]
                         if do_g:
                             for j in range(np.uint64(0), m):
-                                dd = d0[j] * bx[j] + d1[j] * by[j] + d2[j] * bz[j]
+                                k = c0u + j
+                                dd = (gd[d, 0, k] * bx[j] + gd[d, 1, k] * by[j]
+                                      + gd[d, 2, k] * bz[j])
                                 acc += dd * b1[j]
                                 g3 = b3[j]
                                 t5 = dd * b2[j]
-                                gx += d0[j] * g3 - t5 * bx[j]
-                                gy += d1[j] * g3 - t5 * by[j]
-                                gz += d2[j] * g3 - t5 * bz[j]
+                                gx += gd[d, 0, k] * g3 - t5 * bx[j]
+                                gy += gd[d, 1, k] * g3 - t5 * by[j]
+                                gz += gd[d, 2, k] * g3 - t5 * bz[j]
                         else:
                             for j in range(np.uint64(0), m):
-                                acc += (d0[j] * bx[j] + d1[j] * by[j] + d2[j] * bz[j]) * b1[j]
+                                k = c0u + j
+                                acc += (gd[d, 0, k] * bx[j] + gd[d, 1, k] * by[j]
+                                        + gd[d, 2, k] * bz[j]) * b1[j]
                     sums[d, 0] += acc
                     sums[d, 1] += gx
                     sums[d, 2] += gy
@@ -416,14 +427,13 @@ def yukawa_p2c(src_xyz, q, dip, src_start, src_end, trg_boxes, centers, half_wid
                 j0 = src_start[s]
                 j1 = src_end[s]
                 n = np.uint64(j1 - j0)
-                sx = src_xyz[0, j0:j1]
-                sy = src_xyz[1, j0:j1]
-                sz = src_xyz[2, j0:j1]
+                j0u = np.uint64(j0)
                 if has_d:
                     for j in range(np.uint64(0), n):
-                        dx = xm - sx[j]
-                        dy = ym - sy[j]
-                        dz = zm - sz[j]
+                        k = j0u + j
+                        dx = xm - src_xyz[0, k]
+                        dy = ym - src_xyz[1, k]
+                        dz = zm - src_xyz[2, k]
                         r2 = dx * dx + dy * dy + dz * dz
                         r = np.sqrt(r2)
                         invr = one / r
@@ -437,9 +447,10 @@ def yukawa_p2c(src_xyz, q, dip, src_start, src_end, trg_boxes, centers, half_wid
                         bg1[j] = g0 * (one + lam * r) * (invr * invr)
                 else:
                     for j in range(np.uint64(0), n):
-                        dx = xm - sx[j]
-                        dy = ym - sy[j]
-                        dz = zm - sz[j]
+                        k = j0u + j
+                        dx = xm - src_xyz[0, k]
+                        dy = ym - src_xyz[1, k]
+                        dz = zm - src_xyz[2, k]
                         r2 = dx * dx + dy * dy + dz * dz
                         r = np.sqrt(r2)
                         invr = one / r
@@ -449,15 +460,14 @@ def yukawa_p2c(src_xyz, q, dip, src_start, src_end, trg_boxes, centers, half_wid
                 for d in range(nd):
                     acc = 0.0
                     if has_q:
-                        qd = q[d, j0:j1]
                         for j in range(np.uint64(0), n):
-                            acc += qd[j] * bg0[j]
+                            k = j0u + j
+                            acc += q[d, k] * bg0[j]
                     if has_d:
-                        d0 = dip[d, 0, j0:j1]
-                        d1 = dip[d, 1, j0:j1]
-                        d2 = dip[d, 2, j0:j1]
                         for j in range(np.uint64(0), n):
-                            acc += (d0[j] * bx[j] + d1[j] * by[j] + d2[j] * bz[j]) * bg1[j]
+                            k = j0u + j
+                            acc += (dip[d, 0, k] * bx[j] + dip[d, 1, k] * by[j]
+                                    + dip[d, 2, k] * bz[j]) * bg1[j]
                     out[d, m] += c * acc
 
 
