@@ -1339,8 +1339,8 @@ def p2p_multi_mixed(src_xyz, q, dip, trg_xyz, src_start, src_end, trg_start, trg
                                         n_own_p, n_p, thr, do_g, sums)
             # the scratch is indexed directly here and in the sweeps (c0u + j), never through
             # views: each view of an array costs an atomic reference count increment and
-            # decrement (NRT), per target and chunk or run (9 % of a k = 8 dipole run's time;
-            # k densities 11-27 % faster without them, JIT model, 1e5 points, Intel Xeon)
+            # decrement (NRT), per target and chunk or run (9 % of a k = 8 dipole run's samples;
+            # k densities 1.16-1.32x faster without them, JIT model, 1e5 points, Intel Xeon)
             for c0 in range(0, n_p if not fused else 0, ch):
                 c1 = min(c0 + ch, n_p)
                 c0u = np.uint64(c0)
