@@ -262,6 +262,48 @@ def test_blas_runs_on_one_thread_during_an_evaluation(monkeypatch, threads):
     assert after == before
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_blas_runs_on_one_thread_through_setup_and_the_whole_evaluation(monkeypatch, threads):
+    """Not only the traversal: after one threaded BLAS call OpenBLAS's idle threads spin for
+    ~0.12 s on the cores the traversal's own threads need. Until 2026-12-05 the few-charges
+    check (an ``np.dot`` over 64^3 cells, run before the traversal) and a plan's setup (level
+    operators of a kernel with a parameter, the near-field split) called BLAS on every core:
+    a spy on OpenBLAS's worker saw 1.9 CPU seconds of its spinning over a few 4e5-point plans
+    and evaluations, most of it during their P2M. Numpy's BLAS must be on one thread from the
+    start of a plan's setup and of an evaluation to their end, and back where it was after."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from aotfmm import _blas, evaluate
+
+    def controlled():
+        ctl = _blas._get_controller()
+        return [lc.num_threads for lc in ctl.lib_controllers if lc.user_api == "blas"]
+
+    seen = {}
+
+    def spy(name):
+        real = getattr(evaluate.Plan, name)
+
+        def method(self, *args, **kwargs):
+            seen.setdefault(name, []).append(max(controlled()))
+            return real(self, *args, **kwargs)
+        monkeypatch.setattr(evaluate.Plan, name, method)
+
+    for name in ("_near_symmetric", "_stats", "_few_split"):  # setup's middle and end; the
+        spy(name)                                             # evaluation before its passes
+    rng = np.random.default_rng(4)
+    x, q = rng.random((20000, 3)), rng.standard_normal(20000)
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        before = _blas_threads(threadpoolctl)
+        if not before or max(before) < 2:
+            pytest.skip("numpy's BLAS cannot run two threads here")
+        plan = aotfmm.Fmm(x, eps=1e-6, threads=threads)
+        plan.evaluate(q)
+        after = _blas_threads(threadpoolctl)
+    assert set(seen) == {"_near_symmetric", "_stats", "_few_split"}, seen
+    assert all(v == [1] for v in seen.values()), seen
+    assert after == before
+
+
 def _pool_threads(w):
     return [t for t in threading.enumerate() if t.name.startswith(w._name + "-")]
 

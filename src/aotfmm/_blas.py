@@ -5,6 +5,7 @@ CPUs while our pool runs, and a ``threads=1`` plan's GEMMs may use every core, w
 never correctness).
 """
 import contextlib
+import functools
 import threading
 
 _controller = None
@@ -45,9 +46,10 @@ def limit_one():
     bits of later results of plans that did not limit BLAS (``threads=1`` then). OpenBLAS can
     also lose a change made while another thread is inside a BLAS call (the restore read back
     1 with a plan's unlimited GEMMs running in another thread), so every plan, threads=1
-    included, keeps BLAS on one thread for its whole traversal
-    (:meth:`aotfmm.evaluate.Plan.evaluate`): the last region then ends when no BLAS call of
-    ours runs. A caller's own BLAS calls in other threads at that moment can still make
+    included, keeps BLAS on one thread for its whole setup and each whole evaluation
+    (:class:`aotfmm.evaluate.Plan`, :func:`one_thread`): the last region then ends when no
+    BLAS call of ours runs. (A threaded call just before our own threads start also costs
+    them: OpenBLAS's idle threads spin ~0.12 s after it.) A caller's own BLAS calls in other threads at that moment can still make
     OpenBLAS drop the restore."""
     ctl = _get_controller()
     if not ctl:
@@ -70,3 +72,12 @@ def _shared_limit(ctl):
             if _depth == 0:
                 limiter, _limiter = _limiter, None
                 limiter.restore_original_limits()
+
+
+def one_thread(func):
+    """Decorator: ``func`` runs inside :func:`limit_one` (its signature kept)."""
+    @functools.wraps(func)
+    def limited(*args, **kwargs):
+        with limit_one():
+            return func(*args, **kwargs)
+    return limited

@@ -516,6 +516,7 @@ def _tree_costs(tree, lists, ncrit, far, same, p, scales=()):
 class Plan:
     """Everything that depends on the points only; see the module docstring."""
 
+    @_blas.one_thread  # (all of the setup, as for an evaluation: see :meth:`evaluate`)
     def __init__(self, src_xyz, trg_xyz, *, eps, p=None, ncrit=None, dtype=np.float64,
                  workers=_threads.INLINE, cache_dir=None, progress=None, dipoles=False,
                  hessians=False, points=None, family=LAPLACE, target_prefix=None,
@@ -1698,13 +1699,25 @@ class Plan:
                 if a is not None:
                     a[..., r.trg_idx] += (b + c).astype(a.dtype)
 
+    @_blas.one_thread
     def evaluate(self, charges, gradient, progress=None, dipoles=None, hessian=False,
                  comm=_driver.SERIAL):
         """One traversal for k densities, in the caller's source order: charges (k, n_sources)
         float64 or None, dipoles (k, 3, n_sources) float64 or None (in this frame).
         Returns (pot (k, n_targets), grad (k, 3, n_targets) or None, hess (k, 6, n_targets)
         or None, timings). ``hessian`` implies the gradient. The stages run through
-        :func:`aotfmm._driver.run` with :class:`KifmmPasses`; ``comm`` gets its hooks."""
+        :func:`aotfmm._driver.run` with :class:`KifmmPasses`; ``comm`` gets its hooks.
+
+        numpy's BLAS runs on one thread for the whole call, not only for the traversal: its
+        thread count is one setting for the process, and OpenBLAS can lose a change made
+        while another thread is inside a BLAS call (plans evaluated from several Python
+        threads: :func:`aotfmm._blas.limit_one`). threads=1 too: left alone, OpenBLAS ran
+        M2L's GEMMs on every core and its threads spun between them (a threads=1 evaluation
+        of 3e5 points took 1.8 CPU seconds per second on 2 cores). And before the traversal
+        too: after one threaded call (the few-charges check's ``np.dot`` over 64^3 cells,
+        a setup's operator products) OpenBLAS's idle threads spin for ~0.12 s, on the cores
+        the traversal's own threads need (2 cores, 1e6 points: 0.1-0.25 CPU seconds of such
+        spinning per evaluation, 2026-12-05)."""
         tree, dt = self.tree, self.dtype
         timings = {}
         t = time.perf_counter()
@@ -1765,15 +1778,8 @@ class Plan:
                 "p2m", "m2m", "l2p", "m2p", "p2p") and progress.step(name),
             on_stage=lambda name: progress is not None and name == "downward" and
             progress.step("l2l+m2l+p2l"))
-        if run_fmm:
-            # numpy's BLAS on one thread for the whole traversal (not per pass): its thread
-            # count is one setting for the process, and OpenBLAS can lose a change made while
-            # another thread is inside a BLAS call (plans evaluated from several Python
-            # threads: :func:`aotfmm._blas.limit_one`). threads=1 too: left alone, OpenBLAS
-            # ran M2L's GEMMs on every core and its threads spun between them (a threads=1
-            # evaluation of 3e5 points took 1.8 CPU seconds per second on 2 cores)
-            with _blas.limit_one():
-                _driver.run(self.up_levels, self.down_levels, passes, comm, timer)
+        if run_fmm:  # (numpy's BLAS on one thread: :meth:`evaluate`)
+            _driver.run(self.up_levels, self.down_levels, passes, comm, timer)
         for name, sec in timer.passes.items():
             timings[name] = timings.get(name, 0.0) + sec
         del passes  # the expansions: freed before the outputs are copied (peak memory)
