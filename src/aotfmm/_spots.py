@@ -171,6 +171,16 @@ def plan_spots(plan, sets, eps, strict, max_h, cache):
     else:
         redo = np.zeros(len(t_lv), dtype=bool)
     budget = max(_PAIRS_PER_TARGET * n_trg, _PAIRS_ANYWAY)
+    # A spot of m sources costs m n_near + n_surf(q) (n_trg - n_near) >= min(m, n_surf(q))
+    # n_trg whatever n_near is, and splitting a set into spots (below) does not lower the sum
+    # of those minima: when that bound is over the budget, the check after the geometry
+    # would say None too, so the loop stops there. Charge spread over a few heavy cells (a
+    # Plummer sphere of 1e6 points: one set of 22 cells, 1e5 sources, split per cell) is
+    # refused before the geometry of its parts (36 -> 5 ms a call).
+    m_first = n_surf(_first_order(tol))
+    bound = [min(len(idx), m_first) for idx, _ in sets]
+    if sum(bound) * n_trg > budget:
+        return None
     centres = plan.offsets[t_lv]  # (+ the anchor's offset from each spot's, below)
 
     def geometry(idx, leaf):  # (leaf: plan.source_leaves(idx))
@@ -182,12 +192,16 @@ def plan_spots(plan, sets, eps, strict, max_h, cache):
         return anchor, 0.5 * (lo + hi), float((hi - lo).max())
 
     spots = []
-    for idx, cells in sets:
+    for i, (idx, cells) in enumerate(sets):
         leaf = plan.source_leaves(idx)
         parts = [(idx, leaf) + geometry(idx, leaf)]
         if parts[0][-1] > 2 * max_h:  # wider than two cells: one spot per cell
+            keys, per_cell = np.unique(cells, return_counts=True)
+            bound[i] = int(np.minimum(per_cell, m_first).sum())
+            if sum(bound) * n_trg > budget:
+                return None
             parts = []
-            for key in np.unique(cells):
+            for key in keys:
                 m = cells == key
                 parts.append((idx[m], leaf[m]) + geometry(idx[m], leaf[m]))
         for idx, leaf, anchor, c, width in parts:
