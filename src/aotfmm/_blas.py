@@ -49,8 +49,8 @@ def limit_one():
     included, keeps BLAS on one thread for its whole setup and each whole evaluation
     (:class:`aotfmm.evaluate.Plan`, :func:`one_thread`): the last region then ends when no
     BLAS call of ours runs. (A threaded call just before our own threads start also costs
-    them: OpenBLAS's idle threads spin ~0.12 s after it.) A caller's own BLAS calls in other threads at that moment can still make
-    OpenBLAS drop the restore."""
+    them: OpenBLAS's idle threads spin ~0.12 s after it.) A caller's own BLAS calls in other
+    threads at that moment can still make OpenBLAS drop the restore."""
     ctl = _get_controller()
     if not ctl:
         return contextlib.nullcontext()
