@@ -1827,13 +1827,14 @@ class KifmmPasses:
                            entry_centers=p.p2m_centers[sel])
 
     def m2m(self, up):
-        expansions.m2m(self.plan.ops_at(up.level), self.equiv, up.parents, up.children)
+        expansions.m2m(self.plan.ops_at(up.level), self.equiv, up.parents, up.children,
+                       workers=self.plan.workers)
 
     def l2l(self, down):
         if down.l2l is None:
             return False
         ops = self.plan.ops_at(down.level)
-        expansions.l2l(ops, self.local, self.dcheck, *down.l2l)
+        expansions.l2l(ops, self.local, self.dcheck, *down.l2l, workers=self.plan.workers)
         split = self.plan.regular_split.get(down.level)
         if split is not None and split[2] is not None:  # the parents' regular part
             d3 = expansions._dens3(self.dcheck, ops.down_rank)
@@ -1874,7 +1875,7 @@ class KifmmPasses:
             d3[rows] = d
             scale = self.plan.family.c2e_scale(self.plan.half_widths[rows])
             self.regular[rows] = alpha / scale[:, None, None]
-        expansions.dc2e(ops, self.dcheck, self.local, down.receivers)
+        expansions.dc2e(ops, self.dcheck, self.local, down.receivers, workers=self.plan.workers)
         return True
 
     def l2p(self):
