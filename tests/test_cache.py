@@ -317,3 +317,68 @@ def test_cache_files_follow_the_umask(tmp_path, umask, mode):
     assert files
     for f in files:
         assert os.stat(tmp_path / f).st_mode & 0o777 == mode
+
+
+def test_prefetch_keeps_the_file_in_memory_for_get_operators(tmp_path, monkeypatch):
+    """Plans read their operators in a thread while their tree is built
+    (operators.prefetch_operators): once it is joined, get_operators must not read the file
+    again, and must give what the file holds."""
+    from aotfmm.operators import prefetch_operators
+    path, good = _path(tmp_path)
+    cache.clear_memory()
+    th = prefetch_operators(P, np.float64, cache_dir=tmp_path)
+    th.join(60)
+    assert not th.is_alive()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the file was read again")
+
+    monkeypatch.setattr(cache, "_read", refuse)
+    ops = get_operators(P, np.float64, cache_dir=tmp_path)
+    assert ops.source == "cache"
+    same(ops, good)
+    assert prefetch_operators(P, np.float64, cache_dir=False) is None
+
+
+def test_prefetch_of_a_damaged_or_missing_file_stays_silent(tmp_path, recwarn):
+    """The prefetch never warns, builds or keeps a bad file: get_operators finds the damage
+    and says so, as without it."""
+    from aotfmm.operators import prefetch_operators
+    path, good = _path(tmp_path)
+    cache.clear_memory()
+    with open(path, "wb") as f:
+        f.write(b"not an operator file" * 100)
+    prefetch_operators(P, np.float64, cache_dir=tmp_path).join(60)
+    assert not recwarn.list and cache._recall(path) is None, [str(w.message) for w in recwarn]
+    with pytest.warns(cache.CacheWarning, match="rebuilding"):
+        ops = get_operators(P, np.float64, cache_dir=tmp_path)
+    assert ops.source == "built"
+    same(ops, good)
+    os.unlink(path)
+    cache.clear_memory()
+    prefetch_operators(P, np.float64, cache_dir=tmp_path).join(60)
+    assert not os.path.exists(path) and not recwarn.list  # nothing built or written
+    assert get_operators(P, np.float64, cache_dir=tmp_path).source == "built"
+
+
+def test_plans_prefetch_their_operators_only_where_they_may_need_them(monkeypatch):
+    """A scale-invariant plan of >= evaluate._PREFETCH_LEAVES x ncrit points starts the
+    prefetch and has joined it when built; smaller plans and kernels with a parameter (one
+    set per level, known only from the tree) start none."""
+    import aotfmm
+    from aotfmm import evaluate
+    started, real = [], evaluate.prefetch_operators
+
+    def spy(*args, **kwargs):
+        th = real(*args, **kwargs)
+        started.append(th)
+        return th
+
+    monkeypatch.setattr(evaluate, "prefetch_operators", spy)
+    rng = np.random.default_rng(6)
+    big = evaluate._PREFETCH_LEAVES * 400  # (eps 1e-6: ncrit 400)
+    plan = aotfmm.Fmm(rng.random((big, 3)), eps=1e-6)
+    assert plan._core.ncrit == 400 and len(started) == 1 and not started[0].is_alive()
+    aotfmm.Fmm(rng.random((big - 1, 3)), eps=1e-6)
+    aotfmm.Fmm(rng.random((big, 3)), eps=1e-6, kernel=aotfmm.Yukawa(2.0))
+    assert len(started) == 1

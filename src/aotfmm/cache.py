@@ -55,8 +55,8 @@
   so building many plans in one process (e.g. one per time step) reads each file once.
   :func:`clear_memory` drops them.
 
-API: :func:`load_or_build`, :func:`cache_path`, :func:`default_cache_dir`, :func:`clear_memory`,
-:func:`evict`, :func:`max_cache_bytes`.
+API: :func:`load_or_build`, :func:`prefetch`, :func:`cache_path`, :func:`default_cache_dir`,
+:func:`clear_memory`, :func:`evict`, :func:`max_cache_bytes`.
 """
 import collections
 import errno
@@ -494,6 +494,26 @@ def _write(path, key, arrays):
             pass
         raise
     return sig
+
+
+def prefetch(key, cache_dir=None, prefix="operators", required=(), validate=None):
+    """Read, check and keep in memory the file of ``key``, as :func:`load_or_build` would on
+    a cache hit, so that its later call finds it kept: for a thread that reads while the
+    caller does other work. Never builds, writes, warns or raises: a file that is missing,
+    already kept or unusable is left for :func:`load_or_build` to find and report."""
+    try:
+        if cache_dir is False:
+            return
+        path = cache_path(key, cache_dir, prefix)
+        kept = _recall(path)
+        if (kept is not None and not set(required) - set(kept)) or not os.path.lexists(path):
+            return
+        arrays, sig = _read(path, key, required)
+        if validate is not None:
+            validate(arrays)
+        _remember(path, sig, arrays)
+    except Exception:  # noqa: BLE001 - load_or_build reads it again and says what is wrong
+        return
 
 
 def load_or_build(key, build, cache_dir=None, prefix="operators", required=(), validate=None):

@@ -26,7 +26,7 @@ from .cache import key_hash
 from ._direct import p2p as near_field
 from .families import LAPLACE
 from .lists import build_lists
-from .operators import P_MAX, P_MIN, get_operators, l2l_blocks
+from .operators import P_MAX, P_MIN, get_operators, l2l_blocks, prefetch_operators
 from ._validation import AccuracyWarning, check_representable  # noqa: F401 (re-exported)
 from .morton import LEVEL_BITS, MAX_LEVEL
 from .surfaces import n_surf
@@ -83,6 +83,12 @@ _ROOT_SCALE_MIN_POINTS = 100_000
 #: below MIXED_NEAR_EPS).
 _V_PAIR_COST = 2100.0
 _BOX_COST = 2.5e5
+
+#: A plan of at least this many times ncrit points (sources and targets) reads its operators
+#: from the cache in a thread while its tree is built (:func:`aotfmm.operators.
+#: prefetch_operators`; ~50 ms at p = 8, float64). Fewer points may make a tree without a far
+#: field, which reads no operators.
+_PREFETCH_LEAVES = 16
 
 #: A density whose effective number of charges, (sum |q|)^2 / sum q^2 (1 for one charge, ~0.64 n
 #: for n random normal ones), is below this (and below n / 8) does not get the FMM's accuracy
@@ -536,6 +542,11 @@ class Plan:
                                                family=family, size=self.size, dtype=dt,
                                                n_points=sum(a.shape[1] for a in pts))
         family.check_phase(self.size)
+        # the operators read from the cache in a thread while the tree is built (not for
+        # problems that small that they may have no far field: the read would be for nothing)
+        prefetch = prefetch_operators(self.p, dt, cache_dir, family) \
+            if family.scale_invariant and \
+            sum(a.shape[1] for a in pts) >= _PREFETCH_LEAVES * self.ncrit else None
         extra, served = family.extra_orders(self.size)
         if not served:
             # (the family here is the frame's, its parameter scaled: name the product only)
@@ -602,6 +613,8 @@ class Plan:
         self._setup_passes(tree, lists, n_surf(self.p))
         del self._xyz
         t0 = time.perf_counter()
+        if prefetch is not None:
+            prefetch.join()
         self._level_operators(tree, cache_dir)
         self.regular_split = self._regular_split()
         timings["operators"] = time.perf_counter() - t0

@@ -57,6 +57,7 @@ once per box.
 """
 import dataclasses
 import os
+import threading
 import time
 
 import numpy as np
@@ -463,6 +464,74 @@ def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_c
     M2L factors cannot be recomputed cheaply, so the cache directory must be trusted (see
     :mod:`aotfmm.cache`).
     """
+    p, dt, key, (m2l_tol, method, pinv_cutoff, radii) = _request(
+        p, dtype, m2l_tol, method, pinv_cutoff, radii, m2l_rank, family)
+
+    def build():
+        est = build_estimate(p, dt, family)
+        with _progress.Notice(_build_notice(p, dt, key, cache_dir, est, family),
+                              estimate=est and est[0]) as notice:
+            ops = build_operators(p, radii, pinv_cutoff, m2l_tol, m2l_rank, method,
+                                  stage=notice.stage, threads=threads, family=family,
+                                  workers=workers)
+            vdt = family.value_dtype(dt)
+            out = {k: (v if k in ("surface", "m2l_sigma", "m2l_offsets") else v.astype(vdt))
+                   for k, v in ops.items()}
+            mb = sum(v.nbytes for v in out.values()) / 1e6
+            notice.done_text = (f"aotfmm: built {_title(family)} operators p={p} for {dt.name} "
+                                f"({mb:.0f} MB, M2L rank {out['m2l_v'].shape[1]})")
+        return out
+
+    t0 = time.perf_counter()
+    arrays, source = cache.load_or_build(key, build, cache_dir, required=_REQUIRED,
+                                           validate=_validator(p, dt, key, radii, pinv_cutoff,
+                                                               family))
+    seconds = time.perf_counter() - t0
+    s = arrays["surface"]
+    return Operators(
+        p=p, dtype=dt, n_surf=n_surf(p), surface=s,
+        surface_soa=np.ascontiguousarray(s.T, dtype=dt),
+        r_up_equiv=radii[0], r_up_check=radii[1], r_down_equiv=radii[2], r_down_check=radii[3],
+        pinv_cutoff=pinv_cutoff, m2l_method=method, m2l_tol=m2l_tol,
+        m2l_rank=arrays["m2l_v"].shape[1],
+        **{f: np.ascontiguousarray(arrays[f]) for f in _ARRAY_FIELDS},
+        m2l_sigma=arrays["m2l_sigma"],
+        key=key, source=source, seconds=seconds, family=family)
+
+
+#: what a cache file of operators must hold
+_REQUIRED = _ARRAY_FIELDS + ("surface", "m2l_sigma")
+
+
+def _validator(p, dt, key, radii, pinv_cutoff, family):
+    def validate(arrays):  # arrays read from a cache file, before anything uses them
+        _check_arrays(arrays, p, family.value_dtype(dt), key)
+        _spot_check(arrays, radii, pinv_cutoff, family)
+    return validate
+
+
+def prefetch_operators(p, dtype, cache_dir=None, family=LAPLACE):
+    """Start reading the default operators of ``p``/``dtype`` from the cache in a thread
+    (:func:`aotfmm.cache.prefetch`: never builds, warns or raises; the read releases the GIL),
+    so that :func:`get_operators` with the same arguments finds them in memory. Returns the
+    thread: join it before that call, else both read the file. None for ``cache_dir=False``.
+    Plans start it before their tree (a cache hit at p = 8 costs ~50 ms: the read, its
+    CRC-32s and the checks)."""
+    if cache_dir is False:
+        return None
+    p, dt, key, (_, _, pinv_cutoff, radii) = _request(p, dtype, None, None, None, None,
+                                                       None, family)
+    th = threading.Thread(target=cache.prefetch, name="aotfmm-operator-prefetch", daemon=True,
+                          args=(key, cache_dir), kwargs=dict(
+                              required=_REQUIRED,
+                              validate=_validator(p, dt, key, radii, pinv_cutoff, family)))
+    th.start()
+    return th
+
+
+def _request(p, dtype, m2l_tol, method, pinv_cutoff, radii, m2l_rank, family):
+    """:func:`get_operators`'s arguments checked, defaults filled in, and the cache key:
+    (p, dtype, key, (m2l_tol, method, pinv_cutoff, radii))."""
     if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or not P_MIN <= p <= P_MAX:
         raise ValueError(f"p must be an integer in [{P_MIN}, {P_MAX}], got {p!r}")
     p = int(p)
@@ -488,38 +557,4 @@ def get_operators(p, dtype, *, m2l_tol=None, cache_dir=None, method=None, pinv_c
                          f"1 <= r_down_check < r_down_equiv <= 3 and r_up_equiv + r_down_check "
                          f"< 4, got {radii!r}")
     key = operator_key(p, dt, m2l_tol, method, pinv_cutoff, radii, m2l_rank, family)
-
-    def build():
-        est = build_estimate(p, dt, family)
-        with _progress.Notice(_build_notice(p, dt, key, cache_dir, est, family),
-                              estimate=est and est[0]) as notice:
-            ops = build_operators(p, radii, pinv_cutoff, m2l_tol, m2l_rank, method,
-                                  stage=notice.stage, threads=threads, family=family,
-                                  workers=workers)
-            vdt = family.value_dtype(dt)
-            out = {k: (v if k in ("surface", "m2l_sigma", "m2l_offsets") else v.astype(vdt))
-                   for k, v in ops.items()}
-            mb = sum(v.nbytes for v in out.values()) / 1e6
-            notice.done_text = (f"aotfmm: built {_title(family)} operators p={p} for {dt.name} "
-                                f"({mb:.0f} MB, M2L rank {out['m2l_v'].shape[1]})")
-        return out
-
-    def validate(arrays):  # arrays read from a cache file, before anything uses them
-        _check_arrays(arrays, p, family.value_dtype(dt), key)
-        _spot_check(arrays, radii, pinv_cutoff, family)
-
-    t0 = time.perf_counter()
-    arrays, source = cache.load_or_build(key, build, cache_dir,
-                                           required=_ARRAY_FIELDS + ("surface", "m2l_sigma"),
-                                           validate=validate)
-    seconds = time.perf_counter() - t0
-    s = arrays["surface"]
-    return Operators(
-        p=p, dtype=dt, n_surf=n_surf(p), surface=s,
-        surface_soa=np.ascontiguousarray(s.T, dtype=dt),
-        r_up_equiv=radii[0], r_up_check=radii[1], r_down_equiv=radii[2], r_down_check=radii[3],
-        pinv_cutoff=pinv_cutoff, m2l_method=method, m2l_tol=m2l_tol,
-        m2l_rank=arrays["m2l_v"].shape[1],
-        **{f: np.ascontiguousarray(arrays[f]) for f in _ARRAY_FIELDS},
-        m2l_sigma=arrays["m2l_sigma"],
-        key=key, source=source, seconds=seconds, family=family)
+    return p, dt, key, (m2l_tol, method, pinv_cutoff, radii)
