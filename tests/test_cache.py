@@ -382,3 +382,58 @@ def test_plans_prefetch_their_operators_only_where_they_may_need_them(monkeypatc
     aotfmm.Fmm(rng.random((big - 1, 3)), eps=1e-6)
     aotfmm.Fmm(rng.random((big, 3)), eps=1e-6, kernel=aotfmm.Yukawa(2.0))
     assert len(started) == 1
+
+
+def test_a_prefetch_for_a_plan_without_far_field_is_cancelled_and_not_kept(monkeypatch):
+    """Hostile test 2026-12-05: 20000 sources on two coincident sites are >= 16 x ncrit
+    points but have no far field; the plan waited for the prefetch (eps 3e-10: setup 0.01 ->
+    0.3 s) and kept the file in memory (peak 42 -> 324 MB). It must cancel it instead: the
+    thread keeps nothing, and the results are the direct sums'."""
+    import aotfmm
+    from aotfmm import evaluate
+    started, real = [], evaluate.prefetch_operators
+
+    def spy(*args, **kwargs):
+        th = real(*args, **kwargs)
+        started.append(th)
+        return th
+
+    monkeypatch.setattr(evaluate, "prefetch_operators", spy)
+    cache.clear_memory()
+    src = np.zeros((20000, 3))
+    src[::2] = 1.0
+    q = np.random.default_rng(7).standard_normal(20000)
+    plan = aotfmm.Fmm(src, eps=1e-6)
+    assert not plan._core.has_far_field and len(started) == 1
+    started[0].join(60)
+    assert started[0].cancel.is_set() and not cache._memory
+    pot = plan.evaluate(q)
+    # each site's field is the other site's charge over the distance sqrt(3) (coincident
+    # points skip each other)
+    other = np.where(np.arange(20000) % 2 == 0, q[1::2].sum(), q[::2].sum())
+    np.testing.assert_allclose(pot, other / (4 * np.pi * np.sqrt(3.0)), rtol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # (get_operators')
+def test_the_prefetch_thread_warns_nothing_on_a_file_whose_check_overflows(tmp_path):
+    """Hostile test 2026-12-05: a cache file rewritten with huge finite values (valid CRCs)
+    fails the spot check, whose products overflow; numpy's RuntimeWarning came from the
+    prefetch thread too. Only get_operators may warn (its CacheWarning, and its own check's
+    RuntimeWarning), as without the prefetch."""
+    import warnings
+    from aotfmm.operators import prefetch_operators
+    path, good = _path(tmp_path)
+    arrays, _ = cache._read(path, good.key, ())
+    arrays = {k: np.array(v) for k, v in arrays.items()}
+    arrays["m2m"][...] = 1e300
+    os.unlink(path)
+    cache._write(path, good.key, arrays)
+    cache.clear_memory()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        prefetch_operators(P, np.float64, cache_dir=tmp_path).join(60)
+    assert not seen, [str(w.message) for w in seen]
+    assert cache._recall(path) is None
+    with pytest.warns(cache.CacheWarning, match="rebuilding"):
+        ops = get_operators(P, np.float64, cache_dir=tmp_path)
+    same(ops, good)

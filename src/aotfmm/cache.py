@@ -496,22 +496,28 @@ def _write(path, key, arrays):
     return sig
 
 
-def prefetch(key, cache_dir=None, prefix="operators", required=(), validate=None):
+def prefetch(key, cache_dir=None, prefix="operators", required=(), validate=None,
+             cancel=None):
     """Read, check and keep in memory the file of ``key``, as :func:`load_or_build` would on
     a cache hit, so that its later call finds it kept: for a thread that reads while the
-    caller does other work. Never builds, writes, warns or raises: a file that is missing,
-    already kept or unusable is left for :func:`load_or_build` to find and report."""
+    caller does other work. Never builds, writes, warns or raises (numpy's floating-point
+    warnings are off here: the thread's own; a check that overflows fails anyway): a file
+    that is missing, already kept or unusable is left for :func:`load_or_build` to find and
+    report. ``cancel`` (a threading.Event): once set, nothing more is read or kept."""
     try:
         if cache_dir is False:
             return
         path = cache_path(key, cache_dir, prefix)
         kept = _recall(path)
-        if (kept is not None and not set(required) - set(kept)) or not os.path.lexists(path):
+        if (kept is not None and not set(required) - set(kept)) or not os.path.lexists(path) \
+                or (cancel is not None and cancel.is_set()):
             return
-        arrays, sig = _read(path, key, required)
-        if validate is not None:
-            validate(arrays)
-        _remember(path, sig, arrays)
+        with np.errstate(all="ignore"):
+            arrays, sig = _read(path, key, required)
+            if validate is not None:
+                validate(arrays)
+        if cancel is None or not cancel.is_set():
+            _remember(path, sig, arrays)
     except Exception:  # noqa: BLE001 - load_or_build reads it again and says what is wrong
         return
 

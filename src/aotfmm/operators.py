@@ -514,17 +514,20 @@ def prefetch_operators(p, dtype, cache_dir=None, family=LAPLACE):
     """Start reading the default operators of ``p``/``dtype`` from the cache in a thread
     (:func:`aotfmm.cache.prefetch`: never builds, warns or raises; the read releases the GIL),
     so that :func:`get_operators` with the same arguments finds them in memory. Returns the
-    thread: join it before that call, else both read the file. None for ``cache_dir=False``.
-    Plans start it before their tree (a cache hit at p = 8 costs ~50 ms: the read, its
-    CRC-32s and the checks)."""
+    thread: join it before that call, else both read the file; or set its ``cancel`` event
+    when the operators are not needed after all (then nothing is kept in memory). None for
+    ``cache_dir=False``. Plans start it before their tree (a cache hit at p = 8 costs ~50 ms:
+    the read, its CRC-32s and the checks)."""
     if cache_dir is False:
         return None
     p, dt, key, (_, _, pinv_cutoff, radii) = _request(p, dtype, None, None, None, None,
                                                        None, family)
+    cancel = threading.Event()
     th = threading.Thread(target=cache.prefetch, name="aotfmm-operator-prefetch", daemon=True,
                           args=(key, cache_dir), kwargs=dict(
-                              required=_REQUIRED,
+                              required=_REQUIRED, cancel=cancel,
                               validate=_validator(p, dt, key, radii, pinv_cutoff, family)))
+    th.cancel = cancel
     th.start()
     return th
 
