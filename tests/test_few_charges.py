@@ -586,3 +586,26 @@ def test_coincident_dipoles_and_a_complex_kernel_are_summed_per_point():
     r = np.sqrt(np.sum(dd * dd, axis=-1))
     g = np.where(r > 0, np.exp(3j * r) / (4 * np.pi * np.where(r > 0, r, 1)), 0)
     assert np.linalg.norm(pot - g @ qc) <= 1e-12 * np.linalg.norm(g @ qc)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_source_cells_are_those_of_the_frame_points_bit_for_bit(threads):
+    """Plan._source_cells (computed per range of leaves on the plan's threads since
+    2026-12-05) must give each source, in the caller's order, the cell of the _FEW_CELLS^3
+    grid over the sources' bounding cube that its frame coordinates fall in: the same
+    numbers as the whole frame point array gives, for clustered points with empty leaves."""
+    from aotfmm import evaluate
+    rng = np.random.default_rng(8)
+    src = np.vstack([rng.random((20000, 3)), 0.3 + 1e-3 * rng.random((5000, 3)),
+                     rng.random((7, 3)) * [1, 1, 40]])
+    plan = aotfmm.Fmm(src, eps=1e-6, ncrit=64, threads=threads)._core
+    cells = plan._source_cells()
+    pts = plan.frame_points("src")                      # (3, n) tree order, float64
+    lo, hi = pts.min(axis=1), pts.max(axis=1)
+    w = float((hi - lo).max()) / evaluate._FEW_CELLS
+    ijk = np.minimum(((pts - lo[:, None]) / w).astype(np.int64), evaluate._FEW_CELLS - 1)
+    key = (ijk[0] * evaluate._FEW_CELLS + ijk[1]) * evaluate._FEW_CELLS + ijk[2]
+    want = np.empty(len(key), dtype=np.int64)
+    want[plan.tree.src_perm] = key
+    assert cells.dtype == np.int32 and np.array_equal(cells, want)
+    assert plan._cell_width == w

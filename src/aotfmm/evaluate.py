@@ -1555,15 +1555,23 @@ class Plan:
                 hi[a] = (np.maximum.reduceat(src[a], seg).astype(np.float64) + o).max()
             w = float((hi - lo).max()) / _FEW_CELLS
             key = np.zeros(src.shape[1], dtype=np.int64)
-            for a in range(3):
-                v = src[a].astype(np.float64) + np.repeat(origin[leaves, a], counts)
-                v -= lo[a]
-                v /= w if w > 0 else 1.0
-                ijk = v.astype(np.int64)
-                del v
-                np.minimum(ijk, _FEW_CELLS - 1, out=ijk)
-                key *= _FEW_CELLS
-                key += ijk
+            pos = np.concatenate(([0], np.cumsum(counts)))
+
+            def work(l0, l1):  # ranges of leaves, their points consecutive (numpy: no GIL)
+                i0, i1 = pos[l0], pos[l1]
+                k = key[i0:i1]
+                for a in range(3):
+                    v = src[a, i0:i1].astype(np.float64) + np.repeat(origin[leaves[l0:l1], a],
+                                                                      counts[l0:l1])
+                    v -= lo[a]
+                    v /= w if w > 0 else 1.0
+                    ijk = v.astype(np.int64)
+                    del v
+                    np.minimum(ijk, _FEW_CELLS - 1, out=ijk)
+                    k *= _FEW_CELLS
+                    k += ijk
+
+            self.workers.run(work, self.workers.split(counts))
             cells = np.empty(len(key), dtype=np.int32)
             cells[tree.src_perm] = key
             self._cell_width, self._cells = w, cells
@@ -1802,13 +1810,21 @@ class Plan:
         del passes  # the expansions: freed before the outputs are copied (peak memory)
         t = time.perf_counter()
 
-        out = []
         # back to the caller's target order (last axis): a gather through the inverse
-        # permutation (np.take), ~2x faster than scattering through the permutation
+        # permutation (np.take), ~2x faster than scattering through the permutation; ranges
+        # of targets on the plan's threads (np.take releases the GIL)
         inv = np.empty_like(tree.trg_perm)
         inv[tree.trg_perm] = np.arange(len(inv), dtype=inv.dtype)
-        for a in (pot, grad, hess):
-            out.append(None if a is None else np.take(a, inv, axis=-1))
+        out = [None if a is None else np.empty_like(a) for a in (pot, grad, hess)]
+        rows = [(a.reshape(-1, a.shape[-1]), o.reshape(-1, o.shape[-1]))
+                for a, o in zip((pot, grad, hess), out) if a is not None]
+
+        def gather(j0, j1):
+            for a, o in rows:
+                for r in range(a.shape[0]):  # ('wrap': the indices are valid; 'raise' buffers)
+                    np.take(a[r], inv[j0:j1], out=o[r, j0:j1], mode="wrap")
+
+        self.workers.run(gather, self.workers.split(len(inv)))
         tick("unsort")
         return (*out, timings)
 
