@@ -374,8 +374,9 @@ def m2l(ops, equiv, dcheck, plan, workers=INLINE):
     n_t = len(plan.target_boxes)
     mc = np.empty((len(plan.sources), k), dtype=vdt)  # every source compressed once
 
-    def compress(i0, i1):
-        mc[i0:i1] = _rows_gemm(e3[plan.sources[i0:i1]], ops.m2l_v.T).reshape(-1, k)
+    def compress(i0, i1):  # (straight into mc: no second copy of its rows)
+        np.matmul(e3[plan.sources[i0:i1]].reshape(-1, ops.n_surf), ops.m2l_v,
+                  out=mc[i0:i1].reshape(-1, kr))
 
     workers.run(compress, _row_ranges(len(plan.sources), workers))
     z = np.zeros((n_t, k), dtype=vdt)
