@@ -508,18 +508,29 @@ def prefetch(key, cache_dir=None, prefix="operators", required=(), validate=None
         if cache_dir is False:
             return
         path = cache_path(key, cache_dir, prefix)
-        kept = _recall(path)
-        if (kept is not None and not set(required) - set(kept)) or not os.path.lexists(path) \
+        if _recall_all(path, required) is not None or not os.path.lexists(path) \
                 or (cancel is not None and cancel.is_set()):
             return
         with np.errstate(all="ignore"):
-            arrays, sig = _read(path, key, required)
-            if validate is not None:
-                validate(arrays)
+            arrays, sig = _read_checked(path, key, required, validate)
         if cancel is None or not cancel.is_set():
             _remember(path, sig, arrays)
     except Exception:  # noqa: BLE001 - load_or_build reads it again and says what is wrong
         return
+
+
+def _recall_all(path, required):
+    """:func:`_recall`, only if the kept arrays hold every name in ``required``."""
+    kept = _recall(path)
+    return kept if kept is not None and not set(required) - set(kept) else None
+
+
+def _read_checked(path, key, required, validate):
+    """:func:`_read`, then ``validate(arrays)`` (if given) before anything uses them."""
+    arrays, sig = _read(path, key, required)
+    if validate is not None:
+        validate(arrays)
+    return arrays, sig
 
 
 def load_or_build(key, build, cache_dir=None, prefix="operators", required=(), validate=None):
@@ -535,15 +546,13 @@ def load_or_build(key, build, cache_dir=None, prefix="operators", required=(), v
     if cache_dir is False:
         return build(), "memory"
     path = cache_path(key, cache_dir, prefix)
-    kept = _recall(path)
-    if kept is not None and not set(required) - set(kept):
+    kept = _recall_all(path, required)
+    if kept is not None:
         _touch(path)
         return kept, "cache"
     if os.path.lexists(path):
         try:
-            arrays, sig = _read(path, key, required)
-            if validate is not None:
-                validate(arrays)
+            arrays, sig = _read_checked(path, key, required, validate)
             _remember(path, sig, arrays)
             _touch(path)
             return arrays, "cache"

@@ -537,16 +537,17 @@ class Plan:
         #: the domain size (largest extent of the points), in the frame's units
         self.size = float(max((a.max(axis=1) - a.min(axis=1)).max() for a in pts)) \
             if pts else 0.0
+        n_points = sum(a.shape[1] for a in pts)  # sources and separate targets
         self.p, self.ncrit = choose_parameters(eps, p, ncrit, separate_targets=not self.same,
                                                dipoles=dipoles, hessians=hessians,
                                                family=family, size=self.size, dtype=dt,
-                                               n_points=sum(a.shape[1] for a in pts))
+                                               n_points=n_points)
         family.check_phase(self.size)
         # the operators read from the cache in a thread while the tree is built (not for
         # problems that small that they may have no far field: the read would be for nothing)
         prefetch = prefetch_operators(self.p, dt, cache_dir, family) \
             if family.scale_invariant and \
-            sum(a.shape[1] for a in pts) >= _PREFETCH_LEAVES * self.ncrit else None
+            n_points >= _PREFETCH_LEAVES * self.ncrit else None
         extra, served = family.extra_orders(self.size)
         if not served:
             # (the family here is the frame's, its parameter scaled: name the product only)
@@ -575,7 +576,7 @@ class Plan:
         self.root_scale = 1.0
         if ncrit is None and family.scale_invariant and \
                 2 < tree.n_levels <= _ROOT_SCALE_MAX_LEVEL + 1 and \
-                sum(a.shape[1] for a in pts) >= _ROOT_SCALE_MIN_POINTS:
+                n_points >= _ROOT_SCALE_MIN_POINTS:
             far = _far_costs(self.p, dt, eps)
             own, *guess = _tree_costs(tree, lists, self.ncrit, far, self.same, self.p,
                                       _ROOT_SCALES)

@@ -109,8 +109,7 @@ _MIN_SPLIT_ROWS = 64
 def _row_ranges(n, workers):
     """Bounds of equal ranges of ``n`` rows, one per thread of ``workers`` (one range when
     threads would get fewer than :data:`_MIN_SPLIT_ROWS` rows each)."""
-    parts = max(1, min(workers.threads, n // _MIN_SPLIT_ROWS))
-    return np.linspace(0, n, parts + 1).round().astype(np.int64)
+    return _threads.split(n, max(1, min(workers.threads, n // _MIN_SPLIT_ROWS)))
 
 
 def _self_list(n):
