@@ -361,11 +361,8 @@ def test_prefetch_of_a_damaged_or_missing_file_stays_silent(tmp_path, recwarn):
     assert get_operators(P, np.float64, cache_dir=tmp_path).source == "built"
 
 
-def test_plans_prefetch_their_operators_only_where_they_may_need_them(monkeypatch):
-    """A scale-invariant plan of >= evaluate._PREFETCH_LEAVES x ncrit points starts the
-    prefetch and has joined it when built; smaller plans and kernels with a parameter (one
-    set per level, known only from the tree) start none."""
-    import aotfmm
+def _spy_on_prefetch(monkeypatch):
+    """The list that every prefetch thread a plan starts (evaluate.prefetch_operators) goes to."""
     from aotfmm import evaluate
     started, real = [], evaluate.prefetch_operators
 
@@ -375,6 +372,16 @@ def test_plans_prefetch_their_operators_only_where_they_may_need_them(monkeypatc
         return th
 
     monkeypatch.setattr(evaluate, "prefetch_operators", spy)
+    return started
+
+
+def test_plans_prefetch_their_operators_only_where_they_may_need_them(monkeypatch):
+    """A scale-invariant plan of >= evaluate._PREFETCH_LEAVES x ncrit points starts the
+    prefetch and has joined it when built; smaller plans and kernels with a parameter (one
+    set per level, known only from the tree) start none."""
+    import aotfmm
+    from aotfmm import evaluate
+    started = _spy_on_prefetch(monkeypatch)
     rng = np.random.default_rng(6)
     big = evaluate._PREFETCH_LEAVES * 400  # (eps 1e-6: ncrit 400)
     plan = aotfmm.Fmm(rng.random((big, 3)), eps=1e-6)
@@ -390,15 +397,7 @@ def test_a_prefetch_for_a_plan_without_far_field_is_cancelled_and_not_kept(monke
     0.3 s) and kept the file in memory (peak 42 -> 324 MB). It must cancel it instead: the
     thread keeps nothing, and the results are the direct sums'."""
     import aotfmm
-    from aotfmm import evaluate
-    started, real = [], evaluate.prefetch_operators
-
-    def spy(*args, **kwargs):
-        th = real(*args, **kwargs)
-        started.append(th)
-        return th
-
-    monkeypatch.setattr(evaluate, "prefetch_operators", spy)
+    started = _spy_on_prefetch(monkeypatch)
     cache.clear_memory()
     src = np.zeros((20000, 3))
     src[::2] = 1.0

@@ -184,6 +184,13 @@ def test_a_threaded_evaluation_keeps_no_memory_beyond_its_results(pg):
     assert kept - results <= n, f"{(kept - results) / n:.0f} bytes per point kept"
 
 
+def _controlled():
+    """Thread counts of the BLAS libraries aotfmm limits (those its controller saw)."""
+    from aotfmm import _blas
+    ctl = _blas._get_controller()
+    return [lc.num_threads for lc in ctl.lib_controllers if lc.user_api == "blas"]
+
+
 def _blas_threads(threadpoolctl):
     """numpy's BLAS thread counts now (one per BLAS library loaded)."""
     return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
@@ -236,11 +243,7 @@ def test_blas_runs_on_one_thread_during_an_evaluation(monkeypatch, threads):
     later, such as scipy's imported by another test, is not one aotfmm calls) must be on one
     thread, and every library back where it was after the evaluation."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    from aotfmm import _blas, expansions
-
-    def controlled():
-        ctl = _blas._get_controller()
-        return [lc.num_threads for lc in ctl.lib_controllers if lc.user_api == "blas"]
+    from aotfmm import expansions
 
     rng = np.random.default_rng(3)
     x, q = rng.random((20000, 3)), rng.standard_normal(20000)
@@ -248,7 +251,7 @@ def test_blas_runs_on_one_thread_during_an_evaluation(monkeypatch, threads):
     seen, m2l = [], expansions.m2l
 
     def spy(*args, **kwargs):
-        seen.append(controlled())
+        seen.append(_controlled())
         return m2l(*args, **kwargs)
 
     monkeypatch.setattr(expansions, "m2l", spy)
@@ -272,11 +275,7 @@ def test_blas_runs_on_one_thread_through_setup_and_the_whole_evaluation(monkeypa
     and evaluations, most of it during their P2M. Numpy's BLAS must be on one thread from the
     start of a plan's setup and of an evaluation to their end, and back where it was after."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    from aotfmm import _blas, evaluate
-
-    def controlled():
-        ctl = _blas._get_controller()
-        return [lc.num_threads for lc in ctl.lib_controllers if lc.user_api == "blas"]
+    from aotfmm import evaluate
 
     seen = {}
 
@@ -284,7 +283,7 @@ def test_blas_runs_on_one_thread_through_setup_and_the_whole_evaluation(monkeypa
         real = getattr(evaluate.Plan, name)
 
         def method(self, *args, **kwargs):
-            seen.setdefault(name, []).append(max(controlled()))
+            seen.setdefault(name, []).append(max(_controlled()))
             return real(self, *args, **kwargs)
         monkeypatch.setattr(evaluate.Plan, name, method)
 
