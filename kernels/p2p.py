@@ -780,7 +780,7 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
         # both lists padded to whole runs of bj with uncharged points far away (their terms
         # are 0; the loops below then run whole runs of a constant length)
         n1p, n2p = _pad_sym_lists(q1, h1, l1, q1f, n1, q2, h2, l2, q2f, n2, far, bj)
-        for e in range(4):
+        for e in range(4 if do_g else 1):  # (potentials alone read only the first row)
             for j in range(n2p):
                 o2[e, j] = 0.0
         bad = False
