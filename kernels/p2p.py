@@ -300,7 +300,7 @@ def p2p_sym(xyz, q, start, end, one_offsets, one_index, one_shift, sym_offsets, 
                             sym_offsets, sym_index, sym_shift, b, s1, q1, s2, q2, gidx)
         exact = exact0
         while True:
-            for e in range(4):
+            for e in range(4 if do_g else 1):  # (potentials alone read only the first row)
                 for j in range(n2):
                     o2[e, j] = 0.0
             bad = False
