@@ -843,7 +843,8 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                 ay1 = np.float32(0.0)
                 az1 = np.float32(0.0)
                 # (potentials alone skip the gradient terms: until 2026-12-05 this loop took
-                # them in every mode, 7-9 % of a 1e6-point potential-only near field)
+                # them in every mode, 7-9 % of a 1e6-point potential-only near field in a JIT
+                # model of the kernel; README "Mixed precision")
                 if do_g:
                     for j in range(np.uint64(c0), np.uint64(c0) + np.uint64(bj)):
                         hx = hx1[j]
