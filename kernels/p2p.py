@@ -628,13 +628,26 @@ def _split_box(s1, n1, s2, n2, t, nt, h1, l1, h2, l2, ht, lt):
     each set split on it into float32 parts (:func:`_split_hi_lo`, into h1/l1, h2/l2, ht/lt);
     returns the float32 r^2 below which a pair goes to float64 ((MIXED_CUT g)^2, at least
     MIXED_R2_MIN) and a float32 coordinate far from every point of the box (2^15 g, for
-    :func:`_pad_run`)."""
-    big = 0.0
+    :func:`_pad_run`).
+
+    The largest magnitude of ``s1`` and ``s2`` (C-contiguous scratch) is taken on their
+    float64 bit patterns with the sign cleared, as int64: for finite values the same order,
+    and an integer max vectorises, where a float max (NaN semantics: the kernels' fast-math
+    flags exclude ``nnan``) ran one element at a time, ~3 % of a 1e6-point potential-only
+    ``p2p_sym_mixed`` (JIT model, 2026-12-05). Same grid, same bits."""
+    s1i = s1.view(np.int64)
+    s2i = s2.view(np.int64)
+    sign_off = np.int64(0x7FFFFFFFFFFFFFFF)
+    most = np.int64(0)
     for e in range(3):
         for j in range(n1):
-            big = max(big, abs(s1[e, j]))
+            most = max(most, s1i[e, j] & sign_off)
         for j in range(n2):
-            big = max(big, abs(s2[e, j]))
+            most = max(most, s2i[e, j] & sign_off)
+    bits = np.empty(1, dtype=np.int64)
+    bits[0] = most
+    big = bits.view(np.float64)[0]
+    for e in range(3):
         for j in range(nt):
             big = max(big, abs(t[e, j]))
     # (every point at the frame's origin: any grid splits them exactly; one of 1 keeps the
