@@ -395,6 +395,7 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
     q2 = np.empty(m_max + bj, dtype=np.float64)
     gidx = np.empty(m_max, dtype=np.int64)
     cnt = np.empty(m_max, dtype=np.float64)   # b's points' float64 duplicates, themselves included
+    nzs = np.empty(m_max, dtype=np.float64)   # the sources equal to each target in float32
     h1 = np.empty((3, m_max + bj), dtype=np.float32)
     l1 = np.empty((3, m_max + bj), dtype=np.float32)
     h2 = np.empty((3, m_max + bj), dtype=np.float32)
@@ -416,7 +417,6 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
                               lt)
         # both lists padded to whole runs of bj with uncharged far points (terms 0), so every
         # float32 run below has the constant length bj
-        _coincident_counts(xyz, t0, nt, cnt)
         n1p, n2p = _pad_sym_lists(q1, h1, l1, f1, n1, q2, h2, l2, f2, n2, far, bj)
         for e in range(10):
             for j in range(n2p):
@@ -446,6 +446,7 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
         oxz = o2f[8, :n2p]
         oyz = o2f[9, :n2p]
         bad = False
+        multi = False  # a target found more than itself (p2p.p2p_sym_mixed)
         for i in range(nt):
             xh = ht[0, i]
             yh = ht[1, i]
@@ -574,9 +575,12 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
                 acc[7] += hxy
                 acc[8] += hxz
                 acc[9] += hyz
-            if acc[0] != acc[0] or nz != cnt[i]:  # a pair too close for the float32 terms
+            if acc[0] != acc[0]:  # a pair too close for the float32 terms
                 bad = True
                 break
+            nzs[i] = nz
+            if nz != 1.0:
+                multi = True
             for e in range(10):
                 ob[e, i] = acc[e]
             if (i + 1) % MIXED_TARGETS == 0 or i == nt - 1:  # partners' float32 runs to float64
@@ -584,6 +588,11 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
                     for j in range(n2):
                         o2[e, j] += o2f[e, j]
                         o2f[e, j] = 0.0
+        if multi and not bad:  # (found only itself: it has no duplicates either)
+            _coincident_counts(xyz, t0, nt, cnt)
+            for i in range(nt):
+                if nzs[i] != cnt[i]:
+                    bad = True
         if not bad:
             tot = 0.0
             for j in range(n2):
