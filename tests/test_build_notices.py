@@ -1,6 +1,7 @@
 """Operator builds announce themselves (stderr without logging, logging with it, a moving line
 on a TTY); `aotfmm precompute` fills what a described use needs; `bench --quick` needs no p >= 11;
 the README's p table is the one the code uses."""
+import json
 import logging
 import os
 import re
@@ -287,6 +288,35 @@ def test_bench_baseline_runs_another_interpreters_aotfmm_as_its_own_row():
                           "--float32", "1e-7"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "below what float32 can reach" in bad.stderr, bad.stderr
     assert "Traceback" not in bad.stderr and not bad.stdout, bad.stdout + bad.stderr
+
+
+def test_bench_repeat_keeps_each_librarys_fastest_run(tmp_path):
+    """`--repeat R` runs each case R times, the libraries in turns, and reports each one's
+    fastest run (its total is the smallest of the R in the JSON), with the slowest over it as
+    'spread'; the ratio column compares those fastest runs."""
+    out = str(tmp_path / "r.json")
+    code = ("import sys; from aotfmm import _bench; sys.exit(_bench.main(['--n', '3000', "
+            "'--dist', 'uniform', '--peers', 'aotfmm', '--mode', 'pot', '--eps', '1e-6', "
+            f"'--float32', '1e-3', '--repeat', '3', '--json', {out!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "fastest of 3 runs" in r.stdout, r.stdout
+    rows = {line.split()[0]: line for line in r.stdout.splitlines()
+            if line.strip().startswith(("aotfmm ", "aotfmm32 ")) and " p=" in line}
+    assert set(rows) == {"aotfmm", "aotfmm32"}, r.stdout
+    with open(out) as f:
+        results = {res["lib"]: res for res in json.load(f)["results"]}
+    for name, line in rows.items():
+        res = results[name]
+        assert len(res["totals"]) == 3 and res["total"] == min(res["totals"]), res
+        spread = float(line.split("spread ")[1].split()[0])
+        assert spread == pytest.approx(max(res["totals"]) / min(res["totals"]), abs=0.006)
+        assert float(line.split()[6]) == pytest.approx(res["total"], abs=6e-4), line
+        assert res["err_pot"] < (1e-3 if name == "aotfmm32" else 1e-6), res
+    (line,) = [ln for ln in r.stdout.splitlines() if "in float32 at eps 0.001" in ln]
+    ratio = float(line.split("total ")[1].split(" x")[0])
+    assert ratio == pytest.approx(results["aotfmm32"]["total"] / results["aotfmm"]["total"],
+                                  abs=0.006), r.stdout
 
 
 def test_a_per_level_set_is_announced_by_its_kernel_without_laplaces_estimate(caplog, tmp_path):

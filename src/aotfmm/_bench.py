@@ -437,7 +437,9 @@ def _table(rows, gradient):
             f"{_fmt(r['evaluate'], '8.3f')} {r['total']:8.3f} {r['cpu'] / r['wall']:8.2f} "
             f"{_fmt(r['peak'], '9.0f')} {_fmt(r['peak'] - r['base'], '8.0f')} "
             f"{r['err_pot']:8.1e}" + (f" {r['err_grad']:8.1e}" if gradient else "")
-            + f" {ratio:>8}" + (f"  cold {r['cold']:.2f} s" if r.get("cold") else ""))
+            + f" {ratio:>8}" + (f"  spread {r['spread']:.2f}" if r.get("spread") else "")
+            + (f"  ({r['failed']} of its runs failed)" if r.get("failed") else "")
+            + (f"  cold {r['cold']:.2f} s" if r.get("cold") else ""))
     return "\n".join(lines)
 
 
@@ -535,8 +537,31 @@ def build_parser():
     p.add_argument("--float32", type=_eps, default=None, metavar="EPS",
                    help="also run aotfmm in float32 at this eps (row 'aotfmm32', e.g. 1e-4), "
                         "its total time given as a fraction of the float64 aotfmm row's")
+    p.add_argument("--repeat", type=_positive_int, default=1, metavar="R",
+                   help="run each case R times, each library once per round (fresh processes, "
+                        "in turns, so that a slow moment of the machine meets every library), "
+                        "and keep each library's fastest total; the column 'spread' gives its "
+                        "slowest total over its fastest (default 1)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write all results here")
     return p
+
+
+def _case(lib, dist, n, eps, gradient, idx, args, kernel, per_level, threads, workdir):
+    """One run of one library on one case (a fresh process; per-level kernels: a cold run
+    first), its errors against the reference computed in :func:`main`."""
+    spec = {"kind": "case", "lib": lib, "dist": dist, "n": n, "eps": eps,
+            "gradient": gradient, "sample": idx.tolist(),
+            "ferreus_order": args.ferreus_order, **kernel}
+    if lib == "aotfmm32":
+        spec.update(eps=args.float32, dtype="float32")
+    cold = None
+    if per_level and lib in ("aotfmm", "baseline"):
+        first = _launch(spec, threads, workdir, args.timeout)
+        cold = first.get("total") if first.get("ok") else None
+    r = _launch(spec, threads, workdir, args.timeout)
+    r["cold"] = cold
+    r.update(lib=lib, threads=threads)
+    return r
 
 
 def main(argv=None):
@@ -569,7 +594,9 @@ def main(argv=None):
           f"{platform.machine()}, {_cpu_count()} CPUs, threads per library: {threads}")
     print(f"problems: {', '.join(dists)} x N {', '.join(map(_nfmt, ns))} x eps "
           f"{', '.join(f'{e:g}' for e in args.eps)}; error on <= {SAMPLE} sampled targets vs "
-          f"aotfmm.direct (float64); peak MiB = child's peak RSS, +MiB = above its pre-call level")
+          f"aotfmm.direct (float64); peak MiB = child's peak RSS, +MiB = above its pre-call level"
+          + (f"; each library's fastest of {args.repeat} runs (in turns), spread = its slowest "
+             f"total / its fastest" if args.repeat > 1 else ""))
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):
@@ -630,28 +657,34 @@ def main(argv=None):
                 del x, q
                 for eps in args.eps:
                     for gradient in modes:
+                        runs = {lib: [] for lib in infos}
+                        for _ in range(args.repeat):  # rounds: each library once, in turns
+                            for lib in infos:
+                                r = _case(lib, dist, n, eps, gradient, idx, args, kernel,
+                                          per_level, threads, workdir)
+                                if r.get("ok"):
+                                    info = infos[lib]
+                                    r["err_pot"] = _rel(r.pop("pot") / info["pot_scale"],
+                                                        ref_pot)
+                                    g = r.pop("grad")
+                                    r["err_grad"] = (None if g is None else
+                                                     _rel(g / info["grad_scale"], ref_grad))
+                                runs[lib].append(r)
                         rows = []
                         for lib in infos:
-                            spec = {"kind": "case", "lib": lib, "dist": dist, "n": n, "eps": eps,
-                                    "gradient": gradient, "sample": idx.tolist(),
-                                    "ferreus_order": args.ferreus_order, **kernel}
-                            if lib == "aotfmm32":
-                                spec.update(eps=args.float32, dtype="float32")
-                            cold = None
-                            if per_level and lib in ("aotfmm", "baseline"):
-                                first = _launch(spec, threads, workdir, args.timeout)
-                                cold = first.get("total") if first.get("ok") else None
-                            r = _launch(spec, threads, workdir, args.timeout)
-                            r["cold"] = cold
-                            r.update(lib=lib, threads=threads)
-                            if r.get("ok"):
-                                info = infos[lib]
-                                r["err_pot"] = _rel(r.pop("pot") / info["pot_scale"], ref_pot)
-                                g = r.pop("grad")
-                                r["err_grad"] = (None if g is None else
-                                                 _rel(g / info["grad_scale"], ref_grad))
-                            elif not r.get("unavailable"):
-                                failures += 1
+                            done = [r for r in runs[lib] if r.get("ok")]
+                            if done:  # the fastest run, and how much slower the slowest was
+                                r = min(done, key=lambda r: r["total"])
+                                r["totals"] = [d["total"] for d in done]
+                                if len(done) > 1:
+                                    r["spread"] = max(r["totals"]) / r["total"]
+                                if len(done) < len(runs[lib]):
+                                    r["failed"] = len(runs[lib]) - len(done)
+                                    failures += 1
+                            else:
+                                r = runs[lib][-1]
+                                if not r.get("unavailable"):
+                                    failures += 1
                             rows.append(r)
                         what = "potential + gradient" if gradient else "potential"
                         label = {"uniform": "uniform cube", "sphere": "sphere surface",
