@@ -293,7 +293,7 @@ def test_bench_baseline_runs_another_interpreters_aotfmm_as_its_own_row():
 def test_bench_repeat_keeps_each_librarys_fastest_run(tmp_path):
     """`--repeat R` runs each case R times, the libraries in turns, and reports each one's
     fastest run (its total is the smallest of the R in the JSON), with the slowest over it as
-    'spread'; the ratio column compares those fastest runs."""
+    'spread'; the float32 line compares those fastest runs."""
     out = str(tmp_path / "r.json")
     code = ("import sys; from aotfmm import _bench; sys.exit(_bench.main(['--n', '3000', "
             "'--dist', 'uniform', '--peers', 'aotfmm', '--mode', 'pot', '--eps', '1e-6', "

@@ -429,7 +429,7 @@ def _table(rows, gradient):
         if not r.get("ok"):
             lines.append(f"  {r['lib']:9} {r['threads']:>7} -- {r['message']}")
             continue
-        ratio = "n/a" if aot is None else format(aot["total"] / r["total"], ".2f")
+        ratio = "n/a" if aot is None else format(aot["total"] / r["total"], ".3f")
         if r["lib"] == "aotfmm32":
             ratio = "-"  # its own line below the table: float32 over float64
         lines.append(
