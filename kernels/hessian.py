@@ -26,7 +26,7 @@ import numpy as np
 from numba.extending import register_jitable
 
 from ._inline import gather_sym, scatter_sym
-from .p2p import (MIXED_SOURCES, MIXED_TARGETS, _coincident_counts, _pad_sym_lists, _same_parts,
+from .p2p import (MIXED_SOURCES, MIXED_TARGETS, _float32_counts_differ, _pad_sym_lists, _same_parts,
                   _split_box, _target_parts)
 
 INV4PI = 0.07957747154594767  # 1 / (4 pi)
@@ -589,10 +589,7 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
                         o2[e, j] += o2f[e, j]
                         o2f[e, j] = 0.0
         if multi and not bad:  # (found only itself: it has no duplicates either)
-            _coincident_counts(xyz, t0, nt, cnt)
-            for i in range(nt):
-                if nzs[i] != cnt[i]:
-                    bad = True
+            bad = _float32_counts_differ(xyz, t0, nt, nzs, cnt)
         if not bad:
             tot = 0.0
             for j in range(n2):

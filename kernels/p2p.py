@@ -734,6 +734,19 @@ def _coincident_counts(xyz, t0, nt, cnt):
         k = m
 
 
+@register_jitable
+def _float32_counts_differ(xyz, t0, nt, nzs, cnt):
+    """Whether some target of a box found another number of float32-equal sources (``nzs``)
+    than it has float64 duplicates (:func:`_coincident_counts` into ``cnt``, itself included):
+    then a distinct point rounded onto it and the box is redone in float64. The mixed
+    symmetric kernels call it only where a target found more than itself."""
+    _coincident_counts(xyz, t0, nt, cnt)
+    for i in range(nt):
+        if nzs[i] != cnt[i]:
+            return True
+    return False
+
+
 def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_offsets,
                   sym_index, sym_shift, boxes, i0, i1, flags, m_max, pot, grad):
     """:func:`p2p_sym` for float64 points, charges and outputs with the pair terms in float32.
@@ -1156,10 +1169,7 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
             ob[2, i] = gy
             ob[3, i] = gz
         if multi and not bad:  # (found only itself: it has no duplicates either)
-            _coincident_counts(xyz, t0, nt, cnt)
-            for i in range(nt):
-                if nzs[i] != cnt[i]:
-                    bad = True
+            bad = _float32_counts_differ(xyz, t0, nt, nzs, cnt)
         if bad:  # a pair too close for the float32 terms: the box again, exactly in float64
             for e in range(4):
                 for j in range(n2):
