@@ -18,6 +18,11 @@ the special case "list = the box itself".
   (downward equivalent of the box itself) and M2P (upward equivalent of the W list).
 * ``m2l_gather`` / ``m2l_scatter``: row gather ``out[r - i0] = src[idx[r]]`` and row scatter-add
   ``z[idx[r]] += y[r - i0]`` for i0 <= r < i1, around M2L's per-transfer-vector GEMMs.
+* ``m2l_gather_cols``: the column blocks of M2L's octant products, one per V-list pair: for
+  pair r, ``w = cm * width[vec[r]]`` values of each of ``nd`` rows, from ``src`` (rows
+  ``srow[r] * nd + d``, columns from ``cm * col_src[vec[r]]``) into ``dst`` (rows
+  ``drow[r] * nd + d``, columns from ``cm * col_dst[vec[r]]``); ``cm`` = 2 for complex values
+  seen as float pairs.
 
 1/r uses ``_inline.inv_sqrt`` with one Newton step in float64 (relative error ~1e-14, far below
 what any expansion order resolves). Point-surface distances are bounded below by the box size
@@ -51,6 +56,11 @@ SIGNATURES = {
     "m2l_gather": "void({F}[:, ::1], i8[::1], i8, i8, {F}[:, ::1])",
     # IN y (>= i1 - i0, k), IN idx, IN i0, IN i1, INOUT z (n, k)
     "m2l_scatter": "void({F}[:, ::1], i8[::1], i8, i8, {F}[:, ::1])",
+    # IN src (n_s * nd, >= max col_src + width), INOUT dst (n_w * nd, >= max col_dst + width),
+    # IN srow, IN drow, IN vec (per pair), IN col_src, IN col_dst, IN width (per vector),
+    # IN nd, IN cm, IN i0, IN i1
+    "m2l_gather_cols": "void({F}[:, ::1], {F}[:, ::1], i8[::1], i8[::1], i8[::1], i8[::1],"
+                       " i8[::1], i8[::1], i8, i8, i8, i8)",
 }
 
 LOCALS = {
@@ -381,3 +391,18 @@ def m2l_scatter(y, idx, i0, i1, z):
         o = z[idx[r]]
         for j in range(np.uint64(0), np.uint64(k)):
             o[j] += a[j]
+
+
+def m2l_gather_cols(src, dst, srow, drow, vec, col_src, col_dst, width, nd, cm, i0, i1):
+    """dst[drow[r] nd + d, cd + j] = src[srow[r] nd + d, cs + j] for i0 <= r < i1, d < nd,
+    j < cm width[vec[r]], cs = cm col_src[vec[r]], cd = cm col_dst[vec[r]]."""
+    for r in range(i0, i1):
+        v = vec[r]
+        cs = np.uint64(cm * col_src[v])
+        cd = np.uint64(cm * col_dst[v])
+        w = np.uint64(cm * width[v])
+        for d in range(nd):
+            a = srow[r] * nd + d
+            b = drow[r] * nd + d
+            for j in range(np.uint64(0), w):
+                dst[b, cd + j] = src[a, cs + j]

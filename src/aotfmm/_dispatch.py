@@ -38,6 +38,7 @@ TABLE = {(family.name, *row): name for family in FAMILIES for row, name in famil
 TABLE.update({
     ("any", "m2l_gather", "rows", "rows"): "m2l_gather",
     ("any", "m2l_scatter", "rows", "rows"): "m2l_scatter",
+    ("any", "m2l_gather", "columns", "columns"): "m2l_gather_cols",
     ("any", "l2p_regular", "leaves", "fields"): "l2p_regular",
     ("any", "morton", "points", "codes"): "morton_encode_points",
     ("any", "leaf_anchors", "points", "anchors"): "leaf_anchors",

@@ -1045,6 +1045,7 @@ class Plan:
         keep = has_trg[v_rows] & has_src[v_cols]
         v_rows, v_cols, v_tr = v_rows[keep], v_cols[keep], lists.v_transfer[keep]
         self.down_levels = []
+        octants = (tree.ijk & 1) @ np.array([1, 2, 4], dtype=np.int64)  # in its parent
         for lev in range(far, tree.n_levels):
             lo, hi = tree.level_offsets[lev], tree.level_offsets[lev + 1]
             entry = {"l2l": None, "m2l": None, "p2l": None}
@@ -1060,7 +1061,8 @@ class Plan:
                 boxes, offsets, index, transfer = self._grouped(v_rows[sel], v_cols[sel],
                                                                 v_tr[sel])
                 entry["m2l"] = expansions.m2l_plan(None, boxes, offsets, index, transfer,
-                                                   n_boxes, workers=self.workers)
+                                                   n_boxes, workers=self.workers,
+                                                   octants=octants)
             sel = (xr >= lo) & (xr < hi)
             if sel.any():
                 entry["p2l"] = self._grouped(xr[sel], xc[sel])

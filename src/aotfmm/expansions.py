@@ -60,6 +60,8 @@ l2p(ops, local, trg_xyz, trg_start, trg_end, boxes, centers, half_widths, pot, g
     targets of boxes[i] += field of local[boxes[i]] on their downward equivalent surface.
 """
 import dataclasses
+import threading
+import weakref
 
 import numpy as np
 
@@ -85,6 +87,37 @@ _MAX_CHUNK_BOXES = 1024
 #: 3.9 s. With the other core streaming memory (1 thread) whole segments took 1.03 s against
 #: 0.68 s for 64 rows.
 M2L_BLOCK_ROWS = 256
+
+#: M2L by target octant (:func:`_octant_m2l`) at levels whose V-list pairs fill at least this
+#: fraction of the 189 transfer vectors each target can have; sparser levels (a sphere
+#: surface's: ~45 of 189) keep the products per transfer vector.
+M2L_OCTANT_FILL = 0.5
+#: ... with at most this many targets per item (one item: one dense product)
+M2L_OCTANT_ROWS = 512
+#: ... and only while an item's gathered columns take at most this many bytes (more densities
+#: take the products per transfer vector)
+M2L_OCTANT_BYTES = 64 << 20
+
+
+def _octant_tables():
+    """Transfer vectors of a target in octant 0 (x, y, z children bits 0) and of its
+    reflections: ``flip[o, t]`` is vector t with the axes of octant o's bits negated;
+    ``column[t]``: t is one of octant 0's 189; ``group[t]``: the octant of its source (t & 1)."""
+    tv = _geometry.TRANSFER_VECTORS
+    lookup = {tuple(v): i for i, v in enumerate(tv)}
+    flip = np.empty((8, len(tv)), dtype=np.int64)
+    for o in range(8):
+        sign = np.array([-1 if o >> axis & 1 else 1 for axis in range(3)])
+        flip[o] = [lookup[tuple(v * sign)] for v in tv]
+    column = np.all((tv >= -2) & (tv <= 3), axis=1)
+    group = (tv[:, 0] & 1) | (tv[:, 1] & 1) << 1 | (tv[:, 2] & 1) << 2
+    return flip, column, group
+
+
+_OCTANT_FLIP, _OCTANT0_COLUMN, _OCTANT0_GROUP = _octant_tables()
+_N_OCTANT_VECTORS = int(_OCTANT0_COLUMN.sum())  # 189
+_LAYOUTS = {}
+_LAYOUTS_LOCK = threading.Lock()
 
 
 def _cast(a, dt):
@@ -335,10 +368,33 @@ class M2LPlan:
     #                            segments[j, t]:seg_end[j, t]
     seg_end: np.ndarray        # (n_chunks, 316) int64
     max_pairs: int             # largest segment (scratch size)
+    octant: object = None      # OctantPlan, for the octant products (or None)
 
 
-def m2l_plan(ops, target_boxes, v_offsets, v_index, v_transfer, n_boxes, workers=INLINE):
-    """Sort one level's V-list pairs by (transfer vector, target row); split targets in chunks."""
+@dataclasses.dataclass
+class OctantPlan:
+    """One level's V list grouped for :func:`_octant_m2l`: targets by octant, in items of at
+    most :data:`M2L_OCTANT_ROWS` targets; an item's pairs by source group (the octant a source
+    has when the target's octant is reflected to octant 0), each group's distinct sources
+    listed once."""
+    target_order: np.ndarray   # (n_t,) int64: target rows, by octant (row i of the products)
+    items: np.ndarray          # (n_items, 3) int64: products' rows [r0, r1), their octant
+    groups: np.ndarray         # (8 n_items + 1,) int64: pairs of item i, group g are
+    #                            groups[8 i + g]:groups[8 i + g + 1]
+    group_sources: np.ndarray  # (8 n_items + 1,) int64: their distinct sources, in `sources`
+    sources: np.ndarray        # rows of M2LPlan.sources
+    pair_row: np.ndarray       # (n_pairs,) int64: a pair's target, a row of its item
+    pair_source: np.ndarray    # (n_pairs,) int64: its source, a row of its group's sources
+    pair_vector: np.ndarray    # (n_pairs,) int64: its transfer vector reflected to octant 0
+
+
+def m2l_plan(ops, target_boxes, v_offsets, v_index, v_transfer, n_boxes, workers=INLINE,
+             octants=None):
+    """Sort one level's V-list pairs by (transfer vector, target row); split targets in chunks.
+
+    ``octants`` (n_boxes,) int: each box's octant in its parent (``ijk & 1`` as bits x, y, z);
+    given, a level whose pairs fill at least :data:`M2L_OCTANT_FILL` of its targets' transfer
+    vectors is also grouped for the octant products of :func:`_octant_m2l`."""
     n_t = len(target_boxes)
     n_pairs = len(v_index)
     rows = np.repeat(np.arange(n_t, dtype=np.int64), np.diff(v_offsets))
@@ -357,8 +413,46 @@ def m2l_plan(ops, target_boxes, v_offsets, v_index, v_transfer, n_boxes, workers
     starts = np.searchsorted(key, t_ids[None, :] * n_t + chunk_rows[:-1, None])
     ends = np.searchsorted(key, t_ids[None, :] * n_t + chunk_rows[1:, None])
     max_pairs = int((ends - starts).max()) if n_pairs else 0
+    octant = None
+    if octants is not None and n_pairs >= M2L_OCTANT_FILL * _N_OCTANT_VECTORS * n_t:
+        octant = _octant_plan(np.asarray(octants)[target_boxes], rows, compact[v_index],
+                              np.asarray(v_transfer, dtype=np.int64), len(sources))
     return M2LPlan(np.asarray(target_boxes, dtype=np.int64), sources, pair_source,
-                   pair_target, starts, ends, max_pairs)
+                   pair_target, starts, ends, max_pairs, octant)
+
+
+def _octant_plan(target_octant, pair_row, pair_source, pair_vector, n_sources):
+    """The V-list pairs of one level grouped for :func:`_octant_m2l` (None if a pair's vector
+    is not one a box of its octant can have: not a V list of same-level boxes)."""
+    pair_octant = target_octant[pair_row]
+    t0 = _OCTANT_FLIP[pair_octant, pair_vector]
+    if not _OCTANT0_COLUMN[t0].all():
+        return None
+    group = _OCTANT0_GROUP[t0]
+    n_t = len(target_octant)
+    order = np.argsort(target_octant, kind="stable")
+    new_row = np.empty(n_t, dtype=np.int64)
+    new_row[order] = np.arange(n_t, dtype=np.int64)
+    items, start = [], 0
+    for o, count in enumerate(np.bincount(target_octant, minlength=8)):
+        edges = start + np.linspace(0, count, -(-count // M2L_OCTANT_ROWS) + 1).round()
+        items += [(int(a), int(b), o) for a, b in zip(edges[:-1], edges[1:])]
+        start += count
+    items = np.array(items, dtype=np.int64).reshape(-1, 3)
+    row = new_row[pair_row]
+    item = np.repeat(np.arange(len(items), dtype=np.int64), items[:, 1] - items[:, 0])[row]
+    key = (item * 8 + group) * n_sources + pair_source
+    by = np.argsort(key, kind="stable")
+    key = key[by]
+    grp = key // n_sources
+    n_groups = len(items) * 8
+    first = np.ones(len(key), dtype=bool)
+    first[1:] = key[1:] != key[:-1]
+    distinct = np.cumsum(first) - 1
+    group_sources = np.searchsorted(grp[first], np.arange(n_groups + 1))
+    return OctantPlan(order, items, np.searchsorted(grp, np.arange(n_groups + 1)),
+                      group_sources, pair_source[by][first],
+                      row[by] - items[item[by], 0], distinct - group_sources[grp], t0[by])
 
 
 def m2l(ops, equiv, dcheck, plan, workers=INLINE):
@@ -378,12 +472,35 @@ def m2l(ops, equiv, dcheck, plan, workers=INLINE):
                   out=mc[i0:i1].reshape(-1, kr))
 
     workers.run(compress, _row_ranges(len(plan.sources), workers))
-    z = np.zeros((n_t, k), dtype=vdt)
+    layout = _octant_layout(ops) if plan.octant is not None else None
+    if layout is not None and ops.m2l_a.dtype == vdt and nd * layout.a0.shape[0] * \
+            M2L_OCTANT_ROWS * vdt.itemsize <= M2L_OCTANT_BYTES:
+        z, targets = _octant_m2l(layout, mc.reshape(-1, nd, kr), plan, dt, workers)
+    else:
+        z, targets = _vector_m2l(ops, mc, plan, dt, nd, workers), plan.target_boxes
+    d3 = _dens3(dcheck, ops.down_rank)                          # decompress once per target
+    z3 = z.reshape(n_t, nd, kr)
+
+    def decompress(i0, i1):  # (distinct targets; in blocks: their temporaries)
+        for i in range(i0, i1, DC2E_BLOCK_ROWS):
+            j = min(i + DC2E_BLOCK_ROWS, i1)
+            d3[targets[i:j]] += _rows_gemm(z3[i:j], ops.m2l_decompress)
+
+    workers.run(decompress, _row_ranges(n_t, workers))
+
+
+def _real(a):  # gather/scatter move whole rows: a complex row is a real row twice as long
+    return a.view(a.real.dtype) if a.dtype.kind == "c" else a
+
+
+def _vector_m2l(ops, mc, plan, dt, nd, workers):
+    """The compressed down-check sums (n_t, nd * k) of M2L, one transfer vector at a time: its
+    pairs' compressed multipoles gathered, times b_t^T and a_t, scattered onto the targets."""
+    vdt, kr = mc.dtype, ops.m2l_rank
+    k = nd * kr
+    z = np.zeros((len(plan.target_boxes), k), dtype=vdt)
     a, b, offs = ops.m2l_a, ops.m2l_b, ops.m2l_offsets
     r_max = int(np.diff(offs).max())
-
-    def real(a):  # gather/scatter move whole rows: a complex row is a real row twice as long
-        return a.view(dt) if a.dtype.kind == "c" else a
 
     block = max(1, min(plan.max_pairs, M2L_BLOCK_ROWS // nd))  # pairs per GEMM block
 
@@ -391,10 +508,10 @@ def m2l(ops, equiv, dcheck, plan, workers=INLINE):
         buf = np.empty((block, k), dtype=vdt)
         mid = np.empty((block * nd, r_max), dtype=vdt)
         out = np.empty((block, k), dtype=vdt)
-        gather = _dispatch.bind("m2l_gather", dt, src=real(mc), idx=plan.pair_source,
-                                out=real(buf))
-        scatter = _dispatch.bind("m2l_scatter", dt, y=real(out), idx=plan.pair_target,
-                                 z=real(z))
+        gather = _dispatch.bind("m2l_gather", dt, src=_real(mc), idx=plan.pair_source,
+                                out=_real(buf))
+        scatter = _dispatch.bind("m2l_scatter", dt, y=_real(out), idx=plan.pair_target,
+                                 z=_real(z))
         for j in range(j0, j1):
             for t in range(_geometry.N_TRANSFER):
                 s0, s1 = int(plan.segments[j, t]), int(plan.seg_end[j, t])
@@ -411,15 +528,128 @@ def m2l(ops, equiv, dcheck, plan, workers=INLINE):
     n_chunks = plan.segments.shape[0]
     with _blas.limit_one():
         workers.run(work, np.arange(n_chunks + 1))
-    d3 = _dens3(dcheck, ops.down_rank)                          # decompress once per target
-    z3 = z.reshape(n_t, nd, kr)
+    return z
 
-    def decompress(i0, i1):  # (distinct targets; in blocks: their temporaries)
-        for i in range(i0, i1, DC2E_BLOCK_ROWS):
-            j = min(i + DC2E_BLOCK_ROWS, i1)
-            d3[plan.target_boxes[i:j]] += _rows_gemm(z3[i:j], ops.m2l_decompress)
 
-    workers.run(decompress, _row_ranges(n_t, workers))
+@dataclasses.dataclass
+class OctantLayout:
+    """M2L operators of octant 0's 189 transfer vectors, stacked for :func:`_octant_m2l`."""
+    signs: np.ndarray    # (8, k): the compressed bases' parities under octant o's reflection
+    a0: np.ndarray       # (R0, k): a_t of octant 0's vectors, by group, then vector
+    b0: np.ndarray       # (R0, k): b_t, same rows
+    bounds: np.ndarray   # (9,) int64: rows of group g are bounds[g]:bounds[g + 1]
+    col_dst: np.ndarray  # (316,) int64: vector t's first row in a0 (-1: not octant 0's)
+    col_src: np.ndarray  # (316,) int64: ... counted from its group's first row
+    width: np.ndarray    # (316,) int64: its rank r_t
+
+
+def _reflection_signs(surf, bases, tol=1e-9):
+    """(8, k): s[o, j] = +-1 such that reflecting the surface across the axes of octant o's bits
+    maps column j of every basis (n_surf, k) in ``bases`` to s[o, j] times itself; None if a
+    column is not that symmetric (to ``tol`` of its norm)."""
+    surf = np.asarray(surf, dtype=np.float64)          # (3, n_surf)
+    base = np.lexsort(np.round(surf, 9)[::-1])
+    signs = np.ones((8, bases[0].shape[1]))
+    for o in range(1, 8):
+        flip = np.array([-1.0 if o >> axis & 1 else 1.0 for axis in range(3)])
+        image = surf * flip[:, None]
+        perm = np.empty(surf.shape[1], dtype=np.int64)
+        perm[np.lexsort(np.round(image, 9)[::-1])] = base   # surf[:, perm[i]] = image[:, i]
+        if not np.allclose(surf[:, perm], image, rtol=0.0, atol=1e-6):
+            return None
+        for basis in bases:
+            norm2 = np.sum(np.abs(basis) ** 2, axis=0)
+            s = np.real(np.sum(np.conj(basis) * basis[perm], axis=0)) / norm2
+            s = np.where(s < 0.0, -1.0, 1.0)
+            if np.abs(basis[perm] - basis * s).max(axis=0).max(initial=0.0) > \
+                    tol * np.sqrt(norm2.max(initial=0.0)) or \
+                    (basis is not bases[0] and not np.array_equal(s, signs[o])):
+                return None
+            signs[o] = s
+    return signs
+
+
+def _octant_layout(ops):
+    """The :class:`OctantLayout` of ``ops`` (built once, kept while ``ops`` lives), or None
+    where its compressed bases are not symmetric under the reflections (the products per
+    transfer vector are used then)."""
+    with _LAYOUTS_LOCK:
+        hit = _LAYOUTS.get(id(ops))
+        if hit is not None and hit[0]() is ops:
+            return hit[1]
+        signs = _reflection_signs(ops.surface_soa, (ops.m2l_v, ops.m2l_u))
+        layout = None
+        if signs is not None:
+            offs = ops.m2l_offsets
+            vectors = np.flatnonzero(_OCTANT0_COLUMN)
+            vectors = vectors[np.argsort(_OCTANT0_GROUP[vectors], kind="stable")]
+            width = np.diff(offs).astype(np.int64)
+            start = np.concatenate(([0], np.cumsum(width[vectors])))
+            col_dst = np.full(len(width), -1, dtype=np.int64)
+            col_dst[vectors] = start[:-1]
+            bounds = start[np.searchsorted(_OCTANT0_GROUP[vectors], np.arange(9))]
+            col_src = col_dst - np.where(col_dst >= 0, bounds[_OCTANT0_GROUP], 0)
+            rows = np.concatenate([np.arange(offs[t], offs[t + 1]) for t in vectors])
+            layout = OctantLayout(signs.astype(ops.m2l_a.real.dtype), ops.m2l_a[rows],
+                                  ops.m2l_b[rows], bounds.astype(np.int64), col_dst, col_src,
+                                  width)
+        _LAYOUTS[id(ops)] = (weakref.ref(ops, lambda _, key=id(ops): _LAYOUTS.pop(key, None)),
+                             layout)
+        return layout
+
+
+def _octant_m2l(layout, mc3, plan, dt, workers):
+    """The compressed down-check sums of M2L by target octant, and the targets of their rows.
+
+    A target of octant o is octant 0's mirror image (across the axes of o's bits), and so is
+    each of its V-list pairs: C_t, the compressed operator of vector t, is S_o C_t0 S_o with t0
+    = t reflected and S_o the bases' parities (:func:`_reflection_signs`; the bases are built
+    symmetric). So for the targets of one item (one octant, up to M2L_OCTANT_ROWS of them)
+    every pair's S_o mc[s] b_t0^T goes into the target's row at t0's columns of one matrix W
+    (zeros where a vector has no source), and W a0 S_o are the targets' sums: one dense product
+    over the 189 vectors of octant 0, written once, instead of a gather, two thin products
+    and a scatter per vector. The first products are per group (the octant of the sources
+    after the reflection): the group's distinct sources times b0's rows of its vectors."""
+    op = plan.octant
+    vdt = mc3.dtype
+    nd, kr = mc3.shape[1], mc3.shape[2]
+    n_t = len(plan.target_boxes)
+    z = np.empty((n_t, nd * kr), dtype=vdt)
+    a0, b0, bounds = layout.a0, layout.b0, layout.bounds
+    rows = int((op.items[:, 1] - op.items[:, 0]).max())
+    width = int(np.diff(bounds).max())
+    n_src = int(np.diff(op.group_sources).max())
+    cm = 2 if vdt.kind == "c" else 1
+
+    def work(i0, i1):
+        w = np.empty((rows * nd, a0.shape[0]), dtype=vdt)
+        flat = np.empty(n_src * nd * width, dtype=vdt)
+        for i in range(i0, i1):
+            r0, r1, o = (int(v) for v in op.items[i])
+            wi = w[:(r1 - r0) * nd]
+            wi.fill(0)
+            signs = layout.signs[o]
+            for g in range(8):
+                p0, p1 = int(op.groups[8 * i + g]), int(op.groups[8 * i + g + 1])
+                if p0 == p1:
+                    continue
+                s0, s1 = op.group_sources[8 * i + g], op.group_sources[8 * i + g + 1]
+                x = mc3[op.sources[s0:s1]]                  # (copies the rows)
+                x *= signs
+                c0, c1 = int(bounds[g]), int(bounds[g + 1])
+                wb = flat[:x.shape[0] * nd * (c1 - c0)].reshape(x.shape[0] * nd, c1 - c0)
+                np.matmul(x.reshape(-1, kr), b0[c0:c1].T, out=wb)
+                _dispatch.bind("m2l_gather_cols", dt, src=_real(wb), dst=_real(wi),
+                               srow=op.pair_source, drow=op.pair_row, vec=op.pair_vector,
+                               col_src=layout.col_src, col_dst=layout.col_dst,
+                               width=layout.width, nd=nd, cm=cm)(p0, p1)
+            zi = z[r0:r1].reshape((r1 - r0) * nd, kr)
+            np.matmul(wi, a0, out=zi)
+            zi *= signs
+
+    with _blas.limit_one():
+        workers.run(work, np.arange(len(op.items) + 1))
+    return z, plan.target_boxes[op.target_order]
 
 
 def _s2p(ops, dens, trg_xyz, trg_start, trg_end, trg_boxes, list_offsets, list_index,
