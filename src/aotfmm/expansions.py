@@ -116,6 +116,8 @@ def _octant_tables():
 
 _OCTANT_FLIP, _OCTANT0_COLUMN, _OCTANT0_GROUP = _octant_tables()
 _N_OCTANT_VECTORS = int(_OCTANT0_COLUMN.sum())  # 189
+#: cells of the (item, source) table that finds each group's distinct sources (9 bytes each)
+_MARK_CELLS = 1 << 22
 _LAYOUTS = {}
 _LAYOUTS_LOCK = threading.Lock()
 
@@ -415,22 +417,27 @@ def m2l_plan(ops, target_boxes, v_offsets, v_index, v_transfer, n_boxes, workers
     max_pairs = int((ends - starts).max()) if n_pairs else 0
     octant = None
     if octants is not None and n_pairs >= M2L_OCTANT_FILL * _N_OCTANT_VECTORS * n_t:
-        octant = _octant_plan(np.asarray(octants)[target_boxes], rows, compact[v_index],
-                              np.asarray(v_transfer, dtype=np.int64), len(sources))
+        octants = np.asarray(octants)
+        octant = _octant_plan(octants[target_boxes], rows, compact[v_index],
+                              np.asarray(v_transfer, dtype=np.int64), octants[sources])
     return M2LPlan(np.asarray(target_boxes, dtype=np.int64), sources, pair_source,
                    pair_target, starts, ends, max_pairs, octant)
 
 
-def _octant_plan(target_octant, pair_row, pair_source, pair_vector, n_sources):
+def _octant_plan(target_octant, pair_row, pair_source, pair_vector, source_octant):
     """The V-list pairs of one level grouped for :func:`_octant_m2l` (None if a pair's vector
-    is not one a box of its octant can have: not a V list of same-level boxes)."""
+    is not one a box of its octant can have: not a V list of same-level boxes).
+
+    Linear time (sorts only by small keys, which numpy does by radix): a group of an item
+    is the item's sources of one octant (``source_octant``, per row of the plan's sources),
+    so its distinct sources are found by marking (item, source) in a table of
+    :data:`_MARK_CELLS` cells at most (items in batches)."""
     pair_octant = target_octant[pair_row]
     t0 = _OCTANT_FLIP[pair_octant, pair_vector]
     if not _OCTANT0_COLUMN[t0].all():
         return None
-    group = _OCTANT0_GROUP[t0]
-    n_t = len(target_octant)
-    order = np.argsort(target_octant, kind="stable")
+    n_t, n_src = len(target_octant), len(source_octant)
+    order = np.argsort(target_octant.astype(np.int8), kind="stable")
     new_row = np.empty(n_t, dtype=np.int64)
     new_row[order] = np.arange(n_t, dtype=np.int64)
     items, start = [], 0
@@ -439,20 +446,36 @@ def _octant_plan(target_octant, pair_row, pair_source, pair_vector, n_sources):
         items += [(int(a), int(b), o) for a, b in zip(edges[:-1], edges[1:])]
         start += count
     items = np.array(items, dtype=np.int64).reshape(-1, 3)
+    n_groups = 8 * len(items)
+    small = np.int16 if n_groups < 1 << 15 else np.int64
     row = new_row[pair_row]
     item = np.repeat(np.arange(len(items), dtype=np.int64), items[:, 1] - items[:, 0])[row]
-    key = (item * 8 + group) * n_sources + pair_source
-    by = np.argsort(key, kind="stable")
-    key = key[by]
-    grp = key // n_sources
-    n_groups = len(items) * 8
-    first = np.ones(len(key), dtype=bool)
-    first[1:] = key[1:] != key[:-1]
-    distinct = np.cumsum(first) - 1
-    group_sources = np.searchsorted(grp[first], np.arange(n_groups + 1))
-    return OctantPlan(order, items, np.searchsorted(grp, np.arange(n_groups + 1)),
-                      group_sources, pair_source[by][first],
-                      row[by] - items[item[by], 0], distinct - group_sources[grp], t0[by])
+    key = item * 8 + _OCTANT0_GROUP[t0]
+    by = np.argsort(key.astype(small), kind="stable")
+    groups = np.concatenate(([0], np.cumsum(np.bincount(key, minlength=n_groups))))
+    item, src = item[by], pair_source[by]
+    local = np.empty(len(by), dtype=np.int64)
+    sources, group_sources = [], [np.zeros(1, dtype=np.int64)]
+    step = max(1, _MARK_CELLS // max(n_src, 1))
+    for i0 in range(0, len(items), step):
+        i1 = min(i0 + step, len(items))
+        p0, p1 = groups[8 * i0], groups[8 * i1]
+        cell = (item[p0:p1] - i0) * n_src + src[p0:p1]
+        seen = np.zeros((i1 - i0) * n_src, dtype=bool)
+        seen[cell] = True
+        marked = np.flatnonzero(seen)                   # by (item, source)
+        d_item, d_src = np.divmod(marked, n_src)
+        d_key = d_item * 8 + (source_octant[d_src] ^ items[i0 + d_item, 2])
+        d_by = np.argsort(d_key.astype(small), kind="stable")
+        counts = np.bincount(d_key, minlength=8 * (i1 - i0))
+        first = np.concatenate(([0], np.cumsum(counts)))
+        pos = np.empty(len(seen), dtype=np.int64)
+        pos[marked[d_by]] = np.arange(len(marked)) - first[d_key[d_by]]
+        local[p0:p1] = pos[cell]
+        sources.append(d_src[d_by])
+        group_sources.append(group_sources[-1][-1] + np.cumsum(counts))
+    return OctantPlan(order, items, groups, np.concatenate(group_sources),
+                      np.concatenate(sources), row[by] - items[item, 0], local, t0[by])
 
 
 def m2l(ops, equiv, dcheck, plan, workers=INLINE):
