@@ -42,13 +42,18 @@ l2l(ops, local, dcheck, parents, children)
     dcheck[children[i, c]] += l2l[c] @ local[parents[i]].
 dc2e(ops, dcheck, local, rows)
     local[rows] += dcheck[rows] @ dc2e_a.T (rows: index array or slice).
-m2l_plan(ops, target_boxes, v_offsets, v_index, v_transfer, n_boxes, workers=INLINE) -> M2LPlan
+m2l_plan(ops, target_boxes, v_offsets, v_index, v_transfer, n_boxes, workers=INLINE,
+         octants=None) -> M2LPlan
     geometry-only preprocessing of one level's V list (reuse it for many charge vectors).
     target_boxes (n_t,) int64 unique; v_offsets (n_t + 1,) int64 CSR over rows of
     target_boxes; v_index (n_pairs,) int64 source box ids; v_transfer (n_pairs,) int64 rows of
     ``_geometry.TRANSFER_VECTORS`` (t = source_ijk - target_ijk).
 m2l(ops, equiv, dcheck, plan, workers=INLINE)
-    dcheck[target_boxes[i]] += sum over the V list of i of M2L_t @ equiv[source].
+    dcheck[target_boxes[i]] += sum over the V list of i of M2L_t @ equiv[source]: by target
+    octant (:func:`_octant_m2l`, one dense product per item of up to 512 targets) where the
+    plan grouped the level for it (``octants`` given, pairs filling >= half the vectors) and
+    the operators' bases are symmetric; otherwise one transfer vector at a time
+    (:func:`_vector_m2l`).
 p2l(ops, src_xyz, charges, src_start, src_end, target_boxes, x_offsets, x_index, centers,
     half_widths, dcheck, workers=INLINE)
     dcheck[target_boxes[i]] += h dc2e_b K(down check of target_boxes[i], X list sources) q.
@@ -94,8 +99,8 @@ M2L_BLOCK_ROWS = 256
 M2L_OCTANT_FILL = 0.5
 #: ... with at most this many targets per item (one item: one dense product)
 M2L_OCTANT_ROWS = 512
-#: ... and only while an item's gathered columns take at most this many bytes (more densities
-#: take the products per transfer vector)
+#: ... whose matrix of gathered columns takes at most this many bytes (so many densities at a
+#: time; where one density's would take more, the products per transfer vector are used)
 M2L_OCTANT_BYTES = 64 << 20
 
 
@@ -496,7 +501,7 @@ def m2l(ops, equiv, dcheck, plan, workers=INLINE):
 
     workers.run(compress, _row_ranges(len(plan.sources), workers))
     layout = _octant_layout(ops) if plan.octant is not None else None
-    if layout is not None and ops.m2l_a.dtype == vdt and nd * layout.a0.shape[0] * \
+    if layout is not None and ops.m2l_a.dtype == vdt and layout.a0.shape[0] * \
             M2L_OCTANT_ROWS * vdt.itemsize <= M2L_OCTANT_BYTES:
         z, targets = _octant_m2l(layout, mc.reshape(-1, nd, kr), plan, dt, workers)
     else:
@@ -632,47 +637,55 @@ def _octant_m2l(layout, mc3, plan, dt, workers):
     (zeros where a vector has no source), and W a0 S_o are the targets' sums: one dense product
     over the 189 vectors of octant 0, written once, instead of a gather, two thin products
     and a scatter per vector. The first products are per group (the octant of the sources
-    after the reflection): the group's distinct sources times b0's rows of its vectors."""
+    after the reflection): the group's distinct sources times b0's rows of its vectors.
+    Densities go through W as many at a time as fit in :data:`M2L_OCTANT_BYTES`."""
     op = plan.octant
     vdt = mc3.dtype
     nd, kr = mc3.shape[1], mc3.shape[2]
     n_t = len(plan.target_boxes)
-    z = np.empty((n_t, nd * kr), dtype=vdt)
+    z = np.empty((n_t, nd, kr), dtype=vdt)
     a0, b0, bounds = layout.a0, layout.b0, layout.bounds
     rows = int((op.items[:, 1] - op.items[:, 0]).max())
+    # densities per pass: W of at most M2L_OCTANT_BYTES
+    chunk = max(1, min(nd, M2L_OCTANT_BYTES // (rows * a0.shape[0] * vdt.itemsize)))
     width = int(np.diff(bounds).max())
     n_src = int(np.diff(op.group_sources).max())
     cm = 2 if vdt.kind == "c" else 1
 
     def work(i0, i1):
-        w = np.empty((rows * nd, a0.shape[0]), dtype=vdt)
-        flat = np.empty(n_src * nd * width, dtype=vdt)
+        w = np.empty((rows * chunk, a0.shape[0]), dtype=vdt)
+        flat = np.empty(n_src * chunk * width, dtype=vdt)
         for i in range(i0, i1):
             r0, r1, o = (int(v) for v in op.items[i])
-            wi = w[:(r1 - r0) * nd]
-            wi.fill(0)
             signs = layout.signs[o]
-            for g in range(8):
-                p0, p1 = int(op.groups[8 * i + g]), int(op.groups[8 * i + g + 1])
-                if p0 == p1:
-                    continue
-                s0, s1 = op.group_sources[8 * i + g], op.group_sources[8 * i + g + 1]
-                x = mc3[op.sources[s0:s1]]                  # (copies the rows)
-                x *= signs
-                c0, c1 = int(bounds[g]), int(bounds[g + 1])
-                wb = flat[:x.shape[0] * nd * (c1 - c0)].reshape(x.shape[0] * nd, c1 - c0)
-                np.matmul(x.reshape(-1, kr), b0[c0:c1].T, out=wb)
-                _dispatch.bind("m2l_gather_cols", dt, src=_real(wb), dst=_real(wi),
-                               srow=op.pair_source, drow=op.pair_row, vec=op.pair_vector,
-                               col_src=layout.col_src, col_dst=layout.col_dst,
-                               width=layout.width, nd=nd, cm=cm)(p0, p1)
-            zi = z[r0:r1].reshape((r1 - r0) * nd, kr)
-            np.matmul(wi, a0, out=zi)
-            zi *= signs
+            for d0 in range(0, nd, chunk):
+                c = min(chunk, nd - d0)
+                wi = w[:(r1 - r0) * c]
+                wi.fill(0)
+                for g in range(8):
+                    p0, p1 = int(op.groups[8 * i + g]), int(op.groups[8 * i + g + 1])
+                    if p0 == p1:
+                        continue
+                    s0, s1 = op.group_sources[8 * i + g], op.group_sources[8 * i + g + 1]
+                    x = mc3[op.sources[s0:s1], d0:d0 + c]       # (copies the rows)
+                    x *= signs
+                    c0, c1 = int(bounds[g]), int(bounds[g + 1])
+                    wb = flat[:x.shape[0] * c * (c1 - c0)].reshape(x.shape[0] * c, c1 - c0)
+                    np.matmul(x.reshape(-1, kr), b0[c0:c1].T, out=wb)
+                    _dispatch.bind("m2l_gather_cols", dt, src=_real(wb), dst=_real(wi),
+                                   srow=op.pair_source, drow=op.pair_row, vec=op.pair_vector,
+                                   col_src=layout.col_src, col_dst=layout.col_dst,
+                                   width=layout.width, nd=c, cm=cm)(p0, p1)
+                if c == nd:
+                    zi = z[r0:r1].reshape((r1 - r0) * nd, kr)
+                    np.matmul(wi, a0, out=zi)
+                    zi *= signs
+                else:
+                    z[r0:r1, d0:d0 + c] = (wi @ a0 * signs).reshape(r1 - r0, c, kr)
 
     with _blas.limit_one():
         workers.run(work, np.arange(len(op.items) + 1))
-    return z, plan.target_boxes[op.target_order]
+    return z.reshape(n_t, nd * kr), plan.target_boxes[op.target_order]
 
 
 def _s2p(ops, dens, trg_xyz, trg_start, trg_end, trg_boxes, list_offsets, list_index,
