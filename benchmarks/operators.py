@@ -162,6 +162,8 @@ def throughput(p, dt, threads, repeat, npb=32):
     grad = np.zeros((3, nb * npb), dt)
     vo, vi, vt = v_lists(m)
     plan = expansions.m2l_plan(ops, boxes, vo, vi, vt, nb, threads)
+    octants = I64((ijk & 1) @ [1, 2, 4])
+    by_octant = expansions.m2l_plan(ops, boxes, vo, vi, vt, nb, threads, octants=octants)
     # synthetic W/X lists: 8 random non-adjacent boxes each (sizes like an adaptive tree)
     wl = rng.integers(0, nb, (nb, 8))
     wo = I64(np.arange(nb + 1) * 8)
@@ -175,9 +177,13 @@ def throughput(p, dt, threads, repeat, npb=32):
                               repeat)
     res[f"M2L ({len(vi)} pairs)"] = best(lambda: expansions.m2l(ops, equiv, dchk, plan,
                                                                  threads), repeat)
+    res["M2L by octant"] = best(lambda: expansions.m2l(ops, equiv, dchk, by_octant, threads),
+                                repeat)
     res["DC2E (all boxes)"] = best(lambda: expansions.dc2e(ops, dchk, local, slice(None)),
                                    repeat)
     res["M2L plan"] = best(lambda: expansions.m2l_plan(ops, boxes, vo, vi, vt, nb, threads), 1)
+    res["M2L plan by octant"] = best(lambda: expansions.m2l_plan(
+        ops, boxes, vo, vi, vt, nb, threads, octants=octants), 1)
     res["P2L (8 X boxes)"] = best(lambda: expansions.p2l(ops, xyz, q, start, end, boxes, wo,
                                                          I64(wl.ravel()), centers, hw, dchk,
                                                          threads), repeat)
