@@ -196,3 +196,19 @@ def test_evaluations_through_octant_m2l_meet_eps(family, monkeypatch):
         ref_pot = _helmholtz(x, q, x[sample], 3.0)
     assert _rel(pot[sample], ref_pot) <= eps
     assert len(calls) >= 2  # levels 3 and 4 went through the octant products
+
+
+def test_operators_without_symmetric_bases_take_the_products_per_vector(monkeypatch):
+    """Where the bases are not symmetric the octant plan is there but unused, and the answer
+    is still right (the per-vector products)."""
+    monkeypatch.setattr(expansions, "_LAYOUTS", {})
+    monkeypatch.setattr(expansions, "_reflection_signs", lambda surf, bases: None)
+    calls = _spy(monkeypatch)
+    x, rng, fmm = _plan(seed=7)
+    assert any(d.m2l is not None and d.m2l.octant is not None for d in fmm._core.down_levels)
+    q = rng.standard_normal(len(x))
+    sample = rng.choice(len(x), 300, replace=False)
+    pot, grad = fmm.evaluate(q, gradient=True)
+    ref_pot, ref_grad = direct_reference(x, q, x[sample])
+    assert _rel(pot[sample], ref_pot) <= 1e-6 and _rel(grad[sample], ref_grad) <= 1e-6
+    assert calls == []
