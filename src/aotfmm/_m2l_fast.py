@@ -133,6 +133,11 @@ REPS, REP_OF, ELEMENT_OF, STABILIZER = _orbits()
 #: The axis flips diag(-1, 1, 1), diag(1, -1, 1), diag(1, 1, -1) (elements of GROUP).
 _FLIPS = [_element(np.diag([-1 if a == b else 1 for b in range(3)])) for a in range(3)]
 
+#: OCTANT_FLIPS[o]: the element of GROUP that negates the axes of the bits of o (x 1, y 2,
+#: z 4): the reflection taking a child of octant 0 to octant o.
+OCTANT_FLIPS = [_element(np.diag([-1 if (o >> a) & 1 else 1 for a in range(3)]))
+                for o in range(8)]
+
 #: O_h = S3 x {flips}: the flips are summed exactly by the parity basis (x 8), the axis
 #: permutations S3 = {1, tau} {1, c, c^2} by one small QR per subgroup, given by its elements
 #: other than the identity (tau swaps x and y, c cycles the axes; checked at import).
@@ -189,9 +194,7 @@ class Parity:
 
     def __init__(self, surf, perms):
         n = len(surf)
-        flips = [_element(np.diag([-1 if (f >> a) & 1 else 1 for a in range(3)]))
-                 for f in range(8)]
-        images = perms[flips]                               # (8, n): point f(p)
+        images = perms[OCTANT_FLIPS]                        # (8, n): point f(p)
         orbits = np.unique(images.min(axis=0))              # smallest point of each orbit
         self._idx = np.ascontiguousarray(images[:, orbits].T).reshape(-1)   # (orbits * 8,)
         hadamard = np.array([[(-1) ** bin(s & f).count("1") for f in range(8)]

@@ -70,7 +70,7 @@ import weakref
 
 import numpy as np
 
-from . import _blas, _dispatch, _geometry, _threads
+from . import _blas, _dispatch, _geometry, _m2l_fast, _threads
 from ._threads import INLINE
 from ._direct import p2p
 
@@ -109,11 +109,8 @@ def _octant_tables():
     reflections: ``flip[o, t]`` is vector t with the axes of octant o's bits negated;
     ``column[t]``: t is one of octant 0's 189; ``group[t]``: the octant of its source (t & 1)."""
     tv = _geometry.TRANSFER_VECTORS
-    lookup = {tuple(v): i for i, v in enumerate(tv)}
-    flip = np.empty((8, len(tv)), dtype=np.int64)
-    for o in range(8):
-        sign = np.array([-1 if o >> axis & 1 else 1 for axis in range(3)])
-        flip[o] = [lookup[tuple(v * sign)] for v in tv]
+    flip = np.stack([_geometry.transfer_index(tv @ _m2l_fast.GROUP[e])
+                     for e in _m2l_fast.OCTANT_FLIPS])
     column = np.all((tv >= -2) & (tv <= 3), axis=1)
     group = (tv[:, 0] & 1) | (tv[:, 1] & 1) << 1 | (tv[:, 2] & 1) << 2
     return flip, column, group
@@ -574,24 +571,20 @@ class OctantLayout:
 def _reflection_signs(surf, bases, tol=1e-9):
     """(8, k): s[o, j] = +-1 such that reflecting the surface across the axes of octant o's bits
     maps column j of every basis (n_surf, k) in ``bases`` to s[o, j] times itself; None if a
-    column is not that symmetric (to ``tol`` of its norm)."""
-    surf = np.asarray(surf, dtype=np.float64)          # (3, n_surf)
-    base = np.lexsort(np.round(surf, 9)[::-1])
+    column is not that symmetric (to ``tol`` of its norm) or the surface is not."""
+    try:
+        perms = _m2l_fast.surface_permutations(np.asarray(surf, dtype=np.float64).T)
+    except ValueError:
+        return None
     signs = np.ones((8, bases[0].shape[1]))
-    for o in range(1, 8):
-        flip = np.array([-1.0 if o >> axis & 1 else 1.0 for axis in range(3)])
-        image = surf * flip[:, None]
-        perm = np.empty(surf.shape[1], dtype=np.int64)
-        perm[np.lexsort(np.round(image, 9)[::-1])] = base   # surf[:, perm[i]] = image[:, i]
-        if not np.allclose(surf[:, perm], image, rtol=0.0, atol=1e-6):
-            return None
-        for basis in bases:
-            norm2 = np.sum(np.abs(basis) ** 2, axis=0)
-            s = np.real(np.sum(np.conj(basis) * basis[perm], axis=0)) / norm2
-            s = np.where(s < 0.0, -1.0, 1.0)
-            if np.abs(basis[perm] - basis * s).max(axis=0).max(initial=0.0) > \
+    for i, basis in enumerate(bases):
+        norm2 = np.sum(np.abs(basis) ** 2, axis=0)
+        for o in range(1, 8):
+            image = basis[perms[_m2l_fast.OCTANT_FLIPS[o]]]
+            s = np.where(np.real(np.sum(np.conj(basis) * image, axis=0)) < 0.0, -1.0, 1.0)
+            if np.abs(image - basis * s).max(axis=0).max(initial=0.0) > \
                     tol * np.sqrt(norm2.max(initial=0.0)) or \
-                    (basis is not bases[0] and not np.array_equal(s, signs[o])):
+                    (i > 0 and not np.array_equal(s, signs[o])):
                 return None
             signs[o] = s
     return signs
