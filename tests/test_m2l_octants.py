@@ -212,3 +212,35 @@ def test_operators_without_symmetric_bases_take_the_products_per_vector(monkeypa
     ref_pot, ref_grad = direct_reference(x, q, x[sample])
     assert _rel(pot[sample], ref_pot) <= 1e-6 and _rel(grad[sample], ref_grad) <= 1e-6
     assert calls == []
+
+
+def test_m2l_plan_refuses_octants_that_do_not_fit():
+    """Octants out of 0..7 are an error; octants that contradict the transfer vectors leave
+    the level to the per-vector products (the octant plan would index another group's rows)."""
+    _, _, fmm = _plan()
+    core = fmm._core
+    tree = core.tree
+    d = next(d for d in core.down_levels if d.level == 4)
+    pairs = sorted(_brute_v_pairs(tree, 4))
+    boxes = np.unique([t for t, _ in pairs])
+    counts = np.bincount(np.searchsorted(boxes, [t for t, _ in pairs]), minlength=len(boxes))
+    offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    index = np.array([s for _, s in pairs], dtype=np.int64)
+    vec = tree.ijk[index] - tree.ijk[np.repeat(boxes, counts)]
+    transfer = _geometry.transfer_index(vec)
+    octants = (tree.ijk & 1) @ np.array([1, 2, 4])
+    n = len(tree.levels)
+
+    def plan(octs):
+        return expansions.m2l_plan(None, boxes, offsets, index, transfer, n, octants=octs)
+
+    assert plan(octants).octant is not None
+    assert np.array_equal(plan(octants).target_boxes, d.m2l.target_boxes)
+    # a box at x = 14 of 0..15 has no sources at +3 in x: with its x bit flipped its own
+    # vectors still fit its (wrong) octant, but as a source it sits in the wrong group
+    wrong = octants.copy()
+    wrong[boxes[tree.ijk[boxes, 0] == 14][0]] ^= 1
+    assert plan(wrong).octant is None
+    for bad in (octants + 8, octants - 1, octants[:-1], octants.astype(float)):
+        with pytest.raises(ValueError, match="octants"):
+            plan(bad)

@@ -420,6 +420,9 @@ def m2l_plan(ops, target_boxes, v_offsets, v_index, v_transfer, n_boxes, workers
     octant = None
     if octants is not None and n_pairs >= M2L_OCTANT_FILL * _N_OCTANT_VECTORS * n_t:
         octants = np.asarray(octants)
+        if octants.shape != (n_boxes,) or octants.dtype.kind not in "iu" or \
+                not ((octants >= 0) & (octants < 8)).all():
+            raise ValueError(f"octants must be {n_boxes} integers in 0..7 (one per box)")
         octant = _octant_plan(octants[target_boxes], rows, compact[v_index],
                               np.asarray(v_transfer, dtype=np.int64), octants[sources])
     return M2LPlan(np.asarray(target_boxes, dtype=np.int64), sources, pair_source,
@@ -428,7 +431,8 @@ def m2l_plan(ops, target_boxes, v_offsets, v_index, v_transfer, n_boxes, workers
 
 def _octant_plan(target_octant, pair_row, pair_source, pair_vector, source_octant):
     """The V-list pairs of one level grouped for :func:`_octant_m2l` (None if a pair's vector
-    is not one a box of its octant can have: not a V list of same-level boxes).
+    is not one a box of its octant can have, or its source's octant is not the one the vector
+    gives: not a V list of same-level boxes with these octants).
 
     Linear time (sorts only by small keys, which numpy does by radix): a group of an item
     is the item's sources of one octant (``source_octant``, per row of the plan's sources),
@@ -436,7 +440,9 @@ def _octant_plan(target_octant, pair_row, pair_source, pair_vector, source_octan
     :data:`_MARK_CELLS` cells at most (items in batches)."""
     pair_octant = target_octant[pair_row]
     t0 = _OCTANT_FLIP[pair_octant, pair_vector]
-    if not _OCTANT0_COLUMN[t0].all():
+    # (octants that do not fit the vectors would put a source in another group's rows)
+    if not _OCTANT0_COLUMN[t0].all() or \
+            not np.array_equal(_OCTANT0_GROUP[t0], source_octant[pair_source] ^ pair_octant):
         return None
     n_t, n_src = len(target_octant), len(source_octant)
     order = np.argsort(target_octant.astype(np.int8), kind="stable")
