@@ -37,6 +37,13 @@ SIGNATURES = {
                " i8[::1], i8[::1], i8[::1], i8[::1])",
     # IN offsets, IN index, INOUT cursor, OUT out
     "csr_transpose": "void(i8[::1], i8[::1], i8[::1], i8[::1])",
+    # IN target_octant, IN pair_row, IN pair_source, IN pair_vector, IN source_octant,
+    # IN flip (8, n_vec), IN col0, IN group0, IN new_row, IN row_item, IN item_first,
+    # OUT groups, OUT out_row, OUT out_source, OUT out_vector, OUT group_sources, OUT sources,
+    # scratch key, src_tmp (n_pairs), mark, loc (n_src) -> distinct sources or -1
+    "octant_groups": "i8(i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], i8[:, ::1], i8[::1],"
+                     " i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], i8[::1],"
+                     " i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], i8[::1])",
 }
 
 LOCALS = {}
@@ -280,3 +287,76 @@ def csr_transpose(offsets, index, cursor, out):
             out[cursor[c]] = r
             cursor[c] += 1
     return None
+
+
+def octant_groups(target_octant, pair_row, pair_source, pair_vector, source_octant, flip, col0,
+                  group0, new_row, row_item, item_first, groups, out_row, out_source,
+                  out_vector, group_sources, sources, key, src_tmp, mark, loc):
+    """One level's V-list pairs grouped for M2L by target octant (``aotfmm.expansions``
+    ``_octant_plan``), in time linear in the pairs.
+
+    Pair p: target row pair_row[p] (of octant target_octant[row]), source row pair_source[p]
+    (of octant source_octant[s]), transfer vector pair_vector[p]. Its vector reflected to
+    octant 0 is t = flip[o, v]; col0[t] must be nonzero and group0[t] must equal
+    source_octant[s] ^ o, else -1 is returned (as for an index out of range). The target's
+    row in the products is new_row[row], in item it = row_item[new_row[row]] (whose first row
+    is item_first[it]); the pair's key is 8 it + group0[t]. Out, stably by key (pairs of one
+    key keep their order): ``groups`` (n_keys + 1) the offsets, and per pair its row in its
+    item, its source's position among its key's distinct sources (ascending) and t;
+    ``sources`` the distinct sources of each key in turn, ``group_sources`` (n_keys + 1)
+    their offsets. Returns the number of distinct sources (all keys)."""
+    n_pairs = pair_row.shape[0]
+    n_t = target_octant.shape[0]
+    n_src = source_octant.shape[0]
+    n_keys = groups.shape[0] - 1
+    n_vec = col0.shape[0]
+    for k in range(n_keys + 1):
+        groups[k] = 0
+    for p in range(n_pairs):
+        r = pair_row[p]
+        s = pair_source[p]
+        v = pair_vector[p]
+        if r < 0 or r >= n_t or s < 0 or s >= n_src or v < 0 or v >= n_vec:
+            return -1
+        o = target_octant[r]
+        if o < 0 or o > 7:
+            return -1
+        t = flip[o, v]
+        if t < 0 or t >= n_vec or col0[t] == 0 or group0[t] != (source_octant[s] ^ o):
+            return -1
+        kk = row_item[new_row[r]] * 8 + group0[t]
+        if kk < 0 or kk >= n_keys:
+            return -1
+        key[p] = kk
+        groups[kk + 1] += 1
+    for k in range(n_keys):
+        groups[k + 1] += groups[k]
+    for k in range(n_keys):  # (group_sources: each key's cursor until it is filled below)
+        group_sources[k] = groups[k]
+    for p in range(n_pairs):
+        kk = key[p]
+        q = group_sources[kk]
+        group_sources[kk] = q + 1
+        r = new_row[pair_row[p]]
+        out_row[q] = r - item_first[row_item[r]]
+        out_vector[q] = flip[target_octant[pair_row[p]], pair_vector[p]]
+        src_tmp[q] = pair_source[p]
+    for s in range(n_src):
+        mark[s] = -1
+    n_out = 0
+    group_sources[0] = 0
+    for k in range(n_keys):
+        first = n_out
+        for q in range(groups[k], groups[k + 1]):
+            s = src_tmp[q]
+            if mark[s] != k:
+                mark[s] = k
+                sources[n_out] = s
+                n_out += 1
+        sources[first:n_out].sort()
+        for i in range(first, n_out):
+            loc[sources[i]] = i - first
+        for q in range(groups[k], groups[k + 1]):
+            out_source[q] = loc[src_tmp[q]]
+        group_sources[k + 1] = n_out
+    return n_out

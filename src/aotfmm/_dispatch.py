@@ -51,6 +51,7 @@ TABLE.update({
     ("any", "list_v", "tree", "list"): "lists_v",
     ("any", "list_w", "tree", "list"): "lists_w",
     ("any", "csr_transpose", "csr", "csr"): "csr_transpose",
+    ("any", "octant_groups", "pairs", "groups"): "octant_groups",
 })
 
 #: flag bits of the density kernels (kernels/multi.py, kernels/hessian.py)
