@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from aotfmm import morton
+from aotfmm import tree as tree_module
 from aotfmm._geometry import OCTANT_SIGNS
 from aotfmm.tree import MAX_LEVEL, build_tree
 
@@ -264,3 +265,22 @@ def test_permutation_is_the_stable_sort(rng, same):
         key = np.unique(xyz.T, axis=0, return_inverse=True)[1].ravel()[perm]
         for g in np.unique(key)[:50]:
             assert np.all(np.diff(perm[key == g]) > 0)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 64, 65, 5000, 70000])
+def test_stable_argsort_of_codes_that_share_their_top_bits(rng, n):
+    """tree._stable_argsort (a value sort of each code's top bits packed with its index, then
+    the runs those bits leave tied ordered by full code) against numpy's stable argsort: codes
+    with distinct low bits under shared top bits (a few runs, and most of them: the argsort
+    takes over), exact duplicates, random codes, the largest code."""
+    top = 1 << (3 * MAX_LEVEL)
+    cases = [rng.integers(0, top, n), np.full(n, top - 1), rng.integers(0, 5, n)]
+    base = int(rng.integers(0, top)) >> 30 << 30
+    clustered = rng.integers(0, top, n)
+    clustered[:n // 10] = base + rng.integers(0, 1 << 12, n // 10)  # 10 % share top bits
+    cases.append(rng.permutation(clustered))
+    cases.append(base + rng.integers(0, 1 << 12, n))  # all share them
+    for codes in cases:
+        codes = codes.astype(np.int64)
+        assert np.array_equal(tree_module._stable_argsort(codes),
+                              np.argsort(codes, kind="stable"))

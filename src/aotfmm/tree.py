@@ -113,16 +113,50 @@ def _root_cube(src_xyz, trg_xyz):
 def _sorted_codes(xyz, origin, half, workers):
     codes = point_codes(xyz, origin, half, workers)
     t0 = time.perf_counter()
-    # numpy's default (introsort; SIMD-sorted where the CPU has AVX-512/AVX2) takes about
-    # half the time of its stable sort; ties (points in one finest cell) are then put back in
-    # input order, so the permutation is the stable one
-    perm = np.argsort(codes)
-    s_codes = codes[perm]
-    tie = s_codes[1:] == s_codes[:-1]
-    if tie.any():
+    perm = _stable_argsort(codes)
+    return codes[perm], perm, time.perf_counter() - t0
+
+
+#: bits of a finest-level code (3 per level)
+_CODE_BITS = 3 * MAX_LEVEL
+#: above this share of points in runs that the packed sort leaves unresolved, the argsort
+_PACKED_TIES_MAX = 0.25
+
+
+def _stable_argsort(codes):
+    """The stable argsort of ``codes`` (n,) int64 in [0, 2^57).
+
+    Each code's top bits and its index are packed into one int64 (63 bits in all) and those
+    sorted as values, which numpy does with its SIMD sort: 10-15 ms for 1e6 points where its
+    argsort (until 2026-12-05; introsort, ties then put back in input order) took 30-50 ms
+    (2-core Intel Xeon, AVX-512). Codes that agree in the kept bits (points in one cell of
+    level ~14 at 1e6 points, ~12 at 1e8: rare but for tight clusters) are then ordered by
+    their full codes, and where they are many, the argsort does it all."""
+    n = len(codes)
+    b = max(1, (n - 1).bit_length())  # index bits
+    drop = max(0, _CODE_BITS - (63 - b))
+    packed = (codes >> drop) << b
+    packed |= np.arange(n, dtype=np.int64)
+    packed.sort()
+    perm = packed & ((1 << b) - 1)
+    if drop == 0:  # the whole codes: equal ones are in input order, as they should be
+        return perm
+    top = packed >> b
+    tie = top[1:] == top[:-1]
+    if not tie.any():
+        return perm
+    run = np.flatnonzero(np.concatenate(([False], tie)) | np.concatenate((tie, [False])))
+    if len(run) > _PACKED_TIES_MAX * n:
+        perm = np.argsort(codes)
+        s_codes = codes[perm]
+        tie = s_codes[1:] == s_codes[:-1]
+        if not tie.any():
+            return perm
         run = np.flatnonzero(np.concatenate(([False], tie)) | np.concatenate((tie, [False])))
-        perm[run] = perm[run][np.lexsort((perm[run], s_codes[run]))]
-    return s_codes, perm, time.perf_counter() - t0
+    # (runs are contiguous and in order of their top bits, which the full codes keep: sorting
+    # their union by (code, index) reorders each run in place)
+    perm[run] = perm[run][np.lexsort((perm[run], codes[perm[run]]))]
+    return perm
 
 
 def _refine(s_codes, t_codes, ncrit, max_level):
@@ -239,7 +273,7 @@ def build_tree(src_xyz, trg_xyz, ncrit, max_level=None, threads=1, *, workers=No
         s_codes, s_perm, t_sort = _sorted_codes(src_xyz, origin, half, workers)
         t_codes, t_perm = s_codes, s_perm
     else:
-        # numpy's argsort releases the GIL: sort the two sets side by side
+        # numpy's sorts release the GIL: sort the two sets side by side
         out = [None, None]
 
         def work(a, b):
