@@ -61,8 +61,11 @@ def hits(trg, terr, src, serr, trg_start, trg_end, src_start, src_end, list_offs
         else sort_by_x(trg, terr, trg_start, trg_end)
     src_s, serr_s, trg_s, terr_s = src, serr, trg, terr
     rows = np.repeat(np.arange(n_boxes, dtype=np.int64), np.diff(list_offsets))
+    a = np.abs(shift)  # (its largest component per entry column by column: numpy's max over
+    #                    an axis of 3 took 25 ms for 7e5 entries, this 3)
     pair_extra = shift_err + 2.0 ** -24 * np.sqrt(3.0) * np.maximum(
-        np.maximum(t_amax[rows], s_amax[list_index]), np.abs(shift).max(axis=1, initial=0.0))
+        np.maximum(t_amax[rows], s_amax[list_index]),
+        np.maximum(np.maximum(a[:, 0], a[:, 1]), a[:, 2]))
     pair_extra[rows == list_index] = 0.0  # a box's own entry: see near_risk
     entry_err = t_emax[rows] + s_emax[list_index] + pair_extra
     cost = (trg_end - trg_start)[boxes] * np.diff(list_offsets)[boxes] + 1.0

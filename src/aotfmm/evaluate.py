@@ -25,7 +25,7 @@ from ._driver import DownLevel, UpLevel
 from .cache import key_hash
 from ._direct import p2p as near_field
 from .families import LAPLACE
-from .lists import build_lists
+from .lists import _transpose, build_lists
 from .operators import P_MAX, P_MIN, get_operators, l2l_blocks, prefetch_operators
 from ._validation import AccuracyWarning, check_representable  # noqa: F401 (re-exported)
 from .morton import LEVEL_BITS, MAX_LEVEL
@@ -790,7 +790,8 @@ class Plan:
         rows = np.repeat(np.arange(n_boxes, dtype=np.int64), np.diff(self.near_offsets))
         cols = self.near_index
         shift = np.ascontiguousarray((self.anchor[rows] - self.anchor[cols]) / self.frame_scale)
-        shift_err = np.sqrt(((self.near_shift.astype(np.float64) - shift) ** 2).sum(axis=1))
+        d = self.near_shift.astype(np.float64) - shift
+        shift_err = np.sqrt(np.einsum("ij,ij->i", d, d))  # (sum over axis 1: 2.5x slower)
         s_start, s_end, t_start, t_end = tree.src_start, tree.src_end, tree.trg_start, \
             tree.trg_end
         leaves = tree.leaves
@@ -883,12 +884,19 @@ class Plan:
         n_boxes = self.n_boxes
         rows = np.repeat(np.arange(n_boxes, dtype=np.int64), np.diff(self.near_offsets))
         cols = self.near_index
-        key = np.sort(rows * n_boxes + cols)  # (sort + searchsorted: np.unique/np.isin hash
-        if (key[1:] == key[:-1]).any():       # and took ~1.3 s at 3e4 leaves)
+        # each pair (r, c) is mirrored when (c, r) is listed: the transposed lists hold, for
+        # each box c, the boxes r that list it in ascending order, so c n + r over them is
+        # sorted, and the pairs' own r n + c (rows ascending) are found in it by a nearly
+        # monotone search (np.unique/np.isin hash and took ~1.3 s at 3e4 leaves; sorting the
+        # keys and searching each mirror took 0.02 s of a 1e6 Plummer setup until 2026-12-05)
+        t_offsets, t_index = _transpose(self.near_offsets, cols, n_boxes)
+        key_t = np.repeat(np.arange(n_boxes, dtype=np.int64), np.diff(t_offsets)) * n_boxes \
+            + t_index
+        if (key_t[1:] == key_t[:-1]).any():
             return None  # a pair listed twice: keep the plain near field
-        mirror = cols * n_boxes + rows
-        pos = np.minimum(np.searchsorted(key, mirror), len(key) - 1)
-        mirrored = (key[pos] == mirror) & (rows != cols)
+        key = rows * n_boxes + cols
+        pos = np.minimum(np.searchsorted(key_t, key), len(key_t) - 1)
+        mirrored = (key_t[pos] == key) & (rows != cols)
         if self.redo is not None:  # boxes redone in float64 take every pair one-sided
             mirrored &= ~self.redo.in_redo[rows] & ~self.redo.in_redo[cols]
         pick = {}
