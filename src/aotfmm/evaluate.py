@@ -1052,6 +1052,8 @@ class Plan:
         v_rows, v_cols = _pairs(lists.v_offsets, lists.v_index)
         keep = has_trg[v_rows] & has_src[v_cols]
         v_rows, v_cols, v_tr = v_rows[keep], v_cols[keep], lists.v_transfer[keep]
+        if (v_rows[1:] < v_rows[:-1]).any() or (xr[1:] < xr[:-1]).any():
+            raise RuntimeError("V/X pairs out of row order")  # (the slices below need it)
         self.down_levels = []
         octants = (tree.ijk & 1) @ np.array([1, 2, 4], dtype=np.int64)  # in its parent
         for lev in range(far, tree.n_levels):
@@ -1064,15 +1066,17 @@ class Plan:
                 children[children >= 0] = np.where(has_trg[children[children >= 0]],
                                                     children[children >= 0], -1)
                 entry["l2l"] = (parents, np.ascontiguousarray(children))
-            sel = (v_rows >= lo) & (v_rows < hi)
-            if sel.any():
+            # (v_rows and xr ascend, as CSR pairs filtered do: each level's are one slice;
+            # masks over all pairs per level took ~0.02 s of a 1e6 Plummer setup)
+            sel = slice(*np.searchsorted(v_rows, [lo, hi]))
+            if sel.stop > sel.start:
                 boxes, offsets, index, transfer = self._grouped(v_rows[sel], v_cols[sel],
                                                                 v_tr[sel])
                 entry["m2l"] = expansions.m2l_plan(None, boxes, offsets, index, transfer,
                                                    n_boxes, workers=self.workers,
                                                    octants=octants)
-            sel = (xr >= lo) & (xr < hi)
-            if sel.any():
+            sel = slice(*np.searchsorted(xr, [lo, hi]))
+            if sel.stop > sel.start:
                 entry["p2l"] = self._grouped(xr[sel], xc[sel])
             # boxes whose down-check coefficients become local densities at this level
             got = [entry["l2l"][1].ravel()] if entry["l2l"] is not None else []
@@ -1376,15 +1380,20 @@ class Plan:
 
     @staticmethod
     def _grouped(rows, cols, extra=None):
-        """Pairs -> (unique target boxes, CSR offsets over them, cols[, extra]) sorted by target."""
-        order = np.argsort(rows, kind="stable")
-        rows, cols = rows[order], cols[order]
-        boxes, counts = np.unique(rows, return_counts=True)
-        offsets = np.zeros(len(boxes) + 1, dtype=np.int64)
-        np.cumsum(counts, out=offsets[1:])
-        out = (boxes.astype(np.int64), offsets, np.ascontiguousarray(cols, dtype=np.int64))
+        """Pairs -> (unique target boxes, CSR offsets over them, cols[, extra]) sorted by target
+        (stably; rows that already ascend, as CSR pairs do, are not sorted again: the sort and
+        np.unique's took ~0.025 s of a 1e6 Plummer setup)."""
+        if len(rows) > 1 and not (rows[1:] >= rows[:-1]).all():
+            order = np.argsort(rows, kind="stable")
+            rows, cols = rows[order], cols[order]
+            extra = None if extra is None else extra[order]
+        first = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1]))) if len(rows) \
+            else np.zeros(0, dtype=np.int64)
+        offsets = np.append(first, len(rows)).astype(np.int64)
+        out = (np.asarray(rows[first], dtype=np.int64), offsets,
+               np.ascontiguousarray(cols, dtype=np.int64))
         if extra is not None:
-            out += (np.ascontiguousarray(extra[order], dtype=np.int64),)
+            out += (np.ascontiguousarray(extra, dtype=np.int64),)
         return out
 
     def _stats(self, tree, lists):
