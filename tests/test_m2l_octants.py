@@ -244,3 +244,13 @@ def test_m2l_plan_refuses_octants_that_do_not_fit():
     for bad in (octants + 8, octants - 1, octants[:-1], octants.astype(float)):
         with pytest.raises(ValueError, match="octants"):
             plan(bad)
+    # pairs that do not fit their offsets or have no transfer vector never reach the
+    # compiled octant_groups (which reads them unchecked): the old numpy grouping failed on
+    # a short v_transfer only by chance of its indexing
+    shifted = offsets.copy()
+    shifted[1:] -= 1
+    for offs, tr in ((offsets, transfer[:-1]), (offsets[:-1], transfer), (shifted, transfer),
+                     (offsets, np.where(transfer == transfer[0], 316, transfer)),
+                     (offsets, np.where(transfer == transfer[0], -1, transfer))):
+        with pytest.raises(ValueError, match="v_offsets|v_transfer"):
+            expansions.m2l_plan(None, boxes, offs, index, tr, n, octants=octants)

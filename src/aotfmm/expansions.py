@@ -433,12 +433,20 @@ def m2l_plan(ops, target_boxes, v_offsets, v_index, v_transfer, n_boxes, workers
     vectors is also grouped for the octant products of :func:`_octant_m2l`."""
     n_t = len(target_boxes)
     n_pairs = len(v_index)
+    v_offsets = np.asarray(v_offsets, dtype=np.int64)
+    v_transfer = np.asarray(v_transfer, dtype=np.int64)
+    # (the pairs reach compiled kernels that read them unchecked: octant_groups, m2l_gather)
+    if v_offsets.shape != (n_t + 1,) or v_offsets[0] != 0 or v_offsets[-1] != n_pairs or \
+            (np.diff(v_offsets) < 0).any() or v_transfer.shape != (n_pairs,):
+        raise ValueError(f"v_offsets must be the {n_t + 1} CSR offsets of the {n_pairs} pairs "
+                         f"of v_index, and v_transfer one transfer vector per pair")
+    if n_pairs and not ((v_transfer >= 0) & (v_transfer < _geometry.N_TRANSFER)).all():
+        raise ValueError(f"v_transfer must hold transfer vectors in 0..{_geometry.N_TRANSFER - 1}")
     used = np.zeros(n_boxes, dtype=bool)
     used[v_index] = True
     sources = np.flatnonzero(used).astype(np.int64)
     compact = np.cumsum(used, dtype=np.int64) - 1
     pair_rows = compact[v_index]  # each pair's source, a row of `sources`
-    v_transfer = np.asarray(v_transfer, dtype=np.int64)
     cost = np.diff(v_offsets)
     chunk_rows = workers.split(cost) if workers.threads > 1 and n_t else \
         np.array([0, n_t], dtype=np.int64)
@@ -451,9 +459,8 @@ def m2l_plan(ops, target_boxes, v_offsets, v_index, v_transfer, n_boxes, workers
         rows = np.repeat(np.arange(n_t, dtype=np.int64), cost)
         octant = _octant_plan(octants[target_boxes], rows, pair_rows, v_transfer,
                               octants[sources])
-    return M2LPlan(np.asarray(target_boxes, dtype=np.int64), sources,
-                   np.asarray(v_offsets, dtype=np.int64), pair_rows, v_transfer, chunk_rows,
-                   octant)
+    return M2LPlan(np.asarray(target_boxes, dtype=np.int64), sources, v_offsets, pair_rows,
+                   v_transfer, chunk_rows, octant)
 
 
 def _octant_plan(target_octant, pair_row, pair_source, pair_vector, source_octant):
@@ -468,6 +475,8 @@ def _octant_plan(target_octant, pair_row, pair_source, pair_vector, source_octan
     (item, source) marking table did this: 0.03 s of a 1e6 cube's setup, 0.08 s of a Plummer
     sphere's."""
     n_t, n_src = len(target_octant), len(source_octant)
+    if not len(pair_row) == len(pair_source) == len(pair_vector):
+        raise ValueError("pair_row, pair_source and pair_vector must have one entry per pair")
     order = np.argsort(target_octant.astype(np.int8), kind="stable")
     new_row = np.empty(n_t, dtype=np.int64)
     new_row[order] = np.arange(n_t, dtype=np.int64)
