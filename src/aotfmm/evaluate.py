@@ -498,8 +498,8 @@ def _tree_costs(tree, lists, ncrit, far, same, p, scales=()):
     # (a complete octree's empty boxes cost nothing: only V pairs and boxes with points count;
     # counting them all made a 1 x 1 x 0.01 slab of 2.5e5 points switch, 1.4x slower)
     v_cost, box_cost = far
-    v_rows, v_cols = _pairs(lists.v_offsets, lists.v_index)
-    n_v = int(np.count_nonzero((nt[v_rows] > 0) & (ns[v_cols] > 0)))
+    n_v = int(_list_sums((ns > 0).astype(np.int64), lists.v_offsets, lists.v_index,
+                         np.flatnonzero(nt > 0)).sum())  # (per row: no (row, col) pair arrays)
     boxes_cost = v_cost * n_v + box_cost * int(np.count_nonzero(ns + nt))
     costs = [float(pairs.sum()) + wx + boxes_cost]
     if not scales or not len(leaves):
