@@ -791,7 +791,8 @@ class Plan:
         cols = self.near_index
         shift = np.ascontiguousarray((self.anchor[rows] - self.anchor[cols]) / self.frame_scale)
         d = self.near_shift.astype(np.float64) - shift
-        shift_err = np.sqrt(np.einsum("ij,ij->i", d, d))  # (sum over axis 1: 2.5x slower)
+        # (column by column, in the order a sum over axis 1 takes, bit for bit: 3x faster)
+        shift_err = np.sqrt((d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1]) + d[:, 2] * d[:, 2])
         s_start, s_end, t_start, t_end = tree.src_start, tree.src_end, tree.trg_start, \
             tree.trg_end
         leaves = tree.leaves

@@ -132,6 +132,7 @@ def _stable_argsort(codes):
     (2-core Intel Xeon, AVX-512). Codes that agree in the kept bits (points in one cell of
     level ~14 at 1e6 points, ~12 at 1e8: rare but for tight clusters) are then ordered by
     their full codes, and where they are many, the argsort does it all."""
+    codes = np.asarray(codes, dtype=np.int64)  # (the packing needs 64 bits)
     n = len(codes)
     b = max(1, (n - 1).bit_length())  # index bits
     drop = max(0, _CODE_BITS - (63 - b))
