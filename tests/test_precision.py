@@ -268,7 +268,7 @@ def test_box_sort_x_sorts_each_box_stably_and_measures_it(rng):
     """kernels/morton.py box_sort_x, the rounding sweep's sort: each listed box's points (and
     their moves) sorted by x in place, ties in their old order; order[k] = where sorted point
     k was; per box the largest |coordinate|, the largest |move| and the bounding box. Against
-    numpy's stable argsort on boxes of 0 to 700 points, with many equal x."""
+    numpy's stable argsort on boxes of 0 to 700 points, with many equal x, +0.0 and -0.0."""
     from aotfmm import _dispatch
     sizes = [0, 1, 2, 7, 33, 244, 700, 5, 0, 64]
     start = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
@@ -276,6 +276,11 @@ def test_box_sort_x_sorts_each_box_stably_and_measures_it(rng):
     n = int(end[-1])
     xyz = rng.uniform(-1.0, 1.0, (3, n))
     xyz[0, ::3] = np.round(xyz[0, ::3], 1)  # ties in x, and some equal to others' whole rows
+    # (a radix sort on the values' bits since 2026-12-05: signed zeros compare equal, and
+    # values many binades apart)
+    xyz[0, 1::11] = 0.0
+    xyz[0, 2::13] = -0.0
+    xyz[0, 4::17] *= 1e-12
     err = rng.uniform(-1e-7, 1e-7, (3, n))
     boxes = np.array([0, 1, 2, 3, 4, 5, 6, 8, 9], dtype=np.int64)  # box 7 left alone
     x0, e0 = xyz.copy(), err.copy()
