@@ -890,9 +890,8 @@ class Plan:
         # sorted, and the pairs' own r n + c (rows ascending) are found in it by a nearly
         # monotone search (np.unique/np.isin hash and took ~1.3 s at 3e4 leaves; sorting the
         # keys and searching each mirror took 0.02 s of a 1e6 Plummer setup until 2026-12-05)
-        t_offsets, t_index = _transpose(self.near_offsets, cols, n_boxes)
-        key_t = np.repeat(np.arange(n_boxes, dtype=np.int64), np.diff(t_offsets)) * n_boxes \
-            + t_index
+        t_rows, t_cols = _pairs(*_transpose(self.near_offsets, cols, n_boxes))
+        key_t = t_rows * n_boxes + t_cols
         if (key_t[1:] == key_t[:-1]).any():
             return None  # a pair listed twice: keep the plain near field
         key = rows * n_boxes + cols

@@ -142,22 +142,21 @@ def _stable_argsort(codes):
     perm = packed & ((1 << b) - 1)
     if drop == 0:  # the whole codes: equal ones are in input order, as they should be
         return perm
-    top = packed >> b
-    tie = top[1:] == top[:-1]
-    if not tie.any():
-        return perm
-    run = np.flatnonzero(np.concatenate(([False], tie)) | np.concatenate((tie, [False])))
+    run = _tie_runs(packed >> b)
     if len(run) > _PACKED_TIES_MAX * n:
         perm = np.argsort(codes)
-        s_codes = codes[perm]
-        tie = s_codes[1:] == s_codes[:-1]
-        if not tie.any():
-            return perm
-        run = np.flatnonzero(np.concatenate(([False], tie)) | np.concatenate((tie, [False])))
+        run = _tie_runs(codes[perm])
     # (runs are contiguous and in order of their top bits, which the full codes keep: sorting
     # their union by (code, index) reorders each run in place)
-    perm[run] = perm[run][np.lexsort((perm[run], codes[perm[run]]))]
+    if len(run):
+        perm[run] = perm[run][np.lexsort((perm[run], codes[perm[run]]))]
     return perm
+
+
+def _tie_runs(keys):
+    """Positions of the sorted ``keys`` that equal a neighbour (runs of ties, in order)."""
+    tie = keys[1:] == keys[:-1]
+    return np.flatnonzero(np.concatenate(([False], tie)) | np.concatenate((tie, [False])))
 
 
 def _refine(s_codes, t_codes, ncrit, max_level):
