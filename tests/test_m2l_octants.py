@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import aotfmm
-from aotfmm import _geometry, expansions
+from aotfmm import _blas, _geometry, expansions
 from aotfmm._threads import Workers
 
 from conftest import direct_reference
@@ -17,15 +17,17 @@ def _rel(x, ref):
     return np.linalg.norm(x - ref) / np.linalg.norm(ref)
 
 
-def _spy(monkeypatch):
+def _spy(monkeypatch, name="_octant_m2l"):
+    """The calls of ``expansions.<name>`` (M2L's products): (plan, the multipoles' dtype)."""
     calls = []
-    real = expansions._octant_m2l
+    real = getattr(expansions, name)
 
     def counted(*args, **kwargs):
-        calls.append(args[2])
+        mc = args[1] if name == "_octant_m2l" else args[3]
+        calls.append((args[2] if name == "_octant_m2l" else args[4], mc.dtype))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(expansions, "_octant_m2l", counted)
+    monkeypatch.setattr(expansions, name, counted)
     return calls
 
 
@@ -82,7 +84,8 @@ def test_octant_plan_holds_each_v_pair_once():
         assert len(set(d.m2l.octant.items[:, 2].tolist())) == 8
 
 
-def _reference_m2l(ops, equiv, pairs, tree, n_boxes, nd):
+@_blas.one_thread  # (numpy's BLAS threads spin: with the other xdist worker doing the same,
+def _reference_m2l(ops, equiv, pairs, tree, n_boxes, nd):  # this file alone ran for minutes)
     """dcheck of every pair, one transfer vector at a time, with the stored C_t (numpy)."""
     mc = equiv.reshape(n_boxes, nd, ops.n_surf).astype(np.complex128) @ ops.m2l_v
     out = np.zeros((n_boxes, nd, ops.m2l_rank), np.complex128)
@@ -96,19 +99,28 @@ def _reference_m2l(ops, equiv, pairs, tree, n_boxes, nd):
 
 
 @pytest.mark.parametrize("case", ["float64", "float64 k=3", "float64 k=3 one at a time",
-                                  "float32", "helmholtz"])
+                                  "float32", "helmholtz", "float64 single",
+                                  "float64 k=3 single", "helmholtz single",
+                                  "float64 single per vector"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_octant_m2l_is_the_stored_operators_pair_by_pair(case, threads, monkeypatch):
     """C_t of a target in octant o is S_o C_t0 S_o (t0: t reflected into octant 0, S_o the
     bases' parities): the octant products must give what each pair's own stored C_t gives, to
-    the ~1e-9 by which the build's truncations of mirror images differ."""
+    the ~1e-9 by which the build's truncations of mirror images differ. "single": the
+    products in float32 / complex64 (``m2l(..., single=True)``, a mixed plan's), to float32's
+    rounding; "per vector": bases taken for not symmetric, the products per transfer vector."""
+    if "per vector" in case:
+        monkeypatch.setattr(expansions, "_LAYOUTS", {})
+        monkeypatch.setattr(expansions, "_SINGLES", {})
+        monkeypatch.setattr(expansions, "_reflection_signs", lambda surf, bases: None)
     kw = dict(float32=dict(dtype=np.float32, eps=1e-4),
               helmholtz=dict(kernel=aotfmm.Helmholtz(3.0), dtype=np.complex128)).get(case, {})
     _, rng, fmm = _plan(**kw)
     core = fmm._core
     tree = core.tree
     nd = 3 if "k=3" in case else 1
-    calls = _spy(monkeypatch)
+    single = "single" in case
+    calls = _spy(monkeypatch, "_vector_m2l" if "per vector" in case else "_octant_m2l")
     for d in core.down_levels:
         if d.m2l is None or d.m2l.octant is None:
             continue
@@ -125,18 +137,20 @@ def test_octant_m2l_is_the_stored_operators_pair_by_pair(case, threads, monkeypa
         equiv = equiv.astype(vdt).reshape((n_boxes, nd, ops.n_surf) if nd > 1 else
                                           (n_boxes, ops.n_surf))
         dcheck = np.zeros((n_boxes,) + ((nd,) if nd > 1 else ()) + (ops.down_rank,), vdt)
-        expansions.m2l(ops, equiv, dcheck, d.m2l, workers=Workers(threads))
+        expansions.m2l(ops, equiv, dcheck, d.m2l, workers=Workers(threads), single=single)
         boxes = d.m2l.target_boxes
         keep = np.sort(rng.choice(boxes, min(len(boxes), 300), replace=False))  # (for time)
         pairs = _brute_v_pairs(tree, d.level, keep)
         ref = _reference_m2l(ops, equiv, pairs, tree, n_boxes, nd)[keep]
         got = dcheck.reshape((n_boxes, nd, -1))[keep]
-        tol = 1e-4 if vdt == np.float32 else 1e-7
+        tol = 1e-4 if vdt == np.float32 else 1e-5 if single else 1e-7
         assert np.abs(got - ref).max() <= tol * np.abs(ref).max()
         # per density too: a mix-up of densities' rows would still match the largest entry
         for k in range(nd):
             assert _rel(got[:, k].ravel(), ref[:, k].ravel()) <= tol
     assert len(calls) == 2
+    halves = {np.dtype(np.float64): np.float32, np.dtype(np.complex128): np.complex64}
+    assert {dt for _, dt in calls} == {np.dtype(halves[vdt] if single else vdt)}
 
 
 def test_reflection_signs_of_hand_made_bases():
@@ -183,6 +197,8 @@ def test_evaluations_through_octant_m2l_meet_eps(family, monkeypatch):
     x, rng, fmm = _plan(seed=5, eps=eps, **kw.get(family, {}))
     q = rng.standard_normal(len(x))
     sample = rng.choice(len(x), 300, replace=False)
+    # the mixed plan's M2L products in float32 for Laplace only (README "Mixed precision")
+    assert fmm._core.mixed_m2l == (family == "laplace")
     if family == "laplace":
         pot, grad = fmm.evaluate(q, gradient=True)
         ref_pot, ref_grad = direct_reference(x, q, x[sample])
@@ -196,12 +212,15 @@ def test_evaluations_through_octant_m2l_meet_eps(family, monkeypatch):
         ref_pot = _helmholtz(x, q, x[sample], 3.0)
     assert _rel(pot[sample], ref_pot) <= eps
     assert len(calls) >= 2  # levels 3 and 4 went through the octant products
+    single = {"laplace": np.float32, "yukawa": np.float64, "helmholtz": np.complex128}[family]
+    assert {dt for _, dt in calls} == {np.dtype(single)}
 
 
 def test_operators_without_symmetric_bases_take_the_products_per_vector(monkeypatch):
     """Where the bases are not symmetric the octant plan is there but unused, and the answer
     is still right (the per-vector products)."""
     monkeypatch.setattr(expansions, "_LAYOUTS", {})
+    monkeypatch.setattr(expansions, "_SINGLES", {})  # (their single-precision copies)
     monkeypatch.setattr(expansions, "_reflection_signs", lambda surf, bases: None)
     calls = _spy(monkeypatch)
     x, rng, fmm = _plan(seed=7)

@@ -1017,7 +1017,10 @@ def test_one_charge_at_a_leaf_face_reaches_leaves_two_away_through_the_expansion
     (closed form). Float64 terms: potentials 2e-9..4e-8 here; float32 L2P terms erred 1.3e-6,
     float32 P2M terms 1.6e-7 (both need the pseudo-inverses' weakest modes). Since
     2026-12-04 a field of few charges is summed directly; that is turned off here
-    (``_FEW_CHARGES`` 0) to keep the expansions under test."""
+    (``_FEW_CHARGES`` 0) to keep the expansions under test. The float64 expansions are held
+    to 0.1 eps; the plan's default since 2026-12-06, M2L's compressed products in float32
+    (``_MIXED_M2L``), to 0.4 eps: a lone charge does not average their rounding away (worst
+    measured 2.5e-7 over 30 spots of this construction, potentials and gradients)."""
     monkeypatch.setattr(aotfmm.evaluate, "_FEW_CHARGES", 0)
     rng = np.random.default_rng(1)
     n = 100000
@@ -1031,12 +1034,17 @@ def test_one_charge_at_a_leaf_face_reaches_leaves_two_away_through_the_expansion
         t = np.flatnonzero((cell[:, 0] == tx) & (cell[:, 1] == 7) & (cell[:, 2] == 1))
         y = s[t]
         f = aotfmm.Fmm(s, y, eps=1e-6, threads=2)
-        assert f._core.mixed_near
+        assert f._core.mixed_near and f._core.mixed_m2l
         d = y - s[0]
         r = np.linalg.norm(d, axis=1)
-        pot = f.evaluate(q)
-        assert np.linalg.norm(pot - 1 / (4 * np.pi * r)) / np.linalg.norm(1 / r / (4 * np.pi)) \
-            <= 1e-7
+        for single, bound in ((True, 4e-7), (False, 1e-7)):
+            f._core.mixed_m2l = single
+            pot, grad = f.evaluate(q, gradient=True)
+            ref = np.linalg.norm(1 / r / (4 * np.pi))
+            assert np.linalg.norm(pot - 1 / (4 * np.pi * r)) / ref <= bound
+            ref_g = -d / r[:, None] ** 3 / (4 * np.pi)
+            assert np.linalg.norm(grad - ref_g) / np.linalg.norm(1 / r ** 2 / (4 * np.pi)) \
+                <= 1e-6  # (gradients: 1.7e-8 .. 7e-7 at such spots either way)
 
 
 @pytest.mark.parametrize("kind", ["one", "forty", "strong among weak", "dipole", "random",

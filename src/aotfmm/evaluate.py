@@ -50,6 +50,17 @@ _REGULAR_SPLIT = True
 #: Off only for the engine pin (tests/test_engine_pin.py), whose numbers predate it.
 _MIXED_NEAR = True
 
+#: ... and such a Laplace plan (one whose near field takes float32 pair terms) takes M2L's
+#: compressed products in float32 (expansions.m2l ``single``): M2L of 1e6 points at eps 1e-6,
+#: 2 threads, 2-core Intel Xeon, cube 0.20 -> 0.11 s, Plummer 0.41 -> 0.23 s, sphere surface
+#: 0.155 -> 0.105 s. Errors: ~5e-10 of the field of |q| for 1e6 random charges (the contract's
+#: measure; plain relative potential errors 4.7e-8 -> 1.7e-7 on the cube, 1.1e-7 -> 4.6e-7 on
+#: Plummer: the float32 sums of terms that cancel), up to 2.5e-7 for one lone charge at the
+#: worst spots (whose field is summed directly anyway: _FEW_CHARGES). Only for families with
+#: ``single_m2l`` (Laplace): sparse charges with Yukawa (lam D = 10) went 3.8e-7 -> 1.3e-6
+#: (README "Mixed precision"). Off for the engine pin (it follows _MIXED_NEAR).
+_MIXED_M2L = True
+
 #: Leaf size against the far field (issue 19, "balance P2P against M2L"). On points that fill
 #: their boxes, an octree's leaves jump 8x in size per level, so some problem sizes get leaves
 #: of ~ncrit / 6 points and 8x the boxes of their neighbours (1e6 uniform points: 244 per leaf,
@@ -661,6 +672,9 @@ class Plan:
                            and order_error(self.p, not self.same, dipoles, hessians,
                                            family=family, size=self.size, ncrit=ncrit)
                            >= _dispatch.MIXED_NEAR_ORDER_ERROR)
+        #: ... and M2L's compressed products in float32 then, where the family was measured
+        #: to keep the contract so (Laplace; see _MIXED_M2L)
+        self.mixed_m2l = _MIXED_M2L and self.mixed_near and family.single_m2l
         self.p2m_groups = self._p2m_groups()
         timings["setup_passes"] = time.perf_counter() - t + t0 - t_passes
         step("passes")
@@ -1900,7 +1914,7 @@ class KifmmPasses:
         if down.m2l is None:
             return False
         expansions.m2l(self.plan.ops_at(down.level), self.equiv, self.dcheck, down.m2l,
-                       workers=self.plan.workers)
+                       workers=self.plan.workers, single=self.plan.mixed_m2l)
         return True
 
     def p2l(self, down):

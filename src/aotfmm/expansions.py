@@ -48,12 +48,13 @@ m2l_plan(ops, target_boxes, v_offsets, v_index, v_transfer, n_boxes, workers=INL
     target_boxes (n_t,) int64 unique; v_offsets (n_t + 1,) int64 CSR over rows of
     target_boxes; v_index (n_pairs,) int64 source box ids; v_transfer (n_pairs,) int64 rows of
     ``_geometry.TRANSFER_VECTORS`` (t = source_ijk - target_ijk).
-m2l(ops, equiv, dcheck, plan, workers=INLINE)
+m2l(ops, equiv, dcheck, plan, workers=INLINE, single=False)
     dcheck[target_boxes[i]] += sum over the V list of i of M2L_t @ equiv[source]: by target
     octant (:func:`_octant_m2l`, one dense product per item of up to 512 targets) where the
     plan grouped the level for it (``octants`` given, pairs filling >= half the vectors) and
     the operators' bases are symmetric; otherwise one transfer vector at a time
-    (:func:`_vector_m2l`).
+    (:func:`_vector_m2l`). ``single``: the compressed products in float32 / complex64 for
+    float64 / complex128 values (a mixed-precision plan's).
 p2l(ops, src_xyz, charges, src_start, src_end, target_boxes, x_offsets, x_index, centers,
     half_widths, dcheck, workers=INLINE)
     dcheck[target_boxes[i]] += h dc2e_b K(down check of target_boxes[i], X list sources) q.
@@ -120,7 +121,11 @@ _OCTANT_FLIP, _OCTANT0_COLUMN, _OCTANT0_GROUP = _octant_tables()
 _N_OCTANT_VECTORS = int(_OCTANT0_COLUMN.sum())  # 189
 _OCTANT0_COLUMN_I8 = _OCTANT0_COLUMN.astype(np.int64)  # (for the compiled octant_groups)
 _LAYOUTS = {}
-_LAYOUTS_LOCK = threading.Lock()
+_SINGLES = {}
+_LAYOUTS_LOCK = threading.RLock()  # (_single_ops makes a layout while holding it)
+#: a value type -> the type of its M2L products where they are taken in single precision
+_SINGLE = {np.dtype(np.float64): np.dtype(np.float32),
+           np.dtype(np.complex128): np.dtype(np.complex64)}
 
 
 def _cast(a, dt):
@@ -507,29 +512,44 @@ def _octant_plan(target_octant, pair_row, pair_source, pair_vector, source_octan
                       out_source, out_vector)
 
 
-def m2l(ops, equiv, dcheck, plan, workers=INLINE):
-    """dcheck[target] += dc2e_b U a_t^T b_t V^T equiv[source] for every V-list pair of the plan."""
+def m2l(ops, equiv, dcheck, plan, workers=INLINE, single=False):
+    """dcheck[target] += dc2e_b U a_t^T b_t V^T equiv[source] for every V-list pair of the plan.
+
+    ``single`` (float64 or complex128 values): the compressed multipoles V^T equiv are rounded
+    to float32 / complex64 and go through a_t, b_t in that type (:func:`_single_ops`), at
+    twice the vector width; the compression and the decompression dc2e_b U stay in the
+    values' type (the densities hold the pseudo-inverses' weak modes, which float32 would
+    swamp: README "Mixed precision")."""
     if plan.n_pairs == 0:
         return
-    dt, vdt = ops.dtype, equiv.dtype
+    vdt = equiv.dtype
+    pdt = _SINGLE.get(vdt, vdt) if single else vdt  # the products' type
+    dt = np.finfo(pdt).dtype                        # ... its real type: the kernels'
     kr = ops.m2l_rank
     e3 = _dens3(equiv, ops.n_surf)
     nd = e3.shape[1]
     k = nd * kr  # a pair's row: the compressed multipoles of all nd densities
     n_t = len(plan.target_boxes)
-    mc = np.empty((len(plan.sources), k), dtype=vdt)  # every source compressed once
+    mc = np.empty((len(plan.sources), k), dtype=pdt)  # every source compressed once
 
-    def compress(i0, i1):  # (straight into mc: no second copy of its rows)
-        np.matmul(e3[plan.sources[i0:i1]].reshape(-1, ops.n_surf), ops.m2l_v,
-                  out=mc[i0:i1].reshape(-1, kr))
+    def compress(i0, i1):
+        if pdt == vdt:  # (straight into mc: no second copy of its rows)
+            np.matmul(e3[plan.sources[i0:i1]].reshape(-1, ops.n_surf), ops.m2l_v,
+                      out=mc[i0:i1].reshape(-1, kr))
+            return
+        for j0 in range(i0, i1, DC2E_BLOCK_ROWS):  # (rounded block by block)
+            j1 = min(j0 + DC2E_BLOCK_ROWS, i1)
+            mc[j0:j1] = (e3[plan.sources[j0:j1]].reshape(-1, ops.n_surf) @
+                         ops.m2l_v).reshape(j1 - j0, k)
 
     workers.run(compress, _row_ranges(len(plan.sources), workers))
-    layout = _octant_layout(ops) if plan.octant is not None else None
-    if layout is not None and ops.m2l_a.dtype == vdt and layout.a0.shape[0] * \
-            M2L_OCTANT_ROWS * vdt.itemsize <= M2L_OCTANT_BYTES:
+    a, b, layout = (ops.m2l_a, ops.m2l_b, _octant_layout(ops)) if pdt == vdt else \
+        _single_ops(ops, pdt)
+    if plan.octant is not None and layout is not None and a.dtype == pdt and \
+            layout.a0.shape[0] * M2L_OCTANT_ROWS * pdt.itemsize <= M2L_OCTANT_BYTES:
         z, targets = _octant_m2l(layout, mc.reshape(-1, nd, kr), plan, dt, workers)
     else:
-        z, targets = _vector_m2l(ops, mc, plan, dt, nd, workers), plan.target_boxes
+        z, targets = _vector_m2l(ops, a, b, mc, plan, dt, nd, workers), plan.target_boxes
     d3 = _dens3(dcheck, ops.down_rank)                          # decompress once per target
     z3 = z.reshape(n_t, nd, kr)
 
@@ -545,13 +565,14 @@ def _real(a):  # gather/scatter move whole rows: a complex row is a real row twi
     return a.view(a.real.dtype) if a.dtype.kind == "c" else a
 
 
-def _vector_m2l(ops, mc, plan, dt, nd, workers):
+def _vector_m2l(ops, a, b, mc, plan, dt, nd, workers):
     """The compressed down-check sums (n_t, nd * k) of M2L, one transfer vector at a time: its
-    pairs' compressed multipoles gathered, times b_t^T and a_t, scattered onto the targets."""
+    pairs' compressed multipoles gathered, times b_t^T and a_t, scattered onto the targets.
+    ``a``, ``b``: ``ops.m2l_a``, ``ops.m2l_b`` in the type of ``mc``."""
     vdt, kr = mc.dtype, ops.m2l_rank
     k = nd * kr
     z = np.zeros((len(plan.target_boxes), k), dtype=vdt)
-    a, b, offs = ops.m2l_a, ops.m2l_b, ops.m2l_offsets
+    offs = ops.m2l_offsets
     r_max = int(np.diff(offs).max())
 
     block = max(1, min(plan.max_pairs, M2L_BLOCK_ROWS // nd))  # pairs per GEMM block
@@ -617,33 +638,52 @@ def _reflection_signs(surf, bases, tol=1e-9):
     return signs
 
 
+def _kept(table, ops, make):
+    """``make()`` for ``ops``, made once and kept in ``table`` while ``ops`` lives."""
+    with _LAYOUTS_LOCK:
+        hit = table.get(id(ops))
+        if hit is not None and hit[0]() is ops:
+            return hit[1]
+        value = make()
+        table[id(ops)] = (weakref.ref(ops, lambda _, key=id(ops): table.pop(key, None)), value)
+        return value
+
+
+def _single_ops(ops, pdt):
+    """(m2l_a, m2l_b, :class:`OctantLayout` or None) of ``ops`` rounded to ``pdt`` (float32 or
+    complex64), made once per ``ops``: the products of :func:`m2l` with ``single``."""
+    def make():
+        lay = _octant_layout(ops)
+        if lay is not None:
+            lay = dataclasses.replace(lay, signs=_cast(lay.signs, np.finfo(pdt).dtype),
+                                      a0=_cast(lay.a0, pdt), b0=_cast(lay.b0, pdt))
+        return _cast(ops.m2l_a, pdt), _cast(ops.m2l_b, pdt), lay
+    return _kept(_SINGLES, ops, make)
+
+
 def _octant_layout(ops):
     """The :class:`OctantLayout` of ``ops`` (built once, kept while ``ops`` lives), or None
     where its compressed bases are not symmetric under the reflections (the products per
     transfer vector are used then)."""
-    with _LAYOUTS_LOCK:
-        hit = _LAYOUTS.get(id(ops))
-        if hit is not None and hit[0]() is ops:
-            return hit[1]
-        signs = _reflection_signs(ops.surface_soa, (ops.m2l_v, ops.m2l_u))
-        layout = None
-        if signs is not None:
-            offs = ops.m2l_offsets
-            vectors = np.flatnonzero(_OCTANT0_COLUMN)
-            vectors = vectors[np.argsort(_OCTANT0_GROUP[vectors], kind="stable")]
-            width = np.diff(offs).astype(np.int64)
-            start = np.concatenate(([0], np.cumsum(width[vectors])))
-            col_dst = np.full(len(width), -1, dtype=np.int64)
-            col_dst[vectors] = start[:-1]
-            bounds = start[np.searchsorted(_OCTANT0_GROUP[vectors], np.arange(9))]
-            col_src = col_dst - np.where(col_dst >= 0, bounds[_OCTANT0_GROUP], 0)
-            rows = np.concatenate([np.arange(offs[t], offs[t + 1]) for t in vectors])
-            layout = OctantLayout(signs.astype(ops.m2l_a.real.dtype), ops.m2l_a[rows],
-                                  ops.m2l_b[rows], bounds.astype(np.int64), col_dst, col_src,
-                                  width)
-        _LAYOUTS[id(ops)] = (weakref.ref(ops, lambda _, key=id(ops): _LAYOUTS.pop(key, None)),
-                             layout)
-        return layout
+    return _kept(_LAYOUTS, ops, lambda: _make_layout(ops))
+
+
+def _make_layout(ops):
+    signs = _reflection_signs(ops.surface_soa, (ops.m2l_v, ops.m2l_u))
+    if signs is None:
+        return None
+    offs = ops.m2l_offsets
+    vectors = np.flatnonzero(_OCTANT0_COLUMN)
+    vectors = vectors[np.argsort(_OCTANT0_GROUP[vectors], kind="stable")]
+    width = np.diff(offs).astype(np.int64)
+    start = np.concatenate(([0], np.cumsum(width[vectors])))
+    col_dst = np.full(len(width), -1, dtype=np.int64)
+    col_dst[vectors] = start[:-1]
+    bounds = start[np.searchsorted(_OCTANT0_GROUP[vectors], np.arange(9))]
+    col_src = col_dst - np.where(col_dst >= 0, bounds[_OCTANT0_GROUP], 0)
+    rows = np.concatenate([np.arange(offs[t], offs[t + 1]) for t in vectors])
+    return OctantLayout(signs.astype(ops.m2l_a.real.dtype), ops.m2l_a[rows], ops.m2l_b[rows],
+                        bounds.astype(np.int64), col_dst, col_src, width)
 
 
 def _octant_m2l(layout, mc3, plan, dt, workers):

@@ -78,6 +78,10 @@ class KernelFamily:
     float32_ncrit : tuple of (p, ncrit) rows
         The leaf size a float32 plan of many points takes instead of the table's, per table
         order (empty: the table's).
+    single_m2l : bool
+        A float64 plan whose near field takes float32 pair terms also takes M2L's compressed
+        products in float32 (``aotfmm.evaluate._MIXED_M2L``): measured to keep the contract
+        for Laplace; False where not measured to.
     sums : tuple of ((operator, inputs, outputs), kernel name) rows
         The family's compiled sums: :data:`aotfmm._dispatch.TABLE` holds them under
         ``(name, operator, inputs, outputs)``.
@@ -129,6 +133,8 @@ class KernelFamily:
     #: (their pair loops are cheaper against M2L than float64's): rows (largest table p,
     #: ncrit), the first whose p the table row's p does not exceed; () : the table's
     float32_ncrit: tuple = dataclasses.field(default=(), compare=False)
+    #: M2L's compressed products in float32 in a mixed-precision plan (see the docstring)
+    single_m2l: bool = dataclasses.field(default=False, compare=False)
 
     def __repr__(self):
         return self.label or f"KernelFamily({self.name!r})"
@@ -463,7 +469,7 @@ LAPLACE = KernelFamily(name="laplace", params=(), scalar="real", degree=-1, comp
                        g_of_r=_laplace_g, eps_table=_LAPLACE_EPS_TABLE,
                        worst_error=_LAPLACE_WORST_ERROR, sums=_LAPLACE_SUMS,
                        dg_of_r=_laplace_dg, regular_mu2=lambda: 0.0,
-                       float32_ncrit=_LAPLACE_FLOAT32_NCRIT)
+                       float32_ncrit=_LAPLACE_FLOAT32_NCRIT, single_m2l=True)
 
 #: The parameter families use Laplace's eps -> (p, ncrit) table and worst errors, measured to
 #: hold for them (benchmarks/accuracy.py --kernel yukawa|helmholtz --param-d X, n = 2e4, the
