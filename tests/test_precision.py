@@ -1018,9 +1018,10 @@ def test_one_charge_at_a_leaf_face_reaches_leaves_two_away_through_the_expansion
     float32 P2M terms 1.6e-7 (both need the pseudo-inverses' weakest modes). Since
     2026-12-04 a field of few charges is summed directly; that is turned off here
     (``_FEW_CHARGES`` 0) to keep the expansions under test. The float64 expansions are held
-    to 0.1 eps; the plan's default since 2026-12-06, M2L's compressed products in float32
-    (``_MIXED_M2L``), to 0.4 eps: a lone charge does not average their rounding away (worst
-    measured 2.5e-7 over 30 spots of this construction, potentials and gradients)."""
+    to 0.1 eps; M2L's compressed products in float32 (``_MIXED_M2L``: a default since
+    2026-12-06 where the targets are the sources, forced here) to 0.4 eps: a lone charge does
+    not average their rounding away (worst measured 2.5e-7 over 30 spots of this
+    construction, potentials and gradients)."""
     monkeypatch.setattr(aotfmm.evaluate, "_FEW_CHARGES", 0)
     rng = np.random.default_rng(1)
     n = 100000
@@ -1034,7 +1035,7 @@ def test_one_charge_at_a_leaf_face_reaches_leaves_two_away_through_the_expansion
         t = np.flatnonzero((cell[:, 0] == tx) & (cell[:, 1] == 7) & (cell[:, 2] == 1))
         y = s[t]
         f = aotfmm.Fmm(s, y, eps=1e-6, threads=2)
-        assert f._core.mixed_near and f._core.mixed_m2l
+        assert f._core.mixed_near and not f._core.mixed_m2l  # (separate targets)
         d = y - s[0]
         r = np.linalg.norm(d, axis=1)
         for single, bound in ((True, 4e-7), (False, 1e-7)):
@@ -1045,6 +1046,30 @@ def test_one_charge_at_a_leaf_face_reaches_leaves_two_away_through_the_expansion
             ref_g = -d / r[:, None] ** 3 / (4 * np.pi)
             assert np.linalg.norm(grad - ref_g) / np.linalg.norm(1 / r ** 2 / (4 * np.pi)) \
                 <= 1e-6  # (gradients: 1.7e-8 .. 7e-7 at such spots either way)
+
+
+def test_separate_targets_far_from_a_cancelling_field_keep_float64_m2l():
+    """Hostile test 2026-12-06: charges of zero sum and zero dipole moment (a cube's points and
+    their mirror images, same charges, minus the mean), targets on a sphere 5 units out. At
+    eps 1e-6 with M2L's products in float32 the potentials' plain relative error was 5.8e-6
+    (1e-9 of the field of |q|: within the contract), with float64 products 2.1e-8: plans with
+    separate targets keep float64 products (``mixed_m2l``); where the targets are the
+    sources, the near field of every target outweighs that rounding, and they take them."""
+    rng = np.random.default_rng(0)
+    y = rng.random((20000, 3))
+    dq = rng.standard_normal(20000)
+    x, q = np.r_[y, 1 - y], np.r_[dq, dq]
+    q -= q.mean()
+    v = rng.standard_normal((2000, 3))
+    t = 5 * v / np.linalg.norm(v, axis=1)[:, None] + 0.5
+    plan = aotfmm.Fmm(x, t, eps=1e-6)
+    assert plan._core.mixed_near and not plan._core.mixed_m2l
+    assert aotfmm.Fmm(x, eps=1e-6)._core.mixed_m2l
+    idx = rng.choice(len(t), 300, replace=False)
+    d = np.linalg.norm(t[idx, None, :] - x[None], axis=-1)
+    ref = (q / d).sum(axis=1) / (4 * np.pi)
+    pot = plan.evaluate(q)[idx]
+    assert np.linalg.norm(pot - ref) / np.linalg.norm(ref) <= 1e-6
 
 
 @pytest.mark.parametrize("kind", ["one", "forty", "strong among weak", "dipole", "random",

@@ -148,10 +148,10 @@ class Fmm:
         separate targets, dipoles and Hessians are taken off, and at least the dtype's floor
         (2e-10 in float64, 5e-6 in float32; 3e-9 for a plan built with ``hessians=True`` in
         float64), and at least 3e-7 where the near field takes float32 pair terms (float64
-        from eps 1e-6 up, README "Mixed precision"; Laplace plans then take M2L's compressed
-        products in float32 too, ~4e-10 of the field of |q|). When ``eps`` chooses p it is at
-        most ``eps`` (at most eps / 3 above the floors; Hessians asked below 3e-9 excepted); with
-        an explicit ``p`` it can be larger.
+        from eps 1e-6 up, README "Mixed precision"; Laplace plans whose targets are the sources
+        take M2L's compressed products in float32 then too, ~4e-10 of the field of |q|). When
+        ``eps`` chooses p it is at most ``eps`` (at most eps / 3 above the floors; Hessians
+        asked below 3e-9 excepted); with an explicit ``p`` it can be larger.
     stats : dict
         Tree depth, number of boxes and leaves, list sizes, p, eps, expected_eps, memory.
     timings : dict
