@@ -1,7 +1,7 @@
 """M2L's products in float32 against float64 on one plan: time and accuracy (issue 19).
 
-A float64 Laplace plan whose near field takes float32 pair terms (eps >= 1e-6, p <= 8) also
-takes M2L's compressed products in float32 (``plan._core.mixed_m2l``; README "Mixed
+A float64 Laplace plan at its sources whose near field takes float32 pair terms (eps >= 1e-6,
+p <= 8) also takes M2L's compressed products in float32 (``plan._core.mixed_m2l``; README "Mixed
 precision"). This script builds one plan per distribution and evaluates it with the products
 in float64 and in float32 in turns (``--repeat`` rounds, best of each), printing M2L's time,
 the evaluation's, and the errors of both against a numpy direct sum on ``--sample`` targets:

@@ -79,9 +79,10 @@ class KernelFamily:
         The leaf size a float32 plan of many points takes instead of the table's, per table
         order (empty: the table's).
     single_m2l : bool
-        A float64 plan whose near field takes float32 pair terms also takes M2L's compressed
-        products in float32 (``aotfmm.evaluate._MIXED_M2L``): measured to keep the contract
-        for Laplace; False where not measured to.
+        A float64 plan whose near field takes float32 pair terms, and whose targets are the
+        sources, also takes M2L's compressed products in float32
+        (``aotfmm.evaluate._MIXED_M2L``): measured to keep the contract for Laplace; False
+        where not measured to.
     sums : tuple of ((operator, inputs, outputs), kernel name) rows
         The family's compiled sums: :data:`aotfmm._dispatch.TABLE` holds them under
         ``(name, operator, inputs, outputs)``.
