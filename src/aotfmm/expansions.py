@@ -345,9 +345,9 @@ def l2l(ops, local, dcheck, parents, children, workers=INLINE):
     workers.run(work, _row_ranges(len(parents), workers))
 
 
-#: dc2e and the M2L's decompression: rows per GEMM (its gathered inputs and products are
-#: temporaries: dc2e's for all rows of a level at once took 37 MB at 1e6 uniform points,
-#: p = 8, the evaluation's peak)
+#: dc2e, the M2L's decompression and its compression where rounded to single precision: rows
+#: per GEMM (its gathered inputs and products are temporaries: dc2e's for all rows of a level
+#: at once took 37 MB at 1e6 uniform points, p = 8, the evaluation's peak)
 DC2E_BLOCK_ROWS = 1024
 
 
