@@ -417,7 +417,7 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
                               lt)
         # both lists padded to whole runs of bj with uncharged far points (terms 0), so every
         # float32 run below has the constant length bj
-        n1p, n2p = _pad_sym_lists(q1, h1, l1, f1, n1, q2, h2, l2, f2, n2, far, bj)
+        n1p, n2p = _pad_sym_lists(q1, h1, l1, f1, n1, q2, h2, l2, f2, n2, far, bj, bj)
         for e in range(10):
             for j in range(n2p):
                 o2f[e, j] = 0.0

@@ -123,6 +123,17 @@ MIXED_TARGETS = 16  # (even: the two-target loop adds them in after a pair)
 #: uniform points, eps 1e-6, one thread, AMD EPYC Zen 3: runs of 64 padded cost +10-25 %
 #: (pot+grad) over one run per partner list; unpadded runs of 64 had cost +55-70 %)
 MIXED_SOURCES = 16 if ISA == "generic" else 64
+#: p2p_sym_mixed: a target's float32 partial sums over its symmetric partners (the bulk of the
+#: near field) run over this many sources; its one-sided list (its own box first, where the
+#: closest pairs are) keeps runs of MIXED_SOURCES. Each run ends in a horizontal sum of every
+#: accumulator of the pair of targets (eight with gradients, ~10 instructions each), ~20 % of
+#: the loop at 64 (2026-12-06, JIT model, 1e6 points, one thread, Intel Xeon AVX-512: runs of
+#: 128 cost 0.90x with gradients on the cube and on a Plummer sphere, 0.94x for potentials;
+#: 256 only 0.88x / 0.91x; the compiled kernel 0.89-0.91x / 0.97x). An AVX-512 lane sums 8
+#: terms in float32 before the tree of 4: test_precision.py's tuned case of a close partner
+#: followed by thousands of terms of 0.9 half-ulp (test_mixed_target_sums_keep_small_terms_...)
+#: went 0.040x -> 0.020x eps, its polarised-medium case 0.076x -> 0.084x (runs of 4096: 9.2x).
+MIXED_SYM_SOURCES = 16 if ISA == "generic" else 128
 #: p2p_multi_mixed: sources per geometry chunk (float32 1/r and (x - y)/r^3, 4 x 256 x 4 B, stay
 #: in L1 while the densities sweep them in runs of MIXED_SOURCES); a multiple of MIXED_SOURCES
 MIXED_CHUNK = 256
@@ -679,16 +690,17 @@ def _pad_run(h, l, qf, n, far, run):
 
 
 @register_jitable
-def _pad_sym_lists(q1, h1, l1, f1, n1, q2, h2, l2, f2, n2, far, run):
+def _pad_sym_lists(q1, h1, l1, f1, n1, q2, h2, l2, f2, n2, far, run, run2):
     """After gather_sym and :func:`_split_box`: the float32 charges ``f1``/``f2`` of both
-    lists, each list padded to whole runs of ``run`` (:func:`_pad_run`). Returns the padded
+    lists, the first padded to whole runs of ``run``, the second of ``run2``
+    (:func:`_pad_run`). Returns the padded
     counts (n1p, n2p). (The float64 coordinates are not padded: only an exact redo reads
     them, up to n1 and n2.)"""
     for j in range(n1):
         f1[j] = q1[j]
     for j in range(n2):
         f2[j] = q2[j]
-    return _pad_run(h1, l1, f1, n1, far, run), _pad_run(h2, l2, f2, n2, far, run)
+    return _pad_run(h1, l1, f1, n1, far, run), _pad_run(h2, l2, f2, n2, far, run2)
 
 
 @register_jitable
@@ -768,8 +780,9 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
     float64 coordinates, which halved its vector width: potentials ~10 % slower). Coincident
     points share a leaf; a symmetric partner is never coincident (a pair of partners that
     rounds together has r^2 = 0, below the cut: redone). A target's terms are summed in
-    float32 over runs of ``MIXED_SOURCES`` of its one-sided and of its symmetric list (both
-    padded to whole runs by :func:`_pad_run`), a partner's over at most ``MIXED_TARGETS``
+    float32 over runs of ``MIXED_SOURCES`` of its one-sided list and of
+    ``MIXED_SYM_SOURCES`` of its symmetric list (both padded to whole runs by
+    :func:`_pad_run`), a partner's over at most ``MIXED_TARGETS``
     targets, and those partial sums in float64. flags: 4 gradient."""
     c = INV4PI
     one = np.float32(1.0)
@@ -777,24 +790,26 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
     do_g = (flags & 4) != 0
     bi = MIXED_TARGETS
     bj = MIXED_SOURCES
-    s1 = np.empty((3, m_max + bj), dtype=np.float64)   # one-sided sources, in b's frame
-    q1 = np.empty(m_max + bj, dtype=np.float64)
-    s2 = np.empty((3, m_max + bj), dtype=np.float64)   # symmetric partners, in b's frame
-    q2 = np.empty(m_max + bj, dtype=np.float64)
-    h1 = np.empty((3, m_max + bj), dtype=np.float32)   # their float32 hi/lo parts
-    l1 = np.empty((3, m_max + bj), dtype=np.float32)
-    h2 = np.empty((3, m_max + bj), dtype=np.float32)
-    l2 = np.empty((3, m_max + bj), dtype=np.float32)
+    bs = MIXED_SYM_SOURCES
+    bm = max(bj, bs)
+    s1 = np.empty((3, m_max + bm), dtype=np.float64)   # one-sided sources, in b's frame
+    q1 = np.empty(m_max + bm, dtype=np.float64)
+    s2 = np.empty((3, m_max + bm), dtype=np.float64)   # symmetric partners, in b's frame
+    q2 = np.empty(m_max + bm, dtype=np.float64)
+    h1 = np.empty((3, m_max + bm), dtype=np.float32)   # their float32 hi/lo parts
+    l1 = np.empty((3, m_max + bm), dtype=np.float32)
+    h2 = np.empty((3, m_max + bm), dtype=np.float32)
+    l2 = np.empty((3, m_max + bm), dtype=np.float32)
     ht = np.empty((3, m_max), dtype=np.float32)   # b's own points
     lt = np.empty((3, m_max), dtype=np.float32)
-    q1f = np.empty(m_max + bj, dtype=np.float32)
-    q2f = np.empty(m_max + bj, dtype=np.float32)
+    q1f = np.empty(m_max + bm, dtype=np.float32)
+    q2f = np.empty(m_max + bm, dtype=np.float32)
     gidx = np.empty(m_max, dtype=np.int64)
     cnt = np.empty(m_max, dtype=np.float64)   # b's points' float64 duplicates, themselves included
     nzs = np.empty(m_max, dtype=np.float64)   # the sources equal to each target in float32
-    o2 = np.empty((4, m_max + bj), dtype=np.float64)   # partners' sums (pot, grad)
-    of = np.zeros((4, m_max + bj), dtype=np.float32)   # their float32 partial sums
-    ob = np.empty((4, m_max + bj), dtype=np.float64)   # b's own sums
+    o2 = np.empty((4, m_max + bm), dtype=np.float64)   # partners' sums (pot, grad)
+    of = np.zeros((4, m_max + bm), dtype=np.float32)   # their float32 partial sums
+    ob = np.empty((4, m_max + bm), dtype=np.float64)   # b's own sums
     for ii in range(i0, i1):
         b = boxes[ii]
         t0 = start[b]
@@ -805,7 +820,7 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                               lt)
         # both lists padded to whole runs of bj with uncharged points far away (their terms
         # are 0; the loops below then run whole runs of a constant length)
-        n1p, n2p = _pad_sym_lists(q1, h1, l1, q1f, n1, q2, h2, l2, q2f, n2, far, bj)
+        n1p, n2p = _pad_sym_lists(q1, h1, l1, q1f, n1, q2, h2, l2, q2f, n2, far, bj, bs)
         for e in range(4 if do_g else 1):  # (potentials alone read only the first row)
             for j in range(n2p):
                 o2[e, j] = 0.0
@@ -953,7 +968,7 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                 gx1 += ax1
                 gy1 += ay1
                 gz1 += az1
-            for c2 in range(0, n2p, bj):
+            for c2 in range(0, n2p, bs):
                 a0 = np.float32(0.0)
                 ax0 = np.float32(0.0)
                 ay0 = np.float32(0.0)
@@ -963,7 +978,7 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                 ay1 = np.float32(0.0)
                 az1 = np.float32(0.0)
                 if do_g:
-                    for j in range(np.uint64(c2), np.uint64(c2) + np.uint64(bj)):
+                    for j in range(np.uint64(c2), np.uint64(c2) + np.uint64(bs)):
                         hx = hx2[j]
                         hy = hy2[j]
                         hz = hz2[j]
@@ -1004,7 +1019,7 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                         py[j] += dy0 * t50 + dy1 * t51
                         pz[j] += dz0 * t50 + dz1 * t51
                 else:
-                    for j in range(np.uint64(c2), np.uint64(c2) + np.uint64(bj)):
+                    for j in range(np.uint64(c2), np.uint64(c2) + np.uint64(bs)):
                         hx = hx2[j]
                         hy = hy2[j]
                         hz = hz2[j]
@@ -1113,13 +1128,13 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                 gx += ax
                 gy += ay
                 gz += az
-            for c2 in range(0, n2p, bj):
+            for c2 in range(0, n2p, bs):
                 a = np.float32(0.0)  # (the partners: float32 runs of bj, as above)
                 ax = np.float32(0.0)
                 ay = np.float32(0.0)
                 az = np.float32(0.0)
                 if do_g:
-                    for j in range(np.uint64(c2), np.uint64(c2) + np.uint64(bj)):
+                    for j in range(np.uint64(c2), np.uint64(c2) + np.uint64(bs)):
                         dx = (xh - hx2[j]) + (xl - lx2[j])
                         dy = (yh - hy2[j]) + (yl - ly2[j])
                         dz = (zh - hz2[j]) + (zl - lz2[j])
@@ -1140,7 +1155,7 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                         py[j] += dy * t5
                         pz[j] += dz * t5
                 else:
-                    for j in range(np.uint64(c2), np.uint64(c2) + np.uint64(bj)):
+                    for j in range(np.uint64(c2), np.uint64(c2) + np.uint64(bs)):
                         dx = (xh - hx2[j]) + (xl - lx2[j])
                         dy = (yh - hy2[j]) + (yl - ly2[j])
                         dz = (zh - hz2[j]) + (zl - lz2[j])
