@@ -112,6 +112,7 @@ def test_octant_m2l_is_the_stored_operators_pair_by_pair(case, threads, monkeypa
     if "per vector" in case:
         monkeypatch.setattr(expansions, "_LAYOUTS", {})
         monkeypatch.setattr(expansions, "_SINGLES", {})
+        monkeypatch.setattr(expansions, "_SIGNS", {})
         monkeypatch.setattr(expansions, "_reflection_signs", lambda surf, bases: None)
     kw = dict(float32=dict(dtype=np.float32, eps=1e-4),
               helmholtz=dict(kernel=aotfmm.Helmholtz(3.0), dtype=np.complex128)).get(case, {})
@@ -221,6 +222,7 @@ def test_operators_without_symmetric_bases_take_the_products_per_vector(monkeypa
     is still right (the per-vector products)."""
     monkeypatch.setattr(expansions, "_LAYOUTS", {})
     monkeypatch.setattr(expansions, "_SINGLES", {})  # (their single-precision copies)
+    monkeypatch.setattr(expansions, "_SIGNS", {})
     monkeypatch.setattr(expansions, "_reflection_signs", lambda surf, bases: None)
     calls = _spy(monkeypatch)
     x, rng, fmm = _plan(seed=7)
