@@ -771,10 +771,13 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
     would exceed ~1.2e-7 per axis) or than 2^-40 (:data:`MIXED_R2_MIN`: its (1/r)^3 must fit
     float32) makes the box be redone in float64 with
     the exact 1/sqrt, as p2p_sym does. A source of the one-sided list (which holds b itself)
-    whose six float32 parts equal the target's is taken for a coincident point (0: the
-    target itself, or a duplicate) and counted; a target that finds more of them than its
-    float64 duplicates (:func:`_coincident_counts`, itself included; counted only in a box
-    where some target found more than itself, since 2026-12-05: the sort per box was ~3.5 %
+    at float32 r^2 = 0 is taken for a coincident point (0: the target itself, or a
+    duplicate) and counted (since 2026-12-06: one compare instead of six float32 parts
+    equal, 3 % of the loop; equal parts give r^2 = 0, and a distinct point at r^2 = 0, which
+    the parts test left to the r^2 cut's redo, is counted and redoes the box below). A
+    target that finds more of them than its float64 duplicates (:func:`_coincident_counts`,
+    itself included; counted only in a box where some target found more than itself, since
+    2026-12-05: the sort per box was ~3.5 %
     of a 1e6-point potential-only near field) has a distinct point rounded onto it, and the
     box is redone in float64 too (until 2026-12-04 the loop compared
     float64 coordinates, which halved its vector width: potentials ~10 % slower). Coincident
@@ -902,7 +905,7 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                         invr0 = one / np.sqrt(r20)
                         if not r20 >= thr:
                             invr0 = np.float32(np.nan)
-                        same = _same_parts(xh0, yh0, zh0, xl0, yl0, zl0, hx, hy, hz, lx, ly, lz)
+                        same = r20 == zero
                         invr0 = zero if same else invr0
                         z0 += one if same else zero
                         qinvr0 = qj * invr0
@@ -918,7 +921,7 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                         invr1 = one / np.sqrt(r21)
                         if not r21 >= thr:
                             invr1 = np.float32(np.nan)
-                        same = _same_parts(xh1, yh1, zh1, xl1, yl1, zl1, hx, hy, hz, lx, ly, lz)
+                        same = r21 == zero
                         invr1 = zero if same else invr1
                         z1 += one if same else zero
                         qinvr1 = qj * invr1
@@ -943,7 +946,7 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                         invr0 = one / np.sqrt(r20)
                         if not r20 >= thr:
                             invr0 = np.float32(np.nan)
-                        same = _same_parts(xh0, yh0, zh0, xl0, yl0, zl0, hx, hy, hz, lx, ly, lz)
+                        same = r20 == zero
                         invr0 = zero if same else invr0
                         z0 += one if same else zero
                         a0 += qj * invr0
@@ -954,7 +957,7 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                         invr1 = one / np.sqrt(r21)
                         if not r21 >= thr:
                             invr1 = np.float32(np.nan)
-                        same = _same_parts(xh1, yh1, zh1, xl1, yl1, zl1, hx, hy, hz, lx, ly, lz)
+                        same = r21 == zero
                         invr1 = zero if same else invr1
                         z1 += one if same else zero
                         a1 += qj * invr1
@@ -1099,8 +1102,7 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                         invr = one / np.sqrt(r2)
                         if not r2 >= thr:  # too close, or distinct points rounded together: redo
                             invr = np.float32(np.nan)
-                        same = _same_parts(xh, yh, zh, xl, yl, zl, hx1[j], hy1[j], hz1[j],
-                                           lx1[j], ly1[j], lz1[j])  # itself (counted, see above)
+                        same = r2 == zero  # itself (counted, see above)
                         invr = zero if same else invr
                         z += one if same else zero
                         qinvr = bq1[j] * invr
@@ -1118,8 +1120,7 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                         invr = one / np.sqrt(r2)
                         if not r2 >= thr:
                             invr = np.float32(np.nan)
-                        same = _same_parts(xh, yh, zh, xl, yl, zl, hx1[j], hy1[j], hz1[j],
-                                           lx1[j], ly1[j], lz1[j])
+                        same = r2 == zero
                         invr = zero if same else invr
                         z += one if same else zero
                         a += bq1[j] * invr
