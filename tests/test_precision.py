@@ -943,6 +943,76 @@ def test_mixed_target_sums_keep_small_terms_with_many_charges(kind):
     assert err <= 1e-6, f"{kind}: {err / 1e-6:.1f}x eps"
 
 
+@pytest.mark.parametrize("kind", ["pot", "grad"])
+@pytest.mark.parametrize("isa, lanes", [("x86-64-v3", 8), ("x86-64-v4", 16)])
+def test_mixed_partner_runs_keep_small_terms_whatever_their_vector_lanes(isa, lanes, kind):
+    """Hostile test 2026-12-06 (/tmp/hostile55/t5_maxlane.py), aimed at the vector lanes of
+    the float32 runs over a target's symmetric partners (p2p_sym_mixed): a partner a 2e-5
+    from the target c (above the redo cut; its term 2^15 (1 + 2^-11), half an ulp 2^-9)
+    starts a run; taking partner k of a run to sum in lane k mod ``lanes`` and the lanes to
+    close by a halving tree, each later partner in a's lane is a term of 0.999 of half an
+    ulp, and those of the lanes that join a's lane at each step of the tree total 0.999 of
+    half an ulp; built for runs of 16 partners per lane (x-gradients alike for "grad").
+    Every other partner uncharged, 5000 background charges: not routed. Runs of 128 on AVX2
+    (16 per lane) lost 1.07x eps (potential) / 0.90x (gradient); the kernels keep 8 per lane
+    (runs of 64 on x86-64-v3, 128 on x86-64-v4): 0.50x / 0.42x and 0.53x / 0.50x."""
+    if isa not in aotfmm._kernels.runnable_isas():
+        pytest.skip(f"no {isa} module runs here")
+    lo, rng, cluster, bg = _cluster_of_27_leaves()
+    bg = bg[:5000]
+    d, run = 2e-5, 16 * lanes
+    a = lo((10, 9, 9)) + [1e-6, 3e-6, 3e-6]
+    c = a - [d, 0, 0]
+    ia, ic = 2, 3
+
+    def build(cl):  # the plan and c's leaf's symmetric partners, in the kernel's order
+        x = np.concatenate([[[0, 0, 0], [1, 1, 1]], [a, c], cl, bg])
+        plan = aotfmm.Fmm(x, eps=1e-6, threads=1)
+        tree, sym = plan._core.tree, plan._core.near_sym
+        inv = np.empty(len(x), int)
+        inv[tree.src_perm] = np.arange(len(x))
+        lv = tree.leaves
+        b = lv[np.flatnonzero((tree.src_start[lv] <= inv[ic]) & (tree.src_end[lv] > inv[ic]))[0]]
+        parts = sym.sym_index[sym.sym_offsets[b]:sym.sym_offsets[b + 1]]
+        return x, plan, np.concatenate([tree.src_perm[tree.src_start[s]:tree.src_end[s]]
+                                        for s in parts])
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(aotfmm._kernels, "kernels", aotfmm._kernels.load(isa))
+        x, plan, pidx = build(cluster)
+        p = int(np.flatnonzero(pidx == ia)[0])
+        if p % run:  # cluster points listed before a left out: a starts a run
+            before = pidx[:p]
+            cluster = np.delete(cluster, (before[before >= 4] - 4)[-(p % run):], axis=0)
+            x, plan, pidx = build(cluster)
+            p = int(np.flatnonzero(pidx == ia)[0])
+        assert plan._core.mixed_near and p % run == 0 and len(pidx) >= p + run
+        q = np.zeros(len(x))
+        big, half_ulp = 2.0 ** 15 * (1 + 2.0 ** -11), 2.0 ** -9
+        q[ia] = big * d * (d if kind == "grad" else 1.0)
+        for k in range(1, run):
+            j, lane = pidx[p + k], k % lanes
+            if lane == 0:
+                v = 0.999 * half_ulp
+            else:  # its lane joins a's at the tree step of its lowest set bit
+                v = 0.999 * half_ulp / ((lanes >> ((lane & -lane).bit_length())) * (run // lanes))
+            r = np.linalg.norm(x[j] - c)
+            dx = c[0] - x[j, 0]
+            if kind == "pot":
+                q[j] = v * r
+            elif abs(dx) > 0.3 * r:  # q dx / r^3 = -v: a's sign
+                q[j] = -v * r ** 3 / dx
+        ibg = np.arange(len(x) - len(bg), len(x))
+        q[ibg] = 60 * q[ia] / len(ibg) * (1 + 0.1 * rng.random(len(ibg)))
+        pot, grad = plan.evaluate(q, gradient=True)
+    assert not [k for k in plan.timings if "few" in k or "spot" in k]
+    nz = np.flatnonzero(q)
+    ref_pot, pbar, ref_grad, gbar = _sums_and_bars(x[[ic]], x[nz], q[nz], gradient=True)
+    err = (abs(pot[ic] - ref_pot[0]) / pbar[0] if kind == "pot" else
+           np.linalg.norm(grad[ic] - ref_grad[0]) / gbar[0])
+    assert err <= 1e-6, f"{isa} {kind}: {err / 1e-6:.2f}x eps"
+
+
 @pytest.mark.parametrize("where", ["separate targets", "separate targets, generic module",
                                    "at the sources"])
 def test_mixed_sums_of_every_mixed_kernel_keep_small_terms_after_a_large_one(where):
