@@ -697,9 +697,8 @@ def _pad_run(h, l, qf, n, far, run):
 def _pad_sym_lists(q1, h1, l1, f1, n1, q2, h2, l2, f2, n2, far, run, run2):
     """After gather_sym and :func:`_split_box`: the float32 charges ``f1``/``f2`` of both
     lists, the first padded to whole runs of ``run``, the second of ``run2``
-    (:func:`_pad_run`). Returns the padded
-    counts (n1p, n2p). (The float64 coordinates are not padded: only an exact redo reads
-    them, up to n1 and n2.)"""
+    (:func:`_pad_run`). Returns the padded counts (n1p, n2p). (The float64 coordinates are
+    not padded: only an exact redo reads them, up to n1 and n2.)"""
     for j in range(n1):
         f1[j] = q1[j]
     for j in range(n2):
@@ -825,8 +824,8 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                             sym_offsets, sym_index, sym_shift, b, s1, q1, s2, q2, gidx)
         thr, far = _split_box(s1, n1, s2, n2, xyz[:, t0:t0 + nt], nt, h1, l1, h2, l2, ht,
                               lt)
-        # both lists padded to whole runs of bj with uncharged points far away (their terms
-        # are 0; the loops below then run whole runs of a constant length)
+        # both lists padded to whole runs (bj, bs) with uncharged points far away (their
+        # terms are 0; the loops below then run whole runs of a constant length)
         n1p, n2p = _pad_sym_lists(q1, h1, l1, q1f, n1, q2, h2, l2, q2f, n2, far, bj, bs)
         for e in range(4 if do_g else 1):  # (potentials alone read only the first row)
             for j in range(n2p):
@@ -1134,7 +1133,7 @@ def p2p_sym_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sym_off
                 gy += ay
                 gz += az
             for c2 in range(0, n2p, bs):
-                a = np.float32(0.0)  # (the partners: float32 runs of bj, as above)
+                a = np.float32(0.0)  # (the partners: float32 runs of bs, as above)
                 ax = np.float32(0.0)
                 ay = np.float32(0.0)
                 az = np.float32(0.0)

@@ -1503,6 +1503,7 @@ class Plan:
             kk = int(np.argmax(many)) if many.any() else _FEW_DIRECT
             picks[int(j)] = np.sort(top[:kk])
         left, warn, spots = False, [], {}
+        strict = dipoles is not None or hessian
         for j in np.flatnonzero(s2 > 0):
             m = row = mag[j]
             if j in picks:
@@ -1510,7 +1511,6 @@ class Plan:
                     continue  # all of it routed
                 m = m.copy()
                 m[picks[j]] = 0.0
-            strict = dipoles is not None or hessian
             more = self._few_places(m, n_min)
             if more is not None and more[1] is not None:  # spots: a translation of each
                 if self._spot_cache is None:
