@@ -26,8 +26,8 @@ import numpy as np
 from numba.extending import register_jitable
 
 from ._inline import gather_sym, scatter_sym
-from .p2p import (MIXED_SOURCES, MIXED_TARGETS, _float32_counts_differ, _pad_sym_lists, _same_parts,
-                  _split_box, _target_parts)
+from .p2p import (MIXED_SOURCES, MIXED_SYM_SOURCES, MIXED_TARGETS, _float32_counts_differ,
+                  _pad_sym_lists, _same_parts, _split_box, _target_parts)
 
 INV4PI = 0.07957747154594767  # 1 / (4 pi)
 
@@ -376,7 +376,10 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
     """:func:`p2p_sym_hess` for float64 points, charges and outputs with the pair terms in
     float32, as ``p2p.p2p_sym_mixed``: per box the gathered points (in its frame) are split
     into float32 parts on a power-of-two grid plus float32 rests; a target's sums are float32
-    over at most ``MIXED_SOURCES`` one-sided sources or partners, then float64; a partner's
+    over at most ``MIXED_SOURCES`` one-sided sources or ``MIXED_SYM_SOURCES`` partners (since
+    2026-12-06: runs of 128 where a lane gets 8 terms, x86-64-v4, as p2p_sym_mixed's; its ten
+    horizontal sums a run made the Hessian near field 0.91x, JIT model, 2e5 uniform points,
+    one thread), then float64; a partner's
     over at most ``MIXED_TARGETS`` targets. A box with a pair closer than ``MIXED_CUT``
     grid steps (or than ``MIXED_R2_MIN``, or rounding to r^2 = 0 without being coincident) is
     computed again in float64 with the exact 1/r, as p2p_sym_hess does; coincident points
@@ -389,20 +392,22 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
     zero = np.float32(0.0)
     three = np.float32(3.0)
     bj = MIXED_SOURCES
-    s1 = np.empty((3, m_max + bj), dtype=np.float64)
-    q1 = np.empty(m_max + bj, dtype=np.float64)
-    s2 = np.empty((3, m_max + bj), dtype=np.float64)
-    q2 = np.empty(m_max + bj, dtype=np.float64)
+    bs = MIXED_SYM_SOURCES
+    bm = max(bj, bs)
+    s1 = np.empty((3, m_max + bm), dtype=np.float64)
+    q1 = np.empty(m_max + bm, dtype=np.float64)
+    s2 = np.empty((3, m_max + bm), dtype=np.float64)
+    q2 = np.empty(m_max + bm, dtype=np.float64)
     gidx = np.empty(m_max, dtype=np.int64)
     cnt = np.empty(m_max, dtype=np.float64)   # b's points' float64 duplicates, themselves included
     nzs = np.empty(m_max, dtype=np.float64)   # the sources equal to each target in float32
-    h1 = np.empty((3, m_max + bj), dtype=np.float32)
-    l1 = np.empty((3, m_max + bj), dtype=np.float32)
-    h2 = np.empty((3, m_max + bj), dtype=np.float32)
-    l2 = np.empty((3, m_max + bj), dtype=np.float32)
-    f1 = np.empty(m_max + bj, dtype=np.float32)
-    f2 = np.empty(m_max + bj, dtype=np.float32)
-    o2f = np.empty((10, m_max + bj), dtype=np.float32)  # the partners' float32 partial sums
+    h1 = np.empty((3, m_max + bm), dtype=np.float32)
+    l1 = np.empty((3, m_max + bm), dtype=np.float32)
+    h2 = np.empty((3, m_max + bm), dtype=np.float32)
+    l2 = np.empty((3, m_max + bm), dtype=np.float32)
+    f1 = np.empty(m_max + bm, dtype=np.float32)
+    f2 = np.empty(m_max + bm, dtype=np.float32)
+    o2f = np.empty((10, m_max + bm), dtype=np.float32)  # the partners' float32 partial sums
     o2 = np.empty((10, m_max), dtype=np.float64)   # ... added in float64
     ob = np.empty((10, m_max), dtype=np.float64)
     acc = np.empty(10, dtype=np.float64)
@@ -415,9 +420,9 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
                             sym_offsets, sym_index, sym_shift, b, s1, q1, s2, q2, gidx)
         thr, far = _split_box(s1, n1, s2, n2, xyz[:, t0:t0 + nt], nt, h1, l1, h2, l2, ht,
                               lt)
-        # both lists padded to whole runs of bj with uncharged far points (terms 0), so every
-        # float32 run below has the constant length bj
-        n1p, n2p = _pad_sym_lists(q1, h1, l1, f1, n1, q2, h2, l2, f2, n2, far, bj, bj)
+        # both lists padded to whole runs (bj, bs) with uncharged far points (terms 0), so
+        # every float32 run below has a constant length
+        n1p, n2p = _pad_sym_lists(q1, h1, l1, f1, n1, q2, h2, l2, f2, n2, far, bj, bs)
         for e in range(10):
             for j in range(n2p):
                 o2f[e, j] = 0.0
@@ -510,7 +515,7 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
                 acc[8] += hxz
                 acc[9] += hyz
                 nz += z
-            for j0 in range(0, n2p, bj):  # symmetric partners: both points
+            for j0 in range(0, n2p, bs):  # symmetric partners: both points
                 p = np.float32(0.0)
                 gx = np.float32(0.0)
                 gy = np.float32(0.0)
@@ -521,7 +526,7 @@ def p2p_sym_hess_mixed(xyz, q, start, end, one_offsets, one_index, one_shift, sy
                 hxy = np.float32(0.0)
                 hxz = np.float32(0.0)
                 hyz = np.float32(0.0)
-                for j in range(np.uint64(j0), np.uint64(j0) + np.uint64(bj)):
+                for j in range(np.uint64(j0), np.uint64(j0) + np.uint64(bs)):
                     dx = (xh - hx2[j]) + (xl - lx2[j])
                     dy = (yh - hy2[j]) + (yl - ly2[j])
                     dz = (zh - hz2[j]) + (zl - lz2[j])

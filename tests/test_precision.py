@@ -943,7 +943,7 @@ def test_mixed_target_sums_keep_small_terms_with_many_charges(kind):
     assert err <= 1e-6, f"{kind}: {err / 1e-6:.1f}x eps"
 
 
-@pytest.mark.parametrize("kind", ["pot", "grad"])
+@pytest.mark.parametrize("kind", ["pot", "grad", "pot, Hessian kernel"])
 @pytest.mark.parametrize("isa, lanes", [("x86-64-v3", 8), ("x86-64-v4", 16)])
 def test_mixed_partner_runs_keep_small_terms_whatever_their_vector_lanes(isa, lanes, kind):
     """Hostile test 2026-12-06 (/tmp/hostile55/t5_maxlane.py), aimed at the vector lanes of
@@ -955,7 +955,9 @@ def test_mixed_partner_runs_keep_small_terms_whatever_their_vector_lanes(isa, la
     half an ulp; built for runs of 16 partners per lane (x-gradients alike for "grad").
     Every other partner uncharged, 5000 background charges: not routed. Runs of 128 on AVX2
     (16 per lane) lost 1.07x eps (potential) / 0.90x (gradient); the kernels keep 8 per lane
-    (runs of 64 on x86-64-v3, 128 on x86-64-v4): 0.50x / 0.42x and 0.53x / 0.50x."""
+    (runs of 64 on x86-64-v3, 128 on x86-64-v4): 0.50x / 0.42x and 0.53x / 0.50x. "Hessian
+    kernel": the potential tuning through p2p_sym_hess_mixed (fields with pg=3), whose
+    partner runs follow the same rule."""
     if isa not in aotfmm._kernels.runnable_isas():
         pytest.skip(f"no {isa} module runs here")
     lo, rng, cluster, bg = _cluster_of_27_leaves()
@@ -967,7 +969,7 @@ def test_mixed_partner_runs_keep_small_terms_whatever_their_vector_lanes(isa, la
 
     def build(cl):  # the plan and c's leaf's symmetric partners, in the kernel's order
         x = np.concatenate([[[0, 0, 0], [1, 1, 1]], [a, c], cl, bg])
-        plan = aotfmm.Fmm(x, eps=1e-6, threads=1)
+        plan = aotfmm.Fmm(x, eps=1e-6, threads=1, hessians="Hessian" in kind)
         tree, sym = plan._core.tree, plan._core.near_sym
         inv = np.empty(len(x), int)
         inv[tree.src_perm] = np.arange(len(x))
@@ -998,17 +1000,21 @@ def test_mixed_partner_runs_keep_small_terms_whatever_their_vector_lanes(isa, la
                 v = 0.999 * half_ulp / ((lanes >> ((lane & -lane).bit_length())) * (run // lanes))
             r = np.linalg.norm(x[j] - c)
             dx = c[0] - x[j, 0]
-            if kind == "pot":
+            if kind != "grad":
                 q[j] = v * r
             elif abs(dx) > 0.3 * r:  # q dx / r^3 = -v: a's sign
                 q[j] = -v * r ** 3 / dx
         ibg = np.arange(len(x) - len(bg), len(x))
         q[ibg] = 60 * q[ia] / len(ibg) * (1 + 0.1 * rng.random(len(ibg)))
-        pot, grad = plan.evaluate(q, gradient=True)
+        if "Hessian" in kind:
+            out = plan.fields(q, pg=3)
+            pot, grad = out.pot, out.grad
+        else:
+            pot, grad = plan.evaluate(q, gradient=True)
     assert not [k for k in plan.timings if "few" in k or "spot" in k]
     nz = np.flatnonzero(q)
     ref_pot, pbar, ref_grad, gbar = _sums_and_bars(x[[ic]], x[nz], q[nz], gradient=True)
-    err = (abs(pot[ic] - ref_pot[0]) / pbar[0] if kind == "pot" else
+    err = (abs(pot[ic] - ref_pot[0]) / pbar[0] if kind != "grad" else
            np.linalg.norm(grad[ic] - ref_grad[0]) / gbar[0])
     assert err <= 1e-6, f"{isa} {kind}: {err / 1e-6:.2f}x eps"
 
