@@ -651,7 +651,7 @@ class Plan:
         #: geometry for them (None: none); :meth:`_rounding_redo`
         self.rounding_left = None  # the bounds left after the redo (None: nothing moved)
         self._cells = None  # Plan._source_cells, made on first use
-        self._ranks = None  # Plan._source_ranks, likewise
+        self._rank_arrays = {}  # Plan._ranks, likewise
         self._spot_cache = None  # spot operators by (half-width, tolerance): aotfmm._spots
         self.redo = self._rounding_redo(tree, dipoles, hessians)
         redo_pairs = 0 if self.redo is None else float(self.redo.cost.sum())
@@ -1109,8 +1109,7 @@ class Plan:
         # plans' octant grouping, a compiled kernel, is most of it: 0.027 s of a 1e6 Plummer
         # sphere's setup on one thread, 0.020 s of it at its levels 6-8)
         levs = np.arange(far, tree.n_levels)
-        pairs = np.diff(np.searchsorted(v_rows, tree.level_offsets[levs[0]:levs[-1] + 2])) \
-            if len(levs) else np.zeros(0, np.int64)
+        pairs = np.diff(np.searchsorted(v_rows, tree.level_offsets[far:]))  # per level
         todo = levs[np.argsort(-pairs, kind="stable")]
         made = {}
 
@@ -1571,7 +1570,7 @@ class Plan:
         sel = np.flatnonzero(take[cell] & (m > 0))
         if len(sel) <= _FEW_DIRECT:
             return sel, None, None
-        inv = self._source_ranks()
+        inv = self._ranks(self.tree.src_perm)
         same = _spots.coincident(self, np.sort(inv[sel]), _FEW_DIRECT)
         if same is not None:
             return sel, [], same
@@ -1587,16 +1586,17 @@ class Plan:
             sets.append((t[o], cell[sel[lab == i]][o]))
         return sel, sets, None
 
-    def _source_ranks(self):
-        """(n_sources,) each source's tree-order index, caller order (the inverse of the
-        tree's source permutation; made once per plan, on first use: 5 ms an evaluation at
-        1e6 sources while it was made per call)."""
-        if self._ranks is None:
-            perm = self.tree.src_perm
+    def _ranks(self, perm):
+        """Each point's tree-order index in the caller's order: the inverse of ``perm``, the
+        tree's ``src_perm`` or ``trg_perm`` (one array where the targets are the sources).
+        Made once per plan and permutation, on first use (it was made per call: ~5 ms at 1e6
+        points in the few-charges check, and again in every evaluation's unsort)."""
+        inv = self._rank_arrays.get(id(perm))
+        if inv is None:
             inv = np.empty_like(perm)
             inv[perm] = np.arange(len(inv), dtype=inv.dtype)
-            self._ranks = inv
-        return self._ranks
+            self._rank_arrays[id(perm)] = inv  # (the tree keeps ``perm``: its id stays its)
+        return inv
 
     def _source_cells(self):
         """(n_sources,) int32, caller order: each source's cell of a grid of :data:`_FEW_CELLS`^3
@@ -1652,7 +1652,7 @@ class Plan:
         their sources when it is at most twice their separate sizes, else one by one.
         Returns, per routed density, the tree-order indices of its routed sources (to be
         zeroed in the FMM's densities)."""
-        inv = self._source_ranks()
+        inv = self._ranks(self.tree.src_perm)
         per = {j: np.sort(inv[c]) for j, c in picks.items()}
         cols = sorted(per)
         union = np.unique(np.concatenate([per[j] for j in cols]))
@@ -1877,8 +1877,7 @@ class Plan:
         # back to the caller's target order (last axis): a gather through the inverse
         # permutation (np.take), ~2x faster than scattering through the permutation; ranges
         # of targets on the plan's threads (np.take releases the GIL)
-        inv = np.empty_like(tree.trg_perm)
-        inv[tree.trg_perm] = np.arange(len(inv), dtype=inv.dtype)
+        inv = self._ranks(tree.trg_perm)
         out = [None if a is None else np.empty_like(a) for a in (pot, grad, hess)]
         rows = [(a.reshape(-1, a.shape[-1]), o.reshape(-1, o.shape[-1]))
                 for a, o in zip((pot, grad, hess), out) if a is not None]
