@@ -875,6 +875,18 @@ def _sums_and_bars(x, ys, qs, gradient=False):
     return (pot, pbar, grad, gbar) if gradient else (pot, pbar)
 
 
+def _symmetric_partners(plan, i):
+    """Caller-order indices of the points of the symmetric partner list of point i's leaf
+    (those whose pairs with it that leaf computes, p2p_sym_mixed), in the kernel's order."""
+    tree, sym = plan._core.tree, plan._core.near_sym
+    rank = np.empty(len(tree.src_perm), int)
+    rank[tree.src_perm] = np.arange(len(rank))
+    lv = tree.leaves
+    b = lv[np.flatnonzero((tree.src_start[lv] <= rank[i]) & (tree.src_end[lv] > rank[i]))[0]]
+    parts = sym.sym_index[sym.sym_offsets[b]:sym.sym_offsets[b + 1]]
+    return np.concatenate([tree.src_perm[tree.src_start[s]:tree.src_end[s]] for s in parts])
+
+
 def _cluster_of_27_leaves():
     """Leaf (9, 9, 9) of level 5 of the padded root cube of [0, 1]^3 and its 26 neighbours, 380
     random points each, and uniform background points outside the leaves (7..12)^3. Returns
@@ -918,13 +930,7 @@ def test_mixed_target_sums_keep_small_terms_with_many_charges(kind):
     assert core.mixed_near
     if kind == "pot":
         # every partner point of c's leaf b (its symmetric list) but a
-        tree, sym = core.tree, core.near_sym
-        inv = np.empty(n, int)
-        inv[tree.src_perm] = np.arange(n)
-        lv = tree.leaves
-        b = lv[np.flatnonzero((tree.src_start[lv] <= inv[ic]) & (tree.src_end[lv] > inv[ic]))[0]]
-        parts = sym.sym_index[sym.sym_offsets[b]:sym.sym_offsets[b + 1]]
-        pidx = np.concatenate([tree.src_perm[tree.src_start[p]:tree.src_end[p]] for p in parts])
+        pidx = _symmetric_partners(plan, ic)
         others = pidx[pidx != ia]
         q = np.zeros(n)  # float32 term at c of 2^15 (1 + 2^-11): half an ulp 2^-9
         q[ia] = 2.0 ** 15 * (1 + 2.0 ** -11) * d
@@ -970,14 +976,7 @@ def test_mixed_partner_runs_keep_small_terms_whatever_their_vector_lanes(isa, la
     def build(cl):  # the plan and c's leaf's symmetric partners, in the kernel's order
         x = np.concatenate([[[0, 0, 0], [1, 1, 1]], [a, c], cl, bg])
         plan = aotfmm.Fmm(x, eps=1e-6, threads=1, hessians="Hessian" in kind)
-        tree, sym = plan._core.tree, plan._core.near_sym
-        inv = np.empty(len(x), int)
-        inv[tree.src_perm] = np.arange(len(x))
-        lv = tree.leaves
-        b = lv[np.flatnonzero((tree.src_start[lv] <= inv[ic]) & (tree.src_end[lv] > inv[ic]))[0]]
-        parts = sym.sym_index[sym.sym_offsets[b]:sym.sym_offsets[b + 1]]
-        return x, plan, np.concatenate([tree.src_perm[tree.src_start[s]:tree.src_end[s]]
-                                        for s in parts])
+        return x, plan, _symmetric_partners(plan, ic)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(aotfmm._kernels, "kernels", aotfmm._kernels.load(isa))
