@@ -3,6 +3,9 @@ float64 points, coordinates spanning more than float64 can hold (issue: outside 
 
 References are plain numpy direct sums of the caller's float64 points (conftest), never our
 own kernels."""
+import os
+import subprocess
+import sys
 import warnings
 import zlib
 
@@ -1016,6 +1019,44 @@ def test_mixed_partner_runs_keep_small_terms_whatever_their_vector_lanes(isa, la
     err = (abs(pot[ic] - ref_pot[0]) / pbar[0] if kind != "grad" else
            np.linalg.norm(grad[ic] - ref_grad[0]) / gbar[0])
     assert err <= 1e-6, f"{isa} {kind}: {err / 1e-6:.2f}x eps"
+
+
+_FAR_RUN_CHECK = """
+import numpy as np, aotfmm, aotfmm.mpi
+from aotfmm.expansions import check_potentials
+rng = np.random.default_rng(0)
+n = 1024
+x = rng.uniform(-1, 1, (3, n)).astype(np.float32)
+q = np.full(n, 2.9e-8, dtype=np.float32)  # just under half an ulp of the first term
+q[0] = 1.0
+s = rng.standard_normal((3, 200))
+y = (2.95 * s / np.abs(s).max(0)).astype(np.float32)  # on the check cube, 2.95 half widths
+run = aotfmm.mpi._FAR_RUN[np.dtype(np.float32)]
+starts = np.arange(0, n, run)
+rows = check_potentials(aotfmm.Laplace(), np.float32, x, starts, np.minimum(starts + run, n),
+                        np.ones(len(starts), np.float32), np.float32(1.0), y, charges=q[None])
+got = rows.astype(np.float64).sum(axis=0)[0]  # the runs added in float64, as _far_partials
+x64, y64, q64 = x.astype(np.float64), y.astype(np.float64), q.astype(np.float64)
+r = np.sqrt(((y64[:, :, None] - x64[:, None, :]) ** 2).sum(axis=0))
+ref = (q64 / r).sum(axis=1) / (4 * np.pi)  # all charges positive: the field of |q| itself
+print(aotfmm.config()["isa"], run, np.max(np.abs(got - ref) / ref))
+"""
+
+
+@pytest.mark.parametrize("isa", aotfmm._kernels.runnable_isas())
+def test_mpi_far_box_runs_keep_small_terms(isa):
+    """aotfmm.mpi sums a far box's check field from float32 terms in runs (``_FAR_RUN``),
+    added in float64: a unit charge first and 1023 charges of 2.9e-8 (each under half an ulp of
+    the run's sum) onto 200 points of its check cube, against a float64 numpy sum. Runs of 256
+    (until 2026-12-06) erred 1.23e-6 of the field in the generic module and 5.1e-7 in
+    x86-64-v3; runs of 64 (16 generic): 2.4e-7 / 3.3e-7 / 2.6e-7 (v4), about the float32
+    terms' own rounding. Each ISA in its own process (the run length is chosen at import)."""
+    out = subprocess.run([sys.executable, "-c", _FAR_RUN_CHECK], capture_output=True, text=True,
+                         env={**os.environ, "AOTFMM_ISA": isa}, timeout=600)
+    assert out.returncode == 0, out.stderr
+    got_isa, run, err = out.stdout.split()
+    assert got_isa == isa
+    assert float(err) < 4.5e-7, f"{isa}, runs of {run}: {float(err):.3g} of the field of |q|"
 
 
 @pytest.mark.parametrize("where", ["separate targets", "separate targets, generic module",

@@ -69,7 +69,7 @@ import warnings
 
 import numpy as np
 
-from . import _blas, _dispatch, _frame, _threads, api
+from . import _blas, _dispatch, _frame, _kernels, _threads, api
 from ._validation import (as_bool, as_densities, as_points, check_eps, check_integer,
                           check_kernel, check_level,
                           real_dtype, resolve_value_dtype)
@@ -93,8 +93,14 @@ _PINV_RCOND = {np.dtype(np.float32): 1e-7, np.dtype(np.float64): 1e-13}
 #: 1e-9 .. 1e-7 2.4e-7 (densities within 2.2, 0.3, 0.03 of their float64 values)
 _PINV_RCOND_TERMS = {np.dtype(np.float32): 1e-8, np.dtype(np.float64): 0.0}
 #: :meth:`Fmm._far_partials`: sources per sum of a far box's check field, per term dtype (the
-#: run sums are added in float64)
-_FAR_RUN = {np.dtype(np.float32): 256, np.dtype(np.float64): 4096}
+#: run sums are added in float64). float32 runs are the serial near field's (kernels/p2p.py
+#: ``MIXED_SOURCES``: 64, 16 in the generic module, whose loops are scalar): a term below half
+#: an ulp of its run's sum is lost, and until 2026-12-06 these runs were 256 (one unit charge
+#: followed by 1023 of 2.9e-8 onto 200 check points erred 1.23e-6 of the field of |q| in the
+#: generic module, 5.1e-7 in x86-64-v3; now 2.4e-7 and 3.3e-7: tests/test_precision.py; a
+#: box of 15625 sources onto 488 points 2.1 -> 2.9 ms in x86-64-v4)
+_FAR_RUN = {np.dtype(np.float32): 16 if _kernels.ISA == "generic" else 64,
+            np.dtype(np.float64): 4096}
 
 
 class DistributedError(RuntimeError):
@@ -1161,10 +1167,12 @@ class Fmm:
         float64. A problem whose serial plan takes float32 pair terms (Laplace; float64 at eps
         >= ``_dispatch.MIXED_NEAR_EPS``, and float32) takes its terms here in float32 too:
         points and check surfaces are at least 1.2 box half widths apart, and runs of 256
-        float32 terms err ~2e-9 of the field of |q| on the surface (15625 random charges, p_far
-        10). A box of 15625 sources onto 488 check points, one core (2-core AMD EPYC Zen 2):
-        ``api.direct`` 11.3 ms, float64 terms 8.2 ms, float32 2.3 ms. Those plans' pseudo-
-        inverses stop at ``_PINV_RCOND_TERMS`` (the rounding would be amplified)."""
+        float32 terms erred ~2e-9 of the field of |q| on the surface (15625 random charges, p_far
+        10; shorter since 2026-12-06, for a large term followed by small ones: ``_FAR_RUN``).
+        A box of 15625 sources onto 488 check points, one core (2-core AMD EPYC Zen 2):
+        ``api.direct`` 11.3 ms, float64 terms 8.2 ms, float32 2.3 ms (runs of 256). Those
+        plans' pseudo-inverses stop at ``_PINV_RCOND_TERMS`` (the rounding would be
+        amplified)."""
         grid = self.grid
         ns = len(self._surf)
         acc = np.zeros((len(self._contrib), ns, k), dtype=vdt)
