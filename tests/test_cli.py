@@ -106,3 +106,22 @@ def test_readme_precompute_lines_run(tmp_path, capsys):
         if "--dry-run" not in args:
             args.append("--dry-run")
         assert main(args) == 0, (line, capsys.readouterr())
+
+
+def test_bench_takes_the_harness_options(capsys):
+    """``aotfmm bench`` hands its arguments to the benchmark harness, whose options the README
+    names (until 2026-12-06 the command took --quick only: --repeat was refused)."""
+    assert main(["bench", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: aotfmm bench") and "--repeat R" in out and "--n N" in out
+    assert main(["bench", "--repeat", "0"]) == 2  # the harness's own check, not "unrecognized"
+    err = capsys.readouterr().err
+    assert "--repeat" in err and "unrecognized" not in err, err
+
+
+def test_counts_take_an_exponent(capsys):
+    """``demo -n 2e3`` (the help says "default 1e5") is 2000 points; 2.5 is still refused."""
+    assert main(["demo", "-n", "2e3", "--sample", "50", "--eps", "1e-3"]) == 0
+    assert "2000" in capsys.readouterr().out
+    assert main(["demo", "-n", "2.5"]) == 2
+    assert "expected an integer" in capsys.readouterr().err

@@ -4,7 +4,8 @@ import argparse
 
 
 def _int_in(lo, hi=None):
-    """argparse type: an integer in [lo, hi] (argparse names the option in its message)."""
+    """argparse type: an integer in [lo, hi] (argparse names the option in its message);
+    written as an integer or, for counts, with an exponent (1e5, 2.5e3) when that is one."""
     what = f"an integer from {lo} to {hi}" if hi is not None else \
         ("a positive integer" if lo == 1 else f"an integer >= {lo}")
 
@@ -12,7 +13,13 @@ def _int_in(lo, hi=None):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+            try:  # 1e5: an integer exactly (below 2^53, where floats hold every integer)
+                number = float(text)
+            except ValueError:
+                number = None
+            if number is None or not (number.is_integer() and abs(number) < 2.0 ** 53):
+                raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+            value = int(number)
         if value < lo:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         if hi is not None and value > hi:
