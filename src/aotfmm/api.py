@@ -100,8 +100,9 @@ class Fmm:
         fields meet ``eps`` too (evaluating dipoles on a plan without it warns).
     hessians : bool, default False
         The plan will evaluate Hessians (:meth:`fields` with ``pg``/``pgt`` = 3): one order
-        more again, two with separate targets (Hessians at targets far from all sources were
-        measured up to 1.4x eps with one); asking a plan without it for Hessians warns.
+        more again, three with separate targets (Hessians at targets far from all sources were
+        measured up to 1.4x eps with one, 7.5x with two); asking a plan without it for
+        Hessians warns.
     eps : float, optional
         Requested relative L2 accuracy of potentials and gradients (default 1e-6 in float64,
         1e-5 in float32); picks the expansion order and leaf size from a measured table.
@@ -800,14 +801,19 @@ def helmholtz(sources: npt.ArrayLike, charges: npt.ArrayLike | None, kappa: comp
     return _one_call(family, sources, charges, targets, dipoles, eps, gradient, dtype, threads)
 
 
+def _refuse_fmm3d_order(func, sources):
+    """A number where the sources go: FMM3D's positional order (eps first), refused."""
+    if isinstance(sources, (numbers.Number, np.number)):
+        raise TypeError(f"{func} takes the sources (n, 3) first, got {sources!r}: pass eps, "
+                        "zk and the rest by keyword (fmm3dpy's functions take every argument "
+                        "by keyword, so those calls work unchanged)")
+
+
 def _fmm3d_call(func, family, sources, charges, targets, dipoles, dipvec, nd, pg, pgt, eps,
                 dtype, threads):
     """:func:`lfmm` and :func:`hfmm`: FMM3D's layouts and pg/pgt checked and mapped, one
     :class:`Fmm` plan evaluated once by :meth:`Fmm.fields`."""
-    if isinstance(sources, (numbers.Number, np.number)):  # FMM3D's positional order
-        raise TypeError(f"{func} takes the sources (n, 3) first, got {sources!r}: pass eps, "
-                        "zk and the rest by keyword (fmm3dpy's functions take every argument "
-                        "by keyword, so those calls work unchanged)")
+    _refuse_fmm3d_order(func, sources)
     n = as_points("sources", sources).shape[0]
     if targets is not None:
         as_points("targets", targets)  # checked even when pgt=0 leaves them unused
@@ -901,7 +907,7 @@ def lfmm(sources: npt.ArrayLike, charges: npt.ArrayLike | None = None,
 
 
 def hfmm(sources: npt.ArrayLike, charges: npt.ArrayLike | None = None,
-         targets: npt.ArrayLike | None = None, *, zk: complex,
+         targets: npt.ArrayLike | None = None, *, zk: complex | None = None,
          dipoles: npt.ArrayLike | None = None, dipvec: npt.ArrayLike | None = None,
          nd: int | None = None, pg: int = 1, pgt: int | None = None, eps: float | None = None,
          dtype: npt.DTypeLike = None, threads: int | None = None) -> Fields:
@@ -955,6 +961,9 @@ def hfmm(sources: npt.ArrayLike, charges: npt.ArrayLike | None = None,
     Unlike fmm3dpy's keyword-only ``hfmm3d``, the sources come first (also positionally);
     fmm3dpy's keyword calls (``hfmm(eps=, zk=, sources=, charges=, ...)``) work unchanged.
     """
+    _refuse_fmm3d_order("hfmm", sources)  # (before zk: FMM3D's order passes it positionally)
+    if zk is None:
+        raise TypeError("hfmm needs the wavenumber: zk= (keyword)")
     try:
         family = Helmholtz(zk)
     except (TypeError, ValueError) as exc:
