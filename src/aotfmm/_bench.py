@@ -1,6 +1,6 @@
 """Peer comparison: aotfmm vs fmm3dpy (``lfmm3d``) vs ferreus-bbfmm on the same random problems.
 
-    aotfmm bench [--quick]                  (installed CLI)
+    aotfmm bench [--quick] [--n N ...] ...   (installed CLI: the same options)
     python benchmarks/compare.py [options]  (all options; ``--help``)
 
 Problems: points uniform in the unit cube (``uniform``), uniform on the unit sphere surface
