@@ -825,6 +825,39 @@ def test_float32_fields_below_the_normal_range_say_so(call):
             aotfmm.direct(x.astype(np.float64), q0 * 1e-44)
 
 
+@pytest.mark.parametrize("call", ["fmm", "direct"])
+def test_float64_fields_below_the_normal_range_say_so(call):
+    """The float64 twin of the test above (hostile round 2026-12-06): charges of 1e-320, float64
+    subnormals, give fields ~1e-317, which float64 holds to ~6 digits; at eps 1e-7 that lost
+    0.2x-20x eps (charges 1e-320 .. 1e-322) without a word. Now the warning names the bound,
+    and the bound holds against a numpy sum of the charges scaled by 2^1000 (exact) with the
+    result scaled back. Fields of charges 1e-300 (normal) stay quiet."""
+    rng = np.random.default_rng(12)
+    n = 6000 if call == "fmm" else 300
+    x = rng.random((n, 3))
+    q0 = rng.standard_normal(n)
+
+    def run(q):
+        if call == "fmm":
+            return aotfmm.Fmm(x, eps=1e-7).evaluate(q)
+        return aotfmm.direct(x, q)
+
+    q = q0 * 1e-320
+    assert np.abs(q).max() < np.finfo(np.float64).tiny
+    with pytest.warns(aotfmm.AccuracyWarning, match="below float64's normal range") as got:
+        pot = run(q)
+    bound = float(str(got[0].message).split("up to ")[1].split(" relative")[0])
+    big = 2.0 ** 1000
+    ref, _ = direct_reference(x, q * big, x)
+    assert 0 < rel_err(pot * big, ref) <= bound
+    q = q0 * 1e-300
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", aotfmm.AccuracyWarning)
+        pot = run(q)
+    ref, _ = direct_reference(x, q * big, x)
+    assert rel_err(pot * big, ref) < 1e-7
+
+
 def test_mixed_partner_sums_keep_small_terms_after_a_large_one(monkeypatch):
     """Hostile test 2026-12-03: c sits 2e-4 from a (charge 1) across a leaf face; 300 points
     of charge 5.3e-5 on a sphere of radius 0.2 around c, in a's leaf after a, each add to c's

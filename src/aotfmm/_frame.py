@@ -182,7 +182,7 @@ def rescale(values, factor, what, out=None, eps=None):
 
     With ``out`` (same shape; may be ``values`` itself) the result is written there and no
     full-size temporary is made; the product is formed in double precision either way.
-    float32 results far below the normal range warn (:func:`_warn_subnormal`; ``eps``: the
+    results far below their dtype's normal range warn (:func:`_warn_subnormal`; ``eps``: the
     accuracy asked for, default :data:`_SUBNORMAL_LOSS`)."""
     if factor == 1.0:
         if out is not None and out is not values:
@@ -204,34 +204,47 @@ def rescale(values, factor, what, out=None, eps=None):
     return out
 
 
-#: without an eps: below this relative L2 error from float32's subnormal range alone a result is
-#: not flagged (a fifth of the smallest eps float32 plans serve, 5e-6)
-_SUBNORMAL_LOSS = 1e-6
+#: without an eps (direct sums): below this relative L2 error from the subnormal range alone a
+#: result is not flagged (float32: a fifth of the smallest eps float32 plans serve, 5e-6;
+#: float64: far above a float64 direct sum's own rounding)
+_SUBNORMAL_LOSS = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-12}
+
+
+#: per real dtype: (smallest normal exponent, mantissa bits): the subnormal spacing is
+#: 2^(emin - bits + 1)
+_NORMAL_RANGE = {np.dtype(np.float32): (-126, 24), np.dtype(np.float64): (-1022, 53)}
 
 
 def _warn_subnormal(out, what, eps=None):
-    """AccuracyWarning when float32 (complex64) fields lie so far below float32's normal range
-    (1.2e-38) that rounding them to its subnormal numbers (spacing 2^-149) alone may cost
-    more than eps / 2 (without eps: :data:`_SUBNORMAL_LOSS`) of their L2 norm: the densities
-    are scaled into range for the sums, but the fields come back in the caller's units and
-    dtype (float32 charges of 1e-44 at eps 1e-5: potential errors 1.1x eps, silently, until
-    2026-12-03). The bound, half a spacing per value over the norm, is plain relative error,
-    which the contract's u-bar can exceed. Two passes without a copy decide in every usual
-    case (the largest value far above 2^-126); the rest is measured in float64."""
-    if out.dtype not in (np.float32, np.complex64) or out.size == 0:
+    """AccuracyWarning when fields lie so far below their dtype's normal range (float32 /
+    complex64: 1.2e-38; float64 / complex128: 2.2e-308) that rounding them to its subnormal
+    numbers (spacing 2^-149 / 2^-1074) alone may cost more than eps / 2 (without eps:
+    :data:`_SUBNORMAL_LOSS`) of their L2 norm: the densities are scaled into range for the
+    sums, but the fields come back in the caller's units and dtype (float32 charges of 1e-44
+    at eps 1e-5: potential errors 1.1x eps, silently, until 2026-12-03; float64 charges of
+    1e-320, 1e-322: 0.2x and 20x eps at eps 1e-7 without a word until 2026-12-06). The bound,
+    half a spacing per value over the norm, is plain relative error, which the contract's
+    u-bar can exceed. Two passes without a copy decide in every usual case (the largest
+    value far above the normal range's bottom); the rest is measured in float64, scaled."""
+    real = np.dtype(out.dtype.char.lower()) if out.dtype.kind == "c" else out.dtype
+    if real not in _NORMAL_RANGE or out.size == 0:
         return
-    comp = out if out.dtype == np.float32 else np.ascontiguousarray(out).view(np.float32)
-    if max(float(comp.max()), -float(comp.min())) >= np.sqrt(comp.size) * 2.0 ** -126:
+    emin, bits = _NORMAL_RANGE[real]
+    comp = out if out.dtype.kind != "c" else np.ascontiguousarray(out).view(real)
+    if max(float(comp.max()), -float(comp.min())) >= np.sqrt(comp.size) * 2.0 ** emin:
         return
-    a = np.abs(comp.astype(np.float64))
-    n_small = int(np.count_nonzero(a < 2.0 ** -126))
+    # scaled by 2^-emin (exact: powers of two): sums of squares of values below 2^emin would
+    # underflow in float64
+    a = np.abs(np.ldexp(comp.astype(np.float64), -emin))
+    n_small = int(np.count_nonzero(a < 1.0))
     norm = float(np.sqrt(np.sum(a * a)))
-    loss = np.sqrt(n_small) * 2.0 ** -150 / norm if norm > 0 else np.inf
-    if n_small and loss > (_SUBNORMAL_LOSS if eps is None else eps / 2):
-        warnings.warn(f"{n_small} of {comp.size} {what} values lie below float32's normal "
-                      f"range (1.2e-38), where float32 keeps fewer digits: from that alone "
-                      f"up to {min(loss, 1.0):.2g} relative error in the {what}. Scale the "
-                      f"densities up (the fields scale with them) or use dtype=float64",
+    loss = np.sqrt(n_small) * 2.0 ** -bits / norm if norm > 0 else np.inf
+    if n_small and loss > (_SUBNORMAL_LOSS[real] if eps is None else eps / 2):
+        warnings.warn(f"{n_small} of {comp.size} {what} values lie below {real.name}'s normal "
+                      f"range ({2.0 ** emin:.2g}), where {real.name} keeps fewer digits: from "
+                      f"that alone up to {min(loss, 1.0):.2g} relative error in the {what}. "
+                      f"Scale the densities up (the fields scale with them)"
+                      f"{' or use dtype=float64' if real == np.float32 else ''}",
                       AccuracyWarning, stacklevel=_caller_level())
 
 
