@@ -5,6 +5,8 @@ import sys
 import threading
 import time
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -109,9 +111,14 @@ def test_self_interaction_and_coincident_points_are_excluded():
         assert abs(pot[0] - 7.0 / (4 * np.pi)) < 10 * TOL[dtype]
 
 
-def test_all_points_coincident_give_zero():
-    src = np.ones((50, 3))
-    pot, grad = aotfmm.direct(src, np.ones(50), gradient=True)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_all_points_coincident_give_zero(dtype):
+    """Exact zeros, and no warning about digits lost below the normal range (zeros are exact;
+    the float64 subnormal check of 2026-12-06 first flagged them)."""
+    src = np.ones((50, 3), dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", aotfmm.AccuracyWarning)
+        pot, grad = aotfmm.direct(src, np.ones(50, dtype=dtype), gradient=True)
     assert (pot == 0).all() and (grad == 0).all()
 
 

@@ -236,9 +236,9 @@ def _warn_subnormal(out, what, eps=None):
     # scaled by 2^-emin (exact: powers of two): sums of squares of values below 2^emin would
     # underflow in float64
     a = np.abs(np.ldexp(comp.astype(np.float64), -emin))
-    n_small = int(np.count_nonzero(a < 1.0))
-    norm = float(np.sqrt(np.sum(a * a)))
-    loss = np.sqrt(n_small) * 2.0 ** -bits / norm if norm > 0 else np.inf
+    n_small = int(np.count_nonzero((a < 1.0) & (a > 0.0)))  # (zeros are exact: all-zero
+    norm = float(np.sqrt(np.sum(a * a)))                     # fields of coincident points)
+    loss = np.sqrt(n_small) * 2.0 ** -bits / norm if norm > 0 else 0.0
     if n_small and loss > (_SUBNORMAL_LOSS[real] if eps is None else eps / 2):
         warnings.warn(f"{n_small} of {comp.size} {what} values lie below {real.name}'s normal "
                       f"range ({2.0 ** emin:.2g}), where {real.name} keeps fewer digits: from "
