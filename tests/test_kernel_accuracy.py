@@ -115,6 +115,31 @@ def test_above_the_served_frequency_range_warns():
         aotfmm.Fmm(x, kernel=aotfmm.Helmholtz(0.9 * MAX_KD / size), eps=1e-3)
 
 
+def test_separate_targets_count_in_the_domain_size():
+    """Hostile round 2026-12-06: Helmholtz sources in a unit cube and targets in another one
+    some units away. The plan sized |kappa| D by the larger of the two sets' own extents, not by
+    what the tree spans: kappa 5, 20 units away (|kappa| D = 105) took no orders and no
+    warning and erred 58x the result (relative L2); 3 units away (|kappa| D = 20) took none
+    of its two orders. Now the union counts: the first warns, the second takes its orders and
+    meets eps against a numpy sum; the phase check refuses as aotfmm.direct does."""
+    rng = np.random.default_rng(5)
+    src = rng.random((1500, 3))
+    q = rng.standard_normal(1500) + 1j * rng.standard_normal(1500)
+    near, far = rng.random((200, 3)) + [3.0, 0, 0], rng.random((200, 3)) + [20.0, 0, 0]
+    with pytest.warns(aotfmm.AccuracyWarning, match=r"\|kappa\| D = 10[0-9] is above the range"):
+        aotfmm.Fmm(src, far, kernel=aotfmm.Helmholtz(5.0), eps=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", aotfmm.AccuracyWarning)
+        plan = aotfmm.Fmm(src, near, kernel=aotfmm.Helmholtz(5.0), eps=1e-3)
+    assert plan.p == aotfmm.Fmm(src, near, eps=1e-3).p + 2  # |kappa| D ~ 20: two more
+    pot, grad = plan.evaluate(q, gradient=True)
+    ref_pot, ref_grad = reference(src, near, q, 5.0j)
+    assert np.linalg.norm(pot - ref_pot) < 1e-3 * np.linalg.norm(ref_pot)
+    assert np.linalg.norm(grad - ref_grad) < 1e-3 * np.linalg.norm(ref_grad)
+    with pytest.raises(ValueError, match="Re kappa"):  # 1e13 x ~1e4 > 1e15 radians
+        aotfmm.Fmm(src, near + [1e4, 0, 0], kernel=aotfmm.Helmholtz(1e13), eps=1e-3)
+
+
 def test_order_grows_with_kappa_d():
     from aotfmm.evaluate import choose_parameters
     lap = choose_parameters(1e-6)[0]

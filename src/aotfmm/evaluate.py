@@ -550,9 +550,12 @@ class Plan:
         self.dtype, self.workers, self.family, self.eps = dt, workers, family, eps
         self.same = trg_xyz is src_xyz
         pts = [a for a in ((src_xyz,) if self.same else (src_xyz, trg_xyz)) if a.shape[1]]
-        #: the domain size (largest extent of the points), in the frame's units
-        self.size = float(max((a.max(axis=1) - a.min(axis=1)).max() for a in pts)) \
-            if pts else 0.0
+        #: the domain size (largest extent of all the points, sources and targets together: what
+        #: the tree spans), in the frame's units. Until 2026-12-06 the larger of the two sets'
+        #: own extents: Helmholtz targets in a unit cube 20 away from sources in another took
+        #: |kappa| D = 5 for 105, no orders and no warning, and erred 43-58 (hostile round)
+        self.size = float(np.max(np.max([a.max(axis=1) for a in pts], axis=0) -
+                                 np.min([a.min(axis=1) for a in pts], axis=0))) if pts else 0.0
         n_points = sum(a.shape[1] for a in pts)  # sources and separate targets
         self.p, self.ncrit = choose_parameters(eps, p, ncrit, separate_targets=not self.same,
                                                dipoles=dipoles, hessians=hessians,
