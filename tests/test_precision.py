@@ -829,9 +829,9 @@ def test_float32_fields_below_the_normal_range_say_so(call):
 def test_float64_fields_below_the_normal_range_say_so(call):
     """The float64 twin of the test above (hostile round 2026-12-06): charges of 1e-320, float64
     subnormals, give fields ~1e-317, which float64 holds to ~6 digits; at eps 1e-7 that lost
-    0.2x-20x eps (charges 1e-320 .. 1e-322) without a word. Now the warning names the bound,
-    and the bound holds against a numpy sum of the charges scaled by 2^1000 (exact) with the
-    result scaled back. Fields of charges 1e-300 (normal) stay quiet."""
+    0.3x-60x eps (charges 1e-320 .. 1e-322, contract measure) without a word. Now the warning
+    names the bound, and the bound holds against a numpy sum of the charges scaled by 2^1000
+    (exact) with the result scaled back. Fields of charges 1e-300 (normal) stay quiet."""
     rng = np.random.default_rng(12)
     n = 6000 if call == "fmm" else 300
     x = rng.random((n, 3))

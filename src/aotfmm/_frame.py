@@ -222,7 +222,7 @@ def _warn_subnormal(out, what, eps=None):
     :data:`_SUBNORMAL_LOSS`) of their L2 norm: the densities are scaled into range for the
     sums, but the fields come back in the caller's units and dtype (float32 charges of 1e-44
     at eps 1e-5: potential errors 1.1x eps, silently, until 2026-12-03; float64 charges of
-    1e-320, 1e-322: 0.2x and 20x eps at eps 1e-7 without a word until 2026-12-06). The bound,
+    1e-320, 1e-322: 0.6x and 60x eps at eps 1e-7 without a word until 2026-12-06). The bound,
     half a spacing per value over the norm, is plain relative error, which the contract's
     u-bar can exceed. The first values, else two passes without a copy, decide in every
     usual case (a value far above the normal range's bottom); the rest is measured in
