@@ -231,9 +231,16 @@ class KernelFamily:
         return math.exp(-self.decay_rate * d) if self.decay_rate else 1.0
 
     def _size_measure(self, size):
-        """|parameter| x size (the quantity :attr:`size_orders` is tabulated in)."""
+        """|parameter| x size (the quantity :attr:`size_orders` is tabulated in); of a complex
+        parameter its real part, the oscillation: the decay of Im needs no orders (Yukawa
+        takes the Laplace table's), and until 2026-12-06 kappa = 20j counted as |kappa| D = 80,
+        above the table (p 13 where 8 serve, a false warning, 39 s on 8000 points)."""
         (_, value), = self.params
-        return abs(value) * size
+        return abs(complex(value).real) * size
+
+    def _measure_name(self):
+        (name, value), = self.params
+        return f"|Re {name}|" if complex(value).imag else f"|{name}|"
 
     def extra_orders(self, size):
         """(orders added to the eps table's p, whether the table serves this size) for a
@@ -252,8 +259,7 @@ class KernelFamily:
         """What sizes the family's table serves, in words."""
         if not self.size_orders:
             return "any size"
-        (name, _), = self.params
-        return f"|{name}| D <= {self.size_orders[-1][0]:g}, D the domain size"
+        return f"{self._measure_name()} D <= {self.size_orders[-1][0]:g}, D the domain size"
 
     def check_phase(self, size):
         """ValueError when an oscillating kernel has more than :data:`PHASE_MAX` radians across
@@ -272,8 +278,7 @@ class KernelFamily:
 
     def frequency_text(self, size):
         """``|kappa| D = 57.2`` for a domain of ``size``."""
-        (name, _), = self.params
-        return f"|{name}| D = {self._size_measure(size):.3g}"
+        return f"{self._measure_name()} D = {self._size_measure(size):.3g}"
 
     def kernel_args(self):
         """The parameters as the compiled sums take them (by name)."""
