@@ -268,8 +268,8 @@ class KernelFamily:
         up to 5e18 times u-bar at |kappa| D = 1e18 for 100 points, summed directly)."""
         if not self.complex or not size:
             return
-        (name, value), = self.params
-        kr = abs(complex(value).real) * size
+        (name, _), = self.params
+        kr = self._size_measure(size)  # |Re kappa| D
         if kr > PHASE_MAX:
             raise ValueError(f"{self.name.capitalize()}: |Re {name}| D = {kr:.3g} (D the domain "
                              f"size) is above {PHASE_MAX:g}: at that many radians across the "
