@@ -210,11 +210,6 @@ def rescale(values, factor, what, out=None, eps=None):
 _SUBNORMAL_LOSS = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-12}
 
 
-#: per real dtype: (smallest normal exponent, mantissa bits): the subnormal spacing is
-#: 2^(emin - bits + 1)
-_NORMAL_RANGE = {np.dtype(np.float32): (-126, 24), np.dtype(np.float64): (-1022, 53)}
-
-
 def _warn_subnormal(out, what, eps=None):
     """AccuracyWarning when fields lie so far below their dtype's normal range (float32 /
     complex64: 1.2e-38; float64 / complex128: 2.2e-308) that rounding them to its subnormal
@@ -228,9 +223,10 @@ def _warn_subnormal(out, what, eps=None):
     usual case (a value far above the normal range's bottom); the rest is measured in
     float64, scaled."""
     real = np.dtype(out.dtype.char.lower()) if out.dtype.kind == "c" else out.dtype
-    if real not in _NORMAL_RANGE or out.size == 0:
+    if real not in _SUBNORMAL_LOSS or out.size == 0:
         return
-    emin, bits = _NORMAL_RANGE[real]
+    fi = np.finfo(real)  # normal range from 2^emin; the subnormal spacing is 2^(emin - bits + 1)
+    emin, bits = fi.minexp, fi.nmant + 1
     comp = out if out.dtype.kind != "c" else np.ascontiguousarray(out).view(real)
     low = np.sqrt(comp.size) * 2.0 ** emin
     # (the first values decide almost always: float64 fields were checked from 2026-12-06,
