@@ -116,6 +116,11 @@ def _run(args):
     return 0
 
 
+def _exit_code(exc):
+    """The exit code of a SystemExit raised by argparse (help, version, usage error)."""
+    return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+
+
 def _bench(argv):
     """``aotfmm bench ARGS``: the benchmark harness with all its options (``--quick``, ``--n``,
     ``--repeat``, ...; ``aotfmm bench --help`` lists them)."""
@@ -123,7 +128,7 @@ def _bench(argv):
     try:
         return _bench.main(argv)
     except SystemExit as exc:  # its argparse has printed help or the usage error
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        return _exit_code(exc)
 
 
 def _precompute_plan(args):
@@ -357,7 +362,7 @@ def main(argv=None):
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse has printed help, the version or the usage error
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        return _exit_code(exc)
     try:
         with warnings.catch_warnings():  # one line each, in the options' spelling
             warnings.showwarning = _show_warning
